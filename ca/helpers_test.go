@@ -93,3 +93,5 @@ func requireTool(t testing.TB, name string) string {
 	t.Skipf("%s not installed; run `make test`, which installs it", name)
 	return ""
 }
+
+func td(s string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(s) }

@@ -16,8 +16,8 @@ import (
 type CAParams struct {
 	Profile     Profile
 	TrustDomain spiffeid.TrustDomain
-	// Name goes into the subject's common name after "meshca <profile> ",
-	// e.g. "root" or "intermediate server-1".
+	// Name goes into the subject's common name, "meshca <profile> <Name>
+	// <trust domain>", e.g. "root" or "intermediate server-1".
 	Name string
 	// TTL is the lifetime; zero means DefaultRootTTL for a root and
 	// DefaultIntermediateTTL for an intermediate. An intermediate's NotAfter
@@ -77,9 +77,8 @@ func caTemplate(p CAParams, defTTL time.Duration) (*x509.Certificate, error) {
 	return &x509.Certificate{
 		SerialNumber: serial,
 		Subject: pkix.Name{
-			Organization:       []string{"meshca"},
-			OrganizationalUnit: []string{p.TrustDomain.Name()},
-			CommonName:         "meshca " + p.Profile.Name() + " " + p.Name,
+			Organization: []string{"meshca"},
+			CommonName:   "meshca " + p.Profile.Name() + " " + p.Name + " " + p.TrustDomain.Name(),
 		},
 		NotBefore:             now.Add(-Backdate),
 		NotAfter:              now.Add(ttl),
