@@ -139,7 +139,7 @@ func (a *Authority) SignX509SVID(ctx context.Context, p X509SVIDParams) (*X509SV
 	if err != nil {
 		return nil, err
 	}
-	if err := checkDNSNames(p.DNSNames); err != nil {
+	if err := CheckDNSNames(p.DNSNames); err != nil {
 		return nil, err
 	}
 	ttl := p.TTL
@@ -219,6 +219,20 @@ func (a *Authority) signLeaf(f *leafFields) ([]byte, error) {
 }
 
 func (a *Authority) checkSPIFFEID(s string) (spiffeid.ID, error) {
+	id, err := ParseWorkloadID(s)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	if id.TrustDomain() != a.td {
+		return spiffeid.ID{}, reqErr(ReasonTrustDomainMismatch, fmt.Sprintf("%q is not in trust domain %q", s, a.td.Name()), nil)
+	}
+	return id, nil
+}
+
+// ParseWorkloadID parses a SPIFFE ID that can name a workload: valid by the
+// SPIFFE ID rules, at most 2048 bytes, with a non-empty path. Errors are
+// *RequestError with ReasonInvalidSPIFFEID.
+func ParseWorkloadID(s string) (spiffeid.ID, error) {
 	if len(s) > maxSPIFFEIDLen {
 		return spiffeid.ID{}, reqErr(ReasonInvalidSPIFFEID, fmt.Sprintf("%d bytes, limit %d", len(s), maxSPIFFEIDLen), nil)
 	}
@@ -228,9 +242,6 @@ func (a *Authority) checkSPIFFEID(s string) (spiffeid.ID, error) {
 	}
 	if id.Path() == "" {
 		return spiffeid.ID{}, reqErr(ReasonInvalidSPIFFEID, fmt.Sprintf("%q names the trust domain itself; a workload ID needs a path", s), nil)
-	}
-	if id.TrustDomain() != a.td {
-		return spiffeid.ID{}, reqErr(ReasonTrustDomainMismatch, fmt.Sprintf("%q is not in trust domain %q", s, a.td.Name()), nil)
 	}
 	return id, nil
 }
@@ -257,9 +268,11 @@ func EncodePEM(ders ...[]byte) []byte {
 	return buf.Bytes()
 }
 
-// checkDNSNames validates DNS SANs: lowercase LDH labels of 1-63 bytes, at
-// most 253 bytes in all, an optional "*." wildcard as the first label.
-func checkDNSNames(names []string) error {
+// CheckDNSNames validates DNS SANs: at most MaxDNSNames names, each of
+// lowercase LDH labels of 1-63 bytes, at most 253 bytes in all, with an
+// optional "*." wildcard as the first label. Errors are *RequestError with
+// ReasonInvalidDNSName.
+func CheckDNSNames(names []string) error {
 	if len(names) > MaxDNSNames {
 		return reqErr(ReasonInvalidDNSName, fmt.Sprintf("%d DNS names, limit %d", len(names), MaxDNSNames), nil)
 	}

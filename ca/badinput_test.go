@@ -163,3 +163,51 @@ func TestNewAuthorityRefusesMismatchedKey(t *testing.T) {
 		t.Error("NewAuthority accepted an ecdsa certificate for the sm2 profile")
 	}
 }
+
+func TestCheckDNSNames(t *testing.T) {
+	long := strings.Repeat("a", 63)
+	for _, n := range []string{"api", "api.prod.svc", "*.example.org", "a-b.c", "x1.y2", long + ".org", "1.2.3.4"} {
+		if err := CheckDNSNames([]string{n}); err != nil {
+			t.Errorf("CheckDNSNames(%q) = %v, want nil", n, err)
+		}
+	}
+	for _, n := range []string{"", "API", "a_b", "-a", "a-", "a..b", ".a", "a.", "*", "*.", "a.*.b", "é.org", long + "a.org", strings.Repeat(long+".", 4) + "org"} {
+		if err := CheckDNSNames([]string{n}); !errors.Is(err, ErrInvalidDNSName) {
+			t.Errorf("CheckDNSNames(%q) = %v, want ErrInvalidDNSName", n, err)
+		}
+	}
+}
+
+// A profile's own CSRs and PKCS#8 keys are what its issuer and parsers accept.
+func TestProfileCSRAndKeyEncoding(t *testing.T) {
+	l := newLocal(t, "example.org")
+	for _, p := range Profiles() {
+		key, err := p.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := p.CreateCSR(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := l.Issuer(p.Name())
+		if _, err := a.SignX509SVID(context.Background(), X509SVIDParams{CSR: csr, SPIFFEID: "spiffe://example.org/w"}); err != nil {
+			t.Errorf("%s: own CSR refused: %v", p.Name(), err)
+		}
+		der, err := p.MarshalPrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := p.parseKey(der)
+		if err != nil || !back.Public().(*ecdsa.PublicKey).Equal(key.Public()) {
+			t.Errorf("%s: PKCS#8 round trip: %v", p.Name(), err)
+		}
+		other := ECDSA
+		if p == ECDSA {
+			other = SM2
+		}
+		if _, err := other.MarshalPrivateKey(key); err == nil {
+			t.Errorf("%s key encoded by the %s profile", p.Name(), other.Name())
+		}
+	}
+}

@@ -136,7 +136,7 @@ func sealAAD(profile, label string) []byte {
 
 // SealKey encrypts key (a private key of profile p) under kek.
 func SealKey(kek *KEK, p Profile, label string, key crypto.Signer) (*SealedKey, error) {
-	der, err := p.marshalKey(key)
+	der, err := p.MarshalPrivateKey(key)
 	if err != nil {
 		return nil, err
 	}

@@ -144,7 +144,7 @@ func TestSealedKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		der, _ := p.marshalKey(key)
+		der, _ := p.MarshalPrivateKey(key)
 		if bytes.Contains(sk.Ciphertext, der[len(der)-32:]) {
 			t.Fatalf("%s: sealed key contains private key bytes", p.Name())
 		}

@@ -108,6 +108,18 @@ func OpenLocal(c LocalConfig) (*LocalCA, error) {
 
 func (l *LocalCA) statePath() string { return filepath.Join(l.dir, "state.json") }
 
+// LocalExists reports whether dir holds a local CA hierarchy.
+func LocalExists(dir string) (bool, error) {
+	_, err := os.Stat(filepath.Join(dir, "ca", "state.json"))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("ca: data directory %s: %w", dir, err)
+}
+
 func (l *LocalCA) load(c LocalConfig) error {
 	b, err := os.ReadFile(l.statePath())
 	switch {

@@ -25,6 +25,11 @@ type Profile interface {
 	GenerateKey() (crypto.Signer, error)
 	// ParseCertificate parses one DER certificate of this profile.
 	ParseCertificate(der []byte) (*Certificate, error)
+	// CreateCSR makes a DER PKCS#10 request signed by key, naming nothing:
+	// the CA certifies only its public key.
+	CreateCSR(key crypto.Signer) ([]byte, error)
+	// MarshalPrivateKey encodes a private key of the profile as PKCS#8 DER.
+	MarshalPrivateKey(key crypto.Signer) ([]byte, error)
 
 	// checkCSR parses a DER CSR, checks its key type and verifies its signature.
 	checkCSR(der []byte) (*csrInfo, error)
@@ -39,8 +44,6 @@ type Profile interface {
 	createCA(tmpl *x509.Certificate, parent *Certificate, parentSigner crypto.Signer) (*Certificate, crypto.Signer, error)
 	// createCRL signs a CRL issued by issuer.
 	createCRL(tmpl *x509.RevocationList, issuer *Certificate, signer crypto.Signer) ([]byte, error)
-	// marshalKey encodes a private key as PKCS#8 DER.
-	marshalKey(key crypto.Signer) ([]byte, error)
 	// parseKey decodes a PKCS#8 DER private key of this profile.
 	parseKey(der []byte) (crypto.Signer, error)
 }

@@ -65,6 +65,14 @@ func (ecdsaProfile) checkCSR(der []byte) (*csrInfo, error) {
 	return &csrInfo{spki: csr.RawSubjectPublicKeyInfo, uriSANs: len(csr.URIs)}, nil
 }
 
+func (ecdsaProfile) CreateCSR(key crypto.Signer) ([]byte, error) {
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: create CSR: %w", err)
+	}
+	return der, nil
+}
+
 func (ecdsaProfile) sigAlgDER() []byte { return ecdsaWithSHA256 }
 
 func (ecdsaProfile) signTBS(signer crypto.Signer, tbs []byte) ([]byte, error) {
@@ -125,7 +133,7 @@ func (ecdsaProfile) createCRL(tmpl *x509.RevocationList, issuer *Certificate, si
 	return x509.CreateRevocationList(rand.Reader, tmpl, ic, signer)
 }
 
-func (ecdsaProfile) marshalKey(key crypto.Signer) ([]byte, error) {
+func (ecdsaProfile) MarshalPrivateKey(key crypto.Signer) ([]byte, error) {
 	k, ok := key.(*ecdsa.PrivateKey)
 	if !ok || k.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("ca: ecdsa profile cannot seal a %T", key)

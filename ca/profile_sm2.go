@@ -51,6 +51,14 @@ func (sm2Profile) checkCSR(der []byte) (*csrInfo, error) {
 	return &csrInfo{spki: csr.RawSubjectPublicKeyInfo, uriSANs: len(csr.URIs)}, nil
 }
 
+func (sm2Profile) CreateCSR(key crypto.Signer) ([]byte, error) {
+	der, err := smx509.CreateCertificateRequest(rand.Reader, &smx509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: create CSR: %w", err)
+	}
+	return der, nil
+}
+
 func (sm2Profile) sigAlgDER() []byte { return sm2WithSM3 }
 
 // signTBS signs with SM2 over SM3(Z_A || tbs), Z_A computed with the
@@ -107,7 +115,7 @@ func (sm2Profile) createCRL(tmpl *x509.RevocationList, issuer *Certificate, sign
 	return smx509.CreateRevocationList(rand.Reader, t, ic, signer)
 }
 
-func (sm2Profile) marshalKey(key crypto.Signer) ([]byte, error) {
+func (sm2Profile) MarshalPrivateKey(key crypto.Signer) ([]byte, error) {
 	k, ok := key.(*sm2.PrivateKey)
 	if !ok {
 		return nil, fmt.Errorf("ca: sm2 profile cannot seal a %T", key)

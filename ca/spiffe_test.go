@@ -102,4 +102,3 @@ func TestSPIFFEBundleFormat(t *testing.T) {
 		t.Error("PEM bundle is empty")
 	}
 }
-

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes of the meshca binary.
+const (
+	exitOK    = 0
+	exitError = 1 // the command ran and failed
+	exitUsage = 2 // the command line is wrong: unknown command or flag, bad or missing arguments
+)
+
+// Environment variables meshca reads.
+const (
+	envDataDir = "MESHCA_DATA_DIR"
+	envKEKFile = "MESHCA_KEK_FILE"
+)
+
+// app is one invocation of the binary: where it writes, the environment it
+// reads, and the state its commands share. Commands never touch os.Stdout,
+// os.Stderr or os.Getenv directly, so tests run them in-process.
+type app struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	uid            int
+
+	// output is the value of the persistent --output flag.
+	output outputFormat
+	// running is set when a command's RunE starts: an error before that
+	// (flag parsing, argument checks, required flags) is a usage error.
+	running bool
+}
+
+// run executes the meshca command line args (without the program name) and
+// returns the process exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	return runEnv(args, stdout, stderr, os.Getenv)
+}
+
+// runEnv is run with the environment read through getenv.
+func runEnv(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	a := &app{stdout: stdout, stderr: stderr, getenv: getenv, uid: os.Getuid(), output: outputTable}
+	return a.execute(context.Background(), args)
+}
+
+// usageError is a command-line mistake found by a command itself; it exits
+// with exitUsage like the mistakes cobra finds.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// execute runs the command tree and maps its outcome to an exit code,
+// printing errors as "meshca: <message>" on stderr.
+func (a *app) execute(ctx context.Context, args []string) int {
+	root := a.newRootCommand()
+	root.SetArgs(args)
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(a.stderr, "meshca: %v\n", err)
+	var ue *usageError
+	if !a.running || errors.As(err, &ue) {
+		if cmd == nil {
+			cmd = root
+		}
+		fmt.Fprintf(a.stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		return exitUsage
+	}
+	return exitError
+}
+
+// runE wraps a command's work so that execute can tell its errors (exit 1)
+// from the usage errors cobra reports before it (exit 2).
+func (a *app) runE(f func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		a.running = true
+		return f(cmd, args)
+	}
+}
+
+const rootLong = `meshca is a certificate authority and workload-identity service for zero-trust
+service meshes and "VPN over TLS" tunnels, in the style of SPIRE.
+
+A Raft-replicated cluster of meshca servers holds each trust domain's CA: a
+10-year root and short-lived intermediates per signature profile, ECDSA (P-256,
+ECDSA-SHA256) or SM2 (SM2-with-SM3, GM/T); a trust domain may run both. Node
+agents attest to the servers, attest the workloads on their node, and give each
+workload a 24-hour SPIFFE X.509 certificate (X509-SVID), renewed at half-life,
+whose private key never leaves the node. Certificates, trust bundles and CRLs
+stream to proxies and tunnel endpoints over Envoy's SDS API, with OPA
+authorization policy alongside them; operators rotate and revoke through this
+CLI.
+
+What works today is the CA core, offline, on a local data directory:
+
+  meshca dev         create or reopen a local CA and mint a demo X509-SVID per profile
+  meshca x509 mint   mint an X509-SVID for a SPIFFE ID into a directory
+
+The server, agent, SDS, OPA and operator commands are not in this binary yet.
+
+CA private keys are sealed at rest under a key-encryption key (KEK) read from
+--kek-file or $MESHCA_KEK_FILE. Without one, dev and x509 mint keep a KEK in
+the data directory, next to the keys it protects: that is for development only.
+
+Every command takes --output table|json.`
+
+// newRootCommand builds the command tree of one invocation.
+func (a *app) newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "meshca",
+		Short:         "SPIFFE workload-identity certificate authority (ECDSA and SM2)",
+		Long:          rootLong,
+		SilenceErrors: true, // execute prints them
+		SilenceUsage:  true, // a usage error prints a hint, a runtime error only itself
+		CompletionOptions: cobra.CompletionOptions{
+			HiddenDefaultCmd: true,
+		},
+	}
+	root.PersistentFlags().Var(&a.output, "output", "output format: table or json")
+	root.AddCommand(a.newDevCommand(), a.newX509Command())
+	return root
+}

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emmansun/gmsm/smx509"
+	"github.com/meshca/meshca/ca"
+)
+
+func TestX509MintVerifiesWithOpenSSL(t *testing.T) {
+	t.Parallel()
+	requireOpenSSL(t)
+	dataDir := t.TempDir()
+	const id = "spiffe://example.org/ns/prod/sa/api"
+	for _, p := range []string{ca.ProfileECDSA, ca.ProfileSM2} {
+		out := filepath.Join(t.TempDir(), "out")
+		r := mustSucceed(t, nil, "x509", "mint", "--spiffe-id", id, "--profile", p,
+			"--data-dir", dataDir, "--out", out, "--dns", "api.prod.svc", "--dns", "api.example.org", "--ttl", "1h")
+		if !strings.Contains(r.stdout, id) || !strings.Contains(r.stderr, devOnlyWarning) {
+			t.Errorf("%s: stdout %q / stderr %q: want the SPIFFE ID and the development KEK warning", p, r.stdout, r.stderr)
+		}
+		checkMode(t, out, modeDir)
+		checkMode(t, filepath.Join(out, "svid.pem"), modePublic)
+		checkMode(t, filepath.Join(out, "key.pem"), modePrivate)
+		checkMode(t, filepath.Join(out, "bundle.pem"), modePublic)
+		checkLeafAndKey(t, p, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), id)
+
+		// Split svid.pem into the leaf and the intermediates, as a relying
+		// party given the chain would.
+		chain := splitPEM(t, readFile(t, filepath.Join(out, "svid.pem")))
+		work := t.TempDir()
+		leaf := writeTestFile(t, work, "leaf.pem", ca.EncodePEM(chain[0]))
+		inter := writeTestFile(t, work, "intermediates.pem", ca.EncodePEM(chain[1:]...))
+		bundle := filepath.Join(out, "bundle.pem")
+		if p == ca.ProfileECDSA {
+			opensslVerify(t, "-x509_strict", "-CAfile", bundle, "-untrusted", inter, leaf)
+			c, err := x509.ParseCertificate(chain[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLeafFields(t, p, c.DNSNames, c.NotBefore, c.NotAfter)
+		} else {
+			distid := "distid:" + ca.SM2SignerID
+			opensslVerify(t, "-x509_strict", "-vfyopt", distid, "-CAfile", bundle, inter)
+			opensslVerify(t, "-x509_strict", "-partial_chain", "-vfyopt", distid, "-CAfile", inter, leaf)
+			c, err := smx509.ParseCertificate(chain[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLeafFields(t, p, c.DNSNames, c.NotBefore, c.NotAfter)
+		}
+	}
+}
+
+func checkLeafFields(t *testing.T, profile string, dns []string, notBefore, notAfter time.Time) {
+	t.Helper()
+	if want := []string{"api.prod.svc", "api.example.org"}; !slices.Equal(dns, want) {
+		t.Errorf("%s leaf DNS names = %v, want %v", profile, dns, want)
+	}
+	if got := notAfter.Sub(notBefore); got != time.Hour+ca.Backdate {
+		t.Errorf("%s leaf lifetime = %s, want --ttl 1h plus backdating", profile, got)
+	}
+}
+
+func TestX509MintJSON(t *testing.T) {
+	t.Parallel()
+	dataDir, out := t.TempDir(), filepath.Join(t.TempDir(), "out")
+	kek := filepath.Join(t.TempDir(), "kek")
+	if _, err := ca.CreateKEKFile(kek); err != nil {
+		t.Fatal(err)
+	}
+	r := mustSucceed(t, nil, "--output", "json", "x509", "mint", "--spiffe-id", "spiffe://example.org/db",
+		"--profile", "sm2", "--data-dir", dataDir, "--out", out, "--dns", "db.example.org,db", "--kek-file", kek)
+	if strings.Contains(r.stderr, devOnlyWarning) {
+		t.Errorf("warned about a development KEK although --kek-file was given: %q", r.stderr)
+	}
+	var rep map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("x509 mint --output json is not JSON: %v\n%s", err, r.stdout)
+	}
+	for k, want := range map[string]any{
+		"spiffe_id": "spiffe://example.org/db", "profile": "sm2", "trust_domain": "example.org",
+		"data_dir": dataDir, "ca_created": true,
+	} {
+		if rep[k] != want {
+			t.Errorf("JSON %q = %v, want %v", k, rep[k], want)
+		}
+	}
+	files, _ := rep["files"].(map[string]any)
+	if files["svid"] != filepath.Join(out, "svid.pem") || files["key"] != filepath.Join(out, "key.pem") || files["bundle"] != filepath.Join(out, "bundle.pem") {
+		t.Errorf("JSON files = %v", files)
+	}
+	if dns, _ := rep["dns_names"].([]any); len(dns) != 2 {
+		t.Errorf("JSON dns_names = %v, want two names", rep["dns_names"])
+	}
+	for _, k := range []string{"serial", "not_before", "not_after"} {
+		if s, _ := rep[k].(string); s == "" {
+			t.Errorf("JSON %q missing", k)
+		}
+	}
+	if strings.Contains(r.stdout, "PRIVATE KEY") {
+		t.Error("x509 mint printed key material")
+	}
+}
+
+func TestX509MintReusesDevCA(t *testing.T) {
+	t.Parallel()
+	dataDir, out := t.TempDir(), filepath.Join(t.TempDir(), "out")
+	mustSucceed(t, nil, "dev", "--data-dir", dataDir)
+	mustSucceed(t, nil, "x509", "mint", "--spiffe-id", "spiffe://meshca.local/web", "--profile", "ecdsa", "--data-dir", dataDir, "--out", out)
+	if got, want := readFile(t, filepath.Join(out, "bundle.pem")), readFile(t, filepath.Join(dataDir, "dev", "ecdsa", "bundle.pem")); string(got) != string(want) {
+		t.Error("x509 mint used another root than dev's")
+	}
+}
+
+func TestX509MintBadInputs(t *testing.T) {
+	t.Parallel()
+	// existing holds a CA of trust domain meshca.local.
+	existing := t.TempDir()
+	mustSucceed(t, nil, "dev", "--data-dir", existing)
+
+	for _, tc := range []struct {
+		name     string
+		existing bool // use the existing data directory instead of a new one
+		args     []string
+		code     int
+		want     string
+	}{
+		{"fail/invalid-spiffe-id", false, []string{"--spiffe-id", "spiffe://Bad Domain/x", "--profile", "ecdsa"}, exitError, "invalid_spiffe_id"},
+		{"fail/not-spiffe", false, []string{"--spiffe-id", "https://example.org/x", "--profile", "ecdsa"}, exitError, "invalid_spiffe_id"},
+		{"fail/no-path", false, []string{"--spiffe-id", "spiffe://example.org", "--profile", "sm2"}, exitError, "needs a path"},
+		{"fail/unknown-profile", false, []string{"--spiffe-id", "spiffe://example.org/x", "--profile", "rsa"}, exitError, `unknown profile "rsa"`},
+		{"fail/bad-dns", false, []string{"--spiffe-id", "spiffe://example.org/x", "--profile", "ecdsa", "--dns", "Bad_Name"}, exitError, "invalid_dns_name"},
+		{"fail/negative-ttl", false, []string{"--spiffe-id", "spiffe://example.org/x", "--profile", "ecdsa", "--ttl", "-1h"}, exitError, "invalid_ttl"},
+		{"fail/zero-ttl", false, []string{"--spiffe-id", "spiffe://example.org/x", "--profile", "ecdsa", "--ttl", "0s"}, exitError, "invalid_ttl"},
+		{"fail/unparsable-ttl", false, []string{"--spiffe-id", "spiffe://example.org/x", "--profile", "ecdsa", "--ttl", "soon"}, exitUsage, `"--ttl"`},
+		{"fail/trust-domain-mismatch", true, []string{"--spiffe-id", "spiffe://other.org/x", "--profile", "ecdsa"}, exitError, `belongs to trust domain "meshca.local"`},
+		{"fail/trust-domain-mismatch-sm2", true, []string{"--spiffe-id", "spiffe://other.org/x", "--profile", "sm2"}, exitError, `not "other.org"`},
+		{"fail/missing-spiffe-id", false, []string{"--profile", "ecdsa"}, exitUsage, `required flag(s) "spiffe-id" not set`},
+		{"fail/missing-profile", true, []string{"--spiffe-id", "spiffe://meshca.local/x"}, exitUsage, `required flag(s) "profile" not set`},
+		{"fail/unknown-flag", true, []string{"--spiffe-id", "spiffe://meshca.local/x", "--profile", "ecdsa", "--bogus"}, exitUsage, "unknown flag: --bogus"},
+		{"fail/extra-argument", true, []string{"--spiffe-id", "spiffe://meshca.local/x", "--profile", "ecdsa", "extra"}, exitUsage, `unknown command "extra"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dataDir := filepath.Join(t.TempDir(), "new")
+			if tc.existing {
+				dataDir = existing
+			}
+			before := treeSnapshot(t, existing)
+			out := filepath.Join(t.TempDir(), "out")
+			args := append([]string{"x509", "mint", "--data-dir", dataDir, "--out", out}, tc.args...)
+			r := meshca(t, nil, args...)
+			if r.code != tc.code {
+				t.Errorf("exit %d, want %d; stderr %q", r.code, tc.code, r.stderr)
+			}
+			if !strings.HasPrefix(r.stderr, "meshca: ") && !strings.Contains(r.stderr, "\nmeshca: ") {
+				t.Errorf("stderr = %q, want a \"meshca: \" error", r.stderr)
+			}
+			if !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("stderr = %q, want it to contain %q", r.stderr, tc.want)
+			}
+			if r.stdout != "" {
+				t.Errorf("stdout = %q, want nothing", r.stdout)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("a refused request created --out %s", out)
+			}
+			if !tc.existing {
+				if _, err := os.Stat(dataDir); err == nil {
+					t.Errorf("a refused request created the data directory %s", dataDir)
+				}
+			}
+			if d := diffSnapshots(before, treeSnapshot(t, existing)); len(d) > 0 {
+				t.Errorf("a refused request changed the existing data directory: %v", d)
+			}
+		})
+	}
+}
+
+func TestX509MintMissingFlags(t *testing.T) {
+	t.Parallel()
+	r := meshca(t, nil, "x509", "mint")
+	if r.code != exitUsage {
+		t.Errorf("exit %d, want %d", r.code, exitUsage)
+	}
+	for _, f := range []string{"spiffe-id", "profile", "data-dir", "out"} {
+		if !strings.Contains(r.stderr, `"`+f+`"`) {
+			t.Errorf("stderr = %q does not name the missing --%s", r.stderr, f)
+		}
+	}
+}
