@@ -266,29 +266,23 @@ func (l *LocalCA) Rotations() []string { return l.rotated }
 
 // Issuer returns the active intermediate of a profile, which signs X509-SVIDs.
 func (l *LocalCA) Issuer(profile string) (*Authority, error) {
-	a, ok := l.issuers[profile]
-	if !ok {
-		_, err := ProfileByName(profile)
-		if err == nil {
-			err = fmt.Errorf("ca: no %s authority", profile)
-		}
-		return nil, err
-	}
-	return a, nil
+	return lookupAuthority(l.issuers, profile, "intermediate")
 }
 
 // Root returns the root authority of a profile, which signs intermediates
 // and their CRL.
 func (l *LocalCA) Root(profile string) (*Authority, error) {
-	a, ok := l.roots[profile]
-	if !ok {
-		_, err := ProfileByName(profile)
-		if err == nil {
-			err = fmt.Errorf("ca: no %s root", profile)
-		}
+	return lookupAuthority(l.roots, profile, "root")
+}
+
+func lookupAuthority(m map[string]*Authority, profile, role string) (*Authority, error) {
+	if a, ok := m[profile]; ok {
+		return a, nil
+	}
+	if _, err := ProfileByName(profile); err != nil {
 		return nil, err
 	}
-	return a, nil
+	return nil, fmt.Errorf("ca: no %s %s", profile, role)
 }
 
 // Bundle returns the roots of every profile.

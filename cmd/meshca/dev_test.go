@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"crypto"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"math/big"
@@ -67,27 +66,17 @@ func checkLeafAndKey(t *testing.T, profile, svidPath, keyPath, wantID string) *b
 		key    any
 		err    error
 	)
-	if profile == ca.ProfileSM2 {
-		c, perr := smx509.ParseCertificate(certs[0])
-		if perr != nil {
-			t.Fatalf("parse sm2 leaf: %v", perr)
-		}
-		for _, u := range c.URIs {
-			uris = append(uris, u.String())
-		}
-		pub, serial = c.PublicKey, c.SerialNumber
-		key, err = smx509.ParsePKCS8PrivateKey(keyPEM[0])
-	} else {
-		c, perr := x509.ParseCertificate(certs[0])
-		if perr != nil {
-			t.Fatalf("parse ecdsa leaf: %v", perr)
-		}
-		for _, u := range c.URIs {
-			uris = append(uris, u.String())
-		}
-		pub, serial = c.PublicKey, c.SerialNumber
-		key, err = x509.ParsePKCS8PrivateKey(keyPEM[0])
+	p, perr := ca.ProfileByName(profile)
+	if perr != nil {
+		t.Fatal(perr)
 	}
+	c, perr := p.ParseCertificate(certs[0])
+	if perr != nil {
+		t.Fatalf("parse %s leaf: %v", profile, perr)
+	}
+	uris, pub, serial = c.URIs, c.PublicKey, c.SerialNumber
+	// smx509 parses PKCS#8 keys of both profiles.
+	key, err = smx509.ParsePKCS8PrivateKey(keyPEM[0])
 	if err != nil {
 		t.Fatalf("parse %s key: %v", profile, err)
 	}
