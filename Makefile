@@ -4,11 +4,13 @@
 #   make bench   the issuance benchmarks documented in README.md
 #   make lint    gofmt and go vet
 #   make fuzz    run the fuzz targets for FUZZTIME each (default 20s)
+#   make generate        regenerate proto/ Go code from the .proto files
+#   make generate-check  fail if the committed generated code is stale
 
 GO       ?= go
 FUZZTIME ?= 20s
 
-.PHONY: all build test deps bench lint fuzz
+.PHONY: all build test deps bench lint fuzz generate generate-check proto-tools
 
 all: lint test
 
@@ -39,3 +41,24 @@ lint:
 
 fuzz:
 	$(GO) test ./ca -run '^$$' -fuzz '^FuzzIssue$$' -fuzztime $(FUZZTIME)
+
+GOBIN ?= $(shell $(GO) env GOPATH)/bin
+
+# proto-tools installs protoc (Debian's protobuf-compiler, as root) and the
+# pinned Go plugins when they are missing.
+proto-tools:
+	@if ! command -v protoc >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; \
+		else \
+			echo "make generate needs protoc: sudo apt-get install protobuf-compiler" >&2; exit 1; \
+		fi; \
+	fi
+	@[ -x $(GOBIN)/protoc-gen-go ] || $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	@[ -x $(GOBIN)/protoc-gen-go-grpc ] || $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+
+generate: proto-tools
+	PATH="$(GOBIN):$$PATH" $(GO) generate ./proto/
+
+generate-check: generate
+	@git diff --exit-code -- proto/ || { echo "proto/ generated code is stale: run make generate and commit" >&2; exit 1; }
