@@ -41,6 +41,7 @@ lint:
 
 fuzz:
 	$(GO) test ./ca -run '^$$' -fuzz '^FuzzIssue$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./raftfsm -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME)
 
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 

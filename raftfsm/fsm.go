@@ -1,0 +1,161 @@
+package raftfsm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/proto/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// FSM is the replicated state machine. It implements raft.BatchingFSM.
+type FSM struct {
+	db      atomic.Pointer[memdb.MemDB]
+	applied atomic.Uint64
+
+	mu      sync.Mutex    // guards changed
+	changed chan struct{} // closed and replaced on every apply
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// New returns an empty state machine.
+func New() *FSM {
+	db, err := memdb.NewMemDB(schema)
+	if err != nil {
+		panic("raftfsm: invalid schema: " + err.Error())
+	}
+	f := &FSM{changed: make(chan struct{})}
+	f.db.Store(db)
+	return f
+}
+
+// Encode marshals a command for raft.Apply.
+func Encode(c *raftpb.Command) ([]byte, error) {
+	return proto.Marshal(c)
+}
+
+// Apply applies one committed log entry and returns its *raftpb.Result.
+func (f *FSM) Apply(l *raft.Log) any {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies committed log entries in one transaction. The result
+// for each LogCommand entry is a *raftpb.Result; other entries get nil.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	if len(logs) == 0 {
+		return out
+	}
+	txn := f.db.Load().Txn(true)
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		var cmd raftpb.Command
+		if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+			// A replica that cannot read a committed entry must stop rather
+			// than diverge.
+			panic(fmt.Sprintf("raftfsm: log entry %d is not a command: %v", l.Index, err))
+		}
+		out[i] = apply(txn, &cmd, l.Index)
+	}
+	txn.Commit()
+	f.applied.Store(logs[len(logs)-1].Index)
+	f.notify()
+	return out
+}
+
+func (f *FSM) notify() {
+	f.mu.Lock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// AppliedIndex is the index of the last log entry applied.
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// Changed returns a channel that is closed when the next entry is applied
+// (or a snapshot restored).
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+// WaitApplied blocks until index has been applied or ctx ends.
+func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		ch := f.Changed()
+		if f.applied.Load() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("raftfsm: waiting for index %d (applied %d): %w", index, f.applied.Load(), ctx.Err())
+		}
+	}
+}
+
+// Read returns a consistent read-only view of the current state. It is
+// cheap (an MVCC snapshot) and never blocks Apply.
+func (f *FSM) Read() *Reader {
+	return &Reader{txn: f.db.Load().Txn(false)}
+}
+
+// Snapshot captures the current state in O(1); Persist streams it.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{txn: f.db.Load().Txn(false), index: f.applied.Load()}, nil
+}
+
+// Restore replaces the state with a snapshot stream. The stream is verified
+// whole before anything changes: a corrupt snapshot returns an error
+// wrapping ErrCorruptSnapshot and the previous state stays.
+func (f *FSM) Restore(r io.ReadCloser) error {
+	defer r.Close()
+	db, index, _, err := readSnapshot(r)
+	if err != nil {
+		return err
+	}
+	f.db.Store(db)
+	f.applied.Store(index)
+	f.notify()
+	return nil
+}
+
+// SetAppliedIndex records the index at which a restored state stands, for
+// restores whose index differs from the snapshot's own (raft.Restore of an
+// operator's snapshot). Watchers waiting for it are woken.
+func (f *FSM) SetAppliedIndex(index uint64) {
+	f.applied.Store(index)
+	f.notify()
+}
+
+// StateHash is the SHA-256 of the state's snapshot encoding: equal hashes,
+// equal state.
+func (f *FSM) StateHash() ([32]byte, error) {
+	_, sum, err := writeSnapshot(io.Discard, f.db.Load().Txn(false), f.applied.Load())
+	return sum, err
+}
+
+type fsmSnapshot struct {
+	txn   *memdb.Txn
+	index uint64
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, _, err := writeSnapshot(sink, s.txn, s.index); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("raftfsm: persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}

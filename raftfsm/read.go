@@ -1,0 +1,130 @@
+package raftfsm
+
+import (
+	"fmt"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/meshca/meshca/proto/raftpb"
+)
+
+// Reader is a consistent read-only view of the state at one moment.
+// Records it returns are shared with the state: callers must not modify them.
+type Reader struct {
+	txn *memdb.Txn
+}
+
+func all[T any](r *Reader, table, index string, args ...any) []T {
+	it, err := r.txn.Get(table, index, args...)
+	if err != nil {
+		panic(fmt.Sprintf("raftfsm: read %s by %s: %v", table, index, err))
+	}
+	var out []T
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		out = append(out, obj.(T))
+	}
+	return out
+}
+
+func one[T any](r *Reader, table, key string) T {
+	obj := first(r.txn, table, "id", key)
+	v, _ := obj.(T)
+	return v
+}
+
+// TrustDomain returns the cluster's trust domain record, or nil before bootstrap.
+func (r *Reader) TrustDomain() *raftpb.TrustDomain {
+	return one[*raftpb.TrustDomain](r, tableMeta, metaTrustDomain)
+}
+
+// Servers returns the cluster's servers by node ID.
+func (r *Reader) Servers() []*raftpb.Server { return all[*raftpb.Server](r, tableServers, "id") }
+
+// Server returns one server, or nil.
+func (r *Reader) Server(nodeID string) *raftpb.Server {
+	return one[*raftpb.Server](r, tableServers, nodeID)
+}
+
+// Authorities returns every authority by ID.
+func (r *Reader) Authorities() []*raftpb.Authority {
+	return all[*raftpb.Authority](r, tableAuthorities, "id")
+}
+
+// Authority returns one authority, or nil.
+func (r *Reader) Authority(id string) *raftpb.Authority {
+	return one[*raftpb.Authority](r, tableAuthorities, id)
+}
+
+// Entries returns every registration entry by ID.
+func (r *Reader) Entries() []*raftpb.Entry { return all[*raftpb.Entry](r, tableEntries, "id") }
+
+// Entry returns one registration entry, or nil.
+func (r *Reader) Entry(id string) *raftpb.Entry { return one[*raftpb.Entry](r, tableEntries, id) }
+
+// EntriesByParent returns the entries whose parent is parentID.
+func (r *Reader) EntriesByParent(parentID string) []*raftpb.Entry {
+	return all[*raftpb.Entry](r, tableEntries, "parent", parentID)
+}
+
+// Node returns an attested node, or nil.
+func (r *Reader) Node(spiffeID string) *raftpb.Node { return one[*raftpb.Node](r, tableNodes, spiffeID) }
+
+// Nodes returns every attested node.
+func (r *Reader) Nodes() []*raftpb.Node { return all[*raftpb.Node](r, tableNodes, "id") }
+
+// JoinToken returns the token with this SHA-256, or nil.
+func (r *Reader) JoinToken(hash []byte) *raftpb.JoinToken {
+	return one[*raftpb.JoinToken](r, tableTokens, keyOf(hash))
+}
+
+// Revoked reports whether issuer revoked serial.
+func (r *Reader) Revoked(issuerID string, serial []byte) bool {
+	return first(r.txn, tableRevocations, "id", revocationKey(issuerID, serial)) != nil
+}
+
+// Revocations returns every revocation, by issuer then serial.
+func (r *Reader) Revocations() []*raftpb.Revocation {
+	return all[*raftpb.Revocation](r, tableRevocations, "id")
+}
+
+// LatestPolicy returns the newest policy revision, or nil.
+func (r *Reader) LatestPolicy() *raftpb.Policy {
+	it, err := r.txn.GetReverse(tablePolicies, "id")
+	if err != nil {
+		panic(fmt.Sprintf("raftfsm: read policies: %v", err))
+	}
+	p, _ := it.Next().(*raftpb.Policy)
+	return p
+}
+
+// Policy returns one policy revision, or nil.
+func (r *Reader) Policy(revision uint64) *raftpb.Policy {
+	return one[*raftpb.Policy](r, tablePolicies, policyKey(revision))
+}
+
+// LedgerRecord returns the record of a serial, or nil.
+func (r *Reader) LedgerRecord(serial []byte) *raftpb.LedgerRecord {
+	return one[*raftpb.LedgerRecord](r, tableLedger, serialKey(serial))
+}
+
+// LedgerBySPIFFEID returns the records of certificates issued to an ID.
+func (r *Reader) LedgerBySPIFFEID(id string) []*raftpb.LedgerRecord {
+	return all[*raftpb.LedgerRecord](r, tableLedger, "spiffe_id", id)
+}
+
+// LedgerByNode returns the records of certificates issued through a node.
+func (r *Reader) LedgerByNode(nodeID string) []*raftpb.LedgerRecord {
+	return all[*raftpb.LedgerRecord](r, tableLedger, "node", nodeID)
+}
+
+// LedgerLen counts the ledger's records. It walks the table: O(n).
+func (r *Reader) LedgerLen() int {
+	it, err := r.txn.Get(tableLedger, "id")
+	if err != nil {
+		panic(fmt.Sprintf("raftfsm: read ledger: %v", err))
+	}
+	n := 0
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		n++
+	}
+	return n
+}

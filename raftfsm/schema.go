@@ -1,0 +1,133 @@
+package raftfsm
+
+import (
+	"encoding/hex"
+	"fmt"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/meshca/meshca/proto/raftpb"
+)
+
+// Table names.
+const (
+	tableMeta        = "meta"
+	tableServers     = "servers"
+	tableAuthorities = "authorities"
+	tableEntries     = "entries"
+	tableNodes       = "nodes"
+	tableTokens      = "join_tokens"
+	tableRevocations = "revocations"
+	tablePolicies    = "policies"
+	tableLedger      = "ledger"
+)
+
+// tableOrder is the order tables appear in snapshots and the state hash.
+var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger}
+
+// keyIndex indexes an object by a string its function computes. All keys
+// are plain strings terminated by a NUL, as memdb's own string indexes do,
+// so that FromArgs and FromObject agree.
+type keyIndex struct {
+	key func(obj any) (string, bool)
+}
+
+func (k keyIndex) FromObject(obj any) (bool, []byte, error) {
+	s, ok := k.key(obj)
+	if !ok {
+		return false, nil, nil
+	}
+	return true, append([]byte(s), 0), nil
+}
+
+func (k keyIndex) FromArgs(args ...any) ([]byte, error) {
+	if len(args) != 1 {
+		return nil, fmt.Errorf("raftfsm: index takes one argument, got %d", len(args))
+	}
+	s, ok := args[0].(string)
+	if !ok {
+		return nil, fmt.Errorf("raftfsm: index argument is %T, want string", args[0])
+	}
+	return append([]byte(s), 0), nil
+}
+
+func (k keyIndex) PrefixFromArgs(args ...any) ([]byte, error) {
+	b, err := k.FromArgs(args...)
+	if err != nil {
+		return nil, err
+	}
+	return b[:len(b)-1], nil
+}
+
+func idx(name string, unique, allowMissing bool, key func(obj any) (string, bool)) *memdb.IndexSchema {
+	return &memdb.IndexSchema{Name: name, Unique: unique, AllowMissing: allowMissing, Indexer: keyIndex{key}}
+}
+
+func nonEmpty(s string) (string, bool) { return s, s != "" }
+
+// metaTrustDomain is the key of the trust-domain row of the meta table.
+const metaTrustDomain = "trust_domain"
+
+// serialKey is the key of a serial number: lowercase hex.
+func serialKey(serial []byte) string { return hex.EncodeToString(serial) }
+
+// expiryKey orders ledger records by expiry, then serial.
+func expiryKey(r *raftpb.LedgerRecord) string {
+	return fmt.Sprintf("%020d/%s", uint64(r.NotAfterUnix), serialKey(r.Serial))
+}
+
+func revocationKey(issuer string, serial []byte) string { return issuer + "/" + serialKey(serial) }
+
+func policyKey(rev uint64) string { return fmt.Sprintf("%020d", rev) }
+
+var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+	tableMeta: {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) {
+			if _, ok := o.(*raftpb.TrustDomain); ok {
+				return metaTrustDomain, true
+			}
+			return "", false
+		}),
+	}},
+	tableServers: {Name: tableServers, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Server).NodeId) }),
+	}},
+	tableAuthorities: {Name: tableAuthorities, Indexes: map[string]*memdb.IndexSchema{
+		"id":      idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Authority).Id) }),
+		"profile": idx("profile", false, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Authority).Profile) }),
+	}},
+	tableEntries: {Name: tableEntries, Indexes: map[string]*memdb.IndexSchema{
+		"id":        idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Entry).Id) }),
+		"parent":    idx("parent", false, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Entry).ParentId) }),
+		"spiffe_id": idx("spiffe_id", false, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Entry).SpiffeId) }),
+	}},
+	tableNodes: {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Node).SpiffeId) }),
+	}},
+	tableTokens: {Name: tableTokens, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) {
+			h := o.(*raftpb.JoinToken).Hash
+			return hex.EncodeToString(h), len(h) > 0
+		}),
+	}},
+	tableRevocations: {Name: tableRevocations, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) {
+			r := o.(*raftpb.Revocation)
+			return revocationKey(r.IssuerId, r.Serial), r.IssuerId != "" && len(r.Serial) > 0
+		}),
+	}},
+	tablePolicies: {Name: tablePolicies, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) {
+			p := o.(*raftpb.Policy)
+			return policyKey(p.Revision), p.Revision > 0
+		}),
+	}},
+	tableLedger: {Name: tableLedger, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) {
+			s := o.(*raftpb.LedgerRecord).Serial
+			return serialKey(s), len(s) > 0
+		}),
+		"spiffe_id": idx("spiffe_id", false, true, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.LedgerRecord).SpiffeId) }),
+		"node":      idx("node", false, true, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.LedgerRecord).NodeId) }),
+		"expiry":    idx("expiry", true, false, func(o any) (string, bool) { return expiryKey(o.(*raftpb.LedgerRecord)), true }),
+	}},
+}}
