@@ -66,7 +66,9 @@ func (r *Reader) EntriesByParent(parentID string) []*raftpb.Entry {
 }
 
 // Node returns an attested node, or nil.
-func (r *Reader) Node(spiffeID string) *raftpb.Node { return one[*raftpb.Node](r, tableNodes, spiffeID) }
+func (r *Reader) Node(spiffeID string) *raftpb.Node {
+	return one[*raftpb.Node](r, tableNodes, spiffeID)
+}
 
 // Nodes returns every attested node.
 func (r *Reader) Nodes() []*raftpb.Node { return all[*raftpb.Node](r, tableNodes, "id") }
