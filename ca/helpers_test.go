@@ -95,3 +95,12 @@ func requireTool(t testing.TB, name string) string {
 }
 
 func td(s string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(s) }
+
+func mustKey(t testing.TB, p Profile) crypto.Signer {
+	t.Helper()
+	k, err := p.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}

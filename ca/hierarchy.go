@@ -43,19 +43,50 @@ func NewIntermediate(p CAParams, parent *Certificate, parentSigner crypto.Signer
 	if parent == nil || parentSigner == nil {
 		return nil, nil, errors.New("ca: intermediate needs a parent certificate and signer")
 	}
-	tmpl, err := caTemplate(p, DefaultIntermediateTTL)
+	tmpl, err := intermediateTemplate(p, parent)
 	if err != nil {
 		return nil, nil, err
+	}
+	return p.Profile.createCA(tmpl, parent, parentSigner)
+}
+
+// SignIntermediateCSR certifies the key of a CSR as an intermediate CA
+// (path length 0) signed by parent: how a server's own intermediate, whose
+// key never leaves it, is certified by the root. The CSR must verify and
+// carry the profile's key type; its subject is ignored. Bad CSRs get a
+// *RequestError.
+func SignIntermediateCSR(p CAParams, csrDER []byte, parent *Certificate, parentSigner crypto.Signer) (*Certificate, error) {
+	if parent == nil || parentSigner == nil {
+		return nil, errors.New("ca: intermediate needs a parent certificate and signer")
+	}
+	if len(csrDER) > MaxCSRSize {
+		return nil, reqErr(ReasonCSRTooLarge, fmt.Sprintf("%d bytes, limit %d", len(csrDER), MaxCSRSize), nil)
+	}
+	csr, err := p.Profile.checkCSR(csrDER)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := intermediateTemplate(p, parent)
+	if err != nil {
+		return nil, err
+	}
+	return p.Profile.signCA(tmpl, csr.pub, parent, parentSigner)
+}
+
+func intermediateTemplate(p CAParams, parent *Certificate) (*x509.Certificate, error) {
+	tmpl, err := caTemplate(p, DefaultIntermediateTTL)
+	if err != nil {
+		return nil, err
 	}
 	if tmpl.NotAfter.After(parent.NotAfter) {
 		tmpl.NotAfter = parent.NotAfter
 	}
 	if !tmpl.NotAfter.After(p.Now) {
-		return nil, nil, fmt.Errorf("ca: parent %q expired at %s", parent.Subject, parent.NotAfter.UTC().Format(time.RFC3339))
+		return nil, fmt.Errorf("ca: parent %q expired at %s", parent.Subject, parent.NotAfter.UTC().Format(time.RFC3339))
 	}
 	tmpl.MaxPathLen = 0
 	tmpl.MaxPathLenZero = true
-	return p.Profile.createCA(tmpl, parent, parentSigner)
+	return tmpl, nil
 }
 
 func caTemplate(p CAParams, defTTL time.Duration) (*x509.Certificate, error) {

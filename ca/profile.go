@@ -42,6 +42,8 @@ type Profile interface {
 	// createCA makes a CA key and its certificate (parent == nil: a
 	// self-signed root), signed by parentSigner.
 	createCA(tmpl *x509.Certificate, parent *Certificate, parentSigner crypto.Signer) (*Certificate, crypto.Signer, error)
+	// signCA certifies pub as a CA under parent (an intermediate from a CSR).
+	signCA(tmpl *x509.Certificate, pub crypto.PublicKey, parent *Certificate, parentSigner crypto.Signer) (*Certificate, error)
 	// createCRL signs a CRL issued by issuer.
 	createCRL(tmpl *x509.RevocationList, issuer *Certificate, signer crypto.Signer) ([]byte, error)
 	// parseKey decodes a PKCS#8 DER private key of this profile.
@@ -109,6 +111,7 @@ func (c *Certificate) X509() (cert *x509.Certificate, ok bool) {
 
 // csrInfo is what issuance needs from a verified CSR.
 type csrInfo struct {
+	pub     crypto.PublicKey
 	spki    []byte // DER SubjectPublicKeyInfo
 	uriSANs int
 }

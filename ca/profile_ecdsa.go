@@ -62,7 +62,7 @@ func (ecdsaProfile) checkCSR(der []byte) (*csrInfo, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, reqErr(ReasonCSRSignature, "the CSR's signature does not verify", err)
 	}
-	return &csrInfo{spki: csr.RawSubjectPublicKeyInfo, uriSANs: len(csr.URIs)}, nil
+	return &csrInfo{pub: csr.PublicKey, spki: csr.RawSubjectPublicKeyInfo, uriSANs: len(csr.URIs)}, nil
 }
 
 func (ecdsaProfile) CreateCSR(key crypto.Signer) ([]byte, error) {
@@ -123,6 +123,25 @@ func (p ecdsaProfile) createCA(tmpl *x509.Certificate, parent *Certificate, pare
 		return nil, nil, err
 	}
 	return cert, key, nil
+}
+
+// signCA certifies a CSR's key as a CA through softcas, the same service
+// interface an upstream CA would implement.
+func (p ecdsaProfile) signCA(tmpl *x509.Certificate, pub crypto.PublicKey, parent *Certificate, parentSigner crypto.Signer) (*Certificate, error) {
+	pc, ok := parent.X509()
+	if !ok {
+		return nil, fmt.Errorf("ca: ecdsa certificate cannot have a %s parent", parent.Profile)
+	}
+	cas, err := softcas.New(context.Background(), casapi.Options{CertificateChain: []*x509.Certificate{pc}, Signer: parentSigner})
+	if err != nil {
+		return nil, fmt.Errorf("ca: softcas: %w", err)
+	}
+	tmpl.PublicKey = pub
+	resp, err := cas.CreateCertificate(&casapi.CreateCertificateRequest{Template: tmpl, Lifetime: tmpl.NotAfter.Sub(tmpl.NotBefore)})
+	if err != nil {
+		return nil, fmt.Errorf("ca: softcas: sign %s: %w", tmpl.Subject.CommonName, err)
+	}
+	return p.ParseCertificate(resp.Certificate.Raw)
 }
 
 func (ecdsaProfile) createCRL(tmpl *x509.RevocationList, issuer *Certificate, signer crypto.Signer) ([]byte, error) {

@@ -48,7 +48,7 @@ func (sm2Profile) checkCSR(der []byte) (*csrInfo, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, reqErr(ReasonCSRSignature, "the CSR's signature does not verify (signer ID "+SM2SignerID+")", err)
 	}
-	return &csrInfo{spki: csr.RawSubjectPublicKeyInfo, uriSANs: len(csr.URIs)}, nil
+	return &csrInfo{pub: csr.PublicKey, spki: csr.RawSubjectPublicKeyInfo, uriSANs: len(csr.URIs)}, nil
 }
 
 func (sm2Profile) CreateCSR(key crypto.Signer) ([]byte, error) {
@@ -94,6 +94,18 @@ func (p sm2Profile) createCA(tmpl *x509.Certificate, parent *Certificate, parent
 		return nil, nil, err
 	}
 	return cert, key, nil
+}
+
+func (p sm2Profile) signCA(tmpl *x509.Certificate, pub crypto.PublicKey, parent *Certificate, parentSigner crypto.Signer) (*Certificate, error) {
+	pc, ok := parent.parsed.(*smx509.Certificate)
+	if !ok {
+		return nil, fmt.Errorf("ca: sm2 certificate cannot have a %s parent", parent.Profile)
+	}
+	der, err := smx509.CreateCertificate(rand.Reader, toSMTemplate(tmpl), pc, pub, parentSigner)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign %s: %w", tmpl.Subject.CommonName, err)
+	}
+	return p.ParseCertificate(der)
 }
 
 func (sm2Profile) createCRL(tmpl *x509.RevocationList, issuer *Certificate, signer crypto.Signer) ([]byte, error) {
