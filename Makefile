@@ -38,6 +38,7 @@ bench:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd store/logbench && $(GO) vet ./...
 
 fuzz:
 	$(GO) test ./ca -run '^$$' -fuzz '^FuzzIssue$$' -fuzztime $(FUZZTIME)
