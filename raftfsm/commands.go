@@ -51,6 +51,8 @@ func apply(txn *memdb.Txn, c *raftpb.Command, index uint64) *raftpb.Result {
 		return appendLedger(txn, op.AppendLedger.GetRecords())
 	case *raftpb.Command_PruneLedger:
 		return pruneLedger(txn, op.PruneLedger.GetExpiredBeforeUnix())
+	case *raftpb.Command_Noop:
+		return ok
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

@@ -25,6 +25,239 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type MembershipRequest_Op int32
+
+const (
+	MembershipRequest_OP_UNSPECIFIED MembershipRequest_Op = 0
+	MembershipRequest_ADD_VOTER      MembershipRequest_Op = 1
+	MembershipRequest_REMOVE         MembershipRequest_Op = 2
+)
+
+// Enum value maps for MembershipRequest_Op.
+var (
+	MembershipRequest_Op_name = map[int32]string{
+		0: "OP_UNSPECIFIED",
+		1: "ADD_VOTER",
+		2: "REMOVE",
+	}
+	MembershipRequest_Op_value = map[string]int32{
+		"OP_UNSPECIFIED": 0,
+		"ADD_VOTER":      1,
+		"REMOVE":         2,
+	}
+)
+
+func (x MembershipRequest_Op) Enum() *MembershipRequest_Op {
+	p := new(MembershipRequest_Op)
+	*p = x
+	return p
+}
+
+func (x MembershipRequest_Op) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MembershipRequest_Op) Descriptor() protoreflect.EnumDescriptor {
+	return file_clusterpb_cluster_proto_enumTypes[0].Descriptor()
+}
+
+func (MembershipRequest_Op) Type() protoreflect.EnumType {
+	return &file_clusterpb_cluster_proto_enumTypes[0]
+}
+
+func (x MembershipRequest_Op) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MembershipRequest_Op.Descriptor instead.
+func (MembershipRequest_Op) EnumDescriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{0, 0}
+}
+
+type MembershipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Op            MembershipRequest_Op   `protobuf:"varint,1,opt,name=op,proto3,enum=meshca.cluster.v1.MembershipRequest_Op" json:"op,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembershipRequest) Reset() {
+	*x = MembershipRequest{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipRequest) ProtoMessage() {}
+
+func (x *MembershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipRequest.ProtoReflect.Descriptor instead.
+func (*MembershipRequest) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *MembershipRequest) GetOp() MembershipRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return MembershipRequest_OP_UNSPECIFIED
+}
+
+func (x *MembershipRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MembershipRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type MembershipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembershipResponse) Reset() {
+	*x = MembershipResponse{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipResponse) ProtoMessage() {}
+
+func (x *MembershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipResponse.ProtoReflect.Descriptor instead.
+func (*MembershipResponse) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+type RestoreChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreChunk) Reset() {
+	*x = RestoreChunk{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreChunk) ProtoMessage() {}
+
+func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
+func (*RestoreChunk) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RestoreChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type RestoreResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StateHash     []byte                 `protobuf:"bytes,1,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreResponse) Reset() {
+	*x = RestoreResponse{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreResponse) ProtoMessage() {}
+
+func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
+func (*RestoreResponse) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RestoreResponse) GetStateHash() []byte {
+	if x != nil {
+		return x.StateHash
+	}
+	return nil
+}
+
 type ApplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Command       []byte                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
@@ -34,7 +267,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	mi := &file_clusterpb_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +279,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	mi := &file_clusterpb_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +292,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{0}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -80,7 +313,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	mi := &file_clusterpb_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -92,7 +325,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	mi := &file_clusterpb_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -105,7 +338,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{1}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -130,7 +363,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[2]
+	mi := &file_clusterpb_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -142,7 +375,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[2]
+	mi := &file_clusterpb_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -155,7 +388,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{2}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 type ReadIndexResponse struct {
@@ -167,7 +400,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[3]
+	mi := &file_clusterpb_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -179,7 +412,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[3]
+	mi := &file_clusterpb_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -192,7 +425,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{3}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -208,8 +441,9 @@ type JoinRequest struct {
 	NodeId   string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	RaftAddr string                 `protobuf:"bytes,3,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	ApiAddr  string                 `protobuf:"bytes,4,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
-	// server_csr is a DER PKCS#10 request for the server's TLS identity.
-	ServerCsr []byte `protobuf:"bytes,5,opt,name=server_csr,json=serverCsr,proto3" json:"server_csr,omitempty"`
+	// intermediate_csrs are DER PKCS#10 requests, by profile name, for the
+	// server's own intermediates; their keys never leave the server.
+	IntermediateCsrs map[string][]byte `protobuf:"bytes,5,rep,name=intermediate_csrs,json=intermediateCsrs,proto3" json:"intermediate_csrs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// kek_id must equal the cluster's.
 	KekId         string `protobuf:"bytes,6,opt,name=kek_id,json=kekId,proto3" json:"kek_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -218,7 +452,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_clusterpb_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -230,7 +464,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_clusterpb_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -243,7 +477,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -274,9 +508,9 @@ func (x *JoinRequest) GetApiAddr() string {
 	return ""
 }
 
-func (x *JoinRequest) GetServerCsr() []byte {
+func (x *JoinRequest) GetIntermediateCsrs() map[string][]byte {
 	if x != nil {
-		return x.ServerCsr
+		return x.IntermediateCsrs
 	}
 	return nil
 }
@@ -291,8 +525,8 @@ func (x *JoinRequest) GetKekId() string {
 type JoinResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
-	// server_chain is the server certificate, then its issuers below the root (DER).
-	ServerChain [][]byte `protobuf:"bytes,2,rep,name=server_chain,json=serverChain,proto3" json:"server_chain,omitempty"`
+	// intermediates are the certified intermediates, by profile name (DER).
+	Intermediates map[string][]byte `protobuf:"bytes,2,rep,name=intermediates,proto3" json:"intermediates,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// roots are the trust domain's root certificates (DER).
 	Roots         [][]byte `protobuf:"bytes,3,rep,name=roots,proto3" json:"roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -301,7 +535,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_clusterpb_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -313,7 +547,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_clusterpb_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -326,7 +560,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JoinResponse) GetTrustDomain() string {
@@ -336,9 +570,9 @@ func (x *JoinResponse) GetTrustDomain() string {
 	return ""
 }
 
-func (x *JoinResponse) GetServerChain() [][]byte {
+func (x *JoinResponse) GetIntermediates() map[string][]byte {
 	if x != nil {
-		return x.ServerChain
+		return x.Intermediates
 	}
 	return nil
 }
@@ -354,7 +588,22 @@ var File_clusterpb_cluster_proto protoreflect.FileDescriptor
 
 const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x17clusterpb/cluster.proto\x12\x11meshca.cluster.v1\"(\n" +
+	"\x17clusterpb/cluster.proto\x12\x11meshca.cluster.v1\"\xab\x01\n" +
+	"\x11MembershipRequest\x127\n" +
+	"\x02op\x18\x01 \x01(\x0e2'.meshca.cluster.v1.MembershipRequest.OpR\x02op\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\"3\n" +
+	"\x02Op\x12\x12\n" +
+	"\x0eOP_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tADD_VOTER\x10\x01\x12\n" +
+	"\n" +
+	"\x06REMOVE\x10\x02\"\x14\n" +
+	"\x12MembershipResponse\"\"\n" +
+	"\fRestoreChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"0\n" +
+	"\x0fRestoreResponse\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\x01 \x01(\fR\tstateHash\"(\n" +
 	"\fApplyRequest\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\fR\acommand\"=\n" +
 	"\rApplyResponse\x12\x14\n" +
@@ -362,23 +611,31 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\x06result\x18\x02 \x01(\fR\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"\xaa\x01\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"\xb3\x02\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\x12\x19\n" +
-	"\bapi_addr\x18\x04 \x01(\tR\aapiAddr\x12\x1d\n" +
-	"\n" +
-	"server_csr\x18\x05 \x01(\fR\tserverCsr\x12\x15\n" +
-	"\x06kek_id\x18\x06 \x01(\tR\x05kekId\"j\n" +
+	"\bapi_addr\x18\x04 \x01(\tR\aapiAddr\x12a\n" +
+	"\x11intermediate_csrs\x18\x05 \x03(\v24.meshca.cluster.v1.JoinRequest.IntermediateCsrsEntryR\x10intermediateCsrs\x12\x15\n" +
+	"\x06kek_id\x18\x06 \x01(\tR\x05kekId\x1aC\n" +
+	"\x15IntermediateCsrsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xe3\x01\n" +
 	"\fJoinResponse\x12!\n" +
-	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
-	"\fserver_chain\x18\x02 \x03(\fR\vserverChain\x12\x14\n" +
-	"\x05roots\x18\x03 \x03(\fR\x05roots2\xf6\x01\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12X\n" +
+	"\rintermediates\x18\x02 \x03(\v22.meshca.cluster.v1.JoinResponse.IntermediatesEntryR\rintermediates\x12\x14\n" +
+	"\x05roots\x18\x03 \x03(\fR\x05roots\x1a@\n" +
+	"\x12IntermediatesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x012\xa3\x03\n" +
 	"\aCluster\x12J\n" +
 	"\x05Apply\x12\x1f.meshca.cluster.v1.ApplyRequest\x1a .meshca.cluster.v1.ApplyResponse\x12V\n" +
 	"\tReadIndex\x12#.meshca.cluster.v1.ReadIndexRequest\x1a$.meshca.cluster.v1.ReadIndexResponse\x12G\n" +
-	"\x04Join\x12\x1e.meshca.cluster.v1.JoinRequest\x1a\x1f.meshca.cluster.v1.JoinResponseB*Z(github.com/meshca/meshca/proto/clusterpbb\x06proto3"
+	"\x04Join\x12\x1e.meshca.cluster.v1.JoinRequest\x1a\x1f.meshca.cluster.v1.JoinResponse\x12Y\n" +
+	"\n" +
+	"Membership\x12$.meshca.cluster.v1.MembershipRequest\x1a%.meshca.cluster.v1.MembershipResponse\x12P\n" +
+	"\aRestore\x12\x1f.meshca.cluster.v1.RestoreChunk\x1a\".meshca.cluster.v1.RestoreResponse(\x01B*Z(github.com/meshca/meshca/proto/clusterpbb\x06proto3"
 
 var (
 	file_clusterpb_cluster_proto_rawDescOnce sync.Once
@@ -392,27 +649,42 @@ func file_clusterpb_cluster_proto_rawDescGZIP() []byte {
 	return file_clusterpb_cluster_proto_rawDescData
 }
 
-var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_clusterpb_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_clusterpb_cluster_proto_goTypes = []any{
-	(*ApplyRequest)(nil),      // 0: meshca.cluster.v1.ApplyRequest
-	(*ApplyResponse)(nil),     // 1: meshca.cluster.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),  // 2: meshca.cluster.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil), // 3: meshca.cluster.v1.ReadIndexResponse
-	(*JoinRequest)(nil),       // 4: meshca.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),      // 5: meshca.cluster.v1.JoinResponse
+	(MembershipRequest_Op)(0),  // 0: meshca.cluster.v1.MembershipRequest.Op
+	(*MembershipRequest)(nil),  // 1: meshca.cluster.v1.MembershipRequest
+	(*MembershipResponse)(nil), // 2: meshca.cluster.v1.MembershipResponse
+	(*RestoreChunk)(nil),       // 3: meshca.cluster.v1.RestoreChunk
+	(*RestoreResponse)(nil),    // 4: meshca.cluster.v1.RestoreResponse
+	(*ApplyRequest)(nil),       // 5: meshca.cluster.v1.ApplyRequest
+	(*ApplyResponse)(nil),      // 6: meshca.cluster.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),   // 7: meshca.cluster.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),  // 8: meshca.cluster.v1.ReadIndexResponse
+	(*JoinRequest)(nil),        // 9: meshca.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),       // 10: meshca.cluster.v1.JoinResponse
+	nil,                        // 11: meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
+	nil,                        // 12: meshca.cluster.v1.JoinResponse.IntermediatesEntry
 }
 var file_clusterpb_cluster_proto_depIdxs = []int32{
-	0, // 0: meshca.cluster.v1.Cluster.Apply:input_type -> meshca.cluster.v1.ApplyRequest
-	2, // 1: meshca.cluster.v1.Cluster.ReadIndex:input_type -> meshca.cluster.v1.ReadIndexRequest
-	4, // 2: meshca.cluster.v1.Cluster.Join:input_type -> meshca.cluster.v1.JoinRequest
-	1, // 3: meshca.cluster.v1.Cluster.Apply:output_type -> meshca.cluster.v1.ApplyResponse
-	3, // 4: meshca.cluster.v1.Cluster.ReadIndex:output_type -> meshca.cluster.v1.ReadIndexResponse
-	5, // 5: meshca.cluster.v1.Cluster.Join:output_type -> meshca.cluster.v1.JoinResponse
-	3, // [3:6] is the sub-list for method output_type
-	0, // [0:3] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	0,  // 0: meshca.cluster.v1.MembershipRequest.op:type_name -> meshca.cluster.v1.MembershipRequest.Op
+	11, // 1: meshca.cluster.v1.JoinRequest.intermediate_csrs:type_name -> meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
+	12, // 2: meshca.cluster.v1.JoinResponse.intermediates:type_name -> meshca.cluster.v1.JoinResponse.IntermediatesEntry
+	5,  // 3: meshca.cluster.v1.Cluster.Apply:input_type -> meshca.cluster.v1.ApplyRequest
+	7,  // 4: meshca.cluster.v1.Cluster.ReadIndex:input_type -> meshca.cluster.v1.ReadIndexRequest
+	9,  // 5: meshca.cluster.v1.Cluster.Join:input_type -> meshca.cluster.v1.JoinRequest
+	1,  // 6: meshca.cluster.v1.Cluster.Membership:input_type -> meshca.cluster.v1.MembershipRequest
+	3,  // 7: meshca.cluster.v1.Cluster.Restore:input_type -> meshca.cluster.v1.RestoreChunk
+	6,  // 8: meshca.cluster.v1.Cluster.Apply:output_type -> meshca.cluster.v1.ApplyResponse
+	8,  // 9: meshca.cluster.v1.Cluster.ReadIndex:output_type -> meshca.cluster.v1.ReadIndexResponse
+	10, // 10: meshca.cluster.v1.Cluster.Join:output_type -> meshca.cluster.v1.JoinResponse
+	2,  // 11: meshca.cluster.v1.Cluster.Membership:output_type -> meshca.cluster.v1.MembershipResponse
+	4,  // 12: meshca.cluster.v1.Cluster.Restore:output_type -> meshca.cluster.v1.RestoreResponse
+	8,  // [8:13] is the sub-list for method output_type
+	3,  // [3:8] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_clusterpb_cluster_proto_init() }
@@ -425,13 +697,14 @@ func file_clusterpb_cluster_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clusterpb_cluster_proto_rawDesc), len(file_clusterpb_cluster_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   6,
+			NumEnums:      1,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_clusterpb_cluster_proto_goTypes,
 		DependencyIndexes: file_clusterpb_cluster_proto_depIdxs,
+		EnumInfos:         file_clusterpb_cluster_proto_enumTypes,
 		MessageInfos:      file_clusterpb_cluster_proto_msgTypes,
 	}.Build()
 	File_clusterpb_cluster_proto = out.File

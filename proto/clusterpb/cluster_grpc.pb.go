@@ -23,9 +23,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Cluster_Apply_FullMethodName     = "/meshca.cluster.v1.Cluster/Apply"
-	Cluster_ReadIndex_FullMethodName = "/meshca.cluster.v1.Cluster/ReadIndex"
-	Cluster_Join_FullMethodName      = "/meshca.cluster.v1.Cluster/Join"
+	Cluster_Apply_FullMethodName      = "/meshca.cluster.v1.Cluster/Apply"
+	Cluster_ReadIndex_FullMethodName  = "/meshca.cluster.v1.Cluster/ReadIndex"
+	Cluster_Join_FullMethodName       = "/meshca.cluster.v1.Cluster/Join"
+	Cluster_Membership_FullMethodName = "/meshca.cluster.v1.Cluster/Membership"
+	Cluster_Restore_FullMethodName    = "/meshca.cluster.v1.Cluster/Restore"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -41,6 +43,10 @@ type ClusterClient interface {
 	// Join admits a new server: it consumes a server join token, certifies
 	// the server's keys and adds it to the Raft configuration as a voter.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
+	// Membership changes the Raft configuration on the leader.
+	Membership(ctx context.Context, in *MembershipRequest, opts ...grpc.CallOption) (*MembershipResponse, error)
+	// Restore replaces the cluster's state with a snapshot, on the leader.
+	Restore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreChunk, RestoreResponse], error)
 }
 
 type clusterClient struct {
@@ -81,6 +87,29 @@ func (c *clusterClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.
 	return out, nil
 }
 
+func (c *clusterClient) Membership(ctx context.Context, in *MembershipRequest, opts ...grpc.CallOption) (*MembershipResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MembershipResponse)
+	err := c.cc.Invoke(ctx, Cluster_Membership_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) Restore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreChunk, RestoreResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Cluster_ServiceDesc.Streams[0], Cluster_Restore_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RestoreChunk, RestoreResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_RestoreClient = grpc.ClientStreamingClient[RestoreChunk, RestoreResponse]
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -94,6 +123,10 @@ type ClusterServer interface {
 	// Join admits a new server: it consumes a server join token, certifies
 	// the server's keys and adds it to the Raft configuration as a voter.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
+	// Membership changes the Raft configuration on the leader.
+	Membership(context.Context, *MembershipRequest) (*MembershipResponse, error)
+	// Restore replaces the cluster's state with a snapshot, on the leader.
+	Restore(grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]) error
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -112,6 +145,12 @@ func (UnimplementedClusterServer) ReadIndex(context.Context, *ReadIndexRequest) 
 }
 func (UnimplementedClusterServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Join not implemented")
+}
+func (UnimplementedClusterServer) Membership(context.Context, *MembershipRequest) (*MembershipResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Membership not implemented")
+}
+func (UnimplementedClusterServer) Restore(grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]) error {
+	return status.Error(codes.Unimplemented, "method Restore not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -188,6 +227,31 @@ func _Cluster_Join_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_Membership_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MembershipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Membership(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Membership_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Membership(ctx, req.(*MembershipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_Restore_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ClusterServer).Restore(&grpc.GenericServerStream[RestoreChunk, RestoreResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_RestoreServer = grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -207,7 +271,17 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Join",
 			Handler:    _Cluster_Join_Handler,
 		},
+		{
+			MethodName: "Membership",
+			Handler:    _Cluster_Membership_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Restore",
+			Handler:       _Cluster_Restore_Handler,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "clusterpb/cluster.proto",
 }

@@ -215,6 +215,7 @@ type Command struct {
 	//	*Command_PutPolicy
 	//	*Command_AppendLedger
 	//	*Command_PruneLedger
+	//	*Command_Noop
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -399,6 +400,15 @@ func (x *Command) GetPruneLedger() *PruneLedger {
 	return nil
 }
 
+func (x *Command) GetNoop() *Noop {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Noop); ok {
+			return x.Noop
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -463,6 +473,10 @@ type Command_PruneLedger struct {
 	PruneLedger *PruneLedger `protobuf:"bytes,24,opt,name=prune_ledger,json=pruneLedger,proto3,oneof"`
 }
 
+type Command_Noop struct {
+	Noop *Noop `protobuf:"bytes,25,opt,name=noop,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -492,6 +506,8 @@ func (*Command_PutPolicy) isCommand_Op() {}
 func (*Command_AppendLedger) isCommand_Op() {}
 
 func (*Command_PruneLedger) isCommand_Op() {}
+
+func (*Command_Noop) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -2135,6 +2151,44 @@ func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
 	return 0
 }
 
+// Noop changes nothing; applying it advances every replica's applied index
+// (used after a snapshot restore).
+type Noop struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Noop) Reset() {
+	*x = Noop{}
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Noop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Noop) ProtoMessage() {}
+
+func (x *Noop) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Noop.ProtoReflect.Descriptor instead.
+func (*Noop) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+}
+
 // SnapshotRecord is one framed record of a snapshot stream.
 type SnapshotRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2156,7 +2210,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2222,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2235,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2334,7 +2388,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xb6\b\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xe2\b\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -2354,7 +2408,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
 	"put_policy\x18\x16 \x01(\v2\x19.meshca.raft.v1.PutPolicyH\x00R\tputPolicy\x12C\n" +
 	"\rappend_ledger\x18\x17 \x01(\v2\x1c.meshca.raft.v1.AppendLedgerH\x00R\fappendLedger\x12@\n" +
-	"\fprune_ledger\x18\x18 \x01(\v2\x1b.meshca.raft.v1.PruneLedgerH\x00R\vpruneLedgerB\x04\n" +
+	"\fprune_ledger\x18\x18 \x01(\v2\x1b.meshca.raft.v1.PruneLedgerH\x00R\vpruneLedger\x12*\n" +
+	"\x04noop\x18\x19 \x01(\v2\x14.meshca.raft.v1.NoopH\x00R\x04noopB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -2470,7 +2525,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\fAppendLedger\x126\n" +
 	"\arecords\x18\x01 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"=\n" +
 	"\vPruneLedger\x12.\n" +
-	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\"\x88\x04\n" +
+	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\"\x06\n" +
+	"\x04Noop\"\x88\x04\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -2519,7 +2575,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -2552,7 +2608,8 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*PutPolicy)(nil),         // 28: meshca.raft.v1.PutPolicy
 	(*AppendLedger)(nil),      // 29: meshca.raft.v1.AppendLedger
 	(*PruneLedger)(nil),       // 30: meshca.raft.v1.PruneLedger
-	(*SnapshotRecord)(nil),    // 31: meshca.raft.v1.SnapshotRecord
+	(*Noop)(nil),              // 31: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 32: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -2571,35 +2628,36 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	28, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
 	29, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
 	30, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	0,  // 16: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 17: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 18: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 19: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 20: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	6,  // 21: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 22: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 23: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 24: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 25: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 26: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 27: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	13, // 28: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 29: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 30: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 31: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 32: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 33: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 34: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 35: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 36: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 37: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 38: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	15, // 39: meshca.raft.v1.SnapshotRecord.ledger:type_name -> meshca.raft.v1.LedgerRecord
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	31, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	0,  // 17: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 18: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 19: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 20: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 21: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	6,  // 22: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 23: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 24: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 25: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 26: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 27: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 28: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	13, // 29: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 30: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 31: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 32: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 33: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 34: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 35: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 36: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 37: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 38: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 39: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	15, // 40: meshca.raft.v1.SnapshotRecord.ledger:type_name -> meshca.raft.v1.LedgerRecord
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -2623,8 +2681,9 @@ func file_raftpb_raft_proto_init() {
 		(*Command_PutPolicy)(nil),
 		(*Command_AppendLedger)(nil),
 		(*Command_PruneLedger)(nil),
+		(*Command_Noop)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[28].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[29].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -2641,7 +2700,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,181 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+
+	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/proto/clusterpb"
+	"github.com/meshca/meshca/raftfsm"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// JoinFunc admits a new server; see clusterpb.ClusterServer.Join.
+type JoinFunc func(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error)
+
+// Service is the cluster's gRPC API. Apply, ReadIndex, Membership and
+// Restore admit only servers of the trust domain; Join admits anyone with a
+// valid server join token (checked by the JoinFunc).
+type Service struct {
+	clusterpb.UnimplementedClusterServer
+	node *Node
+	join JoinFunc
+}
+
+// NewService returns the gRPC API of node; join handles Join requests.
+func NewService(node *Node, join JoinFunc) *Service { return &Service{node: node, join: join} }
+
+// PeerID returns the verified SPIFFE ID of a gRPC caller that presented a
+// certificate (the API listener verified its chain during the handshake).
+func PeerID(ctx context.Context, identity *Identity) (spiffeid.ID, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return spiffeid.ID{}, false
+	}
+	raw := make([][]byte, len(info.State.PeerCertificates))
+	for i, c := range info.State.PeerCertificates {
+		raw[i] = c.Raw
+	}
+	id, err := identity.VerifyPeer(raw)
+	return id, err == nil
+}
+
+func (s *Service) requireServer(ctx context.Context) error {
+	id, ok := PeerID(ctx, s.node.cfg.Identity)
+	if !ok || !IsServerID(s.node.cfg.Identity.TrustDomain(), id) {
+		return status.Error(codes.PermissionDenied, "only servers of the trust domain may call this")
+	}
+	return nil
+}
+
+func (s *Service) requireLeader() error {
+	if !s.node.IsLeader() {
+		return status.Error(codes.FailedPrecondition, "not the leader")
+	}
+	return nil
+}
+
+// Apply applies a command forwarded by a follower. It never forwards again.
+func (s *Service) Apply(ctx context.Context, req *clusterpb.ApplyRequest) (*clusterpb.ApplyResponse, error) {
+	if err := s.requireServer(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.requireLeader(); err != nil {
+		return nil, err
+	}
+	res, index, err := s.node.applyLocal(ctx, req.Command)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	b, err := proto.Marshal(res)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode result: %v", err)
+	}
+	return &clusterpb.ApplyResponse{Index: index, Result: b}, nil
+}
+
+// ReadIndex runs a barrier on the leader for a follower's linearizable read.
+func (s *Service) ReadIndex(ctx context.Context, _ *clusterpb.ReadIndexRequest) (*clusterpb.ReadIndexResponse, error) {
+	if err := s.requireServer(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.requireLeader(); err != nil {
+		return nil, err
+	}
+	index, err := s.node.barrier.do(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &clusterpb.ReadIndexResponse{Index: index}, nil
+}
+
+// Membership changes the Raft configuration for a follower's operator.
+func (s *Service) Membership(ctx context.Context, req *clusterpb.MembershipRequest) (*clusterpb.MembershipResponse, error) {
+	if err := s.requireServer(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.requireLeader(); err != nil {
+		return nil, err
+	}
+	if err := s.node.membershipLocal(req); err != nil {
+		return nil, toStatus(err)
+	}
+	return &clusterpb.MembershipResponse{}, nil
+}
+
+// maxRestoreSize bounds a snapshot uploaded for restore.
+const maxRestoreSize = 4 << 30
+
+// Restore restores a snapshot a follower's operator uploaded.
+func (s *Service) Restore(stream clusterpb.Cluster_RestoreServer) error {
+	if err := s.requireServer(stream.Context()); err != nil {
+		return err
+	}
+	if err := s.requireLeader(); err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if buf.Len()+len(chunk.Data) > maxRestoreSize {
+			return status.Error(codes.ResourceExhausted, "snapshot too large")
+		}
+		buf.Write(chunk.Data)
+	}
+	hash, err := s.node.Restore(stream.Context(), &buf)
+	if err != nil {
+		return toStatus(err)
+	}
+	return stream.SendAndClose(&clusterpb.RestoreResponse{StateHash: hash[:]})
+}
+
+// Join admits a new server.
+func (s *Service) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
+	if s.join == nil {
+		return nil, status.Error(codes.Unimplemented, "this server does not admit new servers")
+	}
+	return s.join(ctx, req)
+}
+
+// toStatus maps errors to gRPC status: leadership changes are retryable by
+// the forwarding follower; an unknown outcome is Aborted.
+func toStatus(err error) error {
+	var fsmErr *raftfsm.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, errUnknownOutcome):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, raftfsm.ErrCorruptSnapshot):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &fsmErr):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return status.FromContextError(err).Err()
+	case errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, raft.ErrEnqueueTimeout):
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Internal, err.Error())
+}
