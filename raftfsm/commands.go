@@ -13,8 +13,9 @@ import (
 // apply applies one command inside txn. Handlers check everything before
 // they write, so a refused command leaves txn untouched, and they never
 // modify a stored record in place (memdb readers may hold it): they insert
-// a changed clone.
-func apply(txn *memdb.Txn, c *raftpb.Command, index uint64) *raftpb.Result {
+// a changed clone. Records taken from the command itself are stored as
+// they are: the command was decoded for this apply and nothing else holds it.
+func apply(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, index uint64) *raftpb.Result {
 	h := c.GetHeader()
 	if h == nil {
 		return fail(raftpb.ErrorCode_INVALID, "command without header")
@@ -48,9 +49,9 @@ func apply(txn *memdb.Txn, c *raftpb.Command, index uint64) *raftpb.Result {
 	case *raftpb.Command_PutPolicy:
 		return putPolicy(txn, op.PutPolicy.GetPolicy())
 	case *raftpb.Command_AppendLedger:
-		return appendLedger(txn, op.AppendLedger.GetRecords())
+		return appendLedger(txn, lx, op.AppendLedger.GetRecords())
 	case *raftpb.Command_PruneLedger:
-		return pruneLedger(txn, op.PruneLedger.GetExpiredBeforeUnix())
+		return pruneLedger(txn, lx, op.PruneLedger.GetExpiredBeforeUnix())
 	case *raftpb.Command_Noop:
 		return ok
 	case nil:
@@ -80,7 +81,7 @@ func put(txn *memdb.Txn, table string, obj proto.Message, valid bool) *raftpb.Re
 	if obj == nil || !valid {
 		return fail(raftpb.ErrorCode_INVALID, "incomplete "+table+" record")
 	}
-	insert(txn, table, proto.Clone(obj))
+	insert(txn, table, obj)
 	return ok
 }
 
@@ -103,7 +104,7 @@ func setTrustDomain(txn *memdb.Txn, op *raftpb.SetTrustDomain) *raftpb.Result {
 	if cur, _ := first(txn, tableMeta, "id", metaTrustDomain).(*raftpb.TrustDomain); cur != nil && cur.Name != td.Name {
 		return fail(raftpb.ErrorCode_CONFLICT, fmt.Sprintf("the cluster's trust domain is %q", cur.Name))
 	}
-	insert(txn, tableMeta, proto.Clone(td))
+	insert(txn, tableMeta, td)
 	return ok
 }
 
@@ -132,7 +133,7 @@ func putEntry(txn *memdb.Txn, op *raftpb.PutEntry) *raftpb.Result {
 	case cur != nil && cur.Revision != op.ExpectRevision:
 		return fail(raftpb.ErrorCode_CONFLICT, fmt.Sprintf("entry %q is at revision %d, not %d", e.Id, cur.Revision, op.ExpectRevision))
 	}
-	n := proto.Clone(e).(*raftpb.Entry)
+	n := e
 	n.Revision = op.ExpectRevision + 1
 	if cur != nil {
 		n.CreatedUnixNano = cur.CreatedUnixNano
@@ -148,7 +149,7 @@ func createJoinToken(txn *memdb.Txn, t *raftpb.JoinToken) *raftpb.Result {
 	if first(txn, tableTokens, "id", keyOf(t.Hash)) != nil {
 		return fail(raftpb.ErrorCode_ALREADY_EXISTS, "join token exists")
 	}
-	n := proto.Clone(t).(*raftpb.JoinToken)
+	n := t
 	n.ConsumedUnixNano, n.ConsumedBy = 0, ""
 	insert(txn, tableTokens, n)
 	return ok
@@ -184,7 +185,7 @@ func revoke(txn *memdb.Txn, rs []*raftpb.Revocation) *raftpb.Result {
 	for _, r := range rs {
 		// The first revocation of a serial stands.
 		if first(txn, tableRevocations, "id", revocationKey(r.IssuerId, r.Serial)) == nil {
-			insert(txn, tableRevocations, proto.Clone(r))
+			insert(txn, tableRevocations, r)
 		}
 	}
 	return ok
@@ -213,7 +214,7 @@ func putPolicy(txn *memdb.Txn, p *raftpb.Policy) *raftpb.Result {
 			latest = last.Revision
 		}
 	}
-	n := proto.Clone(p).(*raftpb.Policy)
+	n := p
 	n.Revision = latest + 1
 	insert(txn, tablePolicies, n)
 	return &raftpb.Result{Value: n.Revision}
@@ -222,7 +223,7 @@ func putPolicy(txn *memdb.Txn, p *raftpb.Policy) *raftpb.Result {
 // appendLedger records issued certificates. A serial already recorded with
 // the same request ID is a retry and succeeds; with another request ID it
 // is a collision and that record is rejected.
-func appendLedger(txn *memdb.Txn, records []*raftpb.LedgerRecord) *raftpb.Result {
+func appendLedger(txn *memdb.Txn, lx *ledgerIndex, records []*raftpb.LedgerRecord) *raftpb.Result {
 	res := &raftpb.Result{}
 	for i, r := range records {
 		if len(r.GetSerial()) == 0 || r.GetSpiffeId() == "" {
@@ -235,29 +236,26 @@ func appendLedger(txn *memdb.Txn, records []*raftpb.LedgerRecord) *raftpb.Result
 			}
 			continue
 		}
-		insert(txn, tableLedger, proto.Clone(r))
+		insert(txn, tableLedger, r)
+		lx.add(r)
 	}
 	res.Value = uint64(len(records) - len(res.Rejected))
 	return res
 }
 
 // pruneLedger drops the records whose NotAfter is before the cutoff.
-func pruneLedger(txn *memdb.Txn, before int64) *raftpb.Result {
-	it, err := txn.Get(tableLedger, "expiry")
-	if err != nil {
-		panic(fmt.Sprintf("raftfsm: read ledger: %v", err))
-	}
-	var expired []any
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		if obj.(*raftpb.LedgerRecord).NotAfterUnix >= before {
-			break
+func pruneLedger(txn *memdb.Txn, lx *ledgerIndex, before int64) *raftpb.Result {
+	var n uint64
+	for _, k := range lx.expiringBefore(before) {
+		r, _ := first(txn, tableLedger, "id", k).(*raftpb.LedgerRecord)
+		if r == nil || r.NotAfterUnix >= before {
+			continue
 		}
-		expired = append(expired, obj)
-	}
-	for _, obj := range expired {
-		if err := txn.Delete(tableLedger, obj); err != nil {
+		if err := txn.Delete(tableLedger, r); err != nil {
 			panic(fmt.Sprintf("raftfsm: prune ledger: %v", err))
 		}
+		lx.remove(r)
+		n++
 	}
-	return &raftpb.Result{Value: uint64(len(expired))}
+	return &raftpb.Result{Value: n}
 }

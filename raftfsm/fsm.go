@@ -16,6 +16,7 @@ import (
 // FSM is the replicated state machine. It implements raft.BatchingFSM.
 type FSM struct {
 	db      atomic.Pointer[memdb.MemDB]
+	ledger  *ledgerIndex
 	applied atomic.Uint64
 
 	mu      sync.Mutex    // guards changed
@@ -30,7 +31,7 @@ func New() *FSM {
 	if err != nil {
 		panic("raftfsm: invalid schema: " + err.Error())
 	}
-	f := &FSM{changed: make(chan struct{})}
+	f := &FSM{changed: make(chan struct{}), ledger: newLedgerIndex()}
 	f.db.Store(db)
 	return f
 }
@@ -63,7 +64,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 			// than diverge.
 			panic(fmt.Sprintf("raftfsm: log entry %d is not a command: %v", l.Index, err))
 		}
-		out[i] = apply(txn, &cmd, l.Index)
+		out[i] = apply(txn, f.ledger, &cmd, l.Index)
 	}
 	txn.Commit()
 	f.applied.Store(logs[len(logs)-1].Index)
@@ -107,7 +108,7 @@ func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
 // Read returns a consistent read-only view of the current state. It is
 // cheap (an MVCC snapshot) and never blocks Apply.
 func (f *FSM) Read() *Reader {
-	return &Reader{txn: f.db.Load().Txn(false)}
+	return &Reader{txn: f.db.Load().Txn(false), ledger: f.ledger}
 }
 
 // Snapshot captures the current state in O(1); Persist streams it.
@@ -125,6 +126,7 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 		return err
 	}
 	f.db.Store(db)
+	f.ledger.rebuild(db)
 	f.applied.Store(index)
 	f.notify()
 	return nil

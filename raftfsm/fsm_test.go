@@ -252,6 +252,12 @@ func TestSnapshotRoundTripAndDeterminism(t *testing.T) {
 	if c.Read().LedgerLen() != 500 || c.Read().TrustDomain().GetName() != "example.org" {
 		t.Error("restored state incomplete")
 	}
+	if n := len(c.Read().LedgerBySPIFFEID("spiffe://example.org/w")); n != 500 {
+		t.Errorf("restored SPIFFE ID index finds %d records, want 500", n)
+	}
+	if n := len(c.Read().LedgerByNode("node-1")); n != 500 {
+		t.Errorf("restored node index finds %d records, want 500", n)
+	}
 	index, sum, err := VerifySnapshot(bytes.NewReader(data))
 	if err != nil || sum != ha || index != a.f.AppliedIndex() {
 		t.Errorf("VerifySnapshot: %v, sum equal %v, index %d", err, sum == ha, index)

@@ -10,7 +10,8 @@ import (
 // Reader is a consistent read-only view of the state at one moment.
 // Records it returns are shared with the state: callers must not modify them.
 type Reader struct {
-	txn *memdb.Txn
+	txn    *memdb.Txn
+	ledger *ledgerIndex
 }
 
 func all[T any](r *Reader, table, index string, args ...any) []T {
@@ -108,14 +109,25 @@ func (r *Reader) LedgerRecord(serial []byte) *raftpb.LedgerRecord {
 	return one[*raftpb.LedgerRecord](r, tableLedger, serialKey(serial))
 }
 
-// LedgerBySPIFFEID returns the records of certificates issued to an ID.
+// LedgerBySPIFFEID returns the records of certificates issued to an ID, by serial.
 func (r *Reader) LedgerBySPIFFEID(id string) []*raftpb.LedgerRecord {
-	return all[*raftpb.LedgerRecord](r, tableLedger, "spiffe_id", id)
+	return r.resolve(serials(r.ledger, r.ledger.bySPIFFE, id))
 }
 
-// LedgerByNode returns the records of certificates issued through a node.
+// LedgerByNode returns the records of certificates issued through a node, by serial.
 func (r *Reader) LedgerByNode(nodeID string) []*raftpb.LedgerRecord {
-	return all[*raftpb.LedgerRecord](r, tableLedger, "node", nodeID)
+	return r.resolve(serials(r.ledger, r.ledger.byNode, nodeID))
+}
+
+// resolve looks serial keys up in this view, skipping those it does not hold.
+func (r *Reader) resolve(keys []string) []*raftpb.LedgerRecord {
+	var out []*raftpb.LedgerRecord
+	for _, k := range keys {
+		if rec := one[*raftpb.LedgerRecord](r, tableLedger, k); rec != nil {
+			out = append(out, rec)
+		}
+	}
+	return out
 }
 
 // LedgerLen counts the ledger's records. It walks the table: O(n).

@@ -70,11 +70,6 @@ const metaTrustDomain = "trust_domain"
 // serialKey is the key of a serial number: lowercase hex.
 func serialKey(serial []byte) string { return hex.EncodeToString(serial) }
 
-// expiryKey orders ledger records by expiry, then serial.
-func expiryKey(r *raftpb.LedgerRecord) string {
-	return fmt.Sprintf("%020d/%s", uint64(r.NotAfterUnix), serialKey(r.Serial))
-}
-
 func revocationKey(issuer string, serial []byte) string { return issuer + "/" + serialKey(serial) }
 
 func policyKey(rev uint64) string { return fmt.Sprintf("%020d", rev) }
@@ -126,8 +121,6 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 			s := o.(*raftpb.LedgerRecord).Serial
 			return serialKey(s), len(s) > 0
 		}),
-		"spiffe_id": idx("spiffe_id", false, true, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.LedgerRecord).SpiffeId) }),
-		"node":      idx("node", false, true, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.LedgerRecord).NodeId) }),
-		"expiry":    idx("expiry", true, false, func(o any) (string, bool) { return expiryKey(o.(*raftpb.LedgerRecord)), true }),
+		// Secondary indexes of the ledger are in ledgerIndex.
 	}},
 }}

@@ -13,8 +13,14 @@ import (
 // another request. The certificate must not be handed out.
 var ErrSerialCollision = errors.New("cluster: serial number already in the ledger")
 
-// maxLedgerInflight bounds the group commits in flight at once.
-const maxLedgerInflight = 4
+// Group commits in flight at once. The leader keeps few, so that records
+// queue into large Raft entries while one commits. A follower forwards its
+// batches at once (the leader merges them into its own entries), so its
+// records do not wait for a forward round trip before they are sent.
+const (
+	maxLeaderInflight   = 1
+	maxFollowerInflight = 2
+)
 
 // CommitLedger records an issued certificate in the replicated ledger and
 // returns once the record is committed on a quorum. Concurrent calls on
@@ -25,15 +31,9 @@ func (n *Node) CommitLedger(ctx context.Context, rec *raftpb.LedgerRecord) error
 	if rec.RequestId == "" {
 		rec.RequestId = NewRequestID()
 	}
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(defaultApplyTimeout)
-	}
-	p := &pendingRecord{rec: rec, deadline: deadline, done: make(chan error, 1)}
-	select {
-	case n.ledger.in <- p:
-	case <-ctx.Done():
-		return ctx.Err()
+	p, err := n.enqueueRecord(ctx, rec)
+	if err != nil {
+		return err
 	}
 	select {
 	case err := <-p.done:
@@ -42,6 +42,53 @@ func (n *Node) CommitLedger(ctx context.Context, rec *raftpb.LedgerRecord) error
 		// The record may still be committed; the certificate is not returned.
 		return ctx.Err()
 	}
+}
+
+func (n *Node) enqueueRecord(ctx context.Context, rec *raftpb.LedgerRecord) (*pendingRecord, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(defaultApplyTimeout)
+	}
+	p := &pendingRecord{rec: rec, deadline: deadline, done: make(chan error, 1)}
+	select {
+	case n.ledger.in <- p:
+		return p, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// commitRecords group-commits records a follower forwarded, on the leader,
+// and reports which were refused as collisions, as AppendLedger would.
+func (n *Node) commitRecords(ctx context.Context, recs []*raftpb.LedgerRecord) (*raftpb.Result, error) {
+	pending := make([]*pendingRecord, 0, len(recs))
+	for _, r := range recs {
+		p, err := n.enqueueRecord(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		pending = append(pending, p)
+	}
+	res := &raftpb.Result{}
+	var firstErr error
+	for i, p := range pending {
+		select {
+		case err := <-p.done:
+			switch {
+			case errors.Is(err, ErrSerialCollision):
+				res.Rejected = append(res.Rejected, uint32(i))
+			case err != nil && firstErr == nil:
+				firstErr = err
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	res.Value = uint64(len(recs) - len(res.Rejected))
+	return res, nil
 }
 
 type pendingRecord struct {
@@ -70,10 +117,14 @@ func newLedgerBatcher(n *Node, max int) *ledgerBatcher {
 // run is owned by the Node: it stops when ctx ends, after the commits in
 // flight, and fails the records still queued.
 func (b *ledgerBatcher) run(ctx context.Context) {
-	slots := make(chan struct{}, maxLedgerInflight)
+	leaderSlots := make(chan struct{}, maxLeaderInflight)
+	followerSlots := make(chan struct{}, maxFollowerInflight)
 	defer func() {
-		for i := 0; i < maxLedgerInflight; i++ {
-			slots <- struct{}{} // every commit in flight has finished
+		for i := 0; i < maxLeaderInflight; i++ {
+			leaderSlots <- struct{}{} // every commit in flight has finished
+		}
+		for i := 0; i < maxFollowerInflight; i++ {
+			followerSlots <- struct{}{}
 		}
 		for {
 			select {
@@ -91,6 +142,10 @@ func (b *ledgerBatcher) run(ctx context.Context) {
 			batch = append(batch, p)
 		case <-ctx.Done():
 			return
+		}
+		slots := followerSlots
+		if b.node.IsLeader() {
+			slots = leaderSlots
 		}
 		if !b.fill(ctx, &batch, slots) {
 			fail(batch, ctx.Err())

@@ -65,6 +65,10 @@ type Config struct {
 	Clock func() time.Time
 }
 
+// logCacheSize is how many recent log entries are kept in memory for
+// replication.
+const logCacheSize = 1024
+
 // Node is this server's member of the Raft cluster.
 type Node struct {
 	cfg     Config
@@ -140,7 +144,13 @@ func Start(cfg Config) (*Node, error) {
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: rc.Logger,
 	})
-	r, err := raft.NewRaft(rc, cfg.FSM, cfg.Stores.Log, cfg.Stores.Stable, cfg.Stores.Snapshots, trans)
+	// Recent entries are replicated from memory, not read back from disk.
+	logs, err := raft.NewLogCache(logCacheSize, cfg.Stores.Log)
+	if err != nil {
+		trans.Close()
+		return nil, fmt.Errorf("cluster: log cache: %w", err)
+	}
+	r, err := raft.NewRaft(rc, cfg.FSM, logs, cfg.Stores.Stable, cfg.Stores.Snapshots, trans)
 	if err != nil {
 		trans.Close()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)

@@ -8,8 +8,10 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/proto/clusterpb"
+	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -32,9 +34,11 @@ type Service struct {
 // NewService returns the gRPC API of node; join handles Join requests.
 func NewService(node *Node, join JoinFunc) *Service { return &Service{node: node, join: join} }
 
-// PeerID returns the verified SPIFFE ID of a gRPC caller that presented a
-// certificate (the API listener verified its chain during the handshake).
-func PeerID(ctx context.Context, identity *Identity) (spiffeid.ID, bool) {
+// PeerID returns the SPIFFE ID of a gRPC caller that presented a
+// certificate. Only connections accepted with Identity.APIServerTLS or
+// PeerTLS may be asked: their handshake verified the chain against the
+// roots, once per connection, so this reads the ID without verifying again.
+func PeerID(ctx context.Context) (spiffeid.ID, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return spiffeid.ID{}, false
@@ -43,16 +47,12 @@ func PeerID(ctx context.Context, identity *Identity) (spiffeid.ID, bool) {
 	if !ok || len(info.State.PeerCertificates) == 0 {
 		return spiffeid.ID{}, false
 	}
-	raw := make([][]byte, len(info.State.PeerCertificates))
-	for i, c := range info.State.PeerCertificates {
-		raw[i] = c.Raw
-	}
-	id, err := identity.VerifyPeer(raw)
+	id, err := x509svid.IDFromCert(info.State.PeerCertificates[0])
 	return id, err == nil
 }
 
 func (s *Service) requireServer(ctx context.Context) error {
-	id, ok := PeerID(ctx, s.node.cfg.Identity)
+	id, ok := PeerID(ctx)
 	if !ok || !IsServerID(s.node.cfg.Identity.TrustDomain(), id) {
 		return status.Error(codes.PermissionDenied, "only servers of the trust domain may call this")
 	}
@@ -73,6 +73,23 @@ func (s *Service) Apply(ctx context.Context, req *clusterpb.ApplyRequest) (*clus
 	}
 	if err := s.requireLeader(); err != nil {
 		return nil, err
+	}
+	var cmd raftpb.Command
+	if err := proto.Unmarshal(req.Command, &cmd); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "not a command: %v", err)
+	}
+	if al := cmd.GetAppendLedger(); al != nil {
+		// Cluster-wide group commit: a follower's records join the
+		// leader's own in its next ledger entry.
+		res, err := s.node.commitRecords(ctx, al.Records)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		b, err := proto.Marshal(res)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "encode result: %v", err)
+		}
+		return &clusterpb.ApplyResponse{Result: b}, nil
 	}
 	res, index, err := s.node.applyLocal(ctx, req.Command)
 	if err != nil {
