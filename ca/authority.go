@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"time"
 
+	"github.com/emmansun/gmsm/smx509"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -315,4 +316,22 @@ func validDNSName(n string) bool {
 		}
 	}
 	return label > 0 && n[len(n)-1] != '-'
+}
+
+// CheckSignedBy verifies that child's signature is parent's, for either
+// profile.
+func CheckSignedBy(child, parent *Certificate) error {
+	if c, ok := child.X509(); ok {
+		p, ok := parent.X509()
+		if !ok {
+			return errors.New("ca: an ecdsa certificate under an sm2 parent")
+		}
+		return c.CheckSignatureFrom(p)
+	}
+	c, ok := child.parsed.(*smx509.Certificate)
+	p, ok2 := parent.parsed.(*smx509.Certificate)
+	if !ok || !ok2 {
+		return errors.New("ca: certificates of different profiles")
+	}
+	return c.CheckSignatureFrom(p)
 }

@@ -360,6 +360,10 @@ func (n *Node) applyLocal(ctx context.Context, data []byte) (*raftpb.Result, uin
 	return res, f.Index(), nil
 }
 
+// LeaderClient returns a client of the leader's cluster API, or an error
+// while no leader (or its API address) is known.
+func (n *Node) LeaderClient() (clusterpb.ClusterClient, error) { return n.leaderClient() }
+
 func (n *Node) leaderClient() (clusterpb.ClusterClient, error) {
 	_, id := n.raft.LeaderWithID()
 	if id == "" {

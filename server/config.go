@@ -1,0 +1,96 @@
+package server
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/server/cluster"
+)
+
+// Config configures a server. Fields documented with a default may be left zero.
+type Config struct {
+	// DataDir holds the server's identity, Raft log and snapshots.
+	DataDir string
+	// NodeID is the server's stable name in the cluster: letters, digits,
+	// '.', '-' and '_', at most 64 bytes.
+	NodeID string
+	// RaftAddr is the host:port Raft listens on and peers dial.
+	RaftAddr string
+	// APIAddr is the host:port of the cluster API (and later the node API).
+	APIAddr string
+	// AdminSocket is the operator API's Unix socket. Default: DataDir/admin.sock.
+	AdminSocket string
+	// KEK seals the keys the server keeps; every server of a cluster holds
+	// the same KEK.
+	KEK *ca.KEK
+
+	// Bootstrap forms a new cluster when the server has no state yet; it
+	// needs TrustDomain. It is ignored once the server has state.
+	Bootstrap   bool
+	TrustDomain string
+
+	// Join is the API address of any member, used when the server has no
+	// identity yet; it needs JoinToken and TrustBundle.
+	Join        string
+	JoinToken   string
+	TrustBundle []*x509.Certificate
+
+	// Logger receives the server's logs, including the audit trail of
+	// every allow/deny decision. Default: slog.Default().
+	Logger *slog.Logger
+	// RaftLogger receives hashicorp/raft's logs. Default: warnings to stderr.
+	RaftLogger hclog.Logger
+	// Timing tunes Raft (zero: cluster.DefaultTiming).
+	Timing cluster.Timing
+	// Dial opens connections to peers; tests inject faults with it.
+	Dial cluster.DialFunc
+	// Clock returns the current time. Default: time.Now.
+	Clock func() time.Time
+}
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// ValidNodeID reports whether id can name a server.
+func ValidNodeID(id string) bool { return nodeIDPattern.MatchString(id) }
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("a data directory is required"))
+	}
+	if !ValidNodeID(c.NodeID) {
+		errs = append(errs, fmt.Errorf("node ID %q: use 1-64 letters, digits, '.', '-' or '_'", c.NodeID))
+	}
+	for name, a := range map[string]string{"raft address": c.RaftAddr, "API address": c.APIAddr} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want host:port", name, a))
+		}
+	}
+	if c.KEK == nil {
+		errs = append(errs, errors.New("a key-encryption key is required"))
+	}
+	if c.Bootstrap && c.Join != "" {
+		errs = append(errs, errors.New("bootstrap and join exclude each other"))
+	}
+	if c.Join != "" && (c.JoinToken == "" || len(c.TrustBundle) == 0) {
+		errs = append(errs, errors.New("joining needs a join token and the cluster's trust bundle"))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.AdminSocket == "" && c.DataDir != "" {
+		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")
+	}
+	return errors.Join(errs...)
+}

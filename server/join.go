@@ -1,0 +1,251 @@
+package server
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/clusterpb"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
+	"github.com/meshca/meshca/server/cluster"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// Join token kinds.
+const (
+	TokenKindServer = "server"
+	TokenKindAgent  = "agent"
+)
+
+// maxTokenLen bounds a join token in a request.
+const maxTokenLen = 256
+
+// TrustDomainOfBundle returns the trust domain named by the roots' URI SANs
+// (meshca CA certificates carry spiffe://<trust domain>).
+func TrustDomainOfBundle(roots []*x509.Certificate) (spiffeid.TrustDomain, error) {
+	for _, r := range roots {
+		for _, u := range r.URIs {
+			if id, err := spiffeid.FromURI(u); err == nil {
+				return id.TrustDomain(), nil
+			}
+		}
+	}
+	return spiffeid.TrustDomain{}, errors.New("the trust bundle's roots name no trust domain (no spiffe:// URI SAN)")
+}
+
+// join obtains this server's identity from the cluster: it sends CSRs for
+// its own intermediates with the join token to cfg.Join, authenticating the
+// member it talks to with the trust bundle.
+func (s *Server) join() (*identity, error) {
+	cfg := &s.cfg
+	td, err := TrustDomainOfBundle(cfg.TrustBundle)
+	if err != nil {
+		return nil, err
+	}
+	keys := map[string]crypto.Signer{}
+	req := &clusterpb.JoinRequest{Token: cfg.JoinToken, NodeId: cfg.NodeID, RaftAddr: cfg.RaftAddr, ApiAddr: cfg.APIAddr,
+		IntermediateCsrs: map[string][]byte{}, KekId: cfg.KEK.ID()}
+	for _, p := range ca.Profiles() {
+		key, err := p.GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		csr, err := p.CreateCSR(key)
+		if err != nil {
+			return nil, err
+		}
+		keys[p.Name()], req.IntermediateCsrs[p.Name()] = key, csr
+	}
+	dial := cfg.Dial
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cluster.JoinClientTLS(td, cfg.TrustBundle)))}
+	if dial != nil {
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return dial(ctx, a) }))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+cfg.Join, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp, err := clusterpb.NewClusterClient(conn).Join(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
+	}
+	if resp.TrustDomain != td.Name() {
+		return nil, fmt.Errorf("join %s: cluster answered for trust domain %q, the bundle is of %q", cfg.Join, resp.TrustDomain, td.Name())
+	}
+	id := &identity{Version: identityVersion, NodeID: cfg.NodeID, TrustDomain: td.Name(), KEKID: cfg.KEK.ID(),
+		Roots: map[string][]byte{}, Intermediates: map[string]*localIntermediate{}}
+	for _, der := range resp.Roots {
+		name := ca.ProfileSM2
+		if _, err := x509.ParseCertificate(der); err == nil {
+			name = ca.ProfileECDSA
+		}
+		id.Roots[name] = der
+	}
+	for _, p := range ca.Profiles() {
+		root, err := p.ParseCertificate(id.Roots[p.Name()])
+		if err != nil {
+			return nil, fmt.Errorf("join: %s root: %w", p.Name(), err)
+		}
+		inter, err := p.ParseCertificate(resp.Intermediates[p.Name()])
+		if err != nil {
+			return nil, fmt.Errorf("join: %s intermediate: %w", p.Name(), err)
+		}
+		// The intermediate must certify our key and come from the root; the
+		// ECDSA root must be one of the bundle we were given.
+		if _, err := ca.NewAuthority(ca.AuthorityConfig{Profile: p, TrustDomain: td, Certificate: inter, Signer: keys[p.Name()], Upstream: nil}); err != nil {
+			return nil, fmt.Errorf("join: %s intermediate: %w", p.Name(), err)
+		}
+		if err := ca.CheckSignedBy(inter, root); err != nil {
+			return nil, fmt.Errorf("join: %s intermediate is not signed by the root: %w", p.Name(), err)
+		}
+		sealed, err := ca.SealKey(cfg.KEK, p, p.Name()+"/intermediate", keys[p.Name()])
+		if err != nil {
+			return nil, err
+		}
+		id.Intermediates[p.Name()] = &localIntermediate{Certificate: inter.Raw, Key: sealed}
+	}
+	if !bundleHas(cfg.TrustBundle, id.Roots[ca.ProfileECDSA]) {
+		return nil, fmt.Errorf("join %s: the cluster's ECDSA root is not in the trust bundle", cfg.Join)
+	}
+	if err := id.issueServerCertificate(cfg.KEK, cfg.Clock); err != nil {
+		return nil, err
+	}
+	s.log.Info("joined the cluster", "via", cfg.Join, "trust_domain", td.Name())
+	return id, nil
+}
+
+func bundleHas(bundle []*x509.Certificate, der []byte) bool {
+	for _, c := range bundle {
+		if string(c.Raw) == string(der) {
+			return true
+		}
+	}
+	return false
+}
+
+// handleJoin admits a new server. Everything is checked and signed before
+// the token is consumed, so a bad request does not burn the token; the
+// token is consumed through Raft, so it admits one server exactly once.
+func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
+	from := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		from = p.Addr.String()
+	}
+	deny := func(code codes.Code, reason string) error {
+		s.audit.Warn("join", "decision", "deny", "joining_node", req.NodeId, "from", from, "reason", reason)
+		return status.Error(code, reason)
+	}
+	switch {
+	case !ValidNodeID(req.NodeId):
+		return nil, deny(codes.InvalidArgument, fmt.Sprintf("node ID %q: use 1-64 letters, digits, '.', '-' or '_'", req.NodeId))
+	case len(req.Token) == 0 || len(req.Token) > maxTokenLen:
+		return nil, deny(codes.InvalidArgument, "a server join token is required")
+	case !validHostPort(req.RaftAddr) || !validHostPort(req.ApiAddr):
+		return nil, deny(codes.InvalidArgument, "raft and API addresses must be host:port")
+	}
+	if !s.node.IsLeader() {
+		client, err := s.node.LeaderClient()
+		if err != nil {
+			return nil, status.Error(codes.Unavailable, "no leader to admit the server; retry")
+		}
+		return client.Join(ctx, req)
+	}
+	r := s.fsm.Read()
+	td := r.TrustDomain()
+	switch {
+	case td == nil:
+		return nil, status.Error(codes.Unavailable, "the cluster is still bootstrapping; retry")
+	case req.KekId != td.KekId:
+		return nil, deny(codes.PermissionDenied, "the joining server's key-encryption key differs from the cluster's: every server needs the same KEK")
+	case r.Server(req.NodeId) != nil:
+		return nil, deny(codes.AlreadyExists, fmt.Sprintf("a server named %q is already a member", req.NodeId))
+	}
+	now := s.cfg.Clock()
+	var issued []*ca.Certificate
+	var roots [][]byte
+	var cmds []*raftpb.Command
+	for _, p := range ca.Profiles() {
+		rootRec, rootKey, err := s.activeRoot(r, p.Name())
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		root, err := p.ParseCertificate(rootRec.Certificate)
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + req.NodeId, Now: now},
+			req.IntermediateCsrs[p.Name()], root, rootKey)
+		if err != nil {
+			return nil, deny(codes.InvalidArgument, fmt.Sprintf("%s intermediate CSR: %v", p.Name(), err))
+		}
+		issued = append(issued, inter)
+		roots = append(roots, root.Raw)
+		cmds = append(cmds, putIntermediate(inter, rootRec.Id, req.NodeId))
+	}
+	hash := sha256.Sum256([]byte(req.Token))
+	_, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_ConsumeJoinToken{ConsumeJoinToken: &raftpb.ConsumeJoinToken{
+		Hash: hash[:], Kind: TokenKindServer, Consumer: req.NodeId}}})
+	var fsmErr *raftfsm.Error
+	switch {
+	case errors.As(err, &fsmErr):
+		return nil, deny(codes.PermissionDenied, "the join token is unknown, already used or expired ("+fsmErr.Msg+")")
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "consume join token: %v", err)
+	}
+	cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_PutServer{PutServer: &raftpb.PutServer{Server: &raftpb.Server{
+		NodeId: req.NodeId, RaftAddr: req.RaftAddr, ApiAddr: req.ApiAddr, JoinedUnixNano: now.UnixNano()}}}})
+	for _, c := range cmds {
+		if _, err := s.node.Apply(ctx, c); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "record the new server: %v", err)
+		}
+	}
+	if err := s.node.AddVoter(ctx, req.NodeId, req.RaftAddr); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.NodeId, err)
+	}
+	s.audit.Info("join", "decision", "allow", "joining_node", req.NodeId, "from", from, "raft_addr", req.RaftAddr)
+	resp := &clusterpb.JoinResponse{TrustDomain: s.td.Name(), Intermediates: map[string][]byte{}, Roots: roots}
+	for _, c := range issued {
+		resp.Intermediates[c.Profile] = c.Raw
+	}
+	return resp, nil
+}
+
+func validHostPort(a string) bool {
+	h, p, err := net.SplitHostPort(a)
+	return err == nil && h != "" && p != ""
+}
+
+// activeRoot finds a profile's active root in the state and opens its key.
+func (s *Server) activeRoot(r *raftfsm.Reader, profile string) (*raftpb.Authority, crypto.Signer, error) {
+	for _, a := range r.Authorities() {
+		if a.Profile != profile || a.Kind != raftpb.AuthorityKind_ROOT || a.State != raftpb.AuthorityState_ACTIVE {
+			continue
+		}
+		var sk ca.SealedKey
+		if err := json.Unmarshal(a.SealedKey, &sk); err != nil {
+			return nil, nil, fmt.Errorf("root %s: sealed key: %w", a.Id, err)
+		}
+		key, err := sk.Open(s.cfg.KEK)
+		if err != nil {
+			return nil, nil, fmt.Errorf("root %s: %w", a.Id, err)
+		}
+		return a, key, nil
+	}
+	return nil, nil, fmt.Errorf("no active %s root in the cluster state", profile)
+}

@@ -1,0 +1,206 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// operatorService is the operator API, served on the admin socket: whoever
+// can open the socket (mode 0600) is the server's operator. Every call that
+// changes something is audited.
+type operatorService struct {
+	operatorpb.UnimplementedOperatorServer
+	s *Server
+}
+
+// Join token lifetimes.
+const (
+	DefaultJoinTokenTTL = 10 * time.Minute
+	MaxJoinTokenTTL     = 7 * 24 * time.Hour
+)
+
+func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusRequest) (*operatorpb.StatusResponse, error) {
+	n := o.s.node
+	addr, leader := n.Raft().LeaderWithID()
+	hash, err := o.s.fsm.StateHash()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	r := o.s.fsm.Read()
+	return &operatorpb.StatusResponse{
+		NodeId: o.s.cfg.NodeID, TrustDomain: o.s.td.Name(), RaftState: n.Raft().State().String(),
+		LeaderId: string(leader), LeaderAddr: string(addr), AppliedIndex: o.s.fsm.AppliedIndex(),
+		CommitIndex: n.Raft().CommitIndex(), StateHash: hex.EncodeToString(hash[:]), LedgerRecords: uint64(r.LedgerLen()),
+	}, nil
+}
+
+func (o *operatorService) RaftListPeers(ctx context.Context, _ *operatorpb.RaftListPeersRequest) (*operatorpb.RaftListPeersResponse, error) {
+	servers, err := o.s.node.Peers()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	_, leader := o.s.node.Raft().LeaderWithID()
+	resp := &operatorpb.RaftListPeersResponse{}
+	for _, sv := range servers {
+		resp.Peers = append(resp.Peers, &operatorpb.Peer{Id: string(sv.ID), Address: string(sv.Address),
+			Suffrage: sv.Suffrage.String(), Leader: sv.ID == leader})
+	}
+	return resp, nil
+}
+
+func (o *operatorService) RaftAddVoter(ctx context.Context, req *operatorpb.RaftAddVoterRequest) (*operatorpb.RaftAddVoterResponse, error) {
+	if !ValidNodeID(req.Id) || !validHostPort(req.Address) {
+		return nil, status.Error(codes.InvalidArgument, "add-voter needs a node ID and the server's raft host:port")
+	}
+	if err := o.s.node.AddVoter(ctx, req.Id, req.Address); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "add voter %s: %v", req.Id, err)
+	}
+	o.s.audit.Info("raft add-voter", "decision", "allow", "peer", req.Id, "address", req.Address)
+	return &operatorpb.RaftAddVoterResponse{}, nil
+}
+
+func (o *operatorService) RaftRemovePeer(ctx context.Context, req *operatorpb.RaftRemovePeerRequest) (*operatorpb.RaftRemovePeerResponse, error) {
+	servers, err := o.s.node.Peers()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	found := false
+	for _, sv := range servers {
+		found = found || string(sv.ID) == req.Id
+	}
+	if !found {
+		return nil, status.Errorf(codes.NotFound, "no peer %q in the Raft configuration", req.Id)
+	}
+	if err := o.s.node.RemoveServer(ctx, req.Id); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "remove peer %s: %v", req.Id, err)
+	}
+	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_RemoveServer{RemoveServer: &raftpb.RemoveServer{NodeId: req.Id}}}); err != nil && !errors.Is(err, raftfsm.ErrNotFound) {
+		return nil, status.Errorf(codes.Unavailable, "forget server %s: %v", req.Id, err)
+	}
+	o.s.audit.Info("raft remove-peer", "decision", "allow", "peer", req.Id)
+	return &operatorpb.RaftRemovePeerResponse{}, nil
+}
+
+// snapshotChunk is the size of the chunks a snapshot streams in.
+const snapshotChunk = 1 << 20
+
+// SnapshotSave streams the replicated state as of a linearizable read.
+func (o *operatorService) SnapshotSave(_ *operatorpb.SnapshotSaveRequest, stream operatorpb.Operator_SnapshotSaveServer) error {
+	ctx := stream.Context()
+	if err := o.s.node.ReadIndex(ctx); err != nil {
+		return status.Errorf(codes.Unavailable, "reach the leader for an up-to-date snapshot: %v", err)
+	}
+	snap, err := o.s.fsm.Snapshot()
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(snap.Persist(&pipeSink{pw}))
+	}()
+	defer pr.Close()
+	buf := make([]byte, snapshotChunk)
+	for {
+		n, err := io.ReadFull(pr, buf)
+		if n > 0 {
+			if err := stream.Send(&operatorpb.SnapshotChunk{Data: buf[:n]}); err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			o.s.audit.Info("snapshot save", "decision", "allow")
+			return nil
+		}
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+	}
+}
+
+// pipeSink adapts a pipe to raft.SnapshotSink for FSMSnapshot.Persist.
+type pipeSink struct{ *io.PipeWriter }
+
+func (p *pipeSink) ID() string    { return "operator" }
+func (p *pipeSink) Cancel() error { return p.CloseWithError(errors.New("snapshot cancelled")) }
+func (p *pipeSink) Close() error  { return nil }
+
+var _ raft.SnapshotSink = (*pipeSink)(nil)
+
+// SnapshotRestore replaces the cluster's state with an uploaded snapshot,
+// verified whole first: a corrupt snapshot changes nothing.
+func (o *operatorService) SnapshotRestore(stream operatorpb.Operator_SnapshotRestoreServer) error {
+	pr, pw := io.Pipe()
+	go func() {
+		for {
+			chunk, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				pw.Close()
+				return
+			}
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+			if _, err := pw.Write(chunk.Data); err != nil {
+				return
+			}
+		}
+	}()
+	hash, err := o.s.node.Restore(stream.Context(), pr)
+	pr.Close()
+	if errors.Is(err, raftfsm.ErrCorruptSnapshot) {
+		o.s.audit.Warn("snapshot restore", "decision", "deny", "reason", err.Error())
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err != nil {
+		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+			return err
+		}
+		return status.Errorf(codes.Unavailable, "restore: %v", err)
+	}
+	o.s.audit.Info("snapshot restore", "decision", "allow", "state_hash", hex.EncodeToString(hash[:]))
+	return stream.SendAndClose(&operatorpb.SnapshotRestoreResponse{StateHash: hex.EncodeToString(hash[:])})
+}
+
+// CreateJoinToken makes a single-use join token. Only its SHA-256 is
+// stored; the token itself is returned once, here.
+func (o *operatorService) CreateJoinToken(ctx context.Context, req *operatorpb.CreateJoinTokenRequest) (*operatorpb.CreateJoinTokenResponse, error) {
+	if req.Kind != TokenKindServer && req.Kind != TokenKindAgent {
+		return nil, status.Errorf(codes.InvalidArgument, "token kind %q: want %q or %q", req.Kind, TokenKindServer, TokenKindAgent)
+	}
+	ttl := time.Duration(req.TtlSeconds) * time.Second
+	switch {
+	case req.TtlSeconds == 0:
+		ttl = DefaultJoinTokenTTL
+	case req.TtlSeconds < 0 || ttl < time.Second || ttl > MaxJoinTokenTTL:
+		return nil, status.Errorf(codes.InvalidArgument, "token TTL %ds: want 1s to %s", req.TtlSeconds, MaxJoinTokenTTL)
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	token := base64.RawURLEncoding.EncodeToString(raw[:])
+	hash := sha256.Sum256([]byte(token))
+	expires := o.s.cfg.Clock().Add(ttl)
+	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_CreateJoinToken{CreateJoinToken: &raftpb.CreateJoinToken{
+		Token: &raftpb.JoinToken{Hash: hash[:], Kind: req.Kind, ExpiresUnixNano: expires.UnixNano()}}}}); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "create join token: %v", err)
+	}
+	o.s.audit.Info("join token create", "decision", "allow", "kind", req.Kind, "expires", expires.UTC().Format(time.RFC3339),
+		"token_sha256", fmt.Sprintf("%x", hash[:8]))
+	return &operatorpb.CreateJoinTokenResponse{Token: token, ExpiresUnix: expires.Unix()}, nil
+}

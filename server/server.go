@@ -1,0 +1,360 @@
+package server
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/clusterpb"
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
+	"github.com/meshca/meshca/server/cluster"
+	"github.com/meshca/meshca/store"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// maxRequestSize bounds every gRPC request a server accepts.
+const maxRequestSize = 4 << 20
+
+// Server is a running meshca server.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	audit *slog.Logger
+	td    spiffeid.TrustDomain
+
+	mu sync.Mutex // guards id
+	id *identity
+
+	tlsID     *cluster.Identity
+	stores    *store.RaftStores
+	fsm       *raftfsm.FSM
+	node      *cluster.Node
+	raftLn    net.Listener
+	apiLn     net.Listener
+	adminLn   net.Listener
+	api       *grpc.Server
+	admin     *grpc.Server
+	bootstrap *bootstrapMaterial
+}
+
+// New prepares a server: it loads its identity, or creates one by
+// bootstrapping or joining, opens its stores and starts its Raft node and
+// listeners. Run serves.
+func New(cfg Config) (_ *Server, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("server config: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), audit: cfg.Logger.With("node", cfg.NodeID, "audit", true)}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	// Listen first: a joining server must tell the cluster where it is.
+	if s.raftLn, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
+		return nil, fmt.Errorf("raft address: %w", err)
+	}
+	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+		return nil, fmt.Errorf("API address: %w", err)
+	}
+	s.cfg.RaftAddr, s.cfg.APIAddr = s.raftLn.Addr().String(), s.apiLn.Addr().String()
+
+	id, err := loadIdentity(cfg.DataDir, cfg.KEK)
+	if err != nil {
+		return nil, err
+	}
+	hasState, err := store.HasState(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case id != nil:
+		if cfg.TrustDomain != "" && cfg.TrustDomain != id.TrustDomain {
+			return nil, fmt.Errorf("data directory %s belongs to trust domain %q, not %q", cfg.DataDir, id.TrustDomain, cfg.TrustDomain)
+		}
+	case hasState:
+		return nil, fmt.Errorf("data directory %s has Raft state but no server identity; restore the identity or start from an empty directory", cfg.DataDir)
+	case cfg.Join != "":
+		if id, err = s.join(); err != nil {
+			return nil, err
+		}
+	case cfg.Bootstrap:
+		td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap needs a valid trust domain: %w", err)
+		}
+		if id, s.bootstrap, err = newBootstrapIdentity(&s.cfg, td); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, errors.New("this server has no identity yet: start the first server with --bootstrap, and join the others with --join ADDR --join-token T --trust-bundle F")
+	}
+	if err := id.save(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	s.id = id
+	if s.td, err = id.trustDomain(); err != nil {
+		return nil, err
+	}
+	s.tlsID = cluster.NewIdentity(s.td)
+	if err := s.refreshCertificate(false); err != nil {
+		return nil, err
+	}
+
+	if s.stores, err = store.OpenRaft(cfg.DataDir, store.RaftConfig{Logger: cfg.RaftLogger}); err != nil {
+		return nil, err
+	}
+	s.fsm = raftfsm.New()
+	s.node, err = cluster.Start(cluster.Config{
+		NodeID: cfg.NodeID, RaftListener: s.raftLn, Identity: s.tlsID, FSM: s.fsm, Stores: s.stores,
+		Dial: cfg.Dial, Logger: s.log, RaftLogger: cfg.RaftLogger, Timing: cfg.Timing, Clock: cfg.Clock,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.bootstrap != nil && !hasState {
+		if err := s.node.Bootstrap(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+
+	s.api = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))
+	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, s.handleJoin))
+	if s.adminLn, err = listenAdmin(s.cfg.AdminSocket); err != nil {
+		return nil, err
+	}
+	s.admin = grpc.NewServer(grpc.MaxRecvMsgSize(maxRequestSize))
+	operatorpb.RegisterOperatorServer(s.admin, &operatorService{s: s})
+	return s, nil
+}
+
+// listenAdmin listens on the operator socket, readable and writable by
+// this user only. A stale socket left by a crash is replaced; one in use is not.
+func listenAdmin(path string) (net.Listener, error) {
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("admin socket %s is in use by another server", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return ln, nil
+}
+
+// RaftAddr and APIAddr are the addresses the server listens on.
+func (s *Server) RaftAddr() string { return s.cfg.RaftAddr }
+
+// APIAddr is the address of the cluster API.
+func (s *Server) APIAddr() string { return s.cfg.APIAddr }
+
+// AdminSocket is the path of the operator API's socket.
+func (s *Server) AdminSocket() string { return s.cfg.AdminSocket }
+
+// Node returns the server's cluster node.
+func (s *Server) Node() *cluster.Node { return s.node }
+
+// TrustBundle returns the trust domain's ECDSA roots, for joining servers.
+func (s *Server) TrustBundle() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return ca.EncodePEM(s.id.Roots[ca.ProfileECDSA])
+}
+
+// Run serves until ctx ends, then shuts down: it stops accepting, stops
+// Raft without transferring leadership, and closes the stores.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	serve := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, grpc.ErrServerStopped) && ctx.Err() == nil {
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		}()
+	}
+	serve("API", func() error { return s.api.Serve(s.apiLn) })
+	serve("admin socket", func() error { return s.admin.Serve(s.adminLn) })
+	serve("bootstrap", func() error { return s.writeBootstrapState(ctx) })
+	serve("certificate renewal", func() error { return s.renewLoop(ctx) })
+	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
+	<-ctx.Done()
+	s.close()
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// close releases everything New acquired, in reverse order.
+func (s *Server) close() {
+	if s.admin != nil {
+		s.admin.Stop()
+	} else if s.adminLn != nil {
+		s.adminLn.Close()
+	}
+	if s.adminLn != nil {
+		os.Remove(s.cfg.AdminSocket)
+	}
+	if s.api != nil {
+		stopped := make(chan struct{})
+		go func() { s.api.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			s.api.Stop()
+		}
+	} else if s.apiLn != nil {
+		s.apiLn.Close()
+	}
+	if s.node != nil {
+		s.node.Shutdown()
+	} else if s.raftLn != nil {
+		s.raftLn.Close()
+	}
+	if s.stores != nil {
+		s.stores.Close()
+	}
+}
+
+// authorityID names an authority in the replicated state.
+func authorityID(c *ca.Certificate, kind raftpb.AuthorityKind) string {
+	k := "intermediate"
+	if kind == raftpb.AuthorityKind_ROOT {
+		k = "root"
+	}
+	return c.Profile + "/" + k + "/" + hex.EncodeToString(c.SerialNumber.Bytes())
+}
+
+// writeBootstrapState writes what the first server created into the
+// replicated state, once it leads the new cluster.
+func (s *Server) writeBootstrapState(ctx context.Context) error {
+	if s.bootstrap == nil {
+		return nil
+	}
+	for !s.node.IsLeader() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if s.fsm.Read().TrustDomain() != nil {
+		return nil
+	}
+	s.mu.Lock()
+	id := s.id
+	s.mu.Unlock()
+	cmds := []*raftpb.Command{{Op: &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{
+		Name: s.td.Name(), KekId: s.cfg.KEK.ID(), CreatedUnixNano: s.cfg.Clock().UnixNano()}}}}}
+	for _, p := range ca.Profiles() {
+		rm := s.bootstrap.roots[p.Name()]
+		sealed, err := json.Marshal(rm.key)
+		if err != nil {
+			return err
+		}
+		rootID := authorityID(rm.cert, raftpb.AuthorityKind_ROOT)
+		cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_PutAuthority{PutAuthority: &raftpb.PutAuthority{Authority: &raftpb.Authority{
+			Id: rootID, Profile: p.Name(), Kind: raftpb.AuthorityKind_ROOT, State: raftpb.AuthorityState_ACTIVE,
+			Certificate: rm.cert.Raw, SealedKey: sealed, NotAfterUnix: rm.cert.NotAfter.Unix()}}}})
+		inter, err := p.ParseCertificate(id.Intermediates[p.Name()].Certificate)
+		if err != nil {
+			return err
+		}
+		cmds = append(cmds, putIntermediate(inter, rootID, s.cfg.NodeID))
+	}
+	cmds = append(cmds, s.putSelf())
+	for _, c := range cmds {
+		if _, err := s.node.Apply(ctx, c); err != nil {
+			return fmt.Errorf("write bootstrap state: %w", err)
+		}
+	}
+	s.log.Info("cluster bootstrapped", "trust_domain", s.td.Name())
+	return nil
+}
+
+func putIntermediate(c *ca.Certificate, parentID, nodeID string) *raftpb.Command {
+	return &raftpb.Command{Op: &raftpb.Command_PutAuthority{PutAuthority: &raftpb.PutAuthority{Authority: &raftpb.Authority{
+		Id: authorityID(c, raftpb.AuthorityKind_INTERMEDIATE), Profile: c.Profile, Kind: raftpb.AuthorityKind_INTERMEDIATE,
+		State: raftpb.AuthorityState_ACTIVE, Certificate: c.Raw, ServerId: nodeID, ParentId: parentID, NotAfterUnix: c.NotAfter.Unix()}}}}
+}
+
+func (s *Server) putSelf() *raftpb.Command {
+	return &raftpb.Command{Op: &raftpb.Command_PutServer{PutServer: &raftpb.PutServer{Server: &raftpb.Server{
+		NodeId: s.cfg.NodeID, RaftAddr: s.cfg.RaftAddr, ApiAddr: s.cfg.APIAddr, JoinedUnixNano: s.cfg.Clock().UnixNano()}}}}
+}
+
+// refreshCertificate installs the server's TLS certificate, reissuing it
+// from its own intermediate when renew is set or it is past half-life.
+func (s *Server) refreshCertificate(renew bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cert, notBefore, notAfter, err := s.id.tlsCertificate(s.cfg.KEK)
+	if err != nil {
+		return err
+	}
+	if renew || !s.cfg.Clock().Before(notBefore.Add(notAfter.Sub(notBefore)/2)) {
+		if err := s.id.issueServerCertificate(s.cfg.KEK, s.cfg.Clock); err != nil {
+			return err
+		}
+		if err := s.id.save(s.cfg.DataDir); err != nil {
+			return err
+		}
+		if cert, _, _, err = s.id.tlsCertificate(s.cfg.KEK); err != nil {
+			return err
+		}
+		s.log.Info("server certificate renewed", "not_after", cert.Leaf.NotAfter)
+	}
+	return s.tlsID.Update(cert, s.id.x509Roots())
+}
+
+// renewLoop renews the server certificate at half-life.
+func (s *Server) renewLoop(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		_, notBefore, notAfter, err := s.id.tlsCertificate(s.cfg.KEK)
+		s.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		wait := time.Until(notBefore.Add(notAfter.Sub(notBefore) / 2))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(max(wait, time.Second)):
+		}
+		if err := s.refreshCertificate(false); err != nil {
+			s.log.Error("server certificate renewal failed; retrying in a minute", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Minute):
+			}
+		}
+	}
+}

@@ -1,0 +1,367 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// These tests run real servers in this process: TCP on 127.0.0.1, mutual
+// TLS, raft-wal on temporary directories, operator API on Unix sockets.
+
+type running struct {
+	t    *testing.T
+	cfg  Config
+	srv  *Server
+	stop context.CancelFunc
+	done chan error
+}
+
+func newKEK(t *testing.T) *ca.KEK {
+	t.Helper()
+	k, err := ca.CreateKEKFile(filepath.Join(t.TempDir(), "kek"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func testConfig(t *testing.T, node string, kek *ca.KEK) Config {
+	dir, err := os.MkdirTemp("", "msrv") // short: it holds a Unix socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return Config{DataDir: dir, NodeID: node, RaftAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", KEK: kek,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RaftLogger: hclog.NewNullLogger()}
+}
+
+func start(t *testing.T, cfg Config) (*running, error) {
+	t.Helper()
+	srv, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{t: t, cfg: cfg, srv: srv, stop: cancel, done: make(chan error, 1)}
+	go func() { r.done <- srv.Run(ctx) }()
+	t.Cleanup(r.shutdown)
+	return r, nil
+}
+
+func mustStart(t *testing.T, cfg Config) *running {
+	t.Helper()
+	r, err := start(t, cfg)
+	if err != nil {
+		t.Fatalf("start %s: %v", cfg.NodeID, err)
+	}
+	return r
+}
+
+func (r *running) shutdown() {
+	if r.stop == nil {
+		return
+	}
+	r.stop()
+	r.stop = nil
+	select {
+	case err := <-r.done:
+		if err != nil {
+			r.t.Errorf("%s: Run: %v", r.cfg.NodeID, err)
+		}
+	case <-time.After(20 * time.Second):
+		r.t.Errorf("%s did not stop", r.cfg.NodeID)
+	}
+}
+
+func (r *running) operator() operatorpb.OperatorClient {
+	r.t.Helper()
+	conn, err := grpc.NewClient("unix://"+r.srv.AdminSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { conn.Close() })
+	return operatorpb.NewOperatorClient(conn)
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func (r *running) token(kind string) string {
+	r.t.Helper()
+	resp, err := r.operator().CreateJoinToken(ctx(r.t), &operatorpb.CreateJoinTokenRequest{Kind: kind})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return resp.Token
+}
+
+func (r *running) status() *operatorpb.StatusResponse {
+	r.t.Helper()
+	if err := r.srv.Node().ReadIndex(ctx(r.t)); err != nil {
+		r.t.Fatal(err)
+	}
+	st, err := r.operator().Status(ctx(r.t), &operatorpb.StatusRequest{})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return st
+}
+
+func bundleOf(t *testing.T, pemBytes []byte) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, pemBytes = pem.Decode(pemBytes)
+		if b == nil {
+			return out
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+}
+
+func waitBootstrapped(t *testing.T, r *running) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for r.srv.fsm.Read().Server(r.cfg.NodeID) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("bootstrap state not written")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func joinCfg(t *testing.T, node string, kek *ca.KEK, via *running, token string, bundle []*x509.Certificate) Config {
+	cfg := testConfig(t, node, kek)
+	cfg.Join, cfg.JoinToken, cfg.TrustBundle = via.srv.APIAddr(), token, bundle
+	return cfg
+}
+
+func TestBootstrapJoinRestart(t *testing.T) {
+	kek := newKEK(t)
+	c1 := testConfig(t, "s1", kek)
+	c1.Bootstrap, c1.TrustDomain = true, "example.org"
+	s1 := mustStart(t, c1)
+	waitBootstrapped(t, s1)
+	bundle := bundleOf(t, s1.srv.TrustBundle())
+
+	s2 := mustStart(t, joinCfg(t, "s2", kek, s1, s1.token(TokenKindServer), bundle))
+	// s3 joins through s2, a follower: the join is forwarded to the leader.
+	s3 := mustStart(t, joinCfg(t, "s3", kek, s2, s1.token(TokenKindServer), bundle))
+	servers := []*running{s1, s2, s3}
+
+	// The new members learn the configuration by replication.
+	var peers *operatorpb.RaftListPeersResponse
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		var err error
+		if peers, err = s3.operator().RaftListPeers(ctx(t), &operatorpb.RaftListPeersRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if len(peers.Peers) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("peers %v, want 3 voters", peers.Peers)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, p := range peers.Peers {
+		if p.Suffrage != "Voter" {
+			t.Errorf("peer %s is a %s", p.Id, p.Suffrage)
+		}
+	}
+	hash := s1.status().StateHash
+	for _, s := range servers {
+		if h := s.status().StateHash; h != hash {
+			t.Errorf("%s state hash %s, want %s", s.cfg.NodeID, h, hash)
+		}
+		// Each server has its own intermediates, certified by the roots.
+		for _, p := range ca.Profiles() {
+			a, err := s.srv.id.authority(p.Name(), kek, time.Now)
+			if err != nil {
+				t.Fatalf("%s %s intermediate: %v", s.cfg.NodeID, p.Name(), err)
+			}
+			root, _ := p.ParseCertificate(s.srv.id.Roots[p.Name()])
+			if err := ca.CheckSignedBy(a.Certificate(), root); err != nil {
+				t.Errorf("%s %s intermediate: %v", s.cfg.NodeID, p.Name(), err)
+			}
+		}
+	}
+	r := s1.srv.fsm.Read()
+	if n := len(r.Authorities()); n != 2+3*2 {
+		t.Errorf("%d authorities in the state, want 2 roots + 6 intermediates", n)
+	}
+	if n := len(r.Servers()); n != 3 {
+		t.Errorf("%d servers in the state, want 3", n)
+	}
+
+	// Restart every server from its disk: same cluster, same state.
+	addrs := map[string][2]string{}
+	for _, s := range servers {
+		addrs[s.cfg.NodeID] = [2]string{s.srv.RaftAddr(), s.srv.APIAddr()}
+		s.shutdown()
+	}
+	for i, s := range servers {
+		cfg := s.cfg
+		cfg.Bootstrap, cfg.Join = false, ""
+		cfg.RaftAddr, cfg.APIAddr = addrs[cfg.NodeID][0], addrs[cfg.NodeID][1]
+		servers[i] = mustStart(t, cfg)
+	}
+	for _, s := range servers {
+		if h := s.status().StateHash; h != hash {
+			t.Errorf("after restart %s has state hash %s, want %s", s.cfg.NodeID, h, hash)
+		}
+	}
+}
+
+func TestBadJoinsAreRefused(t *testing.T) {
+	kek := newKEK(t)
+	c1 := testConfig(t, "s1", kek)
+	c1.Bootstrap, c1.TrustDomain = true, "example.org"
+	s1 := mustStart(t, c1)
+	waitBootstrapped(t, s1)
+	bundle := bundleOf(t, s1.srv.TrustBundle())
+
+	used := s1.token(TokenKindServer)
+	mustStart(t, joinCfg(t, "s2", kek, s1, used, bundle))
+
+	refused := func(name string, cfg Config, code codes.Code, text string) {
+		t.Helper()
+		_, err := start(t, cfg)
+		if err == nil {
+			t.Fatalf("%s: the server joined", name)
+		}
+		if status.Code(errors.Unwrap(err)) != code && !strings.Contains(err.Error(), code.String()) {
+			t.Errorf("%s: error %v, want code %s", name, err, code)
+		}
+		if !strings.Contains(err.Error(), text) {
+			t.Errorf("%s: error %q does not say %q", name, err, text)
+		}
+	}
+	refused("reused token", joinCfg(t, "s3", kek, s1, used, bundle), codes.PermissionDenied, "already used")
+	refused("unknown token", joinCfg(t, "s3", kek, s1, "not-a-token", bundle), codes.PermissionDenied, "unknown")
+	refused("agent token", joinCfg(t, "s3", kek, s1, s1.token(TokenKindAgent), bundle), codes.PermissionDenied, "join token")
+
+	fresh := s1.token(TokenKindServer)
+	refused("wrong KEK", joinCfg(t, "s3", newKEK(t), s1, fresh, bundle), codes.PermissionDenied, "key-encryption key")
+	refused("name taken", joinCfg(t, "s2", kek, s1, fresh, bundle), codes.AlreadyExists, "already a member")
+
+	// A trust bundle of another CA: the joining server does not trust the
+	// cluster, sends nothing, and the token stays valid.
+	otherDir := t.TempDir()
+	otherKEK, _ := ca.CreateKEKFile(filepath.Join(otherDir, "kek"))
+	other, err := ca.OpenLocal(ca.LocalConfig{Dir: otherDir, KEK: otherKEK, TrustDomain: spiffeid.RequireTrustDomainFromString("example.org")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := bundleOf(t, other.Bundle().ForProfile(ca.ProfileECDSA).PEM())
+	other.Close()
+	if _, err := start(t, joinCfg(t, "s3", kek, s1, fresh, forged)); err == nil {
+		t.Fatal("joined a cluster its trust bundle does not vouch for")
+	}
+	s3 := mustStart(t, joinCfg(t, "s3", kek, s1, fresh, bundle))
+
+	peers, err := s1.operator().RaftListPeers(ctx(t), &operatorpb.RaftListPeersRequest{})
+	if err != nil || len(peers.Peers) != 3 {
+		t.Fatalf("peers %v (%v), want s1, s2, s3 only", peers, err)
+	}
+	_ = s3
+	// No identity and no way to get one: a clear error.
+	if _, err := New(testConfig(t, "lonely", kek)); err == nil || !strings.Contains(err.Error(), "--bootstrap") {
+		t.Errorf("server without identity: %v", err)
+	}
+}
+
+func TestOperatorSnapshotSaveRestore(t *testing.T) {
+	kek := newKEK(t)
+	c1 := testConfig(t, "s1", kek)
+	c1.Bootstrap, c1.TrustDomain = true, "example.org"
+	s1 := mustStart(t, c1)
+	waitBootstrapped(t, s1)
+	for i := 0; i < 5; i++ {
+		s1.token(TokenKindAgent)
+	}
+	op := s1.operator()
+	save := func() []byte {
+		stream, err := op.SnapshotSave(ctx(t), &operatorpb.SnapshotSaveRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		for {
+			c, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return buf.Bytes()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf.Write(c.Data)
+		}
+	}
+	restore := func(b []byte) (string, error) {
+		stream, err := op.SnapshotRestore(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for len(b) > 0 {
+			n := min(len(b), 1000)
+			if err := stream.Send(&operatorpb.SnapshotChunk{Data: b[:n]}); err != nil {
+				t.Fatal(err)
+			}
+			b = b[n:]
+		}
+		resp, err := stream.CloseAndRecv()
+		if err != nil {
+			return "", err
+		}
+		return resp.StateHash, nil
+	}
+	saved := save()
+	want := s1.status().StateHash
+	s1.token(TokenKindAgent) // the state moves on
+	if s1.status().StateHash == want {
+		t.Fatal("state did not change")
+	}
+	bad := bytes.Clone(saved)
+	bad[len(bad)/2] ^= 1
+	if _, err := restore(bad); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "corrupt snapshot") {
+		t.Errorf("corrupt snapshot: %v, want InvalidArgument naming a corrupt snapshot", err)
+	}
+	moved := s1.status().StateHash
+	got, err := restore(saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want || s1.status().StateHash != want {
+		t.Errorf("restored hash %s (status %s), want %s; before restore %s", got, s1.status().StateHash, want, moved)
+	}
+	// The server works on after a restore.
+	s1.token(TokenKindAgent)
+}
