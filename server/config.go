@@ -54,7 +54,20 @@ type Config struct {
 	Dial cluster.DialFunc
 	// Clock returns the current time. Default: time.Now.
 	Clock func() time.Time
+
+	// LedgerGrace is how long a certificate's ledger record is kept after
+	// the certificate expires. Default: DefaultLedgerGrace.
+	LedgerGrace time.Duration
+	// PruneInterval is how often the leader prunes expired ledger records.
+	// Default: DefaultPruneInterval.
+	PruneInterval time.Duration
 }
+
+// Ledger retention defaults.
+const (
+	DefaultLedgerGrace   = time.Hour
+	DefaultPruneInterval = time.Minute
+)
 
 var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
@@ -88,6 +101,15 @@ func (c *Config) validate() error {
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
+	}
+	if c.LedgerGrace == 0 {
+		c.LedgerGrace = DefaultLedgerGrace
+	}
+	if c.PruneInterval == 0 {
+		c.PruneInterval = DefaultPruneInterval
+	}
+	if c.LedgerGrace < 0 || c.PruneInterval < 0 {
+		errs = append(errs, errors.New("ledger grace and prune interval must not be negative"))
 	}
 	if c.AdminSocket == "" && c.DataDir != "" {
 		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")

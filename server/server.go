@@ -201,6 +201,7 @@ func (s *Server) Run(ctx context.Context) error {
 	serve("admin socket", func() error { return s.admin.Serve(s.adminLn) })
 	serve("bootstrap", func() error { return s.writeBootstrapState(ctx) })
 	serve("certificate renewal", func() error { return s.renewLoop(ctx) })
+	serve("ledger pruning", func() error { return s.pruneLoop(ctx) })
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
 	<-ctx.Done()
 	s.close()
@@ -355,6 +356,31 @@ func (s *Server) renewLoop(ctx context.Context) error {
 				return nil
 			case <-time.After(time.Minute):
 			}
+		}
+	}
+}
+
+// pruneLoop has the leader drop ledger records of certificates expired for
+// longer than the grace period. Followers wait: pruning is a Raft command.
+func (s *Server) pruneLoop(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.PruneInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if !s.node.IsLeader() {
+			continue
+		}
+		cutoff := s.cfg.Clock().Add(-s.cfg.LedgerGrace).Unix()
+		res, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{ExpiredBeforeUnix: cutoff}}})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Warn("ledger pruning failed; retrying next interval", "err", err)
+		case err == nil && res.Value > 0:
+			s.log.Info("ledger pruned", "records", res.Value, "expired_before", time.Unix(cutoff, 0).UTC())
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -364,4 +365,37 @@ func TestOperatorSnapshotSaveRestore(t *testing.T) {
 	}
 	// The server works on after a restore.
 	s1.token(TokenKindAgent)
+}
+
+// The leader drops ledger records once their certificates have been expired
+// for the grace period, and keeps the others.
+func TestLedgerPruning(t *testing.T) {
+	kek := newKEK(t)
+	c1 := testConfig(t, "s1", kek)
+	c1.Bootstrap, c1.TrustDomain = true, "example.org"
+	c1.LedgerGrace, c1.PruneInterval = time.Hour, 20*time.Millisecond
+	s1 := mustStart(t, c1)
+	waitBootstrapped(t, s1)
+	now := time.Now()
+	for name, notAfter := range map[string]time.Time{
+		"expired-long-ago":     now.Add(-2 * time.Hour),
+		"expired-within-grace": now.Add(-30 * time.Minute),
+		"valid":                now.Add(time.Hour),
+	} {
+		rec := &raftpb.LedgerRecord{Serial: []byte(name), SpiffeId: "spiffe://example.org/w", NotAfterUnix: notAfter.Unix()}
+		if err := s1.srv.Node().CommitLedger(ctx(t), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s1.srv.fsm.Read().LedgerRecord([]byte("expired-long-ago")) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("expired record not pruned")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r := s1.srv.fsm.Read()
+	if r.LedgerRecord([]byte("expired-within-grace")) == nil || r.LedgerRecord([]byte("valid")) == nil {
+		t.Error("pruning removed records within their grace period")
+	}
 }
