@@ -1,7 +1,6 @@
 package raftfsm
 
 import (
-	"bytes"
 	"encoding/hex"
 	"fmt"
 
@@ -49,7 +48,7 @@ func apply(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, index uint64) *ra
 	case *raftpb.Command_PutPolicy:
 		return putPolicy(txn, op.PutPolicy.GetPolicy())
 	case *raftpb.Command_AppendLedger:
-		return appendLedger(txn, lx, op.AppendLedger.GetRecords())
+		return appendLedger(txn, lx, op.AppendLedger.GetRecords(), index)
 	case *raftpb.Command_PruneLedger:
 		return pruneLedger(txn, lx, op.PruneLedger.GetExpiredBeforeUnix())
 	case *raftpb.Command_Noop:
@@ -220,24 +219,38 @@ func putPolicy(txn *memdb.Txn, p *raftpb.Policy) *raftpb.Result {
 	return &raftpb.Result{Value: n.Revision}
 }
 
-// appendLedger records issued certificates. A serial already recorded with
-// the same request ID is a retry and succeeds; with another request ID it
-// is a collision and that record is rejected.
-func appendLedger(txn *memdb.Txn, lx *ledgerIndex, records []*raftpb.LedgerRecord) *raftpb.Result {
+// appendLedger records issued certificates, as one block keyed by the log
+// index. A serial already recorded with the same request ID is a retry and
+// succeeds; with another request ID it is a collision and that record is
+// rejected.
+func appendLedger(txn *memdb.Txn, lx *ledgerIndex, records []*raftpb.LedgerRecord, index uint64) *raftpb.Result {
 	res := &raftpb.Result{}
+	kept := make([]*raftpb.LedgerRecord, 0, len(records))
+	inBatch := map[string]string{}
 	for i, r := range records {
 		if len(r.GetSerial()) == 0 || r.GetSpiffeId() == "" {
 			res.Rejected = append(res.Rejected, uint32(i))
 			continue
 		}
-		if cur, _ := first(txn, tableLedger, "id", serialKey(r.Serial)).(*raftpb.LedgerRecord); cur != nil {
-			if cur.RequestId == "" || cur.RequestId != r.RequestId || !bytes.Equal(cur.Serial, r.Serial) {
+		reqID, seen := inBatch[string(r.Serial)]
+		if !seen {
+			if e, ok := lx.lookup(r.Serial); ok {
+				reqID, seen = e.requestID, true
+			}
+		}
+		if seen {
+			if reqID == "" || reqID != r.RequestId {
 				res.Rejected = append(res.Rejected, uint32(i))
 			}
 			continue
 		}
-		insert(txn, tableLedger, r)
-		lx.add(r)
+		inBatch[string(r.Serial)] = r.RequestId
+		kept = append(kept, r)
+	}
+	if len(kept) > 0 {
+		b := &raftpb.LedgerBlock{Index: index, Records: kept}
+		insert(txn, tableLedger, b)
+		lx.addBlock(b)
 	}
 	res.Value = uint64(len(records) - len(res.Rejected))
 	return res
@@ -246,16 +259,35 @@ func appendLedger(txn *memdb.Txn, lx *ledgerIndex, records []*raftpb.LedgerRecor
 // pruneLedger drops the records whose NotAfter is before the cutoff.
 func pruneLedger(txn *memdb.Txn, lx *ledgerIndex, before int64) *raftpb.Result {
 	var n uint64
-	for _, k := range lx.expiringBefore(before) {
-		r, _ := first(txn, tableLedger, "id", k).(*raftpb.LedgerRecord)
-		if r == nil || r.NotAfterUnix >= before {
+	for _, idx := range lx.blocksExpiringBy(before) {
+		b, _ := first(txn, tableLedger, "id", blockKey(idx)).(*raftpb.LedgerBlock)
+		if b == nil {
 			continue
 		}
-		if err := txn.Delete(tableLedger, r); err != nil {
-			panic(fmt.Sprintf("raftfsm: prune ledger: %v", err))
+		var keep, gone []*raftpb.LedgerRecord
+		for _, r := range b.Records {
+			if r.NotAfterUnix < before {
+				gone = append(gone, r)
+			} else {
+				keep = append(keep, r)
+			}
 		}
-		lx.remove(r)
-		n++
+		if len(gone) == 0 {
+			continue
+		}
+		for _, r := range gone {
+			lx.removeRecord(r)
+		}
+		lx.forgetExpiry(idx, gone)
+		if len(keep) == 0 {
+			if err := txn.Delete(tableLedger, b); err != nil {
+				panic(fmt.Sprintf("raftfsm: prune ledger: %v", err))
+			}
+		} else {
+			insert(txn, tableLedger, &raftpb.LedgerBlock{Index: idx, Records: keep})
+			lx.addBlock(&raftpb.LedgerBlock{Index: idx, Records: keep}) // keep the survivors' expiry hours
+		}
+		n += uint64(len(gone))
 	}
 	return &raftpb.Result{Value: n}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/proto/raftpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // applier feeds commands to an FSM as raft would, with increasing indexes.
@@ -343,5 +344,23 @@ func TestBatchApplySkipsNonCommands(t *testing.T) {
 	out := a.f.ApplyBatch(logs)
 	if len(out) != 2 || out[1] != nil || a.f.AppliedIndex() != 99 {
 		t.Errorf("results %v, applied %d", out, a.f.AppliedIndex())
+	}
+}
+
+// Within one group commit, a repeated serial is a retry if its request ID
+// matches and a collision otherwise.
+func TestLedgerDuplicatesWithinOneBatch(t *testing.T) {
+	a := newApplier(t)
+	c := ledger("x", "y")
+	dup := proto.Clone(c.GetAppendLedger().Records[0]).(*raftpb.LedgerRecord) // same serial and request ID: a retry
+	clash := proto.Clone(c.GetAppendLedger().Records[1]).(*raftpb.LedgerRecord)
+	clash.RequestId = "someone-else"
+	c.GetAppendLedger().Records = append(c.GetAppendLedger().Records, dup, clash)
+	r := a.mustApply(c)
+	if len(r.Rejected) != 1 || r.Rejected[0] != 3 || r.Value != 3 {
+		t.Errorf("result %v: want only the clashing record (3) rejected", r)
+	}
+	if n := a.f.Read().LedgerLen(); n != 2 {
+		t.Errorf("ledger has %d records, want 2", n)
 	}
 }

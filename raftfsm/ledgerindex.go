@@ -8,65 +8,94 @@ import (
 	"github.com/meshca/meshca/proto/raftpb"
 )
 
-// ledgerIndex holds the ledger's secondary indexes: by SPIFFE ID, by node
-// and by expiry hour. They are derived data, kept beside the MVCC tables
-// rather than in them, so that recording a certificate costs one radix
-// insert instead of four; snapshots do not carry them and Restore rebuilds
-// them. A Reader resolves the serials they give in its own consistent view,
-// so a lookup never returns a record its view does not hold.
+// The ledger is stored as blocks: the records one AppendLedger command
+// added, keyed by the index of its log entry, which is the same on every
+// server. A group commit of hundreds of certificates is then one insert in
+// the MVCC tables instead of hundreds. ledgerIndex finds records in the
+// blocks: by serial (also how Apply detects a retried or colliding serial),
+// SPIFFE ID, node and expiry hour. It is derived data, kept beside the MVCC
+// tables and rebuilt on Restore; only Apply and Restore change it. A Reader
+// resolves what it finds in its own consistent view, so a lookup never
+// returns a record that view does not hold.
 type ledgerIndex struct {
 	mu       sync.RWMutex
+	bySerial map[string]serialEntry
 	bySPIFFE map[string]map[string]struct{}
 	byNode   map[string]map[string]struct{}
-	byExpiry map[int64]map[string]struct{} // NotAfter / 3600 -> serial keys
+	byExpiry map[int64]map[uint64]struct{} // NotAfter / 3600 -> block indexes
+}
+
+type serialEntry struct {
+	block     uint64
+	requestID string
 }
 
 func newLedgerIndex() *ledgerIndex {
-	return &ledgerIndex{bySPIFFE: map[string]map[string]struct{}{}, byNode: map[string]map[string]struct{}{}, byExpiry: map[int64]map[string]struct{}{}}
+	return &ledgerIndex{bySerial: map[string]serialEntry{}, bySPIFFE: map[string]map[string]struct{}{},
+		byNode: map[string]map[string]struct{}{}, byExpiry: map[int64]map[uint64]struct{}{}}
 }
 
 func expiryHour(r *raftpb.LedgerRecord) int64 { return r.NotAfterUnix / 3600 }
 
-func addTo[K comparable](m map[K]map[string]struct{}, k K, serial string) {
+func addTo[K, V comparable](m map[K]map[V]struct{}, k K, v V) {
 	s, ok := m[k]
 	if !ok {
-		s = map[string]struct{}{}
+		s = map[V]struct{}{}
 		m[k] = s
 	}
-	s[serial] = struct{}{}
+	s[v] = struct{}{}
 }
 
-func removeFrom[K comparable](m map[K]map[string]struct{}, k K, serial string) {
+func removeFrom[K, V comparable](m map[K]map[V]struct{}, k K, v V) {
 	if s, ok := m[k]; ok {
-		delete(s, serial)
+		delete(s, v)
 		if len(s) == 0 {
 			delete(m, k)
 		}
 	}
 }
 
-func (x *ledgerIndex) add(r *raftpb.LedgerRecord) {
-	k := serialKey(r.Serial)
-	x.mu.Lock()
-	addTo(x.bySPIFFE, r.SpiffeId, k)
-	if r.NodeId != "" {
-		addTo(x.byNode, r.NodeId, k)
-	}
-	addTo(x.byExpiry, expiryHour(r), k)
-	x.mu.Unlock()
+func (x *ledgerIndex) lookup(serial []byte) (serialEntry, bool) {
+	x.mu.RLock()
+	e, ok := x.bySerial[string(serial)]
+	x.mu.RUnlock()
+	return e, ok
 }
 
-func (x *ledgerIndex) remove(r *raftpb.LedgerRecord) {
-	k := serialKey(r.Serial)
+func (x *ledgerIndex) addBlock(b *raftpb.LedgerBlock) {
 	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, r := range b.Records {
+		k := string(r.Serial)
+		x.bySerial[k] = serialEntry{block: b.Index, requestID: r.RequestId}
+		addTo(x.bySPIFFE, r.SpiffeId, k)
+		if r.NodeId != "" {
+			addTo(x.byNode, r.NodeId, k)
+		}
+		addTo(x.byExpiry, expiryHour(r), b.Index)
+	}
+}
+
+func (x *ledgerIndex) removeRecord(r *raftpb.LedgerRecord) {
+	k := string(r.Serial)
+	x.mu.Lock()
+	delete(x.bySerial, k)
 	removeFrom(x.bySPIFFE, r.SpiffeId, k)
 	removeFrom(x.byNode, r.NodeId, k)
-	removeFrom(x.byExpiry, expiryHour(r), k)
 	x.mu.Unlock()
 }
 
-// serials returns the sorted serial keys under key in m.
-func serials[K comparable](x *ledgerIndex, m map[K]map[string]struct{}, key K) []string {
+// forgetExpiry drops a block from the expiry hours of the given records.
+func (x *ledgerIndex) forgetExpiry(block uint64, records []*raftpb.LedgerRecord) {
+	x.mu.Lock()
+	for _, r := range records {
+		removeFrom(x.byExpiry, expiryHour(r), block)
+	}
+	x.mu.Unlock()
+}
+
+// serials returns the sorted serials under key in m.
+func serials(x *ledgerIndex, m map[string]map[string]struct{}, key string) []string {
 	x.mu.RLock()
 	out := make([]string, 0, len(m[key]))
 	for k := range m[key] {
@@ -77,24 +106,28 @@ func serials[K comparable](x *ledgerIndex, m map[K]map[string]struct{}, key K) [
 	return out
 }
 
-// expiringBefore returns the serial keys in the expiry hours up to and
-// including the hour of before (callers check the exact time).
-func (x *ledgerIndex) expiringBefore(before int64) []string {
+// blocksExpiringBy returns, sorted, the blocks holding records that expire
+// in the hour of before or earlier (callers check the exact time).
+func (x *ledgerIndex) blocksExpiringBy(before int64) []uint64 {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	var out []string
-	for h, s := range x.byExpiry {
+	set := map[uint64]struct{}{}
+	for h, blocks := range x.byExpiry {
 		if h <= before/3600 {
-			for k := range s {
-				out = append(out, k)
+			for b := range blocks {
+				set[b] = struct{}{}
 			}
 		}
+	}
+	out := make([]uint64, 0, len(set))
+	for b := range set {
+		out = append(out, b)
 	}
 	slices.Sort(out)
 	return out
 }
 
-// rebuild replaces the indexes with those of db's ledger.
+// rebuild replaces the index with that of db's ledger.
 func (x *ledgerIndex) rebuild(db *memdb.MemDB) {
 	n := newLedgerIndex()
 	it, err := db.Txn(false).Get(tableLedger, "id")
@@ -102,9 +135,9 @@ func (x *ledgerIndex) rebuild(db *memdb.MemDB) {
 		panic("raftfsm: read ledger: " + err.Error())
 	}
 	for obj := it.Next(); obj != nil; obj = it.Next() {
-		n.add(obj.(*raftpb.LedgerRecord))
+		n.addBlock(obj.(*raftpb.LedgerBlock))
 	}
 	x.mu.Lock()
-	x.bySPIFFE, x.byNode, x.byExpiry = n.bySPIFFE, n.byNode, n.byExpiry
+	x.bySerial, x.bySPIFFE, x.byNode, x.byExpiry = n.bySerial, n.bySPIFFE, n.byNode, n.byExpiry
 	x.mu.Unlock()
 }

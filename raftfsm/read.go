@@ -106,7 +106,24 @@ func (r *Reader) Policy(revision uint64) *raftpb.Policy {
 
 // LedgerRecord returns the record of a serial, or nil.
 func (r *Reader) LedgerRecord(serial []byte) *raftpb.LedgerRecord {
-	return one[*raftpb.LedgerRecord](r, tableLedger, serialKey(serial))
+	e, ok := r.ledger.lookup(serial)
+	if !ok {
+		return nil
+	}
+	return r.inBlock(e.block, string(serial))
+}
+
+func (r *Reader) inBlock(block uint64, serial string) *raftpb.LedgerRecord {
+	b := one[*raftpb.LedgerBlock](r, tableLedger, blockKey(block))
+	if b == nil {
+		return nil
+	}
+	for _, rec := range b.Records {
+		if string(rec.Serial) == serial {
+			return rec
+		}
+	}
+	return nil
 }
 
 // LedgerBySPIFFEID returns the records of certificates issued to an ID, by serial.
@@ -119,26 +136,24 @@ func (r *Reader) LedgerByNode(nodeID string) []*raftpb.LedgerRecord {
 	return r.resolve(serials(r.ledger, r.ledger.byNode, nodeID))
 }
 
-// resolve looks serial keys up in this view, skipping those it does not hold.
-func (r *Reader) resolve(keys []string) []*raftpb.LedgerRecord {
+// resolve looks serials up in this view, skipping those it does not hold.
+func (r *Reader) resolve(serials []string) []*raftpb.LedgerRecord {
 	var out []*raftpb.LedgerRecord
-	for _, k := range keys {
-		if rec := one[*raftpb.LedgerRecord](r, tableLedger, k); rec != nil {
-			out = append(out, rec)
+	for _, s := range serials {
+		if e, ok := r.ledger.lookup([]byte(s)); ok {
+			if rec := r.inBlock(e.block, s); rec != nil {
+				out = append(out, rec)
+			}
 		}
 	}
 	return out
 }
 
-// LedgerLen counts the ledger's records. It walks the table: O(n).
+// LedgerLen counts the ledger's records. It walks the blocks.
 func (r *Reader) LedgerLen() int {
-	it, err := r.txn.Get(tableLedger, "id")
-	if err != nil {
-		panic(fmt.Sprintf("raftfsm: read ledger: %v", err))
-	}
 	n := 0
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		n++
+	for _, b := range all[*raftpb.LedgerBlock](r, tableLedger, "id") {
+		n += len(b.Records)
 	}
 	return n
 }

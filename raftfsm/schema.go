@@ -74,6 +74,8 @@ func revocationKey(issuer string, serial []byte) string { return issuer + "/" + 
 
 func policyKey(rev uint64) string { return fmt.Sprintf("%020d", rev) }
 
+func blockKey(index uint64) string { return fmt.Sprintf("%020d", index) }
+
 var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 	tableMeta: {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) {
@@ -118,8 +120,7 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 	}},
 	tableLedger: {Name: tableLedger, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) {
-			s := o.(*raftpb.LedgerRecord).Serial
-			return serialKey(s), len(s) > 0
+			return blockKey(o.(*raftpb.LedgerBlock).Index), true
 		}),
 		// Secondary indexes of the ledger are in ledgerIndex.
 	}},

@@ -206,8 +206,8 @@ func wrapRecord(obj any) (*raftpb.SnapshotRecord, error) {
 		r.Record = &raftpb.SnapshotRecord_Revocation{Revocation: o}
 	case *raftpb.Policy:
 		r.Record = &raftpb.SnapshotRecord_Policy{Policy: o}
-	case *raftpb.LedgerRecord:
-		r.Record = &raftpb.SnapshotRecord_Ledger{Ledger: o}
+	case *raftpb.LedgerBlock:
+		r.Record = &raftpb.SnapshotRecord_LedgerBlock{LedgerBlock: o}
 	default:
 		return nil, fmt.Errorf("raftfsm: no snapshot record for %T", obj)
 	}
@@ -232,8 +232,8 @@ func unwrapRecord(r *raftpb.SnapshotRecord) (table string, obj any, err error) {
 		return tableRevocations, v.Revocation, nil
 	case *raftpb.SnapshotRecord_Policy:
 		return tablePolicies, v.Policy, nil
-	case *raftpb.SnapshotRecord_Ledger:
-		return tableLedger, v.Ledger, nil
+	case *raftpb.SnapshotRecord_LedgerBlock:
+		return tableLedger, v.LedgerBlock, nil
 	}
 	return "", nil, errors.New("unknown record type (written by a newer meshca?)")
 }

@@ -1454,6 +1454,60 @@ func (x *LedgerRecord) GetRequestId() string {
 	return ""
 }
 
+// LedgerBlock holds the records one AppendLedger command added, keyed by
+// the index of its log entry (the same on every server).
+type LedgerBlock struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Records       []*LedgerRecord        `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LedgerBlock) Reset() {
+	*x = LedgerBlock{}
+	mi := &file_raftpb_raft_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LedgerBlock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LedgerBlock) ProtoMessage() {}
+
+func (x *LedgerBlock) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LedgerBlock.ProtoReflect.Descriptor instead.
+func (*LedgerBlock) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *LedgerBlock) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *LedgerBlock) GetRecords() []*LedgerRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
 type SetTrustDomain struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain   *TrustDomain           `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -1463,7 +1517,7 @@ type SetTrustDomain struct {
 
 func (x *SetTrustDomain) Reset() {
 	*x = SetTrustDomain{}
-	mi := &file_raftpb_raft_proto_msgTypes[13]
+	mi := &file_raftpb_raft_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1529,7 @@ func (x *SetTrustDomain) String() string {
 func (*SetTrustDomain) ProtoMessage() {}
 
 func (x *SetTrustDomain) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[13]
+	mi := &file_raftpb_raft_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1542,7 @@ func (x *SetTrustDomain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTrustDomain.ProtoReflect.Descriptor instead.
 func (*SetTrustDomain) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{13}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetTrustDomain) GetTrustDomain() *TrustDomain {
@@ -1507,7 +1561,7 @@ type PutServer struct {
 
 func (x *PutServer) Reset() {
 	*x = PutServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[14]
+	mi := &file_raftpb_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1573,7 @@ func (x *PutServer) String() string {
 func (*PutServer) ProtoMessage() {}
 
 func (x *PutServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[14]
+	mi := &file_raftpb_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1586,7 @@ func (x *PutServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutServer.ProtoReflect.Descriptor instead.
 func (*PutServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{14}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PutServer) GetServer() *Server {
@@ -1551,7 +1605,7 @@ type RemoveServer struct {
 
 func (x *RemoveServer) Reset() {
 	*x = RemoveServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[15]
+	mi := &file_raftpb_raft_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1617,7 @@ func (x *RemoveServer) String() string {
 func (*RemoveServer) ProtoMessage() {}
 
 func (x *RemoveServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[15]
+	mi := &file_raftpb_raft_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1630,7 @@ func (x *RemoveServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServer.ProtoReflect.Descriptor instead.
 func (*RemoveServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{15}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveServer) GetNodeId() string {
@@ -1595,7 +1649,7 @@ type PutAuthority struct {
 
 func (x *PutAuthority) Reset() {
 	*x = PutAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[16]
+	mi := &file_raftpb_raft_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1661,7 @@ func (x *PutAuthority) String() string {
 func (*PutAuthority) ProtoMessage() {}
 
 func (x *PutAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[16]
+	mi := &file_raftpb_raft_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1674,7 @@ func (x *PutAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAuthority.ProtoReflect.Descriptor instead.
 func (*PutAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{16}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PutAuthority) GetAuthority() *Authority {
@@ -1640,7 +1694,7 @@ type SetAuthorityState struct {
 
 func (x *SetAuthorityState) Reset() {
 	*x = SetAuthorityState{}
-	mi := &file_raftpb_raft_proto_msgTypes[17]
+	mi := &file_raftpb_raft_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1706,7 @@ func (x *SetAuthorityState) String() string {
 func (*SetAuthorityState) ProtoMessage() {}
 
 func (x *SetAuthorityState) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[17]
+	mi := &file_raftpb_raft_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1719,7 @@ func (x *SetAuthorityState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAuthorityState.ProtoReflect.Descriptor instead.
 func (*SetAuthorityState) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{17}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetAuthorityState) GetId() string {
@@ -1694,7 +1748,7 @@ type PutEntry struct {
 
 func (x *PutEntry) Reset() {
 	*x = PutEntry{}
-	mi := &file_raftpb_raft_proto_msgTypes[18]
+	mi := &file_raftpb_raft_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1760,7 @@ func (x *PutEntry) String() string {
 func (*PutEntry) ProtoMessage() {}
 
 func (x *PutEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[18]
+	mi := &file_raftpb_raft_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1773,7 @@ func (x *PutEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutEntry.ProtoReflect.Descriptor instead.
 func (*PutEntry) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{18}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PutEntry) GetEntry() *Entry {
@@ -1745,7 +1799,7 @@ type DeleteEntry struct {
 
 func (x *DeleteEntry) Reset() {
 	*x = DeleteEntry{}
-	mi := &file_raftpb_raft_proto_msgTypes[19]
+	mi := &file_raftpb_raft_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1757,7 +1811,7 @@ func (x *DeleteEntry) String() string {
 func (*DeleteEntry) ProtoMessage() {}
 
 func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[19]
+	mi := &file_raftpb_raft_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1770,7 +1824,7 @@ func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntry.ProtoReflect.Descriptor instead.
 func (*DeleteEntry) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{19}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteEntry) GetId() string {
@@ -1789,7 +1843,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_raftpb_raft_proto_msgTypes[20]
+	mi := &file_raftpb_raft_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1801,7 +1855,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[20]
+	mi := &file_raftpb_raft_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1814,7 +1868,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{20}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -1833,7 +1887,7 @@ type CreateJoinToken struct {
 
 func (x *CreateJoinToken) Reset() {
 	*x = CreateJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[21]
+	mi := &file_raftpb_raft_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +1899,7 @@ func (x *CreateJoinToken) String() string {
 func (*CreateJoinToken) ProtoMessage() {}
 
 func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[21]
+	mi := &file_raftpb_raft_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +1912,7 @@ func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinToken.ProtoReflect.Descriptor instead.
 func (*CreateJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{21}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateJoinToken) GetToken() *JoinToken {
@@ -1880,7 +1934,7 @@ type ConsumeJoinToken struct {
 
 func (x *ConsumeJoinToken) Reset() {
 	*x = ConsumeJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[22]
+	mi := &file_raftpb_raft_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +1946,7 @@ func (x *ConsumeJoinToken) String() string {
 func (*ConsumeJoinToken) ProtoMessage() {}
 
 func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[22]
+	mi := &file_raftpb_raft_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +1959,7 @@ func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeJoinToken.ProtoReflect.Descriptor instead.
 func (*ConsumeJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{22}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ConsumeJoinToken) GetHash() []byte {
@@ -1938,7 +1992,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[23]
+	mi := &file_raftpb_raft_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2004,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[23]
+	mi := &file_raftpb_raft_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2017,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{23}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -1983,7 +2037,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2049,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2062,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2027,7 +2081,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2039,7 +2093,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2052,7 +2106,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2071,7 +2125,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2083,7 +2137,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2096,7 +2150,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2116,7 +2170,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2128,7 +2182,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2141,7 +2195,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -2161,7 +2215,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2227,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2240,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -2202,7 +2256,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_JoinToken
 	//	*SnapshotRecord_Revocation
 	//	*SnapshotRecord_Policy
-	//	*SnapshotRecord_Ledger
+	//	*SnapshotRecord_LedgerBlock
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2210,7 +2264,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2276,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2289,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2317,10 +2371,10 @@ func (x *SnapshotRecord) GetPolicy() *Policy {
 	return nil
 }
 
-func (x *SnapshotRecord) GetLedger() *LedgerRecord {
+func (x *SnapshotRecord) GetLedgerBlock() *LedgerBlock {
 	if x != nil {
-		if x, ok := x.Record.(*SnapshotRecord_Ledger); ok {
-			return x.Ledger
+		if x, ok := x.Record.(*SnapshotRecord_LedgerBlock); ok {
+			return x.LedgerBlock
 		}
 	}
 	return nil
@@ -2362,8 +2416,8 @@ type SnapshotRecord_Policy struct {
 	Policy *Policy `protobuf:"bytes,8,opt,name=policy,proto3,oneof"`
 }
 
-type SnapshotRecord_Ledger struct {
-	Ledger *LedgerRecord `protobuf:"bytes,9,opt,name=ledger,proto3,oneof"`
+type SnapshotRecord_LedgerBlock struct {
+	LedgerBlock *LedgerBlock `protobuf:"bytes,10,opt,name=ledger_block,json=ledgerBlock,proto3,oneof"`
 }
 
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
@@ -2382,7 +2436,7 @@ func (*SnapshotRecord_Revocation) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Policy) isSnapshotRecord_Record() {}
 
-func (*SnapshotRecord_Ledger) isSnapshotRecord_Record() {}
+func (*SnapshotRecord_LedgerBlock) isSnapshotRecord_Record() {}
 
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
@@ -2491,7 +2545,10 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fnot_before_unix\x18\x06 \x01(\x03R\rnotBeforeUnix\x12$\n" +
 	"\x0enot_after_unix\x18\a \x01(\x03R\fnotAfterUnix\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tR\trequestId\"P\n" +
+	"request_id\x18\b \x01(\tR\trequestId\"[\n" +
+	"\vLedgerBlock\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x126\n" +
+	"\arecords\x18\x02 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"P\n" +
 	"\x0eSetTrustDomain\x12>\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainR\vtrustDomain\";\n" +
 	"\tPutServer\x12.\n" +
@@ -2526,7 +2583,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\arecords\x18\x01 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"=\n" +
 	"\vPruneLedger\x12.\n" +
 	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\x88\x04\n" +
+	"\x04Noop\"\x98\x04\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -2538,9 +2595,11 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
 	"revocation\x18\a \x01(\v2\x1a.meshca.raft.v1.RevocationH\x00R\n" +
 	"revocation\x120\n" +
-	"\x06policy\x18\b \x01(\v2\x16.meshca.raft.v1.PolicyH\x00R\x06policy\x126\n" +
-	"\x06ledger\x18\t \x01(\v2\x1c.meshca.raft.v1.LedgerRecordH\x00R\x06ledgerB\b\n" +
-	"\x06record*x\n" +
+	"\x06policy\x18\b \x01(\v2\x16.meshca.raft.v1.PolicyH\x00R\x06policy\x12@\n" +
+	"\fledger_block\x18\n" +
+	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlockB\b\n" +
+	"\x06recordJ\x04\b\t\x10\n" +
+	"*x\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tNOT_FOUND\x10\x01\x12\x12\n" +
@@ -2575,7 +2634,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -2593,71 +2652,73 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*Revocation)(nil),        // 13: meshca.raft.v1.Revocation
 	(*Policy)(nil),            // 14: meshca.raft.v1.Policy
 	(*LedgerRecord)(nil),      // 15: meshca.raft.v1.LedgerRecord
-	(*SetTrustDomain)(nil),    // 16: meshca.raft.v1.SetTrustDomain
-	(*PutServer)(nil),         // 17: meshca.raft.v1.PutServer
-	(*RemoveServer)(nil),      // 18: meshca.raft.v1.RemoveServer
-	(*PutAuthority)(nil),      // 19: meshca.raft.v1.PutAuthority
-	(*SetAuthorityState)(nil), // 20: meshca.raft.v1.SetAuthorityState
-	(*PutEntry)(nil),          // 21: meshca.raft.v1.PutEntry
-	(*DeleteEntry)(nil),       // 22: meshca.raft.v1.DeleteEntry
-	(*PutNode)(nil),           // 23: meshca.raft.v1.PutNode
-	(*CreateJoinToken)(nil),   // 24: meshca.raft.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),  // 25: meshca.raft.v1.ConsumeJoinToken
-	(*Revoke)(nil),            // 26: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 27: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 28: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 29: meshca.raft.v1.AppendLedger
-	(*PruneLedger)(nil),       // 30: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 31: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 32: meshca.raft.v1.SnapshotRecord
+	(*LedgerBlock)(nil),       // 16: meshca.raft.v1.LedgerBlock
+	(*SetTrustDomain)(nil),    // 17: meshca.raft.v1.SetTrustDomain
+	(*PutServer)(nil),         // 18: meshca.raft.v1.PutServer
+	(*RemoveServer)(nil),      // 19: meshca.raft.v1.RemoveServer
+	(*PutAuthority)(nil),      // 20: meshca.raft.v1.PutAuthority
+	(*SetAuthorityState)(nil), // 21: meshca.raft.v1.SetAuthorityState
+	(*PutEntry)(nil),          // 22: meshca.raft.v1.PutEntry
+	(*DeleteEntry)(nil),       // 23: meshca.raft.v1.DeleteEntry
+	(*PutNode)(nil),           // 24: meshca.raft.v1.PutNode
+	(*CreateJoinToken)(nil),   // 25: meshca.raft.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),  // 26: meshca.raft.v1.ConsumeJoinToken
+	(*Revoke)(nil),            // 27: meshca.raft.v1.Revoke
+	(*NextCRLNumber)(nil),     // 28: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 29: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 30: meshca.raft.v1.AppendLedger
+	(*PruneLedger)(nil),       // 31: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 32: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 33: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
-	16, // 1: meshca.raft.v1.Command.set_trust_domain:type_name -> meshca.raft.v1.SetTrustDomain
-	17, // 2: meshca.raft.v1.Command.put_server:type_name -> meshca.raft.v1.PutServer
-	18, // 3: meshca.raft.v1.Command.remove_server:type_name -> meshca.raft.v1.RemoveServer
-	19, // 4: meshca.raft.v1.Command.put_authority:type_name -> meshca.raft.v1.PutAuthority
-	20, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
-	21, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
-	22, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
-	23, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
-	24, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
-	25, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	26, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	27, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	28, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	29, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	30, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	31, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	17, // 1: meshca.raft.v1.Command.set_trust_domain:type_name -> meshca.raft.v1.SetTrustDomain
+	18, // 2: meshca.raft.v1.Command.put_server:type_name -> meshca.raft.v1.PutServer
+	19, // 3: meshca.raft.v1.Command.remove_server:type_name -> meshca.raft.v1.RemoveServer
+	20, // 4: meshca.raft.v1.Command.put_authority:type_name -> meshca.raft.v1.PutAuthority
+	21, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
+	22, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
+	23, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
+	24, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
+	25, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
+	26, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	27, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	28, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	29, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	30, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	31, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	32, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
 	0,  // 17: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
 	1,  // 18: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
 	2,  // 19: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
 	9,  // 20: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
 	9,  // 21: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	6,  // 22: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 23: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 24: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 25: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 26: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 27: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 28: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	13, // 29: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 30: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 31: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 32: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 33: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 34: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 35: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 36: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 37: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 38: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 39: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	15, // 40: meshca.raft.v1.SnapshotRecord.ledger:type_name -> meshca.raft.v1.LedgerRecord
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	15, // 22: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 23: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 24: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 25: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 26: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 27: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 28: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 29: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	13, // 30: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 31: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 32: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 33: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 34: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 35: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 36: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 37: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 38: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 39: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 40: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	16, // 41: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -2683,7 +2744,7 @@ func file_raftpb_raft_proto_init() {
 		(*Command_PruneLedger)(nil),
 		(*Command_Noop)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[29].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[30].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -2692,7 +2753,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_JoinToken)(nil),
 		(*SnapshotRecord_Revocation)(nil),
 		(*SnapshotRecord_Policy)(nil),
-		(*SnapshotRecord_Ledger)(nil),
+		(*SnapshotRecord_LedgerBlock)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2700,7 +2761,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
