@@ -41,6 +41,19 @@ type localIntermediate struct {
 
 func identityPath(dataDir string) string { return filepath.Join(dataDir, "server", "identity.json") }
 
+// HasIdentity reports whether dataDir holds a server identity, made by
+// bootstrapping or joining: such a server starts with neither.
+func HasIdentity(dataDir string) (bool, error) {
+	_, err := os.Stat(identityPath(dataDir))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("server identity: %w", err)
+}
+
 // loadIdentity reads the identity; (nil, nil) if there is none yet.
 func loadIdentity(dataDir string, kek *ca.KEK) (*identity, error) {
 	b, err := os.ReadFile(identityPath(dataDir))

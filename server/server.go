@@ -48,6 +48,7 @@ type Server struct {
 	api       *grpc.Server
 	admin     *grpc.Server
 	bootstrap *bootstrapMaterial
+	closeOnce sync.Once
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -199,7 +200,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	serve("API", func() error { return s.api.Serve(s.apiLn) })
 	serve("admin socket", func() error { return s.admin.Serve(s.adminLn) })
-	serve("bootstrap", func() error { return s.writeBootstrapState(ctx) })
+	serve("bootstrap", func() error { s.writeBootstrapState(ctx); return nil })
 	serve("certificate renewal", func() error { return s.renewLoop(ctx) })
 	serve("ledger pruning", func() error { return s.pruneLoop(ctx) })
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
@@ -212,8 +213,14 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// close releases everything New acquired, in reverse order.
-func (s *Server) close() {
+// Close releases everything New acquired, for a server that will not Run
+// (Run releases it when it returns). It may be called more than once.
+func (s *Server) Close() { s.close() }
+
+// close releases everything New acquired, in reverse order, once.
+func (s *Server) close() { s.closeOnce.Do(s.closeLocked) }
+
+func (s *Server) closeLocked() {
 	if s.admin != nil {
 		s.admin.Stop()
 	} else if s.adminLn != nil {
@@ -253,19 +260,34 @@ func authorityID(c *ca.Certificate, kind raftpb.AuthorityKind) string {
 }
 
 // writeBootstrapState writes what the first server created into the
-// replicated state, once it leads the new cluster.
-func (s *Server) writeBootstrapState(ctx context.Context) error {
+// replicated state, once it leads the new cluster. It retries until it has
+// succeeded or ctx ends: a failure (an election, a snapshot restore that
+// aborts pending writes) must not stop the server. Every command it writes
+// is idempotent.
+func (s *Server) writeBootstrapState(ctx context.Context) {
 	if s.bootstrap == nil {
-		return nil
+		return
 	}
-	for !s.node.IsLeader() {
+	for backoff := 20 * time.Millisecond; ; backoff = min(backoff*2, 2*time.Second) {
+		if s.node.IsLeader() {
+			err := s.tryWriteBootstrapState(ctx)
+			if err == nil {
+				return
+			}
+			if ctx.Err() == nil {
+				s.log.Warn("writing the bootstrap state failed; retrying", "err", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-time.After(20 * time.Millisecond):
+			return
+		case <-time.After(backoff):
 		}
 	}
-	if s.fsm.Read().TrustDomain() != nil {
+}
+
+func (s *Server) tryWriteBootstrapState(ctx context.Context) error {
+	if r := s.fsm.Read(); r.TrustDomain() != nil && r.Server(s.cfg.NodeID) != nil {
 		return nil
 	}
 	s.mu.Lock()
@@ -291,12 +313,19 @@ func (s *Server) writeBootstrapState(ctx context.Context) error {
 	}
 	cmds = append(cmds, s.putSelf())
 	for _, c := range cmds {
-		if _, err := s.node.Apply(ctx, c); err != nil {
+		if _, err := s.node.ApplyIdempotent(ctx, c); err != nil {
 			return fmt.Errorf("write bootstrap state: %w", err)
 		}
 	}
 	s.log.Info("cluster bootstrapped", "trust_domain", s.td.Name())
 	return nil
+}
+
+// Ready reports whether the replicated state knows the trust domain and
+// this server: a bootstrapped cluster this server is a recorded member of.
+func (s *Server) Ready() bool {
+	r := s.fsm.Read()
+	return r.TrustDomain() != nil && r.Server(s.cfg.NodeID) != nil
 }
 
 func putIntermediate(c *ca.Certificate, parentID, nodeID string) *raftpb.Command {

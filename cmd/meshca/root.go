@@ -19,8 +19,10 @@ const (
 
 // Environment variables meshca reads.
 const (
-	envDataDir = "MESHCA_DATA_DIR"
-	envKEKFile = "MESHCA_KEK_FILE"
+	envDataDir   = "MESHCA_DATA_DIR"
+	envKEKFile   = "MESHCA_KEK_FILE"
+	envAddr      = "MESHCA_ADDR"
+	envJoinToken = "MESHCA_JOIN_TOKEN"
 )
 
 // app is one invocation of the binary: where it writes, the environment it
@@ -46,8 +48,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // runEnv is run with the environment read through getenv.
 func runEnv(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	return runContext(context.Background(), args, stdout, stderr, getenv)
+}
+
+// runContext is runEnv under ctx: cancelling ctx stops a long-running
+// command (meshca server) as SIGINT or SIGTERM would, and cuts short the
+// calls of operator commands.
+func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	a := &app{stdout: stdout, stderr: stderr, getenv: getenv, uid: os.Getuid(), output: outputTable}
-	return a.execute(context.Background(), args)
+	return a.execute(ctx, args)
 }
 
 // usageError is a command-line mistake found by a command itself; it exits
@@ -105,16 +114,23 @@ stream to proxies and tunnel endpoints over Envoy's SDS API, with OPA
 authorization policy alongside them; operators rotate and revoke through this
 CLI.
 
-What works today is the CA core, offline, on a local data directory:
+What works today:
 
-  meshca dev         create or reopen a local CA and mint a demo X509-SVID per profile
-  meshca x509 mint   mint an X509-SVID for a SPIFFE ID into a directory
+  meshca dev              create or reopen a local CA and mint a demo X509-SVID per profile
+  meshca x509 mint        mint an X509-SVID for a SPIFFE ID into a directory, offline
+  meshca server           run a CA server: bootstrap a Raft cluster or join one
+  meshca status           show a server's Raft state, leader and state hash
+  meshca token create     make a single-use join token for a server or an agent
+  meshca operator raft    list, add and remove Raft peers; save and restore snapshots
 
-The server, agent, SDS, OPA and operator commands are not in this binary yet.
+Operator commands reach a server through its admin Unix socket: --addr
+unix:///path/admin.sock or $MESHCA_ADDR (default: the socket in the default
+data directory). The agent, SDS and OPA commands are not in this binary yet.
 
 CA private keys are sealed at rest under a key-encryption key (KEK) read from
---kek-file or $MESHCA_KEK_FILE. Without one, dev and x509 mint keep a KEK in
-the data directory, next to the keys it protects: that is for development only.
+--kek-file or $MESHCA_KEK_FILE. Without one, dev, x509 mint and a bootstrapping
+server keep a KEK in the data directory, next to the keys it protects: that is
+for development only. Every server of a cluster needs the same KEK.
 
 Every command takes --output table|json.`
 
@@ -131,6 +147,7 @@ func (a *app) newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().Var(&a.output, "output", "output format: table or json")
-	root.AddCommand(a.newDevCommand(), a.newX509Command())
+	root.AddCommand(a.newDevCommand(), a.newX509Command(), a.newServerCommand(),
+		a.newStatusCommand(), a.newTokenCommand(), a.newOperatorCommand())
 	return root
 }

@@ -70,6 +70,8 @@ type StatusResponse struct {
 	CommitIndex   uint64                 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
 	StateHash     string                 `protobuf:"bytes,8,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
 	LedgerRecords uint64                 `protobuf:"varint,9,opt,name=ledger_records,json=ledgerRecords,proto3" json:"ledger_records,omitempty"`
+	// ready: the cluster is bootstrapped and this server is a recorded member.
+	Ready         bool `protobuf:"varint,10,opt,name=ready,proto3" json:"ready,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -165,6 +167,13 @@ func (x *StatusResponse) GetLedgerRecords() uint64 {
 		return x.LedgerRecords
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
 }
 
 type Peer struct {
@@ -717,7 +726,7 @@ var File_operatorpb_operator_proto protoreflect.FileDescriptor
 const file_operatorpb_operator_proto_rawDesc = "" +
 	"\n" +
 	"\x19operatorpb/operator.proto\x12\x12meshca.operator.v1\"\x0f\n" +
-	"\rStatusRequest\"\xb7\x02\n" +
+	"\rStatusRequest\"\xcd\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1d\n" +
@@ -730,7 +739,9 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\fcommit_index\x18\a \x01(\x04R\vcommitIndex\x12\x1d\n" +
 	"\n" +
 	"state_hash\x18\b \x01(\tR\tstateHash\x12%\n" +
-	"\x0eledger_records\x18\t \x01(\x04R\rledgerRecords\"d\n" +
+	"\x0eledger_records\x18\t \x01(\x04R\rledgerRecords\x12\x14\n" +
+	"\x05ready\x18\n" +
+	" \x01(\bR\x05ready\"d\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// adminSocketName is the operator socket's name in a server's data directory.
+const adminSocketName = "admin.sock"
+
+// maxSocketPath is the longest Unix socket path Linux accepts (108 bytes
+// with the terminating NUL in sun_path) and macOS (104).
+const maxSocketPath = 103
+
+// Bounds of the messages an operator command exchanges with a server.
+const (
+	opMaxMessage     = 8 << 20 // above the server's 1 MiB snapshot chunks
+	opDefaultTimeout = time.Minute
+)
+
+// opOptions are the flags of every command that talks to a server.
+type opOptions struct {
+	addr    string
+	timeout time.Duration
+}
+
+// addOpFlags declares --addr and --timeout on cmd.
+func addOpFlags(cmd *cobra.Command, o *opOptions) {
+	cmd.Flags().StringVar(&o.addr, "addr", "", "server's operator API: unix:///path/admin.sock (default $"+envAddr+", else the admin socket in the default data directory)")
+	cmd.Flags().DurationVar(&o.timeout, "timeout", opDefaultTimeout, "give up on the server after this long")
+}
+
+// opClient is a connection to a server's operator API.
+type opClient struct {
+	operatorpb.OperatorClient
+	conn   *grpc.ClientConn
+	socket string // the admin socket's path, for error messages
+}
+
+func (c *opClient) Close() error { return c.conn.Close() }
+
+// adminSocketPath resolves the operator address: addr (the --addr flag),
+// else $MESHCA_ADDR, else the admin socket of the default data directory.
+// It accepts unix:///abs/path, unix:path and an absolute path; host:port
+// is refused until admin mTLS over TCP exists.
+func (a *app) adminSocketPath(addr string) (string, error) {
+	source := "--addr"
+	if addr == "" {
+		addr, source = a.getenv(envAddr), envAddr
+	}
+	if addr == "" {
+		dir, err := defaultDataDir(a.getenv)
+		if err != nil {
+			return "", fmt.Errorf("no server address: %w", err)
+		}
+		return filepath.Join(dir, adminSocketName), nil
+	}
+	var path string
+	switch {
+	case strings.HasPrefix(addr, "unix://"):
+		path = strings.TrimPrefix(addr, "unix://")
+		if !strings.HasPrefix(path, "/") {
+			return "", usageErrorf("%s %q: want unix:///absolute/path/admin.sock (three slashes)", source, addr)
+		}
+	case strings.HasPrefix(addr, "unix:"):
+		path = strings.TrimPrefix(addr, "unix:")
+	case strings.HasPrefix(addr, "/"):
+		path = addr
+	default:
+		if _, port, err := net.SplitHostPort(addr); err == nil && port != "" && !strings.Contains(addr, "://") {
+			return "", fmt.Errorf("%s %s: the operator API over TCP (admin mTLS) is not available yet; run the command on the server's host with --addr unix:///<data-dir>/%s", source, addr, adminSocketName)
+		}
+		return "", usageErrorf("%s %q: want unix:///path/%s", source, addr, adminSocketName)
+	}
+	if path == "" {
+		return "", usageErrorf("%s %q: the socket path is empty", source, addr)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", source, addr, err)
+	}
+	return abs, nil
+}
+
+// dialOperator connects to the operator API of the server at o.addr. The
+// socket is checked first so that the usual mistakes get a clear message.
+func (a *app) dialOperator(o opOptions) (*opClient, error) {
+	path, err := a.adminSocketPath(o.addr)
+	if err != nil {
+		return nil, err
+	}
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("admin socket path %s is %d bytes, longer than Unix sockets allow (%d): start the server with a shorter --admin-socket", path, len(path), maxSocketPath)
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, unreachable(path, "it does not exist")
+	case errors.Is(err, fs.ErrPermission):
+		return nil, fmt.Errorf("cannot reach the server's admin socket at %s: permission denied; only the user the server runs as may use it", path)
+	case err != nil:
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	case fi.Mode().Type() != fs.ModeSocket:
+		return nil, fmt.Errorf("%s is not a Unix socket: give the server's admin socket with --addr unix:///<data-dir>/%s", path, adminSocketName)
+	}
+	conn, err := grpc.NewClient("unix://"+path,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(opMaxMessage), grpc.MaxCallSendMsgSize(opMaxMessage)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: path}, nil
+}
+
+// unreachable is the error for a server that does not answer on its socket.
+func unreachable(path, why string) error {
+	return fmt.Errorf("cannot reach the server's admin socket at %s (%s): is `meshca server` running? Give its socket with --addr unix:///<data-dir>/%s or $%s", path, why, adminSocketName, envAddr)
+}
+
+// callContext bounds one operator call by --timeout.
+func callContext(ctx context.Context, o opOptions) (context.Context, context.CancelFunc) {
+	if o.timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, o.timeout)
+}
+
+// checkTimeout refuses a --timeout that is not positive.
+func checkTimeout(o opOptions) error {
+	if o.timeout <= 0 {
+		return usageErrorf("--timeout %s: want a positive duration", o.timeout)
+	}
+	return nil
+}
+
+// callError turns the error of an operator call into a message for the
+// operator: what failed, and the server's reason without gRPC's wrapping.
+func (c *opClient) callError(what string, o opOptions, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%s: the server did not answer within %s (--timeout)", what, o.timeout)
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	msg := st.Message()
+	switch st.Code() {
+	case codes.Unavailable:
+		if c.isDialFailure(msg) {
+			if strings.Contains(msg, "permission denied") {
+				return fmt.Errorf("cannot open the server's admin socket at %s: permission denied; only the user the server runs as may use it (mode 0600)", c.socket)
+			}
+			return unreachable(c.socket, "nothing is listening on it")
+		}
+		return fmt.Errorf("%s: %s (the server or its cluster is unavailable; see meshca status)", what, msg)
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("%s: the server did not answer within %s (--timeout); the cluster may have no leader", what, o.timeout)
+	case codes.Canceled:
+		return fmt.Errorf("%s: cancelled", what)
+	case codes.Unimplemented:
+		return fmt.Errorf("%s: this server does not support it (is it an older meshca?): %s", what, msg)
+	}
+	return fmt.Errorf("%s: %s", what, msg)
+}
+
+// isDialFailure reports whether a gRPC Unavailable message says that
+// connecting to the admin socket itself failed. The server's own
+// Unavailable errors (no leader, a peer unreachable) do not name the socket.
+func (c *opClient) isDialFailure(msg string) bool {
+	return strings.Contains(msg, "dial unix "+c.socket)
+}

@@ -1,0 +1,519 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/server"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+const serverLong = `server runs one meshca CA server until SIGINT or SIGTERM. Servers form a
+Raft cluster (3 or 5 of them) that replicates the trust domain's state: its
+roots, the servers' intermediates, join tokens, registration entries and the
+ledger of issued certificates.
+
+Starting a cluster:
+
+  1. The first server bootstraps a new trust domain. It creates the roots and
+     its own intermediates, and writes the trust bundle (the ECDSA root) to
+     <data-dir>/server/bundle.pem:
+       meshca server --bootstrap --trust-domain example.org --node-id s1 \
+         --data-dir /var/lib/meshca --raft-addr 10.0.0.1:8300 --api-addr 10.0.0.1:8443 \
+         --kek-file /etc/meshca/kek
+
+  2. On the first server's host, make one single-use join token per new server:
+       meshca token create --kind server --addr unix:///var/lib/meshca/admin.sock
+
+  3. Every other server joins through any member's API address, with a token,
+     a copy of that bundle.pem and the same KEK file:
+       meshca server --join 10.0.0.1:8443 --join-token <token> --trust-bundle bundle.pem \
+         --node-id s2 --data-dir /var/lib/meshca --raft-addr 10.0.0.2:8300 \
+         --api-addr 10.0.0.2:8443 --kek-file /etc/meshca/kek
+
+--bootstrap and --join only matter the first time: a server whose data
+directory holds its identity restarts with neither and finds its cluster
+again. A server with no identity and neither --bootstrap nor --join refuses
+to start. --bootstrap and --join exclude each other.
+
+Key-encryption key (KEK): every server of a cluster needs the same KEK file,
+a file of 32 random bytes in base64 readable by its owner only, e.g.
+  (umask 077; head -c 32 /dev/urandom | base64 > kek)
+It is --kek-file F, else $MESHCA_KEK_FILE, else <data-dir>/kek. Only a
+bootstrapping server creates <data-dir>/kek when it is missing, and warns that
+a KEK kept beside the keys it protects is for development only; copy that file
+to the other servers and give it to them with --kek-file. A joining server
+must be given the cluster's KEK.
+
+The join token may also come from $MESHCA_JOIN_TOKEN, which, unlike a flag,
+other users of the host cannot see in the process list.
+
+Addresses: --raft-addr and --api-addr are host:port pairs that the other
+servers dial, so the host must be an address they can reach, not 0.0.0.0.
+The operator API listens on a Unix socket, --admin-socket (default
+<data-dir>/admin.sock, mode 0600): whoever can open it operates the server.
+Operator commands reach it with --addr unix://<socket> or $MESHCA_ADDR.
+
+Configuration file: --config F reads a JSON object with the flags' names in
+snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
+join, join_token, trust_bundle, admin_socket, kek_file, log_level, log_format.
+An unknown key is an error. Flags given on the command line override the
+file. Relative paths in the file are relative to the file's directory.
+Example:
+  {"data_dir": "/var/lib/meshca", "node_id": "s1", "raft_addr": "10.0.0.1:8300",
+   "api_addr": "10.0.0.1:8443", "kek_file": "/etc/meshca/kek", "log_level": "info"}
+
+The data directory is the first of --data-dir, data_dir in the file,
+$MESHCA_DATA_DIR, $XDG_DATA_HOME/meshca, ~/.local/share/meshca. It holds:
+  D/server/identity.json   the server's identity: roots, its intermediates and
+                           TLS certificate (keys sealed under the KEK)
+  D/server/bundle.pem      the trust bundle, rewritten at every start
+  D/raft/...               the Raft log and snapshots
+  D/admin.sock             the operator API socket, while the server runs
+
+Logs go to standard error, as text (--log-format text) or JSON (--log-format
+json, the default with --output json), at --log-level debug|info|warn|error;
+Raft's own logs are warnings and errors only. Secrets (join tokens, keys) are
+never logged.`
+
+// serverConfig is the configuration of meshca server: the flags, or the keys
+// of a --config file, which have the flags' names in snake_case.
+type serverConfig struct {
+	DataDir     string `json:"data_dir"`
+	NodeID      string `json:"node_id"`
+	RaftAddr    string `json:"raft_addr"`
+	APIAddr     string `json:"api_addr"`
+	Bootstrap   bool   `json:"bootstrap"`
+	TrustDomain string `json:"trust_domain"`
+	Join        string `json:"join"`
+	JoinToken   string `json:"join_token"`
+	TrustBundle string `json:"trust_bundle"`
+	AdminSocket string `json:"admin_socket"`
+	KEKFile     string `json:"kek_file"`
+	LogLevel    string `json:"log_level"`
+	LogFormat   string `json:"log_format"`
+}
+
+// maxConfigSize bounds a --config file.
+const maxConfigSize = 1 << 20
+
+// loadServerConfig reads a JSON configuration file. Unknown keys and
+// trailing data are usage errors; relative paths in it are made relative to
+// the file's directory.
+func loadServerConfig(path string) (serverConfig, error) {
+	var c serverConfig
+	f, err := os.Open(path)
+	if err != nil {
+		return c, fmt.Errorf("config file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return c, fmt.Errorf("config file %s: %w", path, err)
+	}
+	if len(b) > maxConfigSize {
+		return c, usageErrorf("config file %s is larger than %d bytes", path, maxConfigSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		if key, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return c, usageErrorf("config file %s: unknown key %s (known keys: %s)", path, key, strings.Join(configKeys(), ", "))
+		}
+		return c, usageErrorf("config file %s is not a valid JSON object of settings: %v", path, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return c, usageErrorf("config file %s: unexpected data after the JSON object", path)
+	}
+	dir := filepath.Dir(path)
+	for _, p := range []*string{&c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	return c, nil
+}
+
+// configKeys lists the keys a configuration file may hold.
+func configKeys() []string {
+	t := reflect.TypeFor[serverConfig]()
+	keys := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		keys = append(keys, t.Field(i).Tag.Get("json"))
+	}
+	return keys
+}
+
+// override sets the fields of c whose flags were given on the command line
+// to their values in f.
+func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
+	str := map[string][2]*string{
+		"data-dir":     {&c.DataDir, &f.DataDir},
+		"node-id":      {&c.NodeID, &f.NodeID},
+		"raft-addr":    {&c.RaftAddr, &f.RaftAddr},
+		"api-addr":     {&c.APIAddr, &f.APIAddr},
+		"trust-domain": {&c.TrustDomain, &f.TrustDomain},
+		"join":         {&c.Join, &f.Join},
+		"join-token":   {&c.JoinToken, &f.JoinToken},
+		"trust-bundle": {&c.TrustBundle, &f.TrustBundle},
+		"admin-socket": {&c.AdminSocket, &f.AdminSocket},
+		"kek-file":     {&c.KEKFile, &f.KEKFile},
+		"log-level":    {&c.LogLevel, &f.LogLevel},
+		"log-format":   {&c.LogFormat, &f.LogFormat},
+	}
+	for name, p := range str {
+		if fs.Changed(name) {
+			*p[0] = *p[1]
+		}
+	}
+	if fs.Changed("bootstrap") {
+		c.Bootstrap = f.Bootstrap
+	}
+}
+
+func (a *app) newServerCommand() *cobra.Command {
+	var (
+		configFile string
+		flags      serverConfig
+	)
+	cmd := &cobra.Command{
+		Use: "server --config F | --data-dir D --node-id N --raft-addr H:P --api-addr H:P\n" +
+			"              [--bootstrap --trust-domain TD | --join H:P --join-token T --trust-bundle F]\n" +
+			"              [--admin-socket S] [--kek-file F] [--log-level info] [--log-format text]",
+		Short: "Run a CA server: bootstrap a Raft cluster or join one",
+		Long:  serverLong,
+		Args:  cobra.NoArgs,
+		// Use lists the flags already.
+		DisableFlagsInUseLine: true,
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "JSON configuration file; flags override its settings")
+	f.StringVar(&flags.DataDir, "data-dir", "", "data directory (default $MESHCA_DATA_DIR, else $XDG_DATA_HOME/meshca, else ~/.local/share/meshca)")
+	f.StringVar(&flags.NodeID, "node-id", "", "the server's stable name in the cluster: 1-64 letters, digits, '.', '-' or '_' (required)")
+	f.StringVar(&flags.RaftAddr, "raft-addr", "", "host:port to listen on for Raft, dialed by the other servers (required)")
+	f.StringVar(&flags.APIAddr, "api-addr", "", "host:port of the cluster API, dialed by joining servers and agents (required)")
+	f.BoolVar(&flags.Bootstrap, "bootstrap", false, "form a new cluster and trust domain (the first server only; needs --trust-domain)")
+	f.StringVar(&flags.TrustDomain, "trust-domain", "", "trust domain of a bootstrapped cluster, e.g. example.org")
+	f.StringVar(&flags.Join, "join", "", "API address (host:port) of any member of the cluster to join")
+	f.StringVar(&flags.JoinToken, "join-token", "", "single-use server join token from \"meshca token create --kind server\" (default $MESHCA_JOIN_TOKEN)")
+	f.StringVar(&flags.TrustBundle, "trust-bundle", "", "PEM file of the cluster's roots: the first server's <data-dir>/server/bundle.pem")
+	f.StringVar(&flags.AdminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/admin.sock)")
+	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
+	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&flags.LogFormat, "log-format", "", "log format: text or json (default text, json with --output json)")
+	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		var cfg serverConfig
+		if configFile != "" {
+			var err error
+			if cfg, err = loadServerConfig(configFile); err != nil {
+				return err
+			}
+		}
+		cfg.override(cmd.Flags(), &flags)
+		if cfg.LogLevel == "" {
+			cfg.LogLevel = "info"
+		}
+		if cfg.LogFormat == "" {
+			cfg.LogFormat = "text"
+			if a.output == outputJSON {
+				cfg.LogFormat = "json"
+			}
+		}
+		if cfg.Join != "" && cfg.JoinToken == "" {
+			cfg.JoinToken = a.getenv(envJoinToken)
+		}
+		return a.server(cmd.Context(), cfg)
+	})
+	return cmd
+}
+
+// checkServerConfig refuses a configuration that cannot work, before
+// anything is created: these are usage errors.
+func checkServerConfig(c *serverConfig) error {
+	if c.Bootstrap && c.Join != "" {
+		return usageErrorf("--bootstrap and --join exclude each other: bootstrap the first server of a cluster, join the others to it")
+	}
+	if c.NodeID == "" {
+		return usageErrorf("--node-id is required (node_id in a config file)")
+	}
+	if !server.ValidNodeID(c.NodeID) {
+		return usageErrorf("--node-id %q: use 1-64 letters, digits, '.', '-' or '_'", c.NodeID)
+	}
+	for _, ad := range []struct{ flag, value string }{{"--raft-addr", c.RaftAddr}, {"--api-addr", c.APIAddr}} {
+		if ad.value == "" {
+			return usageErrorf("%s is required (%s in a config file)", ad.flag, strings.ReplaceAll(strings.TrimPrefix(ad.flag, "--"), "-", "_"))
+		}
+		host, _, err := net.SplitHostPort(ad.value)
+		if err != nil {
+			return usageErrorf("%s %q: want host:port", ad.flag, ad.value)
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			return usageErrorf("%s %q: the other servers dial this address, so give one they can reach, not a wildcard", ad.flag, ad.value)
+		}
+	}
+	if c.Bootstrap {
+		if c.TrustDomain == "" {
+			return usageErrorf("--bootstrap needs --trust-domain, the trust domain of the new cluster (e.g. example.org)")
+		}
+	}
+	if c.TrustDomain != "" {
+		if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+			return usageErrorf("--trust-domain %q: %v", c.TrustDomain, err)
+		}
+	}
+	if c.Join != "" {
+		if _, _, err := net.SplitHostPort(c.Join); err != nil {
+			return usageErrorf("--join %q: want the host:port of a member's API address", c.Join)
+		}
+		if c.JoinToken == "" {
+			return usageErrorf("--join needs --join-token (or $%s): make one with `meshca token create --kind server` on a member", envJoinToken)
+		}
+		if c.TrustBundle == "" {
+			return usageErrorf("--join needs --trust-bundle: a copy of the first server's <data-dir>/server/bundle.pem")
+		}
+	} else if c.JoinToken != "" || c.TrustBundle != "" {
+		return usageErrorf("--join-token and --trust-bundle are only used with --join")
+	}
+	if _, err := parseLogLevel(c.LogLevel); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return usageErrorf("--log-format %q: want text or json", c.LogFormat)
+	}
+	return nil
+}
+
+// parseLogLevel reads --log-level.
+func parseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, usageErrorf("--log-level %q: want debug, info, warn or error", s)
+}
+
+// loggers returns the server's logger and hashicorp/raft's, both writing
+// to stderr in the configured format. Raft logs warnings and errors only.
+func (a *app) loggers(c *serverConfig) (*slog.Logger, hclog.Logger) {
+	level, _ := parseLogLevel(c.LogLevel) // checked by checkServerConfig
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(a.stderr, opts)
+	if c.LogFormat == "json" {
+		h = slog.NewJSONHandler(a.stderr, opts)
+	}
+	raftLevel := hclog.Warn
+	if level > slog.LevelWarn {
+		raftLevel = hclog.Error
+	}
+	raftLog := hclog.New(&hclog.LoggerOptions{
+		Name: "raft", Level: raftLevel, Output: a.stderr, JSONFormat: c.LogFormat == "json",
+	})
+	return slog.New(h), raftLog
+}
+
+// server runs a meshca server with configuration c until ctx ends or the
+// process gets SIGINT or SIGTERM.
+func (a *app) server(ctx context.Context, c serverConfig) error {
+	if err := checkServerConfig(&c); err != nil {
+		return err
+	}
+	dataDir := c.DataDir
+	if dataDir == "" {
+		d, err := defaultDataDir(a.getenv)
+		if err != nil {
+			return err
+		}
+		dataDir = d
+	}
+	dataDir, err := absDir("--data-dir", dataDir)
+	if err != nil {
+		return err
+	}
+	adminSocket := filepath.Join(dataDir, adminSocketName)
+	if c.AdminSocket != "" {
+		if adminSocket, err = filepath.Abs(c.AdminSocket); err != nil {
+			return fmt.Errorf("--admin-socket %s: %w", c.AdminSocket, err)
+		}
+	}
+	if len(adminSocket) > maxSocketPath {
+		return usageErrorf("admin socket path %s is %d bytes, longer than Unix sockets allow (%d): give a shorter --admin-socket", adminSocket, len(adminSocket), maxSocketPath)
+	}
+
+	var bundle []*x509.Certificate
+	if c.Join != "" {
+		if bundle, err = loadTrustBundle(c.TrustBundle); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dataDir, modeDir); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	hasIdentity, err := server.HasIdentity(dataDir)
+	if err != nil {
+		return err
+	}
+	kek, kekSource, err := a.serverKEK(c, dataDir, hasIdentity)
+	if err != nil {
+		return err
+	}
+
+	log, raftLog := a.loggers(&c)
+	mode := "restart"
+	switch {
+	case hasIdentity:
+	case c.Bootstrap:
+		mode = "bootstrap"
+	case c.Join != "":
+		mode = "join " + c.Join
+	}
+	log.Info("starting meshca server", "node", c.NodeID, "data_dir", dataDir, "mode", mode, "kek_file", kekSource, "kek_id", kek.ID())
+	for _, ad := range []struct{ name, value string }{{"raft_addr", c.RaftAddr}, {"api_addr", c.APIAddr}} {
+		if _, port, _ := net.SplitHostPort(ad.value); port == "0" {
+			log.Warn("port 0 picks a free port at random; the cluster records the address, so a server that restarts must get the same one", ad.name, ad.value)
+		}
+	}
+	srv, err := server.New(server.Config{
+		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
+		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
+		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle,
+		Logger: log, RaftLogger: raftLog,
+	})
+	if errors.Is(err, ca.ErrWrongKEK) {
+		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekSource, dataDir, err)
+	}
+	if err != nil {
+		return fmt.Errorf("start server: %w", err)
+	}
+
+	bundlePath := filepath.Join(dataDir, "server", "bundle.pem")
+	if err := atomicfile.Write(bundlePath, srv.TrustBundle(), modePublic); err != nil {
+		srv.Close()
+		return fmt.Errorf("write the trust bundle: %w", err)
+	}
+	log.Info("meshca server started", "node", c.NodeID, "raft_addr", srv.RaftAddr(), "api_addr", srv.APIAddr(),
+		"admin_socket", srv.AdminSocket(), "trust_bundle", bundlePath,
+		"operator", "meshca status --addr unix://"+srv.AdminSocket())
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		// A second signal now kills the process the default way.
+		stop()
+		log.Info("shutting down")
+	}()
+	if err := srv.Run(ctx); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	log.Info("meshca server stopped")
+	return nil
+}
+
+// serverKEK finds the cluster's key-encryption key: c.KEKFile, else
+// $MESHCA_KEK_FILE, both of which must exist; else <dataDir>/kek, which is
+// created only by a bootstrapping server that has no identity yet, with a
+// warning that a KEK in the data directory is for development only. It
+// returns the KEK and the file it came from.
+func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity bool) (*ca.KEK, string, error) {
+	file, source := c.KEKFile, "--kek-file"
+	if file == "" {
+		file, source = a.getenv(envKEKFile), envKEKFile
+	}
+	if file != "" {
+		abs, err := filepath.Abs(file)
+		if err != nil {
+			return nil, "", fmt.Errorf("key-encryption key from %s: %w", source, err)
+		}
+		kek, err := ca.LoadKEKFile(abs)
+		if err != nil {
+			return nil, "", fmt.Errorf("key-encryption key from %s: %w", source, err)
+		}
+		return kek, abs, nil
+	}
+
+	file = filepath.Join(dataDir, kekFileName)
+	kek, err := ca.LoadKEKFile(file)
+	verb := "using"
+	switch {
+	case err == nil:
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, "", fmt.Errorf("key-encryption key in the data directory: %w", err)
+	case hasIdentity:
+		return nil, "", fmt.Errorf("the server in %s was set up with a key-encryption key kept elsewhere: give the cluster's KEK file with --kek-file or $%s", dataDir, envKEKFile)
+	case c.Join != "":
+		return nil, "", fmt.Errorf("a joining server needs the cluster's key-encryption key: copy the KEK file the cluster was bootstrapped with to this host and give it with --kek-file or $%s", envKEKFile)
+	case !c.Bootstrap:
+		return nil, "", fmt.Errorf("this server has no identity yet: start the first server of a cluster with --bootstrap --trust-domain TD, and join the others with --join ADDR --join-token T --trust-bundle F; every server needs the cluster's key-encryption key (--kek-file or $%s)", envKEKFile)
+	default:
+		var created bool
+		if kek, created, err = ca.LoadOrCreateKEKFile(file); err != nil {
+			return nil, "", fmt.Errorf("key-encryption key in the data directory: %w", err)
+		}
+		if created {
+			verb = "created"
+		}
+	}
+	fmt.Fprintf(a.stderr, "meshca: warning: %s the key-encryption key %s, stored beside the keys it protects; this is for development only (use --kek-file or %s to keep it elsewhere; every server of the cluster needs this same file)\n", verb, file, envKEKFile)
+	return kek, file, nil
+}
+
+// loadTrustBundle reads a PEM file of root certificates. Every block must
+// be a CERTIFICATE; at least one is needed.
+func loadTrustBundle(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle: %w", err)
+	}
+	var roots []*x509.Certificate
+	for rest := b; ; {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			if len(roots) > 0 && len(bytes.TrimSpace(rest)) != 0 {
+				return nil, fmt.Errorf("trust bundle %s: data that is not PEM after %d certificates", path, len(roots))
+			}
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("trust bundle %s: a %q PEM block; want only CERTIFICATE blocks", path, blk.Type)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("trust bundle %s: certificate %d: %w", path, len(roots)+1, err)
+		}
+		roots = append(roots, c)
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("trust bundle %s holds no certificate: give the first server's <data-dir>/server/bundle.pem", path)
+	}
+	if _, err := server.TrustDomainOfBundle(roots); err != nil {
+		return nil, fmt.Errorf("trust bundle %s: %w", path, err)
+	}
+	return roots, nil
+}

@@ -1,0 +1,537 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writers of a
+// running server (its logger, Raft's logger).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// shortTempDir makes a directory with a short path, for data directories
+// that hold Unix sockets (at most ~104 bytes), removed when the test ends.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// inProcessServer is a `meshca server` running in a goroutine of the test.
+type inProcessServer struct {
+	sock   string
+	stderr *syncBuffer
+	cancel context.CancelFunc
+	done   chan int // the exit code, when the command returns
+}
+
+// startServer runs `meshca server args...` in-process until stop or the
+// end of the test.
+func startServer(t *testing.T, env map[string]string, sock string, args ...string) *inProcessServer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &inProcessServer{sock: sock, stderr: &syncBuffer{}, cancel: cancel, done: make(chan int, 1)}
+	go func() {
+		var stdout syncBuffer
+		s.done <- runContext(ctx, append([]string{"server"}, args...), &stdout, s.stderr, func(k string) string { return env[k] })
+	}()
+	t.Cleanup(func() {
+		if code, ok := s.stop(t); ok && code != exitOK && !t.Failed() {
+			t.Errorf("meshca server exited %d\nstderr:\n%s", code, s.stderr)
+		}
+	})
+	return s
+}
+
+// stop cancels the server and waits for its exit code; ok is false if it
+// had already been collected.
+func (s *inProcessServer) stop(t *testing.T) (code int, ok bool) {
+	t.Helper()
+	s.cancel()
+	select {
+	case code, ok = <-s.done:
+		if ok {
+			close(s.done)
+		}
+		return code, ok
+	case <-time.After(15 * time.Second):
+		t.Fatalf("meshca server did not stop within 15 s of its context ending\nstderr:\n%s", s.stderr)
+	}
+	return 0, false
+}
+
+// waitFor polls cond every 50 ms until it holds or timeout passes, then
+// fails the test with what cond last said.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last string
+	for {
+		ok, msg := cond()
+		if ok {
+			return time.Since(start)
+		}
+		last = msg
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not within %s; last: %s", what, timeout, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// statusOf runs `meshca status --output json` in-process.
+func statusOf(t *testing.T, env map[string]string, sock string) (statusReport, result) {
+	t.Helper()
+	r := meshca(t, env, "status", "--output", "json", "--addr", "unix://"+sock, "--timeout", "5s")
+	var st statusReport
+	if r.code == exitOK {
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+			t.Fatalf("status --output json: %v\n%s", err, r.stdout)
+		}
+	}
+	return st, r
+}
+
+// waitLeader waits until the server on sock leads and returns its status.
+func waitLeader(t *testing.T, env map[string]string, sock, nodeID string) statusReport {
+	t.Helper()
+	var st statusReport
+	waitFor(t, 15*time.Second, "server "+nodeID+" leads", func() (bool, string) {
+		var r result
+		st, r = statusOf(t, env, sock)
+		return r.code == exitOK && st.RaftState == "Leader" && st.LeaderID == nodeID, r.stdout + r.stderr
+	})
+	return st
+}
+
+// bootstrappedLog is what a bootstrapping server logs once the new
+// cluster's trust domain and authorities are in the replicated state.
+const bootstrappedLog = "cluster bootstrapped"
+
+// testEnv is an environment for in-process commands in which the default
+// data directory is a temporary one, never the user's.
+func testEnv(t *testing.T) map[string]string {
+	return map[string]string{"HOME": t.TempDir()}
+}
+
+func TestServerBootstrapOperateAndSnapshot(t *testing.T) {
+	t.Parallel()
+	env := testEnv(t)
+	dataDir := shortTempDir(t)
+	sock := filepath.Join(dataDir, adminSocketName)
+	addr := "unix://" + sock
+	// The configuration file gives everything; the --node-id flag overrides it.
+	cfg := writeTestFile(t, t.TempDir(), "server.json", []byte(`{
+  "data_dir": "`+dataDir+`",
+  "node_id": "from-file",
+  "raft_addr": "127.0.0.1:0",
+  "api_addr": "127.0.0.1:0",
+  "bootstrap": true,
+  "trust_domain": "example.org",
+  "log_level": "debug"
+}`))
+	srv := startServer(t, env, sock, "--config", cfg, "--node-id", "s1")
+	st := waitLeader(t, env, sock, "s1")
+	// The new leader writes the trust domain and its authorities into the
+	// replicated state; wait until it has, so that the state hash is stable.
+	waitFor(t, 10*time.Second, "bootstrap state written", func() (bool, string) {
+		return strings.Contains(srv.stderr.String(), bootstrappedLog), "no " + bootstrappedLog + " in the log"
+	})
+	st, _ = statusOf(t, env, sock)
+	if st.NodeID != "s1" || st.TrustDomain != "example.org" || st.StateHash == "" {
+		t.Errorf("status = %+v, want node s1 of example.org with a state hash", st)
+	}
+
+	// Startup: the KEK warning, the addresses and the trust bundle.
+	logs := srv.stderr.String()
+	for _, want := range []string{devOnlyWarning, filepath.Join(dataDir, "kek"), "meshca server started", sock, "raft_addr=127.0.0.1:", "api_addr=127.0.0.1:"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("server log does not mention %q:\n%s", want, logs)
+		}
+	}
+	checkMode(t, filepath.Join(dataDir, "kek"), modePrivate)
+	checkMode(t, sock, modePrivate)
+	bundlePath := filepath.Join(dataDir, "server", "bundle.pem")
+	checkMode(t, bundlePath, modePublic)
+	roots, err := loadTrustBundle(bundlePath)
+	if err != nil || len(roots) != 1 || len(roots[0].URIs) != 1 || roots[0].URIs[0].String() != "spiffe://example.org" {
+		t.Errorf("bundle.pem: %v, %d roots", err, len(roots))
+	}
+
+	// A server token, as JSON; the token is a secret that never reaches the logs.
+	r := mustSucceed(t, env, "token", "create", "--kind", "server", "--addr", addr, "--output", "json")
+	var tok tokenReport
+	if err := json.Unmarshal([]byte(r.stdout), &tok); err != nil {
+		t.Fatalf("token create --output json: %v\n%s", err, r.stdout)
+	}
+	if len(tok.Token) < 40 || tok.Kind != "server" || time.Until(tok.Expires) < 9*time.Minute || time.Until(tok.Expires) > 11*time.Minute {
+		t.Errorf("token = %+v, want a server token expiring in 10 minutes", tok)
+	}
+	if strings.Contains(srv.stderr.String(), tok.Token) {
+		t.Errorf("the server logged the join token")
+	}
+	// The table form, with MESHCA_ADDR instead of --addr.
+	envAddr := map[string]string{"HOME": env["HOME"], envAddr: addr}
+	r = mustSucceed(t, envAddr, "token", "create", "--ttl", "90s")
+	if !strings.Contains(r.stdout, "agent") || !strings.Contains(r.stdout, "single use") {
+		t.Errorf("token create:\n%s", r.stdout)
+	}
+
+	st, _ = statusOf(t, env, sock)
+	r = mustSucceed(t, env, "status", "--addr", addr)
+	for _, want := range []string{"s1", "example.org", "Leader", "(this server)", st.StateHash} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status does not show %q:\n%s", want, r.stdout)
+		}
+	}
+	r = mustSucceed(t, env, "operator", "raft", "list-peers", "--addr", addr)
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 ||
+		strings.Join(strings.Fields(lines[0]), " ") != "ID ADDRESS SUFFRAGE LEADER" ||
+		!strings.HasPrefix(lines[1], "s1 ") || !strings.Contains(lines[1], "Voter") || !strings.HasSuffix(lines[1], "yes") {
+		t.Errorf("list-peers:\n%s", r.stdout)
+	}
+
+	// Membership changes the server refuses, with its reason.
+	r = meshca(t, env, "operator", "raft", "remove-peer", "nope", "--addr", addr)
+	if r.code != exitError || !strings.Contains(r.stderr, `remove peer nope: no peer "nope" in the Raft configuration`) {
+		t.Errorf("remove-peer of an unknown peer: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = meshca(t, env, "operator", "raft", "add-voter", "s9", "no-port", "--addr", addr)
+	if r.code != exitError || !strings.Contains(r.stderr, "add voter s9: ") || !strings.Contains(r.stderr, "host:port") {
+		t.Errorf("add-voter with a bad address: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	// Snapshot save, then restore of the same file: the same state.
+	snapDir := t.TempDir()
+	snap := filepath.Join(snapDir, "state.snap")
+	before, _ := statusOf(t, env, sock)
+	r = mustSucceed(t, env, "operator", "raft", "snapshot", "save", snap, "--addr", addr)
+	checkMode(t, snap, modePrivate)
+	data := readFile(t, snap)
+	if !strings.Contains(r.stdout, snap) || !strings.Contains(r.stdout, "bytes") {
+		t.Errorf("snapshot save:\n%s", r.stdout)
+	}
+	if entries, _ := os.ReadDir(snapDir); len(entries) != 1 {
+		t.Errorf("snapshot save left %d files, want only the snapshot", len(entries))
+	}
+	r = mustSucceed(t, env, "operator", "raft", "snapshot", "restore", snap, "--addr", addr, "--output", "json")
+	var restored snapshotReport
+	if err := json.Unmarshal([]byte(r.stdout), &restored); err != nil {
+		t.Fatalf("snapshot restore --output json: %v\n%s", err, r.stdout)
+	}
+	if restored.StateHash != before.StateHash || restored.Bytes != int64(len(data)) {
+		t.Errorf("restore reports hash %s (%d bytes), want %s (%d bytes)", restored.StateHash, restored.Bytes, before.StateHash, len(data))
+	}
+	after, _ := statusOf(t, env, sock)
+	if after.StateHash != before.StateHash {
+		t.Errorf("state hash after restoring the same snapshot = %s, want %s", after.StateHash, before.StateHash)
+	}
+
+	// A corrupt copy is refused whole and changes nothing.
+	bad := append([]byte(nil), data...)
+	bad[len(bad)/2] ^= 0x01
+	badFile := writeTestFile(t, snapDir, "bad.snap", bad)
+	r = meshca(t, env, "operator", "raft", "snapshot", "restore", badFile, "--addr", addr)
+	if r.code != exitError || !strings.HasPrefix(r.stderr, "meshca: restore snapshot "+badFile+": ") {
+		t.Errorf("restore of a corrupt snapshot: exit %d, stderr %q; want exit 1 with the server's reason", r.code, r.stderr)
+	}
+	if strings.Contains(r.stderr, "rpc error") || strings.Contains(r.stderr, "desc =") {
+		t.Errorf("the error shows gRPC's wrapping: %q", r.stderr)
+	}
+	t.Logf("corrupt snapshot: %s", strings.TrimSpace(r.stderr))
+	if st, _ := statusOf(t, env, sock); st.StateHash != before.StateHash {
+		t.Errorf("state hash after a refused restore = %s, want %s", st.StateHash, before.StateHash)
+	}
+
+	// Cancelling the context (as SIGTERM would) stops the server cleanly.
+	if code, _ := srv.stop(t); code != exitOK {
+		t.Errorf("meshca server exited %d, want 0\nstderr:\n%s", code, srv.stderr)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("admin socket still there after shutdown: %v", err)
+	}
+
+	// Another KEK does not open it, and says so.
+	otherKEK := filepath.Join(t.TempDir(), "other-kek")
+	if _, err := ca.CreateKEKFile(otherKEK); err != nil {
+		t.Fatal(err)
+	}
+	r = meshca(t, env, "server", "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--kek-file", otherKEK)
+	if r.code != exitError || !strings.Contains(r.stderr, "does not open the server identity in "+dataDir) {
+		t.Errorf("restart with another KEK: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	// It restarts from its data directory with neither --bootstrap nor --join.
+	srv = startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0")
+	if st := waitLeader(t, env, sock, "s1"); st.StateHash != before.StateHash {
+		t.Errorf("state hash after restart = %s, want %s", st.StateHash, before.StateHash)
+	}
+	if !strings.Contains(srv.stderr.String(), "using the key-encryption key") {
+		t.Errorf("restart does not warn about the KEK in the data directory:\n%s", srv.stderr)
+	}
+}
+
+// selfSignedBundle writes a PEM bundle with one CA certificate naming
+// spiffe://example.org, as a --trust-bundle that parses.
+func selfSignedBundle(t *testing.T, dir string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test root"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		URIs: []*url.URL{{Scheme: "spiffe", Host: "example.org"}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeTestFile(t, dir, "bundle.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+func TestServerBadInput(t *testing.T) {
+	t.Parallel()
+	tmp := t.TempDir()
+	kek := filepath.Join(tmp, "kek")
+	if _, err := ca.CreateKEKFile(kek); err != nil {
+		t.Fatal(err)
+	}
+	bundle := selfSignedBundle(t, tmp)
+	unknownKey := writeTestFile(t, tmp, "unknown.json", []byte(`{"node_id": "s1", "bogus_key": 1}`))
+	notJSON := writeTestFile(t, tmp, "bad.json", []byte(`node_id: s1`))
+	trailing := writeTestFile(t, tmp, "trailing.json", []byte(`{"node_id": "s1"} {}`))
+	addrs := []string{"--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"fail/no-identity", append([]string{"--node-id", "s1", "--kek-file", kek}, addrs...), exitError,
+			[]string{"no identity yet", "--bootstrap", "--join"}},
+		{"fail/no-identity-no-kek", append([]string{"--node-id", "s1"}, addrs...), exitError,
+			[]string{"no identity yet", "--bootstrap", "--join", "--kek-file"}},
+		{"fail/bootstrap-and-join", append([]string{"--node-id", "s1", "--bootstrap", "--trust-domain", "example.org",
+			"--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", bundle}, addrs...), exitUsage,
+			[]string{"--bootstrap and --join exclude each other"}},
+		{"fail/bootstrap-without-trust-domain", append([]string{"--node-id", "s1", "--bootstrap"}, addrs...), exitUsage,
+			[]string{"--bootstrap needs --trust-domain"}},
+		{"fail/bad-trust-domain", append([]string{"--node-id", "s1", "--bootstrap", "--trust-domain", "Bad Domain"}, addrs...), exitUsage,
+			[]string{"--trust-domain"}},
+		{"fail/join-without-token", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--trust-bundle", bundle}, addrs...), exitUsage,
+			[]string{"--join needs --join-token", "meshca token create --kind server"}},
+		{"fail/join-without-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t"}, addrs...), exitUsage,
+			[]string{"--join needs --trust-bundle", "bundle.pem"}},
+		{"fail/join-without-kek", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", bundle}, addrs...), exitError,
+			[]string{"joining server needs the cluster's key-encryption key", "--kek-file"}},
+		{"fail/token-without-join", append([]string{"--node-id", "s2", "--join-token", "t"}, addrs...), exitUsage,
+			[]string{"only used with --join"}},
+		{"fail/bad-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", kek, "--kek-file", kek}, addrs...), exitError,
+			[]string{"trust bundle", "no certificate"}},
+		{"fail/missing-node-id", addrs, exitUsage, []string{"--node-id is required"}},
+		{"fail/bad-node-id", append([]string{"--node-id", "a/b"}, addrs...), exitUsage, []string{"--node-id \"a/b\""}},
+		{"fail/missing-raft-addr", []string{"--node-id", "s1", "--api-addr", "127.0.0.1:0"}, exitUsage, []string{"--raft-addr is required"}},
+		{"fail/wildcard-addr", []string{"--node-id", "s1", "--raft-addr", "0.0.0.0:8300", "--api-addr", "127.0.0.1:0"}, exitUsage, []string{"not a wildcard"}},
+		{"fail/bad-log-level", append([]string{"--node-id", "s1", "--log-level", "loud"}, addrs...), exitUsage, []string{"--log-level \"loud\""}},
+		{"fail/config-unknown-key", []string{"--config", unknownKey}, exitUsage, []string{"unknown key \"bogus_key\"", unknownKey, "node_id"}},
+		{"fail/config-not-json", []string{"--config", notJSON}, exitUsage, []string{"not a valid JSON object"}},
+		{"fail/config-trailing-data", []string{"--config", trailing}, exitUsage, []string{"after the JSON object"}},
+		{"fail/config-missing", []string{"--config", filepath.Join(tmp, "nope.json")}, exitError, []string{"config file", "no such file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dataDir := shortTempDir(t)
+			env := testEnv(t)
+			before := treeSnapshot(t, dataDir)
+			r := meshca(t, env, append([]string{"server", "--data-dir", dataDir}, tc.args...)...)
+			if r.code != tc.code {
+				t.Errorf("exit %d, want %d; stderr %q", r.code, tc.code, r.stderr)
+			}
+			if !strings.HasPrefix(r.stderr, "meshca: ") && !strings.Contains(r.stderr, "\nmeshca: ") {
+				t.Errorf("stderr has no \"meshca: \" error line: %q", r.stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr = %q, want it to contain %q", r.stderr, w)
+				}
+			}
+			if tc.code == exitUsage {
+				if d := diffSnapshots(before, treeSnapshot(t, dataDir)); len(d) != 0 {
+					t.Errorf("a usage error changed the data directory: %v", d)
+				}
+			}
+		})
+	}
+}
+
+func TestServerConfigFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := writeTestFile(t, dir, "c.json", []byte(`{"data_dir": "data", "kek_file": "/etc/kek", "trust_bundle": "b.pem",
+		"admin_socket": "a.sock", "node_id": "n1", "log_level": "warn", "bootstrap": true}`))
+	c, err := loadServerConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := serverConfig{DataDir: filepath.Join(dir, "data"), KEKFile: "/etc/kek", TrustBundle: filepath.Join(dir, "b.pem"),
+		AdminSocket: filepath.Join(dir, "a.sock"), NodeID: "n1", LogLevel: "warn", Bootstrap: true}
+	if c != want {
+		t.Errorf("loadServerConfig = %+v, want %+v", c, want)
+	}
+	// Flags given on the command line win; the others keep the file's values.
+	cmd := (&app{}).newServerCommand()
+	if err := cmd.Flags().Parse([]string{"--node-id", "n2", "--bootstrap=false"}); err != nil {
+		t.Fatal(err)
+	}
+	flags := serverConfig{NodeID: "n2"}
+	c.override(cmd.Flags(), &flags)
+	want.NodeID, want.Bootstrap = "n2", false
+	if c != want {
+		t.Errorf("after flags: %+v, want %+v", c, want)
+	}
+	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,admin_socket,kek_file,log_level,log_format" {
+		t.Errorf("configKeys = %s", keys)
+	}
+}
+
+func TestOperatorBadInput(t *testing.T) {
+	t.Parallel()
+	dir := shortTempDir(t)
+	// A stale socket: a file nobody listens on, as a crashed server leaves.
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	missing := filepath.Join(dir, "missing.sock")
+	notSocket := writeTestFile(t, dir, "file", []byte("x"))
+	home := t.TempDir()
+
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+		want []string
+	}{
+		{"fail/token-bad-kind", nil, []string{"token", "create", "--kind", "bogus", "--addr", "unix://" + stale}, exitUsage, []string{`--kind "bogus"`, "agent", "server"}},
+		{"fail/token-zero-ttl", nil, []string{"token", "create", "--ttl", "0", "--addr", "unix://" + stale}, exitUsage, []string{"--ttl 0s", "at least 1s"}},
+		{"fail/token-negative-ttl", nil, []string{"token", "create", "--ttl=-5m", "--addr", "unix://" + stale}, exitUsage, []string{"--ttl -5m0s"}},
+		{"fail/token-long-ttl", nil, []string{"token", "create", "--ttl", "200h", "--addr", "unix://" + stale}, exitUsage, []string{"at most"}},
+		{"fail/token-fractional-ttl", nil, []string{"token", "create", "--ttl", "1500ms", "--addr", "unix://" + stale}, exitUsage, []string{"whole seconds"}},
+		{"fail/stale-socket", nil, []string{"status", "--addr", "unix://" + stale}, exitError,
+			[]string{"cannot reach the server's admin socket at " + stale, "nothing is listening", "is `meshca server` running?"}},
+		{"fail/stale-socket-env", map[string]string{envAddr: "unix://" + stale}, []string{"token", "create"}, exitError,
+			[]string{"cannot reach the server's admin socket at " + stale}},
+		{"fail/missing-socket", nil, []string{"operator", "raft", "list-peers", "--addr", "unix://" + missing}, exitError,
+			[]string{"cannot reach the server's admin socket at " + missing, "does not exist", "is `meshca server` running?"}},
+		{"fail/default-socket", map[string]string{"HOME": home}, []string{"status"}, exitError,
+			[]string{"cannot reach the server's admin socket at " + filepath.Join(home, ".local", "share", "meshca", "admin.sock")}},
+		{"fail/not-a-socket", nil, []string{"status", "--addr", notSocket}, exitError, []string{"is not a Unix socket"}},
+		{"fail/tcp-addr", nil, []string{"status", "--addr", "127.0.0.1:8443"}, exitError, []string{"over TCP", "not available yet", "unix:///"}},
+		{"fail/tcp-addr-env", map[string]string{envAddr: "10.0.0.1:8443"}, []string{"operator", "raft", "list-peers"}, exitError, []string{"MESHCA_ADDR 10.0.0.1:8443", "not available yet"}},
+		{"fail/bad-addr", nil, []string{"status", "--addr", "http://x"}, exitUsage, []string{`--addr "http://x"`}},
+		{"fail/relative-unix-url", nil, []string{"status", "--addr", "unix://rel/admin.sock"}, exitUsage, []string{"three slashes"}},
+		{"fail/add-voter-args", nil, []string{"operator", "raft", "add-voter", "s4"}, exitUsage, []string{"accepts 2 arg(s)"}},
+		{"fail/remove-peer-args", nil, []string{"operator", "raft", "remove-peer"}, exitUsage, []string{"accepts 1 arg(s)"}},
+		{"fail/restore-missing-file", nil, []string{"operator", "raft", "snapshot", "restore", filepath.Join(dir, "nope.snap"), "--addr", "unix://" + stale}, exitError, []string{"snapshot file", "no such file"}},
+		{"fail/save-unreachable", nil, []string{"operator", "raft", "snapshot", "save", filepath.Join(dir, "s.snap"), "--addr", "unix://" + stale}, exitError, []string{"cannot reach the server's admin socket"}},
+		{"fail/bad-timeout", nil, []string{"status", "--timeout", "0s", "--addr", "unix://" + stale}, exitUsage, []string{"--timeout 0s"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := meshca(t, tc.env, tc.args...)
+			if r.code != tc.code {
+				t.Errorf("exit %d, want %d; stderr %q", r.code, tc.code, r.stderr)
+			}
+			if !strings.HasPrefix(r.stderr, "meshca: ") {
+				t.Errorf("stderr = %q, want it to start with \"meshca: \"", r.stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr = %q, want it to contain %q", r.stderr, w)
+				}
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "s.snap")); !os.IsNotExist(err) {
+		t.Errorf("a failed snapshot save left a file: %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Errorf("directory holds %d entries after the failures, want the stale socket and the file", len(entries))
+	}
+}
+
+func TestOperatorHelp(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"server", "--help"}, []string{"--bootstrap", "--join", "same KEK", "meshca token create --kind server",
+			"<data-dir>/server/bundle.pem", "--config", "unknown key is an error", "admin.sock", "SIGTERM", "MESHCA_JOIN_TOKEN", "development only"}},
+		{[]string{"token", "create", "--help"}, []string{"--kind", "--ttl", "single-use", "never logged", "MESHCA_ADDR"}},
+		{[]string{"status", "--help"}, []string{"state hash", "--addr", "MESHCA_ADDR"}},
+		{[]string{"operator", "raft", "--help"}, []string{"list-peers", "add-voter", "remove-peer", "snapshot"}},
+		{[]string{"operator", "raft", "snapshot", "save", "--help"}, []string{"0600", "renamed", "KEK"}},
+		{[]string{"operator", "raft", "snapshot", "restore", "--help"}, []string{"corrupt", "state hash"}},
+		{[]string{"--help"}, []string{"meshca server", "meshca status", "meshca token create", "meshca operator raft"}},
+	} {
+		r := meshca(t, nil, tc.args...)
+		if r.code != exitOK {
+			t.Errorf("meshca %s: exit %d, stderr %q", strings.Join(tc.args, " "), r.code, r.stderr)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(r.stdout, w) {
+				t.Errorf("meshca %s does not mention %q", strings.Join(tc.args, " "), w)
+			}
+		}
+		if strings.Contains(r.stdout, "\t") {
+			t.Errorf("meshca %s: help contains tabs", strings.Join(tc.args, " "))
+		}
+	}
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/spf13/cobra"
+)
+
+const statusLong = `status asks one server, through its admin socket, for its view of the cluster:
+its node ID and trust domain, its Raft state (Leader, Follower, Candidate),
+the leader it knows, its applied and commit indexes, the hash of its
+replicated state, the number of ledger records, and whether it is ready
+(the cluster is bootstrapped and this server is a recorded member).
+
+Servers that have applied the same entries report the same state hash, so
+comparing the hashes of every server shows whether they agree.
+
+The server is reached through --addr unix:///path/admin.sock, else
+$MESHCA_ADDR, else the admin socket in the default data directory.`
+
+// statusReport is what status prints; the JSON field names are those of
+// the operator API's StatusResponse.
+type statusReport struct {
+	NodeID        string `json:"node_id"`
+	TrustDomain   string `json:"trust_domain"`
+	RaftState     string `json:"raft_state"`
+	LeaderID      string `json:"leader_id"`
+	LeaderAddr    string `json:"leader_addr"`
+	AppliedIndex  uint64 `json:"applied_index"`
+	CommitIndex   uint64 `json:"commit_index"`
+	StateHash     string `json:"state_hash"`
+	LedgerRecords uint64 `json:"ledger_records"`
+	Ready         bool   `json:"ready"`
+}
+
+func (a *app) newStatusCommand() *cobra.Command {
+	var o opOptions
+	cmd := &cobra.Command{
+		Use:   "status [--addr unix:///path/admin.sock]",
+		Short: "Show a server's Raft state, leader and state hash",
+		Long:  statusLong,
+		Args:  cobra.NoArgs,
+	}
+	addOpFlags(cmd, &o)
+	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		if err := checkTimeout(o); err != nil {
+			return err
+		}
+		c, err := a.dialOperator(o)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ctx, cancel := callContext(cmd.Context(), o)
+		defer cancel()
+		resp, err := c.Status(ctx, &operatorpb.StatusRequest{})
+		if err != nil {
+			return c.callError("status", o, err)
+		}
+		r := statusReport{
+			NodeID: resp.NodeId, TrustDomain: resp.TrustDomain, RaftState: resp.RaftState,
+			LeaderID: resp.LeaderId, LeaderAddr: resp.LeaderAddr, AppliedIndex: resp.AppliedIndex,
+			CommitIndex: resp.CommitIndex, StateHash: resp.StateHash, LedgerRecords: resp.LedgerRecords,
+			Ready: resp.Ready,
+		}
+		if a.output == outputJSON {
+			return writeJSON(a.stdout, r)
+		}
+		leader := "none known (election under way, or no quorum)"
+		if r.LeaderID != "" {
+			leader = fmt.Sprintf("%s at %s", r.LeaderID, r.LeaderAddr)
+			if r.LeaderID == r.NodeID {
+				leader += " (this server)"
+			}
+		}
+		t := newTable(a.stdout, "")
+		t.row("node", r.NodeID)
+		t.row("ready", r.Ready)
+		t.row("trust domain", r.TrustDomain)
+		t.row("raft state", r.RaftState)
+		t.row("leader", leader)
+		t.row("applied index", r.AppliedIndex)
+		t.row("commit index", r.CommitIndex)
+		t.row("state hash", r.StateHash)
+		t.row("ledger records", r.LedgerRecords)
+		return t.flush()
+	})
+	return cmd
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/server"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) newTokenCommand() *cobra.Command {
+	return groupCommand("token", "Join tokens for servers and agents", a.newTokenCreateCommand())
+}
+
+const tokenCreateLong = `create makes a single-use join token, replicated through Raft, and prints it.
+
+  --kind server   lets one new server join the cluster:
+                    meshca server --join <member API address> --join-token <token> \
+                      --trust-bundle <bundle.pem> --kek-file <the cluster's KEK> ...
+  --kind agent    lets one node agent attest to the servers (the default)
+
+A token is consumed by its first use and expires after --ttl (default 10m, at
+most 168h). Only its SHA-256 is stored; the token itself is printed here,
+once, on standard output, and never logged: treat it as a secret.
+
+The server is reached through --addr unix:///path/admin.sock, else
+$MESHCA_ADDR, else the admin socket in the default data directory.`
+
+// tokenReport is what token create prints.
+type tokenReport struct {
+	Token       string    `json:"token"`
+	Kind        string    `json:"kind"`
+	Expires     time.Time `json:"expires"`
+	ExpiresUnix int64     `json:"expires_unix"`
+}
+
+func (a *app) newTokenCreateCommand() *cobra.Command {
+	var (
+		o    opOptions
+		kind string
+		ttl  time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "create [--kind agent|server] [--ttl 10m]",
+		Short: "Create a single-use join token",
+		Long:  tokenCreateLong,
+		Args:  cobra.NoArgs,
+	}
+	cmd.Flags().StringVar(&kind, "kind", server.TokenKindAgent, "who may use the token: agent or server")
+	cmd.Flags().DurationVar(&ttl, "ttl", server.DefaultJoinTokenTTL, "lifetime of the token, whole seconds from 1s to 168h")
+	addOpFlags(cmd, &o)
+	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		if kind != server.TokenKindAgent && kind != server.TokenKindServer {
+			return usageErrorf("--kind %q: want %q or %q", kind, server.TokenKindAgent, server.TokenKindServer)
+		}
+		switch {
+		case ttl < time.Second:
+			return usageErrorf("--ttl %s: want at least 1s", ttl)
+		case ttl > server.MaxJoinTokenTTL:
+			return usageErrorf("--ttl %s: want at most %s", ttl, server.MaxJoinTokenTTL)
+		case ttl%time.Second != 0:
+			return usageErrorf("--ttl %s: want whole seconds", ttl)
+		}
+		if err := checkTimeout(o); err != nil {
+			return err
+		}
+		c, err := a.dialOperator(o)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ctx, cancel := callContext(cmd.Context(), o)
+		defer cancel()
+		resp, err := c.CreateJoinToken(ctx, &operatorpb.CreateJoinTokenRequest{Kind: kind, TtlSeconds: int64(ttl / time.Second)})
+		if err != nil {
+			return c.callError("create "+kind+" join token", o, err)
+		}
+		r := tokenReport{Token: resp.Token, Kind: kind, Expires: time.Unix(resp.ExpiresUnix, 0).UTC(), ExpiresUnix: resp.ExpiresUnix}
+		if a.output == outputJSON {
+			return writeJSON(a.stdout, r)
+		}
+		t := newTable(a.stdout, "")
+		t.row("token", r.Token)
+		t.row("kind", r.Kind)
+		t.row("expires", fmt.Sprintf("%s (single use)", r.Expires.Format(time.RFC3339)))
+		return t.flush()
+	})
+	return cmd
+}
