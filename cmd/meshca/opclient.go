@@ -133,6 +133,20 @@ func unreachable(path, why string) error {
 }
 
 // callContext bounds one operator call by --timeout.
+// operatorCall checks o, dials the admin socket and returns a client, a
+// context bounded by --timeout, and a func that releases both.
+func (a *app) operatorCall(cmd *cobra.Command, o opOptions) (context.Context, *opClient, func(), error) {
+	if err := checkTimeout(o); err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := a.dialOperator(o)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := callContext(cmd.Context(), o)
+	return ctx, c, func() { cancel(); c.Close() }, nil
+}
+
 func callContext(ctx context.Context, o opOptions) (context.Context, context.CancelFunc) {
 	if o.timeout <= 0 {
 		return context.WithCancel(ctx)

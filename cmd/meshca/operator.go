@@ -66,16 +66,11 @@ node ID, Raft address, suffrage (Voter, Nonvoter) and whether it leads.` + opLon
 	}
 	addOpFlags(cmd, &o)
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
-		if err := checkTimeout(o); err != nil {
-			return err
-		}
-		c, err := a.dialOperator(o)
+		ctx, c, done, err := a.operatorCall(cmd, o)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		ctx, cancel := callContext(cmd.Context(), o)
-		defer cancel()
+		defer done()
 		resp, err := c.RaftListPeers(ctx, &operatorpb.RaftListPeersRequest{})
 		if err != nil {
 			return c.callError("list Raft peers", o, err)
@@ -123,13 +118,11 @@ adds it itself; add-voter is for putting back a server that was removed.` + opLo
 			return err
 		}
 		id, addr := args[0], args[1]
-		c, err := a.dialOperator(o)
+		ctx, c, done, err := a.operatorCall(cmd, o)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		ctx, cancel := callContext(cmd.Context(), o)
-		defer cancel()
+		defer done()
 		if _, err := c.RaftAddVoter(ctx, &operatorpb.RaftAddVoterRequest{Id: id, Address: addr}); err != nil {
 			return c.callError("add voter "+id, o, err)
 		}
@@ -158,13 +151,11 @@ server that is only down comes back by itself when restarted.` + opLong,
 			return err
 		}
 		id := args[0]
-		c, err := a.dialOperator(o)
+		ctx, c, done, err := a.operatorCall(cmd, o)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		ctx, cancel := callContext(cmd.Context(), o)
-		defer cancel()
+		defer done()
 		if _, err := c.RaftRemovePeer(ctx, &operatorpb.RaftRemovePeerRequest{Id: id}); err != nil {
 			return c.callError("remove peer "+id, o, err)
 		}
@@ -209,13 +200,11 @@ key-encryption key: keep it as carefully as the KEK itself, and apart from it.` 
 		if err != nil {
 			return fmt.Errorf("snapshot file %s: %w", args[0], err)
 		}
-		c, err := a.dialOperator(o)
+		ctx, c, done, err := a.operatorCall(cmd, o)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		ctx, cancel := callContext(cmd.Context(), o)
-		defer cancel()
+		defer done()
 		stream, err := c.SnapshotSave(ctx, &operatorpb.SnapshotSaveRequest{})
 		if err != nil {
 			return c.callError("save snapshot", o, err)
@@ -328,13 +317,11 @@ restored state, which "meshca status" then reports on every server.` + opLong,
 		} else if !fi.Mode().IsRegular() || fi.Size() == 0 {
 			return fmt.Errorf("snapshot file %s is not a regular, non-empty file", file)
 		}
-		c, err := a.dialOperator(o)
+		ctx, c, done, err := a.operatorCall(cmd, o)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		ctx, cancel := callContext(cmd.Context(), o)
-		defer cancel()
+		defer done()
 		stream, err := c.SnapshotRestore(ctx)
 		if err != nil {
 			return c.callError("restore snapshot", o, err)

@@ -44,16 +44,11 @@ func (a *app) newStatusCommand() *cobra.Command {
 	}
 	addOpFlags(cmd, &o)
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
-		if err := checkTimeout(o); err != nil {
-			return err
-		}
-		c, err := a.dialOperator(o)
+		ctx, c, done, err := a.operatorCall(cmd, o)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		ctx, cancel := callContext(cmd.Context(), o)
-		defer cancel()
+		defer done()
 		resp, err := c.Status(ctx, &operatorpb.StatusRequest{})
 		if err != nil {
 			return c.callError("status", o, err)

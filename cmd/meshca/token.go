@@ -62,16 +62,11 @@ func (a *app) newTokenCreateCommand() *cobra.Command {
 		case ttl%time.Second != 0:
 			return usageErrorf("--ttl %s: want whole seconds", ttl)
 		}
-		if err := checkTimeout(o); err != nil {
-			return err
-		}
-		c, err := a.dialOperator(o)
+		ctx, c, done, err := a.operatorCall(cmd, o)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		ctx, cancel := callContext(cmd.Context(), o)
-		defer cancel()
+		defer done()
 		resp, err := c.CreateJoinToken(ctx, &operatorpb.CreateJoinTokenRequest{Kind: kind, TtlSeconds: int64(ttl / time.Second)})
 		if err != nil {
 			return c.callError("create "+kind+" join token", o, err)

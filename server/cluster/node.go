@@ -275,28 +275,51 @@ func (n *Node) apply(ctx context.Context, cmd *raftpb.Command, idempotent bool) 
 	if err != nil {
 		return nil, fmt.Errorf("cluster: encode command: %w", err)
 	}
+	var res *raftpb.Result
+	err = withRetry(ctx, "apply", func(ctx context.Context) error {
+		var err error
+		res, err = n.tryApply(ctx, data)
+		if errors.Is(err, errUnknownOutcome) && !idempotent {
+			return permanent{err}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, raftfsm.ResultError(res)
+}
+
+// permanent marks an error withRetry must not retry.
+type permanent struct{ error }
+
+func (p permanent) Unwrap() error { return p.error }
+
+// withRetry calls try until it succeeds or fails for good, backing off while
+// an election is under way or the leader is unreachable. Without a deadline
+// in ctx it gives up after defaultApplyTimeout.
+func withRetry(ctx context.Context, what string, try func(context.Context) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
 		defer cancel()
 	}
-	backoff := 5 * time.Millisecond
-	for {
-		res, err := n.tryApply(ctx, data)
+	for backoff := 5 * time.Millisecond; ; backoff = min(backoff*2, 200*time.Millisecond) {
+		err := try(ctx)
+		var p permanent
 		switch {
 		case err == nil:
-			return res, raftfsm.ResultError(res)
-		case errors.Is(err, errUnknownOutcome) && !idempotent:
-			return nil, err
+			return nil
+		case errors.As(err, &p):
+			return p.error
 		case !retryable(err):
-			return nil, err
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("cluster: apply: %w (last error: %v)", ctx.Err(), err)
+			return fmt.Errorf("cluster: %s: %w (last error: %v)", what, ctx.Err(), err)
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 200*time.Millisecond)
 	}
 }
 
@@ -381,27 +404,15 @@ func (n *Node) leaderClient() (clusterpb.ClusterClient, error) {
 // (coalesced with concurrent readers); a follower asks the leader for the
 // barrier's index and waits until it has applied it.
 func (n *Node) ReadIndex(ctx context.Context) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
-		defer cancel()
+	var index uint64
+	if err := withRetry(ctx, "read index", func(ctx context.Context) error {
+		var err error
+		index, err = n.tryReadIndex(ctx)
+		return err
+	}); err != nil {
+		return err
 	}
-	backoff := 5 * time.Millisecond
-	for {
-		index, err := n.tryReadIndex(ctx)
-		if err == nil {
-			return n.fsm.WaitApplied(ctx, index)
-		}
-		if !retryable(err) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster: read index: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 200*time.Millisecond)
-	}
+	return n.fsm.WaitApplied(ctx, index)
 }
 
 func (n *Node) tryReadIndex(ctx context.Context) (uint64, error) {
@@ -442,32 +453,17 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 }
 
 func (n *Node) membership(ctx context.Context, req *clusterpb.MembershipRequest) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
-		defer cancel()
-	}
-	backoff := 5 * time.Millisecond
-	for {
-		var err error
+	return withRetry(ctx, "membership change", func(ctx context.Context) error {
 		if n.IsLeader() {
-			err = n.membershipLocal(req)
-		} else {
-			var client clusterpb.ClusterClient
-			if client, err = n.leaderClient(); err == nil {
-				_, err = client.Membership(ctx, req)
-			}
+			return n.membershipLocal(req)
 		}
-		if err == nil || !retryable(err) {
+		client, err := n.leaderClient()
+		if err != nil {
 			return err
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster: membership change: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 200*time.Millisecond)
-	}
+		_, err = client.Membership(ctx, req)
+		return err
+	})
 }
 
 func (n *Node) membershipLocal(req *clusterpb.MembershipRequest) error {
