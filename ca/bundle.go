@@ -2,6 +2,8 @@ package ca
 
 import (
 	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -93,4 +95,17 @@ func (b *Bundle) SPIFFEJSON() ([]byte, error) {
 		})
 	}
 	return json.MarshalIndent(doc, "", "  ")
+}
+
+// TrustDomainOfRoots returns the trust domain named by the roots' URI SANs
+// (meshca CA certificates carry spiffe://<trust domain>).
+func TrustDomainOfRoots(roots []*x509.Certificate) (spiffeid.TrustDomain, error) {
+	for _, r := range roots {
+		for _, u := range r.URIs {
+			if id, err := spiffeid.FromURI(u); err == nil {
+				return id.TrustDomain(), nil
+			}
+		}
+	}
+	return spiffeid.TrustDomain{}, errors.New("ca: the roots name no trust domain (no spiffe:// URI SAN)")
 }

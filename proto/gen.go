@@ -5,4 +5,4 @@
 // code differs from what the .proto files generate.
 package proto
 
-//go:generate sh -c "protoc --proto_path=. --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative raftpb/*.proto clusterpb/*.proto operatorpb/*.proto"
+//go:generate sh -c "protoc --proto_path=. --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative raftpb/*.proto clusterpb/*.proto operatorpb/*.proto nodepb/*.proto"

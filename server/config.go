@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/server/cluster"
 )
@@ -42,6 +43,10 @@ type Config struct {
 	Join        string
 	JoinToken   string
 	TrustBundle []*x509.Certificate
+
+	// NodeAttestors are node attestors enabled beside join_token (always
+	// on), e.g. x509pop and k8s_psat.
+	NodeAttestors []attest.NodeAttestor
 
 	// Logger receives the server's logs, including the audit trail of
 	// every allow/deny decision. Default: slog.Default().

@@ -16,7 +16,6 @@ import (
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/server/cluster"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -33,25 +32,12 @@ const (
 // maxTokenLen bounds a join token in a request.
 const maxTokenLen = 256
 
-// TrustDomainOfBundle returns the trust domain named by the roots' URI SANs
-// (meshca CA certificates carry spiffe://<trust domain>).
-func TrustDomainOfBundle(roots []*x509.Certificate) (spiffeid.TrustDomain, error) {
-	for _, r := range roots {
-		for _, u := range r.URIs {
-			if id, err := spiffeid.FromURI(u); err == nil {
-				return id.TrustDomain(), nil
-			}
-		}
-	}
-	return spiffeid.TrustDomain{}, errors.New("the trust bundle's roots name no trust domain (no spiffe:// URI SAN)")
-}
-
 // join obtains this server's identity from the cluster: it sends CSRs for
 // its own intermediates with the join token to cfg.Join, authenticating the
 // member it talks to with the trust bundle.
 func (s *Server) join() (*identity, error) {
 	cfg := &s.cfg
-	td, err := TrustDomainOfBundle(cfg.TrustBundle)
+	td, err := ca.TrustDomainOfRoots(cfg.TrustBundle)
 	if err != nil {
 		return nil, err
 	}

@@ -9,12 +9,17 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/clusterpb"
+	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -49,6 +54,10 @@ type Server struct {
 	admin     *grpc.Server
 	bootstrap *bootstrapMaterial
 	closeOnce sync.Once
+	// issuers are this server's own intermediates, by profile.
+	issuers map[string]*ca.Authority
+	// attestors are the enabled node attestors, by name.
+	attestors map[string]attest.NodeAttestor
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -117,6 +126,16 @@ func New(cfg Config) (_ *Server, err error) {
 	if err := s.refreshCertificate(false); err != nil {
 		return nil, err
 	}
+	s.issuers = map[string]*ca.Authority{}
+	for _, p := range ca.Profiles() {
+		if s.issuers[p.Name()], err = id.authority(p.Name(), cfg.KEK, cfg.Clock); err != nil {
+			return nil, err
+		}
+	}
+	s.attestors = map[string]attest.NodeAttestor{}
+	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td, s.consumeAgentToken)}, cfg.NodeAttestors...) {
+		s.attestors[a.Name()] = a
+	}
 
 	if s.stores, err = store.OpenRaft(cfg.DataDir, store.RaftConfig{Logger: cfg.RaftLogger}); err != nil {
 		return nil, err
@@ -137,6 +156,7 @@ func New(cfg Config) (_ *Server, err error) {
 
 	s.api = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))
 	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, s.handleJoin))
+	nodepb.RegisterNodeServer(s.api, &nodeService{s: s})
 	if s.adminLn, err = listenAdmin(s.cfg.AdminSocket); err != nil {
 		return nil, err
 	}
@@ -162,6 +182,27 @@ func listenAdmin(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	return ln, nil
+}
+
+// consumeAgentToken consumes an agent join token through Raft: it admits
+// one node, once, before it expires.
+func (s *Server) consumeAgentToken(ctx context.Context, hash []byte, agentID string) error {
+	_, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_ConsumeJoinToken{ConsumeJoinToken: &raftpb.ConsumeJoinToken{
+		Hash: hash, Kind: TokenKindAgent, Consumer: agentID}}})
+	var fe *raftfsm.Error
+	if errors.As(err, &fe) {
+		return fmt.Errorf("%w: join token unknown, already used or expired", attest.ErrNotAuthorized)
+	}
+	return err
+}
+
+func (s *Server) attestorNames() string {
+	var names []string
+	for n := range s.attestors {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
 }
 
 // RaftAddr and APIAddr are the addresses the server listens on.

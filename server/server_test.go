@@ -130,7 +130,7 @@ func (r *running) status() *operatorpb.StatusResponse {
 	return st
 }
 
-func bundleOf(t *testing.T, pemBytes []byte) []*x509.Certificate {
+func pemBundle(t *testing.T, pemBytes []byte) []*x509.Certificate {
 	t.Helper()
 	var out []*x509.Certificate
 	for {
@@ -170,7 +170,7 @@ func TestBootstrapJoinRestart(t *testing.T) {
 	c1.Bootstrap, c1.TrustDomain = true, "example.org"
 	s1 := mustStart(t, c1)
 	waitBootstrapped(t, s1)
-	bundle := bundleOf(t, s1.srv.TrustBundle())
+	bundle := pemBundle(t, s1.srv.TrustBundle())
 
 	s2 := mustStart(t, joinCfg(t, "s2", kek, s1, s1.token(TokenKindServer), bundle))
 	// s3 joins through s2, a follower: the join is forwarded to the leader.
@@ -247,7 +247,7 @@ func TestBadJoinsAreRefused(t *testing.T) {
 	c1.Bootstrap, c1.TrustDomain = true, "example.org"
 	s1 := mustStart(t, c1)
 	waitBootstrapped(t, s1)
-	bundle := bundleOf(t, s1.srv.TrustBundle())
+	bundle := pemBundle(t, s1.srv.TrustBundle())
 
 	used := s1.token(TokenKindServer)
 	mustStart(t, joinCfg(t, "s2", kek, s1, used, bundle))
@@ -281,7 +281,7 @@ func TestBadJoinsAreRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged := bundleOf(t, other.Bundle().ForProfile(ca.ProfileECDSA).PEM())
+	forged := pemBundle(t, other.Bundle().ForProfile(ca.ProfileECDSA).PEM())
 	other.Close()
 	if _, err := start(t, joinCfg(t, "s3", kek, s1, fresh, forged)); err == nil {
 		t.Fatal("joined a cluster its trust bundle does not vouch for")

@@ -512,7 +512,7 @@ func loadTrustBundle(path string) ([]*x509.Certificate, error) {
 	if len(roots) == 0 {
 		return nil, fmt.Errorf("trust bundle %s holds no certificate: give the first server's <data-dir>/server/bundle.pem", path)
 	}
-	if _, err := server.TrustDomainOfBundle(roots); err != nil {
+	if _, err := ca.TrustDomainOfRoots(roots); err != nil {
 		return nil, fmt.Errorf("trust bundle %s: %w", path, err)
 	}
 	return roots, nil

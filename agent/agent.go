@@ -1,0 +1,235 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/meshca/meshca/agent/peercred"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/nodepb"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// Agent is a node agent.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	td    spiffeid.TrustDomain
+	id    *identity
+	store *store
+	ln    net.Listener
+	gs    *grpc.Server
+	kick  chan struct{} // wakes the signer
+}
+
+// New prepares an agent and listens on its Workload API socket; Run works.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	td, err := ca.TrustDomainOfRoots(cfg.TrustBundle)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, td: td, id: newIdentity(td, cfg.DataDir, cfg.TrustBundle), store: newStore(), kick: make(chan struct{}, 1)}
+	// Everything the agent must keep is written here: make sure it can be,
+	// before a join token is spent on an identity that could not be saved.
+	if err := os.MkdirAll(a.id.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent data directory: %w", err)
+	}
+	if _, err := a.id.load(cfg.Clock(), cfg.RenewFraction); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.SocketPath), 0o755); err != nil {
+		return nil, fmt.Errorf("agent socket directory: %w", err)
+	}
+	if c, err := net.Dial("unix", cfg.SocketPath); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("agent socket %s is in use by another agent", cfg.SocketPath)
+	}
+	os.Remove(cfg.SocketPath)
+	if a.ln, err = net.Listen("unix", cfg.SocketPath); err != nil {
+		return nil, fmt.Errorf("agent socket: %w", err)
+	}
+	// Any local process may ask; each is attested and gets only what its
+	// selectors earn.
+	if err := os.Chmod(cfg.SocketPath, 0o666); err != nil {
+		a.ln.Close()
+		return nil, err
+	}
+	a.gs = grpc.NewServer(grpc.Creds(peercred.New()), grpc.MaxRecvMsgSize(1<<20))
+	workload.RegisterSpiffeWorkloadAPIServer(a.gs, &workloadAPI{a: a})
+	return a, nil
+}
+
+// SocketPath is the Workload API socket.
+func (a *Agent) SocketPath() string { return a.cfg.SocketPath }
+
+// Run serves the Workload API and keeps the node's SVIDs current until ctx
+// ends. Server outages are retried forever, with jittered backoff; cached
+// SVIDs are served meanwhile.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := a.gs.Serve(a.ln); err != nil && ctx.Err() == nil {
+			a.log.Error("workload API stopped", "err", err)
+			cancel()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		a.serverLoop(ctx)
+	}()
+	<-ctx.Done()
+	a.gs.Stop()
+	os.Remove(a.cfg.SocketPath)
+	wg.Wait()
+	return nil
+}
+
+// serverLoop keeps a session with one of the servers, moving to the next
+// on failure after a jittered backoff.
+func (a *Agent) serverLoop(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for i := 0; ctx.Err() == nil; i++ {
+		addr := a.cfg.Servers[i%len(a.cfg.Servers)]
+		start := time.Now()
+		err := a.session(ctx, addr)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > time.Minute {
+			backoff = 100 * time.Millisecond // a long session resets the backoff
+		}
+		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
+		a.log.Warn("server session ended; reconnecting", "server", addr, "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func (a *Agent) dial(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
+	return grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds),
+		grpc.WithContextDialer(func(ctx context.Context, s string) (net.Conn, error) { return a.cfg.Dial(ctx, s) }))
+}
+
+// session attests if needed, then follows the server's Sync stream,
+// signing what is due and renewing the agent's SVID, until an error.
+func (a *Agent) session(ctx context.Context, addr string) error {
+	if _, err := a.id.GetX509SVID(); err != nil {
+		conn, err := a.dial(addr, credentials.NewTLS(a.id.attestTLS()))
+		if err != nil {
+			return err
+		}
+		actx, cancel := context.WithTimeout(ctx, time.Minute)
+		err = a.attestNode(actx, nodepb.NewNodeClient(conn))
+		cancel()
+		conn.Close()
+		if err != nil {
+			return err
+		}
+	}
+	conn, err := a.dial(addr, credentials.NewTLS(a.id.mTLS()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := nodepb.NewNodeClient(conn)
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stream, err := client.Sync(sctx, &nodepb.SyncRequest{})
+	if err != nil {
+		return err
+	}
+	go a.signer(sctx, cancel, client)
+	for {
+		u, err := stream.Recv()
+		if err != nil {
+			if cause := context.Cause(sctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				return cause
+			}
+			return err
+		}
+		if err := a.id.setBundle(u.Bundle); err != nil {
+			return err
+		}
+		a.store.setEntries(u.Entries, u.Bundle)
+		a.wake()
+	}
+}
+
+func (a *Agent) wake() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// signer signs due SVIDs and renews the agent's own, for one session.
+func (a *Agent) signer(ctx context.Context, fail context.CancelCauseFunc, client nodepb.NodeClient) {
+	for {
+		now := a.cfg.Clock()
+		if !now.Before(a.id.renewTime()) {
+			if err := a.renewAgentSVID(ctx, client); err != nil {
+				fail(fmt.Errorf("renew the agent SVID: %w", err))
+				return
+			}
+		}
+		due, next := a.store.due(now)
+		if len(due) > 0 {
+			if err := a.signDue(ctx, client, due); err != nil {
+				fail(fmt.Errorf("sign SVIDs: %w", err))
+				return
+			}
+			due, next = a.store.due(a.cfg.Clock())
+		}
+		wait := time.Until(a.id.renewTime())
+		if !next.IsZero() {
+			wait = min(wait, time.Until(next))
+		}
+		if len(due) > 0 {
+			wait = min(wait, 5*time.Second) // refused ones: retry soon
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		case <-time.After(max(wait, 10*time.Millisecond)):
+		}
+	}
+}
+
+func (a *Agent) renewAgentSVID(ctx context.Context, client nodepb.NodeClient) error {
+	key, csr, err := agentKey()
+	if err != nil {
+		return err
+	}
+	resp, err := client.RenewAgentSVID(ctx, &nodepb.RenewAgentSVIDRequest{Csr: csr})
+	if err != nil {
+		return err
+	}
+	if err := a.id.setSVID(resp.SvidChain, key, a.cfg.Clock(), a.cfg.RenewFraction); err != nil {
+		return err
+	}
+	a.log.Info("agent SVID renewed")
+	return nil
+}

@@ -1,0 +1,75 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/meshca/meshca/attest"
+)
+
+// Config configures an agent. Fields documented with a default may be zero.
+type Config struct {
+	// Servers are the API addresses (host:port) of the servers, tried in turn.
+	Servers []string
+	// TrustBundle holds the trust domain's ECDSA roots; the agent
+	// authenticates servers with it until it receives the bundle itself.
+	TrustBundle []*x509.Certificate
+	// DataDir keeps the agent's own SVID and key (mode 0600).
+	DataDir string
+	// SocketPath is the Unix socket of the Workload API (created mode 0666
+	// in a directory the operator controls: any local process may ask, and
+	// each gets only the identities its attested selectors earn).
+	SocketPath string
+	// Evidence proves the node's identity at the first attestation.
+	Evidence attest.NodeEvidence
+	// WorkloadAttestors find the selectors of a calling process.
+	WorkloadAttestors []attest.WorkloadAttestor
+	// RenewFraction is the part of an SVID's lifetime after which it is
+	// renewed. Default 0.5 (half-life).
+	RenewFraction float64
+	// Logger receives the agent's logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Dial opens connections to servers (tests inject faults). Default: TCP.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Clock returns the current time. Default: time.Now.
+	Clock func() time.Time
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if len(c.Servers) == 0 {
+		errs = append(errs, errors.New("at least one server address is required"))
+	}
+	if len(c.TrustBundle) == 0 {
+		errs = append(errs, errors.New("a trust bundle is required"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("a data directory is required"))
+	}
+	if c.SocketPath == "" {
+		errs = append(errs, errors.New("a socket path is required"))
+	}
+	if c.RenewFraction == 0 {
+		c.RenewFraction = 0.5
+	}
+	if c.RenewFraction <= 0 || c.RenewFraction >= 1 {
+		errs = append(errs, errors.New("the renew fraction must be between 0 and 1"))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.Dial == nil {
+		c.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,255 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
+	"github.com/meshca/meshca/server/cluster"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Entry limits and defaults.
+const (
+	DefaultEntryTTL = 24 * time.Hour
+	MinEntryTTL     = time.Minute
+	MaxEntryTTL     = 30 * 24 * time.Hour
+	maxSelectors    = 32
+	maxSelectorLen  = 512
+)
+
+// workloadSelectorKeys are the selectors workload attestors produce: an
+// entry may only use these, so that a typo cannot make an entry that never
+// matches (or matches by accident).
+var workloadSelectorKeys = map[string][]string{
+	"unix": {"uid", "gid", "user", "group", "path", "sha256"},
+	"k8s":  {"ns", "sa", "pod-name", "pod-uid", "pod-label", "container-name", "node-name"},
+}
+
+func knownSelectors() string {
+	var out []string
+	for t, keys := range workloadSelectorKeys {
+		for _, k := range keys {
+			out = append(out, t+":"+k)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
+}
+
+// validateSelector checks a workload selector: a known type and key and a
+// non-empty value, e.g. unix:uid:1000 or k8s:pod-label:app:web.
+func validateSelector(s *operatorpb.Selector) error {
+	keys, ok := workloadSelectorKeys[s.GetType()]
+	if !ok {
+		return fmt.Errorf("unknown selector type %q; known selectors: %s", s.GetType(), knownSelectors())
+	}
+	key, value, found := strings.Cut(s.GetValue(), ":")
+	if !found || value == "" || len(s.GetValue()) > maxSelectorLen {
+		return fmt.Errorf("selector %s:%s: want %s:<key>:<value>", s.GetType(), s.GetValue(), s.GetType())
+	}
+	for _, k := range keys {
+		if k == key {
+			if k == "pod-label" && !strings.Contains(value, ":") {
+				return fmt.Errorf("selector %s:%s: want k8s:pod-label:<label>:<value>", s.GetType(), s.GetValue())
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown selector %s:%s; known selectors: %s", s.GetType(), key, knownSelectors())
+}
+
+// validateEntry checks an entry against the trust domain and fills defaults.
+func validateEntry(td spiffeid.TrustDomain, e *operatorpb.Entry) error {
+	if e == nil {
+		return errors.New("no entry given")
+	}
+	var errs []error
+	id, err := ca.ParseWorkloadID(e.SpiffeId)
+	switch {
+	case err != nil:
+		errs = append(errs, fmt.Errorf("SPIFFE ID: %w", err))
+	case id.TrustDomain() != td:
+		errs = append(errs, fmt.Errorf("SPIFFE ID %s is not in trust domain %s", e.SpiffeId, td.Name()))
+	case strings.HasPrefix(id.Path(), "/meshca/"):
+		errs = append(errs, fmt.Errorf("SPIFFE ID %s: the /meshca/ path is reserved for servers and agents", e.SpiffeId))
+	}
+	if parent, err := spiffeid.FromString(e.ParentId); err != nil || parent.TrustDomain() != td {
+		errs = append(errs, fmt.Errorf("parent ID %q: want the SPIFFE ID of a node agent of %s", e.ParentId, td.Name()))
+	}
+	if len(e.Selectors) == 0 || len(e.Selectors) > maxSelectors {
+		errs = append(errs, fmt.Errorf("an entry needs 1 to %d selectors, all of which a workload must match", maxSelectors))
+	}
+	for _, s := range e.Selectors {
+		if err := validateSelector(s); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	switch ttl := time.Duration(e.TtlSeconds) * time.Second; {
+	case e.TtlSeconds == 0:
+		e.TtlSeconds = int64(DefaultEntryTTL / time.Second)
+	case ttl < MinEntryTTL || ttl > MaxEntryTTL:
+		errs = append(errs, fmt.Errorf("TTL %s: want %s to %s", ttl, MinEntryTTL, MaxEntryTTL))
+	}
+	if err := ca.CheckDNSNames(e.DnsNames); err != nil {
+		errs = append(errs, err)
+	}
+	if e.Profile == "" {
+		e.Profile = ca.ProfileECDSA
+	}
+	if _, err := ca.ProfileByName(e.Profile); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func toRaftEntry(e *operatorpb.Entry) *raftpb.Entry {
+	r := &raftpb.Entry{Id: e.Id, ParentId: e.ParentId, SpiffeId: e.SpiffeId, TtlSeconds: e.TtlSeconds,
+		DnsNames: e.DnsNames, Profile: e.Profile, Revision: e.Revision}
+	for _, s := range e.Selectors {
+		r.Selectors = append(r.Selectors, &raftpb.Selector{Type: s.Type, Value: s.Value})
+	}
+	return r
+}
+
+func fromRaftEntry(e *raftpb.Entry) *operatorpb.Entry {
+	o := &operatorpb.Entry{Id: e.Id, ParentId: e.ParentId, SpiffeId: e.SpiffeId, TtlSeconds: e.TtlSeconds,
+		DnsNames: e.DnsNames, Profile: e.Profile, Revision: e.Revision, CreatedUnix: e.CreatedUnixNano / int64(time.Second)}
+	for _, s := range e.Selectors {
+		o.Selectors = append(o.Selectors, &operatorpb.Selector{Type: s.Type, Value: s.Value})
+	}
+	return o
+}
+
+func fsmStatus(err error) error {
+	var fe *raftfsm.Error
+	if errors.As(err, &fe) {
+		switch {
+		case errors.Is(err, raftfsm.ErrNotFound):
+			return status.Error(codes.NotFound, fe.Msg)
+		case errors.Is(err, raftfsm.ErrAlreadyExists):
+			return status.Error(codes.AlreadyExists, fe.Msg)
+		case errors.Is(err, raftfsm.ErrConflict):
+			return status.Error(codes.Aborted, fe.Msg)
+		}
+		return status.Error(codes.InvalidArgument, fe.Msg)
+	}
+	return status.Errorf(codes.Unavailable, "%v", err)
+}
+
+func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, create bool) (*operatorpb.EntryResponse, error) {
+	if err := validateEntry(o.s.td, e); err != nil {
+		o.s.audit.Warn("entry write", "decision", "deny", "spiffe_id", e.GetSpiffeId(), "reason", err.Error())
+		return nil, status.Errorf(codes.InvalidArgument, "invalid entry: %v", err)
+	}
+	expect := e.Revision
+	if create {
+		e.Id, expect = cluster.NewRequestID(), 0
+	} else if e.Id == "" {
+		return nil, status.Error(codes.InvalidArgument, "an entry ID is required")
+	}
+	re := toRaftEntry(e)
+	re.CreatedUnixNano = o.s.cfg.Clock().UnixNano()
+	res, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PutEntry{PutEntry: &raftpb.PutEntry{Entry: re, ExpectRevision: expect}}})
+	if err != nil {
+		return nil, fsmStatus(err)
+	}
+	o.s.audit.Info("entry write", "decision", "allow", "entry", e.Id, "spiffe_id", e.SpiffeId, "parent_id", e.ParentId, "revision", res.Value)
+	if err := o.s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	return &operatorpb.EntryResponse{Entry: fromRaftEntry(o.s.fsm.Read().Entry(e.Id))}, nil
+}
+
+func (o *operatorService) CreateEntry(ctx context.Context, req *operatorpb.CreateEntryRequest) (*operatorpb.EntryResponse, error) {
+	if req.Entry == nil {
+		return nil, status.Error(codes.InvalidArgument, "no entry given")
+	}
+	return o.putEntry(ctx, req.Entry, true)
+}
+
+func (o *operatorService) UpdateEntry(ctx context.Context, req *operatorpb.UpdateEntryRequest) (*operatorpb.EntryResponse, error) {
+	if req.Entry == nil {
+		return nil, status.Error(codes.InvalidArgument, "no entry given")
+	}
+	return o.putEntry(ctx, req.Entry, false)
+}
+
+func (o *operatorService) DeleteEntry(ctx context.Context, req *operatorpb.DeleteEntryRequest) (*operatorpb.DeleteEntryResponse, error) {
+	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_DeleteEntry{DeleteEntry: &raftpb.DeleteEntry{Id: req.Id}}}); err != nil {
+		return nil, fsmStatus(err)
+	}
+	o.s.audit.Info("entry delete", "decision", "allow", "entry", req.Id)
+	return &operatorpb.DeleteEntryResponse{}, nil
+}
+
+func (o *operatorService) GetEntry(ctx context.Context, req *operatorpb.GetEntryRequest) (*operatorpb.EntryResponse, error) {
+	if err := o.s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	e := o.s.fsm.Read().Entry(req.Id)
+	if e == nil {
+		return nil, status.Errorf(codes.NotFound, "no entry %q", req.Id)
+	}
+	return &operatorpb.EntryResponse{Entry: fromRaftEntry(e)}, nil
+}
+
+func (o *operatorService) ListEntries(ctx context.Context, req *operatorpb.ListEntriesRequest) (*operatorpb.ListEntriesResponse, error) {
+	if err := o.s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	r := o.s.fsm.Read()
+	var es []*raftpb.Entry
+	if req.ParentId != "" {
+		es = r.EntriesByParent(req.ParentId)
+	} else {
+		es = r.Entries()
+	}
+	resp := &operatorpb.ListEntriesResponse{}
+	for _, e := range es {
+		if req.SpiffeId == "" || e.SpiffeId == req.SpiffeId {
+			resp.Entries = append(resp.Entries, fromRaftEntry(e))
+		}
+	}
+	return resp, nil
+}
+
+func fromRaftNode(n *raftpb.Node) *operatorpb.Node {
+	o := &operatorpb.Node{SpiffeId: n.SpiffeId, Attestor: n.Attestor, AttestedUnix: n.AttestedUnixNano / int64(time.Second),
+		ExpiresUnix: n.ExpiresUnixNano / int64(time.Second), Banned: n.Banned}
+	for _, s := range n.Selectors {
+		o.Selectors = append(o.Selectors, &operatorpb.Selector{Type: s.Type, Value: s.Value})
+	}
+	return o
+}
+
+func (o *operatorService) ListNodes(ctx context.Context, _ *operatorpb.ListNodesRequest) (*operatorpb.ListNodesResponse, error) {
+	if err := o.s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	resp := &operatorpb.ListNodesResponse{}
+	for _, n := range o.s.fsm.Read().Nodes() {
+		resp.Nodes = append(resp.Nodes, fromRaftNode(n))
+	}
+	return resp, nil
+}
+
+func (o *operatorService) GetNode(ctx context.Context, req *operatorpb.GetNodeRequest) (*operatorpb.NodeResponse, error) {
+	if err := o.s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	n := o.s.fsm.Read().Node(req.SpiffeId)
+	if n == nil {
+		return nil, status.Errorf(codes.NotFound, "no node %q", req.SpiffeId)
+	}
+	return &operatorpb.NodeResponse{Node: fromRaftNode(n)}, nil
+}

@@ -1,0 +1,290 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/nodepb"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
+	"github.com/meshca/meshca/server/cluster"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// Agent SVIDs and node API limits.
+const (
+	AgentSVIDTTL = 24 * time.Hour
+	// AgentIDPrefix is the path prefix of every node agent's SPIFFE ID.
+	AgentIDPrefix = "/meshca/agent/"
+	// MaxSignBatch bounds the CSRs of one SignX509SVIDs call.
+	MaxSignBatch = 512
+)
+
+// nodeService is the node API agents call.
+type nodeService struct {
+	nodepb.UnimplementedNodeServer
+	s *Server
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+// Attest runs a node attestor and, when it vouches for the node, issues
+// the agent's SVID and records the node.
+func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
+	ctx := stream.Context()
+	from := peerAddr(ctx)
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	start := first.GetStart()
+	if start == nil {
+		return status.Error(codes.InvalidArgument, "attestation must begin with a start message")
+	}
+	deny := func(code codes.Code, reason string) error {
+		n.s.audit.Warn("node attest", "decision", "deny", "attestor", start.Attestor, "from", from, "reason", reason)
+		return status.Error(code, reason)
+	}
+	att, ok := n.s.attestors[start.Attestor]
+	if !ok {
+		return deny(codes.InvalidArgument, fmt.Sprintf("node attestor %q is not enabled on this server (enabled: %s)", start.Attestor, n.s.attestorNames()))
+	}
+	challenge := func(ctx context.Context, c []byte) ([]byte, error) {
+		if err := stream.Send(&nodepb.AttestResponse{Step: &nodepb.AttestResponse_Challenge{Challenge: c}}); err != nil {
+			return nil, err
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		return resp.GetChallengeResponse(), nil
+	}
+	res, err := att.Attest(ctx, start.Payload, challenge)
+	switch {
+	case errors.Is(err, attest.ErrInvalidEvidence):
+		return deny(codes.InvalidArgument, err.Error())
+	case errors.Is(err, attest.ErrNotAuthorized):
+		return deny(codes.PermissionDenied, err.Error())
+	case err != nil:
+		return deny(codes.Unavailable, err.Error())
+	}
+	agentID := res.AgentID.String()
+	if node := n.s.fsm.Read().Node(agentID); node != nil && node.Banned {
+		return deny(codes.PermissionDenied, "node "+agentID+" is banned")
+	}
+	chain, notAfter, err := n.s.signAgentSVID(ctx, start.Csr, res.AgentID)
+	if err != nil {
+		return deny(codes.InvalidArgument, err.Error())
+	}
+	node := &raftpb.Node{SpiffeId: agentID, Attestor: att.Name(), AttestedUnixNano: n.s.cfg.Clock().UnixNano(), ExpiresUnixNano: notAfter.UnixNano()}
+	for _, sel := range res.Selectors {
+		node.Selectors = append(node.Selectors, &raftpb.Selector{Type: sel.Type, Value: sel.Value})
+	}
+	if _, err := n.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PutNode{PutNode: &raftpb.PutNode{Node: node}}}); err != nil {
+		return status.Errorf(codes.Unavailable, "record node: %v", err)
+	}
+	n.s.audit.Info("node attest", "decision", "allow", "attestor", att.Name(), "agent_id", agentID, "from", from)
+	return stream.Send(&nodepb.AttestResponse{Step: &nodepb.AttestResponse_Result{Result: &nodepb.AttestResult{
+		AgentId: agentID, SvidChain: chain, Bundle: bundleOf(n.s.fsm.Read(), n.s.td)}}})
+}
+
+// signAgentSVID issues an agent's SVID from this server's ECDSA
+// intermediate and records it in the ledger before returning it.
+func (s *Server) signAgentSVID(ctx context.Context, csr []byte, id spiffeid.ID) ([][]byte, time.Time, error) {
+	issuer := s.issuers[ca.ProfileECDSA]
+	svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: csr, SPIFFEID: id.String(), TTL: AgentSVIDTTL})
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("agent SVID: %w", err)
+	}
+	if err := s.commitSVID(ctx, svid, id.String(), issuer); err != nil {
+		return nil, time.Time{}, err
+	}
+	return svid.Certificates, svid.NotAfter, nil
+}
+
+// commitSVID records an issued certificate; no certificate leaves the
+// server before its record is committed on a quorum.
+func (s *Server) commitSVID(ctx context.Context, svid *ca.X509SVID, nodeID string, issuer *ca.Authority) error {
+	rec := &raftpb.LedgerRecord{Serial: svid.SerialNumber.Bytes(), SpiffeId: svid.SPIFFEID, NodeId: nodeID, Profile: svid.Profile,
+		IssuerId: authorityID(issuer.Certificate(), raftpb.AuthorityKind_INTERMEDIATE),
+		NotBeforeUnix: svid.NotBefore.Unix(), NotAfterUnix: svid.NotAfter.Unix()}
+	if err := s.node.CommitLedger(ctx, rec); err != nil {
+		return fmt.Errorf("record the certificate: %w", err)
+	}
+	return nil
+}
+
+// requireAgent returns the calling agent's ID: its SVID (verified during
+// the TLS handshake) must name an agent of the trust domain that is a known,
+// unbanned node.
+func (s *Server) requireAgent(ctx context.Context) (string, error) {
+	id, ok := cluster.PeerID(ctx)
+	if !ok || id.TrustDomain() != s.td || !strings.HasPrefix(id.Path(), AgentIDPrefix) {
+		return "", status.Error(codes.Unauthenticated, "this method needs a node agent's X509-SVID (attest first)")
+	}
+	agentID := id.String()
+	node := s.fsm.Read().Node(agentID)
+	if node == nil {
+		// Attested through another server a moment ago?
+		if err := s.node.ReadIndex(ctx); err != nil {
+			return "", status.Errorf(codes.Unavailable, "%v", err)
+		}
+		node = s.fsm.Read().Node(agentID)
+	}
+	switch {
+	case node == nil:
+		return "", status.Errorf(codes.PermissionDenied, "node %s is not known (evicted?): attest again", agentID)
+	case node.Banned:
+		s.audit.Warn("node api", "decision", "deny", "agent_id", agentID, "reason", "banned")
+		return "", status.Errorf(codes.PermissionDenied, "node %s is banned", agentID)
+	}
+	return agentID, nil
+}
+
+// bundleOf returns the trust domain's active roots.
+func bundleOf(r *raftfsm.Reader, td spiffeid.TrustDomain) *nodepb.Bundle {
+	b := &nodepb.Bundle{TrustDomain: td.Name()}
+	for _, a := range r.Authorities() {
+		if a.Kind == raftpb.AuthorityKind_ROOT && a.State == raftpb.AuthorityState_ACTIVE {
+			b.Roots = append(b.Roots, &nodepb.Root{Profile: a.Profile, Certificate: a.Certificate})
+		}
+	}
+	sort.Slice(b.Roots, func(i, j int) bool { return b.Roots[i].Profile < b.Roots[j].Profile })
+	return b
+}
+
+func toNodeEntry(e *raftpb.Entry) *nodepb.Entry {
+	o := &nodepb.Entry{Id: e.Id, SpiffeId: e.SpiffeId, ParentId: e.ParentId, TtlSeconds: e.TtlSeconds,
+		DnsNames: e.DnsNames, Profile: e.Profile, Revision: e.Revision}
+	for _, s := range e.Selectors {
+		o.Selectors = append(o.Selectors, &nodepb.Selector{Type: s.Type, Value: s.Value})
+	}
+	return o
+}
+
+// Sync pushes the agent's entries and the bundle now and at every change,
+// woken by the state machine (no polling).
+func (n *nodeService) Sync(_ *nodepb.SyncRequest, stream nodepb.Node_SyncServer) error {
+	ctx := stream.Context()
+	agentID, err := n.s.requireAgent(ctx)
+	if err != nil {
+		return err
+	}
+	var last []byte
+	for {
+		changed := n.s.fsm.Changed()
+		r := n.s.fsm.Read()
+		if node := r.Node(agentID); node == nil || node.Banned {
+			return status.Errorf(codes.PermissionDenied, "node %s was banned or evicted", agentID)
+		}
+		u := &nodepb.SyncUpdate{Bundle: bundleOf(r, n.s.td)}
+		for _, e := range r.EntriesByParent(agentID) {
+			u.Entries = append(u.Entries, toNodeEntry(e))
+		}
+		cur, err := proto.MarshalOptions{Deterministic: true}.Marshal(u)
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if !bytes.Equal(cur, last) {
+			u.Revision = n.s.fsm.AppliedIndex()
+			if err := stream.Send(u); err != nil {
+				return err
+			}
+			last = cur
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// SignX509SVIDs signs a batch of workload CSRs for entries whose parent is
+// the calling agent. Refusals are per request and audited.
+func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVIDsRequest) (*nodepb.SignX509SVIDsResponse, error) {
+	agentID, err := n.s.requireAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.Requests) > MaxSignBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "%d CSRs in one batch; at most %d", len(req.Requests), MaxSignBatch)
+	}
+	r := n.s.fsm.Read()
+	resp := &nodepb.SignX509SVIDsResponse{Results: make([]*nodepb.SVIDResult, len(req.Requests))}
+	var wg sync.WaitGroup
+	for i, sr := range req.Requests {
+		res := &nodepb.SVIDResult{EntryId: sr.EntryId}
+		resp.Results[i] = res
+		e := r.Entry(sr.EntryId)
+		if e == nil {
+			if err := n.s.node.ReadIndex(ctx); err == nil {
+				e = n.s.fsm.Read().Entry(sr.EntryId)
+			}
+		}
+		if e == nil || e.ParentId != agentID {
+			res.Error = fmt.Sprintf("entry %q does not exist or is not one of this node's", sr.EntryId)
+			n.s.audit.Warn("sign x509-svid", "decision", "deny", "agent_id", agentID, "entry", sr.EntryId, "reason", "not the entry's parent")
+			continue
+		}
+		issuer, ok := n.s.issuers[e.Profile]
+		if !ok {
+			res.Error = "no issuer for profile " + e.Profile
+			continue
+		}
+		svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: sr.Csr, SPIFFEID: e.SpiffeId, DNSNames: e.DnsNames, TTL: time.Duration(e.TtlSeconds) * time.Second})
+		if err != nil {
+			res.Error = err.Error()
+			n.s.audit.Warn("sign x509-svid", "decision", "deny", "agent_id", agentID, "entry", e.Id, "reason", err.Error())
+			continue
+		}
+		wg.Add(1)
+		go func() { // the ledger group-commits the whole batch
+			defer wg.Done()
+			if err := n.s.commitSVID(ctx, svid, agentID, issuer); err != nil {
+				res.Error = err.Error()
+				return
+			}
+			res.Chain = svid.Certificates
+			n.s.audit.Info("sign x509-svid", "decision", "allow", "agent_id", agentID, "entry", e.Id, "spiffe_id", e.SpiffeId,
+				"serial", fmt.Sprintf("%x", svid.SerialNumber))
+		}()
+	}
+	wg.Wait()
+	return resp, nil
+}
+
+// RenewAgentSVID renews the calling agent's SVID for the same ID.
+func (n *nodeService) RenewAgentSVID(ctx context.Context, req *nodepb.RenewAgentSVIDRequest) (*nodepb.RenewAgentSVIDResponse, error) {
+	agentID, err := n.s.requireAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id, err := spiffeid.FromString(agentID)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	chain, _, err := n.s.signAgentSVID(ctx, req.Csr, id)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	n.s.audit.Info("agent svid renew", "decision", "allow", "agent_id", agentID)
+	return &nodepb.RenewAgentSVIDResponse{SvidChain: chain}, nil
+}
