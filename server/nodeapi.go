@@ -123,7 +123,7 @@ func (s *Server) signAgentSVID(ctx context.Context, csr []byte, id spiffeid.ID) 
 // server before its record is committed on a quorum.
 func (s *Server) commitSVID(ctx context.Context, svid *ca.X509SVID, nodeID string, issuer *ca.Authority) error {
 	rec := &raftpb.LedgerRecord{Serial: svid.SerialNumber.Bytes(), SpiffeId: svid.SPIFFEID, NodeId: nodeID, Profile: svid.Profile,
-		IssuerId: authorityID(issuer.Certificate(), raftpb.AuthorityKind_INTERMEDIATE),
+		IssuerId:      authorityID(issuer.Certificate(), raftpb.AuthorityKind_INTERMEDIATE),
 		NotBeforeUnix: svid.NotBefore.Unix(), NotAfterUnix: svid.NotAfter.Unix()}
 	if err := s.node.CommitLedger(ctx, rec); err != nil {
 		return fmt.Errorf("record the certificate: %w", err)

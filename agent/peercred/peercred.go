@@ -67,7 +67,9 @@ func (creds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, crede
 	return nil, nil, errors.New("peercred: server-side credentials only")
 }
 
-func (creds) Info() credentials.ProtocolInfo { return credentials.ProtocolInfo{SecurityProtocol: "peercred"} }
+func (creds) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "peercred"}
+}
 
 func (c creds) Clone() credentials.TransportCredentials { return c }
 

@@ -277,7 +277,9 @@ func TestWorkloadAPIServesAndRotatesSVIDs(t *testing.T) {
 	}
 }
 
-type watcher struct{ onUpdate func(*workloadapi.X509Context) }
+type watcher struct {
+	onUpdate func(*workloadapi.X509Context)
+}
 
 func (w watcher) OnX509ContextUpdate(x *workloadapi.X509Context) { w.onUpdate(x) }
 func (w watcher) OnX509ContextWatchError(error)                  {}
