@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshca/meshca/agent/peercred"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -73,6 +74,20 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// SVIDStatus reports how many of the node's entries the agent holds a
+// valid SVID for, and how many entries it has.
+func (a *Agent) SVIDStatus() (valid, entries int) {
+	a.store.mu.Lock()
+	defer a.store.mu.Unlock()
+	now := a.cfg.Clock()
+	for id := range a.store.entries {
+		if v, ok := a.store.svids[id]; ok && now.Before(v.notAfter) {
+			valid++
+		}
+	}
+	return valid, len(a.store.entries)
+}
+
 // SocketPath is the Workload API socket.
 func (a *Agent) SocketPath() string { return a.cfg.SocketPath }
 
@@ -117,6 +132,9 @@ func (a *Agent) serverLoop(ctx context.Context) {
 			backoff = 100 * time.Millisecond // a long session resets the backoff
 		}
 		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
+		if hint, busy := retryinfo.After(err); busy {
+			wait = hint + time.Duration(rand.Int64N(int64(hint)/2+1))
+		}
 		a.log.Warn("server session ended; reconnecting", "server", addr, "err", err, "retry_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
@@ -196,7 +214,20 @@ func (a *Agent) signer(ctx context.Context, fail context.CancelCauseFunc, client
 		}
 		due, next := a.store.due(now)
 		if len(due) > 0 {
-			if err := a.signDue(ctx, client, due); err != nil {
+			err := a.signDue(ctx, client, due)
+			if hint, busy := retryinfo.After(err); busy {
+				// The server is shedding load: come back when it says,
+				// spread out so that agents do not return together.
+				wait := hint + time.Duration(rand.Int64N(int64(hint)/2+1))
+				a.log.Info("server busy; retrying", "retry_in", wait.Round(time.Millisecond))
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				continue
+			}
+			if err != nil {
 				fail(fmt.Errorf("sign SVIDs: %w", err))
 				return
 			}

@@ -63,6 +63,18 @@ type Config struct {
 	// LedgerGrace is how long a certificate's ledger record is kept after
 	// the certificate expires. Default: DefaultLedgerGrace.
 	LedgerGrace time.Duration
+	// SignConcurrency is how many CSRs are signed at once. Default: twice
+	// the number of CPUs.
+	SignConcurrency int
+	// SignQueue bounds the CSRs admitted and waiting, all nodes together.
+	// Default: DefaultSignQueue.
+	SignQueue int
+	// NodeSignRate and NodeSignBurst bound each node's signing requests
+	// (CSRs per second, and burst). Defaults: DefaultNodeSignRate and
+	// DefaultNodeSignBurst.
+	NodeSignRate  float64
+	NodeSignBurst int
+
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.
 	PruneInterval time.Duration
@@ -112,6 +124,18 @@ func (c *Config) validate() error {
 	}
 	if c.PruneInterval == 0 {
 		c.PruneInterval = DefaultPruneInterval
+	}
+	if c.SignQueue == 0 {
+		c.SignQueue = DefaultSignQueue
+	}
+	if c.NodeSignRate == 0 {
+		c.NodeSignRate = DefaultNodeSignRate
+	}
+	if c.NodeSignBurst == 0 {
+		c.NodeSignBurst = DefaultNodeSignBurst
+	}
+	if c.SignQueue < 0 || c.NodeSignRate < 0 || c.NodeSignBurst < 0 || c.SignConcurrency < 0 {
+		errs = append(errs, errors.New("signing limits must not be negative"))
 	}
 	if c.LedgerGrace < 0 || c.PruneInterval < 0 {
 		errs = append(errs, errors.New("ledger grace and prune interval must not be negative"))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -90,6 +91,9 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 		return deny(codes.PermissionDenied, "node "+agentID+" is banned")
 	}
 	chain, notAfter, err := n.s.signAgentSVID(ctx, start.Csr, res.AgentID)
+	if _, busy := retryinfo.After(err); busy {
+		return err
+	}
 	if err != nil {
 		return deny(codes.InvalidArgument, err.Error())
 	}
@@ -108,6 +112,15 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 // signAgentSVID issues an agent's SVID from this server's ECDSA
 // intermediate and records it in the ledger before returning it.
 func (s *Server) signAgentSVID(ctx context.Context, csr []byte, id spiffeid.ID) ([][]byte, time.Time, error) {
+	done, err := s.admission.admit(id.String(), 1)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	defer done()
+	if err := s.admission.acquire(ctx); err != nil {
+		return nil, time.Time{}, err
+	}
+	defer s.admission.release()
 	issuer := s.issuers[ca.ProfileECDSA]
 	svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: csr, SPIFFEID: id.String(), TTL: AgentSVIDTTL})
 	if err != nil {
@@ -227,6 +240,11 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 	if len(req.Requests) > MaxSignBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "%d CSRs in one batch; at most %d", len(req.Requests), MaxSignBatch)
 	}
+	done, err := n.s.admission.admit(agentID, len(req.Requests))
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	r := n.s.fsm.Read()
 	resp := &nodepb.SignX509SVIDsResponse{Results: make([]*nodepb.SVIDResult, len(req.Requests))}
 	var wg sync.WaitGroup
@@ -249,7 +267,11 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 			res.Error = "no issuer for profile " + e.Profile
 			continue
 		}
+		if err := n.s.admission.acquire(ctx); err != nil {
+			return nil, status.FromContextError(err).Err()
+		}
 		svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: sr.Csr, SPIFFEID: e.SpiffeId, DNSNames: e.DnsNames, TTL: time.Duration(e.TtlSeconds) * time.Second})
+		n.s.admission.release()
 		if err != nil {
 			res.Error = err.Error()
 			n.s.audit.Warn("sign x509-svid", "decision", "deny", "agent_id", agentID, "entry", e.Id, "reason", err.Error())
@@ -282,6 +304,9 @@ func (n *nodeService) RenewAgentSVID(ctx context.Context, req *nodepb.RenewAgent
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	chain, _, err := n.s.signAgentSVID(ctx, req.Csr, id)
+	if _, busy := retryinfo.After(err); busy {
+		return nil, err
+	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

@@ -45,7 +45,8 @@ func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusReques
 		NodeId: o.s.cfg.NodeID, TrustDomain: o.s.td.Name(), RaftState: n.Raft().State().String(),
 		LeaderId: string(leader), LeaderAddr: string(addr), AppliedIndex: o.s.fsm.AppliedIndex(),
 		CommitIndex: n.Raft().CommitIndex(), StateHash: hex.EncodeToString(hash[:]), LedgerRecords: uint64(r.LedgerLen()),
-		Ready: r.TrustDomain() != nil && r.Server(o.s.cfg.NodeID) != nil,
+		Ready:          r.TrustDomain() != nil && r.Server(o.s.cfg.NodeID) != nil,
+		SignQueueDepth: o.s.admission.QueueDepth(),
 	}, nil
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/meshca/meshca/store"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -58,6 +59,7 @@ type Server struct {
 	issuers map[string]*ca.Authority
 	// attestors are the enabled node attestors, by name.
 	attestors map[string]attest.NodeAttestor
+	admission *admission
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -132,6 +134,7 @@ func New(cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 	}
+	s.admission = newAdmission(cfg.SignConcurrency, cfg.SignQueue, rate.Limit(cfg.NodeSignRate), cfg.NodeSignBurst)
 	s.attestors = map[string]attest.NodeAttestor{}
 	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td, s.consumeAgentToken)}, cfg.NodeAttestors...) {
 		s.attestors[a.Name()] = a

@@ -75,7 +75,9 @@ type env struct {
 }
 
 // startServer bootstraps a one-server cluster for trust domain example.org.
-func startServer(t *testing.T) *env {
+func startServer(t *testing.T) *env { return startServerWith(t, nil) }
+
+func startServerWith(t *testing.T, tune func(*server.Config)) *env {
 	t.Helper()
 	dir := tempDir(t)
 	kek, err := ca.CreateKEKFile(filepath.Join(dir, "kek"))
@@ -83,8 +85,12 @@ func startServer(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	srv, err := server.New(server.Config{DataDir: dir, NodeID: "s1", RaftAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", KEK: kek,
-		Bootstrap: true, TrustDomain: "example.org", Logger: slog.New(slog.NewTextHandler(logs, nil)), RaftLogger: hclog.NewNullLogger()})
+	cfg := server.Config{DataDir: dir, NodeID: "s1", RaftAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", KEK: kek,
+		Bootstrap: true, TrustDomain: "example.org", Logger: slog.New(slog.NewTextHandler(logs, nil)), RaftLogger: hclog.NewNullLogger()}
+	if tune != nil {
+		tune(&cfg)
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,5 +352,94 @@ func TestNodeAPIRefusals(t *testing.T) {
 	}
 	if !strings.Contains(e.audit.String(), "already used") {
 		t.Errorf("reused token refusal not audited")
+	}
+}
+
+// 2,000 workloads' SVIDs come due at once on one server (20 agents, 100
+// entries each, all started together). The server sheds what it cannot take
+// with retryable ResourceExhausted; the agents come back when told; every
+// workload ends with a valid SVID, and nothing else fails.
+func TestRenewalStorm(t *testing.T) {
+	const agents, perAgent = 20, 100
+	e := startServerWith(t, func(c *server.Config) {
+		c.SignConcurrency, c.SignQueue, c.NodeSignBurst = 2, 300, perAgent
+	})
+	tokens := make([]string, agents)
+	for i := range tokens {
+		tokens[i] = e.token()
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, agents*perAgent)
+	sem := make(chan struct{}, 16)
+	for i := 0; i < agents; i++ {
+		for j := 0; j < perAgent; j++ {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func(i, j int) {
+				defer wg.Done()
+				defer func() { <-sem }()
+				en := &operatorpb.Entry{ParentId: agentIDFor(tokens[i]), SpiffeId: fmt.Sprintf("spiffe://example.org/storm/a%d/w%d", i, j),
+					Selectors: []*operatorpb.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", 100000+j)}}}
+				if _, err := e.op.CreateEntry(tctx(t, time.Minute), &operatorpb.CreateEntryRequest{Entry: en}); err != nil {
+					errs <- err
+				}
+			}(i, j)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("create entry: %v", err)
+	}
+
+	logs := &syncBuffer{}
+	var as []*agent.Agent
+	for i := 0; i < agents; i++ {
+		dir := tempDir(t)
+		a, err := agent.New(agent.Config{Servers: []string{e.srv.APIAddr()}, TrustBundle: e.bundle, DataDir: dir,
+			SocketPath: filepath.Join(dir, "agent.sock"), Evidence: jointoken.NewEvidence(tokens[i]),
+			Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		as = append(as, a)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var running sync.WaitGroup
+	for _, a := range as {
+		running.Add(1)
+		go func(a *agent.Agent) { defer running.Done(); a.Run(ctx) }(a)
+	}
+	defer func() { cancel(); running.Wait() }()
+
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		done := 0
+		for _, a := range as {
+			if valid, n := a.SVIDStatus(); valid == perAgent && n == perAgent {
+				done++
+			}
+		}
+		if done == agents {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d agents hold all their SVIDs after 90 s", done, agents)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "server busy; retrying") {
+		t.Error("the server never shed load: the test did not create a storm")
+	}
+	for _, bad := range []string{"server refused an SVID", "level=ERROR", "unusable SVID"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("agents logged %q:\n%s", bad, out)
+		}
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "server session ended") && !strings.Contains(line, "ResourceExhausted") {
+			t.Errorf("a session failed for another reason than load: %s", line)
+		}
 	}
 }

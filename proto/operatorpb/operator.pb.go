@@ -71,9 +71,11 @@ type StatusResponse struct {
 	StateHash     string                 `protobuf:"bytes,8,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
 	LedgerRecords uint64                 `protobuf:"varint,9,opt,name=ledger_records,json=ledgerRecords,proto3" json:"ledger_records,omitempty"`
 	// ready: the cluster is bootstrapped and this server is a recorded member.
-	Ready         bool `protobuf:"varint,10,opt,name=ready,proto3" json:"ready,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ready bool `protobuf:"varint,10,opt,name=ready,proto3" json:"ready,omitempty"`
+	// sign_queue_depth is the number of CSRs admitted and not yet signed.
+	SignQueueDepth int64 `protobuf:"varint,11,opt,name=sign_queue_depth,json=signQueueDepth,proto3" json:"sign_queue_depth,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -174,6 +176,13 @@ func (x *StatusResponse) GetReady() bool {
 		return x.Ready
 	}
 	return false
+}
+
+func (x *StatusResponse) GetSignQueueDepth() int64 {
+	if x != nil {
+		return x.SignQueueDepth
+	}
+	return 0
 }
 
 type Peer struct {
@@ -1493,7 +1502,7 @@ var File_operatorpb_operator_proto protoreflect.FileDescriptor
 const file_operatorpb_operator_proto_rawDesc = "" +
 	"\n" +
 	"\x19operatorpb/operator.proto\x12\x12meshca.operator.v1\"\x0f\n" +
-	"\rStatusRequest\"\xcd\x02\n" +
+	"\rStatusRequest\"\xf7\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1d\n" +
@@ -1508,7 +1517,8 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"state_hash\x18\b \x01(\tR\tstateHash\x12%\n" +
 	"\x0eledger_records\x18\t \x01(\x04R\rledgerRecords\x12\x14\n" +
 	"\x05ready\x18\n" +
-	" \x01(\bR\x05ready\"d\n" +
+	" \x01(\bR\x05ready\x12(\n" +
+	"\x10sign_queue_depth\x18\v \x01(\x03R\x0esignQueueDepth\"d\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
