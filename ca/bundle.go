@@ -3,9 +3,9 @@ package ca
 import (
 	"crypto/ecdsa"
 	"crypto/x509"
-	"errors"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 

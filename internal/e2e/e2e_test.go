@@ -101,12 +101,7 @@ func startServerWith(t *testing.T, tune func(*server.Config)) *env {
 		cancel()
 		<-done
 	})
-	conn, err := grpc.NewClient("unix://"+srv.AdminSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	e := &env{t: t, srv: srv, op: operatorpb.NewOperatorClient(conn), audit: logs}
+	e := &env{t: t, srv: srv, op: operatorClient(t, srv.AdminSocket()), audit: logs}
 	for deadline := time.Now().Add(20 * time.Second); !srv.Ready(); {
 		if time.Now().After(deadline) {
 			t.Fatal("server not ready")
@@ -442,4 +437,17 @@ func TestRenewalStorm(t *testing.T) {
 			t.Errorf("a session failed for another reason than load: %s", line)
 		}
 	}
+}
+
+func operatorClient(t *testing.T, socket string) operatorpb.OperatorClient {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return operatorpb.NewOperatorClient(conn)
+}
+
+func bundleSource(e *env) *x509bundle.Bundle {
+	return x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("example.org"), e.bundle)
 }
