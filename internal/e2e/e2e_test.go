@@ -57,7 +57,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func tempDir(t *testing.T) string {
+func tempDir(t testing.TB) string {
 	d, err := os.MkdirTemp("", "e2e") // short: it holds Unix sockets
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +67,7 @@ func tempDir(t *testing.T) string {
 }
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *server.Server
 	op     operatorpb.OperatorClient
 	bundle []*x509.Certificate
@@ -75,9 +75,9 @@ type env struct {
 }
 
 // startServer bootstraps a one-server cluster for trust domain example.org.
-func startServer(t *testing.T) *env { return startServerWith(t, nil) }
+func startServer(t testing.TB) *env { return startServerWith(t, nil) }
 
-func startServerWith(t *testing.T, tune func(*server.Config)) *env {
+func startServerWith(t testing.TB, tune func(*server.Config)) *env {
 	t.Helper()
 	dir := tempDir(t)
 	kek, err := ca.CreateKEKFile(filepath.Join(dir, "kek"))
@@ -117,7 +117,7 @@ func startServerWith(t *testing.T, tune func(*server.Config)) *env {
 	return e
 }
 
-func tctx(t *testing.T, d time.Duration) context.Context {
+func tctx(t testing.TB, d time.Duration) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return c
@@ -439,7 +439,7 @@ func TestRenewalStorm(t *testing.T) {
 	}
 }
 
-func operatorClient(t *testing.T, socket string) operatorpb.OperatorClient {
+func operatorClient(t testing.TB, socket string) operatorpb.OperatorClient {
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
