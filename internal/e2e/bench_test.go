@@ -28,7 +28,7 @@ import (
 //
 //	go test ./internal/e2e -run '^$' -bench NodeAPIIssue -benchtime 20000x
 func BenchmarkNodeAPIIssue(b *testing.B) {
-	e := startServerWith(b, func(c *server.Config) { c.NodeSignRate, c.NodeSignBurst = 1e9, 1 << 20 })
+	e := startServerWith(b, func(c *server.Config) { c.NodeSignRate, c.NodeSignBurst = 1e9, 1<<20 })
 	token := e.token()
 	en := e.entry(agentIDFor(token), "spiffe://example.org/bench/w", time.Hour, "unix:uid:1")
 	client := attestedClient(b, e, token)
