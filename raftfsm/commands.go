@@ -53,6 +53,9 @@ func apply(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, index uint64) *ra
 		return pruneLedger(txn, lx, op.PruneLedger.GetExpiredBeforeUnix())
 	case *raftpb.Command_Noop:
 		return ok
+	case *raftpb.Command_PutJwtKey:
+		k := op.PutJwtKey.GetKey()
+		return put(txn, tableJWTKeys, k, k.GetKid() != "" && len(k.GetPublicKey()) > 0)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

@@ -207,6 +207,7 @@ func fillState(a *applier, ledgerRecords int) {
 		serials = append(serials, fmt.Sprintf("serial-%06d", i))
 	}
 	a.mustApply(ledger(serials...))
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_PutJwtKey{PutJwtKey: &raftpb.PutJWTKey{Key: &raftpb.JWTKey{Kid: "k1", PublicKey: []byte{1}}}}})
 }
 
 type bufSink struct {
@@ -252,6 +253,9 @@ func TestSnapshotRoundTripAndDeterminism(t *testing.T) {
 	}
 	if c.Read().LedgerLen() != 500 || c.Read().TrustDomain().GetName() != "example.org" {
 		t.Error("restored state incomplete")
+	}
+	if len(c.Read().JWTKeys()) != 1 {
+		t.Error("restored state lacks the JWT key")
 	}
 	if n := len(c.Read().LedgerBySPIFFEID("spiffe://example.org/w")); n != 500 {
 		t.Errorf("restored SPIFFE ID index finds %d records, want 500", n)

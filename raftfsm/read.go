@@ -157,3 +157,6 @@ func (r *Reader) LedgerLen() int {
 	}
 	return n
 }
+
+// JWTKeys returns the JWT-SVID signing keys, by key ID.
+func (r *Reader) JWTKeys() []*raftpb.JWTKey { return all[*raftpb.JWTKey](r, tableJWTKeys, "id") }

@@ -19,10 +19,11 @@ const (
 	tableRevocations = "revocations"
 	tablePolicies    = "policies"
 	tableLedger      = "ledger"
+	tableJWTKeys     = "jwt_keys"
 )
 
 // tableOrder is the order tables appear in snapshots and the state hash.
-var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger}
+var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger, tableJWTKeys}
 
 // keyIndex indexes an object by a string its function computes. All keys
 // are plain strings terminated by a NUL, as memdb's own string indexes do,
@@ -117,6 +118,9 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 			p := o.(*raftpb.Policy)
 			return policyKey(p.Revision), p.Revision > 0
 		}),
+	}},
+	tableJWTKeys: {Name: tableJWTKeys, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.JWTKey).Kid) }),
 	}},
 	tableLedger: {Name: tableLedger, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) {

@@ -208,6 +208,8 @@ func wrapRecord(obj any) (*raftpb.SnapshotRecord, error) {
 		r.Record = &raftpb.SnapshotRecord_Policy{Policy: o}
 	case *raftpb.LedgerBlock:
 		r.Record = &raftpb.SnapshotRecord_LedgerBlock{LedgerBlock: o}
+	case *raftpb.JWTKey:
+		r.Record = &raftpb.SnapshotRecord_JwtKey{JwtKey: o}
 	default:
 		return nil, fmt.Errorf("raftfsm: no snapshot record for %T", obj)
 	}
@@ -234,6 +236,8 @@ func unwrapRecord(r *raftpb.SnapshotRecord) (table string, obj any, err error) {
 		return tablePolicies, v.Policy, nil
 	case *raftpb.SnapshotRecord_LedgerBlock:
 		return tableLedger, v.LedgerBlock, nil
+	case *raftpb.SnapshotRecord_JwtKey:
+		return tableJWTKeys, v.JwtKey, nil
 	}
 	return "", nil, errors.New("unknown record type (written by a newer meshca?)")
 }

@@ -24,7 +24,7 @@ const (
 	MinEntryTTL     = time.Minute
 	MaxEntryTTL     = 30 * 24 * time.Hour
 	maxSelectors    = 32
-	maxSelectorLen  = 512
+	maxSelectorLen  = 4096 // a unix:path can be a long path
 )
 
 // workloadSelectorKeys are the selectors workload attestors produce: an

@@ -193,10 +193,14 @@ func (s *Server) consumeAgentToken(ctx context.Context, hash []byte, agentID str
 	_, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_ConsumeJoinToken{ConsumeJoinToken: &raftpb.ConsumeJoinToken{
 		Hash: hash, Kind: TokenKindAgent, Consumer: agentID}}})
 	var fe *raftfsm.Error
-	if errors.As(err, &fe) {
+	switch {
+	case errors.As(err, &fe):
 		return fmt.Errorf("%w: join token unknown, already used or expired", attest.ErrNotAuthorized)
+	case err != nil:
+		// No leader, no quorum: the token was not refused; retry later.
+		return attest.NewError(attest.KindUnavailable, "join_token", "the cluster cannot consume tokens now", err)
 	}
-	return err
+	return nil
 }
 
 func (s *Server) attestorNames() string {

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +22,7 @@ import (
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
+	"github.com/meshca/meshca/attest/unix"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/operatorpb"
@@ -151,31 +151,12 @@ func (e *env) entry(parent, id string, ttl time.Duration, selectors ...string) *
 	return resp.Entry
 }
 
-// uidAttestor gives the caller's real uid from /proc (stand-in until the
-// unix attestor is wired in; it reads the same /proc data).
-type uidAttestor struct{}
-
-func (uidAttestor) Name() string { return "unix" }
-
-func (uidAttestor) Attest(_ context.Context, pid int32) ([]attest.Selector, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return nil, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
-			return []attest.Selector{{Type: "unix", Value: "uid:" + f[1]}}, nil
-		}
-	}
-	return nil, errors.New("no Uid line")
-}
-
 func (e *env) startAgent(token string, fraction float64) *agent.Agent {
 	e.t.Helper()
 	dir := tempDir(e.t)
 	a, err := agent.New(agent.Config{Servers: []string{e.srv.APIAddr()}, TrustBundle: e.bundle, DataDir: dir,
 		SocketPath: filepath.Join(dir, "agent.sock"), Evidence: jointoken.NewEvidence(token),
-		WorkloadAttestors: []attest.WorkloadAttestor{uidAttestor{}}, RenewFraction: fraction,
+		WorkloadAttestors: []attest.WorkloadAttestor{unix.New(unix.Config{})}, RenewFraction: fraction,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		e.t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
+	"github.com/meshca/meshca/attest/unix"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/server"
@@ -96,7 +97,7 @@ func TestAgentsSurviveLeaderKill(t *testing.T) {
 	}
 	dir := tempDir(t)
 	a, err := agent.New(agent.Config{Servers: addrs, TrustBundle: e.bundle, DataDir: dir, SocketPath: filepath.Join(dir, "agent.sock"),
-		Evidence: jointoken.NewEvidence(token), WorkloadAttestors: []attest.WorkloadAttestor{uidAttestor{}}, RenewFraction: 0.1, Logger: quiet})
+		Evidence: jointoken.NewEvidence(token), WorkloadAttestors: []attest.WorkloadAttestor{unix.New(unix.Config{})}, RenewFraction: 0.1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -216,6 +216,7 @@ type Command struct {
 	//	*Command_AppendLedger
 	//	*Command_PruneLedger
 	//	*Command_Noop
+	//	*Command_PutJwtKey
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -409,6 +410,15 @@ func (x *Command) GetNoop() *Noop {
 	return nil
 }
 
+func (x *Command) GetPutJwtKey() *PutJWTKey {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutJwtKey); ok {
+			return x.PutJwtKey
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -477,6 +487,10 @@ type Command_Noop struct {
 	Noop *Noop `protobuf:"bytes,25,opt,name=noop,proto3,oneof"`
 }
 
+type Command_PutJwtKey struct {
+	PutJwtKey *PutJWTKey `protobuf:"bytes,26,opt,name=put_jwt_key,json=putJwtKey,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -508,6 +522,8 @@ func (*Command_AppendLedger) isCommand_Op() {}
 func (*Command_PruneLedger) isCommand_Op() {}
 
 func (*Command_Noop) isCommand_Op() {}
+
+func (*Command_PutJwtKey) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -1454,6 +1470,86 @@ func (x *LedgerRecord) GetRequestId() string {
 	return ""
 }
 
+// JWTKey is an ES256 key that signs JWT-SVIDs. Its private key is sealed
+// under the cluster's KEK (every server signs with it).
+type JWTKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	// public_key is the DER SubjectPublicKeyInfo.
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// sealed_key is the JSON of a ca.SealedKey.
+	SealedKey     []byte `protobuf:"bytes,3,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	CreatedUnix   int64  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	NotAfterUnix  int64  `protobuf:"varint,5,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTKey) Reset() {
+	*x = JWTKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTKey) ProtoMessage() {}
+
+func (x *JWTKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTKey.ProtoReflect.Descriptor instead.
+func (*JWTKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *JWTKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *JWTKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *JWTKey) GetSealedKey() []byte {
+	if x != nil {
+		return x.SealedKey
+	}
+	return nil
+}
+
+func (x *JWTKey) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *JWTKey) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
 // LedgerBlock holds the records one AppendLedger command added, keyed by
 // the index of its log entry (the same on every server).
 type LedgerBlock struct {
@@ -1466,7 +1562,7 @@ type LedgerBlock struct {
 
 func (x *LedgerBlock) Reset() {
 	*x = LedgerBlock{}
-	mi := &file_raftpb_raft_proto_msgTypes[13]
+	mi := &file_raftpb_raft_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1574,7 @@ func (x *LedgerBlock) String() string {
 func (*LedgerBlock) ProtoMessage() {}
 
 func (x *LedgerBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[13]
+	mi := &file_raftpb_raft_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1587,7 @@ func (x *LedgerBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LedgerBlock.ProtoReflect.Descriptor instead.
 func (*LedgerBlock) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{13}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LedgerBlock) GetIndex() uint64 {
@@ -1517,7 +1613,7 @@ type SetTrustDomain struct {
 
 func (x *SetTrustDomain) Reset() {
 	*x = SetTrustDomain{}
-	mi := &file_raftpb_raft_proto_msgTypes[14]
+	mi := &file_raftpb_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1625,7 @@ func (x *SetTrustDomain) String() string {
 func (*SetTrustDomain) ProtoMessage() {}
 
 func (x *SetTrustDomain) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[14]
+	mi := &file_raftpb_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1638,7 @@ func (x *SetTrustDomain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTrustDomain.ProtoReflect.Descriptor instead.
 func (*SetTrustDomain) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{14}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetTrustDomain) GetTrustDomain() *TrustDomain {
@@ -1561,7 +1657,7 @@ type PutServer struct {
 
 func (x *PutServer) Reset() {
 	*x = PutServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[15]
+	mi := &file_raftpb_raft_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1573,7 +1669,7 @@ func (x *PutServer) String() string {
 func (*PutServer) ProtoMessage() {}
 
 func (x *PutServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[15]
+	mi := &file_raftpb_raft_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1586,7 +1682,7 @@ func (x *PutServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutServer.ProtoReflect.Descriptor instead.
 func (*PutServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{15}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PutServer) GetServer() *Server {
@@ -1605,7 +1701,7 @@ type RemoveServer struct {
 
 func (x *RemoveServer) Reset() {
 	*x = RemoveServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[16]
+	mi := &file_raftpb_raft_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1713,7 @@ func (x *RemoveServer) String() string {
 func (*RemoveServer) ProtoMessage() {}
 
 func (x *RemoveServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[16]
+	mi := &file_raftpb_raft_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1726,7 @@ func (x *RemoveServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServer.ProtoReflect.Descriptor instead.
 func (*RemoveServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{16}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoveServer) GetNodeId() string {
@@ -1649,7 +1745,7 @@ type PutAuthority struct {
 
 func (x *PutAuthority) Reset() {
 	*x = PutAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[17]
+	mi := &file_raftpb_raft_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +1757,7 @@ func (x *PutAuthority) String() string {
 func (*PutAuthority) ProtoMessage() {}
 
 func (x *PutAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[17]
+	mi := &file_raftpb_raft_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +1770,7 @@ func (x *PutAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAuthority.ProtoReflect.Descriptor instead.
 func (*PutAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{17}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PutAuthority) GetAuthority() *Authority {
@@ -1694,7 +1790,7 @@ type SetAuthorityState struct {
 
 func (x *SetAuthorityState) Reset() {
 	*x = SetAuthorityState{}
-	mi := &file_raftpb_raft_proto_msgTypes[18]
+	mi := &file_raftpb_raft_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1802,7 @@ func (x *SetAuthorityState) String() string {
 func (*SetAuthorityState) ProtoMessage() {}
 
 func (x *SetAuthorityState) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[18]
+	mi := &file_raftpb_raft_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1815,7 @@ func (x *SetAuthorityState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAuthorityState.ProtoReflect.Descriptor instead.
 func (*SetAuthorityState) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{18}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetAuthorityState) GetId() string {
@@ -1748,7 +1844,7 @@ type PutEntry struct {
 
 func (x *PutEntry) Reset() {
 	*x = PutEntry{}
-	mi := &file_raftpb_raft_proto_msgTypes[19]
+	mi := &file_raftpb_raft_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1856,7 @@ func (x *PutEntry) String() string {
 func (*PutEntry) ProtoMessage() {}
 
 func (x *PutEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[19]
+	mi := &file_raftpb_raft_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1869,7 @@ func (x *PutEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutEntry.ProtoReflect.Descriptor instead.
 func (*PutEntry) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{19}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PutEntry) GetEntry() *Entry {
@@ -1799,7 +1895,7 @@ type DeleteEntry struct {
 
 func (x *DeleteEntry) Reset() {
 	*x = DeleteEntry{}
-	mi := &file_raftpb_raft_proto_msgTypes[20]
+	mi := &file_raftpb_raft_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +1907,7 @@ func (x *DeleteEntry) String() string {
 func (*DeleteEntry) ProtoMessage() {}
 
 func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[20]
+	mi := &file_raftpb_raft_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +1920,7 @@ func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntry.ProtoReflect.Descriptor instead.
 func (*DeleteEntry) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{20}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteEntry) GetId() string {
@@ -1843,7 +1939,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_raftpb_raft_proto_msgTypes[21]
+	mi := &file_raftpb_raft_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +1951,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[21]
+	mi := &file_raftpb_raft_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +1964,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{21}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -1887,7 +1983,7 @@ type CreateJoinToken struct {
 
 func (x *CreateJoinToken) Reset() {
 	*x = CreateJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[22]
+	mi := &file_raftpb_raft_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +1995,7 @@ func (x *CreateJoinToken) String() string {
 func (*CreateJoinToken) ProtoMessage() {}
 
 func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[22]
+	mi := &file_raftpb_raft_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2008,7 @@ func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinToken.ProtoReflect.Descriptor instead.
 func (*CreateJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{22}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateJoinToken) GetToken() *JoinToken {
@@ -1934,7 +2030,7 @@ type ConsumeJoinToken struct {
 
 func (x *ConsumeJoinToken) Reset() {
 	*x = ConsumeJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[23]
+	mi := &file_raftpb_raft_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2042,7 @@ func (x *ConsumeJoinToken) String() string {
 func (*ConsumeJoinToken) ProtoMessage() {}
 
 func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[23]
+	mi := &file_raftpb_raft_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2055,7 @@ func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeJoinToken.ProtoReflect.Descriptor instead.
 func (*ConsumeJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{23}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ConsumeJoinToken) GetHash() []byte {
@@ -1992,7 +2088,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2100,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2113,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -2037,7 +2133,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2145,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2158,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2081,7 +2177,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2189,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2202,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2125,7 +2221,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2233,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,12 +2246,56 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
 	if x != nil {
 		return x.Records
+	}
+	return nil
+}
+
+type PutJWTKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *JWTKey                `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutJWTKey) Reset() {
+	*x = PutJWTKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutJWTKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutJWTKey) ProtoMessage() {}
+
+func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
+func (*PutJWTKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PutJWTKey) GetKey() *JWTKey {
+	if x != nil {
+		return x.Key
 	}
 	return nil
 }
@@ -2170,7 +2310,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2182,7 +2322,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2195,7 +2335,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -2215,7 +2355,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2227,7 +2367,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2240,7 +2380,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -2257,6 +2397,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Revocation
 	//	*SnapshotRecord_Policy
 	//	*SnapshotRecord_LedgerBlock
+	//	*SnapshotRecord_JwtKey
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2264,7 +2405,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2417,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2430,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2380,6 +2521,15 @@ func (x *SnapshotRecord) GetLedgerBlock() *LedgerBlock {
 	return nil
 }
 
+func (x *SnapshotRecord) GetJwtKey() *JWTKey {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_JwtKey); ok {
+			return x.JwtKey
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -2420,6 +2570,10 @@ type SnapshotRecord_LedgerBlock struct {
 	LedgerBlock *LedgerBlock `protobuf:"bytes,10,opt,name=ledger_block,json=ledgerBlock,proto3,oneof"`
 }
 
+type SnapshotRecord_JwtKey struct {
+	JwtKey *JWTKey `protobuf:"bytes,11,opt,name=jwt_key,json=jwtKey,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -2438,11 +2592,13 @@ func (*SnapshotRecord_Policy) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_LedgerBlock) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_JwtKey) isSnapshotRecord_Record() {}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xe2\b\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\x9f\t\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -2463,7 +2619,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"put_policy\x18\x16 \x01(\v2\x19.meshca.raft.v1.PutPolicyH\x00R\tputPolicy\x12C\n" +
 	"\rappend_ledger\x18\x17 \x01(\v2\x1c.meshca.raft.v1.AppendLedgerH\x00R\fappendLedger\x12@\n" +
 	"\fprune_ledger\x18\x18 \x01(\v2\x1b.meshca.raft.v1.PruneLedgerH\x00R\vpruneLedger\x12*\n" +
-	"\x04noop\x18\x19 \x01(\v2\x14.meshca.raft.v1.NoopH\x00R\x04noopB\x04\n" +
+	"\x04noop\x18\x19 \x01(\v2\x14.meshca.raft.v1.NoopH\x00R\x04noop\x12;\n" +
+	"\vput_jwt_key\x18\x1a \x01(\v2\x19.meshca.raft.v1.PutJWTKeyH\x00R\tputJwtKeyB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -2545,7 +2702,15 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fnot_before_unix\x18\x06 \x01(\x03R\rnotBeforeUnix\x12$\n" +
 	"\x0enot_after_unix\x18\a \x01(\x03R\fnotAfterUnix\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tR\trequestId\"[\n" +
+	"request_id\x18\b \x01(\tR\trequestId\"\xa1\x01\n" +
+	"\x06JWTKey\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
+	"\n" +
+	"sealed_key\x18\x03 \x01(\fR\tsealedKey\x12!\n" +
+	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12$\n" +
+	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\"[\n" +
 	"\vLedgerBlock\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x126\n" +
 	"\arecords\x18\x02 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"P\n" +
@@ -2580,10 +2745,12 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\tPutPolicy\x12.\n" +
 	"\x06policy\x18\x01 \x01(\v2\x16.meshca.raft.v1.PolicyR\x06policy\"F\n" +
 	"\fAppendLedger\x126\n" +
-	"\arecords\x18\x01 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"=\n" +
+	"\arecords\x18\x01 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"5\n" +
+	"\tPutJWTKey\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.JWTKeyR\x03key\"=\n" +
 	"\vPruneLedger\x12.\n" +
 	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\x98\x04\n" +
+	"\x04Noop\"\xcb\x04\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -2597,7 +2764,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"revocation\x120\n" +
 	"\x06policy\x18\b \x01(\v2\x16.meshca.raft.v1.PolicyH\x00R\x06policy\x12@\n" +
 	"\fledger_block\x18\n" +
-	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlockB\b\n" +
+	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlock\x121\n" +
+	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKeyB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
 	"*x\n" +
 	"\tErrorCode\x12\x06\n" +
@@ -2634,7 +2802,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -2652,73 +2820,78 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*Revocation)(nil),        // 13: meshca.raft.v1.Revocation
 	(*Policy)(nil),            // 14: meshca.raft.v1.Policy
 	(*LedgerRecord)(nil),      // 15: meshca.raft.v1.LedgerRecord
-	(*LedgerBlock)(nil),       // 16: meshca.raft.v1.LedgerBlock
-	(*SetTrustDomain)(nil),    // 17: meshca.raft.v1.SetTrustDomain
-	(*PutServer)(nil),         // 18: meshca.raft.v1.PutServer
-	(*RemoveServer)(nil),      // 19: meshca.raft.v1.RemoveServer
-	(*PutAuthority)(nil),      // 20: meshca.raft.v1.PutAuthority
-	(*SetAuthorityState)(nil), // 21: meshca.raft.v1.SetAuthorityState
-	(*PutEntry)(nil),          // 22: meshca.raft.v1.PutEntry
-	(*DeleteEntry)(nil),       // 23: meshca.raft.v1.DeleteEntry
-	(*PutNode)(nil),           // 24: meshca.raft.v1.PutNode
-	(*CreateJoinToken)(nil),   // 25: meshca.raft.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),  // 26: meshca.raft.v1.ConsumeJoinToken
-	(*Revoke)(nil),            // 27: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 28: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 29: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 30: meshca.raft.v1.AppendLedger
-	(*PruneLedger)(nil),       // 31: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 32: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 33: meshca.raft.v1.SnapshotRecord
+	(*JWTKey)(nil),            // 16: meshca.raft.v1.JWTKey
+	(*LedgerBlock)(nil),       // 17: meshca.raft.v1.LedgerBlock
+	(*SetTrustDomain)(nil),    // 18: meshca.raft.v1.SetTrustDomain
+	(*PutServer)(nil),         // 19: meshca.raft.v1.PutServer
+	(*RemoveServer)(nil),      // 20: meshca.raft.v1.RemoveServer
+	(*PutAuthority)(nil),      // 21: meshca.raft.v1.PutAuthority
+	(*SetAuthorityState)(nil), // 22: meshca.raft.v1.SetAuthorityState
+	(*PutEntry)(nil),          // 23: meshca.raft.v1.PutEntry
+	(*DeleteEntry)(nil),       // 24: meshca.raft.v1.DeleteEntry
+	(*PutNode)(nil),           // 25: meshca.raft.v1.PutNode
+	(*CreateJoinToken)(nil),   // 26: meshca.raft.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),  // 27: meshca.raft.v1.ConsumeJoinToken
+	(*Revoke)(nil),            // 28: meshca.raft.v1.Revoke
+	(*NextCRLNumber)(nil),     // 29: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 30: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 31: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 32: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 33: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 34: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 35: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
-	17, // 1: meshca.raft.v1.Command.set_trust_domain:type_name -> meshca.raft.v1.SetTrustDomain
-	18, // 2: meshca.raft.v1.Command.put_server:type_name -> meshca.raft.v1.PutServer
-	19, // 3: meshca.raft.v1.Command.remove_server:type_name -> meshca.raft.v1.RemoveServer
-	20, // 4: meshca.raft.v1.Command.put_authority:type_name -> meshca.raft.v1.PutAuthority
-	21, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
-	22, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
-	23, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
-	24, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
-	25, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
-	26, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	27, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	28, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	29, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	30, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	31, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	32, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	0,  // 17: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 18: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 19: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 20: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 21: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	15, // 22: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 23: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 24: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 25: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 26: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 27: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 28: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 29: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	13, // 30: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 31: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 32: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 33: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 34: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 35: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 36: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 37: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 38: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 39: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 40: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	16, // 41: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	42, // [42:42] is the sub-list for method output_type
-	42, // [42:42] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	18, // 1: meshca.raft.v1.Command.set_trust_domain:type_name -> meshca.raft.v1.SetTrustDomain
+	19, // 2: meshca.raft.v1.Command.put_server:type_name -> meshca.raft.v1.PutServer
+	20, // 3: meshca.raft.v1.Command.remove_server:type_name -> meshca.raft.v1.RemoveServer
+	21, // 4: meshca.raft.v1.Command.put_authority:type_name -> meshca.raft.v1.PutAuthority
+	22, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
+	23, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
+	24, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
+	25, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
+	26, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
+	27, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	28, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	29, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	30, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	31, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	33, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	34, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	32, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	0,  // 18: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 19: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 20: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 21: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 22: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	15, // 23: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 24: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 25: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 26: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 27: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 28: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 29: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 30: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	13, // 31: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 32: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 33: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 34: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 35: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 36: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 37: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 38: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 39: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 40: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 41: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 42: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	17, // 43: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 44: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -2743,8 +2916,9 @@ func file_raftpb_raft_proto_init() {
 		(*Command_AppendLedger)(nil),
 		(*Command_PruneLedger)(nil),
 		(*Command_Noop)(nil),
+		(*Command_PutJwtKey)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[30].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[32].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -2754,6 +2928,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_Revocation)(nil),
 		(*SnapshotRecord_Policy)(nil),
 		(*SnapshotRecord_LedgerBlock)(nil),
+		(*SnapshotRecord_JwtKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2761,7 +2936,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
