@@ -32,6 +32,10 @@ type Agent struct {
 	ln    net.Listener
 	gs    *grpc.Server
 	kick  chan struct{} // wakes the signer
+	jwts  jwtCache
+
+	clientMu sync.Mutex
+	client   nodepb.NodeClient // of the running session; guarded by clientMu
 }
 
 // New prepares an agent and listens on its Workload API socket; Run works.
@@ -43,7 +47,8 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, td: td, id: newIdentity(td, cfg.DataDir, cfg.TrustBundle), store: newStore(), kick: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: cfg.Logger, td: td, id: newIdentity(td, cfg.DataDir, cfg.TrustBundle), store: newStore(),
+		kick: make(chan struct{}, 1), jwts: jwtCache{tokens: map[string]cachedJWT{}}}
 	// Everything the agent must keep is written here: make sure it can be,
 	// before a join token is spent on an identity that could not be saved.
 	if err := os.MkdirAll(a.id.dir, 0o700); err != nil {
@@ -172,6 +177,8 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 	}
 	defer conn.Close()
 	client := nodepb.NewNodeClient(conn)
+	a.setClient(client)
+	defer a.setClient(nil)
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stream, err := client.Sync(sctx, &nodepb.SyncRequest{})

@@ -219,3 +219,17 @@ type agentError string
 func (e agentError) Error() string { return string(e) }
 
 const errUnexpectedID = agentError("agent: the SVID does not carry the entry's SPIFFE ID")
+
+// matchingEntries returns the entries whose selectors are all in sel.
+func (s *store) matchingEntries(sel map[string]bool) []*nodepb.Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*nodepb.Entry
+	for _, e := range s.entries {
+		if entryMatches(e, sel) {
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}

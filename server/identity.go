@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -182,7 +183,8 @@ func (id *identity) tlsCertificate(kek *ca.KEK) (*tls.Certificate, time.Time, ti
 // bootstrapMaterial is what the first server creates and later proposes
 // into the replicated state: the roots with their sealed keys.
 type bootstrapMaterial struct {
-	roots map[string]rootMaterial
+	roots  map[string]rootMaterial
+	jwtKey *raftpb.JWTKey
 }
 
 type rootMaterial struct {
@@ -227,6 +229,10 @@ func newBootstrapIdentity(cfg *Config, td spiffeid.TrustDomain) (*identity, *boo
 		id.Intermediates[p.Name()] = &localIntermediate{Certificate: inter.Raw, Key: sealed}
 	}
 	if err := id.issueServerCertificate(cfg.KEK, cfg.Clock); err != nil {
+		return nil, nil, err
+	}
+	var err error
+	if bm.jwtKey, err = newJWTKey(cfg.KEK, now); err != nil {
 		return nil, nil, err
 	}
 	return id, bm, nil

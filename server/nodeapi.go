@@ -180,6 +180,7 @@ func bundleOf(r *raftfsm.Reader, td spiffeid.TrustDomain) *nodepb.Bundle {
 		}
 	}
 	sort.Slice(b.Roots, func(i, j int) bool { return b.Roots[i].Profile < b.Roots[j].Profile })
+	b.JwtAuthorities = jwtAuthorities(r)
 	return b
 }
 

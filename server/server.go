@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -60,6 +61,7 @@ type Server struct {
 	// attestors are the enabled node attestors, by name.
 	attestors map[string]attest.NodeAttestor
 	admission *admission
+	jwtKeys   map[string]crypto.Signer // opened JWT keys by kid; guarded by mu
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -359,6 +361,7 @@ func (s *Server) tryWriteBootstrapState(ctx context.Context) error {
 		}
 		cmds = append(cmds, putIntermediate(inter, rootID, s.cfg.NodeID))
 	}
+	cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_PutJwtKey{PutJwtKey: &raftpb.PutJWTKey{Key: s.bootstrap.jwtKey}}})
 	cmds = append(cmds, s.putSelf())
 	for _, c := range cmds {
 		if _, err := s.node.ApplyIdempotent(ctx, c); err != nil {

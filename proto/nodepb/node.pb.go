@@ -26,6 +26,164 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SignJWTSVIDRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Audience      []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTSVIDRequest) Reset() {
+	*x = SignJWTSVIDRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTSVIDRequest) ProtoMessage() {}
+
+func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SignJWTSVIDRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *SignJWTSVIDRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+type SignJWTSVIDResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresUnix   int64                  `protobuf:"varint,2,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTSVIDResponse) Reset() {
+	*x = SignJWTSVIDResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTSVIDResponse) ProtoMessage() {}
+
+func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SignJWTSVIDResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *SignJWTSVIDResponse) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+// JWTAuthority is a key that signs JWT-SVIDs.
+type JWTAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	// public_key is the DER SubjectPublicKeyInfo.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTAuthority) Reset() {
+	*x = JWTAuthority{}
+	mi := &file_nodepb_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthority) ProtoMessage() {}
+
+func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
+func (*JWTAuthority) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *JWTAuthority) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *JWTAuthority) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 type AttestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Step:
@@ -39,7 +197,7 @@ type AttestRequest struct {
 
 func (x *AttestRequest) Reset() {
 	*x = AttestRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[0]
+	mi := &file_nodepb_node_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +209,7 @@ func (x *AttestRequest) String() string {
 func (*AttestRequest) ProtoMessage() {}
 
 func (x *AttestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[0]
+	mi := &file_nodepb_node_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +222,7 @@ func (x *AttestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestRequest.ProtoReflect.Descriptor instead.
 func (*AttestRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{0}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AttestRequest) GetStep() isAttestRequest_Step {
@@ -121,7 +279,7 @@ type AttestStart struct {
 
 func (x *AttestStart) Reset() {
 	*x = AttestStart{}
-	mi := &file_nodepb_node_proto_msgTypes[1]
+	mi := &file_nodepb_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -133,7 +291,7 @@ func (x *AttestStart) String() string {
 func (*AttestStart) ProtoMessage() {}
 
 func (x *AttestStart) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[1]
+	mi := &file_nodepb_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -146,7 +304,7 @@ func (x *AttestStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestStart.ProtoReflect.Descriptor instead.
 func (*AttestStart) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{1}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AttestStart) GetAttestor() string {
@@ -183,7 +341,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[2]
+	mi := &file_nodepb_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -195,7 +353,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[2]
+	mi := &file_nodepb_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -208,7 +366,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{2}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AttestResponse) GetStep() isAttestResponse_Step {
@@ -264,7 +422,7 @@ type AttestResult struct {
 
 func (x *AttestResult) Reset() {
 	*x = AttestResult{}
-	mi := &file_nodepb_node_proto_msgTypes[3]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -276,7 +434,7 @@ func (x *AttestResult) String() string {
 func (*AttestResult) ProtoMessage() {}
 
 func (x *AttestResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[3]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -289,7 +447,7 @@ func (x *AttestResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResult.ProtoReflect.Descriptor instead.
 func (*AttestResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{3}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AttestResult) GetAgentId() string {
@@ -323,7 +481,7 @@ type Root struct {
 
 func (x *Root) Reset() {
 	*x = Root{}
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +493,7 @@ func (x *Root) String() string {
 func (*Root) ProtoMessage() {}
 
 func (x *Root) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +506,7 @@ func (x *Root) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Root.ProtoReflect.Descriptor instead.
 func (*Root) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Root) GetProfile() string {
@@ -367,16 +525,17 @@ func (x *Root) GetCertificate() []byte {
 
 // Bundle is the trust domain's roots.
 type Bundle struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
-	Roots         []*Root                `protobuf:"bytes,2,rep,name=roots,proto3" json:"roots,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain    string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Roots          []*Root                `protobuf:"bytes,2,rep,name=roots,proto3" json:"roots,omitempty"`
+	JwtAuthorities []*JWTAuthority        `protobuf:"bytes,3,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +547,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +560,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Bundle) GetTrustDomain() string {
@@ -418,6 +577,13 @@ func (x *Bundle) GetRoots() []*Root {
 	return nil
 }
 
+func (x *Bundle) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
 type Selector struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
@@ -428,7 +594,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +606,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +619,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Selector) GetType() string {
@@ -487,7 +653,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +665,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +678,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Entry) GetId() string {
@@ -579,7 +745,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +757,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +770,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
 }
 
 type SyncUpdate struct {
@@ -619,7 +785,7 @@ type SyncUpdate struct {
 
 func (x *SyncUpdate) Reset() {
 	*x = SyncUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +797,7 @@ func (x *SyncUpdate) String() string {
 func (*SyncUpdate) ProtoMessage() {}
 
 func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +810,7 @@ func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUpdate.ProtoReflect.Descriptor instead.
 func (*SyncUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SyncUpdate) GetRevision() uint64 {
@@ -678,7 +844,7 @@ type SVIDRequest struct {
 
 func (x *SVIDRequest) Reset() {
 	*x = SVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +856,7 @@ func (x *SVIDRequest) String() string {
 func (*SVIDRequest) ProtoMessage() {}
 
 func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +869,7 @@ func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SVIDRequest) GetEntryId() string {
@@ -729,7 +895,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +907,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +920,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SignX509SVIDsRequest) GetRequests() []*SVIDRequest {
@@ -777,7 +943,7 @@ type SVIDResult struct {
 
 func (x *SVIDResult) Reset() {
 	*x = SVIDResult{}
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +955,7 @@ func (x *SVIDResult) String() string {
 func (*SVIDResult) ProtoMessage() {}
 
 func (x *SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +968,7 @@ func (x *SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDResult.ProtoReflect.Descriptor instead.
 func (*SVIDResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SVIDResult) GetEntryId() string {
@@ -835,7 +1001,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +1013,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +1026,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*SVIDResult {
@@ -879,7 +1045,7 @@ type RenewAgentSVIDRequest struct {
 
 func (x *RenewAgentSVIDRequest) Reset() {
 	*x = RenewAgentSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1057,7 @@ func (x *RenewAgentSVIDRequest) String() string {
 func (*RenewAgentSVIDRequest) ProtoMessage() {}
 
 func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1070,7 @@ func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RenewAgentSVIDRequest) GetCsr() []byte {
@@ -923,7 +1089,7 @@ type RenewAgentSVIDResponse struct {
 
 func (x *RenewAgentSVIDResponse) Reset() {
 	*x = RenewAgentSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1101,7 @@ func (x *RenewAgentSVIDResponse) String() string {
 func (*RenewAgentSVIDResponse) ProtoMessage() {}
 
 func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1114,7 @@ func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RenewAgentSVIDResponse) GetSvidChain() [][]byte {
@@ -962,7 +1128,17 @@ var File_nodepb_node_proto protoreflect.FileDescriptor
 
 const file_nodepb_node_proto_rawDesc = "" +
 	"\n" +
-	"\x11nodepb/node.proto\x12\x0emeshca.node.v1\"}\n" +
+	"\x11nodepb/node.proto\x12\x0emeshca.node.v1\"K\n" +
+	"\x12SignJWTSVIDRequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\"N\n" +
+	"\x13SignJWTSVIDResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"?\n" +
+	"\fJWTAuthority\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"}\n" +
 	"\rAttestRequest\x123\n" +
 	"\x05start\x18\x01 \x01(\v2\x1b.meshca.node.v1.AttestStartH\x00R\x05start\x12/\n" +
 	"\x12challenge_response\x18\x02 \x01(\fH\x00R\x11challengeResponseB\x06\n" +
@@ -982,10 +1158,11 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x06bundle\x18\x03 \x01(\v2\x16.meshca.node.v1.BundleR\x06bundle\"B\n" +
 	"\x04Root\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12 \n" +
-	"\vcertificate\x18\x02 \x01(\fR\vcertificate\"W\n" +
+	"\vcertificate\x18\x02 \x01(\fR\vcertificate\"\x9e\x01\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12*\n" +
-	"\x05roots\x18\x02 \x03(\v2\x14.meshca.node.v1.RootR\x05roots\"4\n" +
+	"\x05roots\x18\x02 \x03(\v2\x14.meshca.node.v1.RootR\x05roots\x12E\n" +
+	"\x0fjwt_authorities\x18\x03 \x03(\v2\x1c.meshca.node.v1.JWTAuthorityR\x0ejwtAuthorities\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xfd\x01\n" +
@@ -1021,12 +1198,13 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"7\n" +
 	"\x16RenewAgentSVIDResponse\x12\x1d\n" +
 	"\n" +
-	"svid_chain\x18\x01 \x03(\fR\tsvidChain2\xd5\x02\n" +
+	"svid_chain\x18\x01 \x03(\fR\tsvidChain2\xad\x03\n" +
 	"\x04Node\x12K\n" +
 	"\x06Attest\x12\x1d.meshca.node.v1.AttestRequest\x1a\x1e.meshca.node.v1.AttestResponse(\x010\x01\x12A\n" +
 	"\x04Sync\x12\x1b.meshca.node.v1.SyncRequest\x1a\x1a.meshca.node.v1.SyncUpdate0\x01\x12\\\n" +
 	"\rSignX509SVIDs\x12$.meshca.node.v1.SignX509SVIDsRequest\x1a%.meshca.node.v1.SignX509SVIDsResponse\x12_\n" +
-	"\x0eRenewAgentSVID\x12%.meshca.node.v1.RenewAgentSVIDRequest\x1a&.meshca.node.v1.RenewAgentSVIDResponseB'Z%github.com/meshca/meshca/proto/nodepbb\x06proto3"
+	"\x0eRenewAgentSVID\x12%.meshca.node.v1.RenewAgentSVIDRequest\x1a&.meshca.node.v1.RenewAgentSVIDResponse\x12V\n" +
+	"\vSignJWTSVID\x12\".meshca.node.v1.SignJWTSVIDRequest\x1a#.meshca.node.v1.SignJWTSVIDResponseB'Z%github.com/meshca/meshca/proto/nodepbb\x06proto3"
 
 var (
 	file_nodepb_node_proto_rawDescOnce sync.Once
@@ -1040,48 +1218,54 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_nodepb_node_proto_goTypes = []any{
-	(*AttestRequest)(nil),          // 0: meshca.node.v1.AttestRequest
-	(*AttestStart)(nil),            // 1: meshca.node.v1.AttestStart
-	(*AttestResponse)(nil),         // 2: meshca.node.v1.AttestResponse
-	(*AttestResult)(nil),           // 3: meshca.node.v1.AttestResult
-	(*Root)(nil),                   // 4: meshca.node.v1.Root
-	(*Bundle)(nil),                 // 5: meshca.node.v1.Bundle
-	(*Selector)(nil),               // 6: meshca.node.v1.Selector
-	(*Entry)(nil),                  // 7: meshca.node.v1.Entry
-	(*SyncRequest)(nil),            // 8: meshca.node.v1.SyncRequest
-	(*SyncUpdate)(nil),             // 9: meshca.node.v1.SyncUpdate
-	(*SVIDRequest)(nil),            // 10: meshca.node.v1.SVIDRequest
-	(*SignX509SVIDsRequest)(nil),   // 11: meshca.node.v1.SignX509SVIDsRequest
-	(*SVIDResult)(nil),             // 12: meshca.node.v1.SVIDResult
-	(*SignX509SVIDsResponse)(nil),  // 13: meshca.node.v1.SignX509SVIDsResponse
-	(*RenewAgentSVIDRequest)(nil),  // 14: meshca.node.v1.RenewAgentSVIDRequest
-	(*RenewAgentSVIDResponse)(nil), // 15: meshca.node.v1.RenewAgentSVIDResponse
+	(*SignJWTSVIDRequest)(nil),     // 0: meshca.node.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),    // 1: meshca.node.v1.SignJWTSVIDResponse
+	(*JWTAuthority)(nil),           // 2: meshca.node.v1.JWTAuthority
+	(*AttestRequest)(nil),          // 3: meshca.node.v1.AttestRequest
+	(*AttestStart)(nil),            // 4: meshca.node.v1.AttestStart
+	(*AttestResponse)(nil),         // 5: meshca.node.v1.AttestResponse
+	(*AttestResult)(nil),           // 6: meshca.node.v1.AttestResult
+	(*Root)(nil),                   // 7: meshca.node.v1.Root
+	(*Bundle)(nil),                 // 8: meshca.node.v1.Bundle
+	(*Selector)(nil),               // 9: meshca.node.v1.Selector
+	(*Entry)(nil),                  // 10: meshca.node.v1.Entry
+	(*SyncRequest)(nil),            // 11: meshca.node.v1.SyncRequest
+	(*SyncUpdate)(nil),             // 12: meshca.node.v1.SyncUpdate
+	(*SVIDRequest)(nil),            // 13: meshca.node.v1.SVIDRequest
+	(*SignX509SVIDsRequest)(nil),   // 14: meshca.node.v1.SignX509SVIDsRequest
+	(*SVIDResult)(nil),             // 15: meshca.node.v1.SVIDResult
+	(*SignX509SVIDsResponse)(nil),  // 16: meshca.node.v1.SignX509SVIDsResponse
+	(*RenewAgentSVIDRequest)(nil),  // 17: meshca.node.v1.RenewAgentSVIDRequest
+	(*RenewAgentSVIDResponse)(nil), // 18: meshca.node.v1.RenewAgentSVIDResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
-	1,  // 0: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
-	3,  // 1: meshca.node.v1.AttestResponse.result:type_name -> meshca.node.v1.AttestResult
-	5,  // 2: meshca.node.v1.AttestResult.bundle:type_name -> meshca.node.v1.Bundle
-	4,  // 3: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
-	6,  // 4: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
-	7,  // 5: meshca.node.v1.SyncUpdate.entries:type_name -> meshca.node.v1.Entry
-	5,  // 6: meshca.node.v1.SyncUpdate.bundle:type_name -> meshca.node.v1.Bundle
-	10, // 7: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
-	12, // 8: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
-	0,  // 9: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
-	8,  // 10: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
-	11, // 11: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
-	14, // 12: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
-	2,  // 13: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
-	9,  // 14: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
-	13, // 15: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
-	15, // 16: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4,  // 0: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
+	6,  // 1: meshca.node.v1.AttestResponse.result:type_name -> meshca.node.v1.AttestResult
+	8,  // 2: meshca.node.v1.AttestResult.bundle:type_name -> meshca.node.v1.Bundle
+	7,  // 3: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
+	2,  // 4: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
+	9,  // 5: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
+	10, // 6: meshca.node.v1.SyncUpdate.entries:type_name -> meshca.node.v1.Entry
+	8,  // 7: meshca.node.v1.SyncUpdate.bundle:type_name -> meshca.node.v1.Bundle
+	13, // 8: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
+	15, // 9: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
+	3,  // 10: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
+	11, // 11: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
+	14, // 12: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
+	17, // 13: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
+	0,  // 14: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
+	5,  // 15: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
+	12, // 16: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
+	16, // 17: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
+	18, // 18: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
+	1,  // 19: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1089,11 +1273,11 @@ func file_nodepb_node_proto_init() {
 	if File_nodepb_node_proto != nil {
 		return
 	}
-	file_nodepb_node_proto_msgTypes[0].OneofWrappers = []any{
+	file_nodepb_node_proto_msgTypes[3].OneofWrappers = []any{
 		(*AttestRequest_Start)(nil),
 		(*AttestRequest_ChallengeResponse)(nil),
 	}
-	file_nodepb_node_proto_msgTypes[2].OneofWrappers = []any{
+	file_nodepb_node_proto_msgTypes[5].OneofWrappers = []any{
 		(*AttestResponse_Challenge)(nil),
 		(*AttestResponse_Result)(nil),
 	}
@@ -1103,7 +1287,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	Node_Sync_FullMethodName           = "/meshca.node.v1.Node/Sync"
 	Node_SignX509SVIDs_FullMethodName  = "/meshca.node.v1.Node/SignX509SVIDs"
 	Node_RenewAgentSVID_FullMethodName = "/meshca.node.v1.Node/RenewAgentSVID"
+	Node_SignJWTSVID_FullMethodName    = "/meshca.node.v1.Node/SignJWTSVID"
 )
 
 // NodeClient is the client API for Node service.
@@ -44,6 +45,8 @@ type NodeClient interface {
 	SignX509SVIDs(ctx context.Context, in *SignX509SVIDsRequest, opts ...grpc.CallOption) (*SignX509SVIDsResponse, error)
 	// RenewAgentSVID renews the calling agent's own SVID.
 	RenewAgentSVID(ctx context.Context, in *RenewAgentSVIDRequest, opts ...grpc.CallOption) (*RenewAgentSVIDResponse, error)
+	// SignJWTSVID signs a JWT-SVID for an entry of the calling agent's node.
+	SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error)
 }
 
 type nodeClient struct {
@@ -106,6 +109,16 @@ func (c *nodeClient) RenewAgentSVID(ctx context.Context, in *RenewAgentSVIDReque
 	return out, nil
 }
 
+func (c *nodeClient) SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, Node_SignJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -120,6 +133,8 @@ type NodeServer interface {
 	SignX509SVIDs(context.Context, *SignX509SVIDsRequest) (*SignX509SVIDsResponse, error)
 	// RenewAgentSVID renews the calling agent's own SVID.
 	RenewAgentSVID(context.Context, *RenewAgentSVIDRequest) (*RenewAgentSVIDResponse, error)
+	// SignJWTSVID signs a JWT-SVID for an entry of the calling agent's node.
+	SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -141,6 +156,9 @@ func (UnimplementedNodeServer) SignX509SVIDs(context.Context, *SignX509SVIDsRequ
 }
 func (UnimplementedNodeServer) RenewAgentSVID(context.Context, *RenewAgentSVIDRequest) (*RenewAgentSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RenewAgentSVID not implemented")
+}
+func (UnimplementedNodeServer) SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJWTSVID not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -217,6 +235,24 @@ func _Node_RenewAgentSVID_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_SignJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).SignJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_SignJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).SignJWTSVID(ctx, req.(*SignJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -231,6 +267,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RenewAgentSVID",
 			Handler:    _Node_RenewAgentSVID_Handler,
+		},
+		{
+			MethodName: "SignJWTSVID",
+			Handler:    _Node_SignJWTSVID_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,182 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshca/meshca/proto/nodepb"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// jwtCache keeps signed JWT-SVIDs until half of their lifetime.
+type jwtCache struct {
+	mu     sync.Mutex
+	tokens map[string]cachedJWT // entry ID + "\x00" + sorted audiences
+}
+
+type cachedJWT struct {
+	token   string
+	renewAt time.Time
+}
+
+func jwtKey(entryID string, audience []string) string {
+	a := append([]string(nil), audience...)
+	sort.Strings(a)
+	return entryID + "\x00" + strings.Join(a, "\x00")
+}
+
+// jwtBundle returns the trust domain's JWT authorities as a go-spiffe bundle.
+func (a *Agent) jwtBundle() (*jwtbundle.Bundle, error) {
+	a.store.mu.Lock()
+	b := a.store.bundle
+	a.store.mu.Unlock()
+	jb := jwtbundle.New(a.td)
+	for _, k := range b.GetJwtAuthorities() {
+		pub, err := x509.ParsePKIXPublicKey(k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		if err := jb.AddJWTAuthority(k.Kid, pub); err != nil {
+			return nil, err
+		}
+	}
+	return jb, nil
+}
+
+// currentClient is the node API client of the running session, if any.
+func (a *Agent) currentClient() nodepb.NodeClient {
+	a.clientMu.Lock()
+	defer a.clientMu.Unlock()
+	return a.client
+}
+
+func (a *Agent) setClient(c nodepb.NodeClient) {
+	a.clientMu.Lock()
+	a.client = c
+	a.clientMu.Unlock()
+}
+
+// FetchJWTSVID returns JWT-SVIDs for the caller's entries (or the one it
+// names), signed by the servers and cached until half their lifetime.
+func (w *workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	if err := checkHeader(ctx); err != nil {
+		return nil, err
+	}
+	if len(req.Audience) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	sel, err := w.a.callerSelectors(ctx)
+	if err != nil {
+		return nil, err
+	}
+	entries := w.a.store.matchingEntries(sel)
+	var chosen []*nodepb.Entry
+	for _, e := range entries {
+		if req.SpiffeId == "" || e.SpiffeId == req.SpiffeId {
+			chosen = append(chosen, e)
+		}
+	}
+	if len(chosen) == 0 {
+		return nil, status.Error(codes.PermissionDenied, "no identity issued")
+	}
+	resp := &workload.JWTSVIDResponse{}
+	for _, e := range chosen {
+		token, err := w.a.jwtSVID(ctx, e, req.Audience)
+		if err != nil {
+			return nil, err
+		}
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: e.SpiffeId, Svid: token})
+	}
+	return resp, nil
+}
+
+func (a *Agent) jwtSVID(ctx context.Context, e *nodepb.Entry, audience []string) (string, error) {
+	key := jwtKey(e.Id, audience)
+	now := a.cfg.Clock()
+	a.jwts.mu.Lock()
+	if c, ok := a.jwts.tokens[key]; ok && now.Before(c.renewAt) {
+		a.jwts.mu.Unlock()
+		return c.token, nil
+	}
+	a.jwts.mu.Unlock()
+	client := a.currentClient()
+	if client == nil {
+		return "", status.Error(codes.Unavailable, "the agent is not connected to a server yet; retry")
+	}
+	resp, err := client.SignJWTSVID(ctx, &nodepb.SignJWTSVIDRequest{EntryId: e.Id, Audience: audience})
+	if err != nil {
+		return "", status.Errorf(codes.Unavailable, "sign JWT-SVID: %v", status.Convert(err).Message())
+	}
+	exp := time.Unix(resp.ExpiresUnix, 0)
+	a.jwts.mu.Lock()
+	a.jwts.tokens[key] = cachedJWT{token: resp.Token, renewAt: now.Add(exp.Sub(now) / 2)}
+	a.jwts.mu.Unlock()
+	return resp.Token, nil
+}
+
+// FetchJWTBundles streams the JWT authorities as a JWKS.
+func (w *workloadAPI) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
+	ctx := stream.Context()
+	if err := checkHeader(ctx); err != nil {
+		return err
+	}
+	var last []byte
+	for {
+		changed := w.a.store.changed()
+		jb, err := w.a.jwtBundle()
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if len(jb.JWTAuthorities()) > 0 {
+			doc, err := jb.Marshal()
+			if err != nil {
+				return status.Error(codes.Internal, err.Error())
+			}
+			if !bytes.Equal(doc, last) {
+				if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{w.a.td.IDString(): doc}}); err != nil {
+					return err
+				}
+				last = doc
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// ValidateJWTSVID validates a JWT-SVID for an audience with the trust
+// domain's JWT authorities.
+func (w *workloadAPI) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	if err := checkHeader(ctx); err != nil {
+		return nil, err
+	}
+	if req.Audience == "" || req.Svid == "" {
+		return nil, status.Error(codes.InvalidArgument, "audience and svid are required")
+	}
+	jb, err := w.a.jwtBundle()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	svid, err := jwtsvid.ParseAndValidate(req.Svid, jb, []string{req.Audience})
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	claims, err := structpb.NewStruct(svid.Claims)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}

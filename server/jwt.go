@@ -1,0 +1,136 @@
+package server
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/nodepb"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
+	"github.com/meshca/meshca/server/cluster"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// JWT-SVID defaults and limits.
+const (
+	DefaultJWTSVIDTTL = 5 * time.Minute
+	JWTKeyTTL         = 30 * 24 * time.Hour
+	maxAudiences      = 10
+	maxAudienceLen    = 256
+)
+
+// newJWTKey makes an ES256 JWT-SVID signing key, sealed under the KEK.
+func newJWTKey(kek *ca.KEK, now time.Time) (*raftpb.JWTKey, error) {
+	key, err := ca.ECDSA.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return nil, err
+	}
+	kid := cluster.NewRequestID()
+	sealed, err := ca.SealKey(kek, ca.ECDSA, "jwt/"+kid, key)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(sealed)
+	if err != nil {
+		return nil, err
+	}
+	return &raftpb.JWTKey{Kid: kid, PublicKey: pub, SealedKey: b, CreatedUnix: now.Unix(), NotAfterUnix: now.Add(JWTKeyTTL).Unix()}, nil
+}
+
+// jwtSigner returns the newest unexpired JWT key, opened.
+func (s *Server) jwtSigner(r *raftfsm.Reader) (string, crypto.Signer, error) {
+	var best *raftpb.JWTKey
+	now := s.cfg.Clock().Unix()
+	for _, k := range r.JWTKeys() {
+		if k.NotAfterUnix > now && (best == nil || k.CreatedUnix > best.CreatedUnix) {
+			best = k
+		}
+	}
+	if best == nil {
+		return "", nil, fmt.Errorf("no JWT-SVID signing key in the cluster state")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if signer, ok := s.jwtKeys[best.Kid]; ok {
+		return best.Kid, signer, nil
+	}
+	var sk ca.SealedKey
+	if err := json.Unmarshal(best.SealedKey, &sk); err != nil {
+		return "", nil, fmt.Errorf("JWT key %s: %w", best.Kid, err)
+	}
+	signer, err := sk.Open(s.cfg.KEK)
+	if err != nil {
+		return "", nil, err
+	}
+	if s.jwtKeys == nil {
+		s.jwtKeys = map[string]crypto.Signer{}
+	}
+	s.jwtKeys[best.Kid] = signer
+	return best.Kid, signer, nil
+}
+
+// SignJWTSVID signs a JWT-SVID for an entry whose parent is the caller.
+func (n *nodeService) SignJWTSVID(ctx context.Context, req *nodepb.SignJWTSVIDRequest) (*nodepb.SignJWTSVIDResponse, error) {
+	agentID, err := n.s.requireAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.Audience) == 0 || len(req.Audience) > maxAudiences {
+		return nil, status.Errorf(codes.InvalidArgument, "a JWT-SVID needs 1 to %d audiences", maxAudiences)
+	}
+	for _, a := range req.Audience {
+		if a == "" || len(a) > maxAudienceLen {
+			return nil, status.Errorf(codes.InvalidArgument, "audiences must be 1 to %d bytes", maxAudienceLen)
+		}
+	}
+	r := n.s.fsm.Read()
+	e := r.Entry(req.EntryId)
+	if e == nil || e.ParentId != agentID {
+		n.s.audit.Warn("sign jwt-svid", "decision", "deny", "agent_id", agentID, "entry", req.EntryId, "reason", "not the entry's parent")
+		return nil, status.Errorf(codes.PermissionDenied, "entry %q does not exist or is not one of this node's", req.EntryId)
+	}
+	kid, signer, err := n.s.jwtSigner(r)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	priv, ok := signer.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, status.Error(codes.Internal, "JWT key is not ECDSA")
+	}
+	ttl := min(DefaultJWTSVIDTTL, time.Duration(e.TtlSeconds)*time.Second)
+	now := n.s.cfg.Clock()
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: priv, KeyID: kid}}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	exp := now.Add(ttl)
+	token, err := jwt.Signed(sig).Claims(jwt.Claims{Subject: e.SpiffeId, Audience: jwt.Audience(req.Audience),
+		IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(exp)}).Serialize()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	n.s.audit.Info("sign jwt-svid", "decision", "allow", "agent_id", agentID, "entry", e.Id, "spiffe_id", e.SpiffeId, "audience", req.Audience)
+	return &nodepb.SignJWTSVIDResponse{Token: token, ExpiresUnix: exp.Unix()}, nil
+}
+
+// jwtAuthorities lists the JWT keys for bundles.
+func jwtAuthorities(r *raftfsm.Reader) []*nodepb.JWTAuthority {
+	var out []*nodepb.JWTAuthority
+	for _, k := range r.JWTKeys() {
+		out = append(out, &nodepb.JWTAuthority{Kid: k.Kid, PublicKey: k.PublicKey})
+	}
+	return out
+}
