@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -111,27 +114,65 @@ func (a *Agent) Run(ctx context.Context) error {
 			cancel()
 		}
 	}()
+	var fatal error
 	go func() {
 		defer wg.Done()
-		a.serverLoop(ctx)
+		if fatal = a.serverLoop(ctx); fatal != nil {
+			cancel()
+		}
 	}()
 	<-ctx.Done()
 	a.gs.Stop()
 	os.Remove(a.cfg.SocketPath)
 	wg.Wait()
-	return nil
+	return fatal
+}
+
+// ErrAttestationRefused means the servers refused this node's evidence
+// (for example a join token that is unknown, used or expired): retrying
+// cannot help, and Run returns.
+var ErrAttestationRefused = errors.New("agent: node attestation refused")
+
+// StoredID returns the SPIFFE ID of the agent SVID kept in dataDir, or ""
+// when there is none or it has expired (the agent must then attest again,
+// with new evidence).
+func StoredID(dataDir string, now time.Time) (string, error) {
+	path := filepath.Join(dataDir, "agent", "svid.pem")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("agent: stored SVID: %w", err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return "", fmt.Errorf("agent: stored SVID %s is not a PEM certificate", path)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("agent: stored SVID %s: %w", path, err)
+	}
+	if !now.Before(c.NotAfter) || len(c.URIs) != 1 {
+		return "", nil
+	}
+	return c.URIs[0].String(), nil
 }
 
 // serverLoop keeps a session with one of the servers, moving to the next
 // on failure after a jittered backoff.
-func (a *Agent) serverLoop(ctx context.Context) {
+func (a *Agent) serverLoop(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for i := 0; ctx.Err() == nil; i++ {
 		addr := a.cfg.Servers[i%len(a.cfg.Servers)]
 		start := time.Now()
 		err := a.session(ctx, addr)
 		if ctx.Err() != nil {
-			return
+			return nil
+		}
+		if errors.Is(err, ErrAttestationRefused) {
+			a.log.Error("node attestation refused; not retrying", "server", addr, "err", err)
+			return err
 		}
 		if time.Since(start) > time.Minute {
 			backoff = 100 * time.Millisecond // a long session resets the backoff
@@ -143,11 +184,12 @@ func (a *Agent) serverLoop(ctx context.Context) {
 		a.log.Warn("server session ended; reconnecting", "server", addr, "err", err, "retry_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, 30*time.Second)
 	}
+	return nil
 }
 
 func (a *Agent) dial(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {

@@ -22,6 +22,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // serverIDPrefix is the path prefix of the servers' SPIFFE IDs.
@@ -237,6 +239,10 @@ func (a *Agent) attestNode(ctx context.Context, client nodepb.NodeClient) error 
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
+			switch status.Code(err) {
+			case codes.PermissionDenied, codes.InvalidArgument:
+				return fmt.Errorf("%w: %s", ErrAttestationRefused, status.Convert(err).Message())
+			}
 			return fmt.Errorf("agent: attestation: %w", err)
 		}
 		if c := resp.GetChallenge(); c != nil {

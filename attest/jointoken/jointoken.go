@@ -66,7 +66,7 @@ func (a *Attestor) Attest(ctx context.Context, payload []byte, _ attest.Challeng
 	}
 	hash := sha256.Sum256([]byte(p.Token))
 	short := hex.EncodeToString(hash[:16])
-	id, err := attest.AgentID(a.td, Name, short)
+	id, err := AgentID(a.td, p.Token)
 	if err != nil {
 		return nil, attest.NewError(attest.KindInvalidEvidence, Name, "agent ID", err)
 	}
@@ -109,6 +109,14 @@ var _ attest.NodeEvidence = (*Evidence)(nil)
 
 // NewEvidence returns evidence presenting token.
 func NewEvidence(token string) *Evidence { return &Evidence{token: token} }
+
+// AgentID is the SPIFFE ID the agent that uses token gets:
+// spiffe://<td>/meshca/agent/join_token/<hex of the first 16 bytes of
+// SHA-256(token)>. Operators can write entries for it before it attests.
+func AgentID(td spiffeid.TrustDomain, token string) (spiffeid.ID, error) {
+	hash := sha256.Sum256([]byte(token))
+	return attest.AgentID(td, Name, hex.EncodeToString(hash[:16]))
+}
 
 // Name returns "join_token".
 func (e *Evidence) Name() string { return Name }

@@ -1,10 +1,26 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
 	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/meshca/meshca/agent"
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -12,14 +28,35 @@ import (
 // defaultTrustDomain is the trust domain of a data directory dev creates.
 const defaultTrustDomain = "meshca.local"
 
-const devLong = `dev creates a local CA in a data directory, or reopens the one already there,
-and mints one demo X509-SVID per profile (ecdsa and sm2) for
-spiffe://<trust domain>/dev/uid/<your uid>. It prints where the files are and the
-openssl commands that verify them.
+// devNodeID is the node ID of dev's server.
+const devNodeID = "dev"
 
-For now dev mints and exits. It is meant to become one long-running process,
-a single-node server and agent serving the Workload API and SDS to the caller;
-that part is not built yet.
+// devStartTimeout bounds each step of dev's start: the server becoming
+// ready, and the Workload API serving the caller's SVID.
+const devStartTimeout = time.Minute
+
+const devLong = `dev runs a whole meshca trust domain in one process, for development: a
+single-node CA server and a node agent that serves the SPIFFE Workload API on a
+Unix socket, with a registration entry that gives you, the user running it, an
+X509-SVID. It runs until SIGINT (Ctrl-C) or SIGTERM.
+
+The first run bootstraps the trust domain (--trust-domain, default
+meshca.local): ECDSA and SM2 roots, the server's intermediates and identity.
+It then makes an agent join token through its own operator API, attests the
+agent with it, and creates the entry
+  SPIFFE ID  spiffe://<trust domain>/dev/uid/<your uid>
+  parent     the agent's SPIFFE ID
+  selector   unix:uid:<your uid>
+  profile    ecdsa
+Later runs reopen the data directory: the same roots, the same agent (it keeps
+its own SVID), the same entries; the entry is created again only if missing.
+
+Once the Workload API has served your SVID, dev prints where everything is
+and what to try next, in another terminal:
+  meshca workload fetch --socket <socket> --out ./svid
+  openssl verify -x509_strict -CAfile svid/bundle.pem -untrusted svid/svid.pem svid/svid.pem
+  meshca entry list --addr unix://<data-dir>/admin.sock
+(in a checkout, "meshca" is "go run ./cmd/meshca").
 
 The data directory is the first of:
   --data-dir D
@@ -27,73 +64,125 @@ The data directory is the first of:
   $XDG_DATA_HOME/meshca
   ~/.local/share/meshca
 
-Files (directories 0700, private keys 0600, everything else 0644):
-  D/ca/state.json                  the CA: roots and intermediates, keys sealed under the KEK
-  D/kek                            the KEK, when neither --kek-file nor $MESHCA_KEK_FILE is set
-  D/dev/bundle.pem                 the roots of every profile
-  D/dev/bundle.spiffe.json         SPIFFE trust bundle (JWK set) of the ECDSA roots only:
-                                   JOSE has no SM2 curve, so go-spiffe cannot parse SM2 roots
-  D/dev/<profile>/svid.pem         the leaf, then the intermediates
-  D/dev/<profile>/leaf.pem         the leaf alone
-  D/dev/<profile>/intermediates.pem
-  D/dev/<profile>/key.pem          the leaf's private key (PKCS#8)
-  D/dev/<profile>/bundle.pem       the roots of that profile
-Each run mints new SVIDs and keys over the previous ones; the CA stays. An
-intermediate past half of its 30-day lifetime is replaced when the CA is opened.
+Files (directories 0700, private keys 0600):
+  D/server/identity.json   the server's identity (keys sealed under the KEK)
+  D/server/bundle.pem      the trust bundle (ECDSA roots), for other agents
+  D/raft/...               the replicated state: entries, nodes, ledger
+  D/agent/                 the agent's own SVID and key
+  D/kek                    the KEK, when neither --kek-file nor $MESHCA_KEK_FILE is set
+  D/admin.sock             the operator API (mode 0600), while dev runs
+  D/agent.sock             the Workload API (--socket), while dev runs
+
+Unix socket paths are limited to about 100 bytes: with a long data directory,
+give a short --socket (and a shorter --data-dir for admin.sock).
+
+The server listens on 127.0.0.1 with ports chosen at each start, unless
+--raft-addr and --api-addr say otherwise; the agent is given the address.
 
 Key-encryption key (KEK): --kek-file F or $MESHCA_KEK_FILE names an existing
 file of 32 random bytes in base64, readable by its owner only, e.g.
   (umask 077; head -c 32 /dev/urandom | base64 > kek)
 Without either, dev creates D/kek and warns that a KEK kept beside the keys it
-protects is for development only. A CA opens only with the KEK it was created
-with; a wrong one is an error and changes nothing.
+protects is for development only. The data directory opens only with the KEK
+it was created with.
 
-The trust domain (--trust-domain, default meshca.local) is fixed when the CA is
-created; when reopening, a --trust-domain given must match it.`
+Logs go to standard error at --log-level (default warn; info shows every
+allow and deny decision). Join tokens and keys are never printed.
 
-// devReport is what dev prints.
+To mint a certificate offline without running anything, see "meshca x509 mint".`
+
+// devOptions are dev's flags.
+type devOptions struct {
+	dataDir, socket, trustDomain, kekFile string
+	raftAddr, apiAddr                     string
+	logLevel, logFormat                   string
+}
+
+// devReport is what dev prints once it runs.
 type devReport struct {
-	DataDir      string       `json:"data_dir"`
-	TrustDomain  string       `json:"trust_domain"`
-	CACreated    bool         `json:"ca_created"`
-	KEK          kekInfo      `json:"kek"`
-	Rotations    []string     `json:"rotations"`
-	Bundle       string       `json:"bundle"`
-	SPIFFEBundle string       `json:"spiffe_bundle"`
-	SVIDs        []svidReport `json:"svids"`
+	DataDir      string  `json:"data_dir"`
+	TrustDomain  string  `json:"trust_domain"`
+	Bootstrapped bool    `json:"bootstrapped"`
+	KEK          kekInfo `json:"kek"`
+	Server       struct {
+		NodeID      string `json:"node_id"`
+		RaftAddr    string `json:"raft_addr"`
+		APIAddr     string `json:"api_addr"`
+		AdminSocket string `json:"admin_socket"`
+		TrustBundle string `json:"trust_bundle"`
+	} `json:"server"`
+	Agent struct {
+		SPIFFEID string `json:"spiffe_id"`
+		// Attestation is "join_token" when this run attested the agent,
+		// "stored" when it had its identity already.
+		Attestation string `json:"attestation"`
+		Socket      string `json:"socket"`
+	} `json:"agent"`
+	Entry        entryReport       `json:"entry"`
+	EntryCreated bool              `json:"entry_created"`
+	SVID         fetchedSVIDReport `json:"svid"`
+	Next         []string          `json:"next"`
 }
 
 func (a *app) newDevCommand() *cobra.Command {
-	var dataDir, trustDomain, kekFile string
+	var o devOptions
 	cmd := &cobra.Command{
-		Use:   "dev [--data-dir D] [--trust-domain TD] [--kek-file F]",
-		Short: "Create or reopen a local CA and mint a demo X509-SVID per profile",
+		Use:   "dev [--data-dir D] [--socket S] [--trust-domain TD] [--kek-file F] [--raft-addr H:P] [--api-addr H:P]",
+		Short: "Run a single-node server and agent, with an X509-SVID for you",
 		Long:  devLong,
 		Args:  cobra.NoArgs,
 		// Use lists the flags already.
 		DisableFlagsInUseLine: true,
 	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", "", "data directory (default $MESHCA_DATA_DIR, else $XDG_DATA_HOME/meshca, else ~/.local/share/meshca)")
-	cmd.Flags().StringVar(&trustDomain, "trust-domain", defaultTrustDomain, "trust domain of a new CA; if given when reopening, it must match the CA's")
-	cmd.Flags().StringVar(&kekFile, "kek-file", "", "key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek, for development only)")
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data-dir", "", "data directory (default $MESHCA_DATA_DIR, else $XDG_DATA_HOME/meshca, else ~/.local/share/meshca)")
+	f.StringVar(&o.socket, "socket", "", "Unix socket of the Workload API (default <data-dir>/"+agentSocketName+")")
+	f.StringVar(&o.trustDomain, "trust-domain", defaultTrustDomain, "trust domain of a new data directory; if given when reopening, it must match")
+	f.StringVar(&o.kekFile, "kek-file", "", "key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek, for development only)")
+	f.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:0", "host:port Raft listens on (port 0: any free port)")
+	f.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:0", "host:port of the server's API, which the agent dials (port 0: any free port)")
+	f.StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	f.StringVar(&o.logFormat, "log-format", "", "log format: text or json (default text, json with --output json)")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var td spiffeid.TrustDomain
-		tdGiven := cmd.Flags().Changed("trust-domain")
-		if tdGiven {
+		if cmd.Flags().Changed("trust-domain") {
 			var err error
-			if td, err = spiffeid.TrustDomainFromString(trustDomain); err != nil {
-				return fmt.Errorf("--trust-domain %q: %w", trustDomain, err)
+			if td, err = spiffeid.TrustDomainFromString(o.trustDomain); err != nil {
+				return usageErrorf("--trust-domain %q: %v", o.trustDomain, err)
 			}
 		}
-		return a.dev(cmd, dataDir, kekFile, td)
+		if o.logFormat == "" {
+			o.logFormat = a.defaultLogFormat()
+		}
+		return a.dev(cmd.Context(), o, td)
 	})
 	return cmd
 }
 
-// dev opens the CA in dataDir (creating it for td, or meshca.local when td
-// is zero) and mints and writes the demo SVIDs.
-func (a *app) dev(cmd *cobra.Command, dataDir, kekFile string, td spiffeid.TrustDomain) error {
-	if !cmd.Flags().Changed("data-dir") {
+// checkDevOptions refuses options that cannot work, before anything is
+// created: these are usage errors.
+func checkDevOptions(o *devOptions) error {
+	for _, ad := range []struct{ flag, value string }{{"--raft-addr", o.raftAddr}, {"--api-addr", o.apiAddr}} {
+		if host, _, err := net.SplitHostPort(ad.value); err != nil || host == "" {
+			return usageErrorf("%s %q: want host:port, e.g. 127.0.0.1:0", ad.flag, ad.value)
+		}
+	}
+	if _, err := parseLogLevel(o.logLevel); err != nil {
+		return err
+	}
+	return checkLogFormat(o.logFormat)
+}
+
+// dev runs the server and the agent until ctx ends or the process gets
+// SIGINT or SIGTERM. td is the trust domain asked for, or zero.
+func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) error {
+	if err := checkDevOptions(&o); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dataDir := o.dataDir
+	if dataDir == "" {
 		d, err := defaultDataDir(a.getenv)
 		if err != nil {
 			return err
@@ -104,98 +193,294 @@ func (a *app) dev(cmd *cobra.Command, dataDir, kekFile string, td spiffeid.Trust
 	if err != nil {
 		return err
 	}
-	if td.IsZero() {
-		exists, err := ca.LocalExists(dataDir)
-		if err != nil {
-			return err
-		}
-		if !exists {
-			td = spiffeid.RequireTrustDomainFromString(defaultTrustDomain)
-		}
-	}
-	l, kek, err := a.openCA(dataDir, kekFile, td)
+	socket, err := agentSocketPath(o.socket, dataDir)
 	if err != nil {
 		return err
 	}
-	defer l.Close()
-
-	td = l.TrustDomain()
-	devDir := filepath.Join(dataDir, "dev")
-	bundle := l.Bundle()
-	spiffeJSON, err := bundle.ForProfile(ca.ProfileECDSA).SPIFFEJSON()
+	adminSocket := filepath.Join(dataDir, adminSocketName)
+	if len(adminSocket) > maxSocketPath {
+		return usageErrorf("admin socket path %s is %d bytes, longer than Unix sockets allow (%d): give a shorter --data-dir", adminSocket, len(adminSocket), maxSocketPath)
+	}
+	if err := os.MkdirAll(dataDir, modeDir); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	hasIdentity, err := server.HasIdentity(dataDir)
 	if err != nil {
-		return fmt.Errorf("encode SPIFFE bundle: %w", err)
+		return err
 	}
-	rep := devReport{
-		DataDir: dataDir, TrustDomain: td.Name(), CACreated: l.Created(), KEK: kek,
-		Rotations:    append([]string{}, l.Rotations()...),
-		Bundle:       filepath.Join(devDir, "bundle.pem"),
-		SPIFFEBundle: filepath.Join(devDir, "bundle.spiffe.json"),
+	// A new data directory gets td, or meshca.local; an existing one keeps
+	// its trust domain, which a td given must match.
+	tdName := td.Name()
+	if !hasIdentity && td.IsZero() {
+		tdName = defaultTrustDomain
 	}
-	id := fmt.Sprintf("spiffe://%s/dev/uid/%d", td.Name(), a.uid)
-	for _, p := range ca.Profiles() {
-		m, err := mint(cmd.Context(), l, svidRequest{profile: p, spiffeID: id, ttl: ca.DefaultSVIDTTL})
-		if err != nil {
-			return fmt.Errorf("mint %s X509-SVID for %s: %w", p.Name(), id, err)
-		}
-		files, err := writeSVID(filepath.Join(devDir, p.Name()), m, bundle.ForProfile(p.Name()).PEM(), true)
-		if err != nil {
-			return err
-		}
-		r := newSVIDReport(m, nil, files)
-		r.Verify = opensslVerifyCommands(p.Name(), files)
-		rep.SVIDs = append(rep.SVIDs, r)
-	}
-	if err := writeFiles(devDir,
-		outFile{rep.Bundle, bundle.PEM(), modePublic},
-		outFile{rep.SPIFFEBundle, spiffeJSON, modePublic},
-	); err != nil {
-		return fmt.Errorf("write trust bundle: %w", err)
+	kek, kekFrom, err := a.serverKEK(serverConfig{KEKFile: o.kekFile, Bootstrap: true}, dataDir, hasIdentity)
+	if err != nil {
+		return err
 	}
 
-	if a.output == outputJSON {
-		return writeJSON(a.stdout, rep)
+	log, raftLog := a.loggers(o.logLevel, o.logFormat)
+	if level, _ := parseLogLevel(o.logLevel); level > slog.LevelDebug {
+		// A single server's Raft warns at every start that it holds an
+		// election, which is normal here.
+		raftLog.SetLevel(hclog.Error)
 	}
-	return a.printDev(rep)
+	srv, err := server.New(server.Config{
+		DataDir: dataDir, NodeID: devNodeID, RaftAddr: o.raftAddr, APIAddr: o.apiAddr, AdminSocket: adminSocket,
+		KEK: kek, Bootstrap: !hasIdentity, TrustDomain: tdName, Logger: log, RaftLogger: raftLog,
+	})
+	if errors.Is(err, ca.ErrWrongKEK) {
+		return fmt.Errorf("the key-encryption key %s does not open the data directory %s; use the one it was created with: %w", kekFrom.File, dataDir, err)
+	}
+	if err != nil {
+		return fmt.Errorf("start the server: %w", err)
+	}
+
+	// The server and the agent run under contexts of their own, so that
+	// they stop in order: the agent first.
+	srvCtx, stopServer := context.WithCancel(context.Background())
+	defer stopServer()
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Run(srvCtx) }()
+	agentDone := make(chan error, 1)
+	stopAgent := func() {}
+	shutdown := func(cause error) error {
+		stop() // a second signal now kills the process the default way
+		stopAgent()
+		stopServer()
+		if err := <-srvDone; err != nil && cause == nil {
+			cause = fmt.Errorf("server: %w", err)
+		}
+		log.Info("meshca dev stopped")
+		return cause
+	}
+
+	rep, ag, err := a.devStart(ctx, srv, srvDone, log, dataDir, socket, hasIdentity)
+	if err != nil {
+		if ctx.Err() != nil {
+			err = nil // interrupted while starting: a clean stop
+		}
+		return shutdown(err)
+	}
+	rep.KEK = kekFrom
+	agentCtx, cancelAgent := context.WithCancel(context.Background())
+	go func() { agentDone <- ag.Run(agentCtx) }()
+	stopAgent = func() {
+		cancelAgent()
+		<-agentDone
+	}
+
+	// The caller is attested like any workload: once the Workload API
+	// serves its SVID, the hint printed below works as printed.
+	fctx, cancel := context.WithTimeout(ctx, devStartTimeout)
+	svids, err := a.fetchX509SVIDs(fctx, socket, devStartTimeout)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return shutdown(nil)
+		}
+		return shutdown(fmt.Errorf("dev started, but the Workload API did not serve your X509-SVID: %w", err))
+	}
+	for _, s := range svids {
+		if s.id == rep.Entry.SPIFFEID {
+			rep.SVID = s.report()
+		}
+	}
+	if err := a.printDev(rep); err != nil {
+		return shutdown(err)
+	}
+	log.Info("meshca dev running", "socket", socket, "admin_socket", adminSocket)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return shutdown(nil)
+	case err := <-srvDone:
+		srvDone <- err // for shutdown
+		return shutdown(stoppedError("server", err))
+	case err := <-agentDone:
+		agentDone <- err // for stopAgent
+		return shutdown(stoppedError("agent", err))
+	}
+}
+
+// stoppedError is the error for a part of dev that stopped by itself with
+// err (possibly nil).
+func stoppedError(what string, err error) error {
+	if err == nil {
+		return fmt.Errorf("the %s stopped unexpectedly", what)
+	}
+	return fmt.Errorf("the %s stopped: %w", what, err)
+}
+
+// devStart waits for the server, makes sure the agent has an identity (or
+// a join token to get one) and the caller has an entry, and prepares the
+// agent. It returns the report so far.
+func (a *app) devStart(ctx context.Context, srv *server.Server, srvDone chan error, log *slog.Logger,
+	dataDir, socket string, hadIdentity bool) (devReport, *agent.Agent, error) {
+	var rep devReport
+	wait, cancel := context.WithTimeout(ctx, devStartTimeout)
+	defer cancel()
+	for !srv.Ready() {
+		select {
+		case <-wait.Done():
+			if ctx.Err() != nil {
+				return rep, nil, ctx.Err()
+			}
+			return rep, nil, fmt.Errorf("the server is not ready after %s; run with --log-level info to see why", devStartTimeout)
+		case err := <-srvDone:
+			srvDone <- err // for shutdown
+			return rep, nil, stoppedError("server", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	bundlePEM := srv.TrustBundle()
+	bundle, err := parseTrustBundle("of the server", bundlePEM)
+	if err != nil {
+		return rep, nil, err
+	}
+	td, err := ca.TrustDomainOfRoots(bundle)
+	if err != nil {
+		return rep, nil, fmt.Errorf("the server's trust bundle: %w", err)
+	}
+	bundlePath := filepath.Join(dataDir, "server", "bundle.pem")
+	if err := atomicfile.Write(bundlePath, bundlePEM, modePublic); err != nil {
+		return rep, nil, fmt.Errorf("write the trust bundle: %w", err)
+	}
+
+	rep.DataDir, rep.TrustDomain, rep.Bootstrapped = dataDir, td.Name(), !hadIdentity
+	rep.Server.NodeID, rep.Server.RaftAddr, rep.Server.APIAddr = devNodeID, srv.RaftAddr(), srv.APIAddr()
+	rep.Server.AdminSocket, rep.Server.TrustBundle = srv.AdminSocket(), bundlePath
+	rep.Agent.Socket = socket
+
+	op := opOptions{addr: "unix://" + srv.AdminSocket(), timeout: devStartTimeout}
+	c, err := a.dialOperator(op)
+	if err != nil {
+		return rep, nil, err
+	}
+	defer c.Close()
+	octx, ocancel := callContext(ctx, op)
+	defer ocancel()
+
+	// The agent keeps its SVID in dataDir/agent; it needs a join token only
+	// when it has none (or it expired while dev was stopped).
+	var evidence attest.NodeEvidence
+	agentID, err := agent.StoredID(dataDir, time.Now())
+	if err != nil {
+		return rep, nil, err
+	}
+	rep.Agent.Attestation = "stored"
+	if agentID == "" {
+		resp, err := c.CreateJoinToken(octx, &operatorpb.CreateJoinTokenRequest{Kind: server.TokenKindAgent, TtlSeconds: int64(server.DefaultJoinTokenTTL / time.Second)})
+		if err != nil {
+			return rep, nil, c.callError("create the agent's join token", op, err)
+		}
+		evidence = jointoken.NewEvidence(resp.Token)
+		id, err := joinTokenAgentID(td, resp.Token)
+		if err != nil {
+			return rep, nil, err
+		}
+		agentID, rep.Agent.Attestation = id.String(), jointoken.Name
+	}
+	rep.Agent.SPIFFEID = agentID
+
+	e, created, err := a.ensureDevEntry(octx, c, op, td, agentID)
+	if err != nil {
+		return rep, nil, err
+	}
+	rep.Entry, rep.EntryCreated = newEntryReport(e), created
+
+	ag, err := agent.New(agent.Config{
+		Servers: []string{srv.APIAddr()}, TrustBundle: bundle, DataDir: dataDir, SocketPath: socket,
+		Evidence: evidence, WorkloadAttestors: workloadAttestors(log), Logger: log,
+	})
+	if err != nil {
+		return rep, nil, fmt.Errorf("start the agent: %w", err)
+	}
+	admin := "unix://" + srv.AdminSocket()
+	rep.Next = []string{
+		shellCommand("meshca", "workload", "fetch", "--socket", socket, "--out", "./svid"),
+		shellCommand("openssl", "verify", "-x509_strict", "-CAfile", "svid/bundle.pem", "-untrusted", "svid/svid.pem", "svid/svid.pem"),
+		shellCommand("meshca", "entry", "list", "--addr", admin),
+		shellCommand("meshca", "node", "list", "--addr", admin),
+	}
+	return rep, ag, nil
+}
+
+// joinTokenAgentID is the SPIFFE ID the join_token attestor gives the agent
+// that presents token: .../meshca/agent/join_token/<hex of the first 16
+// bytes of SHA-256(token)>.
+func joinTokenAgentID(td spiffeid.TrustDomain, token string) (spiffeid.ID, error) {
+	id, err := jointoken.AgentID(td, token)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("the agent's SPIFFE ID: %w", err)
+	}
+	return id, nil
+}
+
+// ensureDevEntry returns the caller's dev entry under agentID, creating it
+// if there is none: spiffe://<td>/dev/uid/<uid>, selector unix:uid:<uid>,
+// profile ecdsa. created says whether it was made now.
+func (a *app) ensureDevEntry(ctx context.Context, c *opClient, op opOptions, td spiffeid.TrustDomain, agentID string) (*operatorpb.Entry, bool, error) {
+	uid := strconv.Itoa(a.uid)
+	spiffeID := "spiffe://" + td.Name() + "/dev/uid/" + uid
+	list, err := c.ListEntries(ctx, &operatorpb.ListEntriesRequest{ParentId: agentID, SpiffeId: spiffeID})
+	if err != nil {
+		return nil, false, c.callError("list entries", op, err)
+	}
+	for _, e := range list.Entries {
+		if len(e.Selectors) == 1 && e.Selectors[0].Type == "unix" && e.Selectors[0].Value == "uid:"+uid {
+			return e, false, nil
+		}
+	}
+	resp, err := c.CreateEntry(ctx, &operatorpb.CreateEntryRequest{Entry: &operatorpb.Entry{
+		SpiffeId: spiffeID, ParentId: agentID, Profile: ca.ProfileECDSA,
+		Selectors: []*operatorpb.Selector{{Type: "unix", Value: "uid:" + uid}},
+	}})
+	if err != nil {
+		return nil, false, c.callError("create the entry for "+spiffeID, op, err)
+	}
+	return resp.Entry, true, nil
 }
 
 func (a *app) printDev(r devReport) error {
-	state := "reopened"
-	if r.CACreated {
-		state = "created (ecdsa and sm2 roots, valid 10 years)"
+	if a.output == outputJSON {
+		return writeJSON(a.stdout, r)
+	}
+	fmt.Fprintf(a.stdout, "meshca dev is running: a server and an agent for trust domain %s. Ctrl-C stops it.\n\n", r.TrustDomain)
+	td := r.TrustDomain + " (reopened)"
+	if r.Bootstrapped {
+		td = r.TrustDomain + " (created now: ecdsa and sm2 roots, valid 10 years)"
 	}
 	kek := fmt.Sprintf("%s (id %s)", r.KEK.File, r.KEK.ID)
 	if r.KEK.Source == "data-dir" {
 		kek += ", in the data directory: development only"
 	}
+	attested := "its stored identity"
+	if r.Agent.Attestation == jointoken.Name {
+		attested = "attested now with a join token"
+	}
+	entry := "existing"
+	if r.EntryCreated {
+		entry = "created now"
+	}
 	t := newTable(a.stdout, "")
 	t.row("data dir", r.DataDir)
-	t.row("trust domain", r.TrustDomain)
-	t.row("CA", state)
+	t.row("trust domain", td)
 	t.row("KEK", kek)
-	if len(r.Rotations) == 0 {
-		t.row("rotations", "none")
-	}
-	for _, rot := range r.Rotations {
-		t.row("rotation", rot)
-	}
-	t.row("bundle", r.Bundle+" (roots of every profile)")
-	t.row("SPIFFE bundle", r.SPIFFEBundle+" (ECDSA roots)")
+	t.row("server API", r.Server.APIAddr+" (node "+r.Server.NodeID+")")
+	t.row("admin socket", r.Server.AdminSocket+" (operator commands: --addr unix://"+r.Server.AdminSocket+")")
+	t.row("trust bundle", r.Server.TrustBundle)
+	t.row("agent", r.Agent.SPIFFEID+" ("+attested+")")
+	t.row("Workload API", r.Agent.Socket)
+	t.row("entry", fmt.Sprintf("%s gives %s to %s (%s)", r.Entry.ID, r.Entry.SPIFFEID, joinSelectors(r.Entry.Selectors), entry))
+	t.row("your SVID", fmt.Sprintf("%s, %s, serial %s, expires %s (renewed at half-life)", r.SVID.SPIFFEID, r.SVID.Profile, r.SVID.Serial, r.SVID.NotAfter.Format(time.RFC3339)))
 	if err := t.flush(); err != nil {
 		return err
 	}
-	for _, s := range r.SVIDs {
-		fmt.Fprintf(a.stdout, "\n%s X509-SVID\n", s.Profile)
-		t := newTable(a.stdout, "  ")
-		printSVID(t, s)
-		if err := t.flush(); err != nil {
-			return err
-		}
-		fmt.Fprintf(a.stdout, "  verify with openssl:\n")
-		for _, c := range s.Verify {
-			fmt.Fprintf(a.stdout, "    %s\n", c)
-		}
+	fmt.Fprintf(a.stdout, "\nNext, in another terminal (in a checkout, meshca is \"go run ./cmd/meshca\"):\n")
+	for _, c := range r.Next {
+		fmt.Fprintf(a.stdout, "  %s\n", c)
 	}
-	fmt.Fprintf(a.stdout, "\ndev minted these and exited; the long-running dev server and agent are not built yet.\n")
 	return nil
 }

@@ -2,239 +2,313 @@ package main
 
 import (
 	"bytes"
-	"crypto"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
-	"github.com/emmansun/gmsm/smx509"
 	"github.com/meshca/meshca/ca"
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-const devOnlyWarning = "for development only"
-
-// devFiles lists what dev writes under the data directory, with modes.
-func devFiles(dataDir string) map[string]os.FileMode {
-	files := map[string]os.FileMode{
-		filepath.Join(dataDir, "dev"):                       modeDir,
-		filepath.Join(dataDir, "dev", "bundle.pem"):         modePublic,
-		filepath.Join(dataDir, "dev", "bundle.spiffe.json"): modePublic,
-	}
-	for _, p := range []string{ca.ProfileECDSA, ca.ProfileSM2} {
-		d := filepath.Join(dataDir, "dev", p)
-		files[d] = modeDir
-		for _, f := range []string{"svid.pem", "leaf.pem", "intermediates.pem", "bundle.pem"} {
-			files[filepath.Join(d, f)] = modePublic
-		}
-		files[filepath.Join(d, "key.pem")] = modePrivate
-	}
-	return files
-}
-
-func readFile(t *testing.T, path string) []byte {
+// devReportOf waits until the dev command b (run with --output json) has
+// printed its report, and decodes it.
+func devReportOf(t *testing.T, b *background) devReport {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// checkLeafAndKey parses a written leaf and key, checks the leaf's SPIFFE
-// ID and that the key is the leaf's, and returns the leaf's serial.
-func checkLeafAndKey(t *testing.T, profile, svidPath, keyPath, wantID string) *big.Int {
-	t.Helper()
-	certs := splitPEM(t, readFile(t, svidPath))
-	if len(certs) != 2 {
-		t.Fatalf("%s holds %d certificates, want leaf and intermediate", svidPath, len(certs))
-	}
-	keyPEM := splitPEM(t, readFile(t, keyPath))
-	if len(keyPEM) != 1 || !bytes.HasPrefix(readFile(t, keyPath), []byte("-----BEGIN PRIVATE KEY-----")) {
-		t.Fatalf("%s is not one PKCS#8 PRIVATE KEY block", keyPath)
-	}
-	var (
-		uris   []string
-		pub    crypto.PublicKey
-		serial *big.Int
-		key    any
-		err    error
-	)
-	p, perr := ca.ProfileByName(profile)
-	if perr != nil {
-		t.Fatal(perr)
-	}
-	c, perr := p.ParseCertificate(certs[0])
-	if perr != nil {
-		t.Fatalf("parse %s leaf: %v", profile, perr)
-	}
-	uris, pub, serial = c.URIs, c.PublicKey, c.SerialNumber
-	// smx509 parses PKCS#8 keys of both profiles.
-	key, err = smx509.ParsePKCS8PrivateKey(keyPEM[0])
-	if err != nil {
-		t.Fatalf("parse %s key: %v", profile, err)
-	}
-	if len(uris) != 1 || uris[0] != wantID {
-		t.Errorf("%s leaf URI SANs = %v, want [%s]", profile, uris, wantID)
-	}
-	signer, ok := key.(crypto.Signer)
-	if !ok {
-		t.Fatalf("%s key is a %T", profile, key)
-	}
-	if eq, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(pub) {
-		t.Errorf("%s key.pem does not hold the leaf's key", profile)
-	}
-	return serial
-}
-
-func TestDevCreatesThenReopens(t *testing.T) {
-	t.Parallel()
-	dataDir := filepath.Join(t.TempDir(), "data")
-	first := mustSucceed(t, nil, "dev", "--data-dir", dataDir)
-	if !strings.Contains(first.stdout, "created") {
-		t.Errorf("first run does not say the CA was created:\n%s", first.stdout)
-	}
-	if !strings.Contains(first.stderr, devOnlyWarning) || !strings.Contains(first.stderr, filepath.Join(dataDir, "kek")) {
-		t.Errorf("first run does not warn about the KEK in the data directory: %q", first.stderr)
-	}
-	checkMode(t, dataDir, modeDir)
-	for p, mode := range devFiles(dataDir) {
-		checkMode(t, p, mode)
-	}
-	checkMode(t, filepath.Join(dataDir, "kek"), modePrivate)
-
-	wantID := fmt.Sprintf("spiffe://meshca.local/dev/uid/%d", os.Getuid())
-	bundles := map[string][]byte{}
-	serials := map[string]*big.Int{}
-	for _, p := range []string{ca.ProfileECDSA, ca.ProfileSM2} {
-		d := filepath.Join(dataDir, "dev", p)
-		serials[p] = checkLeafAndKey(t, p, filepath.Join(d, "svid.pem"), filepath.Join(d, "key.pem"), wantID)
-		if !strings.Contains(first.stdout, fmt.Sprintf("%x", serials[p])) {
-			t.Errorf("summary does not show the %s serial %x", p, serials[p])
-		}
-		// svid.pem is leaf.pem followed by intermediates.pem.
-		split := append(readFile(t, filepath.Join(d, "leaf.pem")), readFile(t, filepath.Join(d, "intermediates.pem"))...)
-		if !bytes.Equal(readFile(t, filepath.Join(d, "svid.pem")), split) {
-			t.Errorf("%s svid.pem is not leaf.pem + intermediates.pem", p)
-		}
-		if n := len(splitPEM(t, readFile(t, filepath.Join(d, "bundle.pem")))); n != 1 {
-			t.Errorf("%s bundle.pem holds %d roots, want 1", p, n)
-		}
-		bundles[p] = readFile(t, filepath.Join(d, "bundle.pem"))
-	}
-	all := readFile(t, filepath.Join(dataDir, "dev", "bundle.pem"))
-	if !bytes.Equal(all, append(bytes.Clone(bundles[ca.ProfileECDSA]), bundles[ca.ProfileSM2]...)) {
-		t.Error("dev/bundle.pem is not the ecdsa root followed by the sm2 root")
-	}
-	for _, out := range []string{first.stdout, first.stderr} {
-		if strings.Contains(out, "PRIVATE KEY") || strings.Contains(out, strings.TrimSpace(string(readFile(t, filepath.Join(dataDir, "kek"))))) {
-			t.Error("dev printed key material")
-		}
-	}
-
-	second := mustSucceed(t, nil, "dev", "--data-dir", dataDir)
-	if !strings.Contains(second.stdout, "reopened") {
-		t.Errorf("second run does not say the CA was reopened:\n%s", second.stdout)
-	}
-	if got := readFile(t, filepath.Join(dataDir, "dev", "bundle.pem")); !bytes.Equal(got, all) {
-		t.Error("reopening changed dev/bundle.pem: the root is not the same")
-	}
-	for _, p := range []string{ca.ProfileECDSA, ca.ProfileSM2} {
-		d := filepath.Join(dataDir, "dev", p)
-		if got := readFile(t, filepath.Join(d, "bundle.pem")); !bytes.Equal(got, bundles[p]) {
-			t.Errorf("reopening changed the %s root", p)
-		}
-		if s := checkLeafAndKey(t, p, filepath.Join(d, "svid.pem"), filepath.Join(d, "key.pem"), wantID); s.Cmp(serials[p]) == 0 {
-			t.Errorf("second run did not mint a new %s SVID", p)
-		}
-	}
-}
-
-// devJSON runs dev with --output json and decodes its report.
-func devJSON(t *testing.T, env map[string]string, args ...string) devReport {
-	t.Helper()
-	r := mustSucceed(t, env, append([]string{"dev", "--output", "json"}, args...)...)
 	var rep devReport
-	dec := json.NewDecoder(strings.NewReader(r.stdout))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rep); err != nil {
-		t.Fatalf("dev --output json is not a devReport: %v\n%s", err, r.stdout)
-	}
-	if dec.More() {
-		t.Fatalf("dev --output json printed more than one JSON value:\n%s", r.stdout)
-	}
+	waitFor(t, 90*time.Second, "dev prints its report", func() (bool, string) {
+		b.running(t)
+		dec := json.NewDecoder(strings.NewReader(b.stdout.String()))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&rep); err != nil {
+			return false, fmt.Sprintf("%v; stderr:\n%s", err, b.stderr)
+		}
+		return true, ""
+	})
 	return rep
 }
 
-func TestDevJSON(t *testing.T) {
+// TestDevRunsServerAndAgent runs dev in-process: a first start that
+// bootstraps, attests the agent with a join token and creates the caller's
+// entry; operator commands and workload fetch against it; a restart that
+// reuses all of it; and the refusals of a wrong trust domain and KEK.
+func TestDevRunsServerAndAgent(t *testing.T) {
 	t.Parallel()
-	dataDir := t.TempDir()
-	rep := devJSON(t, nil, "--data-dir", dataDir, "--trust-domain", "example.org")
-	if rep.DataDir != dataDir || rep.TrustDomain != "example.org" || !rep.CACreated {
-		t.Errorf("report = %+v, want data dir %s, trust domain example.org, CA created", rep, dataDir)
+	env := testEnv(t)
+	dataDir := shortTempDir(t)
+	socket := filepath.Join(dataDir, agentSocketName)
+	admin := "unix://" + filepath.Join(dataDir, adminSocketName)
+	start := time.Now()
+	dev := startBackground(t, env, "dev", "--data-dir", dataDir, "--output", "json", "--log-level", "info")
+	rep := devReportOf(t, dev)
+	t.Logf("first start: dev served the caller's SVID after %s", time.Since(start).Round(time.Millisecond))
+
+	uid := os.Getuid()
+	wantID := fmt.Sprintf("spiffe://meshca.local/dev/uid/%d", uid)
+	if rep.DataDir != dataDir || rep.TrustDomain != defaultTrustDomain || !rep.Bootstrapped {
+		t.Errorf("report: data dir %q, trust domain %q, bootstrapped %v; want %s, %s, true", rep.DataDir, rep.TrustDomain, rep.Bootstrapped, dataDir, defaultTrustDomain)
 	}
-	if rep.KEK.Source != "data-dir" || !rep.KEK.Created || rep.KEK.ID == "" || rep.Rotations == nil {
-		t.Errorf("report KEK/rotations = %+v / %v", rep.KEK, rep.Rotations)
+	if rep.KEK.Source != "data-dir" || !rep.KEK.Created || rep.KEK.File != filepath.Join(dataDir, kekFileName) {
+		t.Errorf("report KEK = %+v, want one created in the data directory", rep.KEK)
 	}
-	if len(rep.SVIDs) != 2 || rep.SVIDs[0].Profile != ca.ProfileECDSA || rep.SVIDs[1].Profile != ca.ProfileSM2 {
-		t.Fatalf("report SVIDs = %+v, want ecdsa then sm2", rep.SVIDs)
+	if !strings.Contains(dev.stderr.String(), devOnlyWarning) {
+		t.Errorf("dev does not warn about the KEK in the data directory:\n%s", dev.stderr)
 	}
-	for _, s := range rep.SVIDs {
-		if want := fmt.Sprintf("spiffe://example.org/dev/uid/%d", os.Getuid()); s.SPIFFEID != want {
-			t.Errorf("%s spiffe_id = %q, want %q", s.Profile, s.SPIFFEID, want)
+	agentID := rep.Agent.SPIFFEID
+	if !strings.HasPrefix(agentID, "spiffe://meshca.local/meshca/agent/join_token/") || len(agentID) != len("spiffe://meshca.local/meshca/agent/join_token/")+32 ||
+		rep.Agent.Attestation != "join_token" || rep.Agent.Socket != socket {
+		t.Errorf("report agent = %+v, want a join_token agent on %s", rep.Agent, socket)
+	}
+	e := rep.Entry
+	if e.SPIFFEID != wantID || e.ParentID != agentID || joinSelectors(e.Selectors) != fmt.Sprintf("unix:uid:%d", uid) ||
+		e.Profile != ca.ProfileECDSA || !rep.EntryCreated || e.ID == "" {
+		t.Errorf("report entry = %+v (created %v), want %s under the agent for unix:uid:%d, ecdsa", e, rep.EntryCreated, wantID, uid)
+	}
+	if rep.SVID.SPIFFEID != wantID || rep.SVID.Serial == "" || time.Until(rep.SVID.NotAfter) < 23*time.Hour {
+		t.Errorf("report SVID = %+v, want a 24-hour SVID for %s", rep.SVID, wantID)
+	}
+	wantNext := "meshca workload fetch --socket " + socket + " --out ./svid"
+	if len(rep.Next) == 0 || rep.Next[0] != wantNext {
+		t.Errorf("report next = %q, want first %q", rep.Next, wantNext)
+	}
+	checkMode(t, filepath.Join(dataDir, kekFileName), modePrivate)
+	checkMode(t, filepath.Join(dataDir, adminSocketName), modePrivate)
+	checkMode(t, filepath.Join(dataDir, "agent", "key.pem"), modePrivate)
+	if _, err := loadTrustBundle(rep.Server.TrustBundle); err != nil {
+		t.Errorf("the trust bundle dev wrote: %v", err)
+	}
+
+	// Operator commands reach dev's server through its admin socket.
+	r := mustSucceed(t, env, "entry", "list", "--addr", admin, "--output", "json")
+	var list struct{ Entries []entryReport }
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list.Entries) != 1 || list.Entries[0].ID != e.ID {
+		t.Errorf("entry list: %v\n%s", err, r.stdout)
+	}
+	r = mustSucceed(t, env, "node", "list", "--addr", admin)
+	if !strings.Contains(r.stdout, agentID) || !strings.Contains(r.stdout, "join_token") {
+		t.Errorf("node list does not show the agent %s:\n%s", agentID, r.stdout)
+	}
+
+	// The caller fetches its SVID through the Workload API.
+	out := filepath.Join(t.TempDir(), "svid")
+	r = mustSucceed(t, env, "workload", "fetch", "--socket", socket, "--out", out)
+	checkLeafAndKey(t, ca.ProfileECDSA, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), wantID)
+	checkMode(t, filepath.Join(out, "key.pem"), modePrivate)
+	if !strings.Contains(r.stdout, wantID) || !strings.Contains(r.stdout, "openssl verify") {
+		t.Errorf("workload fetch:\n%s", r.stdout)
+	}
+	for _, s := range []string{dev.stdout.String(), dev.stderr.String(), r.stdout} {
+		if strings.Contains(s, "PRIVATE KEY") {
+			t.Error("key material printed")
 		}
-		if got := s.NotAfter.Sub(s.NotBefore); got != ca.DefaultSVIDTTL+ca.Backdate {
-			t.Errorf("%s lifetime = %s, want %s plus backdating", s.Profile, got, ca.DefaultSVIDTTL)
-		}
-		serial := checkLeafAndKey(t, s.Profile, s.Files.SVID, s.Files.Key, s.SPIFFEID)
-		if s.Serial != fmt.Sprintf("%x", serial) {
-			t.Errorf("%s serial = %s, leaf has %x", s.Profile, s.Serial, serial)
+	}
+
+	// Stopping (as SIGTERM would) exits 0 and removes the sockets.
+	if code := dev.stop(t); code != exitOK {
+		t.Fatalf("dev exited %d\nstderr:\n%s", code, dev.stderr)
+	}
+	for _, s := range []string{socket, filepath.Join(dataDir, adminSocketName)} {
+		if _, err := os.Stat(s); !os.IsNotExist(err) {
+			t.Errorf("socket %s still there after dev stopped: %v", s, err)
 		}
 	}
-	if again := devJSON(t, nil, "--data-dir", dataDir); again.CACreated || again.TrustDomain != "example.org" || again.KEK.Created {
-		t.Errorf("reopen report = %+v, want the example.org CA and KEK reopened", again)
+
+	// A restart reuses the trust domain, the agent's identity and the entry.
+	start = time.Now()
+	dev = startBackground(t, env, "dev", "--data-dir", dataDir, "--output", "json")
+	again := devReportOf(t, dev)
+	t.Logf("restart: dev served the caller's SVID after %s", time.Since(start).Round(time.Millisecond))
+	if again.Bootstrapped || again.KEK.Created || again.Agent.SPIFFEID != agentID || again.Agent.Attestation != "stored" ||
+		again.Entry.ID != e.ID || again.EntryCreated || again.SVID.SPIFFEID != wantID {
+		t.Errorf("restart report = %+v, want the same agent (stored identity) and entry", again)
+	}
+	if code := dev.stop(t); code != exitOK {
+		t.Fatalf("dev exited %d after the restart\nstderr:\n%s", code, dev.stderr)
+	}
+
+	// Another trust domain or another KEK is refused.
+	r = meshca(t, env, "dev", "--data-dir", dataDir, "--trust-domain", "other.org")
+	if r.code != exitError || !strings.Contains(r.stderr, `belongs to trust domain "meshca.local", not "other.org"`) {
+		t.Errorf("dev with another trust domain: exit %d, stderr %q", r.code, r.stderr)
+	}
+	otherKEK := filepath.Join(t.TempDir(), "kek")
+	if _, err := ca.CreateKEKFile(otherKEK); err != nil {
+		t.Fatal(err)
+	}
+	r = meshca(t, env, "dev", "--data-dir", dataDir, "--kek-file", otherKEK)
+	if r.code != exitError || !strings.Contains(r.stderr, "does not open the data directory "+dataDir) {
+		t.Errorf("dev with another KEK: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 
-func TestDevVerifiesWithOpenSSLAndGoSPIFFE(t *testing.T) {
+// TestDevTrustDomain: --trust-domain names the trust domain of a new data
+// directory, which later runs reopen without it.
+func TestDevTrustDomain(t *testing.T) {
+	t.Parallel()
+	env := testEnv(t)
+	dataDir := shortTempDir(t)
+	dev := startBackground(t, env, "dev", "--data-dir", dataDir, "--trust-domain", "example.org", "--output", "json")
+	rep := devReportOf(t, dev)
+	want := fmt.Sprintf("spiffe://example.org/dev/uid/%d", os.Getuid())
+	if rep.TrustDomain != "example.org" || rep.SVID.SPIFFEID != want || !strings.HasPrefix(rep.Agent.SPIFFEID, "spiffe://example.org/meshca/agent/") {
+		t.Errorf("report = %+v, want trust domain example.org and SVID %s", rep, want)
+	}
+	if code := dev.stop(t); code != exitOK {
+		t.Fatalf("dev exited %d\nstderr:\n%s", code, dev.stderr)
+	}
+	dev = startBackground(t, env, "dev", "--data-dir", dataDir, "--output", "json")
+	if rep := devReportOf(t, dev); rep.TrustDomain != "example.org" || rep.Bootstrapped || rep.SVID.SPIFFEID != want {
+		t.Errorf("reopen without --trust-domain: report = %+v, want example.org reopened", rep)
+	}
+}
+
+func TestDevBadInput(t *testing.T) {
+	t.Parallel()
+	long := "/tmp/" + strings.Repeat("s", maxSocketPath) + ".sock"
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"fail/socket-too-long", []string{"--socket", long}, "longer than Unix sockets allow"},
+		{"fail/bad-raft-addr", []string{"--raft-addr", "nope"}, `--raft-addr "nope": want host:port`},
+		{"fail/bad-api-addr", []string{"--api-addr", ":0"}, `--api-addr ":0"`},
+		{"fail/bad-trust-domain", []string{"--trust-domain", "Not A Domain"}, "--trust-domain"},
+		{"fail/bad-log-level", []string{"--log-level", "loud"}, `--log-level "loud"`},
+		{"fail/extra-argument", []string{"extra"}, `unknown command "extra"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dataDir := filepath.Join(shortTempDir(t), "d")
+			r := meshca(t, testEnv(t), append([]string{"dev", "--data-dir", dataDir}, tc.args...)...)
+			if r.code != exitUsage || !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("exit %d, stderr %q; want exit %d mentioning %q", r.code, r.stderr, exitUsage, tc.want)
+			}
+			if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+				t.Errorf("a usage error created the data directory: %v", err)
+			}
+		})
+	}
+}
+
+// TestDevThenWorkloadFetchVerifiesWithOpenSSL is the acceptance test: on a
+// fresh data directory, `meshca dev` and then the commands it prints
+// (`meshca workload fetch` and `openssl verify`) work as a new user would
+// run them, and the files verify with the real openssl.
+func TestDevThenWorkloadFetchVerifiesWithOpenSSL(t *testing.T) {
 	t.Parallel()
 	requireOpenSSL(t)
-	// A space in the path proves the printed commands are quoted for pasting.
-	rep := devJSON(t, nil, "--data-dir", filepath.Join(t.TempDir(), "my data"))
-	for _, s := range rep.SVIDs {
-		for _, c := range s.Verify {
-			out, err := exec.Command("sh", "-c", c).CombinedOutput()
-			if err != nil || !strings.Contains(string(out), ": OK") {
-				t.Errorf("printed %s verify command failed: %s\n%v\n%s", s.Profile, c, err, out)
-			}
+	bin := meshcaBinary(t)
+	home := t.TempDir()
+	dataDir := filepath.Join(shortTempDir(t), "data")
+	socket := filepath.Join(shortTempDir(t), "w.sock")
+
+	started := time.Now()
+	dev := exec.Command(bin, "dev", "--data-dir", dataDir, "--socket", socket)
+	dev.Env = processEnv("HOME=" + home)
+	var stdout, stderr syncBuffer
+	dev.Stdout, dev.Stderr = &stdout, &stderr
+	if err := dev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- dev.Wait() }()
+	t.Cleanup(func() {
+		dev.Process.Kill()
+		if t.Failed() {
+			t.Logf("meshca dev stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
+		}
+	})
+
+	// dev prints the next commands once the Workload API serves the SVID.
+	fetchHint := "meshca workload fetch --socket " + socket + " --out ./svid"
+	waitFor(t, 90*time.Second, "dev prints its hint", func() (bool, string) {
+		select {
+		case err := <-done:
+			t.Fatalf("meshca dev exited: %v", err)
+		default:
+		}
+		_, err := os.Stat(socket)
+		return err == nil && strings.Contains(stdout.String(), fetchHint), "no hint yet"
+	})
+	t.Logf("meshca dev printed its hint %s after it started", time.Since(started).Round(time.Millisecond))
+	var next []string
+	for _, line := range strings.Split(stdout.String(), "\n") {
+		if l := strings.TrimSpace(line); strings.HasPrefix(l, "meshca workload fetch") || strings.HasPrefix(l, "openssl verify") {
+			next = append(next, l)
 		}
 	}
-	b, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString("meshca.local"), readFile(t, rep.SPIFFEBundle))
-	if err != nil {
-		t.Fatalf("go-spiffe cannot parse bundle.spiffe.json: %v", err)
+	if len(next) != 2 {
+		t.Fatalf("dev's hint holds %d of the fetch and openssl commands, want both:\n%s", len(next), &stdout)
 	}
-	roots := splitPEM(t, readFile(t, rep.SVIDs[0].Files.Bundle))
-	if got := b.X509Authorities(); len(got) != 1 || !bytes.Equal(got[0].Raw, roots[0]) {
-		t.Errorf("bundle.spiffe.json holds %d authorities, want the ECDSA root only", len(got))
-	}
-}
 
-func TestDevDefaultDataDir(t *testing.T) {
-	t.Parallel()
-	dataDir := t.TempDir()
-	r := mustSucceed(t, map[string]string{envDataDir: dataDir}, "dev")
-	if !strings.Contains(r.stdout, dataDir) {
-		t.Errorf("summary does not name the data directory %s:\n%s", dataDir, r.stdout)
+	// Run the printed commands from a fresh directory, as printed (meshca
+	// being the built binary), retrying the fetch while the SVID is issued.
+	work := t.TempDir()
+	shell := func(line string) ([]byte, error) {
+		if rest, ok := strings.CutPrefix(line, "meshca "); ok {
+			line = shellQuote(bin) + " " + rest
+		}
+		cmd := exec.Command("sh", "-c", line)
+		cmd.Dir, cmd.Env = work, processEnv("HOME="+home)
+		return cmd.CombinedOutput()
 	}
-	for p, mode := range devFiles(dataDir) {
-		checkMode(t, p, mode)
+	fetchStart := time.Now()
+	var fetchOut []byte
+	waitFor(t, 20*time.Second, "workload fetch succeeds", func() (bool, string) {
+		var err error
+		fetchOut, err = shell(next[0])
+		return err == nil, fmt.Sprintf("%v: %s", err, fetchOut)
+	})
+	t.Logf("workload fetch took %s:\n%s", time.Since(fetchStart).Round(time.Millisecond), fetchOut)
+	if out, err := shell(next[1]); err != nil || !strings.Contains(string(out), ": OK") {
+		t.Errorf("the printed openssl command %q failed: %v\n%s", next[1], err, out)
 	}
+
+	// Verify again with the chain split, as a relying party would.
+	svid := filepath.Join(work, "svid")
+	chain := splitPEM(t, readFile(t, filepath.Join(svid, "svid.pem")))
+	if len(chain) < 2 {
+		t.Fatalf("svid.pem holds %d certificates, want the leaf and its intermediate", len(chain))
+	}
+	leafPath := writeTestFile(t, work, "leaf.pem", ca.EncodePEM(chain[0]))
+	inter := writeTestFile(t, work, "intermediates.pem", ca.EncodePEM(chain[1:]...))
+	opensslVerify(t, "-x509_strict", "-CAfile", filepath.Join(svid, "bundle.pem"), "-untrusted", inter, leafPath)
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("spiffe://meshca.local/dev/uid/%d", os.Getuid())
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
+		t.Errorf("leaf URI SANs = %v, want [%s]", leaf.URIs, want)
+	}
+	checkLeafAndKey(t, ca.ProfileECDSA, filepath.Join(svid, "svid.pem"), filepath.Join(svid, "key.pem"), want)
+	checkMode(t, filepath.Join(svid, "key.pem"), modePrivate)
+	if bytes.Contains([]byte(stdout.String()+stderr.String()), []byte("PRIVATE KEY")) {
+		t.Error("meshca dev printed key material")
+	}
+
+	// SIGTERM stops dev cleanly.
+	if err := dev.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("meshca dev after SIGTERM: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("meshca dev did not stop within 20 s of SIGTERM")
+	}
+	if _, err := os.Stat(socket); !os.IsNotExist(err) {
+		t.Errorf("the Workload API socket is still there after SIGTERM: %v", err)
+	}
+	t.Logf("acceptance test: %s", time.Since(started).Round(time.Millisecond))
 }
 
 func TestDefaultDataDir(t *testing.T) {
@@ -254,95 +328,5 @@ func TestDefaultDataDir(t *testing.T) {
 		if got != tc.want || (err != nil) != (tc.want == "") {
 			t.Errorf("%s: defaultDataDir() = %q, %v; want %q", tc.name, got, err, tc.want)
 		}
-	}
-}
-
-func TestDevWrongKEKChangesNothing(t *testing.T) {
-	t.Parallel()
-	dataDir := t.TempDir()
-	mustSucceed(t, nil, "dev", "--data-dir", dataDir)
-	other := filepath.Join(t.TempDir(), "other.kek")
-	if _, err := ca.CreateKEKFile(other); err != nil {
-		t.Fatal(err)
-	}
-	before := treeSnapshot(t, dataDir)
-	for _, tc := range []struct {
-		name string
-		env  map[string]string
-		args []string
-	}{
-		{"flag", nil, []string{"--kek-file", other}},
-		{"env", map[string]string{envKEKFile: other}, nil},
-	} {
-		r := meshca(t, tc.env, append([]string{"dev", "--data-dir", dataDir}, tc.args...)...)
-		if r.code != exitError {
-			t.Errorf("%s: exit %d, want %d", tc.name, r.code, exitError)
-		}
-		if !strings.HasPrefix(r.stderr, "meshca: ") || !strings.Contains(r.stderr, "key-encryption key") || !strings.Contains(r.stderr, other) {
-			t.Errorf("%s: stderr = %q, want an error naming the key-encryption key %s", tc.name, r.stderr, other)
-		}
-		if r.stdout != "" {
-			t.Errorf("%s: stdout = %q, want nothing", tc.name, r.stdout)
-		}
-		if d := diffSnapshots(before, treeSnapshot(t, dataDir)); len(d) > 0 {
-			t.Errorf("%s: a wrong KEK changed the data directory: %v", tc.name, d)
-		}
-	}
-}
-
-func TestDevKEKKeptElsewhere(t *testing.T) {
-	t.Parallel()
-	dataDir := t.TempDir()
-	kek := filepath.Join(t.TempDir(), "kek")
-	if _, err := ca.CreateKEKFile(kek); err != nil {
-		t.Fatal(err)
-	}
-	r := mustSucceed(t, nil, "dev", "--data-dir", dataDir, "--kek-file", kek)
-	if strings.Contains(r.stderr, devOnlyWarning) {
-		t.Errorf("warned about a development KEK although --kek-file was given: %q", r.stderr)
-	}
-	inDir := filepath.Join(dataDir, kekFileName)
-	if _, err := os.Stat(inDir); err == nil {
-		t.Fatal("created a KEK in the data directory although --kek-file was given")
-	}
-
-	// Without the KEK, dev must not create one the CA cannot use.
-	before := treeSnapshot(t, dataDir)
-	r = meshca(t, nil, "dev", "--data-dir", dataDir)
-	if r.code != exitError || !strings.Contains(r.stderr, "--kek-file") {
-		t.Errorf("reopen without the KEK: exit %d, stderr %q; want exit 1 and a hint at --kek-file", r.code, r.stderr)
-	}
-	if d := diffSnapshots(before, treeSnapshot(t, dataDir)); len(d) > 0 {
-		t.Errorf("reopen without the KEK changed the data directory: %v", d)
-	}
-
-	r = mustSucceed(t, map[string]string{envKEKFile: kek}, "dev", "--data-dir", dataDir)
-	if !strings.Contains(r.stdout, "reopened") {
-		t.Errorf("reopen with MESHCA_KEK_FILE did not reopen:\n%s", r.stdout)
-	}
-}
-
-func TestDevTrustDomain(t *testing.T) {
-	t.Parallel()
-	dataDir := t.TempDir()
-	if rep := devJSON(t, nil, "--data-dir", dataDir, "--trust-domain", "example.org"); rep.TrustDomain != "example.org" {
-		t.Fatalf("trust domain = %q, want example.org", rep.TrustDomain)
-	}
-	// Without --trust-domain, dev reopens whatever the data directory holds.
-	if rep := devJSON(t, nil, "--data-dir", dataDir); rep.TrustDomain != "example.org" || rep.CACreated {
-		t.Errorf("reopen: trust domain %q, created %v; want example.org reopened", rep.TrustDomain, rep.CACreated)
-	}
-	before := treeSnapshot(t, dataDir)
-	for _, tc := range []struct{ td, want string }{
-		{"other.org", `belongs to trust domain "example.org"`},
-		{"Not A Domain", "--trust-domain"},
-	} {
-		r := meshca(t, nil, "dev", "--data-dir", dataDir, "--trust-domain", tc.td)
-		if r.code != exitError || !strings.Contains(r.stderr, tc.want) {
-			t.Errorf("--trust-domain %q: exit %d, stderr %q; want exit 1 mentioning %q", tc.td, r.code, r.stderr, tc.want)
-		}
-	}
-	if d := diffSnapshots(before, treeSnapshot(t, dataDir)); len(d) > 0 {
-		t.Errorf("refused trust domains changed the data directory: %v", d)
 	}
 }

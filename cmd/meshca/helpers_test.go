@@ -2,16 +2,23 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"io/fs"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/emmansun/gmsm/smx509"
+	"github.com/meshca/meshca/ca"
 )
 
 // result is the outcome of one in-process meshca run.
@@ -150,4 +157,126 @@ func writeTestFile(t *testing.T, dir, name string, data []byte) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+const devOnlyWarning = "for development only"
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkLeafAndKey parses a written leaf and key, checks the leaf's SPIFFE
+// ID and that the key is the leaf's, and returns the leaf's serial.
+func checkLeafAndKey(t *testing.T, profile, svidPath, keyPath, wantID string) *big.Int {
+	t.Helper()
+	certs := splitPEM(t, readFile(t, svidPath))
+	if len(certs) != 2 {
+		t.Fatalf("%s holds %d certificates, want leaf and intermediate", svidPath, len(certs))
+	}
+	keyPEM := splitPEM(t, readFile(t, keyPath))
+	if len(keyPEM) != 1 || !bytes.HasPrefix(readFile(t, keyPath), []byte("-----BEGIN PRIVATE KEY-----")) {
+		t.Fatalf("%s is not one PKCS#8 PRIVATE KEY block", keyPath)
+	}
+	var (
+		uris   []string
+		pub    crypto.PublicKey
+		serial *big.Int
+		key    any
+		err    error
+	)
+	p, perr := ca.ProfileByName(profile)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	c, perr := p.ParseCertificate(certs[0])
+	if perr != nil {
+		t.Fatalf("parse %s leaf: %v", profile, perr)
+	}
+	uris, pub, serial = c.URIs, c.PublicKey, c.SerialNumber
+	// smx509 parses PKCS#8 keys of both profiles.
+	key, err = smx509.ParsePKCS8PrivateKey(keyPEM[0])
+	if err != nil {
+		t.Fatalf("parse %s key: %v", profile, err)
+	}
+	if len(uris) != 1 || uris[0] != wantID {
+		t.Errorf("%s leaf URI SANs = %v, want [%s]", profile, uris, wantID)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		t.Fatalf("%s key is a %T", profile, key)
+	}
+	if eq, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(pub) {
+		t.Errorf("%s key.pem does not hold the leaf's key", profile)
+	}
+	return serial
+}
+
+// background is a meshca command running in a goroutine of the test, such
+// as dev or agent, until stop or the end of the test.
+type background struct {
+	args           []string
+	stdout, stderr *syncBuffer
+	cancel         context.CancelFunc
+	done           chan int // the exit code, when the command returns
+	code           int
+	exited         bool
+}
+
+// startBackground runs `meshca args...` in-process under a context that
+// stop cancels, as SIGTERM would.
+func startBackground(t *testing.T, env map[string]string, args ...string) *background {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &background{args: args, stdout: &syncBuffer{}, stderr: &syncBuffer{}, cancel: cancel, done: make(chan int, 1)}
+	go func() {
+		b.done <- runContext(ctx, args, b.stdout, b.stderr, func(k string) string { return env[k] })
+	}()
+	t.Cleanup(func() {
+		if code := b.stop(t); code != exitOK && !t.Failed() {
+			t.Errorf("meshca %s exited %d\nstderr:\n%s", strings.Join(args, " "), code, b.stderr)
+		}
+	})
+	return b
+}
+
+// stop cancels the command and returns its exit code.
+func (b *background) stop(t *testing.T) int {
+	t.Helper()
+	b.cancel()
+	b.wait(t, 20*time.Second)
+	return b.code
+}
+
+// wait waits up to timeout for the command to return by itself.
+func (b *background) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	if b.exited {
+		return b.code
+	}
+	select {
+	case b.code = <-b.done:
+		b.exited = true
+	case <-time.After(timeout):
+		t.Fatalf("meshca %s did not return within %s\nstderr:\n%s", strings.Join(b.args, " "), timeout, b.stderr)
+	}
+	return b.code
+}
+
+// running fails the test if the command has returned.
+func (b *background) running(t *testing.T) {
+	t.Helper()
+	if b.exited {
+		t.Fatalf("meshca %s exited %d\nstderr:\n%s", strings.Join(b.args, " "), b.code, b.stderr)
+	}
+	select {
+	case b.code = <-b.done:
+		b.exited = true
+		t.Fatalf("meshca %s exited %d\nstdout:\n%s\nstderr:\n%s", strings.Join(b.args, " "), b.code, b.stdout, b.stderr)
+	default:
+	}
 }

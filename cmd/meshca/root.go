@@ -116,16 +116,20 @@ CLI.
 
 What works today:
 
-  meshca dev              create or reopen a local CA and mint a demo X509-SVID per profile
-  meshca x509 mint        mint an X509-SVID for a SPIFFE ID into a directory, offline
+  meshca dev              run a single-node server and agent, with an X509-SVID for you
   meshca server           run a CA server: bootstrap a Raft cluster or join one
-  meshca status           show a server's Raft state, leader and state hash
+  meshca agent            run a node agent: attest, fetch and renew SVIDs, serve the Workload API
+  meshca workload fetch   fetch this process's X509-SVIDs from the Workload API into files
+  meshca entry            create, list, show, update and delete registration entries
+  meshca node             list and show the attested node agents
   meshca token create     make a single-use join token for a server or an agent
+  meshca status           show a server's Raft state, leader and state hash
   meshca operator raft    list, add and remove Raft peers; save and restore snapshots
+  meshca x509 mint        mint an X509-SVID for a SPIFFE ID into a directory, offline
 
 Operator commands reach a server through its admin Unix socket: --addr
 unix:///path/admin.sock or $MESHCA_ADDR (default: the socket in the default
-data directory). The agent, SDS and OPA commands are not in this binary yet.
+data directory). SDS and OPA are not in this binary yet.
 
 CA private keys are sealed at rest under a key-encryption key (KEK) read from
 --kek-file or $MESHCA_KEK_FILE. Without one, dev, x509 mint and a bootstrapping
@@ -147,7 +151,8 @@ func (a *app) newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().Var(&a.output, "output", "output format: table or json")
-	root.AddCommand(a.newDevCommand(), a.newX509Command(), a.newServerCommand(),
-		a.newStatusCommand(), a.newTokenCommand(), a.newOperatorCommand())
+	root.AddCommand(a.newDevCommand(), a.newX509Command(), a.newServerCommand(), a.newAgentCommand(),
+		a.newWorkloadCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
+		a.newNodeCommand(), a.newOperatorCommand())
 	return root
 }

@@ -13,7 +13,8 @@ func TestHelpDescribesProductAndCommands(t *testing.T) {
 		t.Fatalf("meshca --help: exit %d, stderr %q", code, stderr.String())
 	}
 	out := stdout.String()
-	for _, want := range []string{"meshca dev", "meshca x509 mint", "Raft", "SM2", "ECDSA", "SDS", "OPA", "24-hour", "--output"} {
+	for _, want := range []string{"meshca dev", "meshca x509 mint", "meshca agent", "meshca workload fetch", "meshca entry", "meshca node",
+		"Raft", "SM2", "ECDSA", "SDS", "OPA", "24-hour", "--output"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("meshca --help does not mention %q:\n%s", want, out)
 		}
@@ -26,7 +27,15 @@ func TestSubcommandHelp(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"dev", "--help"}, []string{"MESHCA_DATA_DIR", "XDG_DATA_HOME", ".local/share/meshca", "MESHCA_KEK_FILE", "development only", "not built yet"}},
+		{[]string{"dev", "--help"}, []string{"MESHCA_DATA_DIR", "XDG_DATA_HOME", ".local/share/meshca", "MESHCA_KEK_FILE", "development only",
+			"SIGTERM", "unix:uid:<your uid>", "meshca workload fetch --socket", "openssl verify", "agent.sock", "admin.sock", "--socket"}},
+		{[]string{"agent", "--help"}, []string{"--server", "--join-token", "MESHCA_JOIN_TOKEN", "--trust-bundle", "--socket", "--data-dir",
+			"--renew-fraction", "--config", "unknown key is an error", "only the first time", "SIGTERM", "meshca token create", "join_token"}},
+		{[]string{"workload", "fetch", "--help"}, []string{"svid.pem", "key.pem", "bundle.pem", "SPIFFE_ENDPOINT_SOCKET", "--timeout", "--all", "openssl verify"}},
+		{[]string{"entry", "create", "--help"}, []string{"--spiffe-id", "--parent-id", "--selector", "unix:uid:1000", "--ttl", "--dns", "--profile", "MESHCA_ADDR"}},
+		{[]string{"entry", "update", "--help"}, []string{"--revision", "replace the whole list"}},
+		{[]string{"entry"}, []string{"create", "list", "show", "update", "delete"}},
+		{[]string{"node"}, []string{"list", "show"}},
 		{[]string{"x509", "mint", "--help"}, []string{"--spiffe-id", "--profile", "--data-dir", "--out", "--dns", "--ttl", "--kek-file", "svid.pem"}},
 		{[]string{"x509"}, []string{"mint"}},
 	} {
@@ -39,6 +48,9 @@ func TestSubcommandHelp(t *testing.T) {
 			if !strings.Contains(r.stdout, w) {
 				t.Errorf("meshca %s does not mention %q", strings.Join(tc.args, " "), w)
 			}
+		}
+		if strings.Contains(r.stdout, "\t") {
+			t.Errorf("meshca %s: help contains tabs", strings.Join(tc.args, " "))
 		}
 	}
 }

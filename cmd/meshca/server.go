@@ -4,18 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"syscall"
 
@@ -114,55 +111,20 @@ type serverConfig struct {
 	LogFormat   string `json:"log_format"`
 }
 
-// maxConfigSize bounds a --config file.
-const maxConfigSize = 1 << 20
-
-// loadServerConfig reads a JSON configuration file. Unknown keys and
-// trailing data are usage errors; relative paths in it are made relative to
-// the file's directory.
+// loadServerConfig reads a server's JSON configuration file (see
+// loadConfigFile); relative paths in it are made relative to the file's
+// directory.
 func loadServerConfig(path string) (serverConfig, error) {
 	var c serverConfig
-	f, err := os.Open(path)
-	if err != nil {
-		return c, fmt.Errorf("config file: %w", err)
+	if err := loadConfigFile(path, &c); err != nil {
+		return c, err
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
-	if err != nil {
-		return c, fmt.Errorf("config file %s: %w", path, err)
-	}
-	if len(b) > maxConfigSize {
-		return c, usageErrorf("config file %s is larger than %d bytes", path, maxConfigSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		if key, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return c, usageErrorf("config file %s: unknown key %s (known keys: %s)", path, key, strings.Join(configKeys(), ", "))
-		}
-		return c, usageErrorf("config file %s is not a valid JSON object of settings: %v", path, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return c, usageErrorf("config file %s: unexpected data after the JSON object", path)
-	}
-	dir := filepath.Dir(path)
-	for _, p := range []*string{&c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile} {
-		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(dir, *p)
-		}
-	}
+	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile)
 	return c, nil
 }
 
-// configKeys lists the keys a configuration file may hold.
-func configKeys() []string {
-	t := reflect.TypeFor[serverConfig]()
-	keys := make([]string, 0, t.NumField())
-	for i := range t.NumField() {
-		keys = append(keys, t.Field(i).Tag.Get("json"))
-	}
-	return keys
-}
+// configKeys lists the keys a server configuration file may hold.
+func configKeys() []string { return jsonKeys[serverConfig]() }
 
 // override sets the fields of c whose flags were given on the command line
 // to their values in f.
@@ -234,10 +196,7 @@ func (a *app) newServerCommand() *cobra.Command {
 			cfg.LogLevel = "info"
 		}
 		if cfg.LogFormat == "" {
-			cfg.LogFormat = "text"
-			if a.output == outputJSON {
-				cfg.LogFormat = "json"
-			}
+			cfg.LogFormat = a.defaultLogFormat()
 		}
 		if cfg.Join != "" && cfg.JoinToken == "" {
 			cfg.JoinToken = a.getenv(envJoinToken)
@@ -297,10 +256,7 @@ func checkServerConfig(c *serverConfig) error {
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
 	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		return usageErrorf("--log-format %q: want text or json", c.LogFormat)
-	}
-	return nil
+	return checkLogFormat(c.LogFormat)
 }
 
 // parseLogLevel reads --log-level.
@@ -318,23 +274,46 @@ func parseLogLevel(s string) (slog.Level, error) {
 	return 0, usageErrorf("--log-level %q: want debug, info, warn or error", s)
 }
 
-// loggers returns the server's logger and hashicorp/raft's, both writing
-// to stderr in the configured format. Raft logs warnings and errors only.
-func (a *app) loggers(c *serverConfig) (*slog.Logger, hclog.Logger) {
-	level, _ := parseLogLevel(c.LogLevel) // checked by checkServerConfig
-	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(a.stderr, opts)
-	if c.LogFormat == "json" {
-		h = slog.NewJSONHandler(a.stderr, opts)
+// checkLogFormat refuses a --log-format other than text or json.
+func checkLogFormat(format string) error {
+	if format != "text" && format != "json" {
+		return usageErrorf("--log-format %q: want text or json", format)
 	}
+	return nil
+}
+
+// defaultLogFormat is the log format when --log-format is not given: text,
+// or json with --output json.
+func (a *app) defaultLogFormat() string {
+	if a.output == outputJSON {
+		return "json"
+	}
+	return "text"
+}
+
+// logger returns a logger writing to stderr at level (a checked
+// --log-level) in format, text or json.
+func (a *app) logger(level, format string) *slog.Logger {
+	l, _ := parseLogLevel(level) // checked by the caller
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(a.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(a.stderr, opts))
+}
+
+// loggers returns a server's logger and hashicorp/raft's, both writing to
+// stderr at level (checked) in format. Raft logs warnings and errors only.
+func (a *app) loggers(level, format string) (*slog.Logger, hclog.Logger) {
+	l, _ := parseLogLevel(level)
 	raftLevel := hclog.Warn
-	if level > slog.LevelWarn {
+	if l > slog.LevelWarn {
 		raftLevel = hclog.Error
 	}
 	raftLog := hclog.New(&hclog.LoggerOptions{
-		Name: "raft", Level: raftLevel, Output: a.stderr, JSONFormat: c.LogFormat == "json",
+		Name: "raft", Level: raftLevel, Output: a.stderr, JSONFormat: format == "json",
 	})
-	return slog.New(h), raftLog
+	return a.logger(level, format), raftLog
 }
 
 // server runs a meshca server with configuration c until ctx ends or the
@@ -378,12 +357,12 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
-	kek, kekSource, err := a.serverKEK(c, dataDir, hasIdentity)
+	kek, kekFrom, err := a.serverKEK(c, dataDir, hasIdentity)
 	if err != nil {
 		return err
 	}
 
-	log, raftLog := a.loggers(&c)
+	log, raftLog := a.loggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
 	switch {
 	case hasIdentity:
@@ -392,7 +371,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	case c.Join != "":
 		mode = "join " + c.Join
 	}
-	log.Info("starting meshca server", "node", c.NodeID, "data_dir", dataDir, "mode", mode, "kek_file", kekSource, "kek_id", kek.ID())
+	log.Info("starting meshca server", "node", c.NodeID, "data_dir", dataDir, "mode", mode, "kek_file", kekFrom.File, "kek_id", kek.ID())
 	for _, ad := range []struct{ name, value string }{{"raft_addr", c.RaftAddr}, {"api_addr", c.APIAddr}} {
 		if _, port, _ := net.SplitHostPort(ad.value); port == "0" {
 			log.Warn("port 0 picks a free port at random; the cluster records the address, so a server that restarts must get the same one", ad.name, ad.value)
@@ -405,7 +384,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		Logger: log, RaftLogger: raftLog,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
-		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekSource, dataDir, err)
+		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekFrom.File, dataDir, err)
 	}
 	if err != nil {
 		return fmt.Errorf("start server: %w", err)
@@ -439,8 +418,8 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 // $MESHCA_KEK_FILE, both of which must exist; else <dataDir>/kek, which is
 // created only by a bootstrapping server that has no identity yet, with a
 // warning that a KEK in the data directory is for development only. It
-// returns the KEK and the file it came from.
-func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity bool) (*ca.KEK, string, error) {
+// returns the KEK and where it came from.
+func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity bool) (*ca.KEK, kekInfo, error) {
 	file, source := c.KEKFile, "--kek-file"
 	if file == "" {
 		file, source = a.getenv(envKEKFile), envKEKFile
@@ -448,39 +427,39 @@ func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity bool) (*ca.K
 	if file != "" {
 		abs, err := filepath.Abs(file)
 		if err != nil {
-			return nil, "", fmt.Errorf("key-encryption key from %s: %w", source, err)
+			return nil, kekInfo{}, fmt.Errorf("key-encryption key from %s: %w", source, err)
 		}
 		kek, err := ca.LoadKEKFile(abs)
 		if err != nil {
-			return nil, "", fmt.Errorf("key-encryption key from %s: %w", source, err)
+			return nil, kekInfo{}, fmt.Errorf("key-encryption key from %s: %w", source, err)
 		}
-		return kek, abs, nil
+		return kek, kekInfo{File: abs, Source: source, ID: kek.ID()}, nil
 	}
 
 	file = filepath.Join(dataDir, kekFileName)
 	kek, err := ca.LoadKEKFile(file)
-	verb := "using"
+	var created bool
 	switch {
 	case err == nil:
 	case !errors.Is(err, fs.ErrNotExist):
-		return nil, "", fmt.Errorf("key-encryption key in the data directory: %w", err)
+		return nil, kekInfo{}, fmt.Errorf("key-encryption key in the data directory: %w", err)
 	case hasIdentity:
-		return nil, "", fmt.Errorf("the server in %s was set up with a key-encryption key kept elsewhere: give the cluster's KEK file with --kek-file or $%s", dataDir, envKEKFile)
+		return nil, kekInfo{}, fmt.Errorf("the server in %s was set up with a key-encryption key kept elsewhere: give the cluster's KEK file with --kek-file or $%s", dataDir, envKEKFile)
 	case c.Join != "":
-		return nil, "", fmt.Errorf("a joining server needs the cluster's key-encryption key: copy the KEK file the cluster was bootstrapped with to this host and give it with --kek-file or $%s", envKEKFile)
+		return nil, kekInfo{}, fmt.Errorf("a joining server needs the cluster's key-encryption key: copy the KEK file the cluster was bootstrapped with to this host and give it with --kek-file or $%s", envKEKFile)
 	case !c.Bootstrap:
-		return nil, "", fmt.Errorf("this server has no identity yet: start the first server of a cluster with --bootstrap --trust-domain TD, and join the others with --join ADDR --join-token T --trust-bundle F; every server needs the cluster's key-encryption key (--kek-file or $%s)", envKEKFile)
+		return nil, kekInfo{}, fmt.Errorf("this server has no identity yet: start the first server of a cluster with --bootstrap --trust-domain TD, and join the others with --join ADDR --join-token T --trust-bundle F; every server needs the cluster's key-encryption key (--kek-file or $%s)", envKEKFile)
 	default:
-		var created bool
 		if kek, created, err = ca.LoadOrCreateKEKFile(file); err != nil {
-			return nil, "", fmt.Errorf("key-encryption key in the data directory: %w", err)
-		}
-		if created {
-			verb = "created"
+			return nil, kekInfo{}, fmt.Errorf("key-encryption key in the data directory: %w", err)
 		}
 	}
+	verb := "using"
+	if created {
+		verb = "created"
+	}
 	fmt.Fprintf(a.stderr, "meshca: warning: %s the key-encryption key %s, stored beside the keys it protects; this is for development only (use --kek-file or %s to keep it elsewhere; every server of the cluster needs this same file)\n", verb, file, envKEKFile)
-	return kek, file, nil
+	return kek, kekInfo{File: file, Source: "data-dir", ID: kek.ID(), Created: created}, nil
 }
 
 // loadTrustBundle reads a PEM file of root certificates. Every block must
@@ -490,6 +469,11 @@ func loadTrustBundle(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle: %w", err)
 	}
+	return parseTrustBundle(path, b)
+}
+
+// parseTrustBundle parses the PEM roots b read from path (named in errors).
+func parseTrustBundle(path string, b []byte) ([]*x509.Certificate, error) {
 	var roots []*x509.Certificate
 	for rest := b; ; {
 		var blk *pem.Block

@@ -21,18 +21,21 @@ func (a *app) newX509Command() *cobra.Command {
 	return cmd
 }
 
-const x509MintLong = `mint issues one X509-SVID offline, straight from the local CA in --data-dir
-(the CA that "meshca dev" uses), and writes into --out:
+const x509MintLong = `mint issues one X509-SVID offline, straight from the local CA in --data-dir,
+and writes into --out:
   svid.pem    the leaf, then the intermediates (mode 0644)
   key.pem     the leaf's private key, PKCS#8, generated here (mode 0600)
   bundle.pem  the roots of the profile (mode 0644)
 --out is created (mode 0700) if needed; files already there are replaced.
 
 If --data-dir holds no CA yet, one is created for the trust domain of
---spiffe-id; an existing CA must be of that trust domain.
+--spiffe-id; an existing CA must be of that trust domain. This local CA
+(<data-dir>/ca/state.json) is a CA of its own: it is not the trust domain that
+"meshca dev" or "meshca server" runs from the same directory, whose roots live
+in the replicated state, so give mint a directory of its own.
 
-The key-encryption key is found as for "meshca dev": --kek-file F, else
-$MESHCA_KEK_FILE, else <data-dir>/kek, created if needed, for development only.
+The key-encryption key is --kek-file F, else $MESHCA_KEK_FILE, else
+<data-dir>/kek, created if needed, for development only.
 
 Offline minting is neither authorized nor recorded: whoever can read the data
 directory and its KEK can mint any identity of the trust domain.`

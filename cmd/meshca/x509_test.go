@@ -110,13 +110,88 @@ func TestX509MintJSON(t *testing.T) {
 	}
 }
 
-func TestX509MintReusesDevCA(t *testing.T) {
+// mintInto mints an ECDSA X509-SVID for id from the local CA in dataDir
+// into a new directory, creating the CA if needed, and returns the directory.
+func mintInto(t *testing.T, env map[string]string, dataDir, id string, extra ...string) (string, result) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out")
+	r := mustSucceed(t, env, append([]string{"x509", "mint", "--spiffe-id", id, "--profile", "ecdsa", "--data-dir", dataDir, "--out", out}, extra...)...)
+	return out, r
+}
+
+func TestX509MintReopensCA(t *testing.T) {
 	t.Parallel()
-	dataDir, out := t.TempDir(), filepath.Join(t.TempDir(), "out")
-	mustSucceed(t, nil, "dev", "--data-dir", dataDir)
-	mustSucceed(t, nil, "x509", "mint", "--spiffe-id", "spiffe://meshca.local/web", "--profile", "ecdsa", "--data-dir", dataDir, "--out", out)
-	if got, want := readFile(t, filepath.Join(out, "bundle.pem")), readFile(t, filepath.Join(dataDir, "dev", "ecdsa", "bundle.pem")); string(got) != string(want) {
-		t.Error("x509 mint used another root than dev's")
+	dataDir := t.TempDir()
+	first, r := mintInto(t, nil, dataDir, "spiffe://meshca.local/db")
+	if !strings.Contains(r.stdout, "created") {
+		t.Errorf("first mint does not say the CA was created:\n%s", r.stdout)
+	}
+	second, r := mintInto(t, nil, dataDir, "spiffe://meshca.local/web")
+	if !strings.Contains(r.stdout, "reopened") {
+		t.Errorf("second mint does not say the CA was reopened:\n%s", r.stdout)
+	}
+	if got, want := readFile(t, filepath.Join(second, "bundle.pem")), readFile(t, filepath.Join(first, "bundle.pem")); string(got) != string(want) {
+		t.Error("the second mint used another root than the first")
+	}
+}
+
+func TestX509MintWrongKEKChangesNothing(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	mintInto(t, nil, dataDir, "spiffe://meshca.local/db")
+	other := filepath.Join(t.TempDir(), "other.kek")
+	if _, err := ca.CreateKEKFile(other); err != nil {
+		t.Fatal(err)
+	}
+	before := treeSnapshot(t, dataDir)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+	}{
+		{"flag", nil, []string{"--kek-file", other}},
+		{"env", map[string]string{envKEKFile: other}, nil},
+	} {
+		out := filepath.Join(t.TempDir(), "out")
+		r := meshca(t, tc.env, append([]string{"x509", "mint", "--spiffe-id", "spiffe://meshca.local/db", "--profile", "ecdsa", "--data-dir", dataDir, "--out", out}, tc.args...)...)
+		if r.code != exitError {
+			t.Errorf("%s: exit %d, want %d", tc.name, r.code, exitError)
+		}
+		if !strings.HasPrefix(r.stderr, "meshca: ") || !strings.Contains(r.stderr, "key-encryption key") || !strings.Contains(r.stderr, other) {
+			t.Errorf("%s: stderr = %q, want an error naming the key-encryption key %s", tc.name, r.stderr, other)
+		}
+		if d := diffSnapshots(before, treeSnapshot(t, dataDir)); len(d) > 0 {
+			t.Errorf("%s: a wrong KEK changed the data directory: %v", tc.name, d)
+		}
+	}
+}
+
+func TestX509MintKEKKeptElsewhere(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	kek := filepath.Join(t.TempDir(), "kek")
+	if _, err := ca.CreateKEKFile(kek); err != nil {
+		t.Fatal(err)
+	}
+	_, r := mintInto(t, nil, dataDir, "spiffe://meshca.local/db", "--kek-file", kek)
+	if strings.Contains(r.stderr, devOnlyWarning) {
+		t.Errorf("warned about a development KEK although --kek-file was given: %q", r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, kekFileName)); err == nil {
+		t.Fatal("created a KEK in the data directory although --kek-file was given")
+	}
+
+	// Without the KEK, mint must not create one the CA cannot use.
+	before := treeSnapshot(t, dataDir)
+	r = meshca(t, nil, "x509", "mint", "--spiffe-id", "spiffe://meshca.local/db", "--profile", "ecdsa", "--data-dir", dataDir, "--out", filepath.Join(t.TempDir(), "out"))
+	if r.code != exitError || !strings.Contains(r.stderr, "--kek-file") {
+		t.Errorf("reopen without the KEK: exit %d, stderr %q; want exit 1 and a hint at --kek-file", r.code, r.stderr)
+	}
+	if d := diffSnapshots(before, treeSnapshot(t, dataDir)); len(d) > 0 {
+		t.Errorf("reopen without the KEK changed the data directory: %v", d)
+	}
+	if _, r = mintInto(t, map[string]string{envKEKFile: kek}, dataDir, "spiffe://meshca.local/db"); !strings.Contains(r.stdout, "reopened") {
+		t.Errorf("reopen with MESHCA_KEK_FILE did not reopen:\n%s", r.stdout)
 	}
 }
 
@@ -124,7 +199,7 @@ func TestX509MintBadInputs(t *testing.T) {
 	t.Parallel()
 	// existing holds a CA of trust domain meshca.local.
 	existing := t.TempDir()
-	mustSucceed(t, nil, "dev", "--data-dir", existing)
+	mintInto(t, nil, existing, "spiffe://meshca.local/seed")
 
 	for _, tc := range []struct {
 		name     string

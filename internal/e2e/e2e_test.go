@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -320,9 +321,11 @@ func TestNodeAPIRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	a2.Run(ctx)
+	if err := a2.Run(ctx); !errors.Is(err, agent.ErrAttestationRefused) {
+		t.Errorf("agent with a used join token: Run returned %v, want ErrAttestationRefused", err)
+	}
 	if _, err := os.Stat(filepath.Join(dir2, "agent", "svid.pem")); err == nil {
 		t.Error("an agent attested with a used join token")
 	}

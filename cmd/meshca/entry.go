@@ -1,0 +1,379 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/server"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) newEntryCommand() *cobra.Command {
+	return groupCommand("entry", "Registration entries: which workloads get which SPIFFE IDs",
+		a.newEntryCreateCommand(),
+		a.newEntryListCommand(),
+		a.newEntryShowCommand(),
+		a.newEntryUpdateCommand(),
+		a.newEntryDeleteCommand(),
+	)
+}
+
+// entryLong is what every entry command's help says about entries.
+const entryLong = `
+
+A registration entry gives a SPIFFE ID to the workloads that match all of its
+selectors, on the nodes of one agent (its parent ID):
+  --spiffe-id ID     the workload's identity, spiffe://<trust domain>/<path>;
+                     the /meshca/ path is reserved for servers and agents
+  --parent-id ID     the agent that serves it, spiffe://<trust domain>/meshca/agent/...
+                     (meshca node list shows the agents)
+  --selector S       type:key:value, repeated; a workload must match every one:
+                     unix:uid:1000, unix:gid:50, unix:user:alice, unix:group:staff,
+                     unix:path:/usr/bin/app, unix:sha256:<hex of the executable>,
+                     k8s:ns:prod, k8s:sa:api, k8s:pod-label:app:web, ...
+  --ttl D            lifetime of the X509-SVIDs (default 24h, 1m to 720h, whole seconds)
+  --dns NAME         a DNS SAN, repeated or comma-separated
+  --profile P        ecdsa (P-256) or sm2 (SM2-with-SM3); default ecdsa
+The server checks every entry and refuses a bad one with its reason.` + opLong
+
+// entryFlags are the flags that describe an entry, shared by create and
+// update.
+type entryFlags struct {
+	spiffeID, parentID string
+	selectors          []string
+	ttl                time.Duration
+	dnsNames           []string
+	profile            string
+}
+
+func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.spiffeID, "spiffe-id", "", "SPIFFE ID the entry gives, spiffe://<trust domain>/<path>")
+	fs.StringVar(&f.parentID, "parent-id", "", "SPIFFE ID of the agent whose workloads may get it")
+	fs.StringArrayVar(&f.selectors, "selector", nil, "workload selector type:key:value, e.g. unix:uid:1000; repeat for more (all must match)")
+	fs.DurationVar(&f.ttl, "ttl", server.DefaultEntryTTL, "lifetime of the X509-SVIDs, whole seconds from 1m to 720h")
+	fs.StringSliceVar(&f.dnsNames, "dns", nil, "DNS name to add as a SAN; repeat or separate with commas")
+	fs.StringVar(&f.profile, "profile", ca.ProfileECDSA, "signature profile: ecdsa or sm2")
+}
+
+// apply sets the fields of e whose flags were given (all of them when all
+// is set), after checking what the command line alone can tell.
+func (f *entryFlags) apply(cmd *cobra.Command, e *operatorpb.Entry, all bool) error {
+	changed := func(name string) bool { return all || cmd.Flags().Changed(name) }
+	if changed("spiffe-id") {
+		e.SpiffeId = f.spiffeID
+	}
+	if changed("parent-id") {
+		e.ParentId = f.parentID
+	}
+	if changed("selector") {
+		e.Selectors = nil
+		for _, s := range f.selectors {
+			e.Selectors = append(e.Selectors, parseSelector(s))
+		}
+	}
+	if changed("ttl") {
+		switch {
+		case f.ttl < time.Second:
+			return usageErrorf("--ttl %s: want a positive lifetime, e.g. 24h", f.ttl)
+		case f.ttl%time.Second != 0:
+			return usageErrorf("--ttl %s: want whole seconds", f.ttl)
+		}
+		e.TtlSeconds = int64(f.ttl / time.Second)
+	}
+	if changed("dns") {
+		e.DnsNames = f.dnsNames
+	}
+	if changed("profile") {
+		e.Profile = f.profile
+	}
+	return nil
+}
+
+// parseSelector splits "type:key:value" at its first colon into the type
+// and the value ("key:value"). The server checks selectors and says what is
+// wrong with one, so nothing is refused here.
+func parseSelector(s string) *operatorpb.Selector {
+	typ, value, _ := strings.Cut(s, ":")
+	return &operatorpb.Selector{Type: typ, Value: value}
+}
+
+// selectorReport is one selector as the operator API names its fields.
+type selectorReport struct {
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+func (s selectorReport) String() string { return s.Type + ":" + s.Value }
+
+func selectorReports(ss []*operatorpb.Selector) []selectorReport {
+	out := make([]selectorReport, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, selectorReport{Type: s.Type, Value: s.Value})
+	}
+	return out
+}
+
+func joinSelectors(ss []selectorReport) string {
+	parts := make([]string, len(ss))
+	for i, s := range ss {
+		parts[i] = s.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+// entryReport is an entry as the entry commands print it; the JSON field
+// names are those of the operator API's Entry.
+type entryReport struct {
+	ID          string           `json:"id"`
+	SPIFFEID    string           `json:"spiffe_id"`
+	ParentID    string           `json:"parent_id"`
+	Selectors   []selectorReport `json:"selectors"`
+	TTLSeconds  int64            `json:"ttl_seconds"`
+	DNSNames    []string         `json:"dns_names"`
+	Profile     string           `json:"profile"`
+	Revision    uint64           `json:"revision"`
+	Created     time.Time        `json:"created"`
+	CreatedUnix int64            `json:"created_unix"`
+}
+
+func newEntryReport(e *operatorpb.Entry) entryReport {
+	dns := e.DnsNames
+	if dns == nil {
+		dns = []string{}
+	}
+	return entryReport{
+		ID: e.Id, SPIFFEID: e.SpiffeId, ParentID: e.ParentId, Selectors: selectorReports(e.Selectors),
+		TTLSeconds: e.TtlSeconds, DNSNames: dns, Profile: e.Profile, Revision: e.Revision,
+		Created: time.Unix(e.CreatedUnix, 0).UTC(), CreatedUnix: e.CreatedUnix,
+	}
+}
+
+func (r entryReport) ttl() time.Duration { return time.Duration(r.TTLSeconds) * time.Second }
+
+// printEntry writes one entry, as JSON or as a table.
+func (a *app) printEntry(e *operatorpb.Entry) error {
+	r := newEntryReport(e)
+	if a.output == outputJSON {
+		return writeJSON(a.stdout, r)
+	}
+	t := newTable(a.stdout, "")
+	t.row("ID", r.ID)
+	t.row("SPIFFE ID", r.SPIFFEID)
+	t.row("parent ID", r.ParentID)
+	for _, s := range r.Selectors {
+		t.row("selector", s)
+	}
+	t.row("TTL", r.ttl())
+	for _, n := range r.DNSNames {
+		t.row("DNS name", n)
+	}
+	t.row("profile", r.Profile)
+	t.row("revision", r.Revision)
+	t.row("created", r.Created.Format(time.RFC3339))
+	return t.flush()
+}
+
+func (a *app) newEntryCreateCommand() *cobra.Command {
+	var (
+		o opOptions
+		f entryFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "create --spiffe-id ID --parent-id ID --selector type:key:value... [--ttl 24h] [--dns NAME]... [--profile ecdsa|sm2]",
+		Short: "Create a registration entry",
+		Long:  `create adds a registration entry and prints it, with the ID and revision the server gave it.` + entryLong,
+		Example: `  meshca entry create --spiffe-id spiffe://meshca.local/ns/prod/sa/api \
+      --parent-id spiffe://meshca.local/meshca/agent/join_token/3f2a... \
+      --selector unix:uid:1000 --selector unix:path:/usr/local/bin/api --dns api.prod.svc`,
+		Args: cobra.NoArgs,
+		// Use lists the flags already.
+		DisableFlagsInUseLine: true,
+	}
+	addEntryFlags(cmd, &f)
+	addOpFlags(cmd, &o)
+	for _, name := range []string{"spiffe-id", "parent-id", "selector"} {
+		if err := cmd.MarkFlagRequired(name); err != nil {
+			panic(err) // the flag is declared just above
+		}
+	}
+	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		e := &operatorpb.Entry{}
+		if err := f.apply(cmd, e, true); err != nil {
+			return err
+		}
+		ctx, c, done, err := a.operatorCall(cmd, o)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := c.CreateEntry(ctx, &operatorpb.CreateEntryRequest{Entry: e})
+		if err != nil {
+			return c.callError("create entry for "+e.SpiffeId, o, err)
+		}
+		return a.printEntry(resp.Entry)
+	})
+	return cmd
+}
+
+func (a *app) newEntryListCommand() *cobra.Command {
+	var (
+		o                  opOptions
+		parentID, spiffeID string
+	)
+	cmd := &cobra.Command{
+		Use:   "list [--parent-id ID] [--spiffe-id ID]",
+		Short: "List registration entries",
+		Long: `list prints the registration entries, optionally only those of one parent
+(agent) and one SPIFFE ID. The table shows each entry's ID, SPIFFE ID, parent
+ID, selectors, TTL, profile and revision; --output json shows every field.` + opLong,
+		Args: cobra.NoArgs,
+	}
+	cmd.Flags().StringVar(&parentID, "parent-id", "", "only entries of this parent (agent) SPIFFE ID")
+	cmd.Flags().StringVar(&spiffeID, "spiffe-id", "", "only entries giving this SPIFFE ID")
+	addOpFlags(cmd, &o)
+	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		ctx, c, done, err := a.operatorCall(cmd, o)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := c.ListEntries(ctx, &operatorpb.ListEntriesRequest{ParentId: parentID, SpiffeId: spiffeID})
+		if err != nil {
+			return c.callError("list entries", o, err)
+		}
+		entries := make([]entryReport, 0, len(resp.Entries))
+		for _, e := range resp.Entries {
+			entries = append(entries, newEntryReport(e))
+		}
+		if a.output == outputJSON {
+			return writeJSON(a.stdout, struct {
+				Entries []entryReport `json:"entries"`
+			}{entries})
+		}
+		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSPIFFE ID\tPARENT ID\tSELECTORS\tTTL\tPROFILE\tREVISION")
+		for _, e := range entries {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.ID, e.SPIFFEID, e.ParentID, joinSelectors(e.Selectors), e.ttl(), e.Profile, e.Revision)
+		}
+		if err := tw.Flush(); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+		return nil
+	})
+	return cmd
+}
+
+func (a *app) newEntryShowCommand() *cobra.Command {
+	var o opOptions
+	cmd := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a registration entry",
+		Long:  `show prints one registration entry, found by the ID "entry list" shows.` + opLong,
+		Args:  cobra.ExactArgs(1),
+	}
+	addOpFlags(cmd, &o)
+	cmd.RunE = a.runE(func(cmd *cobra.Command, args []string) error {
+		ctx, c, done, err := a.operatorCall(cmd, o)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := c.GetEntry(ctx, &operatorpb.GetEntryRequest{Id: args[0]})
+		if err != nil {
+			return c.callError("show entry "+args[0], o, err)
+		}
+		return a.printEntry(resp.Entry)
+	})
+	return cmd
+}
+
+func (a *app) newEntryUpdateCommand() *cobra.Command {
+	var (
+		o        opOptions
+		f        entryFlags
+		revision uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "update ID --revision R [--spiffe-id ID] [--parent-id ID] [--selector S]... [--ttl D] [--dns NAME]... [--profile P]",
+		Short: "Change a registration entry",
+		Long: `update changes the fields of entry ID whose flags are given and keeps the
+others. --selector and --dns replace the whole list (--dns "" removes every
+DNS name).
+
+--revision is the revision the change is based on, as "entry show" printed it:
+if the entry changed since, the server refuses the update rather than overwrite
+that change; show the entry again and retry.` + entryLong,
+		Args: cobra.ExactArgs(1),
+		// Use lists the flags already.
+		DisableFlagsInUseLine: true,
+	}
+	addEntryFlags(cmd, &f)
+	cmd.Flags().Uint64Var(&revision, "revision", 0, "the entry's current revision, from entry show (required)")
+	addOpFlags(cmd, &o)
+	if err := cmd.MarkFlagRequired("revision"); err != nil {
+		panic(err) // the flag is declared just above
+	}
+	cmd.RunE = a.runE(func(cmd *cobra.Command, args []string) error {
+		id := args[0]
+		if err := f.apply(cmd, &operatorpb.Entry{}, false); err != nil {
+			return err
+		}
+		ctx, c, done, err := a.operatorCall(cmd, o)
+		if err != nil {
+			return err
+		}
+		defer done()
+		cur, err := c.GetEntry(ctx, &operatorpb.GetEntryRequest{Id: id})
+		if err != nil {
+			return c.callError("update entry "+id, o, err)
+		}
+		e := cur.Entry
+		if err := f.apply(cmd, e, false); err != nil {
+			return err
+		}
+		e.Revision = revision
+		resp, err := c.UpdateEntry(ctx, &operatorpb.UpdateEntryRequest{Entry: e})
+		if err != nil {
+			return c.callError("update entry "+id, o, err)
+		}
+		return a.printEntry(resp.Entry)
+	})
+	return cmd
+}
+
+func (a *app) newEntryDeleteCommand() *cobra.Command {
+	var o opOptions
+	cmd := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete a registration entry",
+		Long: `delete removes entry ID. The servers tell the agents at once; certificates
+already issued under it stay valid until they expire (revoke them to end them
+sooner).` + opLong,
+		Args: cobra.ExactArgs(1),
+	}
+	addOpFlags(cmd, &o)
+	cmd.RunE = a.runE(func(cmd *cobra.Command, args []string) error {
+		ctx, c, done, err := a.operatorCall(cmd, o)
+		if err != nil {
+			return err
+		}
+		defer done()
+		if _, err := c.DeleteEntry(ctx, &operatorpb.DeleteEntryRequest{Id: args[0]}); err != nil {
+			return c.callError("delete entry "+args[0], o, err)
+		}
+		if a.output == outputJSON {
+			return writeJSON(a.stdout, struct {
+				ID      string `json:"id"`
+				Deleted bool   `json:"deleted"`
+			}{args[0], true})
+		}
+		fmt.Fprintf(a.stdout, "deleted entry %s\n", args[0])
+		return nil
+	})
+	return cmd
+}

@@ -1,0 +1,440 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"encoding/asn1"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emmansun/gmsm/smx509"
+	"github.com/meshca/meshca/ca"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// envWorkloadSocket is the SPIFFE standard variable naming the Workload API.
+const envWorkloadSocket = "SPIFFE_ENDPOINT_SOCKET"
+
+// agentSocketName is the Workload API socket's name in a data directory,
+// where meshca dev and meshca agent put it by default.
+const agentSocketName = "agent.sock"
+
+// workloadMaxMessage bounds a Workload API response.
+const workloadMaxMessage = 4 << 20
+
+func (a *app) newWorkloadCommand() *cobra.Command {
+	return groupCommand("workload", "Workload-side helpers: the SPIFFE Workload API client",
+		a.newWorkloadFetchCommand())
+}
+
+const workloadFetchLong = `fetch asks the SPIFFE Workload API of a meshca agent (or of meshca dev) for
+this process's X509-SVIDs, as spire-agent api fetch x509 does, and writes the
+first one, the default, into --out:
+  svid.pem    the leaf, then the intermediates (mode 0644)
+  key.pem     the leaf's private key, PKCS#8, made by the agent (mode 0600)
+  bundle.pem  the roots of the trust domain for the SVID's profile (mode 0644)
+--out is created (mode 0700) if needed; files already there are replaced.
+
+The agent attests the calling process (its uid, gid, executable...) and
+returns the SVIDs of every registration entry whose selectors it matches. When
+there are several, all their SPIFFE IDs are printed; --all also writes the
+others, as svid.N.pem, key.N.pem and bundle.N.pem (N = 1, 2, ...).
+
+While the agent is starting, or has not been told about a matching entry yet,
+fetch retries until --timeout.
+
+The socket is --socket (a path or unix:///path), else $SPIFFE_ENDPOINT_SOCKET,
+else agent.sock in the default data directory ($MESHCA_DATA_DIR, else
+$XDG_DATA_HOME/meshca, else ~/.local/share/meshca), where "meshca dev" puts it.
+
+Check the files with openssl: fetch prints the command, e.g.
+  openssl verify -x509_strict -CAfile svid/bundle.pem -untrusted svid/svid.pem svid/svid.pem`
+
+func (a *app) newWorkloadFetchCommand() *cobra.Command {
+	var (
+		socket, outDir string
+		timeout        time.Duration
+		all            bool
+	)
+	cmd := &cobra.Command{
+		Use:   "fetch --out DIR [--socket S] [--timeout 30s] [--all]",
+		Short: "Fetch this process's X509-SVIDs from the Workload API into files",
+		Long:  workloadFetchLong,
+		Example: `  meshca workload fetch --socket ~/.local/share/meshca/agent.sock --out ./svid
+  SPIFFE_ENDPOINT_SOCKET=unix:///run/meshca/agent.sock meshca workload fetch --out /etc/app/svid`,
+		Args: cobra.NoArgs,
+		// Use lists the flags already.
+		DisableFlagsInUseLine: true,
+	}
+	f := cmd.Flags()
+	f.StringVar(&socket, "socket", "", "the agent's Workload API socket, a path or unix:///path (default $"+envWorkloadSocket+", else <default data dir>/"+agentSocketName+")")
+	f.StringVar(&outDir, "out", "", "directory to write svid.pem, key.pem and bundle.pem into (required)")
+	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
+	f.BoolVar(&all, "all", false, "also write every other SVID, as svid.N.pem, key.N.pem and bundle.N.pem")
+	if err := cmd.MarkFlagRequired("out"); err != nil {
+		panic(err) // the flag is declared just above
+	}
+	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		if timeout <= 0 {
+			return usageErrorf("--timeout %s: want a positive duration", timeout)
+		}
+		out, err := absDir("--out", outDir)
+		if err != nil {
+			return err
+		}
+		path, err := a.workloadSocketPath(socket)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+		defer cancel()
+		svids, err := a.fetchX509SVIDs(ctx, path, timeout)
+		if err != nil {
+			return err
+		}
+		rep := fetchReport{Socket: path}
+		for i, s := range svids {
+			r := s.report()
+			if i == 0 || all {
+				files, err := s.write(out, i)
+				if err != nil {
+					return err
+				}
+				r.Files = &files
+				r.Verify = fetchVerifyCommands(s.leaf.Profile, files)
+			}
+			rep.SVIDs = append(rep.SVIDs, r)
+		}
+		if a.output == outputJSON {
+			return writeJSON(a.stdout, rep)
+		}
+		return a.printFetch(rep)
+	})
+	return cmd
+}
+
+// workloadSocketPath resolves the Workload API socket: flag (--socket),
+// else $SPIFFE_ENDPOINT_SOCKET, else agent.sock in the default data
+// directory. It accepts unix:///abs/path, unix:path and a plain path.
+func (a *app) workloadSocketPath(flag string) (string, error) {
+	addr, source := flag, "--socket"
+	if addr == "" {
+		addr, source = a.getenv(envWorkloadSocket), "$"+envWorkloadSocket
+	}
+	if addr == "" {
+		dir, err := defaultDataDir(a.getenv)
+		if err != nil {
+			return "", fmt.Errorf("no Workload API socket: give --socket or $%s (%w)", envWorkloadSocket, err)
+		}
+		return filepath.Join(dir, agentSocketName), nil
+	}
+	path := addr
+	switch {
+	case strings.HasPrefix(addr, "unix://"):
+		path = strings.TrimPrefix(addr, "unix://")
+		if !strings.HasPrefix(path, "/") {
+			return "", usageErrorf("%s %q: want unix:///absolute/path (three slashes) or a path", source, addr)
+		}
+	case strings.HasPrefix(addr, "unix:"):
+		path = strings.TrimPrefix(addr, "unix:")
+	case strings.Contains(addr, "://"):
+		return "", usageErrorf("%s %q: only Unix sockets are supported: want a path or unix:///path", source, addr)
+	}
+	if path == "" {
+		return "", usageErrorf("%s %q: the socket path is empty", source, addr)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", source, addr, err)
+	}
+	return abs, nil
+}
+
+// fetchedSVID is one X509-SVID the Workload API returned, checked.
+type fetchedSVID struct {
+	id     string
+	chain  [][]byte // DER, leaf first
+	leaf   *ca.Certificate
+	keyDER []byte // PKCS#8
+	roots  [][]byte
+}
+
+// fetchX509SVIDs asks the Workload API on socket for the caller's
+// X509-SVIDs. It retries while the agent is unavailable or has no SVID for
+// the caller yet, until ctx ends; timeout is ctx's limit, for messages.
+func (a *app) fetchX509SVIDs(ctx context.Context, socket string, timeout time.Duration) ([]*fetchedSVID, error) {
+	if len(socket) > maxSocketPath {
+		return nil, fmt.Errorf("Workload API socket path %s is %d bytes, longer than Unix sockets allow (%d)", socket, len(socket), maxSocketPath)
+	}
+	fi, err := os.Stat(socket)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("no Workload API socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", socket, envWorkloadSocket)
+	case err != nil:
+		return nil, fmt.Errorf("Workload API socket %s: %w", socket, err)
+	case fi.Mode().Type() != fs.ModeSocket:
+		return nil, fmt.Errorf("%s is not a Unix socket: give the agent's Workload API socket with --socket", socket)
+	}
+	conn, err := grpc.NewClient("unix://"+socket,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(workloadMaxMessage)))
+	if err != nil {
+		return nil, fmt.Errorf("Workload API socket %s: %w", socket, err)
+	}
+	defer conn.Close()
+	client := workload.NewSpiffeWorkloadAPIClient(conn)
+	// The Workload API refuses requests without its security header.
+	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
+
+	backoff := 100 * time.Millisecond
+	for {
+		svids, err := fetchOnce(ctx, client)
+		if err == nil {
+			return svids, nil
+		}
+		code := status.Code(err)
+		retry := code == codes.Unavailable || code == codes.PermissionDenied
+		if ctx.Err() != nil || !retry {
+			return nil, a.fetchError(socket, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, a.fetchError(socket, timeout, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// fetchOnce reads the first response of one FetchX509SVID stream.
+func fetchOnce(ctx context.Context, client workload.SpiffeWorkloadAPIClient) ([]*fetchedSVID, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream
+	stream, err := client.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Svids) == 0 {
+		return nil, status.Error(codes.PermissionDenied, "the agent answered with no X509-SVID")
+	}
+	var svids []*fetchedSVID
+	for i, s := range resp.Svids {
+		f, err := parseFetchedSVID(s)
+		if err != nil {
+			return nil, fmt.Errorf("X509-SVID %d from the Workload API (%s): %w", i, s.SpiffeId, err)
+		}
+		svids = append(svids, f)
+	}
+	return svids, nil
+}
+
+// fetchError explains why fetching failed.
+func (a *app) fetchError(socket string, timeout time.Duration, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("fetch X509-SVIDs from %s: %w", socket, err)
+	}
+	switch st.Code() {
+	case codes.PermissionDenied:
+		return fmt.Errorf("the Workload API at %s issued no X509-SVID to this process within %s (--timeout): %s; is there a registration entry for it, e.g. with --selector unix:uid:%d, whose parent is this agent? (meshca entry list)", socket, timeout, st.Message(), a.uid)
+	case codes.Unavailable:
+		if strings.Contains(st.Message(), "dial unix") {
+			return fmt.Errorf("cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
+		}
+		return fmt.Errorf("the Workload API at %s is unavailable after %s (--timeout): %s", socket, timeout, st.Message())
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("the Workload API at %s sent no X509-SVID within %s (--timeout): the agent may not be attested or connected to a server yet; see its log", socket, timeout)
+	case codes.Canceled:
+		return errors.New("fetch X509-SVIDs: cancelled")
+	}
+	return fmt.Errorf("fetch X509-SVIDs from %s: %s", socket, st.Message())
+}
+
+// parseFetchedSVID checks one X509-SVID of a response: a chain whose leaf,
+// of either profile, names the SVID's SPIFFE ID, the leaf's private key,
+// and at least one root.
+func parseFetchedSVID(s *workload.X509SVID) (*fetchedSVID, error) {
+	chain, err := splitDER(s.X509Svid)
+	if err != nil || len(chain) == 0 {
+		return nil, fmt.Errorf("certificate chain: %v", orEmpty(err))
+	}
+	leaf, err := parseAnyProfile(chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("leaf: %w", err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0] != s.SpiffeId {
+		return nil, fmt.Errorf("the leaf names %v, not %s", leaf.URIs, s.SpiffeId)
+	}
+	key, err := smx509.ParsePKCS8PrivateKey(s.X509SvidKey) // both profiles
+	if err != nil {
+		return nil, fmt.Errorf("private key: %w", err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("private key: a %T", key)
+	}
+	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
+		return nil, errors.New("the private key is not the leaf's")
+	}
+	roots, err := splitDER(s.Bundle)
+	if err != nil || len(roots) == 0 {
+		return nil, fmt.Errorf("trust bundle: %v", orEmpty(err))
+	}
+	return &fetchedSVID{id: s.SpiffeId, chain: chain, leaf: leaf, keyDER: s.X509SvidKey, roots: roots}, nil
+}
+
+func orEmpty(err error) error {
+	if err == nil {
+		return errors.New("empty")
+	}
+	return err
+}
+
+// splitDER splits concatenated DER certificates.
+func splitDER(b []byte) ([][]byte, error) {
+	var out [][]byte
+	for len(b) > 0 {
+		var v asn1.RawValue
+		rest, err := asn1.Unmarshal(b, &v)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", len(out)+1, err)
+		}
+		out = append(out, v.FullBytes)
+		b = rest
+	}
+	return out, nil
+}
+
+// parseAnyProfile parses a certificate of any profile.
+func parseAnyProfile(der []byte) (*ca.Certificate, error) {
+	var errs []error
+	for _, p := range ca.Profiles() {
+		c, err := p.ParseCertificate(der)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, fmt.Errorf("as %s: %w", p.Name(), err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// write writes the SVID into dir: svid.pem, key.pem and bundle.pem for the
+// first (n = 0), svid.n.pem, key.n.pem and bundle.n.pem for the others.
+func (s *fetchedSVID) write(dir string, n int) (svidFiles, error) {
+	name := func(base string) string {
+		if n == 0 {
+			return filepath.Join(dir, base+".pem")
+		}
+		return filepath.Join(dir, base+"."+strconv.Itoa(n)+".pem")
+	}
+	f := svidFiles{SVID: name("svid"), Key: name("key"), Bundle: name("bundle")}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: s.keyDER})
+	defer clear(keyPEM)
+	if err := writeFiles(dir,
+		outFile{f.Key, keyPEM, modePrivate},
+		outFile{f.SVID, ca.EncodePEM(s.chain...), modePublic},
+		outFile{f.Bundle, ca.EncodePEM(s.roots...), modePublic},
+	); err != nil {
+		return svidFiles{}, fmt.Errorf("write the X509-SVID of %s: %w", s.id, err)
+	}
+	return f, nil
+}
+
+// fetchReport is what workload fetch prints.
+type fetchReport struct {
+	Socket string              `json:"socket"`
+	SVIDs  []fetchedSVIDReport `json:"svids"`
+}
+
+// fetchedSVIDReport describes one fetched X509-SVID; Files and Verify are
+// set for those written out.
+type fetchedSVIDReport struct {
+	SPIFFEID  string     `json:"spiffe_id"`
+	Profile   string     `json:"profile"`
+	Serial    string     `json:"serial"`
+	NotBefore time.Time  `json:"not_before"`
+	NotAfter  time.Time  `json:"not_after"`
+	Files     *svidFiles `json:"files,omitempty"`
+	Verify    []string   `json:"verify,omitempty"`
+}
+
+func (s *fetchedSVID) report() fetchedSVIDReport {
+	return fetchedSVIDReport{
+		SPIFFEID: s.id, Profile: s.leaf.Profile, Serial: fmt.Sprintf("%x", s.leaf.SerialNumber),
+		NotBefore: s.leaf.NotBefore.UTC(), NotAfter: s.leaf.NotAfter.UTC(),
+	}
+}
+
+// fetchVerifyCommands are the openssl commands that verify written files.
+// openssl verify checks the first certificate of its file argument, so
+// svid.pem serves as the leaf and, with -untrusted, as the intermediates.
+// OpenSSL 3 applies the SM2 distinguishing ID only at depth 0, so an SM2
+// chain is verified one link at a time, the intermediates read from a pipe.
+func fetchVerifyCommands(profile string, f svidFiles) []string {
+	if profile == ca.ProfileSM2 {
+		distid := "distid:" + ca.SM2SignerID
+		intermediates := shellCommand("sed", "1,/END CERTIFICATE/d", f.SVID) + " | "
+		return []string{
+			intermediates + shellCommand("openssl", "verify", "-x509_strict", "-vfyopt", distid, "-CAfile", f.Bundle),
+			intermediates + shellCommand("openssl", "verify", "-x509_strict", "-partial_chain", "-vfyopt", distid, "-CAfile", "/dev/stdin", f.SVID),
+		}
+	}
+	return []string{shellCommand("openssl", "verify", "-x509_strict", "-CAfile", f.Bundle, "-untrusted", f.SVID, f.SVID)}
+}
+
+func (a *app) printFetch(r fetchReport) error {
+	if len(r.SVIDs) > 1 {
+		fmt.Fprintf(a.stdout, "the Workload API at %s returned %d X509-SVIDs:\n", r.Socket, len(r.SVIDs))
+		for i, s := range r.SVIDs {
+			note := ""
+			if i == 0 {
+				note = " (the default)"
+			}
+			fmt.Fprintf(a.stdout, "  %d  %s  %s%s\n", i, s.SPIFFEID, s.Profile, note)
+		}
+		fmt.Fprintln(a.stdout)
+	}
+	first := true
+	for _, s := range r.SVIDs {
+		if s.Files == nil {
+			continue
+		}
+		if !first {
+			fmt.Fprintln(a.stdout)
+		}
+		first = false
+		t := newTable(a.stdout, "")
+		t.row("SPIFFE ID", s.SPIFFEID)
+		t.row("profile", s.Profile)
+		t.row("serial", s.Serial)
+		t.row("not after", s.NotAfter.Format(time.RFC3339))
+		t.row(filepath.Base(s.Files.SVID), s.Files.SVID+" (leaf, then intermediates)")
+		t.row(filepath.Base(s.Files.Key), s.Files.Key+" (private key, PKCS#8, mode 0600)")
+		t.row(filepath.Base(s.Files.Bundle), s.Files.Bundle+" (roots of the "+s.Profile+" profile)")
+		if err := t.flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, "verify with openssl:")
+		for _, c := range s.Verify {
+			fmt.Fprintf(a.stdout, "  %s\n", c)
+		}
+	}
+	return nil
+}
