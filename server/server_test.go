@@ -399,3 +399,38 @@ func TestLedgerPruning(t *testing.T) {
 		t.Error("pruning removed records within their grace period")
 	}
 }
+
+// The operator mints an SVID through the server: it chains to the
+// profile's root and is in the ledger; a bad request is refused.
+func TestOperatorMint(t *testing.T) {
+	kek := newKEK(t)
+	c1 := testConfig(t, "s1", kek)
+	c1.Bootstrap, c1.TrustDomain = true, "example.org"
+	s1 := mustStart(t, c1)
+	waitBootstrapped(t, s1)
+	for _, p := range ca.Profiles() {
+		key, _ := p.GenerateKey()
+		csr, _ := p.CreateCSR(key)
+		resp, err := s1.operator().MintX509SVID(ctx(t), &operatorpb.MintX509SVIDRequest{SpiffeId: "spiffe://example.org/ops/tool", Csr: csr, Profile: p.Name()})
+		if err != nil {
+			t.Fatalf("%s: %v", p.Name(), err)
+		}
+		leaf, _ := p.ParseCertificate(resp.Chain[0])
+		inter, _ := p.ParseCertificate(resp.Chain[1])
+		root, _ := p.ParseCertificate(resp.Roots[0])
+		if err := ca.CheckSignedBy(leaf, inter); err != nil {
+			t.Error(err)
+		}
+		if err := ca.CheckSignedBy(inter, root); err != nil {
+			t.Error(err)
+		}
+		if s1.srv.fsm.Read().LedgerRecord(leaf.SerialNumber.Bytes()) == nil {
+			t.Errorf("%s: minted certificate not in the ledger", p.Name())
+		}
+	}
+	key, _ := ca.ECDSA.GenerateKey()
+	csr, _ := ca.ECDSA.CreateCSR(key)
+	if _, err := s1.operator().MintX509SVID(ctx(t), &operatorpb.MintX509SVIDRequest{SpiffeId: "spiffe://other.org/x", Csr: csr}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("foreign trust domain: %v, want InvalidArgument", err)
+	}
+}

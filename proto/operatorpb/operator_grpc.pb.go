@@ -35,6 +35,7 @@ const (
 	Operator_ListEntries_FullMethodName     = "/meshca.operator.v1.Operator/ListEntries"
 	Operator_ListNodes_FullMethodName       = "/meshca.operator.v1.Operator/ListNodes"
 	Operator_GetNode_FullMethodName         = "/meshca.operator.v1.Operator/GetNode"
+	Operator_MintX509SVID_FullMethodName    = "/meshca.operator.v1.Operator/MintX509SVID"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -58,6 +59,9 @@ type OperatorClient interface {
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	GetNode(ctx context.Context, in *GetNodeRequest, opts ...grpc.CallOption) (*NodeResponse, error)
+	// MintX509SVID signs a CSR for any SPIFFE ID of the trust domain, as the
+	// operator: recorded in the ledger and audited like every issuance.
+	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
 }
 
 type operatorClient struct {
@@ -220,6 +224,16 @@ func (c *operatorClient) GetNode(ctx context.Context, in *GetNodeRequest, opts .
 	return out, nil
 }
 
+func (c *operatorClient) MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintX509SVIDResponse)
+	err := c.cc.Invoke(ctx, Operator_MintX509SVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -241,6 +255,9 @@ type OperatorServer interface {
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	GetNode(context.Context, *GetNodeRequest) (*NodeResponse, error)
+	// MintX509SVID signs a CSR for any SPIFFE ID of the trust domain, as the
+	// operator: recorded in the ledger and audited like every issuance.
+	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -292,6 +309,9 @@ func (UnimplementedOperatorServer) ListNodes(context.Context, *ListNodesRequest)
 }
 func (UnimplementedOperatorServer) GetNode(context.Context, *GetNodeRequest) (*NodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetNode not implemented")
+}
+func (UnimplementedOperatorServer) MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintX509SVID not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -548,6 +568,24 @@ func _Operator_GetNode_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_MintX509SVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintX509SVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).MintX509SVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_MintX509SVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).MintX509SVID(ctx, req.(*MintX509SVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -602,6 +640,10 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetNode",
 			Handler:    _Operator_GetNode_Handler,
+		},
+		{
+			MethodName: "MintX509SVID",
+			Handler:    _Operator_MintX509SVID_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
