@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -14,8 +13,8 @@ import (
 
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/attest/jointoken"
-	"github.com/meshca/meshca/attest/unix"
+	"github.com/meshca/meshca/attest/k8s"
+	"github.com/meshca/meshca/attest/k8spsat"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -29,7 +28,14 @@ socket through the SPIFFE Workload API to the local processes they belong to.
 Each caller is attested from what the kernel says about it (SO_PEERCRED and
 /proc): the unix workload attestor gives its selectors unix:uid, unix:gid,
 unix:user, unix:group, unix:path and unix:sha256, and the caller gets the
-SVIDs of the entries whose selectors it all matches.
+SVIDs of the entries whose selectors it all matches. With --k8s-kubelet-url,
+the k8s workload attestor adds the selectors of a caller running in a pod,
+from the kubelet's /pods: k8s:ns, k8s:sa, k8s:pod-name, k8s:pod-uid,
+k8s:pod-label:<key>:<value>, k8s:container-name and k8s:node-name. The kubelet
+is authenticated with --k8s-kubelet-ca (default the system roots) or not at
+all with --k8s-kubelet-insecure (kubelets often serve a self-signed
+certificate), and the agent authenticates to it with the bearer token in
+--k8s-kubelet-token (usually its service account token).
 
 Starting an agent:
 
@@ -45,10 +51,28 @@ Starting an agent:
      32 hex digits of the token's SHA-256>, as "meshca node list" shows: use it
      as the --parent-id of "meshca entry create".
 
-The join token is needed only the first time: the agent keeps its own SVID and
+Node evidence: instead of a join token, an agent may prove its node's
+identity with one of the other methods the servers enable:
+  x509pop    --x509pop-cert F --x509pop-key K: a certificate chain (PEM, leaf
+             first) issued by a provisioning CA the servers trust
+             (--x509pop-ca), and the leaf's private key (PEM: PKCS#8, SEC1 or
+             PKCS#1; ECDSA P-256/P-384 or RSA of 2048 bits or more). The agent
+             signs the server's challenge with it. Its SPIFFE ID is
+             spiffe://<td>/meshca/agent/x509pop/<SHA-1 of the leaf>.
+  k8s_psat   --k8s-psat-cluster NAME [--k8s-psat-token-path P]: in a pod of
+             the Kubernetes cluster the servers know as NAME, a projected
+             service account token for their audience (default path
+             /var/run/secrets/tokens/meshca-agent). Its SPIFFE ID is
+             spiffe://<td>/meshca/agent/k8s_psat/<NAME>/<node UID>.
+Give exactly one kind of evidence: --join-token, --x509pop-cert with
+--x509pop-key, or --k8s-psat-cluster. $MESHCA_JOIN_TOKEN is used only when no
+other kind is given.
+
+The evidence is needed only the first time: the agent keeps its own SVID and
 key in <data-dir>/agent/ (mode 0600) and renews them while it runs, so a
-restart needs no token. An agent whose SVID expired while it was stopped needs
-a new token. An agent with no stored identity and no token refuses to start.
+restart neither needs nor reads it. An agent whose SVID expired while it was
+stopped attests again, with a new join token or its other evidence. An agent
+with no stored identity and no evidence refuses to start.
 
 Servers: --server is repeated, one API address (host:port) per server; the
 agent uses one at a time and moves to the next when it fails, retrying
@@ -63,11 +87,14 @@ SPIFFE client with SPIFFE_ENDPOINT_SOCKET=unix://S.
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: server (a list), join_token, trust_bundle, socket, data_dir,
-renew_fraction, log_level, log_format. An unknown key is an error. Flags given
+renew_fraction, log_level, log_format, x509pop_cert, x509pop_key,
+k8s_psat_cluster, k8s_psat_token_path, k8s_kubelet_url, k8s_kubelet_token,
+k8s_kubelet_ca, k8s_kubelet_insecure. An unknown key is an error. Flags given
 on the command line override the file. Relative paths in the file are
 relative to the file's directory. Example:
   {"server": ["10.0.0.1:8443", "10.0.0.2:8443"], "trust_bundle": "bundle.pem",
-   "data_dir": "/var/lib/meshca", "socket": "/run/meshca/agent.sock"}
+   "data_dir": "/var/lib/meshca", "socket": "/run/meshca/agent.sock",
+   "x509pop_cert": "node.pem", "x509pop_key": "node-key.pem"}
 
 The data directory is the first of --data-dir, data_dir in the file,
 $MESHCA_DATA_DIR, $XDG_DATA_HOME/meshca, ~/.local/share/meshca. It holds
@@ -75,8 +102,8 @@ agent/svid.pem, agent/key.pem and agent/bundle.pem; workloads' keys are
 kept in memory only.
 
 Logs go to standard error, as text or JSON (--log-format; json is the default
-with --output json), at --log-level debug|info|warn|error. Join tokens and
-keys are never logged.`
+with --output json), at --log-level debug|info|warn|error. Join tokens,
+service account tokens and keys are never logged.`
 
 // agentConfig is the configuration of meshca agent: the flags, or the keys
 // of a --config file, which have the flags' names in snake_case.
@@ -89,6 +116,18 @@ type agentConfig struct {
 	RenewFraction float64  `json:"renew_fraction"`
 	LogLevel      string   `json:"log_level"`
 	LogFormat     string   `json:"log_format"`
+
+	// Node evidence besides the join token.
+	X509PopCert      string `json:"x509pop_cert"`
+	X509PopKey       string `json:"x509pop_key"`
+	K8sPSATCluster   string `json:"k8s_psat_cluster"`
+	K8sPSATTokenPath string `json:"k8s_psat_token_path"`
+
+	// The k8s workload attestor.
+	K8sKubeletURL      string `json:"k8s_kubelet_url"`
+	K8sKubeletToken    string `json:"k8s_kubelet_token"`
+	K8sKubeletCA       string `json:"k8s_kubelet_ca"`
+	K8sKubeletInsecure bool   `json:"k8s_kubelet_insecure"`
 }
 
 // defaultRenewFraction is the part of an SVID's lifetime after which the
@@ -102,7 +141,8 @@ func loadAgentConfig(path string) (agentConfig, error) {
 	if err := loadConfigFile(path, &c); err != nil {
 		return c, err
 	}
-	resolveConfigPaths(path, &c.TrustBundle, &c.Socket, &c.DataDir)
+	resolveConfigPaths(path, &c.TrustBundle, &c.Socket, &c.DataDir,
+		&c.X509PopCert, &c.X509PopKey, &c.K8sPSATTokenPath, &c.K8sKubeletToken, &c.K8sKubeletCA)
 	return c, nil
 }
 
@@ -116,6 +156,14 @@ func (c *agentConfig) override(fs *pflag.FlagSet, f *agentConfig) {
 		"data-dir":     {&c.DataDir, &f.DataDir},
 		"log-level":    {&c.LogLevel, &f.LogLevel},
 		"log-format":   {&c.LogFormat, &f.LogFormat},
+
+		"x509pop-cert":        {&c.X509PopCert, &f.X509PopCert},
+		"x509pop-key":         {&c.X509PopKey, &f.X509PopKey},
+		"k8s-psat-cluster":    {&c.K8sPSATCluster, &f.K8sPSATCluster},
+		"k8s-psat-token-path": {&c.K8sPSATTokenPath, &f.K8sPSATTokenPath},
+		"k8s-kubelet-url":     {&c.K8sKubeletURL, &f.K8sKubeletURL},
+		"k8s-kubelet-token":   {&c.K8sKubeletToken, &f.K8sKubeletToken},
+		"k8s-kubelet-ca":      {&c.K8sKubeletCA, &f.K8sKubeletCA},
 	}
 	for name, p := range str {
 		if fs.Changed(name) {
@@ -128,6 +176,9 @@ func (c *agentConfig) override(fs *pflag.FlagSet, f *agentConfig) {
 	if fs.Changed("renew-fraction") {
 		c.RenewFraction = f.RenewFraction
 	}
+	if fs.Changed("k8s-kubelet-insecure") {
+		c.K8sKubeletInsecure = f.K8sKubeletInsecure
+	}
 }
 
 func (a *app) newAgentCommand() *cobra.Command {
@@ -137,8 +188,9 @@ func (a *app) newAgentCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use: "agent --config F | --server H:P [--server H:P ...] --trust-bundle F\n" +
-			"             [--join-token T] [--data-dir D] [--socket S] [--renew-fraction 0.5]\n" +
-			"             [--log-level info] [--log-format text]",
+			"             [--join-token T | --x509pop-cert F --x509pop-key F | --k8s-psat-cluster NAME [--k8s-psat-token-path P]]\n" +
+			"             [--k8s-kubelet-url U [--k8s-kubelet-token F] [--k8s-kubelet-ca F | --k8s-kubelet-insecure]]\n" +
+			"             [--data-dir D] [--socket S] [--renew-fraction 0.5] [--log-level info] [--log-format text]",
 		Short: "Run a node agent: attest, fetch and renew SVIDs, serve the Workload API",
 		Long:  agentLong,
 		Args:  cobra.NoArgs,
@@ -155,6 +207,14 @@ func (a *app) newAgentCommand() *cobra.Command {
 	f.Float64Var(&flags.RenewFraction, "renew-fraction", defaultRenewFraction, "renew SVIDs after this part of their lifetime, between 0 and 1")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&flags.LogFormat, "log-format", "", "log format: text or json (default text, json with --output json)")
+	f.StringVar(&flags.X509PopCert, "x509pop-cert", "", "x509pop node evidence: PEM certificate chain from a provisioning CA, leaf first (with --x509pop-key)")
+	f.StringVar(&flags.X509PopKey, "x509pop-key", "", "x509pop node evidence: PEM private key of the leaf, PKCS#8, SEC1 or PKCS#1 (with --x509pop-cert)")
+	f.StringVar(&flags.K8sPSATCluster, "k8s-psat-cluster", "", "k8s_psat node evidence: the Kubernetes cluster's name, as the servers' --k8s-psat-cluster gives it")
+	f.StringVar(&flags.K8sPSATTokenPath, "k8s-psat-token-path", "", "projected service account token file, read at each attestation (default "+k8spsat.DefaultTokenPath+"; with --k8s-psat-cluster)")
+	f.StringVar(&flags.K8sKubeletURL, "k8s-kubelet-url", "", "enable the k8s workload attestor with the kubelet at this URL, e.g. "+k8s.DefaultKubeletURL)
+	f.StringVar(&flags.K8sKubeletToken, "k8s-kubelet-token", "", "file of a bearer token for the kubelet, read at each request (default none; with --k8s-kubelet-url)")
+	f.StringVar(&flags.K8sKubeletCA, "k8s-kubelet-ca", "", "PEM file of the CAs of the kubelet's serving certificate (default the system roots; with --k8s-kubelet-url)")
+	f.BoolVar(&flags.K8sKubeletInsecure, "k8s-kubelet-insecure", false, "do not verify the kubelet's serving certificate (with --k8s-kubelet-url; excludes --k8s-kubelet-ca)")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var cfg agentConfig
 		if configFile != "" {
@@ -173,7 +233,9 @@ func (a *app) newAgentCommand() *cobra.Command {
 		if cfg.RenewFraction == 0 {
 			cfg.RenewFraction = defaultRenewFraction
 		}
-		if cfg.JoinToken == "" {
+		// $MESHCA_JOIN_TOKEN stands for --join-token only when no other
+		// kind of node evidence is given.
+		if len(cfg.evidenceKinds()) == 0 {
 			cfg.JoinToken = a.getenv(envJoinToken)
 		}
 		return a.agent(cmd.Context(), cfg)
@@ -197,6 +259,9 @@ func checkAgentConfig(c *agentConfig) error {
 	}
 	if !(c.RenewFraction > 0 && c.RenewFraction < 1) {
 		return usageErrorf("--renew-fraction %v: want a number between 0 and 1, e.g. 0.5 for half-life", c.RenewFraction)
+	}
+	if err := checkAttestationConfig(c); err != nil {
+		return err
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
@@ -236,12 +301,6 @@ func agentSocketPath(socket, dataDir string) (string, error) {
 	return path, nil
 }
 
-// workloadAttestors are the workload attestors every agent runs; log
-// receives their debug messages.
-func workloadAttestors(log *slog.Logger) []attest.WorkloadAttestor {
-	return []attest.WorkloadAttestor{unix.New(unix.Config{Log: log})}
-}
-
 // agent runs a node agent with configuration c until ctx ends or the
 // process gets SIGINT or SIGTERM.
 func (a *app) agent(ctx context.Context, c agentConfig) error {
@@ -272,34 +331,47 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 	if err != nil {
 		return err
 	}
+	// The node evidence is read only when it is needed: an agent with a
+	// stored identity renews it without attesting again.
 	var evidence attest.NodeEvidence
-	switch {
-	case storedID != "":
-	case c.JoinToken == "":
-		return fmt.Errorf("this agent has no identity yet (none stored in %s): give a join token with --join-token or $%s; make one on a server with `meshca token create --kind agent`", filepath.Join(dataDir, "agent"), envJoinToken)
-	default:
-		evidence = jointoken.NewEvidence(c.JoinToken)
+	if storedID == "" {
+		if evidence, err = nodeEvidence(&c); err != nil {
+			return err
+		}
+		if evidence == nil {
+			return fmt.Errorf("this agent has no identity yet (none stored in %s): give node evidence, a join token with --join-token or $%s (make one on a server with `meshca token create --kind agent`), an x509pop certificate and key with --x509pop-cert and --x509pop-key, or --k8s-psat-cluster in a Kubernetes pod", filepath.Join(dataDir, "agent"), envJoinToken)
+		}
+	}
+	log := a.logger(c.LogLevel, c.LogFormat)
+	wattestors, err := workloadAttestors(log, &c)
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(dataDir, modeDir); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
 
-	log := a.logger(c.LogLevel, c.LogFormat)
 	ag, err := agent.New(agent.Config{
 		Servers: c.Server, TrustBundle: bundle, DataDir: dataDir, SocketPath: socket,
-		Evidence: evidence, WorkloadAttestors: workloadAttestors(log),
+		Evidence: evidence, WorkloadAttestors: wattestors,
 		RenewFraction: c.RenewFraction, Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
+	wnames := make([]string, 0, len(wattestors))
+	for _, w := range wattestors {
+		wnames = append(wnames, w.Name())
+	}
 	if storedID != "" {
-		log.Info("starting meshca agent with its stored identity", "agent_id", storedID, "data_dir", dataDir, "servers", c.Server)
-		if c.JoinToken != "" {
-			log.Info("the join token is not used: the agent already has an identity")
+		log.Info("starting meshca agent with its stored identity", "agent_id", storedID, "data_dir", dataDir, "servers", c.Server,
+			"workload_attestors", wnames)
+		if kinds := c.evidenceKinds(); len(kinds) > 0 {
+			log.Info("the node evidence is not used: the agent already has an identity", "evidence", kinds[0])
 		}
 	} else {
-		log.Info("starting meshca agent; it attests with its join token", "data_dir", dataDir, "servers", c.Server)
+		log.Info("starting meshca agent; it attests its node", "attestor", evidence.Name(), "data_dir", dataDir, "servers", c.Server,
+			"workload_attestors", wnames)
 	}
 	log.Info("Workload API listening", "socket", ag.SocketPath(),
 		"workload", "meshca workload fetch --socket "+ag.SocketPath()+" --out ./svid")

@@ -102,7 +102,8 @@ func TestAgentConfigFile(t *testing.T) {
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("after flags: %+v, want %+v", c, want)
 	}
-	if keys := strings.Join(jsonKeys[agentConfig](), ","); keys != "server,join_token,trust_bundle,socket,data_dir,renew_fraction,log_level,log_format" {
+	if keys := strings.Join(jsonKeys[agentConfig](), ","); keys != "server,join_token,trust_bundle,socket,data_dir,renew_fraction,log_level,log_format,"+
+		"x509pop_cert,x509pop_key,k8s_psat_cluster,k8s_psat_token_path,k8s_kubelet_url,k8s_kubelet_token,k8s_kubelet_ca,k8s_kubelet_insecure" {
 		t.Errorf("agent config keys = %s", keys)
 	}
 }

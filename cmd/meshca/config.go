@@ -35,7 +35,7 @@ func loadConfigFile[T any](path string, v *T) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if key, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return usageErrorf("config file %s: unknown key %s (known keys: %s)", path, key, strings.Join(jsonKeys[T](), ", "))
+			return usageErrorf("config file %s: unknown key %s (known keys: %s)", path, key, knownKeys(reflect.TypeFor[T]()))
 		}
 		return usageErrorf("config file %s is not a valid JSON object of settings: %v", path, err)
 	}
@@ -54,6 +54,22 @@ func resolveConfigPaths(configFile string, paths ...*string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+}
+
+// knownKeys describes the JSON keys of the struct type t for an error
+// message: its keys in field order, and for a key holding a list of
+// objects, the keys of those objects.
+func knownKeys(t reflect.Type) string {
+	keys := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		f := t.Field(i)
+		k := f.Tag.Get("json")
+		if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
+			k += " (a list of objects with the keys " + knownKeys(f.Type.Elem()) + ")"
+		}
+		keys = append(keys, k)
+	}
+	return strings.Join(keys, ", ")
 }
 
 // jsonKeys lists the JSON keys of the struct type T, in field order.

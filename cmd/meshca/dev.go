@@ -390,9 +390,13 @@ func (a *app) devStart(ctx context.Context, srv *server.Server, srvDone chan err
 	}
 	rep.Entry, rep.EntryCreated = newEntryReport(e), created
 
+	wattestors, err := workloadAttestors(log, &agentConfig{})
+	if err != nil {
+		return rep, nil, err
+	}
 	ag, err := agent.New(agent.Config{
 		Servers: []string{srv.APIAddr()}, TrustBundle: bundle, DataDir: dataDir, SocketPath: socket,
-		Evidence: evidence, WorkloadAttestors: workloadAttestors(log), Logger: log,
+		Evidence: evidence, WorkloadAttestors: wattestors, Logger: log,
 	})
 	if err != nil {
 		return rep, nil, fmt.Errorf("start the agent: %w", err)

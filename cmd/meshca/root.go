@@ -125,15 +125,15 @@ What works today:
   meshca token create     make a single-use join token for a server or an agent
   meshca status           show a server's Raft state, leader and state hash
   meshca operator raft    list, add and remove Raft peers; save and restore snapshots
-  meshca x509 mint        mint an X509-SVID for a SPIFFE ID into a directory, offline
+  meshca x509 mint        mint an X509-SVID into a directory, through a server or offline
 
 Operator commands reach a server through its admin Unix socket: --addr
 unix:///path/admin.sock or $MESHCA_ADDR (default: the socket in the default
 data directory). SDS and OPA are not in this binary yet.
 
 CA private keys are sealed at rest under a key-encryption key (KEK) read from
---kek-file or $MESHCA_KEK_FILE. Without one, dev, x509 mint and a bootstrapping
-server keep a KEK in the data directory, next to the keys it protects: that is
+--kek-file or $MESHCA_KEK_FILE. Without one, dev, offline x509 mint and a
+bootstrapping server keep a KEK in the data directory, next to the keys it protects: that is
 for development only. Every server of a cluster needs the same KEK.
 
 Every command takes --output table|json.`

@@ -17,6 +17,9 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/attest/jointoken"
+	"github.com/meshca/meshca/attest/k8spsat"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/server"
@@ -71,14 +74,42 @@ The operator API listens on a Unix socket, --admin-socket (default
 <data-dir>/admin.sock, mode 0600): whoever can open it operates the server.
 Operator commands reach it with --addr unix://<socket> or $MESHCA_ADDR.
 
+Node attestation: agents attest with a single-use join token (join_token,
+always enabled), and with the methods configured here. Every server of a
+cluster should be given the same settings, since an agent may attest to any.
+  x509pop    --x509pop-ca F (repeatable; a file may hold several certificates)
+             names the provisioning CAs: an agent proves it holds the key of a
+             certificate they issued, whose extended key usage, if any, allows
+             clientAuth. Its ID: spiffe://<td>/meshca/agent/x509pop/<SHA-1 of the
+             leaf>; selectors x509pop:subject:cn, x509pop:ca:fingerprint,
+             x509pop:serialnumber.
+  k8s_psat   --k8s-psat-cluster NAME --k8s-psat-issuer URL --k8s-psat-jwks F
+             [--k8s-psat-audience meshca] [--k8s-psat-allowed-sa NS:SA ...]
+             lets agents running in pods of a Kubernetes cluster attest with a
+             projected service account token, validated offline against the
+             issuer's keys (F: kubectl get --raw /openid/v1/jwks > F). Its ID:
+             spiffe://<td>/meshca/agent/k8s_psat/<NAME>/<node UID>. More
+             clusters: k8s_psat_clusters in the configuration file.
+The attestors name agents in the server's trust domain: --trust-domain when
+bootstrapping, that of --trust-bundle when joining, and on a restart that of
+<data-dir>/server/bundle.pem, which the server rewrites at every start (a
+started server checks that its roots name the same trust domain).
+
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
-join, join_token, trust_bundle, admin_socket, kek_file, log_level, log_format.
+join, join_token, trust_bundle, admin_socket, kek_file, log_level, log_format,
+x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
+k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
+of clusters {"name", "issuer", "audience", "jwks_file",
+"allowed_service_accounts": [...]}, added to the one of the k8s_psat_* keys.
 An unknown key is an error. Flags given on the command line override the
-file. Relative paths in the file are relative to the file's directory.
-Example:
+file (a list flag replaces the file's list). Relative paths in the file are
+relative to the file's directory. Example:
   {"data_dir": "/var/lib/meshca", "node_id": "s1", "raft_addr": "10.0.0.1:8300",
-   "api_addr": "10.0.0.1:8443", "kek_file": "/etc/meshca/kek", "log_level": "info"}
+   "api_addr": "10.0.0.1:8443", "kek_file": "/etc/meshca/kek", "log_level": "info",
+   "x509pop_ca": ["provisioning-ca.pem"],
+   "k8s_psat_clusters": [{"name": "prod", "issuer": "https://kubernetes.default.svc.cluster.local",
+     "jwks_file": "prod-jwks.json", "allowed_service_accounts": ["meshca:meshca-agent"]}]}
 
 The data directory is the first of --data-dir, data_dir in the file,
 $MESHCA_DATA_DIR, $XDG_DATA_HOME/meshca, ~/.local/share/meshca. It holds:
@@ -109,6 +140,15 @@ type serverConfig struct {
 	KEKFile     string `json:"kek_file"`
 	LogLevel    string `json:"log_level"`
 	LogFormat   string `json:"log_format"`
+
+	// Node attestors besides join_token.
+	X509PopCA        []string               `json:"x509pop_ca"`
+	K8sPSATCluster   string                 `json:"k8s_psat_cluster"`
+	K8sPSATIssuer    string                 `json:"k8s_psat_issuer"`
+	K8sPSATJWKS      string                 `json:"k8s_psat_jwks"`
+	K8sPSATAudience  string                 `json:"k8s_psat_audience"`
+	K8sPSATAllowedSA []string               `json:"k8s_psat_allowed_sa"`
+	K8sPSATClusters  []k8sPSATClusterConfig `json:"k8s_psat_clusters"`
 }
 
 // loadServerConfig reads a server's JSON configuration file (see
@@ -119,7 +159,13 @@ func loadServerConfig(path string) (serverConfig, error) {
 	if err := loadConfigFile(path, &c); err != nil {
 		return c, err
 	}
-	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile)
+	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile, &c.K8sPSATJWKS)
+	for i := range c.X509PopCA {
+		resolveConfigPaths(path, &c.X509PopCA[i])
+	}
+	for i := range c.K8sPSATClusters {
+		resolveConfigPaths(path, &c.K8sPSATClusters[i].JWKSFile)
+	}
 	return c, nil
 }
 
@@ -142,6 +188,11 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"kek-file":     {&c.KEKFile, &f.KEKFile},
 		"log-level":    {&c.LogLevel, &f.LogLevel},
 		"log-format":   {&c.LogFormat, &f.LogFormat},
+
+		"k8s-psat-cluster":  {&c.K8sPSATCluster, &f.K8sPSATCluster},
+		"k8s-psat-issuer":   {&c.K8sPSATIssuer, &f.K8sPSATIssuer},
+		"k8s-psat-jwks":     {&c.K8sPSATJWKS, &f.K8sPSATJWKS},
+		"k8s-psat-audience": {&c.K8sPSATAudience, &f.K8sPSATAudience},
 	}
 	for name, p := range str {
 		if fs.Changed(name) {
@@ -150,6 +201,12 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 	}
 	if fs.Changed("bootstrap") {
 		c.Bootstrap = f.Bootstrap
+	}
+	if fs.Changed("x509pop-ca") {
+		c.X509PopCA = f.X509PopCA
+	}
+	if fs.Changed("k8s-psat-allowed-sa") {
+		c.K8sPSATAllowedSA = f.K8sPSATAllowedSA
 	}
 }
 
@@ -161,7 +218,9 @@ func (a *app) newServerCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "server --config F | --data-dir D --node-id N --raft-addr H:P --api-addr H:P\n" +
 			"              [--bootstrap --trust-domain TD | --join H:P --join-token T --trust-bundle F]\n" +
-			"              [--admin-socket S] [--kek-file F] [--log-level info] [--log-format text]",
+			"              [--admin-socket S] [--kek-file F] [--log-level info] [--log-format text]\n" +
+			"              [--x509pop-ca F ...] [--k8s-psat-cluster NAME --k8s-psat-issuer URL --k8s-psat-jwks F\n" +
+			"               [--k8s-psat-audience meshca] [--k8s-psat-allowed-sa NS:SA ...]]",
 		Short: "Run a CA server: bootstrap a Raft cluster or join one",
 		Long:  serverLong,
 		Args:  cobra.NoArgs,
@@ -183,6 +242,12 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&flags.LogFormat, "log-format", "", "log format: text or json (default text, json with --output json)")
+	f.StringArrayVar(&flags.X509PopCA, "x509pop-ca", nil, "PEM file of provisioning CA certificates: enables x509pop node attestation; repeat for more files")
+	f.StringVar(&flags.K8sPSATCluster, "k8s-psat-cluster", "", "name of a Kubernetes cluster whose agents may attest with k8s_psat: enables k8s_psat node attestation")
+	f.StringVar(&flags.K8sPSATIssuer, "k8s-psat-issuer", "", "the cluster's service account issuer, matched exactly against the tokens' iss (with --k8s-psat-cluster)")
+	f.StringVar(&flags.K8sPSATJWKS, "k8s-psat-jwks", "", "JSON Web Key Set file of the issuer's public keys: kubectl get --raw /openid/v1/jwks (with --k8s-psat-cluster)")
+	f.StringVar(&flags.K8sPSATAudience, "k8s-psat-audience", k8spsat.DefaultAudience, "audience the agents' tokens must be made for (with --k8s-psat-cluster)")
+	f.StringArrayVar(&flags.K8sPSATAllowedSA, "k8s-psat-allowed-sa", nil, "namespace:name of a service account whose agents may attest; repeat for more (default any; with --k8s-psat-cluster)")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var cfg serverConfig
 		if configFile != "" {
@@ -252,6 +317,9 @@ func checkServerConfig(c *serverConfig) error {
 		}
 	} else if c.JoinToken != "" || c.TrustBundle != "" {
 		return usageErrorf("--join-token and --trust-bundle are only used with --join")
+	}
+	if err := checkNodeAttestorConfig(c); err != nil {
+		return err
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
@@ -350,6 +418,10 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 			return err
 		}
 	}
+	attestorFiles, err := loadNodeAttestorFiles(&c)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dataDir, modeDir); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
@@ -361,6 +433,18 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
+	var (
+		attestors  []attest.NodeAttestor
+		attestorTD spiffeid.TrustDomain
+	)
+	if !attestorFiles.empty() {
+		if attestorTD, err = attestorTrustDomain(&c, dataDir, hasIdentity, bundle); err != nil {
+			return err
+		}
+		if attestors, err = attestorFiles.attestors(attestorTD); err != nil {
+			return err
+		}
+	}
 
 	log, raftLog := a.loggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
@@ -371,7 +455,12 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	case c.Join != "":
 		mode = "join " + c.Join
 	}
-	log.Info("starting meshca server", "node", c.NodeID, "data_dir", dataDir, "mode", mode, "kek_file", kekFrom.File, "kek_id", kek.ID())
+	attestorNames := []string{jointoken.Name}
+	for _, at := range attestors {
+		attestorNames = append(attestorNames, at.Name())
+	}
+	log.Info("starting meshca server", "node", c.NodeID, "data_dir", dataDir, "mode", mode, "kek_file", kekFrom.File, "kek_id", kek.ID(),
+		"node_attestors", attestorNames)
 	for _, ad := range []struct{ name, value string }{{"raft_addr", c.RaftAddr}, {"api_addr", c.APIAddr}} {
 		if _, port, _ := net.SplitHostPort(ad.value); port == "0" {
 			log.Warn("port 0 picks a free port at random; the cluster records the address, so a server that restarts must get the same one", ad.name, ad.value)
@@ -381,7 +470,8 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle,
-		Logger: log, RaftLogger: raftLog,
+		NodeAttestors: attestors,
+		Logger:        log, RaftLogger: raftLog,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
 		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekFrom.File, dataDir, err)
@@ -390,6 +480,12 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		return fmt.Errorf("start server: %w", err)
 	}
 
+	if len(attestors) > 0 {
+		if err := checkBundleTrustDomain(srv.TrustBundle(), attestorTD); err != nil {
+			srv.Close()
+			return err
+		}
+	}
 	bundlePath := filepath.Join(dataDir, "server", "bundle.pem")
 	if err := atomicfile.Write(bundlePath, srv.TrustBundle(), modePublic); err != nil {
 		srv.Close()

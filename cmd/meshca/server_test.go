@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -416,7 +417,7 @@ func TestServerConfigFile(t *testing.T) {
 	}
 	want := serverConfig{DataDir: filepath.Join(dir, "data"), KEKFile: "/etc/kek", TrustBundle: filepath.Join(dir, "b.pem"),
 		AdminSocket: filepath.Join(dir, "a.sock"), NodeID: "n1", LogLevel: "warn", Bootstrap: true}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("loadServerConfig = %+v, want %+v", c, want)
 	}
 	// Flags given on the command line win; the others keep the file's values.
@@ -427,10 +428,11 @@ func TestServerConfigFile(t *testing.T) {
 	flags := serverConfig{NodeID: "n2"}
 	c.override(cmd.Flags(), &flags)
 	want.NodeID, want.Bootstrap = "n2", false
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("after flags: %+v, want %+v", c, want)
 	}
-	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,admin_socket,kek_file,log_level,log_format" {
+	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,admin_socket,kek_file,log_level,log_format,"+
+		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters" {
 		t.Errorf("configKeys = %s", keys)
 	}
 }

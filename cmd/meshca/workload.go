@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emmansun/gmsm/smx509"
@@ -187,6 +189,15 @@ func (a *app) fetchX509SVIDs(ctx context.Context, socket string, timeout time.Du
 		return nil, fmt.Errorf("Workload API socket %s: %w", socket, err)
 	case fi.Mode().Type() != fs.ModeSocket:
 		return nil, fmt.Errorf("%s is not a Unix socket: give the agent's Workload API socket with --socket", socket)
+	}
+	// A socket file with no agent behind it (left by a crash) refuses at
+	// once; say so rather than wait for the timeout.
+	if c, err := net.Dial("unix", socket); err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
+		}
+	} else {
+		c.Close()
 	}
 	conn, err := grpc.NewClient("unix://"+socket,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),

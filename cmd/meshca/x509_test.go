@@ -271,3 +271,167 @@ func TestX509MintMissingFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestX509MintThroughServer mints X509-SVIDs of both profiles through the
+// operator API of an in-process `meshca server`: the chains verify with
+// openssl, and the server refuses a SPIFFE ID of another trust domain.
+func TestX509MintThroughServer(t *testing.T) {
+	t.Parallel()
+	requireOpenSSL(t)
+	env := testEnv(t)
+	dataDir := shortTempDir(t)
+	sock := filepath.Join(dataDir, adminSocketName)
+	addr := "unix://" + sock
+	ports := freePorts(t, 2)
+	srv := startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", ports[0], "--api-addr", ports[1],
+		"--bootstrap", "--trust-domain", "example.org")
+	waitLeader(t, env, sock, "s1")
+	waitFor(t, 10*time.Second, "bootstrap state written", func() (bool, string) {
+		return strings.Contains(srv.stderr.String(), bootstrappedLog), "no " + bootstrappedLog + " in the log"
+	})
+
+	const id = "spiffe://example.org/ops/tool"
+	for _, p := range []string{ca.ProfileECDSA, ca.ProfileSM2} {
+		out := filepath.Join(t.TempDir(), "out")
+		args := []string{"x509", "mint", "--spiffe-id", id, "--out", out, "--dns", "api.prod.svc", "--dns", "api.example.org", "--ttl", "1h"}
+		runEnv := env
+		if p == ca.ProfileECDSA {
+			// $MESHCA_ADDR selects the server; the profile defaults to ecdsa.
+			runEnv = map[string]string{"HOME": env["HOME"], envAddr: addr}
+			args = append(args, "--output", "json")
+		} else {
+			args = append(args, "--addr", addr, "--profile", p)
+		}
+		r := mustSucceed(t, runEnv, args...)
+		if p == ca.ProfileECDSA {
+			var rep map[string]any
+			if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+				t.Fatalf("x509 mint --output json: %v\n%s", err, r.stdout)
+			}
+			if rep["server"] != addr || rep["trust_domain"] != "example.org" || rep["profile"] != p || rep["spiffe_id"] != id {
+				t.Errorf("JSON report = %v", rep)
+			}
+		} else if !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, addr) || !strings.Contains(r.stdout, "ledger") {
+			t.Errorf("x509 mint --addr:\n%s", r.stdout)
+		}
+		if strings.Contains(r.stdout+r.stderr, "PRIVATE KEY") || strings.Contains(r.stderr, devOnlyWarning) {
+			t.Errorf("%s: unexpected output: stdout %q, stderr %q", p, r.stdout, r.stderr)
+		}
+		checkMode(t, out, modeDir)
+		checkMode(t, filepath.Join(out, "svid.pem"), modePublic)
+		checkMode(t, filepath.Join(out, "key.pem"), modePrivate)
+		checkMode(t, filepath.Join(out, "bundle.pem"), modePublic)
+		checkLeafAndKey(t, p, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), id)
+
+		chain := splitPEM(t, readFile(t, filepath.Join(out, "svid.pem")))
+		work := t.TempDir()
+		leaf := writeTestFile(t, work, "leaf.pem", ca.EncodePEM(chain[0]))
+		inter := writeTestFile(t, work, "intermediates.pem", ca.EncodePEM(chain[1:]...))
+		bundle := filepath.Join(out, "bundle.pem")
+		if p == ca.ProfileECDSA {
+			opensslVerify(t, "-x509_strict", "-CAfile", bundle, "-untrusted", inter, leaf)
+			c, err := x509.ParseCertificate(chain[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLeafFields(t, p, c.DNSNames, c.NotBefore, c.NotAfter)
+			// The server's bundle holds the same ECDSA root.
+			if got, want := readFile(t, bundle), readFile(t, filepath.Join(dataDir, "server", "bundle.pem")); string(got) != string(want) {
+				t.Error("bundle.pem is not the server's ECDSA trust bundle")
+			}
+		} else {
+			distid := "distid:" + ca.SM2SignerID
+			opensslVerify(t, "-x509_strict", "-vfyopt", distid, "-CAfile", bundle, inter)
+			opensslVerify(t, "-x509_strict", "-partial_chain", "-vfyopt", distid, "-CAfile", inter, leaf)
+			c, err := smx509.ParseCertificate(chain[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLeafFields(t, p, c.DNSNames, c.NotBefore, c.NotAfter)
+		}
+	}
+	if !strings.Contains(srv.stderr.String(), "mint x509-svid") {
+		t.Errorf("the server did not audit the minting:\n%s", srv.stderr)
+	}
+
+	// A SPIFFE ID of another trust domain: the server's reason, nothing written.
+	out := filepath.Join(t.TempDir(), "out")
+	r := meshca(t, env, "x509", "mint", "--spiffe-id", "spiffe://other.org/x", "--addr", addr, "--out", out)
+	if r.code != exitError || !strings.HasPrefix(r.stderr, "meshca: mint ecdsa X509-SVID for spiffe://other.org/x: ") ||
+		!strings.Contains(r.stderr, "example.org") || strings.Contains(r.stderr, "rpc error") {
+		t.Errorf("foreign trust domain: exit %d, stderr %q; want exit 1 with the server's reason", r.code, r.stderr)
+	}
+	t.Logf("foreign trust domain: %s", strings.TrimSpace(r.stderr))
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("a refused mint created --out: %v", err)
+	}
+}
+
+// The mode of x509 mint: --addr (or $MESHCA_ADDR) or --data-dir, not both;
+// mistakes are found before the server is dialed or anything is written.
+func TestX509MintModes(t *testing.T) {
+	t.Parallel()
+	dir := shortTempDir(t)
+	missing := filepath.Join(dir, "missing.sock")
+	const id = "spiffe://example.org/x"
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+		want []string
+	}{
+		{"fail/addr-and-data-dir", nil, []string{"--spiffe-id", id, "--profile", "ecdsa", "--addr", "unix://" + missing, "--data-dir", dir}, exitUsage,
+			[]string{"--addr and --data-dir exclude each other"}},
+		{"fail/neither", nil, []string{"--spiffe-id", id}, exitUsage,
+			[]string{`required flag(s) "data-dir", "profile" not set`, "--addr unix:///path/admin.sock", "MESHCA_ADDR"}},
+		{"fail/addr-missing-out", nil, []string{"--spiffe-id", id, "--addr", "unix://" + missing, "--out", ""}, exitUsage,
+			[]string{`required flag(s) "out" not set`}},
+		{"fail/addr-with-kek-file", nil, []string{"--spiffe-id", id, "--addr", "unix://" + missing, "--kek-file", "k"}, exitUsage,
+			[]string{"--kek-file is only used with --data-dir"}},
+		{"fail/data-dir-with-timeout", nil, []string{"--spiffe-id", id, "--profile", "ecdsa", "--data-dir", filepath.Join(dir, "ca"), "--timeout", "5s"}, exitUsage,
+			[]string{"--timeout is only used with --addr"}},
+		{"fail/addr-fractional-ttl", nil, []string{"--spiffe-id", id, "--addr", "unix://" + missing, "--ttl", "1500ms"}, exitUsage,
+			[]string{"--ttl 1.5s", "whole seconds"}},
+		{"fail/addr-bad-profile", nil, []string{"--spiffe-id", id, "--addr", "unix://" + missing, "--profile", "rsa"}, exitError,
+			[]string{`unknown profile "rsa"`}},
+		{"fail/addr-bad-spiffe-id", nil, []string{"--spiffe-id", "spiffe://example.org", "--addr", "unix://" + missing}, exitError,
+			[]string{"needs a path"}},
+		{"fail/addr-unreachable", nil, []string{"--spiffe-id", id, "--addr", "unix://" + missing}, exitError,
+			[]string{"cannot reach the server's admin socket at " + missing}},
+		{"fail/env-addr-unreachable", map[string]string{envAddr: "unix://" + missing}, []string{"--spiffe-id", id}, exitError,
+			[]string{"cannot reach the server's admin socket at " + missing}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			out := filepath.Join(t.TempDir(), "out")
+			args := append([]string{"x509", "mint", "--out", out}, tc.args...)
+			r := meshca(t, tc.env, args...)
+			if r.code != tc.code {
+				t.Errorf("exit %d, want %d; stderr %q", r.code, tc.code, r.stderr)
+			}
+			if !strings.HasPrefix(r.stderr, "meshca: ") {
+				t.Errorf("stderr = %q, want it to start with \"meshca: \"", r.stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr = %q, want it to contain %q", r.stderr, w)
+				}
+			}
+			if _, err := os.Stat(out); !os.IsNotExist(err) {
+				t.Errorf("a refused mint created --out: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "ca")); !os.IsNotExist(err) {
+				t.Errorf("a refused mint created a local CA: %v", err)
+			}
+		})
+	}
+
+	// --data-dir wins over $MESHCA_ADDR: the offline mode.
+	out := filepath.Join(t.TempDir(), "out")
+	r := mustSucceed(t, map[string]string{envAddr: "unix://" + missing}, "x509", "mint", "--spiffe-id", id, "--profile", "ecdsa",
+		"--data-dir", t.TempDir(), "--out", out)
+	if !strings.Contains(r.stdout, "created") {
+		t.Errorf("x509 mint --data-dir with $MESHCA_ADDR set:\n%s", r.stdout)
+	}
+}
