@@ -14,6 +14,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/server/cluster"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Config configures a server. Fields documented with a default may be left zero.
@@ -29,6 +30,11 @@ type Config struct {
 	APIAddr string
 	// AdminSocket is the operator API's Unix socket. Default: DataDir/admin.sock.
 	AdminSocket string
+	// AdminAddr, when set, also serves the operator API over mutual TLS on
+	// this host:port, to clients whose X509-SVID names one of AdminIDs.
+	AdminAddr string
+	// AdminIDs are the SPIFFE IDs allowed on AdminAddr.
+	AdminIDs []string
 	// KEK seals the keys the server keeps; every server of a cluster holds
 	// the same KEK.
 	KEK *ca.KEK
@@ -106,6 +112,19 @@ func (c *Config) validate() error {
 	}
 	if c.KEK == nil {
 		errs = append(errs, errors.New("a key-encryption key is required"))
+	}
+	if c.AdminAddr != "" {
+		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
+			errs = append(errs, fmt.Errorf("admin address %q: want host:port", c.AdminAddr))
+		}
+		if len(c.AdminIDs) == 0 {
+			errs = append(errs, errors.New("an admin address needs at least one admin SPIFFE ID"))
+		}
+	}
+	for _, id := range c.AdminIDs {
+		if _, err := spiffeid.FromString(id); err != nil {
+			errs = append(errs, fmt.Errorf("admin ID %q: %v", id, err))
+		}
 	}
 	if c.Bootstrap && c.Join != "" {
 		errs = append(errs, errors.New("bootstrap and join exclude each other"))

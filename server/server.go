@@ -52,8 +52,10 @@ type Server struct {
 	raftLn    net.Listener
 	apiLn     net.Listener
 	adminLn   net.Listener
+	adminTCP  net.Listener // the operator API over mTLS, when configured
 	api       *grpc.Server
 	admin     *grpc.Server
+	adminTLS  *grpc.Server
 	bootstrap *bootstrapMaterial
 	closeOnce sync.Once
 	// issuers are this server's own intermediates, by profile.
@@ -167,6 +169,15 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.admin = grpc.NewServer(grpc.MaxRecvMsgSize(maxRequestSize))
 	operatorpb.RegisterOperatorServer(s.admin, &operatorService{s: s})
+	if cfg.AdminAddr != "" {
+		if s.adminTCP, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			return nil, fmt.Errorf("admin address: %w", err)
+		}
+		s.cfg.AdminAddr = s.adminTCP.Addr().String()
+		s.adminTLS = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize),
+			grpc.UnaryInterceptor(s.requireAdminUnary), grpc.StreamInterceptor(s.requireAdminStream))
+		operatorpb.RegisterOperatorServer(s.adminTLS, &operatorService{s: s})
+	}
 	return s, nil
 }
 
@@ -220,6 +231,9 @@ func (s *Server) RaftAddr() string { return s.cfg.RaftAddr }
 // APIAddr is the address of the cluster API.
 func (s *Server) APIAddr() string { return s.cfg.APIAddr }
 
+// AdminAddr is the address of the operator API over mTLS, if configured.
+func (s *Server) AdminAddr() string { return s.cfg.AdminAddr }
+
 // AdminSocket is the path of the operator API's socket.
 func (s *Server) AdminSocket() string { return s.cfg.AdminSocket }
 
@@ -250,6 +264,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	serve("API", func() error { return s.api.Serve(s.apiLn) })
 	serve("admin socket", func() error { return s.admin.Serve(s.adminLn) })
+	if s.adminTLS != nil {
+		serve("admin address", func() error { return s.adminTLS.Serve(s.adminTCP) })
+	}
 	serve("bootstrap", func() error { s.writeBootstrapState(ctx); return nil })
 	serve("certificate renewal", func() error { return s.renewLoop(ctx) })
 	serve("ledger pruning", func() error { return s.pruneLoop(ctx) })
@@ -271,6 +288,11 @@ func (s *Server) Close() { s.close() }
 func (s *Server) close() { s.closeOnce.Do(s.closeLocked) }
 
 func (s *Server) closeLocked() {
+	if s.adminTLS != nil {
+		s.adminTLS.Stop()
+	} else if s.adminTCP != nil {
+		s.adminTCP.Close()
+	}
 	if s.admin != nil {
 		s.admin.Stop()
 	} else if s.adminLn != nil {

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -18,9 +19,13 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -432,5 +437,58 @@ func TestOperatorMint(t *testing.T) {
 	csr, _ := ca.ECDSA.CreateCSR(key)
 	if _, err := s1.operator().MintX509SVID(ctx(t), &operatorpb.MintX509SVIDRequest{SpiffeId: "spiffe://other.org/x", Csr: csr}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("foreign trust domain: %v, want InvalidArgument", err)
+	}
+}
+
+// With an admin address, the operator API answers over mutual TLS to the
+// configured admin IDs only; other SVIDs and certificate-less clients are
+// refused.
+func TestOperatorAPIOverMTLS(t *testing.T) {
+	kek := newKEK(t)
+	c1 := testConfig(t, "s1", kek)
+	c1.Bootstrap, c1.TrustDomain = true, "example.org"
+	c1.AdminAddr, c1.AdminIDs = "127.0.0.1:0", []string{"spiffe://example.org/ops/alice"}
+	s1 := mustStart(t, c1)
+	waitBootstrapped(t, s1)
+	roots := pemBundle(t, s1.srv.TrustBundle())
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	mint := func(id string) *x509svid.SVID {
+		key, _ := ca.ECDSA.GenerateKey()
+		csr, _ := ca.ECDSA.CreateCSR(key)
+		resp, err := s1.operator().MintX509SVID(ctx(t), &operatorpb.MintX509SVIDRequest{SpiffeId: id, Csr: csr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyDER, _ := ca.ECDSA.MarshalPrivateKey(key)
+		svid, err := x509svid.ParseRaw(bytes.Join(resp.Chain, nil), keyDER)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svid
+	}
+	call := func(svid *x509svid.SVID) error {
+		var cfg *tls.Config
+		bundle := x509bundle.FromX509Authorities(td, roots)
+		if svid == nil {
+			cfg = tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeMemberOf(td))
+		} else {
+			cfg = tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
+		}
+		conn, err := grpc.NewClient("passthrough:///"+s1.srv.AdminAddr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_, err = operatorpb.NewOperatorClient(conn).Status(ctx(t), &operatorpb.StatusRequest{})
+		return err
+	}
+	if err := call(mint("spiffe://example.org/ops/alice")); err != nil {
+		t.Errorf("admin refused: %v", err)
+	}
+	if err := call(mint("spiffe://example.org/ops/mallory")); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("non-admin SVID: %v, want PermissionDenied", err)
+	}
+	if err := call(nil); err == nil {
+		t.Error("a client without a certificate reached the operator API")
 	}
 }

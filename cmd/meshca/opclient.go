@@ -1,9 +1,16 @@
 package main
 
 import (
+	"crypto/tls"
+
 	"context"
 	"errors"
 	"fmt"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/credentials"
 	"io/fs"
 	"net"
 	"os"
@@ -36,12 +43,71 @@ const (
 type opOptions struct {
 	addr    string
 	timeout time.Duration
+	// For an operator API over mutual TLS (--addr host:port): the
+	// operator's X509-SVID and key, and the trust domain's roots.
+	adminCert, adminKey, trustBundle string
 }
 
 // addOpFlags declares --addr and --timeout on cmd.
 func addOpFlags(cmd *cobra.Command, o *opOptions) {
 	cmd.Flags().StringVar(&o.addr, "addr", "", "server's operator API: unix:///path/admin.sock (default $"+envAddr+", else the admin socket in the default data directory)")
 	cmd.Flags().DurationVar(&o.timeout, "timeout", opDefaultTimeout, "give up on the server after this long")
+	cmd.Flags().StringVar(&o.adminCert, "admin-cert", "", "with --addr host:port: PEM file of your admin X509-SVID (default $"+envAdminCert+")")
+	cmd.Flags().StringVar(&o.adminKey, "admin-key", "", "with --addr host:port: PEM file of its private key (default $"+envAdminKey+")")
+	cmd.Flags().StringVar(&o.trustBundle, "trust-bundle", "", "with --addr host:port: PEM file of the trust domain's roots (default $"+envTrustBundle+")")
+}
+
+// Environment defaults of the admin mTLS flags.
+const (
+	envAdminCert   = "MESHCA_ADMIN_CERT"
+	envAdminKey    = "MESHCA_ADMIN_KEY"
+	envTrustBundle = "MESHCA_TRUST_BUNDLE"
+)
+
+// errTCPAddr marks an operator address that is host:port.
+type tcpAddr string
+
+func (t tcpAddr) Error() string { return string(t) }
+
+// dialOperatorTLS connects to a server's operator API over mutual TLS
+// with the operator's admin X509-SVID, authenticating the server by its
+// SPIFFE ID under the trust bundle.
+func (a *app) dialOperatorTLS(addr string, o opOptions) (*opClient, error) {
+	pick := func(flag, env string) string {
+		if flag != "" {
+			return flag
+		}
+		return a.getenv(env)
+	}
+	cert, key, bundleFile := pick(o.adminCert, envAdminCert), pick(o.adminKey, envAdminKey), pick(o.trustBundle, envTrustBundle)
+	if cert == "" || key == "" || bundleFile == "" {
+		return nil, usageErrorf("--addr %s is a TCP address: the operator API over mutual TLS needs --admin-cert, --admin-key and --trust-bundle (or $%s, $%s, $%s)", addr, envAdminCert, envAdminKey, envTrustBundle)
+	}
+	svid, err := x509svid.Load(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("admin SVID %s: %w", cert, err)
+	}
+	roots, err := loadTrustBundle(bundleFile)
+	if err != nil {
+		return nil, err
+	}
+	td := svid.ID.TrustDomain()
+	authorize := tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+		if id.TrustDomain() != td || !strings.HasPrefix(id.Path(), "/meshca/server/") {
+			return fmt.Errorf("%s is not a server of %s", id, td.Name())
+		}
+		return nil
+	})
+	tlsCfg := tlsconfig.MTLSClientConfig(svid, x509bundle.FromX509Authorities(td, roots), authorize)
+	tlsCfg.MinVersion = tls.VersionTLS13
+	conn, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(opMaxMessage), grpc.MaxCallSendMsgSize(opMaxMessage)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("operator API at %s: %w", addr, err)
+	}
+	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: addr}, nil
 }
 
 // opClient is a connection to a server's operator API.
@@ -55,8 +121,8 @@ func (c *opClient) Close() error { return c.conn.Close() }
 
 // adminSocketPath resolves the operator address: addr (the --addr flag),
 // else $MESHCA_ADDR, else the admin socket of the default data directory.
-// It accepts unix:///abs/path, unix:path and an absolute path; host:port
-// is refused until admin mTLS over TCP exists.
+// It accepts unix:///abs/path, unix:path and an absolute path; a host:port
+// is returned as a tcpAddr error, for dialOperator to use mutual TLS.
 func (a *app) adminSocketPath(addr string) (string, error) {
 	source := "--addr"
 	if addr == "" {
@@ -82,7 +148,7 @@ func (a *app) adminSocketPath(addr string) (string, error) {
 		path = addr
 	default:
 		if _, port, err := net.SplitHostPort(addr); err == nil && port != "" && !strings.Contains(addr, "://") {
-			return "", fmt.Errorf("%s %s: the operator API over TCP (admin mTLS) is not available yet; run the command on the server's host with --addr unix:///<data-dir>/%s", source, addr, adminSocketName)
+			return "", tcpAddr(addr)
 		}
 		return "", usageErrorf("%s %q: want unix:///path/%s", source, addr, adminSocketName)
 	}
@@ -100,6 +166,10 @@ func (a *app) adminSocketPath(addr string) (string, error) {
 // socket is checked first so that the usual mistakes get a clear message.
 func (a *app) dialOperator(o opOptions) (*opClient, error) {
 	path, err := a.adminSocketPath(o.addr)
+	var tcp tcpAddr
+	if errors.As(err, &tcp) {
+		return a.dialOperatorTLS(string(tcp), o)
+	}
 	if err != nil {
 		return nil, err
 	}

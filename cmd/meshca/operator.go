@@ -45,7 +45,10 @@ func (a *app) newOperatorCommand() *cobra.Command {
 const opLong = `
 
 The server is reached through --addr unix:///path/admin.sock, else
-$MESHCA_ADDR, else the admin socket in the default data directory.`
+$MESHCA_ADDR, else the admin socket in the default data directory. From
+another host, --addr host:port reaches a server started with --admin-addr,
+over mutual TLS: give your admin X509-SVID (--admin-cert, --admin-key; one
+of the server's --admin-id) and the trust bundle (--trust-bundle).`
 
 // peerReport is one Raft peer as list-peers prints it.
 type peerReport struct {

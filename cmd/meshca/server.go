@@ -127,19 +127,21 @@ never logged.`
 // serverConfig is the configuration of meshca server: the flags, or the keys
 // of a --config file, which have the flags' names in snake_case.
 type serverConfig struct {
-	DataDir     string `json:"data_dir"`
-	NodeID      string `json:"node_id"`
-	RaftAddr    string `json:"raft_addr"`
-	APIAddr     string `json:"api_addr"`
-	Bootstrap   bool   `json:"bootstrap"`
-	TrustDomain string `json:"trust_domain"`
-	Join        string `json:"join"`
-	JoinToken   string `json:"join_token"`
-	TrustBundle string `json:"trust_bundle"`
-	AdminSocket string `json:"admin_socket"`
-	KEKFile     string `json:"kek_file"`
-	LogLevel    string `json:"log_level"`
-	LogFormat   string `json:"log_format"`
+	DataDir     string   `json:"data_dir"`
+	NodeID      string   `json:"node_id"`
+	RaftAddr    string   `json:"raft_addr"`
+	APIAddr     string   `json:"api_addr"`
+	Bootstrap   bool     `json:"bootstrap"`
+	TrustDomain string   `json:"trust_domain"`
+	Join        string   `json:"join"`
+	JoinToken   string   `json:"join_token"`
+	TrustBundle string   `json:"trust_bundle"`
+	AdminSocket string   `json:"admin_socket"`
+	AdminAddr   string   `json:"admin_addr"`
+	AdminIDs    []string `json:"admin_ids"`
+	KEKFile     string   `json:"kek_file"`
+	LogLevel    string   `json:"log_level"`
+	LogFormat   string   `json:"log_format"`
 
 	// Node attestors besides join_token.
 	X509PopCA        []string               `json:"x509pop_ca"`
@@ -185,6 +187,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"join-token":   {&c.JoinToken, &f.JoinToken},
 		"trust-bundle": {&c.TrustBundle, &f.TrustBundle},
 		"admin-socket": {&c.AdminSocket, &f.AdminSocket},
+		"admin-addr":   {&c.AdminAddr, &f.AdminAddr},
 		"kek-file":     {&c.KEKFile, &f.KEKFile},
 		"log-level":    {&c.LogLevel, &f.LogLevel},
 		"log-format":   {&c.LogFormat, &f.LogFormat},
@@ -204,6 +207,9 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 	}
 	if fs.Changed("x509pop-ca") {
 		c.X509PopCA = f.X509PopCA
+	}
+	if fs.Changed("admin-id") {
+		c.AdminIDs = f.AdminIDs
 	}
 	if fs.Changed("k8s-psat-allowed-sa") {
 		c.K8sPSATAllowedSA = f.K8sPSATAllowedSA
@@ -239,6 +245,8 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.JoinToken, "join-token", "", "single-use server join token from \"meshca token create --kind server\" (default $MESHCA_JOIN_TOKEN)")
 	f.StringVar(&flags.TrustBundle, "trust-bundle", "", "PEM file of the cluster's roots: the first server's <data-dir>/server/bundle.pem")
 	f.StringVar(&flags.AdminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/admin.sock)")
+	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the --admin-id SVIDs only")
+	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID allowed on --admin-addr (get its SVID with meshca x509 mint --addr); repeat for more")
 	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&flags.LogFormat, "log-format", "", "log format: text or json (default text, json with --output json)")
@@ -468,6 +476,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	}
 	srv, err := server.New(server.Config{
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
+		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle,
 		NodeAttestors: attestors,

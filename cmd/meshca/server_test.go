@@ -473,8 +473,8 @@ func TestOperatorBadInput(t *testing.T) {
 		{"fail/default-socket", map[string]string{"HOME": home}, []string{"status"}, exitError,
 			[]string{"cannot reach the server's admin socket at " + filepath.Join(home, ".local", "share", "meshca", "admin.sock")}},
 		{"fail/not-a-socket", nil, []string{"status", "--addr", notSocket}, exitError, []string{"is not a Unix socket"}},
-		{"fail/tcp-addr", nil, []string{"status", "--addr", "127.0.0.1:8443"}, exitError, []string{"over TCP", "not available yet", "unix:///"}},
-		{"fail/tcp-addr-env", map[string]string{envAddr: "10.0.0.1:8443"}, []string{"operator", "raft", "list-peers"}, exitError, []string{"MESHCA_ADDR 10.0.0.1:8443", "not available yet"}},
+		{"fail/tcp-addr-no-creds", nil, []string{"status", "--addr", "127.0.0.1:8443"}, exitUsage, []string{"TCP address", "--admin-cert", "--trust-bundle"}},
+		{"fail/tcp-addr-env-no-creds", map[string]string{envAddr: "10.0.0.1:8443"}, []string{"operator", "raft", "list-peers"}, exitUsage, []string{"10.0.0.1:8443", "--admin-key"}},
 		{"fail/bad-addr", nil, []string{"status", "--addr", "http://x"}, exitUsage, []string{`--addr "http://x"`}},
 		{"fail/relative-unix-url", nil, []string{"status", "--addr", "unix://rel/admin.sock"}, exitUsage, []string{"three slashes"}},
 		{"fail/add-voter-args", nil, []string{"operator", "raft", "add-voter", "s4"}, exitUsage, []string{"accepts 2 arg(s)"}},
@@ -535,5 +535,38 @@ func TestOperatorHelp(t *testing.T) {
 		if strings.Contains(r.stdout, "\t") {
 			t.Errorf("meshca %s: help contains tabs", strings.Join(tc.args, " "))
 		}
+	}
+}
+
+// TestOperatorOverMutualTLS serves the operator API on --admin-addr to one
+// admin SPIFFE ID: an admin SVID minted through the admin socket reaches it
+// with --admin-cert/--admin-key/--trust-bundle; another SVID is refused.
+func TestOperatorOverMutualTLS(t *testing.T) {
+	t.Parallel()
+	env := testEnv(t)
+	dataDir := shortTempDir(t)
+	sock := filepath.Join(dataDir, adminSocketName)
+	ports := freePorts(t, 3)
+	srv := startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", ports[0], "--api-addr", ports[1],
+		"--bootstrap", "--trust-domain", "example.org", "--admin-addr", ports[2], "--admin-id", "spiffe://example.org/ops/alice")
+	waitLeader(t, env, sock, "s1")
+	waitFor(t, 10*time.Second, "bootstrap state written", func() (bool, string) {
+		return strings.Contains(srv.stderr.String(), bootstrappedLog), "no " + bootstrappedLog + " in the log"
+	})
+	mintDir := func(id string) string {
+		out := filepath.Join(t.TempDir(), "svid")
+		mustSucceed(t, env, "x509", "mint", "--spiffe-id", id, "--addr", "unix://"+sock, "--out", out)
+		return out
+	}
+	bundle := filepath.Join(dataDir, "server", "bundle.pem")
+	status := func(dir string) result {
+		return meshca(t, env, "status", "--addr", ports[2], "--admin-cert", filepath.Join(dir, "svid.pem"),
+			"--admin-key", filepath.Join(dir, "key.pem"), "--trust-bundle", bundle, "--output", "json")
+	}
+	if r := status(mintDir("spiffe://example.org/ops/alice")); r.code != exitOK || !strings.Contains(r.stdout, `"node_id": "s1"`) {
+		t.Errorf("admin over mTLS: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := status(mintDir("spiffe://example.org/ops/mallory")); r.code != exitError || !strings.Contains(r.stderr, "not an admin") {
+		t.Errorf("non-admin over mTLS: exit %d\n%s", r.code, r.stderr)
 	}
 }

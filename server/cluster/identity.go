@@ -161,6 +161,21 @@ func (i *Identity) APIServerTLS() *tls.Config {
 	}
 }
 
+// AdminServerTLS is the configuration of the operator API over mTLS: a
+// client certificate chaining to the roots is required; which IDs may
+// call is decided per call.
+func (i *Identity) AdminServerTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: i.getCertificate,
+		ClientAuth:     tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			_, err := i.VerifyPeer(raw)
+			return err
+		},
+	}
+}
+
 // JoinClientTLS is the configuration a joining server uses before it has a
 // certificate: it authenticates the server it joins through with the
 // trust bundle it was given.
