@@ -97,7 +97,7 @@ started server checks that its roots name the same trust domain).
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
-join, join_token, trust_bundle, admin_socket, kek_file, log_level, log_format,
+join, join_token, trust_bundle, admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
