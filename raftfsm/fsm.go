@@ -19,8 +19,9 @@ type FSM struct {
 	ledger  *ledgerIndex
 	applied atomic.Uint64
 
-	mu      sync.Mutex    // guards changed
+	mu      sync.Mutex    // guards changed and config
 	changed chan struct{} // closed and replaced on every apply
+	config  chan struct{} // closed and replaced when anything but the ledger changes
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -31,7 +32,7 @@ func New() *FSM {
 	if err != nil {
 		panic("raftfsm: invalid schema: " + err.Error())
 	}
-	f := &FSM{changed: make(chan struct{}), ledger: newLedgerIndex()}
+	f := &FSM{changed: make(chan struct{}), config: make(chan struct{}), ledger: newLedgerIndex()}
 	f.db.Store(db)
 	return f
 }
@@ -54,6 +55,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		return out
 	}
 	txn := f.db.Load().Txn(true)
+	configChanged := false
 	for i, l := range logs {
 		if l.Type != raft.LogCommand {
 			continue
@@ -65,18 +67,37 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 			panic(fmt.Sprintf("raftfsm: log entry %d is not a command: %v", l.Index, err))
 		}
 		out[i] = apply(txn, f.ledger, &cmd, l.Index)
+		switch cmd.Op.(type) {
+		case *raftpb.Command_AppendLedger, *raftpb.Command_PruneLedger, *raftpb.Command_Noop:
+		default:
+			configChanged = true
+		}
 	}
 	txn.Commit()
 	f.applied.Store(logs[len(logs)-1].Index)
-	f.notify()
+	f.notify(configChanged)
 	return out
 }
 
-func (f *FSM) notify() {
+func (f *FSM) notify(config bool) {
 	f.mu.Lock()
 	close(f.changed)
 	f.changed = make(chan struct{})
+	if config {
+		close(f.config)
+		f.config = make(chan struct{})
+	}
 	f.mu.Unlock()
+}
+
+// ConfigChanged returns a channel that is closed when the next change to
+// anything but the ledger is applied (entries, nodes, authorities, keys,
+// tokens ...), or a snapshot restored. Push streams wait on it: ledger
+// appends, by far the most frequent entries, do not wake them.
+func (f *FSM) ConfigChanged() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.config
 }
 
 // AppliedIndex is the index of the last log entry applied.
@@ -128,7 +149,7 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 	f.db.Store(db)
 	f.ledger.rebuild(db)
 	f.applied.Store(index)
-	f.notify()
+	f.notify(true)
 	return nil
 }
 
@@ -137,7 +158,7 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 // operator's snapshot). Watchers waiting for it are woken.
 func (f *FSM) SetAppliedIndex(index uint64) {
 	f.applied.Store(index)
-	f.notify()
+	f.notify(false)
 }
 
 // StateHash is the SHA-256 of the state's snapshot encoding: equal hashes,

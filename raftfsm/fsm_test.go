@@ -368,3 +368,26 @@ func TestLedgerDuplicatesWithinOneBatch(t *testing.T) {
 		t.Errorf("ledger has %d records, want 2", n)
 	}
 }
+
+// Ledger appends wake Changed but not ConfigChanged; other commands wake both.
+func TestConfigChangedIgnoresLedger(t *testing.T) {
+	a := newApplier(t)
+	changed, config := a.f.Changed(), a.f.ConfigChanged()
+	a.mustApply(ledger("x"))
+	select {
+	case <-changed:
+	default:
+		t.Error("a ledger append did not wake Changed")
+	}
+	select {
+	case <-config:
+		t.Error("a ledger append woke ConfigChanged")
+	default:
+	}
+	a.mustApply(cmdToken("t", "agent", a.now+1e9))
+	select {
+	case <-config:
+	default:
+		t.Error("a new join token did not wake ConfigChanged")
+	}
+}

@@ -194,7 +194,8 @@ func toNodeEntry(e *raftpb.Entry) *nodepb.Entry {
 }
 
 // Sync pushes the agent's entries and the bundle now and at every change,
-// woken by the state machine (no polling).
+// woken by the state machine (no polling) only when something other than
+// the ledger changed.
 func (n *nodeService) Sync(_ *nodepb.SyncRequest, stream nodepb.Node_SyncServer) error {
 	ctx := stream.Context()
 	agentID, err := n.s.requireAgent(ctx)
@@ -203,7 +204,7 @@ func (n *nodeService) Sync(_ *nodepb.SyncRequest, stream nodepb.Node_SyncServer)
 	}
 	var last []byte
 	for {
-		changed := n.s.fsm.Changed()
+		changed := n.s.fsm.ConfigChanged()
 		r := n.s.fsm.Read()
 		if node := r.Node(agentID); node == nil || node.Banned {
 			return status.Errorf(codes.PermissionDenied, "node %s was banned or evicted", agentID)
