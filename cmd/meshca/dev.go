@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -424,17 +425,31 @@ func joinTokenAgentID(td spiffeid.TrustDomain, token string) (spiffeid.ID, error
 
 // ensureDevEntry returns the caller's dev entry under agentID, creating it
 // if there is none: spiffe://<td>/dev/uid/<uid>, selector unix:uid:<uid>,
-// profile ecdsa. created says whether it was made now.
+// profile ecdsa. created says whether it was made now. An entry left under
+// an earlier dev agent (whose identity expired while dev was stopped, so
+// the agent attested anew) is moved to this one rather than duplicated.
 func (a *app) ensureDevEntry(ctx context.Context, c *opClient, op opOptions, td spiffeid.TrustDomain, agentID string) (*operatorpb.Entry, bool, error) {
 	uid := strconv.Itoa(a.uid)
 	spiffeID := "spiffe://" + td.Name() + "/dev/uid/" + uid
-	list, err := c.ListEntries(ctx, &operatorpb.ListEntriesRequest{ParentId: agentID, SpiffeId: spiffeID})
+	list, err := c.ListEntries(ctx, &operatorpb.ListEntriesRequest{SpiffeId: spiffeID})
 	if err != nil {
 		return nil, false, c.callError("list entries", op, err)
 	}
+	earlierAgent := "spiffe://" + td.Name() + "/meshca/agent/join_token/"
 	for _, e := range list.Entries {
-		if len(e.Selectors) == 1 && e.Selectors[0].Type == "unix" && e.Selectors[0].Value == "uid:"+uid {
+		if len(e.Selectors) != 1 || e.Selectors[0].Type != "unix" || e.Selectors[0].Value != "uid:"+uid {
+			continue
+		}
+		if e.ParentId == agentID {
 			return e, false, nil
+		}
+		if strings.HasPrefix(e.ParentId, earlierAgent) {
+			e.ParentId = agentID
+			resp, err := c.UpdateEntry(ctx, &operatorpb.UpdateEntryRequest{Entry: e})
+			if err != nil {
+				return nil, false, c.callError("move the entry for "+spiffeID+" to the new agent", op, err)
+			}
+			return resp.Entry, false, nil
 		}
 	}
 	resp, err := c.CreateEntry(ctx, &operatorpb.CreateEntryRequest{Entry: &operatorpb.Entry{

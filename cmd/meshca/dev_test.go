@@ -131,6 +131,25 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 		t.Fatalf("dev exited %d after the restart\nstderr:\n%s", code, dev.stderr)
 	}
 
+	// The agent's identity is gone (as when it expired while dev was
+	// stopped): dev attests a new agent and moves the entry to it.
+	if err := os.Remove(filepath.Join(dataDir, "agent", "svid.pem")); err != nil {
+		t.Fatal(err)
+	}
+	dev = startBackground(t, env, "dev", "--data-dir", dataDir, "--output", "json")
+	third := devReportOf(t, dev)
+	if third.Agent.SPIFFEID == agentID || third.Agent.Attestation != "join_token" || third.Entry.ID != e.ID ||
+		third.Entry.ParentID != third.Agent.SPIFFEID || third.EntryCreated || third.SVID.SPIFFEID != wantID {
+		t.Errorf("after a new attestation: report = %+v, want a new agent owning the same entry", third)
+	}
+	r = mustSucceed(t, env, "entry", "list", "--addr", admin, "--output", "json")
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list.Entries) != 1 {
+		t.Errorf("entries after a new attestation: %v\n%s", err, r.stdout)
+	}
+	if code := dev.stop(t); code != exitOK {
+		t.Fatalf("dev exited %d after the new attestation\nstderr:\n%s", code, dev.stderr)
+	}
+
 	// Another trust domain or another KEK is refused.
 	r = meshca(t, env, "dev", "--data-dir", dataDir, "--trust-domain", "other.org")
 	if r.code != exitError || !strings.Contains(r.stderr, `belongs to trust domain "meshca.local", not "other.org"`) {
