@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshca/meshca/agent/peercred"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -86,7 +87,9 @@ func (w *workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDReq
 			chosen = append(chosen, e)
 		}
 	}
+	info, _ := peercred.FromContext(ctx)
 	if len(chosen) == 0 {
+		w.a.log.Info("workload api", "decision", "deny", "method", "FetchJWTSVID", "pid", info.PID, "uid", info.UID, "reason", "no entry matches")
 		return nil, status.Error(codes.PermissionDenied, "no identity issued")
 	}
 	resp := &workload.JWTSVIDResponse{}
@@ -96,6 +99,7 @@ func (w *workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDReq
 			return nil, err
 		}
 		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: e.SpiffeId, Svid: token})
+		w.a.log.Info("workload api", "decision", "allow", "method", "FetchJWTSVID", "pid", info.PID, "uid", info.UID, "spiffe_id", e.SpiffeId, "audience", req.Audience)
 	}
 	return resp, nil
 }

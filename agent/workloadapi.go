@@ -66,11 +66,13 @@ func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload
 		return err
 	}
 	var last *workload.X509SVIDResponse
+	granted := false
 	for {
 		changed := w.a.store.changed()
 		svids, complete, matched, _ := w.a.store.matching(sel)
 		if !matched {
-			w.a.log.Info("workload api", "decision", "deny", "reason", "no entry matches", "selectors", len(sel))
+			info, _ := peercred.FromContext(ctx)
+			w.a.log.Info("workload api", "decision", "deny", "method", "FetchX509SVID", "pid", info.PID, "uid", info.UID, "reason", "no entry matches", "selectors", len(sel))
 			return status.Error(codes.PermissionDenied, "no identity issued")
 		}
 		if complete && len(svids) > 0 {
@@ -82,6 +84,15 @@ func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload
 				})
 			}
 			if last == nil || !proto.Equal(resp, last) {
+				if !granted {
+					info, _ := peercred.FromContext(ctx)
+					ids := make([]string, len(resp.Svids))
+					for i, v := range resp.Svids {
+						ids[i] = v.SpiffeId
+					}
+					w.a.log.Info("workload api", "decision", "allow", "method", "FetchX509SVID", "pid", info.PID, "uid", info.UID, "spiffe_ids", ids)
+					granted = true
+				}
 				if err := stream.Send(resp); err != nil {
 					return err
 				}
