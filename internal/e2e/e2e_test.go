@@ -68,7 +68,8 @@ func tempDir(t testing.TB) string {
 }
 
 type env struct {
-	t      testing.TB
+	agentLog syncBuffer // every agent's log lines
+	t        testing.TB
 	srv    *server.Server
 	op     operatorpb.OperatorClient
 	bundle []*x509.Certificate
@@ -158,7 +159,7 @@ func (e *env) startAgent(token string, fraction float64) *agent.Agent {
 	a, err := agent.New(agent.Config{Servers: []string{e.srv.APIAddr()}, TrustBundle: e.bundle, DataDir: dir,
 		SocketPath: filepath.Join(dir, "agent.sock"), Evidence: jointoken.NewEvidence(token),
 		WorkloadAttestors: []attest.WorkloadAttestor{unix.New(unix.Config{})}, RenewFraction: fraction,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.NewTextHandler(&e.agentLog, nil))})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -212,6 +213,12 @@ func TestWorkloadAPIServesAndRotatesSVIDs(t *testing.T) {
 	}
 	if len(x.SVIDs) != 1 || x.SVIDs[0].ID.String() != "spiffe://example.org/test/web" {
 		t.Fatalf("SVIDs %v, want only spiffe://example.org/test/web", x.SVIDs)
+	}
+	// Both decisions are in the agent's audit trail.
+	for _, want := range []string{"decision=deny method=FetchX509SVID", "decision=allow method=FetchX509SVID"} {
+		if !strings.Contains(e.agentLog.String(), want) {
+			t.Errorf("agent log lacks %q", want)
+		}
 	}
 	first := x.SVIDs[0]
 	if _, _, err := x509svid.Verify(first.Certificates, x.Bundles); err != nil {
