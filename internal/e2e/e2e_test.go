@@ -70,10 +70,10 @@ func tempDir(t testing.TB) string {
 type env struct {
 	agentLog syncBuffer // every agent's log lines
 	t        testing.TB
-	srv    *server.Server
-	op     operatorpb.OperatorClient
-	bundle []*x509.Certificate
-	audit  *syncBuffer
+	srv      *server.Server
+	op       operatorpb.OperatorClient
+	bundle   []*x509.Certificate
+	audit    *syncBuffer
 }
 
 // startServer bootstraps a one-server cluster for trust domain example.org.
