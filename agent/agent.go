@@ -222,12 +222,18 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 	a.setClient(client)
 	defer a.setClient(nil)
 	sctx, cancel := context.WithCancelCause(ctx)
+	var signing sync.WaitGroup
+	defer signing.Wait() // the signer ends with the session
 	defer cancel(nil)
 	stream, err := client.Sync(sctx, &nodepb.SyncRequest{})
 	if err != nil {
 		return err
 	}
-	go a.signer(sctx, cancel, client)
+	signing.Add(1)
+	go func() {
+		defer signing.Done()
+		a.signer(sctx, cancel, client)
+	}()
 	for {
 		u, err := stream.Recv()
 		if err != nil {
