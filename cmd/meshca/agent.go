@@ -307,15 +307,7 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 	if err := checkAgentConfig(&c); err != nil {
 		return err
 	}
-	dataDir := c.DataDir
-	if dataDir == "" {
-		d, err := defaultDataDir(a.getenv)
-		if err != nil {
-			return err
-		}
-		dataDir = d
-	}
-	dataDir, err := absDir("--data-dir", dataDir)
+	dataDir, err := a.dataDirOr(c.DataDir)
 	if err != nil {
 		return err
 	}

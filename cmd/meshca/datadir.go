@@ -48,27 +48,48 @@ type kekInfo struct {
 	Created bool   `json:"created"`
 }
 
-// loadKEK finds the key-encryption key: flagFile, else $MESHCA_KEK_FILE,
-// both of which must exist; else dataDir/kek, created when the data directory
-// holds no CA yet, with a warning on stderr that this is for development only.
-func (a *app) loadKEK(flagFile, dataDir string) (*ca.KEK, kekInfo, error) {
+// dataDirOr returns dir made absolute, or the default data directory when
+// dir is empty.
+func (a *app) dataDirOr(dir string) (string, error) {
+	if dir == "" {
+		d, err := defaultDataDir(a.getenv)
+		if err != nil {
+			return "", err
+		}
+		dir = d
+	}
+	return absDir("--data-dir", dir)
+}
+
+// explicitKEK loads the key-encryption key given by flagFile, else by
+// $MESHCA_KEK_FILE; ok is false when neither names one.
+func (a *app) explicitKEK(flagFile string) (kek *ca.KEK, info kekInfo, ok bool, err error) {
 	file, source := flagFile, "--kek-file"
 	if file == "" {
 		file, source = a.getenv(envKEKFile), envKEKFile
 	}
-	if file != "" {
-		abs, err := filepath.Abs(file)
-		if err != nil {
-			return nil, kekInfo{}, fmt.Errorf("key-encryption key from %s: %w", source, err)
-		}
-		kek, err := ca.LoadKEKFile(abs)
-		if err != nil {
-			return nil, kekInfo{}, fmt.Errorf("key-encryption key from %s: %w", source, err)
-		}
-		return kek, kekInfo{File: abs, Source: source, ID: kek.ID()}, nil
+	if file == "" {
+		return nil, kekInfo{}, false, nil
+	}
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return nil, kekInfo{}, true, fmt.Errorf("key-encryption key from %s: %w", source, err)
+	}
+	if kek, err = ca.LoadKEKFile(abs); err != nil {
+		return nil, kekInfo{}, true, fmt.Errorf("key-encryption key from %s: %w", source, err)
+	}
+	return kek, kekInfo{File: abs, Source: source, ID: kek.ID()}, true, nil
+}
+
+// loadKEK finds the key-encryption key: flagFile, else $MESHCA_KEK_FILE,
+// both of which must exist; else dataDir/kek, created when the data directory
+// holds no CA yet, with a warning on stderr that this is for development only.
+func (a *app) loadKEK(flagFile, dataDir string) (*ca.KEK, kekInfo, error) {
+	if kek, info, ok, err := a.explicitKEK(flagFile); ok || err != nil {
+		return kek, info, err
 	}
 
-	file, source = filepath.Join(dataDir, kekFileName), "data-dir"
+	file, source := filepath.Join(dataDir, kekFileName), "data-dir"
 	exists, err := ca.LocalExists(dataDir)
 	if err != nil {
 		return nil, kekInfo{}, err

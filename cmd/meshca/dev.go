@@ -182,15 +182,7 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	dataDir := o.dataDir
-	if dataDir == "" {
-		d, err := defaultDataDir(a.getenv)
-		if err != nil {
-			return err
-		}
-		dataDir = d
-	}
-	dataDir, err := absDir("--data-dir", dataDir)
+	dataDir, err := a.dataDirOr(o.dataDir)
 	if err != nil {
 		return err
 	}

@@ -398,15 +398,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err := checkServerConfig(&c); err != nil {
 		return err
 	}
-	dataDir := c.DataDir
-	if dataDir == "" {
-		d, err := defaultDataDir(a.getenv)
-		if err != nil {
-			return err
-		}
-		dataDir = d
-	}
-	dataDir, err := absDir("--data-dir", dataDir)
+	dataDir, err := a.dataDirOr(c.DataDir)
 	if err != nil {
 		return err
 	}
@@ -525,23 +517,11 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 // warning that a KEK in the data directory is for development only. It
 // returns the KEK and where it came from.
 func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity bool) (*ca.KEK, kekInfo, error) {
-	file, source := c.KEKFile, "--kek-file"
-	if file == "" {
-		file, source = a.getenv(envKEKFile), envKEKFile
-	}
-	if file != "" {
-		abs, err := filepath.Abs(file)
-		if err != nil {
-			return nil, kekInfo{}, fmt.Errorf("key-encryption key from %s: %w", source, err)
-		}
-		kek, err := ca.LoadKEKFile(abs)
-		if err != nil {
-			return nil, kekInfo{}, fmt.Errorf("key-encryption key from %s: %w", source, err)
-		}
-		return kek, kekInfo{File: abs, Source: source, ID: kek.ID()}, nil
+	if kek, info, ok, err := a.explicitKEK(c.KEKFile); ok || err != nil {
+		return kek, info, err
 	}
 
-	file = filepath.Join(dataDir, kekFileName)
+	file := filepath.Join(dataDir, kekFileName)
 	kek, err := ca.LoadKEKFile(file)
 	var created bool
 	switch {
