@@ -24,7 +24,7 @@ func TestSignIntermediateCSR(t *testing.T) {
 			if !cert.IsCA || cert.NotAfter.Sub(cert.NotBefore) != DefaultIntermediateTTL+Backdate {
 				t.Errorf("CA %v, validity %s", cert.IsCA, cert.NotAfter.Sub(cert.NotBefore))
 			}
-			if err := checkSignedBy(p, cert, root.Certificate()); err != nil {
+			if err := CheckSignedBy(cert, root.Certificate()); err != nil {
 				t.Fatal(err)
 			}
 			a, err := NewAuthority(AuthorityConfig{Profile: p, TrustDomain: td("example.org"), Certificate: cert, Signer: key})

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/emmansun/gmsm/smx509"
 )
 
 // A data directory reopened with the right KEK issues under the same roots;
@@ -59,7 +57,7 @@ func TestReopenWithRightAndWrongKEK(t *testing.T) {
 		}
 		svid, _ := issue(t, l, p.Name(), "spiffe://example.org/after-reopen")
 		inter, _ := p.ParseCertificate(svid.Certificates[1])
-		if err := checkSignedBy(p, inter, r.Certificate()); err != nil {
+		if err := CheckSignedBy(inter, r.Certificate()); err != nil {
 			t.Errorf("%s: intermediate does not chain to the original root: %v", p.Name(), err)
 		}
 	}
@@ -77,14 +75,6 @@ func TestReopenWithRightAndWrongKEK(t *testing.T) {
 	if !bytes.Equal(state, after) {
 		t.Error("a refused open changed the state file")
 	}
-}
-
-func checkSignedBy(p Profile, child, parent *Certificate) error {
-	if c, ok := child.X509(); ok {
-		pc, _ := parent.X509()
-		return c.CheckSignatureFrom(pc)
-	}
-	return child.parsed.(*smx509.Certificate).CheckSignatureFrom(parent.parsed.(*smx509.Certificate))
 }
 
 func TestKEKFileRules(t *testing.T) {
@@ -217,7 +207,7 @@ func TestIntermediateRotatesAtHalfLife(t *testing.T) {
 	if !bytes.Equal(firstRoot.Certificate().Raw, root.Certificate().Raw) {
 		t.Error("root changed with the intermediate")
 	}
-	if err := checkSignedBy(SM2, second.Certificate(), root.Certificate()); err != nil {
+	if err := CheckSignedBy(second.Certificate(), root.Certificate()); err != nil {
 		t.Errorf("new intermediate not signed by the root: %v", err)
 	}
 }

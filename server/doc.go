@@ -1,7 +1,9 @@
 // Package server wires a meshca server process: its TLS identity (a server
 // X509-SVID issued from its own intermediate), the Raft cluster node and
-// stores, the cluster gRPC API (forwarding, joins) on the API address, and
-// the operator API on a local Unix socket.
+// stores, the cluster API (forwarding, joins) and the node API (agent
+// attestation, Sync, SVID signing, with admission control) on the API
+// address, and the operator API on a local Unix socket and, when
+// configured, over mutual TLS for admin SPIFFE IDs.
 //
 // The first server of a cluster bootstraps: it creates the trust domain's
 // roots (their keys sealed under the cluster's key-encryption key and kept
