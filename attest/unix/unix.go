@@ -44,6 +44,8 @@ import (
 	"os"
 	"os/user"
 	"strconv"
+	"sync"
+	"syscall"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/internal/procfs"
@@ -75,13 +77,27 @@ type Attestor struct {
 	root    string
 	maxSize int64
 	log     *slog.Logger
+
+	mu     sync.Mutex // guards hashes
+	hashes map[fileID]string
 }
+
+// fileID identifies an executable's content without reading it: a file
+// changed in place gets a new size, mtime or ctime.
+type fileID struct {
+	dev, ino    uint64
+	size        int64
+	mtime, ctim int64
+}
+
+// maxCachedHashes bounds the hash cache; it is emptied when full.
+const maxCachedHashes = 1024
 
 var _ attest.WorkloadAttestor = (*Attestor)(nil)
 
 // New returns a unix workload attestor.
 func New(cfg Config) *Attestor {
-	a := &Attestor{root: cfg.ProcRoot, maxSize: cfg.MaxExecutableSize, log: cfg.Log}
+	a := &Attestor{root: cfg.ProcRoot, maxSize: cfg.MaxExecutableSize, log: cfg.Log, hashes: map[fileID]string{}}
 	if a.root == "" {
 		a.root = procfs.DefaultRoot
 	}
@@ -153,7 +169,9 @@ func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, er
 }
 
 // hash returns the hex SHA-256 of the process's executable, or "" if
-// hashing is disabled or the executable is larger than the bound.
+// hashing is disabled or the executable is larger than the bound. Hashes
+// are cached by the identity of the opened file (device, inode, size,
+// mtime, ctime), so each binary is read once, not at every call.
 func (a *Attestor) hash(p *procfs.Process) (string, error) {
 	if a.maxSize < 0 {
 		return "", nil
@@ -163,21 +181,43 @@ func (a *Attestor) hash(p *procfs.Process) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
+	fi, err := f.Stat()
+	if err != nil {
 		return "", err
-	} else if fi.Size() > a.maxSize {
+	}
+	if fi.Size() > a.maxSize {
 		a.log.Debug("unix: executable too large to hash", "pid", p.PID, "size", fi.Size(), "max", a.maxSize)
 		return "", nil
+	}
+	var id fileID
+	st, cacheable := fi.Sys().(*syscall.Stat_t)
+	if cacheable {
+		id = fileID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctim: st.Ctim.Nano()}
+		a.mu.Lock()
+		sum, ok := a.hashes[id]
+		a.mu.Unlock()
+		if ok {
+			return sum, nil
+		}
 	}
 	h := sha256.New()
 	n, err := io.Copy(h, io.LimitReader(f, a.maxSize+1))
 	if err != nil {
 		return "", err
 	}
-	if n > a.maxSize { // grew while read
+	if n > a.maxSize || n != fi.Size() { // changed while read
 		return "", nil
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	sum := hex.EncodeToString(h.Sum(nil))
+	if cacheable {
+		a.mu.Lock()
+		if len(a.hashes) >= maxCachedHashes {
+			clear(a.hashes)
+		}
+		a.hashes[id] = sum
+		a.mu.Unlock()
+	}
+	return sum, nil
 }
 
 func appendValid(sels []attest.Selector, value string) []attest.Selector {

@@ -322,3 +322,62 @@ func FuzzParseStatus(f *testing.F) {
 		ParseStatus(b)
 	})
 }
+
+// An executable's hash is computed once and reused while the file is
+// unchanged; a modified file is hashed again.
+func TestHashCache(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "workload")
+	if err := os.WriteFile(bin, orig, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := New(Config{})
+	run := func() string {
+		t.Helper()
+		cmd := exec.Command(bin, "30")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		sels, err := a.Attest(t.Context(), int32(cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range strs(sels) {
+			if strings.HasPrefix(s, "unix:sha256:") {
+				return strings.TrimPrefix(s, "unix:sha256:")
+			}
+		}
+		t.Fatal("no sha256 selector")
+		return ""
+	}
+	sum := func() string {
+		b, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.Sum256(b)
+		return hex.EncodeToString(h[:])
+	}
+	first := run()
+	if first != sum() || run() != first || len(a.hashes) != 1 {
+		t.Fatalf("first hash %s (file %s), cache %d entries; want the file's hash, cached once", first, sum(), len(a.hashes))
+	}
+	// Change the binary in place: the next attestation hashes it again.
+	f, err := os.OpenFile(bin, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("changed"))
+	f.Close()
+	if second := run(); second == first || second != sum() {
+		t.Errorf("after a change: hash %s, want the new file's %s (old %s)", second, sum(), first)
+	}
+}
