@@ -76,10 +76,9 @@ func (s *Server) join() (*identity, error) {
 	}
 	id := &identity{Version: identityVersion, NodeID: cfg.NodeID, TrustDomain: td.Name(), KEKID: cfg.KEK.ID(),
 		Roots: map[string][]byte{}, Intermediates: map[string]*localIntermediate{}}
-	for _, der := range resp.Roots {
-		name := ca.ProfileSM2
-		if _, err := x509.ParseCertificate(der); err == nil {
-			name = ca.ProfileECDSA
+	for name, der := range resp.Roots {
+		if _, err := ca.ProfileByName(name); err != nil {
+			return nil, fmt.Errorf("join %s: root of %w", cfg.Join, err)
 		}
 		id.Roots[name] = der
 	}
@@ -164,7 +163,7 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	}
 	now := s.cfg.Clock()
 	var issued []*ca.Certificate
-	var roots [][]byte
+	roots := map[string][]byte{}
 	var cmds []*raftpb.Command
 	for _, p := range ca.Profiles() {
 		rootRec, rootKey, err := s.activeRoot(r, p.Name())
@@ -181,7 +180,7 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 			return nil, deny(codes.InvalidArgument, fmt.Sprintf("%s intermediate CSR: %v", p.Name(), err))
 		}
 		issued = append(issued, inter)
-		roots = append(roots, root.Raw)
+		roots[p.Name()] = root.Raw
 		cmds = append(cmds, putIntermediate(inter, rootRec.Id, req.NodeId))
 	}
 	hash := sha256.Sum256([]byte(req.Token))

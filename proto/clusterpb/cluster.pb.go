@@ -527,8 +527,8 @@ type JoinResponse struct {
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	// intermediates are the certified intermediates, by profile name (DER).
 	Intermediates map[string][]byte `protobuf:"bytes,2,rep,name=intermediates,proto3" json:"intermediates,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// roots are the trust domain's root certificates (DER).
-	Roots         [][]byte `protobuf:"bytes,3,rep,name=roots,proto3" json:"roots,omitempty"`
+	// roots are the trust domain's root certificates (DER), by profile.
+	Roots         map[string][]byte `protobuf:"bytes,4,rep,name=roots,proto3" json:"roots,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -577,7 +577,7 @@ func (x *JoinResponse) GetIntermediates() map[string][]byte {
 	return nil
 }
 
-func (x *JoinResponse) GetRoots() [][]byte {
+func (x *JoinResponse) GetRoots() map[string][]byte {
 	if x != nil {
 		return x.Roots
 	}
@@ -621,14 +621,18 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\x06kek_id\x18\x06 \x01(\tR\x05kekId\x1aC\n" +
 	"\x15IntermediateCsrsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xe3\x01\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xcf\x02\n" +
 	"\fJoinResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12X\n" +
-	"\rintermediates\x18\x02 \x03(\v22.meshca.cluster.v1.JoinResponse.IntermediatesEntryR\rintermediates\x12\x14\n" +
-	"\x05roots\x18\x03 \x03(\fR\x05roots\x1a@\n" +
+	"\rintermediates\x18\x02 \x03(\v22.meshca.cluster.v1.JoinResponse.IntermediatesEntryR\rintermediates\x12@\n" +
+	"\x05roots\x18\x04 \x03(\v2*.meshca.cluster.v1.JoinResponse.RootsEntryR\x05roots\x1a@\n" +
 	"\x12IntermediatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x012\xa3\x03\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\x1a8\n" +
+	"\n" +
+	"RootsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01J\x04\b\x03\x10\x042\xa3\x03\n" +
 	"\aCluster\x12J\n" +
 	"\x05Apply\x12\x1f.meshca.cluster.v1.ApplyRequest\x1a .meshca.cluster.v1.ApplyResponse\x12V\n" +
 	"\tReadIndex\x12#.meshca.cluster.v1.ReadIndexRequest\x1a$.meshca.cluster.v1.ReadIndexResponse\x12G\n" +
@@ -650,7 +654,7 @@ func file_clusterpb_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_clusterpb_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_clusterpb_cluster_proto_goTypes = []any{
 	(MembershipRequest_Op)(0),  // 0: meshca.cluster.v1.MembershipRequest.Op
 	(*MembershipRequest)(nil),  // 1: meshca.cluster.v1.MembershipRequest
@@ -665,26 +669,28 @@ var file_clusterpb_cluster_proto_goTypes = []any{
 	(*JoinResponse)(nil),       // 10: meshca.cluster.v1.JoinResponse
 	nil,                        // 11: meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
 	nil,                        // 12: meshca.cluster.v1.JoinResponse.IntermediatesEntry
+	nil,                        // 13: meshca.cluster.v1.JoinResponse.RootsEntry
 }
 var file_clusterpb_cluster_proto_depIdxs = []int32{
 	0,  // 0: meshca.cluster.v1.MembershipRequest.op:type_name -> meshca.cluster.v1.MembershipRequest.Op
 	11, // 1: meshca.cluster.v1.JoinRequest.intermediate_csrs:type_name -> meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
 	12, // 2: meshca.cluster.v1.JoinResponse.intermediates:type_name -> meshca.cluster.v1.JoinResponse.IntermediatesEntry
-	5,  // 3: meshca.cluster.v1.Cluster.Apply:input_type -> meshca.cluster.v1.ApplyRequest
-	7,  // 4: meshca.cluster.v1.Cluster.ReadIndex:input_type -> meshca.cluster.v1.ReadIndexRequest
-	9,  // 5: meshca.cluster.v1.Cluster.Join:input_type -> meshca.cluster.v1.JoinRequest
-	1,  // 6: meshca.cluster.v1.Cluster.Membership:input_type -> meshca.cluster.v1.MembershipRequest
-	3,  // 7: meshca.cluster.v1.Cluster.Restore:input_type -> meshca.cluster.v1.RestoreChunk
-	6,  // 8: meshca.cluster.v1.Cluster.Apply:output_type -> meshca.cluster.v1.ApplyResponse
-	8,  // 9: meshca.cluster.v1.Cluster.ReadIndex:output_type -> meshca.cluster.v1.ReadIndexResponse
-	10, // 10: meshca.cluster.v1.Cluster.Join:output_type -> meshca.cluster.v1.JoinResponse
-	2,  // 11: meshca.cluster.v1.Cluster.Membership:output_type -> meshca.cluster.v1.MembershipResponse
-	4,  // 12: meshca.cluster.v1.Cluster.Restore:output_type -> meshca.cluster.v1.RestoreResponse
-	8,  // [8:13] is the sub-list for method output_type
-	3,  // [3:8] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	13, // 3: meshca.cluster.v1.JoinResponse.roots:type_name -> meshca.cluster.v1.JoinResponse.RootsEntry
+	5,  // 4: meshca.cluster.v1.Cluster.Apply:input_type -> meshca.cluster.v1.ApplyRequest
+	7,  // 5: meshca.cluster.v1.Cluster.ReadIndex:input_type -> meshca.cluster.v1.ReadIndexRequest
+	9,  // 6: meshca.cluster.v1.Cluster.Join:input_type -> meshca.cluster.v1.JoinRequest
+	1,  // 7: meshca.cluster.v1.Cluster.Membership:input_type -> meshca.cluster.v1.MembershipRequest
+	3,  // 8: meshca.cluster.v1.Cluster.Restore:input_type -> meshca.cluster.v1.RestoreChunk
+	6,  // 9: meshca.cluster.v1.Cluster.Apply:output_type -> meshca.cluster.v1.ApplyResponse
+	8,  // 10: meshca.cluster.v1.Cluster.ReadIndex:output_type -> meshca.cluster.v1.ReadIndexResponse
+	10, // 11: meshca.cluster.v1.Cluster.Join:output_type -> meshca.cluster.v1.JoinResponse
+	2,  // 12: meshca.cluster.v1.Cluster.Membership:output_type -> meshca.cluster.v1.MembershipResponse
+	4,  // 13: meshca.cluster.v1.Cluster.Restore:output_type -> meshca.cluster.v1.RestoreResponse
+	9,  // [9:14] is the sub-list for method output_type
+	4,  // [4:9] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_clusterpb_cluster_proto_init() }
@@ -698,7 +704,7 @@ func file_clusterpb_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clusterpb_cluster_proto_rawDesc), len(file_clusterpb_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
