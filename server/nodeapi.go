@@ -248,17 +248,23 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 	}
 	defer done()
 	r := n.s.fsm.Read()
+	// An entry created a moment ago may not be applied here yet: one
+	// linearizable read for the batch, not one per missing entry.
+	for _, sr := range req.Requests {
+		if r.Entry(sr.EntryId) == nil {
+			if err := n.s.node.ReadIndex(ctx); err != nil {
+				return nil, status.Errorf(codes.Unavailable, "%v", err)
+			}
+			r = n.s.fsm.Read()
+			break
+		}
+	}
 	resp := &nodepb.SignX509SVIDsResponse{Results: make([]*nodepb.SVIDResult, len(req.Requests))}
 	var wg sync.WaitGroup
 	for i, sr := range req.Requests {
 		res := &nodepb.SVIDResult{EntryId: sr.EntryId}
 		resp.Results[i] = res
 		e := r.Entry(sr.EntryId)
-		if e == nil {
-			if err := n.s.node.ReadIndex(ctx); err == nil {
-				e = n.s.fsm.Read().Entry(sr.EntryId)
-			}
-		}
 		if e == nil || e.ParentId != agentID {
 			res.Error = fmt.Sprintf("entry %q does not exist or is not one of this node's", sr.EntryId)
 			n.s.audit.Warn("sign x509-svid", "decision", "deny", "agent_id", agentID, "entry", sr.EntryId, "reason", "not the entry's parent")
