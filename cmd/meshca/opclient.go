@@ -50,7 +50,7 @@ type opOptions struct {
 
 // addOpFlags declares --addr and --timeout on cmd.
 func addOpFlags(cmd *cobra.Command, o *opOptions) {
-	cmd.Flags().StringVar(&o.addr, "addr", "", "server's operator API: unix:///path/admin.sock (default $"+envAddr+", else the admin socket in the default data directory)")
+	cmd.Flags().StringVar(&o.addr, "addr", "", "server's operator API: unix:///path/admin.sock, or host:port over mutual TLS (default $"+envAddr+", else the admin socket in the default data directory)")
 	cmd.Flags().DurationVar(&o.timeout, "timeout", opDefaultTimeout, "give up on the server after this long")
 	cmd.Flags().StringVar(&o.adminCert, "admin-cert", "", "with --addr host:port: PEM file of your admin X509-SVID (default $"+envAdminCert+")")
 	cmd.Flags().StringVar(&o.adminKey, "admin-key", "", "with --addr host:port: PEM file of its private key (default $"+envAdminKey+")")

@@ -129,7 +129,9 @@ What works today:
 
 Operator commands reach a server through its admin Unix socket: --addr
 unix:///path/admin.sock or $MESHCA_ADDR (default: the socket in the default
-data directory). SDS and OPA are not in this binary yet.
+data directory), or from another host --addr host:port over mutual TLS with an
+admin X509-SVID (servers started with --admin-addr). SDS and OPA are not in
+this binary yet.
 
 CA private keys are sealed at rest under a key-encryption key (KEK) read from
 --kek-file or $MESHCA_KEK_FILE. Without one, dev, offline x509 mint and a
