@@ -77,7 +77,9 @@ type Config struct {
 	SignQueue int
 	// NodeSignRate and NodeSignBurst bound each node's signing requests
 	// (CSRs per second, and burst). Defaults: DefaultNodeSignRate and
-	// DefaultNodeSignBurst.
+	// DefaultNodeSignBurst. The burst must be at least the largest batch an
+	// agent sends (meshca agents send at most 256 CSRs per call): a larger
+	// batch is refused for good.
 	NodeSignRate  float64
 	NodeSignBurst int
 
