@@ -57,7 +57,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(a.id.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent data directory: %w", err)
 	}
-	if _, err := a.id.load(cfg.Clock(), cfg.RenewFraction); err != nil {
+	if _, err := a.id.load(cfg.Clock.Now(), cfg.RenewFraction); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(cfg.SocketPath), 0o755); err != nil {
@@ -87,7 +87,7 @@ func New(cfg Config) (*Agent, error) {
 func (a *Agent) SVIDStatus() (valid, entries int) {
 	a.store.mu.Lock()
 	defer a.store.mu.Unlock()
-	now := a.cfg.Clock()
+	now := a.cfg.Clock.Now()
 	for id := range a.store.entries {
 		if v, ok := a.store.svids[id]; ok && now.Before(v.notAfter) {
 			valid++
@@ -260,7 +260,7 @@ func (a *Agent) wake() {
 // signer signs due SVIDs and renews the agent's own, for one session.
 func (a *Agent) signer(ctx context.Context, fail context.CancelCauseFunc, client nodepb.NodeClient) {
 	for {
-		now := a.cfg.Clock()
+		now := a.cfg.Clock.Now()
 		if !now.Before(a.id.renewTime()) {
 			if err := a.renewAgentSVID(ctx, client); err != nil {
 				fail(fmt.Errorf("renew the agent SVID: %w", err))
@@ -286,21 +286,28 @@ func (a *Agent) signer(ctx context.Context, fail context.CancelCauseFunc, client
 				fail(fmt.Errorf("sign SVIDs: %w", err))
 				return
 			}
-			due, next = a.store.due(a.cfg.Clock())
+			due, next = a.store.due(a.cfg.Clock.Now())
 		}
-		wait := time.Until(a.id.renewTime())
-		if !next.IsZero() {
-			wait = min(wait, time.Until(next))
+		// Renewals are due by the clock; refused entries are retried in
+		// real time.
+		wake := a.id.renewTime()
+		if !next.IsZero() && next.Before(wake) {
+			wake = next
 		}
+		timer := a.cfg.Clock.NewTimer(max(a.cfg.Clock.Until(wake), 10*time.Millisecond))
+		var retry <-chan time.Time
 		if len(due) > 0 {
-			wait = min(wait, 5*time.Second) // refused ones: retry soon
+			retry = time.After(5 * time.Second)
 		}
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return
 		case <-a.kick:
-		case <-time.After(max(wait, 10*time.Millisecond)):
+		case <-timer.Chan():
+		case <-retry:
 		}
+		timer.Stop()
 	}
 }
 
@@ -313,7 +320,7 @@ func (a *Agent) renewAgentSVID(ctx context.Context, client nodepb.NodeClient) er
 	if err != nil {
 		return err
 	}
-	if err := a.id.setSVID(resp.SvidChain, key, a.cfg.Clock(), a.cfg.RenewFraction); err != nil {
+	if err := a.id.setSVID(resp.SvidChain, key, a.cfg.Clock.Now(), a.cfg.RenewFraction); err != nil {
 		return err
 	}
 	a.log.Info("agent SVID renewed")

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
 )
 
@@ -35,8 +35,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Dial opens connections to servers (tests inject faults). Default: TCP.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
-	// Clock returns the current time. Default: time.Now.
-	Clock func() time.Time
+	// Clock is the time source of SVID lifetimes and renewals, and of
+	// certificate checks in TLS handshakes with servers. Default: the real
+	// clock. Tests pass a clockwork.FakeClock to jump days.
+	Clock clockwork.Clock
 }
 
 func (c *Config) validate() error {
@@ -63,7 +65,7 @@ func (c *Config) validate() error {
 		c.Logger = slog.Default()
 	}
 	if c.Clock == nil {
-		c.Clock = time.Now
+		c.Clock = clockwork.NewRealClock()
 	}
 	if c.Dial == nil {
 		c.Dial = func(ctx context.Context, addr string) (net.Conn, error) {

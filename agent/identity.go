@@ -260,7 +260,7 @@ func (a *Agent) attestNode(ctx context.Context, client nodepb.NodeClient) error 
 			return errors.New("agent: attestation: empty answer")
 		}
 		stream.CloseSend()
-		if err := a.id.setSVID(res.SvidChain, key, a.cfg.Clock(), a.cfg.RenewFraction); err != nil {
+		if err := a.id.setSVID(res.SvidChain, key, a.cfg.Clock.Now(), a.cfg.RenewFraction); err != nil {
 			return err
 		}
 		if err := a.id.setBundle(res.Bundle); err != nil {

@@ -106,7 +106,7 @@ func (w *workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDReq
 
 func (a *Agent) jwtSVID(ctx context.Context, e *nodepb.Entry, audience []string) (string, error) {
 	key := jwtKey(e.Id, audience)
-	now := a.cfg.Clock()
+	now := a.cfg.Clock.Now()
 	a.jwts.mu.Lock()
 	if c, ok := a.jwts.tokens[key]; ok && now.Before(c.renewAt) {
 		a.jwts.mu.Unlock()

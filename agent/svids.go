@@ -96,9 +96,9 @@ func (s *store) put(v *svid) {
 	s.notifyLocked()
 }
 
-// matching returns the SVIDs of the entries whose selectors are all in sel,
-// whether every matching entry has one yet, and the bundle.
-func (s *store) matching(sel map[string]bool) (out []*svid, complete, matched bool, bundle *nodepb.Bundle) {
+// matching returns the SVIDs, valid at now, of the entries whose selectors
+// are all in sel, whether every matching entry has one yet, and the bundle.
+func (s *store) matching(sel map[string]bool, now time.Time) (out []*svid, complete, matched bool, bundle *nodepb.Bundle) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	complete = true
@@ -114,7 +114,7 @@ func (s *store) matching(sel map[string]bool) (out []*svid, complete, matched bo
 		}
 		matched = true
 		v, ok := s.svids[id]
-		if !ok || !time.Now().Before(v.notAfter) {
+		if !ok || !now.Before(v.notAfter) {
 			complete = false
 			continue
 		}
@@ -211,7 +211,7 @@ func (a *Agent) newSVID(e *nodepb.Entry, key crypto.Signer, chain [][]byte) (*sv
 		return nil, err
 	}
 	return &svid{entry: e, keyDER: keyDER, chain: chain, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
-		renewAt: renewTime(a.cfg.Clock(), leaf.NotAfter, a.cfg.RenewFraction)}, nil
+		renewAt: renewTime(a.cfg.Clock.Now(), leaf.NotAfter, a.cfg.RenewFraction)}, nil
 }
 
 type agentError string

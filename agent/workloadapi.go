@@ -69,7 +69,7 @@ func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload
 	granted := false
 	for {
 		changed := w.a.store.changed()
-		svids, complete, matched, _ := w.a.store.matching(sel)
+		svids, complete, matched, _ := w.a.store.matching(sel, w.a.cfg.Clock.Now())
 		if !matched {
 			info, _ := peercred.FromContext(ctx)
 			w.a.log.Info("workload api", "decision", "deny", "method", "FetchX509SVID", "pid", info.PID, "uid", info.UID, "reason", "no entry matches", "selectors", len(sel))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/emmansun/gmsm/smx509"
+	"github.com/jonboulle/clockwork"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -40,7 +41,7 @@ type Authority struct {
 	cert    *Certificate
 	signer  crypto.Signer
 	chain   [][]byte // cert.Raw, then the issuers above it up to (excluding) the root
-	now     func() time.Time
+	clock   clockwork.Clock
 	leaf    *leafTemplate
 }
 
@@ -55,8 +56,8 @@ type AuthorityConfig struct {
 	// Upstream are the intermediates above Certificate, nearest first,
 	// excluding the root; empty when Certificate is signed by the root.
 	Upstream []*Certificate
-	// Clock returns the current time; nil means time.Now.
-	Clock func() time.Time
+	// Clock is the time source of validity periods; nil means the real clock.
+	Clock clockwork.Clock
 }
 
 // NewAuthority checks that the certificate is a CA of the profile, that the
@@ -82,7 +83,7 @@ func NewAuthority(c AuthorityConfig) (*Authority, error) {
 	}
 	clock := c.Clock
 	if clock == nil {
-		clock = time.Now
+		clock = clockwork.NewRealClock()
 	}
 	chain := [][]byte{c.Certificate.Raw}
 	for _, u := range c.Upstream {
@@ -90,7 +91,7 @@ func NewAuthority(c AuthorityConfig) (*Authority, error) {
 	}
 	return &Authority{
 		profile: c.Profile, td: c.TrustDomain, cert: c.Certificate, signer: c.Signer,
-		chain: chain, now: clock, leaf: newLeafTemplate(c.Profile, c.Certificate),
+		chain: chain, clock: clock, leaf: newLeafTemplate(c.Profile, c.Certificate),
 	}, nil
 }
 
@@ -170,7 +171,7 @@ func (a *Authority) SignX509SVID(ctx context.Context, p X509SVIDParams) (*X509SV
 		return nil, reqErr(ReasonMalformedCSR, "", err)
 	}
 
-	now := a.now().Truncate(time.Second)
+	now := a.clock.Now().Truncate(time.Second)
 	notAfter := now.Add(ttl)
 	if notAfter.After(a.cert.NotAfter) {
 		notAfter = a.cert.NotAfter

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 )
 
 // Every malformed or unauthorized request gets a typed error and no certificate.
@@ -143,7 +145,7 @@ func TestSignX509SVIDClampsToIssuer(t *testing.T) {
 		t.Errorf("NotAfter %s, want the issuer's %s", svid.NotAfter, a.Certificate().NotAfter)
 	}
 	late, err := NewAuthority(AuthorityConfig{Profile: ECDSA, TrustDomain: td("example.org"), Certificate: a.Certificate(), Signer: a.signer,
-		Clock: func() time.Time { return a.Certificate().NotAfter.Add(time.Minute) }})
+		Clock: clockwork.NewFakeClockAt(a.Certificate().NotAfter.Add(time.Minute))})
 	if err != nil {
 		t.Fatal(err)
 	}

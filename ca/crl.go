@@ -39,7 +39,7 @@ func (a *Authority) CreateCRL(p CRLParams) ([]byte, error) {
 		return nil, errors.New("ca: CRL number must be positive and at most 20 octets")
 	}
 	if p.ThisUpdate.IsZero() {
-		p.ThisUpdate = a.now()
+		p.ThisUpdate = a.clock.Now()
 	}
 	if p.NextUpdate.IsZero() {
 		p.NextUpdate = p.ThisUpdate.Add(DefaultCRLValidity)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 )
 
 // A data directory reopened with the right KEK issues under the same roots;
@@ -177,7 +179,7 @@ func TestIntermediateRotatesAtHalfLife(t *testing.T) {
 	kek, _ := CreateKEKFile(filepath.Join(dir, "kek"))
 	now := time.Now()
 	open := func(at time.Time) *LocalCA {
-		l, err := OpenLocal(LocalConfig{Dir: dir, KEK: kek, TrustDomain: td("example.org"), Clock: func() time.Time { return at }})
+		l, err := OpenLocal(LocalConfig{Dir: dir, KEK: kek, TrustDomain: td("example.org"), Clock: clockwork.NewFakeClockAt(at)})
 		if err != nil {
 			t.Fatal(err)
 		}

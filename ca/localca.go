@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sys/unix"
@@ -31,7 +32,7 @@ type LocalCA struct {
 	dir     string
 	kek     *KEK
 	td      spiffeid.TrustDomain
-	now     func() time.Time
+	clock   clockwork.Clock
 	lock    *os.File
 	created bool
 	rotated []string
@@ -50,8 +51,8 @@ type LocalConfig struct {
 	// TrustDomain is required to create a new hierarchy; when reopening, a
 	// non-zero value must match the stored one.
 	TrustDomain spiffeid.TrustDomain
-	// Clock returns the current time; nil means time.Now.
-	Clock func() time.Time
+	// Clock is the time source of lifetimes and rotation; nil means the real clock.
+	Clock clockwork.Clock
 	// RootTTL and IntermediateTTL default to DefaultRootTTL and DefaultIntermediateTTL.
 	RootTTL, IntermediateTTL time.Duration
 }
@@ -83,9 +84,9 @@ func OpenLocal(c LocalConfig) (*LocalCA, error) {
 	if c.Dir == "" || c.KEK == nil {
 		return nil, errors.New("ca: local CA needs a data directory and a key-encryption key")
 	}
-	l := &LocalCA{dir: filepath.Join(c.Dir, "ca"), kek: c.KEK, now: c.Clock, roots: map[string]*Authority{}, issuers: map[string]*Authority{}}
-	if l.now == nil {
-		l.now = time.Now
+	l := &LocalCA{dir: filepath.Join(c.Dir, "ca"), kek: c.KEK, clock: c.Clock, roots: map[string]*Authority{}, issuers: map[string]*Authority{}}
+	if l.clock == nil {
+		l.clock = clockwork.NewRealClock()
 	}
 	if err := os.MkdirAll(l.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ca: data directory: %w", err)
@@ -153,7 +154,7 @@ func (l *LocalCA) load(c LocalConfig) error {
 	}
 	l.td = td
 	dirty := l.created
-	now := l.now()
+	now := l.clock.Now()
 	for _, p := range Profiles() {
 		changed, err := l.loadProfile(p, now, c)
 		if err != nil {
@@ -233,7 +234,7 @@ func (l *LocalCA) openAuthority(p Profile, la *localAuthority, upstream []*Certi
 	if err != nil {
 		return nil, err
 	}
-	return NewAuthority(AuthorityConfig{Profile: p, TrustDomain: l.td, Certificate: cert, Signer: signer, Upstream: upstream, Clock: l.now})
+	return NewAuthority(AuthorityConfig{Profile: p, TrustDomain: l.td, Certificate: cert, Signer: signer, Upstream: upstream, Clock: l.clock})
 }
 
 // save writes the state file atomically and durably.

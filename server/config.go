@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/server/cluster"
@@ -63,8 +64,11 @@ type Config struct {
 	Timing cluster.Timing
 	// Dial opens connections to peers; tests inject faults with it.
 	Dial cluster.DialFunc
-	// Clock returns the current time. Default: time.Now.
-	Clock func() time.Time
+	// Clock is the time source of every lifetime, renewal, rotation,
+	// expiry and prune, and of certificate checks in TLS handshakes.
+	// Default: the real clock. Tests pass a clockwork.FakeClock to jump
+	// days and years.
+	Clock clockwork.Clock
 
 	// LedgerGrace is how long a certificate's ledger record is kept after
 	// the certificate expires. Default: DefaultLedgerGrace.
@@ -138,7 +142,7 @@ func (c *Config) validate() error {
 		c.Logger = slog.Default()
 	}
 	if c.Clock == nil {
-		c.Clock = time.Now
+		c.Clock = clockwork.NewRealClock()
 	}
 	if c.LedgerGrace == 0 {
 		c.LedgerGrace = DefaultLedgerGrace

@@ -158,7 +158,7 @@ func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, cre
 		return nil, status.Error(codes.InvalidArgument, "an entry ID is required")
 	}
 	re := toRaftEntry(e)
-	re.CreatedUnixNano = o.s.cfg.Clock().UnixNano()
+	re.CreatedUnixNano = o.s.cfg.Clock.Now().UnixNano()
 	res, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PutEntry{PutEntry: &raftpb.PutEntry{Entry: re, ExpectRevision: expect}}})
 	if err != nil {
 		return nil, fsmStatus(err)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -104,7 +105,7 @@ func (id *identity) x509Roots() []*x509.Certificate {
 }
 
 // authority opens the server's own intermediate of a profile.
-func (id *identity) authority(profile string, kek *ca.KEK, clock func() time.Time) (*ca.Authority, error) {
+func (id *identity) authority(profile string, kek *ca.KEK, clock clockwork.Clock) (*ca.Authority, error) {
 	p, err := ca.ProfileByName(profile)
 	if err != nil {
 		return nil, err
@@ -130,7 +131,7 @@ func (id *identity) authority(profile string, kek *ca.KEK, clock func() time.Tim
 
 // issueServerCertificate (re)issues the server's TLS certificate from its
 // own ECDSA intermediate.
-func (id *identity) issueServerCertificate(kek *ca.KEK, clock func() time.Time) error {
+func (id *identity) issueServerCertificate(kek *ca.KEK, clock clockwork.Clock) error {
 	a, err := id.authority(ca.ProfileECDSA, kek, clock)
 	if err != nil {
 		return err
@@ -195,7 +196,7 @@ type rootMaterial struct {
 // newBootstrapIdentity creates the trust domain's roots, this server's
 // intermediates and its server certificate.
 func newBootstrapIdentity(cfg *Config, td spiffeid.TrustDomain) (*identity, *bootstrapMaterial, error) {
-	now := cfg.Clock()
+	now := cfg.Clock.Now()
 	id := &identity{Version: identityVersion, NodeID: cfg.NodeID, TrustDomain: td.Name(), KEKID: cfg.KEK.ID(),
 		Roots: map[string][]byte{}, Intermediates: map[string]*localIntermediate{}}
 	bm := &bootstrapMaterial{roots: map[string]rootMaterial{}}

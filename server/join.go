@@ -56,7 +56,7 @@ func (s *Server) join() (*identity, error) {
 		keys[p.Name()], req.IntermediateCsrs[p.Name()] = key, csr
 	}
 	dial := cfg.Dial
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cluster.JoinClientTLS(td, cfg.TrustBundle)))}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cluster.JoinClientTLS(td, cfg.TrustBundle, cfg.Clock)))}
 	if dial != nil {
 		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return dial(ctx, a) }))
 	}
@@ -161,7 +161,7 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	case r.Server(req.NodeId) != nil:
 		return nil, deny(codes.AlreadyExists, fmt.Sprintf("a server named %q is already a member", req.NodeId))
 	}
-	now := s.cfg.Clock()
+	now := s.cfg.Clock.Now()
 	var issued []*ca.Certificate
 	roots := map[string][]byte{}
 	var cmds []*raftpb.Command

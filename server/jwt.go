@@ -53,7 +53,7 @@ func newJWTKey(kek *ca.KEK, now time.Time) (*raftpb.JWTKey, error) {
 // jwtSigner returns the newest unexpired JWT key, opened.
 func (s *Server) jwtSigner(r *raftfsm.Reader) (string, crypto.Signer, error) {
 	var best *raftpb.JWTKey
-	now := s.cfg.Clock().Unix()
+	now := s.cfg.Clock.Now().Unix()
 	for _, k := range r.JWTKeys() {
 		if k.NotAfterUnix > now && (best == nil || k.CreatedUnix > best.CreatedUnix) {
 			best = k
@@ -111,7 +111,7 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, req *nodepb.SignJWTSVIDRe
 		return nil, status.Error(codes.Internal, "JWT key is not ECDSA")
 	}
 	ttl := min(DefaultJWTSVIDTTL, time.Duration(e.TtlSeconds)*time.Second)
-	now := n.s.cfg.Clock()
+	now := n.s.cfg.Clock.Now()
 	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: priv, KeyID: kid}}, (&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())

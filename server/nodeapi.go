@@ -97,7 +97,7 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 	if err != nil {
 		return deny(codes.InvalidArgument, err.Error())
 	}
-	node := &raftpb.Node{SpiffeId: agentID, Attestor: att.Name(), AttestedUnixNano: n.s.cfg.Clock().UnixNano(), ExpiresUnixNano: notAfter.UnixNano()}
+	node := &raftpb.Node{SpiffeId: agentID, Attestor: att.Name(), AttestedUnixNano: n.s.cfg.Clock.Now().UnixNano(), ExpiresUnixNano: notAfter.UnixNano()}
 	for _, sel := range res.Selectors {
 		node.Selectors = append(node.Selectors, &raftpb.Selector{Type: sel.Type, Value: sel.Value})
 	}

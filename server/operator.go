@@ -197,7 +197,7 @@ func (o *operatorService) CreateJoinToken(ctx context.Context, req *operatorpb.C
 	}
 	token := base64.RawURLEncoding.EncodeToString(raw[:])
 	hash := sha256.Sum256([]byte(token))
-	expires := o.s.cfg.Clock().Add(ttl)
+	expires := o.s.cfg.Clock.Now().Add(ttl)
 	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_CreateJoinToken{CreateJoinToken: &raftpb.CreateJoinToken{
 		Token: &raftpb.JoinToken{Hash: hash[:], Kind: req.Kind, ExpiresUnixNano: expires.UnixNano()}}}}); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "create join token: %v", err)

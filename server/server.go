@@ -128,7 +128,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if s.td, err = id.trustDomain(); err != nil {
 		return nil, err
 	}
-	s.tlsID = cluster.NewIdentity(s.td)
+	s.tlsID = cluster.NewIdentity(s.td, cfg.Clock)
 	if err := s.refreshCertificate(false); err != nil {
 		return nil, err
 	}
@@ -366,7 +366,7 @@ func (s *Server) tryWriteBootstrapState(ctx context.Context) error {
 	id := s.id
 	s.mu.Unlock()
 	cmds := []*raftpb.Command{{Op: &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{
-		Name: s.td.Name(), KekId: s.cfg.KEK.ID(), CreatedUnixNano: s.cfg.Clock().UnixNano()}}}}}
+		Name: s.td.Name(), KekId: s.cfg.KEK.ID(), CreatedUnixNano: s.cfg.Clock.Now().UnixNano()}}}}}
 	for _, p := range ca.Profiles() {
 		rm := s.bootstrap.roots[p.Name()]
 		sealed, err := json.Marshal(rm.key)
@@ -409,7 +409,7 @@ func putIntermediate(c *ca.Certificate, parentID, nodeID string) *raftpb.Command
 
 func (s *Server) putSelf() *raftpb.Command {
 	return &raftpb.Command{Op: &raftpb.Command_PutServer{PutServer: &raftpb.PutServer{Server: &raftpb.Server{
-		NodeId: s.cfg.NodeID, RaftAddr: s.cfg.RaftAddr, ApiAddr: s.cfg.APIAddr, JoinedUnixNano: s.cfg.Clock().UnixNano()}}}}
+		NodeId: s.cfg.NodeID, RaftAddr: s.cfg.RaftAddr, ApiAddr: s.cfg.APIAddr, JoinedUnixNano: s.cfg.Clock.Now().UnixNano()}}}}
 }
 
 // refreshCertificate installs the server's TLS certificate, reissuing it
@@ -421,7 +421,7 @@ func (s *Server) refreshCertificate(renew bool) error {
 	if err != nil {
 		return err
 	}
-	if renew || !s.cfg.Clock().Before(notBefore.Add(notAfter.Sub(notBefore)/2)) {
+	if renew || !s.cfg.Clock.Now().Before(notBefore.Add(notAfter.Sub(notBefore)/2)) {
 		if err := s.id.issueServerCertificate(s.cfg.KEK, s.cfg.Clock); err != nil {
 			return err
 		}
@@ -476,7 +476,7 @@ func (s *Server) pruneLoop(ctx context.Context) error {
 		if !s.node.IsLeader() {
 			continue
 		}
-		cutoff := s.cfg.Clock().Add(-s.cfg.LedgerGrace).Unix()
+		cutoff := s.cfg.Clock.Now().Add(-s.cfg.LedgerGrace).Unix()
 		res, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{ExpiredBeforeUnix: cutoff}}})
 		switch {
 		case err != nil && ctx.Err() == nil:

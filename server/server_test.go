@@ -209,7 +209,7 @@ func TestBootstrapJoinRestart(t *testing.T) {
 		}
 		// Each server has its own intermediates, certified by the roots.
 		for _, p := range ca.Profiles() {
-			a, err := s.srv.id.authority(p.Name(), kek, time.Now)
+			a, err := s.srv.id.authority(p.Name(), kek, nil)
 			if err != nil {
 				t.Fatalf("%s %s intermediate: %v", s.cfg.NodeID, p.Name(), err)
 			}

@@ -44,6 +44,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/internal/jsonpayload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -92,9 +93,9 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Clusters whose agents may attest. At least one.
 	Clusters []ClusterConfig
-	// Clock returns the time at which tokens must be valid.
-	// Default: time.Now.
-	Clock func() time.Time
+	// Clock gives the time at which tokens must be valid.
+	// Default: the real clock.
+	Clock clockwork.Clock
 }
 
 type cluster struct {
@@ -107,7 +108,7 @@ type cluster struct {
 type Attestor struct {
 	td       spiffeid.TrustDomain
 	clusters map[string]*cluster
-	clock    func() time.Time
+	clock    clockwork.Clock
 }
 
 var _ attest.NodeAttestor = (*Attestor)(nil)
@@ -122,7 +123,7 @@ func New(cfg Config) (*Attestor, error) {
 	}
 	a := &Attestor{td: cfg.TrustDomain, clusters: map[string]*cluster{}, clock: cfg.Clock}
 	if a.clock == nil {
-		a.clock = time.Now
+		a.clock = clockwork.NewRealClock()
 	}
 	for _, cc := range cfg.Clusters {
 		c, err := newCluster(cfg.TrustDomain, cc)
@@ -248,7 +249,7 @@ func (a *Attestor) Attest(_ context.Context, payload []byte, _ attest.Challenge)
 	if err := json.Unmarshal(raw, &priv); err != nil {
 		return nil, attest.NewError(attest.KindInvalidEvidence, Name, "token kubernetes.io claim is malformed", nil)
 	}
-	if err := c.validate(&std, a.clock()); err != nil {
+	if err := c.validate(&std, a.clock.Now()); err != nil {
 		return nil, err
 	}
 	return a.result(c, &std, priv.K8s)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -122,7 +123,7 @@ func newAttestor(t testing.TB, mod func(*ClusterConfig)) *Attestor {
 	if mod != nil {
 		mod(&prod)
 	}
-	a, err := New(Config{TrustDomain: td, Clock: func() time.Time { return now }, Clusters: []ClusterConfig{
+	a, err := New(Config{TrustDomain: td, Clock: clockwork.NewFakeClockAt(now), Clusters: []ClusterConfig{
 		prod,
 		{Name: "staging", Issuer: "https://staging.example", Audience: "meshca-staging", JWKS: o.jwks()},
 	}})
@@ -351,7 +352,7 @@ func TestNew(t *testing.T) {
 	// A JWKS given with private keys is reduced to public keys.
 	priv := good
 	priv.JWKS = jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: k.ec, KeyID: "ec-1"}}}
-	a, err := New(Config{TrustDomain: td, Clusters: []ClusterConfig{priv}, Clock: func() time.Time { return now }})
+	a, err := New(Config{TrustDomain: td, Clusters: []ClusterConfig{priv}, Clock: clockwork.NewFakeClockAt(now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +379,7 @@ func TestJWKSFromJSON(t *testing.T) {
 	if err := json.Unmarshal(doc, &set); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Config{TrustDomain: td, Clock: func() time.Time { return now },
+	a, err := New(Config{TrustDomain: td, Clock: clockwork.NewFakeClockAt(now),
 		Clusters: []ClusterConfig{{Name: "prod", Issuer: issuer, JWKS: set}}})
 	if err != nil {
 		t.Fatal(err)

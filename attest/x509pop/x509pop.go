@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/internal/jsonpayload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -68,16 +69,16 @@ type Config struct {
 	// certificates. Required. They are trusted as roots: agents send the
 	// intermediates, if any.
 	Roots []*x509.Certificate
-	// Clock returns the time at which certificates must be valid.
-	// Default: time.Now.
-	Clock func() time.Time
+	// Clock gives the time at which certificates must be valid.
+	// Default: the real clock.
+	Clock clockwork.Clock
 }
 
 // Attestor is the server side of x509pop.
 type Attestor struct {
 	td    spiffeid.TrustDomain
 	roots *x509.CertPool
-	clock func() time.Time
+	clock clockwork.Clock
 }
 
 var _ attest.NodeAttestor = (*Attestor)(nil)
@@ -99,7 +100,7 @@ func New(cfg Config) (*Attestor, error) {
 	}
 	clock := cfg.Clock
 	if clock == nil {
-		clock = time.Now
+		clock = clockwork.NewRealClock()
 	}
 	return &Attestor{td: cfg.TrustDomain, roots: pool, clock: clock}, nil
 }
@@ -125,7 +126,7 @@ func (a *Attestor) Attest(ctx context.Context, payload []byte, challenge attest.
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	now := a.clock()
+	now := a.clock.Now()
 	verified, err := leaf.Verify(x509.VerifyOptions{
 		Roots: a.roots, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -140,7 +141,7 @@ func fingerprint(c *x509.Certificate) string {
 
 func newAttestor(t testing.TB, roots ...*x509.Certificate) *Attestor {
 	t.Helper()
-	a, err := New(Config{TrustDomain: td, Roots: roots, Clock: func() time.Time { return now }})
+	a, err := New(Config{TrustDomain: td, Roots: roots, Clock: clockwork.NewFakeClockAt(now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +306,7 @@ func TestAttestRefused(t *testing.T) {
 			}
 			a := newAttestor(t, root.cert)
 			if !tt.clock.IsZero() {
-				a.clock = func() time.Time { return tt.clock }
+				a.clock = clockwork.NewFakeClockAt(tt.clock)
 			}
 			mk := tt.challenge
 			if mk == nil {

@@ -304,10 +304,10 @@ func TestRaftRejectsUnauthenticatedPeers(t *testing.T) {
 	foreignCert, foreignRoots := issueTLS(t, rogueCA, "spiffe://"+testTD+ServerIDPrefix+"rogue")
 	workloadCert, roots := issueTLS(t, c.ca, "spiffe://"+testTD+"/ns/default/sa/web") // right CA, not a server
 	cases := map[string]*Identity{}
-	foreign := NewIdentity(td)
+	foreign := NewIdentity(td, nil)
 	foreign.Update(foreignCert, append(foreignRoots, roots...)) // it even trusts our roots
 	cases["certificate from another CA"] = foreign
-	workload := NewIdentity(td)
+	workload := NewIdentity(td, nil)
 	workload.Update(workloadCert, roots)
 	cases["workload certificate"] = workload
 

@@ -102,7 +102,7 @@ func newTestCluster(t testing.TB, size int, opts clusterOpts) *testCluster {
 	c := &testCluster{t: t, ca: newCA(t), net: faultnet.New(), opts: opts}
 	for i := 0; i < size; i++ {
 		n := &testNode{c: c, id: fmt.Sprintf("s%d", i+1), dir: t.TempDir()}
-		id := NewIdentity(spiffeid.RequireTrustDomainFromString(testTD))
+		id := NewIdentity(spiffeid.RequireTrustDomainFromString(testTD), nil)
 		cert, roots := issueTLS(t, c.ca, "spiffe://"+testTD+ServerIDPrefix+n.id)
 		if err := id.Update(cert, roots); err != nil {
 			t.Fatal(err)

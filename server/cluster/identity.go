@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -30,6 +31,7 @@ func IsServerID(td spiffeid.TrustDomain, id spiffeid.ID) bool {
 // (renewal, root rotation); new handshakes use the new values.
 type Identity struct {
 	td    spiffeid.TrustDomain
+	clock clockwork.Clock
 	state atomic.Pointer[identityState]
 }
 
@@ -39,7 +41,13 @@ type identityState struct {
 }
 
 // NewIdentity returns an identity for td; Update must be called before use.
-func NewIdentity(td spiffeid.TrustDomain) *Identity { return &Identity{td: td} }
+// Peer certificates are checked at the clock's time (nil: the real clock).
+func NewIdentity(td spiffeid.TrustDomain, clock clockwork.Clock) *Identity {
+	if clock == nil {
+		clock = clockwork.NewRealClock()
+	}
+	return &Identity{td: td, clock: clock}
+}
 
 // TrustDomain returns the identity's trust domain.
 func (i *Identity) TrustDomain() spiffeid.TrustDomain { return i.td }
@@ -85,7 +93,7 @@ func (i *Identity) VerifyPeer(rawCerts [][]byte) (spiffeid.ID, error) {
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: s.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: s.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: i.clock.Now()}); err != nil {
 		return spiffeid.ID{}, fmt.Errorf("cluster: peer certificate does not chain to the trust domain's roots: %w", err)
 	}
 	id, err := x509svid.IDFromCert(certs[0])
@@ -129,12 +137,14 @@ func (i *Identity) getClientCertificate(*tls.CertificateRequestInfo) (*tls.Certi
 func (i *Identity) PeerTLS() (server, client *tls.Config) {
 	server = &tls.Config{
 		MinVersion:            tls.VersionTLS13,
+		Time:                  i.clock.Now,
 		GetCertificate:        i.getCertificate,
 		ClientAuth:            tls.RequireAnyClientCert,
 		VerifyPeerCertificate: i.verifyServer,
 	}
 	client = &tls.Config{
 		MinVersion:            tls.VersionTLS13,
+		Time:                  i.clock.Now,
 		GetClientCertificate:  i.getClientCertificate,
 		InsecureSkipVerify:    true, // verified by verifyServer, by SPIFFE ID
 		VerifyPeerCertificate: i.verifyServer,
@@ -149,6 +159,7 @@ func (i *Identity) PeerTLS() (server, client *tls.Config) {
 func (i *Identity) APIServerTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
+		Time:           i.clock.Now,
 		GetCertificate: i.getCertificate,
 		ClientAuth:     tls.RequestClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
@@ -167,6 +178,7 @@ func (i *Identity) APIServerTLS() *tls.Config {
 func (i *Identity) AdminServerTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
+		Time:           i.clock.Now,
 		GetCertificate: i.getCertificate,
 		ClientAuth:     tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
@@ -178,9 +190,9 @@ func (i *Identity) AdminServerTLS() *tls.Config {
 
 // JoinClientTLS is the configuration a joining server uses before it has a
 // certificate: it authenticates the server it joins through with the
-// trust bundle it was given.
-func JoinClientTLS(td spiffeid.TrustDomain, roots []*x509.Certificate) *tls.Config {
-	id := NewIdentity(td)
+// trust bundle it was given, at the clock's time (nil: the real clock).
+func JoinClientTLS(td spiffeid.TrustDomain, roots []*x509.Certificate, clock clockwork.Clock) *tls.Config {
+	id := NewIdentity(td, clock)
 	pool := x509.NewCertPool()
 	for _, r := range roots {
 		pool.AddCert(r)
@@ -188,6 +200,7 @@ func JoinClientTLS(td spiffeid.TrustDomain, roots []*x509.Certificate) *tls.Conf
 	id.state.Store(&identityState{roots: pool})
 	return &tls.Config{
 		MinVersion:            tls.VersionTLS13,
+		Time:                  id.clock.Now,
 		InsecureSkipVerify:    true, // verified by verifyServer, by SPIFFE ID
 		VerifyPeerCertificate: id.verifyServer,
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -61,8 +62,8 @@ type Config struct {
 	SnapshotInterval  time.Duration
 	// LedgerBatch bounds the records of one group commit (0: 1024).
 	LedgerBatch int
-	// Clock stamps proposed commands; nil: time.Now.
-	Clock func() time.Time
+	// Clock stamps proposed commands; nil: the real clock.
+	Clock clockwork.Clock
 }
 
 // logCacheSize is how many recent log entries are kept in memory for
@@ -99,7 +100,7 @@ func Start(cfg Config) (*Node, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = time.Now
+		cfg.Clock = clockwork.NewRealClock()
 	}
 	if cfg.LedgerBatch <= 0 {
 		cfg.LedgerBatch = 1024
@@ -241,7 +242,7 @@ func (n *Node) stamp(cmd *raftpb.Command) {
 		cmd.Header.RequestId = NewRequestID()
 	}
 	if cmd.Header.TimeUnixNano == 0 {
-		cmd.Header.TimeUnixNano = n.cfg.Clock().UnixNano()
+		cmd.Header.TimeUnixNano = n.cfg.Clock.Now().UnixNano()
 	}
 	if cmd.Header.Proposer == "" {
 		cmd.Header.Proposer = n.cfg.NodeID
