@@ -50,7 +50,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, td: td, id: newIdentity(td, cfg.DataDir, cfg.TrustBundle), store: newStore(),
+	a := &Agent{cfg: cfg, log: cfg.Logger, td: td, id: newIdentity(td, cfg.DataDir, cfg.TrustBundle, cfg.Clock), store: newStore(),
 		kick: make(chan struct{}, 1), jwts: jwtCache{tokens: map[string]cachedJWT{}}}
 	// Everything the agent must keep is written here: make sure it can be,
 	// before a join token is spent on an identity that could not be saved.

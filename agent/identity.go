@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -15,12 +17,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -32,8 +34,9 @@ const serverIDPrefix = "/meshca/server/"
 // identity is the agent's own SVID and the trust bundle. It is a go-spiffe
 // X.509 SVID and bundle source for the TLS configurations.
 type identity struct {
-	td  spiffeid.TrustDomain
-	dir string
+	td    spiffeid.TrustDomain
+	dir   string
+	clock clockwork.Clock
 
 	mu      sync.RWMutex
 	svid    *x509svid.SVID
@@ -42,8 +45,8 @@ type identity struct {
 	roots   []*nodepb.Root // every profile's roots, from the server
 }
 
-func newIdentity(td spiffeid.TrustDomain, dir string, roots []*x509.Certificate) *identity {
-	return &identity{td: td, dir: filepath.Join(dir, "agent"), bundle: x509bundle.FromX509Authorities(td, roots)}
+func newIdentity(td spiffeid.TrustDomain, dir string, roots []*x509.Certificate, clock clockwork.Clock) *identity {
+	return &identity{td: td, dir: filepath.Join(dir, "agent"), clock: clock, bundle: x509bundle.FromX509Authorities(td, roots)}
 }
 
 func (i *identity) GetX509SVID() (*x509svid.SVID, error) {
@@ -64,27 +67,43 @@ func (i *identity) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bu
 	return i.bundle, nil
 }
 
-// authorizeServer accepts only servers of the trust domain.
-func (i *identity) authorizeServer() tlsconfig.Authorizer {
-	return tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != i.td || !strings.HasPrefix(id.Path(), serverIDPrefix) {
-			return fmt.Errorf("agent: %s is not a server of %s", id, i.td.Name())
-		}
-		return nil
-	})
+// verifyServer accepts only servers of the trust domain, with an X509-SVID
+// valid at the clock's time for the current bundle.
+func (i *identity) verifyServer(raw [][]byte, _ [][]*x509.Certificate) error {
+	id, _, err := x509svid.ParseAndVerify(raw, i, x509svid.WithTime(i.clock.Now()))
+	if err != nil {
+		return fmt.Errorf("agent: server certificate: %w", err)
+	}
+	if id.TrustDomain() != i.td || !strings.HasPrefix(id.Path(), serverIDPrefix) {
+		return fmt.Errorf("agent: %s is not a server of %s", id, i.td.Name())
+	}
+	return nil
 }
 
 // attestTLS authenticates the server before the agent has an SVID.
 func (i *identity) attestTLS() *tls.Config {
-	c := tlsconfig.TLSClientConfig(i, i.authorizeServer())
-	c.MinVersion = tls.VersionTLS13
-	return c
+	return &tls.Config{
+		MinVersion:            tls.VersionTLS13,
+		Time:                  i.clock.Now,
+		InsecureSkipVerify:    true, // verified by verifyServer, by SPIFFE ID
+		VerifyPeerCertificate: i.verifyServer,
+	}
 }
 
 // mTLS presents the agent's SVID and authenticates the server.
 func (i *identity) mTLS() *tls.Config {
-	c := tlsconfig.MTLSClientConfig(i, i, i.authorizeServer())
-	c.MinVersion = tls.VersionTLS13
+	c := i.attestTLS()
+	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		s, err := i.GetX509SVID()
+		if err != nil {
+			return nil, err
+		}
+		cert := &tls.Certificate{PrivateKey: s.PrivateKey, Leaf: s.Certificates[0]}
+		for _, c := range s.Certificates {
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+		return cert, nil
+	}
 	return c
 }
 
@@ -198,6 +217,31 @@ func (i *identity) load(now time.Time, fraction float64) (bool, error) {
 	return true, nil
 }
 
+func (i *identity) attemptPath() string { return filepath.Join(i.dir, "attempt") }
+
+// attemptID returns the ID of this node's attestation attempt, made and
+// saved the first time: an agent whose attestation answer was lost (the
+// server failed over, the agent crashed) presents it again with the same
+// single-use token and is admitted again.
+func (i *identity) attemptID() (string, error) {
+	b, err := os.ReadFile(i.attemptPath())
+	if err == nil && len(b) > 0 && len(b) <= 64 {
+		return string(b), nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("agent: attestation attempt: %w", err)
+	}
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	id := hex.EncodeToString(raw[:])
+	if err := atomicfile.Write(i.attemptPath(), []byte(id), 0o600); err != nil {
+		return "", fmt.Errorf("agent: attestation attempt: %w", err)
+	}
+	return id, nil
+}
+
 // renewTime is when the agent's SVID should be renewed.
 func (i *identity) renewTime() time.Time {
 	i.mu.RLock()
@@ -228,12 +272,16 @@ func (a *Agent) attestNode(ctx context.Context, client nodepb.NodeClient) error 
 	if err != nil {
 		return err
 	}
+	attempt, err := a.id.attemptID()
+	if err != nil {
+		return err
+	}
 	stream, err := client.Attest(ctx)
 	if err != nil {
 		return err
 	}
 	if err := stream.Send(&nodepb.AttestRequest{Step: &nodepb.AttestRequest_Start{Start: &nodepb.AttestStart{
-		Attestor: a.cfg.Evidence.Name(), Payload: payload, Csr: csr}}}); err != nil {
+		Attestor: a.cfg.Evidence.Name(), Payload: payload, Csr: csr, AttemptId: attempt}}}); err != nil {
 		return err
 	}
 	for {
@@ -265,6 +313,9 @@ func (a *Agent) attestNode(ctx context.Context, client nodepb.NodeClient) error 
 		}
 		if err := a.id.setBundle(res.Bundle); err != nil {
 			return err
+		}
+		if err := os.Remove(a.id.attemptPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("agent: %w", err)
 		}
 		a.log.Info("node attested", "agent_id", res.AgentId, "attestor", a.cfg.Evidence.Name())
 		return nil

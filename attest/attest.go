@@ -21,6 +21,12 @@ type NodeResult struct {
 	// Selectors describe the node; entries whose parent is a node match
 	// them. Their order is stable for a given input.
 	Selectors []Selector
+	// JoinToken, when set, is the SHA-256 of a single-use token the
+	// attestation rests on. The attestor does not consume it: the server
+	// does, in the same step that records the agent, once everything else
+	// about the attestation has been checked, and refuses the attestation
+	// if the token is unknown, already used or expired.
+	JoinToken []byte
 }
 
 // Challenge sends challenge to the agent being attested and returns its

@@ -120,3 +120,17 @@ func caTemplate(p CAParams, defTTL time.Duration) (*x509.Certificate, error) {
 		URIs: []*url.URL{p.TrustDomain.ID().URL()},
 	}, nil
 }
+
+// CSRPublicKey checks a CSR for the profile (its key type and signature)
+// and returns the DER SubjectPublicKeyInfo it asks to certify. Bad CSRs get
+// a *RequestError.
+func CSRPublicKey(p Profile, csrDER []byte) ([]byte, error) {
+	if len(csrDER) > MaxCSRSize {
+		return nil, reqErr(ReasonCSRTooLarge, fmt.Sprintf("%d bytes, limit %d", len(csrDER), MaxCSRSize), nil)
+	}
+	csr, err := p.checkCSR(csrDER)
+	if err != nil {
+		return nil, err
+	}
+	return csr.spki, nil
+}

@@ -14,11 +14,39 @@ import (
 // modify a stored record in place (memdb readers may hold it): they insert
 // a changed clone. Records taken from the command itself are stored as
 // they are: the command was decoded for this apply and nothing else holds it.
+//
+// A command with a request ID already applied is not applied again: it
+// returns the first application's result (see dedupable).
 func apply(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, index uint64) *raftpb.Result {
 	h := c.GetHeader()
 	if h == nil {
 		return fail(raftpb.ErrorCode_INVALID, "command without header")
 	}
+	dedupe := dedupable(c) && h.RequestId != ""
+	if dedupe {
+		if prev, _ := first(txn, tableRequests, "id", h.RequestId).(*raftpb.AppliedRequest); prev != nil {
+			return proto.Clone(prev.Result).(*raftpb.Result)
+		}
+	}
+	res := applyOp(txn, lx, c, h, index)
+	if dedupe {
+		insert(txn, tableRequests, &raftpb.AppliedRequest{RequestId: h.RequestId, TimeUnixNano: h.TimeUnixNano, Result: res})
+	}
+	return res
+}
+
+// dedupable reports whether a command's request ID is remembered. Ledger
+// appends dedupe per record (they are by far the most frequent commands);
+// prunes and no-ops are idempotent by nature.
+func dedupable(c *raftpb.Command) bool {
+	switch c.Op.(type) {
+	case *raftpb.Command_AppendLedger, *raftpb.Command_PruneLedger, *raftpb.Command_Noop, nil:
+		return false
+	}
+	return true
+}
+
+func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Header, index uint64) *raftpb.Result {
 	switch op := c.Op.(type) {
 	case *raftpb.Command_SetTrustDomain:
 		return setTrustDomain(txn, op.SetTrustDomain)
@@ -50,12 +78,19 @@ func apply(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, index uint64) *ra
 	case *raftpb.Command_AppendLedger:
 		return appendLedger(txn, lx, op.AppendLedger.GetRecords(), index)
 	case *raftpb.Command_PruneLedger:
-		return pruneLedger(txn, lx, op.PruneLedger.GetExpiredBeforeUnix())
+		return pruneLedger(txn, lx, op.PruneLedger)
 	case *raftpb.Command_Noop:
 		return ok
 	case *raftpb.Command_PutJwtKey:
-		k := op.PutJwtKey.GetKey()
-		return put(txn, tableJWTKeys, k, k.GetKid() != "" && len(k.GetPublicKey()) > 0)
+		return putJWTKey(txn, op.PutJwtKey.GetKey())
+	case *raftpb.Command_ActivateAuthority:
+		return activateAuthority(txn, op.ActivateAuthority.GetId())
+	case *raftpb.Command_ActivateJwtKey:
+		return activateJWTKey(txn, op.ActivateJwtKey.GetKid())
+	case *raftpb.Command_AttestAgent:
+		return attestAgent(txn, lx, op.AttestAgent, h.TimeUnixNano, index)
+	case *raftpb.Command_AdmitServer:
+		return admitServer(txn, op.AdmitServer, h.TimeUnixNano)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.
@@ -162,19 +197,187 @@ func keyOf(hash []byte) string { return hex.EncodeToString(hash) }
 // consumeJoinToken succeeds once per token, before its expiry by the
 // proposer's clock. Unknown tokens and tokens of another kind are both
 // "not found", so a caller learns nothing about tokens it does not hold.
+// The consumer that used the token may use it again with the same
+// attempt ID before it expires: its first answer may have been lost.
 func consumeJoinToken(txn *memdb.Txn, op *raftpb.ConsumeJoinToken, now int64) *raftpb.Result {
+	n, res := checkJoinToken(txn, op, now)
+	if n != nil {
+		insert(txn, tableTokens, n)
+	}
+	return res
+}
+
+// checkJoinToken decides a consumption without writing: it returns the
+// token record to store (nil if nothing changes) and the result.
+func checkJoinToken(txn *memdb.Txn, op *raftpb.ConsumeJoinToken, now int64) (*raftpb.JoinToken, *raftpb.Result) {
 	cur, _ := first(txn, tableTokens, "id", keyOf(op.GetHash())).(*raftpb.JoinToken)
 	switch {
 	case cur == nil || cur.Kind != op.GetKind():
-		return fail(raftpb.ErrorCode_NOT_FOUND, "unknown join token")
-	case cur.ConsumedUnixNano != 0:
-		return fail(raftpb.ErrorCode_TOKEN_CONSUMED, "join token already used")
+		return nil, fail(raftpb.ErrorCode_NOT_FOUND, "unknown join token")
 	case now >= cur.ExpiresUnixNano:
-		return fail(raftpb.ErrorCode_TOKEN_EXPIRED, "join token expired")
+		return nil, fail(raftpb.ErrorCode_TOKEN_EXPIRED, "join token expired")
+	case cur.ConsumedUnixNano != 0 && op.GetAttempt() != "" && cur.ConsumedAttempt == op.GetAttempt() && cur.ConsumedBy == op.GetConsumer():
+		return nil, ok // the same attempt again
+	case cur.ConsumedUnixNano != 0:
+		return nil, fail(raftpb.ErrorCode_TOKEN_CONSUMED, "join token already used")
 	}
 	n := proto.Clone(cur).(*raftpb.JoinToken)
-	n.ConsumedUnixNano, n.ConsumedBy = now, op.GetConsumer()
-	insert(txn, tableTokens, n)
+	n.ConsumedUnixNano, n.ConsumedBy, n.ConsumedAttempt = now, op.GetConsumer(), op.GetAttempt()
+	return n, ok
+}
+
+// activateAuthority makes an authority ACTIVE and the others of its kind,
+// profile and server that were ACTIVE OLD.
+func activateAuthority(txn *memdb.Txn, id string) *raftpb.Result {
+	cur, _ := first(txn, tableAuthorities, "id", id).(*raftpb.Authority)
+	switch {
+	case cur == nil:
+		return fail(raftpb.ErrorCode_NOT_FOUND, fmt.Sprintf("no authority %q", id))
+	case cur.State != raftpb.AuthorityState_PREPARED && cur.State != raftpb.AuthorityState_ACTIVE:
+		return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("authority %q is %s; only a prepared authority can be activated", id, cur.State))
+	}
+	for _, a := range allOf[*raftpb.Authority](txn, tableAuthorities, "profile", cur.Profile) {
+		if a.Id != id && a.Kind == cur.Kind && a.ServerId == cur.ServerId && a.State == raftpb.AuthorityState_ACTIVE {
+			o := proto.Clone(a).(*raftpb.Authority)
+			o.State = raftpb.AuthorityState_OLD
+			insert(txn, tableAuthorities, o)
+		}
+	}
+	if cur.State != raftpb.AuthorityState_ACTIVE {
+		a := proto.Clone(cur).(*raftpb.Authority)
+		a.State = raftpb.AuthorityState_ACTIVE
+		insert(txn, tableAuthorities, a)
+	}
+	return ok
+}
+
+func allOf[T any](txn *memdb.Txn, table, index string, args ...any) []T {
+	it, err := txn.Get(table, index, args...)
+	if err != nil {
+		panic(fmt.Sprintf("raftfsm: read %s by %s: %v", table, index, err))
+	}
+	var out []T
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		out = append(out, obj.(T))
+	}
+	return out
+}
+
+// JWTKeyActive reports whether a JWT key signs: ACTIVE, or written before
+// keys had states.
+func JWTKeyActive(k *raftpb.JWTKey) bool {
+	return k.State == raftpb.AuthorityState_ACTIVE || k.State == raftpb.AuthorityState_AUTHORITY_STATE_UNSPECIFIED
+}
+
+// putJWTKey stores a JWT key. There is at most one PREPARED key: a second
+// one (a retried preparation with a new key ID) is refused.
+func putJWTKey(txn *memdb.Txn, k *raftpb.JWTKey) *raftpb.Result {
+	if k.GetKid() == "" || len(k.GetPublicKey()) == 0 {
+		return fail(raftpb.ErrorCode_INVALID, "incomplete "+tableJWTKeys+" record")
+	}
+	if k.State == raftpb.AuthorityState_PREPARED {
+		for _, o := range allOf[*raftpb.JWTKey](txn, tableJWTKeys, "id") {
+			if o.Kid != k.Kid && o.State == raftpb.AuthorityState_PREPARED {
+				return fail(raftpb.ErrorCode_ALREADY_EXISTS, fmt.Sprintf("JWT key %s is already prepared", o.Kid))
+			}
+		}
+	}
+	insert(txn, tableJWTKeys, k)
+	return ok
+}
+
+// activateJWTKey makes a JWT key ACTIVE and the previously active ones OLD.
+func activateJWTKey(txn *memdb.Txn, kid string) *raftpb.Result {
+	cur, _ := first(txn, tableJWTKeys, "id", kid).(*raftpb.JWTKey)
+	switch {
+	case cur == nil:
+		return fail(raftpb.ErrorCode_NOT_FOUND, fmt.Sprintf("no JWT key %q", kid))
+	case cur.State != raftpb.AuthorityState_PREPARED && !JWTKeyActive(cur):
+		return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("JWT key %q is %s; only a prepared key can be activated", kid, cur.State))
+	}
+	for _, k := range allOf[*raftpb.JWTKey](txn, tableJWTKeys, "id") {
+		if k.Kid != kid && JWTKeyActive(k) {
+			o := proto.Clone(k).(*raftpb.JWTKey)
+			o.State = raftpb.AuthorityState_OLD
+			insert(txn, tableJWTKeys, o)
+		}
+	}
+	if cur.State != raftpb.AuthorityState_ACTIVE {
+		k := proto.Clone(cur).(*raftpb.JWTKey)
+		k.State = raftpb.AuthorityState_ACTIVE
+		insert(txn, tableJWTKeys, k)
+	}
+	return ok
+}
+
+// attestAgent records an attested agent: token consumed (if any), node
+// recorded, SVID ledger record appended, or nothing at all.
+func attestAgent(txn *memdb.Txn, lx *ledgerIndex, op *raftpb.AttestAgent, now int64, index uint64) *raftpb.Result {
+	node, rec := op.GetNode(), op.GetRecord()
+	switch {
+	case node.GetSpiffeId() == "":
+		return fail(raftpb.ErrorCode_INVALID, "attestation without a node")
+	case len(rec.GetSerial()) == 0 || rec.GetSpiffeId() != node.GetSpiffeId():
+		return fail(raftpb.ErrorCode_INVALID, "attestation without the agent's ledger record")
+	}
+	if cur, _ := first(txn, tableNodes, "id", node.SpiffeId).(*raftpb.Node); cur != nil && cur.Banned {
+		return fail(raftpb.ErrorCode_INVALID, "node "+node.SpiffeId+" is banned")
+	}
+	if _, seen := lx.lookup(rec.Serial); seen {
+		return fail(raftpb.ErrorCode_CONFLICT, "serial number already in the ledger")
+	}
+	var tok *raftpb.JoinToken
+	if op.GetToken() != nil {
+		var res *raftpb.Result
+		if tok, res = checkJoinToken(txn, op.Token, now); res.Code != raftpb.ErrorCode_OK {
+			return res
+		}
+	}
+	if tok != nil {
+		insert(txn, tableTokens, tok)
+	}
+	insert(txn, tableNodes, node)
+	b := &raftpb.LedgerBlock{Index: index, Records: []*raftpb.LedgerRecord{rec}}
+	insert(txn, tableLedger, b)
+	lx.addBlock(b)
+	return ok
+}
+
+// admitServer records a joining server: token consumed, server and
+// intermediates recorded, or nothing at all.
+func admitServer(txn *memdb.Txn, op *raftpb.AdmitServer, now int64) *raftpb.Result {
+	srv := op.GetServer()
+	if srv.GetNodeId() == "" || op.GetToken() == nil || op.Token.GetConsumer() != srv.NodeId {
+		return fail(raftpb.ErrorCode_INVALID, "admission needs the server and its token")
+	}
+	keep := map[string]bool{}
+	for _, a := range op.GetIntermediates() {
+		if a.GetId() == "" || a.GetProfile() == "" || len(a.GetCertificate()) == 0 || a.ServerId != srv.NodeId || a.Kind != raftpb.AuthorityKind_INTERMEDIATE {
+			return fail(raftpb.ErrorCode_INVALID, "incomplete intermediate of "+srv.NodeId)
+		}
+		keep[a.Id] = true
+	}
+	tok, res := checkJoinToken(txn, op.Token, now)
+	if res.Code != raftpb.ErrorCode_OK {
+		return res
+	}
+	if cur, _ := first(txn, tableServers, "id", srv.NodeId).(*raftpb.Server); cur != nil && tok != nil {
+		return fail(raftpb.ErrorCode_ALREADY_EXISTS, fmt.Sprintf("a server named %q is already a member", srv.NodeId))
+	}
+	if tok != nil {
+		insert(txn, tableTokens, tok)
+	}
+	insert(txn, tableServers, srv)
+	for _, a := range allOf[*raftpb.Authority](txn, tableAuthorities, "id") {
+		if a.ServerId == srv.NodeId && a.State == raftpb.AuthorityState_ACTIVE && !keep[a.Id] {
+			o := proto.Clone(a).(*raftpb.Authority)
+			o.State = raftpb.AuthorityState_OLD
+			insert(txn, tableAuthorities, o)
+		}
+	}
+	for _, a := range op.GetIntermediates() {
+		insert(txn, tableAuthorities, a)
+	}
 	return ok
 }
 
@@ -259,8 +462,36 @@ func appendLedger(txn *memdb.Txn, lx *ledgerIndex, records []*raftpb.LedgerRecor
 	return res
 }
 
-// pruneLedger drops the records whose NotAfter is before the cutoff.
-func pruneLedger(txn *memdb.Txn, lx *ledgerIndex, before int64) *raftpb.Result {
+// pruneLedger drops the records whose NotAfter is before the cutoff and,
+// when asked, expired intermediates and JWT keys and old request IDs.
+func pruneLedger(txn *memdb.Txn, lx *ledgerIndex, op *raftpb.PruneLedger) *raftpb.Result {
+	if cut := op.GetAuthoritiesExpiredBeforeUnix(); cut != 0 {
+		for _, a := range allOf[*raftpb.Authority](txn, tableAuthorities, "id") {
+			if a.Kind == raftpb.AuthorityKind_INTERMEDIATE && a.NotAfterUnix < cut {
+				deleteObj(txn, tableAuthorities, a)
+			}
+		}
+		for _, k := range allOf[*raftpb.JWTKey](txn, tableJWTKeys, "id") {
+			if k.NotAfterUnix < cut {
+				deleteObj(txn, tableJWTKeys, k)
+			}
+		}
+		for _, r := range allOf[*raftpb.AppliedRequest](txn, tableRequests, "id") {
+			if r.TimeUnixNano < cut*int64(1e9) {
+				deleteObj(txn, tableRequests, r)
+			}
+		}
+	}
+	return pruneLedgerRecords(txn, lx, op.GetExpiredBeforeUnix())
+}
+
+func deleteObj(txn *memdb.Txn, table string, obj any) {
+	if err := txn.Delete(table, obj); err != nil {
+		panic(fmt.Sprintf("raftfsm: delete from %s: %v", table, err))
+	}
+}
+
+func pruneLedgerRecords(txn *memdb.Txn, lx *ledgerIndex, before int64) *raftpb.Result {
 	var n uint64
 	for _, idx := range lx.blocksExpiringBy(before) {
 		b, _ := first(txn, tableLedger, "id", blockKey(idx)).(*raftpb.LedgerBlock)

@@ -148,17 +148,15 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 	}
 	f.db.Store(db)
 	f.ledger.rebuild(db)
-	f.applied.Store(index)
+	// Raft's own snapshots carry the index of their last command, and an
+	// operator's are reindexed to the log before they reach Raft (see
+	// Reindex), so the index never runs ahead of the log; it never goes
+	// back either.
+	if index > f.applied.Load() {
+		f.applied.Store(index)
+	}
 	f.notify(true)
 	return nil
-}
-
-// SetAppliedIndex records the index at which a restored state stands, for
-// restores whose index differs from the snapshot's own (raft.Restore of an
-// operator's snapshot). Watchers waiting for it are woken.
-func (f *FSM) SetAppliedIndex(index uint64) {
-	f.applied.Store(index)
-	f.notify(false)
 }
 
 // StateHash is the SHA-256 of the state's snapshot encoding: equal hashes,

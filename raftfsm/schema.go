@@ -20,10 +20,11 @@ const (
 	tablePolicies    = "policies"
 	tableLedger      = "ledger"
 	tableJWTKeys     = "jwt_keys"
+	tableRequests    = "requests"
 )
 
 // tableOrder is the order tables appear in snapshots and the state hash.
-var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger, tableJWTKeys}
+var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger, tableJWTKeys, tableRequests}
 
 // keyIndex indexes an object by a string its function computes. All keys
 // are plain strings terminated by a NUL, as memdb's own string indexes do,
@@ -121,6 +122,9 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 	}},
 	tableJWTKeys: {Name: tableJWTKeys, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.JWTKey).Kid) }),
+	}},
+	tableRequests: {Name: tableRequests, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.AppliedRequest).RequestId) }),
 	}},
 	tableLedger: {Name: tableLedger, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) {

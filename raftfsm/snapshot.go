@@ -210,6 +210,8 @@ func wrapRecord(obj any) (*raftpb.SnapshotRecord, error) {
 		r.Record = &raftpb.SnapshotRecord_LedgerBlock{LedgerBlock: o}
 	case *raftpb.JWTKey:
 		r.Record = &raftpb.SnapshotRecord_JwtKey{JwtKey: o}
+	case *raftpb.AppliedRequest:
+		r.Record = &raftpb.SnapshotRecord_AppliedRequest{AppliedRequest: o}
 	default:
 		return nil, fmt.Errorf("raftfsm: no snapshot record for %T", obj)
 	}
@@ -238,6 +240,27 @@ func unwrapRecord(r *raftpb.SnapshotRecord) (table string, obj any, err error) {
 		return tableLedger, v.LedgerBlock, nil
 	case *raftpb.SnapshotRecord_JwtKey:
 		return tableJWTKeys, v.JwtKey, nil
+	case *raftpb.SnapshotRecord_AppliedRequest:
+		return tableRequests, v.AppliedRequest, nil
 	}
 	return "", nil, errors.New("unknown record type (written by a newer meshca?)")
+}
+
+// Reindex copies a snapshot stream, verified whole, to w with its applied
+// index replaced: a snapshot made by another cluster is restored at the
+// index this cluster's Raft log gives it, never at the index it had there.
+// It returns the state hash.
+func Reindex(r io.Reader, w io.Writer, index uint64) ([32]byte, error) {
+	db, _, sum, err := readSnapshot(r)
+	if err != nil {
+		return sum, err
+	}
+	_, got, err := writeSnapshot(w, db.Txn(false), index)
+	switch {
+	case err != nil:
+		return sum, fmt.Errorf("raftfsm: reindex snapshot: %w", err)
+	case got != sum:
+		return sum, errors.New("raftfsm: reindexed snapshot has another state hash")
+	}
+	return sum, nil
 }

@@ -19,25 +19,57 @@ import (
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
-const identityVersion = 1
+// identityVersion is the version of identity.json this server writes; it
+// reads versions 1 and 2 (1 had no prepared, old or bootstrap fields).
+const identityVersion = 2
 
 // identity is what a server keeps on its own disk: the trust domain's roots,
-// its own intermediates (keys sealed under the KEK) and its TLS certificate.
+// its own intermediates (keys sealed under the KEK: the active one, the
+// prepared successor and the old ones until they expire) and its TLS
+// certificate. It is written atomically after every change, before the
+// change is proposed to the cluster, so that no key the cluster knows of is
+// lost in a crash.
 type identity struct {
-	Version       int                           `json:"version"`
-	NodeID        string                        `json:"node_id"`
-	TrustDomain   string                        `json:"trust_domain"`
-	KEKID         string                        `json:"kek_id"`
-	Roots         map[string][]byte             `json:"roots"` // by profile
+	Version     int               `json:"version"`
+	NodeID      string            `json:"node_id"`
+	TrustDomain string            `json:"trust_domain"`
+	KEKID       string            `json:"kek_id"`
+	Roots       map[string][]byte `json:"roots"` // by profile
+	// RootKeys are the roots' keys, sealed as in the replicated state. A
+	// server whose intermediate expired while it was down (so that it can
+	// no longer authenticate to its peers) certifies a new one with them.
+	RootKeys map[string]*ca.SealedKey `json:"root_keys,omitempty"`
+	// Intermediates are the active intermediates, by profile.
 	Intermediates map[string]*localIntermediate `json:"intermediates"`
-	ServerChain   [][]byte                      `json:"server_chain"`
-	ServerKey     *ca.SealedKey                 `json:"server_key"`
+	// Prepared are the successors, by profile: certified and recorded as
+	// PREPARED, or, while Certificate is empty, a key awaiting its
+	// certificate.
+	Prepared map[string]*localIntermediate `json:"prepared,omitempty"`
+	// Old are the intermediates that signed before the active ones, kept
+	// until they expire (the chains they signed are still in use).
+	Old         map[string][]*localIntermediate `json:"old,omitempty"`
+	ServerChain [][]byte                        `json:"server_chain"`
+	ServerKey   *ca.SealedKey                   `json:"server_key"`
+	// Bootstrap is what a server that formed the cluster must still write
+	// into the replicated state; nil once written. A first start
+	// interrupted at any point finishes from it.
+	Bootstrap *pendingBootstrap `json:"bootstrap,omitempty"`
 }
 
+// pendingBootstrap is the part of a new cluster's state that exists only on
+// the bootstrapping server until it is committed.
+type pendingBootstrap struct {
+	CreatedUnixNano int64 `json:"created_unix_nano"`
+	// JWTKey is the first JWT signing key, a JSON raftpb.JWTKey (sealed).
+	JWTKey []byte `json:"jwt_key"`
+}
+
+// localIntermediate is an intermediate whose key this server holds.
 type localIntermediate struct {
-	Certificate []byte        `json:"certificate"`
+	Certificate []byte        `json:"certificate,omitempty"`
 	Key         *ca.SealedKey `json:"key"`
 }
 
@@ -71,8 +103,17 @@ func loadIdentity(dataDir string, kek *ca.KEK) (*identity, error) {
 	if err := dec.Decode(&id); err != nil {
 		return nil, fmt.Errorf("server identity %s is corrupt: %w", identityPath(dataDir), err)
 	}
-	if id.Version != identityVersion {
-		return nil, fmt.Errorf("server identity %s has version %d; this meshca reads version %d", identityPath(dataDir), id.Version, identityVersion)
+	if id.Version < 1 || id.Version > identityVersion {
+		return nil, fmt.Errorf("server identity %s has version %d; this meshca reads versions 1 to %d", identityPath(dataDir), id.Version, identityVersion)
+	}
+	if id.Prepared == nil {
+		id.Prepared = map[string]*localIntermediate{}
+	}
+	if id.Old == nil {
+		id.Old = map[string][]*localIntermediate{}
+	}
+	if id.RootKeys == nil {
+		id.RootKeys = map[string]*ca.SealedKey{}
 	}
 	if id.KEKID != kek.ID() {
 		return nil, fmt.Errorf("%w: %s was sealed under KEK %s, the given KEK is %s", ca.ErrWrongKEK, dataDir, id.KEKID, kek.ID())
@@ -84,6 +125,7 @@ func (id *identity) save(dataDir string) error {
 	if err := os.MkdirAll(filepath.Dir(identityPath(dataDir)), 0o700); err != nil {
 		return fmt.Errorf("save server identity: %w", err)
 	}
+	id.Version = identityVersion
 	b, err := json.MarshalIndent(id, "", "  ")
 	if err != nil {
 		return fmt.Errorf("save server identity: %w", err)
@@ -104,14 +146,13 @@ func (id *identity) x509Roots() []*x509.Certificate {
 	return []*x509.Certificate{c}
 }
 
-// authority opens the server's own intermediate of a profile.
-func (id *identity) authority(profile string, kek *ca.KEK, clock clockwork.Clock) (*ca.Authority, error) {
+// openIntermediate opens an intermediate of a profile as an authority.
+func (id *identity) openIntermediate(li *localIntermediate, profile string, kek *ca.KEK, clock clockwork.Clock) (*ca.Authority, error) {
 	p, err := ca.ProfileByName(profile)
 	if err != nil {
 		return nil, err
 	}
-	li := id.Intermediates[profile]
-	if li == nil {
+	if li == nil || len(li.Certificate) == 0 {
 		return nil, fmt.Errorf("server has no %s intermediate", profile)
 	}
 	cert, err := p.ParseCertificate(li.Certificate)
@@ -129,13 +170,44 @@ func (id *identity) authority(profile string, kek *ca.KEK, clock clockwork.Clock
 	return ca.NewAuthority(ca.AuthorityConfig{Profile: p, TrustDomain: td, Certificate: cert, Signer: key, Clock: clock})
 }
 
-// issueServerCertificate (re)issues the server's TLS certificate from its
-// own ECDSA intermediate.
-func (id *identity) issueServerCertificate(kek *ca.KEK, clock clockwork.Clock) error {
-	a, err := id.authority(ca.ProfileECDSA, kek, clock)
-	if err != nil {
-		return err
+// authority opens the server's active intermediate of a profile.
+func (id *identity) authority(profile string, kek *ca.KEK, clock clockwork.Clock) (*ca.Authority, error) {
+	return id.openIntermediate(id.Intermediates[profile], profile, kek, clock)
+}
+
+// issuers opens the active intermediates of every profile.
+func (id *identity) issuers(kek *ca.KEK, clock clockwork.Clock) (*issuerSet, error) {
+	set := &issuerSet{byProfile: map[string]*issuer{}}
+	for _, p := range ca.Profiles() {
+		a, err := id.authority(p.Name(), kek, clock)
+		if err != nil {
+			return nil, err
+		}
+		set.byProfile[p.Name()] = newIssuer(a)
 	}
+	return set, nil
+}
+
+// validity returns the validity of a local intermediate, zero if it has no
+// certificate (none, or a key awaiting one).
+func validity(li *localIntermediate, profile string) ca.Validity {
+	if li == nil || len(li.Certificate) == 0 {
+		return ca.Validity{}
+	}
+	p, err := ca.ProfileByName(profile)
+	if err != nil {
+		return ca.Validity{}
+	}
+	c, err := p.ParseCertificate(li.Certificate)
+	if err != nil {
+		return ca.Validity{}
+	}
+	return ca.Validity{NotBefore: c.NotBefore, NotAfter: c.NotAfter}
+}
+
+// issueServerCertificate (re)issues the server's TLS certificate from the
+// ECDSA intermediate a.
+func (id *identity) issueServerCertificate(kek *ca.KEK, a *ca.Authority) error {
 	td, err := id.trustDomain()
 	if err != nil {
 		return err
@@ -165,11 +237,14 @@ func (id *identity) issueServerCertificate(kek *ca.KEK, clock clockwork.Clock) e
 }
 
 // ServerCertTTL is the lifetime of a server's TLS certificate; it is renewed
-// at half-life.
+// at half-life, and at once when the ECDSA intermediate rotates.
 const ServerCertTTL = 24 * time.Hour
 
-// tlsCertificate returns the server's TLS certificate and its NotAfter.
+// tlsCertificate returns the server's TLS certificate and its validity.
 func (id *identity) tlsCertificate(kek *ca.KEK) (*tls.Certificate, time.Time, time.Time, error) {
+	if len(id.ServerChain) == 0 || id.ServerKey == nil {
+		return nil, time.Time{}, time.Time{}, errors.New("server has no TLS certificate")
+	}
 	key, err := id.ServerKey.Open(kek)
 	if err != nil {
 		return nil, time.Time{}, time.Time{}, err
@@ -181,60 +256,57 @@ func (id *identity) tlsCertificate(kek *ca.KEK) (*tls.Certificate, time.Time, ti
 	return &tls.Certificate{Certificate: id.ServerChain, PrivateKey: key, Leaf: leaf}, leaf.NotBefore, leaf.NotAfter, nil
 }
 
-// bootstrapMaterial is what the first server creates and later proposes
-// into the replicated state: the roots with their sealed keys.
-type bootstrapMaterial struct {
-	roots  map[string]rootMaterial
-	jwtKey *raftpb.JWTKey
-}
-
-type rootMaterial struct {
-	cert *ca.Certificate
-	key  *ca.SealedKey
-}
-
 // newBootstrapIdentity creates the trust domain's roots, this server's
-// intermediates and its server certificate.
-func newBootstrapIdentity(cfg *Config, td spiffeid.TrustDomain) (*identity, *bootstrapMaterial, error) {
+// intermediates and its server certificate, and the first JWT key, all in
+// the identity: saved before anything else happens, it lets a restart
+// finish an interrupted bootstrap.
+func newBootstrapIdentity(cfg *Config, td spiffeid.TrustDomain) (*identity, error) {
 	now := cfg.Clock.Now()
 	id := &identity{Version: identityVersion, NodeID: cfg.NodeID, TrustDomain: td.Name(), KEKID: cfg.KEK.ID(),
-		Roots: map[string][]byte{}, Intermediates: map[string]*localIntermediate{}}
-	bm := &bootstrapMaterial{roots: map[string]rootMaterial{}}
+		Roots: map[string][]byte{}, RootKeys: map[string]*ca.SealedKey{}, Intermediates: map[string]*localIntermediate{},
+		Prepared: map[string]*localIntermediate{}, Old: map[string][]*localIntermediate{}}
 	for _, p := range ca.Profiles() {
 		root, rootKey, err := ca.NewRoot(ca.CAParams{Profile: p, TrustDomain: td, Name: "root", Now: now})
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		sealedRoot, err := ca.SealKey(cfg.KEK, p, p.Name()+"/root", rootKey)
-		if err != nil {
-			return nil, nil, err
+		if id.RootKeys[p.Name()], err = ca.SealKey(cfg.KEK, p, p.Name()+"/root", rootKey); err != nil {
+			return nil, err
 		}
-		bm.roots[p.Name()] = rootMaterial{cert: root, key: sealedRoot}
 		id.Roots[p.Name()] = root.Raw
 		key, err := p.GenerateKey()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		csr, err := p.CreateCSR(key)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: td, Name: "intermediate " + cfg.NodeID, Now: now}, csr, root, rootKey)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		sealed, err := ca.SealKey(cfg.KEK, p, p.Name()+"/intermediate", key)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		id.Intermediates[p.Name()] = &localIntermediate{Certificate: inter.Raw, Key: sealed}
 	}
-	if err := id.issueServerCertificate(cfg.KEK, cfg.Clock); err != nil {
-		return nil, nil, err
+	a, err := id.authority(ca.ProfileECDSA, cfg.KEK, cfg.Clock)
+	if err != nil {
+		return nil, err
 	}
-	var err error
-	if bm.jwtKey, err = newJWTKey(cfg.KEK, now); err != nil {
-		return nil, nil, err
+	if err := id.issueServerCertificate(cfg.KEK, a); err != nil {
+		return nil, err
 	}
-	return id, bm, nil
+	jwtKey, err := newJWTKey(cfg.KEK, now, raftpb.AuthorityState_ACTIVE)
+	if err != nil {
+		return nil, err
+	}
+	b, err := protojson.Marshal(jwtKey)
+	if err != nil {
+		return nil, err
+	}
+	id.Bootstrap = &pendingBootstrap{CreatedUnixNano: now.UnixNano(), JWTKey: b}
+	return id, nil
 }

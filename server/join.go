@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -8,10 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -32,6 +37,54 @@ const (
 // maxTokenLen bounds a join token in a request.
 const maxTokenLen = 256
 
+// joinAttempt is what a joining server keeps on disk until it has an
+// identity: its attempt ID and the keys of its intermediates. A join whose
+// answer was lost (a leader change, a crash) is repeated with the same
+// attempt and keys, and the cluster, which consumed the token the first
+// time, admits the same attempt again.
+type joinAttempt struct {
+	AttemptID string                   `json:"attempt_id"`
+	Keys      map[string]*ca.SealedKey `json:"keys"`
+}
+
+func joinAttemptPath(dataDir string) string { return filepath.Join(dataDir, "server", "join.json") }
+
+// loadJoinAttempt reads the pending join attempt, or starts one and saves
+// it before anything is sent.
+func loadJoinAttempt(cfg *Config) (*joinAttempt, error) {
+	path := joinAttemptPath(cfg.DataDir)
+	if b, err := os.ReadFile(path); err == nil {
+		var ja joinAttempt
+		if err := json.Unmarshal(b, &ja); err != nil || ja.AttemptID == "" {
+			return nil, fmt.Errorf("join attempt %s is corrupt (remove it to start over): %v", path, err)
+		}
+		return &ja, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("join attempt: %w", err)
+	}
+	ja := &joinAttempt{AttemptID: cluster.NewRequestID(), Keys: map[string]*ca.SealedKey{}}
+	for _, p := range ca.Profiles() {
+		key, err := p.GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		if ja.Keys[p.Name()], err = ca.SealKey(cfg.KEK, p, p.Name()+"/intermediate", key); err != nil {
+			return nil, err
+		}
+	}
+	b, err := json.MarshalIndent(ja, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("join attempt: %w", err)
+	}
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("join attempt: %w", err)
+	}
+	return ja, nil
+}
+
 // join obtains this server's identity from the cluster: it sends CSRs for
 // its own intermediates with the join token to cfg.Join, authenticating the
 // member it talks to with the trust bundle.
@@ -41,13 +94,20 @@ func (s *Server) join() (*identity, error) {
 	if err != nil {
 		return nil, err
 	}
+	ja, err := loadJoinAttempt(cfg)
+	if err != nil {
+		return nil, err
+	}
 	keys := map[string]crypto.Signer{}
 	req := &clusterpb.JoinRequest{Token: cfg.JoinToken, NodeId: cfg.NodeID, RaftAddr: cfg.RaftAddr, ApiAddr: cfg.APIAddr,
-		IntermediateCsrs: map[string][]byte{}, KekId: cfg.KEK.ID()}
+		IntermediateCsrs: map[string][]byte{}, KekId: cfg.KEK.ID(), AttemptId: ja.AttemptID}
 	for _, p := range ca.Profiles() {
-		key, err := p.GenerateKey()
+		if ja.Keys[p.Name()] == nil {
+			return nil, fmt.Errorf("join attempt %s has no %s key (remove it to start over)", joinAttemptPath(cfg.DataDir), p.Name())
+		}
+		key, err := ja.Keys[p.Name()].Open(cfg.KEK)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("join attempt: %w", err)
 		}
 		csr, err := p.CreateCSR(key)
 		if err != nil {
@@ -75,7 +135,8 @@ func (s *Server) join() (*identity, error) {
 		return nil, fmt.Errorf("join %s: cluster answered for trust domain %q, the bundle is of %q", cfg.Join, resp.TrustDomain, td.Name())
 	}
 	id := &identity{Version: identityVersion, NodeID: cfg.NodeID, TrustDomain: td.Name(), KEKID: cfg.KEK.ID(),
-		Roots: map[string][]byte{}, Intermediates: map[string]*localIntermediate{}}
+		Roots: map[string][]byte{}, RootKeys: map[string]*ca.SealedKey{}, Intermediates: map[string]*localIntermediate{},
+		Prepared: map[string]*localIntermediate{}, Old: map[string][]*localIntermediate{}}
 	for name, der := range resp.Roots {
 		if _, err := ca.ProfileByName(name); err != nil {
 			return nil, fmt.Errorf("join %s: root of %w", cfg.Join, err)
@@ -99,20 +160,28 @@ func (s *Server) join() (*identity, error) {
 		if err := ca.CheckSignedBy(inter, root); err != nil {
 			return nil, fmt.Errorf("join: %s intermediate is not signed by the root: %w", p.Name(), err)
 		}
-		sealed, err := ca.SealKey(cfg.KEK, p, p.Name()+"/intermediate", keys[p.Name()])
-		if err != nil {
-			return nil, err
-		}
-		id.Intermediates[p.Name()] = &localIntermediate{Certificate: inter.Raw, Key: sealed}
+		id.Intermediates[p.Name()] = &localIntermediate{Certificate: inter.Raw, Key: ja.Keys[p.Name()]}
 	}
 	if !bundleHas(cfg.TrustBundle, id.Roots[ca.ProfileECDSA]) {
 		return nil, fmt.Errorf("join %s: the cluster's ECDSA root is not in the trust bundle", cfg.Join)
 	}
-	if err := id.issueServerCertificate(cfg.KEK, cfg.Clock); err != nil {
+	a, err := id.authority(ca.ProfileECDSA, cfg.KEK, cfg.Clock)
+	if err != nil {
+		return nil, err
+	}
+	if err := id.issueServerCertificate(cfg.KEK, a); err != nil {
 		return nil, err
 	}
 	s.log.Info("joined the cluster", "via", cfg.Join, "trust_domain", td.Name())
 	return id, nil
+}
+
+// finishJoin removes the join attempt once the identity is saved.
+func finishJoin(dataDir string) error {
+	if err := os.Remove(joinAttemptPath(dataDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("join attempt: %w", err)
+	}
+	return nil
 }
 
 func bundleHas(bundle []*x509.Certificate, der []byte) bool {
@@ -126,7 +195,9 @@ func bundleHas(bundle []*x509.Certificate, der []byte) bool {
 
 // handleJoin admits a new server. Everything is checked and signed before
 // the token is consumed, so a bad request does not burn the token; the
-// token is consumed through Raft, so it admits one server exactly once.
+// token is consumed in the same Raft command that records the server and
+// its intermediates (AdmitServer), so it admits one server exactly once,
+// and the same joining attempt again if its answer was lost.
 func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
 	from := ""
 	if p, ok := peer.FromContext(ctx); ok {
@@ -143,6 +214,8 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 		return nil, deny(codes.InvalidArgument, "a server join token is required")
 	case !validHostPort(req.RaftAddr) || !validHostPort(req.ApiAddr):
 		return nil, deny(codes.InvalidArgument, "raft and API addresses must be host:port")
+	case len(req.AttemptId) > maxTokenLen:
+		return nil, deny(codes.InvalidArgument, "attempt ID too long")
 	}
 	if !s.node.IsLeader() {
 		client, err := s.node.LeaderClient()
@@ -151,20 +224,31 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 		}
 		return client.Join(ctx, req)
 	}
+	if err := s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "read the cluster state: %v", err)
+	}
 	r := s.fsm.Read()
 	td := r.TrustDomain()
+	hash := sha256.Sum256([]byte(req.Token))
+	again := false
+	if t := r.JoinToken(hash[:]); t != nil && req.AttemptId != "" && t.ConsumedAttempt == req.AttemptId && t.ConsumedBy == req.NodeId {
+		again = true // the same attempt, whose answer was lost
+	}
 	switch {
 	case td == nil:
 		return nil, status.Error(codes.Unavailable, "the cluster is still bootstrapping; retry")
 	case req.KekId != td.KekId:
 		return nil, deny(codes.PermissionDenied, "the joining server's key-encryption key differs from the cluster's: every server needs the same KEK")
-	case r.Server(req.NodeId) != nil:
+	case r.Server(req.NodeId) != nil && !again:
 		return nil, deny(codes.AlreadyExists, fmt.Sprintf("a server named %q is already a member", req.NodeId))
 	}
 	now := s.cfg.Clock.Now()
-	var issued []*ca.Certificate
 	roots := map[string][]byte{}
-	var cmds []*raftpb.Command
+	admit := &raftpb.AdmitServer{
+		Token:  &raftpb.ConsumeJoinToken{Hash: hash[:], Kind: TokenKindServer, Consumer: req.NodeId, Attempt: req.AttemptId},
+		Server: &raftpb.Server{NodeId: req.NodeId, RaftAddr: req.RaftAddr, ApiAddr: req.ApiAddr, JoinedUnixNano: now.UnixNano()},
+	}
+	resp := &clusterpb.JoinResponse{TrustDomain: s.td.Name(), Intermediates: map[string][]byte{}, Roots: roots}
 	for _, p := range ca.Profiles() {
 		rootRec, rootKey, err := s.activeRoot(r, p.Name())
 		if err != nil {
@@ -174,41 +258,47 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 		if err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
-		inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + req.NodeId, Now: now},
-			req.IntermediateCsrs[p.Name()], root, rootKey)
+		inter, err := s.joiningIntermediate(r, p, req.NodeId, req.IntermediateCsrs[p.Name()], root, rootKey, now)
 		if err != nil {
 			return nil, deny(codes.InvalidArgument, fmt.Sprintf("%s intermediate CSR: %v", p.Name(), err))
 		}
-		issued = append(issued, inter)
 		roots[p.Name()] = root.Raw
-		cmds = append(cmds, putIntermediate(inter, rootRec.Id, req.NodeId))
+		admit.Intermediates = append(admit.Intermediates, intermediateRecord(inter, rootRec.Id, req.NodeId, raftpb.AuthorityState_ACTIVE))
+		resp.Intermediates[p.Name()] = inter.Raw
 	}
-	hash := sha256.Sum256([]byte(req.Token))
-	_, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_ConsumeJoinToken{ConsumeJoinToken: &raftpb.ConsumeJoinToken{
-		Hash: hash[:], Kind: TokenKindServer, Consumer: req.NodeId}}})
+	_, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_AdmitServer{AdmitServer: admit}})
 	var fsmErr *raftfsm.Error
 	switch {
+	case errors.Is(err, raftfsm.ErrAlreadyExists):
+		return nil, deny(codes.AlreadyExists, fmt.Sprintf("a server named %q is already a member", req.NodeId))
 	case errors.As(err, &fsmErr):
-		return nil, deny(codes.PermissionDenied, "the join token is unknown, already used or expired ("+fsmErr.Msg+")")
+		return nil, deny(codes.PermissionDenied, "the server join token is unknown, already used or expired ("+fsmErr.Msg+")")
 	case err != nil:
-		return nil, status.Errorf(codes.Unavailable, "consume join token: %v", err)
-	}
-	cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_PutServer{PutServer: &raftpb.PutServer{Server: &raftpb.Server{
-		NodeId: req.NodeId, RaftAddr: req.RaftAddr, ApiAddr: req.ApiAddr, JoinedUnixNano: now.UnixNano()}}}})
-	for _, c := range cmds {
-		if _, err := s.node.Apply(ctx, c); err != nil {
-			return nil, status.Errorf(codes.Unavailable, "record the new server: %v", err)
-		}
+		return nil, status.Errorf(codes.Unavailable, "record the new server: %v", err)
 	}
 	if err := s.node.AddVoter(ctx, req.NodeId, req.RaftAddr); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.NodeId, err)
 	}
-	s.audit.Info("join", "decision", "allow", "joining_node", req.NodeId, "from", from, "raft_addr", req.RaftAddr)
-	resp := &clusterpb.JoinResponse{TrustDomain: s.td.Name(), Intermediates: map[string][]byte{}, Roots: roots}
-	for _, c := range issued {
-		resp.Intermediates[c.Profile] = c.Raw
-	}
+	s.audit.Info("join", "decision", "allow", "joining_node", req.NodeId, "from", from, "raft_addr", req.RaftAddr, "again", again)
 	return resp, nil
+}
+
+// joiningIntermediate certifies a joining server's intermediate CSR; a key
+// certified for it before (its first answer was lost) gets the same
+// certificate.
+func (s *Server) joiningIntermediate(r *raftfsm.Reader, p ca.Profile, nodeID string, csr []byte, root *ca.Certificate, rootKey crypto.Signer, now time.Time) (*ca.Certificate, error) {
+	spki, err := ca.CSRPublicKey(p, csr)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range r.Authorities() {
+		if a.Kind == raftpb.AuthorityKind_INTERMEDIATE && a.ServerId == nodeID && a.Profile == p.Name() {
+			if c, err := p.ParseCertificate(a.Certificate); err == nil && bytes.Equal(c.RawSubjectPublicKeyInfo, spki) {
+				return c, nil
+			}
+		}
+	}
+	return ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + nodeID, Now: now}, csr, root, rootKey)
 }
 
 func validHostPort(a string) bool {

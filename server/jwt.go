@@ -28,8 +28,9 @@ const (
 	maxAudienceLen    = 256
 )
 
-// newJWTKey makes an ES256 JWT-SVID signing key, sealed under the KEK.
-func newJWTKey(kek *ca.KEK, now time.Time) (*raftpb.JWTKey, error) {
+// newJWTKey makes an ES256 JWT-SVID signing key in a state, sealed under
+// the KEK.
+func newJWTKey(kek *ca.KEK, now time.Time, state raftpb.AuthorityState) (*raftpb.JWTKey, error) {
 	key, err := ca.ECDSA.GenerateKey()
 	if err != nil {
 		return nil, err
@@ -47,15 +48,15 @@ func newJWTKey(kek *ca.KEK, now time.Time) (*raftpb.JWTKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &raftpb.JWTKey{Kid: kid, PublicKey: pub, SealedKey: b, CreatedUnix: now.Unix(), NotAfterUnix: now.Add(JWTKeyTTL).Unix()}, nil
+	return &raftpb.JWTKey{Kid: kid, PublicKey: pub, SealedKey: b, CreatedUnix: now.Unix(), NotAfterUnix: now.Add(JWTKeyTTL).Unix(), State: state}, nil
 }
 
-// jwtSigner returns the newest unexpired JWT key, opened.
+// jwtSigner returns the newest active, unexpired JWT key, opened.
 func (s *Server) jwtSigner(r *raftfsm.Reader) (string, crypto.Signer, error) {
 	var best *raftpb.JWTKey
 	now := s.cfg.Clock.Now().Unix()
 	for _, k := range r.JWTKeys() {
-		if k.NotAfterUnix > now && (best == nil || k.CreatedUnix > best.CreatedUnix) {
+		if raftfsm.JWTKeyActive(k) && k.NotAfterUnix > now && (best == nil || k.CreatedUnix > best.CreatedUnix) {
 			best = k
 		}
 	}

@@ -26,7 +26,7 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 	if profile == "" {
 		profile = ca.ProfileECDSA
 	}
-	issuer, ok := o.s.issuers[profile]
+	issuer, ok := o.s.issuer(profile)
 	if !ok {
 		return nil, status.Errorf(codes.InvalidArgument, "unknown profile %q: want %q or %q", profile, ca.ProfileECDSA, ca.ProfileSM2)
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -87,58 +86,134 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 		return deny(codes.Unavailable, err.Error())
 	}
 	agentID := res.AgentID.String()
+	if len(start.AttemptId) > maxTokenLen {
+		return deny(codes.InvalidArgument, "attempt ID too long")
+	}
+	var token *raftpb.ConsumeJoinToken
+	if res.JoinToken != nil {
+		token = &raftpb.ConsumeJoinToken{Hash: res.JoinToken, Kind: TokenKindAgent, Consumer: agentID, Attempt: start.AttemptId}
+		// Refuse early a token that cannot be consumed; the consumption
+		// itself comes last, with the record of the agent.
+		if err := n.s.checkToken(ctx, token); err != nil {
+			if st, ok := status.FromError(err); ok && st.Code() == codes.PermissionDenied {
+				return deny(codes.PermissionDenied, st.Message())
+			}
+			return err
+		}
+	}
 	if node := n.s.fsm.Read().Node(agentID); node != nil && node.Banned {
 		return deny(codes.PermissionDenied, "node "+agentID+" is banned")
 	}
-	chain, notAfter, err := n.s.signAgentSVID(ctx, start.Csr, res.AgentID)
-	if _, busy := retryinfo.After(err); busy {
+	svid, iss, err := n.s.issueAgentSVID(ctx, start.Csr, res.AgentID)
+	var re *ca.RequestError
+	switch {
+	case errors.As(err, &re):
+		return deny(codes.InvalidArgument, "agent SVID: "+err.Error())
+	case err != nil:
 		return err
 	}
-	if err != nil {
-		return deny(codes.InvalidArgument, err.Error())
-	}
-	node := &raftpb.Node{SpiffeId: agentID, Attestor: att.Name(), AttestedUnixNano: n.s.cfg.Clock.Now().UnixNano(), ExpiresUnixNano: notAfter.UnixNano()}
+	node := &raftpb.Node{SpiffeId: agentID, Attestor: att.Name(), AttestedUnixNano: n.s.cfg.Clock.Now().UnixNano(), ExpiresUnixNano: svid.NotAfter.UnixNano()}
 	for _, sel := range res.Selectors {
 		node.Selectors = append(node.Selectors, &raftpb.Selector{Type: sel.Type, Value: sel.Value})
 	}
-	if _, err := n.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PutNode{PutNode: &raftpb.PutNode{Node: node}}}); err != nil {
-		return status.Errorf(codes.Unavailable, "record node: %v", err)
+	// One command: the token is consumed, the node recorded and the SVID's
+	// ledger record appended, all or nothing; retried with its request ID
+	// after a leader change, it is applied once.
+	_, err = n.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_AttestAgent{AttestAgent: &raftpb.AttestAgent{
+		Token: token, Node: node, Record: ledgerRecord(svid, agentID, iss)}}})
+	var fsmErr *raftfsm.Error
+	switch {
+	case errors.Is(err, raftfsm.ErrConflict):
+		return status.Errorf(codes.Unavailable, "record the agent: %v; retry", err)
+	case errors.As(err, &fsmErr):
+		return deny(codes.PermissionDenied, tokenRefusal(fsmErr))
+	case err != nil:
+		return status.Errorf(codes.Unavailable, "record the agent: %v", err)
 	}
-	n.s.audit.Info("node attest", "decision", "allow", "attestor", att.Name(), "agent_id", agentID, "from", from)
+	n.s.audit.Info("node attest", "decision", "allow", "attestor", att.Name(), "agent_id", agentID, "from", from,
+		"serial", fmt.Sprintf("%x", svid.SerialNumber))
 	return stream.Send(&nodepb.AttestResponse{Step: &nodepb.AttestResponse_Result{Result: &nodepb.AttestResult{
-		AgentId: agentID, SvidChain: chain, Bundle: bundleOf(n.s.fsm.Read(), n.s.td)}}})
+		AgentId: agentID, SvidChain: svid.Certificates, Bundle: bundleOf(n.s.fsm.Read(), n.s.td)}}})
 }
 
-// signAgentSVID issues an agent's SVID from this server's ECDSA
-// intermediate and records it in the ledger before returning it.
-func (s *Server) signAgentSVID(ctx context.Context, csr []byte, id spiffeid.ID) ([][]byte, time.Time, error) {
+// tokenRefusal words the state machine's refusal of an attestation.
+func tokenRefusal(err *raftfsm.Error) string {
+	switch {
+	case errors.Is(err, raftfsm.ErrNotFound):
+		return "join token refused: unknown (or not an agent token)"
+	case errors.Is(err, raftfsm.ErrTokenConsumed):
+		return "join token refused: already used"
+	case errors.Is(err, raftfsm.ErrTokenExpired):
+		return "join token refused: expired"
+	}
+	return err.Msg
+}
+
+// checkToken tells whether a join token could be consumed now, without
+// consuming it: on the local state, and on a linearizable read if the local
+// state does not know it (it may have been created a moment ago through
+// another server). A refusal is PermissionDenied.
+func (s *Server) checkToken(ctx context.Context, op *raftpb.ConsumeJoinToken) error {
+	check := func() error {
+		t := s.fsm.Read().JoinToken(op.Hash)
+		now := s.cfg.Clock.Now().UnixNano()
+		switch {
+		case t == nil || t.Kind != op.Kind:
+			return raftfsm.ErrNotFound
+		case now >= t.ExpiresUnixNano:
+			return raftfsm.ErrTokenExpired
+		case t.ConsumedUnixNano != 0 && (op.Attempt == "" || t.ConsumedAttempt != op.Attempt || t.ConsumedBy != op.Consumer):
+			return raftfsm.ErrTokenConsumed
+		}
+		return nil
+	}
+	err := check()
+	if errors.Is(err, raftfsm.ErrNotFound) {
+		if rerr := s.node.ReadIndex(ctx); rerr != nil {
+			return status.Errorf(codes.Unavailable, "read the cluster state: %v", rerr)
+		}
+		err = check()
+	}
+	var fe *raftfsm.Error
+	if errors.As(err, &fe) {
+		return status.Error(codes.PermissionDenied, tokenRefusal(fe))
+	}
+	return err
+}
+
+// issueAgentSVID signs an agent's SVID from this server's ECDSA
+// intermediate, admitted like every signing request. It records nothing.
+func (s *Server) issueAgentSVID(ctx context.Context, csr []byte, id spiffeid.ID) (*ca.X509SVID, *issuer, error) {
 	done, err := s.admission.admit(id.String(), 1)
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, nil, err
 	}
 	defer done()
 	if err := s.admission.acquire(ctx); err != nil {
-		return nil, time.Time{}, err
+		return nil, nil, status.FromContextError(err).Err()
 	}
 	defer s.admission.release()
-	issuer := s.issuers[ca.ProfileECDSA]
-	svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: csr, SPIFFEID: id.String(), TTL: AgentSVIDTTL})
+	iss, ok := s.issuer(ca.ProfileECDSA)
+	if !ok {
+		return nil, nil, status.Error(codes.Unavailable, "no ECDSA intermediate")
+	}
+	svid, err := iss.SignX509SVID(ctx, ca.X509SVIDParams{CSR: csr, SPIFFEID: id.String(), TTL: AgentSVIDTTL})
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("agent SVID: %w", err)
+		return nil, nil, err
 	}
-	if err := s.commitSVID(ctx, svid, id.String(), issuer); err != nil {
-		return nil, time.Time{}, err
-	}
-	return svid.Certificates, svid.NotAfter, nil
+	return svid, iss, nil
+}
+
+// ledgerRecord is the ledger record of an issued certificate.
+func ledgerRecord(svid *ca.X509SVID, nodeID string, iss *issuer) *raftpb.LedgerRecord {
+	return &raftpb.LedgerRecord{Serial: svid.SerialNumber.Bytes(), SpiffeId: svid.SPIFFEID, NodeId: nodeID, Profile: svid.Profile,
+		IssuerId: iss.id, NotBeforeUnix: svid.NotBefore.Unix(), NotAfterUnix: svid.NotAfter.Unix()}
 }
 
 // commitSVID records an issued certificate; no certificate leaves the
 // server before its record is committed on a quorum.
-func (s *Server) commitSVID(ctx context.Context, svid *ca.X509SVID, nodeID string, issuer *ca.Authority) error {
-	rec := &raftpb.LedgerRecord{Serial: svid.SerialNumber.Bytes(), SpiffeId: svid.SPIFFEID, NodeId: nodeID, Profile: svid.Profile,
-		IssuerId:      authorityID(issuer.Certificate(), raftpb.AuthorityKind_INTERMEDIATE),
-		NotBeforeUnix: svid.NotBefore.Unix(), NotAfterUnix: svid.NotAfter.Unix()}
-	if err := s.node.CommitLedger(ctx, rec); err != nil {
+func (s *Server) commitSVID(ctx context.Context, svid *ca.X509SVID, nodeID string, iss *issuer) error {
+	if err := s.node.CommitLedger(ctx, ledgerRecord(svid, nodeID, iss)); err != nil {
 		return fmt.Errorf("record the certificate: %w", err)
 	}
 	return nil
@@ -270,7 +345,7 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 			n.s.audit.Warn("sign x509-svid", "decision", "deny", "agent_id", agentID, "entry", sr.EntryId, "reason", "not the entry's parent")
 			continue
 		}
-		issuer, ok := n.s.issuers[e.Profile]
+		issuer, ok := n.s.issuer(e.Profile)
 		if !ok {
 			res.Error = "no issuer for profile " + e.Profile
 			continue
@@ -311,13 +386,32 @@ func (n *nodeService) RenewAgentSVID(ctx context.Context, req *nodepb.RenewAgent
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	chain, _, err := n.s.signAgentSVID(ctx, req.Csr, id)
-	if _, busy := retryinfo.After(err); busy {
+	svid, iss, err := n.s.issueAgentSVID(ctx, req.Csr, id)
+	var re *ca.RequestError
+	switch {
+	case errors.As(err, &re):
+		n.s.audit.Warn("agent svid renew", "decision", "deny", "agent_id", agentID, "reason", err.Error())
+		return nil, status.Errorf(codes.InvalidArgument, "agent SVID: %v", err)
+	case err != nil:
 		return nil, err
 	}
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+	// The node's expiry moves with its SVID, in the same command as the
+	// SVID's ledger record.
+	cur := n.s.fsm.Read().Node(agentID)
+	if cur == nil {
+		return nil, status.Errorf(codes.PermissionDenied, "node %s was evicted: attest again", agentID)
 	}
-	n.s.audit.Info("agent svid renew", "decision", "allow", "agent_id", agentID)
-	return &nodepb.RenewAgentSVIDResponse{SvidChain: chain}, nil
+	node := proto.Clone(cur).(*raftpb.Node)
+	node.ExpiresUnixNano = svid.NotAfter.UnixNano()
+	_, err = n.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_AttestAgent{AttestAgent: &raftpb.AttestAgent{
+		Node: node, Record: ledgerRecord(svid, agentID, iss)}}})
+	var fsmErr *raftfsm.Error
+	switch {
+	case errors.Is(err, raftfsm.ErrInvalid) && errors.As(err, &fsmErr):
+		return nil, status.Error(codes.PermissionDenied, fsmErr.Msg) // banned meanwhile
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "record the renewal: %v", err)
+	}
+	n.s.audit.Info("agent svid renew", "decision", "allow", "agent_id", agentID, "serial", fmt.Sprintf("%x", svid.SerialNumber))
+	return &nodepb.RenewAgentSVIDResponse{SvidChain: svid.Certificates}, nil
 }

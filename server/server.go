@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"encoding/hex"
@@ -13,8 +14,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
@@ -30,6 +33,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // maxRequestSize bounds every gRPC request a server accepts.
@@ -42,7 +46,7 @@ type Server struct {
 	audit *slog.Logger
 	td    spiffeid.TrustDomain
 
-	mu sync.Mutex // guards id
+	mu sync.Mutex // guards id and jwtKeys; held while identity.json is written
 	id *identity
 
 	tlsID     *cluster.Identity
@@ -56,10 +60,12 @@ type Server struct {
 	api       *grpc.Server
 	admin     *grpc.Server
 	adminTLS  *grpc.Server
-	bootstrap *bootstrapMaterial
 	closeOnce sync.Once
-	// issuers are this server's own intermediates, by profile.
-	issuers map[string]*ca.Authority
+	// issuers are this server's signing intermediates, replaced whole
+	// when one rotates: a request loads them once.
+	issuers atomic.Pointer[issuerSet]
+	// rotated wakes the rotation loop (tests, operators).
+	rotated chan struct{}
 	// attestors are the enabled node attestors, by name.
 	attestors map[string]attest.NodeAttestor
 	admission *admission
@@ -95,6 +101,13 @@ func New(cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if id != nil && id.Bootstrap != nil {
+		// A first start was interrupted: it may have left a Raft term
+		// without the bootstrap entry, which nothing can have committed.
+		if err := clearInterruptedBootstrap(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
 	hasState, err := store.HasState(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -115,32 +128,44 @@ func New(cfg Config) (_ *Server, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("bootstrap needs a valid trust domain: %w", err)
 		}
-		if id, s.bootstrap, err = newBootstrapIdentity(&s.cfg, td); err != nil {
+		if id, err = newBootstrapIdentity(&s.cfg, td); err != nil {
 			return nil, err
 		}
 	default:
 		return nil, errors.New("this server has no identity yet: start the first server with --bootstrap, and join the others with --join ADDR --join-token T --trust-bundle F")
 	}
+	// Saved before anything else: from here a crash at any point resumes.
 	if err := id.save(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if err := finishJoin(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	s.id = id
+	s.rotated = make(chan struct{}, 1)
 	if s.td, err = id.trustDomain(); err != nil {
 		return nil, err
 	}
 	s.tlsID = cluster.NewIdentity(s.td, cfg.Clock)
-	if err := s.refreshCertificate(false); err != nil {
+	// A server back from a long stop may find its intermediates due: what
+	// rotation can do without the cluster (activate a prepared successor,
+	// or certify one with the roots if the active one expired) it does now,
+	// so that it can authenticate to its peers.
+	s.mu.Lock()
+	err = s.installIssuersLocked()
+	s.mu.Unlock()
+	if err != nil {
 		return nil, err
 	}
-	s.issuers = map[string]*ca.Authority{}
-	for _, p := range ca.Profiles() {
-		if s.issuers[p.Name()], err = id.authority(p.Name(), cfg.KEK, cfg.Clock); err != nil {
-			return nil, err
-		}
+	if err := s.rotateLocally(); err != nil {
+		return nil, err
+	}
+	if _, err := s.refreshCertificate(false); err != nil {
+		return nil, err
 	}
 	s.admission = newAdmission(cfg.SignConcurrency, cfg.SignQueue, rate.Limit(cfg.NodeSignRate), cfg.NodeSignBurst)
 	s.attestors = map[string]attest.NodeAttestor{}
-	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td, s.consumeAgentToken)}, cfg.NodeAttestors...) {
+	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td)}, cfg.NodeAttestors...) {
 		s.attestors[a.Name()] = a
 	}
 
@@ -155,14 +180,14 @@ func New(cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.bootstrap != nil && !hasState {
+	if s.id.Bootstrap != nil && !hasState {
 		if err := s.node.Bootstrap(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
 	}
 
 	s.api = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))
-	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, s.handleJoin))
+	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, cluster.Handlers{Join: s.handleJoin, Certify: s.certifyIntermediate}))
 	nodepb.RegisterNodeServer(s.api, &nodeService{s: s})
 	if s.adminLn, err = listenAdmin(s.cfg.AdminSocket); err != nil {
 		return nil, err
@@ -198,22 +223,6 @@ func listenAdmin(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	return ln, nil
-}
-
-// consumeAgentToken consumes an agent join token through Raft: it admits
-// one node, once, before it expires.
-func (s *Server) consumeAgentToken(ctx context.Context, hash []byte, agentID string) error {
-	_, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_ConsumeJoinToken{ConsumeJoinToken: &raftpb.ConsumeJoinToken{
-		Hash: hash, Kind: TokenKindAgent, Consumer: agentID}}})
-	var fe *raftfsm.Error
-	switch {
-	case errors.As(err, &fe):
-		return fmt.Errorf("%w: join token unknown, already used or expired", attest.ErrNotAuthorized)
-	case err != nil:
-		// No leader, no quorum: the token was not refused; retry later.
-		return attest.NewError(attest.KindUnavailable, "join_token", "the cluster cannot consume tokens now", err)
-	}
-	return nil
 }
 
 func (s *Server) attestorNames() string {
@@ -268,7 +277,7 @@ func (s *Server) Run(ctx context.Context) error {
 		serve("admin address", func() error { return s.adminTLS.Serve(s.adminTCP) })
 	}
 	serve("bootstrap", func() error { s.writeBootstrapState(ctx); return nil })
-	serve("certificate renewal", func() error { return s.renewLoop(ctx) })
+	serve("rotation", func() error { return s.rotateLoop(ctx) })
 	serve("ledger pruning", func() error { return s.pruneLoop(ctx) })
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
 	<-ctx.Done()
@@ -331,16 +340,43 @@ func authorityID(c *ca.Certificate, kind raftpb.AuthorityKind) string {
 	return c.Profile + "/" + k + "/" + hex.EncodeToString(c.SerialNumber.Bytes())
 }
 
+// clearInterruptedBootstrap removes the Raft state a first start left if it
+// was stopped before writing the bootstrap entry (a term without entries:
+// Raft would refuse to bootstrap on it and never elect itself).
+func clearInterruptedBootstrap(dataDir string) error {
+	stores, err := store.OpenRaft(dataDir, store.RaftConfig{Logger: hclog.NewNullLogger()})
+	if err != nil {
+		return err
+	}
+	hasState, err := stores.HasState()
+	if err != nil {
+		stores.Close()
+		return err
+	}
+	hasEntries, err := stores.HasEntries()
+	if err := errors.Join(err, stores.Close()); err != nil {
+		return err
+	}
+	if hasState && !hasEntries {
+		return store.RemoveRaft(dataDir)
+	}
+	return nil
+}
+
 // writeBootstrapState writes what the first server created into the
 // replicated state, once it leads the new cluster. It retries until it has
 // succeeded or ctx ends: a failure (an election, a snapshot restore that
-// aborts pending writes) must not stop the server. Every command it writes
-// is idempotent.
+// aborts pending writes, a restart) must not stop the server. Every command
+// it writes is idempotent, and what it writes is in identity.json until it
+// is committed.
 func (s *Server) writeBootstrapState(ctx context.Context) {
-	if s.bootstrap == nil {
-		return
-	}
 	for backoff := 20 * time.Millisecond; ; backoff = min(backoff*2, 2*time.Second) {
+		s.mu.Lock()
+		pending := s.id.Bootstrap != nil
+		s.mu.Unlock()
+		if !pending {
+			return
+		}
 		if s.node.IsLeader() {
 			err := s.tryWriteBootstrapState(ctx)
 			if err == nil {
@@ -359,36 +395,51 @@ func (s *Server) writeBootstrapState(ctx context.Context) {
 }
 
 func (s *Server) tryWriteBootstrapState(ctx context.Context) error {
-	if r := s.fsm.Read(); r.TrustDomain() != nil && r.Server(s.cfg.NodeID) != nil {
-		return nil
-	}
 	s.mu.Lock()
 	id := s.id
+	bs := id.Bootstrap
 	s.mu.Unlock()
+	if bs == nil {
+		return nil
+	}
 	cmds := []*raftpb.Command{{Op: &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{
-		Name: s.td.Name(), KekId: s.cfg.KEK.ID(), CreatedUnixNano: s.cfg.Clock.Now().UnixNano()}}}}}
+		Name: s.td.Name(), KekId: s.cfg.KEK.ID(), CreatedUnixNano: bs.CreatedUnixNano}}}}}
 	for _, p := range ca.Profiles() {
-		rm := s.bootstrap.roots[p.Name()]
-		sealed, err := json.Marshal(rm.key)
+		root, err := p.ParseCertificate(id.Roots[p.Name()])
 		if err != nil {
 			return err
 		}
-		rootID := authorityID(rm.cert, raftpb.AuthorityKind_ROOT)
+		sealed, err := json.Marshal(id.RootKeys[p.Name()])
+		if err != nil {
+			return err
+		}
+		rootID := authorityID(root, raftpb.AuthorityKind_ROOT)
 		cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_PutAuthority{PutAuthority: &raftpb.PutAuthority{Authority: &raftpb.Authority{
 			Id: rootID, Profile: p.Name(), Kind: raftpb.AuthorityKind_ROOT, State: raftpb.AuthorityState_ACTIVE,
-			Certificate: rm.cert.Raw, SealedKey: sealed, NotAfterUnix: rm.cert.NotAfter.Unix()}}}})
+			Certificate: root.Raw, SealedKey: sealed, NotAfterUnix: root.NotAfter.Unix()}}}})
 		inter, err := p.ParseCertificate(id.Intermediates[p.Name()].Certificate)
 		if err != nil {
 			return err
 		}
-		cmds = append(cmds, putIntermediate(inter, rootID, s.cfg.NodeID))
+		cmds = append(cmds, putIntermediate(inter, rootID, s.cfg.NodeID, raftpb.AuthorityState_ACTIVE))
 	}
-	cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_PutJwtKey{PutJwtKey: &raftpb.PutJWTKey{Key: s.bootstrap.jwtKey}}})
+	var jwtKey raftpb.JWTKey
+	if err := protojson.Unmarshal(bs.JWTKey, &jwtKey); err != nil {
+		return fmt.Errorf("bootstrap JWT key: %w", err)
+	}
+	cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_PutJwtKey{PutJwtKey: &raftpb.PutJWTKey{Key: &jwtKey}}})
 	cmds = append(cmds, s.putSelf())
 	for _, c := range cmds {
-		if _, err := s.node.ApplyIdempotent(ctx, c); err != nil {
+		if _, err := s.node.Apply(ctx, c); err != nil {
 			return fmt.Errorf("write bootstrap state: %w", err)
 		}
+	}
+	s.mu.Lock()
+	s.id.Bootstrap = nil
+	err := s.id.save(s.cfg.DataDir)
+	s.mu.Unlock()
+	if err != nil {
+		return err
 	}
 	s.log.Info("cluster bootstrapped", "trust_domain", s.td.Name())
 	return nil
@@ -401,10 +452,13 @@ func (s *Server) Ready() bool {
 	return r.TrustDomain() != nil && r.Server(s.cfg.NodeID) != nil
 }
 
-func putIntermediate(c *ca.Certificate, parentID, nodeID string) *raftpb.Command {
-	return &raftpb.Command{Op: &raftpb.Command_PutAuthority{PutAuthority: &raftpb.PutAuthority{Authority: &raftpb.Authority{
-		Id: authorityID(c, raftpb.AuthorityKind_INTERMEDIATE), Profile: c.Profile, Kind: raftpb.AuthorityKind_INTERMEDIATE,
-		State: raftpb.AuthorityState_ACTIVE, Certificate: c.Raw, ServerId: nodeID, ParentId: parentID, NotAfterUnix: c.NotAfter.Unix()}}}}
+func intermediateRecord(c *ca.Certificate, parentID, nodeID string, state raftpb.AuthorityState) *raftpb.Authority {
+	return &raftpb.Authority{Id: authorityID(c, raftpb.AuthorityKind_INTERMEDIATE), Profile: c.Profile, Kind: raftpb.AuthorityKind_INTERMEDIATE,
+		State: state, Certificate: c.Raw, ServerId: nodeID, ParentId: parentID, NotAfterUnix: c.NotAfter.Unix()}
+}
+
+func putIntermediate(c *ca.Certificate, parentID, nodeID string, state raftpb.AuthorityState) *raftpb.Command {
+	return &raftpb.Command{Op: &raftpb.Command_PutAuthority{PutAuthority: &raftpb.PutAuthority{Authority: intermediateRecord(c, parentID, nodeID, state)}}}
 }
 
 func (s *Server) putSelf() *raftpb.Command {
@@ -413,71 +467,59 @@ func (s *Server) putSelf() *raftpb.Command {
 }
 
 // refreshCertificate installs the server's TLS certificate, reissuing it
-// from its own intermediate when renew is set or it is past half-life.
-func (s *Server) refreshCertificate(renew bool) error {
+// from the active ECDSA intermediate when renew is set, it is past
+// half-life, or it was not issued by the active intermediate. It returns
+// when the certificate next falls due.
+func (s *Server) refreshCertificate(renew bool) (time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cert, notBefore, notAfter, err := s.id.tlsCertificate(s.cfg.KEK)
-	if err != nil {
-		return err
+	return s.refreshCertificateLocked(renew)
+}
+
+func (s *Server) refreshCertificateLocked(renew bool) (time.Time, error) {
+	iss, ok := s.issuer(ca.ProfileECDSA)
+	if !ok {
+		return time.Time{}, errors.New("no ECDSA intermediate")
 	}
-	if renew || !s.cfg.Clock.Now().Before(notBefore.Add(notAfter.Sub(notBefore)/2)) {
-		if err := s.id.issueServerCertificate(s.cfg.KEK, s.cfg.Clock); err != nil {
-			return err
+	cert, notBefore, notAfter, err := s.id.tlsCertificate(s.cfg.KEK)
+	now := s.cfg.Clock.Now()
+	stale := err != nil || len(cert.Certificate) < 2 || !bytes.Equal(cert.Certificate[1], iss.Certificate().Raw)
+	if renew || stale || !now.Before(notBefore.Add(notAfter.Sub(notBefore)/2)) {
+		if err := s.id.issueServerCertificate(s.cfg.KEK, iss.Authority); err != nil {
+			return time.Time{}, err
 		}
 		if err := s.id.save(s.cfg.DataDir); err != nil {
-			return err
+			return time.Time{}, err
 		}
-		if cert, _, _, err = s.id.tlsCertificate(s.cfg.KEK); err != nil {
-			return err
+		if cert, notBefore, notAfter, err = s.id.tlsCertificate(s.cfg.KEK); err != nil {
+			return time.Time{}, err
 		}
 		s.log.Info("server certificate renewed", "not_after", cert.Leaf.NotAfter)
 	}
-	return s.tlsID.Update(cert, s.id.x509Roots())
-}
-
-// renewLoop renews the server certificate at half-life.
-func (s *Server) renewLoop(ctx context.Context) error {
-	for {
-		s.mu.Lock()
-		_, notBefore, notAfter, err := s.id.tlsCertificate(s.cfg.KEK)
-		s.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		wait := time.Until(notBefore.Add(notAfter.Sub(notBefore) / 2))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(max(wait, time.Second)):
-		}
-		if err := s.refreshCertificate(false); err != nil {
-			s.log.Error("server certificate renewal failed; retrying in a minute", "err", err)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Minute):
-			}
-		}
+	if err := s.tlsID.Update(cert, s.id.x509Roots()); err != nil {
+		return time.Time{}, err
 	}
+	return notBefore.Add(notAfter.Sub(notBefore) / 2), nil
 }
 
 // pruneLoop has the leader drop ledger records of certificates expired for
-// longer than the grace period. Followers wait: pruning is a Raft command.
+// longer than the grace period, and expired intermediates, JWT keys and
+// remembered request IDs. Followers wait: pruning is a Raft command.
 func (s *Server) pruneLoop(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.PruneInterval)
+	t := s.cfg.Clock.NewTicker(s.cfg.PruneInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-t.Chan():
 		}
 		if !s.node.IsLeader() {
 			continue
 		}
 		cutoff := s.cfg.Clock.Now().Add(-s.cfg.LedgerGrace).Unix()
-		res, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{ExpiredBeforeUnix: cutoff}}})
+		res, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{
+			ExpiredBeforeUnix: cutoff, AuthoritiesExpiredBeforeUnix: cutoff}}})
 		switch {
 		case err != nil && ctx.Err() == nil:
 			s.log.Warn("ledger pruning failed; retrying next interval", "err", err)

@@ -151,6 +151,46 @@ func (s *RaftStores) HasState() (bool, error) {
 	return ok, nil
 }
 
+// HasEntries reports whether the stores hold a log entry or a snapshot:
+// something a cluster may have committed. A current term alone (left by a
+// bootstrap interrupted before its first entry was written) is not one.
+func (s *RaftStores) HasEntries() (bool, error) {
+	last, err := s.Log.LastIndex()
+	if err != nil {
+		return false, fmt.Errorf("store: read raft log in %s: %w", s.dir, err)
+	}
+	if last > 0 {
+		return true, nil
+	}
+	snaps, err := s.Snapshots.List()
+	if err != nil {
+		return false, fmt.Errorf("store: list raft snapshots in %s: %w", s.dir, err)
+	}
+	return len(snaps) > 0, nil
+}
+
+// RemoveRaft deletes the Raft state of data directory dir, which must hold
+// no log entry and no snapshot (see HasEntries): it clears what a bootstrap
+// interrupted before its first entry left, so that it can start again. It
+// refuses, changing nothing, if there are entries or the stores are open.
+func RemoveRaft(dir string) error {
+	s, err := OpenRaft(dir, RaftConfig{Logger: hclog.NewNullLogger()})
+	if err != nil {
+		return err
+	}
+	has, err := s.HasEntries()
+	if err := errors.Join(err, s.Close()); err != nil {
+		return err
+	}
+	if has {
+		return fmt.Errorf("store: %s holds Raft log entries or snapshots; not removing it", filepath.Join(dir, raftDirName))
+	}
+	if err := os.RemoveAll(filepath.Join(dir, raftDirName)); err != nil {
+		return fmt.Errorf("store: remove raft state: %w", err)
+	}
+	return nil
+}
+
 // Close closes the stores and releases the lock. Raft must be shut down
 // first. Later calls return the first call's result; other methods return
 // errors after Close.

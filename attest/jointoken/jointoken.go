@@ -1,7 +1,10 @@
 // Package jointoken is the join_token node attestation method: the agent
 // presents a single-use secret token an operator created
-// (`meshca token create`), and the server consumes it through Raft, so each
-// token admits exactly one agent, once, before it expires.
+// (`meshca token create`). The attestor checks its form and derives the
+// agent's identity; the server consumes it through Raft in the same step
+// that records the agent (NodeResult.JoinToken), so each token admits
+// exactly one agent, once, before it expires, and a token is never spent
+// on an attestation refused for another reason.
 //
 // The payload is the JSON object {"token": "<token>"}. The agent's ID is
 // spiffe://<td>/meshca/agent/join_token/<h>, where h is the hex of the
@@ -14,7 +17,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/meshca/meshca/attest"
@@ -28,38 +30,32 @@ const Name = "join_token"
 // MaxTokenLen bounds a token (meshca makes 43-byte tokens).
 const MaxTokenLen = 256
 
-// ConsumeFunc consumes a join token exactly once. tokenHash is
-// SHA-256(token) (the server stores only that), agentID the SPIFFE ID the
-// token will admit, recorded as its consumer. It returns an error when the
-// token is unknown, already used or expired, or when it cannot be consumed
-// now; an error that is not already an *attest.Error is reported as
-// ErrNotAuthorized (or ErrUnavailable if ctx is done).
-type ConsumeFunc func(ctx context.Context, tokenHash []byte, agentID string) error
-
 // Attestor is the server side of join_token.
 type Attestor struct {
-	td      spiffeid.TrustDomain
-	consume ConsumeFunc
+	td spiffeid.TrustDomain
 }
 
 var _ attest.NodeAttestor = (*Attestor)(nil)
 
-// New returns a join_token attestor for agents of td that consumes tokens
-// with consume. It panics if td is zero or consume nil: both are wiring
-// mistakes, not runtime conditions.
-func New(td spiffeid.TrustDomain, consume ConsumeFunc) *Attestor {
-	if td.IsZero() || consume == nil {
-		panic("jointoken.New: a trust domain and a consume function are required")
+// New returns a join_token attestor for agents of td. It panics if td is
+// zero: a wiring mistake, not a runtime condition.
+func New(td spiffeid.TrustDomain) *Attestor {
+	if td.IsZero() {
+		panic("jointoken.New: a trust domain is required")
 	}
-	return &Attestor{td: td, consume: consume}
+	return &Attestor{td: td}
 }
 
 // Name returns "join_token".
 func (a *Attestor) Name() string { return Name }
 
-// Attest decodes the token, derives the agent ID from its hash and
-// consumes it. No challenge is used; challenge may be nil.
+// Attest decodes the token and derives the agent ID from its hash; the
+// result names the token for the server to consume. No challenge is used;
+// challenge may be nil.
 func (a *Attestor) Attest(ctx context.Context, payload []byte, _ attest.Challenge) (*attest.NodeResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, attest.NewError(attest.KindUnavailable, Name, "attestation interrupted", err)
+	}
 	p, err := decodePayload(payload)
 	if err != nil {
 		return nil, err
@@ -70,17 +66,7 @@ func (a *Attestor) Attest(ctx context.Context, payload []byte, _ attest.Challeng
 	if err != nil {
 		return nil, attest.NewError(attest.KindInvalidEvidence, Name, "agent ID", err)
 	}
-	if err := a.consume(ctx, hash[:], id.String()); err != nil {
-		var typed *attest.Error
-		switch {
-		case errors.As(err, &typed):
-			return nil, err
-		case ctx.Err() != nil:
-			return nil, attest.NewError(attest.KindUnavailable, Name, "consuming the token was interrupted", err)
-		}
-		return nil, attest.NewError(attest.KindNotAuthorized, Name, "join token refused (unknown, already used or expired)", err)
-	}
-	return &attest.NodeResult{AgentID: id, Selectors: []attest.Selector{{Type: Name, Value: short}}}, nil
+	return &attest.NodeResult{AgentID: id, Selectors: []attest.Selector{{Type: Name, Value: short}}, JoinToken: hash[:]}, nil
 }
 
 // payload is the JSON evidence.

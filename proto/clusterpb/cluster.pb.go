@@ -71,7 +71,106 @@ func (x MembershipRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MembershipRequest_Op.Descriptor instead.
 func (MembershipRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{0, 0}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{2, 0}
+}
+
+type CertifyIntermediateRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Profile string                 `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// csr is a DER PKCS#10 request for the server's new intermediate key,
+	// which never leaves the server.
+	Csr           []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertifyIntermediateRequest) Reset() {
+	*x = CertifyIntermediateRequest{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertifyIntermediateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertifyIntermediateRequest) ProtoMessage() {}
+
+func (x *CertifyIntermediateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertifyIntermediateRequest.ProtoReflect.Descriptor instead.
+func (*CertifyIntermediateRequest) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CertifyIntermediateRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *CertifyIntermediateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type CertifyIntermediateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// certificate is the intermediate (DER), recorded PREPARED.
+	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertifyIntermediateResponse) Reset() {
+	*x = CertifyIntermediateResponse{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertifyIntermediateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertifyIntermediateResponse) ProtoMessage() {}
+
+func (x *CertifyIntermediateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertifyIntermediateResponse.ProtoReflect.Descriptor instead.
+func (*CertifyIntermediateResponse) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CertifyIntermediateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
 }
 
 type MembershipRequest struct {
@@ -85,7 +184,7 @@ type MembershipRequest struct {
 
 func (x *MembershipRequest) Reset() {
 	*x = MembershipRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	mi := &file_clusterpb_cluster_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -97,7 +196,7 @@ func (x *MembershipRequest) String() string {
 func (*MembershipRequest) ProtoMessage() {}
 
 func (x *MembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	mi := &file_clusterpb_cluster_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -110,7 +209,7 @@ func (x *MembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembershipRequest.ProtoReflect.Descriptor instead.
 func (*MembershipRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{0}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MembershipRequest) GetOp() MembershipRequest_Op {
@@ -142,7 +241,7 @@ type MembershipResponse struct {
 
 func (x *MembershipResponse) Reset() {
 	*x = MembershipResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	mi := &file_clusterpb_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -154,7 +253,7 @@ func (x *MembershipResponse) String() string {
 func (*MembershipResponse) ProtoMessage() {}
 
 func (x *MembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	mi := &file_clusterpb_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -167,7 +266,7 @@ func (x *MembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembershipResponse.ProtoReflect.Descriptor instead.
 func (*MembershipResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{1}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 type RestoreChunk struct {
@@ -179,7 +278,7 @@ type RestoreChunk struct {
 
 func (x *RestoreChunk) Reset() {
 	*x = RestoreChunk{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[2]
+	mi := &file_clusterpb_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +290,7 @@ func (x *RestoreChunk) String() string {
 func (*RestoreChunk) ProtoMessage() {}
 
 func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[2]
+	mi := &file_clusterpb_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +303,7 @@ func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
 func (*RestoreChunk) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{2}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RestoreChunk) GetData() []byte {
@@ -223,7 +322,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[3]
+	mi := &file_clusterpb_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -235,7 +334,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[3]
+	mi := &file_clusterpb_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -248,7 +347,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{3}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RestoreResponse) GetStateHash() []byte {
@@ -267,7 +366,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_clusterpb_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +378,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_clusterpb_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +391,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -313,7 +412,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_clusterpb_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +424,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_clusterpb_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +437,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -363,7 +462,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[6]
+	mi := &file_clusterpb_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +474,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[6]
+	mi := &file_clusterpb_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +487,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 type ReadIndexResponse struct {
@@ -400,7 +499,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[7]
+	mi := &file_clusterpb_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +511,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[7]
+	mi := &file_clusterpb_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +524,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -445,14 +544,18 @@ type JoinRequest struct {
 	// server's own intermediates; their keys never leave the server.
 	IntermediateCsrs map[string][]byte `protobuf:"bytes,5,rep,name=intermediate_csrs,json=intermediateCsrs,proto3" json:"intermediate_csrs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// kek_id must equal the cluster's.
-	KekId         string `protobuf:"bytes,6,opt,name=kek_id,json=kekId,proto3" json:"kek_id,omitempty"`
+	KekId string `protobuf:"bytes,6,opt,name=kek_id,json=kekId,proto3" json:"kek_id,omitempty"`
+	// attempt_id identifies the joining server's attempt (kept across its
+	// retries and restarts): a server join token presented again by the same
+	// attempt, whose first answer was lost, admits it again.
+	AttemptId     string `protobuf:"bytes,7,opt,name=attempt_id,json=attemptId,proto3" json:"attempt_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[8]
+	mi := &file_clusterpb_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +567,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[8]
+	mi := &file_clusterpb_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +580,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -522,6 +625,13 @@ func (x *JoinRequest) GetKekId() string {
 	return ""
 }
 
+func (x *JoinRequest) GetAttemptId() string {
+	if x != nil {
+		return x.AttemptId
+	}
+	return ""
+}
+
 type JoinResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -535,7 +645,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[9]
+	mi := &file_clusterpb_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +657,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[9]
+	mi := &file_clusterpb_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +670,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JoinResponse) GetTrustDomain() string {
@@ -588,7 +698,12 @@ var File_clusterpb_cluster_proto protoreflect.FileDescriptor
 
 const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x17clusterpb/cluster.proto\x12\x11meshca.cluster.v1\"\xab\x01\n" +
+	"\x17clusterpb/cluster.proto\x12\x11meshca.cluster.v1\"H\n" +
+	"\x1aCertifyIntermediateRequest\x12\x18\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\"?\n" +
+	"\x1bCertifyIntermediateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\xab\x01\n" +
 	"\x11MembershipRequest\x127\n" +
 	"\x02op\x18\x01 \x01(\x0e2'.meshca.cluster.v1.MembershipRequest.OpR\x02op\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
@@ -611,14 +726,16 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\x06result\x18\x02 \x01(\fR\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"\xb3\x02\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"\xd2\x02\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x04 \x01(\tR\aapiAddr\x12a\n" +
 	"\x11intermediate_csrs\x18\x05 \x03(\v24.meshca.cluster.v1.JoinRequest.IntermediateCsrsEntryR\x10intermediateCsrs\x12\x15\n" +
-	"\x06kek_id\x18\x06 \x01(\tR\x05kekId\x1aC\n" +
+	"\x06kek_id\x18\x06 \x01(\tR\x05kekId\x12\x1d\n" +
+	"\n" +
+	"attempt_id\x18\a \x01(\tR\tattemptId\x1aC\n" +
 	"\x15IntermediateCsrsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xcf\x02\n" +
@@ -632,14 +749,15 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\n" +
 	"RootsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01J\x04\b\x03\x10\x042\xa3\x03\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01J\x04\b\x03\x10\x042\x99\x04\n" +
 	"\aCluster\x12J\n" +
 	"\x05Apply\x12\x1f.meshca.cluster.v1.ApplyRequest\x1a .meshca.cluster.v1.ApplyResponse\x12V\n" +
 	"\tReadIndex\x12#.meshca.cluster.v1.ReadIndexRequest\x1a$.meshca.cluster.v1.ReadIndexResponse\x12G\n" +
 	"\x04Join\x12\x1e.meshca.cluster.v1.JoinRequest\x1a\x1f.meshca.cluster.v1.JoinResponse\x12Y\n" +
 	"\n" +
 	"Membership\x12$.meshca.cluster.v1.MembershipRequest\x1a%.meshca.cluster.v1.MembershipResponse\x12P\n" +
-	"\aRestore\x12\x1f.meshca.cluster.v1.RestoreChunk\x1a\".meshca.cluster.v1.RestoreResponse(\x01B*Z(github.com/meshca/meshca/proto/clusterpbb\x06proto3"
+	"\aRestore\x12\x1f.meshca.cluster.v1.RestoreChunk\x1a\".meshca.cluster.v1.RestoreResponse(\x01\x12t\n" +
+	"\x13CertifyIntermediate\x12-.meshca.cluster.v1.CertifyIntermediateRequest\x1a..meshca.cluster.v1.CertifyIntermediateResponseB*Z(github.com/meshca/meshca/proto/clusterpbb\x06proto3"
 
 var (
 	file_clusterpb_cluster_proto_rawDescOnce sync.Once
@@ -654,40 +772,44 @@ func file_clusterpb_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_clusterpb_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_clusterpb_cluster_proto_goTypes = []any{
-	(MembershipRequest_Op)(0),  // 0: meshca.cluster.v1.MembershipRequest.Op
-	(*MembershipRequest)(nil),  // 1: meshca.cluster.v1.MembershipRequest
-	(*MembershipResponse)(nil), // 2: meshca.cluster.v1.MembershipResponse
-	(*RestoreChunk)(nil),       // 3: meshca.cluster.v1.RestoreChunk
-	(*RestoreResponse)(nil),    // 4: meshca.cluster.v1.RestoreResponse
-	(*ApplyRequest)(nil),       // 5: meshca.cluster.v1.ApplyRequest
-	(*ApplyResponse)(nil),      // 6: meshca.cluster.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),   // 7: meshca.cluster.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),  // 8: meshca.cluster.v1.ReadIndexResponse
-	(*JoinRequest)(nil),        // 9: meshca.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),       // 10: meshca.cluster.v1.JoinResponse
-	nil,                        // 11: meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
-	nil,                        // 12: meshca.cluster.v1.JoinResponse.IntermediatesEntry
-	nil,                        // 13: meshca.cluster.v1.JoinResponse.RootsEntry
+	(MembershipRequest_Op)(0),           // 0: meshca.cluster.v1.MembershipRequest.Op
+	(*CertifyIntermediateRequest)(nil),  // 1: meshca.cluster.v1.CertifyIntermediateRequest
+	(*CertifyIntermediateResponse)(nil), // 2: meshca.cluster.v1.CertifyIntermediateResponse
+	(*MembershipRequest)(nil),           // 3: meshca.cluster.v1.MembershipRequest
+	(*MembershipResponse)(nil),          // 4: meshca.cluster.v1.MembershipResponse
+	(*RestoreChunk)(nil),                // 5: meshca.cluster.v1.RestoreChunk
+	(*RestoreResponse)(nil),             // 6: meshca.cluster.v1.RestoreResponse
+	(*ApplyRequest)(nil),                // 7: meshca.cluster.v1.ApplyRequest
+	(*ApplyResponse)(nil),               // 8: meshca.cluster.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),            // 9: meshca.cluster.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),           // 10: meshca.cluster.v1.ReadIndexResponse
+	(*JoinRequest)(nil),                 // 11: meshca.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),                // 12: meshca.cluster.v1.JoinResponse
+	nil,                                 // 13: meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
+	nil,                                 // 14: meshca.cluster.v1.JoinResponse.IntermediatesEntry
+	nil,                                 // 15: meshca.cluster.v1.JoinResponse.RootsEntry
 }
 var file_clusterpb_cluster_proto_depIdxs = []int32{
 	0,  // 0: meshca.cluster.v1.MembershipRequest.op:type_name -> meshca.cluster.v1.MembershipRequest.Op
-	11, // 1: meshca.cluster.v1.JoinRequest.intermediate_csrs:type_name -> meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
-	12, // 2: meshca.cluster.v1.JoinResponse.intermediates:type_name -> meshca.cluster.v1.JoinResponse.IntermediatesEntry
-	13, // 3: meshca.cluster.v1.JoinResponse.roots:type_name -> meshca.cluster.v1.JoinResponse.RootsEntry
-	5,  // 4: meshca.cluster.v1.Cluster.Apply:input_type -> meshca.cluster.v1.ApplyRequest
-	7,  // 5: meshca.cluster.v1.Cluster.ReadIndex:input_type -> meshca.cluster.v1.ReadIndexRequest
-	9,  // 6: meshca.cluster.v1.Cluster.Join:input_type -> meshca.cluster.v1.JoinRequest
-	1,  // 7: meshca.cluster.v1.Cluster.Membership:input_type -> meshca.cluster.v1.MembershipRequest
-	3,  // 8: meshca.cluster.v1.Cluster.Restore:input_type -> meshca.cluster.v1.RestoreChunk
-	6,  // 9: meshca.cluster.v1.Cluster.Apply:output_type -> meshca.cluster.v1.ApplyResponse
-	8,  // 10: meshca.cluster.v1.Cluster.ReadIndex:output_type -> meshca.cluster.v1.ReadIndexResponse
-	10, // 11: meshca.cluster.v1.Cluster.Join:output_type -> meshca.cluster.v1.JoinResponse
-	2,  // 12: meshca.cluster.v1.Cluster.Membership:output_type -> meshca.cluster.v1.MembershipResponse
-	4,  // 13: meshca.cluster.v1.Cluster.Restore:output_type -> meshca.cluster.v1.RestoreResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
+	13, // 1: meshca.cluster.v1.JoinRequest.intermediate_csrs:type_name -> meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
+	14, // 2: meshca.cluster.v1.JoinResponse.intermediates:type_name -> meshca.cluster.v1.JoinResponse.IntermediatesEntry
+	15, // 3: meshca.cluster.v1.JoinResponse.roots:type_name -> meshca.cluster.v1.JoinResponse.RootsEntry
+	7,  // 4: meshca.cluster.v1.Cluster.Apply:input_type -> meshca.cluster.v1.ApplyRequest
+	9,  // 5: meshca.cluster.v1.Cluster.ReadIndex:input_type -> meshca.cluster.v1.ReadIndexRequest
+	11, // 6: meshca.cluster.v1.Cluster.Join:input_type -> meshca.cluster.v1.JoinRequest
+	3,  // 7: meshca.cluster.v1.Cluster.Membership:input_type -> meshca.cluster.v1.MembershipRequest
+	5,  // 8: meshca.cluster.v1.Cluster.Restore:input_type -> meshca.cluster.v1.RestoreChunk
+	1,  // 9: meshca.cluster.v1.Cluster.CertifyIntermediate:input_type -> meshca.cluster.v1.CertifyIntermediateRequest
+	8,  // 10: meshca.cluster.v1.Cluster.Apply:output_type -> meshca.cluster.v1.ApplyResponse
+	10, // 11: meshca.cluster.v1.Cluster.ReadIndex:output_type -> meshca.cluster.v1.ReadIndexResponse
+	12, // 12: meshca.cluster.v1.Cluster.Join:output_type -> meshca.cluster.v1.JoinResponse
+	4,  // 13: meshca.cluster.v1.Cluster.Membership:output_type -> meshca.cluster.v1.MembershipResponse
+	6,  // 14: meshca.cluster.v1.Cluster.Restore:output_type -> meshca.cluster.v1.RestoreResponse
+	2,  // 15: meshca.cluster.v1.Cluster.CertifyIntermediate:output_type -> meshca.cluster.v1.CertifyIntermediateResponse
+	10, // [10:16] is the sub-list for method output_type
+	4,  // [4:10] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -704,7 +826,7 @@ func file_clusterpb_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clusterpb_cluster_proto_rawDesc), len(file_clusterpb_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,11 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Cluster_Apply_FullMethodName      = "/meshca.cluster.v1.Cluster/Apply"
-	Cluster_ReadIndex_FullMethodName  = "/meshca.cluster.v1.Cluster/ReadIndex"
-	Cluster_Join_FullMethodName       = "/meshca.cluster.v1.Cluster/Join"
-	Cluster_Membership_FullMethodName = "/meshca.cluster.v1.Cluster/Membership"
-	Cluster_Restore_FullMethodName    = "/meshca.cluster.v1.Cluster/Restore"
+	Cluster_Apply_FullMethodName               = "/meshca.cluster.v1.Cluster/Apply"
+	Cluster_ReadIndex_FullMethodName           = "/meshca.cluster.v1.Cluster/ReadIndex"
+	Cluster_Join_FullMethodName                = "/meshca.cluster.v1.Cluster/Join"
+	Cluster_Membership_FullMethodName          = "/meshca.cluster.v1.Cluster/Membership"
+	Cluster_Restore_FullMethodName             = "/meshca.cluster.v1.Cluster/Restore"
+	Cluster_CertifyIntermediate_FullMethodName = "/meshca.cluster.v1.Cluster/CertifyIntermediate"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -47,6 +48,10 @@ type ClusterClient interface {
 	Membership(ctx context.Context, in *MembershipRequest, opts ...grpc.CallOption) (*MembershipResponse, error)
 	// Restore replaces the cluster's state with a snapshot, on the leader.
 	Restore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreChunk, RestoreResponse], error)
+	// CertifyIntermediate has the leader certify the calling server's next
+	// intermediate with the active root and record it as prepared. Asking
+	// again for the same key returns the same certificate.
+	CertifyIntermediate(ctx context.Context, in *CertifyIntermediateRequest, opts ...grpc.CallOption) (*CertifyIntermediateResponse, error)
 }
 
 type clusterClient struct {
@@ -110,6 +115,16 @@ func (c *clusterClient) Restore(ctx context.Context, opts ...grpc.CallOption) (g
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_RestoreClient = grpc.ClientStreamingClient[RestoreChunk, RestoreResponse]
 
+func (c *clusterClient) CertifyIntermediate(ctx context.Context, in *CertifyIntermediateRequest, opts ...grpc.CallOption) (*CertifyIntermediateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CertifyIntermediateResponse)
+	err := c.cc.Invoke(ctx, Cluster_CertifyIntermediate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -127,6 +142,10 @@ type ClusterServer interface {
 	Membership(context.Context, *MembershipRequest) (*MembershipResponse, error)
 	// Restore replaces the cluster's state with a snapshot, on the leader.
 	Restore(grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]) error
+	// CertifyIntermediate has the leader certify the calling server's next
+	// intermediate with the active root and record it as prepared. Asking
+	// again for the same key returns the same certificate.
+	CertifyIntermediate(context.Context, *CertifyIntermediateRequest) (*CertifyIntermediateResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -151,6 +170,9 @@ func (UnimplementedClusterServer) Membership(context.Context, *MembershipRequest
 }
 func (UnimplementedClusterServer) Restore(grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]) error {
 	return status.Error(codes.Unimplemented, "method Restore not implemented")
+}
+func (UnimplementedClusterServer) CertifyIntermediate(context.Context, *CertifyIntermediateRequest) (*CertifyIntermediateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CertifyIntermediate not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -252,6 +274,24 @@ func _Cluster_Restore_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_RestoreServer = grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]
 
+func _Cluster_CertifyIntermediate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CertifyIntermediateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).CertifyIntermediate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_CertifyIntermediate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).CertifyIntermediate(ctx, req.(*CertifyIntermediateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -274,6 +314,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Membership",
 			Handler:    _Cluster_Membership_Handler,
+		},
+		{
+			MethodName: "CertifyIntermediate",
+			Handler:    _Cluster_CertifyIntermediate_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -272,7 +272,12 @@ type AttestStart struct {
 	Attestor string `protobuf:"bytes,1,opt,name=attestor,proto3" json:"attestor,omitempty"`
 	Payload  []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
 	// csr is a DER PKCS#10 request (ECDSA P-256) for the agent's SVID.
-	Csr           []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	Csr []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	// attempt_id identifies this agent's attestation attempt (random, kept
+	// across the agent's retries and restarts until it is attested): a
+	// single-use join token presented again by the same attempt, whose first
+	// answer was lost, admits the agent again instead of being refused.
+	AttemptId     string `protobuf:"bytes,4,opt,name=attempt_id,json=attemptId,proto3" json:"attempt_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -326,6 +331,13 @@ func (x *AttestStart) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+func (x *AttestStart) GetAttemptId() string {
+	if x != nil {
+		return x.AttemptId
+	}
+	return ""
 }
 
 type AttestResponse struct {
@@ -1142,11 +1154,13 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\rAttestRequest\x123\n" +
 	"\x05start\x18\x01 \x01(\v2\x1b.meshca.node.v1.AttestStartH\x00R\x05start\x12/\n" +
 	"\x12challenge_response\x18\x02 \x01(\fH\x00R\x11challengeResponseB\x06\n" +
-	"\x04step\"U\n" +
+	"\x04step\"t\n" +
 	"\vAttestStart\x12\x1a\n" +
 	"\battestor\x18\x01 \x01(\tR\battestor\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x10\n" +
-	"\x03csr\x18\x03 \x01(\fR\x03csr\"p\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\x12\x1d\n" +
+	"\n" +
+	"attempt_id\x18\x04 \x01(\tR\tattemptId\"p\n" +
 	"\x0eAttestResponse\x12\x1e\n" +
 	"\tchallenge\x18\x01 \x01(\fH\x00R\tchallenge\x126\n" +
 	"\x06result\x18\x02 \x01(\v2\x1c.meshca.node.v1.AttestResultH\x00R\x06resultB\x06\n" +

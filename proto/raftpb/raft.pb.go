@@ -217,6 +217,10 @@ type Command struct {
 	//	*Command_PruneLedger
 	//	*Command_Noop
 	//	*Command_PutJwtKey
+	//	*Command_ActivateAuthority
+	//	*Command_ActivateJwtKey
+	//	*Command_AttestAgent
+	//	*Command_AdmitServer
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -419,6 +423,42 @@ func (x *Command) GetPutJwtKey() *PutJWTKey {
 	return nil
 }
 
+func (x *Command) GetActivateAuthority() *ActivateAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ActivateAuthority); ok {
+			return x.ActivateAuthority
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetActivateJwtKey() *ActivateJWTKey {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ActivateJwtKey); ok {
+			return x.ActivateJwtKey
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAttestAgent() *AttestAgent {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AttestAgent); ok {
+			return x.AttestAgent
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAdmitServer() *AdmitServer {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AdmitServer); ok {
+			return x.AdmitServer
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -491,6 +531,22 @@ type Command_PutJwtKey struct {
 	PutJwtKey *PutJWTKey `protobuf:"bytes,26,opt,name=put_jwt_key,json=putJwtKey,proto3,oneof"`
 }
 
+type Command_ActivateAuthority struct {
+	ActivateAuthority *ActivateAuthority `protobuf:"bytes,27,opt,name=activate_authority,json=activateAuthority,proto3,oneof"`
+}
+
+type Command_ActivateJwtKey struct {
+	ActivateJwtKey *ActivateJWTKey `protobuf:"bytes,28,opt,name=activate_jwt_key,json=activateJwtKey,proto3,oneof"`
+}
+
+type Command_AttestAgent struct {
+	AttestAgent *AttestAgent `protobuf:"bytes,29,opt,name=attest_agent,json=attestAgent,proto3,oneof"`
+}
+
+type Command_AdmitServer struct {
+	AdmitServer *AdmitServer `protobuf:"bytes,30,opt,name=admit_server,json=admitServer,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -525,11 +581,20 @@ func (*Command_Noop) isCommand_Op() {}
 
 func (*Command_PutJwtKey) isCommand_Op() {}
 
+func (*Command_ActivateAuthority) isCommand_Op() {}
+
+func (*Command_ActivateJwtKey) isCommand_Op() {}
+
+func (*Command_AttestAgent) isCommand_Op() {}
+
+func (*Command_AdmitServer) isCommand_Op() {}
+
 // Header carries what the proposer decided for a command.
 type Header struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// request_id is unique per proposal; a command is applied at most once
-	// per request_id within the ledger's retention.
+	// per request_id within the ledger's retention: a retried proposal gets
+	// the result of the first (AppendLedger dedupes per record instead).
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// time_unix_nano is the proposer's clock when it proposed the command.
 	TimeUnixNano int64 `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
@@ -1170,8 +1235,12 @@ type JoinToken struct {
 	ExpiresUnixNano  int64  `protobuf:"varint,3,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
 	ConsumedUnixNano int64  `protobuf:"varint,4,opt,name=consumed_unix_nano,json=consumedUnixNano,proto3" json:"consumed_unix_nano,omitempty"`
 	ConsumedBy       string `protobuf:"bytes,5,opt,name=consumed_by,json=consumedBy,proto3" json:"consumed_by,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// consumed_attempt is the consumer's attempt ID: the same consumer
+	// retrying the same attempt before the token expires is admitted again
+	// (its first answer may have been lost), anyone else is refused.
+	ConsumedAttempt string `protobuf:"bytes,6,opt,name=consumed_attempt,json=consumedAttempt,proto3" json:"consumed_attempt,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *JoinToken) Reset() {
@@ -1235,6 +1304,13 @@ func (x *JoinToken) GetConsumedUnixNano() int64 {
 func (x *JoinToken) GetConsumedBy() string {
 	if x != nil {
 		return x.ConsumedBy
+	}
+	return ""
+}
+
+func (x *JoinToken) GetConsumedAttempt() string {
+	if x != nil {
+		return x.ConsumedAttempt
 	}
 	return ""
 }
@@ -1478,9 +1554,13 @@ type JWTKey struct {
 	// public_key is the DER SubjectPublicKeyInfo.
 	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
 	// sealed_key is the JSON of a ca.SealedKey.
-	SealedKey     []byte `protobuf:"bytes,3,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
-	CreatedUnix   int64  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
-	NotAfterUnix  int64  `protobuf:"varint,5,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	SealedKey    []byte `protobuf:"bytes,3,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	CreatedUnix  int64  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	NotAfterUnix int64  `protobuf:"varint,5,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	// state is PREPARED (published in bundles, not signing yet), ACTIVE
+	// (signing) or OLD (published until it expires). Keys written before
+	// states existed have AUTHORITY_STATE_UNSPECIFIED and count as ACTIVE.
+	State         AuthorityState `protobuf:"varint,6,opt,name=state,proto3,enum=meshca.raft.v1.AuthorityState" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1550,6 +1630,75 @@ func (x *JWTKey) GetNotAfterUnix() int64 {
 	return 0
 }
 
+func (x *JWTKey) GetState() AuthorityState {
+	if x != nil {
+		return x.State
+	}
+	return AuthorityState_AUTHORITY_STATE_UNSPECIFIED
+}
+
+// AppliedRequest remembers the result of a command by its request ID, so
+// that a retried proposal is not applied twice.
+type AppliedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Result        *Result                `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedRequest) Reset() {
+	*x = AppliedRequest{}
+	mi := &file_raftpb_raft_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedRequest) ProtoMessage() {}
+
+func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
+func (*AppliedRequest) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AppliedRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *AppliedRequest) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *AppliedRequest) GetResult() *Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 // LedgerBlock holds the records one AppendLedger command added, keyed by
 // the index of its log entry (the same on every server).
 type LedgerBlock struct {
@@ -1562,7 +1711,7 @@ type LedgerBlock struct {
 
 func (x *LedgerBlock) Reset() {
 	*x = LedgerBlock{}
-	mi := &file_raftpb_raft_proto_msgTypes[14]
+	mi := &file_raftpb_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1723,7 @@ func (x *LedgerBlock) String() string {
 func (*LedgerBlock) ProtoMessage() {}
 
 func (x *LedgerBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[14]
+	mi := &file_raftpb_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1736,7 @@ func (x *LedgerBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LedgerBlock.ProtoReflect.Descriptor instead.
 func (*LedgerBlock) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{14}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LedgerBlock) GetIndex() uint64 {
@@ -1613,7 +1762,7 @@ type SetTrustDomain struct {
 
 func (x *SetTrustDomain) Reset() {
 	*x = SetTrustDomain{}
-	mi := &file_raftpb_raft_proto_msgTypes[15]
+	mi := &file_raftpb_raft_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1774,7 @@ func (x *SetTrustDomain) String() string {
 func (*SetTrustDomain) ProtoMessage() {}
 
 func (x *SetTrustDomain) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[15]
+	mi := &file_raftpb_raft_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1787,7 @@ func (x *SetTrustDomain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTrustDomain.ProtoReflect.Descriptor instead.
 func (*SetTrustDomain) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{15}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetTrustDomain) GetTrustDomain() *TrustDomain {
@@ -1657,7 +1806,7 @@ type PutServer struct {
 
 func (x *PutServer) Reset() {
 	*x = PutServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[16]
+	mi := &file_raftpb_raft_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1818,7 @@ func (x *PutServer) String() string {
 func (*PutServer) ProtoMessage() {}
 
 func (x *PutServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[16]
+	mi := &file_raftpb_raft_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1831,7 @@ func (x *PutServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutServer.ProtoReflect.Descriptor instead.
 func (*PutServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{16}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PutServer) GetServer() *Server {
@@ -1701,7 +1850,7 @@ type RemoveServer struct {
 
 func (x *RemoveServer) Reset() {
 	*x = RemoveServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[17]
+	mi := &file_raftpb_raft_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1862,7 @@ func (x *RemoveServer) String() string {
 func (*RemoveServer) ProtoMessage() {}
 
 func (x *RemoveServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[17]
+	mi := &file_raftpb_raft_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1875,7 @@ func (x *RemoveServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServer.ProtoReflect.Descriptor instead.
 func (*RemoveServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{17}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveServer) GetNodeId() string {
@@ -1745,7 +1894,7 @@ type PutAuthority struct {
 
 func (x *PutAuthority) Reset() {
 	*x = PutAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[18]
+	mi := &file_raftpb_raft_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1757,7 +1906,7 @@ func (x *PutAuthority) String() string {
 func (*PutAuthority) ProtoMessage() {}
 
 func (x *PutAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[18]
+	mi := &file_raftpb_raft_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1770,7 +1919,7 @@ func (x *PutAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAuthority.ProtoReflect.Descriptor instead.
 func (*PutAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{18}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PutAuthority) GetAuthority() *Authority {
@@ -1790,7 +1939,7 @@ type SetAuthorityState struct {
 
 func (x *SetAuthorityState) Reset() {
 	*x = SetAuthorityState{}
-	mi := &file_raftpb_raft_proto_msgTypes[19]
+	mi := &file_raftpb_raft_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1951,7 @@ func (x *SetAuthorityState) String() string {
 func (*SetAuthorityState) ProtoMessage() {}
 
 func (x *SetAuthorityState) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[19]
+	mi := &file_raftpb_raft_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +1964,7 @@ func (x *SetAuthorityState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAuthorityState.ProtoReflect.Descriptor instead.
 func (*SetAuthorityState) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{19}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SetAuthorityState) GetId() string {
@@ -1844,7 +1993,7 @@ type PutEntry struct {
 
 func (x *PutEntry) Reset() {
 	*x = PutEntry{}
-	mi := &file_raftpb_raft_proto_msgTypes[20]
+	mi := &file_raftpb_raft_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +2005,7 @@ func (x *PutEntry) String() string {
 func (*PutEntry) ProtoMessage() {}
 
 func (x *PutEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[20]
+	mi := &file_raftpb_raft_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +2018,7 @@ func (x *PutEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutEntry.ProtoReflect.Descriptor instead.
 func (*PutEntry) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{20}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PutEntry) GetEntry() *Entry {
@@ -1895,7 +2044,7 @@ type DeleteEntry struct {
 
 func (x *DeleteEntry) Reset() {
 	*x = DeleteEntry{}
-	mi := &file_raftpb_raft_proto_msgTypes[21]
+	mi := &file_raftpb_raft_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +2056,7 @@ func (x *DeleteEntry) String() string {
 func (*DeleteEntry) ProtoMessage() {}
 
 func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[21]
+	mi := &file_raftpb_raft_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +2069,7 @@ func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntry.ProtoReflect.Descriptor instead.
 func (*DeleteEntry) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{21}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteEntry) GetId() string {
@@ -1939,7 +2088,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_raftpb_raft_proto_msgTypes[22]
+	mi := &file_raftpb_raft_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2100,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[22]
+	mi := &file_raftpb_raft_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2113,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{22}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -1983,7 +2132,7 @@ type CreateJoinToken struct {
 
 func (x *CreateJoinToken) Reset() {
 	*x = CreateJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[23]
+	mi := &file_raftpb_raft_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2144,7 @@ func (x *CreateJoinToken) String() string {
 func (*CreateJoinToken) ProtoMessage() {}
 
 func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[23]
+	mi := &file_raftpb_raft_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2157,7 @@ func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinToken.ProtoReflect.Descriptor instead.
 func (*CreateJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{23}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateJoinToken) GetToken() *JoinToken {
@@ -2020,17 +2169,19 @@ func (x *CreateJoinToken) GetToken() *JoinToken {
 
 // ConsumeJoinToken succeeds exactly once per token, before it expires.
 type ConsumeJoinToken struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hash          []byte                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Consumer      string                 `protobuf:"bytes,3,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Hash     []byte                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	Kind     string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Consumer string                 `protobuf:"bytes,3,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// attempt is the consumer's attempt ID (see JoinToken.consumed_attempt).
+	Attempt       string `protobuf:"bytes,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConsumeJoinToken) Reset() {
 	*x = ConsumeJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2193,7 @@ func (x *ConsumeJoinToken) String() string {
 func (*ConsumeJoinToken) ProtoMessage() {}
 
 func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2206,7 @@ func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeJoinToken.ProtoReflect.Descriptor instead.
 func (*ConsumeJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ConsumeJoinToken) GetHash() []byte {
@@ -2079,6 +2230,231 @@ func (x *ConsumeJoinToken) GetConsumer() string {
 	return ""
 }
 
+func (x *ConsumeJoinToken) GetAttempt() string {
+	if x != nil {
+		return x.Attempt
+	}
+	return ""
+}
+
+// ActivateAuthority makes an authority ACTIVE and the one it replaces
+// (same kind, profile and server, ACTIVE until now) OLD.
+type ActivateAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateAuthority) Reset() {
+	*x = ActivateAuthority{}
+	mi := &file_raftpb_raft_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateAuthority) ProtoMessage() {}
+
+func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateAuthority.ProtoReflect.Descriptor instead.
+func (*ActivateAuthority) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ActivateAuthority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// ActivateJWTKey makes a JWT key ACTIVE and the previously active ones OLD.
+type ActivateJWTKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kid           string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateJWTKey) Reset() {
+	*x = ActivateJWTKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateJWTKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateJWTKey) ProtoMessage() {}
+
+func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateJWTKey.ProtoReflect.Descriptor instead.
+func (*ActivateJWTKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ActivateJWTKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+// AttestAgent records an attested agent in one step: the join token it
+// presented, if any, is consumed; the node is recorded; its SVID's ledger
+// record is appended. All or nothing.
+type AttestAgent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *ConsumeJoinToken      `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Node          *Node                  `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Record        *LedgerRecord          `protobuf:"bytes,3,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestAgent) Reset() {
+	*x = AttestAgent{}
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestAgent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestAgent) ProtoMessage() {}
+
+func (x *AttestAgent) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestAgent.ProtoReflect.Descriptor instead.
+func (*AttestAgent) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AttestAgent) GetToken() *ConsumeJoinToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *AttestAgent) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *AttestAgent) GetRecord() *LedgerRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+// AdmitServer records a joining server in one step: its server join token
+// is consumed, the server and its intermediates are recorded. All or
+// nothing. Intermediates of the same server left ACTIVE by an earlier
+// answer that was lost become OLD.
+type AdmitServer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *ConsumeJoinToken      `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Server        *Server                `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	Intermediates []*Authority           `protobuf:"bytes,3,rep,name=intermediates,proto3" json:"intermediates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdmitServer) Reset() {
+	*x = AdmitServer{}
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdmitServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdmitServer) ProtoMessage() {}
+
+func (x *AdmitServer) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdmitServer.ProtoReflect.Descriptor instead.
+func (*AdmitServer) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AdmitServer) GetToken() *ConsumeJoinToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *AdmitServer) GetServer() *Server {
+	if x != nil {
+		return x.Server
+	}
+	return nil
+}
+
+func (x *AdmitServer) GetIntermediates() []*Authority {
+	if x != nil {
+		return x.Intermediates
+	}
+	return nil
+}
+
 type Revoke struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Revocations   []*Revocation          `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
@@ -2088,7 +2464,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2476,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2489,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -2133,7 +2509,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2521,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2534,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2177,7 +2553,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2565,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2578,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2221,7 +2597,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2609,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2622,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2265,7 +2641,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2653,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2666,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -2300,17 +2676,21 @@ func (x *PutJWTKey) GetKey() *JWTKey {
 	return nil
 }
 
-// PruneLedger drops records that expired before the given time.
+// PruneLedger drops records that expired before the given time. When
+// authorities_expired_before_unix is set, it also drops intermediates and
+// JWT keys that expired before it, and remembered request IDs proposed
+// before it.
 type PruneLedger struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	ExpiredBeforeUnix int64                  `protobuf:"varint,1,opt,name=expired_before_unix,json=expiredBeforeUnix,proto3" json:"expired_before_unix,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	state                        protoimpl.MessageState `protogen:"open.v1"`
+	ExpiredBeforeUnix            int64                  `protobuf:"varint,1,opt,name=expired_before_unix,json=expiredBeforeUnix,proto3" json:"expired_before_unix,omitempty"`
+	AuthoritiesExpiredBeforeUnix int64                  `protobuf:"varint,2,opt,name=authorities_expired_before_unix,json=authoritiesExpiredBeforeUnix,proto3" json:"authorities_expired_before_unix,omitempty"`
+	unknownFields                protoimpl.UnknownFields
+	sizeCache                    protoimpl.SizeCache
 }
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2322,7 +2702,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2335,12 +2715,19 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
 	if x != nil {
 		return x.ExpiredBeforeUnix
+	}
+	return 0
+}
+
+func (x *PruneLedger) GetAuthoritiesExpiredBeforeUnix() int64 {
+	if x != nil {
+		return x.AuthoritiesExpiredBeforeUnix
 	}
 	return 0
 }
@@ -2355,7 +2742,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2754,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2767,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -2398,6 +2785,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Policy
 	//	*SnapshotRecord_LedgerBlock
 	//	*SnapshotRecord_JwtKey
+	//	*SnapshotRecord_AppliedRequest
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2405,7 +2793,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2805,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2818,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2530,6 +2918,15 @@ func (x *SnapshotRecord) GetJwtKey() *JWTKey {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAppliedRequest() *AppliedRequest {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_AppliedRequest); ok {
+			return x.AppliedRequest
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -2574,6 +2971,10 @@ type SnapshotRecord_JwtKey struct {
 	JwtKey *JWTKey `protobuf:"bytes,11,opt,name=jwt_key,json=jwtKey,proto3,oneof"`
 }
 
+type SnapshotRecord_AppliedRequest struct {
+	AppliedRequest *AppliedRequest `protobuf:"bytes,12,opt,name=applied_request,json=appliedRequest,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -2594,11 +2995,13 @@ func (*SnapshotRecord_LedgerBlock) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_JwtKey) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Record() {}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\x9f\t\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xc3\v\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -2620,7 +3023,11 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\rappend_ledger\x18\x17 \x01(\v2\x1c.meshca.raft.v1.AppendLedgerH\x00R\fappendLedger\x12@\n" +
 	"\fprune_ledger\x18\x18 \x01(\v2\x1b.meshca.raft.v1.PruneLedgerH\x00R\vpruneLedger\x12*\n" +
 	"\x04noop\x18\x19 \x01(\v2\x14.meshca.raft.v1.NoopH\x00R\x04noop\x12;\n" +
-	"\vput_jwt_key\x18\x1a \x01(\v2\x19.meshca.raft.v1.PutJWTKeyH\x00R\tputJwtKeyB\x04\n" +
+	"\vput_jwt_key\x18\x1a \x01(\v2\x19.meshca.raft.v1.PutJWTKeyH\x00R\tputJwtKey\x12R\n" +
+	"\x12activate_authority\x18\x1b \x01(\v2!.meshca.raft.v1.ActivateAuthorityH\x00R\x11activateAuthority\x12J\n" +
+	"\x10activate_jwt_key\x18\x1c \x01(\v2\x1e.meshca.raft.v1.ActivateJWTKeyH\x00R\x0eactivateJwtKey\x12@\n" +
+	"\fattest_agent\x18\x1d \x01(\v2\x1b.meshca.raft.v1.AttestAgentH\x00R\vattestAgent\x12@\n" +
+	"\fadmit_server\x18\x1e \x01(\v2\x1b.meshca.raft.v1.AdmitServerH\x00R\vadmitServerB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -2675,14 +3082,15 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\tselectors\x18\x03 \x03(\v2\x18.meshca.raft.v1.SelectorR\tselectors\x12,\n" +
 	"\x12attested_unix_nano\x18\x04 \x01(\x03R\x10attestedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
-	"\x06banned\x18\x06 \x01(\bR\x06banned\"\xae\x01\n" +
+	"\x06banned\x18\x06 \x01(\bR\x06banned\"\xd9\x01\n" +
 	"\tJoinToken\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12*\n" +
 	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\x12,\n" +
 	"\x12consumed_unix_nano\x18\x04 \x01(\x03R\x10consumedUnixNano\x12\x1f\n" +
 	"\vconsumed_by\x18\x05 \x01(\tR\n" +
-	"consumedBy\"\x85\x01\n" +
+	"consumedBy\x12)\n" +
+	"\x10consumed_attempt\x18\x06 \x01(\tR\x0fconsumedAttempt\"\x85\x01\n" +
 	"\n" +
 	"Revocation\x12\x1b\n" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x16\n" +
@@ -2702,7 +3110,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fnot_before_unix\x18\x06 \x01(\x03R\rnotBeforeUnix\x12$\n" +
 	"\x0enot_after_unix\x18\a \x01(\x03R\fnotAfterUnix\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tR\trequestId\"\xa1\x01\n" +
+	"request_id\x18\b \x01(\tR\trequestId\"\xd7\x01\n" +
 	"\x06JWTKey\x12\x10\n" +
 	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
 	"\n" +
@@ -2710,7 +3118,13 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
 	"sealed_key\x18\x03 \x01(\fR\tsealedKey\x12!\n" +
 	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12$\n" +
-	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\"[\n" +
+	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\x124\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\"\x85\x01\n" +
+	"\x0eAppliedRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12.\n" +
+	"\x06result\x18\x03 \x01(\v2\x16.meshca.raft.v1.ResultR\x06result\"[\n" +
 	"\vLedgerBlock\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x126\n" +
 	"\arecords\x18\x02 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"P\n" +
@@ -2733,11 +3147,24 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\aPutNode\x12(\n" +
 	"\x04node\x18\x01 \x01(\v2\x14.meshca.raft.v1.NodeR\x04node\"B\n" +
 	"\x0fCreateJoinToken\x12/\n" +
-	"\x05token\x18\x01 \x01(\v2\x19.meshca.raft.v1.JoinTokenR\x05token\"V\n" +
+	"\x05token\x18\x01 \x01(\v2\x19.meshca.raft.v1.JoinTokenR\x05token\"p\n" +
 	"\x10ConsumeJoinToken\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1a\n" +
-	"\bconsumer\x18\x03 \x01(\tR\bconsumer\"F\n" +
+	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\tR\aattempt\"#\n" +
+	"\x11ActivateAuthority\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\"\n" +
+	"\x0eActivateJWTKey\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\"\xa5\x01\n" +
+	"\vAttestAgent\x126\n" +
+	"\x05token\x18\x01 \x01(\v2 .meshca.raft.v1.ConsumeJoinTokenR\x05token\x12(\n" +
+	"\x04node\x18\x02 \x01(\v2\x14.meshca.raft.v1.NodeR\x04node\x124\n" +
+	"\x06record\x18\x03 \x01(\v2\x1c.meshca.raft.v1.LedgerRecordR\x06record\"\xb6\x01\n" +
+	"\vAdmitServer\x126\n" +
+	"\x05token\x18\x01 \x01(\v2 .meshca.raft.v1.ConsumeJoinTokenR\x05token\x12.\n" +
+	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerR\x06server\x12?\n" +
+	"\rintermediates\x18\x03 \x03(\v2\x19.meshca.raft.v1.AuthorityR\rintermediates\"F\n" +
 	"\x06Revoke\x12<\n" +
 	"\vrevocations\x18\x01 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
@@ -2747,10 +3174,11 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\fAppendLedger\x126\n" +
 	"\arecords\x18\x01 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"5\n" +
 	"\tPutJWTKey\x12(\n" +
-	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.JWTKeyR\x03key\"=\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.JWTKeyR\x03key\"\x84\x01\n" +
 	"\vPruneLedger\x12.\n" +
-	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\xcb\x04\n" +
+	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\x12E\n" +
+	"\x1fauthorities_expired_before_unix\x18\x02 \x01(\x03R\x1cauthoritiesExpiredBeforeUnix\"\x06\n" +
+	"\x04Noop\"\x96\x05\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -2765,7 +3193,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x06policy\x18\b \x01(\v2\x16.meshca.raft.v1.PolicyH\x00R\x06policy\x12@\n" +
 	"\fledger_block\x18\n" +
 	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlock\x121\n" +
-	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKeyB\b\n" +
+	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKey\x12I\n" +
+	"\x0fapplied_request\x18\f \x01(\v2\x1e.meshca.raft.v1.AppliedRequestH\x00R\x0eappliedRequestB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
 	"*x\n" +
 	"\tErrorCode\x12\x06\n" +
@@ -2802,7 +3231,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -2821,77 +3250,95 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*Policy)(nil),            // 14: meshca.raft.v1.Policy
 	(*LedgerRecord)(nil),      // 15: meshca.raft.v1.LedgerRecord
 	(*JWTKey)(nil),            // 16: meshca.raft.v1.JWTKey
-	(*LedgerBlock)(nil),       // 17: meshca.raft.v1.LedgerBlock
-	(*SetTrustDomain)(nil),    // 18: meshca.raft.v1.SetTrustDomain
-	(*PutServer)(nil),         // 19: meshca.raft.v1.PutServer
-	(*RemoveServer)(nil),      // 20: meshca.raft.v1.RemoveServer
-	(*PutAuthority)(nil),      // 21: meshca.raft.v1.PutAuthority
-	(*SetAuthorityState)(nil), // 22: meshca.raft.v1.SetAuthorityState
-	(*PutEntry)(nil),          // 23: meshca.raft.v1.PutEntry
-	(*DeleteEntry)(nil),       // 24: meshca.raft.v1.DeleteEntry
-	(*PutNode)(nil),           // 25: meshca.raft.v1.PutNode
-	(*CreateJoinToken)(nil),   // 26: meshca.raft.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),  // 27: meshca.raft.v1.ConsumeJoinToken
-	(*Revoke)(nil),            // 28: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 29: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 30: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 31: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 32: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 33: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 34: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 35: meshca.raft.v1.SnapshotRecord
+	(*AppliedRequest)(nil),    // 17: meshca.raft.v1.AppliedRequest
+	(*LedgerBlock)(nil),       // 18: meshca.raft.v1.LedgerBlock
+	(*SetTrustDomain)(nil),    // 19: meshca.raft.v1.SetTrustDomain
+	(*PutServer)(nil),         // 20: meshca.raft.v1.PutServer
+	(*RemoveServer)(nil),      // 21: meshca.raft.v1.RemoveServer
+	(*PutAuthority)(nil),      // 22: meshca.raft.v1.PutAuthority
+	(*SetAuthorityState)(nil), // 23: meshca.raft.v1.SetAuthorityState
+	(*PutEntry)(nil),          // 24: meshca.raft.v1.PutEntry
+	(*DeleteEntry)(nil),       // 25: meshca.raft.v1.DeleteEntry
+	(*PutNode)(nil),           // 26: meshca.raft.v1.PutNode
+	(*CreateJoinToken)(nil),   // 27: meshca.raft.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),  // 28: meshca.raft.v1.ConsumeJoinToken
+	(*ActivateAuthority)(nil), // 29: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),    // 30: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),       // 31: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),       // 32: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),            // 33: meshca.raft.v1.Revoke
+	(*NextCRLNumber)(nil),     // 34: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 35: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 36: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 37: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 38: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 39: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 40: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
-	18, // 1: meshca.raft.v1.Command.set_trust_domain:type_name -> meshca.raft.v1.SetTrustDomain
-	19, // 2: meshca.raft.v1.Command.put_server:type_name -> meshca.raft.v1.PutServer
-	20, // 3: meshca.raft.v1.Command.remove_server:type_name -> meshca.raft.v1.RemoveServer
-	21, // 4: meshca.raft.v1.Command.put_authority:type_name -> meshca.raft.v1.PutAuthority
-	22, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
-	23, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
-	24, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
-	25, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
-	26, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
-	27, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	28, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	29, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	30, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	31, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	33, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	34, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	32, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
-	0,  // 18: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 19: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 20: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 21: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 22: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	15, // 23: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 24: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 25: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 26: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 27: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 28: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 29: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 30: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	13, // 31: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 32: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 33: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 34: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 35: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 36: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 37: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 38: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 39: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 40: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 41: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 42: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	17, // 43: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 44: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	45, // [45:45] is the sub-list for method output_type
-	45, // [45:45] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	19, // 1: meshca.raft.v1.Command.set_trust_domain:type_name -> meshca.raft.v1.SetTrustDomain
+	20, // 2: meshca.raft.v1.Command.put_server:type_name -> meshca.raft.v1.PutServer
+	21, // 3: meshca.raft.v1.Command.remove_server:type_name -> meshca.raft.v1.RemoveServer
+	22, // 4: meshca.raft.v1.Command.put_authority:type_name -> meshca.raft.v1.PutAuthority
+	23, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
+	24, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
+	25, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
+	26, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
+	27, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
+	28, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	33, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	34, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	35, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	36, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	38, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	39, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	37, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	29, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
+	30, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
+	31, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
+	32, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
+	0,  // 22: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 23: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 24: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 25: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 26: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 27: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 28: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 29: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 30: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 31: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 32: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 33: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 34: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 35: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 36: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	28, // 37: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 38: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 39: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	28, // 40: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 41: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 42: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 43: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 44: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 45: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 46: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 47: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 48: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 49: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 50: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 51: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 52: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 53: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 54: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	18, // 55: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 56: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	17, // 57: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -2917,8 +3364,12 @@ func file_raftpb_raft_proto_init() {
 		(*Command_PruneLedger)(nil),
 		(*Command_Noop)(nil),
 		(*Command_PutJwtKey)(nil),
+		(*Command_ActivateAuthority)(nil),
+		(*Command_ActivateJwtKey)(nil),
+		(*Command_AttestAgent)(nil),
+		(*Command_AdmitServer)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[32].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[37].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -2929,6 +3380,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_Policy)(nil),
 		(*SnapshotRecord_LedgerBlock)(nil),
 		(*SnapshotRecord_JwtKey)(nil),
+		(*SnapshotRecord_AppliedRequest)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2936,7 +3388,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   33,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

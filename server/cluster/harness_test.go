@@ -211,7 +211,7 @@ func (n *testNode) start() {
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(n.identity.APIServerTLS())))
-	clusterpb.RegisterClusterServer(gs, NewService(node, nil))
+	clusterpb.RegisterClusterServer(gs, NewService(node, Handlers{}))
 	go gs.Serve(apiLn)
 	n.stores, n.node, n.grpc, n.running = stores, node, gs, true
 }

@@ -66,6 +66,10 @@ type Config struct {
 	Clock clockwork.Clock
 }
 
+// restoreIndexGap is how far past the last log index an operator's
+// snapshot is restored (see Restore).
+const restoreIndexGap = 1 << 16
+
 // logCacheSize is how many recent log entries are kept in memory for
 // replication.
 const logCacheSize = 1024
@@ -522,13 +526,34 @@ func (n *Node) Restore(ctx context.Context, r io.Reader) ([32]byte, error) {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return hash, err
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size}
-	if err := n.raft.Restore(meta, tmp, 30*time.Second); err != nil {
+	// The snapshot's own index is its source's: another cluster's, or this
+	// one's past. It is restored at the index this log gives it instead, so
+	// that no replica's applied index moves backwards or ahead of its log.
+	// Raft restores at max(last index, meta.Index)+1; the gap leaves room
+	// for entries appended while the snapshot is rewritten (if more come,
+	// the stated index is lower than the real one, which only makes
+	// readers wait for the next entry).
+	index := n.raft.LastIndex() + restoreIndexGap
+	re, err := os.CreateTemp("", "meshca-restore-*")
+	if err != nil {
 		return hash, fmt.Errorf("cluster: restore: %w", err)
 	}
-	// The restored state's applied index is the restore's; a no-op moves
-	// every replica past it.
-	n.fsm.SetAppliedIndex(n.raft.LastIndex())
+	defer os.Remove(re.Name())
+	defer re.Close()
+	if _, err := raftfsm.Reindex(tmp, re, index+1); err != nil {
+		return hash, fmt.Errorf("cluster: restore: %w", err)
+	}
+	if size, err = re.Seek(0, io.SeekCurrent); err != nil {
+		return hash, err
+	}
+	if _, err := re.Seek(0, io.SeekStart); err != nil {
+		return hash, err
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size, Index: index}
+	if err := n.raft.Restore(meta, re, 30*time.Second); err != nil {
+		return hash, fmt.Errorf("cluster: restore: %w", err)
+	}
+	// A no-op moves every replica past the restored index.
 	if _, err := n.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_Noop{Noop: &raftpb.Noop{}}}); err != nil {
 		return hash, fmt.Errorf("cluster: restore: %w", err)
 	}

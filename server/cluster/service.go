@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 
 	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/proto/clusterpb"
@@ -22,17 +23,27 @@ import (
 // JoinFunc admits a new server; see clusterpb.ClusterServer.Join.
 type JoinFunc func(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error)
 
+// CertifyFunc certifies the next intermediate of the member server nodeID,
+// on the leader; see clusterpb.ClusterServer.CertifyIntermediate.
+type CertifyFunc func(ctx context.Context, nodeID, profile string, csr []byte) ([]byte, error)
+
+// Handlers are the methods of the cluster API that the server implements.
+type Handlers struct {
+	Join    JoinFunc
+	Certify CertifyFunc
+}
+
 // Service is the cluster's gRPC API. Apply, ReadIndex, Membership and
 // Restore admit only servers of the trust domain; Join admits anyone with a
 // valid server join token (checked by the JoinFunc).
 type Service struct {
 	clusterpb.UnimplementedClusterServer
 	node *Node
-	join JoinFunc
+	h    Handlers
 }
 
-// NewService returns the gRPC API of node; join handles Join requests.
-func NewService(node *Node, join JoinFunc) *Service { return &Service{node: node, join: join} }
+// NewService returns the gRPC API of node; h handles what the server does.
+func NewService(node *Node, h Handlers) *Service { return &Service{node: node, h: h} }
 
 // PeerID returns the SPIFFE ID of a gRPC caller that presented a
 // certificate. Only connections accepted with Identity.APIServerTLS or
@@ -165,10 +176,29 @@ func (s *Service) Restore(stream clusterpb.Cluster_RestoreServer) error {
 
 // Join admits a new server.
 func (s *Service) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
-	if s.join == nil {
+	if s.h.Join == nil {
 		return nil, status.Error(codes.Unimplemented, "this server does not admit new servers")
 	}
-	return s.join(ctx, req)
+	return s.h.Join(ctx, req)
+}
+
+// CertifyIntermediate certifies the calling server's next intermediate.
+func (s *Service) CertifyIntermediate(ctx context.Context, req *clusterpb.CertifyIntermediateRequest) (*clusterpb.CertifyIntermediateResponse, error) {
+	if err := s.requireServer(ctx); err != nil {
+		return nil, err
+	}
+	if s.h.Certify == nil {
+		return nil, status.Error(codes.Unimplemented, "this server does not certify intermediates")
+	}
+	if err := s.requireLeader(); err != nil {
+		return nil, err
+	}
+	id, _ := PeerID(ctx)
+	der, err := s.h.Certify(ctx, strings.TrimPrefix(id.Path(), ServerIDPrefix), req.Profile, req.Csr)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &clusterpb.CertifyIntermediateResponse{Certificate: der}, nil
 }
 
 // toStatus maps errors to gRPC status: leadership changes are retryable by

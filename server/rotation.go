@@ -1,0 +1,526 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/clusterpb"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Rotation in a running cluster.
+//
+// Each server holds its own intermediate per profile, whose key never
+// leaves it. On the schedule of ca.PlanRotation (successor prepared at half
+// of the active intermediate's life, activated at two thirds) the server
+//
+//  1. makes a new key and saves it in identity.json,
+//  2. has the leader certify it with the active root; the leader records
+//     it PREPARED in the replicated state before answering (a server whose
+//     intermediate expired while it was down, and so cannot authenticate to
+//     its peers, certifies it itself with the roots it keeps),
+//  3. at activation time switches its issuers to it in one atomic step,
+//     renews its TLS certificate from it, and records the switch through
+//     Raft (the previous intermediate becomes OLD); the old one is kept
+//     until it expires, because the SVIDs it signed are still in use.
+//
+// The trust bundle agents see does not change: it holds roots only. Every
+// step is saved before the next one and repeated until the replicated state
+// agrees, so leader changes, restarts and long outages are resumed from
+// where they stopped. The leader rotates the cluster's JWT signing keys on
+// the same schedule.
+
+// Rotation timing that is not a lifetime: how often the loop re-checks
+// (leadership moves, records not yet replicated) and how long one call to
+// the leader may take.
+const (
+	rotationReconcileInterval = 10 * time.Second
+	rotationCallTimeout       = 30 * time.Second
+)
+
+// rotateLoop keeps this server's intermediates and TLS certificate, and on
+// the leader the JWT keys, on schedule, until ctx ends. Due times are read
+// from the clock; retries after failures and the periodic re-check run in
+// real time.
+func (s *Server) rotateLoop(ctx context.Context) error {
+	retry := time.Second
+	reconcile := time.NewTicker(rotationReconcileInterval)
+	defer reconcile.Stop()
+	for {
+		next, err := s.rotate(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var retryC <-chan time.Time
+		if err != nil {
+			s.log.Warn("rotation step failed; retrying", "err", err, "retry_in", retry)
+			retryC = time.After(retry)
+			retry = min(2*retry, time.Minute)
+		} else {
+			retry = time.Second
+		}
+		t := s.cfg.Clock.NewTimer(max(s.cfg.Clock.Until(next), time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.Chan():
+		case <-retryC:
+		case <-reconcile.C:
+		case <-s.rotated:
+		}
+		t.Stop()
+	}
+}
+
+// rotate runs every rotation step that is due and returns when the next
+// one falls due.
+func (s *Server) rotate(ctx context.Context) (time.Time, error) {
+	next := s.cfg.Clock.Now().Add(24 * time.Hour)
+	earlier := func(t time.Time) {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	var errs []error
+	for _, p := range ca.Profiles() {
+		n, err := s.rotateIntermediate(ctx, p, false)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s intermediate: %w", p.Name(), err))
+		}
+		earlier(n)
+	}
+	n, err := s.refreshCertificate(false)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("server certificate: %w", err))
+	}
+	earlier(n)
+	if err := s.syncRoots(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.syncIntermediateRecords(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("record intermediates: %w", err))
+	}
+	if s.node.IsLeader() {
+		n, err := s.rotateJWTKeys(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("JWT keys: %w", err))
+		}
+		earlier(n)
+	}
+	return next, errors.Join(errs...)
+}
+
+// rotateLocally does, before the server joins its peers, the rotation steps
+// that need no cluster: activating a successor that is due and, if the
+// active intermediate has expired, certifying a new one with the roots.
+func (s *Server) rotateLocally() error {
+	for _, p := range ca.Profiles() {
+		if _, err := s.rotateIntermediate(context.Background(), p, true); err != nil {
+			return fmt.Errorf("%s intermediate: %w", p.Name(), err)
+		}
+	}
+	return nil
+}
+
+// rotateIntermediate runs the due steps of one profile's intermediate (a
+// long outage can make several due at once). With localOnly, a preparation
+// is done only if the active intermediate has expired (certified locally);
+// otherwise it waits for the cluster.
+func (s *Server) rotateIntermediate(ctx context.Context, p ca.Profile, localOnly bool) (time.Time, error) {
+	for range 4 {
+		now := s.cfg.Clock.Now()
+		s.mu.Lock()
+		active := validity(s.id.Intermediates[p.Name()], p.Name())
+		step, next := ca.PlanRotation(now, active, validity(s.id.Prepared[p.Name()], p.Name()))
+		s.mu.Unlock()
+		expired := active.IsZero() || !now.Before(active.NotAfter)
+		switch {
+		case step == ca.StepNone:
+			return next, nil
+		case step == ca.StepActivate:
+			if err := s.activateIntermediate(p.Name()); err != nil {
+				return time.Time{}, err
+			}
+		case localOnly && !expired:
+			return now, nil
+		default:
+			if err := s.prepareIntermediate(ctx, p, expired); err != nil {
+				return time.Time{}, err
+			}
+		}
+	}
+	return time.Time{}, errors.New("rotation did not settle")
+}
+
+// prepareIntermediate makes the successor of a profile's intermediate: a
+// new key, saved first, then certified (by the leader, or with the roots
+// this server keeps when local is set) and saved with its certificate.
+func (s *Server) prepareIntermediate(ctx context.Context, p ca.Profile, local bool) error {
+	s.mu.Lock()
+	pending := s.id.Prepared[p.Name()]
+	if pending == nil || len(pending.Certificate) > 0 { // none, or one that expired unused
+		key, err := p.GenerateKey()
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		sealed, err := ca.SealKey(s.cfg.KEK, p, p.Name()+"/intermediate", key)
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		pending = &localIntermediate{Key: sealed}
+		s.id.Prepared[p.Name()] = pending
+		if err := s.id.save(s.cfg.DataDir); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+	}
+	s.mu.Unlock()
+
+	key, err := pending.Key.Open(s.cfg.KEK)
+	if err != nil {
+		return err
+	}
+	csr, err := p.CreateCSR(key)
+	if err != nil {
+		return err
+	}
+	var der []byte
+	if local {
+		der, err = s.certifyLocally(p, csr)
+	} else {
+		der, err = s.certifyThroughCluster(ctx, p.Name(), csr)
+	}
+	if err != nil {
+		return err
+	}
+	cert, err := p.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("the new intermediate: %w", err)
+	}
+	if _, err := ca.NewAuthority(ca.AuthorityConfig{Profile: p, TrustDomain: s.td, Certificate: cert, Signer: key}); err != nil {
+		return fmt.Errorf("the new intermediate: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	root, err := p.ParseCertificate(s.id.Roots[p.Name()])
+	if err != nil {
+		return err
+	}
+	if err := ca.CheckSignedBy(cert, root); err != nil {
+		return fmt.Errorf("the new intermediate is not signed by the %s root: %w", p.Name(), err)
+	}
+	if s.id.Prepared[p.Name()] != pending {
+		return errors.New("the prepared intermediate changed meanwhile")
+	}
+	s.id.Prepared[p.Name()] = &localIntermediate{Certificate: der, Key: pending.Key}
+	if err := s.id.save(s.cfg.DataDir); err != nil {
+		return err
+	}
+	s.audit.Info("intermediate prepare", "decision", "allow", "profile", p.Name(), "authority", authorityID(cert, raftpb.AuthorityKind_INTERMEDIATE),
+		"not_after", cert.NotAfter.UTC(), "certified_by", map[bool]string{true: "local roots", false: "leader"}[local])
+	return nil
+}
+
+// activateIntermediate makes the prepared successor of a profile's
+// intermediate the one that signs: saved, then installed in one step, then
+// the TLS certificate renewed from it. The replicated record follows
+// (syncIntermediateRecords).
+func (s *Server) activateIntermediate(profile string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prepared, active := s.id.Prepared[profile], s.id.Intermediates[profile]
+	if _, err := s.id.openIntermediate(prepared, profile, s.cfg.KEK, s.cfg.Clock); err != nil {
+		return fmt.Errorf("the prepared intermediate: %w", err)
+	}
+	if active != nil {
+		s.id.Old[profile] = append(s.id.Old[profile], active)
+	}
+	s.id.Intermediates[profile] = prepared
+	delete(s.id.Prepared, profile)
+	now := s.cfg.Clock.Now()
+	for p, olds := range s.id.Old {
+		var keep []*localIntermediate
+		for _, o := range olds {
+			if v := validity(o, p); !v.IsZero() && now.Before(v.NotAfter) {
+				keep = append(keep, o)
+			}
+		}
+		s.id.Old[p] = keep
+	}
+	if err := s.id.save(s.cfg.DataDir); err != nil {
+		return err
+	}
+	if err := s.installIssuersLocked(); err != nil {
+		return err
+	}
+	iss, _ := s.issuer(profile)
+	s.audit.Info("intermediate activate", "decision", "allow", "profile", profile, "authority", iss.id, "not_after", iss.Certificate().NotAfter.UTC())
+	if profile == ca.ProfileECDSA {
+		if _, err := s.refreshCertificateLocked(true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// installIssuersLocked opens the active intermediates and installs them as
+// the issuers, all at once.
+func (s *Server) installIssuersLocked() error {
+	set, err := s.id.issuers(s.cfg.KEK, s.cfg.Clock)
+	if err != nil {
+		return err
+	}
+	s.issuers.Store(set)
+	return nil
+}
+
+// certifyLocally certifies a CSR as this server's intermediate with the root
+// this server keeps.
+func (s *Server) certifyLocally(p ca.Profile, csr []byte) ([]byte, error) {
+	s.mu.Lock()
+	rootDER, sealed := s.id.Roots[p.Name()], s.id.RootKeys[p.Name()]
+	s.mu.Unlock()
+	if sealed == nil {
+		return nil, fmt.Errorf("this server's %s intermediate expired and it keeps no root key to certify a new one: join it to the cluster again", p.Name())
+	}
+	root, err := p.ParseCertificate(rootDER)
+	if err != nil {
+		return nil, err
+	}
+	rootKey, err := sealed.Open(s.cfg.KEK)
+	if err != nil {
+		return nil, err
+	}
+	inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + s.cfg.NodeID, Now: s.cfg.Clock.Now()}, csr, root, rootKey)
+	if err != nil {
+		return nil, err
+	}
+	return inter.Raw, nil
+}
+
+// certifyThroughCluster has the leader certify a CSR as this server's next
+// intermediate.
+func (s *Server) certifyThroughCluster(ctx context.Context, profile string, csr []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, rotationCallTimeout)
+	defer cancel()
+	if s.node.IsLeader() {
+		return s.certifyIntermediate(ctx, s.cfg.NodeID, profile, csr)
+	}
+	client, err := s.node.LeaderClient()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.CertifyIntermediate(ctx, &clusterpb.CertifyIntermediateRequest{Profile: profile, Csr: csr})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Certificate, nil
+}
+
+// certifyIntermediate, on the leader, certifies the key of a member
+// server's CSR as its next intermediate with the active root and records it
+// PREPARED before returning it. The same key asked again gets the same
+// certificate.
+func (s *Server) certifyIntermediate(ctx context.Context, nodeID, profile string, csr []byte) ([]byte, error) {
+	if !s.node.IsLeader() {
+		return nil, status.Error(codes.FailedPrecondition, "not the leader")
+	}
+	p, err := ca.ProfileByName(profile)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	spki, err := ca.CSRPublicKey(p, csr)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "intermediate CSR: %v", err)
+	}
+	if err := s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	r := s.fsm.Read()
+	if r.Server(nodeID) == nil {
+		s.audit.Warn("intermediate certify", "decision", "deny", "server", nodeID, "profile", profile, "reason", "not a member")
+		return nil, status.Errorf(codes.PermissionDenied, "server %q is not a member of the cluster", nodeID)
+	}
+	for _, a := range r.Authorities() {
+		if a.Kind != raftpb.AuthorityKind_INTERMEDIATE || a.ServerId != nodeID || a.Profile != profile {
+			continue
+		}
+		if c, err := p.ParseCertificate(a.Certificate); err == nil && bytes.Equal(c.RawSubjectPublicKeyInfo, spki) {
+			return a.Certificate, nil // asked again: the answer was lost
+		}
+	}
+	rootRec, rootKey, err := s.activeRoot(r, profile)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	root, err := p.ParseCertificate(rootRec.Certificate)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + nodeID, Now: s.cfg.Clock.Now()}, csr, root, rootKey)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "intermediate CSR: %v", err)
+	}
+	if _, err := s.node.Apply(ctx, putIntermediate(inter, rootRec.Id, nodeID, raftpb.AuthorityState_PREPARED)); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "record the intermediate: %v", err)
+	}
+	s.audit.Info("intermediate certify", "decision", "allow", "server", nodeID, "profile", profile,
+		"authority", authorityID(inter, raftpb.AuthorityKind_INTERMEDIATE), "not_after", inter.NotAfter.UTC())
+	return inter.Raw, nil
+}
+
+// syncIntermediateRecords makes the replicated state agree with this
+// server's intermediates: an active one recorded PREPARED (or not at all,
+// when it was certified locally) is activated, a prepared one not recorded
+// is recorded. A state an operator set (tainted, revoked) is left alone.
+func (s *Server) syncIntermediateRecords(ctx context.Context) error {
+	cmds := s.pendingIntermediateRecords()
+	if len(cmds) == 0 {
+		return nil
+	}
+	// The local view may lag: decide on a linearizable read.
+	if err := s.node.ReadIndex(ctx); err != nil {
+		return err
+	}
+	for _, c := range s.pendingIntermediateRecords() {
+		if _, err := s.node.Apply(ctx, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) pendingIntermediateRecords() []*raftpb.Command {
+	r := s.fsm.Read()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.TrustDomain() == nil || s.id.Bootstrap != nil || r.Server(s.cfg.NodeID) == nil {
+		return nil // the bootstrap or the join records them
+	}
+	var cmds []*raftpb.Command
+	for _, p := range ca.Profiles() {
+		root, err := p.ParseCertificate(s.id.Roots[p.Name()])
+		if err != nil {
+			continue
+		}
+		rootID := authorityID(root, raftpb.AuthorityKind_ROOT)
+		if li := s.id.Intermediates[p.Name()]; li != nil {
+			if c, err := p.ParseCertificate(li.Certificate); err == nil {
+				id := authorityID(c, raftpb.AuthorityKind_INTERMEDIATE)
+				rec := r.Authority(id)
+				if rec == nil {
+					cmds = append(cmds, putIntermediate(c, rootID, s.cfg.NodeID, raftpb.AuthorityState_PREPARED))
+				}
+				if rec == nil || rec.State == raftpb.AuthorityState_PREPARED {
+					cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_ActivateAuthority{ActivateAuthority: &raftpb.ActivateAuthority{Id: id}}})
+				}
+			}
+		}
+		if li := s.id.Prepared[p.Name()]; li != nil && len(li.Certificate) > 0 {
+			if c, err := p.ParseCertificate(li.Certificate); err == nil && r.Authority(authorityID(c, raftpb.AuthorityKind_INTERMEDIATE)) == nil {
+				cmds = append(cmds, putIntermediate(c, rootID, s.cfg.NodeID, raftpb.AuthorityState_PREPARED))
+			}
+		}
+	}
+	return cmds
+}
+
+// syncRoots keeps the roots' sealed keys this server holds (see
+// identity.RootKeys) equal to the replicated state's active roots.
+func (s *Server) syncRoots() error {
+	r := s.fsm.Read()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := false
+	for _, a := range r.Authorities() {
+		if a.Kind != raftpb.AuthorityKind_ROOT || a.State != raftpb.AuthorityState_ACTIVE || len(a.SealedKey) == 0 {
+			continue
+		}
+		if !bytes.Equal(s.id.Roots[a.Profile], a.Certificate) {
+			continue // root rotation is the operator's, not this loop's
+		}
+		if cur, err := json.Marshal(s.id.RootKeys[a.Profile]); err == nil && bytes.Equal(cur, a.SealedKey) {
+			continue
+		}
+		var sk ca.SealedKey
+		if err := json.Unmarshal(a.SealedKey, &sk); err != nil {
+			return fmt.Errorf("root %s: sealed key: %w", a.Id, err)
+		}
+		s.id.RootKeys[a.Profile] = &sk
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	return s.id.save(s.cfg.DataDir)
+}
+
+// rotateJWTKeys, on the leader, prepares and activates the cluster's JWT
+// signing keys on the same schedule as intermediates. A prepared key is in
+// every JWT bundle at once, so relying parties know it before it signs.
+func (s *Server) rotateJWTKeys(ctx context.Context) (time.Time, error) {
+	for range 4 {
+		r := s.fsm.Read()
+		if r.TrustDomain() == nil {
+			return time.Time{}, nil
+		}
+		var active, prepared *raftpb.JWTKey
+		for _, k := range r.JWTKeys() {
+			switch {
+			case raftfsm.JWTKeyActive(k) && (active == nil || k.CreatedUnix > active.CreatedUnix):
+				active = k
+			case k.State == raftpb.AuthorityState_PREPARED:
+				prepared = k
+			}
+		}
+		now := s.cfg.Clock.Now()
+		step, next := ca.PlanRotation(now, jwtValidity(active), jwtValidity(prepared))
+		var cmd *raftpb.Command
+		switch step {
+		case ca.StepNone:
+			return next, nil
+		case ca.StepPrepare:
+			k, err := newJWTKey(s.cfg.KEK, now, raftpb.AuthorityState_PREPARED)
+			if err != nil {
+				return time.Time{}, err
+			}
+			cmd = &raftpb.Command{Op: &raftpb.Command_PutJwtKey{PutJwtKey: &raftpb.PutJWTKey{Key: k}}}
+		case ca.StepActivate:
+			cmd = &raftpb.Command{Op: &raftpb.Command_ActivateJwtKey{ActivateJwtKey: &raftpb.ActivateJWTKey{Kid: prepared.Kid}}}
+		}
+		if _, err := s.node.Apply(ctx, cmd); err != nil && !errors.Is(err, raftfsm.ErrAlreadyExists) {
+			return time.Time{}, err
+		}
+		s.audit.Info("jwt key "+step.String(), "decision", "allow")
+		if err := s.node.ReadIndex(ctx); err != nil {
+			return time.Time{}, err
+		}
+	}
+	return time.Time{}, errors.New("JWT key rotation did not settle")
+}
+
+func jwtValidity(k *raftpb.JWTKey) ca.Validity {
+	if k == nil {
+		return ca.Validity{}
+	}
+	return ca.Validity{NotBefore: time.Unix(k.CreatedUnix, 0), NotAfter: time.Unix(k.NotAfterUnix, 0)}
+}
+
+// Rotate wakes the rotation loop, which runs whatever is due now.
+func (s *Server) Rotate() {
+	select {
+	case s.rotated <- struct{}{}:
+	default:
+	}
+}
