@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshca/meshca/agent/peercred"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -294,20 +295,24 @@ func (a *Agent) signer(ctx context.Context, fail context.CancelCauseFunc, client
 		if !next.IsZero() && next.Before(wake) {
 			wake = next
 		}
-		timer := a.cfg.Clock.NewTimer(max(a.cfg.Clock.Until(wake), 10*time.Millisecond))
 		var retry <-chan time.Time
 		if len(due) > 0 {
 			retry = time.After(5 * time.Second)
+			// Those due now were refused: do not spin on them.
+			if soon := a.cfg.Clock.Now().Add(10 * time.Millisecond); wake.Before(soon) {
+				wake = soon
+			}
 		}
+		al := alarm.At(a.cfg.Clock, wake)
 		select {
 		case <-ctx.Done():
-			timer.Stop()
+			al.Stop()
 			return
 		case <-a.kick:
-		case <-timer.Chan():
+		case <-al.C():
 		case <-retry:
 		}
-		timer.Stop()
+		al.Stop()
 	}
 }
 

@@ -4,16 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshca/meshca/agent/peercred"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
-	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -174,13 +178,77 @@ func (w *workloadAPI) ValidateJWTSVID(ctx context.Context, req *workload.Validat
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	svid, err := jwtsvid.ParseAndValidate(req.Svid, jb, []string{req.Audience})
+	id, claimMap, err := validateJWTSVID(req.Svid, jb, req.Audience, w.a.cfg.Clock.Now())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	claims, err := structpb.NewStruct(svid.Claims)
+	claims, err := structpb.NewStruct(claimMap)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: id.String(), Claims: claims}, nil
+}
+
+// jwtAlgorithms are the JWS algorithms a JWT-SVID may use (JWT-SVID §3).
+var jwtAlgorithms = []jose.SignatureAlgorithm{jose.RS256, jose.RS384, jose.RS512, jose.ES256, jose.ES384, jose.ES512, jose.PS256, jose.PS384, jose.PS512}
+
+// maxJWTSize bounds a JWT-SVID presented for validation.
+const maxJWTSize = 16 << 10
+
+// validateJWTSVID validates a JWT-SVID as go-spiffe's jwtsvid.ParseAndValidate
+// does (signature by a key of the bundle, found by kid; sub a SPIFFE ID of
+// the bundle's trust domain; exp present; the audience among aud), at the
+// time now rather than the wall clock's.
+func validateJWTSVID(token string, bundle *jwtbundle.Bundle, audience string, now time.Time) (spiffeid.ID, map[string]any, error) {
+	if len(token) > maxJWTSize {
+		return spiffeid.ID{}, nil, fmt.Errorf("jwtsvid: token of %d bytes, limit %d", len(token), maxJWTSize)
+	}
+	tok, err := jwt.ParseSigned(token, jwtAlgorithms)
+	if err != nil {
+		return spiffeid.ID{}, nil, errors.New("jwtsvid: unable to parse JWT token")
+	}
+	if len(tok.Headers) != 1 {
+		return spiffeid.ID{}, nil, errors.New("jwtsvid: want exactly one signature")
+	}
+	h := tok.Headers[0]
+	if typ, ok := h.ExtraHeaders[jose.HeaderType]; ok && typ != "JWT" && typ != "JOSE" {
+		return spiffeid.ID{}, nil, errors.New("jwtsvid: token header type not equal to either JWT or JOSE")
+	}
+	var claims jwt.Claims
+	if err := tok.UnsafeClaimsWithoutVerification(&claims); err != nil {
+		return spiffeid.ID{}, nil, fmt.Errorf("jwtsvid: unable to get claims from token: %v", err)
+	}
+	switch {
+	case claims.Subject == "":
+		return spiffeid.ID{}, nil, errors.New("jwtsvid: token missing subject claim")
+	case claims.Expiry == nil:
+		return spiffeid.ID{}, nil, errors.New("jwtsvid: token missing exp claim")
+	case h.KeyID == "":
+		return spiffeid.ID{}, nil, errors.New("jwtsvid: token header missing key id")
+	}
+	id, err := spiffeid.FromString(claims.Subject)
+	if err != nil {
+		return spiffeid.ID{}, nil, fmt.Errorf("jwtsvid: token has an invalid subject claim: %v", err)
+	}
+	if id.TrustDomain() != bundle.TrustDomain() {
+		return spiffeid.ID{}, nil, fmt.Errorf("jwtsvid: no bundle found for trust domain %q", id.TrustDomain())
+	}
+	key, ok := bundle.FindJWTAuthority(h.KeyID)
+	if !ok {
+		return spiffeid.ID{}, nil, fmt.Errorf("jwtsvid: no JWT authority %q found for trust domain %q", h.KeyID, id.TrustDomain())
+	}
+	all := map[string]any{}
+	if err := tok.Claims(key, &all); err != nil {
+		return spiffeid.ID{}, nil, fmt.Errorf("jwtsvid: unable to get claims from token: %v", err)
+	}
+	if err := claims.ValidateWithLeeway(jwt.Expected{AnyAudience: jwt.Audience{audience}, Time: now}, 0); err != nil {
+		switch {
+		case errors.Is(err, jwt.ErrExpired):
+			return spiffeid.ID{}, nil, errors.New("jwtsvid: token has expired")
+		case errors.Is(err, jwt.ErrInvalidAudience):
+			return spiffeid.ID{}, nil, fmt.Errorf("jwtsvid: expected audience in [%q] (audience=%q)", audience, claims.Audience)
+		}
+		return spiffeid.ID{}, nil, fmt.Errorf("jwtsvid: %w", err)
+	}
+	return id, all, nil
 }

@@ -53,9 +53,20 @@ func ScheduleOf(notBefore, notAfter time.Time) Schedule {
 	}
 }
 
-// Validity is the period of an authority (or its absence: the zero value).
+// Validity is the period of an authority (or its absence: the zero value),
+// from the time it was issued (not its backdated NotBefore) to NotAfter.
 type Validity struct {
 	NotBefore, NotAfter time.Time
+}
+
+// ValidityOf returns the validity of a CA certificate for rotation: from
+// its issue time (NotBefore + Backdate, as meshca backdates) to NotAfter.
+func ValidityOf(c *Certificate) Validity {
+	issued := c.NotBefore
+	if c.NotAfter.Sub(c.NotBefore) > Backdate {
+		issued = issued.Add(Backdate)
+	}
+	return Validity{NotBefore: issued, NotAfter: c.NotAfter}
 }
 
 // IsZero reports whether there is no authority.

@@ -87,6 +87,13 @@ type Config struct {
 	NodeSignRate  float64
 	NodeSignBurst int
 
+	// IntermediateTTL is the lifetime of the intermediates this server
+	// certifies: its own at bootstrap, and, as leader, those of joining
+	// and rotating servers. Each is prepared again at half of its life and
+	// replaced at two thirds (see ca.PlanRotation). Default:
+	// ca.DefaultIntermediateTTL (30 days). Tests shorten it.
+	IntermediateTTL time.Duration
+
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.
 	PruneInterval time.Duration
@@ -161,6 +168,12 @@ func (c *Config) validate() error {
 	}
 	if c.SignQueue < 0 || c.NodeSignRate < 0 || c.NodeSignBurst < 0 || c.SignConcurrency < 0 {
 		errs = append(errs, errors.New("signing limits must not be negative"))
+	}
+	if c.IntermediateTTL == 0 {
+		c.IntermediateTTL = ca.DefaultIntermediateTTL
+	}
+	if c.IntermediateTTL < time.Minute || c.IntermediateTTL > ca.DefaultRootTTL {
+		errs = append(errs, fmt.Errorf("intermediate TTL %s: want 1m to %s", c.IntermediateTTL, ca.DefaultRootTTL))
 	}
 	if c.LedgerGrace < 0 || c.PruneInterval < 0 {
 		errs = append(errs, errors.New("ledger grace and prune interval must not be negative"))

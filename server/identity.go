@@ -202,7 +202,7 @@ func validity(li *localIntermediate, profile string) ca.Validity {
 	if err != nil {
 		return ca.Validity{}
 	}
-	return ca.Validity{NotBefore: c.NotBefore, NotAfter: c.NotAfter}
+	return ca.ValidityOf(c)
 }
 
 // issueServerCertificate (re)issues the server's TLS certificate from the
@@ -282,7 +282,7 @@ func newBootstrapIdentity(cfg *Config, td spiffeid.TrustDomain) (*identity, erro
 		if err != nil {
 			return nil, err
 		}
-		inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: td, Name: "intermediate " + cfg.NodeID, Now: now}, csr, root, rootKey)
+		inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: td, Name: "intermediate " + cfg.NodeID, Now: now, TTL: cfg.IntermediateTTL}, csr, root, rootKey)
 		if err != nil {
 			return nil, err
 		}

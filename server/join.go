@@ -298,7 +298,7 @@ func (s *Server) joiningIntermediate(r *raftfsm.Reader, p ca.Profile, nodeID str
 			}
 		}
 	}
-	return ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + nodeID, Now: now}, csr, root, rootKey)
+	return ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + nodeID, Now: now, TTL: s.cfg.IntermediateTTL}, csr, root, rootKey)
 }
 
 func validHostPort(a string) bool {

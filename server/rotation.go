@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -67,17 +68,23 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 		} else {
 			retry = time.Second
 		}
-		t := s.cfg.Clock.NewTimer(max(s.cfg.Clock.Until(next), time.Millisecond))
+		if err != nil {
+			// Not before the retry: a failed step is due again at once.
+			if soon := s.cfg.Clock.Now().Add(time.Millisecond); next.Before(soon) {
+				next = soon
+			}
+		}
+		al := alarm.At(s.cfg.Clock, next)
 		select {
 		case <-ctx.Done():
-			t.Stop()
+			al.Stop()
 			return nil
-		case <-t.Chan():
+		case <-al.C():
 		case <-retryC:
 		case <-reconcile.C:
 		case <-s.rotated:
 		}
-		t.Stop()
+		al.Stop()
 	}
 }
 
@@ -302,7 +309,7 @@ func (s *Server) certifyLocally(p ca.Profile, csr []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + s.cfg.NodeID, Now: s.cfg.Clock.Now()}, csr, root, rootKey)
+	inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + s.cfg.NodeID, Now: s.cfg.Clock.Now(), TTL: s.cfg.IntermediateTTL}, csr, root, rootKey)
 	if err != nil {
 		return nil, err
 	}
@@ -368,7 +375,7 @@ func (s *Server) certifyIntermediate(ctx context.Context, nodeID, profile string
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + nodeID, Now: s.cfg.Clock.Now()}, csr, root, rootKey)
+	inter, err := ca.SignIntermediateCSR(ca.CAParams{Profile: p, TrustDomain: s.td, Name: "intermediate " + nodeID, Now: s.cfg.Clock.Now(), TTL: s.cfg.IntermediateTTL}, csr, root, rootKey)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "intermediate CSR: %v", err)
 	}

@@ -1628,6 +1628,210 @@ func (x *MintX509SVIDResponse) GetRoots() [][]byte {
 	return nil
 }
 
+type ListAuthoritiesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuthoritiesRequest) Reset() {
+	*x = ListAuthoritiesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuthoritiesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuthoritiesRequest) ProtoMessage() {}
+
+func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
+func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
+}
+
+// Authority is a root, an intermediate or a JWT signing key.
+type Authority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// kind is "root", "intermediate" or "jwt".
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// profile is "ecdsa" or "sm2" ("ecdsa" for JWT keys: ES256).
+	Profile string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	// state is PREPARED, ACTIVE, OLD, TAINTED or REVOKED (enum values of
+	// meshca.raft.v1.AuthorityState: 1 to 5).
+	State     int32  `protobuf:"varint,4,opt,name=state,proto3" json:"state,omitempty"`
+	StateName string `protobuf:"bytes,5,opt,name=state_name,json=stateName,proto3" json:"state_name,omitempty"`
+	// server_id is the server holding an intermediate's key.
+	ServerId      string `protobuf:"bytes,6,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	NotBeforeUnix int64  `protobuf:"varint,7,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
+	NotAfterUnix  int64  `protobuf:"varint,8,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	// prepare_at_unix and activate_at_unix are when this authority's
+	// successor is prepared and activated (ca.PlanRotation), for active ones.
+	PrepareAtUnix  int64 `protobuf:"varint,9,opt,name=prepare_at_unix,json=prepareAtUnix,proto3" json:"prepare_at_unix,omitempty"`
+	ActivateAtUnix int64 `protobuf:"varint,10,opt,name=activate_at_unix,json=activateAtUnix,proto3" json:"activate_at_unix,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Authority) Reset() {
+	*x = Authority{}
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Authority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Authority) ProtoMessage() {}
+
+func (x *Authority) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Authority.ProtoReflect.Descriptor instead.
+func (*Authority) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *Authority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Authority) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Authority) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *Authority) GetState() int32 {
+	if x != nil {
+		return x.State
+	}
+	return 0
+}
+
+func (x *Authority) GetStateName() string {
+	if x != nil {
+		return x.StateName
+	}
+	return ""
+}
+
+func (x *Authority) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *Authority) GetNotBeforeUnix() int64 {
+	if x != nil {
+		return x.NotBeforeUnix
+	}
+	return 0
+}
+
+func (x *Authority) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *Authority) GetPrepareAtUnix() int64 {
+	if x != nil {
+		return x.PrepareAtUnix
+	}
+	return 0
+}
+
+func (x *Authority) GetActivateAtUnix() int64 {
+	if x != nil {
+		return x.ActivateAtUnix
+	}
+	return 0
+}
+
+type ListAuthoritiesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Authorities   []*Authority           `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuthoritiesResponse) Reset() {
+	*x = ListAuthoritiesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuthoritiesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuthoritiesResponse) ProtoMessage() {}
+
+func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
+func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
 var File_operatorpb_operator_proto protoreflect.FileDescriptor
 
 const file_operatorpb_operator_proto_rawDesc = "" +
@@ -1731,7 +1935,23 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"ttlSeconds\"B\n" +
 	"\x14MintX509SVIDResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x03(\fR\x05chain\x12\x14\n" +
-	"\x05roots\x18\x02 \x03(\fR\x05roots2\x92\v\n" +
+	"\x05roots\x18\x02 \x03(\fR\x05roots\"\x18\n" +
+	"\x16ListAuthoritiesRequest\"\xbb\x02\n" +
+	"\tAuthority\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\x05R\x05state\x12\x1d\n" +
+	"\n" +
+	"state_name\x18\x05 \x01(\tR\tstateName\x12\x1b\n" +
+	"\tserver_id\x18\x06 \x01(\tR\bserverId\x12&\n" +
+	"\x0fnot_before_unix\x18\a \x01(\x03R\rnotBeforeUnix\x12$\n" +
+	"\x0enot_after_unix\x18\b \x01(\x03R\fnotAfterUnix\x12&\n" +
+	"\x0fprepare_at_unix\x18\t \x01(\x03R\rprepareAtUnix\x12(\n" +
+	"\x10activate_at_unix\x18\n" +
+	" \x01(\x03R\x0eactivateAtUnix\"Z\n" +
+	"\x17ListAuthoritiesResponse\x12?\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities2\xfe\v\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -1747,7 +1967,8 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\vListEntries\x12&.meshca.operator.v1.ListEntriesRequest\x1a'.meshca.operator.v1.ListEntriesResponse\x12X\n" +
 	"\tListNodes\x12$.meshca.operator.v1.ListNodesRequest\x1a%.meshca.operator.v1.ListNodesResponse\x12O\n" +
 	"\aGetNode\x12\".meshca.operator.v1.GetNodeRequest\x1a .meshca.operator.v1.NodeResponse\x12a\n" +
-	"\fMintX509SVID\x12'.meshca.operator.v1.MintX509SVIDRequest\x1a(.meshca.operator.v1.MintX509SVIDResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"\fMintX509SVID\x12'.meshca.operator.v1.MintX509SVIDRequest\x1a(.meshca.operator.v1.MintX509SVIDResponse\x12j\n" +
+	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -1761,7 +1982,7 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_operatorpb_operator_proto_goTypes = []any{
 	(*StatusRequest)(nil),           // 0: meshca.operator.v1.StatusRequest
 	(*StatusResponse)(nil),          // 1: meshca.operator.v1.StatusResponse
@@ -1794,6 +2015,9 @@ var file_operatorpb_operator_proto_goTypes = []any{
 	(*NodeResponse)(nil),            // 28: meshca.operator.v1.NodeResponse
 	(*MintX509SVIDRequest)(nil),     // 29: meshca.operator.v1.MintX509SVIDRequest
 	(*MintX509SVIDResponse)(nil),    // 30: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),  // 31: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),               // 32: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil), // 33: meshca.operator.v1.ListAuthoritiesResponse
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	2,  // 0: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
@@ -1805,41 +2029,44 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	14, // 6: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
 	24, // 7: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
 	24, // 8: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
-	0,  // 9: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	3,  // 10: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	5,  // 11: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	7,  // 12: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	9,  // 13: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	10, // 14: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	12, // 15: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	16, // 16: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	17, // 17: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	19, // 18: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	21, // 19: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	22, // 20: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	25, // 21: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	27, // 22: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	29, // 23: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	1,  // 24: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	4,  // 25: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	6,  // 26: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	8,  // 27: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	10, // 28: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	11, // 29: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	13, // 30: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	18, // 31: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	18, // 32: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	20, // 33: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	18, // 34: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	23, // 35: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	26, // 36: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	28, // 37: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	30, // 38: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	24, // [24:39] is the sub-list for method output_type
-	9,  // [9:24] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	32, // 9: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
+	0,  // 10: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	3,  // 11: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	5,  // 12: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	7,  // 13: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	9,  // 14: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	10, // 15: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	12, // 16: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	16, // 17: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	17, // 18: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	19, // 19: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	21, // 20: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	22, // 21: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	25, // 22: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	27, // 23: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	29, // 24: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	31, // 25: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	1,  // 26: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	4,  // 27: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	6,  // 28: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	8,  // 29: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	10, // 30: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	11, // 31: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	13, // 32: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	18, // 33: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	18, // 34: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	20, // 35: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	18, // 36: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	23, // 37: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	26, // 38: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	28, // 39: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	30, // 40: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	33, // 41: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	26, // [26:42] is the sub-list for method output_type
+	10, // [10:26] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -1853,7 +2080,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

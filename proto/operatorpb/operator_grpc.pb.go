@@ -36,6 +36,7 @@ const (
 	Operator_ListNodes_FullMethodName       = "/meshca.operator.v1.Operator/ListNodes"
 	Operator_GetNode_FullMethodName         = "/meshca.operator.v1.Operator/GetNode"
 	Operator_MintX509SVID_FullMethodName    = "/meshca.operator.v1.Operator/MintX509SVID"
+	Operator_ListAuthorities_FullMethodName = "/meshca.operator.v1.Operator/ListAuthorities"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -62,6 +63,9 @@ type OperatorClient interface {
 	// MintX509SVID signs a CSR for any SPIFFE ID of the trust domain, as the
 	// operator: recorded in the ledger and audited like every issuance.
 	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
+	// ListAuthorities lists the trust domain's roots, every server's
+	// intermediates and the JWT signing keys, with their rotation state.
+	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
 }
 
 type operatorClient struct {
@@ -234,6 +238,16 @@ func (c *operatorClient) MintX509SVID(ctx context.Context, in *MintX509SVIDReque
 	return out, nil
 }
 
+func (c *operatorClient) ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuthoritiesResponse)
+	err := c.cc.Invoke(ctx, Operator_ListAuthorities_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -258,6 +272,9 @@ type OperatorServer interface {
 	// MintX509SVID signs a CSR for any SPIFFE ID of the trust domain, as the
 	// operator: recorded in the ledger and audited like every issuance.
 	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
+	// ListAuthorities lists the trust domain's roots, every server's
+	// intermediates and the JWT signing keys, with their rotation state.
+	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -312,6 +329,9 @@ func (UnimplementedOperatorServer) GetNode(context.Context, *GetNodeRequest) (*N
 }
 func (UnimplementedOperatorServer) MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintX509SVID not implemented")
+}
+func (UnimplementedOperatorServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -586,6 +606,24 @@ func _Operator_MintX509SVID_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuthoritiesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ListAuthorities(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ListAuthorities_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ListAuthorities(ctx, req.(*ListAuthoritiesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -644,6 +682,10 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MintX509SVID",
 			Handler:    _Operator_MintX509SVID_Handler,
+		},
+		{
+			MethodName: "ListAuthorities",
+			Handler:    _Operator_ListAuthorities_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,56 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ListAuthorities lists the roots, the intermediates of every server and
+// the JWT keys, with their state and, for active ones, when their
+// successors are prepared and activated. It reads at a linearizable point.
+func (o *operatorService) ListAuthorities(ctx context.Context, _ *operatorpb.ListAuthoritiesRequest) (*operatorpb.ListAuthoritiesResponse, error) {
+	if err := o.s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	r := o.s.fsm.Read()
+	resp := &operatorpb.ListAuthoritiesResponse{}
+	for _, a := range r.Authorities() {
+		out := &operatorpb.Authority{Id: a.Id, Profile: a.Profile, State: int32(a.State), StateName: a.State.String(),
+			ServerId: a.ServerId, NotAfterUnix: a.NotAfterUnix, Kind: "intermediate"}
+		if a.Kind == raftpb.AuthorityKind_ROOT {
+			out.Kind = "root"
+		}
+		if p, err := ca.ProfileByName(a.Profile); err == nil {
+			if c, err := p.ParseCertificate(a.Certificate); err == nil {
+				out.NotBeforeUnix = c.NotBefore.Unix()
+				if a.State == raftpb.AuthorityState_ACTIVE && a.Kind == raftpb.AuthorityKind_INTERMEDIATE {
+					v := ca.ValidityOf(c)
+					sched := ca.ScheduleOf(v.NotBefore, v.NotAfter)
+					out.PrepareAtUnix, out.ActivateAtUnix = sched.PrepareAt.Unix(), sched.ActivateAt.Unix()
+				}
+			}
+		}
+		resp.Authorities = append(resp.Authorities, out)
+	}
+	for _, k := range r.JWTKeys() {
+		state := k.State
+		if raftfsm.JWTKeyActive(k) {
+			state = raftpb.AuthorityState_ACTIVE
+		}
+		out := &operatorpb.Authority{Id: "jwt/" + k.Kid, Kind: "jwt", Profile: ca.ProfileECDSA, State: int32(state), StateName: state.String(),
+			NotBeforeUnix: k.CreatedUnix, NotAfterUnix: k.NotAfterUnix}
+		if state == raftpb.AuthorityState_ACTIVE {
+			sched := ca.ScheduleOf(time.Unix(k.CreatedUnix, 0), time.Unix(k.NotAfterUnix, 0))
+			out.PrepareAtUnix, out.ActivateAtUnix = sched.PrepareAt.Unix(), sched.ActivateAt.Unix()
+		}
+		resp.Authorities = append(resp.Authorities, out)
+	}
+	return resp, nil
+}
