@@ -40,7 +40,7 @@ func (a *Agent) callerSelectors(ctx context.Context) (map[string]bool, error) {
 	}
 	sel := map[string]bool{}
 	for _, att := range a.cfg.WorkloadAttestors {
-		ss, err := att.Attest(ctx, info.PID)
+		ss, err := att.Attest(ctx, info.Peer())
 		if err != nil {
 			a.log.Warn("workload attestation failed", "attestor", att.Name(), "pid", info.PID, "err", err)
 			return nil, status.Errorf(codes.Unavailable, "workload attestation (%s) failed: %v", att.Name(), err)

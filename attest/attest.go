@@ -64,11 +64,33 @@ type WorkloadAttestor interface {
 	// Name is the attestation method, which is also the type of every
 	// selector it returns: "unix" or "k8s".
 	Name() string
-	// Attest returns the selectors of the process pid. A process the method
-	// does not apply to (a host process for "k8s") yields no selectors and
-	// no error, so that an agent can run several workload attestors and
-	// take the union of their selectors.
-	Attest(ctx context.Context, pid int32) ([]Selector, error)
+	// Attest returns the selectors of the process that connected as peer.
+	// A process the method does not apply to (a host process for "k8s")
+	// yields no selectors and no error, so that an agent can run several
+	// workload attestors and take the union of their selectors. If peer's
+	// PID no longer belongs to the process that connected, Attest fails
+	// with ErrProcessChanged.
+	Attest(ctx context.Context, peer Peer) ([]Selector, error)
+}
+
+// Peer is a process that connected to the agent's socket, as the kernel
+// described it at connect time. Attestors read /proc/<PID> later; these
+// fields let them check that it still describes the same process.
+type Peer struct {
+	PID int32
+	// UID and GID are the effective user and group IDs at connect time
+	// (SO_PEERCRED).
+	UID, GID uint32
+	// StartTime is the process's start time, in clock ticks after boot
+	// (field 22 of /proc/<pid>/stat), read when it connected; zero if not
+	// known. A process with the same PID and another start time is
+	// another process.
+	StartTime uint64
+	// Alive, if set, reports whether the process that connected still
+	// runs: it holds a pidfd taken at connect time (SO_PEERPIDFD), which
+	// a later process with the same PID cannot satisfy. While it does, the
+	// PID cannot be reused.
+	Alive func() error
 }
 
 // AgentID returns spiffe://<td>/meshca/agent/<attestor>/<unique...>, the

@@ -39,7 +39,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/attest/internal/procfs"
+	"github.com/meshca/meshca/internal/procfs"
 )
 
 // Name is the attestation method and the type of its selectors.
@@ -172,9 +172,11 @@ func New(cfg Config) (*Attestor, error) {
 // Name returns "k8s".
 func (a *Attestor) Name() string { return Name }
 
-// Attest returns the selectors of process pid; none if it is not in a pod.
-func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, error) {
-	p, err := procfs.Open(Name, a.root, pid)
+// Attest returns the selectors of the process that connected as peer;
+// none if it is not in a pod.
+func (a *Attestor) Attest(ctx context.Context, peer attest.Peer) ([]attest.Selector, error) {
+	pid := peer.PID
+	p, err := procfs.OpenPeer(Name, a.root, peer)
 	if err != nil {
 		return nil, err
 	}

@@ -157,7 +157,7 @@ func TestAttest(t *testing.T) {
 		t.Fatal(err)
 	}
 	for pid, container := range map[int32]string{10: "app", 11: "app", 12: "init", 13: "debugger"} {
-		sels, err := a.Attest(t.Context(), pid)
+		sels, err := a.Attest(t.Context(), attest.Peer{PID: pid})
 		if err != nil {
 			t.Fatalf("Attest(%d) = %v", pid, err)
 		}
@@ -190,7 +190,7 @@ func TestHostProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sels, err := a.Attest(t.Context(), int32(os.Getpid()))
+	sels, err := a.Attest(t.Context(), attest.Peer{PID: int32(os.Getpid())})
 	if inPod != "" {
 		if !errors.Is(err, attest.ErrNotAuthorized) {
 			t.Fatalf("Attest(self in pod %s) = %v, %v; want ErrNotAuthorized from a kubelet without that pod", inPod, sels, err)
@@ -220,7 +220,7 @@ func TestBurst(t *testing.T) {
 	errs := make(chan error, len(procs))
 	for pid := range procs {
 		wg.Go(func() {
-			if _, err := a.Attest(t.Context(), pid); err != nil {
+			if _, err := a.Attest(t.Context(), attest.Peer{PID: pid}); err != nil {
 				errs <- err
 			}
 		})
@@ -244,7 +244,7 @@ func TestNoCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		if _, err := a.Attest(t.Context(), 7); err != nil {
+		if _, err := a.Attest(t.Context(), attest.Peer{PID: 7}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -285,7 +285,7 @@ func TestRetry(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sels, err := a.Attest(t.Context(), 5)
+			sels, err := a.Attest(t.Context(), attest.Peer{PID: 5})
 			if tt.want == nil {
 				if err != nil || !slices.Equal(strs(sels), webSelectors) {
 					t.Fatalf("Attest = %v, %v; want %v", strs(sels), err, webSelectors)
@@ -324,7 +324,7 @@ func TestKubeletUnavailable(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = a.Attest(t.Context(), 5)
+			_, err = a.Attest(t.Context(), attest.Peer{PID: 5})
 			t.Log(err)
 			if !errors.Is(err, attest.ErrUnavailable) || !strings.Contains(err.Error(), tt.inMsg) {
 				t.Fatalf("Attest = %v; want ErrUnavailable containing %q", err, tt.inMsg)
@@ -344,7 +344,7 @@ func TestInsecureSkipVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sels, err := a.Attest(t.Context(), 5); err != nil || !slices.Equal(strs(sels), webSelectors) {
+	if sels, err := a.Attest(t.Context(), attest.Peer{PID: 5}); err != nil || !slices.Equal(strs(sels), webSelectors) {
 		t.Fatalf("Attest = %v, %v", strs(sels), err)
 	}
 }
@@ -355,10 +355,10 @@ func TestProcessGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Attest(t.Context(), 5); !errors.Is(err, attest.ErrProcessChanged) {
+	if _, err := a.Attest(t.Context(), attest.Peer{PID: 5}); !errors.Is(err, attest.ErrProcessChanged) {
 		t.Fatalf("Attest(missing pid) = %v, want ErrProcessChanged", err)
 	}
-	if _, err := a.Attest(t.Context(), 0); !errors.Is(err, attest.ErrInvalidEvidence) {
+	if _, err := a.Attest(t.Context(), attest.Peer{PID: 0}); !errors.Is(err, attest.ErrInvalidEvidence) {
 		t.Fatalf("Attest(0) = %v, want ErrInvalidEvidence", err)
 	}
 }

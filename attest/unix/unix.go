@@ -25,10 +25,12 @@
 // path that cannot be a selector (control characters, invalid UTF-8) is
 // omitted too. Omitting selectors never widens what a process matches.
 //
-// The process is pinned by its start time before anything is read and
-// checked again after: if it exited or its PID was reused meanwhile,
-// Attest fails with ErrProcessChanged rather than describe another process.
-// The caller should attest soon after learning the PID (SO_PEERCRED).
+// The process is pinned before anything is read and checked again after:
+// by the start time and pidfd the agent took when it connected
+// (attest.Peer), and by its effective uid and gid, which must be those the
+// kernel reported at connect time (SO_PEERCRED). If it exited or its PID
+// was reused meanwhile, Attest fails with ErrProcessChanged rather than
+// describe another process.
 package unix
 
 import (
@@ -48,7 +50,7 @@ import (
 	"syscall"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/attest/internal/procfs"
+	"github.com/meshca/meshca/internal/procfs"
 )
 
 // Name is the attestation method and the type of its selectors.
@@ -113,9 +115,10 @@ func New(cfg Config) *Attestor {
 // Name returns "unix".
 func (a *Attestor) Name() string { return Name }
 
-// Attest returns the selectors of process pid.
-func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, error) {
-	p, err := procfs.Open(Name, a.root, pid)
+// Attest returns the selectors of the process that connected as peer.
+func (a *Attestor) Attest(ctx context.Context, peer attest.Peer) ([]attest.Selector, error) {
+	pid := peer.PID
+	p, err := procfs.OpenPeer(Name, a.root, peer)
 	if err != nil {
 		return nil, err
 	}
@@ -126,6 +129,10 @@ func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, er
 	ids, err := ParseStatus(status)
 	if err != nil {
 		return nil, attest.NewError(attest.KindUnavailable, Name, fmt.Sprintf("pid %d: status", pid), err)
+	}
+	if ids.EUID != peer.UID || ids.EGID != peer.GID {
+		return nil, attest.NewError(attest.KindProcessChanged, Name, fmt.Sprintf("pid %d runs as uid %d gid %d, the process that connected as uid %d gid %d",
+			pid, ids.EUID, ids.EGID, peer.UID, peer.GID), nil)
 	}
 	uid, gid := strconv.FormatUint(uint64(ids.UID), 10), strconv.FormatUint(uint64(ids.GID), 10)
 	sels := []attest.Selector{{Type: Name, Value: "uid:" + uid}, {Type: Name, Value: "gid:" + gid}}

@@ -61,7 +61,7 @@ func resolve(t *testing.T, p string) string {
 
 // TestSelf attests the test process itself through the real /proc.
 func TestSelf(t *testing.T) {
-	sels, err := New(Config{}).Attest(t.Context(), int32(os.Getpid()))
+	sels, err := New(Config{}).Attest(t.Context(), peerOf(t, int32(os.Getpid())))
 	if err != nil {
 		t.Fatalf("Attest(self) = %v", err)
 	}
@@ -103,7 +103,7 @@ func startSleep(t *testing.T) (*exec.Cmd, int, int) {
 // TestChild attests a real child process through the real /proc.
 func TestChild(t *testing.T) {
 	cmd, uid, gid := startSleep(t)
-	sels, err := New(Config{}).Attest(t.Context(), int32(cmd.Process.Pid))
+	sels, err := New(Config{}).Attest(t.Context(), peerOf(t, int32(cmd.Process.Pid)))
 	if err != nil {
 		t.Fatalf("Attest(child) = %v", err)
 	}
@@ -121,7 +121,7 @@ func TestChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, max := range []int64{fi.Size() - 1, -1} {
-		sels, err := New(Config{MaxExecutableSize: max}).Attest(t.Context(), int32(cmd.Process.Pid))
+		sels, err := New(Config{MaxExecutableSize: max}).Attest(t.Context(), peerOf(t, int32(cmd.Process.Pid)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,7 +129,7 @@ func TestChild(t *testing.T) {
 			t.Errorf("MaxExecutableSize %d: got %v, want no sha256: %v", max, got, want[:len(want)-1])
 		}
 	}
-	sels, err = New(Config{MaxExecutableSize: fi.Size()}).Attest(t.Context(), int32(cmd.Process.Pid))
+	sels, err = New(Config{MaxExecutableSize: fi.Size()}).Attest(t.Context(), peerOf(t, int32(cmd.Process.Pid)))
 	if err != nil || !slices.Equal(strs(sels), want) {
 		t.Errorf("MaxExecutableSize = size: got %v, %v; want %v", strs(sels), err, want)
 	}
@@ -141,12 +141,12 @@ func TestExited(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)
 	}
-	_, err := New(Config{}).Attest(t.Context(), int32(cmd.Process.Pid))
+	_, err := New(Config{}).Attest(t.Context(), attest.Peer{PID: int32(cmd.Process.Pid), UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())})
 	if !errors.Is(err, attest.ErrProcessChanged) {
 		t.Fatalf("Attest(exited) = %v, want ErrProcessChanged", err)
 	}
 	for _, pid := range []int32{0, -5} {
-		if _, err := New(Config{}).Attest(t.Context(), pid); !errors.Is(err, attest.ErrInvalidEvidence) {
+		if _, err := New(Config{}).Attest(t.Context(), attest.Peer{PID: pid}); !errors.Is(err, attest.ErrInvalidEvidence) {
 			t.Errorf("Attest(%d) = %v, want ErrInvalidEvidence", pid, err)
 		}
 	}
@@ -195,7 +195,7 @@ func TestFakeProc(t *testing.T) {
 	if err := os.Symlink(exe, filepath.Join(f.dir, "exe")); err != nil {
 		t.Fatal(err)
 	}
-	sels, err := New(Config{ProcRoot: f.root}).Attest(t.Context(), 42)
+	sels, err := New(Config{ProcRoot: f.root}).Attest(t.Context(), attest.Peer{PID: 42})
 	if err != nil {
 		t.Fatalf("Attest = %v", err)
 	}
@@ -218,7 +218,7 @@ func TestFakeProc(t *testing.T) {
 // selector.
 func TestNoExecutable(t *testing.T) {
 	f := newFakeProc(t, fakeStatus, 500)
-	sels, err := New(Config{ProcRoot: f.root}).Attest(t.Context(), 42)
+	sels, err := New(Config{ProcRoot: f.root}).Attest(t.Context(), attest.Peer{PID: 42})
 	if err != nil {
 		t.Fatalf("Attest = %v", err)
 	}
@@ -235,7 +235,7 @@ func TestNoExecutable(t *testing.T) {
 	if err := os.Symlink(exe, filepath.Join(f.dir, "exe")); err != nil {
 		t.Fatal(err)
 	}
-	sels, err = New(Config{ProcRoot: f.root}).Attest(t.Context(), 42)
+	sels, err = New(Config{ProcRoot: f.root}).Attest(t.Context(), attest.Peer{PID: 42})
 	if err != nil {
 		t.Fatalf("Attest = %v", err)
 	}
@@ -266,7 +266,7 @@ func TestPIDReused(t *testing.T) {
 		w.Close()
 		done <- err
 	}()
-	_, err := New(Config{ProcRoot: f.root}).Attest(t.Context(), 42)
+	_, err := New(Config{ProcRoot: f.root}).Attest(t.Context(), attest.Peer{PID: 42})
 	// Unblock the writer, should the attestor have failed before opening
 	// the FIFO.
 	if r, rerr := os.OpenFile(filepath.Join(f.dir, "status"), os.O_RDONLY|syscall.O_NONBLOCK, 0); rerr == nil {
@@ -282,7 +282,7 @@ func TestPIDReused(t *testing.T) {
 
 func TestBadStatus(t *testing.T) {
 	f := newFakeProc(t, "Name:\tapp\nUid:\tx\t0\t0\t0\nGid:\t1\t1\t1\t1\n", 1)
-	if _, err := New(Config{ProcRoot: f.root}).Attest(t.Context(), 42); !errors.Is(err, attest.ErrUnavailable) {
+	if _, err := New(Config{ProcRoot: f.root}).Attest(t.Context(), attest.Peer{PID: 42}); !errors.Is(err, attest.ErrUnavailable) {
 		t.Fatalf("Attest with a bad status = %v, want ErrUnavailable", err)
 	}
 }
@@ -346,7 +346,7 @@ func TestHashCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { cmd.Process.Kill(); cmd.Wait() }()
-		sels, err := a.Attest(t.Context(), int32(cmd.Process.Pid))
+		sels, err := a.Attest(t.Context(), peerOf(t, int32(cmd.Process.Pid)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -379,5 +379,40 @@ func TestHashCache(t *testing.T) {
 	f.Close()
 	if second := run(); second == first || second != sum() {
 		t.Errorf("after a change: hash %s, want the new file's %s (old %s)", second, sum(), first)
+	}
+}
+
+// peerOf describes a running process as the agent's socket would: its
+// effective IDs (SO_PEERCRED) and start time.
+func peerOf(t *testing.T, pid int32) attest.Peer {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := ParseStatus(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return attest.Peer{PID: pid, UID: ids.EUID, GID: ids.EGID}
+}
+
+// The kernel's IDs at connect time must be the process's: a PID that now
+// runs as another user, or a process that is not the one that connected
+// (another start time, or its pidfd says it exited), is refused.
+func TestPeerMustBeTheProcessThatConnected(t *testing.T) {
+	self := peerOf(t, int32(os.Getpid()))
+	for name, p := range map[string]attest.Peer{
+		"other-uid":        {PID: self.PID, UID: self.UID + 1, GID: self.GID},
+		"other-gid":        {PID: self.PID, UID: self.UID, GID: self.GID + 1},
+		"other-start-time": {PID: self.PID, UID: self.UID, GID: self.GID, StartTime: 1},
+		"exited":           {PID: self.PID, UID: self.UID, GID: self.GID, Alive: func() error { return errors.New("ESRCH") }},
+	} {
+		if _, err := New(Config{}).Attest(t.Context(), p); !errors.Is(err, attest.ErrProcessChanged) {
+			t.Errorf("%s: Attest = %v, want ErrProcessChanged", name, err)
+		}
+	}
+	if _, err := New(Config{}).Attest(t.Context(), self); err != nil {
+		t.Errorf("Attest(self) = %v", err)
 	}
 }

@@ -31,6 +31,39 @@ type Process struct {
 	PID       int32
 	StartTime uint64 // clock ticks after boot
 	attestor  string
+	alive     func() error
+}
+
+// OpenPeer pins the process that connected as peer: like Open, and it
+// fails with ErrProcessChanged if the start time now found differs from
+// the one read when the peer connected, or if the peer's pidfd says the
+// process that connected is gone (its PID may belong to another one).
+// Check repeats both tests.
+func OpenPeer(attestor, root string, peer attest.Peer) (*Process, error) {
+	p, err := Open(attestor, root, peer.PID)
+	if err != nil {
+		return nil, err
+	}
+	if peer.StartTime != 0 && p.StartTime != peer.StartTime {
+		return nil, attest.NewError(attest.KindProcessChanged, attestor,
+			fmt.Sprintf("pid %d now belongs to another process than the one that connected", peer.PID), nil)
+	}
+	p.alive = peer.Alive
+	if err := p.checkAlive(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Process) checkAlive() error {
+	if p.alive == nil {
+		return nil
+	}
+	if err := p.alive(); err != nil {
+		return attest.NewError(attest.KindProcessChanged, p.attestor,
+			fmt.Sprintf("pid %d: the process that connected has exited", p.PID), err)
+	}
+	return nil
 }
 
 // Open pins pid under root: it reads its start time, to compare with later
@@ -77,7 +110,7 @@ func (p *Process) Check() error {
 		return attest.NewError(attest.KindProcessChanged, p.attestor,
 			fmt.Sprintf("pid %d was reused by another process during attestation", p.PID), nil)
 	}
-	return nil
+	return p.checkAlive()
 }
 
 // Err wraps an error met while reading about the process: ErrProcessChanged
@@ -155,4 +188,10 @@ func readBounded(path string, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
 	}
 	return b, nil
+}
+
+// StartTime returns the start time of process pid under root, in clock
+// ticks after boot.
+func StartTime(root string, pid int32) (uint64, error) {
+	return readStartTime(root, pid)
 }
