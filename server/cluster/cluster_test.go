@@ -337,3 +337,51 @@ func TestRaftRejectsUnauthenticatedPeers(t *testing.T) {
 		t.Errorf("rogue peers disturbed the leader: term %s -> %s, leader %v", term, got, leader.node.IsLeader())
 	}
 }
+
+// A snapshot made at a higher index than this cluster's log (by a cluster
+// that lived longer) is restored at this log's index: no replica's applied
+// index runs ahead of its log, so a follower's ReadIndex still waits for
+// the writes before it and reads them.
+func TestRestoreOfAHigherIndexSnapshot(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	for i := 0; i < 20; i++ {
+		if err := c.nodes[i%3].node.CommitLedger(context.Background(), record(fmt.Sprint("before-", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.sync(c.nodes[0])
+	var far bytes.Buffer
+	if _, err := raftfsm.Reindex(bytes.NewReader(snapshotOf(t, c.nodes[0])), &far, 5_000_000); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.leader().node.Restore(context.Background(), &far); err != nil {
+		t.Fatal(err)
+	}
+	c.requireConverged()
+	for _, n := range c.nodes {
+		if applied, last := n.node.FSM().AppliedIndex(), n.node.Raft().LastIndex(); applied > last {
+			t.Errorf("%s: applied index %d is ahead of its log (last index %d)", n.id, applied, last)
+		}
+	}
+	// Read-your-writes on every follower, right after each write.
+	leader := c.leader()
+	for i := 0; i < 50; i++ {
+		id := fmt.Sprintf("entry-%d", i)
+		c.apply(leader, &raftpb.Command{Op: &raftpb.Command_PutEntry{PutEntry: &raftpb.PutEntry{Entry: &raftpb.Entry{
+			Id: id, ParentId: "spiffe://example.org/meshca/agent/x", SpiffeId: "spiffe://example.org/w"}}}})
+		for _, n := range c.nodes {
+			if n == leader {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := n.node.ReadIndex(ctx)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n.node.FSM().Read().Entry(id) == nil {
+				t.Fatalf("%s: ReadIndex returned before the entry written just before it was applied", n.id)
+			}
+		}
+	}
+}
