@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/agent/peercred"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/alarm"
@@ -135,9 +136,10 @@ func (a *Agent) Run(ctx context.Context) error {
 var ErrAttestationRefused = errors.New("agent: node attestation refused")
 
 // StoredID returns the SPIFFE ID of the agent SVID kept in dataDir, or ""
-// when there is none or it has expired (the agent must then attest again,
-// with new evidence).
-func StoredID(dataDir string, now time.Time) (string, error) {
+// when there is none or it has expired by clock (the agent must then attest
+// again, with new evidence).
+func StoredID(dataDir string, clock clockwork.Clock) (string, error) {
+	now := clock.Now()
 	path := filepath.Join(dataDir, "agent", "svid.pem")
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {

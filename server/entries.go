@@ -80,7 +80,7 @@ func validateEntry(td spiffeid.TrustDomain, e *operatorpb.Entry) error {
 		errs = append(errs, fmt.Errorf("SPIFFE ID: %w", err))
 	case id.TrustDomain() != td:
 		errs = append(errs, fmt.Errorf("SPIFFE ID %s is not in trust domain %s", e.SpiffeId, td.Name()))
-	case strings.HasPrefix(id.Path(), "/meshca/"):
+	case reservedPath(id.Path()):
 		errs = append(errs, fmt.Errorf("SPIFFE ID %s: the /meshca/ path is reserved for servers and agents", e.SpiffeId))
 	}
 	if parent, err := spiffeid.FromString(e.ParentId); err != nil || parent.TrustDomain() != td {
@@ -252,4 +252,10 @@ func (o *operatorService) GetNode(ctx context.Context, req *operatorpb.GetNodeRe
 		return nil, status.Errorf(codes.NotFound, "no node %q", req.SpiffeId)
 	}
 	return &operatorpb.NodeResponse{Node: fromRaftNode(n)}, nil
+}
+
+// reservedPath reports whether a SPIFFE ID path is meshca's own: servers'
+// and agents' identities, which no entry or mint may name.
+func reservedPath(path string) bool {
+	return path == "/meshca" || strings.HasPrefix(path, "/meshca/")
 }

@@ -99,6 +99,14 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, req *nodepb.SignJWTSVIDRe
 	}
 	r := n.s.fsm.Read()
 	e := r.Entry(req.EntryId)
+	if e == nil {
+		// Created a moment ago through another server?
+		if err := n.s.node.ReadIndex(ctx); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "%v", err)
+		}
+		r = n.s.fsm.Read()
+		e = r.Entry(req.EntryId)
+	}
 	if e == nil || e.ParentId != agentID {
 		n.s.audit.Warn("sign jwt-svid", "decision", "deny", "agent_id", agentID, "entry", req.EntryId, "reason", "not the entry's parent")
 		return nil, status.Errorf(codes.PermissionDenied, "entry %q does not exist or is not one of this node's", req.EntryId)

@@ -37,6 +37,12 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 	if req.TtlSeconds < 0 {
 		return nil, deny("negative TTL")
 	}
+	// The /meshca/ paths name servers and agents: a minted one would be
+	// accepted by the cluster API as a server, or open an agent's Sync
+	// stream and receive its entries.
+	if id, err := ca.ParseWorkloadID(req.SpiffeId); err == nil && reservedPath(id.Path()) {
+		return nil, deny(fmt.Sprintf("SPIFFE ID %s: the /meshca/ path is reserved for servers and agents", req.SpiffeId))
+	}
 	done, err := o.s.admission.admit(operatorNodeID, 1)
 	if err != nil {
 		return nil, err

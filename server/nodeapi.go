@@ -336,6 +336,7 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 	}
 	resp := &nodepb.SignX509SVIDsResponse{Results: make([]*nodepb.SVIDResult, len(req.Requests))}
 	var wg sync.WaitGroup
+	defer wg.Wait() // on every return: no commit outlives the call
 	for i, sr := range req.Requests {
 		res := &nodepb.SVIDResult{EntryId: sr.EntryId}
 		resp.Results[i] = res

@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
-	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/k8s"
@@ -319,7 +319,7 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 	if err != nil {
 		return err
 	}
-	storedID, err := agent.StoredID(dataDir, time.Now())
+	storedID, err := agent.StoredID(dataDir, clockwork.NewRealClock())
 	if err != nil {
 		return err
 	}

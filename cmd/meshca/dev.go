@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
@@ -358,7 +359,7 @@ func (a *app) devStart(ctx context.Context, srv *server.Server, srvDone chan err
 	// The agent keeps its SVID in dataDir/agent; it needs a join token only
 	// when it has none (or it expired while dev was stopped).
 	var evidence attest.NodeEvidence
-	agentID, err := agent.StoredID(dataDir, time.Now())
+	agentID, err := agent.StoredID(dataDir, clockwork.NewRealClock())
 	if err != nil {
 		return rep, nil, err
 	}

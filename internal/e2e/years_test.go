@@ -32,15 +32,16 @@ import (
 // fleet is a cluster of servers and agents in this process, all on one
 // clock, with one workload entry per agent for this test process.
 type fleet struct {
-	t       *testing.T
-	clock   clockwork.Clock
-	members []*member
-	agents  []*agent.Agent
-	ids     []string // the workload SPIFFE ID each agent serves
-	dirs    []string // each agent's data directory
-	op      operatorpb.OperatorClient
-	e       *env
-	log     *syncBuffer
+	t        *testing.T
+	clock    clockwork.Clock
+	members  []*member
+	agents   []*agent.Agent
+	ids      []string // the workload SPIFFE ID each agent serves
+	dirs     []string // each agent's data directory
+	agentIDs []string // each agent's SPIFFE ID
+	op       operatorpb.OperatorClient
+	e        *env
+	log      *syncBuffer
 }
 
 type fleetOpts struct {
@@ -121,6 +122,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 		f.agents = append(f.agents, a)
 		f.ids = append(f.ids, id)
 		f.dirs = append(f.dirs, dir)
+		f.agentIDs = append(f.agentIDs, agentIDFor(token))
 	}
 	return f
 }

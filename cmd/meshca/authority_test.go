@@ -1,0 +1,55 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// authority show lists the roots, the server's intermediates and the JWT
+// key, active, with when the next ones are prepared and activated.
+func TestAuthorityShow(t *testing.T) {
+	t.Parallel()
+	env := testEnv(t)
+	dataDir := shortTempDir(t)
+	sock := filepath.Join(dataDir, adminSocketName)
+	srv := startServer(t, env, sock, "--bootstrap", "--trust-domain", "example.org", "--data-dir", dataDir, "--node-id", "s1",
+		"--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0")
+	waitLeader(t, env, sock, "s1")
+	waitFor(t, 10*time.Second, "bootstrap state written", func() (bool, string) {
+		return strings.Contains(srv.stderr.String(), bootstrappedLog), "no " + bootstrappedLog + " in the log"
+	})
+	res := mustSucceed(t, env, "authority", "show", "--addr", "unix://"+sock, "--output", "json")
+	var out struct {
+		Authorities []authorityReport `json:"authorities"`
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &out); err != nil {
+		t.Fatalf("authority show --output json: %v\n%s", err, res.stdout)
+	}
+	kinds := map[string]int{}
+	for _, a := range out.Authorities {
+		if a.State != "ACTIVE" {
+			t.Errorf("%s is %s, want ACTIVE in a new cluster", a.ID, a.State)
+		}
+		kinds[a.Kind+"/"+a.Profile]++
+		if a.Kind != "root" && (a.PrepareAt == nil || a.ActivateAt == nil || !a.PrepareAt.Before(*a.ActivateAt) || !a.ActivateAt.Before(a.NotAfter)) {
+			t.Errorf("%s: next prepared %v, next active %v, not after %v: want prepared < active < expiry", a.ID, a.PrepareAt, a.ActivateAt, a.NotAfter)
+		}
+		if a.Kind == "intermediate" && a.ServerID != "s1" {
+			t.Errorf("%s: held by %q, want s1", a.ID, a.ServerID)
+		}
+	}
+	for _, k := range []string{"root/ecdsa", "root/sm2", "intermediate/ecdsa", "intermediate/sm2", "jwt/ecdsa"} {
+		if kinds[k] != 1 {
+			t.Errorf("%d %s authorities, want 1: %v", kinds[k], k, kinds)
+		}
+	}
+	table := mustSucceed(t, env, "authority", "show", "--addr", "unix://"+sock).stdout
+	for _, want := range []string{"KIND", "NEXT ACTIVE", "intermediate", "ACTIVE", "s1"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("authority show table lacks %q:\n%s", want, table)
+		}
+	}
+}
