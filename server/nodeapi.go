@@ -186,7 +186,7 @@ func bundleOf(r *raftfsm.Reader, td spiffeid.TrustDomain) *nodepb.Bundle {
 
 func toNodeEntry(e *raftpb.Entry) *nodepb.Entry {
 	o := &nodepb.Entry{Id: e.Id, SpiffeId: e.SpiffeId, ParentId: e.ParentId, TtlSeconds: e.TtlSeconds,
-		DnsNames: e.DnsNames, Profile: e.Profile, Revision: e.Revision}
+		DnsNames: e.DnsNames, Profile: e.Profile, Revision: e.Revision, CreatedUnixNano: e.CreatedUnixNano}
 	for _, s := range e.Selectors {
 		o.Selectors = append(o.Selectors, &nodepb.Selector{Type: s.Type, Value: s.Value})
 	}

@@ -266,7 +266,7 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 	// The caller is attested like any workload: once the Workload API
 	// serves its SVID, the hint printed below works as printed.
 	fctx, cancel := context.WithTimeout(ctx, devStartTimeout)
-	svids, err := a.fetchX509SVIDs(fctx, socket, devStartTimeout)
+	svids, err := a.fetchX509SVIDs(fctx, socket, nil, devStartTimeout)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {

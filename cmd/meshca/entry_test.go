@@ -121,11 +121,12 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 		}
 	}
 
-	// The caller gets both SVIDs from the agent: --all writes both.
+	// The caller gets both SVIDs from the agent when it asks for both
+	// profiles, ECDSA first: --all writes both.
 	out := filepath.Join(t.TempDir(), "svid")
 	var fetched fetchReport
 	waitFor(t, 20*time.Second, "workload fetch returns both SVIDs", func() (bool, string) {
-		r := meshca(t, env, "workload", "fetch", "--socket", socket, "--out", out, "--all", "--timeout", "5s", "--output", "json")
+		r := meshca(t, env, "workload", "fetch", "--socket", socket, "--out", out, "--all", "--profile", "ecdsa,sm2", "--timeout", "5s", "--output", "json")
 		if r.code != exitOK {
 			return false, r.stderr
 		}
@@ -135,6 +136,9 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 	})
 	if fetched.Socket != socket {
 		t.Errorf("fetch report socket = %q, want %q", fetched.Socket, socket)
+	}
+	if fetched.SVIDs[0].Profile != ca.ProfileECDSA || fetched.SVIDs[1].Profile != ca.ProfileSM2 {
+		t.Errorf("fetch order: %s then %s, want ecdsa before sm2", fetched.SVIDs[0].Profile, fetched.SVIDs[1].Profile)
 	}
 	for i, s := range fetched.SVIDs {
 		if s.Files == nil {
@@ -168,11 +172,43 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 		}
 	}
 	checkMode(t, filepath.Join(agentDir, "agent", "key.pem"), modePrivate)
-	r = mustSucceed(t, env, "workload", "fetch", "--socket", socket, "--out", out)
-	for _, want := range []string{"returned 2 X509-SVIDs", "spiffe://example.org/app ", "spiffe://example.org/app-sm2 ", "(the default)", "openssl verify"} {
+	r = mustSucceed(t, env, "workload", "fetch", "--socket", socket, "--out", out, "--profile", "sm2,ecdsa")
+	for _, want := range []string{"returned 2 X509-SVIDs", "0  spiffe://example.org/app  ecdsa (the default)", "1  spiffe://example.org/app-sm2  sm2", "openssl verify"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("workload fetch does not show %q:\n%s", want, r.stdout)
 		}
+	}
+	// Without --profile, fetch is a standard client: ECDSA only. With
+	// --profile sm2, SM2 only. --spiffe-id picks the SVID written.
+	for _, tc := range []struct {
+		args     []string
+		want     []string
+		written  string
+		wantCode int
+	}{
+		{args: nil, want: []string{"spiffe://example.org/app"}, written: "spiffe://example.org/app"},
+		{args: []string{"--profile", "sm2"}, want: []string{"spiffe://example.org/app-sm2"}, written: "spiffe://example.org/app-sm2"},
+		{args: []string{"--profile", "ecdsa,sm2", "--spiffe-id", "spiffe://example.org/app-sm2"},
+			want: []string{"spiffe://example.org/app-sm2", "spiffe://example.org/app"}, written: "spiffe://example.org/app-sm2"},
+	} {
+		dir := filepath.Join(t.TempDir(), "pick")
+		r := mustSucceed(t, env, append([]string{"workload", "fetch", "--socket", socket, "--out", dir, "--output", "json"}, tc.args...)...)
+		var rep fetchReport
+		decodeJSON(t, r, &rep)
+		var got []string
+		for _, s := range rep.SVIDs {
+			got = append(got, s.SPIFFEID)
+		}
+		if strings.Join(got, " ") != strings.Join(tc.want, " ") || rep.SVIDs[0].Files == nil {
+			t.Errorf("workload fetch %v: SVIDs %v, want %v, the first written", tc.args, got, tc.want)
+			continue
+		}
+		checkLeafAndKey(t, rep.SVIDs[0].Profile, filepath.Join(dir, "svid.pem"), filepath.Join(dir, "key.pem"), tc.written)
+	}
+	r = meshca(t, env, "workload", "fetch", "--socket", socket, "--out", t.TempDir(), "--spiffe-id", "spiffe://example.org/app-sm2")
+	if r.code != exitError || !strings.Contains(r.stderr, "no X509-SVID for --spiffe-id spiffe://example.org/app-sm2, only: spiffe://example.org/app (ecdsa)") ||
+		!strings.Contains(r.stderr, "--profile") {
+		t.Errorf("fetch --spiffe-id of an SVID of a profile not asked for: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	// Updates: the flags given change, the others stay; a stale revision is refused.
