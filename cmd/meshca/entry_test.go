@@ -257,6 +257,28 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 			exitUsage, []string{`required flag(s) "selector" not set`}},
 		{"fail/fractional-ttl", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:uid:1", "--ttl", "1500ms"},
 			exitUsage, []string{"whole seconds"}},
+		{"fail/uid-not-numeric", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:uid:abc"},
+			exitError, []string{"selector unix:uid:abc: a uid is a non-negative decimal number"}},
+		{"fail/uid-trailing-garbage", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:uid:1000x"},
+			exitError, []string{"unix:uid:1000x: a uid is a non-negative decimal number"}},
+		{"fail/gid-negative", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:gid:-1"},
+			exitError, []string{"unix:gid:-1: a gid is a non-negative decimal number"}},
+		{"fail/relative-path", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:path:bin/app"},
+			exitError, []string{"unix:path:bin/app: the path must be absolute"}},
+		{"fail/bad-sha256", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:sha256:zz"},
+			exitError, []string{"unix:sha256:zz: want 64 hexadecimal digits"}},
+		{"fail/leading-space", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:user: alice"},
+			exitError, []string{"unix:user: alice: the value has leading or trailing spaces"}},
+		{"fail/bad-namespace", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "k8s:ns:Prod"},
+			exitError, []string{"k8s:ns:Prod: a namespace"}},
+		{"fail/selector-twice", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:uid:1", "--selector", "unix:uid:1"},
+			exitError, []string{"selector unix:uid:1 is given twice"}},
+		{"fail/duplicate", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/app", "--parent-id", agentID, "--selector", "unix:uid:" + uid},
+			exitError, []string{"entry " + app.ID + " already gives spiffe://example.org/app to the same selectors under the same parent"}},
+		{"fail/unknown-parent", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", "spiffe://example.org/meshca/agent/join_token/0123456789abcdef0123456789abcdef", "--selector", "unix:uid:1"},
+			exitError, []string{"parent ID spiffe://example.org/meshca/agent/join_token/0123456789abcdef0123456789abcdef is no attested agent", "--allow-unknown-parent"}},
+		{"fail/update-to-unknown-parent", []string{"entry", "update", app.ID, "--revision", "99", "--parent-id", "spiffe://example.org/meshca/agent/x509pop/abc"},
+			exitError, []string{"is no attested agent"}},
 		{"fail/update-without-revision", []string{"entry", "update", app.ID, "--ttl", "1h"}, exitUsage, []string{`required flag(s) "revision" not set`}},
 		{"fail/update-bad-selector", []string{"entry", "update", app.ID, "--revision", "99", "--selector", "unix:color:blue"},
 			exitError, []string{"unknown selector unix:color"}},
@@ -278,6 +300,34 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 			t.Errorf("%s: the error shows gRPC's wrapping: %q", tc.name, r.stderr)
 		}
 	}
+
+	// An entry for an agent that attests later, by another method, with
+	// --allow-unknown-parent; an entry for the agent of a join token not
+	// used yet needs no flag. The same selectors in another order are a
+	// duplicate.
+	later := "spiffe://example.org/meshca/agent/x509pop/0a1b2c"
+	var lat entryReport
+	decodeJSON(t, mustSucceed(t, env, "entry", "create", "--spiffe-id", "spiffe://example.org/later", "--parent-id", later,
+		"--selector", "unix:uid:1", "--selector", "unix:gid:2", "--allow-unknown-parent", "--addr", addr, "--output", "json"), &lat)
+	if lat.ParentID != later {
+		t.Errorf("entry with --allow-unknown-parent = %+v", lat)
+	}
+	if r := meshca(t, env, "entry", "create", "--spiffe-id", "spiffe://example.org/later", "--parent-id", later,
+		"--selector", "unix:gid:2", "--selector", "unix:uid:1", "--allow-unknown-parent", "--addr", addr); r.code != exitError || !strings.Contains(r.stderr, "entry "+lat.ID+" already gives") {
+		t.Errorf("duplicate with selectors reordered: exit %d, stderr %q", r.code, r.stderr)
+	}
+	var pending tokenReport
+	decodeJSON(t, mustSucceed(t, env, "token", "create", "--addr", addr, "--output", "json"), &pending)
+	ph := sha256.Sum256([]byte(pending.Token))
+	mustSucceed(t, env, "entry", "create", "--spiffe-id", "spiffe://example.org/pending", "--parent-id", "spiffe://example.org/meshca/agent/join_token/"+hex.EncodeToString(ph[:16]),
+		"--selector", "unix:uid:1", "--addr", addr)
+	mustSucceed(t, env, "entry", "delete", lat.ID, "--addr", addr)
+	listed.Entries = nil
+	decodeJSON(t, mustSucceed(t, env, "entry", "list", "--spiffe-id", "spiffe://example.org/pending", "--addr", addr, "--output", "json"), &listed)
+	if len(listed.Entries) != 1 {
+		t.Fatalf("entry list --spiffe-id spiffe://example.org/pending: %+v", listed.Entries)
+	}
+	mustSucceed(t, env, "entry", "delete", listed.Entries[0].ID, "--addr", addr)
 
 	// Delete.
 	r = mustSucceed(t, env, "entry", "delete", sm2.ID, "--addr", addr)

@@ -291,7 +291,14 @@ func TestNodeAPIRefusals(t *testing.T) {
 			t.Fatal("no SVID")
 		}
 	}
-	foreign := e.entry("spiffe://example.org/meshca/agent/join_token/someone-else", "spiffe://example.org/test/theirs", time.Hour, "unix:uid:"+uid)
+	// Another agent's entry: that agent has not attested (yet).
+	fresp, err := e.op.CreateEntry(tctx(t, 20*time.Second), &operatorpb.CreateEntryRequest{AllowUnknownParent: true, Entry: &operatorpb.Entry{
+		ParentId: "spiffe://example.org/meshca/agent/join_token/someone-else", SpiffeId: "spiffe://example.org/test/theirs",
+		Selectors: []*operatorpb.Selector{{Type: "unix", Value: "uid:" + uid}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := fresp.Entry
 
 	// Call the node API as the agent, with its own SVID from its data dir.
 	dir := filepath.Dir(a.SocketPath())
