@@ -141,6 +141,8 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 		return nil, deny(codes.InvalidArgument, fmt.Sprintf("node ID %q: use 1-64 letters, digits, '.', '-' or '_'", req.NodeId))
 	case len(req.Token) == 0 || len(req.Token) > maxTokenLen:
 		return nil, deny(codes.InvalidArgument, "a server join token is required")
+	case CheckJoinToken(req.Token) != nil:
+		return nil, deny(codes.InvalidArgument, CheckJoinToken(req.Token).Error())
 	case !validHostPort(req.RaftAddr) || !validHostPort(req.ApiAddr):
 		return nil, deny(codes.InvalidArgument, "raft and API addresses must be host:port")
 	}
@@ -189,7 +191,7 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	var fsmErr *raftfsm.Error
 	switch {
 	case errors.As(err, &fsmErr):
-		return nil, deny(codes.PermissionDenied, "the join token is unknown, already used or expired ("+fsmErr.Msg+")")
+		return nil, deny(codes.PermissionDenied, "the join token is unknown, already used, expired, or not a server token ("+fsmErr.Msg+")")
 	case err != nil:
 		return nil, status.Errorf(codes.Unavailable, "consume join token: %v", err)
 	}

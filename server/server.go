@@ -208,7 +208,7 @@ func (s *Server) consumeAgentToken(ctx context.Context, hash []byte, agentID str
 	var fe *raftfsm.Error
 	switch {
 	case errors.As(err, &fe):
-		return fmt.Errorf("%w: join token unknown, already used or expired", attest.ErrNotAuthorized)
+		return fmt.Errorf("%w: join token unknown, already used, expired, or not an agent token", attest.ErrNotAuthorized)
 	case err != nil:
 		// No leader, no quorum: the token was not refused; retry later.
 		return attest.NewError(attest.KindUnavailable, "join_token", "the cluster cannot consume tokens now", err)

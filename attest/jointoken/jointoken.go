@@ -78,7 +78,7 @@ func (a *Attestor) Attest(ctx context.Context, payload []byte, _ attest.Challeng
 		case ctx.Err() != nil:
 			return nil, attest.NewError(attest.KindUnavailable, Name, "consuming the token was interrupted", err)
 		}
-		return nil, attest.NewError(attest.KindNotAuthorized, Name, "join token refused (unknown, already used or expired)", err)
+		return nil, attest.NewError(attest.KindNotAuthorized, Name, "join token refused (unknown, already used, expired, or of another kind)", err)
 	}
 	return &attest.NodeResult{AgentID: id, Selectors: []attest.Selector{{Type: Name, Value: short}}}, nil
 }

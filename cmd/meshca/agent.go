@@ -377,7 +377,7 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 		log.Info("shutting down")
 	}()
 	if err := ag.Run(ctx); err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return err // the agent package's errors say "agent: ..." already
 	}
 	log.Info("meshca agent stopped")
 	return nil

@@ -323,6 +323,9 @@ func checkServerConfig(c *serverConfig) error {
 		if c.TrustBundle == "" {
 			return usageErrorf("--join needs --trust-bundle: a copy of the first server's <data-dir>/server/bundle.pem")
 		}
+		if err := server.CheckJoinToken(c.JoinToken); err != nil {
+			return usageErrorf("the server join token (--join-token or $%s): %v; make one with `meshca token create --kind server` on a member", envJoinToken, err)
+		}
 	} else if c.JoinToken != "" || c.TrustBundle != "" {
 		return usageErrorf("--join-token and --trust-bundle are only used with --join")
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/server"
 )
 
 // syncBuffer is a bytes.Buffer safe for the concurrent writers of a
@@ -330,6 +331,9 @@ func selfSignedBundle(t *testing.T, dir string) string {
 	return writeTestFile(t, dir, "bundle.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
+// wellFormedToken has the form of a join token and is no server's.
+var wellFormedToken = strings.Repeat("A", server.JoinTokenLen)
+
 func TestServerBadInput(t *testing.T) {
 	t.Parallel()
 	tmp := t.TempDir()
@@ -354,7 +358,7 @@ func TestServerBadInput(t *testing.T) {
 		{"fail/no-identity-no-kek", append([]string{"--node-id", "s1"}, addrs...), exitError,
 			[]string{"no identity yet", "--bootstrap", "--join", "--kek-file"}},
 		{"fail/bootstrap-and-join", append([]string{"--node-id", "s1", "--bootstrap", "--trust-domain", "example.org",
-			"--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", bundle}, addrs...), exitUsage,
+			"--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", bundle}, addrs...), exitUsage,
 			[]string{"--bootstrap and --join exclude each other"}},
 		{"fail/bootstrap-without-trust-domain", append([]string{"--node-id", "s1", "--bootstrap"}, addrs...), exitUsage,
 			[]string{"--bootstrap needs --trust-domain"}},
@@ -362,13 +366,15 @@ func TestServerBadInput(t *testing.T) {
 			[]string{"--trust-domain"}},
 		{"fail/join-without-token", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--trust-bundle", bundle}, addrs...), exitUsage,
 			[]string{"--join needs --join-token", "meshca token create --kind server"}},
-		{"fail/join-without-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t"}, addrs...), exitUsage,
+		{"fail/join-without-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken}, addrs...), exitUsage,
 			[]string{"--join needs --trust-bundle", "bundle.pem"}},
-		{"fail/join-without-kek", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", bundle}, addrs...), exitError,
+		{"fail/join-without-kek", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", bundle}, addrs...), exitError,
 			[]string{"joining server needs the cluster's key-encryption key", "--kek-file"}},
-		{"fail/token-without-join", append([]string{"--node-id", "s2", "--join-token", "t"}, addrs...), exitUsage,
+		{"fail/malformed-token", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "abc", "--trust-bundle", bundle}, addrs...), exitUsage,
+			[]string{"the server join token (--join-token or $MESHCA_JOIN_TOKEN): malformed join token: a meshca join token is 43 characters of base64url", "this one is 3"}},
+		{"fail/token-without-join", append([]string{"--node-id", "s2", "--join-token", wellFormedToken}, addrs...), exitUsage,
 			[]string{"only used with --join"}},
-		{"fail/bad-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", kek, "--kek-file", kek}, addrs...), exitError,
+		{"fail/bad-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", kek, "--kek-file", kek}, addrs...), exitError,
 			[]string{"trust bundle", "no certificate"}},
 		{"fail/missing-node-id", addrs, exitUsage, []string{"--node-id is required"}},
 		{"fail/bad-node-id", append([]string{"--node-id", "a/b"}, addrs...), exitUsage, []string{"--node-id \"a/b\""}},
