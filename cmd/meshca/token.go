@@ -40,7 +40,7 @@ type tokenReport struct {
 
 func (a *app) newTokenCreateCommand() *cobra.Command {
 	var (
-		o    opOptions
+		o     opOptions
 		kind  string
 		ttl   time.Duration
 		quiet bool
