@@ -48,10 +48,16 @@ type opOptions struct {
 	adminCert, adminKey, trustBundle string
 }
 
-// addOpFlags declares --addr and --timeout on cmd.
+// addOpFlags declares --addr, --timeout and the admin mTLS flags on cmd.
 func addOpFlags(cmd *cobra.Command, o *opOptions) {
 	cmd.Flags().StringVar(&o.addr, "addr", "", "server's operator API: unix:///path/admin.sock, or host:port over mutual TLS (default $"+envAddr+", else the admin socket in the default data directory)")
 	cmd.Flags().DurationVar(&o.timeout, "timeout", opDefaultTimeout, "give up on the server after this long")
+	addAdminTLSFlags(cmd, o)
+}
+
+// addAdminTLSFlags declares --admin-cert, --admin-key and --trust-bundle,
+// the credentials of the operator API over mutual TLS.
+func addAdminTLSFlags(cmd *cobra.Command, o *opOptions) {
 	cmd.Flags().StringVar(&o.adminCert, "admin-cert", "", "with --addr host:port: PEM file of your admin X509-SVID (default $"+envAdminCert+")")
 	cmd.Flags().StringVar(&o.adminKey, "admin-key", "", "with --addr host:port: PEM file of its private key (default $"+envAdminKey+")")
 	cmd.Flags().StringVar(&o.trustBundle, "trust-bundle", "", "with --addr host:port: PEM file of the trust domain's roots (default $"+envTrustBundle+")")
@@ -107,14 +113,18 @@ func (a *app) dialOperatorTLS(addr string, o opOptions) (*opClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("operator API at %s: %w", addr, err)
 	}
-	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: addr}, nil
+	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: addr, addr: addr, tcp: true}, nil
 }
 
 // opClient is a connection to a server's operator API.
 type opClient struct {
 	operatorpb.OperatorClient
 	conn   *grpc.ClientConn
-	socket string // the admin socket's path, for error messages
+	socket string // the admin socket's path (or the TCP address), for error messages
+	// addr is the operator address as the user writes it:
+	// unix:///path/admin.sock or host:port.
+	addr string
+	tcp  bool // over mutual TLS to host:port
 }
 
 func (c *opClient) Close() error { return c.conn.Close() }
@@ -194,7 +204,7 @@ func (a *app) dialOperator(o opOptions) (*opClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
-	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: path}, nil
+	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: path, addr: "unix://" + path}, nil
 }
 
 // unreachable is the error for a server that does not answer on its socket.

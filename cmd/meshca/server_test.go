@@ -575,4 +575,28 @@ func TestOperatorOverMutualTLS(t *testing.T) {
 	if r := status(mintDir("spiffe://example.org/ops/mallory")); r.code != exitError || !strings.Contains(r.stderr, "not an admin") {
 		t.Errorf("non-admin over mTLS: exit %d\n%s", r.code, r.stderr)
 	}
+
+	// x509 mint reaches the server over mutual TLS with the same flags,
+	// and names the server by the address it used.
+	alice := mintDir("spiffe://example.org/ops/alice")
+	out := filepath.Join(t.TempDir(), "tool")
+	r := meshca(t, env, "x509", "mint", "--spiffe-id", "spiffe://example.org/ops/tool", "--addr", ports[2], "--out", out,
+		"--admin-cert", filepath.Join(alice, "svid.pem"), "--admin-key", filepath.Join(alice, "key.pem"), "--trust-bundle", bundle, "--output", "json")
+	var rep serverMintReport
+	if r.code != exitOK {
+		t.Fatalf("x509 mint over mTLS: exit %d\n%s", r.code, r.stderr)
+	}
+	decodeJSON(t, r, &rep)
+	if rep.Server != ports[2] || rep.SPIFFEID != "spiffe://example.org/ops/tool" {
+		t.Errorf("x509 mint over mTLS = %+v, want server %s", rep, ports[2])
+	}
+	checkLeafAndKey(t, ca.ProfileECDSA, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), "spiffe://example.org/ops/tool")
+	if r := meshca(t, env, "x509", "mint", "--spiffe-id", "spiffe://example.org/ops/tool", "--addr", ports[2], "--out", out); r.code != exitUsage ||
+		!strings.Contains(r.stderr, "needs --admin-cert, --admin-key and --trust-bundle") {
+		t.Errorf("x509 mint over mTLS without credentials: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := meshca(t, env, "x509", "mint", "--spiffe-id", "spiffe://example.org/ops/tool", "--data-dir", t.TempDir(), "--profile", "ecdsa",
+		"--out", out, "--admin-cert", "x.pem"); r.code != exitUsage || !strings.Contains(r.stderr, "--admin-cert is only used with --addr") {
+		t.Errorf("x509 mint offline with --admin-cert: exit %d, stderr %q", r.code, r.stderr)
+	}
 }

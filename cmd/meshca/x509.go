@@ -37,7 +37,10 @@ const x509MintLong = `mint issues one X509-SVID for --spiffe-id and writes into 
 It mints in one of two ways:
 
 Through a running server, with --addr unix:///path/admin.sock (or
-$MESHCA_ADDR, unless --data-dir is given): the key is generated here and only
+$MESHCA_ADDR, unless --data-dir is given), or from another host --addr
+host:port of a server started with --admin-addr, over mutual TLS with your
+admin X509-SVID (--admin-cert, --admin-key) and the trust bundle
+(--trust-bundle): the key is generated here and only
 a CSR goes to the server's operator API, which signs it with its intermediate
 of --profile (default ecdsa), records the certificate in the replicated ledger
 and audits it, like every issuance. The SPIFFE ID must be of the server's trust
@@ -102,8 +105,9 @@ func (a *app) newX509MintCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&fl.spiffeID, "spiffe-id", "", "SPIFFE ID of the workload, spiffe://<trust domain>/<path> (required)")
 	f.StringVar(&fl.profile, "profile", "", "signature profile: ecdsa or sm2 (required with --data-dir; default ecdsa with --addr)")
-	f.StringVar(&fl.op.addr, "addr", "", "mint through the server whose operator API is at unix:///path/admin.sock (default $"+envAddr+" unless --data-dir is given)")
+	f.StringVar(&fl.op.addr, "addr", "", "mint through the server whose operator API is at unix:///path/admin.sock, or host:port over mutual TLS (default $"+envAddr+" unless --data-dir is given)")
 	f.DurationVar(&fl.op.timeout, "timeout", opDefaultTimeout, "give up on the server after this long (with --addr)")
+	addAdminTLSFlags(cmd, &fl.op)
 	f.StringVar(&fl.dataDir, "data-dir", "", "mint offline from the local CA in this directory, created if needed")
 	f.StringVar(&fl.outDir, "out", "", "directory to write svid.pem, key.pem and bundle.pem into (required)")
 	f.StringSliceVar(&fl.dnsNames, "dns", nil, "DNS name to add as a SAN; repeat or separate with commas")
@@ -211,8 +215,12 @@ func (a *app) checkMintFlags(cmd *cobra.Command, fl *x509MintFlags) (online bool
 		if fl.profile == "" {
 			fl.profile = ca.ProfileECDSA
 		}
-	} else if fs.Changed("timeout") {
-		return false, usageErrorf("--timeout is only used with --addr")
+	} else {
+		for _, name := range []string{"timeout", "admin-cert", "admin-key", "trust-bundle"} {
+			if fs.Changed(name) {
+				return false, usageErrorf("--%s is only used with --addr", name)
+			}
+		}
 	}
 	return online, nil
 }
@@ -257,7 +265,7 @@ func (a *app) mintThroughServer(cmd *cobra.Command, fl x509MintFlags, p ca.Profi
 	if err != nil {
 		return err
 	}
-	rep := serverMintReport{Server: "unix://" + c.socket, TrustDomain: id.TrustDomain().Name(), svidReport: newSVIDReport(m, fl.dnsNames, files)}
+	rep := serverMintReport{Server: c.addr, TrustDomain: id.TrustDomain().Name(), svidReport: newSVIDReport(m, fl.dnsNames, files)}
 	if a.output == outputJSON {
 		return writeJSON(a.stdout, rep)
 	}
