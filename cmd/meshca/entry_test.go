@@ -329,6 +329,11 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 	}
 	mustSucceed(t, env, "entry", "delete", listed.Entries[0].ID, "--addr", addr)
 
+	// With --output json, a server's refusal is JSON with its status.
+	checkJSONError(t, meshca(t, env, "entry", "show", "nope", "--addr", addr, "--output", "json"), "not_found", `show entry nope: no entry "nope"`)
+	checkJSONError(t, meshca(t, env, "entry", "create", "--spiffe-id", "spiffe://example.org/app", "--parent-id", agentID,
+		"--selector", "unix:uid:"+uid, "--addr", addr, "--output", "json"), "already_exists", "already gives")
+
 	// Delete.
 	r = mustSucceed(t, env, "entry", "delete", sm2.ID, "--addr", addr)
 	if strings.TrimSpace(r.stdout) != "deleted entry "+sm2.ID {

@@ -209,7 +209,7 @@ func (a *app) dialOperator(o opOptions) (*opClient, error) {
 
 // unreachable is the error for a server that does not answer on its socket.
 func unreachable(path, why string) error {
-	return fmt.Errorf("cannot reach the server's admin socket at %s (%s): is `meshca server` running? Give its socket with --addr unix:///<data-dir>/%s or $%s", path, why, adminSocketName, envAddr)
+	return codedErrorf(codes.Unavailable, "cannot reach the server's admin socket at %s (%s): is `meshca server` running? Give its socket with --addr unix:///<data-dir>/%s or $%s", path, why, adminSocketName, envAddr)
 }
 
 // callContext bounds one operator call by --timeout.
@@ -244,32 +244,36 @@ func checkTimeout(o opOptions) error {
 
 // callError turns the error of an operator call into a message for the
 // operator: what failed, and the server's reason without gRPC's wrapping.
+// The error carries the call's status code, for --output json.
 func (c *opClient) callError(what string, o opOptions, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("%s: the server did not answer within %s (--timeout)", what, o.timeout)
+			return codedErrorf(codes.DeadlineExceeded, "%s: the server did not answer within %s (--timeout)", what, o.timeout)
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	msg := st.Message()
-	switch st.Code() {
+	msg, code := st.Message(), st.Code()
+	switch code {
 	case codes.Unavailable:
 		if c.isDialFailure(msg) {
 			if strings.Contains(msg, "permission denied") {
-				return fmt.Errorf("cannot open the server's admin socket at %s: permission denied; only the user the server runs as may use it (mode 0600)", c.socket)
+				return codedErrorf(codes.PermissionDenied, "cannot open the server's admin socket at %s: permission denied; only the user the server runs as may use it (mode 0600)", c.socket)
 			}
 			return unreachable(c.socket, "nothing is listening on it")
 		}
-		return fmt.Errorf("%s: %s (the server or its cluster is unavailable; see meshca status)", what, msg)
+		return codedErrorf(code, "%s: %s (the server or its cluster is unavailable; see meshca status)", what, msg)
 	case codes.DeadlineExceeded:
-		return fmt.Errorf("%s: the server did not answer within %s (--timeout); the cluster may have no leader", what, o.timeout)
+		return codedErrorf(code, "%s: the server did not answer within %s (--timeout); the cluster may have no leader", what, o.timeout)
 	case codes.Canceled:
-		return fmt.Errorf("%s: cancelled", what)
+		return codedErrorf(code, "%s: cancelled", what)
 	case codes.Unimplemented:
-		return fmt.Errorf("%s: this server does not support it (is it an older meshca?): %s", what, msg)
+		if c.tcp {
+			return codedErrorf(code, "%s: %s does not serve the operator API: is it the server's --api-addr (agents' and servers' API)? Give the server's --admin-addr, or its admin socket unix:///<data-dir>/%s", what, c.addr, adminSocketName)
+		}
+		return codedErrorf(code, "%s: this server does not support it (is it an older meshca?): %s", what, msg)
 	}
-	return fmt.Errorf("%s: %s", what, msg)
+	return codedErrorf(code, "%s: %s", what, msg)
 }
 
 // isDialFailure reports whether a gRPC Unavailable message says that

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -103,5 +105,56 @@ func TestShellQuote(t *testing.T) {
 		if got := shellQuote(tc.in); got != tc.want {
 			t.Errorf("shellQuote(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// With --output json, errors are one line of JSON on stderr, with a code
+// scripts can branch on, and nothing on stdout.
+func TestJSONErrors(t *testing.T) {
+	t.Parallel()
+	dir := shortTempDir(t)
+	missing := filepath.Join(dir, "missing.sock")
+	for _, tc := range []struct {
+		name string
+		args []string
+		exit int
+		code string
+		want string
+	}{
+		{"fail/unknown-flag", []string{"dev", "--bogus", "--output", "json"}, exitUsage, "usage", "unknown flag: --bogus"},
+		{"fail/unknown-flag-equals", []string{"--output=json", "status", "--bogus"}, exitUsage, "usage", "unknown flag: --bogus"},
+		{"fail/usage-in-command", []string{"token", "create", "--kind", "bogus", "--output", "json"}, exitUsage, "usage", `--kind "bogus"`},
+		{"fail/no-server", []string{"status", "--addr", "unix://" + missing, "--output", "json"}, exitError, "unavailable", "cannot reach the server's admin socket"},
+		{"fail/no-workload-api", []string{"workload", "fetch", "--socket", missing, "--out", filepath.Join(dir, "o"), "--output", "json"}, exitError, "unavailable", "no Workload API socket"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := meshca(t, map[string]string{envDataDir: dir}, tc.args...)
+			if r.code != tc.exit {
+				t.Errorf("exit %d, want %d", r.code, tc.exit)
+			}
+			checkJSONError(t, r, tc.code, tc.want)
+		})
+	}
+}
+
+// checkJSONError checks that r failed with one JSON error line of code
+// whose message contains want.
+func checkJSONError(t *testing.T, r result, code, want string) {
+	t.Helper()
+	var e struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+	}
+	dec := json.NewDecoder(strings.NewReader(r.stderr))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Fatalf("stderr is not one line of JSON: %v\n%s", err, r.stderr)
+	}
+	if e.Code != code || !strings.Contains(e.Error, want) {
+		t.Errorf("JSON error = %+v, want code %q and a message containing %q", e, code, want)
+	}
+	if r.stdout != "" {
+		t.Errorf("stdout = %q, want nothing", r.stdout)
 	}
 }

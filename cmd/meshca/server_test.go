@@ -576,9 +576,16 @@ func TestOperatorOverMutualTLS(t *testing.T) {
 		t.Errorf("non-admin over mTLS: exit %d\n%s", r.code, r.stderr)
 	}
 
+	// The cluster API port given where the operator API is expected.
+	alice := mintDir("spiffe://example.org/ops/alice")
+	r0 := meshca(t, env, "status", "--addr", ports[1], "--admin-cert", filepath.Join(alice, "svid.pem"),
+		"--admin-key", filepath.Join(alice, "key.pem"), "--trust-bundle", bundle)
+	if r0.code != exitError || !strings.Contains(r0.stderr, ports[1]+" does not serve the operator API: is it the server's --api-addr") || strings.Contains(r0.stderr, "older meshca") {
+		t.Errorf("status --addr <the API address>: exit %d, stderr %q", r0.code, r0.stderr)
+	}
+
 	// x509 mint reaches the server over mutual TLS with the same flags,
 	// and names the server by the address it used.
-	alice := mintDir("spiffe://example.org/ops/alice")
 	out := filepath.Join(t.TempDir(), "tool")
 	r := meshca(t, env, "x509", "mint", "--spiffe-id", "spiffe://example.org/ops/tool", "--addr", ports[2], "--out", out,
 		"--admin-cert", filepath.Join(alice, "svid.pem"), "--admin-key", filepath.Join(alice, "key.pem"), "--trust-bundle", bundle, "--output", "json")

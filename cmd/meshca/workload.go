@@ -233,7 +233,7 @@ func (a *app) fetchX509SVIDs(ctx context.Context, socket string, profiles []stri
 	fi, err := os.Stat(socket)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no Workload API socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", socket, envWorkloadSocket)
+		return nil, codedErrorf(codes.Unavailable, "no Workload API socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", socket, envWorkloadSocket)
 	case err != nil:
 		return nil, fmt.Errorf("Workload API socket %s: %w", socket, err)
 	case fi.Mode().Type() != fs.ModeSocket:
@@ -243,7 +243,7 @@ func (a *app) fetchX509SVIDs(ctx context.Context, socket string, profiles []stri
 	// once; say so rather than wait for the timeout.
 	if c, err := net.Dial("unix", socket); err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
+			return nil, codedErrorf(codes.Unavailable, "cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
 		}
 	} else {
 		c.Close()
@@ -317,20 +317,20 @@ func (a *app) fetchError(socket string, timeout time.Duration, err error) error 
 	switch st.Code() {
 	case codes.PermissionDenied:
 		if strings.Contains(st.Message(), agent.ProfilesMetadataKey) {
-			return fmt.Errorf("the Workload API at %s issued this process no X509-SVID of the profiles asked for within %s (--timeout): %s; ask for them with --profile (e.g. --profile sm2)", socket, timeout, st.Message())
+			return codedErrorf(st.Code(), "the Workload API at %s issued this process no X509-SVID of the profiles asked for within %s (--timeout): %s; ask for them with --profile (e.g. --profile sm2)", socket, timeout, st.Message())
 		}
-		return fmt.Errorf("the Workload API at %s issued no X509-SVID to this process within %s (--timeout): %s; is there a registration entry for it, e.g. with --selector unix:uid:%d, whose parent is this agent? (meshca entry list)", socket, timeout, st.Message(), a.uid)
+		return codedErrorf(st.Code(), "the Workload API at %s issued no X509-SVID to this process within %s (--timeout): %s; is there a registration entry for it, e.g. with --selector unix:uid:%d, whose parent is this agent? (meshca entry list)", socket, timeout, st.Message(), a.uid)
 	case codes.Unavailable:
 		if strings.Contains(st.Message(), "dial unix") {
-			return fmt.Errorf("cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
+			return codedErrorf(st.Code(), "cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
 		}
-		return fmt.Errorf("the Workload API at %s is unavailable after %s (--timeout): %s", socket, timeout, st.Message())
+		return codedErrorf(st.Code(), "the Workload API at %s is unavailable after %s (--timeout): %s", socket, timeout, st.Message())
 	case codes.DeadlineExceeded:
-		return fmt.Errorf("the Workload API at %s sent no X509-SVID within %s (--timeout): the agent may not be attested or connected to a server yet; see its log", socket, timeout)
+		return codedErrorf(st.Code(), "the Workload API at %s sent no X509-SVID within %s (--timeout): the agent may not be attested or connected to a server yet; see its log", socket, timeout)
 	case codes.Canceled:
-		return errors.New("fetch X509-SVIDs: cancelled")
+		return codedErrorf(st.Code(), "fetch X509-SVIDs: cancelled")
 	}
-	return fmt.Errorf("fetch X509-SVIDs from %s: %s", socket, st.Message())
+	return codedErrorf(st.Code(), "fetch X509-SVIDs from %s: %s", socket, st.Message())
 }
 
 // parseFetchedSVID checks one X509-SVID of a response: a chain whose leaf,
