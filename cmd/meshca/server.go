@@ -428,6 +428,11 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err := os.MkdirAll(dataDir, modeDir); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
+	lock, err := lockDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	hasIdentity, err := server.HasIdentity(dataDir)
 	if err != nil {
 		return err
