@@ -235,6 +235,13 @@ func TestServerBootstrapOperateAndSnapshot(t *testing.T) {
 	if r.code != exitError || !strings.Contains(r.stderr, `remove peer nope: no peer "nope" in the Raft configuration`) {
 		t.Errorf("remove-peer of an unknown peer: exit %d, stderr %q", r.code, r.stderr)
 	}
+	r = meshca(t, env, "operator", "raft", "remove-peer", "s1", "--addr", addr)
+	if r.code != exitError || !strings.Contains(r.stderr, "remove peer s1: s1 is the only voter of the cluster") || strings.Contains(r.stderr, "{[]}") {
+		t.Errorf("remove-peer of the last voter: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if st, _ := statusOf(t, env, sock); st.RaftState != "Leader" {
+		t.Errorf("after a refused remove-peer of the last voter, s1 is %s, want still Leader", st.RaftState)
+	}
 	r = meshca(t, env, "operator", "raft", "add-voter", "s9", "no-port", "--addr", addr)
 	if r.code != exitError || !strings.Contains(r.stderr, "add voter s9: ") || !strings.Contains(r.stderr, "host:port") {
 		t.Errorf("add-voter with a bad address: exit %d, stderr %q", r.code, r.stderr)

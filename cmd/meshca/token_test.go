@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -82,4 +83,32 @@ func TestJoinTokens(t *testing.T) {
 		r := meshca(t, env, "node", "list", "--addr", addr)
 		return strings.Contains(r.stdout, "join_token"), r.stdout + r.stderr
 	})
+}
+
+// A connection to the Raft port without a server certificate is refused
+// and logged as such, not as a Raft decoding error.
+func TestRaftPortRefusalIsLogged(t *testing.T) {
+	t.Parallel()
+	env := testEnv(t)
+	dataDir := shortTempDir(t)
+	sock := filepath.Join(dataDir, adminSocketName)
+	ports := freePorts(t, 2)
+	srv := startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", ports[0], "--api-addr", ports[1],
+		"--bootstrap", "--trust-domain", "example.org")
+	waitLeader(t, env, sock, "s1")
+	c, err := tls.Dial("tcp", ports[0], &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	if err == nil {
+		// TLS 1.3: the server's refusal of a client without a
+		// certificate arrives after the client's side of the handshake.
+		c.Write([]byte("x"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		c.Read(make([]byte, 1))
+		c.Close()
+	}
+	waitFor(t, 10*time.Second, "the refusal is logged", func() (bool, string) {
+		return strings.Contains(srv.stderr.String(), "refused a Raft connection: TLS handshake failed"), srv.stderr.String()
+	})
+	if strings.Contains(srv.stderr.String(), "failed to decode incoming command") {
+		t.Errorf("the refusal is logged as a Raft decoding error:\n%s", srv.stderr)
+	}
 }
