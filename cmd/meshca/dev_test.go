@@ -66,6 +66,16 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 		!strings.Contains(r.stderr, "another meshca (pid ") {
 		t.Errorf("server on dev's data directory: exit %d, stderr %q", r.code, r.stderr)
 	}
+	// Offline mint refuses dev's data directory rather than create a
+	// second CA there.
+	if r := meshca(t, env, "x509", "mint", "--data-dir", dataDir, "--profile", "ecdsa", "--spiffe-id", "spiffe://meshca.local/x",
+		"--out", filepath.Join(t.TempDir(), "x")); r.code != exitUsage || !strings.Contains(r.stderr, "is the data directory of a meshca server") ||
+		!strings.Contains(r.stderr, "--addr unix://"+filepath.Join(dataDir, adminSocketName)) {
+		t.Errorf("x509 mint --data-dir <dev's>: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "ca")); !os.IsNotExist(err) {
+		t.Errorf("x509 mint created a CA in dev's data directory: %v", err)
+	}
 	if !strings.Contains(dev.stderr.String(), devOnlyWarning) {
 		t.Errorf("dev does not warn about the KEK in the data directory:\n%s", dev.stderr)
 	}

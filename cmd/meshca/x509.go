@@ -5,12 +5,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -50,9 +53,9 @@ the admin socket can mint any identity of the trust domain.
 Offline, with --data-dir D (then --profile is required): straight from the
 local CA in D. If D holds no CA yet, one is created for the trust domain of
 --spiffe-id; an existing CA must be of that trust domain. This local CA
-(<data-dir>/ca/state.json) is a CA of its own: it is not the trust domain that
-"meshca dev" or "meshca server" runs from the same directory, whose roots live
-in the replicated state, so give mint a directory of its own. The
+(<data-dir>/ca/state.json) is a CA of its own, not the trust domain of a
+"meshca dev" or "meshca server", whose roots live in the replicated state:
+mint refuses the data directory of a server or dev and points to --addr. The
 key-encryption key is --kek-file F, else $MESHCA_KEK_FILE, else <data-dir>/kek,
 created if needed, for development only. Offline minting is neither authorized
 nor recorded: whoever can read the data directory and its KEK can mint any
@@ -144,6 +147,9 @@ func (a *app) newX509MintCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if err := checkNotServerDataDir(data); err != nil {
+			return err
+		}
 
 		l, kek, err := a.openCA(data, fl.kekFile, id.TrustDomain())
 		if err != nil {
@@ -169,6 +175,27 @@ func (a *app) newX509MintCommand() *cobra.Command {
 		return a.printMint(rep)
 	})
 	return cmd
+}
+
+// checkNotServerDataDir refuses to mint offline in the data directory of
+// a server or of dev: a local CA there would be a second CA, unrelated to
+// the trust domain the server runs.
+func checkNotServerDataDir(dir string) error {
+	has, err := server.HasIdentity(dir)
+	if err != nil {
+		return err
+	}
+	if !has {
+		for _, name := range []string{"raft", serverLockName} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				has = true
+			}
+		}
+	}
+	if has {
+		return usageErrorf("--data-dir %s is the data directory of a meshca server (or of meshca dev): an offline CA there would be a second CA, unrelated to the server's trust domain; mint through the server with --addr unix://%s, or give mint a directory of its own", dir, filepath.Join(dir, adminSocketName))
+	}
+	return nil
 }
 
 // checkMintFlags checks the flags of x509 mint and tells its mode: online
