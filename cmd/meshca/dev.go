@@ -211,7 +211,7 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 	if !hasIdentity && td.IsZero() {
 		tdName = defaultTrustDomain
 	}
-	kek, kekFrom, err := a.serverKEK(serverConfig{KEKFile: o.kekFile, Bootstrap: true}, dataDir, hasIdentity)
+	kek, kekFrom, err := a.serverKEK(serverConfig{KEKFile: o.kekFile, Bootstrap: true}, dataDir, hasIdentity, true)
 	if err != nil {
 		return err
 	}

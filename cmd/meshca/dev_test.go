@@ -76,6 +76,9 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dataDir, "ca")); !os.IsNotExist(err) {
 		t.Errorf("x509 mint created a CA in dev's data directory: %v", err)
 	}
+	if strings.Contains(dev.stderr.String(), "every server of the cluster") {
+		t.Errorf("dev's KEK warning speaks of a cluster:\n%s", dev.stderr)
+	}
 	if !strings.Contains(dev.stderr.String(), devOnlyWarning) {
 		t.Errorf("dev does not warn about the KEK in the data directory:\n%s", dev.stderr)
 	}
