@@ -35,7 +35,8 @@ func TestSubcommandHelp(t *testing.T) {
 			"--renew-fraction", "--config", "unknown key is an error", "only the first time", "SIGTERM", "meshca token create", "join_token"}},
 		{[]string{"workload", "fetch", "--help"}, []string{"svid.pem", "key.pem", "bundle.pem", "SPIFFE_ENDPOINT_SOCKET", "--timeout", "--all", "openssl verify"}},
 		{[]string{"entry", "create", "--help"}, []string{"--spiffe-id", "--parent-id", "--selector", "unix:uid:1000", "--ttl", "--dns", "--profile", "MESHCA_ADDR"}},
-		{[]string{"entry", "update", "--help"}, []string{"--revision", "replace the whole list"}},
+		{[]string{"entry", "update", "--help"}, []string{"--revision", "replace the whole list", "keep the entry's"}},
+		{[]string{"token", "create", "--help"}, []string{"--quiet", "T=$(meshca token create", "mutual TLS"}},
 		{[]string{"entry"}, []string{"create", "list", "show", "update", "delete"}},
 		{[]string{"node"}, []string{"list", "show"}},
 		{[]string{"x509", "mint", "--help"}, []string{"--spiffe-id", "--profile", "--data-dir", "--out", "--dns", "--ttl", "--kek-file", "svid.pem"}},
@@ -156,5 +157,28 @@ func checkJSONError(t *testing.T, r result, code, want string) {
 	}
 	if r.stdout != "" {
 		t.Errorf("stdout = %q, want nothing", r.stdout)
+	}
+}
+
+// Help never promises what the program does not do.
+func TestHelpSaysNothingUntrue(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		not  []string
+	}{
+		// Omitting --profile or --ttl keeps the entry's value.
+		{[]string{"entry", "update", "--help"}, []string{`(default "ecdsa")`, "(default 24h"}},
+		// There is no revoke command yet.
+		{[]string{"entry", "delete", "--help"}, []string{"revoke"}},
+		// dev is one server, not a cluster.
+		{[]string{"dev", "--help"}, []string{"every server of the cluster"}},
+	} {
+		r := meshca(t, nil, tc.args...)
+		for _, n := range tc.not {
+			if strings.Contains(r.stdout, n) {
+				t.Errorf("meshca %s says %q", strings.Join(tc.args, " "), n)
+			}
+		}
 	}
 }

@@ -218,10 +218,13 @@ func TestServerBootstrapOperateAndSnapshot(t *testing.T) {
 
 	st, _ = statusOf(t, env, sock)
 	r = mustSucceed(t, env, "status", "--addr", addr)
-	for _, want := range []string{"s1", "example.org", "Leader", "(this server)", st.StateHash} {
+	for _, want := range []string{"s1", "example.org", "Leader", "(this server)", st.StateHash, "sign queue", "CSRs admitted, not yet signed"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status does not show %q:\n%s", want, r.stdout)
 		}
+	}
+	if !strings.Contains(mustSucceed(t, env, "status", "--addr", addr, "--output", "json").stdout, `"sign_queue_depth": 0`) {
+		t.Error("status --output json has no sign_queue_depth")
 	}
 	r = mustSucceed(t, env, "operator", "raft", "list-peers", "--addr", addr)
 	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 ||
@@ -529,7 +532,7 @@ func TestOperatorHelp(t *testing.T) {
 		{[]string{"server", "--help"}, []string{"--bootstrap", "--join", "same KEK", "meshca token create --kind server",
 			"<data-dir>/server/bundle.pem", "--config", "unknown key is an error", "admin.sock", "SIGTERM", "MESHCA_JOIN_TOKEN", "development only"}},
 		{[]string{"token", "create", "--help"}, []string{"--kind", "--ttl", "single-use", "never logged", "MESHCA_ADDR"}},
-		{[]string{"status", "--help"}, []string{"state hash", "--addr", "MESHCA_ADDR"}},
+		{[]string{"status", "--help"}, []string{"state hash", "--addr", "MESHCA_ADDR", "signing", "mutual TLS", "--admin-cert"}},
 		{[]string{"operator", "raft", "--help"}, []string{"list-peers", "add-voter", "remove-peer", "snapshot"}},
 		{[]string{"operator", "raft", "snapshot", "save", "--help"}, []string{"0600", "renamed", "KEK"}},
 		{[]string{"operator", "raft", "snapshot", "restore", "--help"}, []string{"corrupt", "state hash"}},
