@@ -199,8 +199,12 @@ func (o *operatorService) checkParent(r *raftfsm.Reader, parent string, allowUnk
 	if h, ok := strings.CutPrefix(id.Path(), "/meshca/agent/"+jointoken.Name+"/"); ok && len(h) == 32 {
 		now := o.s.cfg.Clock.Now().UnixNano()
 		for _, t := range r.JoinTokensWithHashPrefix(h) {
-			if t.Kind == TokenKindAgent && t.ConsumedUnixNano == 0 && now < t.ExpiresUnixNano {
+			switch {
+			case t.Kind != TokenKindAgent:
+			case t.ConsumedUnixNano == 0 && now < t.ExpiresUnixNano:
 				return nil // the agent of a pending join token
+			case t.ConsumedBy == parent:
+				return nil // the agent that used it, attesting now
 			}
 		}
 	}

@@ -200,7 +200,7 @@ func TestWorkloadAPIServesAndRotatesSVIDs(t *testing.T) {
 
 	parent := agentIDFor(token)
 	e.entry(parent, "spiffe://example.org/test/web", time.Minute, "unix:uid:"+uid)
-	e.entry(parent, "spiffe://example.org/test/other", time.Hour, "unix:uid:"+uid+"9") // not ours
+	e.entry(parent, "spiffe://example.org/test/other", time.Hour, "unix:uid:"+strconv.Itoa(os.Getuid()+1)) // not ours
 
 	var x *workloadapi.X509Context
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
