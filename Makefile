@@ -46,6 +46,7 @@ fuzz:
 	$(GO) test ./attest/unix -run '^$$' -fuzz '^FuzzValidateSelectorValue$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./attest/k8s -run '^$$' -fuzz '^FuzzValidateSelectorValue$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzCheckJoinToken$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./agent -run '^$$' -fuzz '^FuzzRequestedProfiles$$' -fuzztime $(FUZZTIME)
 
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 

@@ -192,3 +192,31 @@ func TestRequestedProfiles(t *testing.T) {
 		})
 	}
 }
+
+// FuzzRequestedProfiles checks that the profiles metadata parser never
+// panics, refuses with InvalidArgument only, and accepts only known
+// profile names.
+func FuzzRequestedProfiles(f *testing.F) {
+	for _, s := range []string{"sm2", "ecdsa,sm2", " ecdsa , sm2 ", "", ",", "rsa", "SM2", "sm2,sm2", "ecdsa\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		md := metadata.MD{}
+		md.Append(ProfilesMetadataKey, v)
+		got, err := requestedProfiles(metadata.NewIncomingContext(t.Context(), md))
+		if err != nil {
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("requestedProfiles(%q) = %v, not InvalidArgument", v, err)
+			}
+			return
+		}
+		if len(got) == 0 {
+			t.Fatalf("requestedProfiles(%q) accepted no profile", v)
+		}
+		for p := range got {
+			if p != "ecdsa" && p != "sm2" {
+				t.Fatalf("requestedProfiles(%q) accepted profile %q", v, p)
+			}
+		}
+	})
+}
