@@ -43,6 +43,10 @@ lint:
 fuzz:
 	$(GO) test ./ca -run '^$$' -fuzz '^FuzzIssue$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./raftfsm -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./attest/unix -run '^$$' -fuzz '^FuzzValidateSelectorValue$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./attest/k8s -run '^$$' -fuzz '^FuzzValidateSelectorValue$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz '^FuzzCheckJoinToken$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./agent -run '^$$' -fuzz '^FuzzRequestedProfiles$$' -fuzztime $(FUZZTIME)
 
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 

@@ -96,31 +96,101 @@ func (s *store) put(v *svid) {
 	s.notifyLocked()
 }
 
-// matching returns the SVIDs, valid at now, of the entries whose selectors
-// are all in sel, whether every matching entry has one yet, and the bundle.
-func (s *store) matching(sel map[string]bool, now time.Time) (out []*svid, complete, matched bool, bundle *nodepb.Bundle) {
+// matchResult is what the store holds for one caller.
+type matchResult struct {
+	// svids are the SVIDs, valid at the time asked, of the entries that
+	// match the caller and are of a profile it asked for, in the default
+	// order (see lessEntry).
+	svids []*svid
+	// complete: every such entry has a valid SVID.
+	complete bool
+	// matched: at least one such entry exists.
+	matched bool
+	// otherProfiles are the profiles, not asked for, of other entries
+	// that match the caller, in the order of ca.Profiles.
+	otherProfiles []string
+}
+
+// matching returns the SVIDs, valid at now, of the entries of the given
+// profiles whose selectors are all in sel.
+func (s *store) matching(sel map[string]bool, profiles map[string]bool, now time.Time) matchResult {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	complete = true
-	ids := make([]string, 0, len(s.entries))
-	for id := range s.entries {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		e := s.entries[id]
+	m := matchResult{complete: true}
+	others := map[string]bool{}
+	for _, e := range sortedEntries(s.entries) {
 		if !entryMatches(e, sel) {
 			continue
 		}
-		matched = true
-		v, ok := s.svids[id]
-		if !ok || !now.Before(v.notAfter) {
-			complete = false
+		if !profiles[e.Profile] {
+			others[e.Profile] = true
 			continue
 		}
-		out = append(out, v)
+		m.matched = true
+		v, ok := s.svids[e.Id]
+		if !ok || !now.Before(v.notAfter) {
+			m.complete = false
+			continue
+		}
+		m.svids = append(m.svids, v)
 	}
-	return out, complete, matched, s.bundle
+	m.otherProfiles = sortedProfiles(others)
+	return m
+}
+
+// sortedProfiles returns the names in set in the order of ca.Profiles,
+// then unknown names alphabetically.
+func sortedProfiles(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for name := range set {
+		out = append(out, name)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		ri, rj := profileRank(out[i]), profileRank(out[j])
+		if ri != rj {
+			return ri < rj
+		}
+		return out[i] < out[j]
+	})
+	return out
+}
+
+// profileRank orders profiles as ca.Profiles does (ecdsa, then sm2);
+// unknown profiles come last.
+func profileRank(name string) int {
+	for i, p := range ca.Profiles() {
+		if p.Name() == name {
+			return i
+		}
+	}
+	return len(ca.Profiles())
+}
+
+// lessEntry is the default order of a workload's SVIDs, the first being
+// its default SVID: ECDSA before SM2 (the order of ca.Profiles), then by
+// SPIFFE ID, then oldest entry first, then by entry ID, so that the order
+// never depends on map iteration or on the random entry IDs alone.
+func lessEntry(a, b *nodepb.Entry) bool {
+	if ra, rb := profileRank(a.Profile), profileRank(b.Profile); ra != rb {
+		return ra < rb
+	}
+	if a.SpiffeId != b.SpiffeId {
+		return a.SpiffeId < b.SpiffeId
+	}
+	if a.CreatedUnixNano != b.CreatedUnixNano {
+		return a.CreatedUnixNano < b.CreatedUnixNano
+	}
+	return a.Id < b.Id
+}
+
+// sortedEntries returns the entries of m in the default order.
+func sortedEntries(m map[string]*nodepb.Entry) []*nodepb.Entry {
+	out := make([]*nodepb.Entry, 0, len(m))
+	for _, e := range m {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return lessEntry(out[i], out[j]) })
+	return out
 }
 
 func entryMatches(e *nodepb.Entry, sel map[string]bool) bool {
@@ -220,16 +290,16 @@ func (e agentError) Error() string { return string(e) }
 
 const errUnexpectedID = agentError("agent: the SVID does not carry the entry's SPIFFE ID")
 
-// matchingEntries returns the entries whose selectors are all in sel.
+// matchingEntries returns the entries whose selectors are all in sel, in
+// the default order.
 func (s *store) matchingEntries(sel map[string]bool) []*nodepb.Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []*nodepb.Entry
-	for _, e := range s.entries {
+	for _, e := range sortedEntries(s.entries) {
 		if entryMatches(e, sel) {
 			out = append(out, e)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out
 }

@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshca/meshca/proto/nodepb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 func entry(id string, rev uint64, selectors ...string) *nodepb.Entry {
@@ -75,4 +79,144 @@ func TestStoreDue(t *testing.T) {
 	if len(s.svids) != 1 {
 		t.Errorf("%d SVIDs kept, want only the remaining entry's", len(s.svids))
 	}
+}
+
+// The default order of a workload's SVIDs: ECDSA before SM2, then by SPIFFE
+// ID, then oldest entry first, then by entry ID, whatever the map order.
+func TestDefaultSVIDOrder(t *testing.T) {
+	mk := func(id, profile, spiffeID string, created int64) *nodepb.Entry {
+		return &nodepb.Entry{Id: id, Profile: profile, SpiffeId: "spiffe://example.org/" + spiffeID, CreatedUnixNano: created, Revision: 1,
+			Selectors: []*nodepb.Selector{{Type: "unix", Value: "uid:1"}}}
+	}
+	entries := []*nodepb.Entry{
+		mk("f0", "sm2", "a", 1),
+		mk("e0", "ecdsa", "b", 5),
+		mk("d0", "ecdsa", "b", 2),
+		mk("c1", "ecdsa", "c", 7),
+		mk("c0", "ecdsa", "c", 7),
+		mk("a9", "ecdsa", "a", 9),
+		mk("b0", "sm2", "0", 0),
+	}
+	want := []string{"a9", "d0", "e0", "c0", "c1", "b0", "f0"}
+	now := time.Now()
+	for round := 0; round < 20; round++ { // map order varies from round to round
+		s := newStore()
+		s.setEntries(entries, nil)
+		for _, e := range entries {
+			s.svids[e.Id] = &svid{entry: e, notAfter: now.Add(time.Hour)}
+		}
+		m := s.matching(map[string]bool{"unix:uid:1": true}, map[string]bool{"ecdsa": true, "sm2": true}, now)
+		var got []string
+		for _, v := range m.svids {
+			got = append(got, v.entry.Id)
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Fatalf("round %d: order %v, want %v", round, got, want)
+		}
+		var jwt []string
+		for _, e := range s.matchingEntries(map[string]bool{"unix:uid:1": true}) {
+			jwt = append(jwt, e.Id)
+		}
+		if strings.Join(jwt, " ") != strings.Join(want, " ") {
+			t.Fatalf("round %d: JWT entry order %v, want %v", round, jwt, want)
+		}
+	}
+}
+
+// A client that asks for ECDSA only never gets, nor waits for, SM2 SVIDs;
+// the SM2 entries it matches are named so that it can be told why.
+func TestMatchingFiltersProfiles(t *testing.T) {
+	now := time.Now()
+	s := newStore()
+	ec, sm := entry("ec", 1, "unix:uid:1"), entry("sm", 1, "unix:uid:1")
+	sm.Profile = "sm2"
+	s.setEntries([]*nodepb.Entry{ec, sm}, nil)
+	sel := map[string]bool{"unix:uid:1": true}
+	ecdsaOnly := map[string]bool{"ecdsa": true}
+
+	// The SM2 SVID alone is there: the ECDSA client waits for its own.
+	s.svids["sm"] = &svid{entry: sm, notAfter: now.Add(time.Hour)}
+	if m := s.matching(sel, ecdsaOnly, now); m.complete || !m.matched || len(m.svids) != 0 {
+		t.Fatalf("ECDSA client with only the SM2 SVID issued: %+v, want incomplete, matched, no SVID", m)
+	}
+	s.svids["ec"] = &svid{entry: ec, notAfter: now.Add(time.Hour)}
+	m := s.matching(sel, ecdsaOnly, now)
+	if !m.complete || !m.matched || len(m.svids) != 1 || m.svids[0].entry.Id != "ec" {
+		t.Fatalf("ECDSA client: %+v, want the ECDSA SVID only", m)
+	}
+	if m := s.matching(sel, map[string]bool{"sm2": true}, now); len(m.svids) != 1 || m.svids[0].entry.Id != "sm" {
+		t.Fatalf("SM2 client: %+v, want the SM2 SVID only", m)
+	}
+
+	// Only an SM2 entry matches: an ECDSA client matches nothing, and
+	// learns that SM2 SVIDs exist for it.
+	s.setEntries([]*nodepb.Entry{sm}, nil)
+	m = s.matching(sel, ecdsaOnly, now)
+	if m.matched || len(m.svids) != 0 || strings.Join(m.otherProfiles, ",") != "sm2" {
+		t.Fatalf("ECDSA client with only an SM2 entry: %+v, want unmatched, other profiles [sm2]", m)
+	}
+}
+
+func TestRequestedProfiles(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		values []string
+		want   string
+		err    bool
+	}{
+		{name: "ok/none-means-ecdsa", want: "ecdsa"},
+		{name: "ok/sm2", values: []string{"sm2"}, want: "sm2"},
+		{name: "ok/both", values: []string{"sm2,ecdsa"}, want: "ecdsa,sm2"},
+		{name: "ok/repeated-key", values: []string{"sm2", "ecdsa"}, want: "ecdsa,sm2"},
+		{name: "ok/spaces", values: []string{" ecdsa , sm2 "}, want: "ecdsa,sm2"},
+		{name: "fail/unknown", values: []string{"rsa"}, err: true},
+		{name: "fail/empty", values: []string{""}, err: true},
+		{name: "fail/trailing-comma", values: []string{"ecdsa,"}, err: true},
+		{name: "fail/uppercase", values: []string{"SM2"}, err: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			md := metadata.MD{}
+			for _, v := range c.values {
+				md.Append(ProfilesMetadataKey, v)
+			}
+			got, err := requestedProfiles(metadata.NewIncomingContext(t.Context(), md))
+			if c.err {
+				if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), ProfilesMetadataKey) {
+					t.Fatalf("requestedProfiles(%q) = %v, %v; want InvalidArgument naming %s", c.values, got, err, ProfilesMetadataKey)
+				}
+				return
+			}
+			if err != nil || strings.Join(sortedProfiles(got), ",") != c.want {
+				t.Fatalf("requestedProfiles(%q) = %v, %v; want %s", c.values, got, err, c.want)
+			}
+		})
+	}
+}
+
+// FuzzRequestedProfiles checks that the profiles metadata parser never
+// panics, refuses with InvalidArgument only, and accepts only known
+// profile names.
+func FuzzRequestedProfiles(f *testing.F) {
+	for _, s := range []string{"sm2", "ecdsa,sm2", " ecdsa , sm2 ", "", ",", "rsa", "SM2", "sm2,sm2", "ecdsa\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		md := metadata.MD{}
+		md.Append(ProfilesMetadataKey, v)
+		got, err := requestedProfiles(metadata.NewIncomingContext(t.Context(), md))
+		if err != nil {
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("requestedProfiles(%q) = %v, not InvalidArgument", v, err)
+			}
+			return
+		}
+		if len(got) == 0 {
+			t.Fatalf("requestedProfiles(%q) accepted no profile", v)
+		}
+		for p := range got {
+			if p != "ecdsa" && p != "sm2" {
+				t.Fatalf("requestedProfiles(%q) accepted profile %q", v, p)
+			}
+		}
+	})
 }

@@ -3,6 +3,8 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"strings"
 
 	"github.com/meshca/meshca/agent/peercred"
 	"github.com/meshca/meshca/ca"
@@ -13,11 +15,29 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// ProfilesMetadataKey is the gRPC request metadata key with which a
+// Workload API client names the X.509 profiles it can parse: a
+// comma-separated list of profile names ("ecdsa", "sm2"), e.g.
+// "meshca-profiles: sm2" or "meshca-profiles: ecdsa,sm2"; the key may also
+// be repeated. FetchX509SVID serves the SVIDs of those profiles only. A
+// client that sends no such key is a standard client (go-spiffe,
+// spire-agent, Envoy with BoringSSL) and gets ECDSA SVIDs only, because
+// crypto/x509 and BoringSSL cannot parse SM2 certificates: one SM2 entry
+// must not break every standard client of a workload. `meshca workload
+// fetch --profile sm2` sends it.
+const ProfilesMetadataKey = "meshca-profiles"
+
+// DefaultProfiles are the X.509 profiles served to a client that does not
+// send ProfilesMetadataKey.
+var DefaultProfiles = []string{ca.ProfileECDSA}
+
 // workloadAPI is the SPIFFE Workload API on the agent's socket.
 //
-// X509-SVIDs of both profiles are served; each SVID's bundle holds the
-// roots of its profile. FetchX509Bundles serves the ECDSA roots only:
-// crypto/x509-based clients (go-spiffe) cannot parse SM2 certificates.
+// FetchX509SVID serves each client the X509-SVIDs of the profiles it asks
+// for with ProfilesMetadataKey (ECDSA only by default), in the default
+// order (see sortSVIDs); each SVID's bundle holds the roots of its profile.
+// FetchX509Bundles serves the ECDSA roots only: crypto/x509-based clients
+// (go-spiffe) cannot parse SM2 certificates.
 type workloadAPI struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 	a *Agent
@@ -30,6 +50,37 @@ func checkHeader(ctx context.Context) error {
 		return status.Error(codes.InvalidArgument, "security header missing from request")
 	}
 	return nil
+}
+
+// requestedProfiles returns the X.509 profiles the client asks for with
+// ProfilesMetadataKey, DefaultProfiles when it names none. An unknown or
+// empty profile name is an InvalidArgument error: the client must not
+// retry.
+func requestedProfiles(ctx context.Context) (map[string]bool, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	values := md.Get(ProfilesMetadataKey)
+	if len(values) == 0 {
+		values = DefaultProfiles
+	}
+	out := map[string]bool{}
+	for _, v := range values {
+		for _, name := range strings.Split(v, ",") {
+			name = strings.TrimSpace(name)
+			if _, err := ca.ProfileByName(name); err != nil {
+				return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("%s metadata names profile %q: want a comma-separated list of %s", ProfilesMetadataKey, name, profileNames()))
+			}
+			out[name] = true
+		}
+	}
+	return out, nil
+}
+
+func profileNames() string {
+	var names []string
+	for _, p := range ca.Profiles() {
+		names = append(names, p.Name())
+	}
+	return strings.Join(names, ", ")
 }
 
 // callerSelectors attests the calling process.
@@ -54,11 +105,17 @@ func (a *Agent) callerSelectors(ctx context.Context) (map[string]bool, error) {
 
 func concat(ders [][]byte) []byte { return bytes.Join(ders, nil) }
 
-// FetchX509SVID streams the caller's X509-SVIDs: at once, then at every
-// change. A caller matching no entry gets PermissionDenied.
+// FetchX509SVID streams the caller's X509-SVIDs of the profiles it asks
+// for (see ProfilesMetadataKey), in the default order: at once, then at
+// every change. A caller matching no entry of those profiles gets
+// PermissionDenied.
 func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
 	ctx := stream.Context()
 	if err := checkHeader(ctx); err != nil {
+		return err
+	}
+	profiles, err := requestedProfiles(ctx)
+	if err != nil {
 		return err
 	}
 	sel, err := w.a.callerSelectors(ctx)
@@ -69,11 +126,20 @@ func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload
 	granted := false
 	for {
 		changed := w.a.store.changed()
-		svids, complete, matched, _ := w.a.store.matching(sel, w.a.cfg.Clock.Now())
-		if !matched {
+		m := w.a.store.matching(sel, profiles, w.a.cfg.Clock.Now())
+		svids, complete := m.svids, m.complete
+		if !m.matched {
 			info, _ := peercred.FromContext(ctx)
-			w.a.log.Info("workload api", "decision", "deny", "method", "FetchX509SVID", "pid", info.PID, "uid", info.UID, "reason", "no entry matches", "selectors", len(sel))
-			return status.Error(codes.PermissionDenied, "no identity issued")
+			reason, msg := "no entry matches", "no identity issued"
+			if len(m.otherProfiles) > 0 {
+				// The caller's own entitlements: telling it which profiles
+				// it would have to ask for leaks nothing.
+				reason = "only entries of profiles not asked for match"
+				msg = fmt.Sprintf("no identity issued of the profiles asked for (%s); this workload has %s X509-SVIDs, served only to clients that send %q metadata naming them",
+					strings.Join(sortedProfiles(profiles), ","), strings.Join(m.otherProfiles, ", "), ProfilesMetadataKey)
+			}
+			w.a.log.Info("workload api", "decision", "deny", "method", "FetchX509SVID", "pid", info.PID, "uid", info.UID, "reason", reason, "selectors", len(sel))
+			return status.Error(codes.PermissionDenied, msg)
 		}
 		if complete && len(svids) > 0 {
 			resp := &workload.X509SVIDResponse{}

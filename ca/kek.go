@@ -69,7 +69,7 @@ func LoadKEKFile(path string) (*KEK, error) {
 	defer clear(b)
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
 	if err != nil || len(key) != KEKSize {
-		return nil, fmt.Errorf("ca: key-encryption key file %s must hold %d random bytes in base64 (make one with: head -c 32 /dev/urandom | base64 > %s; chmod 600 %s)", path, KEKSize, path, path)
+		return nil, fmt.Errorf("ca: key-encryption key file %s must hold %d random bytes in base64; if keys were sealed under it, only its original content opens them (restore it from a backup); a new KEK for new data goes in a new file: (umask 077; head -c 32 /dev/urandom | base64 > new-kek)", path, KEKSize)
 	}
 	defer clear(key)
 	return NewKEK(key)

@@ -108,8 +108,15 @@ func TestKEKFileRules(t *testing.T) {
 		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := LoadKEKFile(p); err == nil {
+		_, err := LoadKEKFile(p)
+		if err == nil {
 			t.Errorf("%s KEK file accepted", name)
+			continue
+		}
+		// The hint never suggests overwriting the file keys may be sealed
+		// under, and writes a new one with its mode set before any byte.
+		if strings.Contains(err.Error(), "> "+p) || !strings.Contains(err.Error(), "(umask 077; head -c 32 /dev/urandom | base64 > new-kek)") {
+			t.Errorf("%s KEK file: the hint %q overwrites the file or lacks the umask recipe", name, err)
 		}
 	}
 	if _, err := LoadKEKFile(filepath.Join(dir, "missing")); err == nil {

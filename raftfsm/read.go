@@ -160,3 +160,10 @@ func (r *Reader) LedgerLen() int {
 
 // JWTKeys returns the JWT-SVID signing keys, by key ID.
 func (r *Reader) JWTKeys() []*raftpb.JWTKey { return all[*raftpb.JWTKey](r, tableJWTKeys, "id") }
+
+// JoinTokensWithHashPrefix returns the join tokens whose SHA-256, in
+// lowercase hex, starts with hexPrefix (the join_token agent ID holds the
+// first 32 hex digits of its token's hash).
+func (r *Reader) JoinTokensWithHashPrefix(hexPrefix string) []*raftpb.JoinToken {
+	return all[*raftpb.JoinToken](r, tableTokens, "id_prefix", hexPrefix)
+}

@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/attest/jointoken"
+	"github.com/meshca/meshca/attest/k8s"
+	"github.com/meshca/meshca/attest/unix"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -27,18 +32,22 @@ const (
 	maxSelectorLen  = 4096 // a unix:path can be a long path
 )
 
-// workloadSelectorKeys are the selectors workload attestors produce: an
-// entry may only use these, so that a typo cannot make an entry that never
-// matches (or matches by accident).
-var workloadSelectorKeys = map[string][]string{
-	"unix": {"uid", "gid", "user", "group", "path", "sha256"},
-	"k8s":  {"ns", "sa", "pod-name", "pod-uid", "pod-label", "container-name", "node-name"},
+// workloadSelectors are the selector types the workload attestors
+// produce, each with the validator of its values: an entry may only use
+// these, with values the attestor could produce, so that a typo cannot
+// make an entry that never matches (or matches by accident).
+var workloadSelectors = map[string]struct {
+	keys     []string
+	validate func(value string) error
+}{
+	unix.Name: {unix.SelectorKeys, unix.ValidateSelectorValue},
+	k8s.Name:  {k8s.SelectorKeys, k8s.ValidateSelectorValue},
 }
 
 func knownSelectors() string {
 	var out []string
-	for t, keys := range workloadSelectorKeys {
-		for _, k := range keys {
+	for t, ws := range workloadSelectors {
+		for _, k := range ws.keys {
 			out = append(out, t+":"+k)
 		}
 	}
@@ -47,25 +56,45 @@ func knownSelectors() string {
 }
 
 // validateSelector checks a workload selector: a known type and key and a
-// non-empty value, e.g. unix:uid:1000 or k8s:pod-label:app:web.
+// value the attestor of that type could produce, e.g. unix:uid:1000 or
+// k8s:pod-label:app:web.
 func validateSelector(s *operatorpb.Selector) error {
-	keys, ok := workloadSelectorKeys[s.GetType()]
+	ws, ok := workloadSelectors[s.GetType()]
 	if !ok {
 		return fmt.Errorf("unknown selector type %q; known selectors: %s", s.GetType(), knownSelectors())
 	}
-	key, value, found := strings.Cut(s.GetValue(), ":")
-	if !found || value == "" || len(s.GetValue()) > maxSelectorLen {
-		return fmt.Errorf("selector %s:%s: want %s:<key>:<value>", s.GetType(), s.GetValue(), s.GetType())
+	if len(s.GetValue()) > maxSelectorLen {
+		return fmt.Errorf("selector %s:%.40s...: longer than %d bytes", s.GetType(), s.GetValue(), maxSelectorLen)
 	}
-	for _, k := range keys {
-		if k == key {
-			if k == "pod-label" && !strings.Contains(value, ":") {
-				return fmt.Errorf("selector %s:%s: want k8s:pod-label:<label>:<value>", s.GetType(), s.GetValue())
-			}
-			return nil
+	key, _, found := strings.Cut(s.GetValue(), ":")
+	if !found {
+		return fmt.Errorf("selector %s:%s: want %s:<key>:<value>; known selectors: %s", s.GetType(), s.GetValue(), s.GetType(), knownSelectors())
+	}
+	if !slices.Contains(ws.keys, key) {
+		return fmt.Errorf("unknown selector %s:%s; known selectors: %s", s.GetType(), key, knownSelectors())
+	}
+	if err := ws.validate(s.GetValue()); err != nil {
+		var ae *attest.Error
+		if errors.As(err, &ae) {
+			return fmt.Errorf("selector %s", ae.Msg)
 		}
+		return fmt.Errorf("selector %s:%s: %w", s.GetType(), s.GetValue(), err)
 	}
-	return fmt.Errorf("unknown selector %s:%s; known selectors: %s", s.GetType(), key, knownSelectors())
+	return nil
+}
+
+// selectorSet is the sorted, de-duplicated "type:value" list of ss, the
+// key under which two entries have the same selectors.
+func selectorSet[S interface {
+	GetType() string
+	GetValue() string
+}](ss []S) string {
+	set := make([]string, 0, len(ss))
+	for _, s := range ss {
+		set = append(set, s.GetType()+":"+s.GetValue())
+	}
+	sort.Strings(set)
+	return strings.Join(slices.Compact(set), "\x00")
 }
 
 // validateEntry checks an entry against the trust domain and fills defaults.
@@ -89,9 +118,16 @@ func validateEntry(td spiffeid.TrustDomain, e *operatorpb.Entry) error {
 	if len(e.Selectors) == 0 || len(e.Selectors) > maxSelectors {
 		errs = append(errs, fmt.Errorf("an entry needs 1 to %d selectors, all of which a workload must match", maxSelectors))
 	}
+	seen := map[string]bool{}
 	for _, s := range e.Selectors {
 		if err := validateSelector(s); err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if k := s.GetType() + ":" + s.GetValue(); seen[k] {
+			errs = append(errs, fmt.Errorf("selector %s is given twice", k))
+		} else {
+			seen[k] = true
 		}
 	}
 	switch ttl := time.Duration(e.TtlSeconds) * time.Second; {
@@ -146,7 +182,48 @@ func fsmStatus(err error) error {
 	return status.Errorf(codes.Unavailable, "%v", err)
 }
 
-func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, create bool) (*operatorpb.EntryResponse, error) {
+// checkParent refuses a parent ID that is no attested agent, no server of
+// the cluster and no join_token agent of a pending (unused, unexpired)
+// agent token, unless allowUnknown: such an entry would reach no agent.
+func (o *operatorService) checkParent(r *raftfsm.Reader, parent string, allowUnknown bool) error {
+	if allowUnknown || r.Node(parent) != nil {
+		return nil
+	}
+	id, err := spiffeid.FromString(parent)
+	if err != nil {
+		return err // refused by validateEntry already
+	}
+	if nodeID, ok := strings.CutPrefix(id.Path(), "/meshca/server/"); ok && r.Server(nodeID) != nil {
+		return nil
+	}
+	if h, ok := strings.CutPrefix(id.Path(), "/meshca/agent/"+jointoken.Name+"/"); ok && len(h) == 32 {
+		now := o.s.cfg.Clock.Now().UnixNano()
+		for _, t := range r.JoinTokensWithHashPrefix(h) {
+			switch {
+			case t.Kind != TokenKindAgent:
+			case t.ConsumedUnixNano == 0 && now < t.ExpiresUnixNano:
+				return nil // the agent of a pending join token
+			case t.ConsumedBy == parent:
+				return nil // the agent that used it, attesting now
+			}
+		}
+	}
+	return status.Errorf(codes.FailedPrecondition, "invalid entry: parent ID %s is no attested agent, no server and no agent of a pending join token of this cluster, so no agent would serve the entry: check it against meshca node list, or allow it for an agent that attests later (--allow-unknown-parent)", parent)
+}
+
+// checkDuplicate refuses an entry with the parent, SPIFFE ID and selector
+// set of another entry: it would add nothing but a second SVID.
+func checkDuplicate(r *raftfsm.Reader, e *operatorpb.Entry) error {
+	want := selectorSet(e.Selectors)
+	for _, other := range r.EntriesByParent(e.ParentId) {
+		if other.Id != e.Id && other.SpiffeId == e.SpiffeId && selectorSet(other.Selectors) == want {
+			return status.Errorf(codes.AlreadyExists, "invalid entry: entry %s already gives %s to the same selectors under the same parent", other.Id, e.SpiffeId)
+		}
+	}
+	return nil
+}
+
+func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, create, allowUnknownParent bool) (*operatorpb.EntryResponse, error) {
 	if err := validateEntry(o.s.td, e); err != nil {
 		o.s.audit.Warn("entry write", "decision", "deny", "spiffe_id", e.GetSpiffeId(), "reason", err.Error())
 		return nil, status.Errorf(codes.InvalidArgument, "invalid entry: %v", err)
@@ -156,6 +233,20 @@ func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, cre
 		e.Id, expect = cluster.NewRequestID(), 0
 	} else if e.Id == "" {
 		return nil, status.Error(codes.InvalidArgument, "an entry ID is required")
+	}
+	// Checks against the state: as of a linearizable read, so that an
+	// agent or entry just written counts.
+	if err := o.s.node.ReadIndex(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	r := o.s.fsm.Read()
+	err := checkDuplicate(r, e)
+	if cur := r.Entry(e.Id); err == nil && (create || cur == nil || cur.ParentId != e.ParentId) {
+		err = o.checkParent(r, e.ParentId, allowUnknownParent)
+	}
+	if err != nil {
+		o.s.audit.Warn("entry write", "decision", "deny", "spiffe_id", e.GetSpiffeId(), "parent_id", e.GetParentId(), "reason", status.Convert(err).Message())
+		return nil, err
 	}
 	re := toRaftEntry(e)
 	re.CreatedUnixNano = o.s.cfg.Clock.Now().UnixNano()
@@ -174,14 +265,14 @@ func (o *operatorService) CreateEntry(ctx context.Context, req *operatorpb.Creat
 	if req.Entry == nil {
 		return nil, status.Error(codes.InvalidArgument, "no entry given")
 	}
-	return o.putEntry(ctx, req.Entry, true)
+	return o.putEntry(ctx, req.Entry, true, req.AllowUnknownParent)
 }
 
 func (o *operatorService) UpdateEntry(ctx context.Context, req *operatorpb.UpdateEntryRequest) (*operatorpb.EntryResponse, error) {
 	if req.Entry == nil {
 		return nil, status.Error(codes.InvalidArgument, "no entry given")
 	}
-	return o.putEntry(ctx, req.Entry, false)
+	return o.putEntry(ctx, req.Entry, false, req.AllowUnknownParent)
 }
 
 func (o *operatorService) DeleteEntry(ctx context.Context, req *operatorpb.DeleteEntryRequest) (*operatorpb.DeleteEntryResponse, error) {

@@ -212,6 +212,8 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 		return nil, deny(codes.InvalidArgument, fmt.Sprintf("node ID %q: use 1-64 letters, digits, '.', '-' or '_'", req.NodeId))
 	case len(req.Token) == 0 || len(req.Token) > maxTokenLen:
 		return nil, deny(codes.InvalidArgument, "a server join token is required")
+	case CheckJoinToken(req.Token) != nil:
+		return nil, deny(codes.InvalidArgument, CheckJoinToken(req.Token).Error())
 	case !validHostPort(req.RaftAddr) || !validHostPort(req.ApiAddr):
 		return nil, deny(codes.InvalidArgument, "raft and API addresses must be host:port")
 	case len(req.AttemptId) > maxTokenLen:
@@ -272,7 +274,7 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	case errors.Is(err, raftfsm.ErrAlreadyExists):
 		return nil, deny(codes.AlreadyExists, fmt.Sprintf("a server named %q is already a member", req.NodeId))
 	case errors.As(err, &fsmErr):
-		return nil, deny(codes.PermissionDenied, "the server join token is unknown, already used or expired ("+fsmErr.Msg+")")
+		return nil, deny(codes.PermissionDenied, "the join token is unknown, already used, expired, or not a server token ("+fsmErr.Msg+")")
 	case err != nil:
 		return nil, status.Errorf(codes.Unavailable, "record the new server: %v", err)
 	}

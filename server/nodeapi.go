@@ -140,7 +140,7 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 func tokenRefusal(err *raftfsm.Error) string {
 	switch {
 	case errors.Is(err, raftfsm.ErrNotFound):
-		return "join token refused: unknown (or not an agent token)"
+		return "join token refused: unknown, already used, expired, or not an agent token"
 	case errors.Is(err, raftfsm.ErrTokenConsumed):
 		return "join token refused: already used"
 	case errors.Is(err, raftfsm.ErrTokenExpired):
@@ -261,7 +261,7 @@ func bundleOf(r *raftfsm.Reader, td spiffeid.TrustDomain) *nodepb.Bundle {
 
 func toNodeEntry(e *raftpb.Entry) *nodepb.Entry {
 	o := &nodepb.Entry{Id: e.Id, SpiffeId: e.SpiffeId, ParentId: e.ParentId, TtlSeconds: e.TtlSeconds,
-		DnsNames: e.DnsNames, Profile: e.Profile, Revision: e.Revision}
+		DnsNames: e.DnsNames, Profile: e.Profile, Revision: e.Revision, CreatedUnixNano: e.CreatedUnixNano}
 	for _, s := range e.Selectors {
 		o.Selectors = append(o.Selectors, &nodepb.Selector{Type: s.Type, Value: s.Value})
 	}

@@ -87,6 +87,9 @@ func (o *operatorService) RaftRemovePeer(ctx context.Context, req *operatorpb.Ra
 	if !found {
 		return nil, status.Errorf(codes.NotFound, "no peer %q in the Raft configuration", req.Id)
 	}
+	if err := checkNotLastVoter(servers, req.Id); err != nil {
+		return nil, err
+	}
 	if err := o.s.node.RemoveServer(ctx, req.Id); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "remove peer %s: %v", req.Id, err)
 	}

@@ -271,8 +271,9 @@ func TestBadJoinsAreRefused(t *testing.T) {
 		}
 	}
 	refused("reused token", joinCfg(t, "s3", kek, s1, used, bundle), codes.PermissionDenied, "already used")
-	refused("unknown token", joinCfg(t, "s3", kek, s1, "not-a-token", bundle), codes.PermissionDenied, "unknown")
-	refused("agent token", joinCfg(t, "s3", kek, s1, s1.token(TokenKindAgent), bundle), codes.PermissionDenied, "join token")
+	refused("unknown token", joinCfg(t, "s3", kek, s1, strings.Repeat("A", JoinTokenLen), bundle), codes.PermissionDenied, "unknown")
+	refused("malformed token", joinCfg(t, "s3", kek, s1, "not-a-token", bundle), codes.InvalidArgument, "malformed join token")
+	refused("agent token", joinCfg(t, "s3", kek, s1, s1.token(TokenKindAgent), bundle), codes.PermissionDenied, "not a server token")
 
 	fresh := s1.token(TokenKindServer)
 	refused("wrong KEK", joinCfg(t, "s3", newKEK(t), s1, fresh, bundle), codes.PermissionDenied, "key-encryption key")

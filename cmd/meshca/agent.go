@@ -81,7 +81,11 @@ authenticates the servers until the agent receives the current bundle.
 
 Workload API: --socket (default <data-dir>/agent.sock) is created mode 0666
 in its directory: any local process may ask, and each gets only what its
-selectors earn. Keep the path short: Unix socket paths are limited to about
+selectors earn, in a fixed order (ECDSA before SM2, then by SPIFFE ID, then
+the oldest entry first; the first is the default SVID). Standard clients
+(go-spiffe, spire-agent, Envoy) cannot parse SM2, so SM2 SVIDs go only to
+clients that ask with the gRPC request metadata "meshca-profiles: sm2" (or
+"ecdsa,sm2"), as "meshca workload fetch --profile sm2" does. Keep the path short: Unix socket paths are limited to about
 100 bytes. Workloads reach it with "meshca workload fetch --socket S" or any
 SPIFFE client with SPIFFE_ENDPOINT_SOCKET=unix://S.
 
@@ -377,7 +381,7 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 		log.Info("shutting down")
 	}()
 	if err := ag.Run(ctx); err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return err // the agent package's errors say "agent: ..." already
 	}
 	log.Info("meshca agent stopped")
 	return nil

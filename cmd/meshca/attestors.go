@@ -26,6 +26,7 @@ import (
 	"github.com/meshca/meshca/attest/unix"
 	"github.com/meshca/meshca/attest/x509pop"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/server"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -450,6 +451,9 @@ func checkAttestationConfig(c *agentConfig) error {
 func nodeEvidence(c *agentConfig) (attest.NodeEvidence, error) {
 	switch {
 	case c.JoinToken != "":
+		if err := server.CheckJoinToken(c.JoinToken); err != nil {
+			return nil, usageErrorf("the agent join token (--join-token or $%s): %v; make one with `meshca token create --kind agent`", envJoinToken, err)
+		}
 		return jointoken.NewEvidence(c.JoinToken), nil
 	case c.X509PopCert != "":
 		certs, err := loadPEMCertificates("x509pop certificate (--x509pop-cert)", c.X509PopCert)

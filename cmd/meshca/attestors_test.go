@@ -409,7 +409,7 @@ func TestAgentAttestationBadInput(t *testing.T) {
 		code int
 		want []string
 	}{
-		{"fail/join-token-and-x509pop", nil, []string{"--join-token", "t", "--x509pop-cert", prov.certFile, "--x509pop-key", prov.keyFile}, exitUsage,
+		{"fail/join-token-and-x509pop", nil, []string{"--join-token", wellFormedToken, "--x509pop-cert", prov.certFile, "--x509pop-key", prov.keyFile}, exitUsage,
 			[]string{"give one kind of node evidence, not --join-token and --x509pop-cert/--x509pop-key"}},
 		{"fail/x509pop-and-k8s-psat", nil, []string{"--x509pop-cert", prov.certFile, "--x509pop-key", prov.keyFile, "--k8s-psat-cluster", "c1"}, exitUsage,
 			[]string{"give one kind of node evidence"}},
@@ -419,15 +419,15 @@ func TestAgentAttestationBadInput(t *testing.T) {
 		{"fail/token-path-without-cluster", nil, []string{"--k8s-psat-token-path", missing}, exitUsage,
 			[]string{"--k8s-psat-token-path needs --k8s-psat-cluster"}},
 		{"fail/bad-cluster-name", nil, []string{"--k8s-psat-cluster", "a/b"}, exitUsage, []string{`--k8s-psat-cluster "a/b"`}},
-		{"fail/kubelet-token-without-url", nil, []string{"--join-token", "t", "--k8s-kubelet-token", missing}, exitUsage,
+		{"fail/kubelet-token-without-url", nil, []string{"--join-token", wellFormedToken, "--k8s-kubelet-token", missing}, exitUsage,
 			[]string{"--k8s-kubelet-token needs --k8s-kubelet-url"}},
-		{"fail/kubelet-ca-and-insecure", nil, []string{"--join-token", "t", "--k8s-kubelet-url", "https://127.0.0.1:10250",
+		{"fail/kubelet-ca-and-insecure", nil, []string{"--join-token", wellFormedToken, "--k8s-kubelet-url", "https://127.0.0.1:10250",
 			"--k8s-kubelet-ca", bundle, "--k8s-kubelet-insecure"}, exitUsage, []string{"exclude each other"}},
-		{"fail/kubelet-bad-url", nil, []string{"--join-token", "t", "--k8s-kubelet-url", "127.0.0.1:10250"}, exitUsage,
+		{"fail/kubelet-bad-url", nil, []string{"--join-token", wellFormedToken, "--k8s-kubelet-url", "127.0.0.1:10250"}, exitUsage,
 			[]string{`--k8s-kubelet-url "127.0.0.1:10250"`}},
-		{"fail/kubelet-token-missing", nil, []string{"--join-token", "t", "--k8s-kubelet-url", "https://127.0.0.1:10250", "--k8s-kubelet-token", missing}, exitError,
+		{"fail/kubelet-token-missing", nil, []string{"--join-token", wellFormedToken, "--k8s-kubelet-url", "https://127.0.0.1:10250", "--k8s-kubelet-token", missing}, exitError,
 			[]string{"kubelet token (--k8s-kubelet-token)", "no such file"}},
-		{"fail/kubelet-ca-not-pem", nil, []string{"--join-token", "t", "--k8s-kubelet-url", "https://127.0.0.1:10250", "--k8s-kubelet-ca", prov.keyFile}, exitError,
+		{"fail/kubelet-ca-not-pem", nil, []string{"--join-token", wellFormedToken, "--k8s-kubelet-url", "https://127.0.0.1:10250", "--k8s-kubelet-ca", prov.keyFile}, exitError,
 			[]string{"kubelet CA"}},
 		{"fail/x509pop-cert-missing", nil, []string{"--x509pop-cert", missing, "--x509pop-key", prov.keyFile}, exitError,
 			[]string{"x509pop certificate (--x509pop-cert)", "no such file"}},
@@ -436,7 +436,7 @@ func TestAgentAttestationBadInput(t *testing.T) {
 		{"fail/x509pop-key-not-a-key", nil, []string{"--x509pop-cert", prov.certFile, "--x509pop-key", prov.certFile}, exitError,
 			[]string{"holds no PEM private key"}},
 		// The join token of the environment does not count as a second kind.
-		{"fail/k8s-psat-token-missing", map[string]string{envJoinToken: "t"}, []string{"--k8s-psat-cluster", "c1", "--k8s-psat-token-path", missing}, exitError,
+		{"fail/k8s-psat-token-missing", map[string]string{envJoinToken: wellFormedToken}, []string{"--k8s-psat-cluster", "c1", "--k8s-psat-token-path", missing}, exitError,
 			[]string{"k8s_psat token (--k8s-psat-token-path)", "no such file", "projected service account token"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -315,6 +315,12 @@ func TestClusterOfProcesses(t *testing.T) {
 		return voters(peers) == 3, msg
 	})
 	t.Logf("cluster of 3 formed %s after the joins started", d.Round(time.Millisecond))
+	// s3 is a voter as soon as the leader adds it, which may be before its
+	// own operator socket is up.
+	waitFor(t, 20*time.Second, "s3's operator API", func() (bool, string) {
+		r := runBin(t, bin, "status", "--addr", procs["s3"].addr(), "--timeout", "5s")
+		return r.code == exitOK, r.stderr
+	})
 	table := mustRunBin(t, bin, "operator", "raft", "list-peers", "--addr", procs["s3"].addr())
 	t.Logf("list-peers from s3:\n%s", table.stdout)
 

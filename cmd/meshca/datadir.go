@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/internal/dirlock"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -21,6 +22,21 @@ const (
 
 // kekFileName is the KEK kept in the data directory when none is given.
 const kekFileName = "kek"
+
+// serverLockName is the lock a running server or dev holds in its data
+// directory, with its PID.
+const serverLockName = "server.lock"
+
+// lockDataDir locks dataDir for this server (or dev) process, saying which
+// process holds it if another does.
+func lockDataDir(dataDir string) (*dirlock.Lock, error) {
+	l, err := dirlock.Acquire(dataDir, serverLockName)
+	var held *dirlock.HeldError
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("%v: a data directory serves one server at a time; stop that one first (meshca dev and meshca server run until Ctrl-C or SIGTERM), or give this one another --data-dir", held)
+	}
+	return l, err
+}
 
 // defaultDataDir is the data directory used without --data-dir:
 // $MESHCA_DATA_DIR, else $XDG_DATA_HOME/meshca (XDG_DATA_HOME must be

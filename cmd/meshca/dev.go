@@ -72,11 +72,12 @@ Files (directories 0700, private keys 0600):
   D/raft/...               the replicated state: entries, nodes, ledger
   D/agent/                 the agent's own SVID and key
   D/kek                    the KEK, when neither --kek-file nor $MESHCA_KEK_FILE is set
-  D/admin.sock             the operator API (mode 0600), while dev runs
+  D/admin.sock             the operator API (--admin-socket; mode 0600), while dev runs
   D/agent.sock             the Workload API (--socket), while dev runs
 
 Unix socket paths are limited to about 100 bytes: with a long data directory,
-give a short --socket (and a shorter --data-dir for admin.sock).
+give a short --socket and --admin-socket (dev names every path too long at
+once).
 
 The server listens on 127.0.0.1 with ports chosen at each start, unless
 --raft-addr and --api-addr say otherwise; the agent is given the address.
@@ -95,9 +96,10 @@ To mint a certificate offline without running anything, see "meshca x509 mint".`
 
 // devOptions are dev's flags.
 type devOptions struct {
-	dataDir, socket, trustDomain, kekFile string
-	raftAddr, apiAddr                     string
-	logLevel, logFormat                   string
+	dataDir, socket, adminSocket string
+	trustDomain, kekFile         string
+	raftAddr, apiAddr            string
+	logLevel, logFormat          string
 }
 
 // devReport is what dev prints once it runs.
@@ -129,7 +131,7 @@ type devReport struct {
 func (a *app) newDevCommand() *cobra.Command {
 	var o devOptions
 	cmd := &cobra.Command{
-		Use:   "dev [--data-dir D] [--socket S] [--trust-domain TD] [--kek-file F] [--raft-addr H:P] [--api-addr H:P]",
+		Use:   "dev [--data-dir D] [--socket S] [--admin-socket S] [--trust-domain TD] [--kek-file F] [--raft-addr H:P] [--api-addr H:P]",
 		Short: "Run a single-node server and agent, with an X509-SVID for you",
 		Long:  devLong,
 		Args:  cobra.NoArgs,
@@ -139,6 +141,7 @@ func (a *app) newDevCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", "", "data directory (default $MESHCA_DATA_DIR, else $XDG_DATA_HOME/meshca, else ~/.local/share/meshca)")
 	f.StringVar(&o.socket, "socket", "", "Unix socket of the Workload API (default <data-dir>/"+agentSocketName+")")
+	f.StringVar(&o.adminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/"+adminSocketName+")")
 	f.StringVar(&o.trustDomain, "trust-domain", defaultTrustDomain, "trust domain of a new data directory; if given when reopening, it must match")
 	f.StringVar(&o.kekFile, "kek-file", "", "key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek, for development only)")
 	f.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:0", "host:port Raft listens on (port 0: any free port)")
@@ -187,17 +190,18 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 	if err != nil {
 		return err
 	}
-	socket, err := agentSocketPath(o.socket, dataDir)
+	socket, adminSocket, err := devSocketPaths(o, dataDir)
 	if err != nil {
 		return err
-	}
-	adminSocket := filepath.Join(dataDir, adminSocketName)
-	if len(adminSocket) > maxSocketPath {
-		return usageErrorf("admin socket path %s is %d bytes, longer than Unix sockets allow (%d): give a shorter --data-dir", adminSocket, len(adminSocket), maxSocketPath)
 	}
 	if err := os.MkdirAll(dataDir, modeDir); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
+	lock, err := lockDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	hasIdentity, err := server.HasIdentity(dataDir)
 	if err != nil {
 		return err
@@ -208,7 +212,7 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 	if !hasIdentity && td.IsZero() {
 		tdName = defaultTrustDomain
 	}
-	kek, kekFrom, err := a.serverKEK(serverConfig{KEKFile: o.kekFile, Bootstrap: true}, dataDir, hasIdentity)
+	kek, kekFrom, err := a.serverKEK(serverConfig{KEKFile: o.kekFile, Bootstrap: true}, dataDir, hasIdentity, true)
 	if err != nil {
 		return err
 	}
@@ -267,7 +271,7 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 	// The caller is attested like any workload: once the Workload API
 	// serves its SVID, the hint printed below works as printed.
 	fctx, cancel := context.WithTimeout(ctx, devStartTimeout)
-	svids, err := a.fetchX509SVIDs(fctx, socket, devStartTimeout)
+	svids, err := a.fetchX509SVIDs(fctx, socket, nil, devStartTimeout)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -296,6 +300,32 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 		agentDone <- err // for stopAgent
 		return shutdown(stoppedError("agent", err))
 	}
+}
+
+// devSocketPaths returns dev's Workload API and admin socket paths, made
+// absolute, refusing at once every one too long for a Unix socket.
+func devSocketPaths(o devOptions, dataDir string) (socket, admin string, err error) {
+	socket, admin = filepath.Join(dataDir, agentSocketName), filepath.Join(dataDir, adminSocketName)
+	for _, p := range []struct {
+		flag string
+		path *string
+	}{{o.socket, &socket}, {o.adminSocket, &admin}} {
+		if p.flag != "" {
+			if *p.path, err = filepath.Abs(p.flag); err != nil {
+				return "", "", fmt.Errorf("socket %s: %w", p.flag, err)
+			}
+		}
+	}
+	var long []string
+	for _, p := range []struct{ what, flag, path string }{{"Workload API", "--socket", socket}, {"admin", "--admin-socket", admin}} {
+		if len(p.path) > maxSocketPath {
+			long = append(long, fmt.Sprintf("the %s socket path %s is %d bytes (give a shorter %s)", p.what, p.path, len(p.path), p.flag))
+		}
+	}
+	if len(long) > 0 {
+		return "", "", usageErrorf("Unix socket paths are limited to %d bytes: %s; or give a shorter --data-dir", maxSocketPath, strings.Join(long, "; "))
+	}
+	return socket, admin, nil
 }
 
 // stoppedError is the error for a part of dev that stopped by itself with

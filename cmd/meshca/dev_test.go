@@ -56,6 +56,29 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 	if rep.KEK.Source != "data-dir" || !rep.KEK.Created || rep.KEK.File != filepath.Join(dataDir, kekFileName) {
 		t.Errorf("report KEK = %+v, want one created in the data directory", rep.KEK)
 	}
+	// A second dev on the same data directory says which process holds it.
+	if r := meshca(t, env, "dev", "--data-dir", dataDir, "--socket", filepath.Join(dataDir, "other.sock")); r.code != exitError ||
+		!strings.Contains(r.stderr, fmt.Sprintf("another meshca (pid %d) holds the data directory %s", os.Getpid(), dataDir)) ||
+		strings.Contains(r.stderr, "LOCK") {
+		t.Errorf("second dev on one data directory: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := meshca(t, env, "server", "--data-dir", dataDir, "--node-id", "dev", "--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"); r.code != exitError ||
+		!strings.Contains(r.stderr, "another meshca (pid ") {
+		t.Errorf("server on dev's data directory: exit %d, stderr %q", r.code, r.stderr)
+	}
+	// Offline mint refuses dev's data directory rather than create a
+	// second CA there.
+	if r := meshca(t, env, "x509", "mint", "--data-dir", dataDir, "--profile", "ecdsa", "--spiffe-id", "spiffe://meshca.local/x",
+		"--out", filepath.Join(t.TempDir(), "x")); r.code != exitUsage || !strings.Contains(r.stderr, "is the data directory of a meshca server") ||
+		!strings.Contains(r.stderr, "--addr unix://"+filepath.Join(dataDir, adminSocketName)) {
+		t.Errorf("x509 mint --data-dir <dev's>: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "ca")); !os.IsNotExist(err) {
+		t.Errorf("x509 mint created a CA in dev's data directory: %v", err)
+	}
+	if strings.Contains(dev.stderr.String(), "every server of the cluster") {
+		t.Errorf("dev's KEK warning speaks of a cluster:\n%s", dev.stderr)
+	}
 	if !strings.Contains(dev.stderr.String(), devOnlyWarning) {
 		t.Errorf("dev does not warn about the KEK in the data directory:\n%s", dev.stderr)
 	}
@@ -194,7 +217,8 @@ func TestDevBadInput(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"fail/socket-too-long", []string{"--socket", long}, "longer than Unix sockets allow"},
+		{"fail/socket-too-long", []string{"--socket", long}, "the Workload API socket path " + long},
+		{"fail/admin-socket-too-long", []string{"--admin-socket", long}, "the admin socket path " + long},
 		{"fail/bad-raft-addr", []string{"--raft-addr", "nope"}, `--raft-addr "nope": want host:port`},
 		{"fail/bad-api-addr", []string{"--api-addr", ":0"}, `--api-addr ":0"`},
 		{"fail/bad-trust-domain", []string{"--trust-domain", "Not A Domain"}, "--trust-domain"},
@@ -212,6 +236,16 @@ func TestDevBadInput(t *testing.T) {
 				t.Errorf("a usage error created the data directory: %v", err)
 			}
 		})
+	}
+
+	// A long data directory: both sockets are named at once, with the
+	// flags that shorten them.
+	dataDir := filepath.Join(shortTempDir(t), strings.Repeat("d", 90))
+	r := meshca(t, testEnv(t), "dev", "--data-dir", dataDir)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "Workload API socket path "+filepath.Join(dataDir, agentSocketName)) ||
+		!strings.Contains(r.stderr, "admin socket path "+filepath.Join(dataDir, adminSocketName)) ||
+		!strings.Contains(r.stderr, "--socket") || !strings.Contains(r.stderr, "--admin-socket") {
+		t.Errorf("dev with a long data directory: exit %d, stderr %q; want both sockets named at once", r.code, r.stderr)
 	}
 }
 

@@ -30,15 +30,25 @@ selectors, on the nodes of one agent (its parent ID):
   --spiffe-id ID     the workload's identity, spiffe://<trust domain>/<path>;
                      the /meshca/ path is reserved for servers and agents
   --parent-id ID     the agent that serves it, spiffe://<trust domain>/meshca/agent/...
-                     (meshca node list shows the agents)
+                     (meshca node list shows the agents); it must be an attested
+                     agent, a server, or the agent of a join token not used yet,
+                     unless --allow-unknown-parent
   --selector S       type:key:value, repeated; a workload must match every one:
                      unix:uid:1000, unix:gid:50, unix:user:alice, unix:group:staff,
                      unix:path:/usr/bin/app, unix:sha256:<hex of the executable>,
                      k8s:ns:prod, k8s:sa:api, k8s:pod-label:app:web, ...
-  --ttl D            lifetime of the X509-SVIDs (default 24h, 1m to 720h, whole seconds)
+                     Values are checked by type, as the attestors produce them:
+                     uid and gid decimal, path absolute and clean, sha256 64
+                     lowercase hex digits, Kubernetes names as Kubernetes
+                     allows them, no leading or trailing spaces.
+  --ttl D            lifetime of the X509-SVIDs, 1m to 720h, whole seconds
+                     (create's default: 24h)
   --dns NAME         a DNS SAN, repeated or comma-separated
-  --profile P        ecdsa (P-256) or sm2 (SM2-with-SM3); default ecdsa
-The server checks every entry and refuses a bad one with its reason.` + opLong
+  --profile P        ecdsa (P-256) or sm2 (SM2-with-SM3); create's default: ecdsa.
+                     Standard Workload API clients get ecdsa SVIDs only; sm2
+                     ones go to clients that ask (meshca workload fetch --profile sm2)
+The server checks every entry and refuses a bad one with its reason, and an
+exact duplicate (the same parent, SPIFFE ID and selectors as another entry).` + opLong
 
 // entryFlags are the flags that describe an entry, shared by create and
 // update.
@@ -48,16 +58,24 @@ type entryFlags struct {
 	ttl                time.Duration
 	dnsNames           []string
 	profile            string
+	allowUnknownParent bool
 }
 
-func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
+// addEntryFlags declares the entry flags. update's have no defaults: a flag
+// not given keeps the entry's value.
+func addEntryFlags(cmd *cobra.Command, f *entryFlags, update bool) {
 	fs := cmd.Flags()
-	fs.StringVar(&f.spiffeID, "spiffe-id", "", "SPIFFE ID the entry gives, spiffe://<trust domain>/<path>")
-	fs.StringVar(&f.parentID, "parent-id", "", "SPIFFE ID of the agent whose workloads may get it")
-	fs.StringArrayVar(&f.selectors, "selector", nil, "workload selector type:key:value, e.g. unix:uid:1000; repeat for more (all must match)")
-	fs.DurationVar(&f.ttl, "ttl", server.DefaultEntryTTL, "lifetime of the X509-SVIDs, whole seconds from 1m to 720h")
-	fs.StringSliceVar(&f.dnsNames, "dns", nil, "DNS name to add as a SAN; repeat or separate with commas")
-	fs.StringVar(&f.profile, "profile", ca.ProfileECDSA, "signature profile: ecdsa or sm2")
+	ttl, profile, keep := server.DefaultEntryTTL, ca.ProfileECDSA, ""
+	if update {
+		ttl, profile, keep = 0, "", " (default: keep the entry's)"
+	}
+	fs.StringVar(&f.spiffeID, "spiffe-id", "", "SPIFFE ID the entry gives, spiffe://<trust domain>/<path>"+keep)
+	fs.StringVar(&f.parentID, "parent-id", "", "SPIFFE ID of the agent whose workloads may get it"+keep)
+	fs.StringArrayVar(&f.selectors, "selector", nil, "workload selector type:key:value, e.g. unix:uid:1000; repeat for more (all must match)"+keep)
+	fs.DurationVar(&f.ttl, "ttl", ttl, "lifetime of the X509-SVIDs, whole seconds from 1m to 720h"+keep)
+	fs.StringSliceVar(&f.dnsNames, "dns", nil, "DNS name to add as a SAN; repeat or separate with commas"+keep)
+	fs.StringVar(&f.profile, "profile", profile, "signature profile: ecdsa or sm2"+keep)
+	fs.BoolVar(&f.allowUnknownParent, "allow-unknown-parent", false, "accept a --parent-id that is no attested agent, server or agent of a pending join token (for an agent that attests later)")
 }
 
 // apply sets the fields of e whose flags were given (all of them when all
@@ -184,7 +202,7 @@ func (a *app) newEntryCreateCommand() *cobra.Command {
 		f entryFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "create --spiffe-id ID --parent-id ID --selector type:key:value... [--ttl 24h] [--dns NAME]... [--profile ecdsa|sm2]",
+		Use:   "create --spiffe-id ID --parent-id ID --selector type:key:value... [--ttl 24h] [--dns NAME]... [--profile ecdsa|sm2] [--allow-unknown-parent]",
 		Short: "Create a registration entry",
 		Long:  `create adds a registration entry and prints it, with the ID and revision the server gave it.` + entryLong,
 		Example: `  meshca entry create --spiffe-id spiffe://meshca.local/ns/prod/sa/api \
@@ -194,7 +212,7 @@ func (a *app) newEntryCreateCommand() *cobra.Command {
 		// Use lists the flags already.
 		DisableFlagsInUseLine: true,
 	}
-	addEntryFlags(cmd, &f)
+	addEntryFlags(cmd, &f, false)
 	addOpFlags(cmd, &o)
 	for _, name := range []string{"spiffe-id", "parent-id", "selector"} {
 		if err := cmd.MarkFlagRequired(name); err != nil {
@@ -211,7 +229,7 @@ func (a *app) newEntryCreateCommand() *cobra.Command {
 			return err
 		}
 		defer done()
-		resp, err := c.CreateEntry(ctx, &operatorpb.CreateEntryRequest{Entry: e})
+		resp, err := c.CreateEntry(ctx, &operatorpb.CreateEntryRequest{Entry: e, AllowUnknownParent: f.allowUnknownParent})
 		if err != nil {
 			return c.callError("create entry for "+e.SpiffeId, o, err)
 		}
@@ -312,7 +330,7 @@ that change; show the entry again and retry.` + entryLong,
 		// Use lists the flags already.
 		DisableFlagsInUseLine: true,
 	}
-	addEntryFlags(cmd, &f)
+	addEntryFlags(cmd, &f, true)
 	cmd.Flags().Uint64Var(&revision, "revision", 0, "the entry's current revision, from entry show (required)")
 	addOpFlags(cmd, &o)
 	if err := cmd.MarkFlagRequired("revision"); err != nil {
@@ -337,7 +355,7 @@ that change; show the entry again and retry.` + entryLong,
 			return err
 		}
 		e.Revision = revision
-		resp, err := c.UpdateEntry(ctx, &operatorpb.UpdateEntryRequest{Entry: e})
+		resp, err := c.UpdateEntry(ctx, &operatorpb.UpdateEntryRequest{Entry: e, AllowUnknownParent: f.allowUnknownParent})
 		if err != nil {
 			return c.callError("update entry "+id, o, err)
 		}
@@ -351,9 +369,9 @@ func (a *app) newEntryDeleteCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "delete ID",
 		Short: "Delete a registration entry",
-		Long: `delete removes entry ID. The servers tell the agents at once; certificates
-already issued under it stay valid until they expire (revoke them to end them
-sooner).` + opLong,
+		Long: `delete removes entry ID. The servers tell the agents at once, and the agents
+stop serving its SVIDs; certificates already issued under it stay valid until
+they expire (at most the entry's TTL).` + opLong,
 		Args: cobra.ExactArgs(1),
 	}
 	addOpFlags(cmd, &o)

@@ -75,7 +75,7 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 		}
 	}
 	r = mustSucceed(t, env, "node", "list", "--addr", addr)
-	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[0], "SPIFFE ID") || !strings.HasPrefix(lines[1], agentID) {
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "SPIFFE ID ATTESTOR ATTESTED EXPIRES" || !strings.HasPrefix(lines[1], agentID) {
 		t.Errorf("node list:\n%s", r.stdout)
 	}
 
@@ -121,11 +121,12 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 		}
 	}
 
-	// The caller gets both SVIDs from the agent: --all writes both.
+	// The caller gets both SVIDs from the agent when it asks for both
+	// profiles, ECDSA first: --all writes both.
 	out := filepath.Join(t.TempDir(), "svid")
 	var fetched fetchReport
 	waitFor(t, 20*time.Second, "workload fetch returns both SVIDs", func() (bool, string) {
-		r := meshca(t, env, "workload", "fetch", "--socket", socket, "--out", out, "--all", "--timeout", "5s", "--output", "json")
+		r := meshca(t, env, "workload", "fetch", "--socket", socket, "--out", out, "--all", "--profile", "ecdsa,sm2", "--timeout", "5s", "--output", "json")
 		if r.code != exitOK {
 			return false, r.stderr
 		}
@@ -135,6 +136,9 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 	})
 	if fetched.Socket != socket {
 		t.Errorf("fetch report socket = %q, want %q", fetched.Socket, socket)
+	}
+	if fetched.SVIDs[0].Profile != ca.ProfileECDSA || fetched.SVIDs[1].Profile != ca.ProfileSM2 {
+		t.Errorf("fetch order: %s then %s, want ecdsa before sm2", fetched.SVIDs[0].Profile, fetched.SVIDs[1].Profile)
 	}
 	for i, s := range fetched.SVIDs {
 		if s.Files == nil {
@@ -168,11 +172,43 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 		}
 	}
 	checkMode(t, filepath.Join(agentDir, "agent", "key.pem"), modePrivate)
-	r = mustSucceed(t, env, "workload", "fetch", "--socket", socket, "--out", out)
-	for _, want := range []string{"returned 2 X509-SVIDs", "spiffe://example.org/app ", "spiffe://example.org/app-sm2 ", "(the default)", "openssl verify"} {
+	r = mustSucceed(t, env, "workload", "fetch", "--socket", socket, "--out", out, "--profile", "sm2,ecdsa")
+	for _, want := range []string{"returned 2 X509-SVIDs", "0  spiffe://example.org/app  ecdsa (the default)", "1  spiffe://example.org/app-sm2  sm2", "openssl verify"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("workload fetch does not show %q:\n%s", want, r.stdout)
 		}
+	}
+	// Without --profile, fetch is a standard client: ECDSA only. With
+	// --profile sm2, SM2 only. --spiffe-id picks the SVID written.
+	for _, tc := range []struct {
+		args     []string
+		want     []string
+		written  string
+		wantCode int
+	}{
+		{args: nil, want: []string{"spiffe://example.org/app"}, written: "spiffe://example.org/app"},
+		{args: []string{"--profile", "sm2"}, want: []string{"spiffe://example.org/app-sm2"}, written: "spiffe://example.org/app-sm2"},
+		{args: []string{"--profile", "ecdsa,sm2", "--spiffe-id", "spiffe://example.org/app-sm2"},
+			want: []string{"spiffe://example.org/app-sm2", "spiffe://example.org/app"}, written: "spiffe://example.org/app-sm2"},
+	} {
+		dir := filepath.Join(t.TempDir(), "pick")
+		r := mustSucceed(t, env, append([]string{"workload", "fetch", "--socket", socket, "--out", dir, "--output", "json"}, tc.args...)...)
+		var rep fetchReport
+		decodeJSON(t, r, &rep)
+		var got []string
+		for _, s := range rep.SVIDs {
+			got = append(got, s.SPIFFEID)
+		}
+		if strings.Join(got, " ") != strings.Join(tc.want, " ") || rep.SVIDs[0].Files == nil {
+			t.Errorf("workload fetch %v: SVIDs %v, want %v, the first written", tc.args, got, tc.want)
+			continue
+		}
+		checkLeafAndKey(t, rep.SVIDs[0].Profile, filepath.Join(dir, "svid.pem"), filepath.Join(dir, "key.pem"), tc.written)
+	}
+	r = meshca(t, env, "workload", "fetch", "--socket", socket, "--out", t.TempDir(), "--spiffe-id", "spiffe://example.org/app-sm2")
+	if r.code != exitError || !strings.Contains(r.stderr, "no X509-SVID for --spiffe-id spiffe://example.org/app-sm2, only: spiffe://example.org/app (ecdsa)") ||
+		!strings.Contains(r.stderr, "--profile") {
+		t.Errorf("fetch --spiffe-id of an SVID of a profile not asked for: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	// Updates: the flags given change, the others stay; a stale revision is refused.
@@ -221,6 +257,28 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 			exitUsage, []string{`required flag(s) "selector" not set`}},
 		{"fail/fractional-ttl", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:uid:1", "--ttl", "1500ms"},
 			exitUsage, []string{"whole seconds"}},
+		{"fail/uid-not-numeric", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:uid:abc"},
+			exitError, []string{"selector unix:uid:abc: a uid is a non-negative decimal number"}},
+		{"fail/uid-trailing-garbage", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:uid:1000x"},
+			exitError, []string{"unix:uid:1000x: a uid is a non-negative decimal number"}},
+		{"fail/gid-negative", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:gid:-1"},
+			exitError, []string{"unix:gid:-1: a gid is a non-negative decimal number"}},
+		{"fail/relative-path", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:path:bin/app"},
+			exitError, []string{"unix:path:bin/app: the path must be absolute"}},
+		{"fail/bad-sha256", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:sha256:zz"},
+			exitError, []string{"unix:sha256:zz: want 64 hexadecimal digits"}},
+		{"fail/leading-space", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:user: alice"},
+			exitError, []string{"unix:user: alice: the value has leading or trailing spaces"}},
+		{"fail/bad-namespace", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "k8s:ns:Prod"},
+			exitError, []string{"k8s:ns:Prod: a namespace"}},
+		{"fail/selector-twice", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", agentID, "--selector", "unix:uid:1", "--selector", "unix:uid:1"},
+			exitError, []string{"selector unix:uid:1 is given twice"}},
+		{"fail/duplicate", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/app", "--parent-id", agentID, "--selector", "unix:uid:" + uid},
+			exitError, []string{"entry " + app.ID + " already gives spiffe://example.org/app to the same selectors under the same parent"}},
+		{"fail/unknown-parent", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/x", "--parent-id", "spiffe://example.org/meshca/agent/join_token/0123456789abcdef0123456789abcdef", "--selector", "unix:uid:1"},
+			exitError, []string{"parent ID spiffe://example.org/meshca/agent/join_token/0123456789abcdef0123456789abcdef is no attested agent", "--allow-unknown-parent"}},
+		{"fail/update-to-unknown-parent", []string{"entry", "update", app.ID, "--revision", "99", "--parent-id", "spiffe://example.org/meshca/agent/x509pop/abc"},
+			exitError, []string{"is no attested agent"}},
 		{"fail/update-without-revision", []string{"entry", "update", app.ID, "--ttl", "1h"}, exitUsage, []string{`required flag(s) "revision" not set`}},
 		{"fail/update-bad-selector", []string{"entry", "update", app.ID, "--revision", "99", "--selector", "unix:color:blue"},
 			exitError, []string{"unknown selector unix:color"}},
@@ -242,6 +300,39 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 			t.Errorf("%s: the error shows gRPC's wrapping: %q", tc.name, r.stderr)
 		}
 	}
+
+	// An entry for an agent that attests later, by another method, with
+	// --allow-unknown-parent; an entry for the agent of a join token not
+	// used yet needs no flag. The same selectors in another order are a
+	// duplicate.
+	later := "spiffe://example.org/meshca/agent/x509pop/0a1b2c"
+	var lat entryReport
+	decodeJSON(t, mustSucceed(t, env, "entry", "create", "--spiffe-id", "spiffe://example.org/later", "--parent-id", later,
+		"--selector", "unix:uid:1", "--selector", "unix:gid:2", "--allow-unknown-parent", "--addr", addr, "--output", "json"), &lat)
+	if lat.ParentID != later {
+		t.Errorf("entry with --allow-unknown-parent = %+v", lat)
+	}
+	if r := meshca(t, env, "entry", "create", "--spiffe-id", "spiffe://example.org/later", "--parent-id", later,
+		"--selector", "unix:gid:2", "--selector", "unix:uid:1", "--allow-unknown-parent", "--addr", addr); r.code != exitError || !strings.Contains(r.stderr, "entry "+lat.ID+" already gives") {
+		t.Errorf("duplicate with selectors reordered: exit %d, stderr %q", r.code, r.stderr)
+	}
+	var pending tokenReport
+	decodeJSON(t, mustSucceed(t, env, "token", "create", "--addr", addr, "--output", "json"), &pending)
+	ph := sha256.Sum256([]byte(pending.Token))
+	mustSucceed(t, env, "entry", "create", "--spiffe-id", "spiffe://example.org/pending", "--parent-id", "spiffe://example.org/meshca/agent/join_token/"+hex.EncodeToString(ph[:16]),
+		"--selector", "unix:uid:1", "--addr", addr)
+	mustSucceed(t, env, "entry", "delete", lat.ID, "--addr", addr)
+	listed.Entries = nil
+	decodeJSON(t, mustSucceed(t, env, "entry", "list", "--spiffe-id", "spiffe://example.org/pending", "--addr", addr, "--output", "json"), &listed)
+	if len(listed.Entries) != 1 {
+		t.Fatalf("entry list --spiffe-id spiffe://example.org/pending: %+v", listed.Entries)
+	}
+	mustSucceed(t, env, "entry", "delete", listed.Entries[0].ID, "--addr", addr)
+
+	// With --output json, a server's refusal is JSON with its status.
+	checkJSONError(t, meshca(t, env, "entry", "show", "nope", "--addr", addr, "--output", "json"), "not_found", `show entry nope: no entry "nope"`)
+	checkJSONError(t, meshca(t, env, "entry", "create", "--spiffe-id", "spiffe://example.org/app", "--parent-id", agentID,
+		"--selector", "unix:uid:"+uid, "--addr", addr, "--output", "json"), "already_exists", "already gives")
 
 	// Delete.
 	r = mustSucceed(t, env, "entry", "delete", sm2.ID, "--addr", addr)

@@ -225,6 +225,8 @@ type background struct {
 	done           chan int // the exit code, when the command returns
 	code           int
 	exited         bool
+	// wantCode is the exit code the test expects (exitOK unless set).
+	wantCode int
 }
 
 // startBackground runs `meshca args...` in-process under a context that
@@ -237,7 +239,7 @@ func startBackground(t *testing.T, env map[string]string, args ...string) *backg
 		b.done <- runContext(ctx, args, b.stdout, b.stderr, func(k string) string { return env[k] })
 	}()
 	t.Cleanup(func() {
-		if code := b.stop(t); code != exitOK && !t.Failed() {
+		if code := b.stop(t); code != b.wantCode && !t.Failed() {
 			t.Errorf("meshca %s exited %d\nstderr:\n%s", strings.Join(args, " "), code, b.stderr)
 		}
 	})

@@ -76,13 +76,11 @@ func (a *app) newNodeListCommand() *cobra.Command {
 			}{nodes})
 		}
 		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "SPIFFE ID\tATTESTOR\tATTESTED\tEXPIRES\tBANNED")
+		// No BANNED column: no command bans a node yet (the JSON has the
+		// field, always false until one does).
+		fmt.Fprintln(tw, "SPIFFE ID\tATTESTOR\tATTESTED\tEXPIRES")
 		for _, n := range nodes {
-			banned := "-"
-			if n.Banned {
-				banned = "yes"
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.SPIFFEID, n.Attestor, n.Attested.Format(time.RFC3339), n.Expires.Format(time.RFC3339), banned)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.SPIFFEID, n.Attestor, n.Attested.Format(time.RFC3339), n.Expires.Format(time.RFC3339))
 		}
 		if err := tw.Flush(); err != nil {
 			return fmt.Errorf("write output: %w", err)
@@ -123,7 +121,6 @@ func (a *app) newNodeShowCommand() *cobra.Command {
 		}
 		t.row("attested", r.Attested.Format(time.RFC3339))
 		t.row("SVID expires", r.Expires.Format(time.RFC3339))
-		t.row("banned", r.Banned)
 		return t.flush()
 	})
 	return cmd

@@ -48,10 +48,16 @@ type opOptions struct {
 	adminCert, adminKey, trustBundle string
 }
 
-// addOpFlags declares --addr and --timeout on cmd.
+// addOpFlags declares --addr, --timeout and the admin mTLS flags on cmd.
 func addOpFlags(cmd *cobra.Command, o *opOptions) {
 	cmd.Flags().StringVar(&o.addr, "addr", "", "server's operator API: unix:///path/admin.sock, or host:port over mutual TLS (default $"+envAddr+", else the admin socket in the default data directory)")
 	cmd.Flags().DurationVar(&o.timeout, "timeout", opDefaultTimeout, "give up on the server after this long")
+	addAdminTLSFlags(cmd, o)
+}
+
+// addAdminTLSFlags declares --admin-cert, --admin-key and --trust-bundle,
+// the credentials of the operator API over mutual TLS.
+func addAdminTLSFlags(cmd *cobra.Command, o *opOptions) {
 	cmd.Flags().StringVar(&o.adminCert, "admin-cert", "", "with --addr host:port: PEM file of your admin X509-SVID (default $"+envAdminCert+")")
 	cmd.Flags().StringVar(&o.adminKey, "admin-key", "", "with --addr host:port: PEM file of its private key (default $"+envAdminKey+")")
 	cmd.Flags().StringVar(&o.trustBundle, "trust-bundle", "", "with --addr host:port: PEM file of the trust domain's roots (default $"+envTrustBundle+")")
@@ -107,14 +113,18 @@ func (a *app) dialOperatorTLS(addr string, o opOptions) (*opClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("operator API at %s: %w", addr, err)
 	}
-	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: addr}, nil
+	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: addr, addr: addr, tcp: true}, nil
 }
 
 // opClient is a connection to a server's operator API.
 type opClient struct {
 	operatorpb.OperatorClient
 	conn   *grpc.ClientConn
-	socket string // the admin socket's path, for error messages
+	socket string // the admin socket's path (or the TCP address), for error messages
+	// addr is the operator address as the user writes it:
+	// unix:///path/admin.sock or host:port.
+	addr string
+	tcp  bool // over mutual TLS to host:port
 }
 
 func (c *opClient) Close() error { return c.conn.Close() }
@@ -194,12 +204,12 @@ func (a *app) dialOperator(o opOptions) (*opClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
-	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: path}, nil
+	return &opClient{OperatorClient: operatorpb.NewOperatorClient(conn), conn: conn, socket: path, addr: "unix://" + path}, nil
 }
 
 // unreachable is the error for a server that does not answer on its socket.
 func unreachable(path, why string) error {
-	return fmt.Errorf("cannot reach the server's admin socket at %s (%s): is `meshca server` running? Give its socket with --addr unix:///<data-dir>/%s or $%s", path, why, adminSocketName, envAddr)
+	return codedErrorf(codes.Unavailable, "cannot reach the server's admin socket at %s (%s): is `meshca server` running? Give its socket with --addr unix:///<data-dir>/%s or $%s", path, why, adminSocketName, envAddr)
 }
 
 // callContext bounds one operator call by --timeout.
@@ -234,32 +244,36 @@ func checkTimeout(o opOptions) error {
 
 // callError turns the error of an operator call into a message for the
 // operator: what failed, and the server's reason without gRPC's wrapping.
+// The error carries the call's status code, for --output json.
 func (c *opClient) callError(what string, o opOptions, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("%s: the server did not answer within %s (--timeout)", what, o.timeout)
+			return codedErrorf(codes.DeadlineExceeded, "%s: the server did not answer within %s (--timeout)", what, o.timeout)
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	msg := st.Message()
-	switch st.Code() {
+	msg, code := st.Message(), st.Code()
+	switch code {
 	case codes.Unavailable:
 		if c.isDialFailure(msg) {
 			if strings.Contains(msg, "permission denied") {
-				return fmt.Errorf("cannot open the server's admin socket at %s: permission denied; only the user the server runs as may use it (mode 0600)", c.socket)
+				return codedErrorf(codes.PermissionDenied, "cannot open the server's admin socket at %s: permission denied; only the user the server runs as may use it (mode 0600)", c.socket)
 			}
 			return unreachable(c.socket, "nothing is listening on it")
 		}
-		return fmt.Errorf("%s: %s (the server or its cluster is unavailable; see meshca status)", what, msg)
+		return codedErrorf(code, "%s: %s (the server or its cluster is unavailable; see meshca status)", what, msg)
 	case codes.DeadlineExceeded:
-		return fmt.Errorf("%s: the server did not answer within %s (--timeout); the cluster may have no leader", what, o.timeout)
+		return codedErrorf(code, "%s: the server did not answer within %s (--timeout); the cluster may have no leader", what, o.timeout)
 	case codes.Canceled:
-		return fmt.Errorf("%s: cancelled", what)
+		return codedErrorf(code, "%s: cancelled", what)
 	case codes.Unimplemented:
-		return fmt.Errorf("%s: this server does not support it (is it an older meshca?): %s", what, msg)
+		if c.tcp {
+			return codedErrorf(code, "%s: %s does not serve the operator API: is it the server's --api-addr (agents' and servers' API)? Give the server's --admin-addr, or its admin socket unix:///<data-dir>/%s", what, c.addr, adminSocketName)
+		}
+		return codedErrorf(code, "%s: this server does not support it (is it an older meshca?): %s", what, msg)
 	}
-	return fmt.Errorf("%s: %s", what, msg)
+	return codedErrorf(code, "%s: %s", what, msg)
 }
 
 // isDialFailure reports whether a gRPC Unavailable message says that

@@ -70,7 +70,9 @@ func usageErrorf(format string, args ...any) error {
 }
 
 // execute runs the command tree and maps its outcome to an exit code,
-// printing errors as "meshca: <message>" on stderr.
+// printing errors as "meshca: <message>" on stderr, or with --output json
+// as one line of JSON, {"error": "<message>", "code": "<code>"} (see
+// errorCode).
 func (a *app) execute(ctx context.Context, args []string) int {
 	root := a.newRootCommand()
 	root.SetArgs(args)
@@ -80,13 +82,20 @@ func (a *app) execute(ctx context.Context, args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(a.stderr, "meshca: %v\n", err)
 	var ue *usageError
-	if !a.running || errors.As(err, &ue) {
-		if cmd == nil {
-			cmd = root
+	usage := !a.running || errors.As(err, &ue)
+	if a.output == outputJSON || wantsJSON(args) {
+		writeJSONError(a.stderr, err, usage)
+	} else {
+		fmt.Fprintf(a.stderr, "meshca: %v\n", err)
+		if usage {
+			if cmd == nil {
+				cmd = root
+			}
+			fmt.Fprintf(a.stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 		}
-		fmt.Fprintf(a.stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+	}
+	if usage {
 		return exitUsage
 	}
 	return exitError
@@ -138,7 +147,11 @@ CA private keys are sealed at rest under a key-encryption key (KEK) read from
 bootstrapping server keep a KEK in the data directory, next to the keys it protects: that is
 for development only. Every server of a cluster needs the same KEK.
 
-Every command takes --output table|json.`
+Every command takes --output table|json. With --output json, errors are JSON
+too, one line on standard error: {"error": "<message>", "code": "<code>"},
+the code "usage" for a wrong command line, the gRPC status of a server's
+refusal in snake_case ("not_found", "already_exists", "invalid_argument",
+"failed_precondition", "permission_denied", "unavailable", ...), or "error".`
 
 // newRootCommand builds the command tree of one invocation.
 func (a *app) newRootCommand() *cobra.Command {

@@ -323,6 +323,9 @@ func checkServerConfig(c *serverConfig) error {
 		if c.TrustBundle == "" {
 			return usageErrorf("--join needs --trust-bundle: a copy of the first server's <data-dir>/server/bundle.pem")
 		}
+		if err := server.CheckJoinToken(c.JoinToken); err != nil {
+			return usageErrorf("the server join token (--join-token or $%s): %v; make one with `meshca token create --kind server` on a member", envJoinToken, err)
+		}
 	} else if c.JoinToken != "" || c.TrustBundle != "" {
 		return usageErrorf("--join-token and --trust-bundle are only used with --join")
 	}
@@ -425,11 +428,16 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err := os.MkdirAll(dataDir, modeDir); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
+	lock, err := lockDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	hasIdentity, err := server.HasIdentity(dataDir)
 	if err != nil {
 		return err
 	}
-	kek, kekFrom, err := a.serverKEK(c, dataDir, hasIdentity)
+	kek, kekFrom, err := a.serverKEK(c, dataDir, hasIdentity, false)
 	if err != nil {
 		return err
 	}
@@ -515,8 +523,9 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 // $MESHCA_KEK_FILE, both of which must exist; else <dataDir>/kek, which is
 // created only by a bootstrapping server that has no identity yet, with a
 // warning that a KEK in the data directory is for development only. It
-// returns the KEK and where it came from.
-func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity bool) (*ca.KEK, kekInfo, error) {
+// returns the KEK and where it came from. dev is set for meshca dev, a
+// single server whose warning need not speak of a cluster.
+func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity, dev bool) (*ca.KEK, kekInfo, error) {
 	if kek, info, ok, err := a.explicitKEK(c.KEKFile); ok || err != nil {
 		return kek, info, err
 	}
@@ -543,7 +552,11 @@ func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity bool) (*ca.K
 	if created {
 		verb = "created"
 	}
-	fmt.Fprintf(a.stderr, "meshca: warning: %s the key-encryption key %s, stored beside the keys it protects; this is for development only (use --kek-file or %s to keep it elsewhere; every server of the cluster needs this same file)\n", verb, file, envKEKFile)
+	cluster := "; every server of the cluster needs this same file"
+	if dev {
+		cluster = ""
+	}
+	fmt.Fprintf(a.stderr, "meshca: warning: %s the key-encryption key %s, stored beside the keys it protects; this is for development only (use --kek-file or %s to keep it elsewhere%s)\n", verb, file, envKEKFile, cluster)
 	return kek, kekInfo{File: file, Source: "data-dir", ID: kek.ID(), Created: created}, nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/server"
 )
 
 // syncBuffer is a bytes.Buffer safe for the concurrent writers of a
@@ -217,10 +218,13 @@ func TestServerBootstrapOperateAndSnapshot(t *testing.T) {
 
 	st, _ = statusOf(t, env, sock)
 	r = mustSucceed(t, env, "status", "--addr", addr)
-	for _, want := range []string{"s1", "example.org", "Leader", "(this server)", st.StateHash} {
+	for _, want := range []string{"s1", "example.org", "Leader", "(this server)", st.StateHash, "sign queue", "CSRs admitted, not yet signed"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status does not show %q:\n%s", want, r.stdout)
 		}
+	}
+	if !strings.Contains(mustSucceed(t, env, "status", "--addr", addr, "--output", "json").stdout, `"sign_queue_depth": 0`) {
+		t.Error("status --output json has no sign_queue_depth")
 	}
 	r = mustSucceed(t, env, "operator", "raft", "list-peers", "--addr", addr)
 	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 ||
@@ -233,6 +237,13 @@ func TestServerBootstrapOperateAndSnapshot(t *testing.T) {
 	r = meshca(t, env, "operator", "raft", "remove-peer", "nope", "--addr", addr)
 	if r.code != exitError || !strings.Contains(r.stderr, `remove peer nope: no peer "nope" in the Raft configuration`) {
 		t.Errorf("remove-peer of an unknown peer: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = meshca(t, env, "operator", "raft", "remove-peer", "s1", "--addr", addr)
+	if r.code != exitError || !strings.Contains(r.stderr, "remove peer s1: s1 is the only voter of the cluster") || strings.Contains(r.stderr, "{[]}") {
+		t.Errorf("remove-peer of the last voter: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if st, _ := statusOf(t, env, sock); st.RaftState != "Leader" {
+		t.Errorf("after a refused remove-peer of the last voter, s1 is %s, want still Leader", st.RaftState)
 	}
 	r = meshca(t, env, "operator", "raft", "add-voter", "s9", "no-port", "--addr", addr)
 	if r.code != exitError || !strings.Contains(r.stderr, "add voter s9: ") || !strings.Contains(r.stderr, "host:port") {
@@ -330,6 +341,9 @@ func selfSignedBundle(t *testing.T, dir string) string {
 	return writeTestFile(t, dir, "bundle.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
+// wellFormedToken has the form of a join token and is no server's.
+var wellFormedToken = strings.Repeat("A", server.JoinTokenLen)
+
 func TestServerBadInput(t *testing.T) {
 	t.Parallel()
 	tmp := t.TempDir()
@@ -354,7 +368,7 @@ func TestServerBadInput(t *testing.T) {
 		{"fail/no-identity-no-kek", append([]string{"--node-id", "s1"}, addrs...), exitError,
 			[]string{"no identity yet", "--bootstrap", "--join", "--kek-file"}},
 		{"fail/bootstrap-and-join", append([]string{"--node-id", "s1", "--bootstrap", "--trust-domain", "example.org",
-			"--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", bundle}, addrs...), exitUsage,
+			"--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", bundle}, addrs...), exitUsage,
 			[]string{"--bootstrap and --join exclude each other"}},
 		{"fail/bootstrap-without-trust-domain", append([]string{"--node-id", "s1", "--bootstrap"}, addrs...), exitUsage,
 			[]string{"--bootstrap needs --trust-domain"}},
@@ -362,13 +376,15 @@ func TestServerBadInput(t *testing.T) {
 			[]string{"--trust-domain"}},
 		{"fail/join-without-token", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--trust-bundle", bundle}, addrs...), exitUsage,
 			[]string{"--join needs --join-token", "meshca token create --kind server"}},
-		{"fail/join-without-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t"}, addrs...), exitUsage,
+		{"fail/join-without-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken}, addrs...), exitUsage,
 			[]string{"--join needs --trust-bundle", "bundle.pem"}},
-		{"fail/join-without-kek", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", bundle}, addrs...), exitError,
+		{"fail/join-without-kek", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", bundle}, addrs...), exitError,
 			[]string{"joining server needs the cluster's key-encryption key", "--kek-file"}},
-		{"fail/token-without-join", append([]string{"--node-id", "s2", "--join-token", "t"}, addrs...), exitUsage,
+		{"fail/malformed-token", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "abc", "--trust-bundle", bundle}, addrs...), exitUsage,
+			[]string{"the server join token (--join-token or $MESHCA_JOIN_TOKEN): malformed join token: a meshca join token is 43 characters of base64url", "this one is 3"}},
+		{"fail/token-without-join", append([]string{"--node-id", "s2", "--join-token", wellFormedToken}, addrs...), exitUsage,
 			[]string{"only used with --join"}},
-		{"fail/bad-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "t", "--trust-bundle", kek, "--kek-file", kek}, addrs...), exitError,
+		{"fail/bad-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", kek, "--kek-file", kek}, addrs...), exitError,
 			[]string{"trust bundle", "no certificate"}},
 		{"fail/missing-node-id", addrs, exitUsage, []string{"--node-id is required"}},
 		{"fail/bad-node-id", append([]string{"--node-id", "a/b"}, addrs...), exitUsage, []string{"--node-id \"a/b\""}},
@@ -516,7 +532,7 @@ func TestOperatorHelp(t *testing.T) {
 		{[]string{"server", "--help"}, []string{"--bootstrap", "--join", "same KEK", "meshca token create --kind server",
 			"<data-dir>/server/bundle.pem", "--config", "unknown key is an error", "admin.sock", "SIGTERM", "MESHCA_JOIN_TOKEN", "development only"}},
 		{[]string{"token", "create", "--help"}, []string{"--kind", "--ttl", "single-use", "never logged", "MESHCA_ADDR"}},
-		{[]string{"status", "--help"}, []string{"state hash", "--addr", "MESHCA_ADDR"}},
+		{[]string{"status", "--help"}, []string{"state hash", "--addr", "MESHCA_ADDR", "signing", "mutual TLS", "--admin-cert"}},
 		{[]string{"operator", "raft", "--help"}, []string{"list-peers", "add-voter", "remove-peer", "snapshot"}},
 		{[]string{"operator", "raft", "snapshot", "save", "--help"}, []string{"0600", "renamed", "KEK"}},
 		{[]string{"operator", "raft", "snapshot", "restore", "--help"}, []string{"corrupt", "state hash"}},
@@ -568,5 +584,36 @@ func TestOperatorOverMutualTLS(t *testing.T) {
 	}
 	if r := status(mintDir("spiffe://example.org/ops/mallory")); r.code != exitError || !strings.Contains(r.stderr, "not an admin") {
 		t.Errorf("non-admin over mTLS: exit %d\n%s", r.code, r.stderr)
+	}
+
+	// The cluster API port given where the operator API is expected.
+	alice := mintDir("spiffe://example.org/ops/alice")
+	r0 := meshca(t, env, "status", "--addr", ports[1], "--admin-cert", filepath.Join(alice, "svid.pem"),
+		"--admin-key", filepath.Join(alice, "key.pem"), "--trust-bundle", bundle)
+	if r0.code != exitError || !strings.Contains(r0.stderr, ports[1]+" does not serve the operator API: is it the server's --api-addr") || strings.Contains(r0.stderr, "older meshca") {
+		t.Errorf("status --addr <the API address>: exit %d, stderr %q", r0.code, r0.stderr)
+	}
+
+	// x509 mint reaches the server over mutual TLS with the same flags,
+	// and names the server by the address it used.
+	out := filepath.Join(t.TempDir(), "tool")
+	r := meshca(t, env, "x509", "mint", "--spiffe-id", "spiffe://example.org/ops/tool", "--addr", ports[2], "--out", out,
+		"--admin-cert", filepath.Join(alice, "svid.pem"), "--admin-key", filepath.Join(alice, "key.pem"), "--trust-bundle", bundle, "--output", "json")
+	var rep serverMintReport
+	if r.code != exitOK {
+		t.Fatalf("x509 mint over mTLS: exit %d\n%s", r.code, r.stderr)
+	}
+	decodeJSON(t, r, &rep)
+	if rep.Server != ports[2] || rep.SPIFFEID != "spiffe://example.org/ops/tool" {
+		t.Errorf("x509 mint over mTLS = %+v, want server %s", rep, ports[2])
+	}
+	checkLeafAndKey(t, ca.ProfileECDSA, filepath.Join(out, "svid.pem"), filepath.Join(out, "key.pem"), "spiffe://example.org/ops/tool")
+	if r := meshca(t, env, "x509", "mint", "--spiffe-id", "spiffe://example.org/ops/tool", "--addr", ports[2], "--out", out); r.code != exitUsage ||
+		!strings.Contains(r.stderr, "needs --admin-cert, --admin-key and --trust-bundle") {
+		t.Errorf("x509 mint over mTLS without credentials: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := meshca(t, env, "x509", "mint", "--spiffe-id", "spiffe://example.org/ops/tool", "--data-dir", t.TempDir(), "--profile", "ecdsa",
+		"--out", out, "--admin-cert", "x.pem"); r.code != exitUsage || !strings.Contains(r.stderr, "--admin-cert is only used with --addr") {
+		t.Errorf("x509 mint offline with --admin-cert: exit %d, stderr %q", r.code, r.stderr)
 	}
 }

@@ -10,14 +10,13 @@ import (
 const statusLong = `status asks one server, through its admin socket, for its view of the cluster:
 its node ID and trust domain, its Raft state (Leader, Follower, Candidate),
 the leader it knows, its applied and commit indexes, the hash of its
-replicated state, the number of ledger records, and whether it is ready
-(the cluster is bootstrapped and this server is a recorded member).
+replicated state, the number of ledger records, the depth of its signing
+queue (CSRs admitted and not yet signed: a storm of renewals shows here
+first), and whether it is ready (the cluster is bootstrapped and this server
+is a recorded member).
 
 Servers that have applied the same entries report the same state hash, so
-comparing the hashes of every server shows whether they agree.
-
-The server is reached through --addr unix:///path/admin.sock, else
-$MESHCA_ADDR, else the admin socket in the default data directory.`
+comparing the hashes of every server shows whether they agree.` + opLong
 
 // statusReport is what status prints; the JSON field names are those of
 // the operator API's StatusResponse.
@@ -32,13 +31,15 @@ type statusReport struct {
 	StateHash     string `json:"state_hash"`
 	LedgerRecords uint64 `json:"ledger_records"`
 	Ready         bool   `json:"ready"`
+	// SignQueueDepth is the number of CSRs admitted and not yet signed.
+	SignQueueDepth int64 `json:"sign_queue_depth"`
 }
 
 func (a *app) newStatusCommand() *cobra.Command {
 	var o opOptions
 	cmd := &cobra.Command{
 		Use:   "status [--addr unix:///path/admin.sock]",
-		Short: "Show a server's Raft state, leader and state hash",
+		Short: "Show a server's Raft state, leader, state hash and signing queue",
 		Long:  statusLong,
 		Args:  cobra.NoArgs,
 	}
@@ -57,7 +58,7 @@ func (a *app) newStatusCommand() *cobra.Command {
 			NodeID: resp.NodeId, TrustDomain: resp.TrustDomain, RaftState: resp.RaftState,
 			LeaderID: resp.LeaderId, LeaderAddr: resp.LeaderAddr, AppliedIndex: resp.AppliedIndex,
 			CommitIndex: resp.CommitIndex, StateHash: resp.StateHash, LedgerRecords: resp.LedgerRecords,
-			Ready: resp.Ready,
+			Ready: resp.Ready, SignQueueDepth: resp.SignQueueDepth,
 		}
 		if a.output == outputJSON {
 			return writeJSON(a.stdout, r)
@@ -79,6 +80,7 @@ func (a *app) newStatusCommand() *cobra.Command {
 		t.row("commit index", r.CommitIndex)
 		t.row("state hash", r.StateHash)
 		t.row("ledger records", r.LedgerRecords)
+		t.row("sign queue", fmt.Sprintf("%d CSRs admitted, not yet signed", r.SignQueueDepth))
 		return t.flush()
 	})
 	return cmd

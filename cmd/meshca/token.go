@@ -22,10 +22,13 @@ const tokenCreateLong = `create makes a single-use join token, replicated throug
 
 A token is consumed by its first use and expires after --ttl (default 10m, at
 most 168h). Only its SHA-256 is stored; the token itself is printed here,
-once, on standard output, and never logged: treat it as a secret.
+once, on standard output, and never logged: treat it as a secret. A token
+is 43 characters of base64url; a server refuses an agent token and an agent
+a server token.
 
-The server is reached through --addr unix:///path/admin.sock, else
-$MESHCA_ADDR, else the admin socket in the default data directory.`
+--quiet prints the bare token and a newline, for scripts:
+  T=$(meshca token create --kind agent --quiet)
+  MESHCA_JOIN_TOKEN=$T meshca agent ...` + opLong
 
 // tokenReport is what token create prints.
 type tokenReport struct {
@@ -37,20 +40,25 @@ type tokenReport struct {
 
 func (a *app) newTokenCreateCommand() *cobra.Command {
 	var (
-		o    opOptions
-		kind string
-		ttl  time.Duration
+		o     opOptions
+		kind  string
+		ttl   time.Duration
+		quiet bool
 	)
 	cmd := &cobra.Command{
-		Use:   "create [--kind agent|server] [--ttl 10m]",
+		Use:   "create [--kind agent|server] [--ttl 10m] [--quiet]",
 		Short: "Create a single-use join token",
 		Long:  tokenCreateLong,
 		Args:  cobra.NoArgs,
 	}
 	cmd.Flags().StringVar(&kind, "kind", server.TokenKindAgent, "who may use the token: agent or server")
 	cmd.Flags().DurationVar(&ttl, "ttl", server.DefaultJoinTokenTTL, "lifetime of the token, whole seconds from 1s to 168h")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the token, for T=$(meshca token create --quiet)")
 	addOpFlags(cmd, &o)
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		if quiet && a.output == outputJSON {
+			return usageErrorf("--quiet and --output json exclude each other: --quiet prints the bare token")
+		}
 		if kind != server.TokenKindAgent && kind != server.TokenKindServer {
 			return usageErrorf("--kind %q: want %q or %q", kind, server.TokenKindAgent, server.TokenKindServer)
 		}
@@ -72,6 +80,10 @@ func (a *app) newTokenCreateCommand() *cobra.Command {
 			return c.callError("create "+kind+" join token", o, err)
 		}
 		r := tokenReport{Token: resp.Token, Kind: kind, Expires: time.Unix(resp.ExpiresUnix, 0).UTC(), ExpiresUnix: resp.ExpiresUnix}
+		if quiet {
+			_, err := fmt.Fprintln(a.stdout, r.Token)
+			return err
+		}
 		if a.output == outputJSON {
 			return writeJSON(a.stdout, r)
 		}

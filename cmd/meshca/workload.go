@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"github.com/emmansun/gmsm/smx509"
+	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/ca"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -44,16 +46,30 @@ func (a *app) newWorkloadCommand() *cobra.Command {
 
 const workloadFetchLong = `fetch asks the SPIFFE Workload API of a meshca agent (or of meshca dev) for
 this process's X509-SVIDs, as spire-agent api fetch x509 does, and writes the
-first one, the default, into --out:
+default one (the first; or the one of --spiffe-id) into --out:
   svid.pem    the leaf, then the intermediates (mode 0644)
   key.pem     the leaf's private key, PKCS#8, made by the agent (mode 0600)
   bundle.pem  the roots of the trust domain for the SVID's profile (mode 0644)
 --out is created (mode 0700) if needed; files already there are replaced.
 
 The agent attests the calling process (its uid, gid, executable...) and
-returns the SVIDs of every registration entry whose selectors it matches. When
-there are several, all their SPIFFE IDs are printed; --all also writes the
-others, as svid.N.pem, key.N.pem and bundle.N.pem (N = 1, 2, ...).
+returns the SVIDs of every registration entry whose selectors it matches and
+whose profile the client asks for. When there are several, all their SPIFFE
+IDs are printed; --all also writes the others, as svid.N.pem, key.N.pem and
+bundle.N.pem (N = 1, 2, ...). --spiffe-id ID picks the one written as
+svid.pem.
+
+The order is fixed, so the default SVID does not change from one call to the
+next: ECDSA SVIDs before SM2 ones, then by SPIFFE ID, then the oldest entry
+first.
+
+Profiles: standard Workload API clients (go-spiffe, spire-agent, Envoy)
+cannot parse SM2 certificates, so the agent serves SM2 SVIDs only to clients
+that ask for them, with the gRPC request metadata
+  ` + agent.ProfilesMetadataKey + `: sm2            (or ecdsa,sm2)
+which --profile sends: --profile sm2 fetches the SM2 SVIDs only, --profile
+ecdsa,sm2 both kinds. Without --profile, fetch asks for nothing and gets what
+every standard client gets: the ECDSA SVIDs.
 
 While the agent is starting, or has not been told about a matching entry yet,
 fetch retries until --timeout.
@@ -67,16 +83,18 @@ Check the files with openssl: fetch prints the command, e.g.
 
 func (a *app) newWorkloadFetchCommand() *cobra.Command {
 	var (
-		socket, outDir string
-		timeout        time.Duration
-		all            bool
+		socket, outDir, spiffeID string
+		profiles                 []string
+		timeout                  time.Duration
+		all                      bool
 	)
 	cmd := &cobra.Command{
-		Use:   "fetch --out DIR [--socket S] [--timeout 30s] [--all]",
+		Use:   "fetch --out DIR [--socket S] [--profile ecdsa|sm2|ecdsa,sm2] [--spiffe-id ID] [--timeout 30s] [--all]",
 		Short: "Fetch this process's X509-SVIDs from the Workload API into files",
 		Long:  workloadFetchLong,
 		Example: `  meshca workload fetch --socket ~/.local/share/meshca/agent.sock --out ./svid
-  SPIFFE_ENDPOINT_SOCKET=unix:///run/meshca/agent.sock meshca workload fetch --out /etc/app/svid`,
+  SPIFFE_ENDPOINT_SOCKET=unix:///run/meshca/agent.sock meshca workload fetch --out /etc/app/svid
+  meshca workload fetch --profile sm2 --spiffe-id spiffe://example.org/gm/api --out ./sm2`,
 		Args: cobra.NoArgs,
 		// Use lists the flags already.
 		DisableFlagsInUseLine: true,
@@ -86,12 +104,24 @@ func (a *app) newWorkloadFetchCommand() *cobra.Command {
 	f.StringVar(&outDir, "out", "", "directory to write svid.pem, key.pem and bundle.pem into (required)")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
 	f.BoolVar(&all, "all", false, "also write every other SVID, as svid.N.pem, key.N.pem and bundle.N.pem")
+	f.StringSliceVar(&profiles, "profile", nil, "profiles to ask for, ecdsa and/or sm2, comma-separated (default: none named, so ecdsa only, as for every standard client)")
+	f.StringVar(&spiffeID, "spiffe-id", "", "write the SVID of this SPIFFE ID as svid.pem (default: the first, in the agent's order)")
 	if err := cmd.MarkFlagRequired("out"); err != nil {
 		panic(err) // the flag is declared just above
 	}
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		if timeout <= 0 {
 			return usageErrorf("--timeout %s: want a positive duration", timeout)
+		}
+		for _, p := range profiles {
+			if _, err := ca.ProfileByName(p); err != nil {
+				return usageErrorf("--profile %q: want ecdsa, sm2 or ecdsa,sm2", p)
+			}
+		}
+		if cmd.Flags().Changed("spiffe-id") {
+			if _, err := spiffeid.FromString(spiffeID); err != nil {
+				return usageErrorf("--spiffe-id %q: %v", spiffeID, err)
+			}
 		}
 		out, err := absDir("--out", outDir)
 		if err != nil {
@@ -103,9 +133,14 @@ func (a *app) newWorkloadFetchCommand() *cobra.Command {
 		}
 		ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 		defer cancel()
-		svids, err := a.fetchX509SVIDs(ctx, path, timeout)
+		svids, err := a.fetchX509SVIDs(ctx, path, profiles, timeout)
 		if err != nil {
 			return err
+		}
+		if spiffeID != "" {
+			if svids, err = pickSVID(svids, spiffeID); err != nil {
+				return err
+			}
 		}
 		rep := fetchReport{Socket: path}
 		for i, s := range svids {
@@ -174,17 +209,31 @@ type fetchedSVID struct {
 	roots  [][]byte
 }
 
+// pickSVID moves the SVID of id to the front of svids, the default
+// written as svid.pem, keeping the others in order.
+func pickSVID(svids []*fetchedSVID, id string) ([]*fetchedSVID, error) {
+	var ids []string
+	for i, s := range svids {
+		if s.id == id {
+			return append([]*fetchedSVID{s}, append(svids[:i:i], svids[i+1:]...)...), nil
+		}
+		ids = append(ids, s.id+" ("+s.leaf.Profile+")")
+	}
+	return nil, fmt.Errorf("the Workload API served this process no X509-SVID for --spiffe-id %s, only: %s (an SVID of another profile needs --profile)", id, strings.Join(ids, ", "))
+}
+
 // fetchX509SVIDs asks the Workload API on socket for the caller's
-// X509-SVIDs. It retries while the agent is unavailable or has no SVID for
+// X509-SVIDs of profiles (none named: what the agent serves every standard
+// client). It retries while the agent is unavailable or has no SVID for
 // the caller yet, until ctx ends; timeout is ctx's limit, for messages.
-func (a *app) fetchX509SVIDs(ctx context.Context, socket string, timeout time.Duration) ([]*fetchedSVID, error) {
+func (a *app) fetchX509SVIDs(ctx context.Context, socket string, profiles []string, timeout time.Duration) ([]*fetchedSVID, error) {
 	if len(socket) > maxSocketPath {
 		return nil, fmt.Errorf("Workload API socket path %s is %d bytes, longer than Unix sockets allow (%d)", socket, len(socket), maxSocketPath)
 	}
 	fi, err := os.Stat(socket)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no Workload API socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", socket, envWorkloadSocket)
+		return nil, codedErrorf(codes.Unavailable, "no Workload API socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", socket, envWorkloadSocket)
 	case err != nil:
 		return nil, fmt.Errorf("Workload API socket %s: %w", socket, err)
 	case fi.Mode().Type() != fs.ModeSocket:
@@ -194,7 +243,7 @@ func (a *app) fetchX509SVIDs(ctx context.Context, socket string, timeout time.Du
 	// once; say so rather than wait for the timeout.
 	if c, err := net.Dial("unix", socket); err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
+			return nil, codedErrorf(codes.Unavailable, "cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
 		}
 	} else {
 		c.Close()
@@ -209,6 +258,9 @@ func (a *app) fetchX509SVIDs(ctx context.Context, socket string, timeout time.Du
 	client := workload.NewSpiffeWorkloadAPIClient(conn)
 	// The Workload API refuses requests without its security header.
 	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
+	if len(profiles) > 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, agent.ProfilesMetadataKey, strings.Join(profiles, ","))
+	}
 
 	backoff := 100 * time.Millisecond
 	for {
@@ -264,18 +316,21 @@ func (a *app) fetchError(socket string, timeout time.Duration, err error) error 
 	}
 	switch st.Code() {
 	case codes.PermissionDenied:
-		return fmt.Errorf("the Workload API at %s issued no X509-SVID to this process within %s (--timeout): %s; is there a registration entry for it, e.g. with --selector unix:uid:%d, whose parent is this agent? (meshca entry list)", socket, timeout, st.Message(), a.uid)
+		if strings.Contains(st.Message(), agent.ProfilesMetadataKey) {
+			return codedErrorf(st.Code(), "the Workload API at %s issued this process no X509-SVID of the profiles asked for within %s (--timeout): %s; ask for them with --profile (e.g. --profile sm2)", socket, timeout, st.Message())
+		}
+		return codedErrorf(st.Code(), "the Workload API at %s issued no X509-SVID to this process within %s (--timeout): %s; is there a registration entry for it, e.g. with --selector unix:uid:%d, whose parent is this agent? (meshca entry list)", socket, timeout, st.Message(), a.uid)
 	case codes.Unavailable:
 		if strings.Contains(st.Message(), "dial unix") {
-			return fmt.Errorf("cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
+			return codedErrorf(st.Code(), "cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
 		}
-		return fmt.Errorf("the Workload API at %s is unavailable after %s (--timeout): %s", socket, timeout, st.Message())
+		return codedErrorf(st.Code(), "the Workload API at %s is unavailable after %s (--timeout): %s", socket, timeout, st.Message())
 	case codes.DeadlineExceeded:
-		return fmt.Errorf("the Workload API at %s sent no X509-SVID within %s (--timeout): the agent may not be attested or connected to a server yet; see its log", socket, timeout)
+		return codedErrorf(st.Code(), "the Workload API at %s sent no X509-SVID within %s (--timeout): the agent may not be attested or connected to a server yet; see its log", socket, timeout)
 	case codes.Canceled:
-		return errors.New("fetch X509-SVIDs: cancelled")
+		return codedErrorf(st.Code(), "fetch X509-SVIDs: cancelled")
 	}
-	return fmt.Errorf("fetch X509-SVIDs from %s: %s", socket, st.Message())
+	return codedErrorf(st.Code(), "fetch X509-SVIDs from %s: %s", socket, st.Message())
 }
 
 // parseFetchedSVID checks one X509-SVID of a response: a chain whose leaf,

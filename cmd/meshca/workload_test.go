@@ -47,6 +47,9 @@ func TestWorkloadFetchBadInput(t *testing.T) {
 		{"fail/relative-unix-url", nil, []string{"--socket", "unix://rel/agent.sock"}, exitUsage, []string{"three slashes"}},
 		{"fail/bad-timeout", nil, []string{"--socket", stale, "--timeout", "0s"}, exitUsage, []string{"--timeout 0s"}},
 		{"fail/extra-argument", nil, []string{"--socket", stale, "extra"}, exitUsage, []string{`unknown command "extra"`}},
+		{"fail/unknown-profile", nil, []string{"--socket", stale, "--profile", "rsa"}, exitUsage, []string{`--profile "rsa"`, "ecdsa, sm2"}},
+		{"fail/empty-profile", nil, []string{"--socket", stale, "--profile", "ecdsa,"}, exitUsage, []string{`--profile ""`}},
+		{"fail/bad-spiffe-id", nil, []string{"--socket", stale, "--spiffe-id", "web"}, exitUsage, []string{`--spiffe-id "web"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

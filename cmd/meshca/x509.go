@@ -5,12 +5,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -37,7 +40,10 @@ const x509MintLong = `mint issues one X509-SVID for --spiffe-id and writes into 
 It mints in one of two ways:
 
 Through a running server, with --addr unix:///path/admin.sock (or
-$MESHCA_ADDR, unless --data-dir is given): the key is generated here and only
+$MESHCA_ADDR, unless --data-dir is given), or from another host --addr
+host:port of a server started with --admin-addr, over mutual TLS with your
+admin X509-SVID (--admin-cert, --admin-key) and the trust bundle
+(--trust-bundle): the key is generated here and only
 a CSR goes to the server's operator API, which signs it with its intermediate
 of --profile (default ecdsa), records the certificate in the replicated ledger
 and audits it, like every issuance. The SPIFFE ID must be of the server's trust
@@ -47,9 +53,9 @@ the admin socket can mint any identity of the trust domain.
 Offline, with --data-dir D (then --profile is required): straight from the
 local CA in D. If D holds no CA yet, one is created for the trust domain of
 --spiffe-id; an existing CA must be of that trust domain. This local CA
-(<data-dir>/ca/state.json) is a CA of its own: it is not the trust domain that
-"meshca dev" or "meshca server" runs from the same directory, whose roots live
-in the replicated state, so give mint a directory of its own. The
+(<data-dir>/ca/state.json) is a CA of its own, not the trust domain of a
+"meshca dev" or "meshca server", whose roots live in the replicated state:
+mint refuses the data directory of a server or dev and points to --addr. The
 key-encryption key is --kek-file F, else $MESHCA_KEK_FILE, else <data-dir>/kek,
 created if needed, for development only. Offline minting is neither authorized
 nor recorded: whoever can read the data directory and its KEK can mint any
@@ -102,8 +108,9 @@ func (a *app) newX509MintCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&fl.spiffeID, "spiffe-id", "", "SPIFFE ID of the workload, spiffe://<trust domain>/<path> (required)")
 	f.StringVar(&fl.profile, "profile", "", "signature profile: ecdsa or sm2 (required with --data-dir; default ecdsa with --addr)")
-	f.StringVar(&fl.op.addr, "addr", "", "mint through the server whose operator API is at unix:///path/admin.sock (default $"+envAddr+" unless --data-dir is given)")
+	f.StringVar(&fl.op.addr, "addr", "", "mint through the server whose operator API is at unix:///path/admin.sock, or host:port over mutual TLS (default $"+envAddr+" unless --data-dir is given)")
 	f.DurationVar(&fl.op.timeout, "timeout", opDefaultTimeout, "give up on the server after this long (with --addr)")
+	addAdminTLSFlags(cmd, &fl.op)
 	f.StringVar(&fl.dataDir, "data-dir", "", "mint offline from the local CA in this directory, created if needed")
 	f.StringVar(&fl.outDir, "out", "", "directory to write svid.pem, key.pem and bundle.pem into (required)")
 	f.StringSliceVar(&fl.dnsNames, "dns", nil, "DNS name to add as a SAN; repeat or separate with commas")
@@ -140,6 +147,9 @@ func (a *app) newX509MintCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if err := checkNotServerDataDir(data); err != nil {
+			return err
+		}
 
 		l, kek, err := a.openCA(data, fl.kekFile, id.TrustDomain())
 		if err != nil {
@@ -165,6 +175,27 @@ func (a *app) newX509MintCommand() *cobra.Command {
 		return a.printMint(rep)
 	})
 	return cmd
+}
+
+// checkNotServerDataDir refuses to mint offline in the data directory of
+// a server or of dev: a local CA there would be a second CA, unrelated to
+// the trust domain the server runs.
+func checkNotServerDataDir(dir string) error {
+	has, err := server.HasIdentity(dir)
+	if err != nil {
+		return err
+	}
+	if !has {
+		for _, name := range []string{"raft", serverLockName} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				has = true
+			}
+		}
+	}
+	if has {
+		return usageErrorf("--data-dir %s is the data directory of a meshca server (or of meshca dev): an offline CA there would be a second CA, unrelated to the server's trust domain; mint through the server with --addr unix://%s, or give mint a directory of its own", dir, filepath.Join(dir, adminSocketName))
+	}
+	return nil
 }
 
 // checkMintFlags checks the flags of x509 mint and tells its mode: online
@@ -211,8 +242,12 @@ func (a *app) checkMintFlags(cmd *cobra.Command, fl *x509MintFlags) (online bool
 		if fl.profile == "" {
 			fl.profile = ca.ProfileECDSA
 		}
-	} else if fs.Changed("timeout") {
-		return false, usageErrorf("--timeout is only used with --addr")
+	} else {
+		for _, name := range []string{"timeout", "admin-cert", "admin-key", "trust-bundle"} {
+			if fs.Changed(name) {
+				return false, usageErrorf("--%s is only used with --addr", name)
+			}
+		}
 	}
 	return online, nil
 }
@@ -257,7 +292,7 @@ func (a *app) mintThroughServer(cmd *cobra.Command, fl x509MintFlags, p ca.Profi
 	if err != nil {
 		return err
 	}
-	rep := serverMintReport{Server: "unix://" + c.socket, TrustDomain: id.TrustDomain().Name(), svidReport: newSVIDReport(m, fl.dnsNames, files)}
+	rep := serverMintReport{Server: c.addr, TrustDomain: id.TrustDomain().Name(), svidReport: newSVIDReport(m, fl.dnsNames, files)}
 	if a.output == outputJSON {
 		return writeJSON(a.stdout, rep)
 	}

@@ -200,7 +200,7 @@ func TestWorkloadAPIServesAndRotatesSVIDs(t *testing.T) {
 
 	parent := agentIDFor(token)
 	e.entry(parent, "spiffe://example.org/test/web", time.Minute, "unix:uid:"+uid)
-	e.entry(parent, "spiffe://example.org/test/other", time.Hour, "unix:uid:"+uid+"9") // not ours
+	e.entry(parent, "spiffe://example.org/test/other", time.Hour, "unix:uid:"+strconv.Itoa(os.Getuid()+1)) // not ours
 
 	var x *workloadapi.X509Context
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
@@ -291,7 +291,14 @@ func TestNodeAPIRefusals(t *testing.T) {
 			t.Fatal("no SVID")
 		}
 	}
-	foreign := e.entry("spiffe://example.org/meshca/agent/join_token/someone-else", "spiffe://example.org/test/theirs", time.Hour, "unix:uid:"+uid)
+	// Another agent's entry: that agent has not attested (yet).
+	fresp, err := e.op.CreateEntry(tctx(t, 20*time.Second), &operatorpb.CreateEntryRequest{AllowUnknownParent: true, Entry: &operatorpb.Entry{
+		ParentId: "spiffe://example.org/meshca/agent/join_token/someone-else", SpiffeId: "spiffe://example.org/test/theirs",
+		Selectors: []*operatorpb.Selector{{Type: "unix", Value: "uid:" + uid}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := fresp.Entry
 
 	// Call the node API as the agent, with its own SVID from its data dir.
 	dir := filepath.Dir(a.SocketPath())

@@ -657,10 +657,14 @@ type Entry struct {
 	TtlSeconds int64                  `protobuf:"varint,5,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	DnsNames   []string               `protobuf:"bytes,6,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
 	// profile is "ecdsa" or "sm2".
-	Profile       string `protobuf:"bytes,7,opt,name=profile,proto3" json:"profile,omitempty"`
-	Revision      uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Profile  string `protobuf:"bytes,7,opt,name=profile,proto3" json:"profile,omitempty"`
+	Revision uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// created_unix_nano is when the entry was created (the proposer's
+	// clock); agents order a workload's SVIDs by it after profile and
+	// SPIFFE ID.
+	CreatedUnixNano int64 `protobuf:"varint,9,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Entry) Reset() {
@@ -745,6 +749,13 @@ func (x *Entry) GetProfile() string {
 func (x *Entry) GetRevision() uint64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *Entry) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
 	}
 	return 0
 }
@@ -1179,7 +1190,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x0fjwt_authorities\x18\x03 \x03(\v2\x1c.meshca.node.v1.JWTAuthorityR\x0ejwtAuthorities\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xfd\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xa9\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -1189,7 +1200,8 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"ttlSeconds\x12\x1b\n" +
 	"\tdns_names\x18\x06 \x03(\tR\bdnsNames\x12\x18\n" +
 	"\aprofile\x18\a \x01(\tR\aprofile\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x04R\brevision\"\r\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\x12*\n" +
+	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNano\"\r\n" +
 	"\vSyncRequest\"\x89\x01\n" +
 	"\n" +
 	"SyncUpdate\x12\x1a\n" +

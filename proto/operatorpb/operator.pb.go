@@ -893,9 +893,13 @@ func (x *Entry) GetCreatedUnix() int64 {
 type CreateEntryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// entry.id and revision are assigned by the server.
-	Entry         *Entry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Entry *Entry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	// allow_unknown_parent accepts a parent_id that is no attested agent, no
+	// server and no agent of a pending join token (an agent that will
+	// attest later by another method). Without it such an entry is refused.
+	AllowUnknownParent bool `protobuf:"varint,2,opt,name=allow_unknown_parent,json=allowUnknownParent,proto3" json:"allow_unknown_parent,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CreateEntryRequest) Reset() {
@@ -935,12 +939,21 @@ func (x *CreateEntryRequest) GetEntry() *Entry {
 	return nil
 }
 
+func (x *CreateEntryRequest) GetAllowUnknownParent() bool {
+	if x != nil {
+		return x.AllowUnknownParent
+	}
+	return false
+}
+
 type UpdateEntryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// entry.revision must be the current revision.
-	Entry         *Entry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Entry *Entry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	// allow_unknown_parent: as in CreateEntryRequest, for a changed parent.
+	AllowUnknownParent bool `protobuf:"varint,2,opt,name=allow_unknown_parent,json=allowUnknownParent,proto3" json:"allow_unknown_parent,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *UpdateEntryRequest) Reset() {
@@ -978,6 +991,13 @@ func (x *UpdateEntryRequest) GetEntry() *Entry {
 		return x.Entry
 	}
 	return nil
+}
+
+func (x *UpdateEntryRequest) GetAllowUnknownParent() bool {
+	if x != nil {
+		return x.AllowUnknownParent
+	}
+	return false
 }
 
 type EntryResponse struct {
@@ -1895,11 +1915,13 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tdns_names\x18\x06 \x03(\tR\bdnsNames\x12\x18\n" +
 	"\aprofile\x18\a \x01(\tR\aprofile\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x04R\brevision\x12!\n" +
-	"\fcreated_unix\x18\t \x01(\x03R\vcreatedUnix\"E\n" +
+	"\fcreated_unix\x18\t \x01(\x03R\vcreatedUnix\"w\n" +
 	"\x12CreateEntryRequest\x12/\n" +
-	"\x05entry\x18\x01 \x01(\v2\x19.meshca.operator.v1.EntryR\x05entry\"E\n" +
+	"\x05entry\x18\x01 \x01(\v2\x19.meshca.operator.v1.EntryR\x05entry\x120\n" +
+	"\x14allow_unknown_parent\x18\x02 \x01(\bR\x12allowUnknownParent\"w\n" +
 	"\x12UpdateEntryRequest\x12/\n" +
-	"\x05entry\x18\x01 \x01(\v2\x19.meshca.operator.v1.EntryR\x05entry\"@\n" +
+	"\x05entry\x18\x01 \x01(\v2\x19.meshca.operator.v1.EntryR\x05entry\x120\n" +
+	"\x14allow_unknown_parent\x18\x02 \x01(\bR\x12allowUnknownParent\"@\n" +
 	"\rEntryResponse\x12/\n" +
 	"\x05entry\x18\x01 \x01(\v2\x19.meshca.operator.v1.EntryR\x05entry\"$\n" +
 	"\x12DeleteEntryRequest\x12\x0e\n" +

@@ -145,7 +145,7 @@ func Start(cfg Config) (*Node, error) {
 		advertise = a
 	}
 	serverTLS, clientTLS := cfg.Identity.PeerTLS()
-	layer := &tlsStreamLayer{ln: cfg.RaftListener, advertise: advertise, serverCfg: serverTLS, clientCfg: clientTLS, dial: cfg.Dial}
+	layer := &tlsStreamLayer{ln: cfg.RaftListener, advertise: advertise, serverCfg: serverTLS, clientCfg: clientTLS, dial: cfg.Dial, log: cfg.Logger}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: rc.Logger,
 	})

@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -28,7 +31,11 @@ type tlsStreamLayer struct {
 	serverCfg *tls.Config
 	clientCfg *tls.Config
 	dial      DialFunc
+	log       *slog.Logger
 }
+
+// handshakeTimeout bounds the TLS handshake of an accepted Raft connection.
+const handshakeTimeout = 10 * time.Second
 
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
 
@@ -37,7 +44,50 @@ func (t *tlsStreamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return tls.Server(c, t.serverCfg), nil
+	return &handshakeConn{Conn: tls.Server(c, t.serverCfg), log: t.log}, nil
+}
+
+// handshakeConn is an accepted Raft connection whose TLS handshake runs
+// at its first read or write, on the goroutine Raft gives the connection
+// (so a slow peer cannot hold up Accept), within handshakeTimeout. A
+// refused handshake is logged once, saying what it is, and then reads as
+// io.EOF, which Raft's transport closes quietly instead of logging it as
+// "failed to decode incoming command".
+type handshakeConn struct {
+	*tls.Conn
+	log  *slog.Logger
+	once sync.Once
+	err  error
+}
+
+func (c *handshakeConn) handshake() error {
+	c.once.Do(func() {
+		c.Conn.SetDeadline(time.Now().Add(handshakeTimeout))
+		if err := c.Conn.Handshake(); err != nil {
+			if c.log != nil {
+				c.log.Warn("refused a Raft connection: TLS handshake failed (only servers of this cluster, with a server certificate of the trust domain, may connect)",
+					"from", c.Conn.RemoteAddr().String(), "error", err)
+			}
+			c.err = io.EOF
+			return
+		}
+		c.Conn.SetDeadline(time.Time{})
+	})
+	return c.err
+}
+
+func (c *handshakeConn) Read(b []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *handshakeConn) Write(b []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
 }
 
 func (t *tlsStreamLayer) Close() error { return t.ln.Close() }
