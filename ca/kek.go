@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
@@ -8,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -67,12 +69,44 @@ func LoadKEKFile(path string) (*KEK, error) {
 		return nil, fmt.Errorf("ca: key-encryption key file: %w", err)
 	}
 	defer clear(b)
+	kek, err := ParseKEK(b)
+	if err != nil {
+		return nil, fmt.Errorf("ca: key-encryption key file %s must hold %d random bytes in base64; if keys were sealed under it, only its original content opens them (restore it from a backup); a new KEK for new data goes in a new file: (umask 077; head -c 32 /dev/urandom | base64 > new-kek)", path, KEKSize)
+	}
+	return kek, nil
+}
+
+// maxKEKFileSize bounds what ParseKEK reads: a KEK file is 45 bytes.
+const maxKEKFileSize = 4 << 10
+
+// ParseKEK decodes the content of a KEK file: 32 bytes in standard base64,
+// surrounding whitespace ignored. Errors never contain the content.
+func ParseKEK(b []byte) (*KEK, error) {
+	if len(b) > maxKEKFileSize {
+		return nil, fmt.Errorf("ca: key-encryption key: %d bytes, not a KEK file", len(b))
+	}
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
 	if err != nil || len(key) != KEKSize {
-		return nil, fmt.Errorf("ca: key-encryption key file %s must hold %d random bytes in base64; if keys were sealed under it, only its original content opens them (restore it from a backup); a new KEK for new data goes in a new file: (umask 077; head -c 32 /dev/urandom | base64 > new-kek)", path, KEKSize)
+		clear(key)
+		return nil, fmt.Errorf("ca: key-encryption key: want %d bytes in base64", KEKSize)
 	}
 	defer clear(key)
 	return NewKEK(key)
+}
+
+// ParseSealedKey decodes a sealed key from its JSON form, refusing unknown
+// fields; Open then checks and decrypts it.
+func ParseSealedKey(b []byte) (*SealedKey, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var sk SealedKey
+	if err := dec.Decode(&sk); err != nil {
+		return nil, fmt.Errorf("ca: sealed key: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("ca: sealed key: data after the JSON object")
+	}
+	return &sk, nil
 }
 
 // CreateKEKFile writes a new random KEK to path with mode 0600 and returns it.
