@@ -78,6 +78,7 @@ func (p *delta) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) (Requ
 		st.mu.Unlock()
 	}
 
+	ev.NodeID = st.nodeID
 	st.mu.Lock()
 	switch {
 	case !p.started:

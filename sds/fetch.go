@@ -88,7 +88,7 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReq
 	}
 	s.stats.responses.Add(1)
 	s.stats.resources.Add(uint64(len(res)))
-	s.onRequest(ctx, RequestEvent{Method: MethodFetch, Kind: RequestInitial})
+	s.onRequest(ctx, RequestEvent{Method: MethodFetch, NodeID: req.GetNode().GetId(), Kind: RequestInitial})
 	return resp, nil
 }
 

@@ -24,11 +24,14 @@ type hub struct {
 	running int
 	max     int
 	closed  bool
+	idle    *sync.Cond // on qmu: broadcast when the last worker exits
 	wg      sync.WaitGroup
 }
 
 func newHub(workers int) *hub {
-	return &hub{subs: map[string]map[waker]struct{}{}, max: workers}
+	h := &hub{subs: map[string]map[waker]struct{}{}, max: workers}
+	h.idle = sync.NewCond(&h.qmu)
+	return h
 }
 
 // setTopics replaces w's topics old by next (both sorted, deduplicated).
@@ -95,6 +98,9 @@ func (h *hub) next() *stream {
 	if len(h.queue) == 0 || h.closed {
 		h.running--
 		h.queue = nil
+		if h.running == 0 {
+			h.idle.Broadcast()
+		}
 		return nil
 	}
 	st := h.queue[0]
@@ -108,6 +114,15 @@ func (h *hub) work() {
 	for st := h.next(); st != nil; st = h.next() {
 		st.queued.Store(false)
 		st.push()
+	}
+}
+
+// waitIdle waits until no push is queued or running.
+func (h *hub) waitIdle() {
+	h.qmu.Lock()
+	defer h.qmu.Unlock()
+	for h.running > 0 || len(h.queue) > 0 {
+		h.idle.Wait()
 	}
 }
 

@@ -108,7 +108,8 @@ const (
 // RequestEvent describes a handled request.
 type RequestEvent struct {
 	Method   string
-	StreamID uint64
+	StreamID uint64 // 0 for FetchSecrets
+	NodeID   string
 	Kind     RequestKind
 	Nonce    string
 	// Error is the error_detail message of a NACK.

@@ -72,6 +72,7 @@ func (p *sotw) handle(st *stream, req *discoveryv3.DiscoveryRequest) (RequestEve
 		st.mu.Unlock()
 	}
 
+	ev.NodeID = st.nodeID
 	st.mu.Lock()
 	switch {
 	case !p.started:
