@@ -137,12 +137,12 @@ type testCA struct {
 
 func (c testCA) der() []byte { return c.cert.Raw }
 
-func newRoot(t testing.TB, name string) testCA {
+func newRoot(t fatalT, name string) testCA {
 	t.Helper()
 	return newCA(t, name, nil)
 }
 
-func newCA(t testing.TB, name string, parent *testCA) testCA {
+func newCA(t fatalT, name string, parent *testCA) testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -175,7 +175,7 @@ func newCA(t testing.TB, name string, parent *testCA) testCA {
 // leaf issues an X509-SVID for id; it returns the chain (leaf first, then
 // the issuer if it is not self-signed, i.e. an intermediate) and the
 // PKCS#8 key.
-func (c testCA) leaf(t testing.TB, id string, serial int64) (chain [][]byte, key []byte) {
+func (c testCA) leaf(t fatalT, id string, serial int64) (chain [][]byte, key []byte) {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -208,7 +208,7 @@ func (c testCA) leaf(t testing.TB, id string, serial int64) (chain [][]byte, key
 	return chain, pk
 }
 
-func (c testCA) crl(t testing.TB, number int64, revoked ...*big.Int) []byte {
+func (c testCA) crl(t fatalT, number int64, revoked ...*big.Int) []byte {
 	t.Helper()
 	var entries []x509.RevocationListEntry
 	for _, s := range revoked {
@@ -229,14 +229,14 @@ type testPKI struct {
 	root, inter testCA
 }
 
-func newPKI(t testing.TB) testPKI {
+func newPKI(t fatalT) testPKI {
 	t.Helper()
 	root := newRoot(t, "test root")
 	return testPKI{root: root, inter: newCA(t, "test intermediate", &root)}
 }
 
 // svid is a tls_certificate resource for id, version v.
-func (p testPKI) svid(t testing.TB, name, id, version string) *Resource {
+func (p testPKI) svid(t fatalT, name, id, version string) *Resource {
 	t.Helper()
 	chain, key := p.inter.leaf(t, id, time.Now().UnixNano())
 	sec, err := TLSCertificateSecret(name, chain, key)
@@ -251,7 +251,7 @@ func (p testPKI) svid(t testing.TB, name, id, version string) *Resource {
 }
 
 // bundle is a validation context resource with the root and both CRLs.
-func (p testPKI) bundle(t testing.TB, version string, crlNumber int64) *Resource {
+func (p testPKI) bundle(t fatalT, version string, crlNumber int64) *Resource {
 	t.Helper()
 	sec, err := ValidationContextSecret("ROOTCA", ValidationContextParams{
 		Roots: [][]byte{p.root.der()}, Intermediates: [][]byte{p.inter.der()},
@@ -553,4 +553,15 @@ func mustEqual[T comparable](t testing.TB, what string, got, want T) {
 	}
 }
 
-var _ = fmt.Sprintf
+
+// fatalT is what the PKI helpers need of a testing.TB; the out-of-process
+// benchmark server has no testing.TB and panics instead.
+type fatalT interface {
+	Helper()
+	Fatal(args ...any)
+}
+
+type panicT struct{}
+
+func (panicT) Helper()           {}
+func (panicT) Fatal(args ...any) { panic(fmt.Sprint(args...)) }
