@@ -553,7 +553,6 @@ func mustEqual[T comparable](t testing.TB, what string, got, want T) {
 	}
 }
 
-
 // fatalT is what the PKI helpers need of a testing.TB; the out-of-process
 // benchmark server has no testing.TB and panics instead.
 type fatalT interface {
