@@ -199,8 +199,8 @@ func (p *sotw) find(name string) (sotwSent, bool) {
 	return p.sent[i], true
 }
 
-// anys is a helper for tests and fetch: the marshaled secrets of the
-// granted results, in order.
+// anys returns the marshaled secrets of the granted results, in order,
+// each named as requested.
 func anys(names []string, results []Result) ([]*anypb.Any, error) {
 	var out []*anypb.Any
 	for i, r := range results {
