@@ -109,6 +109,11 @@ func (p *delta) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) (Requ
 	// a spontaneous request carries none.
 	sub, subStar := dedupe(req.GetResourceNamesSubscribe())
 	unsub, unsubStar := dedupe(req.GetResourceNamesUnsubscribe())
+	if p.started && (ev.Kind == RequestACK || ev.Kind == RequestNACK) && len(sub) == 0 && len(unsub) == 0 && !subStar && !unsubStar && !st.deferred {
+		// A bare ACK or NACK: nothing to answer.
+		st.mu.Unlock()
+		return ev, nil
+	}
 	if !p.started {
 		p.wildcard = subStar || (len(sub) == 0 && len(initial) == 0)
 	}

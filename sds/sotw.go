@@ -115,10 +115,14 @@ func (p *sotw) handle(st *stream, req *discoveryv3.DiscoveryRequest) (RequestEve
 		p.wildcard, p.names, p.answered = wildcard, names, false
 	}
 	p.started = true
+	// An ACK or NACK that leaves the subscription as it was sends nothing,
+	// unless a push waited for it: a NACKed content would be rejected
+	// again; the next change is pushed.
+	need := !p.answered || st.deferred
 	st.mu.Unlock()
-
-	// A NACK with an unchanged subscription sends nothing: the same
-	// content would be rejected again; the next change is pushed.
+	if !need {
+		return ev, nil
+	}
 	return ev, st.flush(false)
 }
 
