@@ -2,10 +2,14 @@ package sds
 
 import (
 	"bytes"
+	"context"
 	"encoding/pem"
+	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
 
@@ -346,4 +350,56 @@ func TestSotWGenericSecret(t *testing.T) {
 	if sec.GetName() != "ignored" {
 		t.Fatal("the source's secret was modified")
 	}
+}
+
+// A push waits for the ACK of the previous response, then is sent.
+func TestSotWPushWaitsForACK(t *testing.T) {
+	h := newHarness(t, nil)
+	p := newPKI(t)
+	setupAB(t, h, p)
+	a := h.envoy("a", "default")
+	r1 := a.recv()
+	h.store.grant("a", "default", p.svid(t, "default", idA, "a2"))
+	h.idle()
+	mustEqual(t, "responses before the ACK", h.srv.Stats().Responses, uint64(1))
+	a.ack(r1)
+	r2 := a.recv()
+	if r2.GetVersionInfo() == r1.GetVersionInfo() {
+		t.Fatal("the change was not sent after the ACK")
+	}
+}
+
+// failingSource fails every Resolve once fail is set.
+type failingSource struct {
+	Source
+	fail *atomic.Bool
+}
+
+func (f failingSource) Resolve(ctx context.Context, name string) (Result, error) {
+	if f.fail.Load() {
+		return Result{}, errors.New("store unavailable")
+	}
+	return f.Source.Resolve(ctx, name)
+}
+
+// A Source error during a push is counted and logged; the stream stays
+// open.
+func TestSotWPushSourceError(t *testing.T) {
+	var h *harness
+	var fail atomic.Bool
+	h = newHarness(t, func(c *Config) {
+		c.Secrets = func(_ context.Context, node *corev3.Node) (Source, error) {
+			return failingSource{Source: h.store.source(node.GetId()), fail: &fail}, nil
+		}
+	})
+	p := newPKI(t)
+	setupAB(t, h, p)
+	a := h.envoy("a", "default")
+	a.ack(a.recv())
+	h.waitRequest("a", RequestACK)
+	fail.Store(true)
+	h.store.grant("a", "default", p.svid(t, "default", idA, "a2"))
+	h.idle()
+	mustEqual(t, "source errors", h.srv.Stats().SourceErrors, uint64(1))
+	mustEqual(t, "open streams", h.srv.Stats().OpenStreams, int64(1))
 }
