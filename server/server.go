@@ -19,6 +19,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/operatorpb"
@@ -30,6 +31,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 )
 
 // maxRequestSize bounds every gRPC request a server accepts.
@@ -161,25 +163,31 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 	}
 
-	s.api = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))
+	// Every API maps its handlers' errors to status codes in one place.
+	s.api = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil),
+		grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize), keepaliveEnforcement)...)
 	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, s.handleJoin))
 	nodepb.RegisterNodeServer(s.api, &nodeService{s: s})
 	if s.adminLn, err = listenAdmin(s.cfg.AdminSocket); err != nil {
 		return nil, err
 	}
-	s.admin = grpc.NewServer(grpc.MaxRecvMsgSize(maxRequestSize))
+	s.admin = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil), grpc.MaxRecvMsgSize(maxRequestSize))...)
 	operatorpb.RegisterOperatorServer(s.admin, &operatorService{s: s})
 	if cfg.AdminAddr != "" {
 		if s.adminTCP, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 			return nil, fmt.Errorf("admin address: %w", err)
 		}
 		s.cfg.AdminAddr = s.adminTCP.Addr().String()
-		s.adminTLS = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize),
-			grpc.UnaryInterceptor(s.requireAdminUnary), grpc.StreamInterceptor(s.requireAdminStream))
+		s.adminTLS = grpc.NewServer(append(rpcerr.ServerOptions([]grpc.UnaryServerInterceptor{s.requireAdminUnary}, []grpc.StreamServerInterceptor{s.requireAdminStream}),
+			grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))...)
 		operatorpb.RegisterOperatorServer(s.adminTLS, &operatorService{s: s})
 	}
 	return s, nil
 }
+
+// keepaliveEnforcement lets clients (agents, peers) ping often enough to
+// notice a server that stopped answering on an open connection.
+var keepaliveEnforcement = grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true})
 
 // listenAdmin listens on the operator socket, readable and writable by
 // this user only. A stale socket left by a crash is replaced; one in use is not.
