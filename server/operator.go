@@ -33,20 +33,23 @@ const (
 	MaxJoinTokenTTL     = 7 * 24 * time.Hour
 )
 
+// Status reports this server's view. The applied index, state hash and
+// ledger size are of one moment (one read view); ready says whether this
+// server can serve writes now, and ready_reason why not.
 func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusRequest) (*operatorpb.StatusResponse, error) {
 	n := o.s.node
+	ready, reason := o.s.Readiness(ctx)
 	addr, leader := n.Raft().LeaderWithID()
-	hash, err := o.s.fsm.StateHash()
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
 	r := o.s.fsm.Read()
+	hash, err := r.StateHash()
+	if err != nil {
+		return nil, fmt.Errorf("state hash: %w", err)
+	}
 	return &operatorpb.StatusResponse{
 		NodeId: o.s.cfg.NodeID, TrustDomain: o.s.td.Name(), RaftState: n.Raft().State().String(),
-		LeaderId: string(leader), LeaderAddr: string(addr), AppliedIndex: o.s.fsm.AppliedIndex(),
+		LeaderId: string(leader), LeaderAddr: string(addr), AppliedIndex: r.AppliedIndex(),
 		CommitIndex: n.Raft().CommitIndex(), StateHash: hex.EncodeToString(hash[:]), LedgerRecords: uint64(r.LedgerLen()),
-		Ready:          r.TrustDomain() != nil && r.Server(o.s.cfg.NodeID) != nil,
-		SignQueueDepth: o.s.admission.QueueDepth(),
+		Ready: ready, ReadyReason: reason, SignQueueDepth: o.s.admission.QueueDepth(),
 	}, nil
 }
 

@@ -402,11 +402,12 @@ func (s *Server) tryWriteBootstrapState(ctx context.Context) error {
 	return nil
 }
 
-// Ready reports whether the replicated state knows the trust domain and
-// this server: a bootstrapped cluster this server is a recorded member of.
+// Ready reports whether this server can serve writes now (see Readiness).
 func (s *Server) Ready() bool {
-	r := s.fsm.Read()
-	return r.TrustDomain() != nil && r.Server(s.cfg.NodeID) != nil
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ready, _ := s.Readiness(ctx)
+	return ready
 }
 
 func putIntermediate(c *ca.Certificate, parentID, nodeID string) *raftpb.Command {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -127,7 +128,9 @@ func tctx(t *testing.T) context.Context {
 func TestReadyMeansWritable(t *testing.T) {
 	servers := startCluster(t, 3)
 	for _, s := range servers {
-		waitReady(t, s, 20*time.Second)
+		if st := waitReady(t, s, 20*time.Second); st.ReadyReason != "" {
+			t.Errorf("%s ready with a reason: %q", s.cfg.NodeID, st.ReadyReason)
+		}
 	}
 	servers[1].shutdown()
 	servers[2].shutdown()
@@ -139,7 +142,10 @@ func TestReadyMeansWritable(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !st.Ready {
-			t.Logf("ready false %s after the quorum was lost", time.Since(lost).Round(time.Millisecond))
+			t.Logf("ready false %s after the quorum was lost: %s", time.Since(lost).Round(time.Millisecond), st.ReadyReason)
+			if !strings.Contains(st.ReadyReason, "quorum") && !strings.Contains(st.ReadyReason, "no leader") {
+				t.Errorf("ready_reason %q names neither a missing leader nor quorum", st.ReadyReason)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
