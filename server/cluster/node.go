@@ -236,6 +236,10 @@ func (n *Node) NodeID() string { return n.cfg.NodeID }
 // RaftAddr is the address peers reach this node's Raft at.
 func (n *Node) RaftAddr() string { return string(n.trans.LocalAddr()) }
 
+// LeaderChanges returns a channel that is closed at the next change of
+// the leader this node knows, or of its Raft state.
+func (n *Node) LeaderChanges() <-chan struct{} { return n.lead.changes() }
+
 // IsLeader reports whether this node is the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
