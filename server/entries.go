@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -94,11 +95,10 @@ func validateEntry(td spiffeid.TrustDomain, e *operatorpb.Entry) error {
 			errs = append(errs, err)
 		}
 	}
-	switch ttl := time.Duration(e.TtlSeconds) * time.Second; {
-	case e.TtlSeconds == 0:
+	if e.TtlSeconds == 0 {
 		e.TtlSeconds = int64(DefaultEntryTTL / time.Second)
-	case ttl < MinEntryTTL || ttl > MaxEntryTTL:
-		errs = append(errs, fmt.Errorf("TTL %s: want %s to %s", ttl, MinEntryTTL, MaxEntryTTL))
+	} else if _, err := duration.Seconds("ttl_seconds", e.TtlSeconds, MinEntryTTL, MaxEntryTTL); err != nil {
+		errs = append(errs, err)
 	}
 	if err := ca.CheckDNSNames(e.DnsNames); err != nil {
 		errs = append(errs, err)

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -34,8 +34,9 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 		o.s.audit.Warn("mint x509-svid", "decision", "deny", "spiffe_id", req.SpiffeId, "reason", reason)
 		return status.Error(codes.InvalidArgument, reason)
 	}
-	if req.TtlSeconds < 0 {
-		return nil, deny("negative TTL")
+	ttl, err := duration.Seconds("ttl_seconds", req.TtlSeconds, 0, duration.Max)
+	if err != nil {
+		return nil, deny(err.Error())
 	}
 	done, err := o.s.admission.admit(operatorNodeID, 1)
 	if err != nil {
@@ -46,7 +47,7 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 		return nil, status.FromContextError(err).Err()
 	}
 	svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: req.Csr, SPIFFEID: req.SpiffeId, DNSNames: req.DnsNames,
-		TTL: time.Duration(req.TtlSeconds) * time.Second})
+		TTL: ttl})
 	o.s.admission.release()
 	var re *ca.RequestError
 	switch {

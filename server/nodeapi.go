@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -275,10 +276,15 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 			res.Error = "no issuer for profile " + e.Profile
 			continue
 		}
+		ttl, err := duration.Seconds("entry ttl_seconds", e.TtlSeconds, 0, MaxEntryTTL)
+		if err != nil {
+			res.Error = err.Error()
+			continue
+		}
 		if err := n.s.admission.acquire(ctx); err != nil {
 			return nil, status.FromContextError(err).Err()
 		}
-		svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: sr.Csr, SPIFFEID: e.SpiffeId, DNSNames: e.DnsNames, TTL: time.Duration(e.TtlSeconds) * time.Second})
+		svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: sr.Csr, SPIFFEID: e.SpiffeId, DNSNames: e.DnsNames, TTL: ttl})
 		n.s.admission.release()
 		if err != nil {
 			res.Error = err.Error()

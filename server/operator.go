@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -187,12 +188,12 @@ func (o *operatorService) CreateJoinToken(ctx context.Context, req *operatorpb.C
 	if req.Kind != TokenKindServer && req.Kind != TokenKindAgent {
 		return nil, status.Errorf(codes.InvalidArgument, "token kind %q: want %q or %q", req.Kind, TokenKindServer, TokenKindAgent)
 	}
-	ttl := time.Duration(req.TtlSeconds) * time.Second
-	switch {
-	case req.TtlSeconds == 0:
-		ttl = DefaultJoinTokenTTL
-	case req.TtlSeconds < 0 || ttl < time.Second || ttl > MaxJoinTokenTTL:
-		return nil, status.Errorf(codes.InvalidArgument, "token TTL %ds: want 1s to %s", req.TtlSeconds, MaxJoinTokenTTL)
+	ttl := DefaultJoinTokenTTL
+	if req.TtlSeconds != 0 {
+		var err error
+		if ttl, err = duration.Seconds("token ttl_seconds", req.TtlSeconds, time.Second, MaxJoinTokenTTL); err != nil {
+			return nil, err
+		}
 	}
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {

@@ -21,7 +21,8 @@
 //
 // A Raft or commit failure is therefore never a refusal. Errors from
 // packages this one cannot import (it sits below them) declare their class
-// with a method: Unavailable() bool, or OutcomeUnknown() bool.
+// with a method: Unavailable() bool, OutcomeUnknown() bool or
+// InvalidArgument() bool.
 package rpcerr
 
 import (
@@ -45,6 +46,10 @@ type unavailable interface{ Unavailable() bool }
 // outcomeUnknown is implemented by errors meaning that a write may or may
 // not have been applied.
 type outcomeUnknown interface{ OutcomeUnknown() bool }
+
+// invalidArgument is implemented by errors refusing a request's content
+// (internal/duration's range errors).
+type invalidArgument interface{ InvalidArgument() bool }
 
 // raftUnavailable are hashicorp/raft's errors for a write or read that was
 // not carried out (or, for ErrLeadershipLost outside an Apply, a read or
@@ -104,6 +109,9 @@ func declared(err error) (codes.Code, bool) {
 		}
 		if o, ok := e.(outcomeUnknown); ok && o.OutcomeUnknown() {
 			return codes.Aborted, true
+		}
+		if i, ok := e.(invalidArgument); ok && i.InvalidArgument() {
+			return codes.InvalidArgument, true
 		}
 	}
 	return 0, false

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -48,6 +49,7 @@ func TestCode(t *testing.T) {
 		{"not found/fsm", &raftfsm.Error{Code: raftpb.ErrorCode_NOT_FOUND}, codes.NotFound},
 		{"exists/fsm", &raftfsm.Error{Code: raftpb.ErrorCode_ALREADY_EXISTS}, codes.AlreadyExists},
 		{"invalid/corrupt snapshot", wrap(raftfsm.ErrCorruptSnapshot), codes.InvalidArgument},
+		{"invalid/duration out of range", wrap(&duration.RangeError{Field: "ttl_seconds", Value: -1}), codes.InvalidArgument},
 		{"deadline/context", wrap(context.DeadlineExceeded), codes.DeadlineExceeded},
 		{"canceled/context", context.Canceled, codes.Canceled},
 		{"status/passed through", wrap(status.Error(codes.FailedPrecondition, "batch too large")), codes.FailedPrecondition},
