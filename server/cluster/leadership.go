@@ -15,46 +15,65 @@ import (
 // picks its slots again), and the connection to the new leader is retried
 // at once, whatever backoff earlier failures built up.
 type leadership struct {
-	raft    *raft.Raft
-	timing  Timing
-	started time.Time
+	raft     *raft.Raft
+	timing   Timing
+	started  time.Time
+	onLeader func(raft.ServerID) // called with each new leader, outside mu
 
 	mu      sync.Mutex
-	changed chan struct{} // closed and replaced at every change
+	changed chan struct{} // closed and replaced when leader or state change
 	leader  raft.ServerID
+	state   raft.RaftState
 }
 
-func newLeadership(r *raft.Raft, timing Timing) *leadership {
-	return &leadership{raft: r, timing: timing, started: time.Now(), changed: make(chan struct{})}
+// leaderView is the leader as of one moment, and the channel closed when
+// it (or this node's Raft state) changes after that moment.
+type leaderView struct {
+	leader  raft.ServerID
+	changed <-chan struct{}
+}
+
+func newLeadership(r *raft.Raft, timing Timing, onLeader func(raft.ServerID)) *leadership {
+	return &leadership{raft: r, timing: timing, started: time.Now(), onLeader: onLeader, changed: make(chan struct{})}
+}
+
+// view returns the current leader and the channel of its next change. It
+// catches up with Raft itself when the watcher has not yet (an observation
+// still queued, or dropped), so the leader it returns is Raft's.
+func (l *leadership) view() leaderView {
+	l.update()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return leaderView{leader: l.leader, changed: l.changed}
 }
 
 // changes returns a channel that is closed at the next change of leader
 // or of this node's Raft state.
-func (l *leadership) changes() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.changed
-}
+func (l *leadership) changes() <-chan struct{} { return l.view().changed }
 
-// update re-reads the leader from Raft (an observation may have been
-// dropped, and several may arrive for one change) and wakes the waiters.
-// It returns the leader when it changed, else "".
-func (l *leadership) update() raft.ServerID {
+// update re-reads the leader and state from Raft and, if either changed,
+// wakes the waiters (and reports a new leader to onLeader).
+func (l *leadership) update() {
 	_, id := l.raft.LeaderWithID()
+	state := l.raft.State()
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	if id == l.leader && state == l.state {
+		l.mu.Unlock()
+		return
+	}
+	newLeader := id != l.leader && id != ""
+	l.leader, l.state = id, state
 	close(l.changed)
 	l.changed = make(chan struct{})
-	if id == l.leader {
-		return ""
+	l.mu.Unlock()
+	if newLeader && l.onLeader != nil {
+		l.onLeader(id)
 	}
-	l.leader = id
-	return id
 }
 
 // watch updates l at every leader observation and state change until ctx
-// ends; onLeader is called with each new leader. It is owned by the Node.
-func (l *leadership) watch(ctx context.Context, onLeader func(raft.ServerID)) {
+// ends. It is owned by the Node.
+func (l *leadership) watch(ctx context.Context) {
 	ch := make(chan raft.Observation, 64)
 	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
@@ -71,9 +90,7 @@ func (l *leadership) watch(ctx context.Context, onLeader func(raft.ServerID)) {
 		case <-ctx.Done():
 			return
 		case <-ch:
-			if id := l.update(); id != "" {
-				onLeader(id)
-			}
+			l.update()
 		}
 	}
 }
@@ -167,9 +184,10 @@ func (n *Node) voters() int {
 	return v
 }
 
-// attempt returns the context of one attempt that involves the leader
-// known when changed was taken: it ends after d, or as soon as the leader
-// changes. context.Cause tells which (errAttemptTimeout, errLeaderChanged).
+// attempt returns the context of one attempt that involves the leader of
+// a leaderView: it ends after d, or as soon as that leader changes (changed
+// is the view's). context.Cause tells which (errAttemptTimeout,
+// errLeaderChanged).
 func attempt(ctx context.Context, changed <-chan struct{}, d time.Duration) (context.Context, context.CancelFunc) {
 	cctx, cancelCause := context.WithCancelCause(ctx)
 	tctx, cancelTimeout := context.WithTimeoutCause(cctx, d, errAttemptTimeout)

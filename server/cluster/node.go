@@ -183,13 +183,14 @@ func Start(cfg Config) (*Node, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, timing: t, log: cfg.Logger, raft: r, trans: trans, fsm: cfg.FSM, stop: stop,
-		peers: newPeerClients(cfg.Identity, cfg.Dial), lead: newLeadership(r, t)}
+		peers: newPeerClients(cfg.Identity, cfg.Dial)}
+	n.lead = newLeadership(r, t, n.leaderChanged)
 	n.barrier.run = n.runBarrier
 	n.ledger = newLedgerBatcher(n, cfg.LedgerBatch)
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
-		n.lead.watch(ctx, n.leaderChanged)
+		n.lead.watch(ctx)
 	}()
 	go func() {
 		defer n.wg.Done()
@@ -321,9 +322,9 @@ func (n *Node) apply(ctx context.Context, cmd *raftpb.Command, idempotent bool) 
 		return nil, fmt.Errorf("cluster: encode command: %w", err)
 	}
 	var res *raftpb.Result
-	err = n.withRetry(ctx, "apply", func(ctx context.Context, changed <-chan struct{}) error {
+	err = n.withRetry(ctx, "apply", func(ctx context.Context, lv leaderView) error {
 		var err error
-		res, err = n.tryApply(ctx, changed, data)
+		res, err = n.tryApply(ctx, lv, data)
 		if errors.Is(err, ErrUnknownOutcome) && !idempotent {
 			return permanent{err}
 		}
@@ -346,8 +347,8 @@ func (p permanent) Unwrap() error { return p.error }
 // election takes (Timing.NoLeader), or its forwards have failed that long,
 // it returns an UnavailableError instead of waiting for ctx's deadline.
 // Without a deadline in ctx it gives up after defaultApplyTimeout. try gets
-// the channel of leadership changes taken before the attempt.
-func (n *Node) withRetry(ctx context.Context, what string, try func(ctx context.Context, changed <-chan struct{}) error) error {
+// the leader as of the attempt, and the channel of its next change.
+func (n *Node) withRetry(ctx context.Context, what string, try func(ctx context.Context, lv leaderView) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
@@ -355,8 +356,8 @@ func (n *Node) withRetry(ctx context.Context, what string, try func(ctx context.
 	}
 	var failing time.Time // since when every attempt failed
 	for backoff := 5 * time.Millisecond; ; backoff = min(backoff*2, 100*time.Millisecond) {
-		changed := n.lead.changes()
-		err := try(ctx, changed)
+		lv := n.lead.view()
+		err := try(ctx, lv)
 		var p permanent
 		switch {
 		case err == nil:
@@ -382,7 +383,7 @@ func (n *Node) withRetry(ctx context.Context, what string, try func(ctx context.
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("cluster: %s: %w (last error: %v)", what, ctx.Err(), err)
-		case <-changed:
+		case <-lv.changed:
 			backoff = 5 * time.Millisecond
 		case <-time.After(backoff):
 		}
@@ -410,16 +411,16 @@ func forwardErr(actx context.Context, err error) error {
 	return err
 }
 
-func (n *Node) tryApply(ctx context.Context, changed <-chan struct{}, data []byte) (*raftpb.Result, error) {
+func (n *Node) tryApply(ctx context.Context, lv leaderView, data []byte) (*raftpb.Result, error) {
 	if n.IsLeader() {
 		res, _, err := n.applyLocal(ctx, data)
 		return res, err
 	}
-	client, err := n.leaderClient()
+	client, err := n.clientOf(lv.leader)
 	if err != nil {
 		return nil, err
 	}
-	actx, cancel := attempt(ctx, changed, n.timing.Forward)
+	actx, cancel := attempt(ctx, lv.changed, n.timing.Forward)
 	defer cancel()
 	resp, err := client.Apply(actx, &clusterpb.ApplyRequest{Command: data})
 	if err != nil {
@@ -465,10 +466,12 @@ func (n *Node) applyLocal(ctx context.Context, data []byte) (*raftpb.Result, uin
 
 // LeaderClient returns a client of the leader's cluster API, or an error
 // while no leader (or its API address) is known.
-func (n *Node) LeaderClient() (clusterpb.ClusterClient, error) { return n.leaderClient() }
+func (n *Node) LeaderClient() (clusterpb.ClusterClient, error) {
+	return n.clientOf(n.lead.view().leader)
+}
 
-func (n *Node) leaderClient() (clusterpb.ClusterClient, error) {
-	_, id := n.raft.LeaderWithID()
+// clientOf returns a client of the cluster API of leader id.
+func (n *Node) clientOf(id raft.ServerID) (clusterpb.ClusterClient, error) {
 	if id == "" {
 		return nil, errNoLeaderYet
 	}
@@ -483,12 +486,12 @@ func (n *Node) leaderClient() (clusterpb.ClusterClient, error) {
 // Apply does (each attempt bounded by timeout and cut short when the
 // leader changes). f must be safe to call again after a failure.
 func (n *Node) Forward(ctx context.Context, timeout time.Duration, f func(ctx context.Context, leader clusterpb.ClusterClient) error) error {
-	return n.withRetry(ctx, "forward", func(ctx context.Context, changed <-chan struct{}) error {
-		client, err := n.leaderClient()
+	return n.withRetry(ctx, "forward", func(ctx context.Context, lv leaderView) error {
+		client, err := n.clientOf(lv.leader)
 		if err != nil {
 			return err
 		}
-		actx, cancel := attempt(ctx, changed, timeout)
+		actx, cancel := attempt(ctx, lv.changed, timeout)
 		defer cancel()
 		return forwardErr(actx, f(actx, client))
 	})
@@ -500,9 +503,9 @@ func (n *Node) Forward(ctx context.Context, timeout time.Duration, f func(ctx co
 // barrier's index and waits until it has applied it.
 func (n *Node) ReadIndex(ctx context.Context) error {
 	var index uint64
-	if err := n.withRetry(ctx, "read index", func(ctx context.Context, changed <-chan struct{}) error {
+	if err := n.withRetry(ctx, "read index", func(ctx context.Context, lv leaderView) error {
 		var err error
-		index, err = n.tryReadIndex(ctx, changed)
+		index, err = n.tryReadIndex(ctx, lv)
 		return err
 	}); err != nil {
 		return err
@@ -510,15 +513,15 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 	return n.fsm.WaitApplied(ctx, index)
 }
 
-func (n *Node) tryReadIndex(ctx context.Context, changed <-chan struct{}) (uint64, error) {
+func (n *Node) tryReadIndex(ctx context.Context, lv leaderView) (uint64, error) {
 	if n.IsLeader() {
 		return n.barrier.do(ctx)
 	}
-	client, err := n.leaderClient()
+	client, err := n.clientOf(lv.leader)
 	if err != nil {
 		return 0, err
 	}
-	actx, cancel := attempt(ctx, changed, n.timing.Forward)
+	actx, cancel := attempt(ctx, lv.changed, n.timing.Forward)
 	defer cancel()
 	resp, err := client.ReadIndex(actx, &clusterpb.ReadIndexRequest{})
 	if err != nil {
@@ -550,14 +553,15 @@ func (n *Node) Writable(ctx context.Context) error {
 			return &UnavailableError{Cause: CauseNoQuorum, Detail: "this server leads but a quorum does not confirm it", Err: ctx.Err()}
 		}
 	}
-	_, id := n.raft.LeaderWithID()
+	lv := n.lead.view()
+	id := lv.leader
 	if id == "" {
 		if err := n.refusal(nil); err != nil {
 			return err
 		}
 		return &UnavailableError{Cause: CauseNoLeader, Detail: "an election is under way"}
 	}
-	if _, err := n.tryReadIndex(ctx, n.lead.changes()); err != nil {
+	if _, err := n.tryReadIndex(ctx, lv); err != nil {
 		if refused := n.refusal(err); refused != nil {
 			return refused
 		}
@@ -583,22 +587,32 @@ func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
 	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_ADD_VOTER, Id: id, Address: addr})
 }
 
+// AddNonvoter adds a server to the Raft configuration without a vote: it
+// replicates, and counts toward no quorum until it is promoted with
+// AddVoter. A server that is already a voter stays one. This is how a new
+// server joins: added as a voter before its Raft runs and catches up, it
+// would raise the quorum with a vote that cannot be cast, and a cluster
+// already missing a server would lose its majority.
+func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
+	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_ADD_NONVOTER, Id: id, Address: addr})
+}
+
 // RemoveServer removes a server from the Raft configuration.
 func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_REMOVE, Id: id})
 }
 
 func (n *Node) membership(ctx context.Context, req *clusterpb.MembershipRequest) error {
-	return n.withRetry(ctx, "membership change", func(ctx context.Context, changed <-chan struct{}) error {
+	return n.withRetry(ctx, "membership change", func(ctx context.Context, lv leaderView) error {
 		if n.IsLeader() {
 			return n.membershipLocal(req)
 		}
-		client, err := n.leaderClient()
+		client, err := n.clientOf(lv.leader)
 		if err != nil {
 			return err
 		}
 		// A configuration change commits once the leader has replicated it.
-		actx, cancel := attempt(ctx, changed, 10*time.Second)
+		actx, cancel := attempt(ctx, lv.changed, 10*time.Second)
 		defer cancel()
 		_, err = client.Membership(actx, req)
 		return forwardErr(actx, err)
@@ -612,6 +626,11 @@ func (n *Node) membershipLocal(req *clusterpb.MembershipRequest) error {
 			return status.Error(codes.InvalidArgument, "add-voter needs an ID and an address")
 		}
 		return n.raft.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.Address), 0, 10*time.Second).Error()
+	case clusterpb.MembershipRequest_ADD_NONVOTER:
+		if req.Id == "" || req.Address == "" {
+			return status.Error(codes.InvalidArgument, "add-nonvoter needs an ID and an address")
+		}
+		return n.raft.AddNonvoter(raft.ServerID(req.Id), raft.ServerAddress(req.Address), 0, 10*time.Second).Error()
 	case clusterpb.MembershipRequest_REMOVE:
 		if req.Id == "" {
 			return status.Error(codes.InvalidArgument, "remove needs an ID")
@@ -674,14 +693,14 @@ func (n *Node) Restore(ctx context.Context, r io.Reader) ([32]byte, error) {
 }
 
 func (n *Node) forwardRestore(ctx context.Context, r io.Reader) error {
-	changed := n.lead.changes()
-	client, err := n.leaderClient()
+	lv := n.lead.view()
+	client, err := n.clientOf(lv.leader)
 	if err != nil {
 		return &UnavailableError{Cause: CauseNoLeader, Detail: "no leader to restore the snapshot", Err: err}
 	}
 	// One attempt (the snapshot is read once), cut short if the leader
 	// changes; its length is the caller's.
-	ctx, cancel := attempt(ctx, changed, 24*time.Hour)
+	ctx, cancel := attempt(ctx, lv.changed, 24*time.Hour)
 	defer cancel()
 	stream, err := client.Restore(ctx)
 	if err != nil {
