@@ -200,7 +200,9 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 			return nil, status.Errorf(codes.Unavailable, "record the new server: %v", err)
 		}
 	}
-	if err := s.node.AddVoter(ctx, req.NodeId, req.RaftAddr); err != nil {
+	// As a non-voter: the joining server's Raft starts only once this
+	// returns; it promotes itself when it has caught up (keepMembership).
+	if err := s.node.AddNonvoter(ctx, req.NodeId, req.RaftAddr); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.NodeId, err)
 	}
 	s.audit.Info("join", "decision", "allow", "joining_node", req.NodeId, "from", from, "raft_addr", req.RaftAddr)

@@ -8,26 +8,29 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// keepRecorded puts this server's record (its Raft and API addresses) into
-// the replicated state whenever it is a voter of the Raft configuration but
-// missing from the state: remove-peer drops the record, and add-voter alone
-// would leave a voter that no follower can forward to and that is never
-// ready. It runs until ctx ends, woken by state and leadership changes.
-func (s *Server) keepRecorded(ctx context.Context) {
+// keepMembership reconciles this server's own membership whenever the
+// state or the leadership changes (and every 30 s), until ctx ends:
+//
+//   - a voter of the Raft configuration missing from the replicated state
+//     records itself (its Raft and API addresses): remove-peer drops the
+//     record, and add-voter alone would leave a voter that no follower can
+//     forward to and that is never ready;
+//   - a non-voter recorded in the state (a server that joined) promotes
+//     itself to voter once it has caught up with the leader, so that the
+//     quorum grows only by a vote that can be cast.
+func (s *Server) keepMembership(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for {
 		changed, lead := s.fsm.ConfigChanged(), s.node.LeaderChanges()
 		wait := 30 * time.Second
-		if s.needsRecord() {
-			if err := s.recordSelf(ctx); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				s.log.Warn("recording this server in the cluster state failed; retrying", "err", err, "retry_in", backoff)
-				wait, backoff = backoff, min(backoff*2, 5*time.Second)
-			} else {
-				backoff = 100 * time.Millisecond
+		if err := s.reconcileMembership(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
 			}
+			s.log.Warn("membership reconciliation failed; retrying", "err", err, "retry_in", backoff)
+			wait, backoff = backoff, min(backoff*2, 5*time.Second)
+		} else {
+			backoff = 100 * time.Millisecond
 		}
 		select {
 		case <-ctx.Done():
@@ -39,35 +42,45 @@ func (s *Server) keepRecorded(ctx context.Context) {
 	}
 }
 
-// needsRecord reports whether this server is a voter with a leader, in a
-// bootstrapped cluster whose state does not record it.
-func (s *Server) needsRecord() bool {
+func (s *Server) reconcileMembership(ctx context.Context) error {
 	r := s.fsm.Read()
-	if r.TrustDomain() == nil || r.Server(s.cfg.NodeID) != nil {
-		return false
+	if r.TrustDomain() == nil {
+		return nil // not bootstrapped yet: the bootstrap writes the first server
 	}
 	if _, leader := s.node.Raft().LeaderWithID(); leader == "" {
-		return false
+		return nil
 	}
 	peers, err := s.node.Peers()
 	if err != nil {
-		return false
+		return nil // shutting down
 	}
+	suffrage, member := raft.Nonvoter, false
 	for _, p := range peers {
-		if string(p.ID) == s.cfg.NodeID && p.Suffrage == raft.Voter {
-			return true
+		if string(p.ID) == s.cfg.NodeID {
+			suffrage, member = p.Suffrage, true
 		}
 	}
-	return false
-}
-
-func (s *Server) recordSelf(ctx context.Context) error {
+	if !member {
+		return nil // removed, or not added yet
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	// PutServer is an upsert: applying it twice leaves the same state.
-	if _, err := s.node.ApplyIdempotent(ctx, s.putSelf()); err != nil {
-		return fmt.Errorf("record server %s: %w", s.cfg.NodeID, err)
+	switch {
+	case suffrage == raft.Voter && r.Server(s.cfg.NodeID) == nil:
+		// PutServer is an upsert: applying it twice leaves the same state.
+		if _, err := s.node.ApplyIdempotent(ctx, s.putSelf()); err != nil {
+			return fmt.Errorf("record server %s: %w", s.cfg.NodeID, err)
+		}
+		s.log.Info("recorded this server in the cluster state", "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr)
+	case suffrage == raft.Nonvoter && r.Server(s.cfg.NodeID) != nil:
+		// Caught up: every entry committed before the read is applied here.
+		if err := s.node.ReadIndex(ctx); err != nil {
+			return fmt.Errorf("catch up before promotion: %w", err)
+		}
+		if err := s.node.AddVoter(ctx, s.cfg.NodeID, s.cfg.RaftAddr); err != nil {
+			return fmt.Errorf("promote %s to voter: %w", s.cfg.NodeID, err)
+		}
+		s.log.Info("caught up with the leader; promoted to voter")
 	}
-	s.log.Info("recorded this server in the cluster state", "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr)
 	return nil
 }

@@ -278,7 +278,7 @@ func (s *Server) Run(ctx context.Context) error {
 	serve("bootstrap", func() error { s.writeBootstrapState(ctx); return nil })
 	serve("certificate renewal", func() error { return s.renewLoop(ctx) })
 	serve("ledger pruning", func() error { return s.pruneLoop(ctx) })
-	serve("membership record", func() error { s.keepRecorded(ctx); return nil })
+	serve("membership", func() error { s.keepMembership(ctx); return nil })
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
 	<-ctx.Done()
 	s.close()
