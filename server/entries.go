@@ -10,9 +10,9 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
+	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
-	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -130,21 +130,9 @@ func fromRaftEntry(e *raftpb.Entry) *operatorpb.Entry {
 	return o
 }
 
-func fsmStatus(err error) error {
-	var fe *raftfsm.Error
-	if errors.As(err, &fe) {
-		switch {
-		case errors.Is(err, raftfsm.ErrNotFound):
-			return status.Error(codes.NotFound, fe.Msg)
-		case errors.Is(err, raftfsm.ErrAlreadyExists):
-			return status.Error(codes.AlreadyExists, fe.Msg)
-		case errors.Is(err, raftfsm.ErrConflict):
-			return status.Error(codes.Aborted, fe.Msg)
-		}
-		return status.Error(codes.InvalidArgument, fe.Msg)
-	}
-	return status.Errorf(codes.Unavailable, "%v", err)
-}
+// fsmStatus maps a write's error by type (see internal/rpcerr): a refusal
+// by the state machine keeps its code, a Raft failure is Unavailable.
+func fsmStatus(err error) error { return rpcerr.Status(err) }
 
 func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, create bool) (*operatorpb.EntryResponse, error) {
 	if err := validateEntry(o.s.td, e); err != nil {

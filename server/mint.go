@@ -7,7 +7,6 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
-	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"google.golang.org/grpc/codes"
@@ -54,13 +53,10 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 	case errors.As(err, &re):
 		return nil, deny(err.Error())
 	case err != nil:
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, fmt.Errorf("sign: %w", err)
 	}
 	if err := o.s.commitSVID(ctx, svid, operatorNodeID, issuer); err != nil {
-		if _, busy := retryinfo.After(err); busy {
-			return nil, err
-		}
-		return nil, status.Errorf(codes.Unavailable, "%v", err)
+		return nil, err // a failed commit is Unavailable, by type
 	}
 	o.s.audit.Info("mint x509-svid", "decision", "allow", "spiffe_id", svid.SPIFFEID, "profile", profile, "serial", fmt.Sprintf("%x", svid.SerialNumber))
 	resp := &operatorpb.MintX509SVIDResponse{Chain: svid.Certificates}

@@ -2,18 +2,18 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/internal/retryinfo"
+	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -79,13 +79,10 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 		return resp.GetChallengeResponse(), nil
 	}
 	res, err := att.Attest(ctx, start.Payload, challenge)
-	switch {
-	case errors.Is(err, attest.ErrInvalidEvidence):
-		return deny(codes.InvalidArgument, err.Error())
-	case errors.Is(err, attest.ErrNotAuthorized):
-		return deny(codes.PermissionDenied, err.Error())
-	case err != nil:
-		return deny(codes.Unavailable, err.Error())
+	if err != nil {
+		// Invalid evidence and refusals are final; an attestor that could
+		// not reach what it checks against (or the Raft log) is retried.
+		return deny(rpcerr.Code(err), err.Error())
 	}
 	agentID := res.AgentID.String()
 	if node := n.s.fsm.Read().Node(agentID); node != nil && node.Banned {
@@ -96,14 +93,16 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 		return err
 	}
 	if err != nil {
-		return deny(codes.InvalidArgument, err.Error())
+		// A bad CSR is InvalidArgument; a ledger commit that failed (no
+		// leader, no quorum) is Unavailable, and the agent retries.
+		return deny(rpcerr.Code(err), err.Error())
 	}
 	node := &raftpb.Node{SpiffeId: agentID, Attestor: att.Name(), AttestedUnixNano: n.s.cfg.Clock.Now().UnixNano(), ExpiresUnixNano: notAfter.UnixNano()}
 	for _, sel := range res.Selectors {
 		node.Selectors = append(node.Selectors, &raftpb.Selector{Type: sel.Type, Value: sel.Value})
 	}
 	if _, err := n.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PutNode{PutNode: &raftpb.PutNode{Node: node}}}); err != nil {
-		return status.Errorf(codes.Unavailable, "record node: %v", err)
+		return fmt.Errorf("record node: %w", err)
 	}
 	n.s.audit.Info("node attest", "decision", "allow", "attestor", att.Name(), "agent_id", agentID, "from", from)
 	return stream.Send(&nodepb.AttestResponse{Step: &nodepb.AttestResponse_Result{Result: &nodepb.AttestResult{
@@ -158,7 +157,7 @@ func (s *Server) requireAgent(ctx context.Context) (string, error) {
 	if node == nil {
 		// Attested through another server a moment ago?
 		if err := s.node.ReadIndex(ctx); err != nil {
-			return "", status.Errorf(codes.Unavailable, "%v", err)
+			return "", fmt.Errorf("look the node up: %w", err)
 		}
 		node = s.fsm.Read().Node(agentID)
 	}
@@ -254,14 +253,18 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 	for _, sr := range req.Requests {
 		if r.Entry(sr.EntryId) == nil {
 			if err := n.s.node.ReadIndex(ctx); err != nil {
-				return nil, status.Errorf(codes.Unavailable, "%v", err)
+				return nil, fmt.Errorf("look the entries up: %w", err)
 			}
 			r = n.s.fsm.Read()
 			break
 		}
 	}
 	resp := &nodepb.SignX509SVIDsResponse{Results: make([]*nodepb.SVIDResult, len(req.Requests))}
-	var wg sync.WaitGroup
+	var (
+		wg          sync.WaitGroup
+		mu          sync.Mutex
+		unavailable error // a commit failed for want of a leader or quorum
+	)
 	for i, sr := range req.Requests {
 		res := &nodepb.SVIDResult{EntryId: sr.EntryId}
 		resp.Results[i] = res
@@ -296,6 +299,11 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 			defer wg.Done()
 			if err := n.s.commitSVID(ctx, svid, agentID, issuer); err != nil {
 				res.Error = err.Error()
+				if rpcerr.Code(err) == codes.Unavailable {
+					mu.Lock()
+					unavailable = cmp.Or(unavailable, err)
+					mu.Unlock()
+				}
 				return
 			}
 			res.Chain = svid.Certificates
@@ -304,6 +312,11 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 		}()
 	}
 	wg.Wait()
+	if unavailable != nil {
+		// Not a refusal of these requests: the agent retries the batch at
+		// once, here or through another server, instead of at its next round.
+		return nil, unavailable
+	}
 	return resp, nil
 }
 
@@ -318,11 +331,8 @@ func (n *nodeService) RenewAgentSVID(ctx context.Context, req *nodepb.RenewAgent
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	chain, _, err := n.s.signAgentSVID(ctx, req.Csr, id)
-	if _, busy := retryinfo.After(err); busy {
-		return nil, err
-	}
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, err // mapped by type: a bad CSR is InvalidArgument, a failed commit Unavailable
 	}
 	n.s.audit.Info("agent svid renew", "decision", "allow", "agent_id", agentID)
 	return &nodepb.RenewAgentSVIDResponse{SvidChain: chain}, nil

@@ -57,7 +57,7 @@ func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusReques
 func (o *operatorService) RaftListPeers(ctx context.Context, _ *operatorpb.RaftListPeersRequest) (*operatorpb.RaftListPeersResponse, error) {
 	servers, err := o.s.node.Peers()
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, fmt.Errorf("raft configuration: %w", err)
 	}
 	_, leader := o.s.node.Raft().LeaderWithID()
 	resp := &operatorpb.RaftListPeersResponse{}
@@ -73,7 +73,7 @@ func (o *operatorService) RaftAddVoter(ctx context.Context, req *operatorpb.Raft
 		return nil, status.Error(codes.InvalidArgument, "add-voter needs a node ID and the server's raft host:port")
 	}
 	if err := o.s.node.AddVoter(ctx, req.Id, req.Address); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "add voter %s: %v", req.Id, err)
+		return nil, fmt.Errorf("add voter %s: %w", req.Id, err)
 	}
 	o.s.audit.Info("raft add-voter", "decision", "allow", "peer", req.Id, "address", req.Address)
 	return &operatorpb.RaftAddVoterResponse{}, nil
@@ -82,7 +82,7 @@ func (o *operatorService) RaftAddVoter(ctx context.Context, req *operatorpb.Raft
 func (o *operatorService) RaftRemovePeer(ctx context.Context, req *operatorpb.RaftRemovePeerRequest) (*operatorpb.RaftRemovePeerResponse, error) {
 	servers, err := o.s.node.Peers()
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, fmt.Errorf("raft configuration: %w", err)
 	}
 	found := false
 	for _, sv := range servers {
@@ -92,10 +92,10 @@ func (o *operatorService) RaftRemovePeer(ctx context.Context, req *operatorpb.Ra
 		return nil, status.Errorf(codes.NotFound, "no peer %q in the Raft configuration", req.Id)
 	}
 	if err := o.s.node.RemoveServer(ctx, req.Id); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "remove peer %s: %v", req.Id, err)
+		return nil, fmt.Errorf("remove peer %s: %w", req.Id, err)
 	}
 	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_RemoveServer{RemoveServer: &raftpb.RemoveServer{NodeId: req.Id}}}); err != nil && !errors.Is(err, raftfsm.ErrNotFound) {
-		return nil, status.Errorf(codes.Unavailable, "forget server %s: %v", req.Id, err)
+		return nil, fmt.Errorf("forget server %s: %w", req.Id, err)
 	}
 	o.s.audit.Info("raft remove-peer", "decision", "allow", "peer", req.Id)
 	return &operatorpb.RaftRemovePeerResponse{}, nil
@@ -108,7 +108,7 @@ const snapshotChunk = 1 << 20
 func (o *operatorService) SnapshotSave(_ *operatorpb.SnapshotSaveRequest, stream operatorpb.Operator_SnapshotSaveServer) error {
 	ctx := stream.Context()
 	if err := o.s.node.ReadIndex(ctx); err != nil {
-		return status.Errorf(codes.Unavailable, "reach the leader for an up-to-date snapshot: %v", err)
+		return fmt.Errorf("reach the leader for an up-to-date snapshot: %w", err)
 	}
 	snap, err := o.s.fsm.Snapshot()
 	if err != nil {
@@ -173,10 +173,7 @@ func (o *operatorService) SnapshotRestore(stream operatorpb.Operator_SnapshotRes
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err != nil {
-		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-			return err
-		}
-		return status.Errorf(codes.Unavailable, "restore: %v", err)
+		return fmt.Errorf("restore: %w", err)
 	}
 	o.s.audit.Info("snapshot restore", "decision", "allow", "state_hash", hex.EncodeToString(hash[:]))
 	return stream.SendAndClose(&operatorpb.SnapshotRestoreResponse{StateHash: hex.EncodeToString(hash[:])})
@@ -204,7 +201,7 @@ func (o *operatorService) CreateJoinToken(ctx context.Context, req *operatorpb.C
 	expires := o.s.cfg.Clock.Now().Add(ttl)
 	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_CreateJoinToken{CreateJoinToken: &raftpb.CreateJoinToken{
 		Token: &raftpb.JoinToken{Hash: hash[:], Kind: req.Kind, ExpiresUnixNano: expires.UnixNano()}}}}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "create join token: %v", err)
+		return nil, fmt.Errorf("create join token: %w", err)
 	}
 	o.s.audit.Info("join token create", "decision", "allow", "kind", req.Kind, "expires", expires.UTC().Format(time.RFC3339),
 		"token_sha256", fmt.Sprintf("%x", hash[:8]))
