@@ -13,6 +13,7 @@ import (
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -97,7 +98,7 @@ func validateEntry(td spiffeid.TrustDomain, e *operatorpb.Entry) error {
 	}
 	if e.TtlSeconds == 0 {
 		e.TtlSeconds = int64(DefaultEntryTTL / time.Second)
-	} else if _, err := duration.Seconds("ttl_seconds", e.TtlSeconds, MinEntryTTL, MaxEntryTTL); err != nil {
+	} else if _, err := duration.Seconds("TTL", e.TtlSeconds, MinEntryTTL, MaxEntryTTL); err != nil {
 		errs = append(errs, err)
 	}
 	if err := ca.CheckDNSNames(e.DnsNames); err != nil {
@@ -131,8 +132,15 @@ func fromRaftEntry(e *raftpb.Entry) *operatorpb.Entry {
 }
 
 // fsmStatus maps a write's error by type (see internal/rpcerr): a refusal
-// by the state machine keeps its code, a Raft failure is Unavailable.
-func fsmStatus(err error) error { return rpcerr.Status(err) }
+// by the state machine keeps its code and its own words, a Raft failure is
+// Unavailable.
+func fsmStatus(err error) error {
+	var fe *raftfsm.Error
+	if errors.As(err, &fe) {
+		return status.Error(rpcerr.Code(err), fe.Msg)
+	}
+	return rpcerr.Status(err)
+}
 
 func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, create bool) (*operatorpb.EntryResponse, error) {
 	if err := validateEntry(o.s.td, e); err != nil {
