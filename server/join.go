@@ -65,11 +65,9 @@ func (s *Server) join() (*identity, error) {
 		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	resp, err := clusterpb.NewClusterClient(conn).Join(ctx, req)
+	resp, err := s.joinWithRetry(clusterpb.NewClusterClient(conn), req)
 	if err != nil {
-		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
+		return nil, err
 	}
 	if resp.TrustDomain != td.Name() {
 		return nil, fmt.Errorf("join %s: cluster answered for trust domain %q, the bundle is of %q", cfg.Join, resp.TrustDomain, td.Name())
@@ -113,6 +111,39 @@ func (s *Server) join() (*identity, error) {
 	}
 	s.log.Info("joined the cluster", "via", cfg.Join, "trust_domain", td.Name())
 	return id, nil
+}
+
+// joinAttemptTimeout bounds one Join call: the leader signs intermediates
+// and commits several commands.
+const joinAttemptTimeout = time.Minute
+
+// joinWithRetry sends req (the same request, keys and CSRs each time)
+// until the cluster admits or refuses this server. While the member cannot
+// be reached, is still bootstrapping or has no leader (Unavailable), or an
+// attempt times out, it waits and tries again, for up to cfg.JoinTimeout.
+func (s *Server) joinWithRetry(client clusterpb.ClusterClient, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.JoinTimeout)
+	defer cancel()
+	for wait := 200 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
+		actx, acancel := context.WithTimeout(ctx, joinAttemptTimeout)
+		resp, err := client.Join(actx, req)
+		acancel()
+		if err == nil {
+			return resp, nil
+		}
+		switch code := status.Code(err); {
+		case code != codes.Unavailable && code != codes.DeadlineExceeded:
+			return nil, fmt.Errorf("join %s: %w", s.cfg.Join, err)
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("join %s: the cluster did not admit this server within %s (join timeout): %w", s.cfg.Join, s.cfg.JoinTimeout, err)
+		}
+		s.log.Info("the cluster cannot admit this server yet; retrying", "via", s.cfg.Join, "reason", status.Convert(err).Message(), "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("join %s: the cluster did not admit this server within %s (join timeout): %w", s.cfg.Join, s.cfg.JoinTimeout, err)
+		case <-time.After(wait):
+		}
+	}
 }
 
 func bundleHas(bundle []*x509.Certificate, der []byte) bool {
