@@ -10,11 +10,17 @@ import (
 const statusLong = `status asks one server, through its admin socket, for its view of the cluster:
 its node ID and trust domain, its Raft state (Leader, Follower, Candidate),
 the leader it knows, its applied and commit indexes, the hash of its
-replicated state, the number of ledger records, and whether it is ready
-(the cluster is bootstrapped and this server is a recorded member).
+replicated state, the number of ledger records, and whether it is ready:
+whether it can serve writes now (the cluster is bootstrapped, this server is
+a member of the Raft configuration and recorded in the state, and a leader
+is known and answers; on the leader, a quorum confirms it). When it is not,
+the reason says why: not bootstrapped, removed from the cluster, no leader,
+no quorum, leader unreachable.
 
+The applied index, the state hash and the ledger size are of one moment.
 Servers that have applied the same entries report the same state hash, so
-comparing the hashes of every server shows whether they agree.
+comparing the hashes of every server at the same index shows whether they
+agree.
 
 The server is reached through --addr unix:///path/admin.sock, else
 $MESHCA_ADDR, else the admin socket in the default data directory.`
@@ -32,6 +38,7 @@ type statusReport struct {
 	StateHash     string `json:"state_hash"`
 	LedgerRecords uint64 `json:"ledger_records"`
 	Ready         bool   `json:"ready"`
+	ReadyReason   string `json:"ready_reason,omitempty"`
 }
 
 func (a *app) newStatusCommand() *cobra.Command {
@@ -57,7 +64,7 @@ func (a *app) newStatusCommand() *cobra.Command {
 			NodeID: resp.NodeId, TrustDomain: resp.TrustDomain, RaftState: resp.RaftState,
 			LeaderID: resp.LeaderId, LeaderAddr: resp.LeaderAddr, AppliedIndex: resp.AppliedIndex,
 			CommitIndex: resp.CommitIndex, StateHash: resp.StateHash, LedgerRecords: resp.LedgerRecords,
-			Ready: resp.Ready,
+			Ready: resp.Ready, ReadyReason: resp.ReadyReason,
 		}
 		if a.output == outputJSON {
 			return writeJSON(a.stdout, r)
@@ -71,7 +78,11 @@ func (a *app) newStatusCommand() *cobra.Command {
 		}
 		t := newTable(a.stdout, "")
 		t.row("node", r.NodeID)
-		t.row("ready", r.Ready)
+		if r.Ready {
+			t.row("ready", true)
+		} else {
+			t.row("ready", "false: "+r.ReadyReason)
+		}
 		t.row("trust domain", r.TrustDomain)
 		t.row("raft state", r.RaftState)
 		t.row("leader", leader)
