@@ -145,8 +145,8 @@ func isolatedCause(err error) bool {
 
 // runFault runs one fault on a fresh cluster of size servers: the leader,
 // and the first `followers` followers with it, are frozen, partitioned or
-// killed for faultDuration.
-func runFault(t testing.TB, size, followers int, kind faultKind) faultResult {
+// killed for dur.
+func runFault(t testing.TB, size, followers int, kind faultKind, dur time.Duration) faultResult {
 	c := newTestCluster(t, size, clusterOpts{})
 	load := &faultLoad{acked: map[string]bool{}, tried: map[string]bool{}}
 	ctx, stop := context.WithCancel(context.Background())
@@ -214,7 +214,7 @@ func runFault(t testing.TB, size, followers int, kind faultKind) faultResult {
 					return
 				}
 			}
-			if time.Since(faultStart) > faultDuration {
+			if time.Since(faultStart) > dur {
 				elected <- -1
 				return
 			}
@@ -222,7 +222,7 @@ func runFault(t testing.TB, size, followers int, kind faultKind) faultResult {
 		}
 	}()
 	select {
-	case <-time.After(faultDuration): // the fault lasts this long
+	case <-time.After(dur): // the fault lasts this long
 	case <-ctx.Done():
 	}
 	faultEnd := time.Now()
@@ -300,7 +300,7 @@ func runFault(t testing.TB, size, followers int, kind faultKind) faultResult {
 	}
 	res.acked = len(load.acked)
 	t.Logf("%s of %v on %d servers for %s: new leader after %s; majority gap %s (bound %s); longest minority call %s over %d calls (bound %s); %d records acknowledged, all on every server once",
-		kind, names, size, faultDuration, res.elected.Round(time.Millisecond), res.gap.Round(time.Millisecond), maxGap,
+		kind, names, size, dur, res.elected.Round(time.Millisecond), res.gap.Round(time.Millisecond), maxGap,
 		res.refusal.Round(time.Millisecond), res.minority, maxRefusal, res.acked)
 	return res
 }
@@ -317,13 +317,41 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func TestFaultLeaderFrozen(t *testing.T)      { runFault(t, 3, 0, freeze) }
-func TestFaultLeaderPartitioned(t *testing.T) { runFault(t, 3, 0, partition) }
-func TestFaultLeaderKilled(t *testing.T)      { runFault(t, 3, 0, kill) }
+func TestFaultLeaderFrozen(t *testing.T)      { runFault(t, 3, 0, freeze, faultDuration) }
+func TestFaultLeaderPartitioned(t *testing.T) { runFault(t, 3, 0, partition, faultDuration) }
+func TestFaultLeaderKilled(t *testing.T)      { runFault(t, 3, 0, kill, faultDuration) }
 
-func TestFaultLeaderAndFollowerFrozen(t *testing.T) { runFault(t, 5, 1, freeze) }
+func TestFaultLeaderAndFollowerFrozen(t *testing.T) { runFault(t, 5, 1, freeze, faultDuration) }
 
-func TestFaultLeaderAndFollowerPartitioned(t *testing.T) { runFault(t, 5, 1, partition) }
+func TestFaultLeaderAndFollowerPartitioned(t *testing.T) { runFault(t, 5, 1, partition, faultDuration) }
+
+// BenchmarkFaultGap repeats each fault of the suite on a fresh 3-server
+// cluster (a 4 s fault: longer than any failover) and reports the
+// majority's longest commit gap, the time to a new leader and the longest
+// minority call, p50 and max over the repetitions:
+//
+//	go test ./server/cluster -run '^$' -bench FaultGap -benchtime 5x
+func BenchmarkFaultGap(b *testing.B) {
+	for _, kind := range []faultKind{freeze, partition, kill} {
+		b.Run(kind.String(), func(b *testing.B) {
+			var gaps, elections, refusals []time.Duration
+			for i := 0; i < b.N; i++ {
+				r := runFault(b, 3, 0, kind, 4*time.Second)
+				gaps, elections, refusals = append(gaps, r.gap), append(elections, r.elected), append(refusals, r.refusal)
+			}
+			report := func(name string, d []time.Duration) {
+				slices.Sort(d)
+				b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, name+"-p50-ms")
+				b.ReportMetric(float64(d[len(d)-1].Microseconds())/1000, name+"-max-ms")
+			}
+			report("gap", gaps)
+			report("election", elections)
+			if kind != kill {
+				report("minority", refusals)
+			}
+		})
+	}
+}
 
 // A leader that was away long is reachable again as soon as it is elected:
 // every follower forwards to it within maxGap, whatever backoff its
