@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -56,7 +57,19 @@ func (s *Server) join() (*identity, error) {
 		keys[p.Name()], req.IntermediateCsrs[p.Name()] = key, csr
 	}
 	dial := cfg.Dial
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cluster.JoinClientTLS(td, cfg.TrustBundle, cfg.Clock)))}
+	// A member whose certificate the trust bundle does not vouch for is a
+	// refusal, not an outage: the join ends at once, saying so.
+	tlsCfg := cluster.JoinClientTLS(td, cfg.TrustBundle, cfg.Clock)
+	var untrusted atomic.Pointer[error]
+	verify := tlsCfg.VerifyPeerCertificate
+	tlsCfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		err := verify(raw, chains)
+		if err != nil {
+			untrusted.Store(&err)
+		}
+		return err
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
 	if dial != nil {
 		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return dial(ctx, a) }))
 	}
@@ -65,7 +78,12 @@ func (s *Server) join() (*identity, error) {
 		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
 	}
 	defer conn.Close()
-	resp, err := s.joinWithRetry(clusterpb.NewClusterClient(conn), req)
+	resp, err := s.joinWithRetry(clusterpb.NewClusterClient(conn), req, func() error {
+		if e := untrusted.Load(); e != nil {
+			return *e
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -120,8 +138,10 @@ const joinAttemptTimeout = time.Minute
 // joinWithRetry sends req (the same request, keys and CSRs each time)
 // until the cluster admits or refuses this server. While the member cannot
 // be reached, is still bootstrapping or has no leader (Unavailable), or an
-// attempt times out, it waits and tries again, for up to cfg.JoinTimeout.
-func (s *Server) joinWithRetry(client clusterpb.ClusterClient, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
+// attempt times out, it waits and tries again, for up to cfg.JoinTimeout;
+// untrusted reports a member the trust bundle does not vouch for, which
+// ends the join at once.
+func (s *Server) joinWithRetry(client clusterpb.ClusterClient, req *clusterpb.JoinRequest, untrusted func() error) (*clusterpb.JoinResponse, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.JoinTimeout)
 	defer cancel()
 	for wait := 200 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
@@ -132,6 +152,8 @@ func (s *Server) joinWithRetry(client clusterpb.ClusterClient, req *clusterpb.Jo
 			return resp, nil
 		}
 		switch code := status.Code(err); {
+		case untrusted() != nil:
+			return nil, fmt.Errorf("join %s: the member is not a server of the cluster the trust bundle names: %w", s.cfg.Join, untrusted())
 		case code != codes.Unavailable && code != codes.DeadlineExceeded:
 			return nil, fmt.Errorf("join %s: %w", s.cfg.Join, err)
 		case ctx.Err() != nil:

@@ -82,3 +82,23 @@ func TestJoinWaitsForTheCluster(t *testing.T) {
 	}
 	waitReady(t, s2, 30*time.Second)
 }
+
+// A member the trust bundle does not vouch for is a refusal, not an
+// outage: the join ends at once instead of retrying for its join timeout.
+func TestJoinWithAForeignBundleEndsAtOnce(t *testing.T) {
+	kek := newKEK(t)
+	c1 := testConfig(t, "s1", kek)
+	c1.Bootstrap, c1.TrustDomain = true, "example.org"
+	s1 := mustStart(t, c1)
+	waitBootstrapped(t, s1)
+	other := startCluster(t, 1)[0] // another cluster of the same trust domain name
+	foreign := pemBundle(t, other.srv.TrustBundle())
+	began := time.Now()
+	_, err := New(joinCfg(t, "s2", kek, s1, s1.token(TokenKindServer), foreign))
+	if err == nil || !strings.Contains(err.Error(), "trust bundle") {
+		t.Fatalf("join with another cluster's bundle: %v; want a refusal naming the trust bundle", err)
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("the join was refused only after %s (join timeout %s)", took, DefaultJoinTimeout)
+	}
+}
