@@ -381,6 +381,7 @@ func runServerFault(t *testing.T, size, followers int, freeze bool) {
 	// Prepared before the fault: what the probes need.
 	attestToken := fc.token(server.TokenKindAgent)
 	joinCfg := fc.joinConfig(fmt.Sprintf("s%d", size+1), via)
+	joinCfg.JoinTimeout = faultDuration // the probe ends with the fault at the latest
 	tlsCfg := tlsconfig.TLSClientConfig(x509svidBundle(fc.bundle), tlsconfig.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("example.org")))
 	attestConn, err := grpc.NewClient("passthrough:///"+via.srv.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
