@@ -44,8 +44,8 @@ func (s *Server) keepMembership(ctx context.Context) {
 
 func (s *Server) reconcileMembership(ctx context.Context) error {
 	r := s.fsm.Read()
-	if r.TrustDomain() == nil {
-		return nil // not bootstrapped yet: the bootstrap writes the first server
+	if r.TrustDomain() == nil || len(r.Servers()) == 0 {
+		return nil // not bootstrapped yet: the bootstrap records the first server last
 	}
 	if _, leader := s.node.Raft().LeaderWithID(); leader == "" {
 		return nil
@@ -77,7 +77,9 @@ func (s *Server) reconcileMembership(ctx context.Context) error {
 		if err := s.node.ReadIndex(ctx); err != nil {
 			return fmt.Errorf("catch up before promotion: %w", err)
 		}
-		if err := s.node.AddVoter(ctx, s.cfg.NodeID, s.cfg.RaftAddr); err != nil {
+		// The leader checks that this server still is a recorded
+		// non-voter: one removed meanwhile is not added back.
+		if err := s.node.Promote(ctx, s.cfg.NodeID, s.cfg.RaftAddr); err != nil {
 			return fmt.Errorf("promote %s to voter: %w", s.cfg.NodeID, err)
 		}
 		s.log.Info("caught up with the leader; promoted to voter")

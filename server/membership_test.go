@@ -32,7 +32,9 @@ func TestRemovePeerThenAddVoterBringsServerBack(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the removed server says ready %v, %q; want not ready, removed", st.Ready, st.ReadyReason)
+			peers, _ := s3.srv.Node().Peers()
+			t.Fatalf("the removed server says ready %v, %q; want not ready, removed (raft state %s, leader %q, its configuration %v)",
+				st.Ready, st.ReadyReason, st.RaftState, st.LeaderId, peers)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

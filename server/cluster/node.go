@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -103,6 +104,8 @@ type Node struct {
 	peers   *peerClients
 	ledger  *ledgerBatcher
 	lead    *leadership
+
+	membershipMu sync.Mutex // serialises configuration changes on the leader
 
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
@@ -597,6 +600,13 @@ func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
 	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_ADD_NONVOTER, Id: id, Address: addr})
 }
 
+// Promote makes the non-voter id (at addr) a voter, on the leader, if it
+// still is a non-voter of the configuration and recorded in the state;
+// otherwise it is refused (FailedPrecondition, not retried).
+func (n *Node) Promote(ctx context.Context, id, addr string) error {
+	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_PROMOTE, Id: id, Address: addr})
+}
+
 // RemoveServer removes a server from the Raft configuration.
 func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_REMOVE, Id: id})
@@ -619,8 +629,29 @@ func (n *Node) membership(ctx context.Context, req *clusterpb.MembershipRequest)
 	})
 }
 
+// ErrNotPromotable refuses a promotion: the server is not a non-voter of
+// the configuration, or not recorded in the state (it was removed).
+var ErrNotPromotable = errors.New("cluster: not a recorded non-voter of the configuration")
+
 func (n *Node) membershipLocal(req *clusterpb.MembershipRequest) error {
+	// One change at a time, so that a promotion's check and its change are
+	// not separated by a removal.
+	n.membershipMu.Lock()
+	defer n.membershipMu.Unlock()
 	switch req.Op {
+	case clusterpb.MembershipRequest_PROMOTE:
+		if req.Id == "" || req.Address == "" {
+			return status.Error(codes.InvalidArgument, "promote needs an ID and an address")
+		}
+		servers, err := n.Peers()
+		if err != nil {
+			return err
+		}
+		nonvoter := slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == req.Id && s.Suffrage == raft.Nonvoter })
+		if !nonvoter || n.fsm.Read().Server(req.Id) == nil {
+			return status.Errorf(codes.FailedPrecondition, "promote %s: %v", req.Id, ErrNotPromotable)
+		}
+		return n.raft.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.Address), 0, 10*time.Second).Error()
 	case clusterpb.MembershipRequest_ADD_VOTER:
 		if req.Id == "" || req.Address == "" {
 			return status.Error(codes.InvalidArgument, "add-voter needs an ID and an address")
