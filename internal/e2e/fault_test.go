@@ -314,6 +314,7 @@ func x509svidBundle(roots []*x509.Certificate) *x509bundle.Bundle {
 }
 
 func runServerFault(t *testing.T, size, followers int, freeze bool) {
+	faultnet.Serialize(t)
 	fc := newFaultCluster(t, size)
 	// One attested node per server, each with an entry, for node API load.
 	nodes := map[string]nodepb.NodeClient{}
@@ -503,21 +504,30 @@ func runServerFault(t *testing.T, size, followers int, freeze bool) {
 			acked = append(acked, c.serial)
 		}
 	}
-	var hash string
+	// Commits in flight when the load stopped may still land: wait until
+	// every server reports the same applied index; at any one index, every
+	// server must report the same state hash.
+	hashAt := map[uint64]string{}
+	waitUntil(t, 30*time.Second, "every server is at the same applied index", func() bool {
+		index, same := uint64(0), true
+		for i, m := range fc.members {
+			st, err := fc.ops[m.cfg.NodeID].Status(tctx(t, 10*time.Second), &operatorpb.StatusRequest{})
+			if err != nil {
+				return false
+			}
+			if h, ok := hashAt[st.AppliedIndex]; ok && h != st.StateHash {
+				t.Fatalf("%s reports state hash %.16s at index %d, another server %.16s", m.cfg.NodeID, st.StateHash, st.AppliedIndex, h)
+			}
+			hashAt[st.AppliedIndex] = st.StateHash
+			if i == 0 {
+				index = st.AppliedIndex
+			} else if st.AppliedIndex != index {
+				same = false
+			}
+		}
+		return same
+	})
 	for _, m := range fc.members {
-		var st *operatorpb.StatusResponse
-		waitUntil(t, 30*time.Second, m.cfg.NodeID+" answers a linearizable read", func() bool {
-			return m.srv.Node().ReadIndex(tctx(t, 5*time.Second)) == nil
-		})
-		st, err := fc.ops[m.cfg.NodeID].Status(tctx(t, 10*time.Second), &operatorpb.StatusRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if hash == "" {
-			hash = st.StateHash
-		} else if st.StateHash != hash {
-			t.Errorf("%s state hash %s, want %s", m.cfg.NodeID, st.StateHash, hash)
-		}
 		r := m.srv.Node().FSM().Read()
 		for _, serial := range acked {
 			if r.LedgerRecord([]byte(serial)) == nil {

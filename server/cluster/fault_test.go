@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/faultnet"
 )
 
 // The fault suite: a leader frozen (its links blackholed, connections left
@@ -59,8 +61,20 @@ type faultLoad struct {
 	tried map[string]bool
 }
 
+// loadPace spaces each writer's calls: fast enough to measure gaps to a
+// few milliseconds, slow enough that the load leaves Raft the CPU it needs
+// for its heartbeats on a small machine.
+const loadPace = 5 * time.Millisecond
+
 func (l *faultLoad) run(ctx context.Context, n *testNode, prefix string) {
+	tick := time.NewTicker(loadPace)
+	defer tick.Stop()
 	for i := 0; ctx.Err() == nil; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
 		serial := fmt.Sprintf("%s-%06d", prefix, i)
 		l.mu.Lock()
 		l.tried[serial] = true
@@ -102,6 +116,28 @@ func (l *faultLoad) ackedSince(node string, since time.Time) int {
 	return n
 }
 
+// describe lists node's calls that ended within [from, to]: when they
+// started and ended (relative to from) and how.
+func (l *faultLoad) describe(node string, from, to time.Time) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, c := range l.calls {
+		if c.node != node || c.end.Before(from) || c.end.After(to) {
+			continue
+		}
+		outcome := "ok"
+		if c.err != nil {
+			outcome = c.err.Error()
+		}
+		out = append(out, fmt.Sprintf("[%s..%s %s]", c.start.Sub(from).Round(time.Millisecond), c.end.Sub(from).Round(time.Millisecond), outcome))
+	}
+	if len(out) > 12 {
+		out = append(out[:6], append([]string{"..."}, out[len(out)-6:]...)...)
+	}
+	return strings.Join(out, " ")
+}
+
 // gap returns the longest time within [from, to] during which node
 // acknowledged no write.
 func (l *faultLoad) gap(node string, from, to time.Time) time.Duration {
@@ -129,11 +165,12 @@ func (l *faultLoad) gap(node string, from, to time.Time) time.Duration {
 }
 
 type faultResult struct {
-	elected  time.Duration // fault to a new leader on the majority side
-	gap      time.Duration // longest majority-side gap
-	refusal  time.Duration // longest minority-side call
-	acked    int
-	minority int // minority calls checked
+	elected   time.Duration // fault to a new leader on the majority side
+	gap       time.Duration // longest majority-side gap
+	refusal   time.Duration // longest minority-side call
+	acked     int
+	minority  int // minority calls checked
+	elections int // terms the majority went through during the fault
 }
 
 // isolatedCause reports whether err says why a write cannot be served:
@@ -147,6 +184,7 @@ func isolatedCause(err error) bool {
 // and the first `followers` followers with it, are frozen, partitioned or
 // killed for dur.
 func runFault(t testing.TB, size, followers int, kind faultKind, dur time.Duration) faultResult {
+	faultnet.Serialize(t)
 	c := newTestCluster(t, size, clusterOpts{})
 	load := &faultLoad{acked: map[string]bool{}, tried: map[string]bool{}}
 	ctx, stop := context.WithCancel(context.Background())
@@ -193,6 +231,11 @@ func runFault(t testing.TB, size, followers int, kind faultKind, dur time.Durati
 		names = append(names, n.id)
 	}
 
+	termOf := func(n *testNode) int {
+		term, _ := strconv.Atoi(n.node.Raft().Stats()["term"])
+		return term
+	}
+	termBefore := termOf(majority[0])
 	faultStart := time.Now()
 	switch kind {
 	case freeze:
@@ -227,6 +270,7 @@ func runFault(t testing.TB, size, followers int, kind faultKind, dur time.Durati
 	}
 	faultEnd := time.Now()
 	res.elected = <-elected
+	res.elections = termOf(majority[0]) - termBefore
 	switch kind {
 	case freeze, partition:
 		c.net.Heal()
@@ -253,7 +297,8 @@ func runFault(t testing.TB, size, followers int, kind faultKind, dur time.Durati
 		g := load.gap(n.id, faultStart, faultEnd)
 		res.gap = max(res.gap, g)
 		if g > maxGap {
-			t.Errorf("%s %s: %s (majority) committed nothing for %s during the fault; want at most %s", kind, names, n.id, g.Round(time.Millisecond), maxGap)
+			t.Errorf("%s %s: %s (majority) committed nothing for %s during the fault; want at most %s; its calls then: %s", kind, names, n.id, g.Round(time.Millisecond), maxGap,
+				load.describe(n.id, faultStart, faultStart.Add(g+time.Second)))
 		}
 	}
 	if kind != kill {
@@ -299,8 +344,8 @@ func runFault(t testing.TB, size, followers int, kind faultKind, dur time.Durati
 		}
 	}
 	res.acked = len(load.acked)
-	t.Logf("%s of %v on %d servers for %s: new leader after %s; majority gap %s (bound %s); longest minority call %s over %d calls (bound %s); %d records acknowledged, all on every server once",
-		kind, names, size, dur, res.elected.Round(time.Millisecond), res.gap.Round(time.Millisecond), maxGap,
+	t.Logf("%s of %v on %d servers for %s: new leader after %s (%d elections); majority gap %s (bound %s); longest minority call %s over %d calls (bound %s); %d records acknowledged, all on every server once",
+		kind, names, size, dur, res.elected.Round(time.Millisecond), res.elections, res.gap.Round(time.Millisecond), maxGap,
 		res.refusal.Round(time.Millisecond), res.minority, maxRefusal, res.acked)
 	return res
 }
@@ -358,6 +403,7 @@ func BenchmarkFaultGap(b *testing.B) {
 // reconnection attempts built up while it was away.
 func TestForwardingReachesLeaderBackFromLongAbsence(t *testing.T) {
 	const absence = 17 * time.Second // long enough for gRPC's default backoff to reach 10 s
+	faultnet.Serialize(t)
 	c := newTestCluster(t, 3, clusterOpts{})
 	load := &faultLoad{acked: map[string]bool{}, tried: map[string]bool{}}
 	ctx, stop := context.WithCancel(context.Background())
