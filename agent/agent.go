@@ -196,8 +196,8 @@ func (a *Agent) serverLoop(ctx context.Context) error {
 }
 
 func (a *Agent) dial(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
-	return grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds),
-		grpc.WithContextDialer(func(ctx context.Context, s string) (net.Conn, error) { return a.cfg.Dial(ctx, s) }))
+	return grpc.NewClient("passthrough:///"+addr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
+		grpc.WithContextDialer(func(ctx context.Context, s string) (net.Conn, error) { return a.cfg.Dial(ctx, s) })}, dialOptions...)...)
 }
 
 // session attests if needed, then follows the server's Sync stream,
@@ -323,8 +323,11 @@ func (a *Agent) renewAgentSVID(ctx context.Context, client nodepb.NodeClient) er
 	if err != nil {
 		return err
 	}
-	resp, err := client.RenewAgentSVID(ctx, &nodepb.RenewAgentSVIDRequest{Csr: csr})
-	if err != nil {
+	var resp *nodepb.RenewAgentSVIDResponse
+	if err := callServer(ctx, func(ctx context.Context) error {
+		resp, err = client.RenewAgentSVID(ctx, &nodepb.RenewAgentSVIDRequest{Csr: csr})
+		return err
+	}); err != nil {
 		return err
 	}
 	if err := a.id.setSVID(resp.SvidChain, key, a.cfg.Clock.Now(), a.cfg.RenewFraction); err != nil {

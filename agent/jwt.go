@@ -121,7 +121,12 @@ func (a *Agent) jwtSVID(ctx context.Context, e *nodepb.Entry, audience []string)
 	if client == nil {
 		return "", status.Error(codes.Unavailable, "the agent is not connected to a server yet; retry")
 	}
-	resp, err := client.SignJWTSVID(ctx, &nodepb.SignJWTSVIDRequest{EntryId: e.Id, Audience: audience})
+	var resp *nodepb.SignJWTSVIDResponse
+	err := callServer(ctx, func(ctx context.Context) error {
+		var err error
+		resp, err = client.SignJWTSVID(ctx, &nodepb.SignJWTSVIDRequest{EntryId: e.Id, Audience: audience})
+		return err
+	})
 	if err != nil {
 		return "", status.Errorf(codes.Unavailable, "sign JWT-SVID: %v", status.Convert(err).Message())
 	}

@@ -236,8 +236,12 @@ func (a *Agent) signDue(ctx context.Context, client nodepb.NodeClient, due []*no
 			keys[e.Id] = key
 			req.Requests = append(req.Requests, &nodepb.SVIDRequest{EntryId: e.Id, Csr: csr})
 		}
-		resp, err := client.SignX509SVIDs(ctx, req)
-		if err != nil {
+		var resp *nodepb.SignX509SVIDsResponse
+		if err := callServer(ctx, func(ctx context.Context) error {
+			var err error
+			resp, err = client.SignX509SVIDs(ctx, req)
+			return err
+		}); err != nil {
 			return err
 		}
 		byID := map[string]*nodepb.Entry{}

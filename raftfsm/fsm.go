@@ -18,6 +18,10 @@ type FSM struct {
 	db      atomic.Pointer[memdb.MemDB]
 	ledger  *ledgerIndex
 	applied atomic.Uint64
+	// view is held for writing while a commit and its index are published,
+	// and for reading while a Reader takes both: a Reader's state and
+	// AppliedIndex are of one moment.
+	view sync.RWMutex
 
 	mu      sync.Mutex    // guards changed and config
 	changed chan struct{} // closed and replaced on every apply
@@ -73,8 +77,10 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 			configChanged = true
 		}
 	}
+	f.view.Lock()
 	txn.Commit()
 	f.applied.Store(logs[len(logs)-1].Index)
+	f.view.Unlock()
 	f.notify(configChanged)
 	return out
 }
@@ -129,12 +135,15 @@ func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
 // Read returns a consistent read-only view of the current state. It is
 // cheap (an MVCC snapshot) and never blocks Apply.
 func (f *FSM) Read() *Reader {
-	return &Reader{txn: f.db.Load().Txn(false), ledger: f.ledger}
+	f.view.RLock()
+	defer f.view.RUnlock()
+	return &Reader{txn: f.db.Load().Txn(false), ledger: f.ledger, index: f.applied.Load()}
 }
 
 // Snapshot captures the current state in O(1); Persist streams it.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{txn: f.db.Load().Txn(false), index: f.applied.Load()}, nil
+	r := f.Read()
+	return &fsmSnapshot{txn: r.txn, index: r.index}, nil
 }
 
 // Restore replaces the state with a snapshot stream. The stream is verified
@@ -146,6 +155,7 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 	if err != nil {
 		return err
 	}
+	f.view.Lock()
 	f.db.Store(db)
 	f.ledger.rebuild(db)
 	// Raft's own snapshots carry the index of their last command, and an
@@ -155,16 +165,14 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 	if index > f.applied.Load() {
 		f.applied.Store(index)
 	}
+	f.view.Unlock()
 	f.notify(true)
 	return nil
 }
 
 // StateHash is the SHA-256 of the state's snapshot encoding: equal hashes,
-// equal state.
-func (f *FSM) StateHash() ([32]byte, error) {
-	_, sum, err := writeSnapshot(io.Discard, f.db.Load().Txn(false), f.applied.Load())
-	return sum, err
-}
+// equal state. Read().StateHash() gives it with the index it is at.
+func (f *FSM) StateHash() ([32]byte, error) { return f.Read().StateHash() }
 
 type fsmSnapshot struct {
 	txn   *memdb.Txn

@@ -2,16 +2,29 @@ package raftfsm
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/meshca/meshca/proto/raftpb"
 )
 
-// Reader is a consistent read-only view of the state at one moment.
-// Records it returns are shared with the state: callers must not modify them.
+// Reader is a consistent read-only view of the state at one moment: the
+// state after the entry AppliedIndex. Records it returns are shared with
+// the state: callers must not modify them.
 type Reader struct {
 	txn    *memdb.Txn
 	ledger *ledgerIndex
+	index  uint64
+}
+
+// AppliedIndex is the index of the last log entry applied to this view.
+func (r *Reader) AppliedIndex() uint64 { return r.index }
+
+// StateHash is the SHA-256 of this view's snapshot encoding, the state at
+// AppliedIndex: equal hashes, equal state.
+func (r *Reader) StateHash() ([32]byte, error) {
+	_, sum, err := writeSnapshot(io.Discard, r.txn, r.index)
+	return sum, err
 }
 
 func all[T any](r *Reader, table, index string, args ...any) []T {

@@ -14,6 +14,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -50,6 +51,12 @@ type Config struct {
 	Join        string
 	JoinToken   string
 	TrustBundle []*x509.Certificate
+	// JoinTimeout is how long a joining server keeps trying while the
+	// cluster cannot admit it yet: the member is unreachable, still
+	// bootstrapping, or has no leader (Unavailable). A refusal (a used token,
+	// a KEK that differs) ends the join at once. Default: DefaultJoinTimeout;
+	// at most MaxJoinTimeout.
+	JoinTimeout time.Duration
 
 	// NodeAttestors are node attestors enabled beside join_token (always
 	// on), e.g. x509pop and k8s_psat.
@@ -98,6 +105,12 @@ type Config struct {
 	// Default: DefaultPruneInterval.
 	PruneInterval time.Duration
 }
+
+// Join timeout default and bound.
+const (
+	DefaultJoinTimeout = 5 * time.Minute
+	MaxJoinTimeout     = 24 * time.Hour
+)
 
 // Ledger retention defaults.
 const (
@@ -150,6 +163,12 @@ func (c *Config) validate() error {
 	}
 	if c.Clock == nil {
 		c.Clock = clockwork.NewRealClock()
+	}
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = DefaultJoinTimeout
+	}
+	if err := duration.Within("join timeout", c.JoinTimeout, time.Second, MaxJoinTimeout); err != nil {
+		errs = append(errs, err)
 	}
 	if c.LedgerGrace == 0 {
 		c.LedgerGrace = DefaultLedgerGrace

@@ -14,6 +14,8 @@ import (
 	"github.com/meshca/meshca/attest/k8s"
 	"github.com/meshca/meshca/attest/unix"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/duration"
+	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -130,11 +132,10 @@ func validateEntry(td spiffeid.TrustDomain, e *operatorpb.Entry) error {
 			seen[k] = true
 		}
 	}
-	switch ttl := time.Duration(e.TtlSeconds) * time.Second; {
-	case e.TtlSeconds == 0:
+	if e.TtlSeconds == 0 {
 		e.TtlSeconds = int64(DefaultEntryTTL / time.Second)
-	case ttl < MinEntryTTL || ttl > MaxEntryTTL:
-		errs = append(errs, fmt.Errorf("TTL %s: want %s to %s", ttl, MinEntryTTL, MaxEntryTTL))
+	} else if _, err := duration.Seconds("TTL", e.TtlSeconds, MinEntryTTL, MaxEntryTTL); err != nil {
+		errs = append(errs, err)
 	}
 	if err := ca.CheckDNSNames(e.DnsNames); err != nil {
 		errs = append(errs, err)
@@ -166,20 +167,15 @@ func fromRaftEntry(e *raftpb.Entry) *operatorpb.Entry {
 	return o
 }
 
+// fsmStatus maps a write's error by type (see internal/rpcerr): a refusal
+// by the state machine keeps its code and its own words, a Raft failure is
+// Unavailable.
 func fsmStatus(err error) error {
 	var fe *raftfsm.Error
 	if errors.As(err, &fe) {
-		switch {
-		case errors.Is(err, raftfsm.ErrNotFound):
-			return status.Error(codes.NotFound, fe.Msg)
-		case errors.Is(err, raftfsm.ErrAlreadyExists):
-			return status.Error(codes.AlreadyExists, fe.Msg)
-		case errors.Is(err, raftfsm.ErrConflict):
-			return status.Error(codes.Aborted, fe.Msg)
-		}
-		return status.Error(codes.InvalidArgument, fe.Msg)
+		return status.Error(rpcerr.Code(err), fe.Msg)
 	}
-	return status.Errorf(codes.Unavailable, "%v", err)
+	return rpcerr.Status(err)
 }
 
 // checkParent refuses a parent ID that is no attested agent, no server of

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -116,7 +117,19 @@ func (s *Server) join() (*identity, error) {
 		keys[p.Name()], req.IntermediateCsrs[p.Name()] = key, csr
 	}
 	dial := cfg.Dial
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cluster.JoinClientTLS(td, cfg.TrustBundle, cfg.Clock)))}
+	// A member whose certificate the trust bundle does not vouch for is a
+	// refusal, not an outage: the join ends at once, saying so.
+	tlsCfg := cluster.JoinClientTLS(td, cfg.TrustBundle, cfg.Clock)
+	var untrusted atomic.Pointer[error]
+	verify := tlsCfg.VerifyPeerCertificate
+	tlsCfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		err := verify(raw, chains)
+		if err != nil {
+			untrusted.Store(&err)
+		}
+		return err
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
 	if dial != nil {
 		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return dial(ctx, a) }))
 	}
@@ -125,11 +138,14 @@ func (s *Server) join() (*identity, error) {
 		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	resp, err := clusterpb.NewClusterClient(conn).Join(ctx, req)
+	resp, err := s.joinWithRetry(clusterpb.NewClusterClient(conn), req, func() error {
+		if e := untrusted.Load(); e != nil {
+			return *e
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
+		return nil, err
 	}
 	if resp.TrustDomain != td.Name() {
 		return nil, fmt.Errorf("join %s: cluster answered for trust domain %q, the bundle is of %q", cfg.Join, resp.TrustDomain, td.Name())
@@ -182,6 +198,43 @@ func finishJoin(dataDir string) error {
 		return fmt.Errorf("join attempt: %w", err)
 	}
 	return nil
+}
+
+// joinAttemptTimeout bounds one Join call: the leader signs intermediates
+// and commits several commands.
+const joinAttemptTimeout = time.Minute
+
+// joinWithRetry sends req (the same request, keys and CSRs each time)
+// until the cluster admits or refuses this server. While the member cannot
+// be reached, is still bootstrapping or has no leader (Unavailable), or an
+// attempt times out, it waits and tries again, for up to cfg.JoinTimeout;
+// untrusted reports a member the trust bundle does not vouch for, which
+// ends the join at once.
+func (s *Server) joinWithRetry(client clusterpb.ClusterClient, req *clusterpb.JoinRequest, untrusted func() error) (*clusterpb.JoinResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.JoinTimeout)
+	defer cancel()
+	for wait := 200 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
+		actx, acancel := context.WithTimeout(ctx, joinAttemptTimeout)
+		resp, err := client.Join(actx, req)
+		acancel()
+		if err == nil {
+			return resp, nil
+		}
+		switch code := status.Code(err); {
+		case untrusted() != nil:
+			return nil, fmt.Errorf("join %s: the member is not a server of the cluster the trust bundle names: %w", s.cfg.Join, untrusted())
+		case code != codes.Unavailable && code != codes.DeadlineExceeded:
+			return nil, fmt.Errorf("join %s: %w", s.cfg.Join, err)
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("join %s: the cluster did not admit this server within %s (join timeout): %w", s.cfg.Join, s.cfg.JoinTimeout, err)
+		}
+		s.log.Info("the cluster cannot admit this server yet; retrying", "via", s.cfg.Join, "reason", status.Convert(err).Message(), "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("join %s: the cluster did not admit this server within %s (join timeout): %w", s.cfg.Join, s.cfg.JoinTimeout, err)
+		case <-time.After(wait):
+		}
+	}
 }
 
 func bundleHas(bundle []*x509.Certificate, der []byte) bool {
@@ -278,7 +331,9 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	case err != nil:
 		return nil, status.Errorf(codes.Unavailable, "record the new server: %v", err)
 	}
-	if err := s.node.AddVoter(ctx, req.NodeId, req.RaftAddr); err != nil {
+	// As a non-voter: the joining server's Raft starts only once this
+	// returns; it promotes itself when it has caught up (keepMembership).
+	if err := s.node.AddNonvoter(ctx, req.NodeId, req.RaftAddr); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.NodeId, err)
 	}
 	s.audit.Info("join", "decision", "allow", "joining_node", req.NodeId, "from", from, "raft_addr", req.RaftAddr, "again", again)

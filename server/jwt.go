@@ -12,6 +12,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -119,7 +120,11 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, req *nodepb.SignJWTSVIDRe
 	if !ok {
 		return nil, status.Error(codes.Internal, "JWT key is not ECDSA")
 	}
-	ttl := min(DefaultJWTSVIDTTL, time.Duration(e.TtlSeconds)*time.Second)
+	entryTTL, err := duration.Seconds("entry ttl_seconds", e.TtlSeconds, 0, MaxEntryTTL)
+	if err != nil {
+		return nil, err
+	}
+	ttl := min(DefaultJWTSVIDTTL, entryTTL)
 	now := n.s.cfg.Clock.Now()
 	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: priv, KeyID: kid}}, (&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {

@@ -4,10 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/internal/retryinfo"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"google.golang.org/grpc/codes"
@@ -34,8 +33,9 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 		o.s.audit.Warn("mint x509-svid", "decision", "deny", "spiffe_id", req.SpiffeId, "reason", reason)
 		return status.Error(codes.InvalidArgument, reason)
 	}
-	if req.TtlSeconds < 0 {
-		return nil, deny("negative TTL")
+	ttl, err := duration.Seconds("ttl_seconds", req.TtlSeconds, 0, duration.Max)
+	if err != nil {
+		return nil, deny(err.Error())
 	}
 	// The /meshca/ paths name servers and agents: a minted one would be
 	// accepted by the cluster API as a server, or open an agent's Sync
@@ -52,20 +52,17 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 		return nil, status.FromContextError(err).Err()
 	}
 	svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: req.Csr, SPIFFEID: req.SpiffeId, DNSNames: req.DnsNames,
-		TTL: time.Duration(req.TtlSeconds) * time.Second})
+		TTL: ttl})
 	o.s.admission.release()
 	var re *ca.RequestError
 	switch {
 	case errors.As(err, &re):
 		return nil, deny(err.Error())
 	case err != nil:
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, fmt.Errorf("sign: %w", err)
 	}
 	if err := o.s.commitSVID(ctx, svid, operatorNodeID, issuer); err != nil {
-		if _, busy := retryinfo.After(err); busy {
-			return nil, err
-		}
-		return nil, status.Errorf(codes.Unavailable, "%v", err)
+		return nil, err // a failed commit is Unavailable, by type
 	}
 	o.s.audit.Info("mint x509-svid", "decision", "allow", "spiffe_id", svid.SPIFFEID, "profile", profile, "serial", fmt.Sprintf("%x", svid.SerialNumber))
 	resp := &operatorpb.MintX509SVIDResponse{Chain: svid.Certificates}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,8 +11,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/duration"
+	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -77,13 +79,10 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 		return resp.GetChallengeResponse(), nil
 	}
 	res, err := att.Attest(ctx, start.Payload, challenge)
-	switch {
-	case errors.Is(err, attest.ErrInvalidEvidence):
-		return deny(codes.InvalidArgument, err.Error())
-	case errors.Is(err, attest.ErrNotAuthorized):
-		return deny(codes.PermissionDenied, err.Error())
-	case err != nil:
-		return deny(codes.Unavailable, err.Error())
+	if err != nil {
+		// Invalid evidence and refusals are final; an attestor that could
+		// not reach what it checks against (or the Raft log) is retried.
+		return deny(rpcerr.Code(err), err.Error())
 	}
 	agentID := res.AgentID.String()
 	if len(start.AttemptId) > maxTokenLen {
@@ -232,7 +231,7 @@ func (s *Server) requireAgent(ctx context.Context) (string, error) {
 	if node == nil {
 		// Attested through another server a moment ago?
 		if err := s.node.ReadIndex(ctx); err != nil {
-			return "", status.Errorf(codes.Unavailable, "%v", err)
+			return "", fmt.Errorf("look the node up: %w", err)
 		}
 		node = s.fsm.Read().Node(agentID)
 	}
@@ -328,14 +327,18 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 	for _, sr := range req.Requests {
 		if r.Entry(sr.EntryId) == nil {
 			if err := n.s.node.ReadIndex(ctx); err != nil {
-				return nil, status.Errorf(codes.Unavailable, "%v", err)
+				return nil, fmt.Errorf("look the entries up: %w", err)
 			}
 			r = n.s.fsm.Read()
 			break
 		}
 	}
 	resp := &nodepb.SignX509SVIDsResponse{Results: make([]*nodepb.SVIDResult, len(req.Requests))}
-	var wg sync.WaitGroup
+	var (
+		wg          sync.WaitGroup
+		mu          sync.Mutex
+		unavailable error // a commit failed for want of a leader or quorum
+	)
 	defer wg.Wait() // on every return: no commit outlives the call
 	for i, sr := range req.Requests {
 		res := &nodepb.SVIDResult{EntryId: sr.EntryId}
@@ -351,10 +354,15 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 			res.Error = "no issuer for profile " + e.Profile
 			continue
 		}
+		ttl, err := duration.Seconds("entry ttl_seconds", e.TtlSeconds, 0, MaxEntryTTL)
+		if err != nil {
+			res.Error = err.Error()
+			continue
+		}
 		if err := n.s.admission.acquire(ctx); err != nil {
 			return nil, status.FromContextError(err).Err()
 		}
-		svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: sr.Csr, SPIFFEID: e.SpiffeId, DNSNames: e.DnsNames, TTL: time.Duration(e.TtlSeconds) * time.Second})
+		svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: sr.Csr, SPIFFEID: e.SpiffeId, DNSNames: e.DnsNames, TTL: ttl})
 		n.s.admission.release()
 		if err != nil {
 			res.Error = err.Error()
@@ -366,6 +374,11 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 			defer wg.Done()
 			if err := n.s.commitSVID(ctx, svid, agentID, issuer); err != nil {
 				res.Error = err.Error()
+				if rpcerr.Code(err) == codes.Unavailable {
+					mu.Lock()
+					unavailable = cmp.Or(unavailable, err)
+					mu.Unlock()
+				}
 				return
 			}
 			res.Chain = svid.Certificates
@@ -374,6 +387,11 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 		}()
 	}
 	wg.Wait()
+	if unavailable != nil {
+		// Not a refusal of these requests: the agent retries the batch at
+		// once, here or through another server, instead of at its next round.
+		return nil, unavailable
+	}
 	return resp, nil
 }
 

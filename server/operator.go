@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -33,27 +34,30 @@ const (
 	MaxJoinTokenTTL     = 7 * 24 * time.Hour
 )
 
+// Status reports this server's view. The applied index, state hash and
+// ledger size are of one moment (one read view); ready says whether this
+// server can serve writes now, and ready_reason why not.
 func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusRequest) (*operatorpb.StatusResponse, error) {
 	n := o.s.node
+	ready, reason := o.s.Readiness(ctx)
 	addr, leader := n.Raft().LeaderWithID()
-	hash, err := o.s.fsm.StateHash()
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
 	r := o.s.fsm.Read()
+	hash, err := r.StateHash()
+	if err != nil {
+		return nil, fmt.Errorf("state hash: %w", err)
+	}
 	return &operatorpb.StatusResponse{
 		NodeId: o.s.cfg.NodeID, TrustDomain: o.s.td.Name(), RaftState: n.Raft().State().String(),
-		LeaderId: string(leader), LeaderAddr: string(addr), AppliedIndex: o.s.fsm.AppliedIndex(),
+		LeaderId: string(leader), LeaderAddr: string(addr), AppliedIndex: r.AppliedIndex(),
 		CommitIndex: n.Raft().CommitIndex(), StateHash: hex.EncodeToString(hash[:]), LedgerRecords: uint64(r.LedgerLen()),
-		Ready:          r.TrustDomain() != nil && r.Server(o.s.cfg.NodeID) != nil,
-		SignQueueDepth: o.s.admission.QueueDepth(),
+		Ready: ready, ReadyReason: reason, SignQueueDepth: o.s.admission.QueueDepth(),
 	}, nil
 }
 
 func (o *operatorService) RaftListPeers(ctx context.Context, _ *operatorpb.RaftListPeersRequest) (*operatorpb.RaftListPeersResponse, error) {
 	servers, err := o.s.node.Peers()
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, fmt.Errorf("raft configuration: %w", err)
 	}
 	_, leader := o.s.node.Raft().LeaderWithID()
 	resp := &operatorpb.RaftListPeersResponse{}
@@ -69,7 +73,7 @@ func (o *operatorService) RaftAddVoter(ctx context.Context, req *operatorpb.Raft
 		return nil, status.Error(codes.InvalidArgument, "add-voter needs a node ID and the server's raft host:port")
 	}
 	if err := o.s.node.AddVoter(ctx, req.Id, req.Address); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "add voter %s: %v", req.Id, err)
+		return nil, fmt.Errorf("add voter %s: %w", req.Id, err)
 	}
 	o.s.audit.Info("raft add-voter", "decision", "allow", "peer", req.Id, "address", req.Address)
 	return &operatorpb.RaftAddVoterResponse{}, nil
@@ -78,7 +82,7 @@ func (o *operatorService) RaftAddVoter(ctx context.Context, req *operatorpb.Raft
 func (o *operatorService) RaftRemovePeer(ctx context.Context, req *operatorpb.RaftRemovePeerRequest) (*operatorpb.RaftRemovePeerResponse, error) {
 	servers, err := o.s.node.Peers()
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, fmt.Errorf("raft configuration: %w", err)
 	}
 	found := false
 	for _, sv := range servers {
@@ -91,10 +95,10 @@ func (o *operatorService) RaftRemovePeer(ctx context.Context, req *operatorpb.Ra
 		return nil, err
 	}
 	if err := o.s.node.RemoveServer(ctx, req.Id); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "remove peer %s: %v", req.Id, err)
+		return nil, fmt.Errorf("remove peer %s: %w", req.Id, err)
 	}
 	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_RemoveServer{RemoveServer: &raftpb.RemoveServer{NodeId: req.Id}}}); err != nil && !errors.Is(err, raftfsm.ErrNotFound) {
-		return nil, status.Errorf(codes.Unavailable, "forget server %s: %v", req.Id, err)
+		return nil, fmt.Errorf("forget server %s: %w", req.Id, err)
 	}
 	o.s.audit.Info("raft remove-peer", "decision", "allow", "peer", req.Id)
 	return &operatorpb.RaftRemovePeerResponse{}, nil
@@ -107,7 +111,7 @@ const snapshotChunk = 1 << 20
 func (o *operatorService) SnapshotSave(_ *operatorpb.SnapshotSaveRequest, stream operatorpb.Operator_SnapshotSaveServer) error {
 	ctx := stream.Context()
 	if err := o.s.node.ReadIndex(ctx); err != nil {
-		return status.Errorf(codes.Unavailable, "reach the leader for an up-to-date snapshot: %v", err)
+		return fmt.Errorf("reach the leader for an up-to-date snapshot: %w", err)
 	}
 	snap, err := o.s.fsm.Snapshot()
 	if err != nil {
@@ -172,10 +176,7 @@ func (o *operatorService) SnapshotRestore(stream operatorpb.Operator_SnapshotRes
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err != nil {
-		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-			return err
-		}
-		return status.Errorf(codes.Unavailable, "restore: %v", err)
+		return fmt.Errorf("restore: %w", err)
 	}
 	o.s.audit.Info("snapshot restore", "decision", "allow", "state_hash", hex.EncodeToString(hash[:]))
 	return stream.SendAndClose(&operatorpb.SnapshotRestoreResponse{StateHash: hex.EncodeToString(hash[:])})
@@ -187,12 +188,12 @@ func (o *operatorService) CreateJoinToken(ctx context.Context, req *operatorpb.C
 	if req.Kind != TokenKindServer && req.Kind != TokenKindAgent {
 		return nil, status.Errorf(codes.InvalidArgument, "token kind %q: want %q or %q", req.Kind, TokenKindServer, TokenKindAgent)
 	}
-	ttl := time.Duration(req.TtlSeconds) * time.Second
-	switch {
-	case req.TtlSeconds == 0:
-		ttl = DefaultJoinTokenTTL
-	case req.TtlSeconds < 0 || ttl < time.Second || ttl > MaxJoinTokenTTL:
-		return nil, status.Errorf(codes.InvalidArgument, "token TTL %ds: want 1s to %s", req.TtlSeconds, MaxJoinTokenTTL)
+	ttl := DefaultJoinTokenTTL
+	if req.TtlSeconds != 0 {
+		var err error
+		if ttl, err = duration.Seconds("token ttl_seconds", req.TtlSeconds, time.Second, MaxJoinTokenTTL); err != nil {
+			return nil, err
+		}
 	}
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
@@ -203,7 +204,7 @@ func (o *operatorService) CreateJoinToken(ctx context.Context, req *operatorpb.C
 	expires := o.s.cfg.Clock.Now().Add(ttl)
 	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_CreateJoinToken{CreateJoinToken: &raftpb.CreateJoinToken{
 		Token: &raftpb.JoinToken{Hash: hash[:], Kind: req.Kind, ExpiresUnixNano: expires.UnixNano()}}}}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "create join token: %v", err)
+		return nil, fmt.Errorf("create join token: %w", err)
 	}
 	o.s.audit.Info("join token create", "decision", "allow", "kind", req.Kind, "expires", expires.UTC().Format(time.RFC3339),
 		"token_sha256", fmt.Sprintf("%x", hash[:8]))

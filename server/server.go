@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/operatorpb"
@@ -33,6 +34,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -186,25 +188,31 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 	}
 
-	s.api = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))
+	// Every API maps its handlers' errors to status codes in one place.
+	s.api = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil),
+		grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize), keepaliveEnforcement)...)
 	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, cluster.Handlers{Join: s.handleJoin, Certify: s.certifyIntermediate}))
 	nodepb.RegisterNodeServer(s.api, &nodeService{s: s})
 	if s.adminLn, err = listenAdmin(s.cfg.AdminSocket); err != nil {
 		return nil, err
 	}
-	s.admin = grpc.NewServer(grpc.MaxRecvMsgSize(maxRequestSize))
+	s.admin = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil), grpc.MaxRecvMsgSize(maxRequestSize))...)
 	operatorpb.RegisterOperatorServer(s.admin, &operatorService{s: s})
 	if cfg.AdminAddr != "" {
 		if s.adminTCP, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 			return nil, fmt.Errorf("admin address: %w", err)
 		}
 		s.cfg.AdminAddr = s.adminTCP.Addr().String()
-		s.adminTLS = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize),
-			grpc.UnaryInterceptor(s.requireAdminUnary), grpc.StreamInterceptor(s.requireAdminStream))
+		s.adminTLS = grpc.NewServer(append(rpcerr.ServerOptions([]grpc.UnaryServerInterceptor{s.requireAdminUnary}, []grpc.StreamServerInterceptor{s.requireAdminStream}),
+			grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))...)
 		operatorpb.RegisterOperatorServer(s.adminTLS, &operatorService{s: s})
 	}
 	return s, nil
 }
+
+// keepaliveEnforcement lets clients (agents, peers) ping often enough to
+// notice a server that stopped answering on an open connection.
+var keepaliveEnforcement = grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true})
 
 // listenAdmin listens on the operator socket, readable and writable by
 // this user only. A stale socket left by a crash is replaced; one in use is not.
@@ -279,6 +287,7 @@ func (s *Server) Run(ctx context.Context) error {
 	serve("bootstrap", func() error { s.writeBootstrapState(ctx); return nil })
 	serve("rotation", func() error { return s.rotateLoop(ctx) })
 	serve("ledger pruning", func() error { return s.pruneLoop(ctx) })
+	serve("membership", func() error { s.keepMembership(ctx); return nil })
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
 	<-ctx.Done()
 	s.close()
@@ -445,11 +454,12 @@ func (s *Server) tryWriteBootstrapState(ctx context.Context) error {
 	return nil
 }
 
-// Ready reports whether the replicated state knows the trust domain and
-// this server: a bootstrapped cluster this server is a recorded member of.
+// Ready reports whether this server can serve writes now (see Readiness).
 func (s *Server) Ready() bool {
-	r := s.fsm.Read()
-	return r.TrustDomain() != nil && r.Server(s.cfg.NodeID) != nil
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ready, _ := s.Readiness(ctx)
+	return ready
 }
 
 func intermediateRecord(c *ca.Certificate, parentID, nodeID string, state raftpb.AuthorityState) *raftpb.Authority {

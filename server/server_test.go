@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -189,7 +190,8 @@ func TestBootstrapJoinRestart(t *testing.T) {
 		if peers, err = s3.operator().RaftListPeers(ctx(t), &operatorpb.RaftListPeersRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		if len(peers.Peers) == 3 {
+		// Joined as non-voters, they are voters once caught up.
+		if len(peers.Peers) == 3 && !slices.ContainsFunc(peers.Peers, func(p *operatorpb.Peer) bool { return p.Suffrage != "Voter" }) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -109,6 +109,7 @@ func (a *app) dialOperatorTLS(addr string, o opOptions) (*opClient, error) {
 	conn, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(opMaxMessage), grpc.MaxCallSendMsgSize(opMaxMessage)),
+		grpc.WithChainUnaryInterceptor(retryUnavailable),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("operator API at %s: %w", addr, err)
@@ -200,6 +201,7 @@ func (a *app) dialOperator(o opOptions) (*opClient, error) {
 	conn, err := grpc.NewClient("unix://"+path,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(opMaxMessage), grpc.MaxCallSendMsgSize(opMaxMessage)),
+		grpc.WithChainUnaryInterceptor(retryUnavailable),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)

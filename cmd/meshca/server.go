@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/meshca/meshca/attest"
@@ -22,6 +23,7 @@ import (
 	"github.com/meshca/meshca/attest/k8spsat"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -54,7 +56,10 @@ Starting a cluster:
 --bootstrap and --join only matter the first time: a server whose data
 directory holds its identity restarts with neither and finds its cluster
 again. A server with no identity and neither --bootstrap nor --join refuses
-to start. --bootstrap and --join exclude each other.
+to start. --bootstrap and --join exclude each other. A joining server whose
+member cannot admit it yet (not reachable, still bootstrapping, no leader)
+waits and retries for --join-timeout (default 5m); a refusal (a used token,
+another KEK) ends the join at once.
 
 Key-encryption key (KEK): every server of a cluster needs the same KEK file,
 a file of 32 random bytes in base64 readable by its owner only, e.g.
@@ -97,7 +102,7 @@ started server checks that its roots name the same trust domain).
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
-join, join_token, trust_bundle, admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
+join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -136,6 +141,7 @@ type serverConfig struct {
 	Join        string   `json:"join"`
 	JoinToken   string   `json:"join_token"`
 	TrustBundle string   `json:"trust_bundle"`
+	JoinTimeout string   `json:"join_timeout"`
 	AdminSocket string   `json:"admin_socket"`
 	AdminAddr   string   `json:"admin_addr"`
 	AdminIDs    []string `json:"admin_ids"`
@@ -186,6 +192,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"join":         {&c.Join, &f.Join},
 		"join-token":   {&c.JoinToken, &f.JoinToken},
 		"trust-bundle": {&c.TrustBundle, &f.TrustBundle},
+		"join-timeout": {&c.JoinTimeout, &f.JoinTimeout},
 		"admin-socket": {&c.AdminSocket, &f.AdminSocket},
 		"admin-addr":   {&c.AdminAddr, &f.AdminAddr},
 		"kek-file":     {&c.KEKFile, &f.KEKFile},
@@ -244,6 +251,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.Join, "join", "", "API address (host:port) of any member of the cluster to join")
 	f.StringVar(&flags.JoinToken, "join-token", "", "single-use server join token from \"meshca token create --kind server\" (default $MESHCA_JOIN_TOKEN)")
 	f.StringVar(&flags.TrustBundle, "trust-bundle", "", "PEM file of the cluster's roots: the first server's <data-dir>/server/bundle.pem")
+	f.Var((*durationText)(&flags.JoinTimeout), "join-timeout", "with --join: how long to keep retrying while the cluster cannot admit this server yet (unreachable, still bootstrapping, no leader), 1s to 24h (default "+server.DefaultJoinTimeout.String()+")")
 	f.StringVar(&flags.AdminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/admin.sock)")
 	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the --admin-id SVIDs only")
 	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID allowed on --admin-addr (get its SVID with meshca x509 mint --addr); repeat for more")
@@ -326,8 +334,11 @@ func checkServerConfig(c *serverConfig) error {
 		if err := server.CheckJoinToken(c.JoinToken); err != nil {
 			return usageErrorf("the server join token (--join-token or $%s): %v; make one with `meshca token create --kind server` on a member", envJoinToken, err)
 		}
-	} else if c.JoinToken != "" || c.TrustBundle != "" {
-		return usageErrorf("--join-token and --trust-bundle are only used with --join")
+		if _, err := joinTimeout(c); err != nil {
+			return err
+		}
+	} else if c.JoinToken != "" || c.TrustBundle != "" || c.JoinTimeout != "" {
+		return usageErrorf("--join-token, --trust-bundle and --join-timeout are only used with --join")
 	}
 	if err := checkNodeAttestorConfig(c); err != nil {
 		return err
@@ -336,6 +347,36 @@ func checkServerConfig(c *serverConfig) error {
 		return err
 	}
 	return checkLogFormat(c.LogFormat)
+}
+
+// joinTimeout reads --join-timeout (join_timeout): a Go duration, 1s to
+// 24h; empty is the default.
+func joinTimeout(c *serverConfig) (time.Duration, error) {
+	if c.JoinTimeout == "" {
+		return server.DefaultJoinTimeout, nil
+	}
+	d, err := time.ParseDuration(c.JoinTimeout)
+	if err == nil {
+		err = duration.Within("--join-timeout", d, time.Second, server.MaxJoinTimeout)
+	}
+	if err != nil {
+		return 0, usageErrorf("--join-timeout %q (join_timeout): want a duration from 1s to %s, e.g. 5m: %v", c.JoinTimeout, server.MaxJoinTimeout, err)
+	}
+	return d, nil
+}
+
+// durationText is a flag that keeps a duration as the text given, like the
+// configuration file's value, and checks it parses.
+type durationText string
+
+func (d *durationText) String() string { return string(*d) }
+func (d *durationText) Type() string   { return "duration" }
+func (d *durationText) Set(s string) error {
+	if _, err := time.ParseDuration(s); err != nil {
+		return err
+	}
+	*d = durationText(s)
+	return nil
 }
 
 // parseLogLevel reads --log-level.
@@ -454,6 +495,10 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		}
 	}
 
+	joinWait, err := joinTimeout(&c)
+	if err != nil {
+		return err
+	}
 	log, raftLog := a.loggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
 	switch {
@@ -478,7 +523,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
 		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
-		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle,
+		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		NodeAttestors: attestors,
 		Logger:        log, RaftLogger: raftLog,
 	})

@@ -384,6 +384,12 @@ func TestServerBadInput(t *testing.T) {
 			[]string{"the server join token (--join-token or $MESHCA_JOIN_TOKEN): malformed join token: a meshca join token is 43 characters of base64url", "this one is 3"}},
 		{"fail/token-without-join", append([]string{"--node-id", "s2", "--join-token", wellFormedToken}, addrs...), exitUsage,
 			[]string{"only used with --join"}},
+		{"fail/join-timeout-zero", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", bundle, "--join-timeout", "0s"}, addrs...), exitUsage,
+			[]string{"--join-timeout \"0s\"", "1s to 24h"}},
+		{"fail/join-timeout-not-a-duration", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", bundle, "--join-timeout", "forever"}, addrs...), exitUsage,
+			[]string{"join-timeout"}},
+		{"fail/join-timeout-without-join", append([]string{"--node-id", "s2", "--join-timeout", "1m"}, addrs...), exitUsage,
+			[]string{"only used with --join"}},
 		{"fail/bad-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", kek, "--kek-file", kek}, addrs...), exitError,
 			[]string{"trust bundle", "no certificate"}},
 		{"fail/missing-node-id", addrs, exitUsage, []string{"--node-id is required"}},
@@ -447,7 +453,7 @@ func TestServerConfigFile(t *testing.T) {
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("after flags: %+v, want %+v", c, want)
 	}
-	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,admin_socket,admin_addr,admin_ids,kek_file,log_level,log_format,"+
+	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,admin_socket,admin_addr,admin_ids,kek_file,log_level,log_format,"+
 		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters" {
 		t.Errorf("configKeys = %s", keys)
 	}

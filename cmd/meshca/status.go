@@ -12,11 +12,17 @@ its node ID and trust domain, its Raft state (Leader, Follower, Candidate),
 the leader it knows, its applied and commit indexes, the hash of its
 replicated state, the number of ledger records, the depth of its signing
 queue (CSRs admitted and not yet signed: a storm of renewals shows here
-first), and whether it is ready (the cluster is bootstrapped and this server
-is a recorded member).
+first), and whether it is ready: whether it can serve writes now (the
+cluster is bootstrapped, this server is a member of the Raft configuration
+and recorded in the state, and a leader is known and answers; on the
+leader, a quorum confirms it). When it is not, the reason says why: not
+bootstrapped, removed from the cluster, no leader, no quorum, leader
+unreachable.
 
+The applied index, the state hash and the ledger size are of one moment.
 Servers that have applied the same entries report the same state hash, so
-comparing the hashes of every server shows whether they agree.` + opLong
+comparing the hashes of every server at the same index shows whether they
+agree.` + opLong
 
 // statusReport is what status prints; the JSON field names are those of
 // the operator API's StatusResponse.
@@ -32,7 +38,8 @@ type statusReport struct {
 	LedgerRecords uint64 `json:"ledger_records"`
 	Ready         bool   `json:"ready"`
 	// SignQueueDepth is the number of CSRs admitted and not yet signed.
-	SignQueueDepth int64 `json:"sign_queue_depth"`
+	SignQueueDepth int64  `json:"sign_queue_depth"`
+	ReadyReason    string `json:"ready_reason,omitempty"`
 }
 
 func (a *app) newStatusCommand() *cobra.Command {
@@ -58,7 +65,7 @@ func (a *app) newStatusCommand() *cobra.Command {
 			NodeID: resp.NodeId, TrustDomain: resp.TrustDomain, RaftState: resp.RaftState,
 			LeaderID: resp.LeaderId, LeaderAddr: resp.LeaderAddr, AppliedIndex: resp.AppliedIndex,
 			CommitIndex: resp.CommitIndex, StateHash: resp.StateHash, LedgerRecords: resp.LedgerRecords,
-			Ready: resp.Ready, SignQueueDepth: resp.SignQueueDepth,
+			Ready: resp.Ready, ReadyReason: resp.ReadyReason, SignQueueDepth: resp.SignQueueDepth,
 		}
 		if a.output == outputJSON {
 			return writeJSON(a.stdout, r)
@@ -72,7 +79,11 @@ func (a *app) newStatusCommand() *cobra.Command {
 		}
 		t := newTable(a.stdout, "")
 		t.row("node", r.NodeID)
-		t.row("ready", r.Ready)
+		if r.Ready {
+			t.row("ready", true)
+		} else {
+			t.row("ready", "false: "+r.ReadyReason)
+		}
 		t.row("trust domain", r.TrustDomain)
 		t.row("raft state", r.RaftState)
 		t.row("leader", leader)

@@ -22,8 +22,13 @@ func Exhausted(d time.Duration, format string, args ...any) error {
 	return st.Err()
 }
 
+// MaxHint bounds the hint After returns: it comes from the wire, and a
+// client must neither wait for ever nor be told to wait a negative time.
+const MaxHint = 5 * time.Minute
+
 // After returns the retry-after hint of a ResourceExhausted error (one
-// second when it carries none); ok is false for any other error.
+// second when it carries none), within [0, MaxHint]; ok is false for any
+// other error.
 func After(err error) (d time.Duration, ok bool) {
 	st, isStatus := status.FromError(err)
 	if !isStatus || st.Code() != codes.ResourceExhausted {
@@ -31,7 +36,7 @@ func After(err error) (d time.Duration, ok bool) {
 	}
 	for _, det := range st.Details() {
 		if ri, isInfo := det.(*errdetails.RetryInfo); isInfo {
-			return ri.RetryDelay.AsDuration(), true
+			return min(max(ri.GetRetryDelay().AsDuration(), 0), MaxHint), true
 		}
 	}
 	return time.Second, true

@@ -24,3 +24,17 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("no details: %v, %v; want the 1s default", d, ok)
 	}
 }
+
+// A hint from the wire is bounded: never negative (an agent would panic
+// drawing its jitter), never longer than MaxHint.
+func TestHintFromTheWireIsBounded(t *testing.T) {
+	for _, tc := range []struct{ sent, want time.Duration }{
+		{-time.Hour, 0},
+		{-1, 0},
+		{100 * 365 * 24 * time.Hour, MaxHint},
+	} {
+		if d, ok := After(Exhausted(tc.sent, "busy")); !ok || d != tc.want {
+			t.Errorf("After(hint %v) = %v, %v; want %v", tc.sent, d, ok, tc.want)
+		}
+	}
+}

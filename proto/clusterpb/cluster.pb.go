@@ -31,6 +31,13 @@ const (
 	MembershipRequest_OP_UNSPECIFIED MembershipRequest_Op = 0
 	MembershipRequest_ADD_VOTER      MembershipRequest_Op = 1
 	MembershipRequest_REMOVE         MembershipRequest_Op = 2
+	// ADD_NONVOTER adds a server that replicates without a vote (a
+	// joining server, until it has caught up and promotes itself).
+	MembershipRequest_ADD_NONVOTER MembershipRequest_Op = 3
+	// PROMOTE makes a non-voter a voter, only while it is a non-voter of
+	// the leader's configuration and recorded in the state: a server that
+	// joined and caught up asks for it; one removed meanwhile is refused.
+	MembershipRequest_PROMOTE MembershipRequest_Op = 4
 )
 
 // Enum value maps for MembershipRequest_Op.
@@ -39,11 +46,15 @@ var (
 		0: "OP_UNSPECIFIED",
 		1: "ADD_VOTER",
 		2: "REMOVE",
+		3: "ADD_NONVOTER",
+		4: "PROMOTE",
 	}
 	MembershipRequest_Op_value = map[string]int32{
 		"OP_UNSPECIFIED": 0,
 		"ADD_VOTER":      1,
 		"REMOVE":         2,
+		"ADD_NONVOTER":   3,
+		"PROMOTE":        4,
 	}
 )
 
@@ -703,16 +714,18 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"?\n" +
 	"\x1bCertifyIntermediateResponse\x12 \n" +
-	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\xab\x01\n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\xca\x01\n" +
 	"\x11MembershipRequest\x127\n" +
 	"\x02op\x18\x01 \x01(\x0e2'.meshca.cluster.v1.MembershipRequest.OpR\x02op\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
-	"\aaddress\x18\x03 \x01(\tR\aaddress\"3\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\"R\n" +
 	"\x02Op\x12\x12\n" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tADD_VOTER\x10\x01\x12\n" +
 	"\n" +
-	"\x06REMOVE\x10\x02\"\x14\n" +
+	"\x06REMOVE\x10\x02\x12\x10\n" +
+	"\fADD_NONVOTER\x10\x03\x12\v\n" +
+	"\aPROMOTE\x10\x04\"\x14\n" +
 	"\x12MembershipResponse\"\"\n" +
 	"\fRestoreChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"0\n" +

@@ -70,12 +70,17 @@ type StatusResponse struct {
 	CommitIndex   uint64                 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
 	StateHash     string                 `protobuf:"bytes,8,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
 	LedgerRecords uint64                 `protobuf:"varint,9,opt,name=ledger_records,json=ledgerRecords,proto3" json:"ledger_records,omitempty"`
-	// ready: the cluster is bootstrapped and this server is a recorded member.
+	// ready: this server can serve writes now: the cluster is bootstrapped,
+	// this server is a recorded member in the Raft configuration, and a leader
+	// is known and answers (on the leader: a quorum confirms it).
 	Ready bool `protobuf:"varint,10,opt,name=ready,proto3" json:"ready,omitempty"`
 	// sign_queue_depth is the number of CSRs admitted and not yet signed.
 	SignQueueDepth int64 `protobuf:"varint,11,opt,name=sign_queue_depth,json=signQueueDepth,proto3" json:"sign_queue_depth,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// ready_reason says why the server is not ready (empty when it is), e.g.
+	// "cluster: no leader for 3.2s: ..." or "cluster: removed from the cluster".
+	ReadyReason   string `protobuf:"bytes,12,opt,name=ready_reason,json=readyReason,proto3" json:"ready_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -183,6 +188,13 @@ func (x *StatusResponse) GetSignQueueDepth() int64 {
 		return x.SignQueueDepth
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetReadyReason() string {
+	if x != nil {
+		return x.ReadyReason
+	}
+	return ""
 }
 
 type Peer struct {
@@ -1857,7 +1869,7 @@ var File_operatorpb_operator_proto protoreflect.FileDescriptor
 const file_operatorpb_operator_proto_rawDesc = "" +
 	"\n" +
 	"\x19operatorpb/operator.proto\x12\x12meshca.operator.v1\"\x0f\n" +
-	"\rStatusRequest\"\xf7\x02\n" +
+	"\rStatusRequest\"\x9a\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1d\n" +
@@ -1873,7 +1885,8 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x0eledger_records\x18\t \x01(\x04R\rledgerRecords\x12\x14\n" +
 	"\x05ready\x18\n" +
 	" \x01(\bR\x05ready\x12(\n" +
-	"\x10sign_queue_depth\x18\v \x01(\x03R\x0esignQueueDepth\"d\n" +
+	"\x10sign_queue_depth\x18\v \x01(\x03R\x0esignQueueDepth\x12!\n" +
+	"\fready_reason\x18\f \x01(\tR\vreadyReason\"d\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/faultnet"
+	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -210,7 +212,7 @@ func (n *testNode) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(n.identity.APIServerTLS())))
+	gs := grpc.NewServer(append(rpcerr.ServerOptions(nil, nil), grpc.Creds(credentials.NewTLS(n.identity.APIServerTLS())))...)
 	clusterpb.RegisterClusterServer(gs, NewService(node, Handlers{}))
 	go gs.Serve(apiLn)
 	n.stores, n.node, n.grpc, n.running = stores, node, gs, true
@@ -247,13 +249,26 @@ func (c *testCluster) waitLeader(via *testNode) string {
 	return id
 }
 
-// sync makes n's state reflect every write committed so far.
+// sync makes n's state reflect every write committed so far. A server
+// that refuses because it has no leader yet (just healed or restarted) is
+// asked again until it has one.
 func (c *testCluster) sync(n *testNode) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := n.node.ReadIndex(ctx); err != nil {
-		c.t.Fatalf("read index on %s: %v", n.id, err)
+	for {
+		err := n.node.ReadIndex(ctx)
+		if err == nil {
+			return
+		}
+		var unavailable *UnavailableError
+		if !errors.As(err, &unavailable) || ctx.Err() != nil {
+			c.t.Fatalf("read index on %s: %v", n.id, err)
+		}
+		select {
+		case <-n.node.lead.changes():
+		case <-ctx.Done():
+		}
 	}
 }
 

@@ -143,21 +143,32 @@ func (b *ledgerBatcher) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		slots := followerSlots
-		if b.node.IsLeader() {
-			slots = leaderSlots
+		// The slots depend on this node's role, which may change while the
+		// batch waits for one: a node that became leader must not keep
+		// waiting for a follower slot held by forwards to the old leader.
+		for {
+			changed := b.node.lead.changes()
+			slots := followerSlots
+			if b.node.IsLeader() {
+				slots = leaderSlots
+			}
+			got, ok := b.fill(ctx, &batch, slots, changed)
+			if !ok {
+				fail(batch, ctx.Err())
+				return
+			}
+			if got {
+				go b.commit(ctx, batch, slots)
+				break
+			}
 		}
-		if !b.fill(ctx, &batch, slots) {
-			fail(batch, ctx.Err())
-			return
-		}
-		go b.commit(ctx, batch, slots)
 	}
 }
 
 // fill adds queued records to batch until it is full or a commit slot is
-// free, and takes the slot. It returns false if ctx ended first.
-func (b *ledgerBatcher) fill(ctx context.Context, batch *[]*pendingRecord, slots chan struct{}) bool {
+// free, and takes the slot (got). It returns without a slot when changed is
+// closed (leadership changed), and ok false if ctx ended first.
+func (b *ledgerBatcher) fill(ctx context.Context, batch *[]*pendingRecord, slots chan struct{}, changed <-chan struct{}) (got, ok bool) {
 	for {
 	drain:
 		for len(*batch) < b.max {
@@ -168,21 +179,19 @@ func (b *ledgerBatcher) fill(ctx context.Context, batch *[]*pendingRecord, slots
 				break drain
 			}
 		}
+		in := b.in
 		if len(*batch) >= b.max {
-			select {
-			case slots <- struct{}{}:
-				return true
-			case <-ctx.Done():
-				return false
-			}
+			in = nil // full: wait for a slot only
 		}
 		select {
 		case slots <- struct{}{}:
-			return true
-		case p := <-b.in:
+			return true, true
+		case p := <-in:
 			*batch = append(*batch, p)
+		case <-changed:
+			return false, true
 		case <-ctx.Done():
-			return false
+			return false, false
 		}
 	}
 }

@@ -10,12 +10,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/jonboulle/clockwork"
+	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -25,18 +27,38 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Timing holds Raft's timeouts. Zero fields take DefaultTiming's.
+// Timing holds Raft's timeouts and the bounds of requests that need the
+// leader. Zero fields take DefaultTiming's.
 type Timing struct {
 	Heartbeat   time.Duration
 	Election    time.Duration
 	LeaderLease time.Duration
 	Commit      time.Duration
+	// Forward bounds one attempt to forward a request to the leader: a
+	// frozen leader holds its connections open, so nothing else would end
+	// it. An attempt also ends as soon as the leader changes.
+	Forward time.Duration
+	// NoLeader is how long a request waits for a leader once this server has
+	// lost contact with one (about the longest an election takes); after
+	// that it is refused at once with an UnavailableError naming the cause,
+	// instead of waiting for the caller's deadline.
+	NoLeader time.Duration
 }
 
 // DefaultTiming detects a dead leader and elects another well within 3 s on
 // a LAN, where hashicorp/raft's own defaults (1 s heartbeat and election
-// timeouts) take up to about 3 s.
-var DefaultTiming = Timing{Heartbeat: 500 * time.Millisecond, Election: 500 * time.Millisecond, LeaderLease: 250 * time.Millisecond, Commit: 20 * time.Millisecond}
+// timeouts) take up to about 3 s; a server cut off from the leader refuses
+// writes within about 2 s of losing it.
+var DefaultTiming = Timing{Heartbeat: 500 * time.Millisecond, Election: 500 * time.Millisecond, LeaderLease: 250 * time.Millisecond,
+	Commit: 20 * time.Millisecond, Forward: 2 * time.Second, NoLeader: 1500 * time.Millisecond}
+
+// resolve fills zero fields from DefaultTiming.
+func (t Timing) resolve() Timing {
+	d := DefaultTiming
+	return Timing{Heartbeat: pick(t.Heartbeat, d.Heartbeat), Election: pick(t.Election, d.Election),
+		LeaderLease: pick(t.LeaderLease, d.LeaderLease), Commit: pick(t.Commit, d.Commit),
+		Forward: pick(t.Forward, d.Forward), NoLeader: pick(t.NoLeader, d.NoLeader)}
+}
 
 // Config configures a cluster node.
 type Config struct {
@@ -77,6 +99,7 @@ const logCacheSize = 1024
 // Node is this server's member of the Raft cluster.
 type Node struct {
 	cfg     Config
+	timing  Timing
 	log     *slog.Logger
 	raft    *raft.Raft
 	trans   *raft.NetworkTransport
@@ -84,6 +107,9 @@ type Node struct {
 	barrier coalescer
 	peers   *peerClients
 	ledger  *ledgerBatcher
+	lead    *leadership
+
+	membershipMu sync.Mutex // serialises configuration changes on the leader
 
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
@@ -109,16 +135,18 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.LedgerBatch <= 0 {
 		cfg.LedgerBatch = 1024
 	}
-	t := cfg.Timing
-	d := DefaultTiming
+	t := cfg.Timing.resolve()
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
-	rc.HeartbeatTimeout = pick(t.Heartbeat, d.Heartbeat)
-	rc.ElectionTimeout = pick(t.Election, d.Election)
-	rc.LeaderLeaseTimeout = pick(t.LeaderLease, d.LeaderLease)
-	rc.CommitTimeout = pick(t.Commit, d.Commit)
+	rc.HeartbeatTimeout = t.Heartbeat
+	rc.ElectionTimeout = t.Election
+	rc.LeaderLeaseTimeout = t.LeaderLease
+	rc.CommitTimeout = t.Commit
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
+	// A server removed from the configuration stays up, as a follower that
+	// knows it was removed, so that add-voter can bring it back.
+	rc.ShutdownOnRemove = false
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}
@@ -161,16 +189,32 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	n := &Node{cfg: cfg, log: cfg.Logger, raft: r, trans: trans, fsm: cfg.FSM, stop: stop,
+	n := &Node{cfg: cfg, timing: t, log: cfg.Logger, raft: r, trans: trans, fsm: cfg.FSM, stop: stop,
 		peers: newPeerClients(cfg.Identity, cfg.Dial)}
+	n.lead = newLeadership(r, t, n.leaderChanged)
 	n.barrier.run = n.runBarrier
 	n.ledger = newLedgerBatcher(n, cfg.LedgerBatch)
-	n.wg.Add(1)
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		n.lead.watch(ctx)
+	}()
 	go func() {
 		defer n.wg.Done()
 		n.ledger.run(ctx)
 	}()
 	return n, nil
+}
+
+// leaderChanged has the connection to a new leader's API retried at once,
+// whatever backoff failed attempts built up while it was away.
+func (n *Node) leaderChanged(id raft.ServerID) {
+	if string(id) == n.cfg.NodeID {
+		return
+	}
+	if srv := n.fsm.Read().Server(string(id)); srv != nil && srv.ApiAddr != "" {
+		n.peers.resetBackoff(srv.ApiAddr)
+	}
 }
 
 func pick(v, def time.Duration) time.Duration {
@@ -200,19 +244,24 @@ func (n *Node) NodeID() string { return n.cfg.NodeID }
 // RaftAddr is the address peers reach this node's Raft at.
 func (n *Node) RaftAddr() string { return string(n.trans.LocalAddr()) }
 
+// LeaderChanges returns a channel that is closed at the next change of
+// the leader this node knows, or of its Raft state.
+func (n *Node) LeaderChanges() <-chan struct{} { return n.lead.changes() }
+
 // IsLeader reports whether this node is the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // WaitLeader blocks until the cluster has a leader, and returns its ID.
 func (n *Node) WaitLeader(ctx context.Context) (string, error) {
 	for {
+		changed := n.lead.changes()
 		if _, id := n.raft.LeaderWithID(); id != "" {
 			return string(id), nil
 		}
 		select {
 		case <-ctx.Done():
 			return "", fmt.Errorf("cluster: no leader: %w", ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+		case <-changed:
 		}
 	}
 }
@@ -257,22 +306,21 @@ func (n *Node) stamp(cmd *raftpb.Command) {
 const defaultApplyTimeout = 30 * time.Second
 
 // Apply stamps cmd's header where empty and applies it through Raft, on the
-// leader or forwarded to it, retrying while no leader is known. The error
-// is a transport or Raft error, or the command's refusal (raftfsm.Error).
-// A command whose outcome is unknown (the leader was lost after it was
-// sent) is not retried unless idempotent: the error says so.
+// leader or forwarded to it, retrying while a leader is being elected, and
+// after a leader was lost with the command in flight: the state machine
+// applies a command at most once per request ID (ledger records per
+// record), so a retry returns the first application's result. The error is
+// the command's refusal (raftfsm.Error); an UnavailableError when this
+// server cannot reach a leader (refused within Timing.NoLeader of losing
+// it, not at the deadline); or the context's error.
 func (n *Node) Apply(ctx context.Context, cmd *raftpb.Command) (*raftpb.Result, error) {
-	return n.apply(ctx, cmd, false)
-}
-
-// ApplyIdempotent is Apply for commands that are safe to apply twice (the
-// state machine deduplicates them), so unknown outcomes are retried.
-func (n *Node) ApplyIdempotent(ctx context.Context, cmd *raftpb.Command) (*raftpb.Result, error) {
 	return n.apply(ctx, cmd, true)
 }
 
-// errUnknownOutcome marks a command that may or may not have been applied.
-var errUnknownOutcome = errors.New("cluster: leadership lost while applying; the command may or may not have been applied")
+// ApplyIdempotent is Apply; it remains for callers that say so explicitly.
+func (n *Node) ApplyIdempotent(ctx context.Context, cmd *raftpb.Command) (*raftpb.Result, error) {
+	return n.apply(ctx, cmd, true)
+}
 
 func (n *Node) apply(ctx context.Context, cmd *raftpb.Command, idempotent bool) (*raftpb.Result, error) {
 	n.stamp(cmd)
@@ -281,10 +329,10 @@ func (n *Node) apply(ctx context.Context, cmd *raftpb.Command, idempotent bool) 
 		return nil, fmt.Errorf("cluster: encode command: %w", err)
 	}
 	var res *raftpb.Result
-	err = withRetry(ctx, "apply", func(ctx context.Context) error {
+	err = n.withRetry(ctx, "apply", func(ctx context.Context, lv leaderView) error {
 		var err error
-		res, err = n.tryApply(ctx, data)
-		if errors.Is(err, errUnknownOutcome) && !idempotent {
+		res, err = n.tryApply(ctx, lv, data)
+		if errors.Is(err, ErrUnknownOutcome) && !idempotent {
 			return permanent{err}
 		}
 		return err
@@ -300,61 +348,96 @@ type permanent struct{ error }
 
 func (p permanent) Unwrap() error { return p.error }
 
-// withRetry calls try until it succeeds or fails for good, backing off while
-// an election is under way or the leader is unreachable. Without a deadline
-// in ctx it gives up after defaultApplyTimeout.
-func withRetry(ctx context.Context, what string, try func(context.Context) error) error {
+// withRetry calls try until it succeeds or fails for good. While the leader
+// is being elected it retries, at the latest at every change of leader;
+// once this server has been without a reachable leader for longer than an
+// election takes (Timing.NoLeader), or its forwards have failed that long,
+// it returns an UnavailableError instead of waiting for ctx's deadline.
+// Without a deadline in ctx it gives up after defaultApplyTimeout. try gets
+// the leader as of the attempt, and the channel of its next change.
+func (n *Node) withRetry(ctx context.Context, what string, try func(ctx context.Context, lv leaderView) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
 		defer cancel()
 	}
-	for backoff := 5 * time.Millisecond; ; backoff = min(backoff*2, 200*time.Millisecond) {
-		err := try(ctx)
+	var failing time.Time // since when every attempt failed
+	for backoff := 5 * time.Millisecond; ; backoff = min(backoff*2, 100*time.Millisecond) {
+		lv := n.lead.view()
+		err := try(ctx, lv)
 		var p permanent
 		switch {
 		case err == nil:
 			return nil
 		case errors.As(err, &p):
 			return p.error
+		case ctx.Err() != nil:
+			return fmt.Errorf("cluster: %s: %w (last error: %v)", what, ctx.Err(), err)
 		case !retryable(err):
 			return err
+		}
+		if failing.IsZero() {
+			failing = time.Now()
+		}
+		if refused := n.refusal(err); refused != nil {
+			return refused
+		}
+		if time.Since(failing) > n.timing.Forward+n.timing.NoLeader {
+			_, leader := n.raft.LeaderWithID()
+			return &UnavailableError{Cause: CauseLeaderUnreachable, For: time.Since(failing), Err: err,
+				Detail: fmt.Sprintf("every attempt to reach leader %q failed", leader)}
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("cluster: %s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-lv.changed:
+			backoff = 5 * time.Millisecond
 		case <-time.After(backoff):
 		}
 	}
 }
 
-// errNoLeader is retried: an election is under way.
-var errNoLeader = errors.New("cluster: no leader")
-
+// retryable reports whether an attempt's failure may pass: an election, a
+// leader that changed or did not answer, a leader not reachable yet.
 func retryable(err error) bool {
-	if errors.Is(err, errNoLeader) || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, errUnknownOutcome) {
+	switch {
+	case errors.Is(err, errNoLeaderYet), errors.Is(err, ErrUnknownOutcome),
+		errors.Is(err, errLeaderChanged), errors.Is(err, errAttemptTimeout):
 		return true
 	}
-	switch status.Code(err) {
-	case codes.Unavailable, codes.FailedPrecondition, codes.Aborted, codes.DeadlineExceeded:
-		return true
-	}
-	return false
+	return rpcerr.Code(err) == codes.Unavailable
 }
 
-func (n *Node) tryApply(ctx context.Context, data []byte) (*raftpb.Result, error) {
+// forwardErr classifies the failure of a forward attempt made with
+// attempt's context actx: an attempt cut short by a leader change or its
+// timeout says so, for withRetry.
+func forwardErr(actx context.Context, err error) error {
+	if cause := context.Cause(actx); errors.Is(cause, errLeaderChanged) || errors.Is(cause, errAttemptTimeout) {
+		return fmt.Errorf("%w: %v", cause, err)
+	}
+	return err
+}
+
+func (n *Node) tryApply(ctx context.Context, lv leaderView, data []byte) (*raftpb.Result, error) {
 	if n.IsLeader() {
 		res, _, err := n.applyLocal(ctx, data)
 		return res, err
 	}
-	client, err := n.leaderClient()
+	client, err := n.clientOf(lv.leader)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.Apply(ctx, &clusterpb.ApplyRequest{Command: data})
+	actx, cancel := attempt(ctx, lv.changed, n.timing.Forward)
+	defer cancel()
+	resp, err := client.Apply(actx, &clusterpb.ApplyRequest{Command: data})
 	if err != nil {
-		if status.Code(err) == codes.Aborted {
-			return nil, fmt.Errorf("%w: %v", errUnknownOutcome, err)
+		err = forwardErr(actx, err)
+		switch {
+		case rpcerr.Code(err) == codes.Aborted:
+			return nil, &UnknownOutcomeError{Err: err}
+		case errors.Is(err, errLeaderChanged), errors.Is(err, errAttemptTimeout):
+			// Sent, and not answered: the leader may have applied it.
+			return nil, &UnknownOutcomeError{Err: err}
 		}
 		return nil, err
 	}
@@ -374,12 +457,12 @@ func (n *Node) applyLocal(ctx context.Context, data []byte) (*raftpb.Result, uin
 	case err := <-done:
 		switch {
 		case errors.Is(err, raft.ErrLeadershipLost):
-			return nil, 0, errUnknownOutcome
+			return nil, 0, &UnknownOutcomeError{Err: err}
 		case err != nil:
 			return nil, 0, err
 		}
 	case <-ctx.Done():
-		return nil, 0, fmt.Errorf("%w: %v", errUnknownOutcome, ctx.Err())
+		return nil, 0, &UnknownOutcomeError{Err: ctx.Err()}
 	}
 	res, ok := f.Response().(*raftpb.Result)
 	if !ok {
@@ -390,18 +473,35 @@ func (n *Node) applyLocal(ctx context.Context, data []byte) (*raftpb.Result, uin
 
 // LeaderClient returns a client of the leader's cluster API, or an error
 // while no leader (or its API address) is known.
-func (n *Node) LeaderClient() (clusterpb.ClusterClient, error) { return n.leaderClient() }
+func (n *Node) LeaderClient() (clusterpb.ClusterClient, error) {
+	return n.clientOf(n.lead.view().leader)
+}
 
-func (n *Node) leaderClient() (clusterpb.ClusterClient, error) {
-	_, id := n.raft.LeaderWithID()
+// clientOf returns a client of the cluster API of leader id.
+func (n *Node) clientOf(id raft.ServerID) (clusterpb.ClusterClient, error) {
 	if id == "" {
-		return nil, errNoLeader
+		return nil, errNoLeaderYet
 	}
 	srv := n.fsm.Read().Server(string(id))
 	if srv == nil || srv.ApiAddr == "" {
-		return nil, fmt.Errorf("%w: leader %s's API address is not known yet", errNoLeader, id)
+		return nil, fmt.Errorf("%w: leader %s's API address is not known yet", errNoLeaderYet, id)
 	}
 	return n.peers.get(srv.ApiAddr)
+}
+
+// Forward calls f with a client of the leader's cluster API, retrying as
+// Apply does (each attempt bounded by timeout and cut short when the
+// leader changes). f must be safe to call again after a failure.
+func (n *Node) Forward(ctx context.Context, timeout time.Duration, f func(ctx context.Context, leader clusterpb.ClusterClient) error) error {
+	return n.withRetry(ctx, "forward", func(ctx context.Context, lv leaderView) error {
+		client, err := n.clientOf(lv.leader)
+		if err != nil {
+			return err
+		}
+		actx, cancel := attempt(ctx, lv.changed, timeout)
+		defer cancel()
+		return forwardErr(actx, f(actx, client))
+	})
 }
 
 // ReadIndex makes the local state reflect every write committed before the
@@ -410,9 +510,9 @@ func (n *Node) leaderClient() (clusterpb.ClusterClient, error) {
 // barrier's index and waits until it has applied it.
 func (n *Node) ReadIndex(ctx context.Context) error {
 	var index uint64
-	if err := withRetry(ctx, "read index", func(ctx context.Context) error {
+	if err := n.withRetry(ctx, "read index", func(ctx context.Context, lv leaderView) error {
 		var err error
-		index, err = n.tryReadIndex(ctx)
+		index, err = n.tryReadIndex(ctx, lv)
 		return err
 	}); err != nil {
 		return err
@@ -420,19 +520,61 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 	return n.fsm.WaitApplied(ctx, index)
 }
 
-func (n *Node) tryReadIndex(ctx context.Context) (uint64, error) {
+func (n *Node) tryReadIndex(ctx context.Context, lv leaderView) (uint64, error) {
 	if n.IsLeader() {
 		return n.barrier.do(ctx)
 	}
-	client, err := n.leaderClient()
+	client, err := n.clientOf(lv.leader)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := client.ReadIndex(ctx, &clusterpb.ReadIndexRequest{})
+	actx, cancel := attempt(ctx, lv.changed, n.timing.Forward)
+	defer cancel()
+	resp, err := client.ReadIndex(actx, &clusterpb.ReadIndexRequest{})
 	if err != nil {
-		return 0, err
+		return 0, forwardErr(actx, err)
 	}
 	return resp.Index, nil
+}
+
+// Writable reports whether this server can serve writes now, with one
+// round trip and without retrying: it leads and a quorum confirms it, or it
+// follows a leader that answers a read barrier. The error says why not (an
+// UnavailableError, mostly).
+func (n *Node) Writable(ctx context.Context) error {
+	if n.removed() {
+		return &UnavailableError{Cause: CauseRemoved, Detail: "this server is not in the Raft configuration; `meshca operator raft add-voter` on a member puts it back"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.timing.Forward)
+	defer cancel()
+	if n.IsLeader() {
+		done := make(chan error, 1)
+		go func() { done <- n.raft.VerifyLeader().Error() }() // resolved within the leader lease
+		select {
+		case err := <-done:
+			if err != nil {
+				return &UnavailableError{Cause: CauseNoQuorum, Detail: "this server leads but a quorum does not confirm it", Err: err}
+			}
+			return nil
+		case <-ctx.Done():
+			return &UnavailableError{Cause: CauseNoQuorum, Detail: "this server leads but a quorum does not confirm it", Err: ctx.Err()}
+		}
+	}
+	lv := n.lead.view()
+	id := lv.leader
+	if id == "" {
+		if err := n.refusal(nil); err != nil {
+			return err
+		}
+		return &UnavailableError{Cause: CauseNoLeader, Detail: "an election is under way"}
+	}
+	if _, err := n.tryReadIndex(ctx, lv); err != nil {
+		if refused := n.refusal(err); refused != nil {
+			return refused
+		}
+		return &UnavailableError{Cause: CauseLeaderUnreachable, Detail: fmt.Sprintf("leader %s did not answer a read barrier", id), Err: err}
+	}
+	return nil
 }
 
 // runBarrier returns the state machine's index once every entry before the
@@ -452,32 +594,78 @@ func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
 	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_ADD_VOTER, Id: id, Address: addr})
 }
 
+// AddNonvoter adds a server to the Raft configuration without a vote: it
+// replicates, and counts toward no quorum until it is promoted with
+// AddVoter. A server that is already a voter stays one. This is how a new
+// server joins: added as a voter before its Raft runs and catches up, it
+// would raise the quorum with a vote that cannot be cast, and a cluster
+// already missing a server would lose its majority.
+func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
+	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_ADD_NONVOTER, Id: id, Address: addr})
+}
+
+// Promote makes the non-voter id (at addr) a voter, on the leader, if it
+// still is a non-voter of the configuration and recorded in the state;
+// otherwise it is refused (FailedPrecondition, not retried).
+func (n *Node) Promote(ctx context.Context, id, addr string) error {
+	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_PROMOTE, Id: id, Address: addr})
+}
+
 // RemoveServer removes a server from the Raft configuration.
 func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	return n.membership(ctx, &clusterpb.MembershipRequest{Op: clusterpb.MembershipRequest_REMOVE, Id: id})
 }
 
 func (n *Node) membership(ctx context.Context, req *clusterpb.MembershipRequest) error {
-	return withRetry(ctx, "membership change", func(ctx context.Context) error {
+	return n.withRetry(ctx, "membership change", func(ctx context.Context, lv leaderView) error {
 		if n.IsLeader() {
 			return n.membershipLocal(req)
 		}
-		client, err := n.leaderClient()
+		client, err := n.clientOf(lv.leader)
 		if err != nil {
 			return err
 		}
-		_, err = client.Membership(ctx, req)
-		return err
+		// A configuration change commits once the leader has replicated it.
+		actx, cancel := attempt(ctx, lv.changed, 10*time.Second)
+		defer cancel()
+		_, err = client.Membership(actx, req)
+		return forwardErr(actx, err)
 	})
 }
 
+// ErrNotPromotable refuses a promotion: the server is not a non-voter of
+// the configuration, or not recorded in the state (it was removed).
+var ErrNotPromotable = errors.New("cluster: not a recorded non-voter of the configuration")
+
 func (n *Node) membershipLocal(req *clusterpb.MembershipRequest) error {
+	// One change at a time, so that a promotion's check and its change are
+	// not separated by a removal.
+	n.membershipMu.Lock()
+	defer n.membershipMu.Unlock()
 	switch req.Op {
+	case clusterpb.MembershipRequest_PROMOTE:
+		if req.Id == "" || req.Address == "" {
+			return status.Error(codes.InvalidArgument, "promote needs an ID and an address")
+		}
+		servers, err := n.Peers()
+		if err != nil {
+			return err
+		}
+		nonvoter := slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == req.Id && s.Suffrage == raft.Nonvoter })
+		if !nonvoter || n.fsm.Read().Server(req.Id) == nil {
+			return status.Errorf(codes.FailedPrecondition, "promote %s: %v", req.Id, ErrNotPromotable)
+		}
+		return n.raft.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.Address), 0, 10*time.Second).Error()
 	case clusterpb.MembershipRequest_ADD_VOTER:
 		if req.Id == "" || req.Address == "" {
 			return status.Error(codes.InvalidArgument, "add-voter needs an ID and an address")
 		}
 		return n.raft.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.Address), 0, 10*time.Second).Error()
+	case clusterpb.MembershipRequest_ADD_NONVOTER:
+		if req.Id == "" || req.Address == "" {
+			return status.Error(codes.InvalidArgument, "add-nonvoter needs an ID and an address")
+		}
+		return n.raft.AddNonvoter(raft.ServerID(req.Id), raft.ServerAddress(req.Address), 0, 10*time.Second).Error()
 	case clusterpb.MembershipRequest_REMOVE:
 		if req.Id == "" {
 			return status.Error(codes.InvalidArgument, "remove needs an ID")
@@ -561,10 +749,15 @@ func (n *Node) Restore(ctx context.Context, r io.Reader) ([32]byte, error) {
 }
 
 func (n *Node) forwardRestore(ctx context.Context, r io.Reader) error {
-	client, err := n.leaderClient()
+	lv := n.lead.view()
+	client, err := n.clientOf(lv.leader)
 	if err != nil {
-		return err
+		return &UnavailableError{Cause: CauseNoLeader, Detail: "no leader to restore the snapshot", Err: err}
 	}
+	// One attempt (the snapshot is read once), cut short if the leader
+	// changes; its length is the caller's.
+	ctx, cancel := attempt(ctx, lv.changed, 24*time.Hour)
+	defer cancel()
 	stream, err := client.Restore(ctx)
 	if err != nil {
 		return err

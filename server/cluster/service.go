@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
-	"github.com/meshca/meshca/raftfsm"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
@@ -35,7 +36,12 @@ type Handlers struct {
 
 // Service is the cluster's gRPC API. Apply, ReadIndex, Membership and
 // Restore admit only servers of the trust domain; Join admits anyone with a
-// valid server join token (checked by the JoinFunc).
+// valid server join token (checked by the JoinFunc, on the leader).
+//
+// Its handlers return domain errors: register it on a grpc.Server with
+// internal/rpcerr's interceptors, which map them to status codes (a server
+// that is not the leader answers Unavailable, which the forwarding
+// follower retries; an unknown outcome is Aborted).
 type Service struct {
 	clusterpb.UnimplementedClusterServer
 	node *Node
@@ -44,6 +50,10 @@ type Service struct {
 
 // NewService returns the gRPC API of node; h handles what the server does.
 func NewService(node *Node, h Handlers) *Service { return &Service{node: node, h: h} }
+
+// joinTimeout bounds one attempt to forward a Join to the leader, which
+// signs intermediates and commits several commands.
+const joinTimeout = 30 * time.Second
 
 // PeerID returns the SPIFFE ID of a gRPC caller that presented a
 // certificate. Only connections accepted with Identity.APIServerTLS or
@@ -72,7 +82,7 @@ func (s *Service) requireServer(ctx context.Context) error {
 
 func (s *Service) requireLeader() error {
 	if !s.node.IsLeader() {
-		return status.Error(codes.FailedPrecondition, "not the leader")
+		return fmt.Errorf("cluster: %s: %w", s.node.cfg.NodeID, raft.ErrNotLeader)
 	}
 	return nil
 }
@@ -94,7 +104,7 @@ func (s *Service) Apply(ctx context.Context, req *clusterpb.ApplyRequest) (*clus
 		// leader's own in its next ledger entry.
 		res, err := s.node.commitRecords(ctx, al.Records)
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 		b, err := proto.Marshal(res)
 		if err != nil {
@@ -104,7 +114,7 @@ func (s *Service) Apply(ctx context.Context, req *clusterpb.ApplyRequest) (*clus
 	}
 	res, index, err := s.node.applyLocal(ctx, req.Command)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	b, err := proto.Marshal(res)
 	if err != nil {
@@ -123,7 +133,7 @@ func (s *Service) ReadIndex(ctx context.Context, _ *clusterpb.ReadIndexRequest) 
 	}
 	index, err := s.node.barrier.do(ctx)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &clusterpb.ReadIndexResponse{Index: index}, nil
 }
@@ -137,7 +147,7 @@ func (s *Service) Membership(ctx context.Context, req *clusterpb.MembershipReque
 		return nil, err
 	}
 	if err := s.node.membershipLocal(req); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &clusterpb.MembershipResponse{}, nil
 }
@@ -169,20 +179,32 @@ func (s *Service) Restore(stream clusterpb.Cluster_RestoreServer) error {
 	}
 	hash, err := s.node.Restore(stream.Context(), &buf)
 	if err != nil {
-		return toStatus(err)
+		return err
 	}
 	return stream.SendAndClose(&clusterpb.RestoreResponse{StateHash: hash[:]})
 }
 
-// Join admits a new server.
+// Join admits a new server: on the leader by the JoinFunc, elsewhere
+// forwarded to the leader (each attempt bounded, and cut short when the
+// leader changes).
 func (s *Service) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
 	if s.h.Join == nil {
 		return nil, status.Error(codes.Unimplemented, "this server does not admit new servers")
 	}
-	return s.h.Join(ctx, req)
+	if s.node.IsLeader() {
+		return s.h.Join(ctx, req)
+	}
+	var resp *clusterpb.JoinResponse
+	err := s.node.Forward(ctx, joinTimeout, func(ctx context.Context, leader clusterpb.ClusterClient) error {
+		var err error
+		resp, err = leader.Join(ctx, req)
+		return err
+	})
+	return resp, err
 }
 
-// CertifyIntermediate certifies the calling server's next intermediate.
+// CertifyIntermediate certifies the calling server's next intermediate, on
+// the leader.
 func (s *Service) CertifyIntermediate(ctx context.Context, req *clusterpb.CertifyIntermediateRequest) (*clusterpb.CertifyIntermediateResponse, error) {
 	if err := s.requireServer(ctx); err != nil {
 		return nil, err
@@ -196,33 +218,7 @@ func (s *Service) CertifyIntermediate(ctx context.Context, req *clusterpb.Certif
 	id, _ := PeerID(ctx)
 	der, err := s.h.Certify(ctx, strings.TrimPrefix(id.Path(), ServerIDPrefix), req.Profile, req.Csr)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &clusterpb.CertifyIntermediateResponse{Certificate: der}, nil
-}
-
-// toStatus maps errors to gRPC status: leadership changes are retryable by
-// the forwarding follower; an unknown outcome is Aborted.
-func toStatus(err error) error {
-	var fsmErr *raftfsm.Error
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, errUnknownOutcome):
-		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, raftfsm.ErrCorruptSnapshot):
-		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.As(err, &fsmErr):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return status.FromContextError(err).Err()
-	case errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, raft.ErrEnqueueTimeout):
-		return status.Error(codes.Unavailable, err.Error())
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.Error(codes.Internal, err.Error())
 }
