@@ -139,7 +139,9 @@ type Authorizer interface {
 type AuthorizerFunc func(ctx context.Context, r *Request) (Decision, error)
 
 // Authorize calls f.
-func (f AuthorizerFunc) Authorize(ctx context.Context, r *Request) (Decision, error) { return f(ctx, r) }
+func (f AuthorizerFunc) Authorize(ctx context.Context, r *Request) (Decision, error) {
+	return f(ctx, r)
+}
 
 // entryAuthorizer is the default Authorizer: registration-entry matching,
 // as every meshca before policies.
