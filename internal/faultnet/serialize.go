@@ -12,7 +12,8 @@ import (
 // packages at once, and two fault suites sharing two cores disturb the
 // timings they measure. It blocks until no other fault test runs and holds
 // the turn until tb ends (an exclusive flock on a file in the temporary
-// directory, released by the kernel if the process dies).
+// directory, released by the kernel if the process dies). It is not
+// reentrant: call it once per test or benchmark, not per repetition.
 func Serialize(tb testing.TB) {
 	tb.Helper()
 	f, err := os.OpenFile(filepath.Join(os.TempDir(), "meshca-fault-tests.lock"), os.O_CREATE|os.O_RDWR, 0o600)

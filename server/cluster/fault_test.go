@@ -183,8 +183,8 @@ func isolatedCause(err error) bool {
 // runFault runs one fault on a fresh cluster of size servers: the leader,
 // and the first `followers` followers with it, are frozen, partitioned or
 // killed for dur.
+// The caller holds the fault tests' turn (faultnet.Serialize).
 func runFault(t testing.TB, size, followers int, kind faultKind, dur time.Duration) faultResult {
-	faultnet.Serialize(t)
 	c := newTestCluster(t, size, clusterOpts{})
 	load := &faultLoad{acked: map[string]bool{}, tried: map[string]bool{}}
 	ctx, stop := context.WithCancel(context.Background())
@@ -362,13 +362,30 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func TestFaultLeaderFrozen(t *testing.T)      { runFault(t, 3, 0, freeze, faultDuration) }
-func TestFaultLeaderPartitioned(t *testing.T) { runFault(t, 3, 0, partition, faultDuration) }
-func TestFaultLeaderKilled(t *testing.T)      { runFault(t, 3, 0, kill, faultDuration) }
+func TestFaultLeaderFrozen(t *testing.T) {
+	faultnet.Serialize(t)
+	runFault(t, 3, 0, freeze, faultDuration)
+}
 
-func TestFaultLeaderAndFollowerFrozen(t *testing.T) { runFault(t, 5, 1, freeze, faultDuration) }
+func TestFaultLeaderPartitioned(t *testing.T) {
+	faultnet.Serialize(t)
+	runFault(t, 3, 0, partition, faultDuration)
+}
 
-func TestFaultLeaderAndFollowerPartitioned(t *testing.T) { runFault(t, 5, 1, partition, faultDuration) }
+func TestFaultLeaderKilled(t *testing.T) {
+	faultnet.Serialize(t)
+	runFault(t, 3, 0, kill, faultDuration)
+}
+
+func TestFaultLeaderAndFollowerFrozen(t *testing.T) {
+	faultnet.Serialize(t)
+	runFault(t, 5, 1, freeze, faultDuration)
+}
+
+func TestFaultLeaderAndFollowerPartitioned(t *testing.T) {
+	faultnet.Serialize(t)
+	runFault(t, 5, 1, partition, faultDuration)
+}
 
 // BenchmarkFaultGap repeats each fault of the suite on a fresh 3-server
 // cluster (a 4 s fault: longer than any failover) and reports the
@@ -379,6 +396,7 @@ func TestFaultLeaderAndFollowerPartitioned(t *testing.T) { runFault(t, 5, 1, par
 func BenchmarkFaultGap(b *testing.B) {
 	for _, kind := range []faultKind{freeze, partition, kill} {
 		b.Run(kind.String(), func(b *testing.B) {
+			faultnet.Serialize(b) // once: the turn is held until b ends
 			var gaps, elections, refusals []time.Duration
 			for i := 0; i < b.N; i++ {
 				r := runFault(b, 3, 0, kind, 4*time.Second)
