@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/server/cluster"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -19,10 +20,19 @@ func (s *Server) requireAdmin(ctx context.Context, method string) error {
 		if ok {
 			who = id.String()
 		}
-		s.audit.Warn("operator api", "decision", "deny", "caller", who, "method", method, "reason", "not an admin ID")
+		s.events.Record(audit.Event{Actor: who, Action: "operator.call", Subject: method, Decision: audit.Deny, Reason: "not an admin ID"})
 		return status.Errorf(codes.PermissionDenied, "%s is not an admin of this server", who)
 	}
 	return nil
+}
+
+// adminActor names the operator of a call: "operator" on the admin socket,
+// the admin's SPIFFE ID over mutual TLS.
+func adminActor(ctx context.Context) string {
+	if id, ok := cluster.PeerID(ctx); ok {
+		return id.String()
+	}
+	return operatorNodeID
 }
 
 func (s *Server) requireAdminUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -37,4 +47,10 @@ func (s *Server) requireAdminStream(srv any, ss grpc.ServerStream, info *grpc.St
 		return err
 	}
 	return h(srv, ss)
+}
+
+// auditOp records an operator's action or a refusal of it, with the admin
+// who asked as the actor.
+func (s *Server) auditOp(ctx context.Context, action, subject string, d audit.Decision, reason string, details map[string]string) {
+	s.events.Record(audit.Event{Actor: adminActor(ctx), Action: action, Subject: subject, Decision: d, Reason: reason, Details: details})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server/cluster"
@@ -62,9 +63,17 @@ type Config struct {
 	// on), e.g. x509pop and k8s_psat.
 	NodeAttestors []attest.NodeAttestor
 
-	// Logger receives the server's logs, including the audit trail of
-	// every allow/deny decision. Default: slog.Default().
+	// Logger receives the server's logs, and a line for every audit event.
+	// Default: slog.Default().
 	Logger *slog.Logger
+	// Audit receives the audit trail: an event for every allow and deny
+	// decision and every operator action. Default: a durable log in
+	// DataDir/audit (see package audit), which also writes each event to
+	// Logger.
+	Audit audit.Recorder
+	// Authorizer decides which identities may be issued to whom.
+	// Default: registration entries (see Authorizer).
+	Authorizer Authorizer
 	// RaftLogger receives hashicorp/raft's logs. Default: warnings to stderr.
 	RaftLogger hclog.Logger
 	// Timing tunes Raft (zero: cluster.DefaultTiming).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/attest/k8s"
 	"github.com/meshca/meshca/attest/unix"
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/internal/rpcerr"
@@ -221,7 +223,7 @@ func checkDuplicate(r *raftfsm.Reader, e *operatorpb.Entry) error {
 
 func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, create, allowUnknownParent bool) (*operatorpb.EntryResponse, error) {
 	if err := validateEntry(o.s.td, e); err != nil {
-		o.s.audit.Warn("entry write", "decision", "deny", "spiffe_id", e.GetSpiffeId(), "reason", err.Error())
+		o.s.auditOp(ctx, "entry.write", e.GetSpiffeId(), audit.Deny, err.Error(), nil)
 		return nil, status.Errorf(codes.InvalidArgument, "invalid entry: %v", err)
 	}
 	expect := e.Revision
@@ -241,16 +243,17 @@ func (o *operatorService) putEntry(ctx context.Context, e *operatorpb.Entry, cre
 		err = o.checkParent(r, e.ParentId, allowUnknownParent)
 	}
 	if err != nil {
-		o.s.audit.Warn("entry write", "decision", "deny", "spiffe_id", e.GetSpiffeId(), "parent_id", e.GetParentId(), "reason", status.Convert(err).Message())
+		o.s.auditOp(ctx, "entry.write", e.GetSpiffeId(), audit.Deny, status.Convert(err).Message(), map[string]string{"parent_id": e.GetParentId()})
 		return nil, err
 	}
 	re := toRaftEntry(e)
 	re.CreatedUnixNano = o.s.cfg.Clock.Now().UnixNano()
 	res, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PutEntry{PutEntry: &raftpb.PutEntry{Entry: re, ExpectRevision: expect}}})
 	if err != nil {
+		o.s.auditOp(ctx, "entry.write", e.SpiffeId, audit.Deny, status.Convert(fsmStatus(err)).Message(), map[string]string{"entry": e.Id})
 		return nil, fsmStatus(err)
 	}
-	o.s.audit.Info("entry write", "decision", "allow", "entry", e.Id, "spiffe_id", e.SpiffeId, "parent_id", e.ParentId, "revision", res.Value)
+	o.s.auditOp(ctx, "entry.write", e.SpiffeId, audit.Allow, "", map[string]string{"entry": e.Id, "parent_id": e.ParentId, "revision": strconv.FormatUint(res.Value, 10)})
 	if err := o.s.node.ReadIndex(ctx); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
@@ -273,9 +276,10 @@ func (o *operatorService) UpdateEntry(ctx context.Context, req *operatorpb.Updat
 
 func (o *operatorService) DeleteEntry(ctx context.Context, req *operatorpb.DeleteEntryRequest) (*operatorpb.DeleteEntryResponse, error) {
 	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_DeleteEntry{DeleteEntry: &raftpb.DeleteEntry{Id: req.Id}}}); err != nil {
+		o.s.auditOp(ctx, "entry.delete", req.Id, audit.Deny, status.Convert(fsmStatus(err)).Message(), nil)
 		return nil, fsmStatus(err)
 	}
-	o.s.audit.Info("entry delete", "decision", "allow", "entry", req.Id)
+	o.s.auditOp(ctx, "entry.delete", req.Id, audit.Allow, "", nil)
 	return &operatorpb.DeleteEntryResponse{}, nil
 }
 

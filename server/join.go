@@ -13,9 +13,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/proto/clusterpb"
@@ -257,7 +259,7 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 		from = p.Addr.String()
 	}
 	deny := func(code codes.Code, reason string) error {
-		s.audit.Warn("join", "decision", "deny", "joining_node", req.NodeId, "from", from, "reason", reason)
+		s.events.Record(audit.Event{Actor: from, Action: "server.join", Subject: req.NodeId, Decision: audit.Deny, Reason: reason})
 		return status.Error(code, reason)
 	}
 	switch {
@@ -336,7 +338,8 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	if err := s.node.AddNonvoter(ctx, req.NodeId, req.RaftAddr); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.NodeId, err)
 	}
-	s.audit.Info("join", "decision", "allow", "joining_node", req.NodeId, "from", from, "raft_addr", req.RaftAddr, "again", again)
+	s.events.Record(audit.Event{Actor: from, Action: "server.join", Subject: req.NodeId, Decision: audit.Allow,
+		Details: map[string]string{"raft_addr": req.RaftAddr, "again": strconv.FormatBool(again)}})
 	return resp, nil
 }
 

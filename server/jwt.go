@@ -108,36 +108,43 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, req *nodepb.SignJWTSVIDRe
 		r = n.s.fsm.Read()
 		e = r.Entry(req.EntryId)
 	}
-	if e == nil || e.ParentId != agentID {
-		n.s.audit.Warn("sign jwt-svid", "decision", "deny", "agent_id", agentID, "entry", req.EntryId, "reason", "not the entry's parent")
-		return nil, status.Errorf(codes.PermissionDenied, "entry %q does not exist or is not one of this node's", req.EntryId)
+	q := &Request{Kind: KindJWTSVID, Caller: &Caller{AgentID: agentID, Node: r.Node(agentID)}, Entry: e, EntryID: req.EntryId, Audience: req.Audience}
+	if e != nil {
+		entryTTL, err := duration.Seconds("entry ttl_seconds", e.TtlSeconds, 0, MaxEntryTTL)
+		if err != nil {
+			return nil, err
+		}
+		q.TTL = min(DefaultJWTSVIDTTL, entryTTL)
 	}
-	kid, signer, err := n.s.jwtSigner(r)
-	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
-	}
-	priv, ok := signer.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, status.Error(codes.Internal, "JWT key is not ECDSA")
-	}
-	entryTTL, err := duration.Seconds("entry ttl_seconds", e.TtlSeconds, 0, MaxEntryTTL)
+	token, exp, err := n.s.issueJWT(ctx, q)
 	if err != nil {
 		return nil, err
 	}
-	ttl := min(DefaultJWTSVIDTTL, entryTTL)
-	now := n.s.cfg.Clock.Now()
+	return &nodepb.SignJWTSVIDResponse{Token: token, ExpiresUnix: exp.Unix()}, nil
+}
+
+// signJWT signs an authorized JWT-SVID request with the active JWT key.
+func (s *Server) signJWT(r *Request) (string, time.Time, error) {
+	kid, signer, err := s.jwtSigner(s.fsm.Read())
+	if err != nil {
+		return "", time.Time{}, status.Error(codes.Unavailable, err.Error())
+	}
+	priv, ok := signer.(*ecdsa.PrivateKey)
+	if !ok {
+		return "", time.Time{}, status.Error(codes.Internal, "JWT key is not ECDSA")
+	}
+	now := s.cfg.Clock.Now()
 	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: priv, KeyID: kid}}, (&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return "", time.Time{}, status.Error(codes.Internal, err.Error())
 	}
-	exp := now.Add(ttl)
-	token, err := jwt.Signed(sig).Claims(jwt.Claims{Subject: e.SpiffeId, Audience: jwt.Audience(req.Audience),
+	exp := now.Add(r.TTL)
+	token, err := jwt.Signed(sig).Claims(jwt.Claims{Subject: r.SPIFFEID, Audience: jwt.Audience(r.Audience),
 		IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(exp)}).Serialize()
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return "", time.Time{}, status.Error(codes.Internal, err.Error())
 	}
-	n.s.audit.Info("sign jwt-svid", "decision", "allow", "agent_id", agentID, "entry", e.Id, "spiffe_id", e.SpiffeId, "audience", req.Audience)
-	return &nodepb.SignJWTSVIDResponse{Token: token, ExpiresUnix: exp.Unix()}, nil
+	return token, exp, nil
 }
 
 // jwtAuthorities lists the JWT keys for bundles.

@@ -2,9 +2,9 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/proto/operatorpb"
@@ -25,46 +25,32 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 	if profile == "" {
 		profile = ca.ProfileECDSA
 	}
-	issuer, ok := o.s.issuer(profile)
-	if !ok {
+	if _, err := ca.ProfileByName(profile); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "unknown profile %q: want %q or %q", profile, ca.ProfileECDSA, ca.ProfileSM2)
 	}
-	deny := func(reason string) error {
-		o.s.audit.Warn("mint x509-svid", "decision", "deny", "spiffe_id", req.SpiffeId, "reason", reason)
+	invalid := func(reason string) error {
+		o.s.events.Record(audit.Event{Actor: adminActor(ctx), Action: KindMint.action(), Subject: req.SpiffeId, Decision: audit.Deny, Reason: reason})
 		return status.Error(codes.InvalidArgument, reason)
 	}
 	ttl, err := duration.Seconds("ttl_seconds", req.TtlSeconds, 0, duration.Max)
 	if err != nil {
-		return nil, deny(err.Error())
+		return nil, invalid(err.Error())
 	}
-	// The /meshca/ paths name servers and agents: a minted one would be
-	// accepted by the cluster API as a server, or open an agent's Sync
-	// stream and receive its entries.
-	if id, err := ca.ParseWorkloadID(req.SpiffeId); err == nil && reservedPath(id.Path()) {
-		return nil, deny(fmt.Sprintf("SPIFFE ID %s: the /meshca/ path is reserved for servers and agents", req.SpiffeId))
-	}
-	done, err := o.s.admission.admit(operatorNodeID, 1)
+	id, err := ca.ParseWorkloadID(req.SpiffeId)
 	if err != nil {
-		return nil, err
+		return nil, invalid(err.Error())
 	}
-	defer done()
-	if err := o.s.admission.acquire(ctx); err != nil {
-		return nil, status.FromContextError(err).Err()
+	if id.TrustDomain() != o.s.td {
+		return nil, invalid(fmt.Sprintf("%q is not in trust domain %q", req.SpiffeId, o.s.td.Name()))
 	}
-	svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: req.Csr, SPIFFEID: req.SpiffeId, DNSNames: req.DnsNames,
-		TTL: ttl})
-	o.s.admission.release()
-	var re *ca.RequestError
-	switch {
-	case errors.As(err, &re):
-		return nil, deny(err.Error())
-	case err != nil:
-		return nil, fmt.Errorf("sign: %w", err)
+	// The Authorizer refuses the /meshca/ paths: they name servers and
+	// agents, and a minted one would be accepted by the cluster API as a
+	// server, or open an agent's Sync stream and receive its entries.
+	svid, _, err := o.s.issueOne(ctx, &Request{Kind: KindMint, Caller: &Caller{Admin: adminActor(ctx)}, SPIFFEID: req.SpiffeId,
+		Profile: profile, DNSNames: req.DnsNames, TTL: ttl, CSR: req.Csr}, nil)
+	if err != nil {
+		return nil, err // a refusal keeps its code; a bad CSR is InvalidArgument, a failed commit Unavailable, by type
 	}
-	if err := o.s.commitSVID(ctx, svid, operatorNodeID, issuer); err != nil {
-		return nil, err // a failed commit is Unavailable, by type
-	}
-	o.s.audit.Info("mint x509-svid", "decision", "allow", "spiffe_id", svid.SPIFFEID, "profile", profile, "serial", fmt.Sprintf("%x", svid.SerialNumber))
 	resp := &operatorpb.MintX509SVIDResponse{Chain: svid.Certificates}
 	for _, a := range o.s.fsm.Read().Authorities() {
 		if a.Kind == raftpb.AuthorityKind_ROOT && a.State == raftpb.AuthorityState_ACTIVE && a.Profile == profile {

@@ -22,8 +22,8 @@ func TestMintRefusesReservedPaths(t *testing.T) {
 	csr, _ := ca.ECDSA.CreateCSR(key)
 	for _, id := range []string{"spiffe://example.org/meshca/server/x", "spiffe://example.org/meshca/agent/join_token/abc", "spiffe://example.org/meshca"} {
 		_, err := s1.operator().MintX509SVID(ctx(t), &operatorpb.MintX509SVIDRequest{SpiffeId: id, Csr: csr})
-		if status.Code(err) != codes.InvalidArgument {
-			t.Errorf("mint %s: %v, want InvalidArgument", id, err)
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("mint %s: %v, want PermissionDenied", id, err)
 		}
 	}
 	if _, err := s1.operator().MintX509SVID(ctx(t), &operatorpb.MintX509SVIDRequest{SpiffeId: "spiffe://example.org/meshcafe/x", Csr: csr}); err != nil {

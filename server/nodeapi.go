@@ -2,15 +2,14 @@ package server
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/internal/rpcerr"
@@ -61,7 +60,7 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 		return status.Error(codes.InvalidArgument, "attestation must begin with a start message")
 	}
 	deny := func(code codes.Code, reason string) error {
-		n.s.audit.Warn("node attest", "decision", "deny", "attestor", start.Attestor, "from", from, "reason", reason)
+		n.s.events.Record(audit.Event{Actor: from, Action: "node.attest", Subject: start.Attestor, Decision: audit.Deny, Reason: reason})
 		return status.Error(code, reason)
 	}
 	att, ok := n.s.attestors[start.Attestor]
@@ -100,26 +99,23 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 			return err
 		}
 	}
-	if node := n.s.fsm.Read().Node(agentID); node != nil && node.Banned {
-		return deny(codes.PermissionDenied, "node "+agentID+" is banned")
-	}
-	svid, iss, err := n.s.issueAgentSVID(ctx, start.Csr, res.AgentID)
-	var re *ca.RequestError
-	switch {
-	case errors.As(err, &re):
-		return deny(codes.InvalidArgument, "agent SVID: "+err.Error())
-	case err != nil:
-		return err
-	}
-	node := &raftpb.Node{SpiffeId: agentID, Attestor: att.Name(), AttestedUnixNano: n.s.cfg.Clock.Now().UnixNano(), ExpiresUnixNano: svid.NotAfter.UnixNano()}
+	node := &raftpb.Node{SpiffeId: agentID, Attestor: att.Name(), AttestedUnixNano: n.s.cfg.Clock.Now().UnixNano()}
 	for _, sel := range res.Selectors {
 		node.Selectors = append(node.Selectors, &raftpb.Selector{Type: sel.Type, Value: sel.Value})
 	}
-	// One command: the token is consumed, the node recorded and the SVID's
-	// ledger record appended, all or nothing; retried with its request ID
-	// after a leader change, it is applied once.
-	_, err = n.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_AttestAgent{AttestAgent: &raftpb.AttestAgent{
-		Token: token, Node: node, Record: ledgerRecord(svid, agentID, iss)}}})
+	caller := &Caller{AgentID: agentID, Node: node}
+	if cur := n.s.fsm.Read().Node(agentID); cur != nil && cur.Banned {
+		caller.Node = cur // a banned node stays banned: the Authorizer refuses it
+	}
+	// One command records it all: the token is consumed, the node recorded
+	// and the SVID's ledger record appended, all or nothing; retried with
+	// its request ID after a leader change, it is applied once.
+	commit := n.s.commitCommand(func(rec *raftpb.LedgerRecord) *raftpb.Command {
+		node.ExpiresUnixNano = rec.NotAfterUnix * int64(time.Second)
+		return &raftpb.Command{Op: &raftpb.Command_AttestAgent{AttestAgent: &raftpb.AttestAgent{Token: token, Node: node, Record: rec}}}
+	})
+	svid, _, err := n.s.issueOne(ctx, &Request{Kind: KindAgentSVID, Caller: caller, SPIFFEID: agentID, Profile: ca.ProfileECDSA,
+		TTL: AgentSVIDTTL, CSR: start.Csr}, commit)
 	var fsmErr *raftfsm.Error
 	switch {
 	case errors.Is(err, raftfsm.ErrConflict):
@@ -127,10 +123,8 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 	case errors.As(err, &fsmErr):
 		return deny(codes.PermissionDenied, tokenRefusal(fsmErr))
 	case err != nil:
-		return status.Errorf(codes.Unavailable, "record the agent: %v", err)
+		return err
 	}
-	n.s.audit.Info("node attest", "decision", "allow", "attestor", att.Name(), "agent_id", agentID, "from", from,
-		"serial", fmt.Sprintf("%x", svid.SerialNumber))
 	return stream.Send(&nodepb.AttestResponse{Step: &nodepb.AttestResponse_Result{Result: &nodepb.AttestResult{
 		AgentId: agentID, SvidChain: svid.Certificates, Bundle: bundleOf(n.s.fsm.Read(), n.s.td)}}})
 }
@@ -180,42 +174,10 @@ func (s *Server) checkToken(ctx context.Context, op *raftpb.ConsumeJoinToken) er
 	return err
 }
 
-// issueAgentSVID signs an agent's SVID from this server's ECDSA
-// intermediate, admitted like every signing request. It records nothing.
-func (s *Server) issueAgentSVID(ctx context.Context, csr []byte, id spiffeid.ID) (*ca.X509SVID, *issuer, error) {
-	done, err := s.admission.admit(id.String(), 1)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer done()
-	if err := s.admission.acquire(ctx); err != nil {
-		return nil, nil, status.FromContextError(err).Err()
-	}
-	defer s.admission.release()
-	iss, ok := s.issuer(ca.ProfileECDSA)
-	if !ok {
-		return nil, nil, status.Error(codes.Unavailable, "no ECDSA intermediate")
-	}
-	svid, err := iss.SignX509SVID(ctx, ca.X509SVIDParams{CSR: csr, SPIFFEID: id.String(), TTL: AgentSVIDTTL})
-	if err != nil {
-		return nil, nil, err
-	}
-	return svid, iss, nil
-}
-
 // ledgerRecord is the ledger record of an issued certificate.
 func ledgerRecord(svid *ca.X509SVID, nodeID string, iss *issuer) *raftpb.LedgerRecord {
 	return &raftpb.LedgerRecord{Serial: svid.SerialNumber.Bytes(), SpiffeId: svid.SPIFFEID, NodeId: nodeID, Profile: svid.Profile,
 		IssuerId: iss.id, NotBeforeUnix: svid.NotBefore.Unix(), NotAfterUnix: svid.NotAfter.Unix()}
-}
-
-// commitSVID records an issued certificate; no certificate leaves the
-// server before its record is committed on a quorum.
-func (s *Server) commitSVID(ctx context.Context, svid *ca.X509SVID, nodeID string, iss *issuer) error {
-	if err := s.node.CommitLedger(ctx, ledgerRecord(svid, nodeID, iss)); err != nil {
-		return fmt.Errorf("record the certificate: %w", err)
-	}
-	return nil
 }
 
 // requireAgent returns the calling agent's ID: its SVID (verified during
@@ -239,7 +201,7 @@ func (s *Server) requireAgent(ctx context.Context) (string, error) {
 	case node == nil:
 		return "", status.Errorf(codes.PermissionDenied, "node %s is not known (evicted?): attest again", agentID)
 	case node.Banned:
-		s.audit.Warn("node api", "decision", "deny", "agent_id", agentID, "reason", "banned")
+		s.events.Record(audit.Event{Actor: agentID, Action: "node.api", Decision: audit.Deny, Reason: "banned"})
 		return "", status.Errorf(codes.PermissionDenied, "node %s is banned", agentID)
 	}
 	return agentID, nil
@@ -316,11 +278,6 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 	if len(req.Requests) > MaxSignBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "%d CSRs in one batch; at most %d", len(req.Requests), MaxSignBatch)
 	}
-	done, err := n.s.admission.admit(agentID, len(req.Requests))
-	if err != nil {
-		return nil, err
-	}
-	defer done()
 	r := n.s.fsm.Read()
 	// An entry created a moment ago may not be applied here yet: one
 	// linearizable read for the batch, not one per missing entry.
@@ -333,64 +290,33 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 			break
 		}
 	}
+	caller := &Caller{AgentID: agentID, Node: r.Node(agentID)}
+	reqs := make([]*Request, len(req.Requests))
 	resp := &nodepb.SignX509SVIDsResponse{Results: make([]*nodepb.SVIDResult, len(req.Requests))}
-	var (
-		wg          sync.WaitGroup
-		mu          sync.Mutex
-		unavailable error // a commit failed for want of a leader or quorum
-	)
-	defer wg.Wait() // on every return: no commit outlives the call
 	for i, sr := range req.Requests {
-		res := &nodepb.SVIDResult{EntryId: sr.EntryId}
-		resp.Results[i] = res
-		e := r.Entry(sr.EntryId)
-		if e == nil || e.ParentId != agentID {
-			res.Error = fmt.Sprintf("entry %q does not exist or is not one of this node's", sr.EntryId)
-			n.s.audit.Warn("sign x509-svid", "decision", "deny", "agent_id", agentID, "entry", sr.EntryId, "reason", "not the entry's parent")
-			continue
-		}
-		issuer, ok := n.s.issuer(e.Profile)
-		if !ok {
-			res.Error = "no issuer for profile " + e.Profile
-			continue
-		}
-		ttl, err := duration.Seconds("entry ttl_seconds", e.TtlSeconds, 0, MaxEntryTTL)
-		if err != nil {
-			res.Error = err.Error()
-			continue
-		}
-		if err := n.s.admission.acquire(ctx); err != nil {
-			return nil, status.FromContextError(err).Err()
-		}
-		svid, err := issuer.SignX509SVID(ctx, ca.X509SVIDParams{CSR: sr.Csr, SPIFFEID: e.SpiffeId, DNSNames: e.DnsNames, TTL: ttl})
-		n.s.admission.release()
-		if err != nil {
-			res.Error = err.Error()
-			n.s.audit.Warn("sign x509-svid", "decision", "deny", "agent_id", agentID, "entry", e.Id, "reason", err.Error())
-			continue
-		}
-		wg.Add(1)
-		go func() { // the ledger group-commits the whole batch
-			defer wg.Done()
-			if err := n.s.commitSVID(ctx, svid, agentID, issuer); err != nil {
-				res.Error = err.Error()
-				if rpcerr.Code(err) == codes.Unavailable {
-					mu.Lock()
-					unavailable = cmp.Or(unavailable, err)
-					mu.Unlock()
-				}
-				return
+		resp.Results[i] = &nodepb.SVIDResult{EntryId: sr.EntryId}
+		q := &Request{Kind: KindWorkloadSVID, Caller: caller, EntryID: sr.EntryId, CSR: sr.Csr}
+		if e := r.Entry(sr.EntryId); e != nil {
+			ttl, err := duration.Seconds("entry ttl_seconds", e.TtlSeconds, 0, MaxEntryTTL)
+			if err != nil {
+				return nil, err
 			}
-			res.Chain = svid.Certificates
-			n.s.audit.Info("sign x509-svid", "decision", "allow", "agent_id", agentID, "entry", e.Id, "spiffe_id", e.SpiffeId,
-				"serial", fmt.Sprintf("%x", svid.SerialNumber))
-		}()
+			q.Entry, q.Profile, q.DNSNames, q.TTL = e, e.Profile, e.DnsNames, ttl
+		}
+		reqs[i] = q
 	}
-	wg.Wait()
-	if unavailable != nil {
-		// Not a refusal of these requests: the agent retries the batch at
-		// once, here or through another server, instead of at its next round.
-		return nil, unavailable
+	out, err := n.s.issueX509(ctx, reqs, nil)
+	if err != nil {
+		// Not a refusal of these requests (a failed commit, load shed):
+		// the agent retries the batch, here or through another server.
+		return nil, err
+	}
+	for i, o := range out {
+		if o.err != nil {
+			resp.Results[i].Error = status.Convert(o.err).Message()
+			continue
+		}
+		resp.Results[i].Chain = o.svid.Certificates
 	}
 	return resp, nil
 }
@@ -405,32 +331,25 @@ func (n *nodeService) RenewAgentSVID(ctx context.Context, req *nodepb.RenewAgent
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	svid, iss, err := n.s.issueAgentSVID(ctx, req.Csr, id)
-	var re *ca.RequestError
-	switch {
-	case errors.As(err, &re):
-		n.s.audit.Warn("agent svid renew", "decision", "deny", "agent_id", agentID, "reason", err.Error())
-		return nil, status.Errorf(codes.InvalidArgument, "agent SVID: %v", err)
-	case err != nil:
-		return nil, err
-	}
-	// The node's expiry moves with its SVID, in the same command as the
-	// SVID's ledger record.
 	cur := n.s.fsm.Read().Node(agentID)
 	if cur == nil {
 		return nil, status.Errorf(codes.PermissionDenied, "node %s was evicted: attest again", agentID)
 	}
-	node := proto.Clone(cur).(*raftpb.Node)
-	node.ExpiresUnixNano = svid.NotAfter.UnixNano()
-	_, err = n.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_AttestAgent{AttestAgent: &raftpb.AttestAgent{
-		Node: node, Record: ledgerRecord(svid, agentID, iss)}}})
+	// The node's expiry moves with its SVID, in the same command as the
+	// SVID's ledger record.
+	commit := n.s.commitCommand(func(rec *raftpb.LedgerRecord) *raftpb.Command {
+		node := proto.Clone(cur).(*raftpb.Node)
+		node.ExpiresUnixNano = rec.NotAfterUnix * int64(time.Second)
+		return &raftpb.Command{Op: &raftpb.Command_AttestAgent{AttestAgent: &raftpb.AttestAgent{Node: node, Record: rec}}}
+	})
+	svid, _, err := n.s.issueOne(ctx, &Request{Kind: KindAgentSVID, Caller: &Caller{AgentID: agentID, Node: cur}, SPIFFEID: id.String(),
+		Profile: ca.ProfileECDSA, TTL: AgentSVIDTTL, CSR: req.Csr}, commit)
 	var fsmErr *raftfsm.Error
 	switch {
 	case errors.Is(err, raftfsm.ErrInvalid) && errors.As(err, &fsmErr):
 		return nil, status.Error(codes.PermissionDenied, fsmErr.Msg) // banned meanwhile
 	case err != nil:
-		return nil, status.Errorf(codes.Unavailable, "record the renewal: %v", err)
+		return nil, err
 	}
-	n.s.audit.Info("agent svid renew", "decision", "allow", "agent_id", agentID, "serial", fmt.Sprintf("%x", svid.SerialNumber))
 	return &nodepb.RenewAgentSVIDResponse{SvidChain: svid.Certificates}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -75,7 +76,7 @@ func (o *operatorService) RaftAddVoter(ctx context.Context, req *operatorpb.Raft
 	if err := o.s.node.AddVoter(ctx, req.Id, req.Address); err != nil {
 		return nil, fmt.Errorf("add voter %s: %w", req.Id, err)
 	}
-	o.s.audit.Info("raft add-voter", "decision", "allow", "peer", req.Id, "address", req.Address)
+	o.s.auditOp(ctx, "raft.add_voter", req.Id, audit.Allow, "", map[string]string{"address": req.Address})
 	return &operatorpb.RaftAddVoterResponse{}, nil
 }
 
@@ -100,7 +101,7 @@ func (o *operatorService) RaftRemovePeer(ctx context.Context, req *operatorpb.Ra
 	if _, err := o.s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_RemoveServer{RemoveServer: &raftpb.RemoveServer{NodeId: req.Id}}}); err != nil && !errors.Is(err, raftfsm.ErrNotFound) {
 		return nil, fmt.Errorf("forget server %s: %w", req.Id, err)
 	}
-	o.s.audit.Info("raft remove-peer", "decision", "allow", "peer", req.Id)
+	o.s.auditOp(ctx, "raft.remove_peer", req.Id, audit.Allow, "", nil)
 	return &operatorpb.RaftRemovePeerResponse{}, nil
 }
 
@@ -131,7 +132,7 @@ func (o *operatorService) SnapshotSave(_ *operatorpb.SnapshotSaveRequest, stream
 			}
 		}
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			o.s.audit.Info("snapshot save", "decision", "allow")
+			o.s.auditOp(ctx, "snapshot.save", "", audit.Allow, "", nil)
 			return nil
 		}
 		if err != nil {
@@ -172,13 +173,13 @@ func (o *operatorService) SnapshotRestore(stream operatorpb.Operator_SnapshotRes
 	hash, err := o.s.node.Restore(stream.Context(), pr)
 	pr.Close()
 	if errors.Is(err, raftfsm.ErrCorruptSnapshot) {
-		o.s.audit.Warn("snapshot restore", "decision", "deny", "reason", err.Error())
+		o.s.auditOp(stream.Context(), "snapshot.restore", "", audit.Deny, err.Error(), nil)
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	o.s.audit.Info("snapshot restore", "decision", "allow", "state_hash", hex.EncodeToString(hash[:]))
+	o.s.auditOp(stream.Context(), "snapshot.restore", "", audit.Allow, "", map[string]string{"state_hash": hex.EncodeToString(hash[:])})
 	return stream.SendAndClose(&operatorpb.SnapshotRestoreResponse{StateHash: hex.EncodeToString(hash[:])})
 }
 
@@ -206,7 +207,7 @@ func (o *operatorService) CreateJoinToken(ctx context.Context, req *operatorpb.C
 		Token: &raftpb.JoinToken{Hash: hash[:], Kind: req.Kind, ExpiresUnixNano: expires.UnixNano()}}}}); err != nil {
 		return nil, fmt.Errorf("create join token: %w", err)
 	}
-	o.s.audit.Info("join token create", "decision", "allow", "kind", req.Kind, "expires", expires.UTC().Format(time.RFC3339),
-		"token_sha256", fmt.Sprintf("%x", hash[:8]))
+	o.s.auditOp(ctx, "token.create", req.Kind, audit.Allow, "", map[string]string{"expires": expires.UTC().Format(time.RFC3339),
+		"token_sha256": hex.EncodeToString(hash[:8])})
 	return &operatorpb.CreateJoinTokenResponse{Token: token, ExpiresUnix: expires.Unix()}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/proto/clusterpb"
@@ -234,8 +235,9 @@ func (s *Server) prepareIntermediate(ctx context.Context, p ca.Profile, local bo
 	if err := s.id.save(s.cfg.DataDir); err != nil {
 		return err
 	}
-	s.audit.Info("intermediate prepare", "decision", "allow", "profile", p.Name(), "authority", authorityID(cert, raftpb.AuthorityKind_INTERMEDIATE),
-		"not_after", cert.NotAfter.UTC(), "certified_by", map[bool]string{true: "local roots", false: "leader"}[local])
+	s.events.Record(audit.Event{Action: "intermediate.prepare", Subject: authorityID(cert, raftpb.AuthorityKind_INTERMEDIATE), Decision: audit.Info,
+		Details: map[string]string{"profile": p.Name(), "not_after": cert.NotAfter.UTC().Format(time.RFC3339),
+			"certified_by": map[bool]string{true: "local roots", false: "leader"}[local]}})
 	return nil
 }
 
@@ -272,7 +274,8 @@ func (s *Server) activateIntermediate(profile string) error {
 		return err
 	}
 	iss, _ := s.issuer(profile)
-	s.audit.Info("intermediate activate", "decision", "allow", "profile", profile, "authority", iss.id, "not_after", iss.Certificate().NotAfter.UTC())
+	s.events.Record(audit.Event{Action: "intermediate.activate", Subject: iss.id, Decision: audit.Info,
+		Details: map[string]string{"profile": profile, "not_after": iss.Certificate().NotAfter.UTC().Format(time.RFC3339)}})
 	if profile == ca.ProfileECDSA {
 		if _, err := s.refreshCertificateLocked(true); err != nil {
 			return err
@@ -356,7 +359,7 @@ func (s *Server) certifyIntermediate(ctx context.Context, nodeID, profile string
 	}
 	r := s.fsm.Read()
 	if r.Server(nodeID) == nil {
-		s.audit.Warn("intermediate certify", "decision", "deny", "server", nodeID, "profile", profile, "reason", "not a member")
+		s.events.Record(audit.Event{Actor: nodeID, Action: "intermediate.certify", Subject: profile, Decision: audit.Deny, Reason: "not a member"})
 		return nil, status.Errorf(codes.PermissionDenied, "server %q is not a member of the cluster", nodeID)
 	}
 	for _, a := range r.Authorities() {
@@ -382,8 +385,8 @@ func (s *Server) certifyIntermediate(ctx context.Context, nodeID, profile string
 	if _, err := s.node.Apply(ctx, putIntermediate(inter, rootRec.Id, nodeID, raftpb.AuthorityState_PREPARED)); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "record the intermediate: %v", err)
 	}
-	s.audit.Info("intermediate certify", "decision", "allow", "server", nodeID, "profile", profile,
-		"authority", authorityID(inter, raftpb.AuthorityKind_INTERMEDIATE), "not_after", inter.NotAfter.UTC())
+	s.events.Record(audit.Event{Actor: nodeID, Action: "intermediate.certify", Subject: authorityID(inter, raftpb.AuthorityKind_INTERMEDIATE),
+		Decision: audit.Allow, Details: map[string]string{"profile": profile, "not_after": inter.NotAfter.UTC().Format(time.RFC3339)}})
 	return inter.Raw, nil
 }
 
@@ -509,7 +512,7 @@ func (s *Server) rotateJWTKeys(ctx context.Context) (time.Time, error) {
 		if _, err := s.node.Apply(ctx, cmd); err != nil && !errors.Is(err, raftfsm.ErrAlreadyExists) {
 			return time.Time{}, err
 		}
-		s.audit.Info("jwt key "+step.String(), "decision", "allow")
+		s.events.Record(audit.Event{Action: "jwt_key." + step.String(), Decision: audit.Info})
 		if err := s.node.ReadIndex(ctx); err != nil {
 			return time.Time{}, err
 		}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/clusterpb"
@@ -43,10 +45,15 @@ const maxRequestSize = 4 << 20
 
 // Server is a running meshca server.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	audit *slog.Logger
-	td    spiffeid.TrustDomain
+	cfg Config
+	log *slog.Logger
+	// events is the audit trail; auditLog is it when the server opened
+	// its own (closed with the server).
+	events   audit.Recorder
+	auditLog *audit.Log
+	// authorizer decides issuance (see issue).
+	authorizer Authorizer
+	td         spiffeid.TrustDomain
 
 	mu sync.Mutex // guards id and jwtKeys; held while identity.json is written
 	id *identity
@@ -81,7 +88,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("server config: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), audit: cfg.Logger.With("node", cfg.NodeID, "audit", true)}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), events: cfg.Audit, authorizer: cfg.Authorizer}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -89,6 +96,13 @@ func New(cfg Config) (_ *Server, err error) {
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if s.events == nil {
+		if s.auditLog, err = audit.Open(audit.Config{Dir: filepath.Join(cfg.DataDir, "audit"), Source: cfg.NodeID, Clock: cfg.Clock,
+			Logger: cfg.Logger.With("node", cfg.NodeID)}); err != nil {
+			return nil, fmt.Errorf("audit log: %w", err)
+		}
+		s.events = s.auditLog
 	}
 	// Listen first: a joining server must tell the cluster where it is.
 	if s.raftLn, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
@@ -147,6 +161,9 @@ func New(cfg Config) (_ *Server, err error) {
 	s.rotated = make(chan struct{}, 1)
 	if s.td, err = id.trustDomain(); err != nil {
 		return nil, err
+	}
+	if s.authorizer == nil {
+		s.authorizer = entryAuthorizer{td: s.td}
 	}
 	s.tlsID = cluster.NewIdentity(s.td, cfg.Clock)
 	// A server back from a long stop may find its intermediates due: what
@@ -337,6 +354,11 @@ func (s *Server) closeLocked() {
 	}
 	if s.stores != nil {
 		s.stores.Close()
+	}
+	if s.auditLog != nil {
+		if err := s.auditLog.Close(); err != nil {
+			s.log.Error("closing the audit log", "err", err)
+		}
 	}
 }
 

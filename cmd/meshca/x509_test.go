@@ -350,7 +350,7 @@ func TestX509MintThroughServer(t *testing.T) {
 			checkLeafFields(t, p, c.DNSNames, c.NotBefore, c.NotAfter)
 		}
 	}
-	if !strings.Contains(srv.stderr.String(), "mint x509-svid") {
+	if !strings.Contains(srv.stderr.String(), "x509.mint") {
 		t.Errorf("the server did not audit the minting:\n%s", srv.stderr)
 	}
 

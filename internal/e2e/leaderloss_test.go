@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/nodepb"
@@ -67,8 +68,17 @@ func TestLeaderLostMidAttestationAndJoin(t *testing.T) {
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	for i, delay := range []time.Duration{0, 2 * time.Millisecond, 5 * time.Millisecond, 15 * time.Millisecond} {
 		var leader, via *member
-		waitUntil(t, 20*time.Second, "a leader", func() bool {
+		waitUntil(t, 30*time.Second, "a leader, and every member a voter", func() bool {
 			leader, via = nil, nil
+			peers, err := fc.members[0].srv.Node().Peers()
+			if err != nil || len(peers) != len(fc.members) {
+				return false
+			}
+			for _, p := range peers {
+				if p.Suffrage != raft.Voter {
+					return false
+				}
+			}
 			for _, m := range fc.members {
 				switch {
 				case m.srv.Node().IsLeader():

@@ -23,36 +23,51 @@ const (
 )
 
 // CommitLedger records an issued certificate in the replicated ledger and
-// returns once the record is committed on a quorum. Concurrent calls on
-// this server are group-committed: many records per Raft entry. A record
-// without a request ID gets one, so retries after an unknown outcome are
-// idempotent.
+// returns once the record is committed on a quorum; see CommitLedgerBatch.
 func (n *Node) CommitLedger(ctx context.Context, rec *raftpb.LedgerRecord) error {
-	if rec.RequestId == "" {
-		rec.RequestId = NewRequestID()
-	}
-	p, err := n.enqueueRecord(ctx, rec)
+	errs, err := n.CommitLedgerBatch(ctx, []*raftpb.LedgerRecord{rec})
 	if err != nil {
 		return err
 	}
+	return errs[0]
+}
+
+// CommitLedgerBatch records issued certificates in the replicated ledger
+// and returns once they are committed on a quorum. Concurrent batches on
+// this server (and, through the leader, on every server) are
+// group-committed: many records per Raft entry, one wait per batch. err
+// means none of the records is known to be committed (the certificates must
+// not be handed out); otherwise errs[i] is ErrSerialCollision for a record
+// refused as a collision, nil for one committed. A record without a request
+// ID gets one, so retries after an unknown outcome are idempotent.
+func (n *Node) CommitLedgerBatch(ctx context.Context, recs []*raftpb.LedgerRecord) (errs []error, err error) {
+	for _, r := range recs {
+		if r.RequestId == "" {
+			r.RequestId = NewRequestID()
+		}
+	}
+	g, err := n.enqueueGroup(ctx, recs)
+	if err != nil {
+		return nil, err
+	}
 	select {
-	case err := <-p.done:
-		return err
+	case <-g.done:
+		return g.errs, g.err
 	case <-ctx.Done():
-		// The record may still be committed; the certificate is not returned.
-		return ctx.Err()
+		// The records may still be committed; the certificates are not returned.
+		return nil, ctx.Err()
 	}
 }
 
-func (n *Node) enqueueRecord(ctx context.Context, rec *raftpb.LedgerRecord) (*pendingRecord, error) {
+func (n *Node) enqueueGroup(ctx context.Context, recs []*raftpb.LedgerRecord) (*pendingGroup, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(defaultApplyTimeout)
 	}
-	p := &pendingRecord{rec: rec, deadline: deadline, done: make(chan error, 1)}
+	g := &pendingGroup{recs: recs, errs: make([]error, len(recs)), deadline: deadline, done: make(chan struct{})}
 	select {
-	case n.ledger.in <- p:
-		return p, nil
+	case n.ledger.in <- g:
+		return g, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -61,57 +76,60 @@ func (n *Node) enqueueRecord(ctx context.Context, rec *raftpb.LedgerRecord) (*pe
 // commitRecords group-commits records a follower forwarded, on the leader,
 // and reports which were refused as collisions, as AppendLedger would.
 func (n *Node) commitRecords(ctx context.Context, recs []*raftpb.LedgerRecord) (*raftpb.Result, error) {
-	pending := make([]*pendingRecord, 0, len(recs))
-	for _, r := range recs {
-		p, err := n.enqueueRecord(ctx, r)
-		if err != nil {
-			return nil, err
-		}
-		pending = append(pending, p)
+	errs, err := n.CommitLedgerBatch(ctx, recs)
+	if err != nil {
+		return nil, err
 	}
 	res := &raftpb.Result{}
-	var firstErr error
-	for i, p := range pending {
-		select {
-		case err := <-p.done:
-			switch {
-			case errors.Is(err, ErrSerialCollision):
-				res.Rejected = append(res.Rejected, uint32(i))
-			case err != nil && firstErr == nil:
-				firstErr = err
-			}
-		case <-ctx.Done():
-			return nil, ctx.Err()
+	for i, e := range errs {
+		if e != nil {
+			res.Rejected = append(res.Rejected, uint32(i))
 		}
-	}
-	if firstErr != nil {
-		return nil, firstErr
 	}
 	res.Value = uint64(len(recs) - len(res.Rejected))
 	return res, nil
 }
 
-type pendingRecord struct {
-	rec *raftpb.LedgerRecord
+// pendingGroup is one caller's records, committed together and answered
+// with one wake-up.
+type pendingGroup struct {
+	recs []*raftpb.LedgerRecord
 	// deadline is the caller's: a group commit is not retried past the
 	// latest deadline of its records, so a record whose caller gave up is
 	// not committed later behind its back.
 	deadline time.Time
-	done     chan error
+	// err and errs are set before done is closed.
+	err  error
+	errs []error
+	done chan struct{}
 }
 
-// ledgerBatcher collects concurrent records into group commits. A batch is
-// sent as soon as one of maxLedgerInflight slots is free, with everything
-// queued by then (up to max records): under light load a record waits for
-// no one; under heavy load records wait at most for one commit in flight.
+func (g *pendingGroup) finish(err error) {
+	g.err = err
+	close(g.done)
+}
+
+// ledgerBatcher collects concurrent groups of records into group commits.
+// A batch is sent as soon as one of the commit slots is free, with
+// everything queued by then (up to max records): under light load a record
+// waits for no one; under heavy load records wait at most for one commit in
+// flight.
 type ledgerBatcher struct {
 	node *Node
-	in   chan *pendingRecord
+	in   chan *pendingGroup
 	max  int
 }
 
 func newLedgerBatcher(n *Node, max int) *ledgerBatcher {
-	return &ledgerBatcher{node: n, in: make(chan *pendingRecord, 4*max), max: max}
+	return &ledgerBatcher{node: n, in: make(chan *pendingGroup, 4*max), max: max}
+}
+
+func size(batch []*pendingGroup) int {
+	n := 0
+	for _, g := range batch {
+		n += len(g.recs)
+	}
+	return n
 }
 
 // run is owned by the Node: it stops when ctx ends, after the commits in
@@ -128,18 +146,18 @@ func (b *ledgerBatcher) run(ctx context.Context) {
 		}
 		for {
 			select {
-			case p := <-b.in:
-				p.done <- fmt.Errorf("cluster: ledger: %w", context.Canceled)
+			case g := <-b.in:
+				g.finish(fmt.Errorf("cluster: ledger: %w", context.Canceled))
 			default:
 				return
 			}
 		}
 	}()
 	for {
-		var batch []*pendingRecord
+		var batch []*pendingGroup
 		select {
-		case p := <-b.in:
-			batch = append(batch, p)
+		case g := <-b.in:
+			batch = append(batch, g)
 		case <-ctx.Done():
 			return
 		}
@@ -165,29 +183,32 @@ func (b *ledgerBatcher) run(ctx context.Context) {
 	}
 }
 
-// fill adds queued records to batch until it is full or a commit slot is
+// fill adds queued groups to batch until it is full or a commit slot is
 // free, and takes the slot (got). It returns without a slot when changed is
 // closed (leadership changed), and ok false if ctx ended first.
-func (b *ledgerBatcher) fill(ctx context.Context, batch *[]*pendingRecord, slots chan struct{}, changed <-chan struct{}) (got, ok bool) {
+func (b *ledgerBatcher) fill(ctx context.Context, batch *[]*pendingGroup, slots chan struct{}, changed <-chan struct{}) (got, ok bool) {
+	n := size(*batch)
 	for {
 	drain:
-		for len(*batch) < b.max {
+		for n < b.max {
 			select {
-			case p := <-b.in:
-				*batch = append(*batch, p)
+			case g := <-b.in:
+				*batch = append(*batch, g)
+				n += len(g.recs)
 			default:
 				break drain
 			}
 		}
 		in := b.in
-		if len(*batch) >= b.max {
+		if n >= b.max {
 			in = nil // full: wait for a slot only
 		}
 		select {
 		case slots <- struct{}{}:
 			return true, true
-		case p := <-in:
-			*batch = append(*batch, p)
+		case g := <-in:
+			*batch = append(*batch, g)
+			n += len(g.recs)
 		case <-changed:
 			return false, true
 		case <-ctx.Done():
@@ -196,28 +217,26 @@ func (b *ledgerBatcher) fill(ctx context.Context, batch *[]*pendingRecord, slots
 	}
 }
 
-func fail(batch []*pendingRecord, err error) {
-	for _, p := range batch {
-		p.done <- fmt.Errorf("cluster: ledger: %w", err)
+func fail(batch []*pendingGroup, err error) {
+	for _, g := range batch {
+		g.finish(fmt.Errorf("cluster: ledger: %w", err))
 	}
 }
 
-func (b *ledgerBatcher) commit(ctx context.Context, batch []*pendingRecord, slots chan struct{}) {
+func (b *ledgerBatcher) commit(ctx context.Context, batch []*pendingGroup, slots chan struct{}) {
 	defer func() { <-slots }()
-	recs := make([]*raftpb.LedgerRecord, len(batch))
-	for i, p := range batch {
-		recs[i] = p.rec
-	}
+	recs := make([]*raftpb.LedgerRecord, 0, size(batch))
 	deadline := batch[0].deadline
-	for _, p := range batch[1:] {
-		if p.deadline.After(deadline) {
-			deadline = p.deadline
+	for _, g := range batch {
+		recs = append(recs, g.recs...)
+		if g.deadline.After(deadline) {
+			deadline = g.deadline
 		}
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	cmd := &raftpb.Command{Op: &raftpb.Command_AppendLedger{AppendLedger: &raftpb.AppendLedger{Records: recs}}}
-	res, err := b.node.ApplyIdempotent(ctx, cmd)
+	res, err := b.node.Apply(ctx, cmd)
 	if err != nil {
 		fail(batch, err)
 		return
@@ -226,11 +245,14 @@ func (b *ledgerBatcher) commit(ctx context.Context, batch []*pendingRecord, slot
 	for _, i := range res.Rejected {
 		rejected[i] = true
 	}
-	for i, p := range batch {
-		if rejected[uint32(i)] {
-			p.done <- fmt.Errorf("%w: %x", ErrSerialCollision, p.rec.Serial)
-		} else {
-			p.done <- nil
+	i := uint32(0)
+	for _, g := range batch {
+		for k, r := range g.recs {
+			if rejected[i] {
+				g.errs[k] = fmt.Errorf("%w: %x", ErrSerialCollision, r.Serial)
+			}
+			i++
 		}
+		g.finish(nil)
 	}
 }
