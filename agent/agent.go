@@ -228,7 +228,7 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 	var signing sync.WaitGroup
 	defer signing.Wait() // the signer ends with the session
 	defer cancel(nil)
-	stream, err := client.Sync(sctx, &nodepb.SyncRequest{})
+	stream, err := client.Sync(sctx, &nodepb.SyncRequest{Known: a.store.known()})
 	if err != nil {
 		return err
 	}
@@ -245,10 +245,11 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 			}
 			return err
 		}
-		if err := a.id.setBundle(u.Bundle); err != nil {
-			return err
+		if b := a.store.apply(u); b != nil {
+			if err := a.id.setBundle(b); err != nil {
+				return err
+			}
 		}
-		a.store.setEntries(u.Entries, u.Bundle)
 		a.wake()
 	}
 }

@@ -43,10 +43,10 @@ func jwtKey(entryID string, audience []string) string {
 // jwtBundle returns the trust domain's JWT authorities as a go-spiffe bundle.
 func (a *Agent) jwtBundle() (*jwtbundle.Bundle, error) {
 	a.store.mu.Lock()
-	b := a.store.bundle
+	keys := a.store.jwt
 	a.store.mu.Unlock()
 	jb := jwtbundle.New(a.td)
-	for _, k := range b.GetJwtAuthorities() {
+	for _, k := range keys {
 		pub, err := x509.ParsePKIXPublicKey(k.PublicKey)
 		if err != nil {
 			return nil, err

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,11 +33,59 @@ type store struct {
 	entries map[string]*nodepb.Entry
 	svids   map[string]*svid
 	bundle  *nodepb.Bundle
-	ch      chan struct{}
+	jwt     []*nodepb.JWTAuthority
+	// versions are the versions of the Sync resources held, by
+	// "<kind>/<name>": a new stream resumes from them.
+	versions map[string]string
+	ch       chan struct{}
 }
 
 func newStore() *store {
-	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, ch: make(chan struct{})}
+	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, versions: map[string]string{}, ch: make(chan struct{})}
+}
+
+// known returns a copy of the versions held, for a new Sync stream.
+func (s *store) known() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.versions))
+	for k, v := range s.versions {
+		out[k] = v
+	}
+	return out
+}
+
+// apply applies a Sync update: resources added or changed, and removed
+// (an entry removed takes its SVID with it). It returns the bundle when
+// the update changed it, else nil.
+func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var bundle *nodepb.Bundle
+	for _, r := range u.Resources {
+		switch body := r.Body.(type) {
+		case *nodepb.Resource_Entry:
+			s.entries[r.Name] = body.Entry
+		case *nodepb.Resource_Bundle:
+			s.bundle, bundle = body.Bundle, body.Bundle
+		case *nodepb.Resource_JwtAuthorities:
+			s.jwt = body.JwtAuthorities.GetKeys()
+		default:
+			continue // a kind this agent does not know: not held, asked again
+		}
+		s.versions[r.Kind+"/"+r.Name] = r.Version
+	}
+	for _, k := range u.Removed {
+		delete(s.versions, k)
+		if id, ok := strings.CutPrefix(k, "entry/"); ok {
+			delete(s.entries, id)
+			delete(s.svids, id)
+		}
+	}
+	if len(u.Resources) > 0 || len(u.Removed) > 0 {
+		s.notifyLocked()
+	}
+	return bundle
 }
 
 func (s *store) changed() <-chan struct{} {
@@ -48,24 +97,6 @@ func (s *store) changed() <-chan struct{} {
 func (s *store) notifyLocked() {
 	close(s.ch)
 	s.ch = make(chan struct{})
-}
-
-// setEntries installs the entries of a Sync update, dropping the SVIDs of
-// entries that are gone.
-func (s *store) setEntries(entries []*nodepb.Entry, bundle *nodepb.Bundle) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.entries = map[string]*nodepb.Entry{}
-	for _, e := range entries {
-		s.entries[e.Id] = e
-	}
-	for id := range s.svids {
-		if _, ok := s.entries[id]; !ok {
-			delete(s.svids, id)
-		}
-	}
-	s.bundle = bundle
-	s.notifyLocked()
 }
 
 // due returns the entries that need a (new) SVID at now, and the earliest

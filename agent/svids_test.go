@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ func TestRenewTime(t *testing.T) {
 func TestStoreDue(t *testing.T) {
 	s := newStore()
 	now := time.Now()
-	s.setEntries([]*nodepb.Entry{entry("fresh", 1, "unix:uid:1"), entry("renew", 1, "unix:uid:1"), entry("changed", 2, "unix:uid:1"), entry("new", 1, "unix:uid:1")}, nil)
+	s.apply(entriesUpdate(entry("fresh", 1, "unix:uid:1"), entry("renew", 1, "unix:uid:1"), entry("changed", 2, "unix:uid:1"), entry("new", 1, "unix:uid:1")))
 	s.svids["fresh"] = &svid{entry: entry("fresh", 1), notAfter: now.Add(time.Hour), renewAt: now.Add(30 * time.Minute)}
 	s.svids["renew"] = &svid{entry: entry("renew", 1), notAfter: now.Add(time.Hour), renewAt: now.Add(-time.Second)}
 	s.svids["changed"] = &svid{entry: entry("changed", 1), notAfter: now.Add(time.Hour), renewAt: now.Add(30 * time.Minute)}
@@ -75,7 +76,7 @@ func TestStoreDue(t *testing.T) {
 		t.Errorf("next renewal %s, want the fresh SVID's", next)
 	}
 	// Entries that go away take their SVIDs with them.
-	s.setEntries([]*nodepb.Entry{entry("fresh", 1, "unix:uid:1")}, nil)
+	s.apply(&nodepb.SyncUpdate{Removed: []string{"entry/renew", "entry/changed", "entry/new"}})
 	if len(s.svids) != 1 {
 		t.Errorf("%d SVIDs kept, want only the remaining entry's", len(s.svids))
 	}
@@ -101,7 +102,7 @@ func TestDefaultSVIDOrder(t *testing.T) {
 	now := time.Now()
 	for round := 0; round < 20; round++ { // map order varies from round to round
 		s := newStore()
-		s.setEntries(entries, nil)
+		s.apply(entriesUpdate(entries...))
 		for _, e := range entries {
 			s.svids[e.Id] = &svid{entry: e, notAfter: now.Add(time.Hour)}
 		}
@@ -130,7 +131,7 @@ func TestMatchingFiltersProfiles(t *testing.T) {
 	s := newStore()
 	ec, sm := entry("ec", 1, "unix:uid:1"), entry("sm", 1, "unix:uid:1")
 	sm.Profile = "sm2"
-	s.setEntries([]*nodepb.Entry{ec, sm}, nil)
+	s.apply(entriesUpdate(ec, sm))
 	sel := map[string]bool{"unix:uid:1": true}
 	ecdsaOnly := map[string]bool{"ecdsa": true}
 
@@ -150,7 +151,7 @@ func TestMatchingFiltersProfiles(t *testing.T) {
 
 	// Only an SM2 entry matches: an ECDSA client matches nothing, and
 	// learns that SM2 SVIDs exist for it.
-	s.setEntries([]*nodepb.Entry{sm}, nil)
+	s.apply(&nodepb.SyncUpdate{Removed: []string{"entry/ec"}})
 	m = s.matching(sel, ecdsaOnly, now)
 	if m.matched || len(m.svids) != 0 || strings.Join(m.otherProfiles, ",") != "sm2" {
 		t.Fatalf("ECDSA client with only an SM2 entry: %+v, want unmatched, other profiles [sm2]", m)
@@ -219,4 +220,14 @@ func FuzzRequestedProfiles(f *testing.F) {
 			}
 		}
 	})
+}
+
+// entriesUpdate is a Sync update adding entries.
+func entriesUpdate(es ...*nodepb.Entry) *nodepb.SyncUpdate {
+	u := &nodepb.SyncUpdate{}
+	for _, e := range es {
+		u.Resources = append(u.Resources, &nodepb.Resource{Kind: "entry", Name: e.Id, Version: strconv.FormatUint(e.Revision, 10),
+			Body: &nodepb.Resource_Entry{Entry: e}})
+	}
+	return u
 }

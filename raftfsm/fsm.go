@@ -23,9 +23,9 @@ type FSM struct {
 	// AppliedIndex are of one moment.
 	view sync.RWMutex
 
-	mu      sync.Mutex    // guards changed and config
-	changed chan struct{} // closed and replaced on every apply
-	config  chan struct{} // closed and replaced when anything but the ledger changes
+	mu      sync.Mutex               // guards changed and watches
+	changed chan struct{}            // closed and replaced on every apply
+	watches map[string]chan struct{} // by scope; closed and dropped when the scope changes
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -36,7 +36,7 @@ func New() *FSM {
 	if err != nil {
 		panic("raftfsm: invalid schema: " + err.Error())
 	}
-	f := &FSM{changed: make(chan struct{}), config: make(chan struct{}), ledger: newLedgerIndex()}
+	f := &FSM{changed: make(chan struct{}), watches: map[string]chan struct{}{}, ledger: newLedgerIndex()}
 	f.db.Store(db)
 	return f
 }
@@ -59,7 +59,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		return out
 	}
 	txn := f.db.Load().Txn(true)
-	configChanged := false
+	touched := map[string]bool{}
 	for i, l := range logs {
 		if l.Type != raft.LogCommand {
 			continue
@@ -70,41 +70,53 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 			// than diverge.
 			panic(fmt.Sprintf("raftfsm: log entry %d is not a command: %v", l.Index, err))
 		}
+		scopesOf(txn, &cmd, touched)
 		out[i] = apply(txn, f.ledger, &cmd, l.Index)
-		switch cmd.Op.(type) {
-		case *raftpb.Command_AppendLedger, *raftpb.Command_PruneLedger, *raftpb.Command_Noop:
-		default:
-			configChanged = true
-		}
 	}
 	f.view.Lock()
 	txn.Commit()
 	f.applied.Store(logs[len(logs)-1].Index)
 	f.view.Unlock()
-	f.notify(configChanged)
+	f.notify(touched, false)
 	return out
 }
 
-func (f *FSM) notify(config bool) {
+// notify wakes the waiters of every apply, and the watchers of the scopes
+// touched (all of them if all is set).
+func (f *FSM) notify(touched map[string]bool, all bool) {
 	f.mu.Lock()
 	close(f.changed)
 	f.changed = make(chan struct{})
-	if config {
-		close(f.config)
-		f.config = make(chan struct{})
+	for scope, ch := range f.watches {
+		if all || touched[scope] {
+			close(ch)
+			delete(f.watches, scope)
+		}
 	}
 	f.mu.Unlock()
 }
 
-// ConfigChanged returns a channel that is closed when the next change to
-// anything but the ledger is applied (entries, nodes, authorities, keys,
-// tokens ...), or a snapshot restored. Push streams wait on it: ledger
-// appends, by far the most frequent entries, do not wake them.
-func (f *FSM) ConfigChanged() <-chan struct{} {
+// Watch returns a channel that is closed when the next change in scope is
+// applied (see the Scope constants and ScopeNode), or a snapshot restored.
+// Push streams wait on the scopes they serve: ledger appends, by far the
+// most frequent entries, wake none, and a change wakes only the streams it
+// concerns. Channels are shared by the watchers of a scope and made only
+// while someone watches.
+func (f *FSM) Watch(scope string) <-chan struct{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.config
+	ch, ok := f.watches[scope]
+	if !ok {
+		ch = make(chan struct{})
+		f.watches[scope] = ch
+	}
+	return ch
 }
+
+// ConfigChanged returns a channel that is closed when the next change to
+// anything but the ledger is applied, or a snapshot restored: Watch of
+// ScopeAll.
+func (f *FSM) ConfigChanged() <-chan struct{} { return f.Watch(ScopeAll) }
 
 // AppliedIndex is the index of the last log entry applied.
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
@@ -166,7 +178,7 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 		f.applied.Store(index)
 	}
 	f.view.Unlock()
-	f.notify(true)
+	f.notify(nil, true)
 	return nil
 }
 

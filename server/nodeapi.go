@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -227,45 +226,6 @@ func toNodeEntry(e *raftpb.Entry) *nodepb.Entry {
 		o.Selectors = append(o.Selectors, &nodepb.Selector{Type: s.Type, Value: s.Value})
 	}
 	return o
-}
-
-// Sync pushes the agent's entries and the bundle now and at every change,
-// woken by the state machine (no polling) only when something other than
-// the ledger changed.
-func (n *nodeService) Sync(_ *nodepb.SyncRequest, stream nodepb.Node_SyncServer) error {
-	ctx := stream.Context()
-	agentID, err := n.s.requireAgent(ctx)
-	if err != nil {
-		return err
-	}
-	var last []byte
-	for {
-		changed := n.s.fsm.ConfigChanged()
-		r := n.s.fsm.Read()
-		if node := r.Node(agentID); node == nil || node.Banned {
-			return status.Errorf(codes.PermissionDenied, "node %s was banned or evicted", agentID)
-		}
-		u := &nodepb.SyncUpdate{Bundle: bundleOf(r, n.s.td)}
-		for _, e := range r.EntriesByParent(agentID) {
-			u.Entries = append(u.Entries, toNodeEntry(e))
-		}
-		cur, err := proto.MarshalOptions{Deterministic: true}.Marshal(u)
-		if err != nil {
-			return status.Error(codes.Internal, err.Error())
-		}
-		if !bytes.Equal(cur, last) {
-			u.Revision = n.s.fsm.AppliedIndex()
-			if err := stream.Send(u); err != nil {
-				return err
-			}
-			last = cur
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-		}
-	}
 }
 
 // SignX509SVIDs signs a batch of workload CSRs for entries whose parent is

@@ -73,6 +73,8 @@ type Server struct {
 	// issuers are this server's signing intermediates, replaced whole
 	// when one rotates: a request loads them once.
 	issuers atomic.Pointer[issuerSet]
+	// syncSends counts the updates sent on Sync streams (tests, metrics).
+	syncSends atomic.Int64
 	// rotated wakes the rotation loop (tests, operators).
 	rotated chan struct{}
 	// attestors are the enabled node attestors, by name.

@@ -761,7 +761,11 @@ func (x *Entry) GetCreatedUnixNano() int64 {
 }
 
 type SyncRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// known are the versions of the resources the agent holds, by
+	// "<kind>/<name>", from an earlier stream: only what differs from them is
+	// sent. Empty on a first connection.
+	Known         map[string]string `protobuf:"bytes,1,rep,name=known,proto3" json:"known,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -796,19 +800,202 @@ func (*SyncRequest) Descriptor() ([]byte, []int) {
 	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
 }
 
+func (x *SyncRequest) GetKnown() map[string]string {
+	if x != nil {
+		return x.Known
+	}
+	return nil
+}
+
+// Resource is one versioned item of the node's view: its kind, its name
+// (unique within the kind), a version that changes whenever its content
+// does, and the content.
+type Resource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "entry" (name: the entry ID), "bundle" (the trust domain's
+	// roots; name: the trust domain) or "jwt_authorities" (name: the trust
+	// domain).
+	Kind    string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Name    string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// Types that are valid to be assigned to Body:
+	//
+	//	*Resource_Entry
+	//	*Resource_Bundle
+	//	*Resource_JwtAuthorities
+	Body          isResource_Body `protobuf_oneof:"body"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resource) Reset() {
+	*x = Resource{}
+	mi := &file_nodepb_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resource) ProtoMessage() {}
+
+func (x *Resource) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resource.ProtoReflect.Descriptor instead.
+func (*Resource) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Resource) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Resource) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Resource) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Resource) GetBody() isResource_Body {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *Resource) GetEntry() *Entry {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_Entry); ok {
+			return x.Entry
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetBundle() *Bundle {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_Bundle); ok {
+			return x.Bundle
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetJwtAuthorities() *JWTAuthorities {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_JwtAuthorities); ok {
+			return x.JwtAuthorities
+		}
+	}
+	return nil
+}
+
+type isResource_Body interface {
+	isResource_Body()
+}
+
+type Resource_Entry struct {
+	Entry *Entry `protobuf:"bytes,10,opt,name=entry,proto3,oneof"`
+}
+
+type Resource_Bundle struct {
+	Bundle *Bundle `protobuf:"bytes,11,opt,name=bundle,proto3,oneof"`
+}
+
+type Resource_JwtAuthorities struct {
+	JwtAuthorities *JWTAuthorities `protobuf:"bytes,12,opt,name=jwt_authorities,json=jwtAuthorities,proto3,oneof"`
+}
+
+func (*Resource_Entry) isResource_Body() {}
+
+func (*Resource_Bundle) isResource_Body() {}
+
+func (*Resource_JwtAuthorities) isResource_Body() {}
+
+type JWTAuthorities struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*JWTAuthority        `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTAuthorities) Reset() {
+	*x = JWTAuthorities{}
+	mi := &file_nodepb_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthorities) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthorities) ProtoMessage() {}
+
+func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthorities.ProtoReflect.Descriptor instead.
+func (*JWTAuthorities) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *JWTAuthorities) GetKeys() []*JWTAuthority {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// SyncUpdate changes the agent's view: resources added or changed, and the
+// keys ("<kind>/<name>") of resources removed. The first update of a stream
+// brings the view up to date from the versions the request named (it may
+// be empty when nothing changed); later ones carry only what changed.
 type SyncUpdate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// revision is the state index the update reflects.
-	Revision      uint64   `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	Entries       []*Entry `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
-	Bundle        *Bundle  `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Revision      uint64      `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Resources     []*Resource `protobuf:"bytes,4,rep,name=resources,proto3" json:"resources,omitempty"`
+	Removed       []string    `protobuf:"bytes,5,rep,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncUpdate) Reset() {
 	*x = SyncUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +1007,7 @@ func (x *SyncUpdate) String() string {
 func (*SyncUpdate) ProtoMessage() {}
 
 func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +1020,7 @@ func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUpdate.ProtoReflect.Descriptor instead.
 func (*SyncUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyncUpdate) GetRevision() uint64 {
@@ -843,16 +1030,16 @@ func (x *SyncUpdate) GetRevision() uint64 {
 	return 0
 }
 
-func (x *SyncUpdate) GetEntries() []*Entry {
+func (x *SyncUpdate) GetResources() []*Resource {
 	if x != nil {
-		return x.Entries
+		return x.Resources
 	}
 	return nil
 }
 
-func (x *SyncUpdate) GetBundle() *Bundle {
+func (x *SyncUpdate) GetRemoved() []string {
 	if x != nil {
-		return x.Bundle
+		return x.Removed
 	}
 	return nil
 }
@@ -867,7 +1054,7 @@ type SVIDRequest struct {
 
 func (x *SVIDRequest) Reset() {
 	*x = SVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1066,7 @@ func (x *SVIDRequest) String() string {
 func (*SVIDRequest) ProtoMessage() {}
 
 func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1079,7 @@ func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SVIDRequest) GetEntryId() string {
@@ -918,7 +1105,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1117,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1130,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SignX509SVIDsRequest) GetRequests() []*SVIDRequest {
@@ -966,7 +1153,7 @@ type SVIDResult struct {
 
 func (x *SVIDResult) Reset() {
 	*x = SVIDResult{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1165,7 @@ func (x *SVIDResult) String() string {
 func (*SVIDResult) ProtoMessage() {}
 
 func (x *SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1178,7 @@ func (x *SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDResult.ProtoReflect.Descriptor instead.
 func (*SVIDResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SVIDResult) GetEntryId() string {
@@ -1024,7 +1211,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1223,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1236,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*SVIDResult {
@@ -1068,7 +1255,7 @@ type RenewAgentSVIDRequest struct {
 
 func (x *RenewAgentSVIDRequest) Reset() {
 	*x = RenewAgentSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1267,7 @@ func (x *RenewAgentSVIDRequest) String() string {
 func (*RenewAgentSVIDRequest) ProtoMessage() {}
 
 func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1280,7 @@ func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RenewAgentSVIDRequest) GetCsr() []byte {
@@ -1112,7 +1299,7 @@ type RenewAgentSVIDResponse struct {
 
 func (x *RenewAgentSVIDResponse) Reset() {
 	*x = RenewAgentSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1311,7 @@ func (x *RenewAgentSVIDResponse) String() string {
 func (*RenewAgentSVIDResponse) ProtoMessage() {}
 
 func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1324,7 @@ func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RenewAgentSVIDResponse) GetSvidChain() [][]byte {
@@ -1201,13 +1388,29 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\tdns_names\x18\x06 \x03(\tR\bdnsNames\x12\x18\n" +
 	"\aprofile\x18\a \x01(\tR\aprofile\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x04R\brevision\x12*\n" +
-	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNano\"\r\n" +
-	"\vSyncRequest\"\x89\x01\n" +
+	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNano\"\x85\x01\n" +
+	"\vSyncRequest\x12<\n" +
+	"\x05known\x18\x01 \x03(\v2&.meshca.node.v1.SyncRequest.KnownEntryR\x05known\x1a8\n" +
+	"\n" +
+	"KnownEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x02\n" +
+	"\bResource\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12-\n" +
+	"\x05entry\x18\n" +
+	" \x01(\v2\x15.meshca.node.v1.EntryH\x00R\x05entry\x120\n" +
+	"\x06bundle\x18\v \x01(\v2\x16.meshca.node.v1.BundleH\x00R\x06bundle\x12I\n" +
+	"\x0fjwt_authorities\x18\f \x01(\v2\x1e.meshca.node.v1.JWTAuthoritiesH\x00R\x0ejwtAuthoritiesB\x06\n" +
+	"\x04body\"B\n" +
+	"\x0eJWTAuthorities\x120\n" +
+	"\x04keys\x18\x01 \x03(\v2\x1c.meshca.node.v1.JWTAuthorityR\x04keys\"\x97\x01\n" +
 	"\n" +
 	"SyncUpdate\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\x12/\n" +
-	"\aentries\x18\x02 \x03(\v2\x15.meshca.node.v1.EntryR\aentries\x12.\n" +
-	"\x06bundle\x18\x03 \x01(\v2\x16.meshca.node.v1.BundleR\x06bundle\":\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x126\n" +
+	"\tresources\x18\x04 \x03(\v2\x18.meshca.node.v1.ResourceR\tresources\x12\x18\n" +
+	"\aremoved\x18\x05 \x03(\tR\aremovedJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04R\aentriesR\x06bundle\":\n" +
 	"\vSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"O\n" +
@@ -1244,7 +1447,7 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_nodepb_node_proto_goTypes = []any{
 	(*SignJWTSVIDRequest)(nil),     // 0: meshca.node.v1.SignJWTSVIDRequest
 	(*SignJWTSVIDResponse)(nil),    // 1: meshca.node.v1.SignJWTSVIDResponse
@@ -1258,13 +1461,16 @@ var file_nodepb_node_proto_goTypes = []any{
 	(*Selector)(nil),               // 9: meshca.node.v1.Selector
 	(*Entry)(nil),                  // 10: meshca.node.v1.Entry
 	(*SyncRequest)(nil),            // 11: meshca.node.v1.SyncRequest
-	(*SyncUpdate)(nil),             // 12: meshca.node.v1.SyncUpdate
-	(*SVIDRequest)(nil),            // 13: meshca.node.v1.SVIDRequest
-	(*SignX509SVIDsRequest)(nil),   // 14: meshca.node.v1.SignX509SVIDsRequest
-	(*SVIDResult)(nil),             // 15: meshca.node.v1.SVIDResult
-	(*SignX509SVIDsResponse)(nil),  // 16: meshca.node.v1.SignX509SVIDsResponse
-	(*RenewAgentSVIDRequest)(nil),  // 17: meshca.node.v1.RenewAgentSVIDRequest
-	(*RenewAgentSVIDResponse)(nil), // 18: meshca.node.v1.RenewAgentSVIDResponse
+	(*Resource)(nil),               // 12: meshca.node.v1.Resource
+	(*JWTAuthorities)(nil),         // 13: meshca.node.v1.JWTAuthorities
+	(*SyncUpdate)(nil),             // 14: meshca.node.v1.SyncUpdate
+	(*SVIDRequest)(nil),            // 15: meshca.node.v1.SVIDRequest
+	(*SignX509SVIDsRequest)(nil),   // 16: meshca.node.v1.SignX509SVIDsRequest
+	(*SVIDResult)(nil),             // 17: meshca.node.v1.SVIDResult
+	(*SignX509SVIDsResponse)(nil),  // 18: meshca.node.v1.SignX509SVIDsResponse
+	(*RenewAgentSVIDRequest)(nil),  // 19: meshca.node.v1.RenewAgentSVIDRequest
+	(*RenewAgentSVIDResponse)(nil), // 20: meshca.node.v1.RenewAgentSVIDResponse
+	nil,                            // 21: meshca.node.v1.SyncRequest.KnownEntry
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	4,  // 0: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
@@ -1273,25 +1479,29 @@ var file_nodepb_node_proto_depIdxs = []int32{
 	7,  // 3: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
 	2,  // 4: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
 	9,  // 5: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
-	10, // 6: meshca.node.v1.SyncUpdate.entries:type_name -> meshca.node.v1.Entry
-	8,  // 7: meshca.node.v1.SyncUpdate.bundle:type_name -> meshca.node.v1.Bundle
-	13, // 8: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
-	15, // 9: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
-	3,  // 10: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
-	11, // 11: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
-	14, // 12: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
-	17, // 13: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
-	0,  // 14: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
-	5,  // 15: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
-	12, // 16: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
-	16, // 17: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
-	18, // 18: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
-	1,  // 19: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	21, // 6: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
+	10, // 7: meshca.node.v1.Resource.entry:type_name -> meshca.node.v1.Entry
+	8,  // 8: meshca.node.v1.Resource.bundle:type_name -> meshca.node.v1.Bundle
+	13, // 9: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
+	2,  // 10: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
+	12, // 11: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
+	15, // 12: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
+	17, // 13: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
+	3,  // 14: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
+	11, // 15: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
+	16, // 16: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
+	19, // 17: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
+	0,  // 18: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
+	5,  // 19: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
+	14, // 20: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
+	18, // 21: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
+	20, // 22: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
+	1,  // 23: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1307,13 +1517,18 @@ func file_nodepb_node_proto_init() {
 		(*AttestResponse_Challenge)(nil),
 		(*AttestResponse_Result)(nil),
 	}
+	file_nodepb_node_proto_msgTypes[12].OneofWrappers = []any{
+		(*Resource_Entry)(nil),
+		(*Resource_Bundle)(nil),
+		(*Resource_JwtAuthorities)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
