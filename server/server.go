@@ -75,6 +75,8 @@ type Server struct {
 	issuers atomic.Pointer[issuerSet]
 	// syncSends counts the updates sent on Sync streams (tests, metrics).
 	syncSends atomic.Int64
+	// syncWakes counts the wake-ups of Sync streams.
+	syncWakes atomic.Int64
 	// rotated wakes the rotation loop (tests, operators).
 	rotated chan struct{}
 	// attestors are the enabled node attestors, by name.

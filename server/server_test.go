@@ -35,14 +35,14 @@ import (
 // TLS, raft-wal on temporary directories, operator API on Unix sockets.
 
 type running struct {
-	t    *testing.T
+	t    testing.TB
 	cfg  Config
 	srv  *Server
 	stop context.CancelFunc
 	done chan error
 }
 
-func newKEK(t *testing.T) *ca.KEK {
+func newKEK(t testing.TB) *ca.KEK {
 	t.Helper()
 	k, err := ca.CreateKEKFile(filepath.Join(t.TempDir(), "kek"))
 	if err != nil {
@@ -51,7 +51,7 @@ func newKEK(t *testing.T) *ca.KEK {
 	return k
 }
 
-func testConfig(t *testing.T, node string, kek *ca.KEK) Config {
+func testConfig(t testing.TB, node string, kek *ca.KEK) Config {
 	dir, err := os.MkdirTemp("", "msrv") // short: it holds a Unix socket
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +61,7 @@ func testConfig(t *testing.T, node string, kek *ca.KEK) Config {
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RaftLogger: hclog.NewNullLogger()}
 }
 
-func start(t *testing.T, cfg Config) (*running, error) {
+func start(t testing.TB, cfg Config) (*running, error) {
 	t.Helper()
 	srv, err := New(cfg)
 	if err != nil {
@@ -74,7 +74,7 @@ func start(t *testing.T, cfg Config) (*running, error) {
 	return r, nil
 }
 
-func mustStart(t *testing.T, cfg Config) *running {
+func mustStart(t testing.TB, cfg Config) *running {
 	t.Helper()
 	r, err := start(t, cfg)
 	if err != nil {
@@ -109,7 +109,7 @@ func (r *running) operator() operatorpb.OperatorClient {
 	return operatorpb.NewOperatorClient(conn)
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return c
@@ -153,7 +153,7 @@ func pemBundle(t *testing.T, pemBytes []byte) []*x509.Certificate {
 	}
 }
 
-func waitBootstrapped(t *testing.T, r *running) {
+func waitBootstrapped(t testing.TB, r *running) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for r.srv.fsm.Read().Server(r.cfg.NodeID) == nil {

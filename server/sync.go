@@ -123,5 +123,6 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 		case <-wake[1]:
 		case <-wake[2]:
 		}
+		n.s.syncWakes.Add(1)
 	}
 }
