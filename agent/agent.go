@@ -17,6 +17,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/agent/peercred"
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/internal/retryinfo"
@@ -36,8 +37,12 @@ type Agent struct {
 	store *store
 	ln    net.Listener
 	gs    *grpc.Server
-	kick  chan struct{} // wakes the signer
-	jwts  jwtCache
+	// events is the audit trail; auditLog is it when the agent opened its
+	// own (closed when Run returns).
+	events   audit.Recorder
+	auditLog *audit.Log
+	kick     chan struct{} // wakes the signer
+	jwts     jwtCache
 
 	clientMu sync.Mutex
 	client   nodepb.NodeClient // of the running session; guarded by clientMu
@@ -59,6 +64,19 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(a.id.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent data directory: %w", err)
 	}
+	if a.events = cfg.Audit; a.events == nil {
+		if a.auditLog, err = audit.Open(audit.Config{Dir: filepath.Join(a.id.dir, "audit"), Source: cfg.AuditSource, Clock: cfg.Clock,
+			Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("agent audit log: %w", err)
+		}
+		a.events = a.auditLog
+	}
+	opened := false
+	defer func() {
+		if !opened && a.auditLog != nil {
+			a.auditLog.Close()
+		}
+	}()
 	if _, err := a.id.load(cfg.Clock.Now(), cfg.RenewFraction); err != nil {
 		return nil, err
 	}
@@ -81,6 +99,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.gs = grpc.NewServer(grpc.Creds(peercred.New()), grpc.MaxRecvMsgSize(1<<20))
 	workload.RegisterSpiffeWorkloadAPIServer(a.gs, &workloadAPI{a: a})
+	opened = true
 	return a, nil
 }
 
@@ -127,6 +146,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.gs.Stop()
 	os.Remove(a.cfg.SocketPath)
 	wg.Wait()
+	if a.auditLog != nil {
+		if err := a.auditLog.Close(); err != nil {
+			a.log.Error("closing the audit log", "err", err)
+		}
+	}
 	return fatal
 }
 

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/audit"
 )
 
 // Config configures an agent. Fields documented with a default may be zero.
@@ -31,8 +33,16 @@ type Config struct {
 	// RenewFraction is the part of an SVID's lifetime after which it is
 	// renewed. Default 0.5 (half-life).
 	RenewFraction float64
-	// Logger receives the agent's logs. Default: slog.Default().
+	// Logger receives the agent's logs, and a line for every audit event.
+	// Default: slog.Default().
 	Logger *slog.Logger
+	// Audit receives the agent's audit trail: every grant and refusal of
+	// the Workload API and SDS. Default: a durable log in
+	// DataDir/agent/audit (see package audit) whose source is AuditSource.
+	Audit audit.Recorder
+	// AuditSource names this agent in its audit events. Default:
+	// "agent@<host name>".
+	AuditSource string
 	// Dial opens connections to servers (tests inject faults). Default: TCP.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Clock is the time source of SVID lifetimes and renewals, and of
@@ -63,6 +73,10 @@ func (c *Config) validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.AuditSource == "" {
+		host, _ := os.Hostname()
+		c.AuditSource = "agent@" + host
 	}
 	if c.Clock == nil {
 		c.Clock = clockwork.NewRealClock()

@@ -14,6 +14,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshca/meshca/agent/peercred"
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -93,7 +94,7 @@ func (w *workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDReq
 	}
 	info, _ := peercred.FromContext(ctx)
 	if len(chosen) == 0 {
-		w.a.log.Info("workload api", "decision", "deny", "method", "FetchJWTSVID", "pid", info.PID, "uid", info.UID, "reason", "no entry matches")
+		w.a.events.Record(audit.Event{Actor: callerActor(info), Action: "workload.fetch_jwt_svid", Decision: audit.Deny, Reason: "no entry matches"})
 		return nil, status.Error(codes.PermissionDenied, "no identity issued")
 	}
 	resp := &workload.JWTSVIDResponse{}
@@ -103,7 +104,8 @@ func (w *workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDReq
 			return nil, err
 		}
 		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: e.SpiffeId, Svid: token})
-		w.a.log.Info("workload api", "decision", "allow", "method", "FetchJWTSVID", "pid", info.PID, "uid", info.UID, "spiffe_id", e.SpiffeId, "audience", req.Audience)
+		w.a.events.Record(audit.Event{Actor: callerActor(info), Action: "workload.fetch_jwt_svid", Subject: e.SpiffeId, Decision: audit.Allow,
+			Details: map[string]string{"audience": strings.Join(req.Audience, " ")}})
 	}
 	return resp, nil
 }

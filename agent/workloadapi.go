@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/meshca/meshca/agent/peercred"
+	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc/codes"
@@ -138,7 +140,8 @@ func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload
 				msg = fmt.Sprintf("no identity issued of the profiles asked for (%s); this workload has %s X509-SVIDs, served only to clients that send %q metadata naming them",
 					strings.Join(sortedProfiles(profiles), ","), strings.Join(m.otherProfiles, ", "), ProfilesMetadataKey)
 			}
-			w.a.log.Info("workload api", "decision", "deny", "method", "FetchX509SVID", "pid", info.PID, "uid", info.UID, "reason", reason, "selectors", len(sel))
+			w.a.events.Record(audit.Event{Actor: callerActor(info), Action: "workload.fetch_x509_svid", Decision: audit.Deny, Reason: reason,
+				Details: map[string]string{"selectors": strconv.Itoa(len(sel))}})
 			return status.Error(codes.PermissionDenied, msg)
 		}
 		if complete && len(svids) > 0 {
@@ -156,7 +159,7 @@ func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload
 					for i, v := range resp.Svids {
 						ids[i] = v.SpiffeId
 					}
-					w.a.log.Info("workload api", "decision", "allow", "method", "FetchX509SVID", "pid", info.PID, "uid", info.UID, "spiffe_ids", ids)
+					w.a.events.Record(audit.Event{Actor: callerActor(info), Action: "workload.fetch_x509_svid", Subject: strings.Join(ids, " "), Decision: audit.Allow})
 					granted = true
 				}
 				if err := stream.Send(resp); err != nil {
@@ -196,4 +199,9 @@ func (w *workloadAPI) FetchX509Bundles(_ *workload.X509BundlesRequest, stream wo
 		case <-changed:
 		}
 	}
+}
+
+// callerActor names a calling process in audit events.
+func callerActor(info peercred.AuthInfo) string {
+	return "pid " + strconv.Itoa(int(info.PID)) + " uid " + strconv.FormatUint(uint64(info.UID), 10)
 }

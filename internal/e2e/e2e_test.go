@@ -69,13 +69,14 @@ func tempDir(t testing.TB) string {
 }
 
 type env struct {
-	agentLog syncBuffer // every agent's log lines
-	t        testing.TB
-	srv      *server.Server
-	op       operatorpb.OperatorClient
-	bundle   []*x509.Certificate
-	audit    *syncBuffer   // the server's log
-	events   *audit.Memory // the server's audit events
+	agentLog    syncBuffer // every agent's log lines
+	t           testing.TB
+	srv         *server.Server
+	op          operatorpb.OperatorClient
+	bundle      []*x509.Certificate
+	audit       *syncBuffer   // the server's log
+	events      *audit.Memory // the server's audit events
+	agentEvents audit.Memory  // every agent's audit events
 }
 
 // startServer bootstraps a one-server cluster for trust domain example.org.
@@ -163,7 +164,7 @@ func (e *env) startAgent(token string, fraction float64) *agent.Agent {
 	a, err := agent.New(agent.Config{Servers: []string{e.srv.APIAddr()}, TrustBundle: e.bundle, DataDir: dir,
 		SocketPath: filepath.Join(dir, "agent.sock"), Evidence: jointoken.NewEvidence(token),
 		WorkloadAttestors: []attest.WorkloadAttestor{unix.New(unix.Config{})}, RenewFraction: fraction,
-		Logger: slog.New(slog.NewTextHandler(&e.agentLog, nil))})
+		Logger: slog.New(slog.NewTextHandler(&e.agentLog, nil)), Audit: &e.agentEvents})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -219,9 +220,11 @@ func TestWorkloadAPIServesAndRotatesSVIDs(t *testing.T) {
 		t.Fatalf("SVIDs %v, want only spiffe://example.org/test/web", x.SVIDs)
 	}
 	// Both decisions are in the agent's audit trail.
-	for _, want := range []string{"decision=deny method=FetchX509SVID", "decision=allow method=FetchX509SVID"} {
-		if !strings.Contains(e.agentLog.String(), want) {
-			t.Errorf("agent log lacks %q", want)
+	for _, d := range []audit.Decision{audit.Deny, audit.Allow} {
+		if _, err := e.agentEvents.Wait(tctx(t, 5*time.Second), func(ev audit.Event) bool {
+			return ev.Action == "workload.fetch_x509_svid" && ev.Decision == d && strings.HasPrefix(ev.Actor, "pid ")
+		}); err != nil {
+			t.Errorf("no %s event of FetchX509SVID in the agent's audit trail: %v", d, err)
 		}
 	}
 	first := x.SVIDs[0]
