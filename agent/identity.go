@@ -13,13 +13,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -27,9 +27,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-// serverIDPrefix is the path prefix of the servers' SPIFFE IDs.
-const serverIDPrefix = "/meshca/server/"
 
 // identity is the agent's own SVID and the trust bundle. It is a go-spiffe
 // X.509 SVID and bundle source for the TLS configurations.
@@ -74,7 +71,7 @@ func (i *identity) verifyServer(raw [][]byte, _ [][]*x509.Certificate) error {
 	if err != nil {
 		return fmt.Errorf("agent: server certificate: %w", err)
 	}
-	if id.TrustDomain() != i.td || !strings.HasPrefix(id.Path(), serverIDPrefix) {
+	if !naming.IsServerID(i.td, id) {
 		return fmt.Errorf("agent: %s is not a server of %s", id, i.td.Name())
 	}
 	return nil

@@ -2,8 +2,8 @@ package attest
 
 import (
 	"context"
-	"fmt"
 
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -96,16 +96,7 @@ type Peer struct {
 // AgentID returns spiffe://<td>/meshca/agent/<attestor>/<unique...>, the
 // SPIFFE ID of an agent attested by the method attestor. Each unique part
 // must be a valid SPIFFE ID path segment (letters, digits, '.', '-', '_').
+// The naming scheme is meshca's (internal/naming); attestors call it here.
 func AgentID(td spiffeid.TrustDomain, attestor string, unique ...string) (spiffeid.ID, error) {
-	if td.IsZero() {
-		return spiffeid.ID{}, fmt.Errorf("agent ID: no trust domain")
-	}
-	if len(unique) == 0 {
-		return spiffeid.ID{}, fmt.Errorf("agent ID: no unique part")
-	}
-	id, err := spiffeid.FromSegments(td, append([]string{"meshca", "agent", attestor}, unique...)...)
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("agent ID: %w", err)
-	}
-	return id, nil
+	return naming.AgentID(td, attestor, unique...)
 }

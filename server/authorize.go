@@ -3,10 +3,10 @@ package server
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -167,7 +167,7 @@ func (a entryAuthorizer) Authorize(_ context.Context, r *Request) (Decision, err
 		switch {
 		case r.Caller == nil || r.Caller.AgentID == "" || r.SPIFFEID != r.Caller.AgentID:
 			return deny("an agent SVID is only for the agent itself")
-		case !strings.HasPrefix(strings.TrimPrefix(r.SPIFFEID, a.td.IDString()), AgentIDPrefix):
+		case !isAgentID(a.td, r.SPIFFEID):
 			return deny("%s is not an agent ID", r.SPIFFEID)
 		case r.Caller.Node != nil && r.Caller.Node.Banned:
 			return deny("node %s is banned", r.Caller.AgentID)
@@ -191,10 +191,16 @@ func (a entryAuthorizer) Authorize(_ context.Context, r *Request) (Decision, err
 			return deny("%v", err)
 		case id.TrustDomain() != a.td:
 			return deny("%q is not in trust domain %q", r.SPIFFEID, a.td.Name())
-		case reservedPath(id.Path()):
+		case naming.IsReserved(id.Path()):
 			return deny("SPIFFE ID %s: the /meshca/ path is reserved for servers and agents", r.SPIFFEID)
 		}
 		return Decision{Allow: true}, nil
 	}
 	return deny("unknown kind of request")
+}
+
+// isAgentID reports whether s is the SPIFFE ID of a node agent of td.
+func isAgentID(td spiffeid.TrustDomain, s string) bool {
+	id, err := spiffeid.FromString(s)
+	return err == nil && naming.IsAgentID(td, id)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -113,7 +114,7 @@ func validateEntry(td spiffeid.TrustDomain, e *operatorpb.Entry) error {
 		errs = append(errs, fmt.Errorf("SPIFFE ID: %w", err))
 	case id.TrustDomain() != td:
 		errs = append(errs, fmt.Errorf("SPIFFE ID %s is not in trust domain %s", e.SpiffeId, td.Name()))
-	case reservedPath(id.Path()):
+	case naming.IsReserved(id.Path()):
 		errs = append(errs, fmt.Errorf("SPIFFE ID %s: the /meshca/ path is reserved for servers and agents", e.SpiffeId))
 	}
 	if parent, err := spiffeid.FromString(e.ParentId); err != nil || parent.TrustDomain() != td {
@@ -191,10 +192,10 @@ func (o *operatorService) checkParent(r *raftfsm.Reader, parent string, allowUnk
 	if err != nil {
 		return err // refused by validateEntry already
 	}
-	if nodeID, ok := strings.CutPrefix(id.Path(), "/meshca/server/"); ok && r.Server(nodeID) != nil {
+	if nodeID, ok := naming.ServerNodeID(o.s.td, id); ok && r.Server(nodeID) != nil {
 		return nil
 	}
-	if h, ok := strings.CutPrefix(id.Path(), "/meshca/agent/"+jointoken.Name+"/"); ok && len(h) == 32 {
+	if h, ok := strings.CutPrefix(id.Path(), naming.AgentPathPrefix(jointoken.Name)); ok && len(h) == 32 {
 		now := o.s.cfg.Clock.Now().UnixNano()
 		for _, t := range r.JoinTokensWithHashPrefix(h) {
 			switch {
@@ -343,10 +344,4 @@ func (o *operatorService) GetNode(ctx context.Context, req *operatorpb.GetNodeRe
 		return nil, status.Errorf(codes.NotFound, "no node %q", req.SpiffeId)
 	}
 	return &operatorpb.NodeResponse{Node: fromRaftNode(n)}, nil
-}
-
-// reservedPath reports whether a SPIFFE ID path is meshca's own: servers'
-// and agents' identities, which no entry or mint may name.
-func reservedPath(path string) bool {
-	return path == "/meshca" || strings.HasPrefix(path, "/meshca/")
 }

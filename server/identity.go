@@ -16,8 +16,8 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/raftpb"
-	"github.com/meshca/meshca/server/cluster"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/encoding/protojson"
 )
@@ -212,7 +212,7 @@ func (id *identity) issueServerCertificate(kek *ca.KEK, a *ca.Authority) error {
 	if err != nil {
 		return err
 	}
-	sid, err := cluster.ServerID(td, id.NodeID)
+	sid, err := naming.ServerID(td, id.NodeID)
 	if err != nil {
 		return err
 	}

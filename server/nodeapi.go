@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -26,8 +26,6 @@ import (
 // Agent SVIDs and node API limits.
 const (
 	AgentSVIDTTL = 24 * time.Hour
-	// AgentIDPrefix is the path prefix of every node agent's SPIFFE ID.
-	AgentIDPrefix = "/meshca/agent/"
 	// MaxSignBatch bounds the CSRs of one SignX509SVIDs call.
 	MaxSignBatch = 512
 )
@@ -184,7 +182,7 @@ func ledgerRecord(svid *ca.X509SVID, nodeID string, iss *issuer) *raftpb.LedgerR
 // unbanned node.
 func (s *Server) requireAgent(ctx context.Context) (string, error) {
 	id, ok := cluster.PeerID(ctx)
-	if !ok || id.TrustDomain() != s.td || !strings.HasPrefix(id.Path(), AgentIDPrefix) {
+	if !ok || !naming.IsAgentID(s.td, id) {
 		return "", status.Error(codes.Unauthenticated, "this method needs a node agent's X509-SVID (attest first)")
 	}
 	agentID := id.String()

@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
@@ -458,7 +459,7 @@ func (a *app) ensureDevEntry(ctx context.Context, c *opClient, op opOptions, td 
 	if err != nil {
 		return nil, false, c.callError("list entries", op, err)
 	}
-	earlierAgent := "spiffe://" + td.Name() + "/meshca/agent/join_token/"
+	earlierAgent := td.IDString() + naming.AgentPathPrefix(jointoken.Name)
 	for _, e := range list.Entries {
 		if len(e.Selectors) != 1 || e.Selectors[0].Type != "unix" || e.Selectors[0].Value != "uid:"+uid {
 			continue

@@ -1,16 +1,10 @@
 package main
 
 import (
-	"crypto/tls"
-
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc/credentials"
 	"io/fs"
 	"net"
 	"os"
@@ -18,10 +12,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -99,7 +99,7 @@ func (a *app) dialOperatorTLS(addr string, o opOptions) (*opClient, error) {
 	}
 	td := svid.ID.TrustDomain()
 	authorize := tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != td || !strings.HasPrefix(id.Path(), "/meshca/server/") {
+		if !naming.IsServerID(td, id) {
 			return fmt.Errorf("%s is not a server of %s", id, td.Name())
 		}
 		return nil

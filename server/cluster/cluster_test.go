@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -308,7 +309,7 @@ func TestRaftRejectsUnauthenticatedPeers(t *testing.T) {
 	td := spiffeid.RequireTrustDomainFromString(testTD)
 
 	rogueCA := newCA(t) // same trust domain name, different root
-	foreignCert, foreignRoots := issueTLS(t, rogueCA, "spiffe://"+testTD+ServerIDPrefix+"rogue")
+	foreignCert, foreignRoots := issueTLS(t, rogueCA, "spiffe://"+testTD+naming.ServerIDPrefix+"rogue")
 	workloadCert, roots := issueTLS(t, c.ca, "spiffe://"+testTD+"/ns/default/sa/web") // right CA, not a server
 	cases := map[string]*Identity{}
 	foreign := NewIdentity(td, nil)

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/faultnet"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -105,7 +106,7 @@ func newTestCluster(t testing.TB, size int, opts clusterOpts) *testCluster {
 	for i := 0; i < size; i++ {
 		n := &testNode{c: c, id: fmt.Sprintf("s%d", i+1), dir: t.TempDir()}
 		id := NewIdentity(spiffeid.RequireTrustDomainFromString(testTD), nil)
-		cert, roots := issueTLS(t, c.ca, "spiffe://"+testTD+ServerIDPrefix+n.id)
+		cert, roots := issueTLS(t, c.ca, "spiffe://"+testTD+naming.ServerIDPrefix+n.id)
 		if err := id.Update(cert, roots); err != nil {
 			t.Fatal(err)
 		}

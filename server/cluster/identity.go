@@ -5,26 +5,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
-
-// ServerIDPrefix is the path prefix of every server's SPIFFE ID.
-const ServerIDPrefix = "/meshca/server/"
-
-// ServerID returns the SPIFFE ID of a server.
-func ServerID(td spiffeid.TrustDomain, nodeID string) (spiffeid.ID, error) {
-	return spiffeid.FromPath(td, ServerIDPrefix+nodeID)
-}
-
-// IsServerID reports whether id names a server of td.
-func IsServerID(td spiffeid.TrustDomain, id spiffeid.ID) bool {
-	return id.TrustDomain() == td && strings.HasPrefix(id.Path(), ServerIDPrefix) && len(id.Path()) > len(ServerIDPrefix)
-}
 
 // Identity is a server's TLS identity: its certificate chain and key, and
 // the trust domain's roots. Both can be replaced while connections run
@@ -109,7 +96,7 @@ func (i *Identity) verifyServer(rawCerts [][]byte, _ [][]*x509.Certificate) erro
 	if err != nil {
 		return err
 	}
-	if !IsServerID(i.td, id) {
+	if !naming.IsServerID(i.td, id) {
 		return fmt.Errorf("cluster: peer %s is not a server of %s", id, i.td.Name())
 	}
 	return nil

@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -74,7 +74,7 @@ func PeerID(ctx context.Context) (spiffeid.ID, bool) {
 
 func (s *Service) requireServer(ctx context.Context) error {
 	id, ok := PeerID(ctx)
-	if !ok || !IsServerID(s.node.cfg.Identity.TrustDomain(), id) {
+	if !ok || !naming.IsServerID(s.node.cfg.Identity.TrustDomain(), id) {
 		return status.Error(codes.PermissionDenied, "only servers of the trust domain may call this")
 	}
 	return nil
@@ -216,7 +216,8 @@ func (s *Service) CertifyIntermediate(ctx context.Context, req *clusterpb.Certif
 		return nil, err
 	}
 	id, _ := PeerID(ctx)
-	der, err := s.h.Certify(ctx, strings.TrimPrefix(id.Path(), ServerIDPrefix), req.Profile, req.Csr)
+	nodeID, _ := naming.ServerNodeID(s.node.cfg.Identity.TrustDomain(), id) // checked by requireServer
+	der, err := s.h.Certify(ctx, nodeID, req.Profile, req.Csr)
 	if err != nil {
 		return nil, err
 	}
