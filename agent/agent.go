@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -172,18 +170,15 @@ func StoredID(dataDir string, clock clockwork.Clock) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("agent: stored SVID: %w", err)
 	}
-	block, _ := pem.Decode(b)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return "", fmt.Errorf("agent: stored SVID %s is not a PEM certificate", path)
-	}
-	c, err := x509.ParseCertificate(block.Bytes)
+	chain, err := ca.ParseCertificatesPEM(b) // the leaf, then intermediates
 	if err != nil {
 		return "", fmt.Errorf("agent: stored SVID %s: %w", path, err)
 	}
-	if !now.Before(c.NotAfter) || len(c.URIs) != 1 {
+	leaf := chain[0]
+	if !now.Before(leaf.NotAfter) || len(leaf.URIs) != 1 {
 		return "", nil
 	}
-	return c.URIs[0].String(), nil
+	return leaf.URIs[0].String(), nil
 }
 
 // serverLoop keeps a session with one of the servers, moving to the next

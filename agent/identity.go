@@ -202,8 +202,8 @@ func (i *identity) load(now time.Time, fraction float64) (bool, error) {
 		return false, nil // expired: attest again
 	}
 	if b, err := os.ReadFile(filepath.Join(i.dir, "bundle.pem")); err == nil {
-		if roots, err := x509bundle.Parse(i.td, b); err == nil && len(roots.X509Authorities()) > 0 {
-			i.bundle = roots
+		if roots, err := ca.ParseCertificatesPEM(b); err == nil {
+			i.bundle = x509bundle.FromX509Authorities(i.td, roots)
 		}
 	}
 	i.mu.Lock()

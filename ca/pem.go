@@ -8,6 +8,11 @@ import (
 	"strings"
 )
 
+// ErrNoPEMCertificate is ParseCertificatesPEM's error for input that holds
+// no PEM certificate at all (not PEM, or empty), so that callers can say
+// which file was expected.
+var ErrNoPEMCertificate = errors.New("ca: PEM bundle holds no certificate")
+
 // MaxPEMBundleSize bounds a PEM bundle of certificates accepted by
 // ParseCertificatesPEM.
 const MaxPEMBundleSize = 1 << 20
@@ -30,7 +35,7 @@ func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
 			break
 		}
 		if blk.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("ca: PEM block %d is a %q, want CERTIFICATE", len(out)+1, blk.Type)
+			return nil, fmt.Errorf("ca: a %q PEM block (block %d); want only CERTIFICATE blocks", blk.Type, len(out)+1)
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
@@ -42,7 +47,7 @@ func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
 		return nil, errors.New("ca: PEM bundle: a damaged block after the certificates")
 	}
 	if len(out) == 0 {
-		return nil, errors.New("ca: PEM bundle holds no certificate")
+		return nil, ErrNoPEMCertificate
 	}
 	return out, nil
 }

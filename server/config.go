@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"regexp"
 	"time"
 
@@ -22,7 +21,8 @@ import (
 
 // Config configures a server. Fields documented with a default may be left zero.
 type Config struct {
-	// DataDir holds the server's identity, Raft log and snapshots.
+	// DataDir holds the server's identity, Raft log and snapshots, and its
+	// trust bundle; see "Data directory" in the package documentation.
 	DataDir string
 	// NodeID is the server's stable name in the cluster: letters, digits,
 	// '.', '-' and '_', at most 64 bytes.
@@ -207,7 +207,7 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("ledger grace and prune interval must not be negative"))
 	}
 	if c.AdminSocket == "" && c.DataDir != "" {
-		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")
+		c.AdminSocket = DefaultAdminSocket(c.DataDir)
 	}
 	return errors.Join(errs...)
 }

@@ -13,4 +13,28 @@
 // CSRs for its own intermediates, the leader consumes the token through
 // Raft, certifies the intermediates with the root and adds the server to
 // the Raft configuration. Every server holds the same KEK.
+//
+// # Data directory
+//
+// A server's data directory (Config.DataDir) holds the following; every
+// path of it is named in this package (datadir.go), and the other packages
+// and the CLI ask it for them:
+//
+//	admin.sock            the operator API's Unix socket, while the server
+//	                      runs (DefaultAdminSocket, the default of
+//	                      Config.AdminSocket)
+//	audit/                the server's audit log (package audit), unless
+//	                      Config.Audit is set
+//	kek                   the key-encryption key, when the operator keeps it
+//	                      there, for development only (KEKPath)
+//	raft/                 the Raft log, stable store and snapshots (package
+//	                      store)
+//	server/identity.json  the server's identity: roots, its intermediates and
+//	                      TLS certificate, keys sealed under the KEK
+//	server/join.json      a join in progress, until the server has an identity
+//	server/bundle.pem     the trust bundle (the ECDSA roots), written by New
+//	                      at every start, for agents and joining servers
+//	                      (TrustBundlePath, LoadTrustBundle)
+//	server.lock           the lock of the process running the server
+//	                      (LockDataDir)
 package server

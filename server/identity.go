@@ -73,8 +73,6 @@ type localIntermediate struct {
 	Key         *ca.SealedKey `json:"key"`
 }
 
-func identityPath(dataDir string) string { return filepath.Join(dataDir, "server", "identity.json") }
-
 // HasIdentity reports whether dataDir holds a server identity, made by
 // bootstrapping or joining: such a server starts with neither.
 func HasIdentity(dataDir string) (bool, error) {

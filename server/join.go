@@ -50,8 +50,6 @@ type joinAttempt struct {
 	Keys      map[string]*ca.SealedKey `json:"keys"`
 }
 
-func joinAttemptPath(dataDir string) string { return filepath.Join(dataDir, "server", "join.json") }
-
 // loadJoinAttempt reads the pending join attempt, or starts one and saves
 // it before anything is sent.
 func loadJoinAttempt(cfg *Config) (*joinAttempt, error) {

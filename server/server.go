@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -86,8 +85,8 @@ type Server struct {
 }
 
 // New prepares a server: it loads its identity, or creates one by
-// bootstrapping or joining, opens its stores and starts its Raft node and
-// listeners. Run serves.
+// bootstrapping or joining, opens its stores, starts its Raft node and
+// listeners, and writes the trust bundle to TrustBundlePath. Run serves.
 func New(cfg Config) (_ *Server, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("server config: %w", err)
@@ -102,7 +101,7 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	if s.events == nil {
-		if s.auditLog, err = audit.Open(audit.Config{Dir: filepath.Join(cfg.DataDir, "audit"), Source: cfg.NodeID, Clock: cfg.Clock,
+		if s.auditLog, err = audit.Open(audit.Config{Dir: auditDir(cfg.DataDir), Source: cfg.NodeID, Clock: cfg.Clock,
 			Logger: cfg.Logger.With("node", cfg.NodeID)}); err != nil {
 			return nil, fmt.Errorf("audit log: %w", err)
 		}
@@ -227,6 +226,9 @@ func New(cfg Config) (_ *Server, err error) {
 		s.adminTLS = grpc.NewServer(append(rpcerr.ServerOptions([]grpc.UnaryServerInterceptor{s.requireAdminUnary}, []grpc.StreamServerInterceptor{s.requireAdminStream}),
 			grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))...)
 		operatorpb.RegisterOperatorServer(s.adminTLS, &operatorService{s: s})
+	}
+	if err := writeTrustBundle(cfg.DataDir, s.TrustBundle()); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

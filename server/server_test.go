@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -138,19 +137,11 @@ func (r *running) status() *operatorpb.StatusResponse {
 
 func pemBundle(t *testing.T, pemBytes []byte) []*x509.Certificate {
 	t.Helper()
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, pemBytes = pem.Decode(pemBytes)
-		if b == nil {
-			return out
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
+	certs, err := ca.ParseCertificatesPEM(pemBytes)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return certs
 }
 
 func waitBootstrapped(t testing.TB, r *running) {

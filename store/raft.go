@@ -221,6 +221,10 @@ func (s *RaftStores) closeParts() error {
 	return errors.Join(errs...)
 }
 
+// RaftDir is the directory of the Raft stores OpenRaft opens in the data
+// directory dir.
+func RaftDir(dir string) string { return filepath.Join(dir, raftDirName) }
+
 // HasState reports whether the data directory dir holds Raft state (see
 // RaftStores.HasState). It creates nothing when dir/raft does not exist;
 // otherwise it opens the stores briefly, so it fails with ErrLocked while a

@@ -15,6 +15,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/k8s"
 	"github.com/meshca/meshca/attest/k8spsat"
+	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -319,7 +320,7 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 	if err != nil {
 		return err
 	}
-	bundle, err := loadTrustBundle(c.TrustBundle)
+	bundle, err := server.LoadTrustBundle(c.TrustBundle)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/go-jose/go-jose/v4"
@@ -71,27 +70,12 @@ func loadPEMCertificates(what, path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	var certs []*x509.Certificate
-	for rest := b; ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			if len(certs) > 0 && len(strings.TrimSpace(string(rest))) != 0 {
-				return nil, fmt.Errorf("%s %s: data that is not PEM after %d certificates", what, path, len(certs))
-			}
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("%s %s: a %q PEM block; want only CERTIFICATE blocks", what, path, blk.Type)
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: certificate %d: %w", what, path, len(certs)+1, err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
+	certs, err := ca.ParseCertificatesPEM(b)
+	if errors.Is(err, ca.ErrNoPEMCertificate) {
 		return nil, fmt.Errorf("%s %s holds no PEM certificate", what, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	return certs, nil
 }
@@ -352,16 +336,13 @@ func (nf *nodeAttestorFiles) attestors(td spiffeid.TrustDomain) ([]attest.NodeAt
 func attestorTrustDomain(c *serverConfig, dataDir string, hasIdentity bool, roots []*x509.Certificate) (spiffeid.TrustDomain, error) {
 	switch {
 	case hasIdentity:
-		path := filepath.Join(dataDir, "server", "bundle.pem")
-		b, err := os.ReadFile(path)
+		path := server.TrustBundlePath(dataDir)
+		roots, err := server.LoadTrustBundle(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			return spiffeid.TrustDomain{}, fmt.Errorf("the node attestors need the server's trust domain, read from %s, which is missing; start the server once without the node attestor settings to write it again", path)
 		}
 		if err != nil {
 			return spiffeid.TrustDomain{}, fmt.Errorf("the server's trust bundle: %w", err)
-		}
-		if roots, err = parseTrustBundle(path, b); err != nil {
-			return spiffeid.TrustDomain{}, err
 		}
 		return ca.TrustDomainOfRoots(roots)
 	case c.Bootstrap:
@@ -376,7 +357,7 @@ func attestorTrustDomain(c *serverConfig, dataDir string, hasIdentity bool, root
 // checkBundleTrustDomain checks that the PEM trust bundle of a started
 // server names trust domain td, the node attestors'.
 func checkBundleTrustDomain(bundlePEM []byte, td spiffeid.TrustDomain) error {
-	roots, err := parseTrustBundle("the server's trust bundle", bundlePEM)
+	roots, err := server.ParseTrustBundle("the server's trust bundle", bundlePEM)
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshca/meshca/attest/k8spsat"
 	"github.com/meshca/meshca/attest/x509pop"
+	"github.com/meshca/meshca/server"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -160,7 +161,7 @@ func TestAgentsAttestWithX509PopAndK8sPSAT(t *testing.T) {
 	tokenFile := writeTestFile(t, tmp, "token", []byte(issuer.token(t, "node-uid-1")))
 
 	dataDir := shortTempDir(t)
-	sock := filepath.Join(dataDir, adminSocketName)
+	sock := filepath.Join(dataDir, server.AdminSocketName)
 	addr := "unix://" + sock
 	ports := freePorts(t, 2)
 	srv := startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", ports[0], "--api-addr", ports[1],
@@ -357,7 +358,7 @@ func TestServerAttestorConfigFile(t *testing.T) {
 func TestAttestorTrustDomain(t *testing.T) {
 	t.Parallel()
 	dataDir := t.TempDir()
-	roots, err := loadTrustBundle(selfSignedBundle(t, t.TempDir())) // example.org
+	roots, err := server.LoadTrustBundle(selfSignedBundle(t, t.TempDir())) // example.org
 	if err != nil {
 		t.Fatal(err)
 	}

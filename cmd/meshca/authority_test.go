@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/server"
 )
 
 // authority show lists the roots, the server's intermediates and the JWT
@@ -14,7 +16,7 @@ func TestAuthorityShow(t *testing.T) {
 	t.Parallel()
 	env := testEnv(t)
 	dataDir := shortTempDir(t)
-	sock := filepath.Join(dataDir, adminSocketName)
+	sock := filepath.Join(dataDir, server.AdminSocketName)
 	srv := startServer(t, env, sock, "--bootstrap", "--trust-domain", "example.org", "--data-dir", dataDir, "--node-id", "s1",
 		"--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0")
 	waitLeader(t, env, sock, "s1")

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/server"
 )
 
 // A first start interrupted at any moment, by SIGKILL, SIGINT or SIGTERM,
@@ -25,7 +27,7 @@ func TestInterruptedFirstStartResumes(t *testing.T) {
 		t.Run(fmt.Sprintf("%s_at_%s", sig, at), func(t *testing.T) {
 			env := testEnv(t)
 			dataDir := shortTempDir(t)
-			sock := filepath.Join(dataDir, adminSocketName)
+			sock := filepath.Join(dataDir, server.AdminSocketName)
 			args := []string{"server", "--bootstrap", "--trust-domain", "example.org", "--data-dir", dataDir, "--node-id", "s1",
 				"--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"}
 			cmd := exec.Command(bin, args...)

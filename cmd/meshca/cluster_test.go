@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/server"
 )
 
 // The meshca binary, built once for the tests that run it as a process.
@@ -268,7 +269,7 @@ func TestClusterOfProcesses(t *testing.T) {
 	for i, name := range []string{"s1", "s2", "s3"} {
 		p := &serverProc{name: name, dataDir: filepath.Join(base, name), raftAddr: ports[2*i], apiAddr: ports[2*i+1],
 			logPath: filepath.Join(base, name+".log")}
-		p.sock = filepath.Join(p.dataDir, adminSocketName)
+		p.sock = filepath.Join(p.dataDir, server.AdminSocketName)
 		procs[name] = p
 		order = append(order, p)
 	}
@@ -297,7 +298,7 @@ func TestClusterOfProcesses(t *testing.T) {
 		return bytes.Contains(b, []byte(bootstrappedLog)), "no " + bootstrappedLog + " in s1's log"
 	})
 	bundle := filepath.Join(s1.dataDir, "server", "bundle.pem")
-	if _, err := loadTrustBundle(bundle); err != nil {
+	if _, err := server.LoadTrustBundle(bundle); err != nil {
 		t.Fatalf("s1's trust bundle: %v", err)
 	}
 

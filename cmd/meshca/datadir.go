@@ -10,6 +10,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/dirlock"
+	"github.com/meshca/meshca/server"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -20,17 +21,10 @@ const (
 	modePublic  fs.FileMode = 0o644 // certificates and bundles
 )
 
-// kekFileName is the KEK kept in the data directory when none is given.
-const kekFileName = "kek"
-
-// serverLockName is the lock a running server or dev holds in its data
-// directory, with its PID.
-const serverLockName = "server.lock"
-
 // lockDataDir locks dataDir for this server (or dev) process, saying which
 // process holds it if another does.
 func lockDataDir(dataDir string) (*dirlock.Lock, error) {
-	l, err := dirlock.Acquire(dataDir, serverLockName)
+	l, err := server.LockDataDir(dataDir)
 	var held *dirlock.HeldError
 	if errors.As(err, &held) {
 		return nil, fmt.Errorf("%v: a data directory serves one server at a time; stop that one first (meshca dev and meshca server run until Ctrl-C or SIGTERM), or give this one another --data-dir", held)
@@ -105,7 +99,8 @@ func (a *app) loadKEK(flagFile, dataDir string) (*ca.KEK, kekInfo, error) {
 		return kek, info, err
 	}
 
-	file, source := filepath.Join(dataDir, kekFileName), "data-dir"
+	// An offline CA keeps its KEK where a server keeps one.
+	file, source := server.KEKPath(dataDir), "data-dir"
 	exists, err := ca.LocalExists(dataDir)
 	if err != nil {
 		return nil, kekInfo{}, err

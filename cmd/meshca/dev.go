@@ -20,7 +20,6 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/server"
@@ -142,7 +141,7 @@ func (a *app) newDevCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", "", "data directory (default $MESHCA_DATA_DIR, else $XDG_DATA_HOME/meshca, else ~/.local/share/meshca)")
 	f.StringVar(&o.socket, "socket", "", "Unix socket of the Workload API (default <data-dir>/"+agentSocketName+")")
-	f.StringVar(&o.adminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/"+adminSocketName+")")
+	f.StringVar(&o.adminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/"+server.AdminSocketName+")")
 	f.StringVar(&o.trustDomain, "trust-domain", defaultTrustDomain, "trust domain of a new data directory; if given when reopening, it must match")
 	f.StringVar(&o.kekFile, "kek-file", "", "key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek, for development only)")
 	f.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:0", "host:port Raft listens on (port 0: any free port)")
@@ -306,7 +305,7 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 // devSocketPaths returns dev's Workload API and admin socket paths, made
 // absolute, refusing at once every one too long for a Unix socket.
 func devSocketPaths(o devOptions, dataDir string) (socket, admin string, err error) {
-	socket, admin = filepath.Join(dataDir, agentSocketName), filepath.Join(dataDir, adminSocketName)
+	socket, admin = filepath.Join(dataDir, agentSocketName), server.DefaultAdminSocket(dataDir)
 	for _, p := range []struct {
 		flag string
 		path *string
@@ -360,7 +359,7 @@ func (a *app) devStart(ctx context.Context, srv *server.Server, srvDone chan err
 		}
 	}
 	bundlePEM := srv.TrustBundle()
-	bundle, err := parseTrustBundle("of the server", bundlePEM)
+	bundle, err := server.ParseTrustBundle("of the server", bundlePEM)
 	if err != nil {
 		return rep, nil, err
 	}
@@ -368,10 +367,7 @@ func (a *app) devStart(ctx context.Context, srv *server.Server, srvDone chan err
 	if err != nil {
 		return rep, nil, fmt.Errorf("the server's trust bundle: %w", err)
 	}
-	bundlePath := filepath.Join(dataDir, "server", "bundle.pem")
-	if err := atomicfile.Write(bundlePath, bundlePEM, modePublic); err != nil {
-		return rep, nil, fmt.Errorf("write the trust bundle: %w", err)
-	}
+	bundlePath := server.TrustBundlePath(dataDir) // written by server.New
 
 	rep.DataDir, rep.TrustDomain, rep.Bootstrapped = dataDir, td.Name(), !hadIdentity
 	rep.Server.NodeID, rep.Server.RaftAddr, rep.Server.APIAddr = devNodeID, srv.RaftAddr(), srv.APIAddr()

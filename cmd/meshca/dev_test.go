@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/server"
 )
 
 // devReportOf waits until the dev command b (run with --output json) has
@@ -42,7 +43,7 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 	env := testEnv(t)
 	dataDir := shortTempDir(t)
 	socket := filepath.Join(dataDir, agentSocketName)
-	admin := "unix://" + filepath.Join(dataDir, adminSocketName)
+	admin := "unix://" + filepath.Join(dataDir, server.AdminSocketName)
 	start := time.Now()
 	dev := startBackground(t, env, "dev", "--data-dir", dataDir, "--output", "json", "--log-level", "info")
 	rep := devReportOf(t, dev)
@@ -53,7 +54,7 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 	if rep.DataDir != dataDir || rep.TrustDomain != defaultTrustDomain || !rep.Bootstrapped {
 		t.Errorf("report: data dir %q, trust domain %q, bootstrapped %v; want %s, %s, true", rep.DataDir, rep.TrustDomain, rep.Bootstrapped, dataDir, defaultTrustDomain)
 	}
-	if rep.KEK.Source != "data-dir" || !rep.KEK.Created || rep.KEK.File != filepath.Join(dataDir, kekFileName) {
+	if rep.KEK.Source != "data-dir" || !rep.KEK.Created || rep.KEK.File != server.KEKPath(dataDir) {
 		t.Errorf("report KEK = %+v, want one created in the data directory", rep.KEK)
 	}
 	// A second dev on the same data directory says which process holds it.
@@ -70,7 +71,7 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 	// second CA there.
 	if r := meshca(t, env, "x509", "mint", "--data-dir", dataDir, "--profile", "ecdsa", "--spiffe-id", "spiffe://meshca.local/x",
 		"--out", filepath.Join(t.TempDir(), "x")); r.code != exitUsage || !strings.Contains(r.stderr, "is the data directory of a meshca server") ||
-		!strings.Contains(r.stderr, "--addr unix://"+filepath.Join(dataDir, adminSocketName)) {
+		!strings.Contains(r.stderr, "--addr unix://"+filepath.Join(dataDir, server.AdminSocketName)) {
 		t.Errorf("x509 mint --data-dir <dev's>: exit %d, stderr %q", r.code, r.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(dataDir, "ca")); !os.IsNotExist(err) {
@@ -99,10 +100,10 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 	if len(rep.Next) == 0 || rep.Next[0] != wantNext {
 		t.Errorf("report next = %q, want first %q", rep.Next, wantNext)
 	}
-	checkMode(t, filepath.Join(dataDir, kekFileName), modePrivate)
-	checkMode(t, filepath.Join(dataDir, adminSocketName), modePrivate)
+	checkMode(t, server.KEKPath(dataDir), modePrivate)
+	checkMode(t, filepath.Join(dataDir, server.AdminSocketName), modePrivate)
 	checkMode(t, filepath.Join(dataDir, "agent", "key.pem"), modePrivate)
-	if _, err := loadTrustBundle(rep.Server.TrustBundle); err != nil {
+	if _, err := server.LoadTrustBundle(rep.Server.TrustBundle); err != nil {
 		t.Errorf("the trust bundle dev wrote: %v", err)
 	}
 
@@ -135,7 +136,7 @@ func TestDevRunsServerAndAgent(t *testing.T) {
 	if code := dev.stop(t); code != exitOK {
 		t.Fatalf("dev exited %d\nstderr:\n%s", code, dev.stderr)
 	}
-	for _, s := range []string{socket, filepath.Join(dataDir, adminSocketName)} {
+	for _, s := range []string{socket, filepath.Join(dataDir, server.AdminSocketName)} {
 		if _, err := os.Stat(s); !os.IsNotExist(err) {
 			t.Errorf("socket %s still there after dev stopped: %v", s, err)
 		}
@@ -243,7 +244,7 @@ func TestDevBadInput(t *testing.T) {
 	dataDir := filepath.Join(shortTempDir(t), strings.Repeat("d", 90))
 	r := meshca(t, testEnv(t), "dev", "--data-dir", dataDir)
 	if r.code != exitUsage || !strings.Contains(r.stderr, "Workload API socket path "+filepath.Join(dataDir, agentSocketName)) ||
-		!strings.Contains(r.stderr, "admin socket path "+filepath.Join(dataDir, adminSocketName)) ||
+		!strings.Contains(r.stderr, "admin socket path "+filepath.Join(dataDir, server.AdminSocketName)) ||
 		!strings.Contains(r.stderr, "--socket") || !strings.Contains(r.stderr, "--admin-socket") {
 		t.Errorf("dev with a long data directory: exit %d, stderr %q; want both sockets named at once", r.code, r.stderr)
 	}

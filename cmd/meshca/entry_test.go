@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/server"
 )
 
 // decodeJSON decodes the JSON output of a command into v, strictly.
@@ -32,7 +33,7 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 	t.Parallel()
 	env := testEnv(t)
 	dataDir := shortTempDir(t)
-	sock := filepath.Join(dataDir, adminSocketName)
+	sock := filepath.Join(dataDir, server.AdminSocketName)
 	addr := "unix://" + sock
 	ports := freePorts(t, 2)
 	srv := startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", ports[0], "--api-addr", ports[1],

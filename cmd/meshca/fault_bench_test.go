@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/server"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -121,7 +122,7 @@ func processFault(b *testing.B, bin, kind string, dur time.Duration) time.Durati
 		}
 	}()
 	dial := func(p *proc) {
-		conn, err := grpc.NewClient("unix://"+filepath.Join(p.dir, adminSocketName), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient("unix://"+filepath.Join(p.dir, server.AdminSocketName), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -25,9 +26,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
-
-// adminSocketName is the operator socket's name in a server's data directory.
-const adminSocketName = "admin.sock"
 
 // maxSocketPath is the longest Unix socket path Linux accepts (108 bytes
 // with the terminating NUL in sun_path) and macOS (104).
@@ -93,7 +91,7 @@ func (a *app) dialOperatorTLS(addr string, o opOptions) (*opClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin SVID %s: %w", cert, err)
 	}
-	roots, err := loadTrustBundle(bundleFile)
+	roots, err := server.LoadTrustBundle(bundleFile)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +142,7 @@ func (a *app) adminSocketPath(addr string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("no server address: %w", err)
 		}
-		return filepath.Join(dir, adminSocketName), nil
+		return server.DefaultAdminSocket(dir), nil
 	}
 	var path string
 	switch {
@@ -161,7 +159,7 @@ func (a *app) adminSocketPath(addr string) (string, error) {
 		if _, port, err := net.SplitHostPort(addr); err == nil && port != "" && !strings.Contains(addr, "://") {
 			return "", tcpAddr(addr)
 		}
-		return "", usageErrorf("%s %q: want unix:///path/%s", source, addr, adminSocketName)
+		return "", usageErrorf("%s %q: want unix:///path/%s", source, addr, server.AdminSocketName)
 	}
 	if path == "" {
 		return "", usageErrorf("%s %q: the socket path is empty", source, addr)
@@ -196,7 +194,7 @@ func (a *app) dialOperator(o opOptions) (*opClient, error) {
 	case err != nil:
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	case fi.Mode().Type() != fs.ModeSocket:
-		return nil, fmt.Errorf("%s is not a Unix socket: give the server's admin socket with --addr unix:///<data-dir>/%s", path, adminSocketName)
+		return nil, fmt.Errorf("%s is not a Unix socket: give the server's admin socket with --addr unix:///<data-dir>/%s", path, server.AdminSocketName)
 	}
 	conn, err := grpc.NewClient("unix://"+path,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -211,7 +209,7 @@ func (a *app) dialOperator(o opOptions) (*opClient, error) {
 
 // unreachable is the error for a server that does not answer on its socket.
 func unreachable(path, why string) error {
-	return codedErrorf(codes.Unavailable, "cannot reach the server's admin socket at %s (%s): is `meshca server` running? Give its socket with --addr unix:///<data-dir>/%s or $%s", path, why, adminSocketName, envAddr)
+	return codedErrorf(codes.Unavailable, "cannot reach the server's admin socket at %s (%s): is `meshca server` running? Give its socket with --addr unix:///<data-dir>/%s or $%s", path, why, server.AdminSocketName, envAddr)
 }
 
 // callContext bounds one operator call by --timeout.
@@ -271,7 +269,7 @@ func (c *opClient) callError(what string, o opOptions, err error) error {
 		return codedErrorf(code, "%s: cancelled", what)
 	case codes.Unimplemented:
 		if c.tcp {
-			return codedErrorf(code, "%s: %s does not serve the operator API: is it the server's --api-addr (agents' and servers' API)? Give the server's --admin-addr, or its admin socket unix:///<data-dir>/%s", what, c.addr, adminSocketName)
+			return codedErrorf(code, "%s: %s does not serve the operator API: is it the server's --api-addr (agents' and servers' API)? Give the server's --admin-addr, or its admin socket unix:///<data-dir>/%s", what, c.addr, server.AdminSocketName)
 		}
 		return codedErrorf(code, "%s: this server does not support it (is it an older meshca?): %s", what, msg)
 	}

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -22,7 +20,6 @@ import (
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/attest/k8spsat"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
@@ -446,7 +443,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
-	adminSocket := filepath.Join(dataDir, adminSocketName)
+	adminSocket := server.DefaultAdminSocket(dataDir)
 	if c.AdminSocket != "" {
 		if adminSocket, err = filepath.Abs(c.AdminSocket); err != nil {
 			return fmt.Errorf("--admin-socket %s: %w", c.AdminSocket, err)
@@ -458,7 +455,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 
 	var bundle []*x509.Certificate
 	if c.Join != "" {
-		if bundle, err = loadTrustBundle(c.TrustBundle); err != nil {
+		if bundle, err = server.LoadTrustBundle(c.TrustBundle); err != nil {
 			return err
 		}
 	}
@@ -540,11 +537,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 			return err
 		}
 	}
-	bundlePath := filepath.Join(dataDir, "server", "bundle.pem")
-	if err := atomicfile.Write(bundlePath, srv.TrustBundle(), modePublic); err != nil {
-		srv.Close()
-		return fmt.Errorf("write the trust bundle: %w", err)
-	}
+	bundlePath := server.TrustBundlePath(dataDir) // written by server.New
 	log.Info("meshca server started", "node", c.NodeID, "raft_addr", srv.RaftAddr(), "api_addr", srv.APIAddr(),
 		"admin_socket", srv.AdminSocket(), "trust_bundle", bundlePath,
 		"operator", "meshca status --addr unix://"+srv.AdminSocket())
@@ -575,7 +568,7 @@ func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity, dev bool) (
 		return kek, info, err
 	}
 
-	file := filepath.Join(dataDir, kekFileName)
+	file := server.KEKPath(dataDir)
 	kek, err := ca.LoadKEKFile(file)
 	var created bool
 	switch {
@@ -603,44 +596,4 @@ func (a *app) serverKEK(c serverConfig, dataDir string, hasIdentity, dev bool) (
 	}
 	fmt.Fprintf(a.stderr, "meshca: warning: %s the key-encryption key %s, stored beside the keys it protects; this is for development only (use --kek-file or %s to keep it elsewhere%s)\n", verb, file, envKEKFile, cluster)
 	return kek, kekInfo{File: file, Source: "data-dir", ID: kek.ID(), Created: created}, nil
-}
-
-// loadTrustBundle reads a PEM file of root certificates. Every block must
-// be a CERTIFICATE; at least one is needed.
-func loadTrustBundle(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("trust bundle: %w", err)
-	}
-	return parseTrustBundle(path, b)
-}
-
-// parseTrustBundle parses the PEM roots b read from path (named in errors).
-func parseTrustBundle(path string, b []byte) ([]*x509.Certificate, error) {
-	var roots []*x509.Certificate
-	for rest := b; ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			if len(roots) > 0 && len(bytes.TrimSpace(rest)) != 0 {
-				return nil, fmt.Errorf("trust bundle %s: data that is not PEM after %d certificates", path, len(roots))
-			}
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("trust bundle %s: a %q PEM block; want only CERTIFICATE blocks", path, blk.Type)
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("trust bundle %s: certificate %d: %w", path, len(roots)+1, err)
-		}
-		roots = append(roots, c)
-	}
-	if len(roots) == 0 {
-		return nil, fmt.Errorf("trust bundle %s holds no certificate: give the first server's <data-dir>/server/bundle.pem", path)
-	}
-	if _, err := ca.TrustDomainOfRoots(roots); err != nil {
-		return nil, fmt.Errorf("trust bundle %s: %w", path, err)
-	}
-	return roots, nil
 }

@@ -157,7 +157,7 @@ func TestServerBootstrapOperateAndSnapshot(t *testing.T) {
 	t.Parallel()
 	env := testEnv(t)
 	dataDir := shortTempDir(t)
-	sock := filepath.Join(dataDir, adminSocketName)
+	sock := filepath.Join(dataDir, server.AdminSocketName)
 	addr := "unix://" + sock
 	// The configuration file gives everything; the --node-id flag overrides it.
 	cfg := writeTestFile(t, t.TempDir(), "server.json", []byte(`{
@@ -192,7 +192,7 @@ func TestServerBootstrapOperateAndSnapshot(t *testing.T) {
 	checkMode(t, sock, modePrivate)
 	bundlePath := filepath.Join(dataDir, "server", "bundle.pem")
 	checkMode(t, bundlePath, modePublic)
-	roots, err := loadTrustBundle(bundlePath)
+	roots, err := server.LoadTrustBundle(bundlePath)
 	if err != nil || len(roots) != 1 || len(roots[0].URIs) != 1 || roots[0].URIs[0].String() != "spiffe://example.org" {
 		t.Errorf("bundle.pem: %v, %d roots", err, len(roots))
 	}
@@ -567,7 +567,7 @@ func TestOperatorOverMutualTLS(t *testing.T) {
 	t.Parallel()
 	env := testEnv(t)
 	dataDir := shortTempDir(t)
-	sock := filepath.Join(dataDir, adminSocketName)
+	sock := filepath.Join(dataDir, server.AdminSocketName)
 	ports := freePorts(t, 3)
 	srv := startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", ports[0], "--api-addr", ports[1],
 		"--bootstrap", "--trust-domain", "example.org", "--admin-addr", ports[2], "--admin-id", "spiffe://example.org/ops/alice")

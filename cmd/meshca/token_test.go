@@ -19,7 +19,7 @@ func TestJoinTokens(t *testing.T) {
 	t.Parallel()
 	env := testEnv(t)
 	dataDir := shortTempDir(t)
-	sock := filepath.Join(dataDir, adminSocketName)
+	sock := filepath.Join(dataDir, server.AdminSocketName)
 	addr := "unix://" + sock
 	ports := freePorts(t, 2)
 	kek := filepath.Join(t.TempDir(), "kek")
@@ -91,7 +91,7 @@ func TestRaftPortRefusalIsLogged(t *testing.T) {
 	t.Parallel()
 	env := testEnv(t)
 	dataDir := shortTempDir(t)
-	sock := filepath.Join(dataDir, adminSocketName)
+	sock := filepath.Join(dataDir, server.AdminSocketName)
 	ports := freePorts(t, 2)
 	srv := startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", ports[0], "--api-addr", ports[1],
 		"--bootstrap", "--trust-domain", "example.org")

@@ -5,8 +5,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -181,19 +179,12 @@ func (a *app) newX509MintCommand() *cobra.Command {
 // a server or of dev: a local CA there would be a second CA, unrelated to
 // the trust domain the server runs.
 func checkNotServerDataDir(dir string) error {
-	has, err := server.HasIdentity(dir)
+	has, err := server.IsDataDir(dir)
 	if err != nil {
 		return err
 	}
-	if !has {
-		for _, name := range []string{"raft", serverLockName} {
-			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
-				has = true
-			}
-		}
-	}
 	if has {
-		return usageErrorf("--data-dir %s is the data directory of a meshca server (or of meshca dev): an offline CA there would be a second CA, unrelated to the server's trust domain; mint through the server with --addr unix://%s, or give mint a directory of its own", dir, filepath.Join(dir, adminSocketName))
+		return usageErrorf("--data-dir %s is the data directory of a meshca server (or of meshca dev): an offline CA there would be a second CA, unrelated to the server's trust domain; mint through the server with --addr unix://%s, or give mint a directory of its own", dir, server.DefaultAdminSocket(dir))
 	}
 	return nil
 }
@@ -225,7 +216,7 @@ func (a *app) checkMintFlags(cmd *cobra.Command, fl *x509MintFlags) (online bool
 	if len(missing) > 0 {
 		msg := `required flag(s) "` + strings.Join(missing, `", "`) + `" not set`
 		if !online && fl.dataDir == "" {
-			msg += fmt.Sprintf("; mint through a running server with --addr unix:///path/%s (or $%s), or offline from a local CA with --data-dir D", adminSocketName, envAddr)
+			msg += fmt.Sprintf("; mint through a running server with --addr unix:///path/%s (or $%s), or offline from a local CA with --data-dir D", server.AdminSocketName, envAddr)
 		}
 		return false, usageErrorf("%s", msg)
 	}

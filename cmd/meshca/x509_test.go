@@ -12,6 +12,7 @@ import (
 
 	"github.com/emmansun/gmsm/smx509"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/server"
 )
 
 func TestX509MintVerifiesWithOpenSSL(t *testing.T) {
@@ -177,7 +178,7 @@ func TestX509MintKEKKeptElsewhere(t *testing.T) {
 	if strings.Contains(r.stderr, devOnlyWarning) {
 		t.Errorf("warned about a development KEK although --kek-file was given: %q", r.stderr)
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, kekFileName)); err == nil {
+	if _, err := os.Stat(server.KEKPath(dataDir)); err == nil {
 		t.Fatal("created a KEK in the data directory although --kek-file was given")
 	}
 
@@ -280,7 +281,7 @@ func TestX509MintThroughServer(t *testing.T) {
 	requireOpenSSL(t)
 	env := testEnv(t)
 	dataDir := shortTempDir(t)
-	sock := filepath.Join(dataDir, adminSocketName)
+	sock := filepath.Join(dataDir, server.AdminSocketName)
 	addr := "unix://" + sock
 	ports := freePorts(t, 2)
 	srv := startServer(t, env, sock, "--data-dir", dataDir, "--node-id", "s1", "--raft-addr", ports[0], "--api-addr", ports[1],

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -115,12 +114,7 @@ func startServerWith(t testing.TB, tune func(*server.Config)) *env {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	block, _ := pem.Decode(srv.TrustBundle())
-	root, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.bundle = []*x509.Certificate{root}
+	e.bundle = trustBundle(t, srv)
 	return e
 }
 
@@ -459,4 +453,14 @@ func operatorClient(t testing.TB, socket string) operatorpb.OperatorClient {
 
 func bundleSource(e *env) *x509bundle.Bundle {
 	return x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("example.org"), e.bundle)
+}
+
+// trustBundle returns the roots srv gives agents and joining servers.
+func trustBundle(t testing.TB, srv *server.Server) []*x509.Certificate {
+	t.Helper()
+	roots, err := ca.ParseCertificatesPEM(srv.TrustBundle())
+	if err != nil {
+		t.Fatalf("the server's trust bundle: %v", err)
+	}
+	return roots
 }

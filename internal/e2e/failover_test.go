@@ -2,14 +2,11 @@ package e2e
 
 import (
 	"context"
-	"encoding/pem"
 	"io"
 	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"crypto/x509"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/meshca/meshca/agent"
@@ -75,9 +72,7 @@ func TestAgentsSurviveLeaderKill(t *testing.T) {
 	}
 	e := &env{t: t, srv: s1.srv}
 	e.op = operatorClient(t, s1.srv.AdminSocket())
-	block, _ := pem.Decode(s1.srv.TrustBundle())
-	root, _ := x509.ParseCertificate(block.Bytes)
-	e.bundle = []*x509.Certificate{root}
+	e.bundle = trustBundle(t, s1.srv)
 	members := []*member{s1}
 	for _, node := range []string{"s2", "s3"} {
 		tok, err := e.op.CreateJoinToken(tctx(t, 20*time.Second), &operatorpb.CreateJoinTokenRequest{Kind: server.TokenKindServer})

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -99,12 +98,7 @@ func newFaultCluster(t *testing.T, size int) *faultCluster {
 	c1.Bootstrap, c1.TrustDomain = true, "example.org"
 	fc.add(runServer(t, c1))
 	waitUntil(t, 20*time.Second, "s1 is ready", fc.members[0].srv.Ready)
-	block, _ := pem.Decode(fc.members[0].srv.TrustBundle())
-	root, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc.bundle = []*x509.Certificate{root}
+	fc.bundle = trustBundle(t, fc.members[0].srv)
 	for i := 2; i <= size; i++ {
 		fc.add(runServer(t, fc.joinConfig(fmt.Sprintf("s%d", i), fc.members[0])))
 	}

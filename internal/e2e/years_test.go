@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,12 +81,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 	})
 	f.e = &env{t: t, srv: s1.srv, op: operatorClient(t, s1.srv.AdminSocket())}
 	f.op = f.e.op
-	block, _ := pem.Decode(s1.srv.TrustBundle())
-	root, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.e.bundle = []*x509.Certificate{root}
+	f.e.bundle = trustBundle(t, s1.srv)
 	f.members = []*member{s1}
 	for i := 2; i <= o.servers; i++ {
 		tok, err := f.op.CreateJoinToken(tctx(t, 20*time.Second), &operatorpb.CreateJoinTokenRequest{Kind: server.TokenKindServer})
@@ -171,11 +165,11 @@ func (f *fleet) checkWorkloads(since time.Time) error {
 		if err != nil {
 			return err
 		}
-		block, _ := pem.Decode(own)
-		ownLeaf, err := x509.ParseCertificate(block.Bytes)
+		ownChain, err := ca.ParseCertificatesPEM(own)
 		if err != nil {
 			return err
 		}
+		ownLeaf := ownChain[0]
 		if ownLeaf.NotBefore.Add(ca.Backdate).Before(since.Add(-time.Second)) || !now.Before(ownLeaf.NotAfter) {
 			return fmt.Errorf("agent %d: its own SVID, valid %s to %s, was not renewed since %s", i, ownLeaf.NotBefore, ownLeaf.NotAfter, since)
 		}
