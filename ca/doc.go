@@ -18,4 +18,11 @@
 // tests guard the direct encoding by comparing it byte for byte with what
 // CreateCertificate produces for the same template, and by verifying every
 // chain with openssl, go-spiffe and zlint.
+//
+// The ECDSA hierarchy's CAs are created and certified, and its sealed keys
+// opened, through smallstep's CAS and KMS abstractions, which package
+// ca/stepcas links in and registers when imported. Servers and the meshca
+// command import it; programs that only handle workloads' keys and
+// certificates (the node agent) do not, and get ErrNoECDSACAService if
+// they try to create an ECDSA CA.
 package ca

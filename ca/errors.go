@@ -81,3 +81,9 @@ var (
 	// ErrUnknownProfile means a profile name is neither "ecdsa" nor "sm2".
 	ErrUnknownProfile = errors.New("ca: unknown profile")
 )
+
+// ErrNoECDSACAService means that an ECDSA CA was to be created or
+// certified in a program that does not link the ECDSA CA service: import
+// package github.com/meshca/meshca/ca/stepcas (servers and the meshca
+// command do; the node agent, which never creates a CA, does not).
+var ErrNoECDSACAService = errors.New("ca: no ECDSA CA service: the ECDSA hierarchy is created through package github.com/meshca/meshca/ca/stepcas, which this program does not import")

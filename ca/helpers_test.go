@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/emmansun/gmsm/smx509"
+	_ "github.com/meshca/meshca/ca/stepcas" // the ECDSA hierarchy, as servers make it
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

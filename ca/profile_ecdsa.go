@@ -1,21 +1,16 @@
 package ca
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 
 	"github.com/emmansun/gmsm/smx509"
-	casapi "github.com/smallstep/certificates/cas/apiv1"
-	"github.com/smallstep/certificates/cas/softcas"
-	kmsapi "go.step.sm/crypto/kms/apiv1"
-	"go.step.sm/crypto/kms/softkms"
+	"github.com/meshca/meshca/ca/internal/ecdsaca"
 )
 
 type ecdsaProfile struct{}
@@ -82,66 +77,57 @@ func (ecdsaProfile) signTBS(signer crypto.Signer, tbs []byte) ([]byte, error) {
 
 func (ecdsaProfile) leafKeyUsage() x509.KeyUsage { return x509.KeyUsageDigitalSignature }
 
-// createCA makes a CA key through smallstep's softkms and its certificate
-// through softcas, so that an upstream certificate authority service (step-ca,
-// Vault, a cloud CAS) or an HSM-backed key manager can take their places
-// behind the same apiv1 interfaces.
+// createCA makes a CA key and its certificate through the registered
+// ECDSA CA service (package ca/stepcas: smallstep's softcas and softkms).
 func (p ecdsaProfile) createCA(tmpl *x509.Certificate, parent *Certificate, parentSigner crypto.Signer) (*Certificate, crypto.Signer, error) {
-	km, err := softkms.New(context.Background(), kmsapi.Options{})
+	svc, err := ecdsaCAService()
 	if err != nil {
-		return nil, nil, fmt.Errorf("ca: softkms: %w", err)
+		return nil, nil, err
 	}
-	cas, err := softcas.New(context.Background(), casapi.Options{IsCreator: true, KeyManager: km})
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: softcas: %w", err)
-	}
-	req := &casapi.CreateCertificateAuthorityRequest{
-		Name:      tmpl.Subject.CommonName,
-		Type:      casapi.RootCA,
-		Template:  tmpl,
-		Lifetime:  tmpl.NotAfter.Sub(tmpl.NotBefore),
-		CreateKey: &kmsapi.CreateKeyRequest{SignatureAlgorithm: kmsapi.ECDSAWithSHA256},
-	}
+	var pc *x509.Certificate
 	if parent != nil {
-		pc, ok := parent.X509()
-		if !ok {
+		var ok bool
+		if pc, ok = parent.X509(); !ok {
 			return nil, nil, fmt.Errorf("ca: ecdsa certificate cannot have a %s parent", parent.Profile)
 		}
-		req.Type = casapi.IntermediateCA
-		req.Parent = &casapi.CreateCertificateAuthorityResponse{Certificate: pc, Signer: parentSigner}
 	}
-	resp, err := cas.CreateCertificateAuthority(req)
+	c, key, err := svc.CreateCA(tmpl, pc, parentSigner)
 	if err != nil {
-		return nil, nil, fmt.Errorf("ca: softcas: create %s: %w", tmpl.Subject.CommonName, err)
+		return nil, nil, fmt.Errorf("ca: %w", err)
 	}
-	key, ok := resp.PrivateKey.(*ecdsa.PrivateKey)
-	if !ok || !isP256(key.Public()) {
-		return nil, nil, fmt.Errorf("ca: softkms made a %T, want an ECDSA P-256 key", resp.PrivateKey)
+	if !isP256(key.Public()) {
+		return nil, nil, fmt.Errorf("ca: the ECDSA CA service made a %s, want ECDSA P-256", describeKey(key.Public()))
 	}
-	cert, err := p.ParseCertificate(resp.Certificate.Raw)
+	cert, err := p.ParseCertificate(c.Raw)
 	if err != nil {
 		return nil, nil, err
 	}
 	return cert, key, nil
 }
 
-// signCA certifies a CSR's key as a CA through softcas, the same service
-// interface an upstream CA would implement.
+// signCA certifies a CSR's key as a CA through the registered ECDSA CA
+// service, the same interface an upstream CA would implement.
 func (p ecdsaProfile) signCA(tmpl *x509.Certificate, pub crypto.PublicKey, parent *Certificate, parentSigner crypto.Signer) (*Certificate, error) {
+	svc, err := ecdsaCAService()
+	if err != nil {
+		return nil, err
+	}
 	pc, ok := parent.X509()
 	if !ok {
 		return nil, fmt.Errorf("ca: ecdsa certificate cannot have a %s parent", parent.Profile)
 	}
-	cas, err := softcas.New(context.Background(), casapi.Options{CertificateChain: []*x509.Certificate{pc}, Signer: parentSigner})
+	c, err := svc.SignCA(tmpl, pub, pc, parentSigner)
 	if err != nil {
-		return nil, fmt.Errorf("ca: softcas: %w", err)
+		return nil, fmt.Errorf("ca: %w", err)
 	}
-	tmpl.PublicKey = pub
-	resp, err := cas.CreateCertificate(&casapi.CreateCertificateRequest{Template: tmpl, Lifetime: tmpl.NotAfter.Sub(tmpl.NotBefore)})
-	if err != nil {
-		return nil, fmt.Errorf("ca: softcas: sign %s: %w", tmpl.Subject.CommonName, err)
+	return p.ParseCertificate(c.Raw)
+}
+
+func ecdsaCAService() (ecdsaca.Service, error) {
+	if svc := ecdsaca.Registered(); svc != nil {
+		return svc, nil
 	}
-	return p.ParseCertificate(resp.Certificate.Raw)
+	return nil, ErrNoECDSACAService
 }
 
 func (ecdsaProfile) createCRL(tmpl *x509.RevocationList, issuer *Certificate, signer crypto.Signer) ([]byte, error) {
@@ -160,18 +146,26 @@ func (ecdsaProfile) MarshalPrivateKey(key crypto.Signer) ([]byte, error) {
 	return x509.MarshalPKCS8PrivateKey(k)
 }
 
-// parseKey loads a key through smallstep's softkms; the same CreateSigner
-// call takes pkcs11: or cloud KMS URIs once those key managers are configured.
+// parseKey loads a sealed key through the registered ECDSA CA service
+// (smallstep's softkms, whose CreateSigner also takes pkcs11: or cloud KMS
+// URIs once those key managers are configured), or with crypto/x509 in a
+// program without one.
 func (ecdsaProfile) parseKey(der []byte) (crypto.Signer, error) {
-	km, err := softkms.New(context.Background(), kmsapi.Options{})
-	if err != nil {
-		return nil, err
-	}
-	pemKey := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	s, err := km.CreateSigner(&kmsapi.CreateSignerRequest{SigningKeyPEM: pemKey})
-	clear(pemKey)
-	if err != nil {
-		return nil, fmt.Errorf("ca: softkms: load key: %w", err)
+	var s crypto.Signer
+	if svc := ecdsaca.Registered(); svc != nil {
+		var err error
+		if s, err = svc.LoadSigner(der); err != nil {
+			return nil, fmt.Errorf("ca: load key: %w", err)
+		}
+	} else {
+		k, err := x509.ParsePKCS8PrivateKey(der)
+		if err != nil {
+			return nil, fmt.Errorf("ca: load key: %w", err)
+		}
+		var ok bool
+		if s, ok = k.(*ecdsa.PrivateKey); !ok {
+			return nil, fmt.Errorf("ca: sealed key is a %T, not ECDSA P-256", k)
+		}
 	}
 	if !isP256(s.Public()) {
 		return nil, fmt.Errorf("ca: sealed key is a %s, not ECDSA P-256", describeKey(s.Public()))

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/ca"
+	_ "github.com/meshca/meshca/ca/stepcas" // the ECDSA hierarchy: roots and intermediates are made here
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/proto/raftpb"

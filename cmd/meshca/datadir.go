@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/meshca/meshca/ca"
+	_ "github.com/meshca/meshca/ca/stepcas" // the offline CA's ECDSA hierarchy (x509 mint)
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/dirlock"
 	"github.com/meshca/meshca/server"

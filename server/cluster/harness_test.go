@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/meshca/meshca/ca"
+	_ "github.com/meshca/meshca/ca/stepcas" // the test CA's ECDSA hierarchy
 	"github.com/meshca/meshca/internal/faultnet"
 	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/internal/rpcerr"
