@@ -10,6 +10,7 @@ import (
 	"github.com/meshca/meshca/agent/peercred"
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/wlapi"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -26,8 +27,9 @@ import (
 // spire-agent, Envoy with BoringSSL) and gets ECDSA SVIDs only, because
 // crypto/x509 and BoringSSL cannot parse SM2 certificates: one SM2 entry
 // must not break every standard client of a workload. `meshca workload
-// fetch --profile sm2` sends it.
-const ProfilesMetadataKey = "meshca-profiles"
+// fetch --profile sm2` sends it. Clients send it with package
+// internal/wlapi, which defines it.
+const ProfilesMetadataKey = wlapi.ProfilesMetadataKey
 
 // DefaultProfiles are the X.509 profiles served to a client that does not
 // send ProfilesMetadataKey.

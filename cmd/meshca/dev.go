@@ -280,8 +280,8 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 		return shutdown(fmt.Errorf("dev started, but the Workload API did not serve your X509-SVID: %w", err))
 	}
 	for _, s := range svids {
-		if s.id == rep.Entry.SPIFFEID {
-			rep.SVID = s.report()
+		if s.ID == rep.Entry.SPIFFEID {
+			rep.SVID = newFetchedSVIDReport(s)
 		}
 	}
 	if err := a.printDev(rep); err != nil {

@@ -2,30 +2,19 @@ package main
 
 import (
 	"context"
-	"crypto"
-	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io/fs"
-	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/emmansun/gmsm/smx509"
-	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/wlapi"
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -35,9 +24,6 @@ const envWorkloadSocket = "SPIFFE_ENDPOINT_SOCKET"
 // agentSocketName is the Workload API socket's name in a data directory,
 // where meshca dev and meshca agent put it by default.
 const agentSocketName = "agent.sock"
-
-// workloadMaxMessage bounds a Workload API response.
-const workloadMaxMessage = 4 << 20
 
 func (a *app) newWorkloadCommand() *cobra.Command {
 	return groupCommand("workload", "Workload-side helpers: the SPIFFE Workload API client",
@@ -66,7 +52,7 @@ first.
 Profiles: standard Workload API clients (go-spiffe, spire-agent, Envoy)
 cannot parse SM2 certificates, so the agent serves SM2 SVIDs only to clients
 that ask for them, with the gRPC request metadata
-  ` + agent.ProfilesMetadataKey + `: sm2            (or ecdsa,sm2)
+  ` + wlapi.ProfilesMetadataKey + `: sm2            (or ecdsa,sm2)
 which --profile sends: --profile sm2 fetches the SM2 SVIDs only, --profile
 ecdsa,sm2 both kinds. Without --profile, fetch asks for nothing and gets what
 every standard client gets: the ECDSA SVIDs.
@@ -144,14 +130,14 @@ func (a *app) newWorkloadFetchCommand() *cobra.Command {
 		}
 		rep := fetchReport{Socket: path}
 		for i, s := range svids {
-			r := s.report()
+			r := newFetchedSVIDReport(s)
 			if i == 0 || all {
-				files, err := s.write(out, i)
+				files, err := writeFetchedSVID(s, out, i)
 				if err != nil {
 					return err
 				}
 				r.Files = &files
-				r.Verify = fetchVerifyCommands(s.leaf.Profile, files)
+				r.Verify = fetchVerifyCommands(s.Leaf.Profile, files)
 			}
 			rep.SVIDs = append(rep.SVIDs, r)
 		}
@@ -200,110 +186,48 @@ func (a *app) workloadSocketPath(flag string) (string, error) {
 	return abs, nil
 }
 
-// fetchedSVID is one X509-SVID the Workload API returned, checked.
-type fetchedSVID struct {
-	id     string
-	chain  [][]byte // DER, leaf first
-	leaf   *ca.Certificate
-	keyDER []byte // PKCS#8
-	roots  [][]byte
-}
-
 // pickSVID moves the SVID of id to the front of svids, the default
 // written as svid.pem, keeping the others in order.
-func pickSVID(svids []*fetchedSVID, id string) ([]*fetchedSVID, error) {
-	var ids []string
-	for i, s := range svids {
-		if s.id == id {
-			return append([]*fetchedSVID{s}, append(svids[:i:i], svids[i+1:]...)...), nil
-		}
-		ids = append(ids, s.id+" ("+s.leaf.Profile+")")
+func pickSVID(svids []*wlapi.SVID, id string) ([]*wlapi.SVID, error) {
+	if picked, ok := wlapi.Pick(svids, id); ok {
+		return picked, nil
+	}
+	ids := make([]string, 0, len(svids))
+	for _, s := range svids {
+		ids = append(ids, s.ID+" ("+s.Leaf.Profile+")")
 	}
 	return nil, fmt.Errorf("the Workload API served this process no X509-SVID for --spiffe-id %s, only: %s (an SVID of another profile needs --profile)", id, strings.Join(ids, ", "))
 }
 
 // fetchX509SVIDs asks the Workload API on socket for the caller's
 // X509-SVIDs of profiles (none named: what the agent serves every standard
-// client). It retries while the agent is unavailable or has no SVID for
-// the caller yet, until ctx ends; timeout is ctx's limit, for messages.
-func (a *app) fetchX509SVIDs(ctx context.Context, socket string, profiles []string, timeout time.Duration) ([]*fetchedSVID, error) {
+// client), retrying until ctx ends (see wlapi.Client.FetchX509SVIDs), and
+// explains a failure; timeout is ctx's limit, for messages.
+func (a *app) fetchX509SVIDs(ctx context.Context, socket string, profiles []string, timeout time.Duration) ([]*wlapi.SVID, error) {
 	if len(socket) > maxSocketPath {
 		return nil, fmt.Errorf("Workload API socket path %s is %d bytes, longer than Unix sockets allow (%d)", socket, len(socket), maxSocketPath)
 	}
-	fi, err := os.Stat(socket)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, codedErrorf(codes.Unavailable, "no Workload API socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", socket, envWorkloadSocket)
-	case err != nil:
-		return nil, fmt.Errorf("Workload API socket %s: %w", socket, err)
-	case fi.Mode().Type() != fs.ModeSocket:
-		return nil, fmt.Errorf("%s is not a Unix socket: give the agent's Workload API socket with --socket", socket)
-	}
-	// A socket file with no agent behind it (left by a crash) refuses at
-	// once; say so rather than wait for the timeout.
-	if c, err := net.Dial("unix", socket); err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
+	// A missing socket, or one with no agent behind it (left by a crash),
+	// is said at once rather than waited for until the timeout.
+	if err := wlapi.CheckSocket(socket); err != nil {
+		switch {
+		case errors.Is(err, wlapi.ErrNoSocket):
+			return nil, codedErrorf(codes.Unavailable, "no Workload API socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", socket, envWorkloadSocket)
+		case errors.Is(err, wlapi.ErrNotSocket):
+			return nil, fmt.Errorf("%s is not a Unix socket: give the agent's Workload API socket with --socket", socket)
+		case errors.Is(err, wlapi.ErrNotListening):
 			return nil, codedErrorf(codes.Unavailable, "cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
 		}
-	} else {
-		c.Close()
+		return nil, err
 	}
-	conn, err := grpc.NewClient("unix://"+socket,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(workloadMaxMessage)))
-	if err != nil {
-		return nil, fmt.Errorf("Workload API socket %s: %w", socket, err)
-	}
-	defer conn.Close()
-	client := workload.NewSpiffeWorkloadAPIClient(conn)
-	// The Workload API refuses requests without its security header.
-	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
-	if len(profiles) > 0 {
-		ctx = metadata.AppendToOutgoingContext(ctx, agent.ProfilesMetadataKey, strings.Join(profiles, ","))
-	}
-
-	backoff := 100 * time.Millisecond
-	for {
-		svids, err := fetchOnce(ctx, client)
-		if err == nil {
-			return svids, nil
-		}
-		code := status.Code(err)
-		retry := code == codes.Unavailable || code == codes.PermissionDenied
-		if ctx.Err() != nil || !retry {
-			return nil, a.fetchError(socket, timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, a.fetchError(socket, timeout, err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
-	}
-}
-
-// fetchOnce reads the first response of one FetchX509SVID stream.
-func fetchOnce(ctx context.Context, client workload.SpiffeWorkloadAPIClient) ([]*fetchedSVID, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // ends the stream
-	stream, err := client.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	c, err := wlapi.New(wlapi.Config{Socket: socket, Profiles: profiles})
 	if err != nil {
 		return nil, err
 	}
-	resp, err := stream.Recv()
+	defer c.Close()
+	svids, err := c.FetchX509SVIDs(ctx)
 	if err != nil {
-		return nil, err
-	}
-	if len(resp.Svids) == 0 {
-		return nil, status.Error(codes.PermissionDenied, "the agent answered with no X509-SVID")
-	}
-	var svids []*fetchedSVID
-	for i, s := range resp.Svids {
-		f, err := parseFetchedSVID(s)
-		if err != nil {
-			return nil, fmt.Errorf("X509-SVID %d from the Workload API (%s): %w", i, s.SpiffeId, err)
-		}
-		svids = append(svids, f)
+		return nil, a.fetchError(socket, timeout, err)
 	}
 	return svids, nil
 }
@@ -316,7 +240,7 @@ func (a *app) fetchError(socket string, timeout time.Duration, err error) error 
 	}
 	switch st.Code() {
 	case codes.PermissionDenied:
-		if strings.Contains(st.Message(), agent.ProfilesMetadataKey) {
+		if strings.Contains(st.Message(), wlapi.ProfilesMetadataKey) {
 			return codedErrorf(st.Code(), "the Workload API at %s issued this process no X509-SVID of the profiles asked for within %s (--timeout): %s; ask for them with --profile (e.g. --profile sm2)", socket, timeout, st.Message())
 		}
 		return codedErrorf(st.Code(), "the Workload API at %s issued no X509-SVID to this process within %s (--timeout): %s; is there a registration entry for it, e.g. with --selector unix:uid:%d, whose parent is this agent? (meshca entry list)", socket, timeout, st.Message(), a.uid)
@@ -333,77 +257,9 @@ func (a *app) fetchError(socket string, timeout time.Duration, err error) error 
 	return codedErrorf(st.Code(), "fetch X509-SVIDs from %s: %s", socket, st.Message())
 }
 
-// parseFetchedSVID checks one X509-SVID of a response: a chain whose leaf,
-// of either profile, names the SVID's SPIFFE ID, the leaf's private key,
-// and at least one root.
-func parseFetchedSVID(s *workload.X509SVID) (*fetchedSVID, error) {
-	chain, err := splitDER(s.X509Svid)
-	if err != nil || len(chain) == 0 {
-		return nil, fmt.Errorf("certificate chain: %v", orEmpty(err))
-	}
-	leaf, err := parseAnyProfile(chain[0])
-	if err != nil {
-		return nil, fmt.Errorf("leaf: %w", err)
-	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0] != s.SpiffeId {
-		return nil, fmt.Errorf("the leaf names %v, not %s", leaf.URIs, s.SpiffeId)
-	}
-	key, err := smx509.ParsePKCS8PrivateKey(s.X509SvidKey) // both profiles
-	if err != nil {
-		return nil, fmt.Errorf("private key: %w", err)
-	}
-	signer, ok := key.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("private key: a %T", key)
-	}
-	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
-		return nil, errors.New("the private key is not the leaf's")
-	}
-	roots, err := splitDER(s.Bundle)
-	if err != nil || len(roots) == 0 {
-		return nil, fmt.Errorf("trust bundle: %v", orEmpty(err))
-	}
-	return &fetchedSVID{id: s.SpiffeId, chain: chain, leaf: leaf, keyDER: s.X509SvidKey, roots: roots}, nil
-}
-
-func orEmpty(err error) error {
-	if err == nil {
-		return errors.New("empty")
-	}
-	return err
-}
-
-// splitDER splits concatenated DER certificates.
-func splitDER(b []byte) ([][]byte, error) {
-	var out [][]byte
-	for len(b) > 0 {
-		var v asn1.RawValue
-		rest, err := asn1.Unmarshal(b, &v)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %d: %w", len(out)+1, err)
-		}
-		out = append(out, v.FullBytes)
-		b = rest
-	}
-	return out, nil
-}
-
-// parseAnyProfile parses a certificate of any profile.
-func parseAnyProfile(der []byte) (*ca.Certificate, error) {
-	var errs []error
-	for _, p := range ca.Profiles() {
-		c, err := p.ParseCertificate(der)
-		if err == nil {
-			return c, nil
-		}
-		errs = append(errs, fmt.Errorf("as %s: %w", p.Name(), err))
-	}
-	return nil, errors.Join(errs...)
-}
-
-// write writes the SVID into dir: svid.pem, key.pem and bundle.pem for the
+// writeFetchedSVID writes s into dir: svid.pem, key.pem and bundle.pem for the
 // first (n = 0), svid.n.pem, key.n.pem and bundle.n.pem for the others.
-func (s *fetchedSVID) write(dir string, n int) (svidFiles, error) {
+func writeFetchedSVID(s *wlapi.SVID, dir string, n int) (svidFiles, error) {
 	name := func(base string) string {
 		if n == 0 {
 			return filepath.Join(dir, base+".pem")
@@ -411,14 +267,14 @@ func (s *fetchedSVID) write(dir string, n int) (svidFiles, error) {
 		return filepath.Join(dir, base+"."+strconv.Itoa(n)+".pem")
 	}
 	f := svidFiles{SVID: name("svid"), Key: name("key"), Bundle: name("bundle")}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: s.keyDER})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: s.KeyDER})
 	defer clear(keyPEM)
 	if err := writeFiles(dir,
 		outFile{f.Key, keyPEM, modePrivate},
-		outFile{f.SVID, ca.EncodePEM(s.chain...), modePublic},
-		outFile{f.Bundle, ca.EncodePEM(s.roots...), modePublic},
+		outFile{f.SVID, ca.EncodePEM(s.Chain...), modePublic},
+		outFile{f.Bundle, ca.EncodePEM(s.Roots...), modePublic},
 	); err != nil {
-		return svidFiles{}, fmt.Errorf("write the X509-SVID of %s: %w", s.id, err)
+		return svidFiles{}, fmt.Errorf("write the X509-SVID of %s: %w", s.ID, err)
 	}
 	return f, nil
 }
@@ -441,10 +297,10 @@ type fetchedSVIDReport struct {
 	Verify    []string   `json:"verify,omitempty"`
 }
 
-func (s *fetchedSVID) report() fetchedSVIDReport {
+func newFetchedSVIDReport(s *wlapi.SVID) fetchedSVIDReport {
 	return fetchedSVIDReport{
-		SPIFFEID: s.id, Profile: s.leaf.Profile, Serial: fmt.Sprintf("%x", s.leaf.SerialNumber),
-		NotBefore: s.leaf.NotBefore.UTC(), NotAfter: s.leaf.NotAfter.UTC(),
+		SPIFFEID: s.ID, Profile: s.Leaf.Profile, Serial: fmt.Sprintf("%x", s.Leaf.SerialNumber),
+		NotBefore: s.Leaf.NotBefore.UTC(), NotAfter: s.Leaf.NotAfter.UTC(),
 	}
 }
 
