@@ -19,6 +19,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/internal/retryinfo"
+	"github.com/meshca/meshca/internal/run"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -121,35 +122,25 @@ func (a *Agent) SocketPath() string { return a.cfg.SocketPath }
 // Run serves the Workload API and keeps the node's SVIDs current until ctx
 // ends. Server outages are retried forever, with jittered backoff; cached
 // SVIDs are served meanwhile.
+//
+// Run returns nil when ctx ends. It returns the error of what stopped it
+// otherwise, named: ErrAttestationRefused (wrapped) when the servers
+// refuse the node's evidence, or the failure of the Workload API's
+// listener.
 func (a *Agent) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := a.gs.Serve(a.ln); err != nil && ctx.Err() == nil {
-			a.log.Error("workload API stopped", "err", err)
-			cancel()
-		}
-	}()
-	var fatal error
-	go func() {
-		defer wg.Done()
-		if fatal = a.serverLoop(ctx); fatal != nil {
-			cancel()
-		}
-	}()
-	<-ctx.Done()
+	g := run.New(ctx)
+	g.Go("Workload API", func(context.Context) error { return a.gs.Serve(a.ln) }) // until Stop
+	g.Go("server session", a.serverLoop)
+	<-g.Context().Done()
 	a.gs.Stop()
 	os.Remove(a.cfg.SocketPath)
-	wg.Wait()
+	err := g.Wait()
 	if a.auditLog != nil {
 		if err := a.auditLog.Close(); err != nil {
 			a.log.Error("closing the audit log", "err", err)
 		}
 	}
-	return fatal
+	return err
 }
 
 // ErrAttestationRefused means the servers refused this node's evidence

@@ -24,6 +24,7 @@ import (
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/rpcerr"
+	"github.com/meshca/meshca/internal/run"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/operatorpb"
@@ -288,37 +289,33 @@ func (s *Server) TrustBundle() []byte {
 }
 
 // Run serves until ctx ends, then shuts down: it stops accepting, stops
-// Raft without transferring leadership, and closes the stores.
+// Raft without transferring leadership, and closes the stores. It returns
+// nil when ctx ends, and the error (or panic) of the part of the server
+// that failed, named, if one did: the server has stopped then too.
 func (s *Server) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	serve := func(name string, f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil && !errors.Is(err, grpc.ErrServerStopped) && ctx.Err() == nil {
-				cancel(fmt.Errorf("%s: %w", name, err))
+	g := run.New(ctx)
+	serve := func(name string, srv *grpc.Server, ln net.Listener) {
+		g.Go(name, func(context.Context) error {
+			// Serve returns when close stops srv.
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return err
 			}
-		}()
+			return nil
+		})
 	}
-	serve("API", func() error { return s.api.Serve(s.apiLn) })
-	serve("admin socket", func() error { return s.admin.Serve(s.adminLn) })
+	serve("API", s.api, s.apiLn)
+	serve("admin socket", s.admin, s.adminLn)
 	if s.adminTLS != nil {
-		serve("admin address", func() error { return s.adminTLS.Serve(s.adminTCP) })
+		serve("admin address", s.adminTLS, s.adminTCP)
 	}
-	serve("bootstrap", func() error { s.writeBootstrapState(ctx); return nil })
-	serve("rotation", func() error { return s.rotateLoop(ctx) })
-	serve("ledger pruning", func() error { return s.pruneLoop(ctx) })
-	serve("membership", func() error { s.keepMembership(ctx); return nil })
+	g.Go("bootstrap", func(ctx context.Context) error { s.writeBootstrapState(ctx); return nil })
+	g.Go("rotation", s.rotateLoop)
+	g.Go("ledger pruning", s.pruneLoop)
+	g.Go("membership", func(ctx context.Context) error { s.keepMembership(ctx); return nil })
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
-	<-ctx.Done()
+	<-g.Context().Done()
 	s.close()
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return nil
+	return g.Wait()
 }
 
 // Close releases everything New acquired, for a server that will not Run

@@ -382,7 +382,7 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 		log.Info("shutting down")
 	}()
 	if err := ag.Run(ctx); err != nil {
-		return err // the agent package's errors say "agent: ..." already
+		return err // named by the agent: "server session: agent: ..."
 	}
 	log.Info("meshca agent stopped")
 	return nil
