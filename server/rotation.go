@@ -57,6 +57,7 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 	reconcile := time.NewTicker(rotationReconcileInterval)
 	defer reconcile.Stop()
 	for {
+		lead, roots, inters := s.node.LeaderChanges(), s.fsm.Watch(raftfsm.ScopeBundle), s.fsm.Watch(raftfsm.ScopeIntermediates)
 		next, err := s.rotate(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -84,6 +85,9 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 		case <-retryC:
 		case <-reconcile.C:
 		case <-s.rotated:
+		case <-lead: // a new leader signs the roots' CRLs, rotates JWT keys
+		case <-roots: // bootstrapped, or a root changed
+		case <-inters: // a server joined, an intermediate changed
 		}
 		al.Stop()
 	}
@@ -116,6 +120,11 @@ func (s *Server) rotate(ctx context.Context) (time.Time, error) {
 	}
 	if err := s.syncIntermediateRecords(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("record intermediates: %w", err))
+	}
+	if n, err := s.publishCRLs(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("CRLs: %w", err))
+	} else {
+		earlier(n)
 	}
 	if s.node.IsLeader() {
 		n, err := s.rotateJWTKeys(ctx)
