@@ -82,6 +82,12 @@ func (s *Server) signCRL(ctx context.Context, a *ca.Authority, id string, r *raf
 	switch {
 	case errors.Is(err, raftfsm.ErrNotFound):
 		return nil // the authority is not recorded yet (syncIntermediateRecords will)
+	case errors.Is(err, raftfsm.ErrConflict):
+		// Only this server signs this authority's CRLs: the number was taken
+		// by its own previous CRL, committed on the leader and not yet applied
+		// here (a follower's state lags its forwarded writes). The next round
+		// reads it and finds the CRL current.
+		return nil
 	case err != nil:
 		return fmt.Errorf("record the CRL of %s: %w", id, err)
 	}
