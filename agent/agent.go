@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/internal/run"
 	"github.com/meshca/meshca/proto/nodepb"
+	"github.com/meshca/meshca/sds"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -36,6 +37,8 @@ type Agent struct {
 	store *store
 	ln    net.Listener
 	gs    *grpc.Server
+	// sds serves Envoy's Secret Discovery Service on the socket.
+	sds *sds.Server
 	// events is the audit trail; auditLog is it when the agent opened its
 	// own (closed when Run returns).
 	events   audit.Recorder
@@ -98,6 +101,14 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.gs = grpc.NewServer(grpc.Creds(peercred.New()), grpc.MaxRecvMsgSize(1<<20))
 	workload.RegisterSpiffeWorkloadAPIServer(a.gs, &workloadAPI{a: a})
+	// Envoy SDS on the same socket, as SPIRE's agent serves it.
+	g := newSDSAgent(a)
+	if a.sds, err = sds.New(sds.Config{Secrets: g.secrets, Audit: g.audit, Log: cfg.Logger.With("api", "sds")}); err != nil {
+		a.ln.Close()
+		return nil, fmt.Errorf("agent SDS: %w", err)
+	}
+	a.sds.Register(a.gs)
+	a.store.topics = a.sds.Notify
 	opened = true
 	return a, nil
 }
@@ -133,6 +144,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go("server session", a.serverLoop)
 	<-g.Context().Done()
 	a.gs.Stop()
+	a.sds.Close()
 	os.Remove(a.cfg.SocketPath)
 	err := g.Wait()
 	if a.auditLog != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/audit"
+	"github.com/meshca/meshca/sds"
 )
 
 // Config configures an agent. Fields documented with a default may be zero.
@@ -43,6 +45,13 @@ type Config struct {
 	// AuditSource names this agent in its audit events. Default:
 	// "agent@<host name>".
 	AuditSource string
+	// SDSNames are the names of the default SDS resources (Istio's
+	// "default" and "ROOTCA", SPIRE's "ALL" by default); see package sds.
+	SDSNames sds.Naming
+	// SDSDisableSPIFFEValidator serves the "ALL" bundle as a plain
+	// trusted_ca instead of Envoy's SPIFFE certificate validator (an Envoy
+	// node can also ask so in its metadata).
+	SDSDisableSPIFFEValidator bool
 	// Dial opens connections to servers (tests inject faults). Default: TCP.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Clock is the time source of SVID lifetimes and renewals, and of
@@ -70,6 +79,9 @@ func (c *Config) validate() error {
 	}
 	if c.RenewFraction <= 0 || c.RenewFraction >= 1 {
 		errs = append(errs, errors.New("the renew fraction must be between 0 and 1"))
+	}
+	if err := c.SDSNames.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("SDS names: %w", err))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -34,6 +34,11 @@ type store struct {
 	svids   map[string]*svid
 	bundle  *nodepb.Bundle
 	jwt     []*nodepb.JWTAuthority
+	// crls are the CRLs of the trust domain's CAs, by authority ID.
+	crls map[string]*nodepb.CRL
+	// topics, when set, is told the topics a change concerns (see
+	// sdsTopic*): SDS pushes only to the streams that depend on them.
+	topics func(topics ...string)
 	// versions are the versions of the Sync resources held, by
 	// "<kind>/<name>": a new stream resumes from them.
 	versions map[string]string
@@ -41,7 +46,7 @@ type store struct {
 }
 
 func newStore() *store {
-	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, versions: map[string]string{}, ch: make(chan struct{})}
+	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, crls: map[string]*nodepb.CRL{}, versions: map[string]string{}, ch: make(chan struct{})}
 }
 
 // known returns a copy of the versions held, for a new Sync stream.
@@ -60,16 +65,21 @@ func (s *store) known() map[string]string {
 // the update changed it, else nil.
 func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	var bundle *nodepb.Bundle
+	var topics []string
 	for _, r := range u.Resources {
 		switch body := r.Body.(type) {
 		case *nodepb.Resource_Entry:
 			s.entries[r.Name] = body.Entry
+			topics = append(topics, sdsTopicEntries, sdsTopicSVID(r.Name))
 		case *nodepb.Resource_Bundle:
 			s.bundle, bundle = body.Bundle, body.Bundle
+			topics = append(topics, sdsTopicBundle)
 		case *nodepb.Resource_JwtAuthorities:
 			s.jwt = body.JwtAuthorities.GetKeys()
+		case *nodepb.Resource_Crl:
+			s.crls[r.Name] = body.Crl
+			topics = append(topics, sdsTopicBundle)
 		default:
 			continue // a kind this agent does not know: not held, asked again
 		}
@@ -80,10 +90,20 @@ func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 		if id, ok := strings.CutPrefix(k, "entry/"); ok {
 			delete(s.entries, id)
 			delete(s.svids, id)
+			topics = append(topics, sdsTopicEntries, sdsTopicSVID(id))
+		}
+		if id, ok := strings.CutPrefix(k, "crl/"); ok {
+			delete(s.crls, id)
+			topics = append(topics, sdsTopicBundle)
 		}
 	}
 	if len(u.Resources) > 0 || len(u.Removed) > 0 {
 		s.notifyLocked()
+	}
+	notify := s.topics
+	s.mu.Unlock()
+	if len(topics) > 0 && notify != nil {
+		notify(topics...) // outside the lock: SDS resolves against the store
 	}
 	return bundle
 }
@@ -119,12 +139,17 @@ func (s *store) due(now time.Time) (due []*nodepb.Entry, next time.Time) {
 
 func (s *store) put(v *svid) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if e, ok := s.entries[v.entry.Id]; !ok || e.Revision != v.entry.Revision {
+		s.mu.Unlock()
 		return // the entry changed or went away meanwhile
 	}
 	s.svids[v.entry.Id] = v
 	s.notifyLocked()
+	notify := s.topics
+	s.mu.Unlock()
+	if notify != nil {
+		notify(sdsTopicSVID(v.entry.Id))
+	}
 }
 
 // matchResult is what the store holds for one caller.

@@ -1,6 +1,7 @@
 package raftfsm
 
 import (
+	"bytes"
 	"encoding/hex"
 	"fmt"
 
@@ -91,6 +92,8 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return attestAgent(txn, lx, op.AttestAgent, h.TimeUnixNano, index)
 	case *raftpb.Command_AdmitServer:
 		return admitServer(txn, op.AdmitServer, h.TimeUnixNano)
+	case *raftpb.Command_PutCrl:
+		return putCRL(txn, op.PutCrl.GetCrl())
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.
@@ -224,6 +227,27 @@ func checkJoinToken(txn *memdb.Txn, op *raftpb.ConsumeJoinToken, now int64) (*ra
 	n := proto.Clone(cur).(*raftpb.JoinToken)
 	n.ConsumedUnixNano, n.ConsumedBy, n.ConsumedAttempt = now, op.GetConsumer(), op.GetAttempt()
 	return n, ok
+}
+
+// putCRL stores an authority's CRL if its number is higher than the
+// current one's; the same CRL again is a retry and succeeds.
+func putCRL(txn *memdb.Txn, c *raftpb.CRL) *raftpb.Result {
+	if c.GetAuthorityId() == "" || c.GetNumber() == 0 || len(c.GetDer()) == 0 {
+		return fail(raftpb.ErrorCode_INVALID, "incomplete CRL record")
+	}
+	if first(txn, tableAuthorities, "id", c.AuthorityId) == nil {
+		return fail(raftpb.ErrorCode_NOT_FOUND, fmt.Sprintf("no authority %q", c.AuthorityId))
+	}
+	if cur, _ := first(txn, tableCRLs, "id", c.AuthorityId).(*raftpb.CRL); cur != nil {
+		switch {
+		case cur.Number == c.Number && bytes.Equal(cur.Der, c.Der):
+			return ok
+		case cur.Number >= c.Number:
+			return fail(raftpb.ErrorCode_CONFLICT, fmt.Sprintf("authority %q has CRL number %d; %d does not follow it", c.AuthorityId, cur.Number, c.Number))
+		}
+	}
+	insert(txn, tableCRLs, c)
+	return ok
 }
 
 // activateAuthority makes an authority ACTIVE and the others of its kind,
@@ -469,6 +493,9 @@ func pruneLedger(txn *memdb.Txn, lx *ledgerIndex, op *raftpb.PruneLedger) *raftp
 		for _, a := range allOf[*raftpb.Authority](txn, tableAuthorities, "id") {
 			if a.Kind == raftpb.AuthorityKind_INTERMEDIATE && a.NotAfterUnix < cut {
 				deleteObj(txn, tableAuthorities, a)
+				if c := first(txn, tableCRLs, "id", a.Id); c != nil {
+					deleteObj(txn, tableCRLs, c)
+				}
 			}
 		}
 		for _, k := range allOf[*raftpb.JWTKey](txn, tableJWTKeys, "id") {

@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(21) {
+	switch g.pick(22) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -141,6 +141,9 @@ func (g *cmdGen) command() *raftpb.Command {
 		a := auth()
 		a.ServerId, a.Kind = srv.NodeId, raftpb.AuthorityKind_INTERMEDIATE
 		c.Op = &raftpb.Command_AdmitServer{AdmitServer: &raftpb.AdmitServer{Token: t, Server: srv, Intermediates: []*raftpb.Authority{a}}}
+	case 21:
+		c.Op = &raftpb.Command_PutCrl{PutCrl: &raftpb.PutCRL{Crl: &raftpb.CRL{AuthorityId: g.id("auth-"), Number: uint64(g.pick(4)),
+			Der: []byte{byte(g.pick(3))}}}}
 	}
 	return c
 }

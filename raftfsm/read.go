@@ -180,3 +180,22 @@ func (r *Reader) JWTKeys() []*raftpb.JWTKey { return all[*raftpb.JWTKey](r, tabl
 func (r *Reader) JoinTokensWithHashPrefix(hexPrefix string) []*raftpb.JoinToken {
 	return all[*raftpb.JoinToken](r, tableTokens, "id_prefix", hexPrefix)
 }
+
+// CRL returns an authority's current CRL, or nil.
+func (r *Reader) CRL(authorityID string) *raftpb.CRL {
+	return one[*raftpb.CRL](r, tableCRLs, authorityID)
+}
+
+// CRLs returns every authority's current CRL, by authority ID.
+func (r *Reader) CRLs() []*raftpb.CRL { return all[*raftpb.CRL](r, tableCRLs, "id") }
+
+// RevocationsOf returns the revocations of one issuer, by serial.
+func (r *Reader) RevocationsOf(issuerID string) []*raftpb.Revocation {
+	var out []*raftpb.Revocation
+	for _, rv := range r.Revocations() {
+		if rv.IssuerId == issuerID {
+			out = append(out, rv)
+		}
+	}
+	return out
+}

@@ -21,10 +21,11 @@ const (
 	tableLedger      = "ledger"
 	tableJWTKeys     = "jwt_keys"
 	tableRequests    = "requests"
+	tableCRLs        = "crls"
 )
 
 // tableOrder is the order tables appear in snapshots and the state hash.
-var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger, tableJWTKeys, tableRequests}
+var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger, tableJWTKeys, tableRequests, tableCRLs}
 
 // keyIndex indexes an object by a string its function computes. All keys
 // are plain strings terminated by a NUL, as memdb's own string indexes do,
@@ -122,6 +123,9 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 	}},
 	tableJWTKeys: {Name: tableJWTKeys, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.JWTKey).Kid) }),
+	}},
+	tableCRLs: {Name: tableCRLs, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.CRL).AuthorityId) }),
 	}},
 	tableRequests: {Name: tableRequests, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.AppliedRequest).RequestId) }),

@@ -17,6 +17,8 @@ const (
 	ScopeJWT = "jwt"
 	// ScopeIntermediates is the servers' intermediates.
 	ScopeIntermediates = "intermediates"
+	// ScopeCRL is the authorities' CRLs.
+	ScopeCRL = "crl"
 	// ScopeAll is woken by every change but the ledger's, and by a restore.
 	ScopeAll = "*"
 )
@@ -53,6 +55,7 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		for _, a := range allOf[*raftpb.Authority](txn, tableAuthorities, "id") {
 			if a.Kind == raftpb.AuthorityKind_INTERMEDIATE && a.NotAfterUnix < cut {
 				touched[ScopeIntermediates] = true
+				touched[ScopeCRL] = true
 			}
 		}
 		for _, k := range allOf[*raftpb.JWTKey](txn, tableJWTKeys, "id") {
@@ -84,6 +87,8 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		touched[ScopeIntermediates] = true
 	case *raftpb.Command_PutJwtKey, *raftpb.Command_ActivateJwtKey:
 		touched[ScopeJWT] = true
+	case *raftpb.Command_PutCrl:
+		touched[ScopeCRL] = true
 	}
 	touched[ScopeAll] = true
 }

@@ -212,6 +212,8 @@ func wrapRecord(obj any) (*raftpb.SnapshotRecord, error) {
 		r.Record = &raftpb.SnapshotRecord_JwtKey{JwtKey: o}
 	case *raftpb.AppliedRequest:
 		r.Record = &raftpb.SnapshotRecord_AppliedRequest{AppliedRequest: o}
+	case *raftpb.CRL:
+		r.Record = &raftpb.SnapshotRecord_Crl{Crl: o}
 	default:
 		return nil, fmt.Errorf("raftfsm: no snapshot record for %T", obj)
 	}
@@ -242,6 +244,8 @@ func unwrapRecord(r *raftpb.SnapshotRecord) (table string, obj any, err error) {
 		return tableJWTKeys, v.JwtKey, nil
 	case *raftpb.SnapshotRecord_AppliedRequest:
 		return tableRequests, v.AppliedRequest, nil
+	case *raftpb.SnapshotRecord_Crl:
+		return tableCRLs, v.Crl, nil
 	}
 	return "", nil, errors.New("unknown record type (written by a newer meshca?)")
 }

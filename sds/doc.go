@@ -45,8 +45,11 @@
 //     key "disable_spiffe_cert_validation" ([ParseNodeOptions]);
 //   - SM2: the suffix "~sm2" on any of these ("default~sm2", "ROOTCA~sm2",
 //     "spiffe://example.org/app~sm2", "ALL~sm2") names the SM2 variant;
-//     without it a name is ECDSA, because a stock BoringSSL Envoy cannot
-//     parse SM2 (see [ProfileSeparator]).
+//     "~ecdsa" names the ECDSA variant explicitly. A name without a suffix
+//     is the agent's choice ([Name].Explicit is false): meshca's agent
+//     answers ECDSA, because a stock BoringSSL Envoy cannot parse SM2, and
+//     SM2 only to a workload that has SM2 identities and no ECDSA one
+//     (see [ProfileSeparator]).
 //
 // The builders [TLSCertificateSecret] and [ValidationContextSecret] make
 // the secrets as Envoy needs them: inline PEM, chains leaf first, PKCS#8

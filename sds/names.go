@@ -32,11 +32,13 @@ const (
 // "ROOTCA~sm2" the validation context of the SM2 roots,
 // "spiffe://example.org/app~sm2" the SM2 SVID of that ID,
 // "spiffe://example.org~sm2" the SM2 bundle of that trust domain and
-// "ALL~sm2" every SM2 bundle. A name without a suffix is the ECDSA one:
-// a stock, BoringSSL-based Envoy cannot parse SM2, so "default" and
-// "ROOTCA" are ECDSA whenever a workload has both profiles, and only a
-// GM-capable proxy asks for the SM2 ones. "~ecdsa" is accepted as the
-// explicit form of the default.
+// "ALL~sm2" every SM2 bundle. A name without a suffix is the ECDSA one
+// whenever the workload has an ECDSA identity: a stock, BoringSSL-based
+// Envoy cannot parse SM2, so "default" and "ROOTCA" are ECDSA whenever a
+// workload has both profiles, and only a GM-capable proxy asks for the SM2
+// ones. A workload whose identities are all SM2 gets them under the plain
+// names too ("default" is its SM2 certificate). "~ecdsa" is the explicit
+// ECDSA form, never answered with SM2.
 //
 // The separator is "~" because it can appear neither in a SPIFFE ID (its
 // path segments are [A-Za-z0-9._-]) nor in a trust domain, so no SPIFFE ID
@@ -88,6 +90,11 @@ type Name struct {
 	Kind NameKind
 	// Profile is ProfileECDSA or ProfileSM2.
 	Profile string
+	// Explicit is whether the name carried a profile suffix. A name
+	// without one means ECDSA when the caller has an ECDSA identity and
+	// SM2 when it has only SM2 ones (the source decides; see
+	// [ProfileSeparator]).
+	Explicit bool
 	// ID is the SPIFFE ID of a KindSVID name.
 	ID spiffeid.ID
 	// TrustDomain is the trust domain of a KindBundle name.
@@ -160,23 +167,23 @@ func (n Naming) Parse(name string) (Name, error) {
 	if len(name) > MaxNameBytes {
 		return Name{}, fmt.Errorf("%w: %d bytes, at most %d", ErrUnknownName, len(name), MaxNameBytes)
 	}
-	base, profile := name, ProfileECDSA
+	base, profile, explicit := name, ProfileECDSA, false
 	if i := strings.LastIndex(name, ProfileSeparator); i >= 0 {
 		base = name[:i]
 		switch p := name[i+len(ProfileSeparator):]; p {
 		case ProfileECDSA, ProfileSM2:
-			profile = p
+			profile, explicit = p, true
 		default:
 			return Name{}, fmt.Errorf("%w: %q: profile %q after %q is neither %s nor %s", ErrUnknownName, name, p, ProfileSeparator, ProfileECDSA, ProfileSM2)
 		}
 	}
 	switch base {
 	case n.DefaultSVID:
-		return Name{Kind: KindDefaultSVID, Profile: profile}, nil
+		return Name{Kind: KindDefaultSVID, Profile: profile, Explicit: explicit}, nil
 	case n.DefaultBundle:
-		return Name{Kind: KindDefaultBundle, Profile: profile}, nil
+		return Name{Kind: KindDefaultBundle, Profile: profile, Explicit: explicit}, nil
 	case n.AllBundles:
-		return Name{Kind: KindAllBundles, Profile: profile}, nil
+		return Name{Kind: KindAllBundles, Profile: profile, Explicit: explicit}, nil
 	}
 	if !strings.HasPrefix(base, "spiffe://") {
 		return Name{}, fmt.Errorf("%w: %q is neither %q, %q, %q nor a SPIFFE ID", ErrUnknownName, name, n.DefaultSVID, n.DefaultBundle, n.AllBundles)
@@ -186,9 +193,9 @@ func (n Naming) Parse(name string) (Name, error) {
 		return Name{}, fmt.Errorf("%w: %q: %v", ErrUnknownName, name, err)
 	}
 	if id.Path() == "" {
-		return Name{Kind: KindBundle, Profile: profile, TrustDomain: id.TrustDomain()}, nil
+		return Name{Kind: KindBundle, Profile: profile, Explicit: explicit, TrustDomain: id.TrustDomain()}, nil
 	}
-	return Name{Kind: KindSVID, Profile: profile, ID: id}, nil
+	return Name{Kind: KindSVID, Profile: profile, Explicit: explicit, ID: id}, nil
 }
 
 // String formats the name back into its canonical resource name under the
@@ -210,8 +217,8 @@ func (n Naming) String(name Name) string {
 	default:
 		return ""
 	}
-	if name.Profile == ProfileSM2 {
-		return base + ProfileSeparator + ProfileSM2
+	if name.Profile == ProfileSM2 || (name.Explicit && name.Profile != "") {
+		return base + ProfileSeparator + name.Profile
 	}
 	return base
 }

@@ -109,6 +109,11 @@ type Config struct {
 	// replaced at two thirds (see ca.PlanRotation). Default:
 	// ca.DefaultIntermediateTTL (30 days). Tests shorten it.
 	IntermediateTTL time.Duration
+	// CRLLifetime is how long each CRL this server signs is valid (its
+	// nextUpdate); it is signed again at half of it, or at once when its
+	// revocations change. Default DefaultCRLLifetime (48 hours), at least
+	// 10 seconds.
+	CRLLifetime time.Duration
 
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.
@@ -196,6 +201,12 @@ func (c *Config) validate() error {
 	}
 	if c.SignQueue < 0 || c.NodeSignRate < 0 || c.NodeSignBurst < 0 || c.SignConcurrency < 0 {
 		errs = append(errs, errors.New("signing limits must not be negative"))
+	}
+	if c.CRLLifetime == 0 {
+		c.CRLLifetime = DefaultCRLLifetime
+	}
+	if c.CRLLifetime < 10*time.Second || c.CRLLifetime > ca.DefaultRootTTL {
+		errs = append(errs, fmt.Errorf("CRL lifetime %s: want 10s to %s", c.CRLLifetime, ca.DefaultRootTTL))
 	}
 	if c.IntermediateTTL == 0 {
 		c.IntermediateTTL = ca.DefaultIntermediateTTL

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"sync/atomic"
+
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/meshca/meshca/raftfsm"
 )
 
 // issuer is one of this server's intermediates, signing, with its ID in the
@@ -10,6 +13,24 @@ import (
 type issuer struct {
 	*ca.Authority
 	id string
+	// crl is set once the replicated state holds a CRL of this
+	// intermediate (see hasCRL).
+	crl atomic.Bool
+}
+
+// hasCRL reports whether the cluster has published a CRL of the
+// intermediate. Until it has, the server does not sign with it: a proxy
+// whose validation context holds the CRLs of the other CAs but not of
+// this one would reject every certificate it signed.
+func (i *issuer) hasCRL(fsm *raftfsm.FSM) bool {
+	if i.crl.Load() {
+		return true
+	}
+	if fsm.Read().CRL(i.id) == nil {
+		return false
+	}
+	i.crl.Store(true)
+	return true
 }
 
 func newIssuer(a *ca.Authority) *issuer {

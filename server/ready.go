@@ -19,5 +19,12 @@ func (s *Server) Readiness(ctx context.Context) (ready bool, reason string) {
 	if r.Server(s.cfg.NodeID) == nil {
 		return false, "this server is in the Raft configuration but not yet recorded in the cluster's state; it records itself once it follows the leader"
 	}
+	if set := s.issuers.Load(); set != nil {
+		for p, iss := range set.byProfile {
+			if !iss.hasCRL(s.fsm) {
+				return false, "the CRL of this server's " + p + " intermediate is not published yet (it is, moments after the intermediate is recorded)"
+			}
+		}
+	}
 	return true, ""
 }

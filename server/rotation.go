@@ -57,6 +57,7 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 	reconcile := time.NewTicker(rotationReconcileInterval)
 	defer reconcile.Stop()
 	for {
+		lead, roots, inters := s.node.LeaderChanges(), s.fsm.Watch(raftfsm.ScopeBundle), s.fsm.Watch(raftfsm.ScopeIntermediates)
 		next, err := s.rotate(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -84,6 +85,9 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 		case <-retryC:
 		case <-reconcile.C:
 		case <-s.rotated:
+		case <-lead: // a new leader signs the roots' CRLs, rotates JWT keys
+		case <-roots: // bootstrapped, or a root changed
+		case <-inters: // a server joined, an intermediate changed
 		}
 		al.Stop()
 	}
@@ -116,6 +120,11 @@ func (s *Server) rotate(ctx context.Context) (time.Time, error) {
 	}
 	if err := s.syncIntermediateRecords(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("record intermediates: %w", err))
+	}
+	if n, err := s.publishCRLs(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("CRLs: %w", err))
+	} else {
+		earlier(n)
 	}
 	if s.node.IsLeader() {
 		n, err := s.rotateJWTKeys(ctx)
@@ -155,6 +164,12 @@ func (s *Server) rotateIntermediate(ctx context.Context, p ca.Profile, localOnly
 		case step == ca.StepNone:
 			return next, nil
 		case step == ca.StepActivate:
+			if !localOnly && !expired {
+				// Sign with it only once proxies can check its chain.
+				if err := s.publishPreparedCRL(ctx, p.Name()); err != nil {
+					return time.Time{}, fmt.Errorf("before activation: %w", err)
+				}
+			}
 			if err := s.activateIntermediate(p.Name()); err != nil {
 				return time.Time{}, err
 			}
@@ -238,6 +253,47 @@ func (s *Server) prepareIntermediate(ctx context.Context, p ca.Profile, local bo
 	s.events.Record(audit.Event{Action: "intermediate.prepare", Subject: authorityID(cert, raftpb.AuthorityKind_INTERMEDIATE), Decision: audit.Info,
 		Details: map[string]string{"profile": p.Name(), "not_after": cert.NotAfter.UTC().Format(time.RFC3339),
 			"certified_by": map[bool]string{true: "local roots", false: "leader"}[local]}})
+	return nil
+}
+
+// publishPreparedCRL makes sure the replicated state holds the prepared
+// intermediate of a profile and a CRL of it before it is activated: a
+// server refuses to sign with an intermediate whose CRL is not published
+// (see issuer.hasCRL), so activating first would refuse issuance until
+// the next CRL round.
+func (s *Server) publishPreparedCRL(ctx context.Context, profile string) error {
+	s.mu.Lock()
+	a, err := s.id.openIntermediate(s.id.Prepared[profile], profile, s.cfg.KEK, s.cfg.Clock)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("the prepared intermediate: %w", err)
+	}
+	id := authorityID(a.Certificate(), raftpb.AuthorityKind_INTERMEDIATE)
+	if s.fsm.Read().CRL(id) != nil {
+		return nil
+	}
+	if err := s.syncIntermediateRecords(ctx); err != nil {
+		return fmt.Errorf("record the prepared intermediate: %w", err)
+	}
+	if err := s.node.ReadIndex(ctx); err != nil {
+		return err
+	}
+	r := s.fsm.Read()
+	if r.CRL(id) != nil {
+		return nil
+	}
+	if r.Authority(id) == nil {
+		return fmt.Errorf("the prepared intermediate %s is not recorded yet", id)
+	}
+	if err := s.signCRL(ctx, a, id, r); err != nil {
+		return err
+	}
+	if err := s.node.ReadIndex(ctx); err != nil {
+		return err
+	}
+	if s.fsm.Read().CRL(id) == nil {
+		return fmt.Errorf("the CRL of %s is not published yet", id)
+	}
 	return nil
 }
 

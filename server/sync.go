@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/meshca/meshca/proto/nodepb"
+	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -18,6 +19,7 @@ const (
 	ResourceEntry          = "entry"
 	ResourceBundle         = "bundle"
 	ResourceJWTAuthorities = "jwt_authorities"
+	ResourceCRL            = "crl"
 )
 
 // maxKnownResources bounds the versions an agent may name in a SyncRequest.
@@ -51,6 +53,15 @@ func (s *Server) syncResources(r *raftfsm.Reader, agentID string) map[string]*no
 		Version: contentVersion(b), Body: &nodepb.Resource_Bundle{Bundle: b}}
 	out[resourceKey(ResourceJWTAuthorities, s.td.Name())] = &nodepb.Resource{Kind: ResourceJWTAuthorities, Name: s.td.Name(),
 		Version: contentVersion(jwt), Body: &nodepb.Resource_JwtAuthorities{JwtAuthorities: jwt}}
+	for _, c := range r.CRLs() {
+		a := r.Authority(c.AuthorityId)
+		if a == nil || a.State == raftpb.AuthorityState_REVOKED {
+			continue
+		}
+		out[resourceKey(ResourceCRL, c.AuthorityId)] = &nodepb.Resource{Kind: ResourceCRL, Name: c.AuthorityId,
+			Version: strconv.FormatUint(c.Number, 10), Body: &nodepb.Resource_Crl{Crl: &nodepb.CRL{Profile: a.Profile,
+				Root: a.Kind == raftpb.AuthorityKind_ROOT, Certificate: a.Certificate, Der: c.Der, Number: c.Number}}}
+	}
 	return out
 }
 
@@ -96,11 +107,11 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 	for k, v := range req.Known {
 		known[k] = v
 	}
-	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT}
+	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL}
 	for first := true; ; first = false {
 		// Watch before reading: a change after the read closes a channel
 		// already held.
-		var wake [3]<-chan struct{}
+		var wake [4]<-chan struct{}
 		for i, sc := range scopes {
 			wake[i] = n.s.fsm.Watch(sc)
 		}
@@ -122,6 +133,7 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 		case <-wake[0]:
 		case <-wake[1]:
 		case <-wake[2]:
+		case <-wake[3]:
 		}
 		n.s.syncWakes.Add(1)
 	}

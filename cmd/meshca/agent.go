@@ -15,6 +15,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/k8s"
 	"github.com/meshca/meshca/attest/k8spsat"
+	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -90,11 +91,25 @@ clients that ask with the gRPC request metadata "meshca-profiles: sm2" (or
 100 bytes. Workloads reach it with "meshca workload fetch --socket S" or any
 SPIFFE client with SPIFFE_ENDPOINT_SOCKET=unix://S.
 
+Envoy SDS: the same socket serves Envoy's Secret Discovery Service (v3:
+StreamSecrets, DeltaSecrets and FetchSecrets), as SPIRE's agent does, to
+proxies attested like any workload. Names: "default" (the caller's
+certificate and key), "ROOTCA" (the trust domain's roots and the CRL of
+every CA), a SPIFFE ID (that identity's certificate), "spiffe://<td>" (that
+trust domain's roots and CRLs), "ALL" (every bundle, with Envoy's SPIFFE
+certificate validator unless --sds-disable-spiffe-validator or the Envoy
+node metadata disable_spiffe_cert_validation), and "~sm2" after any of them
+for the SM2 variant. A name the caller may not have gets no secret and is
+audited. deploy/envoy/ has bootstraps; "meshca sds fetch" shows what a proxy
+gets.
+
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: server (a list), join_token, trust_bundle, socket, data_dir,
 renew_fraction, log_level, log_format, x509pop_cert, x509pop_key,
 k8s_psat_cluster, k8s_psat_token_path, k8s_kubelet_url, k8s_kubelet_token,
-k8s_kubelet_ca, k8s_kubelet_insecure. An unknown key is an error. Flags given
+k8s_kubelet_ca, k8s_kubelet_insecure, sds_default_svid_name,
+sds_default_bundle_name, sds_all_bundles_name, sds_disable_spiffe_validator.
+An unknown key is an error. Flags given
 on the command line override the file. Relative paths in the file are
 relative to the file's directory. Example:
   {"server": ["10.0.0.1:8443", "10.0.0.2:8443"], "trust_bundle": "bundle.pem",
@@ -133,6 +148,12 @@ type agentConfig struct {
 	K8sKubeletToken    string `json:"k8s_kubelet_token"`
 	K8sKubeletCA       string `json:"k8s_kubelet_ca"`
 	K8sKubeletInsecure bool   `json:"k8s_kubelet_insecure"`
+
+	// Envoy SDS on the socket: the names of the default resources.
+	SDSDefaultSVIDName        string `json:"sds_default_svid_name"`
+	SDSDefaultBundleName      string `json:"sds_default_bundle_name"`
+	SDSAllBundlesName         string `json:"sds_all_bundles_name"`
+	SDSDisableSPIFFEValidator bool   `json:"sds_disable_spiffe_validator"`
 }
 
 // defaultRenewFraction is the part of an SVID's lifetime after which the
@@ -169,6 +190,10 @@ func (c *agentConfig) override(fs *pflag.FlagSet, f *agentConfig) {
 		"k8s-kubelet-url":     {&c.K8sKubeletURL, &f.K8sKubeletURL},
 		"k8s-kubelet-token":   {&c.K8sKubeletToken, &f.K8sKubeletToken},
 		"k8s-kubelet-ca":      {&c.K8sKubeletCA, &f.K8sKubeletCA},
+
+		"sds-default-svid-name":   {&c.SDSDefaultSVIDName, &f.SDSDefaultSVIDName},
+		"sds-default-bundle-name": {&c.SDSDefaultBundleName, &f.SDSDefaultBundleName},
+		"sds-all-bundles-name":    {&c.SDSAllBundlesName, &f.SDSAllBundlesName},
 	}
 	for name, p := range str {
 		if fs.Changed(name) {
@@ -184,6 +209,9 @@ func (c *agentConfig) override(fs *pflag.FlagSet, f *agentConfig) {
 	if fs.Changed("k8s-kubelet-insecure") {
 		c.K8sKubeletInsecure = f.K8sKubeletInsecure
 	}
+	if fs.Changed("sds-disable-spiffe-validator") {
+		c.SDSDisableSPIFFEValidator = f.SDSDisableSPIFFEValidator
+	}
 }
 
 func (a *app) newAgentCommand() *cobra.Command {
@@ -195,7 +223,8 @@ func (a *app) newAgentCommand() *cobra.Command {
 		Use: "agent --config F | --server H:P [--server H:P ...] --trust-bundle F\n" +
 			"             [--join-token T | --x509pop-cert F --x509pop-key F | --k8s-psat-cluster NAME [--k8s-psat-token-path P]]\n" +
 			"             [--k8s-kubelet-url U [--k8s-kubelet-token F] [--k8s-kubelet-ca F | --k8s-kubelet-insecure]]\n" +
-			"             [--data-dir D] [--socket S] [--renew-fraction 0.5] [--log-level info] [--log-format text]",
+			"             [--data-dir D] [--socket S] [--renew-fraction 0.5] [--log-level info] [--log-format text]\n" +
+			"             [--sds-default-svid-name default] [--sds-default-bundle-name ROOTCA] [--sds-all-bundles-name ALL] [--sds-disable-spiffe-validator]",
 		Short: "Run a node agent: attest, fetch and renew SVIDs, serve the Workload API",
 		Long:  agentLong,
 		Args:  cobra.NoArgs,
@@ -220,6 +249,10 @@ func (a *app) newAgentCommand() *cobra.Command {
 	f.StringVar(&flags.K8sKubeletToken, "k8s-kubelet-token", "", "file of a bearer token for the kubelet, read at each request (default none; with --k8s-kubelet-url)")
 	f.StringVar(&flags.K8sKubeletCA, "k8s-kubelet-ca", "", "PEM file of the CAs of the kubelet's serving certificate (default the system roots; with --k8s-kubelet-url)")
 	f.BoolVar(&flags.K8sKubeletInsecure, "k8s-kubelet-insecure", false, "do not verify the kubelet's serving certificate (with --k8s-kubelet-url; excludes --k8s-kubelet-ca)")
+	f.StringVar(&flags.SDSDefaultSVIDName, "sds-default-svid-name", sds.DefaultSVIDName, "SDS name of the caller's default certificate and key")
+	f.StringVar(&flags.SDSDefaultBundleName, "sds-default-bundle-name", sds.DefaultBundleName, "SDS name of the trust domain's validation context (roots and CRLs)")
+	f.StringVar(&flags.SDSAllBundlesName, "sds-all-bundles-name", sds.DefaultAllBundlesName, "SDS name of every bundle, served with Envoy's SPIFFE certificate validator")
+	f.BoolVar(&flags.SDSDisableSPIFFEValidator, "sds-disable-spiffe-validator", false, "serve the all-bundles name as plain trusted_ca instead of Envoy's SPIFFE validator (for Envoy < 1.18)")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var cfg agentConfig
 		if configFile != "" {
@@ -251,6 +284,9 @@ func (a *app) newAgentCommand() *cobra.Command {
 // checkAgentConfig refuses a configuration that cannot work, before
 // anything is created: these are usage errors.
 func checkAgentConfig(c *agentConfig) error {
+	if err := (sds.Naming{DefaultSVID: c.SDSDefaultSVIDName, DefaultBundle: c.SDSDefaultBundleName, AllBundles: c.SDSAllBundlesName}).Validate(); err != nil {
+		return usageErrorf("SDS names (--sds-*-name): %v", err)
+	}
 	if len(c.Server) == 0 {
 		return usageErrorf("--server is required (server in a config file): the API address (host:port) of a server")
 	}
@@ -352,6 +388,8 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 		Servers: c.Server, TrustBundle: bundle, DataDir: dataDir, SocketPath: socket,
 		Evidence: evidence, WorkloadAttestors: wattestors,
 		RenewFraction: c.RenewFraction, Logger: log,
+		SDSNames:                  sds.Naming{DefaultSVID: c.SDSDefaultSVIDName, DefaultBundle: c.SDSDefaultBundleName, AllBundles: c.SDSAllBundlesName},
+		SDSDisableSPIFFEValidator: c.SDSDisableSPIFFEValidator,
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
@@ -370,8 +408,9 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 		log.Info("starting meshca agent; it attests its node", "attestor", evidence.Name(), "data_dir", dataDir, "servers", c.Server,
 			"workload_attestors", wnames)
 	}
-	log.Info("Workload API listening", "socket", ag.SocketPath(),
-		"workload", "meshca workload fetch --socket "+ag.SocketPath()+" --out ./svid")
+	log.Info("Workload API and Envoy SDS listening", "socket", ag.SocketPath(),
+		"workload", "meshca workload fetch --socket "+ag.SocketPath()+" --out ./svid",
+		"sds", "meshca sds fetch --socket "+ag.SocketPath()+" --out ./sds")
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -44,6 +44,10 @@ func TestAgentBadInput(t *testing.T) {
 			[]string{"--renew-fraction 1.5"}},
 		{"fail/socket-too-long", nil, append([]string{"--trust-bundle", bundle, "--join-token", "t", "--socket", long}, srv...), exitUsage,
 			[]string{"longer than Unix sockets allow", "--socket"}},
+		{"fail/sds-names-collide", nil, append([]string{"--trust-bundle", bundle, "--join-token", "t", "--sds-default-svid-name", "ROOTCA"}, srv...), exitUsage,
+			[]string{"SDS names", "ROOTCA"}},
+		{"fail/sds-name-spiffe-id", nil, append([]string{"--trust-bundle", bundle, "--join-token", "t", "--sds-all-bundles-name", "spiffe://x/y"}, srv...), exitUsage,
+			[]string{"SDS names", "spiffe://x/y"}},
 		{"fail/bad-log-level", nil, append([]string{"--trust-bundle", bundle, "--log-level", "loud"}, srv...), exitUsage,
 			[]string{`--log-level "loud"`}},
 		{"fail/config-unknown-key", nil, []string{"--config", unknownKey}, exitUsage,
@@ -103,7 +107,8 @@ func TestAgentConfigFile(t *testing.T) {
 		t.Errorf("after flags: %+v, want %+v", c, want)
 	}
 	if keys := strings.Join(jsonKeys[agentConfig](), ","); keys != "server,join_token,trust_bundle,socket,data_dir,renew_fraction,log_level,log_format,"+
-		"x509pop_cert,x509pop_key,k8s_psat_cluster,k8s_psat_token_path,k8s_kubelet_url,k8s_kubelet_token,k8s_kubelet_ca,k8s_kubelet_insecure" {
+		"x509pop_cert,x509pop_key,k8s_psat_cluster,k8s_psat_token_path,k8s_kubelet_url,k8s_kubelet_token,k8s_kubelet_ca,k8s_kubelet_insecure,"+
+		"sds_default_svid_name,sds_default_bundle_name,sds_all_bundles_name,sds_disable_spiffe_validator" {
 		t.Errorf("agent config keys = %s", keys)
 	}
 }

@@ -167,7 +167,7 @@ func (a *app) newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().Var(&a.output, "output", "output format: table or json")
 	root.AddCommand(a.newDevCommand(), a.newX509Command(), a.newServerCommand(), a.newAgentCommand(),
-		a.newWorkloadCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
+		a.newWorkloadCommand(), a.newSDSCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
 		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand())
 	return root
 }

@@ -209,15 +209,7 @@ func (a *app) fetchX509SVIDs(ctx context.Context, socket string, profiles []stri
 	}
 	// A missing socket, or one with no agent behind it (left by a crash),
 	// is said at once rather than waited for until the timeout.
-	if err := wlapi.CheckSocket(socket); err != nil {
-		switch {
-		case errors.Is(err, wlapi.ErrNoSocket):
-			return nil, codedErrorf(codes.Unavailable, "no Workload API socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", socket, envWorkloadSocket)
-		case errors.Is(err, wlapi.ErrNotSocket):
-			return nil, fmt.Errorf("%s is not a Unix socket: give the agent's Workload API socket with --socket", socket)
-		case errors.Is(err, wlapi.ErrNotListening):
-			return nil, codedErrorf(codes.Unavailable, "cannot reach the Workload API at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", socket, timeout)
-		}
+	if err := checkAgentSocket(socket, "Workload API", timeout); err != nil {
 		return nil, err
 	}
 	c, err := wlapi.New(wlapi.Config{Socket: socket, Profiles: profiles})
@@ -359,4 +351,26 @@ func (a *app) printFetch(r fetchReport) error {
 		}
 	}
 	return nil
+}
+
+// checkAgentSocket says at once why socket cannot be the agent's (what
+// names the API asked for) rather than after the timeout: too long a path,
+// nothing there, not a socket, or a socket left by a crash with no agent
+// behind it.
+func checkAgentSocket(socket, what string, timeout time.Duration) error {
+	if len(socket) > maxSocketPath {
+		return usageErrorf("socket path %s is %d bytes, longer than Unix sockets allow (%d)", socket, len(socket), maxSocketPath)
+	}
+	err := wlapi.CheckSocket(socket)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, wlapi.ErrNoSocket):
+		return codedErrorf(codes.Unavailable, "no %s socket at %s: is `meshca dev` or `meshca agent` running? Give its socket with --socket or $%s", what, socket, envWorkloadSocket)
+	case errors.Is(err, wlapi.ErrNotSocket):
+		return fmt.Errorf("%s is not a Unix socket: give the agent's %s socket with --socket", socket, what)
+	case errors.Is(err, wlapi.ErrNotListening):
+		return codedErrorf(codes.Unavailable, "cannot reach the %s at %s within %s (--timeout): nothing is listening on it; is `meshca dev` or `meshca agent` running?", what, socket, timeout)
+	}
+	return err
 }

@@ -154,7 +154,17 @@ func (e *env) entry(parent, id string, ttl time.Duration, selectors ...string) *
 
 func (e *env) startAgent(token string, fraction float64) *agent.Agent {
 	e.t.Helper()
-	dir := tempDir(e.t)
+	return e.startAgentWith(token, tempDir(e.t), fraction)
+}
+
+// startAgentIn starts an agent with its data and socket in dir.
+func (e *env) startAgentIn(token, dir string) *agent.Agent {
+	e.t.Helper()
+	return e.startAgentWith(token, dir, 0.5)
+}
+
+func (e *env) startAgentWith(token, dir string, fraction float64) *agent.Agent {
+	e.t.Helper()
 	a, err := agent.New(agent.Config{Servers: []string{e.srv.APIAddr()}, TrustBundle: e.bundle, DataDir: dir,
 		SocketPath: filepath.Join(dir, "agent.sock"), Evidence: jointoken.NewEvidence(token),
 		WorkloadAttestors: []attest.WorkloadAttestor{unix.New(unix.Config{})}, RenewFraction: fraction,

@@ -92,6 +92,17 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 		c.Join, c.JoinToken, c.TrustBundle = s1.srv.APIAddr(), tok.Token, f.e.bundle
 		f.members = append(f.members, runServer(t, c))
 	}
+	// As a load balancer would, send load only to servers that are ready:
+	// a joined server refuses to sign (Unavailable) until its
+	// intermediates' CRLs are published.
+	for _, m := range f.members {
+		waitFor(t, 20*time.Second, m.cfg.NodeID+" ready", func() error {
+			if !m.srv.Ready() {
+				return errors.New("not ready")
+			}
+			return nil
+		})
+	}
 	var addrs []string
 	for _, m := range f.members {
 		addrs = append(addrs, m.srv.APIAddr())
@@ -218,6 +229,15 @@ func (f *fleet) checkServers() error {
 // API: admitted, signed, recorded in the ledger through Raft.
 func (f *fleet) mintEverywhere() error {
 	for _, m := range f.running() {
+		// A restarted server signs once it is ready (its CRLs published);
+		// until then it answers Unavailable, as a load balancer's health
+		// check sees.
+		waitFor(f.t, 20*time.Second, m.cfg.NodeID+" ready", func() error {
+			if !m.srv.Ready() {
+				return errors.New("not ready")
+			}
+			return nil
+		})
 		key, err := ca.ECDSA.GenerateKey()
 		if err != nil {
 			return err

@@ -813,8 +813,8 @@ func (x *SyncRequest) GetKnown() map[string]string {
 type Resource struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// kind is "entry" (name: the entry ID), "bundle" (the trust domain's
-	// roots; name: the trust domain) or "jwt_authorities" (name: the trust
-	// domain).
+	// roots; name: the trust domain), "jwt_authorities" (name: the trust
+	// domain) or "crl" (name: the authority ID).
 	Kind    string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	Name    string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
@@ -823,6 +823,7 @@ type Resource struct {
 	//	*Resource_Entry
 	//	*Resource_Bundle
 	//	*Resource_JwtAuthorities
+	//	*Resource_Crl
 	Body          isResource_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -913,6 +914,15 @@ func (x *Resource) GetJwtAuthorities() *JWTAuthorities {
 	return nil
 }
 
+func (x *Resource) GetCrl() *CRL {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_Crl); ok {
+			return x.Crl
+		}
+	}
+	return nil
+}
+
 type isResource_Body interface {
 	isResource_Body()
 }
@@ -929,11 +939,100 @@ type Resource_JwtAuthorities struct {
 	JwtAuthorities *JWTAuthorities `protobuf:"bytes,12,opt,name=jwt_authorities,json=jwtAuthorities,proto3,oneof"`
 }
 
+type Resource_Crl struct {
+	Crl *CRL `protobuf:"bytes,13,opt,name=crl,proto3,oneof"`
+}
+
 func (*Resource_Entry) isResource_Body() {}
 
 func (*Resource_Bundle) isResource_Body() {}
 
 func (*Resource_JwtAuthorities) isResource_Body() {}
+
+func (*Resource_Crl) isResource_Body() {}
+
+// CRL is the current CRL of a CA of the trust domain (name: the
+// authority's ID), with the CA's certificate, so that an agent can serve
+// the CRLs of every CA a chain may hold and check them.
+type CRL struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// profile is "ecdsa" or "sm2".
+	Profile string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// root is set for a root's CRL, unset for an intermediate's.
+	Root bool `protobuf:"varint,2,opt,name=root,proto3" json:"root,omitempty"`
+	// certificate is the CA's certificate (DER).
+	Certificate []byte `protobuf:"bytes,3,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// der is the CRL (DER).
+	Der           []byte `protobuf:"bytes,4,opt,name=der,proto3" json:"der,omitempty"`
+	Number        uint64 `protobuf:"varint,5,opt,name=number,proto3" json:"number,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CRL) Reset() {
+	*x = CRL{}
+	mi := &file_nodepb_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CRL) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CRL) ProtoMessage() {}
+
+func (x *CRL) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CRL.ProtoReflect.Descriptor instead.
+func (*CRL) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CRL) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *CRL) GetRoot() bool {
+	if x != nil {
+		return x.Root
+	}
+	return false
+}
+
+func (x *CRL) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *CRL) GetDer() []byte {
+	if x != nil {
+		return x.Der
+	}
+	return nil
+}
+
+func (x *CRL) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
 
 type JWTAuthorities struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -944,7 +1043,7 @@ type JWTAuthorities struct {
 
 func (x *JWTAuthorities) Reset() {
 	*x = JWTAuthorities{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1055,7 @@ func (x *JWTAuthorities) String() string {
 func (*JWTAuthorities) ProtoMessage() {}
 
 func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1068,7 @@ func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthorities.ProtoReflect.Descriptor instead.
 func (*JWTAuthorities) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JWTAuthorities) GetKeys() []*JWTAuthority {
@@ -995,7 +1094,7 @@ type SyncUpdate struct {
 
 func (x *SyncUpdate) Reset() {
 	*x = SyncUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1106,7 @@ func (x *SyncUpdate) String() string {
 func (*SyncUpdate) ProtoMessage() {}
 
 func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1119,7 @@ func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUpdate.ProtoReflect.Descriptor instead.
 func (*SyncUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyncUpdate) GetRevision() uint64 {
@@ -1054,7 +1153,7 @@ type SVIDRequest struct {
 
 func (x *SVIDRequest) Reset() {
 	*x = SVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1165,7 @@ func (x *SVIDRequest) String() string {
 func (*SVIDRequest) ProtoMessage() {}
 
 func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1178,7 @@ func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SVIDRequest) GetEntryId() string {
@@ -1105,7 +1204,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1216,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1229,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SignX509SVIDsRequest) GetRequests() []*SVIDRequest {
@@ -1153,7 +1252,7 @@ type SVIDResult struct {
 
 func (x *SVIDResult) Reset() {
 	*x = SVIDResult{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1264,7 @@ func (x *SVIDResult) String() string {
 func (*SVIDResult) ProtoMessage() {}
 
 func (x *SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1277,7 @@ func (x *SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDResult.ProtoReflect.Descriptor instead.
 func (*SVIDResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SVIDResult) GetEntryId() string {
@@ -1211,7 +1310,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1322,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1335,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*SVIDResult {
@@ -1255,7 +1354,7 @@ type RenewAgentSVIDRequest struct {
 
 func (x *RenewAgentSVIDRequest) Reset() {
 	*x = RenewAgentSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1366,7 @@ func (x *RenewAgentSVIDRequest) String() string {
 func (*RenewAgentSVIDRequest) ProtoMessage() {}
 
 func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1379,7 @@ func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RenewAgentSVIDRequest) GetCsr() []byte {
@@ -1299,7 +1398,7 @@ type RenewAgentSVIDResponse struct {
 
 func (x *RenewAgentSVIDResponse) Reset() {
 	*x = RenewAgentSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1410,7 @@ func (x *RenewAgentSVIDResponse) String() string {
 func (*RenewAgentSVIDResponse) ProtoMessage() {}
 
 func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1423,7 @@ func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RenewAgentSVIDResponse) GetSvidChain() [][]byte {
@@ -1394,7 +1493,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\n" +
 	"KnownEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x02\n" +
 	"\bResource\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1402,8 +1501,15 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x05entry\x18\n" +
 	" \x01(\v2\x15.meshca.node.v1.EntryH\x00R\x05entry\x120\n" +
 	"\x06bundle\x18\v \x01(\v2\x16.meshca.node.v1.BundleH\x00R\x06bundle\x12I\n" +
-	"\x0fjwt_authorities\x18\f \x01(\v2\x1e.meshca.node.v1.JWTAuthoritiesH\x00R\x0ejwtAuthoritiesB\x06\n" +
-	"\x04body\"B\n" +
+	"\x0fjwt_authorities\x18\f \x01(\v2\x1e.meshca.node.v1.JWTAuthoritiesH\x00R\x0ejwtAuthorities\x12'\n" +
+	"\x03crl\x18\r \x01(\v2\x13.meshca.node.v1.CRLH\x00R\x03crlB\x06\n" +
+	"\x04body\"\x7f\n" +
+	"\x03CRL\x12\x18\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x12\n" +
+	"\x04root\x18\x02 \x01(\bR\x04root\x12 \n" +
+	"\vcertificate\x18\x03 \x01(\fR\vcertificate\x12\x10\n" +
+	"\x03der\x18\x04 \x01(\fR\x03der\x12\x16\n" +
+	"\x06number\x18\x05 \x01(\x04R\x06number\"B\n" +
 	"\x0eJWTAuthorities\x120\n" +
 	"\x04keys\x18\x01 \x03(\v2\x1c.meshca.node.v1.JWTAuthorityR\x04keys\"\x97\x01\n" +
 	"\n" +
@@ -1447,7 +1553,7 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_nodepb_node_proto_goTypes = []any{
 	(*SignJWTSVIDRequest)(nil),     // 0: meshca.node.v1.SignJWTSVIDRequest
 	(*SignJWTSVIDResponse)(nil),    // 1: meshca.node.v1.SignJWTSVIDResponse
@@ -1462,15 +1568,16 @@ var file_nodepb_node_proto_goTypes = []any{
 	(*Entry)(nil),                  // 10: meshca.node.v1.Entry
 	(*SyncRequest)(nil),            // 11: meshca.node.v1.SyncRequest
 	(*Resource)(nil),               // 12: meshca.node.v1.Resource
-	(*JWTAuthorities)(nil),         // 13: meshca.node.v1.JWTAuthorities
-	(*SyncUpdate)(nil),             // 14: meshca.node.v1.SyncUpdate
-	(*SVIDRequest)(nil),            // 15: meshca.node.v1.SVIDRequest
-	(*SignX509SVIDsRequest)(nil),   // 16: meshca.node.v1.SignX509SVIDsRequest
-	(*SVIDResult)(nil),             // 17: meshca.node.v1.SVIDResult
-	(*SignX509SVIDsResponse)(nil),  // 18: meshca.node.v1.SignX509SVIDsResponse
-	(*RenewAgentSVIDRequest)(nil),  // 19: meshca.node.v1.RenewAgentSVIDRequest
-	(*RenewAgentSVIDResponse)(nil), // 20: meshca.node.v1.RenewAgentSVIDResponse
-	nil,                            // 21: meshca.node.v1.SyncRequest.KnownEntry
+	(*CRL)(nil),                    // 13: meshca.node.v1.CRL
+	(*JWTAuthorities)(nil),         // 14: meshca.node.v1.JWTAuthorities
+	(*SyncUpdate)(nil),             // 15: meshca.node.v1.SyncUpdate
+	(*SVIDRequest)(nil),            // 16: meshca.node.v1.SVIDRequest
+	(*SignX509SVIDsRequest)(nil),   // 17: meshca.node.v1.SignX509SVIDsRequest
+	(*SVIDResult)(nil),             // 18: meshca.node.v1.SVIDResult
+	(*SignX509SVIDsResponse)(nil),  // 19: meshca.node.v1.SignX509SVIDsResponse
+	(*RenewAgentSVIDRequest)(nil),  // 20: meshca.node.v1.RenewAgentSVIDRequest
+	(*RenewAgentSVIDResponse)(nil), // 21: meshca.node.v1.RenewAgentSVIDResponse
+	nil,                            // 22: meshca.node.v1.SyncRequest.KnownEntry
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	4,  // 0: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
@@ -1479,29 +1586,30 @@ var file_nodepb_node_proto_depIdxs = []int32{
 	7,  // 3: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
 	2,  // 4: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
 	9,  // 5: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
-	21, // 6: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
+	22, // 6: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
 	10, // 7: meshca.node.v1.Resource.entry:type_name -> meshca.node.v1.Entry
 	8,  // 8: meshca.node.v1.Resource.bundle:type_name -> meshca.node.v1.Bundle
-	13, // 9: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
-	2,  // 10: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
-	12, // 11: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
-	15, // 12: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
-	17, // 13: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
-	3,  // 14: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
-	11, // 15: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
-	16, // 16: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
-	19, // 17: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
-	0,  // 18: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
-	5,  // 19: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
-	14, // 20: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
-	18, // 21: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
-	20, // 22: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
-	1,  // 23: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	14, // 9: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
+	13, // 10: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
+	2,  // 11: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
+	12, // 12: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
+	16, // 13: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
+	18, // 14: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
+	3,  // 15: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
+	11, // 16: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
+	17, // 17: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
+	20, // 18: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
+	0,  // 19: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
+	5,  // 20: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
+	15, // 21: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
+	19, // 22: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
+	21, // 23: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
+	1,  // 24: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1521,6 +1629,7 @@ func file_nodepb_node_proto_init() {
 		(*Resource_Entry)(nil),
 		(*Resource_Bundle)(nil),
 		(*Resource_JwtAuthorities)(nil),
+		(*Resource_Crl)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1528,7 +1637,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -221,6 +221,7 @@ type Command struct {
 	//	*Command_ActivateJwtKey
 	//	*Command_AttestAgent
 	//	*Command_AdmitServer
+	//	*Command_PutCrl
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -459,6 +460,15 @@ func (x *Command) GetAdmitServer() *AdmitServer {
 	return nil
 }
 
+func (x *Command) GetPutCrl() *PutCRL {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutCrl); ok {
+			return x.PutCrl
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -547,6 +557,10 @@ type Command_AdmitServer struct {
 	AdmitServer *AdmitServer `protobuf:"bytes,30,opt,name=admit_server,json=admitServer,proto3,oneof"`
 }
 
+type Command_PutCrl struct {
+	PutCrl *PutCRL `protobuf:"bytes,31,opt,name=put_crl,json=putCrl,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -588,6 +602,8 @@ func (*Command_ActivateJwtKey) isCommand_Op() {}
 func (*Command_AttestAgent) isCommand_Op() {}
 
 func (*Command_AdmitServer) isCommand_Op() {}
+
+func (*Command_PutCrl) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -1637,6 +1653,94 @@ func (x *JWTKey) GetState() AuthorityState {
 	return AuthorityState_AUTHORITY_STATE_UNSPECIFIED
 }
 
+// CRL is the current CRL of an authority: a root, signed by the leader,
+// or a server's intermediate, signed by that server.
+type CRL struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	AuthorityId    string                 `protobuf:"bytes,1,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	Number         uint64                 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	Der            []byte                 `protobuf:"bytes,3,opt,name=der,proto3" json:"der,omitempty"`
+	ThisUpdateUnix int64                  `protobuf:"varint,4,opt,name=this_update_unix,json=thisUpdateUnix,proto3" json:"this_update_unix,omitempty"`
+	NextUpdateUnix int64                  `protobuf:"varint,5,opt,name=next_update_unix,json=nextUpdateUnix,proto3" json:"next_update_unix,omitempty"`
+	// revocations_digest summarises the revocations the CRL lists, so that
+	// a change of them shows without parsing it.
+	RevocationsDigest []byte `protobuf:"bytes,6,opt,name=revocations_digest,json=revocationsDigest,proto3" json:"revocations_digest,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CRL) Reset() {
+	*x = CRL{}
+	mi := &file_raftpb_raft_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CRL) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CRL) ProtoMessage() {}
+
+func (x *CRL) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CRL.ProtoReflect.Descriptor instead.
+func (*CRL) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CRL) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+func (x *CRL) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *CRL) GetDer() []byte {
+	if x != nil {
+		return x.Der
+	}
+	return nil
+}
+
+func (x *CRL) GetThisUpdateUnix() int64 {
+	if x != nil {
+		return x.ThisUpdateUnix
+	}
+	return 0
+}
+
+func (x *CRL) GetNextUpdateUnix() int64 {
+	if x != nil {
+		return x.NextUpdateUnix
+	}
+	return 0
+}
+
+func (x *CRL) GetRevocationsDigest() []byte {
+	if x != nil {
+		return x.RevocationsDigest
+	}
+	return nil
+}
+
 // AppliedRequest remembers the result of a command by its request ID, so
 // that a retried proposal is not applied twice.
 type AppliedRequest struct {
@@ -1650,7 +1754,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_raftpb_raft_proto_msgTypes[14]
+	mi := &file_raftpb_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1662,7 +1766,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[14]
+	mi := &file_raftpb_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1675,7 +1779,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{14}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -1711,7 +1815,7 @@ type LedgerBlock struct {
 
 func (x *LedgerBlock) Reset() {
 	*x = LedgerBlock{}
-	mi := &file_raftpb_raft_proto_msgTypes[15]
+	mi := &file_raftpb_raft_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1827,7 @@ func (x *LedgerBlock) String() string {
 func (*LedgerBlock) ProtoMessage() {}
 
 func (x *LedgerBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[15]
+	mi := &file_raftpb_raft_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1840,7 @@ func (x *LedgerBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LedgerBlock.ProtoReflect.Descriptor instead.
 func (*LedgerBlock) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{15}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LedgerBlock) GetIndex() uint64 {
@@ -1762,7 +1866,7 @@ type SetTrustDomain struct {
 
 func (x *SetTrustDomain) Reset() {
 	*x = SetTrustDomain{}
-	mi := &file_raftpb_raft_proto_msgTypes[16]
+	mi := &file_raftpb_raft_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +1878,7 @@ func (x *SetTrustDomain) String() string {
 func (*SetTrustDomain) ProtoMessage() {}
 
 func (x *SetTrustDomain) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[16]
+	mi := &file_raftpb_raft_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1891,7 @@ func (x *SetTrustDomain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTrustDomain.ProtoReflect.Descriptor instead.
 func (*SetTrustDomain) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{16}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetTrustDomain) GetTrustDomain() *TrustDomain {
@@ -1806,7 +1910,7 @@ type PutServer struct {
 
 func (x *PutServer) Reset() {
 	*x = PutServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[17]
+	mi := &file_raftpb_raft_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +1922,7 @@ func (x *PutServer) String() string {
 func (*PutServer) ProtoMessage() {}
 
 func (x *PutServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[17]
+	mi := &file_raftpb_raft_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +1935,7 @@ func (x *PutServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutServer.ProtoReflect.Descriptor instead.
 func (*PutServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{17}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PutServer) GetServer() *Server {
@@ -1850,7 +1954,7 @@ type RemoveServer struct {
 
 func (x *RemoveServer) Reset() {
 	*x = RemoveServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[18]
+	mi := &file_raftpb_raft_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1966,7 @@ func (x *RemoveServer) String() string {
 func (*RemoveServer) ProtoMessage() {}
 
 func (x *RemoveServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[18]
+	mi := &file_raftpb_raft_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1979,7 @@ func (x *RemoveServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServer.ProtoReflect.Descriptor instead.
 func (*RemoveServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{18}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveServer) GetNodeId() string {
@@ -1894,7 +1998,7 @@ type PutAuthority struct {
 
 func (x *PutAuthority) Reset() {
 	*x = PutAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[19]
+	mi := &file_raftpb_raft_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +2010,7 @@ func (x *PutAuthority) String() string {
 func (*PutAuthority) ProtoMessage() {}
 
 func (x *PutAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[19]
+	mi := &file_raftpb_raft_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +2023,7 @@ func (x *PutAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAuthority.ProtoReflect.Descriptor instead.
 func (*PutAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{19}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PutAuthority) GetAuthority() *Authority {
@@ -1939,7 +2043,7 @@ type SetAuthorityState struct {
 
 func (x *SetAuthorityState) Reset() {
 	*x = SetAuthorityState{}
-	mi := &file_raftpb_raft_proto_msgTypes[20]
+	mi := &file_raftpb_raft_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2055,7 @@ func (x *SetAuthorityState) String() string {
 func (*SetAuthorityState) ProtoMessage() {}
 
 func (x *SetAuthorityState) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[20]
+	mi := &file_raftpb_raft_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2068,7 @@ func (x *SetAuthorityState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAuthorityState.ProtoReflect.Descriptor instead.
 func (*SetAuthorityState) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{20}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetAuthorityState) GetId() string {
@@ -1993,7 +2097,7 @@ type PutEntry struct {
 
 func (x *PutEntry) Reset() {
 	*x = PutEntry{}
-	mi := &file_raftpb_raft_proto_msgTypes[21]
+	mi := &file_raftpb_raft_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2109,7 @@ func (x *PutEntry) String() string {
 func (*PutEntry) ProtoMessage() {}
 
 func (x *PutEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[21]
+	mi := &file_raftpb_raft_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2122,7 @@ func (x *PutEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutEntry.ProtoReflect.Descriptor instead.
 func (*PutEntry) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{21}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PutEntry) GetEntry() *Entry {
@@ -2044,7 +2148,7 @@ type DeleteEntry struct {
 
 func (x *DeleteEntry) Reset() {
 	*x = DeleteEntry{}
-	mi := &file_raftpb_raft_proto_msgTypes[22]
+	mi := &file_raftpb_raft_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2160,7 @@ func (x *DeleteEntry) String() string {
 func (*DeleteEntry) ProtoMessage() {}
 
 func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[22]
+	mi := &file_raftpb_raft_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2173,7 @@ func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntry.ProtoReflect.Descriptor instead.
 func (*DeleteEntry) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{22}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteEntry) GetId() string {
@@ -2088,7 +2192,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_raftpb_raft_proto_msgTypes[23]
+	mi := &file_raftpb_raft_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2204,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[23]
+	mi := &file_raftpb_raft_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2217,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{23}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -2132,7 +2236,7 @@ type CreateJoinToken struct {
 
 func (x *CreateJoinToken) Reset() {
 	*x = CreateJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2248,7 @@ func (x *CreateJoinToken) String() string {
 func (*CreateJoinToken) ProtoMessage() {}
 
 func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2261,7 @@ func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinToken.ProtoReflect.Descriptor instead.
 func (*CreateJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateJoinToken) GetToken() *JoinToken {
@@ -2181,7 +2285,7 @@ type ConsumeJoinToken struct {
 
 func (x *ConsumeJoinToken) Reset() {
 	*x = ConsumeJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2297,7 @@ func (x *ConsumeJoinToken) String() string {
 func (*ConsumeJoinToken) ProtoMessage() {}
 
 func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2310,7 @@ func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeJoinToken.ProtoReflect.Descriptor instead.
 func (*ConsumeJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConsumeJoinToken) GetHash() []byte {
@@ -2237,6 +2341,52 @@ func (x *ConsumeJoinToken) GetAttempt() string {
 	return ""
 }
 
+// PutCRL replaces an authority's CRL with one of a higher number (the same
+// CRL again is accepted: a retry). CRL numbers never go backwards.
+type PutCRL struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Crl           *CRL                   `protobuf:"bytes,1,opt,name=crl,proto3" json:"crl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutCRL) Reset() {
+	*x = PutCRL{}
+	mi := &file_raftpb_raft_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutCRL) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutCRL) ProtoMessage() {}
+
+func (x *PutCRL) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutCRL.ProtoReflect.Descriptor instead.
+func (*PutCRL) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PutCRL) GetCrl() *CRL {
+	if x != nil {
+		return x.Crl
+	}
+	return nil
+}
+
 // ActivateAuthority makes an authority ACTIVE and the one it replaces
 // (same kind, profile and server, ACTIVE until now) OLD.
 type ActivateAuthority struct {
@@ -2248,7 +2398,7 @@ type ActivateAuthority struct {
 
 func (x *ActivateAuthority) Reset() {
 	*x = ActivateAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2410,7 @@ func (x *ActivateAuthority) String() string {
 func (*ActivateAuthority) ProtoMessage() {}
 
 func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2423,7 @@ func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthority.ProtoReflect.Descriptor instead.
 func (*ActivateAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ActivateAuthority) GetId() string {
@@ -2293,7 +2443,7 @@ type ActivateJWTKey struct {
 
 func (x *ActivateJWTKey) Reset() {
 	*x = ActivateJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2455,7 @@ func (x *ActivateJWTKey) String() string {
 func (*ActivateJWTKey) ProtoMessage() {}
 
 func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2468,7 @@ func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateJWTKey.ProtoReflect.Descriptor instead.
 func (*ActivateJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ActivateJWTKey) GetKid() string {
@@ -2342,7 +2492,7 @@ type AttestAgent struct {
 
 func (x *AttestAgent) Reset() {
 	*x = AttestAgent{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2504,7 @@ func (x *AttestAgent) String() string {
 func (*AttestAgent) ProtoMessage() {}
 
 func (x *AttestAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2517,7 @@ func (x *AttestAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestAgent.ProtoReflect.Descriptor instead.
 func (*AttestAgent) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AttestAgent) GetToken() *ConsumeJoinToken {
@@ -2406,7 +2556,7 @@ type AdmitServer struct {
 
 func (x *AdmitServer) Reset() {
 	*x = AdmitServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2568,7 @@ func (x *AdmitServer) String() string {
 func (*AdmitServer) ProtoMessage() {}
 
 func (x *AdmitServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2581,7 @@ func (x *AdmitServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitServer.ProtoReflect.Descriptor instead.
 func (*AdmitServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AdmitServer) GetToken() *ConsumeJoinToken {
@@ -2464,7 +2614,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2626,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2489,7 +2639,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -2509,7 +2659,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2521,7 +2671,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2534,7 +2684,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2553,7 +2703,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2565,7 +2715,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2578,7 +2728,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2597,7 +2747,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2759,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2772,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2641,7 +2791,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2653,7 +2803,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2666,7 +2816,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -2690,7 +2840,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2852,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2865,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -2742,7 +2892,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2754,7 +2904,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2767,7 +2917,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -2786,6 +2936,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_LedgerBlock
 	//	*SnapshotRecord_JwtKey
 	//	*SnapshotRecord_AppliedRequest
+	//	*SnapshotRecord_Crl
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2793,7 +2944,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2805,7 +2956,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2818,7 +2969,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2927,6 +3078,15 @@ func (x *SnapshotRecord) GetAppliedRequest() *AppliedRequest {
 	return nil
 }
 
+func (x *SnapshotRecord) GetCrl() *CRL {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Crl); ok {
+			return x.Crl
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -2975,6 +3135,10 @@ type SnapshotRecord_AppliedRequest struct {
 	AppliedRequest *AppliedRequest `protobuf:"bytes,12,opt,name=applied_request,json=appliedRequest,proto3,oneof"`
 }
 
+type SnapshotRecord_Crl struct {
+	Crl *CRL `protobuf:"bytes,13,opt,name=crl,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -2997,11 +3161,13 @@ func (*SnapshotRecord_JwtKey) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Crl) isSnapshotRecord_Record() {}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xc3\v\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf6\v\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3027,7 +3193,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x12activate_authority\x18\x1b \x01(\v2!.meshca.raft.v1.ActivateAuthorityH\x00R\x11activateAuthority\x12J\n" +
 	"\x10activate_jwt_key\x18\x1c \x01(\v2\x1e.meshca.raft.v1.ActivateJWTKeyH\x00R\x0eactivateJwtKey\x12@\n" +
 	"\fattest_agent\x18\x1d \x01(\v2\x1b.meshca.raft.v1.AttestAgentH\x00R\vattestAgent\x12@\n" +
-	"\fadmit_server\x18\x1e \x01(\v2\x1b.meshca.raft.v1.AdmitServerH\x00R\vadmitServerB\x04\n" +
+	"\fadmit_server\x18\x1e \x01(\v2\x1b.meshca.raft.v1.AdmitServerH\x00R\vadmitServer\x121\n" +
+	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrlB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3119,7 +3286,14 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"sealed_key\x18\x03 \x01(\fR\tsealedKey\x12!\n" +
 	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12$\n" +
 	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\x124\n" +
-	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\"\x85\x01\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\"\xd5\x01\n" +
+	"\x03CRL\x12!\n" +
+	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x10\n" +
+	"\x03der\x18\x03 \x01(\fR\x03der\x12(\n" +
+	"\x10this_update_unix\x18\x04 \x01(\x03R\x0ethisUpdateUnix\x12(\n" +
+	"\x10next_update_unix\x18\x05 \x01(\x03R\x0enextUpdateUnix\x12-\n" +
+	"\x12revocations_digest\x18\x06 \x01(\fR\x11revocationsDigest\"\x85\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
@@ -3152,7 +3326,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1a\n" +
 	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12\x18\n" +
-	"\aattempt\x18\x04 \x01(\tR\aattempt\"#\n" +
+	"\aattempt\x18\x04 \x01(\tR\aattempt\"/\n" +
+	"\x06PutCRL\x12%\n" +
+	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"#\n" +
 	"\x11ActivateAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\"\n" +
 	"\x0eActivateJWTKey\x12\x10\n" +
@@ -3178,7 +3354,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vPruneLedger\x12.\n" +
 	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\x12E\n" +
 	"\x1fauthorities_expired_before_unix\x18\x02 \x01(\x03R\x1cauthoritiesExpiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\x96\x05\n" +
+	"\x04Noop\"\xbf\x05\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -3194,7 +3370,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\fledger_block\x18\n" +
 	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlock\x121\n" +
 	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKey\x12I\n" +
-	"\x0fapplied_request\x18\f \x01(\v2\x1e.meshca.raft.v1.AppliedRequestH\x00R\x0eappliedRequestB\b\n" +
+	"\x0fapplied_request\x18\f \x01(\v2\x1e.meshca.raft.v1.AppliedRequestH\x00R\x0eappliedRequest\x12'\n" +
+	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crlB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
 	"*x\n" +
 	"\tErrorCode\x12\x06\n" +
@@ -3231,7 +3408,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -3250,95 +3427,100 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*Policy)(nil),            // 14: meshca.raft.v1.Policy
 	(*LedgerRecord)(nil),      // 15: meshca.raft.v1.LedgerRecord
 	(*JWTKey)(nil),            // 16: meshca.raft.v1.JWTKey
-	(*AppliedRequest)(nil),    // 17: meshca.raft.v1.AppliedRequest
-	(*LedgerBlock)(nil),       // 18: meshca.raft.v1.LedgerBlock
-	(*SetTrustDomain)(nil),    // 19: meshca.raft.v1.SetTrustDomain
-	(*PutServer)(nil),         // 20: meshca.raft.v1.PutServer
-	(*RemoveServer)(nil),      // 21: meshca.raft.v1.RemoveServer
-	(*PutAuthority)(nil),      // 22: meshca.raft.v1.PutAuthority
-	(*SetAuthorityState)(nil), // 23: meshca.raft.v1.SetAuthorityState
-	(*PutEntry)(nil),          // 24: meshca.raft.v1.PutEntry
-	(*DeleteEntry)(nil),       // 25: meshca.raft.v1.DeleteEntry
-	(*PutNode)(nil),           // 26: meshca.raft.v1.PutNode
-	(*CreateJoinToken)(nil),   // 27: meshca.raft.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),  // 28: meshca.raft.v1.ConsumeJoinToken
-	(*ActivateAuthority)(nil), // 29: meshca.raft.v1.ActivateAuthority
-	(*ActivateJWTKey)(nil),    // 30: meshca.raft.v1.ActivateJWTKey
-	(*AttestAgent)(nil),       // 31: meshca.raft.v1.AttestAgent
-	(*AdmitServer)(nil),       // 32: meshca.raft.v1.AdmitServer
-	(*Revoke)(nil),            // 33: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 34: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 35: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 36: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 37: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 38: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 39: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 40: meshca.raft.v1.SnapshotRecord
+	(*CRL)(nil),               // 17: meshca.raft.v1.CRL
+	(*AppliedRequest)(nil),    // 18: meshca.raft.v1.AppliedRequest
+	(*LedgerBlock)(nil),       // 19: meshca.raft.v1.LedgerBlock
+	(*SetTrustDomain)(nil),    // 20: meshca.raft.v1.SetTrustDomain
+	(*PutServer)(nil),         // 21: meshca.raft.v1.PutServer
+	(*RemoveServer)(nil),      // 22: meshca.raft.v1.RemoveServer
+	(*PutAuthority)(nil),      // 23: meshca.raft.v1.PutAuthority
+	(*SetAuthorityState)(nil), // 24: meshca.raft.v1.SetAuthorityState
+	(*PutEntry)(nil),          // 25: meshca.raft.v1.PutEntry
+	(*DeleteEntry)(nil),       // 26: meshca.raft.v1.DeleteEntry
+	(*PutNode)(nil),           // 27: meshca.raft.v1.PutNode
+	(*CreateJoinToken)(nil),   // 28: meshca.raft.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),  // 29: meshca.raft.v1.ConsumeJoinToken
+	(*PutCRL)(nil),            // 30: meshca.raft.v1.PutCRL
+	(*ActivateAuthority)(nil), // 31: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),    // 32: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),       // 33: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),       // 34: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),            // 35: meshca.raft.v1.Revoke
+	(*NextCRLNumber)(nil),     // 36: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 37: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 38: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 39: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 40: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 41: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 42: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
-	19, // 1: meshca.raft.v1.Command.set_trust_domain:type_name -> meshca.raft.v1.SetTrustDomain
-	20, // 2: meshca.raft.v1.Command.put_server:type_name -> meshca.raft.v1.PutServer
-	21, // 3: meshca.raft.v1.Command.remove_server:type_name -> meshca.raft.v1.RemoveServer
-	22, // 4: meshca.raft.v1.Command.put_authority:type_name -> meshca.raft.v1.PutAuthority
-	23, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
-	24, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
-	25, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
-	26, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
-	27, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
-	28, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	33, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	34, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	35, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	36, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	38, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	39, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	37, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
-	29, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
-	30, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
-	31, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
-	32, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
-	0,  // 22: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 23: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 24: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 25: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 26: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 27: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 28: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 29: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 30: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 31: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 32: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 33: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 34: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 35: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 36: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	28, // 37: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 38: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 39: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	28, // 40: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 41: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 42: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 43: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 44: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 45: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 46: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 47: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 48: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 49: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 50: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 51: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 52: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 53: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 54: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	18, // 55: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 56: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	17, // 57: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	20, // 1: meshca.raft.v1.Command.set_trust_domain:type_name -> meshca.raft.v1.SetTrustDomain
+	21, // 2: meshca.raft.v1.Command.put_server:type_name -> meshca.raft.v1.PutServer
+	22, // 3: meshca.raft.v1.Command.remove_server:type_name -> meshca.raft.v1.RemoveServer
+	23, // 4: meshca.raft.v1.Command.put_authority:type_name -> meshca.raft.v1.PutAuthority
+	24, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
+	25, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
+	26, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
+	27, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
+	28, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
+	29, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	35, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	36, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	37, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	38, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	40, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	41, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	39, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	31, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
+	32, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
+	33, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
+	34, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
+	30, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
+	0,  // 23: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 24: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 25: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 26: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 27: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 28: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 29: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 30: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 31: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 32: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 33: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 34: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 35: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 36: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 37: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 38: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	29, // 39: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 40: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 41: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	29, // 42: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 43: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 44: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 45: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 46: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 47: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 48: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 49: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 50: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 51: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 52: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 53: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 54: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 55: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 56: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 57: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 58: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 59: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 60: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	61, // [61:61] is the sub-list for method output_type
+	61, // [61:61] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3368,8 +3550,9 @@ func file_raftpb_raft_proto_init() {
 		(*Command_ActivateJwtKey)(nil),
 		(*Command_AttestAgent)(nil),
 		(*Command_AdmitServer)(nil),
+		(*Command_PutCrl)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[37].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[39].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -3381,6 +3564,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_LedgerBlock)(nil),
 		(*SnapshotRecord_JwtKey)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
+		(*SnapshotRecord_Crl)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3388,7 +3572,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
