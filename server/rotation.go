@@ -536,6 +536,14 @@ func (s *Server) syncRoots() error {
 // signing keys on the same schedule as intermediates. A prepared key is in
 // every JWT bundle at once, so relying parties know it before it signs.
 func (s *Server) rotateJWTKeys(ctx context.Context) (time.Time, error) {
+	s.mu.Lock()
+	bootstrapping := s.id.Bootstrap != nil
+	s.mu.Unlock()
+	if bootstrapping {
+		// The bootstrap writes the first key; until it has, no key is
+		// missing (tryWriteBootstrapState wakes the loop when done).
+		return time.Time{}, nil
+	}
 	for range 4 {
 		r := s.fsm.Read()
 		if r.TrustDomain() == nil {

@@ -476,6 +476,7 @@ func (s *Server) tryWriteBootstrapState(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("cluster bootstrapped", "trust_domain", s.td.Name())
+	s.Rotate() // the steps that waited for the bootstrap state
 	return nil
 }
 

@@ -9,19 +9,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/jonboulle/clockwork"
-	"github.com/meshca/meshca/agent"
-	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/internal/naming"
-	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/internal/devmode"
 	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -30,12 +25,9 @@ import (
 // defaultTrustDomain is the trust domain of a data directory dev creates.
 const defaultTrustDomain = "meshca.local"
 
-// devNodeID is the node ID of dev's server.
-const devNodeID = "dev"
-
 // devStartTimeout bounds each step of dev's start: the server becoming
 // ready, and the Workload API serving the caller's SVID.
-const devStartTimeout = time.Minute
+const devStartTimeout = devmode.DefaultStartTimeout
 
 const devLong = `dev runs a whole meshca trust domain in one process, for development: a
 single-node CA server and a node agent that serves the SPIFFE Workload API on a
@@ -223,83 +215,44 @@ func (a *app) dev(ctx context.Context, o devOptions, td spiffeid.TrustDomain) er
 		// election, which is normal here.
 		raftLog.SetLevel(hclog.Error)
 	}
-	srv, err := server.New(server.Config{
-		DataDir: dataDir, NodeID: devNodeID, RaftAddr: o.raftAddr, APIAddr: o.apiAddr, AdminSocket: adminSocket,
-		KEK: kek, Bootstrap: !hasIdentity, TrustDomain: tdName, Logger: log, RaftLogger: raftLog,
+	wattestors, err := workloadAttestors(log, &agentConfig{})
+	if err != nil {
+		return err
+	}
+	// A second signal, once dev is stopping, kills the process the default way.
+	context.AfterFunc(ctx, stop)
+	err = devmode.Run(ctx, devmode.Config{
+		DataDir: dataDir, Socket: socket, AdminSocket: adminSocket, RaftAddr: o.raftAddr, APIAddr: o.apiAddr,
+		KEK: kek, Bootstrap: !hasIdentity, TrustDomain: tdName, UID: a.uid, WorkloadAttestors: wattestors,
+		Logger: log, RaftLogger: raftLog, StartTimeout: devStartTimeout,
+	}, func(r devmode.Report) error {
+		return a.printDev(newDevReport(r, kekFrom))
 	})
-	if errors.Is(err, ca.ErrWrongKEK) {
+	switch {
+	case errors.Is(err, ca.ErrWrongKEK):
 		return fmt.Errorf("the key-encryption key %s does not open the data directory %s; use the one it was created with: %w", kekFrom.File, dataDir, err)
+	case errors.Is(err, devmode.ErrStopped):
+		return fmt.Errorf("meshca dev: %w", err)
 	}
-	if err != nil {
-		return fmt.Errorf("start the server: %w", err)
-	}
+	return err
+}
 
-	// The server and the agent run under contexts of their own, so that
-	// they stop in order: the agent first.
-	srvCtx, stopServer := context.WithCancel(context.Background())
-	defer stopServer()
-	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Run(srvCtx) }()
-	agentDone := make(chan error, 1)
-	stopAgent := func() {}
-	shutdown := func(cause error) error {
-		stop() // a second signal now kills the process the default way
-		stopAgent()
-		stopServer()
-		if err := <-srvDone; err != nil && cause == nil {
-			cause = fmt.Errorf("server: %w", err)
-		}
-		log.Info("meshca dev stopped")
-		return cause
+// newDevReport is what dev prints about r.
+func newDevReport(r devmode.Report, kek kekInfo) devReport {
+	rep := devReport{DataDir: r.DataDir, TrustDomain: r.TrustDomain.Name(), Bootstrapped: r.Bootstrapped, KEK: kek,
+		Entry: newEntryReport(r.Entry), EntryCreated: r.EntryCreated, SVID: newFetchedSVIDReport(r.SVID)}
+	rep.Server.NodeID, rep.Server.RaftAddr, rep.Server.APIAddr = r.NodeID, r.RaftAddr, r.APIAddr
+	rep.Server.AdminSocket, rep.Server.TrustBundle = r.AdminSocket, r.TrustBundlePath
+	rep.Agent.SPIFFEID, rep.Agent.Attestation, rep.Agent.Socket = r.AgentID, r.AgentAttestation, r.Socket
+	admin := "unix://" + r.AdminSocket
+	rep.Next = []string{
+		shellCommand("meshca", "workload", "fetch", "--socket", r.Socket, "--out", "./svid"),
+		shellCommand("openssl", "verify", "-x509_strict", "-CAfile", "svid/bundle.pem", "-untrusted", "svid/svid.pem", "svid/svid.pem"),
+		shellCommand("meshca", "sds", "fetch", "--socket", r.Socket, "--out", "./sds"),
+		shellCommand("meshca", "entry", "list", "--addr", admin),
+		shellCommand("meshca", "node", "list", "--addr", admin),
 	}
-
-	rep, ag, err := a.devStart(ctx, srv, srvDone, log, dataDir, socket, hasIdentity)
-	if err != nil {
-		if ctx.Err() != nil {
-			err = nil // interrupted while starting: a clean stop
-		}
-		return shutdown(err)
-	}
-	rep.KEK = kekFrom
-	agentCtx, cancelAgent := context.WithCancel(context.Background())
-	go func() { agentDone <- ag.Run(agentCtx) }()
-	stopAgent = func() {
-		cancelAgent()
-		<-agentDone
-	}
-
-	// The caller is attested like any workload: once the Workload API
-	// serves its SVID, the hint printed below works as printed.
-	fctx, cancel := context.WithTimeout(ctx, devStartTimeout)
-	svids, err := a.fetchX509SVIDs(fctx, socket, nil, devStartTimeout)
-	cancel()
-	if err != nil {
-		if ctx.Err() != nil {
-			return shutdown(nil)
-		}
-		return shutdown(fmt.Errorf("dev started, but the Workload API did not serve your X509-SVID: %w", err))
-	}
-	for _, s := range svids {
-		if s.ID == rep.Entry.SPIFFEID {
-			rep.SVID = newFetchedSVIDReport(s)
-		}
-	}
-	if err := a.printDev(rep); err != nil {
-		return shutdown(err)
-	}
-	log.Info("meshca dev running", "socket", socket, "admin_socket", adminSocket)
-
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-		return shutdown(nil)
-	case err := <-srvDone:
-		srvDone <- err // for shutdown
-		return shutdown(stoppedError("server", err))
-	case err := <-agentDone:
-		agentDone <- err // for stopAgent
-		return shutdown(stoppedError("agent", err))
-	}
+	return rep
 }
 
 // devSocketPaths returns dev's Workload API and admin socket paths, made
@@ -326,160 +279,6 @@ func devSocketPaths(o devOptions, dataDir string) (socket, admin string, err err
 		return "", "", usageErrorf("Unix socket paths are limited to %d bytes: %s; or give a shorter --data-dir", maxSocketPath, strings.Join(long, "; "))
 	}
 	return socket, admin, nil
-}
-
-// stoppedError is the error for a part of dev that stopped by itself with
-// err (possibly nil).
-func stoppedError(what string, err error) error {
-	if err == nil {
-		return fmt.Errorf("the %s stopped unexpectedly", what)
-	}
-	return fmt.Errorf("the %s stopped: %w", what, err)
-}
-
-// devStart waits for the server, makes sure the agent has an identity (or
-// a join token to get one) and the caller has an entry, and prepares the
-// agent. It returns the report so far.
-func (a *app) devStart(ctx context.Context, srv *server.Server, srvDone chan error, log *slog.Logger,
-	dataDir, socket string, hadIdentity bool) (devReport, *agent.Agent, error) {
-	var rep devReport
-	wait, cancel := context.WithTimeout(ctx, devStartTimeout)
-	defer cancel()
-	for !srv.Ready() {
-		select {
-		case <-wait.Done():
-			if ctx.Err() != nil {
-				return rep, nil, ctx.Err()
-			}
-			return rep, nil, fmt.Errorf("the server is not ready after %s; run with --log-level info to see why", devStartTimeout)
-		case err := <-srvDone:
-			srvDone <- err // for shutdown
-			return rep, nil, stoppedError("server", err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	bundlePEM := srv.TrustBundle()
-	bundle, err := server.ParseTrustBundle("of the server", bundlePEM)
-	if err != nil {
-		return rep, nil, err
-	}
-	td, err := ca.TrustDomainOfRoots(bundle)
-	if err != nil {
-		return rep, nil, fmt.Errorf("the server's trust bundle: %w", err)
-	}
-	bundlePath := server.TrustBundlePath(dataDir) // written by server.New
-
-	rep.DataDir, rep.TrustDomain, rep.Bootstrapped = dataDir, td.Name(), !hadIdentity
-	rep.Server.NodeID, rep.Server.RaftAddr, rep.Server.APIAddr = devNodeID, srv.RaftAddr(), srv.APIAddr()
-	rep.Server.AdminSocket, rep.Server.TrustBundle = srv.AdminSocket(), bundlePath
-	rep.Agent.Socket = socket
-
-	op := opOptions{addr: "unix://" + srv.AdminSocket(), timeout: devStartTimeout}
-	c, err := a.dialOperator(op)
-	if err != nil {
-		return rep, nil, err
-	}
-	defer c.Close()
-	octx, ocancel := callContext(ctx, op)
-	defer ocancel()
-
-	// The agent keeps its SVID in dataDir/agent; it needs a join token only
-	// when it has none (or it expired while dev was stopped).
-	var evidence attest.NodeEvidence
-	agentID, err := agent.StoredID(dataDir, clockwork.NewRealClock())
-	if err != nil {
-		return rep, nil, err
-	}
-	rep.Agent.Attestation = "stored"
-	if agentID == "" {
-		resp, err := c.CreateJoinToken(octx, &operatorpb.CreateJoinTokenRequest{Kind: server.TokenKindAgent, TtlSeconds: int64(server.DefaultJoinTokenTTL / time.Second)})
-		if err != nil {
-			return rep, nil, c.callError("create the agent's join token", op, err)
-		}
-		evidence = jointoken.NewEvidence(resp.Token)
-		id, err := joinTokenAgentID(td, resp.Token)
-		if err != nil {
-			return rep, nil, err
-		}
-		agentID, rep.Agent.Attestation = id.String(), jointoken.Name
-	}
-	rep.Agent.SPIFFEID = agentID
-
-	e, created, err := a.ensureDevEntry(octx, c, op, td, agentID)
-	if err != nil {
-		return rep, nil, err
-	}
-	rep.Entry, rep.EntryCreated = newEntryReport(e), created
-
-	wattestors, err := workloadAttestors(log, &agentConfig{})
-	if err != nil {
-		return rep, nil, err
-	}
-	ag, err := agent.New(agent.Config{
-		Servers: []string{srv.APIAddr()}, TrustBundle: bundle, DataDir: dataDir, SocketPath: socket,
-		Evidence: evidence, WorkloadAttestors: wattestors, Logger: log,
-	})
-	if err != nil {
-		return rep, nil, fmt.Errorf("start the agent: %w", err)
-	}
-	admin := "unix://" + srv.AdminSocket()
-	rep.Next = []string{
-		shellCommand("meshca", "workload", "fetch", "--socket", socket, "--out", "./svid"),
-		shellCommand("openssl", "verify", "-x509_strict", "-CAfile", "svid/bundle.pem", "-untrusted", "svid/svid.pem", "svid/svid.pem"),
-		shellCommand("meshca", "entry", "list", "--addr", admin),
-		shellCommand("meshca", "node", "list", "--addr", admin),
-	}
-	return rep, ag, nil
-}
-
-// joinTokenAgentID is the SPIFFE ID the join_token attestor gives the agent
-// that presents token: .../meshca/agent/join_token/<hex of the first 16
-// bytes of SHA-256(token)>.
-func joinTokenAgentID(td spiffeid.TrustDomain, token string) (spiffeid.ID, error) {
-	id, err := jointoken.AgentID(td, token)
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("the agent's SPIFFE ID: %w", err)
-	}
-	return id, nil
-}
-
-// ensureDevEntry returns the caller's dev entry under agentID, creating it
-// if there is none: spiffe://<td>/dev/uid/<uid>, selector unix:uid:<uid>,
-// profile ecdsa. created says whether it was made now. An entry left under
-// an earlier dev agent (whose identity expired while dev was stopped, so
-// the agent attested anew) is moved to this one rather than duplicated.
-func (a *app) ensureDevEntry(ctx context.Context, c *opClient, op opOptions, td spiffeid.TrustDomain, agentID string) (*operatorpb.Entry, bool, error) {
-	uid := strconv.Itoa(a.uid)
-	spiffeID := "spiffe://" + td.Name() + "/dev/uid/" + uid
-	list, err := c.ListEntries(ctx, &operatorpb.ListEntriesRequest{SpiffeId: spiffeID})
-	if err != nil {
-		return nil, false, c.callError("list entries", op, err)
-	}
-	earlierAgent := td.IDString() + naming.AgentPathPrefix(jointoken.Name)
-	for _, e := range list.Entries {
-		if len(e.Selectors) != 1 || e.Selectors[0].Type != "unix" || e.Selectors[0].Value != "uid:"+uid {
-			continue
-		}
-		if e.ParentId == agentID {
-			return e, false, nil
-		}
-		if strings.HasPrefix(e.ParentId, earlierAgent) {
-			e.ParentId = agentID
-			resp, err := c.UpdateEntry(ctx, &operatorpb.UpdateEntryRequest{Entry: e})
-			if err != nil {
-				return nil, false, c.callError("move the entry for "+spiffeID+" to the new agent", op, err)
-			}
-			return resp.Entry, false, nil
-		}
-	}
-	resp, err := c.CreateEntry(ctx, &operatorpb.CreateEntryRequest{Entry: &operatorpb.Entry{
-		SpiffeId: spiffeID, ParentId: agentID, Profile: ca.ProfileECDSA,
-		Selectors: []*operatorpb.Selector{{Type: "unix", Value: "uid:" + uid}},
-	}})
-	if err != nil {
-		return nil, false, c.callError("create the entry for "+spiffeID, op, err)
-	}
-	return resp.Entry, true, nil
 }
 
 func (a *app) printDev(r devReport) error {
