@@ -16,6 +16,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server/cluster"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -114,6 +115,14 @@ type Config struct {
 	// revocations change. Default DefaultCRLLifetime (48 hours), at least
 	// 10 seconds.
 	CRLLifetime time.Duration
+
+	// HTTPAddr is where /metrics (Prometheus), /healthz and /readyz are
+	// served (host:port; port 0 picks one; see HTTPAddr). Empty: not
+	// served.
+	HTTPAddr string
+	// Registry receives the server's metrics. Default: a registry of its
+	// own (with the Go and process collectors).
+	Registry *prometheus.Registry
 
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.

@@ -23,6 +23,7 @@ import (
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/internal/run"
 	"github.com/meshca/meshca/proto/clusterpb"
@@ -32,6 +33,7 @@ import (
 	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/meshca/meshca/store"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -83,6 +85,12 @@ type Server struct {
 	attestors map[string]attest.NodeAttestor
 	admission *admission
 	jwtKeys   map[string]crypto.Signer // opened JWT keys by kid; guarded by mu
+	// metrics counts issuance events; registry holds them and the state
+	// collectors; httpSrv serves /metrics, /healthz and /readyz when
+	// Config.HTTPAddr is set.
+	metrics  *serverMetrics
+	registry *prometheus.Registry
+	httpSrv  *metrics.Server
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -219,6 +227,16 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.admin = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil), grpc.MaxRecvMsgSize(maxRequestSize))...)
 	operatorpb.RegisterOperatorServer(s.admin, &operatorService{s: s})
+	if s.registry = cfg.Registry; s.registry == nil {
+		s.registry = metrics.NewRegistry()
+	}
+	s.metrics = newServerMetrics(s.registry, s)
+	if cfg.HTTPAddr != "" {
+		if s.httpSrv, err = metrics.Listen(cfg.HTTPAddr, metrics.Handler(s.registry, s.Readiness)); err != nil {
+			return nil, err
+		}
+		s.cfg.HTTPAddr = s.httpSrv.Addr()
+	}
 	if cfg.AdminAddr != "" {
 		if s.adminTCP, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 			return nil, fmt.Errorf("admin address: %w", err)
@@ -272,6 +290,10 @@ func (s *Server) RaftAddr() string { return s.cfg.RaftAddr }
 // APIAddr is the address of the cluster API.
 func (s *Server) APIAddr() string { return s.cfg.APIAddr }
 
+// HTTPAddr is the address of the metrics and health endpoints, or empty
+// when they are not served.
+func (s *Server) HTTPAddr() string { return s.cfg.HTTPAddr }
+
 // AdminAddr is the address of the operator API over mTLS, if configured.
 func (s *Server) AdminAddr() string { return s.cfg.AdminAddr }
 
@@ -308,6 +330,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.adminTLS != nil {
 		serve("admin address", s.adminTLS, s.adminTCP)
 	}
+	if s.httpSrv != nil {
+		g.Go("metrics and health endpoints", s.httpSrv.Serve)
+	}
 	g.Go("bootstrap", func(ctx context.Context) error { s.writeBootstrapState(ctx); return nil })
 	g.Go("rotation", s.rotateLoop)
 	g.Go("ledger pruning", s.pruneLoop)
@@ -326,6 +351,9 @@ func (s *Server) Close() { s.close() }
 func (s *Server) close() { s.closeOnce.Do(s.closeLocked) }
 
 func (s *Server) closeLocked() {
+	if s.httpSrv != nil {
+		s.httpSrv.Close() // Serve has returned, or never ran
+	}
 	if s.adminTLS != nil {
 		s.adminTLS.Stop()
 	} else if s.adminTCP != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/attest/k8spsat"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
+	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -99,7 +100,7 @@ started server checks that its roots name the same trust domain).
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
-join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
+join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, http_addr, kek_file, log_level, log_format,
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -142,6 +143,7 @@ type serverConfig struct {
 	AdminSocket string   `json:"admin_socket"`
 	AdminAddr   string   `json:"admin_addr"`
 	AdminIDs    []string `json:"admin_ids"`
+	HTTPAddr    string   `json:"http_addr"`
 	KEKFile     string   `json:"kek_file"`
 	LogLevel    string   `json:"log_level"`
 	LogFormat   string   `json:"log_format"`
@@ -192,6 +194,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"join-timeout": {&c.JoinTimeout, &f.JoinTimeout},
 		"admin-socket": {&c.AdminSocket, &f.AdminSocket},
 		"admin-addr":   {&c.AdminAddr, &f.AdminAddr},
+		"http-addr":    {&c.HTTPAddr, &f.HTTPAddr},
 		"kek-file":     {&c.KEKFile, &f.KEKFile},
 		"log-level":    {&c.LogLevel, &f.LogLevel},
 		"log-format":   {&c.LogFormat, &f.LogFormat},
@@ -251,6 +254,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.Var((*durationText)(&flags.JoinTimeout), "join-timeout", "with --join: how long to keep retrying while the cluster cannot admit this server yet (unreachable, still bootstrapping, no leader), 1s to 24h (default "+server.DefaultJoinTimeout.String()+")")
 	f.StringVar(&flags.AdminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/admin.sock)")
 	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the --admin-id SVIDs only")
+	f.StringVar(&flags.HTTPAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this host:port, e.g. 127.0.0.1:8080 (default: not served)")
 	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID allowed on --admin-addr (get its SVID with meshca x509 mint --addr); repeat for more")
 	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -306,6 +310,11 @@ func checkServerConfig(c *serverConfig) error {
 		}
 		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 			return usageErrorf("%s %q: the other servers dial this address, so give one they can reach, not a wildcard", ad.flag, ad.value)
+		}
+	}
+	if c.HTTPAddr != "" {
+		if _, err := metrics.CheckAddr(c.HTTPAddr); err != nil {
+			return usageErrorf("--http-addr: %v", err)
 		}
 	}
 	if c.Bootstrap {
@@ -516,9 +525,12 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 			log.Warn("port 0 picks a free port at random; the cluster records the address, so a server that restarts must get the same one", ad.name, ad.value)
 		}
 	}
+	if loopback, _ := metrics.CheckAddr(c.HTTPAddr); c.HTTPAddr != "" && !loopback {
+		log.Warn("the metrics and health endpoints are reachable from the network (they carry no secrets and no authentication)", "http_addr", c.HTTPAddr)
+	}
 	srv, err := server.New(server.Config{
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
-		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs,
+		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs, HTTPAddr: c.HTTPAddr,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		NodeAttestors: attestors,
@@ -539,7 +551,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	}
 	bundlePath := server.TrustBundlePath(dataDir) // written by server.New
 	log.Info("meshca server started", "node", c.NodeID, "raft_addr", srv.RaftAddr(), "api_addr", srv.APIAddr(),
-		"admin_socket", srv.AdminSocket(), "trust_bundle", bundlePath,
+		"admin_socket", srv.AdminSocket(), "trust_bundle", bundlePath, "http_addr", srv.HTTPAddr(),
 		"operator", "meshca status --addr unix://"+srv.AdminSocket())
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
