@@ -81,8 +81,9 @@ type Server struct {
 	syncWakes atomic.Int64
 	// rotated wakes the rotation loop (tests, operators).
 	rotated chan struct{}
-	// attestors are the enabled node attestors, by name.
-	attestors map[string]attest.NodeAttestor
+	// attestors are the enabled node attestors, by name; replaced whole
+	// (SetNodeAttestors).
+	attestors atomic.Pointer[map[string]attest.NodeAttestor]
 	admission *admission
 	jwtKeys   map[string]crypto.Signer // opened JWT keys by kid; guarded by mu
 	// metrics counts issuance events; registry holds them and the state
@@ -195,10 +196,7 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.admission = newAdmission(cfg.SignConcurrency, cfg.SignQueue, rate.Limit(cfg.NodeSignRate), cfg.NodeSignBurst)
-	s.attestors = map[string]attest.NodeAttestor{}
-	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td)}, cfg.NodeAttestors...) {
-		s.attestors[a.Name()] = a
-	}
+	s.installAttestors(cfg.NodeAttestors)
 
 	if s.stores, err = store.OpenRaft(cfg.DataDir, store.RaftConfig{Logger: cfg.RaftLogger}); err != nil {
 		return nil, err
@@ -277,11 +275,30 @@ func listenAdmin(path string) (net.Listener, error) {
 
 func (s *Server) attestorNames() string {
 	var names []string
-	for n := range s.attestors {
+	for n := range *s.attestors.Load() {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	return strings.Join(names, ", ")
+}
+
+// installAttestors makes join_token and as the enabled node attestors, at
+// once: an attestation uses the set of one moment.
+func (s *Server) installAttestors(as []attest.NodeAttestor) {
+	m := map[string]attest.NodeAttestor{}
+	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td)}, as...) {
+		m[a.Name()] = a
+	}
+	s.attestors.Store(&m)
+}
+
+// SetNodeAttestors replaces the node attestors besides join_token (a
+// reload: a rotated k8s_psat JWKS, new x509pop CAs), for the attestations
+// that start from now on, and audits it.
+func (s *Server) SetNodeAttestors(as []attest.NodeAttestor) {
+	s.installAttestors(as)
+	s.events.Record(audit.Event{Actor: "operator", Action: "config.reload", Subject: "node_attestors", Decision: audit.Info,
+		Details: map[string]string{"node_attestors": s.attestorNames()}})
 }
 
 // RaftAddr and APIAddr are the addresses the server listens on.

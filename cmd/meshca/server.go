@@ -266,24 +266,32 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.K8sPSATAudience, "k8s-psat-audience", k8spsat.DefaultAudience, "audience the agents' tokens must be made for (with --k8s-psat-cluster)")
 	f.StringArrayVar(&flags.K8sPSATAllowedSA, "k8s-psat-allowed-sa", nil, "namespace:name of a service account whose agents may attest; repeat for more (default any; with --k8s-psat-cluster)")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
-		var cfg serverConfig
-		if configFile != "" {
-			var err error
-			if cfg, err = loadServerConfig(configFile); err != nil {
-				return err
+		// load reads the file and applies the flags, at start and at SIGHUP.
+		load := func() (serverConfig, error) {
+			var cfg serverConfig
+			if configFile != "" {
+				var err error
+				if cfg, err = loadServerConfig(configFile); err != nil {
+					return cfg, err
+				}
 			}
+			cfg.override(cmd.Flags(), &flags)
+			if cfg.LogLevel == "" {
+				cfg.LogLevel = "info"
+			}
+			if cfg.LogFormat == "" {
+				cfg.LogFormat = a.defaultLogFormat()
+			}
+			if cfg.Join != "" && cfg.JoinToken == "" {
+				cfg.JoinToken = a.getenv(envJoinToken)
+			}
+			return cfg, nil
 		}
-		cfg.override(cmd.Flags(), &flags)
-		if cfg.LogLevel == "" {
-			cfg.LogLevel = "info"
+		cfg, err := load()
+		if err != nil {
+			return err
 		}
-		if cfg.LogFormat == "" {
-			cfg.LogFormat = a.defaultLogFormat()
-		}
-		if cfg.Join != "" && cfg.JoinToken == "" {
-			cfg.JoinToken = a.getenv(envJoinToken)
-		}
-		return a.server(cmd.Context(), cfg)
+		return a.server(cmd.Context(), cfg, load)
 	})
 	return cmd
 }
@@ -431,20 +439,40 @@ func (a *app) logger(level, format string) *slog.Logger {
 // loggers returns a server's logger and hashicorp/raft's, both writing to
 // stderr at level (checked) in format. Raft logs warnings and errors only.
 func (a *app) loggers(level, format string) (*slog.Logger, hclog.Logger) {
-	l, _ := parseLogLevel(level)
-	raftLevel := hclog.Warn
-	if l > slog.LevelWarn {
-		raftLevel = hclog.Error
+	log, _, raftLog := a.reloadableLoggers(level, format)
+	return log, raftLog
+}
+
+// reloadableLoggers are loggers whose level can change while they are in
+// use (SIGHUP): the server's, with its LevelVar, and Raft's.
+func (a *app) reloadableLoggers(level, format string) (*slog.Logger, *slog.LevelVar, hclog.Logger) {
+	l, _ := parseLogLevel(level) // checked by the caller
+	lv := new(slog.LevelVar)
+	lv.Set(l)
+	opts := &slog.HandlerOptions{Level: lv}
+	log := slog.New(slog.NewTextHandler(a.stderr, opts))
+	if format == "json" {
+		log = slog.New(slog.NewJSONHandler(a.stderr, opts))
 	}
 	raftLog := hclog.New(&hclog.LoggerOptions{
-		Name: "raft", Level: raftLevel, Output: a.stderr, JSONFormat: format == "json",
+		Name: "raft", Level: raftLevel(l), Output: a.stderr, JSONFormat: format == "json",
 	})
-	return a.logger(level, format), raftLog
+	return log, lv, raftLog
+}
+
+// raftLevel is Raft's log level for the server's: warnings and errors
+// only, errors only above warn.
+func raftLevel(l slog.Level) hclog.Level {
+	if l > slog.LevelWarn {
+		return hclog.Error
+	}
+	return hclog.Warn
 }
 
 // server runs a meshca server with configuration c until ctx ends or the
 // process gets SIGINT or SIGTERM.
-func (a *app) server(ctx context.Context, c serverConfig) error {
+// load, if set, reads the configuration again for SIGHUP.
+func (a *app) server(ctx context.Context, c serverConfig, load func() (serverConfig, error)) error {
 	if err := checkServerConfig(&c); err != nil {
 		return err
 	}
@@ -505,7 +533,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
-	log, raftLog := a.loggers(c.LogLevel, c.LogFormat)
+	log, logLevel, raftLog := a.reloadableLoggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
 	switch {
 	case hasIdentity:
@@ -562,6 +590,12 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		stop()
 		log.Info("shutting down")
 	}()
+	if load != nil {
+		r := &serverReloader{load: load, current: c, srv: srv, level: logLevel, raftLog: raftLog, log: log}
+		reloading := make(chan struct{})
+		go func() { defer close(reloading); r.watch(ctx) }() // ends with ctx
+		defer func() { <-reloading }()
+	}
 	if err := srv.Run(ctx); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
