@@ -37,7 +37,8 @@ type Config struct {
 	// AdminAddr, when set, also serves the operator API over mutual TLS on
 	// this host:port, to clients whose X509-SVID names one of AdminIDs.
 	AdminAddr string
-	// AdminIDs are the SPIFFE IDs allowed on AdminAddr.
+	// AdminIDs seed the cluster's admins, the SPIFFE IDs allowed on
+	// AdminAddr, while the replicated list is empty (see seedAdmins).
 	AdminIDs []string
 	// KEK seals the keys the server keeps; every server of a cluster holds
 	// the same KEK.
@@ -165,9 +166,6 @@ func (c *Config) validate() error {
 	if c.AdminAddr != "" {
 		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
 			errs = append(errs, fmt.Errorf("admin address %q: want host:port", c.AdminAddr))
-		}
-		if len(c.AdminIDs) == 0 {
-			errs = append(errs, errors.New("an admin address needs at least one admin SPIFFE ID"))
 		}
 	}
 	for _, id := range c.AdminIDs {

@@ -351,6 +351,7 @@ func (s *Server) Run(ctx context.Context) error {
 		g.Go("metrics and health endpoints", s.httpSrv.Serve)
 	}
 	g.Go("bootstrap", func(ctx context.Context) error { s.writeBootstrapState(ctx); return nil })
+	g.Go("admin seed", s.seedAdmins)
 	g.Go("rotation", s.rotateLoop)
 	g.Go("ledger pruning", s.pruneLoop)
 	g.Go("membership", func(ctx context.Context) error { s.keepMembership(ctx); return nil })
