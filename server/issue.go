@@ -43,12 +43,13 @@ type commitFunc func(ctx context.Context, recs []*raftpb.LedgerRecord) (errs []e
 // batch's commit failed.
 var errNotCommitted = errors.New("server: the certificate was not recorded; it is not handed out")
 
-// admissionKey is whose rate a caller's requests count against.
-func (c *Caller) admissionKey() string {
+// budget is whose rate a caller's requests count against: its node's, or
+// (operator set) the operators' together.
+func (c *Caller) budget() (node string, operator bool) {
 	if c.AgentID != "" {
-		return c.AgentID
+		return c.AgentID, false
 	}
-	return operatorNodeID
+	return operatorNodeID, true
 }
 
 // authorize runs the Authorizer on each request and applies its decisions;
@@ -109,7 +110,8 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 	if allowed == 0 {
 		return out, nil
 	}
-	done, err := s.admission.admit(reqs[0].Caller.admissionKey(), allowed)
+	node, operator := reqs[0].Caller.budget()
+	done, err := s.admission.admit(ctx, node, operator, allowed)
 	if err != nil {
 		return nil, err
 	}
@@ -133,14 +135,15 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 			out[i].err = status.Errorf(codes.Unavailable, "the CRL of this server's %s intermediate is not published yet; retry, or use another server", r.Profile)
 			continue
 		}
-		if err := s.admission.acquire(ctx); err != nil {
+		start, err := s.admission.acquire(ctx)
+		if err != nil {
 			acquireErr = err
 			break
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer s.admission.release()
+			defer s.admission.release(start)
 			svid, err := iss.SignX509SVID(ctx, ca.X509SVIDParams{CSR: r.CSR, SPIFFEID: r.SPIFFEID, DNSNames: r.DNSNames, TTL: r.TTL})
 			out[i] = issued{svid: svid, iss: iss, err: err}
 		}()
@@ -233,7 +236,8 @@ func (s *Server) issueJWT(ctx context.Context, r *Request) (string, time.Time, e
 	if out[0].err != nil {
 		return "", time.Time{}, out[0].err
 	}
-	done, err := s.admission.admit(r.Caller.admissionKey(), 1)
+	node, operator := r.Caller.budget()
+	done, err := s.admission.admit(ctx, node, operator, 1)
 	if err != nil {
 		return "", time.Time{}, err
 	}

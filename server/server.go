@@ -33,7 +33,6 @@ import (
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/meshca/meshca/store"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -186,7 +185,9 @@ func New(cfg Config) (_ *Server, err error) {
 	if _, err := s.refreshCertificate(false); err != nil {
 		return nil, err
 	}
-	s.admission = newAdmission(cfg.SignConcurrency, cfg.SignQueue, rate.Limit(cfg.NodeSignRate), cfg.NodeSignBurst)
+	s.admission = newAdmission(cfg.Clock, admissionLimits{concurrency: cfg.SignConcurrency, queue: cfg.SignQueue,
+		node: limit(cfg.NodeSignRate), nodeBurst: cfg.NodeSignBurst, operator: limit(cfg.OperatorMintRate), operatorBurst: cfg.OperatorMintBurst,
+		wait: cfg.AdmissionWait})
 	s.attestors = map[string]attest.NodeAttestor{}
 	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td)}, cfg.NodeAttestors...) {
 		s.attestors[a.Name()] = a

@@ -97,9 +97,22 @@ bootstrapping, that of --trust-bundle when joining, and on a restart that of
 <data-dir>/server/bundle.pem, which the server rewrites at every start (a
 started server checks that its roots name the same trust domain).
 
+Issuance limits: every certificate a server signs counts against a budget,
+a token bucket: each agent's (node's) own, --node-sign-rate CSRs/s with a
+burst of --node-sign-burst (defaults 500/s and 2000), and one for all
+operator mints together, --operator-mint-rate and --operator-mint-burst
+(defaults 5000/s and 5000). A request over its budget waits for it, up to
+--admission-wait (default 1s), in order and without spinning; past that it is
+refused with ResourceExhausted and a retry-after hint: the time until the
+budget holds its CSRs, after the requests already waiting (agents wait that
+long). --sign-queue (default 8192) bounds the CSRs admitted and waiting for a
+signing slot, all callers together; a full queue is refused with the time it
+takes to drain at the measured signing rate. "inf" lifts a rate limit.
+
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
 join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
+node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue,
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -154,6 +167,14 @@ type serverConfig struct {
 	K8sPSATAudience  string                 `json:"k8s_psat_audience"`
 	K8sPSATAllowedSA []string               `json:"k8s_psat_allowed_sa"`
 	K8sPSATClusters  []k8sPSATClusterConfig `json:"k8s_psat_clusters"`
+
+	// Issuance limits (see "Issuance limits" in the help).
+	NodeSignRate      float64 `json:"node_sign_rate"`
+	NodeSignBurst     int     `json:"node_sign_burst"`
+	OperatorMintRate  float64 `json:"operator_mint_rate"`
+	OperatorMintBurst int     `json:"operator_mint_burst"`
+	AdmissionWait     string  `json:"admission_wait"`
+	SignQueue         int     `json:"sign_queue"`
 }
 
 // loadServerConfig reads a server's JSON configuration file (see
@@ -200,6 +221,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"k8s-psat-issuer":   {&c.K8sPSATIssuer, &f.K8sPSATIssuer},
 		"k8s-psat-jwks":     {&c.K8sPSATJWKS, &f.K8sPSATJWKS},
 		"k8s-psat-audience": {&c.K8sPSATAudience, &f.K8sPSATAudience},
+		"admission-wait":    {&c.AdmissionWait, &f.AdmissionWait},
 	}
 	for name, p := range str {
 		if fs.Changed(name) {
@@ -208,6 +230,17 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 	}
 	if fs.Changed("bootstrap") {
 		c.Bootstrap = f.Bootstrap
+	}
+	for name, p := range map[string][2]*float64{"node-sign-rate": {&c.NodeSignRate, &f.NodeSignRate}, "operator-mint-rate": {&c.OperatorMintRate, &f.OperatorMintRate}} {
+		if fs.Changed(name) {
+			*p[0] = *p[1]
+		}
+	}
+	for name, p := range map[string][2]*int{"node-sign-burst": {&c.NodeSignBurst, &f.NodeSignBurst}, "operator-mint-burst": {&c.OperatorMintBurst, &f.OperatorMintBurst},
+		"sign-queue": {&c.SignQueue, &f.SignQueue}} {
+		if fs.Changed(name) {
+			*p[0] = *p[1]
+		}
 	}
 	if fs.Changed("x509pop-ca") {
 		c.X509PopCA = f.X509PopCA
@@ -261,6 +294,12 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.K8sPSATJWKS, "k8s-psat-jwks", "", "JSON Web Key Set file of the issuer's public keys: kubectl get --raw /openid/v1/jwks (with --k8s-psat-cluster)")
 	f.StringVar(&flags.K8sPSATAudience, "k8s-psat-audience", k8spsat.DefaultAudience, "audience the agents' tokens must be made for (with --k8s-psat-cluster)")
 	f.StringArrayVar(&flags.K8sPSATAllowedSA, "k8s-psat-allowed-sa", nil, "namespace:name of a service account whose agents may attest; repeat for more (default any; with --k8s-psat-cluster)")
+	f.Float64Var(&flags.NodeSignRate, "node-sign-rate", server.DefaultNodeSignRate, "CSRs per second each agent (node) may have signed, its workloads' and its own; inf: no limit")
+	f.IntVar(&flags.NodeSignBurst, "node-sign-burst", server.DefaultNodeSignBurst, "CSRs a node may have signed at once above its rate; at least the largest batch its agent sends (256)")
+	f.Float64Var(&flags.OperatorMintRate, "operator-mint-rate", server.DefaultOperatorMintRate, "certificates per second operators may mint through the operator API, all together; inf: no limit")
+	f.IntVar(&flags.OperatorMintBurst, "operator-mint-burst", server.DefaultOperatorMintBurst, "certificates operators may mint at once above their rate")
+	f.Var((*durationText)(&flags.AdmissionWait), "admission-wait", "how long a request over its rate waits for its budget before it is refused with a retry-after hint, 0s to "+server.MaxAdmissionWait.String()+" (default "+server.DefaultAdmissionWait.String()+")")
+	f.IntVar(&flags.SignQueue, "sign-queue", server.DefaultSignQueue, "CSRs admitted and waiting for a signing slot, all callers together; past it requests are refused with a retry-after hint")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var cfg serverConfig
 		if configFile != "" {
@@ -340,10 +379,32 @@ func checkServerConfig(c *serverConfig) error {
 	if err := checkNodeAttestorConfig(c); err != nil {
 		return err
 	}
+	if err := checkIssuanceLimits(c); err != nil {
+		return err
+	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
 	}
 	return checkLogFormat(c.LogFormat)
+}
+
+// checkIssuanceLimits refuses negative issuance limits; zero (a key the
+// configuration file leaves out) is the default.
+func checkIssuanceLimits(c *serverConfig) error {
+	for _, l := range []struct {
+		name  string
+		value float64
+	}{
+		{"--node-sign-rate (node_sign_rate)", c.NodeSignRate}, {"--node-sign-burst (node_sign_burst)", float64(c.NodeSignBurst)},
+		{"--operator-mint-rate (operator_mint_rate)", c.OperatorMintRate}, {"--operator-mint-burst (operator_mint_burst)", float64(c.OperatorMintBurst)},
+		{"--sign-queue (sign_queue)", float64(c.SignQueue)},
+	} {
+		if !(l.value >= 0) { // NaN too
+			return usageErrorf("%s %v: want a positive number", l.name, l.value)
+		}
+	}
+	_, err := admissionWait(c)
+	return err
 }
 
 // joinTimeout reads --join-timeout (join_timeout): a Go duration, 1s to
@@ -358,6 +419,26 @@ func joinTimeout(c *serverConfig) (time.Duration, error) {
 	}
 	if err != nil {
 		return 0, usageErrorf("--join-timeout %q (join_timeout): want a duration from 1s to %s, e.g. 5m: %v", c.JoinTimeout, server.MaxJoinTimeout, err)
+	}
+	return d, nil
+}
+
+// admissionWait reads --admission-wait (admission_wait): a Go duration,
+// 0s (refuse at once) to server.MaxAdmissionWait; empty is the default.
+// It returns it as server.Config takes it: negative for no wait.
+func admissionWait(c *serverConfig) (time.Duration, error) {
+	if c.AdmissionWait == "" {
+		return server.DefaultAdmissionWait, nil
+	}
+	d, err := time.ParseDuration(c.AdmissionWait)
+	if err == nil {
+		err = duration.Within("--admission-wait", d, 0, server.MaxAdmissionWait)
+	}
+	if err != nil {
+		return 0, usageErrorf("--admission-wait %q (admission_wait): want a duration from 0s to %s, e.g. 1s: %v", c.AdmissionWait, server.MaxAdmissionWait, err)
+	}
+	if d == 0 {
+		return -1, nil
 	}
 	return d, nil
 }
@@ -496,6 +577,10 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
+	admissionWait, err := admissionWait(&c)
+	if err != nil {
+		return err
+	}
 	log, raftLog := a.loggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
 	switch {
@@ -523,6 +608,8 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		NodeAttestors: attestors,
 		Logger:        log, RaftLogger: raftLog,
+		NodeSignRate:  c.NodeSignRate, NodeSignBurst: c.NodeSignBurst, OperatorMintRate: c.OperatorMintRate, OperatorMintBurst: c.OperatorMintBurst,
+		AdmissionWait: admissionWait, SignQueue: c.SignQueue,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
 		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekFrom.File, dataDir, err)
