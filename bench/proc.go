@@ -244,7 +244,7 @@ func LocalPIDs(procRoot string, addrs, socketPaths []string) ([]int, error) {
 	var pids []int
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
-		if err != nil || pid == os.Getpid() {
+		if err != nil {
 			continue
 		}
 		fds, err := os.ReadDir(filepath.Join(procRoot, p.Name(), "fd"))
