@@ -593,7 +593,7 @@ func drive(ctx context.Context, cfg *Config, callers []caller, res *Result) {
 		certs := c.certs.Load()
 		if cfg.Progress != nil {
 			cfg.Progress(Progress{Elapsed: now.Sub(start).Round(time.Second), Warmup: now.Before(measureFrom),
-				PerSecond: float64(certs-lastCerts) / now.Sub(lastAt).Seconds(),
+				PerSecond:    float64(certs-lastCerts) / now.Sub(lastAt).Seconds(),
 				Certificates: certs, Errors: c.errors.Load(), Retries: c.retries.Load()})
 		}
 		lastCerts, lastAt = certs, now

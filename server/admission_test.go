@@ -171,7 +171,7 @@ func throttleRun(t *testing.T, lim admissionLimits, callers int, period, warmup,
 	start := clock.Now()
 	measureFrom, end := start.Add(warmup), start.Add(warmup+d)
 	var (
-		mu                          sync.Mutex
+		mu                       sync.Mutex
 		admitted, asked, refused int
 	)
 	ctx, cancel := context.WithCancel(t.Context())

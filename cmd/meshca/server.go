@@ -608,7 +608,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		NodeAttestors: attestors,
 		Logger:        log, RaftLogger: raftLog,
-		NodeSignRate:  c.NodeSignRate, NodeSignBurst: c.NodeSignBurst, OperatorMintRate: c.OperatorMintRate, OperatorMintBurst: c.OperatorMintBurst,
+		NodeSignRate: c.NodeSignRate, NodeSignBurst: c.NodeSignBurst, OperatorMintRate: c.OperatorMintRate, OperatorMintBurst: c.OperatorMintBurst,
 		AdmissionWait: admissionWait, SignQueue: c.SignQueue,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
