@@ -108,11 +108,13 @@ budget holds its CSRs, after the requests already waiting (agents wait that
 long). --sign-queue (default 8192) bounds the CSRs admitted and waiting for a
 signing slot, all callers together; a full queue is refused with the time it
 takes to drain at the measured signing rate. "inf" lifts a rate limit.
+Measure with meshca bench issue; --pprof-addr 127.0.0.1:6060 serves Go's
+profiles for go tool pprof (loopback only).
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
 join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
-node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue,
+node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, pprof_addr,
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -175,6 +177,9 @@ type serverConfig struct {
 	OperatorMintBurst int     `json:"operator_mint_burst"`
 	AdmissionWait     string  `json:"admission_wait"`
 	SignQueue         int     `json:"sign_queue"`
+
+	// PprofAddr serves Go's profiles on a loopback address.
+	PprofAddr string `json:"pprof_addr"`
 }
 
 // loadServerConfig reads a server's JSON configuration file (see
@@ -222,6 +227,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"k8s-psat-jwks":     {&c.K8sPSATJWKS, &f.K8sPSATJWKS},
 		"k8s-psat-audience": {&c.K8sPSATAudience, &f.K8sPSATAudience},
 		"admission-wait":    {&c.AdmissionWait, &f.AdmissionWait},
+		"pprof-addr":        {&c.PprofAddr, &f.PprofAddr},
 	}
 	for name, p := range str {
 		if fs.Changed(name) {
@@ -300,6 +306,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.IntVar(&flags.OperatorMintBurst, "operator-mint-burst", server.DefaultOperatorMintBurst, "certificates operators may mint at once above their rate")
 	f.Var((*durationText)(&flags.AdmissionWait), "admission-wait", "how long a request over its rate waits for its budget before it is refused with a retry-after hint, 0s to "+server.MaxAdmissionWait.String()+" (default "+server.DefaultAdmissionWait.String()+")")
 	f.IntVar(&flags.SignQueue, "sign-queue", server.DefaultSignQueue, "CSRs admitted and waiting for a signing slot, all callers together; past it requests are refused with a retry-after hint")
+	f.StringVar(&flags.PprofAddr, "pprof-addr", "", "serve Go's profiles (net/http/pprof) on this loopback host:port, e.g. 127.0.0.1:6060, for go tool pprof")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var cfg serverConfig
 		if configFile != "" {
@@ -381,6 +388,11 @@ func checkServerConfig(c *serverConfig) error {
 	}
 	if err := checkIssuanceLimits(c); err != nil {
 		return err
+	}
+	if c.PprofAddr != "" {
+		if err := checkPprofAddr(c.PprofAddr); err != nil {
+			return err
+		}
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
@@ -629,6 +641,14 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		"admin_socket", srv.AdminSocket(), "trust_bundle", bundlePath,
 		"operator", "meshca status --addr unix://"+srv.AdminSocket())
 
+	if c.PprofAddr != "" {
+		stopPprof, err := servePprof(c.PprofAddr, log)
+		if err != nil {
+			srv.Close()
+			return err
+		}
+		defer stopPprof()
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {

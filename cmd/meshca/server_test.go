@@ -401,6 +401,7 @@ func TestServerBadInput(t *testing.T) {
 		{"fail/config-unknown-key", []string{"--config", unknownKey}, exitUsage, []string{"unknown key \"bogus_key\"", unknownKey, "node_id"}},
 		{"fail/negative-node-rate", []string{"--node-id", "n1", "--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:2", "--bootstrap", "--trust-domain", "example.org", "--node-sign-rate", "-1"}, exitUsage, []string{"--node-sign-rate"}},
 		{"fail/admission-wait-too-long", []string{"--node-id", "n1", "--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:2", "--bootstrap", "--trust-domain", "example.org", "--admission-wait", "2h"}, exitUsage, []string{"--admission-wait"}},
+		{"fail/pprof-not-loopback", []string{"--node-id", "n1", "--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:2", "--bootstrap", "--trust-domain", "example.org", "--pprof-addr", "0.0.0.0:6060"}, exitUsage, []string{"loopback"}},
 		{"fail/config-not-json", []string{"--config", notJSON}, exitUsage, []string{"not a valid JSON object"}},
 		{"fail/config-trailing-data", []string{"--config", trailing}, exitUsage, []string{"after the JSON object"}},
 		{"fail/config-missing", []string{"--config", filepath.Join(tmp, "nope.json")}, exitError, []string{"config file", "no such file"}},
@@ -463,7 +464,7 @@ func TestServerConfigFile(t *testing.T) {
 	}
 	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,admin_socket,admin_addr,admin_ids,kek_file,log_level,log_format,"+
 		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters,"+
-		"node_sign_rate,node_sign_burst,operator_mint_rate,operator_mint_burst,admission_wait,sign_queue" {
+		"node_sign_rate,node_sign_burst,operator_mint_rate,operator_mint_burst,admission_wait,sign_queue,pprof_addr" {
 		t.Errorf("configKeys = %s", keys)
 	}
 }
