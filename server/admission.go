@@ -171,12 +171,22 @@ func (a *admission) acquire(ctx context.Context) (time.Time, error) {
 	}
 }
 
-// release frees a signing slot taken at start, and adds the time it was
-// held to the moving average of the cost of a CSR.
-func (a *admission) release(start time.Time) {
-	if d := a.clock.Since(start); d > 0 {
+// tryAcquire takes a signing slot if one is free now.
+func (a *admission) tryAcquire() (time.Time, bool) {
+	select {
+	case a.slots <- struct{}{}:
+		return a.clock.Now(), true
+	default:
+		return time.Time{}, false
+	}
+}
+
+// release frees a signing slot taken at start and used for n CSRs, and
+// adds the time each took to the moving average of the cost of a CSR.
+func (a *admission) release(start time.Time, n int) {
+	if d := a.clock.Since(start); d > 0 && n > 0 {
 		old := a.costNanos.Load()
-		a.costNanos.Store(old + (int64(d)-old)/16) // a lost update only delays the average
+		a.costNanos.Store(old + (int64(d)/int64(n)-old)/16) // a lost update only delays the average
 	}
 	<-a.slots
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshca/meshca/audit"
@@ -120,8 +121,7 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 	// Sign in parallel, as many at once as there are free signing slots,
 	// all with the issuers of one moment (rotation swaps them whole).
 	set := s.issuers.Load()
-	var wg sync.WaitGroup
-	var acquireErr error
+	var todo []int
 	for i, r := range reqs {
 		if out[i].err != nil {
 			continue
@@ -135,22 +135,11 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 			out[i].err = status.Errorf(codes.Unavailable, "the CRL of this server's %s intermediate is not published yet; retry, or use another server", r.Profile)
 			continue
 		}
-		start, err := s.admission.acquire(ctx)
-		if err != nil {
-			acquireErr = err
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer s.admission.release(start)
-			svid, err := iss.SignX509SVID(ctx, ca.X509SVIDParams{CSR: r.CSR, SPIFFEID: r.SPIFFEID, DNSNames: r.DNSNames, TTL: r.TTL})
-			out[i] = issued{svid: svid, iss: iss, err: err}
-		}()
+		out[i].iss = iss
+		todo = append(todo, i)
 	}
-	wg.Wait()
-	if acquireErr != nil {
-		return nil, status.FromContextError(acquireErr).Err()
+	if err := s.sign(ctx, reqs, out, todo); err != nil {
+		return nil, status.FromContextError(err).Err()
 	}
 
 	// Refusals of a CSR are the request's; record the signed ones at once.
@@ -196,6 +185,50 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 		s.events.Record(audit.Event{Actor: r.Caller.actor(), Action: r.Kind.action(), Subject: o.svid.SPIFFEID, Decision: audit.Allow, Details: d})
 	}
 	return out, nil
+}
+
+// sign signs the CSRs of reqs[todo] with out[i].iss and sets their
+// outcome in out. The calling goroutine signs, once it has a signing slot,
+// with one more goroutine for each slot free at that moment, up to the
+// batch: a single CSR takes no goroutine, a batch no more than it can use.
+// The error is ctx's, if it ended while waiting for a slot.
+func (s *Server) sign(ctx context.Context, reqs []*Request, out []issued, todo []int) error {
+	if len(todo) == 0 {
+		return nil
+	}
+	start, err := s.admission.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	var next atomic.Int64
+	work := func() (n int) {
+		for {
+			k := int(next.Add(1)) - 1
+			if k >= len(todo) {
+				return n
+			}
+			i := todo[k]
+			r, iss := reqs[i], out[i].iss
+			svid, err := iss.SignX509SVID(ctx, ca.X509SVIDParams{CSR: r.CSR, SPIFFEID: r.SPIFFEID, DNSNames: r.DNSNames, TTL: r.TTL})
+			out[i] = issued{svid: svid, iss: iss, err: err}
+			n++
+		}
+	}
+	var wg sync.WaitGroup
+	for w := 1; w < len(todo); w++ {
+		more, ok := s.admission.tryAcquire()
+		if !ok {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.admission.release(more, work())
+		}()
+	}
+	s.admission.release(start, work())
+	wg.Wait()
+	return nil
 }
 
 // issueOne runs the pipeline for a single X.509 request and returns its
