@@ -114,7 +114,7 @@ profiles for go tool pprof (loopback only).
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
 join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
-node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, pprof_addr,
+node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, pprof_addr, ledger_grace ("1h"),
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -180,6 +180,9 @@ type serverConfig struct {
 
 	// PprofAddr serves Go's profiles on a loopback address.
 	PprofAddr string `json:"pprof_addr"`
+	// LedgerGrace is how long ledger records stay after their
+	// certificates expire.
+	LedgerGrace string `json:"ledger_grace"`
 }
 
 // loadServerConfig reads a server's JSON configuration file (see
@@ -228,6 +231,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"k8s-psat-audience": {&c.K8sPSATAudience, &f.K8sPSATAudience},
 		"admission-wait":    {&c.AdmissionWait, &f.AdmissionWait},
 		"pprof-addr":        {&c.PprofAddr, &f.PprofAddr},
+		"ledger-grace":      {&c.LedgerGrace, &f.LedgerGrace},
 	}
 	for name, p := range str {
 		if fs.Changed(name) {
@@ -306,6 +310,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.IntVar(&flags.OperatorMintBurst, "operator-mint-burst", server.DefaultOperatorMintBurst, "certificates operators may mint at once above their rate")
 	f.Var((*durationText)(&flags.AdmissionWait), "admission-wait", "how long a request over its rate waits for its budget before it is refused with a retry-after hint, 0s to "+server.MaxAdmissionWait.String()+" (default "+server.DefaultAdmissionWait.String()+")")
 	f.IntVar(&flags.SignQueue, "sign-queue", server.DefaultSignQueue, "CSRs admitted and waiting for a signing slot, all callers together; past it requests are refused with a retry-after hint")
+	f.Var((*durationText)(&flags.LedgerGrace), "ledger-grace", "how long a certificate's ledger record stays after the certificate expires, 1s to 8760h (default "+server.DefaultLedgerGrace.String()+")")
 	f.StringVar(&flags.PprofAddr, "pprof-addr", "", "serve Go's profiles (net/http/pprof) on this loopback host:port, e.g. 127.0.0.1:6060, for go tool pprof")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var cfg serverConfig
@@ -394,6 +399,9 @@ func checkServerConfig(c *serverConfig) error {
 			return err
 		}
 	}
+	if _, err := ledgerGrace(c); err != nil {
+		return err
+	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
 	}
@@ -451,6 +459,25 @@ func admissionWait(c *serverConfig) (time.Duration, error) {
 	}
 	if d == 0 {
 		return -1, nil
+	}
+	return d, nil
+}
+
+// maxLedgerGrace bounds --ledger-grace.
+const maxLedgerGrace = 365 * 24 * time.Hour
+
+// ledgerGrace reads --ledger-grace (ledger_grace): a Go duration, 1s to
+// maxLedgerGrace; empty is the default.
+func ledgerGrace(c *serverConfig) (time.Duration, error) {
+	if c.LedgerGrace == "" {
+		return server.DefaultLedgerGrace, nil
+	}
+	d, err := time.ParseDuration(c.LedgerGrace)
+	if err == nil {
+		err = duration.Within("--ledger-grace", d, time.Second, maxLedgerGrace)
+	}
+	if err != nil {
+		return 0, usageErrorf("--ledger-grace %q (ledger_grace): want a duration from 1s to %s, e.g. 1h: %v", c.LedgerGrace, maxLedgerGrace, err)
 	}
 	return d, nil
 }
@@ -593,6 +620,10 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
+	ledgerGrace, err := ledgerGrace(&c)
+	if err != nil {
+		return err
+	}
 	log, raftLog := a.loggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
 	switch {
@@ -621,7 +652,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		NodeAttestors: attestors,
 		Logger:        log, RaftLogger: raftLog,
 		NodeSignRate: c.NodeSignRate, NodeSignBurst: c.NodeSignBurst, OperatorMintRate: c.OperatorMintRate, OperatorMintBurst: c.OperatorMintBurst,
-		AdmissionWait: admissionWait, SignQueue: c.SignQueue,
+		AdmissionWait: admissionWait, SignQueue: c.SignQueue, LedgerGrace: ledgerGrace,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
 		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekFrom.File, dataDir, err)

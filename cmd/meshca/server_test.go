@@ -464,7 +464,7 @@ func TestServerConfigFile(t *testing.T) {
 	}
 	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,admin_socket,admin_addr,admin_ids,kek_file,log_level,log_format,"+
 		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters,"+
-		"node_sign_rate,node_sign_burst,operator_mint_rate,operator_mint_burst,admission_wait,sign_queue,pprof_addr" {
+		"node_sign_rate,node_sign_burst,operator_mint_rate,operator_mint_burst,admission_wait,sign_queue,pprof_addr,ledger_grace" {
 		t.Errorf("configKeys = %s", keys)
 	}
 }
