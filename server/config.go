@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
 )
 
 // Config configures a server. Fields documented with a default may be left zero.
@@ -104,6 +105,17 @@ type Config struct {
 	// batch is refused for good.
 	NodeSignRate  float64
 	NodeSignBurst int
+	// OperatorMintRate and OperatorMintBurst bound the certificates
+	// operators mint through the operator API, all operators together: a
+	// budget of their own, apart from the nodes'. Defaults:
+	// DefaultOperatorMintRate and DefaultOperatorMintBurst.
+	OperatorMintRate  float64
+	OperatorMintBurst int
+	// AdmissionWait is how long a request over its node's (or the
+	// operators') rate waits for its budget before it is refused with a
+	// retry-after hint. Default: DefaultAdmissionWait; negative: no wait;
+	// at most MaxAdmissionWait.
+	AdmissionWait time.Duration
 
 	// IntermediateTTL is the lifetime of the intermediates this server
 	// certifies: its own at bootstrap, and, as leader, those of joining
@@ -141,6 +153,9 @@ const (
 	DefaultLedgerGrace   = time.Hour
 	DefaultPruneInterval = time.Minute
 )
+
+// limit is a configured rate as a token bucket's; +Inf is no limit.
+func limit(perSecond float64) rate.Limit { return rate.Limit(perSecond) }
 
 var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
@@ -206,7 +221,21 @@ func (c *Config) validate() error {
 	if c.NodeSignBurst == 0 {
 		c.NodeSignBurst = DefaultNodeSignBurst
 	}
-	if c.SignQueue < 0 || c.NodeSignRate < 0 || c.NodeSignBurst < 0 || c.SignConcurrency < 0 {
+	if c.OperatorMintRate == 0 {
+		c.OperatorMintRate = DefaultOperatorMintRate
+	}
+	if c.OperatorMintBurst == 0 {
+		c.OperatorMintBurst = DefaultOperatorMintBurst
+	}
+	switch {
+	case c.AdmissionWait == 0:
+		c.AdmissionWait = DefaultAdmissionWait
+	case c.AdmissionWait < 0:
+		c.AdmissionWait = 0
+	case c.AdmissionWait > MaxAdmissionWait:
+		errs = append(errs, fmt.Errorf("admission wait %s: at most %s", c.AdmissionWait, MaxAdmissionWait))
+	}
+	if c.SignQueue < 0 || c.NodeSignRate < 0 || c.NodeSignBurst < 0 || c.SignConcurrency < 0 || c.OperatorMintRate < 0 || c.OperatorMintBurst < 0 {
 		errs = append(errs, errors.New("signing limits must not be negative"))
 	}
 	if c.CRLLifetime == 0 {

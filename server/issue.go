@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshca/meshca/audit"
@@ -46,12 +47,13 @@ type commitFunc func(ctx context.Context, recs []*raftpb.LedgerRecord) (errs []e
 // batch's commit failed.
 var errNotCommitted = errors.New("server: the certificate was not recorded; it is not handed out")
 
-// admissionKey is whose rate a caller's requests count against.
-func (c *Caller) admissionKey() string {
+// budget is whose rate a caller's requests count against: its node's, or
+// (operator set) the operators' together.
+func (c *Caller) budget() (node string, operator bool) {
 	if c.AgentID != "" {
-		return c.AgentID
+		return c.AgentID, false
 	}
-	return operatorNodeID
+	return operatorNodeID, true
 }
 
 // authorize runs the Authorizer on each request and applies its decisions;
@@ -113,7 +115,8 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 	if allowed == 0 {
 		return out, nil
 	}
-	done, err := s.admission.admit(reqs[0].Caller.admissionKey(), allowed)
+	node, operator := reqs[0].Caller.budget()
+	done, err := s.admission.admit(ctx, node, operator, allowed)
 	if err != nil {
 		return nil, err
 	}
@@ -122,8 +125,7 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 	// Sign in parallel, as many at once as there are free signing slots,
 	// all with the issuers of one moment (rotation swaps them whole).
 	set := s.issuers.Load()
-	var wg sync.WaitGroup
-	var acquireErr error
+	var todo []int
 	for i, r := range reqs {
 		if out[i].err != nil {
 			continue
@@ -137,21 +139,11 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 			out[i].err = status.Errorf(codes.Unavailable, "the CRL of this server's %s intermediate is not published yet; retry, or use another server", r.Profile)
 			continue
 		}
-		if err := s.admission.acquire(ctx); err != nil {
-			acquireErr = err
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer s.admission.release()
-			svid, err := iss.SignX509SVID(ctx, ca.X509SVIDParams{CSR: r.CSR, SPIFFEID: r.SPIFFEID, DNSNames: r.DNSNames, TTL: r.TTL})
-			out[i] = issued{svid: svid, iss: iss, err: err}
-		}()
+		out[i].iss = iss
+		todo = append(todo, i)
 	}
-	wg.Wait()
-	if acquireErr != nil {
-		return nil, status.FromContextError(acquireErr).Err()
+	if err := s.sign(ctx, reqs, out, todo); err != nil {
+		return nil, status.FromContextError(err).Err()
 	}
 
 	// Refusals of a CSR are the request's; record the signed ones at once.
@@ -202,6 +194,50 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 	return out, nil
 }
 
+// sign signs the CSRs of reqs[todo] with out[i].iss and sets their
+// outcome in out. The calling goroutine signs, once it has a signing slot,
+// with one more goroutine for each slot free at that moment, up to the
+// batch: a single CSR takes no goroutine, a batch no more than it can use.
+// The error is ctx's, if it ended while waiting for a slot.
+func (s *Server) sign(ctx context.Context, reqs []*Request, out []issued, todo []int) error {
+	if len(todo) == 0 {
+		return nil
+	}
+	start, err := s.admission.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	var next atomic.Int64
+	work := func() (n int) {
+		for {
+			k := int(next.Add(1)) - 1
+			if k >= len(todo) {
+				return n
+			}
+			i := todo[k]
+			r, iss := reqs[i], out[i].iss
+			svid, err := iss.SignX509SVID(ctx, ca.X509SVIDParams{CSR: r.CSR, SPIFFEID: r.SPIFFEID, DNSNames: r.DNSNames, TTL: r.TTL})
+			out[i] = issued{svid: svid, iss: iss, err: err}
+			n++
+		}
+	}
+	var wg sync.WaitGroup
+	for w := 1; w < len(todo); w++ {
+		more, ok := s.admission.tryAcquire()
+		if !ok {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.admission.release(more, work())
+		}()
+	}
+	s.admission.release(start, work())
+	wg.Wait()
+	return nil
+}
+
 // issueOne runs the pipeline for a single X.509 request and returns its
 // certificate or its error.
 func (s *Server) issueOne(ctx context.Context, r *Request, commit commitFunc) (*ca.X509SVID, *issuer, error) {
@@ -241,7 +277,8 @@ func (s *Server) issueJWT(ctx context.Context, r *Request) (token string, exp ti
 	if out[0].err != nil {
 		return "", time.Time{}, out[0].err
 	}
-	done, err := s.admission.admit(r.Caller.admissionKey(), 1)
+	node, operator := r.Caller.budget()
+	done, err := s.admission.admit(ctx, node, operator, 1)
 	if err != nil {
 		return "", time.Time{}, err
 	}

@@ -35,7 +35,6 @@ import (
 	"github.com/meshca/meshca/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -195,7 +194,9 @@ func New(cfg Config) (_ *Server, err error) {
 	if _, err := s.refreshCertificate(false); err != nil {
 		return nil, err
 	}
-	s.admission = newAdmission(cfg.SignConcurrency, cfg.SignQueue, rate.Limit(cfg.NodeSignRate), cfg.NodeSignBurst)
+	s.admission = newAdmission(cfg.Clock, admissionLimits{concurrency: cfg.SignConcurrency, queue: cfg.SignQueue,
+		node: limit(cfg.NodeSignRate), nodeBurst: cfg.NodeSignBurst, operator: limit(cfg.OperatorMintRate), operatorBurst: cfg.OperatorMintBurst,
+		wait: cfg.AdmissionWait})
 	s.installAttestors(cfg.NodeAttestors)
 
 	if s.stores, err = store.OpenRaft(cfg.DataDir, store.RaftConfig{Logger: cfg.RaftLogger}); err != nil {

@@ -169,5 +169,6 @@ func (a *app) newRootCommand() *cobra.Command {
 	root.AddCommand(a.newDevCommand(), a.newX509Command(), a.newServerCommand(), a.newAgentCommand(),
 		a.newWorkloadCommand(), a.newSDSCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
 		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand(), a.newAdminCommand())
+	root.AddCommand(a.newBenchCommand())
 	return root
 }

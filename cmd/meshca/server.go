@@ -98,9 +98,24 @@ bootstrapping, that of --trust-bundle when joining, and on a restart that of
 <data-dir>/server/bundle.pem, which the server rewrites at every start (a
 started server checks that its roots name the same trust domain).
 
+Issuance limits: every certificate a server signs counts against a budget,
+a token bucket: each agent's (node's) own, --node-sign-rate CSRs/s with a
+burst of --node-sign-burst (defaults 500/s and 2000), and one for all
+operator mints together, --operator-mint-rate and --operator-mint-burst
+(defaults 5000/s and 5000). A request over its budget waits for it, up to
+--admission-wait (default 1s), in order and without spinning; past that it is
+refused with ResourceExhausted and a retry-after hint: the time until the
+budget holds its CSRs, after the requests already waiting (agents wait that
+long). --sign-queue (default 8192) bounds the CSRs admitted and waiting for a
+signing slot, all callers together; a full queue is refused with the time it
+takes to drain at the measured signing rate. "inf" lifts a rate limit.
+Measure with meshca bench issue; --pprof-addr 127.0.0.1:6060 serves Go's
+profiles for go tool pprof (loopback only).
+
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
 join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, http_addr, kek_file, log_level, log_format,
+node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, pprof_addr, ledger_grace ("1h"),
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -156,6 +171,20 @@ type serverConfig struct {
 	K8sPSATAudience  string                 `json:"k8s_psat_audience"`
 	K8sPSATAllowedSA []string               `json:"k8s_psat_allowed_sa"`
 	K8sPSATClusters  []k8sPSATClusterConfig `json:"k8s_psat_clusters"`
+
+	// Issuance limits (see "Issuance limits" in the help).
+	NodeSignRate      float64 `json:"node_sign_rate"`
+	NodeSignBurst     int     `json:"node_sign_burst"`
+	OperatorMintRate  float64 `json:"operator_mint_rate"`
+	OperatorMintBurst int     `json:"operator_mint_burst"`
+	AdmissionWait     string  `json:"admission_wait"`
+	SignQueue         int     `json:"sign_queue"`
+
+	// PprofAddr serves Go's profiles on a loopback address.
+	PprofAddr string `json:"pprof_addr"`
+	// LedgerGrace is how long ledger records stay after their
+	// certificates expire.
+	LedgerGrace string `json:"ledger_grace"`
 }
 
 // loadServerConfig reads a server's JSON configuration file (see
@@ -203,6 +232,9 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"k8s-psat-issuer":   {&c.K8sPSATIssuer, &f.K8sPSATIssuer},
 		"k8s-psat-jwks":     {&c.K8sPSATJWKS, &f.K8sPSATJWKS},
 		"k8s-psat-audience": {&c.K8sPSATAudience, &f.K8sPSATAudience},
+		"admission-wait":    {&c.AdmissionWait, &f.AdmissionWait},
+		"pprof-addr":        {&c.PprofAddr, &f.PprofAddr},
+		"ledger-grace":      {&c.LedgerGrace, &f.LedgerGrace},
 	}
 	for name, p := range str {
 		if fs.Changed(name) {
@@ -211,6 +243,17 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 	}
 	if fs.Changed("bootstrap") {
 		c.Bootstrap = f.Bootstrap
+	}
+	for name, p := range map[string][2]*float64{"node-sign-rate": {&c.NodeSignRate, &f.NodeSignRate}, "operator-mint-rate": {&c.OperatorMintRate, &f.OperatorMintRate}} {
+		if fs.Changed(name) {
+			*p[0] = *p[1]
+		}
+	}
+	for name, p := range map[string][2]*int{"node-sign-burst": {&c.NodeSignBurst, &f.NodeSignBurst}, "operator-mint-burst": {&c.OperatorMintBurst, &f.OperatorMintBurst},
+		"sign-queue": {&c.SignQueue, &f.SignQueue}} {
+		if fs.Changed(name) {
+			*p[0] = *p[1]
+		}
 	}
 	if fs.Changed("x509pop-ca") {
 		c.X509PopCA = f.X509PopCA
@@ -265,6 +308,14 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.K8sPSATJWKS, "k8s-psat-jwks", "", "JSON Web Key Set file of the issuer's public keys: kubectl get --raw /openid/v1/jwks (with --k8s-psat-cluster)")
 	f.StringVar(&flags.K8sPSATAudience, "k8s-psat-audience", k8spsat.DefaultAudience, "audience the agents' tokens must be made for (with --k8s-psat-cluster)")
 	f.StringArrayVar(&flags.K8sPSATAllowedSA, "k8s-psat-allowed-sa", nil, "namespace:name of a service account whose agents may attest; repeat for more (default any; with --k8s-psat-cluster)")
+	f.Float64Var(&flags.NodeSignRate, "node-sign-rate", server.DefaultNodeSignRate, "CSRs per second each agent (node) may have signed, its workloads' and its own; inf: no limit")
+	f.IntVar(&flags.NodeSignBurst, "node-sign-burst", server.DefaultNodeSignBurst, "CSRs a node may have signed at once above its rate; at least the largest batch its agent sends (256)")
+	f.Float64Var(&flags.OperatorMintRate, "operator-mint-rate", server.DefaultOperatorMintRate, "certificates per second operators may mint through the operator API, all together; inf: no limit")
+	f.IntVar(&flags.OperatorMintBurst, "operator-mint-burst", server.DefaultOperatorMintBurst, "certificates operators may mint at once above their rate")
+	f.Var((*durationText)(&flags.AdmissionWait), "admission-wait", "how long a request over its rate waits for its budget before it is refused with a retry-after hint, 0s to "+server.MaxAdmissionWait.String()+" (default "+server.DefaultAdmissionWait.String()+")")
+	f.IntVar(&flags.SignQueue, "sign-queue", server.DefaultSignQueue, "CSRs admitted and waiting for a signing slot, all callers together; past it requests are refused with a retry-after hint")
+	f.Var((*durationText)(&flags.LedgerGrace), "ledger-grace", "how long a certificate's ledger record stays after the certificate expires, 1s to 8760h (default "+server.DefaultLedgerGrace.String()+")")
+	f.StringVar(&flags.PprofAddr, "pprof-addr", "", "serve Go's profiles (net/http/pprof) on this loopback host:port, e.g. 127.0.0.1:6060, for go tool pprof")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		// load reads the file and applies the flags, at start and at SIGHUP.
 		load := func() (serverConfig, error) {
@@ -357,10 +408,40 @@ func checkServerConfig(c *serverConfig) error {
 	if err := checkNodeAttestorConfig(c); err != nil {
 		return err
 	}
+	if err := checkIssuanceLimits(c); err != nil {
+		return err
+	}
+	if c.PprofAddr != "" {
+		if err := checkPprofAddr(c.PprofAddr); err != nil {
+			return err
+		}
+	}
+	if _, err := ledgerGrace(c); err != nil {
+		return err
+	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
 	}
 	return checkLogFormat(c.LogFormat)
+}
+
+// checkIssuanceLimits refuses negative issuance limits; zero (a key the
+// configuration file leaves out) is the default.
+func checkIssuanceLimits(c *serverConfig) error {
+	for _, l := range []struct {
+		name  string
+		value float64
+	}{
+		{"--node-sign-rate (node_sign_rate)", c.NodeSignRate}, {"--node-sign-burst (node_sign_burst)", float64(c.NodeSignBurst)},
+		{"--operator-mint-rate (operator_mint_rate)", c.OperatorMintRate}, {"--operator-mint-burst (operator_mint_burst)", float64(c.OperatorMintBurst)},
+		{"--sign-queue (sign_queue)", float64(c.SignQueue)},
+	} {
+		if !(l.value >= 0) { // NaN too
+			return usageErrorf("%s %v: want a positive number", l.name, l.value)
+		}
+	}
+	_, err := admissionWait(c)
+	return err
 }
 
 // joinTimeout reads --join-timeout (join_timeout): a Go duration, 1s to
@@ -375,6 +456,45 @@ func joinTimeout(c *serverConfig) (time.Duration, error) {
 	}
 	if err != nil {
 		return 0, usageErrorf("--join-timeout %q (join_timeout): want a duration from 1s to %s, e.g. 5m: %v", c.JoinTimeout, server.MaxJoinTimeout, err)
+	}
+	return d, nil
+}
+
+// admissionWait reads --admission-wait (admission_wait): a Go duration,
+// 0s (refuse at once) to server.MaxAdmissionWait; empty is the default.
+// It returns it as server.Config takes it: negative for no wait.
+func admissionWait(c *serverConfig) (time.Duration, error) {
+	if c.AdmissionWait == "" {
+		return server.DefaultAdmissionWait, nil
+	}
+	d, err := time.ParseDuration(c.AdmissionWait)
+	if err == nil {
+		err = duration.Within("--admission-wait", d, 0, server.MaxAdmissionWait)
+	}
+	if err != nil {
+		return 0, usageErrorf("--admission-wait %q (admission_wait): want a duration from 0s to %s, e.g. 1s: %v", c.AdmissionWait, server.MaxAdmissionWait, err)
+	}
+	if d == 0 {
+		return -1, nil
+	}
+	return d, nil
+}
+
+// maxLedgerGrace bounds --ledger-grace.
+const maxLedgerGrace = 365 * 24 * time.Hour
+
+// ledgerGrace reads --ledger-grace (ledger_grace): a Go duration, 1s to
+// maxLedgerGrace; empty is the default.
+func ledgerGrace(c *serverConfig) (time.Duration, error) {
+	if c.LedgerGrace == "" {
+		return server.DefaultLedgerGrace, nil
+	}
+	d, err := time.ParseDuration(c.LedgerGrace)
+	if err == nil {
+		err = duration.Within("--ledger-grace", d, time.Second, maxLedgerGrace)
+	}
+	if err != nil {
+		return 0, usageErrorf("--ledger-grace %q (ledger_grace): want a duration from 1s to %s, e.g. 1h: %v", c.LedgerGrace, maxLedgerGrace, err)
 	}
 	return d, nil
 }
@@ -533,6 +653,14 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 	if err != nil {
 		return err
 	}
+	admissionWait, err := admissionWait(&c)
+	if err != nil {
+		return err
+	}
+	ledgerGrace, err := ledgerGrace(&c)
+	if err != nil {
+		return err
+	}
 	log, logLevel, raftLog := a.reloadableLoggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
 	switch {
@@ -563,6 +691,8 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		NodeAttestors: attestors,
 		Logger:        log, RaftLogger: raftLog,
+		NodeSignRate: c.NodeSignRate, NodeSignBurst: c.NodeSignBurst, OperatorMintRate: c.OperatorMintRate, OperatorMintBurst: c.OperatorMintBurst,
+		AdmissionWait: admissionWait, SignQueue: c.SignQueue, LedgerGrace: ledgerGrace,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
 		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekFrom.File, dataDir, err)
@@ -582,6 +712,14 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 		"admin_socket", srv.AdminSocket(), "trust_bundle", bundlePath, "http_addr", srv.HTTPAddr(),
 		"operator", "meshca status --addr unix://"+srv.AdminSocket())
 
+	if c.PprofAddr != "" {
+		stopPprof, err := servePprof(c.PprofAddr, log)
+		if err != nil {
+			srv.Close()
+			return err
+		}
+		defer stopPprof()
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"math"
 	"math/big"
 	"net"
 	"net/url"
@@ -398,6 +399,9 @@ func TestServerBadInput(t *testing.T) {
 		{"fail/wildcard-addr", []string{"--node-id", "s1", "--raft-addr", "0.0.0.0:8300", "--api-addr", "127.0.0.1:0"}, exitUsage, []string{"not a wildcard"}},
 		{"fail/bad-log-level", append([]string{"--node-id", "s1", "--log-level", "loud"}, addrs...), exitUsage, []string{"--log-level \"loud\""}},
 		{"fail/config-unknown-key", []string{"--config", unknownKey}, exitUsage, []string{"unknown key \"bogus_key\"", unknownKey, "node_id"}},
+		{"fail/negative-node-rate", []string{"--node-id", "n1", "--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:2", "--bootstrap", "--trust-domain", "example.org", "--node-sign-rate", "-1"}, exitUsage, []string{"--node-sign-rate"}},
+		{"fail/admission-wait-too-long", []string{"--node-id", "n1", "--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:2", "--bootstrap", "--trust-domain", "example.org", "--admission-wait", "2h"}, exitUsage, []string{"--admission-wait"}},
+		{"fail/pprof-not-loopback", []string{"--node-id", "n1", "--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:2", "--bootstrap", "--trust-domain", "example.org", "--pprof-addr", "0.0.0.0:6060"}, exitUsage, []string{"loopback"}},
 		{"fail/config-not-json", []string{"--config", notJSON}, exitUsage, []string{"not a valid JSON object"}},
 		{"fail/config-trailing-data", []string{"--config", trailing}, exitUsage, []string{"after the JSON object"}},
 		{"fail/config-missing", []string{"--config", filepath.Join(tmp, "nope.json")}, exitError, []string{"config file", "no such file"}},
@@ -432,29 +436,35 @@ func TestServerConfigFile(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	p := writeTestFile(t, dir, "c.json", []byte(`{"data_dir": "data", "kek_file": "/etc/kek", "trust_bundle": "b.pem",
-		"admin_socket": "a.sock", "node_id": "n1", "log_level": "warn", "bootstrap": true}`))
+		"admin_socket": "a.sock", "node_id": "n1", "log_level": "warn", "bootstrap": true,
+		"node_sign_rate": 50, "node_sign_burst": 300, "operator_mint_rate": 1000, "admission_wait": "250ms"}`))
 	c, err := loadServerConfig(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := serverConfig{DataDir: filepath.Join(dir, "data"), KEKFile: "/etc/kek", TrustBundle: filepath.Join(dir, "b.pem"),
-		AdminSocket: filepath.Join(dir, "a.sock"), NodeID: "n1", LogLevel: "warn", Bootstrap: true}
+		AdminSocket: filepath.Join(dir, "a.sock"), NodeID: "n1", LogLevel: "warn", Bootstrap: true,
+		NodeSignRate: 50, NodeSignBurst: 300, OperatorMintRate: 1000, AdmissionWait: "250ms"}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("loadServerConfig = %+v, want %+v", c, want)
 	}
+	if d, err := admissionWait(&c); err != nil || d != 250*time.Millisecond {
+		t.Errorf("admissionWait = %v, %v; want 250ms", d, err)
+	}
 	// Flags given on the command line win; the others keep the file's values.
 	cmd := (&app{}).newServerCommand()
-	if err := cmd.Flags().Parse([]string{"--node-id", "n2", "--bootstrap=false"}); err != nil {
+	if err := cmd.Flags().Parse([]string{"--node-id", "n2", "--bootstrap=false", "--node-sign-rate", "inf", "--operator-mint-burst", "7"}); err != nil {
 		t.Fatal(err)
 	}
-	flags := serverConfig{NodeID: "n2"}
+	flags := serverConfig{NodeID: "n2", NodeSignRate: math.Inf(1), OperatorMintBurst: 7}
 	c.override(cmd.Flags(), &flags)
-	want.NodeID, want.Bootstrap = "n2", false
+	want.NodeID, want.Bootstrap, want.NodeSignRate, want.OperatorMintBurst = "n2", false, math.Inf(1), 7
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("after flags: %+v, want %+v", c, want)
 	}
 	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,admin_socket,admin_addr,admin_ids,http_addr,kek_file,log_level,log_format,"+
-		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters" {
+		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters,"+
+		"node_sign_rate,node_sign_burst,operator_mint_rate,operator_mint_burst,admission_wait,sign_queue,pprof_addr,ledger_grace" {
 		t.Errorf("configKeys = %s", keys)
 	}
 }

@@ -69,7 +69,7 @@ func agentCSR(t *testing.T) []byte {
 // A join token is spent only by an attestation that succeeds: one refused
 // for its CSR, or shed by the server's rate limit, leaves it usable.
 func TestJoinTokenNotSpentOnRefusals(t *testing.T) {
-	e := startServerWith(t, func(c *server.Config) { c.NodeSignRate, c.NodeSignBurst = 0.5, 1 })
+	e := startServerWith(t, func(c *server.Config) { c.NodeSignRate, c.NodeSignBurst, c.AdmissionWait = 0.5, 1, -1 })
 	token := e.token()
 	sum := sha256.Sum256([]byte(token))
 	hash := sum[:]
