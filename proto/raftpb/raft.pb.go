@@ -811,8 +811,12 @@ type Server struct {
 	RaftAddr       string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	ApiAddr        string                 `protobuf:"bytes,3,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
 	JoinedUnixNano int64                  `protobuf:"varint,4,opt,name=joined_unix_nano,json=joinedUnixNano,proto3" json:"joined_unix_nano,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// issue 16a: the join attempt that admitted the server with a pre-shared
+	// server-join secret, so that the same attempt (its answer lost) is
+	// admitted again and any other is refused.
+	JoinAttempt   string `protobuf:"bytes,80,opt,name=join_attempt,json=joinAttempt,proto3" json:"join_attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Server) Reset() {
@@ -871,6 +875,13 @@ func (x *Server) GetJoinedUnixNano() int64 {
 		return x.JoinedUnixNano
 	}
 	return 0
+}
+
+func (x *Server) GetJoinAttempt() string {
+	if x != nil {
+		return x.JoinAttempt
+	}
+	return ""
 }
 
 // Authority is a CA certificate of the trust domain.
@@ -2550,6 +2561,10 @@ type AdmitServer struct {
 	Token         *ConsumeJoinToken      `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	Server        *Server                `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
 	Intermediates []*Authority           `protobuf:"bytes,3,rep,name=intermediates,proto3" json:"intermediates,omitempty"`
+	// issue 16a: set instead of token when the server proved it holds a
+	// pre-shared server-join secret: the secret's fingerprint (never the
+	// secret), for the record.
+	JoinSecretId  string `protobuf:"bytes,80,opt,name=join_secret_id,json=joinSecretId,proto3" json:"join_secret_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2603,6 +2618,13 @@ func (x *AdmitServer) GetIntermediates() []*Authority {
 		return x.Intermediates
 	}
 	return nil
+}
+
+func (x *AdmitServer) GetJoinSecretId() string {
+	if x != nil {
+		return x.JoinSecretId
+	}
+	return ""
 }
 
 type Revoke struct {
@@ -3209,12 +3231,13 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vTrustDomain\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12\x15\n" +
-	"\x06kek_id\x18\x03 \x01(\tR\x05kekId\"\x83\x01\n" +
+	"\x06kek_id\x18\x03 \x01(\tR\x05kekId\"\xa6\x01\n" +
 	"\x06Server\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12(\n" +
-	"\x10joined_unix_nano\x18\x04 \x01(\x03R\x0ejoinedUnixNano\"\xde\x02\n" +
+	"\x10joined_unix_nano\x18\x04 \x01(\x03R\x0ejoinedUnixNano\x12!\n" +
+	"\fjoin_attempt\x18P \x01(\tR\vjoinAttempt\"\xde\x02\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aprofile\x18\x02 \x01(\tR\aprofile\x121\n" +
@@ -3336,11 +3359,12 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vAttestAgent\x126\n" +
 	"\x05token\x18\x01 \x01(\v2 .meshca.raft.v1.ConsumeJoinTokenR\x05token\x12(\n" +
 	"\x04node\x18\x02 \x01(\v2\x14.meshca.raft.v1.NodeR\x04node\x124\n" +
-	"\x06record\x18\x03 \x01(\v2\x1c.meshca.raft.v1.LedgerRecordR\x06record\"\xb6\x01\n" +
+	"\x06record\x18\x03 \x01(\v2\x1c.meshca.raft.v1.LedgerRecordR\x06record\"\xdc\x01\n" +
 	"\vAdmitServer\x126\n" +
 	"\x05token\x18\x01 \x01(\v2 .meshca.raft.v1.ConsumeJoinTokenR\x05token\x12.\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerR\x06server\x12?\n" +
-	"\rintermediates\x18\x03 \x03(\v2\x19.meshca.raft.v1.AuthorityR\rintermediates\"F\n" +
+	"\rintermediates\x18\x03 \x03(\v2\x19.meshca.raft.v1.AuthorityR\rintermediates\x12$\n" +
+	"\x0ejoin_secret_id\x18P \x01(\tR\fjoinSecretId\"F\n" +
 	"\x06Revoke\x12<\n" +
 	"\vrevocations\x18\x01 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
