@@ -1,13 +1,19 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // deployDir is the repository's deploy directory.
@@ -164,5 +170,113 @@ func TestSystemdConfigs(t *testing.T) {
 	}
 	if ac.Socket != "/run/meshca/"+agentSocketName || ac.DataDir != "/var/lib/meshca-agent" {
 		t.Errorf("agent.json: socket %s, data_dir %s: want the unit's RuntimeDirectory (the Envoy examples' /run/meshca/agent.sock) and StateDirectory", ac.Socket, ac.DataDir)
+	}
+}
+
+// k8sObject decodes the one object of kind in a manifest file of
+// deploy/kubernetes into v (strictly; deploy's tests decode them all).
+func k8sObject(t *testing.T, file, kind string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(deployDir, "kubernetes", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range strings.Split(string(b), "\n---\n") {
+		var meta struct {
+			Kind string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if meta.Kind == kind {
+			if err := yaml.UnmarshalStrict([]byte(doc), v); err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s has no %s", file, kind)
+}
+
+// k8sConfigFile writes the configuration file a ConfigMap of
+// deploy/kubernetes carries to dir, as the pod sees it.
+func k8sConfigFile(t *testing.T, dir, file, key string) string {
+	t.Helper()
+	var cm corev1.ConfigMap
+	k8sObject(t, file, "ConfigMap", &cm)
+	if _, ok := cm.Data[key]; !ok {
+		t.Fatalf("%s: no %s", file, key)
+	}
+	return writeTestFile(t, dir, key, []byte(cm.Data[key]))
+}
+
+// podArgs expands $(VAR) in a container's args as the kubelet does, with
+// the given values.
+func podArgs(t *testing.T, c corev1.Container, vars map[string]string) []string {
+	t.Helper()
+	var out []string
+	for _, a := range c.Args {
+		for k, v := range vars {
+			a = strings.ReplaceAll(a, "$("+k+")", v)
+		}
+		if strings.Contains(a, "$(") {
+			t.Fatalf("container %s: arg %q uses a variable the test does not set", c.Name, a)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// The configurations in deploy/kubernetes load with meshca's own loader
+// and pass its checks with the pods' command lines: every server of the
+// StatefulSet (pod 0 bootstrapping, the others joining it by secret), and
+// the agent of the DaemonSet; every flag the manifests pass exists.
+func TestKubernetesConfigs(t *testing.T) {
+	dir := t.TempDir()
+	var sts appsv1.StatefulSet
+	k8sObject(t, "server-statefulset.yaml", "StatefulSet", &sts)
+	serverJSON := k8sConfigFile(t, dir, "server-config.yaml", "server.json")
+	for i := range int(*sts.Spec.Replicas) {
+		pod := fmt.Sprintf("%s-%d", sts.Name, i)
+		args := podArgs(t, sts.Spec.Template.Spec.Containers[0], map[string]string{"POD_NAME": pod, "POD_NAMESPACE": "meshca", "POD_IP": "10.1.0.7"})
+		config, cmd := checkArgs(t, "StatefulSet "+pod, args)
+		if config != "/etc/meshca/config/server.json" {
+			t.Fatalf("%s reads %s", pod, config)
+		}
+		var flags serverConfig
+		// The flags' values, as cobra parsed them into a fresh command.
+		cmd.Flags().VisitAll(func(f *pflag.Flag) {
+			if f.Changed {
+				switch f.Name {
+				case "node-id":
+					flags.NodeID = f.Value.String()
+				case "raft-addr":
+					flags.RaftAddr = f.Value.String()
+				case "api-addr":
+					flags.APIAddr = f.Value.String()
+				}
+			}
+		})
+		c := serverFromFile(t, pod, serverJSON, cmd, &flags)
+		if c.NodeID != pod || c.Bootstrap != (i == 0) || (i > 0) != (c.Join != "") {
+			t.Errorf("%s: node %s bootstrap %v join %q: want pod 0 to bootstrap and the others to join", pod, c.NodeID, c.Bootstrap, c.Join)
+		}
+		if c.AdminSocket != "" {
+			t.Errorf("%s: admin_socket %s; the default <data_dir>/%s is what the guide's kubectl exec commands use", pod, c.AdminSocket, server.AdminSocketName)
+		}
+	}
+
+	var ds appsv1.DaemonSet
+	k8sObject(t, "agent-daemonset.yaml", "DaemonSet", &ds)
+	args := podArgs(t, ds.Spec.Template.Spec.Containers[0], map[string]string{"POD_IP": "10.1.0.8"})
+	if config, _ := checkArgs(t, "DaemonSet", args); config != "/etc/meshca/config/agent.json" {
+		t.Fatalf("the agent reads %s", config)
+	}
+	ac := agentFromFile(t, "agent.json", k8sConfigFile(t, dir, "agent-config.yaml", "agent.json"))
+	if ac.K8sPSATTokenPath != "" || ac.K8sPSATCluster == "" {
+		t.Errorf("agent: k8s_psat cluster %q, token path %q: want k8s_psat with the default token path", ac.K8sPSATCluster, ac.K8sPSATTokenPath)
+	}
+	if filepath.Base(ac.Socket) != agentSocketName {
+		t.Errorf("agent socket %s: want the default name %s", ac.Socket, agentSocketName)
 	}
 }

@@ -58,8 +58,8 @@ func (p *serverProc) startShared(t *testing.T, bin, kek, config string, extra ..
 func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 
 // TestClusterStartsTogether starts three servers at the same instant with
-// one shared configuration, as a StatefulSet with parallel pod management
-// (or three systemd units) does: bootstrap_node names the one that
+// one shared configuration, deploy/kubernetes's, as its StatefulSet with
+// parallel pod management (or three systemd units) does: bootstrap_node names the one that
 // bootstraps, the others join it with the pre-shared server-join secret
 // and no trust bundle; they form one cluster with one leader and three
 // voters, with no step in between. Then: a server killed and started again
@@ -98,18 +98,30 @@ func TestClusterStartsTogether(t *testing.T) {
 			}
 		}
 	})
-	// The configuration every server shares (the StatefulSet's ConfigMap).
-	shared, err := json.Marshal(map[string]any{
-		"bootstrap_node": "meshca-0", "trust_domain": "example.org",
-		"join":                    procs[0].apiAddr,
-		"server_join_secret_file": secretFile,
-		"kek_file":                kek,
-		"join_timeout":            "2m",
-	})
+	// The configuration every server shares: the StatefulSet's ConfigMap,
+	// with what differs on one host made local (the join address, the
+	// files of the Secrets and the JWKS ConfigMap); each server's node ID
+	// and advertised names come from flags, as the pods' args give them.
+	var shared map[string]any
+	if err := json.Unmarshal(readFile(t, k8sConfigFile(t, base, "server-config.yaml", "server.json")), &shared); err != nil {
+		t.Fatal(err)
+	}
+	if shared["bootstrap_node"] != procs[0].name {
+		t.Fatalf("the ConfigMap bootstraps %v, the test's first server is %s", shared["bootstrap_node"], procs[0].name)
+	}
+	shared["join"] = procs[0].apiAddr
+	shared["server_join_secret_file"] = secretFile
+	shared["kek_file"] = kek
+	shared["join_timeout"] = "2m"
+	delete(shared, "data_dir") // per server, a flag here (the pods' volumes)
+	delete(shared, "raft_bind")
+	delete(shared, "api_bind")
+	shared["k8s_psat_clusters"].([]any)[0].(map[string]any)["jwks_file"] = newTestIssuer(t, base).jwksFile
+	sharedJSON, err := json.Marshal(shared)
 	if err != nil {
 		t.Fatal(err)
 	}
-	config := writeTestFile(t, base, "server.json", shared)
+	config := writeTestFile(t, base, "server.json", sharedJSON)
 
 	// All three at once.
 	start := time.Now()
@@ -137,12 +149,12 @@ func TestClusterStartsTogether(t *testing.T) {
 	for _, p := range members {
 		b := readFile(t, p.logPath)
 		if p.name == "meshca-0" {
-			if !bytes.Contains(b, []byte("mode=bootstrap")) {
+			if !bytes.Contains(b, []byte(`"mode":"bootstrap"`)) {
 				t.Errorf("meshca-0 did not bootstrap:\n%s", b)
 			}
 			continue
 		}
-		if !bytes.Contains(b, []byte("mode=\"join "+procs[0].apiAddr+"\"")) || !bytes.Contains(b, []byte("joined the cluster")) {
+		if !bytes.Contains(b, []byte(`"mode":"join `+procs[0].apiAddr+`"`)) || !bytes.Contains(b, []byte("joined the cluster")) {
 			t.Errorf("%s did not join meshca-0:\n%s", p.name, b)
 		}
 		if bytes.Contains(b, []byte(oldSecret)) {
@@ -165,7 +177,7 @@ func TestClusterStartsTogether(t *testing.T) {
 	if peers, msg := binPeers(t, bin, procs[1]); voters(peers) != 3 {
 		t.Fatalf("after meshca-1's restart: %s", msg)
 	}
-	if b := readFile(t, procs[1].logPath); bytes.Count(b, []byte("joined the cluster")) != 1 || !bytes.Contains(b, []byte("mode=restart")) {
+	if b := readFile(t, procs[1].logPath); bytes.Count(b, []byte("joined the cluster")) != 1 || !bytes.Contains(b, []byte(`"mode":"restart"`)) {
 		t.Errorf("meshca-1 joined again after its restart:\n%s", b)
 	}
 
