@@ -94,6 +94,8 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return admitServer(txn, op.AdmitServer, h.TimeUnixNano)
 	case *raftpb.Command_PutCrl:
 		return putCRL(txn, op.PutCrl.GetCrl())
+	case *raftpb.Command_PutEntries:
+		return putEntries(txn, op.PutEntries)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.
