@@ -98,6 +98,8 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return putAdmin(txn, op.PutAdmin.GetAdmin())
 	case *raftpb.Command_DeleteAdmin:
 		return deleteAdmin(txn, op.DeleteAdmin.GetSpiffeId())
+	case *raftpb.Command_PutEntries:
+		return putEntries(txn, op.PutEntries)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.
@@ -372,11 +374,21 @@ func attestAgent(txn *memdb.Txn, lx *ledgerIndex, op *raftpb.AttestAgent, now in
 }
 
 // admitServer records a joining server: token consumed, server and
-// intermediates recorded, or nothing at all.
+// intermediates recorded, or nothing at all. A server admitted by a
+// pre-shared server-join secret (join_secret_id, no token) records its join
+// attempt: the same attempt is admitted again, any other with its name is
+// refused.
 func admitServer(txn *memdb.Txn, op *raftpb.AdmitServer, now int64) *raftpb.Result {
 	srv := op.GetServer()
-	if srv.GetNodeId() == "" || op.GetToken() == nil || op.Token.GetConsumer() != srv.NodeId {
-		return fail(raftpb.ErrorCode_INVALID, "admission needs the server and its token")
+	bySecret := op.GetToken() == nil && op.GetJoinSecretId() != ""
+	switch {
+	case srv.GetNodeId() == "":
+		return fail(raftpb.ErrorCode_INVALID, "admission needs the server")
+	case bySecret && srv.GetJoinAttempt() == "":
+		return fail(raftpb.ErrorCode_INVALID, "admission by a server-join secret needs the join attempt")
+	case bySecret:
+	case op.GetToken() == nil || op.Token.GetConsumer() != srv.NodeId || op.GetJoinSecretId() != "":
+		return fail(raftpb.ErrorCode_INVALID, "admission needs the server and its token, or a server-join secret")
 	}
 	keep := map[string]bool{}
 	for _, a := range op.GetIntermediates() {
@@ -385,12 +397,20 @@ func admitServer(txn *memdb.Txn, op *raftpb.AdmitServer, now int64) *raftpb.Resu
 		}
 		keep[a.Id] = true
 	}
-	tok, res := checkJoinToken(txn, op.Token, now)
-	if res.Code != raftpb.ErrorCode_OK {
-		return res
-	}
-	if cur, _ := first(txn, tableServers, "id", srv.NodeId).(*raftpb.Server); cur != nil && tok != nil {
-		return fail(raftpb.ErrorCode_ALREADY_EXISTS, fmt.Sprintf("a server named %q is already a member", srv.NodeId))
+	var tok *raftpb.JoinToken
+	cur, _ := first(txn, tableServers, "id", srv.NodeId).(*raftpb.Server)
+	if bySecret {
+		if cur != nil && cur.JoinAttempt != srv.JoinAttempt {
+			return fail(raftpb.ErrorCode_ALREADY_EXISTS, fmt.Sprintf("a server named %q is already a member", srv.NodeId))
+		}
+	} else {
+		var res *raftpb.Result
+		if tok, res = checkJoinToken(txn, op.Token, now); res.Code != raftpb.ErrorCode_OK {
+			return res
+		}
+		if cur != nil && tok != nil {
+			return fail(raftpb.ErrorCode_ALREADY_EXISTS, fmt.Sprintf("a server named %q is already a member", srv.NodeId))
+		}
 	}
 	if tok != nil {
 		insert(txn, tableTokens, tok)

@@ -229,3 +229,44 @@ func TestAdmitServer(t *testing.T) {
 		t.Fatalf("another attempt with the used token: %v", r)
 	}
 }
+
+// AdmitServer by a pre-shared server-join secret needs no token: it
+// records the join attempt, admits the same attempt again (its answer was
+// lost) and refuses another server of the same name.
+func TestAdmitServerBySecret(t *testing.T) {
+	a := newApplier(t)
+	admit := func(attempt, inter string) *raftpb.Result {
+		op := &raftpb.AdmitServer{JoinSecretId: "0123456789abcdef",
+			Server:        &raftpb.Server{NodeId: "meshca-1", RaftAddr: "r", ApiAddr: "a", JoinAttempt: attempt},
+			Intermediates: []*raftpb.Authority{authority(inter, "meshca-1", raftpb.AuthorityState_ACTIVE, 100)}}
+		return a.apply(&raftpb.Command{Op: &raftpb.Command_AdmitServer{AdmitServer: op}})
+	}
+	if r := admit("", "i0"); r.Code != raftpb.ErrorCode_INVALID {
+		t.Fatalf("admission by secret without an attempt: %v", r)
+	}
+	if a.f.Read().Server("meshca-1") != nil {
+		t.Fatal("a refused admission recorded the server")
+	}
+	if r := admit("att", "i1"); r.Code != raftpb.ErrorCode_OK {
+		t.Fatal(r)
+	}
+	if r := admit("att", "i2"); r.Code != raftpb.ErrorCode_OK {
+		t.Fatalf("the same attempt again: %v", r)
+	}
+	if r := admit("other", "i3"); r.Code != raftpb.ErrorCode_ALREADY_EXISTS {
+		t.Fatalf("another attempt of the same name: %v", r)
+	}
+	rd := a.f.Read()
+	if rd.Server("meshca-1").GetJoinAttempt() != "att" || rd.Authority("i2").State != raftpb.AuthorityState_ACTIVE || rd.Authority("i1").State != raftpb.AuthorityState_OLD || rd.Authority("i3") != nil {
+		t.Fatalf("after admissions: server %v, i1 %v, i2 %v, i3 %v", rd.Server("meshca-1"), rd.Authority("i1"), rd.Authority("i2"), rd.Authority("i3"))
+	}
+	// Neither a token and a secret together, nor neither.
+	both := &raftpb.AdmitServer{JoinSecretId: "x", Token: &raftpb.ConsumeJoinToken{Hash: tokenHash("t"), Kind: "server", Consumer: "s9"},
+		Server: &raftpb.Server{NodeId: "s9", JoinAttempt: "a"}}
+	neither := &raftpb.AdmitServer{Server: &raftpb.Server{NodeId: "s9", JoinAttempt: "a"}}
+	for _, op := range []*raftpb.AdmitServer{both, neither} {
+		if r := a.apply(&raftpb.Command{Op: &raftpb.Command_AdmitServer{AdmitServer: op}}); r.Code != raftpb.ErrorCode_INVALID {
+			t.Fatalf("AdmitServer %v: %v", op, r)
+		}
+	}
+}

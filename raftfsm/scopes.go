@@ -69,6 +69,10 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		touched[ScopeNode(op.PutEntry.GetEntry().GetParentId())] = true
 	case *raftpb.Command_DeleteEntry:
 		entryParent(op.DeleteEntry.GetId())
+	case *raftpb.Command_PutEntries:
+		for _, e := range op.PutEntries.GetEntries() {
+			touched[ScopeNode(e.GetParentId())] = true
+		}
 	case *raftpb.Command_PutNode:
 		touched[ScopeNode(op.PutNode.GetNode().GetSpiffeId())] = true
 	case *raftpb.Command_AttestAgent:

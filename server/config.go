@@ -33,6 +33,14 @@ type Config struct {
 	RaftAddr string
 	// APIAddr is the host:port of the cluster API (and later the node API).
 	APIAddr string
+	// RaftBind and APIBind are where to listen when that is not the
+	// advertised RaftAddr and APIAddr: a pod listens on all its interfaces
+	// (":8300") and is reached at its stable DNS name, which the cluster
+	// records as given, so a pod that comes back with another IP address
+	// is found again. Default: RaftAddr and APIAddr, whose port 0 is then
+	// replaced by the one picked.
+	RaftBind string
+	APIBind  string
 	// AdminSocket is the operator API's Unix socket. Default: DataDir/admin.sock.
 	AdminSocket string
 	// AdminAddr, when set, also serves the operator API over mutual TLS on
@@ -51,10 +59,21 @@ type Config struct {
 	TrustDomain string
 
 	// Join is the API address of any member, used when the server has no
-	// identity yet; it needs JoinToken and TrustBundle.
+	// identity yet; it needs JoinToken and TrustBundle, or
+	// ServerJoinSecretFile and TrustDomain (TrustBundle optional).
 	Join        string
 	JoinToken   string
 	TrustBundle []*x509.Certificate
+	// ServerJoinSecretFile holds pre-shared server-join secrets (see
+	// package joinsecret), so that servers started together form a
+	// cluster with no token made in between: a joining server without
+	// JoinToken proves it holds the file's first secret, and checks that
+	// the member it contacts holds it too, which lets it trust the roots
+	// that member sends when it has no TrustBundle; a member admits a
+	// server that proves any secret of its file, which it reads again at
+	// every join (so adding, rotating or deleting a secret takes effect at
+	// once). Empty: joins need a single-use join token.
+	ServerJoinSecretFile string
 	// JoinTimeout is how long a joining server keeps trying while the
 	// cluster cannot admit it yet: the member is unreachable, still
 	// bootstrapping, or has no leader (Unavailable). A refusal (a used token,
@@ -191,8 +210,14 @@ func (c *Config) validate() error {
 	if c.Bootstrap && c.Join != "" {
 		errs = append(errs, errors.New("bootstrap and join exclude each other"))
 	}
-	if c.Join != "" && (c.JoinToken == "" || len(c.TrustBundle) == 0) {
-		errs = append(errs, errors.New("joining needs a join token and the cluster's trust bundle"))
+	switch {
+	case c.Join == "":
+	case c.JoinToken != "" && len(c.TrustBundle) == 0:
+		errs = append(errs, errors.New("joining with a join token needs the cluster's trust bundle"))
+	case c.JoinToken == "" && c.ServerJoinSecretFile == "":
+		errs = append(errs, errors.New("joining needs a join token or a server-join secret file"))
+	case len(c.TrustBundle) == 0 && c.TrustDomain == "":
+		errs = append(errs, errors.New("joining with a server-join secret and no trust bundle needs the trust domain"))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -306,11 +306,24 @@ func (o *operatorService) ListEntries(ctx context.Context, req *operatorpb.ListE
 	} else {
 		es = r.Entries()
 	}
-	resp := &operatorpb.ListEntriesResponse{}
-	for _, e := range es {
-		if req.SpiffeId == "" || e.SpiffeId == req.SpiffeId {
-			resp.Entries = append(resp.Entries, fromRaftEntry(e))
+	if req.SpiffeId != "" {
+		var match []*raftpb.Entry
+		for _, e := range es {
+			if e.SpiffeId == req.SpiffeId {
+				match = append(match, e)
+			}
 		}
+		es = match
+	}
+	// Pages in the order of the IDs (issue 16a).
+	sort.Slice(es, func(i, j int) bool { return es[i].Id < es[j].Id })
+	es, next, err := entriesPage(es, req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	resp := &operatorpb.ListEntriesResponse{NextPageToken: next}
+	for _, e := range es {
+		resp.Entries = append(resp.Entries, fromRaftEntry(e))
 	}
 	return resp, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,8 @@ import (
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/server/cluster"
+	"github.com/meshca/meshca/server/joinsecret"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -87,13 +90,32 @@ func loadJoinAttempt(cfg *Config) (*joinAttempt, error) {
 }
 
 // join obtains this server's identity from the cluster: it sends CSRs for
-// its own intermediates with the join token to cfg.Join, authenticating the
-// member it talks to with the trust bundle.
+// its own intermediates to cfg.Join with the join token, authenticating the
+// member it talks to with the trust bundle; or, with a server-join secret
+// file and no token, with a proof that it holds the file's first secret,
+// authenticating the member by its proof of the same secret (and by the
+// trust bundle too when it has one).
 func (s *Server) join() (*identity, error) {
 	cfg := &s.cfg
-	td, err := ca.TrustDomainOfRoots(cfg.TrustBundle)
-	if err != nil {
-		return nil, err
+	var secret *joinsecret.Secret
+	if cfg.JoinToken == "" {
+		secrets, err := joinsecret.Load(cfg.ServerJoinSecretFile)
+		if err != nil {
+			return nil, err
+		}
+		secret = &secrets[0]
+	}
+	var td spiffeid.TrustDomain
+	var err error
+	if len(cfg.TrustBundle) > 0 {
+		if td, err = ca.TrustDomainOfRoots(cfg.TrustBundle); err != nil {
+			return nil, err
+		}
+		if cfg.TrustDomain != "" && cfg.TrustDomain != td.Name() {
+			return nil, fmt.Errorf("the trust bundle is of trust domain %q, not %q", td.Name(), cfg.TrustDomain)
+		}
+	} else if td, err = spiffeid.TrustDomainFromString(cfg.TrustDomain); err != nil {
+		return nil, fmt.Errorf("join: trust domain: %w", err)
 	}
 	ja, err := loadJoinAttempt(cfg)
 	if err != nil {
@@ -119,17 +141,28 @@ func (s *Server) join() (*identity, error) {
 	dial := cfg.Dial
 	// A member whose certificate the trust bundle does not vouch for is a
 	// refusal, not an outage: the join ends at once, saying so.
-	tlsCfg := cluster.JoinClientTLS(td, cfg.TrustBundle, cfg.Clock)
+	var tlsCfg *tls.Config
 	var untrusted atomic.Pointer[error]
-	verify := tlsCfg.VerifyPeerCertificate
-	tlsCfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
-		err := verify(raw, chains)
-		if err != nil {
-			untrusted.Store(&err)
+	if len(cfg.TrustBundle) > 0 {
+		tlsCfg = cluster.JoinClientTLS(td, cfg.TrustBundle, cfg.Clock)
+		verify := tlsCfg.VerifyPeerCertificate
+		tlsCfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+			err := verify(raw, chains)
+			if err != nil {
+				untrusted.Store(&err)
+			}
+			return err
 		}
-		return err
+	} else {
+		// Authenticated after the call: by the member's proof of the
+		// secret over this connection, then its certificate against the
+		// roots it sent.
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS13, Time: cfg.Clock.Now, InsecureSkipVerify: true}
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
+	if secret != nil {
+		opts = append(opts, grpc.WithPerRPCCredentials(joinProofCreds{secret: *secret}))
+	}
 	if dial != nil {
 		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return dial(ctx, a) }))
 	}
@@ -138,14 +171,20 @@ func (s *Server) join() (*identity, error) {
 		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
 	}
 	defer conn.Close()
+	var member peer.Peer
 	resp, err := s.joinWithRetry(clusterpb.NewClusterClient(conn), req, func() error {
 		if e := untrusted.Load(); e != nil {
 			return *e
 		}
 		return nil
-	})
+	}, grpc.Peer(&member))
 	if err != nil {
 		return nil, err
+	}
+	if secret != nil {
+		if err := checkMemberProof(*secret, &member, resp); err != nil {
+			return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
+		}
 	}
 	if resp.TrustDomain != td.Name() {
 		return nil, fmt.Errorf("join %s: cluster answered for trust domain %q, the bundle is of %q", cfg.Join, resp.TrustDomain, td.Name())
@@ -178,7 +217,22 @@ func (s *Server) join() (*identity, error) {
 		}
 		id.Intermediates[p.Name()] = &localIntermediate{Certificate: inter.Raw, Key: ja.Keys[p.Name()]}
 	}
-	if !bundleHas(cfg.TrustBundle, id.Roots[ca.ProfileECDSA]) {
+	if len(cfg.TrustBundle) == 0 {
+		// Vouched for by the member's proof of the secret; its own
+		// certificate must chain to them too.
+		root, err := x509.ParseCertificate(id.Roots[ca.ProfileECDSA])
+		if err != nil {
+			return nil, fmt.Errorf("join %s: ECDSA root: %w", cfg.Join, err)
+		}
+		info, _ := member.AuthInfo.(credentials.TLSInfo)
+		var raw [][]byte
+		for _, c := range info.State.PeerCertificates {
+			raw = append(raw, c.Raw)
+		}
+		if err := cluster.JoinClientTLS(td, []*x509.Certificate{root}, cfg.Clock).VerifyPeerCertificate(raw, nil); err != nil {
+			return nil, fmt.Errorf("join %s: the member's certificate does not chain to the roots it sent: %w", cfg.Join, err)
+		}
+	} else if !bundleHas(cfg.TrustBundle, id.Roots[ca.ProfileECDSA]) {
 		return nil, fmt.Errorf("join %s: the cluster's ECDSA root is not in the trust bundle", cfg.Join)
 	}
 	a, err := id.authority(ca.ProfileECDSA, cfg.KEK, cfg.Clock)
@@ -188,7 +242,11 @@ func (s *Server) join() (*identity, error) {
 	if err := id.issueServerCertificate(cfg.KEK, a); err != nil {
 		return nil, err
 	}
-	s.log.Info("joined the cluster", "via", cfg.Join, "trust_domain", td.Name())
+	how := "join token"
+	if secret != nil {
+		how = "server-join secret " + secret.ID
+	}
+	s.log.Info("joined the cluster", "via", cfg.Join, "trust_domain", td.Name(), "with", how)
 	return id, nil
 }
 
@@ -210,12 +268,12 @@ const joinAttemptTimeout = time.Minute
 // attempt times out, it waits and tries again, for up to cfg.JoinTimeout;
 // untrusted reports a member the trust bundle does not vouch for, which
 // ends the join at once.
-func (s *Server) joinWithRetry(client clusterpb.ClusterClient, req *clusterpb.JoinRequest, untrusted func() error) (*clusterpb.JoinResponse, error) {
+func (s *Server) joinWithRetry(client clusterpb.ClusterClient, req *clusterpb.JoinRequest, untrusted func() error, opts ...grpc.CallOption) (*clusterpb.JoinResponse, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.JoinTimeout)
 	defer cancel()
 	for wait := 200 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
 		actx, acancel := context.WithTimeout(ctx, joinAttemptTimeout)
-		resp, err := client.Join(actx, req)
+		resp, err := client.Join(actx, req, opts...)
 		acancel()
 		if err == nil {
 			return resp, nil
@@ -263,8 +321,11 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	switch {
 	case !ValidNodeID(req.NodeId):
 		return nil, deny(codes.InvalidArgument, fmt.Sprintf("node ID %q: use 1-64 letters, digits, '.', '-' or '_'", req.NodeId))
+	case req.SecretVerified && req.Token != "":
+		return nil, deny(codes.InvalidArgument, "a join token or a server-join secret, not both")
+	case req.SecretVerified:
 	case len(req.Token) == 0 || len(req.Token) > maxTokenLen:
-		return nil, deny(codes.InvalidArgument, "a server join token is required")
+		return nil, deny(codes.InvalidArgument, "a server join token (or a server-join secret) is required")
 	case CheckJoinToken(req.Token) != nil:
 		return nil, deny(codes.InvalidArgument, CheckJoinToken(req.Token).Error())
 	case !validHostPort(req.RaftAddr) || !validHostPort(req.ApiAddr):
@@ -286,8 +347,12 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	td := r.TrustDomain()
 	hash := sha256.Sum256([]byte(req.Token))
 	again := false
-	if t := r.JoinToken(hash[:]); t != nil && req.AttemptId != "" && t.ConsumedAttempt == req.AttemptId && t.ConsumedBy == req.NodeId {
-		again = true // the same attempt, whose answer was lost
+	if req.SecretVerified {
+		if cur := r.Server(req.NodeId); cur != nil && req.AttemptId != "" && cur.JoinAttempt == req.AttemptId {
+			again = true // the same attempt, whose answer was lost
+		}
+	} else if t := r.JoinToken(hash[:]); t != nil && req.AttemptId != "" && t.ConsumedAttempt == req.AttemptId && t.ConsumedBy == req.NodeId {
+		again = true
 	}
 	switch {
 	case td == nil:
@@ -300,8 +365,14 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	now := s.cfg.Clock.Now()
 	roots := map[string][]byte{}
 	admit := &raftpb.AdmitServer{
-		Token:  &raftpb.ConsumeJoinToken{Hash: hash[:], Kind: TokenKindServer, Consumer: req.NodeId, Attempt: req.AttemptId},
 		Server: &raftpb.Server{NodeId: req.NodeId, RaftAddr: req.RaftAddr, ApiAddr: req.ApiAddr, JoinedUnixNano: now.UnixNano()},
+	}
+	details := map[string]string{"raft_addr": req.RaftAddr, "again": strconv.FormatBool(again)}
+	if req.SecretVerified {
+		admit.JoinSecretId, admit.Server.JoinAttempt = req.SecretId, req.AttemptId
+		details["server_join_secret"] = req.SecretId
+	} else {
+		admit.Token = &raftpb.ConsumeJoinToken{Hash: hash[:], Kind: TokenKindServer, Consumer: req.NodeId, Attempt: req.AttemptId}
 	}
 	resp := &clusterpb.JoinResponse{TrustDomain: s.td.Name(), Intermediates: map[string][]byte{}, Roots: roots}
 	for _, p := range ca.Profiles() {
@@ -326,6 +397,8 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	switch {
 	case errors.Is(err, raftfsm.ErrAlreadyExists):
 		return nil, deny(codes.AlreadyExists, fmt.Sprintf("a server named %q is already a member", req.NodeId))
+	case errors.As(err, &fsmErr) && req.SecretVerified:
+		return nil, deny(codes.PermissionDenied, "admission refused: "+fsmErr.Msg)
 	case errors.As(err, &fsmErr):
 		return nil, deny(codes.PermissionDenied, "the join token is unknown, already used, expired, or not a server token ("+fsmErr.Msg+")")
 	case err != nil:
@@ -336,8 +409,7 @@ func (s *Server) handleJoin(ctx context.Context, req *clusterpb.JoinRequest) (*c
 	if err := s.node.AddNonvoter(ctx, req.NodeId, req.RaftAddr); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.NodeId, err)
 	}
-	s.events.Record(audit.Event{Actor: from, Action: "server.join", Subject: req.NodeId, Decision: audit.Allow,
-		Details: map[string]string{"raft_addr": req.RaftAddr, "again": strconv.FormatBool(again)}})
+	s.events.Record(audit.Event{Actor: from, Action: "server.join", Subject: req.NodeId, Decision: audit.Allow, Details: details})
 	return resp, nil
 }
 

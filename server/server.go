@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"encoding/hex"
@@ -117,13 +118,21 @@ func New(cfg Config) (_ *Server, err error) {
 		s.events = s.auditLog
 	}
 	// Listen first: a joining server must tell the cluster where it is.
-	if s.raftLn, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
+	if s.raftLn, err = net.Listen("tcp", cmp.Or(cfg.RaftBind, cfg.RaftAddr)); err != nil {
 		return nil, fmt.Errorf("raft address: %w", err)
 	}
-	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+	if s.apiLn, err = net.Listen("tcp", cmp.Or(cfg.APIBind, cfg.APIAddr)); err != nil {
 		return nil, fmt.Errorf("API address: %w", err)
 	}
-	s.cfg.RaftAddr, s.cfg.APIAddr = s.raftLn.Addr().String(), s.apiLn.Addr().String()
+	raftAdvertise := ""
+	if cfg.RaftBind == "" {
+		s.cfg.RaftAddr = s.raftLn.Addr().String()
+	} else {
+		raftAdvertise = cfg.RaftAddr
+	}
+	if cfg.APIBind == "" {
+		s.cfg.APIAddr = s.apiLn.Addr().String()
+	}
 
 	id, err := loadIdentity(cfg.DataDir, cfg.KEK)
 	if err != nil {
@@ -204,7 +213,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.fsm = raftfsm.New()
 	s.node, err = cluster.Start(cluster.Config{
-		NodeID: cfg.NodeID, RaftListener: s.raftLn, Identity: s.tlsID, FSM: s.fsm, Stores: s.stores,
+		NodeID: cfg.NodeID, RaftListener: s.raftLn, RaftAdvertise: raftAdvertise, Identity: s.tlsID, FSM: s.fsm, Stores: s.stores,
 		Dial: cfg.Dial, Logger: s.log, RaftLogger: cfg.RaftLogger, Timing: cfg.Timing, Clock: cfg.Clock,
 	})
 	if err != nil {
@@ -219,7 +228,7 @@ func New(cfg Config) (_ *Server, err error) {
 	// Every API maps its handlers' errors to status codes in one place.
 	s.api = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil),
 		grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize), keepaliveEnforcement)...)
-	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, cluster.Handlers{Join: s.handleJoin, Certify: s.certifyIntermediate}))
+	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, cluster.Handlers{Join: s.handleJoin, AuthenticateJoin: s.authenticateJoin, Certify: s.certifyIntermediate}))
 	nodepb.RegisterNodeServer(s.api, &nodeService{s: s})
 	if s.adminLn, err = listenAdmin(s.cfg.AdminSocket); err != nil {
 		return nil, err

@@ -347,6 +347,8 @@ func attestorTrustDomain(c *serverConfig, dataDir string, hasIdentity bool, root
 		return ca.TrustDomainOfRoots(roots)
 	case c.Bootstrap:
 		return spiffeid.TrustDomainFromString(c.TrustDomain)
+	case c.Join != "" && len(roots) == 0: // joining with a server-join secret
+		return spiffeid.TrustDomainFromString(c.TrustDomain)
 	case c.Join != "":
 		return ca.TrustDomainOfRoots(roots)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/server"
+	"github.com/meshca/meshca/server/joinsecret"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -50,6 +51,31 @@ Starting a cluster:
        meshca server --join 10.0.0.1:8443 --join-token <token> --trust-bundle bundle.pem \
          --node-id s2 --data-dir /var/lib/meshca --raft-addr 10.0.0.2:8300 \
          --api-addr 10.0.0.2:8443 --kek-file /etc/meshca/kek
+
+Starting together (a StatefulSet, three systemd units): give every server
+the same configuration, with bootstrap_node naming the one that bootstraps,
+join the API address the others join through (the bootstrap node's), and a
+pre-shared server-join secret file instead of tokens and a trust bundle:
+  {"bootstrap_node": "meshca-0", "trust_domain": "example.org",
+   "join": "meshca-0.meshca-peers.meshca.svc.cluster.local:8443",
+   "server_join_secret_file": "/etc/meshca/join/secret", ...}
+plus --node-id and the addresses of each. The server named by
+bootstrap_node bootstraps (ignoring join); the others retry their join
+until it answers. A joining server proves it holds the file's first secret
+and checks that the member holds it too, both bound to their TLS
+connection, so it needs no trust bundle and the secret never travels; the
+trust domain is checked against trust_domain. The file holds one secret
+per line, 32 random bytes or more in base64, owner-readable only:
+  (umask 077; head -c 32 /dev/urandom | base64 > server-join-secret)
+Members read it at every join: to rotate, add the new secret as a second
+line on every server, then move it first, then delete the old line; to
+revoke, delete the line (joins with it are refused at once; servers that
+joined with it stay members). A secret admits servers only: it cannot
+attest an agent or operate the cluster.
+--raft-bind and --api-bind listen elsewhere than the advertised
+--raft-addr and --api-addr (e.g. :8300 in a pod advertised by its DNS
+name, which the cluster records as given, so a pod that comes back with a
+new IP is found again).
 
 --bootstrap and --join only matter the first time: a server whose data
 directory holds its identity restarts with neither and finds its cluster
@@ -114,7 +140,8 @@ profiles for go tool pprof (loopback only).
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
-join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, http_addr, kek_file, log_level, log_format,
+join, join_token, trust_bundle, join_timeout (a duration, "5m"), bootstrap_node,
+server_join_secret_file, raft_bind, api_bind, admin_socket, admin_addr, admin_ids, http_addr, kek_file, log_level, log_format,
 node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, pprof_addr, ledger_grace ("1h"),
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
@@ -145,16 +172,23 @@ never logged.`
 // serverConfig is the configuration of meshca server: the flags, or the keys
 // of a --config file, which have the flags' names in snake_case.
 type serverConfig struct {
-	DataDir     string   `json:"data_dir"`
-	NodeID      string   `json:"node_id"`
-	RaftAddr    string   `json:"raft_addr"`
-	APIAddr     string   `json:"api_addr"`
-	Bootstrap   bool     `json:"bootstrap"`
-	TrustDomain string   `json:"trust_domain"`
-	Join        string   `json:"join"`
-	JoinToken   string   `json:"join_token"`
-	TrustBundle string   `json:"trust_bundle"`
-	JoinTimeout string   `json:"join_timeout"`
+	DataDir     string `json:"data_dir"`
+	NodeID      string `json:"node_id"`
+	RaftAddr    string `json:"raft_addr"`
+	APIAddr     string `json:"api_addr"`
+	Bootstrap   bool   `json:"bootstrap"`
+	TrustDomain string `json:"trust_domain"`
+	Join        string `json:"join"`
+	JoinToken   string `json:"join_token"`
+	TrustBundle string `json:"trust_bundle"`
+	JoinTimeout string `json:"join_timeout"`
+
+	// Cluster start-up with no operator in between (deployments).
+	BootstrapNode        string `json:"bootstrap_node"`
+	ServerJoinSecretFile string `json:"server_join_secret_file"`
+	RaftBind             string `json:"raft_bind"`
+	APIBind              string `json:"api_bind"`
+
 	AdminSocket string   `json:"admin_socket"`
 	AdminAddr   string   `json:"admin_addr"`
 	AdminIDs    []string `json:"admin_ids"`
@@ -195,7 +229,7 @@ func loadServerConfig(path string) (serverConfig, error) {
 	if err := loadConfigFile(path, &c); err != nil {
 		return c, err
 	}
-	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile, &c.K8sPSATJWKS)
+	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile, &c.K8sPSATJWKS, &c.ServerJoinSecretFile)
 	for i := range c.X509PopCA {
 		resolveConfigPaths(path, &c.X509PopCA[i])
 	}
@@ -221,12 +255,17 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"join-token":   {&c.JoinToken, &f.JoinToken},
 		"trust-bundle": {&c.TrustBundle, &f.TrustBundle},
 		"join-timeout": {&c.JoinTimeout, &f.JoinTimeout},
-		"admin-socket": {&c.AdminSocket, &f.AdminSocket},
-		"admin-addr":   {&c.AdminAddr, &f.AdminAddr},
-		"http-addr":    {&c.HTTPAddr, &f.HTTPAddr},
-		"kek-file":     {&c.KEKFile, &f.KEKFile},
-		"log-level":    {&c.LogLevel, &f.LogLevel},
-		"log-format":   {&c.LogFormat, &f.LogFormat},
+
+		"bootstrap-node":          {&c.BootstrapNode, &f.BootstrapNode},
+		"server-join-secret-file": {&c.ServerJoinSecretFile, &f.ServerJoinSecretFile},
+		"raft-bind":               {&c.RaftBind, &f.RaftBind},
+		"api-bind":                {&c.APIBind, &f.APIBind},
+		"admin-socket":            {&c.AdminSocket, &f.AdminSocket},
+		"admin-addr":              {&c.AdminAddr, &f.AdminAddr},
+		"http-addr":               {&c.HTTPAddr, &f.HTTPAddr},
+		"kek-file":                {&c.KEKFile, &f.KEKFile},
+		"log-level":               {&c.LogLevel, &f.LogLevel},
+		"log-format":              {&c.LogFormat, &f.LogFormat},
 
 		"k8s-psat-cluster":  {&c.K8sPSATCluster, &f.K8sPSATCluster},
 		"k8s-psat-issuer":   {&c.K8sPSATIssuer, &f.K8sPSATIssuer},
@@ -274,6 +313,8 @@ func (a *app) newServerCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "server --config F | --data-dir D --node-id N --raft-addr H:P --api-addr H:P\n" +
 			"              [--bootstrap --trust-domain TD | --join H:P --join-token T --trust-bundle F]\n" +
+			"              [--bootstrap-node ID --join H:P --server-join-secret-file F --trust-domain TD]\n" +
+			"              [--raft-bind H:P] [--api-bind H:P]\n" +
 			"              [--admin-socket S] [--kek-file F] [--log-level info] [--log-format text]\n" +
 			"              [--x509pop-ca F ...] [--k8s-psat-cluster NAME --k8s-psat-issuer URL --k8s-psat-jwks F\n" +
 			"               [--k8s-psat-audience meshca] [--k8s-psat-allowed-sa NS:SA ...]]",
@@ -295,6 +336,10 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.JoinToken, "join-token", "", "single-use server join token from \"meshca token create --kind server\" (default $MESHCA_JOIN_TOKEN)")
 	f.StringVar(&flags.TrustBundle, "trust-bundle", "", "PEM file of the cluster's roots: the first server's <data-dir>/server/bundle.pem")
 	f.Var((*durationText)(&flags.JoinTimeout), "join-timeout", "with --join: how long to keep retrying while the cluster cannot admit this server yet (unreachable, still bootstrapping, no leader), 1s to 24h (default "+server.DefaultJoinTimeout.String()+")")
+	f.StringVar(&flags.BootstrapNode, "bootstrap-node", "", "the node ID that bootstraps the cluster when it has no state; every other server joins through --join (one configuration for all servers started together, e.g. meshca-0 of a StatefulSet)")
+	f.StringVar(&flags.ServerJoinSecretFile, "server-join-secret-file", "", "file of pre-shared server-join secrets: with --join and no --join-token, this server proves it holds the first; a member admits a server that proves any (read at each join); see \"Starting together\"")
+	f.StringVar(&flags.RaftBind, "raft-bind", "", "host:port to listen on for Raft when it is not --raft-addr, e.g. :8300 in a pod reached by its DNS name (default --raft-addr)")
+	f.StringVar(&flags.APIBind, "api-bind", "", "host:port to listen on for the cluster API when it is not --api-addr (default --api-addr)")
 	f.StringVar(&flags.AdminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/admin.sock)")
 	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the cluster's admins only (meshca admin list)")
 	f.StringVar(&flags.HTTPAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this host:port, e.g. 127.0.0.1:8080 (default: not served)")
@@ -350,6 +395,21 @@ func (a *app) newServerCommand() *cobra.Command {
 // checkServerConfig refuses a configuration that cannot work, before
 // anything is created: these are usage errors.
 func checkServerConfig(c *serverConfig) error {
+	if c.BootstrapNode != "" {
+		if c.Bootstrap {
+			return usageErrorf("--bootstrap and --bootstrap-node exclude each other: --bootstrap-node names the server that bootstraps")
+		}
+		if !server.ValidNodeID(c.BootstrapNode) {
+			return usageErrorf("--bootstrap-node %q: use 1-64 letters, digits, '.', '-' or '_'", c.BootstrapNode)
+		}
+		if c.NodeID == c.BootstrapNode {
+			// The one configuration of all servers names the member to
+			// join through: this server is that member.
+			c.Bootstrap, c.Join, c.JoinTimeout = true, "", ""
+		} else if c.Join == "" {
+			return usageErrorf("--bootstrap-node %s: the other servers join through --join (join in a config file), e.g. the bootstrap node's API address", c.BootstrapNode)
+		}
+	}
 	if c.Bootstrap && c.Join != "" {
 		return usageErrorf("--bootstrap and --join exclude each other: bootstrap the first server of a cluster, join the others to it")
 	}
@@ -386,18 +446,27 @@ func checkServerConfig(c *serverConfig) error {
 			return usageErrorf("--trust-domain %q: %v", c.TrustDomain, err)
 		}
 	}
+	for _, ad := range []struct{ flag, value string }{{"--raft-bind", c.RaftBind}, {"--api-bind", c.APIBind}} {
+		if _, _, err := net.SplitHostPort(ad.value); ad.value != "" && err != nil {
+			return usageErrorf("%s %q: want host:port (the host may be empty: all interfaces)", ad.flag, ad.value)
+		}
+	}
 	if c.Join != "" {
 		if _, _, err := net.SplitHostPort(c.Join); err != nil {
 			return usageErrorf("--join %q: want the host:port of a member's API address", c.Join)
 		}
-		if c.JoinToken == "" {
-			return usageErrorf("--join needs --join-token (or $%s): make one with `meshca token create --kind server` on a member", envJoinToken)
+		switch {
+		case c.JoinToken == "" && c.ServerJoinSecretFile == "":
+			return usageErrorf("--join needs --join-token (or $%s; make one with `meshca token create --kind server` on a member), or --server-join-secret-file, the cluster's pre-shared server-join secret", envJoinToken)
+		case c.JoinToken != "" && c.TrustBundle == "":
+			return usageErrorf("--join with a token needs --trust-bundle: a copy of the first server's <data-dir>/server/bundle.pem")
+		case c.JoinToken == "" && c.TrustBundle == "" && c.TrustDomain == "":
+			return usageErrorf("--join with a server-join secret and no --trust-bundle needs --trust-domain, the cluster's, which the joining server checks")
 		}
-		if c.TrustBundle == "" {
-			return usageErrorf("--join needs --trust-bundle: a copy of the first server's <data-dir>/server/bundle.pem")
-		}
-		if err := server.CheckJoinToken(c.JoinToken); err != nil {
-			return usageErrorf("the server join token (--join-token or $%s): %v; make one with `meshca token create --kind server` on a member", envJoinToken, err)
+		if c.JoinToken != "" {
+			if err := server.CheckJoinToken(c.JoinToken); err != nil {
+				return usageErrorf("the server join token (--join-token or $%s): %v; make one with `meshca token create --kind server` on a member", envJoinToken, err)
+			}
 		}
 		if _, err := joinTimeout(c); err != nil {
 			return err
@@ -611,9 +680,16 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 	}
 
 	var bundle []*x509.Certificate
-	if c.Join != "" {
+	if c.Join != "" && c.TrustBundle != "" {
 		if bundle, err = server.LoadTrustBundle(c.TrustBundle); err != nil {
 			return err
+		}
+	}
+	var joinSecrets []joinsecret.Secret
+	if c.ServerJoinSecretFile != "" {
+		// Read again at every join; checked now so that a mistake shows at start.
+		if joinSecrets, err = joinsecret.Load(c.ServerJoinSecretFile); err != nil {
+			return usageErrorf("--server-join-secret-file: %v", err)
 		}
 	}
 	attestorFiles, err := loadNodeAttestorFiles(&c)
@@ -676,6 +752,13 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 	}
 	log.Info("starting meshca server", "node", c.NodeID, "data_dir", dataDir, "mode", mode, "kek_file", kekFrom.File, "kek_id", kek.ID(),
 		"node_attestors", attestorNames)
+	if len(joinSecrets) > 0 {
+		ids := make([]string, len(joinSecrets))
+		for i, js := range joinSecrets {
+			ids[i] = js.ID
+		}
+		log.Info("server joins by pre-shared secret enabled", "server_join_secret_file", c.ServerJoinSecretFile, "secret_ids", ids)
+	}
 	for _, ad := range []struct{ name, value string }{{"raft_addr", c.RaftAddr}, {"api_addr", c.APIAddr}} {
 		if _, port, _ := net.SplitHostPort(ad.value); port == "0" {
 			log.Warn("port 0 picks a free port at random; the cluster records the address, so a server that restarts must get the same one", ad.name, ad.value)
@@ -689,6 +772,7 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs, HTTPAddr: c.HTTPAddr,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
+		ServerJoinSecretFile: c.ServerJoinSecretFile, RaftBind: c.RaftBind, APIBind: c.APIBind,
 		NodeAttestors: attestors,
 		Logger:        log, RaftLogger: raftLog,
 		NodeSignRate: c.NodeSignRate, NodeSignBurst: c.NodeSignBurst, OperatorMintRate: c.OperatorMintRate, OperatorMintBurst: c.OperatorMintBurst,

@@ -357,6 +357,14 @@ func TestServerBadInput(t *testing.T) {
 	notJSON := writeTestFile(t, tmp, "bad.json", []byte(`node_id: s1`))
 	trailing := writeTestFile(t, tmp, "trailing.json", []byte(`{"node_id": "s1"} {}`))
 	addrs := []string{"--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"}
+	secret := filepath.Join(tmp, "secret")
+	writeJoinSecret(t, secret, newJoinSecret(t))
+	openSecret := writeTestFile(t, tmp, "open-secret", []byte(newJoinSecret(t)+"\n"))
+	if err := os.Chmod(openSecret, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	shortSecret := filepath.Join(tmp, "short-secret")
+	writeJoinSecret(t, shortSecret, "c2hvcnQ=")
 
 	for _, tc := range []struct {
 		name string
@@ -378,7 +386,21 @@ func TestServerBadInput(t *testing.T) {
 		{"fail/join-without-token", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--trust-bundle", bundle}, addrs...), exitUsage,
 			[]string{"--join needs --join-token", "meshca token create --kind server"}},
 		{"fail/join-without-bundle", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken}, addrs...), exitUsage,
-			[]string{"--join needs --trust-bundle", "bundle.pem"}},
+			[]string{"--join with a token needs --trust-bundle", "bundle.pem"}},
+		{"fail/join-without-token-or-secret", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1"}, addrs...), exitUsage,
+			[]string{"--join needs --join-token", "--server-join-secret-file"}},
+		{"fail/secret-join-without-trust-domain", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--server-join-secret-file", secret}, addrs...), exitUsage,
+			[]string{"needs --trust-domain"}},
+		{"fail/secret-readable-by-others", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--trust-domain", "example.org", "--server-join-secret-file", openSecret, "--kek-file", kek}, addrs...), exitUsage,
+			[]string{"--server-join-secret-file", "readable by its owner only"}},
+		{"fail/secret-too-short", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--trust-domain", "example.org", "--server-join-secret-file", shortSecret, "--kek-file", kek}, addrs...), exitUsage,
+			[]string{"line 1", "at least 32 random bytes"}},
+		{"fail/bootstrap-node-and-bootstrap", append([]string{"--node-id", "s1", "--bootstrap", "--bootstrap-node", "s1", "--trust-domain", "example.org"}, addrs...), exitUsage,
+			[]string{"--bootstrap and --bootstrap-node exclude each other"}},
+		{"fail/bootstrap-node-others-without-join", append([]string{"--node-id", "s2", "--bootstrap-node", "s1", "--trust-domain", "example.org"}, addrs...), exitUsage,
+			[]string{"--bootstrap-node s1", "--join"}},
+		{"fail/bad-raft-bind", append([]string{"--node-id", "s1", "--bootstrap", "--trust-domain", "example.org", "--raft-bind", "8300"}, addrs...), exitUsage,
+			[]string{"--raft-bind \"8300\""}},
 		{"fail/join-without-kek", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", wellFormedToken, "--trust-bundle", bundle}, addrs...), exitError,
 			[]string{"joining server needs the cluster's key-encryption key", "--kek-file"}},
 		{"fail/malformed-token", append([]string{"--node-id", "s2", "--join", "127.0.0.1:1", "--join-token", "abc", "--trust-bundle", bundle}, addrs...), exitUsage,
@@ -462,7 +484,8 @@ func TestServerConfigFile(t *testing.T) {
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("after flags: %+v, want %+v", c, want)
 	}
-	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,admin_socket,admin_addr,admin_ids,http_addr,kek_file,log_level,log_format,"+
+	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,"+
+		"bootstrap_node,server_join_secret_file,raft_bind,api_bind,admin_socket,admin_addr,admin_ids,http_addr,kek_file,log_level,log_format,"+
 		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters,"+
 		"node_sign_rate,node_sign_burst,operator_mint_rate,operator_mint_burst,admission_wait,sign_queue,pprof_addr,ledger_grace" {
 		t.Errorf("configKeys = %s", keys)

@@ -684,9 +684,19 @@ type JoinRequest struct {
 	// attempt_id identifies the joining server's attempt (kept across its
 	// retries and restarts): a server join token presented again by the same
 	// attempt, whose first answer was lost, admits it again.
-	AttemptId     string `protobuf:"bytes,7,opt,name=attempt_id,json=attemptId,proto3" json:"attempt_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AttemptId string `protobuf:"bytes,7,opt,name=attempt_id,json=attemptId,proto3" json:"attempt_id,omitempty"`
+	// issue 16a: instead of a token, a joining server may prove it holds a
+	// pre-shared server-join secret: HMAC-SHA256 keyed by the secret over a
+	// value exported from the TLS connection the call travels on (see
+	// server/joinsecret), sent in the metadata "meshca-join-proof-bin", so it
+	// is worth nothing on any other connection. secret_verified and
+	// secret_id are set by the member the joining server contacted when it
+	// forwards a request whose proof it checked (the secret's fingerprint,
+	// never the secret); they count only from a server of the trust domain.
+	SecretVerified bool   `protobuf:"varint,80,opt,name=secret_verified,json=secretVerified,proto3" json:"secret_verified,omitempty"`
+	SecretId       string `protobuf:"bytes,81,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -768,13 +778,31 @@ func (x *JoinRequest) GetAttemptId() string {
 	return ""
 }
 
+func (x *JoinRequest) GetSecretVerified() bool {
+	if x != nil {
+		return x.SecretVerified
+	}
+	return false
+}
+
+func (x *JoinRequest) GetSecretId() string {
+	if x != nil {
+		return x.SecretId
+	}
+	return ""
+}
+
 type JoinResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	// intermediates are the certified intermediates, by profile name (DER).
 	Intermediates map[string][]byte `protobuf:"bytes,2,rep,name=intermediates,proto3" json:"intermediates,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// roots are the trust domain's root certificates (DER), by profile.
-	Roots         map[string][]byte `protobuf:"bytes,4,rep,name=roots,proto3" json:"roots,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Roots map[string][]byte `protobuf:"bytes,4,rep,name=roots,proto3" json:"roots,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// issue 16a: the contacted member's proof that it holds the same
+	// server-join secret, bound to the joining server's TLS connection: with
+	// it a server that has no trust bundle yet authenticates the cluster.
+	MemberProof   []byte `protobuf:"bytes,80,opt,name=member_proof,json=memberProof,proto3" json:"member_proof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -830,6 +858,13 @@ func (x *JoinResponse) GetRoots() map[string][]byte {
 	return nil
 }
 
+func (x *JoinResponse) GetMemberProof() []byte {
+	if x != nil {
+		return x.MemberProof
+	}
+	return nil
+}
+
 var File_clusterpb_cluster_proto protoreflect.FileDescriptor
 
 const file_clusterpb_cluster_proto_rawDesc = "" +
@@ -873,7 +908,7 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\x06result\x18\x02 \x01(\fR\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"\xd2\x02\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"\x98\x03\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1b\n" +
@@ -882,14 +917,17 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\x11intermediate_csrs\x18\x05 \x03(\v24.meshca.cluster.v1.JoinRequest.IntermediateCsrsEntryR\x10intermediateCsrs\x12\x15\n" +
 	"\x06kek_id\x18\x06 \x01(\tR\x05kekId\x12\x1d\n" +
 	"\n" +
-	"attempt_id\x18\a \x01(\tR\tattemptId\x1aC\n" +
+	"attempt_id\x18\a \x01(\tR\tattemptId\x12'\n" +
+	"\x0fsecret_verified\x18P \x01(\bR\x0esecretVerified\x12\x1b\n" +
+	"\tsecret_id\x18Q \x01(\tR\bsecretId\x1aC\n" +
 	"\x15IntermediateCsrsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xcf\x02\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xf2\x02\n" +
 	"\fJoinResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12X\n" +
 	"\rintermediates\x18\x02 \x03(\v22.meshca.cluster.v1.JoinResponse.IntermediatesEntryR\rintermediates\x12@\n" +
-	"\x05roots\x18\x04 \x03(\v2*.meshca.cluster.v1.JoinResponse.RootsEntryR\x05roots\x1a@\n" +
+	"\x05roots\x18\x04 \x03(\v2*.meshca.cluster.v1.JoinResponse.RootsEntryR\x05roots\x12!\n" +
+	"\fmember_proof\x18P \x01(\fR\vmemberProof\x1a@\n" +
 	"\x12IntermediatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\x1a8\n" +

@@ -1688,8 +1688,13 @@ func (x *GetEntryRequest) GetId() string {
 type ListEntriesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// parent_id and spiffe_id filter when set.
-	ParentId      string `protobuf:"bytes,1,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
-	SpiffeId      string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	ParentId string `protobuf:"bytes,1,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// issue 16a: paging. page_size bounds the entries of one answer (0: all
+	// of them, at most max); page_token is the next_page_token of the
+	// previous page. Entries come in the order of their IDs.
+	PageSize      uint32 `protobuf:"varint,80,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,81,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1738,9 +1743,25 @@ func (x *ListEntriesRequest) GetSpiffeId() string {
 	return ""
 }
 
+func (x *ListEntriesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEntriesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListEntriesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// issue 16a: empty on the last page.
+	NextPageToken string `protobuf:"bytes,80,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1782,6 +1803,143 @@ func (x *ListEntriesResponse) GetEntries() []*Entry {
 	return nil
 }
 
+func (x *ListEntriesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// issue 16a: bulk entries.
+type BatchCreateEntriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries' id and revision are assigned by the server.
+	Entries []*Entry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// allow_unknown_parent: as in CreateEntryRequest, for every entry.
+	AllowUnknownParent bool `protobuf:"varint,2,opt,name=allow_unknown_parent,json=allowUnknownParent,proto3" json:"allow_unknown_parent,omitempty"`
+	// skip_existing leaves out an entry that exactly repeats one that exists
+	// (same parent, SPIFFE ID and selectors) instead of refusing the batch,
+	// so that an interrupted import can be run again.
+	SkipExisting  bool `protobuf:"varint,3,opt,name=skip_existing,json=skipExisting,proto3" json:"skip_existing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateEntriesRequest) Reset() {
+	*x = BatchCreateEntriesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateEntriesRequest) ProtoMessage() {}
+
+func (x *BatchCreateEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateEntriesRequest.ProtoReflect.Descriptor instead.
+func (*BatchCreateEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *BatchCreateEntriesRequest) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *BatchCreateEntriesRequest) GetAllowUnknownParent() bool {
+	if x != nil {
+		return x.AllowUnknownParent
+	}
+	return false
+}
+
+func (x *BatchCreateEntriesRequest) GetSkipExisting() bool {
+	if x != nil {
+		return x.SkipExisting
+	}
+	return false
+}
+
+type BatchCreateEntriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries are the created entries, in the order of the request, with
+	// their IDs; skipped ones are left out.
+	Entries []*Entry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// skipped lists the positions (0-based) of the entries left out, and
+	// existing_ids the IDs of the entries they repeat.
+	Skipped       []uint32 `protobuf:"varint,2,rep,packed,name=skipped,proto3" json:"skipped,omitempty"`
+	ExistingIds   []string `protobuf:"bytes,3,rep,name=existing_ids,json=existingIds,proto3" json:"existing_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateEntriesResponse) Reset() {
+	*x = BatchCreateEntriesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateEntriesResponse) ProtoMessage() {}
+
+func (x *BatchCreateEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateEntriesResponse.ProtoReflect.Descriptor instead.
+func (*BatchCreateEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *BatchCreateEntriesResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *BatchCreateEntriesResponse) GetSkipped() []uint32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
+func (x *BatchCreateEntriesResponse) GetExistingIds() []string {
+	if x != nil {
+		return x.ExistingIds
+	}
+	return nil
+}
+
 type Node struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -1796,7 +1954,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1966,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1979,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -1874,7 +2032,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +2044,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +2057,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
 }
 
 type ListNodesResponse struct {
@@ -1911,7 +2069,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +2081,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2094,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1955,7 +2113,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2125,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2138,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetNodeRequest) GetSpiffeId() string {
@@ -1999,7 +2157,7 @@ type NodeResponse struct {
 
 func (x *NodeResponse) Reset() {
 	*x = NodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2169,7 @@ func (x *NodeResponse) String() string {
 func (*NodeResponse) ProtoMessage() {}
 
 func (x *NodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2182,7 @@ func (x *NodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResponse.ProtoReflect.Descriptor instead.
 func (*NodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeResponse) GetNode() *Node {
@@ -2048,7 +2206,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2218,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2231,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -2123,7 +2281,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2293,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2306,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MintX509SVIDResponse) GetChain() [][]byte {
@@ -2173,7 +2331,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2343,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2356,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
 }
 
 // Authority is a root, an intermediate or a JWT signing key.
@@ -2227,7 +2385,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2239,7 +2397,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2252,7 +2410,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Authority) GetId() string {
@@ -2334,7 +2492,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2346,7 +2504,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,7 +2517,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -2483,12 +2641,24 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
 	"\x13DeleteEntryResponse\"!\n" +
 	"\x0fGetEntryRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"N\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x8a\x01\n" +
 	"\x12ListEntriesRequest\x12\x1b\n" +
 	"\tparent_id\x18\x01 \x01(\tR\bparentId\x12\x1b\n" +
-	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\"J\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
+	"\tpage_size\x18P \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18Q \x01(\tR\tpageToken\"r\n" +
 	"\x13ListEntriesResponse\x123\n" +
-	"\aentries\x18\x01 \x03(\v2\x19.meshca.operator.v1.EntryR\aentries\"\xdb\x01\n" +
+	"\aentries\x18\x01 \x03(\v2\x19.meshca.operator.v1.EntryR\aentries\x12&\n" +
+	"\x0fnext_page_token\x18P \x01(\tR\rnextPageToken\"\xa7\x01\n" +
+	"\x19BatchCreateEntriesRequest\x123\n" +
+	"\aentries\x18\x01 \x03(\v2\x19.meshca.operator.v1.EntryR\aentries\x120\n" +
+	"\x14allow_unknown_parent\x18\x02 \x01(\bR\x12allowUnknownParent\x12#\n" +
+	"\rskip_existing\x18\x03 \x01(\bR\fskipExisting\"\x8e\x01\n" +
+	"\x1aBatchCreateEntriesResponse\x123\n" +
+	"\aentries\x18\x01 \x03(\v2\x19.meshca.operator.v1.EntryR\aentries\x12\x18\n" +
+	"\askipped\x18\x02 \x03(\rR\askipped\x12!\n" +
+	"\fexisting_ids\x18\x03 \x03(\tR\vexistingIds\"\xdb\x01\n" +
 	"\x04Node\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1a\n" +
 	"\battestor\x18\x02 \x01(\tR\battestor\x12:\n" +
@@ -2528,7 +2698,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x10activate_at_unix\x18\n" +
 	" \x01(\x03R\x0eactivateAtUnix\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
-	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities2\x89\x0e\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities2\xfe\x0e\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -2549,7 +2719,8 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\bAddAdmin\x12#.meshca.operator.v1.AddAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12X\n" +
 	"\vRemoveAdmin\x12&.meshca.operator.v1.RemoveAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12[\n" +
 	"\n" +
-	"ListAdmins\x12%.meshca.operator.v1.ListAdminsRequest\x1a&.meshca.operator.v1.ListAdminsResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"ListAdmins\x12%.meshca.operator.v1.ListAdminsRequest\x1a&.meshca.operator.v1.ListAdminsResponse\x12s\n" +
+	"\x12BatchCreateEntries\x12-.meshca.operator.v1.BatchCreateEntriesRequest\x1a..meshca.operator.v1.BatchCreateEntriesResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -2563,50 +2734,52 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_operatorpb_operator_proto_goTypes = []any{
-	(*AddAdminRequest)(nil),         // 0: meshca.operator.v1.AddAdminRequest
-	(*RemoveAdminRequest)(nil),      // 1: meshca.operator.v1.RemoveAdminRequest
-	(*AdminResponse)(nil),           // 2: meshca.operator.v1.AdminResponse
-	(*ListAdminsRequest)(nil),       // 3: meshca.operator.v1.ListAdminsRequest
-	(*AdminInfo)(nil),               // 4: meshca.operator.v1.AdminInfo
-	(*ListAdminsResponse)(nil),      // 5: meshca.operator.v1.ListAdminsResponse
-	(*StatusRequest)(nil),           // 6: meshca.operator.v1.StatusRequest
-	(*StatusResponse)(nil),          // 7: meshca.operator.v1.StatusResponse
-	(*Member)(nil),                  // 8: meshca.operator.v1.Member
-	(*AuthorityStatus)(nil),         // 9: meshca.operator.v1.AuthorityStatus
-	(*Peer)(nil),                    // 10: meshca.operator.v1.Peer
-	(*RaftListPeersRequest)(nil),    // 11: meshca.operator.v1.RaftListPeersRequest
-	(*RaftListPeersResponse)(nil),   // 12: meshca.operator.v1.RaftListPeersResponse
-	(*RaftAddVoterRequest)(nil),     // 13: meshca.operator.v1.RaftAddVoterRequest
-	(*RaftAddVoterResponse)(nil),    // 14: meshca.operator.v1.RaftAddVoterResponse
-	(*RaftRemovePeerRequest)(nil),   // 15: meshca.operator.v1.RaftRemovePeerRequest
-	(*RaftRemovePeerResponse)(nil),  // 16: meshca.operator.v1.RaftRemovePeerResponse
-	(*SnapshotSaveRequest)(nil),     // 17: meshca.operator.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 18: meshca.operator.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil), // 19: meshca.operator.v1.SnapshotRestoreResponse
-	(*CreateJoinTokenRequest)(nil),  // 20: meshca.operator.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 21: meshca.operator.v1.CreateJoinTokenResponse
-	(*Selector)(nil),                // 22: meshca.operator.v1.Selector
-	(*Entry)(nil),                   // 23: meshca.operator.v1.Entry
-	(*CreateEntryRequest)(nil),      // 24: meshca.operator.v1.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),      // 25: meshca.operator.v1.UpdateEntryRequest
-	(*EntryResponse)(nil),           // 26: meshca.operator.v1.EntryResponse
-	(*DeleteEntryRequest)(nil),      // 27: meshca.operator.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),     // 28: meshca.operator.v1.DeleteEntryResponse
-	(*GetEntryRequest)(nil),         // 29: meshca.operator.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),      // 30: meshca.operator.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),     // 31: meshca.operator.v1.ListEntriesResponse
-	(*Node)(nil),                    // 32: meshca.operator.v1.Node
-	(*ListNodesRequest)(nil),        // 33: meshca.operator.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 34: meshca.operator.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),          // 35: meshca.operator.v1.GetNodeRequest
-	(*NodeResponse)(nil),            // 36: meshca.operator.v1.NodeResponse
-	(*MintX509SVIDRequest)(nil),     // 37: meshca.operator.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),    // 38: meshca.operator.v1.MintX509SVIDResponse
-	(*ListAuthoritiesRequest)(nil),  // 39: meshca.operator.v1.ListAuthoritiesRequest
-	(*Authority)(nil),               // 40: meshca.operator.v1.Authority
-	(*ListAuthoritiesResponse)(nil), // 41: meshca.operator.v1.ListAuthoritiesResponse
+	(*AddAdminRequest)(nil),            // 0: meshca.operator.v1.AddAdminRequest
+	(*RemoveAdminRequest)(nil),         // 1: meshca.operator.v1.RemoveAdminRequest
+	(*AdminResponse)(nil),              // 2: meshca.operator.v1.AdminResponse
+	(*ListAdminsRequest)(nil),          // 3: meshca.operator.v1.ListAdminsRequest
+	(*AdminInfo)(nil),                  // 4: meshca.operator.v1.AdminInfo
+	(*ListAdminsResponse)(nil),         // 5: meshca.operator.v1.ListAdminsResponse
+	(*StatusRequest)(nil),              // 6: meshca.operator.v1.StatusRequest
+	(*StatusResponse)(nil),             // 7: meshca.operator.v1.StatusResponse
+	(*Member)(nil),                     // 8: meshca.operator.v1.Member
+	(*AuthorityStatus)(nil),            // 9: meshca.operator.v1.AuthorityStatus
+	(*Peer)(nil),                       // 10: meshca.operator.v1.Peer
+	(*RaftListPeersRequest)(nil),       // 11: meshca.operator.v1.RaftListPeersRequest
+	(*RaftListPeersResponse)(nil),      // 12: meshca.operator.v1.RaftListPeersResponse
+	(*RaftAddVoterRequest)(nil),        // 13: meshca.operator.v1.RaftAddVoterRequest
+	(*RaftAddVoterResponse)(nil),       // 14: meshca.operator.v1.RaftAddVoterResponse
+	(*RaftRemovePeerRequest)(nil),      // 15: meshca.operator.v1.RaftRemovePeerRequest
+	(*RaftRemovePeerResponse)(nil),     // 16: meshca.operator.v1.RaftRemovePeerResponse
+	(*SnapshotSaveRequest)(nil),        // 17: meshca.operator.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),              // 18: meshca.operator.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),    // 19: meshca.operator.v1.SnapshotRestoreResponse
+	(*CreateJoinTokenRequest)(nil),     // 20: meshca.operator.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),    // 21: meshca.operator.v1.CreateJoinTokenResponse
+	(*Selector)(nil),                   // 22: meshca.operator.v1.Selector
+	(*Entry)(nil),                      // 23: meshca.operator.v1.Entry
+	(*CreateEntryRequest)(nil),         // 24: meshca.operator.v1.CreateEntryRequest
+	(*UpdateEntryRequest)(nil),         // 25: meshca.operator.v1.UpdateEntryRequest
+	(*EntryResponse)(nil),              // 26: meshca.operator.v1.EntryResponse
+	(*DeleteEntryRequest)(nil),         // 27: meshca.operator.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),        // 28: meshca.operator.v1.DeleteEntryResponse
+	(*GetEntryRequest)(nil),            // 29: meshca.operator.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),         // 30: meshca.operator.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),        // 31: meshca.operator.v1.ListEntriesResponse
+	(*BatchCreateEntriesRequest)(nil),  // 32: meshca.operator.v1.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil), // 33: meshca.operator.v1.BatchCreateEntriesResponse
+	(*Node)(nil),                       // 34: meshca.operator.v1.Node
+	(*ListNodesRequest)(nil),           // 35: meshca.operator.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),          // 36: meshca.operator.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),             // 37: meshca.operator.v1.GetNodeRequest
+	(*NodeResponse)(nil),               // 38: meshca.operator.v1.NodeResponse
+	(*MintX509SVIDRequest)(nil),        // 39: meshca.operator.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),       // 40: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),     // 41: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),                  // 42: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil),    // 43: meshca.operator.v1.ListAuthoritiesResponse
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	4,  // 0: meshca.operator.v1.ListAdminsResponse.admins:type_name -> meshca.operator.v1.AdminInfo
@@ -2618,53 +2791,57 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	23, // 6: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
 	23, // 7: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
 	23, // 8: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
-	22, // 9: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
-	32, // 10: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
-	32, // 11: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
-	40, // 12: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	6,  // 13: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	11, // 14: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	13, // 15: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	15, // 16: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	17, // 17: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	18, // 18: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	20, // 19: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	24, // 20: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	25, // 21: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	27, // 22: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	29, // 23: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	30, // 24: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	33, // 25: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	35, // 26: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	37, // 27: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	39, // 28: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	0,  // 29: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
-	1,  // 30: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
-	3,  // 31: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
-	7,  // 32: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	12, // 33: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	14, // 34: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	16, // 35: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	18, // 36: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	19, // 37: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	21, // 38: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	26, // 39: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	26, // 40: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	28, // 41: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	26, // 42: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	31, // 43: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	34, // 44: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	36, // 45: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	38, // 46: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	41, // 47: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	2,  // 48: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
-	2,  // 49: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
-	5,  // 50: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
-	32, // [32:51] is the sub-list for method output_type
-	13, // [13:32] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	23, // 9: meshca.operator.v1.BatchCreateEntriesRequest.entries:type_name -> meshca.operator.v1.Entry
+	23, // 10: meshca.operator.v1.BatchCreateEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
+	22, // 11: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
+	34, // 12: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
+	34, // 13: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
+	42, // 14: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
+	6,  // 15: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	11, // 16: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	13, // 17: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	15, // 18: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	17, // 19: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	18, // 20: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	20, // 21: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	24, // 22: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	25, // 23: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	27, // 24: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	29, // 25: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	30, // 26: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	35, // 27: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	37, // 28: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	39, // 29: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	41, // 30: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	0,  // 31: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 32: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 33: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	32, // 34: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
+	7,  // 35: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	12, // 36: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	14, // 37: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	16, // 38: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	18, // 39: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	19, // 40: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	21, // 41: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	26, // 42: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	26, // 43: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	28, // 44: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	26, // 45: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	31, // 46: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	36, // 47: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	38, // 48: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	40, // 49: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	43, // 50: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	2,  // 51: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 52: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 53: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	33, // 54: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
+	35, // [35:55] is the sub-list for method output_type
+	15, // [15:35] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -2678,7 +2855,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,25 +21,26 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Operator_Status_FullMethodName          = "/meshca.operator.v1.Operator/Status"
-	Operator_RaftListPeers_FullMethodName   = "/meshca.operator.v1.Operator/RaftListPeers"
-	Operator_RaftAddVoter_FullMethodName    = "/meshca.operator.v1.Operator/RaftAddVoter"
-	Operator_RaftRemovePeer_FullMethodName  = "/meshca.operator.v1.Operator/RaftRemovePeer"
-	Operator_SnapshotSave_FullMethodName    = "/meshca.operator.v1.Operator/SnapshotSave"
-	Operator_SnapshotRestore_FullMethodName = "/meshca.operator.v1.Operator/SnapshotRestore"
-	Operator_CreateJoinToken_FullMethodName = "/meshca.operator.v1.Operator/CreateJoinToken"
-	Operator_CreateEntry_FullMethodName     = "/meshca.operator.v1.Operator/CreateEntry"
-	Operator_UpdateEntry_FullMethodName     = "/meshca.operator.v1.Operator/UpdateEntry"
-	Operator_DeleteEntry_FullMethodName     = "/meshca.operator.v1.Operator/DeleteEntry"
-	Operator_GetEntry_FullMethodName        = "/meshca.operator.v1.Operator/GetEntry"
-	Operator_ListEntries_FullMethodName     = "/meshca.operator.v1.Operator/ListEntries"
-	Operator_ListNodes_FullMethodName       = "/meshca.operator.v1.Operator/ListNodes"
-	Operator_GetNode_FullMethodName         = "/meshca.operator.v1.Operator/GetNode"
-	Operator_MintX509SVID_FullMethodName    = "/meshca.operator.v1.Operator/MintX509SVID"
-	Operator_ListAuthorities_FullMethodName = "/meshca.operator.v1.Operator/ListAuthorities"
-	Operator_AddAdmin_FullMethodName        = "/meshca.operator.v1.Operator/AddAdmin"
-	Operator_RemoveAdmin_FullMethodName     = "/meshca.operator.v1.Operator/RemoveAdmin"
-	Operator_ListAdmins_FullMethodName      = "/meshca.operator.v1.Operator/ListAdmins"
+	Operator_Status_FullMethodName             = "/meshca.operator.v1.Operator/Status"
+	Operator_RaftListPeers_FullMethodName      = "/meshca.operator.v1.Operator/RaftListPeers"
+	Operator_RaftAddVoter_FullMethodName       = "/meshca.operator.v1.Operator/RaftAddVoter"
+	Operator_RaftRemovePeer_FullMethodName     = "/meshca.operator.v1.Operator/RaftRemovePeer"
+	Operator_SnapshotSave_FullMethodName       = "/meshca.operator.v1.Operator/SnapshotSave"
+	Operator_SnapshotRestore_FullMethodName    = "/meshca.operator.v1.Operator/SnapshotRestore"
+	Operator_CreateJoinToken_FullMethodName    = "/meshca.operator.v1.Operator/CreateJoinToken"
+	Operator_CreateEntry_FullMethodName        = "/meshca.operator.v1.Operator/CreateEntry"
+	Operator_UpdateEntry_FullMethodName        = "/meshca.operator.v1.Operator/UpdateEntry"
+	Operator_DeleteEntry_FullMethodName        = "/meshca.operator.v1.Operator/DeleteEntry"
+	Operator_GetEntry_FullMethodName           = "/meshca.operator.v1.Operator/GetEntry"
+	Operator_ListEntries_FullMethodName        = "/meshca.operator.v1.Operator/ListEntries"
+	Operator_ListNodes_FullMethodName          = "/meshca.operator.v1.Operator/ListNodes"
+	Operator_GetNode_FullMethodName            = "/meshca.operator.v1.Operator/GetNode"
+	Operator_MintX509SVID_FullMethodName       = "/meshca.operator.v1.Operator/MintX509SVID"
+	Operator_ListAuthorities_FullMethodName    = "/meshca.operator.v1.Operator/ListAuthorities"
+	Operator_AddAdmin_FullMethodName           = "/meshca.operator.v1.Operator/AddAdmin"
+	Operator_RemoveAdmin_FullMethodName        = "/meshca.operator.v1.Operator/RemoveAdmin"
+	Operator_ListAdmins_FullMethodName         = "/meshca.operator.v1.Operator/ListAdmins"
+	Operator_BatchCreateEntries_FullMethodName = "/meshca.operator.v1.Operator/BatchCreateEntries"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -74,6 +75,10 @@ type OperatorClient interface {
 	AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
 	RemoveAdmin(ctx context.Context, in *RemoveAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
 	ListAdmins(ctx context.Context, in *ListAdminsRequest, opts ...grpc.CallOption) (*ListAdminsResponse, error)
+	// issue 16a: bulk entries.
+	// BatchCreateEntries creates many entries in one Raft command: all of
+	// them, or none (the first refusal names the entry by its position).
+	BatchCreateEntries(ctx context.Context, in *BatchCreateEntriesRequest, opts ...grpc.CallOption) (*BatchCreateEntriesResponse, error)
 }
 
 type operatorClient struct {
@@ -286,6 +291,16 @@ func (c *operatorClient) ListAdmins(ctx context.Context, in *ListAdminsRequest, 
 	return out, nil
 }
 
+func (c *operatorClient) BatchCreateEntries(ctx context.Context, in *BatchCreateEntriesRequest, opts ...grpc.CallOption) (*BatchCreateEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchCreateEntriesResponse)
+	err := c.cc.Invoke(ctx, Operator_BatchCreateEntries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -318,6 +333,10 @@ type OperatorServer interface {
 	AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error)
 	RemoveAdmin(context.Context, *RemoveAdminRequest) (*AdminResponse, error)
 	ListAdmins(context.Context, *ListAdminsRequest) (*ListAdminsResponse, error)
+	// issue 16a: bulk entries.
+	// BatchCreateEntries creates many entries in one Raft command: all of
+	// them, or none (the first refusal names the entry by its position).
+	BatchCreateEntries(context.Context, *BatchCreateEntriesRequest) (*BatchCreateEntriesResponse, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -384,6 +403,9 @@ func (UnimplementedOperatorServer) RemoveAdmin(context.Context, *RemoveAdminRequ
 }
 func (UnimplementedOperatorServer) ListAdmins(context.Context, *ListAdminsRequest) (*ListAdminsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAdmins not implemented")
+}
+func (UnimplementedOperatorServer) BatchCreateEntries(context.Context, *BatchCreateEntriesRequest) (*BatchCreateEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchCreateEntries not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -730,6 +752,24 @@ func _Operator_ListAdmins_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_BatchCreateEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchCreateEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).BatchCreateEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_BatchCreateEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).BatchCreateEntries(ctx, req.(*BatchCreateEntriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -804,6 +844,10 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAdmins",
 			Handler:    _Operator_ListAdmins_Handler,
+		},
+		{
+			MethodName: "BatchCreateEntries",
+			Handler:    _Operator_BatchCreateEntries_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

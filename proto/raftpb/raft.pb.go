@@ -224,6 +224,7 @@ type Command struct {
 	//	*Command_PutCrl
 	//	*Command_PutAdmin
 	//	*Command_DeleteAdmin
+	//	*Command_PutEntries
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -489,6 +490,15 @@ func (x *Command) GetDeleteAdmin() *DeleteAdmin {
 	return nil
 }
 
+func (x *Command) GetPutEntries() *PutEntries {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutEntries); ok {
+			return x.PutEntries
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -590,6 +600,11 @@ type Command_DeleteAdmin struct {
 	DeleteAdmin *DeleteAdmin `protobuf:"bytes,91,opt,name=delete_admin,json=deleteAdmin,proto3,oneof"`
 }
 
+type Command_PutEntries struct {
+	// issue 16a: bulk entries.
+	PutEntries *PutEntries `protobuf:"bytes,80,opt,name=put_entries,json=putEntries,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -637,6 +652,8 @@ func (*Command_PutCrl) isCommand_Op() {}
 func (*Command_PutAdmin) isCommand_Op() {}
 
 func (*Command_DeleteAdmin) isCommand_Op() {}
+
+func (*Command_PutEntries) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -844,8 +861,12 @@ type Server struct {
 	RaftAddr       string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	ApiAddr        string                 `protobuf:"bytes,3,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
 	JoinedUnixNano int64                  `protobuf:"varint,4,opt,name=joined_unix_nano,json=joinedUnixNano,proto3" json:"joined_unix_nano,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// issue 16a: the join attempt that admitted the server with a pre-shared
+	// server-join secret, so that the same attempt (its answer lost) is
+	// admitted again and any other is refused.
+	JoinAttempt   string `protobuf:"bytes,80,opt,name=join_attempt,json=joinAttempt,proto3" json:"join_attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Server) Reset() {
@@ -904,6 +925,13 @@ func (x *Server) GetJoinedUnixNano() int64 {
 		return x.JoinedUnixNano
 	}
 	return 0
+}
+
+func (x *Server) GetJoinAttempt() string {
+	if x != nil {
+		return x.JoinAttempt
+	}
+	return ""
 }
 
 // Authority is a CA certificate of the trust domain.
@@ -2216,6 +2244,52 @@ func (x *DeleteEntry) GetId() string {
 	return ""
 }
 
+// issue 16a: PutEntries creates every entry (each new: none of their IDs
+// exists) or none.
+type PutEntries struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutEntries) Reset() {
+	*x = PutEntries{}
+	mi := &file_raftpb_raft_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutEntries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutEntries) ProtoMessage() {}
+
+func (x *PutEntries) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutEntries.ProtoReflect.Descriptor instead.
+func (*PutEntries) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PutEntries) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 type PutNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -2225,7 +2299,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2237,7 +2311,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[24]
+	mi := &file_raftpb_raft_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2250,7 +2324,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{24}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -2269,7 +2343,7 @@ type CreateJoinToken struct {
 
 func (x *CreateJoinToken) Reset() {
 	*x = CreateJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2281,7 +2355,7 @@ func (x *CreateJoinToken) String() string {
 func (*CreateJoinToken) ProtoMessage() {}
 
 func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[25]
+	mi := &file_raftpb_raft_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2294,7 +2368,7 @@ func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinToken.ProtoReflect.Descriptor instead.
 func (*CreateJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{25}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateJoinToken) GetToken() *JoinToken {
@@ -2318,7 +2392,7 @@ type ConsumeJoinToken struct {
 
 func (x *ConsumeJoinToken) Reset() {
 	*x = ConsumeJoinToken{}
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2404,7 @@ func (x *ConsumeJoinToken) String() string {
 func (*ConsumeJoinToken) ProtoMessage() {}
 
 func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[26]
+	mi := &file_raftpb_raft_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2417,7 @@ func (x *ConsumeJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeJoinToken.ProtoReflect.Descriptor instead.
 func (*ConsumeJoinToken) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{26}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ConsumeJoinToken) GetHash() []byte {
@@ -2385,7 +2459,7 @@ type PutCRL struct {
 
 func (x *PutCRL) Reset() {
 	*x = PutCRL{}
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2397,7 +2471,7 @@ func (x *PutCRL) String() string {
 func (*PutCRL) ProtoMessage() {}
 
 func (x *PutCRL) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[27]
+	mi := &file_raftpb_raft_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2410,7 +2484,7 @@ func (x *PutCRL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCRL.ProtoReflect.Descriptor instead.
 func (*PutCRL) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{27}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PutCRL) GetCrl() *CRL {
@@ -2431,7 +2505,7 @@ type PutAdmin struct {
 
 func (x *PutAdmin) Reset() {
 	*x = PutAdmin{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2443,7 +2517,7 @@ func (x *PutAdmin) String() string {
 func (*PutAdmin) ProtoMessage() {}
 
 func (x *PutAdmin) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2456,7 +2530,7 @@ func (x *PutAdmin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAdmin.ProtoReflect.Descriptor instead.
 func (*PutAdmin) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PutAdmin) GetAdmin() *Admin {
@@ -2475,7 +2549,7 @@ type DeleteAdmin struct {
 
 func (x *DeleteAdmin) Reset() {
 	*x = DeleteAdmin{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2561,7 @@ func (x *DeleteAdmin) String() string {
 func (*DeleteAdmin) ProtoMessage() {}
 
 func (x *DeleteAdmin) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +2574,7 @@ func (x *DeleteAdmin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAdmin.ProtoReflect.Descriptor instead.
 func (*DeleteAdmin) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteAdmin) GetSpiffeId() string {
@@ -2524,7 +2598,7 @@ type Admin struct {
 
 func (x *Admin) Reset() {
 	*x = Admin{}
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2536,7 +2610,7 @@ func (x *Admin) String() string {
 func (*Admin) ProtoMessage() {}
 
 func (x *Admin) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2549,7 +2623,7 @@ func (x *Admin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Admin.ProtoReflect.Descriptor instead.
 func (*Admin) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Admin) GetSpiffeId() string {
@@ -2584,7 +2658,7 @@ type ActivateAuthority struct {
 
 func (x *ActivateAuthority) Reset() {
 	*x = ActivateAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2596,7 +2670,7 @@ func (x *ActivateAuthority) String() string {
 func (*ActivateAuthority) ProtoMessage() {}
 
 func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2609,7 +2683,7 @@ func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthority.ProtoReflect.Descriptor instead.
 func (*ActivateAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ActivateAuthority) GetId() string {
@@ -2629,7 +2703,7 @@ type ActivateJWTKey struct {
 
 func (x *ActivateJWTKey) Reset() {
 	*x = ActivateJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2641,7 +2715,7 @@ func (x *ActivateJWTKey) String() string {
 func (*ActivateJWTKey) ProtoMessage() {}
 
 func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2654,7 +2728,7 @@ func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateJWTKey.ProtoReflect.Descriptor instead.
 func (*ActivateJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ActivateJWTKey) GetKid() string {
@@ -2678,7 +2752,7 @@ type AttestAgent struct {
 
 func (x *AttestAgent) Reset() {
 	*x = AttestAgent{}
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2690,7 +2764,7 @@ func (x *AttestAgent) String() string {
 func (*AttestAgent) ProtoMessage() {}
 
 func (x *AttestAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2703,7 +2777,7 @@ func (x *AttestAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestAgent.ProtoReflect.Descriptor instead.
 func (*AttestAgent) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AttestAgent) GetToken() *ConsumeJoinToken {
@@ -2736,13 +2810,17 @@ type AdmitServer struct {
 	Token         *ConsumeJoinToken      `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	Server        *Server                `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
 	Intermediates []*Authority           `protobuf:"bytes,3,rep,name=intermediates,proto3" json:"intermediates,omitempty"`
+	// issue 16a: set instead of token when the server proved it holds a
+	// pre-shared server-join secret: the secret's fingerprint (never the
+	// secret), for the record.
+	JoinSecretId  string `protobuf:"bytes,80,opt,name=join_secret_id,json=joinSecretId,proto3" json:"join_secret_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AdmitServer) Reset() {
 	*x = AdmitServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2754,7 +2832,7 @@ func (x *AdmitServer) String() string {
 func (*AdmitServer) ProtoMessage() {}
 
 func (x *AdmitServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2767,7 +2845,7 @@ func (x *AdmitServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitServer.ProtoReflect.Descriptor instead.
 func (*AdmitServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AdmitServer) GetToken() *ConsumeJoinToken {
@@ -2791,6 +2869,13 @@ func (x *AdmitServer) GetIntermediates() []*Authority {
 	return nil
 }
 
+func (x *AdmitServer) GetJoinSecretId() string {
+	if x != nil {
+		return x.JoinSecretId
+	}
+	return ""
+}
+
 type Revoke struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Revocations   []*Revocation          `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
@@ -2800,7 +2885,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2897,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2910,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -2845,7 +2930,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2857,7 +2942,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2870,7 +2955,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2889,7 +2974,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2901,7 +2986,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2914,7 +2999,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2933,7 +3018,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2945,7 +3030,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2958,7 +3043,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2977,7 +3062,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2989,7 +3074,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3087,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -3026,7 +3111,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3038,7 +3123,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3051,7 +3136,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -3078,7 +3163,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +3175,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +3188,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3131,7 +3216,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3143,7 +3228,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3156,7 +3241,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3369,7 +3454,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf1\f\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xb0\r\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3398,7 +3483,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\fadmit_server\x18\x1e \x01(\v2\x1b.meshca.raft.v1.AdmitServerH\x00R\vadmitServer\x121\n" +
 	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrl\x127\n" +
 	"\tput_admin\x18Z \x01(\v2\x18.meshca.raft.v1.PutAdminH\x00R\bputAdmin\x12@\n" +
-	"\fdelete_admin\x18[ \x01(\v2\x1b.meshca.raft.v1.DeleteAdminH\x00R\vdeleteAdminB\x04\n" +
+	"\fdelete_admin\x18[ \x01(\v2\x1b.meshca.raft.v1.DeleteAdminH\x00R\vdeleteAdmin\x12=\n" +
+	"\vput_entries\x18P \x01(\v2\x1a.meshca.raft.v1.PutEntriesH\x00R\n" +
+	"putEntriesB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3413,12 +3500,13 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vTrustDomain\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12\x15\n" +
-	"\x06kek_id\x18\x03 \x01(\tR\x05kekId\"\x83\x01\n" +
+	"\x06kek_id\x18\x03 \x01(\tR\x05kekId\"\xa6\x01\n" +
 	"\x06Server\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12(\n" +
-	"\x10joined_unix_nano\x18\x04 \x01(\x03R\x0ejoinedUnixNano\"\xde\x02\n" +
+	"\x10joined_unix_nano\x18\x04 \x01(\x03R\x0ejoinedUnixNano\x12!\n" +
+	"\fjoin_attempt\x18P \x01(\tR\vjoinAttempt\"\xde\x02\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aprofile\x18\x02 \x01(\tR\aprofile\x121\n" +
@@ -3521,7 +3609,10 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x05entry\x18\x01 \x01(\v2\x15.meshca.raft.v1.EntryR\x05entry\x12'\n" +
 	"\x0fexpect_revision\x18\x02 \x01(\x04R\x0eexpectRevision\"\x1d\n" +
 	"\vDeleteEntry\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"3\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"=\n" +
+	"\n" +
+	"PutEntries\x12/\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.meshca.raft.v1.EntryR\aentries\"3\n" +
 	"\aPutNode\x12(\n" +
 	"\x04node\x18\x01 \x01(\v2\x14.meshca.raft.v1.NodeR\x04node\"B\n" +
 	"\x0fCreateJoinToken\x12/\n" +
@@ -3548,11 +3639,12 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vAttestAgent\x126\n" +
 	"\x05token\x18\x01 \x01(\v2 .meshca.raft.v1.ConsumeJoinTokenR\x05token\x12(\n" +
 	"\x04node\x18\x02 \x01(\v2\x14.meshca.raft.v1.NodeR\x04node\x124\n" +
-	"\x06record\x18\x03 \x01(\v2\x1c.meshca.raft.v1.LedgerRecordR\x06record\"\xb6\x01\n" +
+	"\x06record\x18\x03 \x01(\v2\x1c.meshca.raft.v1.LedgerRecordR\x06record\"\xdc\x01\n" +
 	"\vAdmitServer\x126\n" +
 	"\x05token\x18\x01 \x01(\v2 .meshca.raft.v1.ConsumeJoinTokenR\x05token\x12.\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerR\x06server\x12?\n" +
-	"\rintermediates\x18\x03 \x03(\v2\x19.meshca.raft.v1.AuthorityR\rintermediates\"F\n" +
+	"\rintermediates\x18\x03 \x03(\v2\x19.meshca.raft.v1.AuthorityR\rintermediates\x12$\n" +
+	"\x0ejoin_secret_id\x18P \x01(\tR\fjoinSecretId\"F\n" +
 	"\x06Revoke\x12<\n" +
 	"\vrevocations\x18\x01 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
@@ -3621,7 +3713,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -3650,25 +3742,26 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*SetAuthorityState)(nil), // 24: meshca.raft.v1.SetAuthorityState
 	(*PutEntry)(nil),          // 25: meshca.raft.v1.PutEntry
 	(*DeleteEntry)(nil),       // 26: meshca.raft.v1.DeleteEntry
-	(*PutNode)(nil),           // 27: meshca.raft.v1.PutNode
-	(*CreateJoinToken)(nil),   // 28: meshca.raft.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),  // 29: meshca.raft.v1.ConsumeJoinToken
-	(*PutCRL)(nil),            // 30: meshca.raft.v1.PutCRL
-	(*PutAdmin)(nil),          // 31: meshca.raft.v1.PutAdmin
-	(*DeleteAdmin)(nil),       // 32: meshca.raft.v1.DeleteAdmin
-	(*Admin)(nil),             // 33: meshca.raft.v1.Admin
-	(*ActivateAuthority)(nil), // 34: meshca.raft.v1.ActivateAuthority
-	(*ActivateJWTKey)(nil),    // 35: meshca.raft.v1.ActivateJWTKey
-	(*AttestAgent)(nil),       // 36: meshca.raft.v1.AttestAgent
-	(*AdmitServer)(nil),       // 37: meshca.raft.v1.AdmitServer
-	(*Revoke)(nil),            // 38: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 39: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 40: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 41: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 42: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 43: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 44: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 45: meshca.raft.v1.SnapshotRecord
+	(*PutEntries)(nil),        // 27: meshca.raft.v1.PutEntries
+	(*PutNode)(nil),           // 28: meshca.raft.v1.PutNode
+	(*CreateJoinToken)(nil),   // 29: meshca.raft.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),  // 30: meshca.raft.v1.ConsumeJoinToken
+	(*PutCRL)(nil),            // 31: meshca.raft.v1.PutCRL
+	(*PutAdmin)(nil),          // 32: meshca.raft.v1.PutAdmin
+	(*DeleteAdmin)(nil),       // 33: meshca.raft.v1.DeleteAdmin
+	(*Admin)(nil),             // 34: meshca.raft.v1.Admin
+	(*ActivateAuthority)(nil), // 35: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),    // 36: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),       // 37: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),       // 38: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),            // 39: meshca.raft.v1.Revoke
+	(*NextCRLNumber)(nil),     // 40: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 41: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 42: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 43: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 44: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 45: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 46: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3679,68 +3772,70 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	24, // 5: meshca.raft.v1.Command.set_authority_state:type_name -> meshca.raft.v1.SetAuthorityState
 	25, // 6: meshca.raft.v1.Command.put_entry:type_name -> meshca.raft.v1.PutEntry
 	26, // 7: meshca.raft.v1.Command.delete_entry:type_name -> meshca.raft.v1.DeleteEntry
-	27, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
-	28, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
-	29, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	38, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	39, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	40, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	41, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	43, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	44, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	42, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
-	34, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
-	35, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
-	36, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
-	37, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
-	30, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
-	31, // 23: meshca.raft.v1.Command.put_admin:type_name -> meshca.raft.v1.PutAdmin
-	32, // 24: meshca.raft.v1.Command.delete_admin:type_name -> meshca.raft.v1.DeleteAdmin
-	0,  // 25: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 26: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 27: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 28: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 29: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 30: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 31: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 32: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 33: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 34: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 35: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 36: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 37: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 38: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 39: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 40: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	33, // 41: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
-	29, // 42: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 43: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 44: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	29, // 45: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 46: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 47: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 48: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 49: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 50: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 51: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 52: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 53: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 54: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 55: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 56: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 57: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 58: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 59: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 60: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 61: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 62: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 63: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	33, // 64: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
-	65, // [65:65] is the sub-list for method output_type
-	65, // [65:65] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	28, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
+	29, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
+	30, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	39, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	40, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	41, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	42, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	44, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	45, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	43, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	35, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
+	36, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
+	37, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
+	38, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
+	31, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
+	32, // 23: meshca.raft.v1.Command.put_admin:type_name -> meshca.raft.v1.PutAdmin
+	33, // 24: meshca.raft.v1.Command.delete_admin:type_name -> meshca.raft.v1.DeleteAdmin
+	27, // 25: meshca.raft.v1.Command.put_entries:type_name -> meshca.raft.v1.PutEntries
+	0,  // 26: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 27: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 28: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 29: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 30: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 31: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 32: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 33: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 34: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 35: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 36: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 37: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 38: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	10, // 39: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
+	11, // 40: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 41: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 42: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	34, // 43: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	30, // 44: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 45: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 46: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	30, // 47: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 48: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 49: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 50: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 51: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 52: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 53: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 54: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 55: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 56: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 57: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 58: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 59: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 60: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 61: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 62: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 63: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 64: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 65: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	34, // 66: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	67, // [67:67] is the sub-list for method output_type
+	67, // [67:67] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3773,8 +3868,9 @@ func file_raftpb_raft_proto_init() {
 		(*Command_PutCrl)(nil),
 		(*Command_PutAdmin)(nil),
 		(*Command_DeleteAdmin)(nil),
+		(*Command_PutEntries)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[42].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[43].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -3795,7 +3891,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

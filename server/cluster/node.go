@@ -66,7 +66,9 @@ type Config struct {
 	NodeID string
 	// RaftListener accepts Raft connections. Its address is advertised to
 	// peers unless RaftAdvertise is set.
-	RaftListener  net.Listener
+	RaftListener net.Listener
+	// RaftAdvertise is the host:port peers dial, when it is not the
+	// listener's address; a host name is kept as a name.
 	RaftAdvertise string
 	Identity      *Identity
 	FSM           *raftfsm.FSM
@@ -166,11 +168,12 @@ func Start(cfg Config) (*Node, error) {
 
 	advertise := cfg.RaftListener.Addr()
 	if cfg.RaftAdvertise != "" {
-		a, err := net.ResolveTCPAddr("tcp", cfg.RaftAdvertise)
-		if err != nil {
-			return nil, fmt.Errorf("cluster: raft advertise address: %w", err)
+		// Kept as given: a DNS name (a StatefulSet pod's) stays valid when
+		// the address behind it changes, and is resolved at every dial.
+		if h, p, err := net.SplitHostPort(cfg.RaftAdvertise); err != nil || h == "" || p == "" {
+			return nil, fmt.Errorf("cluster: raft advertise address %q: want host:port", cfg.RaftAdvertise)
 		}
-		advertise = a
+		advertise = advertiseAddr(cfg.RaftAdvertise)
 	}
 	serverTLS, clientTLS := cfg.Identity.PeerTLS()
 	layer := &tlsStreamLayer{ln: cfg.RaftListener, advertise: advertise, serverCfg: serverTLS, clientCfg: clientTLS, dial: cfg.Dial, log: cfg.Logger}

@@ -28,10 +28,19 @@ type JoinFunc func(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.
 // on the leader; see clusterpb.ClusterServer.CertifyIntermediate.
 type CertifyFunc func(ctx context.Context, nodeID, profile string, csr []byte) ([]byte, error)
 
+// JoinAuthFunc authenticates a joining server at the member it contacted,
+// before a Join is forwarded to the leader: it may mark req as checked
+// there, and returns what completes the answer on the way back (nil:
+// nothing to add).
+type JoinAuthFunc func(ctx context.Context, req *clusterpb.JoinRequest) (func(*clusterpb.JoinResponse), error)
+
 // Handlers are the methods of the cluster API that the server implements.
 type Handlers struct {
-	Join    JoinFunc
-	Certify CertifyFunc
+	Join JoinFunc
+	// AuthenticateJoin, if set, runs first on every Join the member
+	// receives, forwarded or not.
+	AuthenticateJoin JoinAuthFunc
+	Certify          CertifyFunc
 }
 
 // Service is the cluster's gRPC API. Apply, ReadIndex, Membership and
@@ -191,15 +200,27 @@ func (s *Service) Join(ctx context.Context, req *clusterpb.JoinRequest) (*cluste
 	if s.h.Join == nil {
 		return nil, status.Error(codes.Unimplemented, "this server does not admit new servers")
 	}
-	if s.node.IsLeader() {
-		return s.h.Join(ctx, req)
+	var finish func(*clusterpb.JoinResponse)
+	if s.h.AuthenticateJoin != nil {
+		var err error
+		if finish, err = s.h.AuthenticateJoin(ctx, req); err != nil {
+			return nil, err
+		}
 	}
 	var resp *clusterpb.JoinResponse
-	err := s.node.Forward(ctx, joinTimeout, func(ctx context.Context, leader clusterpb.ClusterClient) error {
-		var err error
-		resp, err = leader.Join(ctx, req)
-		return err
-	})
+	var err error
+	if s.node.IsLeader() {
+		resp, err = s.h.Join(ctx, req)
+	} else {
+		err = s.node.Forward(ctx, joinTimeout, func(ctx context.Context, leader clusterpb.ClusterClient) error {
+			var err error
+			resp, err = leader.Join(ctx, req)
+			return err
+		})
+	}
+	if err == nil && finish != nil {
+		finish(resp)
+	}
 	return resp, err
 }
 

@@ -22,6 +22,13 @@ func defaultDial(ctx context.Context, addr string) (net.Conn, error) {
 	return d.DialContext(ctx, "tcp", addr)
 }
 
+// advertiseAddr is an advertised Raft address as configured, possibly a
+// host name.
+type advertiseAddr string
+
+func (a advertiseAddr) Network() string { return "tcp" }
+func (a advertiseAddr) String() string  { return string(a) }
+
 // tlsStreamLayer carries Raft over mutually authenticated TLS 1.3: a peer
 // without a server certificate of the trust domain fails the handshake and
 // never reaches Raft.
