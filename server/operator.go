@@ -52,6 +52,7 @@ func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusReques
 		LeaderId: string(leader), LeaderAddr: string(addr), AppliedIndex: r.AppliedIndex(),
 		CommitIndex: n.Raft().CommitIndex(), StateHash: hex.EncodeToString(hash[:]), LedgerRecords: uint64(r.LedgerLen()),
 		Ready: ready, ReadyReason: reason, SignQueueDepth: o.s.admission.QueueDepth(),
+		History: o.s.historyStatus(ctx),
 	}, nil
 }
 

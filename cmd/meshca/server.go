@@ -154,6 +154,12 @@ type serverConfig struct {
 	K8sPSATAudience  string                 `json:"k8s_psat_audience"`
 	K8sPSATAllowedSA []string               `json:"k8s_psat_allowed_sa"`
 	K8sPSATClusters  []k8sPSATClusterConfig `json:"k8s_psat_clusters"`
+
+	// The history database (see history.go).
+	PostgresDSN      string `json:"postgres_dsn"`
+	PostgresCAFile   string `json:"postgres_ca_file"`
+	HistoryRetention string `json:"history_retention"`
+	ExportHold       string `json:"export_hold"`
 }
 
 // loadServerConfig reads a server's JSON configuration file (see
@@ -164,7 +170,7 @@ func loadServerConfig(path string) (serverConfig, error) {
 	if err := loadConfigFile(path, &c); err != nil {
 		return c, err
 	}
-	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile, &c.K8sPSATJWKS)
+	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile, &c.K8sPSATJWKS, &c.PostgresCAFile)
 	for i := range c.X509PopCA {
 		resolveConfigPaths(path, &c.X509PopCA[i])
 	}
@@ -218,6 +224,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 	if fs.Changed("k8s-psat-allowed-sa") {
 		c.K8sPSATAllowedSA = f.K8sPSATAllowedSA
 	}
+	c.overrideHistory(fs, f)
 }
 
 func (a *app) newServerCommand() *cobra.Command {
@@ -232,7 +239,7 @@ func (a *app) newServerCommand() *cobra.Command {
 			"              [--x509pop-ca F ...] [--k8s-psat-cluster NAME --k8s-psat-issuer URL --k8s-psat-jwks F\n" +
 			"               [--k8s-psat-audience meshca] [--k8s-psat-allowed-sa NS:SA ...]]",
 		Short: "Run a CA server: bootstrap a Raft cluster or join one",
-		Long:  serverLong,
+		Long:  serverLong + historyHelp,
 		Args:  cobra.NoArgs,
 		// Use lists the flags already.
 		DisableFlagsInUseLine: true,
@@ -261,6 +268,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.K8sPSATJWKS, "k8s-psat-jwks", "", "JSON Web Key Set file of the issuer's public keys: kubectl get --raw /openid/v1/jwks (with --k8s-psat-cluster)")
 	f.StringVar(&flags.K8sPSATAudience, "k8s-psat-audience", k8spsat.DefaultAudience, "audience the agents' tokens must be made for (with --k8s-psat-cluster)")
 	f.StringArrayVar(&flags.K8sPSATAllowedSA, "k8s-psat-allowed-sa", nil, "namespace:name of a service account whose agents may attest; repeat for more (default any; with --k8s-psat-cluster)")
+	addHistoryFlags(f, &flags)
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var cfg serverConfig
 		if configFile != "" {
@@ -496,6 +504,13 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
+	hist, err := a.history(&c)
+	if err != nil {
+		return err
+	}
+	if hist.store != nil {
+		defer hist.store.Close()
+	}
 	log, raftLog := a.loggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
 	switch {
@@ -523,6 +538,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		NodeAttestors: attestors,
 		Logger:        log, RaftLogger: raftLog,
+		History: hist.store, HistoryRetention: hist.retention, ExportHold: hist.hold,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
 		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekFrom.File, dataDir, err)

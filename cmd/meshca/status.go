@@ -22,7 +22,14 @@ unreachable.
 The applied index, the state hash and the ledger size are of one moment.
 Servers that have applied the same entries report the same state hash, so
 comparing the hashes of every server at the same index shows whether they
-agree.` + opLong
+agree.
+
+With a history database configured, status also shows the export to
+PostgreSQL: the database (without its password), whether this server exports
+the ledger (the leader does), the ledger cursor (the Raft index exported up
+to) and the lag: ledger records not exported yet and the age of the oldest,
+this server's audit events not exported yet and the age of the oldest, and
+the export's last error.` + opLong
 
 // statusReport is what status prints; the JSON field names are those of
 // the operator API's StatusResponse.
@@ -40,6 +47,8 @@ type statusReport struct {
 	// SignQueueDepth is the number of CSRs admitted and not yet signed.
 	SignQueueDepth int64  `json:"sign_queue_depth"`
 	ReadyReason    string `json:"ready_reason,omitempty"`
+	// History is the export to PostgreSQL, when configured.
+	History *historyReport `json:"history,omitempty"`
 }
 
 func (a *app) newStatusCommand() *cobra.Command {
@@ -66,6 +75,7 @@ func (a *app) newStatusCommand() *cobra.Command {
 			LeaderID: resp.LeaderId, LeaderAddr: resp.LeaderAddr, AppliedIndex: resp.AppliedIndex,
 			CommitIndex: resp.CommitIndex, StateHash: resp.StateHash, LedgerRecords: resp.LedgerRecords,
 			Ready: resp.Ready, ReadyReason: resp.ReadyReason, SignQueueDepth: resp.SignQueueDepth,
+			History: newHistoryReport(resp.History),
 		}
 		if a.output == outputJSON {
 			return writeJSON(a.stdout, r)
@@ -92,6 +102,7 @@ func (a *app) newStatusCommand() *cobra.Command {
 		t.row("state hash", r.StateHash)
 		t.row("ledger records", r.LedgerRecords)
 		t.row("sign queue", fmt.Sprintf("%d CSRs admitted, not yet signed", r.SignQueueDepth))
+		r.History.rows(t)
 		return t.flush()
 	})
 	return cmd

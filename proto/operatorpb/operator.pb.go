@@ -78,7 +78,9 @@ type StatusResponse struct {
 	SignQueueDepth int64 `protobuf:"varint,11,opt,name=sign_queue_depth,json=signQueueDepth,proto3" json:"sign_queue_depth,omitempty"`
 	// ready_reason says why the server is not ready (empty when it is), e.g.
 	// "cluster: no leader for 3.2s: ..." or "cluster: removed from the cluster".
-	ReadyReason   string `protobuf:"bytes,12,opt,name=ready_reason,json=readyReason,proto3" json:"ready_reason,omitempty"`
+	ReadyReason string `protobuf:"bytes,12,opt,name=ready_reason,json=readyReason,proto3" json:"ready_reason,omitempty"`
+	// issue 15: the export of the cluster's history to PostgreSQL.
+	History       *HistoryExport `protobuf:"bytes,60,opt,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -197,6 +199,152 @@ func (x *StatusResponse) GetReadyReason() string {
 	return ""
 }
 
+func (x *StatusResponse) GetHistory() *HistoryExport {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+// issue 15: HistoryExport is how far this server's view of the export to
+// PostgreSQL lags.
+type HistoryExport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// enabled: a PostgreSQL database is configured.
+	Enabled bool `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// database names it, as user@host:port/database (never the password).
+	Database string `protobuf:"bytes,2,opt,name=database,proto3" json:"database,omitempty"`
+	// ledger_exporter: this server exports the ledger (it is the leader).
+	LedgerExporter bool `protobuf:"varint,3,opt,name=ledger_exporter,json=ledgerExporter,proto3" json:"ledger_exporter,omitempty"`
+	// ledger_cursor is the Raft index of the last ledger block exported, as
+	// last read from PostgreSQL (0 before the first read).
+	LedgerCursor uint64 `protobuf:"varint,4,opt,name=ledger_cursor,json=ledgerCursor,proto3" json:"ledger_cursor,omitempty"`
+	// ledger_lag_records counts the ledger records after the cursor;
+	// ledger_lag_seconds is the age of the oldest of them.
+	LedgerLagRecords uint64  `protobuf:"varint,5,opt,name=ledger_lag_records,json=ledgerLagRecords,proto3" json:"ledger_lag_records,omitempty"`
+	LedgerLagSeconds float64 `protobuf:"fixed64,6,opt,name=ledger_lag_seconds,json=ledgerLagSeconds,proto3" json:"ledger_lag_seconds,omitempty"`
+	// audit_cursor is the sequence number of this server's last audit event
+	// exported; audit_lag_events counts those recorded since, and
+	// audit_lag_seconds is the age of the oldest of them.
+	AuditCursor     uint64  `protobuf:"varint,7,opt,name=audit_cursor,json=auditCursor,proto3" json:"audit_cursor,omitempty"`
+	AuditLagEvents  uint64  `protobuf:"varint,8,opt,name=audit_lag_events,json=auditLagEvents,proto3" json:"audit_lag_events,omitempty"`
+	AuditLagSeconds float64 `protobuf:"fixed64,9,opt,name=audit_lag_seconds,json=auditLagSeconds,proto3" json:"audit_lag_seconds,omitempty"`
+	// last_error is the export's last failure ("" after a success).
+	LastError string `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// unexported_pruned counts ledger records this server, as leader, pruned
+	// unexported because the hold on them ended (PostgreSQL down too long).
+	UnexportedPruned uint64 `protobuf:"varint,11,opt,name=unexported_pruned,json=unexportedPruned,proto3" json:"unexported_pruned,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *HistoryExport) Reset() {
+	*x = HistoryExport{}
+	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryExport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryExport) ProtoMessage() {}
+
+func (x *HistoryExport) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryExport.ProtoReflect.Descriptor instead.
+func (*HistoryExport) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HistoryExport) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *HistoryExport) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *HistoryExport) GetLedgerExporter() bool {
+	if x != nil {
+		return x.LedgerExporter
+	}
+	return false
+}
+
+func (x *HistoryExport) GetLedgerCursor() uint64 {
+	if x != nil {
+		return x.LedgerCursor
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetLedgerLagRecords() uint64 {
+	if x != nil {
+		return x.LedgerLagRecords
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetLedgerLagSeconds() float64 {
+	if x != nil {
+		return x.LedgerLagSeconds
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetAuditCursor() uint64 {
+	if x != nil {
+		return x.AuditCursor
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetAuditLagEvents() uint64 {
+	if x != nil {
+		return x.AuditLagEvents
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetAuditLagSeconds() float64 {
+	if x != nil {
+		return x.AuditLagSeconds
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *HistoryExport) GetUnexportedPruned() uint64 {
+	if x != nil {
+		return x.UnexportedPruned
+	}
+	return 0
+}
+
 type Peer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -209,7 +357,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	mi := &file_operatorpb_operator_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +369,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	mi := &file_operatorpb_operator_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +382,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{2}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Peer) GetId() string {
@@ -273,7 +421,7 @@ type RaftListPeersRequest struct {
 
 func (x *RaftListPeersRequest) Reset() {
 	*x = RaftListPeersRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	mi := &file_operatorpb_operator_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +433,7 @@ func (x *RaftListPeersRequest) String() string {
 func (*RaftListPeersRequest) ProtoMessage() {}
 
 func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	mi := &file_operatorpb_operator_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +446,7 @@ func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersRequest.ProtoReflect.Descriptor instead.
 func (*RaftListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{3}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{4}
 }
 
 type RaftListPeersResponse struct {
@@ -310,7 +458,7 @@ type RaftListPeersResponse struct {
 
 func (x *RaftListPeersResponse) Reset() {
 	*x = RaftListPeersResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	mi := &file_operatorpb_operator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +470,7 @@ func (x *RaftListPeersResponse) String() string {
 func (*RaftListPeersResponse) ProtoMessage() {}
 
 func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	mi := &file_operatorpb_operator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +483,7 @@ func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersResponse.ProtoReflect.Descriptor instead.
 func (*RaftListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{4}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RaftListPeersResponse) GetPeers() []*Peer {
@@ -355,7 +503,7 @@ type RaftAddVoterRequest struct {
 
 func (x *RaftAddVoterRequest) Reset() {
 	*x = RaftAddVoterRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	mi := &file_operatorpb_operator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -367,7 +515,7 @@ func (x *RaftAddVoterRequest) String() string {
 func (*RaftAddVoterRequest) ProtoMessage() {}
 
 func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	mi := &file_operatorpb_operator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -380,7 +528,7 @@ func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterRequest.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{5}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RaftAddVoterRequest) GetId() string {
@@ -405,7 +553,7 @@ type RaftAddVoterResponse struct {
 
 func (x *RaftAddVoterResponse) Reset() {
 	*x = RaftAddVoterResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[6]
+	mi := &file_operatorpb_operator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +565,7 @@ func (x *RaftAddVoterResponse) String() string {
 func (*RaftAddVoterResponse) ProtoMessage() {}
 
 func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[6]
+	mi := &file_operatorpb_operator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +578,7 @@ func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterResponse.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{6}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{7}
 }
 
 type RaftRemovePeerRequest struct {
@@ -442,7 +590,7 @@ type RaftRemovePeerRequest struct {
 
 func (x *RaftRemovePeerRequest) Reset() {
 	*x = RaftRemovePeerRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[7]
+	mi := &file_operatorpb_operator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +602,7 @@ func (x *RaftRemovePeerRequest) String() string {
 func (*RaftRemovePeerRequest) ProtoMessage() {}
 
 func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[7]
+	mi := &file_operatorpb_operator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +615,7 @@ func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerRequest.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{7}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RaftRemovePeerRequest) GetId() string {
@@ -485,7 +633,7 @@ type RaftRemovePeerResponse struct {
 
 func (x *RaftRemovePeerResponse) Reset() {
 	*x = RaftRemovePeerResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	mi := &file_operatorpb_operator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +645,7 @@ func (x *RaftRemovePeerResponse) String() string {
 func (*RaftRemovePeerResponse) ProtoMessage() {}
 
 func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	mi := &file_operatorpb_operator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +658,7 @@ func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerResponse.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{8}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{9}
 }
 
 type SnapshotSaveRequest struct {
@@ -521,7 +669,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +681,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +694,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{9}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
 }
 
 type SnapshotChunk struct {
@@ -558,7 +706,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +718,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +731,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -602,7 +750,7 @@ type SnapshotRestoreResponse struct {
 
 func (x *SnapshotRestoreResponse) Reset() {
 	*x = SnapshotRestoreResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +762,7 @@ func (x *SnapshotRestoreResponse) String() string {
 func (*SnapshotRestoreResponse) ProtoMessage() {}
 
 func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +775,7 @@ func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SnapshotRestoreResponse) GetStateHash() string {
@@ -648,7 +796,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +808,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +821,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateJoinTokenRequest) GetKind() string {
@@ -700,7 +848,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +860,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +873,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -752,7 +900,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +912,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +925,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Selector) GetType() string {
@@ -811,7 +959,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +971,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +984,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Entry) GetId() string {
@@ -916,7 +1064,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1076,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1089,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -970,7 +1118,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1130,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1143,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -1021,7 +1169,7 @@ type EntryResponse struct {
 
 func (x *EntryResponse) Reset() {
 	*x = EntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1181,7 @@ func (x *EntryResponse) String() string {
 func (*EntryResponse) ProtoMessage() {}
 
 func (x *EntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1194,7 @@ func (x *EntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryResponse.ProtoReflect.Descriptor instead.
 func (*EntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EntryResponse) GetEntry() *Entry {
@@ -1065,7 +1213,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1225,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1238,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1108,7 +1256,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1268,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1281,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
 }
 
 type GetEntryRequest struct {
@@ -1145,7 +1293,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1305,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1318,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1191,7 +1339,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1351,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1364,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1242,7 +1390,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1402,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1415,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1291,7 +1439,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1451,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1464,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -1369,7 +1517,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1529,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1542,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
 }
 
 type ListNodesResponse struct {
@@ -1406,7 +1554,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1566,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1579,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1450,7 +1598,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1610,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1623,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetNodeRequest) GetSpiffeId() string {
@@ -1494,7 +1642,7 @@ type NodeResponse struct {
 
 func (x *NodeResponse) Reset() {
 	*x = NodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1654,7 @@ func (x *NodeResponse) String() string {
 func (*NodeResponse) ProtoMessage() {}
 
 func (x *NodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1667,7 @@ func (x *NodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResponse.ProtoReflect.Descriptor instead.
 func (*NodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NodeResponse) GetNode() *Node {
@@ -1543,7 +1691,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1703,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1716,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -1618,7 +1766,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1778,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +1791,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MintX509SVIDResponse) GetChain() [][]byte {
@@ -1668,7 +1816,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1828,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1841,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
 }
 
 // Authority is a root, an intermediate or a JWT signing key.
@@ -1722,7 +1870,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +1882,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +1895,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Authority) GetId() string {
@@ -1829,7 +1977,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1989,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2002,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1864,12 +2012,593 @@ func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
 	return nil
 }
 
+// QueryCertificatesRequest selects issued certificates; empty fields
+// select all. since/until bound the not-before time (since <= t < until).
+type QueryCertificatesRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SinceUnix int64                  `protobuf:"varint,1,opt,name=since_unix,json=sinceUnix,proto3" json:"since_unix,omitempty"`
+	UntilUnix int64                  `protobuf:"varint,2,opt,name=until_unix,json=untilUnix,proto3" json:"until_unix,omitempty"`
+	SpiffeId  string                 `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId    string                 `protobuf:"bytes,4,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// revoked selects revoked certificates only.
+	Revoked bool `protobuf:"varint,5,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// page_size defaults to 100, at most 10000.
+	PageSize  int32  `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// hot_window reads the Raft ledger even when PostgreSQL is configured.
+	HotWindow     bool `protobuf:"varint,8,opt,name=hot_window,json=hotWindow,proto3" json:"hot_window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryCertificatesRequest) Reset() {
+	*x = QueryCertificatesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryCertificatesRequest) ProtoMessage() {}
+
+func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*QueryCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *QueryCertificatesRequest) GetSinceUnix() int64 {
+	if x != nil {
+		return x.SinceUnix
+	}
+	return 0
+}
+
+func (x *QueryCertificatesRequest) GetUntilUnix() int64 {
+	if x != nil {
+		return x.UntilUnix
+	}
+	return 0
+}
+
+func (x *QueryCertificatesRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *QueryCertificatesRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *QueryCertificatesRequest) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *QueryCertificatesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *QueryCertificatesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *QueryCertificatesRequest) GetHotWindow() bool {
+	if x != nil {
+		return x.HotWindow
+	}
+	return false
+}
+
+type HistoryCertificate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Serial        []byte                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId        string                 `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Profile       string                 `protobuf:"bytes,4,opt,name=profile,proto3" json:"profile,omitempty"`
+	IssuerId      string                 `protobuf:"bytes,5,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	NotBeforeUnix int64                  `protobuf:"varint,6,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
+	NotAfterUnix  int64                  `protobuf:"varint,7,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	// revoked_unix is 0 unless the certificate is revoked.
+	RevokedUnix      int64 `protobuf:"varint,8,opt,name=revoked_unix,json=revokedUnix,proto3" json:"revoked_unix,omitempty"`
+	RevocationReason int32 `protobuf:"varint,9,opt,name=revocation_reason,json=revocationReason,proto3" json:"revocation_reason,omitempty"`
+	// raft_index is the log entry that committed the ledger record.
+	RaftIndex     uint64 `protobuf:"varint,10,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryCertificate) Reset() {
+	*x = HistoryCertificate{}
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryCertificate) ProtoMessage() {}
+
+func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryCertificate.ProtoReflect.Descriptor instead.
+func (*HistoryCertificate) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *HistoryCertificate) GetSerial() []byte {
+	if x != nil {
+		return x.Serial
+	}
+	return nil
+}
+
+func (x *HistoryCertificate) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *HistoryCertificate) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *HistoryCertificate) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *HistoryCertificate) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *HistoryCertificate) GetNotBeforeUnix() int64 {
+	if x != nil {
+		return x.NotBeforeUnix
+	}
+	return 0
+}
+
+func (x *HistoryCertificate) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *HistoryCertificate) GetRevokedUnix() int64 {
+	if x != nil {
+		return x.RevokedUnix
+	}
+	return 0
+}
+
+func (x *HistoryCertificate) GetRevocationReason() int32 {
+	if x != nil {
+		return x.RevocationReason
+	}
+	return 0
+}
+
+func (x *HistoryCertificate) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+type QueryCertificatesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificates  []*HistoryCertificate  `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// source is "postgres" or "raft".
+	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryCertificatesResponse) Reset() {
+	*x = QueryCertificatesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryCertificatesResponse) ProtoMessage() {}
+
+func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*QueryCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *QueryCertificatesResponse) GetCertificates() []*HistoryCertificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *QueryCertificatesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *QueryCertificatesResponse) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// QueryAuditRequest selects audit events; empty fields select all.
+type QueryAuditRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Actor  string                 `protobuf:"bytes,1,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action string                 `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// decision is allow, deny or info.
+	Decision      string `protobuf:"bytes,3,opt,name=decision,proto3" json:"decision,omitempty"`
+	SinceUnixNano int64  `protobuf:"varint,4,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
+	UntilUnixNano int64  `protobuf:"varint,5,opt,name=until_unix_nano,json=untilUnixNano,proto3" json:"until_unix_nano,omitempty"`
+	PageSize      int32  `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// operator selects operators' commands only.
+	Operator bool `protobuf:"varint,8,opt,name=operator,proto3" json:"operator,omitempty"`
+	// local reads this server's audit log even when PostgreSQL is configured.
+	Local         bool `protobuf:"varint,9,opt,name=local,proto3" json:"local,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAuditRequest) Reset() {
+	*x = QueryAuditRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAuditRequest) ProtoMessage() {}
+
+func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAuditRequest.ProtoReflect.Descriptor instead.
+func (*QueryAuditRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *QueryAuditRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetSinceUnixNano() int64 {
+	if x != nil {
+		return x.SinceUnixNano
+	}
+	return 0
+}
+
+func (x *QueryAuditRequest) GetUntilUnixNano() int64 {
+	if x != nil {
+		return x.UntilUnixNano
+	}
+	return 0
+}
+
+func (x *QueryAuditRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *QueryAuditRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetOperator() bool {
+	if x != nil {
+		return x.Operator
+	}
+	return false
+}
+
+func (x *QueryAuditRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
+type HistoryAuditEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,3,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Actor         string                 `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action        string                 `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Subject       string                 `protobuf:"bytes,6,opt,name=subject,proto3" json:"subject,omitempty"`
+	Decision      string                 `protobuf:"bytes,7,opt,name=decision,proto3" json:"decision,omitempty"`
+	Reason        string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	Details       map[string]string      `protobuf:"bytes,9,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Count         uint64                 `protobuf:"varint,10,opt,name=count,proto3" json:"count,omitempty"`
+	Operator      bool                   `protobuf:"varint,11,opt,name=operator,proto3" json:"operator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryAuditEvent) Reset() {
+	*x = HistoryAuditEvent{}
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryAuditEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryAuditEvent) ProtoMessage() {}
+
+func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryAuditEvent.ProtoReflect.Descriptor instead.
+func (*HistoryAuditEvent) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *HistoryAuditEvent) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *HistoryAuditEvent) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *HistoryAuditEvent) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetDetails() map[string]string {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+func (x *HistoryAuditEvent) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *HistoryAuditEvent) GetOperator() bool {
+	if x != nil {
+		return x.Operator
+	}
+	return false
+}
+
+type QueryAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*HistoryAuditEvent   `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// source is "postgres" or "local" (this server's audit log).
+	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAuditResponse) Reset() {
+	*x = QueryAuditResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAuditResponse) ProtoMessage() {}
+
+func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAuditResponse.ProtoReflect.Descriptor instead.
+func (*QueryAuditResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *QueryAuditResponse) GetEvents() []*HistoryAuditEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *QueryAuditResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *QueryAuditResponse) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 var File_operatorpb_operator_proto protoreflect.FileDescriptor
 
 const file_operatorpb_operator_proto_rawDesc = "" +
 	"\n" +
 	"\x19operatorpb/operator.proto\x12\x12meshca.operator.v1\"\x0f\n" +
-	"\rStatusRequest\"\x9a\x03\n" +
+	"\rStatusRequest\"\xd7\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1d\n" +
@@ -1886,7 +2615,22 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x05ready\x18\n" +
 	" \x01(\bR\x05ready\x12(\n" +
 	"\x10sign_queue_depth\x18\v \x01(\x03R\x0esignQueueDepth\x12!\n" +
-	"\fready_reason\x18\f \x01(\tR\vreadyReason\"d\n" +
+	"\fready_reason\x18\f \x01(\tR\vreadyReason\x12;\n" +
+	"\ahistory\x18< \x01(\v2!.meshca.operator.v1.HistoryExportR\ahistory\"\xb4\x03\n" +
+	"\rHistoryExport\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1a\n" +
+	"\bdatabase\x18\x02 \x01(\tR\bdatabase\x12'\n" +
+	"\x0fledger_exporter\x18\x03 \x01(\bR\x0eledgerExporter\x12#\n" +
+	"\rledger_cursor\x18\x04 \x01(\x04R\fledgerCursor\x12,\n" +
+	"\x12ledger_lag_records\x18\x05 \x01(\x04R\x10ledgerLagRecords\x12,\n" +
+	"\x12ledger_lag_seconds\x18\x06 \x01(\x01R\x10ledgerLagSeconds\x12!\n" +
+	"\faudit_cursor\x18\a \x01(\x04R\vauditCursor\x12(\n" +
+	"\x10audit_lag_events\x18\b \x01(\x04R\x0eauditLagEvents\x12*\n" +
+	"\x11audit_lag_seconds\x18\t \x01(\x01R\x0fauditLagSeconds\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\n" +
+	" \x01(\tR\tlastError\x12+\n" +
+	"\x11unexported_pruned\x18\v \x01(\x04R\x10unexportedPruned\"d\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -1986,7 +2730,68 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x10activate_at_unix\x18\n" +
 	" \x01(\x03R\x0eactivateAtUnix\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
-	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities2\xfe\v\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\"\x83\x02\n" +
+	"\x18QueryCertificatesRequest\x12\x1d\n" +
+	"\n" +
+	"since_unix\x18\x01 \x01(\x03R\tsinceUnix\x12\x1d\n" +
+	"\n" +
+	"until_unix\x18\x02 \x01(\x03R\tuntilUnix\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\arevoked\x18\x05 \x01(\bR\arevoked\x12\x1b\n" +
+	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\x12\x1d\n" +
+	"\n" +
+	"hot_window\x18\b \x01(\bR\thotWindow\"\xd6\x02\n" +
+	"\x12HistoryCertificate\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\fR\x06serial\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aprofile\x18\x04 \x01(\tR\aprofile\x12\x1b\n" +
+	"\tissuer_id\x18\x05 \x01(\tR\bissuerId\x12&\n" +
+	"\x0fnot_before_unix\x18\x06 \x01(\x03R\rnotBeforeUnix\x12$\n" +
+	"\x0enot_after_unix\x18\a \x01(\x03R\fnotAfterUnix\x12!\n" +
+	"\frevoked_unix\x18\b \x01(\x03R\vrevokedUnix\x12+\n" +
+	"\x11revocation_reason\x18\t \x01(\x05R\x10revocationReason\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\n" +
+	" \x01(\x04R\traftIndex\"\xa7\x01\n" +
+	"\x19QueryCertificatesResponse\x12J\n" +
+	"\fcertificates\x18\x01 \x03(\v2&.meshca.operator.v1.HistoryCertificateR\fcertificates\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\"\x9b\x02\n" +
+	"\x11QueryAuditRequest\x12\x14\n" +
+	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x1a\n" +
+	"\bdecision\x18\x03 \x01(\tR\bdecision\x12&\n" +
+	"\x0fsince_unix_nano\x18\x04 \x01(\x03R\rsinceUnixNano\x12&\n" +
+	"\x0funtil_unix_nano\x18\x05 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
+	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\x12\x1a\n" +
+	"\boperator\x18\b \x01(\bR\boperator\x12\x14\n" +
+	"\x05local\x18\t \x01(\bR\x05local\"\x9b\x03\n" +
+	"\x11HistoryAuditEvent\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\x12\x14\n" +
+	"\x05actor\x18\x04 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x18\n" +
+	"\asubject\x18\x06 \x01(\tR\asubject\x12\x1a\n" +
+	"\bdecision\x18\a \x01(\tR\bdecision\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12L\n" +
+	"\adetails\x18\t \x03(\v22.meshca.operator.v1.HistoryAuditEvent.DetailsEntryR\adetails\x12\x14\n" +
+	"\x05count\x18\n" +
+	" \x01(\x04R\x05count\x12\x1a\n" +
+	"\boperator\x18\v \x01(\bR\boperator\x1a:\n" +
+	"\fDetailsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x93\x01\n" +
+	"\x12QueryAuditResponse\x12=\n" +
+	"\x06events\x18\x01 \x03(\v2%.meshca.operator.v1.HistoryAuditEventR\x06events\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source2\xcd\r\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -2003,7 +2808,10 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tListNodes\x12$.meshca.operator.v1.ListNodesRequest\x1a%.meshca.operator.v1.ListNodesResponse\x12O\n" +
 	"\aGetNode\x12\".meshca.operator.v1.GetNodeRequest\x1a .meshca.operator.v1.NodeResponse\x12a\n" +
 	"\fMintX509SVID\x12'.meshca.operator.v1.MintX509SVIDRequest\x1a(.meshca.operator.v1.MintX509SVIDResponse\x12j\n" +
-	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12p\n" +
+	"\x11QueryCertificates\x12,.meshca.operator.v1.QueryCertificatesRequest\x1a-.meshca.operator.v1.QueryCertificatesResponse\x12[\n" +
+	"\n" +
+	"QueryAudit\x12%.meshca.operator.v1.QueryAuditRequest\x1a&.meshca.operator.v1.QueryAuditResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -2017,91 +2825,107 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_operatorpb_operator_proto_goTypes = []any{
-	(*StatusRequest)(nil),           // 0: meshca.operator.v1.StatusRequest
-	(*StatusResponse)(nil),          // 1: meshca.operator.v1.StatusResponse
-	(*Peer)(nil),                    // 2: meshca.operator.v1.Peer
-	(*RaftListPeersRequest)(nil),    // 3: meshca.operator.v1.RaftListPeersRequest
-	(*RaftListPeersResponse)(nil),   // 4: meshca.operator.v1.RaftListPeersResponse
-	(*RaftAddVoterRequest)(nil),     // 5: meshca.operator.v1.RaftAddVoterRequest
-	(*RaftAddVoterResponse)(nil),    // 6: meshca.operator.v1.RaftAddVoterResponse
-	(*RaftRemovePeerRequest)(nil),   // 7: meshca.operator.v1.RaftRemovePeerRequest
-	(*RaftRemovePeerResponse)(nil),  // 8: meshca.operator.v1.RaftRemovePeerResponse
-	(*SnapshotSaveRequest)(nil),     // 9: meshca.operator.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 10: meshca.operator.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil), // 11: meshca.operator.v1.SnapshotRestoreResponse
-	(*CreateJoinTokenRequest)(nil),  // 12: meshca.operator.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 13: meshca.operator.v1.CreateJoinTokenResponse
-	(*Selector)(nil),                // 14: meshca.operator.v1.Selector
-	(*Entry)(nil),                   // 15: meshca.operator.v1.Entry
-	(*CreateEntryRequest)(nil),      // 16: meshca.operator.v1.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),      // 17: meshca.operator.v1.UpdateEntryRequest
-	(*EntryResponse)(nil),           // 18: meshca.operator.v1.EntryResponse
-	(*DeleteEntryRequest)(nil),      // 19: meshca.operator.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),     // 20: meshca.operator.v1.DeleteEntryResponse
-	(*GetEntryRequest)(nil),         // 21: meshca.operator.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),      // 22: meshca.operator.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),     // 23: meshca.operator.v1.ListEntriesResponse
-	(*Node)(nil),                    // 24: meshca.operator.v1.Node
-	(*ListNodesRequest)(nil),        // 25: meshca.operator.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 26: meshca.operator.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),          // 27: meshca.operator.v1.GetNodeRequest
-	(*NodeResponse)(nil),            // 28: meshca.operator.v1.NodeResponse
-	(*MintX509SVIDRequest)(nil),     // 29: meshca.operator.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),    // 30: meshca.operator.v1.MintX509SVIDResponse
-	(*ListAuthoritiesRequest)(nil),  // 31: meshca.operator.v1.ListAuthoritiesRequest
-	(*Authority)(nil),               // 32: meshca.operator.v1.Authority
-	(*ListAuthoritiesResponse)(nil), // 33: meshca.operator.v1.ListAuthoritiesResponse
+	(*StatusRequest)(nil),             // 0: meshca.operator.v1.StatusRequest
+	(*StatusResponse)(nil),            // 1: meshca.operator.v1.StatusResponse
+	(*HistoryExport)(nil),             // 2: meshca.operator.v1.HistoryExport
+	(*Peer)(nil),                      // 3: meshca.operator.v1.Peer
+	(*RaftListPeersRequest)(nil),      // 4: meshca.operator.v1.RaftListPeersRequest
+	(*RaftListPeersResponse)(nil),     // 5: meshca.operator.v1.RaftListPeersResponse
+	(*RaftAddVoterRequest)(nil),       // 6: meshca.operator.v1.RaftAddVoterRequest
+	(*RaftAddVoterResponse)(nil),      // 7: meshca.operator.v1.RaftAddVoterResponse
+	(*RaftRemovePeerRequest)(nil),     // 8: meshca.operator.v1.RaftRemovePeerRequest
+	(*RaftRemovePeerResponse)(nil),    // 9: meshca.operator.v1.RaftRemovePeerResponse
+	(*SnapshotSaveRequest)(nil),       // 10: meshca.operator.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),             // 11: meshca.operator.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),   // 12: meshca.operator.v1.SnapshotRestoreResponse
+	(*CreateJoinTokenRequest)(nil),    // 13: meshca.operator.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),   // 14: meshca.operator.v1.CreateJoinTokenResponse
+	(*Selector)(nil),                  // 15: meshca.operator.v1.Selector
+	(*Entry)(nil),                     // 16: meshca.operator.v1.Entry
+	(*CreateEntryRequest)(nil),        // 17: meshca.operator.v1.CreateEntryRequest
+	(*UpdateEntryRequest)(nil),        // 18: meshca.operator.v1.UpdateEntryRequest
+	(*EntryResponse)(nil),             // 19: meshca.operator.v1.EntryResponse
+	(*DeleteEntryRequest)(nil),        // 20: meshca.operator.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),       // 21: meshca.operator.v1.DeleteEntryResponse
+	(*GetEntryRequest)(nil),           // 22: meshca.operator.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),        // 23: meshca.operator.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),       // 24: meshca.operator.v1.ListEntriesResponse
+	(*Node)(nil),                      // 25: meshca.operator.v1.Node
+	(*ListNodesRequest)(nil),          // 26: meshca.operator.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 27: meshca.operator.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),            // 28: meshca.operator.v1.GetNodeRequest
+	(*NodeResponse)(nil),              // 29: meshca.operator.v1.NodeResponse
+	(*MintX509SVIDRequest)(nil),       // 30: meshca.operator.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),      // 31: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),    // 32: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),                 // 33: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil),   // 34: meshca.operator.v1.ListAuthoritiesResponse
+	(*QueryCertificatesRequest)(nil),  // 35: meshca.operator.v1.QueryCertificatesRequest
+	(*HistoryCertificate)(nil),        // 36: meshca.operator.v1.HistoryCertificate
+	(*QueryCertificatesResponse)(nil), // 37: meshca.operator.v1.QueryCertificatesResponse
+	(*QueryAuditRequest)(nil),         // 38: meshca.operator.v1.QueryAuditRequest
+	(*HistoryAuditEvent)(nil),         // 39: meshca.operator.v1.HistoryAuditEvent
+	(*QueryAuditResponse)(nil),        // 40: meshca.operator.v1.QueryAuditResponse
+	nil,                               // 41: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
-	2,  // 0: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
-	14, // 1: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
-	15, // 2: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	15, // 3: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	15, // 4: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
-	15, // 5: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
-	14, // 6: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
-	24, // 7: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
-	24, // 8: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
-	32, // 9: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	0,  // 10: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	3,  // 11: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	5,  // 12: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	7,  // 13: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	9,  // 14: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	10, // 15: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	12, // 16: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	16, // 17: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	17, // 18: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	19, // 19: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	21, // 20: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	22, // 21: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	25, // 22: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	27, // 23: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	29, // 24: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	31, // 25: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	1,  // 26: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	4,  // 27: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	6,  // 28: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	8,  // 29: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	10, // 30: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	11, // 31: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	13, // 32: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	18, // 33: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	18, // 34: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	20, // 35: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	18, // 36: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	23, // 37: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	26, // 38: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	28, // 39: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	30, // 40: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	33, // 41: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	26, // [26:42] is the sub-list for method output_type
-	10, // [10:26] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	2,  // 0: meshca.operator.v1.StatusResponse.history:type_name -> meshca.operator.v1.HistoryExport
+	3,  // 1: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
+	15, // 2: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
+	16, // 3: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	16, // 4: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	16, // 5: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
+	16, // 6: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
+	15, // 7: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
+	25, // 8: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
+	25, // 9: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
+	33, // 10: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
+	36, // 11: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
+	41, // 12: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	39, // 13: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
+	0,  // 14: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	4,  // 15: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	6,  // 16: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	8,  // 17: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	10, // 18: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	11, // 19: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	13, // 20: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	17, // 21: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	18, // 22: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	20, // 23: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	22, // 24: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	23, // 25: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	26, // 26: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	28, // 27: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	30, // 28: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	32, // 29: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	35, // 30: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	38, // 31: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	1,  // 32: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	5,  // 33: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	7,  // 34: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	9,  // 35: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	11, // 36: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	12, // 37: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	14, // 38: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	19, // 39: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	19, // 40: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	21, // 41: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	19, // 42: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	24, // 43: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	27, // 44: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	29, // 45: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	31, // 46: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	34, // 47: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	37, // 48: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	40, // 49: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	32, // [32:50] is the sub-list for method output_type
+	14, // [14:32] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -2115,7 +2939,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,22 +21,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Operator_Status_FullMethodName          = "/meshca.operator.v1.Operator/Status"
-	Operator_RaftListPeers_FullMethodName   = "/meshca.operator.v1.Operator/RaftListPeers"
-	Operator_RaftAddVoter_FullMethodName    = "/meshca.operator.v1.Operator/RaftAddVoter"
-	Operator_RaftRemovePeer_FullMethodName  = "/meshca.operator.v1.Operator/RaftRemovePeer"
-	Operator_SnapshotSave_FullMethodName    = "/meshca.operator.v1.Operator/SnapshotSave"
-	Operator_SnapshotRestore_FullMethodName = "/meshca.operator.v1.Operator/SnapshotRestore"
-	Operator_CreateJoinToken_FullMethodName = "/meshca.operator.v1.Operator/CreateJoinToken"
-	Operator_CreateEntry_FullMethodName     = "/meshca.operator.v1.Operator/CreateEntry"
-	Operator_UpdateEntry_FullMethodName     = "/meshca.operator.v1.Operator/UpdateEntry"
-	Operator_DeleteEntry_FullMethodName     = "/meshca.operator.v1.Operator/DeleteEntry"
-	Operator_GetEntry_FullMethodName        = "/meshca.operator.v1.Operator/GetEntry"
-	Operator_ListEntries_FullMethodName     = "/meshca.operator.v1.Operator/ListEntries"
-	Operator_ListNodes_FullMethodName       = "/meshca.operator.v1.Operator/ListNodes"
-	Operator_GetNode_FullMethodName         = "/meshca.operator.v1.Operator/GetNode"
-	Operator_MintX509SVID_FullMethodName    = "/meshca.operator.v1.Operator/MintX509SVID"
-	Operator_ListAuthorities_FullMethodName = "/meshca.operator.v1.Operator/ListAuthorities"
+	Operator_Status_FullMethodName            = "/meshca.operator.v1.Operator/Status"
+	Operator_RaftListPeers_FullMethodName     = "/meshca.operator.v1.Operator/RaftListPeers"
+	Operator_RaftAddVoter_FullMethodName      = "/meshca.operator.v1.Operator/RaftAddVoter"
+	Operator_RaftRemovePeer_FullMethodName    = "/meshca.operator.v1.Operator/RaftRemovePeer"
+	Operator_SnapshotSave_FullMethodName      = "/meshca.operator.v1.Operator/SnapshotSave"
+	Operator_SnapshotRestore_FullMethodName   = "/meshca.operator.v1.Operator/SnapshotRestore"
+	Operator_CreateJoinToken_FullMethodName   = "/meshca.operator.v1.Operator/CreateJoinToken"
+	Operator_CreateEntry_FullMethodName       = "/meshca.operator.v1.Operator/CreateEntry"
+	Operator_UpdateEntry_FullMethodName       = "/meshca.operator.v1.Operator/UpdateEntry"
+	Operator_DeleteEntry_FullMethodName       = "/meshca.operator.v1.Operator/DeleteEntry"
+	Operator_GetEntry_FullMethodName          = "/meshca.operator.v1.Operator/GetEntry"
+	Operator_ListEntries_FullMethodName       = "/meshca.operator.v1.Operator/ListEntries"
+	Operator_ListNodes_FullMethodName         = "/meshca.operator.v1.Operator/ListNodes"
+	Operator_GetNode_FullMethodName           = "/meshca.operator.v1.Operator/GetNode"
+	Operator_MintX509SVID_FullMethodName      = "/meshca.operator.v1.Operator/MintX509SVID"
+	Operator_ListAuthorities_FullMethodName   = "/meshca.operator.v1.Operator/ListAuthorities"
+	Operator_QueryCertificates_FullMethodName = "/meshca.operator.v1.Operator/QueryCertificates"
+	Operator_QueryAudit_FullMethodName        = "/meshca.operator.v1.Operator/QueryAudit"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -66,6 +68,12 @@ type OperatorClient interface {
 	// ListAuthorities lists the trust domain's roots, every server's
 	// intermediates and the JWT signing keys, with their rotation state.
 	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
+	// issue 15: history queries. They read PostgreSQL when the server has a
+	// database configured; otherwise certificates come from the Raft ledger
+	// (the hot window: unexpired certificates) and audit events from this
+	// server's own audit log.
+	QueryCertificates(ctx context.Context, in *QueryCertificatesRequest, opts ...grpc.CallOption) (*QueryCertificatesResponse, error)
+	QueryAudit(ctx context.Context, in *QueryAuditRequest, opts ...grpc.CallOption) (*QueryAuditResponse, error)
 }
 
 type operatorClient struct {
@@ -248,6 +256,26 @@ func (c *operatorClient) ListAuthorities(ctx context.Context, in *ListAuthoritie
 	return out, nil
 }
 
+func (c *operatorClient) QueryCertificates(ctx context.Context, in *QueryCertificatesRequest, opts ...grpc.CallOption) (*QueryCertificatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryCertificatesResponse)
+	err := c.cc.Invoke(ctx, Operator_QueryCertificates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) QueryAudit(ctx context.Context, in *QueryAuditRequest, opts ...grpc.CallOption) (*QueryAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryAuditResponse)
+	err := c.cc.Invoke(ctx, Operator_QueryAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -275,6 +303,12 @@ type OperatorServer interface {
 	// ListAuthorities lists the trust domain's roots, every server's
 	// intermediates and the JWT signing keys, with their rotation state.
 	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
+	// issue 15: history queries. They read PostgreSQL when the server has a
+	// database configured; otherwise certificates come from the Raft ledger
+	// (the hot window: unexpired certificates) and audit events from this
+	// server's own audit log.
+	QueryCertificates(context.Context, *QueryCertificatesRequest) (*QueryCertificatesResponse, error)
+	QueryAudit(context.Context, *QueryAuditRequest) (*QueryAuditResponse, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -332,6 +366,12 @@ func (UnimplementedOperatorServer) MintX509SVID(context.Context, *MintX509SVIDRe
 }
 func (UnimplementedOperatorServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
+}
+func (UnimplementedOperatorServer) QueryCertificates(context.Context, *QueryCertificatesRequest) (*QueryCertificatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryCertificates not implemented")
+}
+func (UnimplementedOperatorServer) QueryAudit(context.Context, *QueryAuditRequest) (*QueryAuditResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryAudit not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -624,6 +664,42 @@ func _Operator_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_QueryCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryCertificatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).QueryCertificates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_QueryCertificates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).QueryCertificates(ctx, req.(*QueryCertificatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_QueryAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).QueryAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_QueryAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).QueryAudit(ctx, req.(*QueryAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -686,6 +762,14 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuthorities",
 			Handler:    _Operator_ListAuthorities_Handler,
+		},
+		{
+			MethodName: "QueryCertificates",
+			Handler:    _Operator_QueryCertificates_Handler,
+		},
+		{
+			MethodName: "QueryAudit",
+			Handler:    _Operator_QueryAudit_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

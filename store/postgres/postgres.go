@@ -202,8 +202,28 @@ func (s *Store) classify(err error) error {
 		return &AuthError{Role: c.User, Host: net.JoinHostPort(c.Host, strconv.Itoa(int(c.Port))), Database: c.Database, Message: pe.Message}
 	}
 	// pgconn's errors name the user and database, never the password.
+	if pe == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		return &UnavailableError{Database: s.display, Err: err}
+	}
 	return fmt.Errorf("postgres %s: %w", s.display, err)
 }
+
+// UnavailableError means the database could not be reached or the
+// connection broke: nothing was done, and retrying later may succeed.
+type UnavailableError struct {
+	Database string
+	Err      error
+}
+
+func (e *UnavailableError) Error() string {
+	return fmt.Sprintf("postgres %s unavailable: %v", e.Database, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// Unavailable marks the error as transient (see internal/rpcerr).
+func (e *UnavailableError) Unavailable() bool { return true }
 
 // IsAuth reports whether err is PostgreSQL refusing the credentials: a
 // configuration error, not an outage.

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -13,7 +12,15 @@ import (
 )
 
 // ErrBadPageToken means a page token is not one a list returned.
-var ErrBadPageToken = errors.New("postgres: malformed page token")
+var ErrBadPageToken error = badInput("postgres: malformed page token")
+
+type badInput string
+
+func (e badInput) Error() string { return string(e) }
+
+// InvalidArgument marks the error as a refusal of the request (see
+// internal/rpcerr).
+func (badInput) InvalidArgument() bool { return true }
 
 // MaxPageSize bounds a page of a list.
 const MaxPageSize = 10000
