@@ -98,12 +98,8 @@ func ParseConfig(cfg Config) (*pgxpool.Config, error) {
 	}
 	pc, err := pgxpool.ParseConfig(cfg.DSN)
 	if err != nil {
-		var pe *pgconn.ParseConfigError
-		msg := err.Error()
-		if errors.As(err, &pe) && pe.Unwrap() != nil {
-			msg = pe.Unwrap().Error()
-		}
-		return nil, fmt.Errorf("%w: %s", ErrMalformedDSN, redactWith(msg, cfg.DSN))
+		return nil, fmt.Errorf("%w: %s (want postgres://user:password@host:port/database?sslmode=verify-full, or key=value pairs)",
+			ErrMalformedDSN, parseProblem(err, cfg.DSN))
 	}
 	if cfg.CAFile != "" {
 		if pc.ConnConfig.TLSConfig == nil || pc.ConnConfig.TLSConfig.InsecureSkipVerify && pc.ConnConfig.TLSConfig.VerifyPeerCertificate == nil {
@@ -130,6 +126,29 @@ func ParseConfig(cfg Config) (*pgxpool.Config, error) {
 	}
 	pc.ConnConfig.ConnectTimeout = 5 * time.Second
 	return pc, nil
+}
+
+var quoted = regexp.MustCompile("\"(?:[^\"\\\\]|\\\\.)*\"|'[^']*'|`[^`]*`")
+
+// parseProblem says what pgx found wrong with a DSN without repeating any
+// of it: pgx's own message (e.g. "invalid port"), without the connection
+// string and the underlying error (both may quote the password when the
+// DSN is malformed), quoted parts removed.
+func parseProblem(err error, dsn string) string {
+	var pe *pgconn.ParseConfigError
+	if !errors.As(err, &pe) {
+		return "cannot be parsed"
+	}
+	full := pe.Error()
+	i := strings.LastIndex(full, "`: ")
+	if i < 0 {
+		return "cannot be parsed"
+	}
+	msg := full[i+3:]
+	if c := pe.Unwrap(); c != nil {
+		msg = strings.TrimSuffix(msg, " ("+c.Error()+")")
+	}
+	return redactWith(quoted.ReplaceAllString(msg, `"..."`), dsn)
 }
 
 // redactWith redacts an error message about dsn: the generic patterns,
