@@ -11,11 +11,18 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/pgtest"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/server"
 	"github.com/meshca/meshca/store/postgres"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // historyFleet is a fleet whose servers export to the PostgreSQL database
@@ -395,5 +402,100 @@ func TestHistoryWrongPassword(t *testing.T) {
 		Bootstrap: true, TrustDomain: "example.org", History: st})
 	if !postgres.IsAuth(err) || !strings.Contains(err.Error(), `role "meshca_`) || strings.Contains(err.Error(), secret) {
 		t.Fatalf("start with a wrong password: %v", err)
+	}
+}
+
+// Every Workload API deny (recorded by the agent, shipped through its
+// server), every denied issuance and every operator command is in the
+// history, with its actor and reason.
+func TestHistoryAuditTrail(t *testing.T) {
+	pg := pgtest.Start(t)
+	dsn := pg.Database(t)
+	f := newFleet(t, fleetOpts{servers: 1, agents: 1, clock: clockwork.NewRealClock(), tune: func(c *server.Config) {
+		st, err := postgres.New(postgres.Config{DSN: dsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(st.Close)
+		c.History, c.ExportInterval = st, 20*time.Millisecond
+	}})
+	// A Workload API deny: this process asks only for SM2 X509-SVIDs, and
+	// its entry is ECDSA.
+	conn, err := grpc.NewClient("unix://"+f.agents[0].SocketPath(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	wl := workload.NewSpiffeWorkloadAPIClient(conn)
+	waitFor(t, 30*time.Second, "the agent holds the workload's SVID", func() error {
+		if valid, _ := f.agents[0].SVIDStatus(); valid != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	waitFor(t, 30*time.Second, "a Workload API deny", func() error {
+		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "workload.spiffe.io", "true",
+			agent.ProfilesMetadataKey, ca.ProfileSM2), 5*time.Second)
+		defer cancel()
+		stream, err := wl.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			return fmt.Errorf("fetch SM2 only: %v", err)
+		}
+		return nil
+	})
+	// A denied issuance and an operator command.
+	if _, err := f.op.MintX509SVID(tctx(t, 10*time.Second), &operatorpb.MintX509SVIDRequest{SpiffeId: "spiffe://other.org/w", Csr: []byte("x")}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("mint for another trust domain: %v", err)
+	}
+	if _, err := f.op.CreateJoinToken(tctx(t, 10*time.Second), &operatorpb.CreateJoinTokenRequest{Kind: server.TokenKindAgent}); err != nil {
+		t.Fatal(err)
+	}
+	find := func(req *operatorpb.QueryAuditRequest, match func(*operatorpb.HistoryAuditEvent) bool) error {
+		resp, err := f.op.QueryAudit(tctx(t, 10*time.Second), req)
+		if err != nil {
+			return err
+		}
+		if resp.Source != server.SourcePostgres {
+			return fmt.Errorf("source %q", resp.Source)
+		}
+		for _, e := range resp.Events {
+			if match(e) {
+				return nil
+			}
+		}
+		return fmt.Errorf("not among %d events", len(resp.Events))
+	}
+	waitFor(t, 30*time.Second, "the Workload API deny in the history", func() error {
+		return find(&operatorpb.QueryAuditRequest{Action: "workload.fetch_x509_svid", Decision: "deny"}, func(e *operatorpb.HistoryAuditEvent) bool {
+			return e.Server == f.agentIDs[0] && strings.HasPrefix(e.Actor, "pid ") && e.Reason == "only entries of profiles not asked for match"
+		})
+	})
+	waitFor(t, 30*time.Second, "the denied mint in the history", func() error {
+		return find(&operatorpb.QueryAuditRequest{Action: "x509.mint", Decision: "deny", Actor: "operator"}, func(e *operatorpb.HistoryAuditEvent) bool {
+			return e.Subject == "spiffe://other.org/w" && strings.Contains(e.Reason, "trust domain") && e.Operator
+		})
+	})
+	waitFor(t, 30*time.Second, "the operator's commands in the history", func() error {
+		if err := find(&operatorpb.QueryAuditRequest{Operator: true, Action: "token.create"}, func(e *operatorpb.HistoryAuditEvent) bool {
+			return e.Subject == server.TokenKindAgent && e.Actor == "operator"
+		}); err != nil {
+			return err
+		}
+		return find(&operatorpb.QueryAuditRequest{Operator: true, Action: "entry.write", Decision: "allow"}, func(e *operatorpb.HistoryAuditEvent) bool {
+			return e.Subject == f.ids[0]
+		})
+	})
+	// The agent's stream is in the history once, without a gap.
+	st, err := postgres.Open(tctx(t, 10*time.Second), postgres.Config{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var n, maxSeq int64
+	if err := st.Pool().QueryRow(tctx(t, 10*time.Second), "SELECT count(*), max(seq) FROM audit_events WHERE server = $1", f.agentIDs[0]).Scan(&n, &maxSeq); err != nil || n == 0 || n != maxSeq {
+		t.Fatalf("agent events: %d up to seq %d, %v", n, maxSeq, err)
 	}
 }
