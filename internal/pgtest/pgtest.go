@@ -384,3 +384,30 @@ func Main(m *testing.M) int {
 	shared.Unlock()
 	return code
 }
+
+// EnableTLS restarts the server with TLS on, presenting the PEM
+// certificate chain and key given; connections may then use
+// sslmode=verify-full against the certificate's CA.
+func (s *Server) EnableTLS(certPEM, keyPEM []byte) error {
+	s.Stop()
+	for name, data := range map[string][]byte{"server.crt": certPEM, "server.key": keyPEM} {
+		p := filepath.Join(s.dataDir(), name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			return err
+		}
+		if s.uid >= 0 {
+			if err := os.Chown(p, s.uid, s.gid); err != nil {
+				return err
+			}
+		}
+	}
+	conf, err := os.OpenFile(filepath.Join(s.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = conf.WriteString("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+	if err := errors.Join(err, conf.Close()); err != nil {
+		return err
+	}
+	return s.Restart()
+}
