@@ -273,8 +273,10 @@ func (s *Store) Prune(ctx context.Context, certsBefore, eventsBefore time.Time, 
 		}
 	}
 	if !certsBefore.IsZero() {
-		if certs, err = del(`DELETE FROM certificates WHERE (raft_index, position) IN
-			(SELECT raft_index, position FROM certificates WHERE not_after < $1 ORDER BY not_after LIMIT $2)`, certsBefore); err != nil {
+		// Any expired rows, batch by batch (found through the BRIN index
+		// on not_after), not the oldest first: all of them go.
+		if certs, err = del(`DELETE FROM certificates WHERE ctid IN
+			(SELECT ctid FROM certificates WHERE not_after < $1 LIMIT $2)`, certsBefore); err != nil {
 			return certs, 0, err
 		}
 	}
