@@ -1,6 +1,6 @@
 # meshca — build, test, benchmark.
 #
-#   make test    install what the tests need if it is missing (openssl), then go test ./...
+#   make test    install what the tests need if it is missing (openssl, postgresql), then go test ./...
 #   make bench   the issuance benchmarks documented in README.md
 #   make lint    gofmt and go vet
 #   make fuzz    run the fuzz targets for FUZZTIME each (default 20s)
@@ -33,6 +33,16 @@ deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 		else \
 			echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
+		fi; \
+	fi
+	@# PostgreSQL (initdb, postgres) for the history tests; internal/pgtest
+	@# finds /usr/lib/postgresql/<version>/bin and runs it unprivileged.
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing postgresql (the history tests run a throw-away PostgreSQL)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else \
+			echo "make test needs PostgreSQL's server binaries: sudo apt-get install postgresql" >&2; exit 1; \
 		fi; \
 	fi
 

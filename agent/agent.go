@@ -284,13 +284,17 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
-	signing.Add(1)
+	signing.Add(2)
 	go func() {
 		defer signing.Done()
 		a.signer(sctx, cancel, client)
 	}()
 	a.metrics.connected.Store(true)
 	defer a.metrics.connected.Store(false)
+	go func() {
+		defer signing.Done()
+		a.shipAudit(sctx, client) // issue 15: the agent's audit log to the history database
+	}()
 	for {
 		u, err := stream.Recv()
 		if err != nil {

@@ -533,7 +533,7 @@ func pruneLedger(txn *memdb.Txn, lx *ledgerIndex, op *raftpb.PruneLedger) *raftp
 			}
 		}
 	}
-	return pruneLedgerRecords(txn, lx, op.GetExpiredBeforeUnix())
+	return pruneLedgerRecords(txn, lx, op)
 }
 
 func deleteObj(txn *memdb.Txn, table string, obj any) {
@@ -542,16 +542,18 @@ func deleteObj(txn *memdb.Txn, table string, obj any) {
 	}
 }
 
-func pruneLedgerRecords(txn *memdb.Txn, lx *ledgerIndex, before int64) *raftpb.Result {
+func pruneLedgerRecords(txn *memdb.Txn, lx *ledgerIndex, op *raftpb.PruneLedger) *raftpb.Result {
 	var n uint64
+	before := op.GetExpiredBeforeUnix()
 	for _, idx := range lx.blocksExpiringBy(before) {
 		b, _ := first(txn, tableLedger, "id", blockKey(idx)).(*raftpb.LedgerBlock)
 		if b == nil {
 			continue
 		}
+		cut := pruneCutoff(op, idx)
 		var keep, gone []*raftpb.LedgerRecord
 		for _, r := range b.Records {
-			if r.NotAfterUnix < before {
+			if r.NotAfterUnix < cut {
 				gone = append(gone, r)
 			} else {
 				keep = append(keep, r)

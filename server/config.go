@@ -17,6 +17,7 @@ import (
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/meshca/meshca/store/postgres"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 )
@@ -159,6 +160,27 @@ type Config struct {
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.
 	PruneInterval time.Duration
+
+	// History, when set, is the PostgreSQL database the cluster's history
+	// is exported to: the ledger by the leader, each server's audit log by
+	// that server (see export.go). Issuance never waits for it.
+	History *postgres.Store
+	// HistoryRetention, when set, is how long certificates stay in History
+	// after they expire, and audit events after they were recorded; the
+	// leader deletes older rows in batches every PruneInterval. Zero keeps
+	// everything.
+	HistoryRetention time.Duration
+	// ExportHold bounds how long the ledger holds records PostgreSQL has
+	// not taken yet beyond LedgerGrace: with PostgreSQL down for longer,
+	// they are pruned unexported (an error log and an audit event say how
+	// many). Default: DefaultExportHold.
+	ExportHold time.Duration
+	// ExportBatch is the most records (ledger) or events (audit) one COPY
+	// exports. Default: DefaultExportBatch.
+	ExportBatch int
+	// ExportInterval is how often an idle exporter looks for new records.
+	// Default: DefaultExportInterval.
+	ExportInterval time.Duration
 }
 
 // Join timeout default and bound.
@@ -277,6 +299,18 @@ func (c *Config) validate() error {
 	}
 	if c.LedgerGrace < 0 || c.PruneInterval < 0 {
 		errs = append(errs, errors.New("ledger grace and prune interval must not be negative"))
+	}
+	if c.ExportHold == 0 {
+		c.ExportHold = DefaultExportHold
+	}
+	if c.ExportBatch == 0 {
+		c.ExportBatch = DefaultExportBatch
+	}
+	if c.ExportInterval == 0 {
+		c.ExportInterval = DefaultExportInterval
+	}
+	if c.ExportHold < 0 || c.ExportBatch < 0 || c.ExportInterval < 0 || c.HistoryRetention < 0 {
+		errs = append(errs, errors.New("history export hold, batch, interval and retention must not be negative"))
 	}
 	if c.AdminSocket == "" && c.DataDir != "" {
 		c.AdminSocket = DefaultAdminSocket(c.DataDir)

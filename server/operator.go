@@ -53,6 +53,7 @@ func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusReques
 		CommitIndex: n.Raft().CommitIndex(), StateHash: hex.EncodeToString(hash[:]), LedgerRecords: uint64(r.LedgerLen()),
 		Ready: ready, ReadyReason: reason, SignQueueDepth: o.s.admission.QueueDepth(),
 		AttestedNodes: uint64(len(r.Nodes())), Entries: uint64(len(r.Entries())),
+		History: o.s.historyStatus(ctx),
 	}
 	for _, a := range r.Authorities() {
 		kind := "root"

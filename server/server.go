@@ -92,6 +92,8 @@ type Server struct {
 	metrics  *serverMetrics
 	registry *prometheus.Registry
 	httpSrv  *metrics.Server
+	// export is the state of the history export (Config.History).
+	export exportState
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -257,6 +259,11 @@ func New(cfg Config) (_ *Server, err error) {
 	if err := writeTrustBundle(cfg.DataDir, s.TrustBundle()); err != nil {
 		return nil, err
 	}
+	if cfg.History != nil {
+		if err := s.historyCheck(); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -365,6 +372,12 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go("rotation", s.rotateLoop)
 	g.Go("ledger pruning", s.pruneLoop)
 	g.Go("membership", func(ctx context.Context) error { s.keepMembership(ctx); return nil })
+	if s.cfg.History != nil {
+		g.Go("ledger export", func(ctx context.Context) error { return s.exportLoop(ctx, s.exportLedgerStep) })
+		if s.auditLog != nil {
+			g.Go("audit export", func(ctx context.Context) error { return s.exportLoop(ctx, s.exportAuditStep) })
+		}
+	}
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
 	<-g.Context().Done()
 	s.close()
@@ -609,14 +622,17 @@ func (s *Server) pruneLoop(ctx context.Context) error {
 		if !s.node.IsLeader() {
 			continue
 		}
-		cutoff := s.cfg.Clock.Now().Add(-s.cfg.LedgerGrace).Unix()
-		res, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{
-			ExpiredBeforeUnix: cutoff, AuthoritiesExpiredBeforeUnix: cutoff}}})
+		now := s.cfg.Clock.Now()
+		cutoff := now.Add(-s.cfg.LedgerGrace).Unix()
+		op := &raftpb.PruneLedger{ExpiredBeforeUnix: cutoff, AuthoritiesExpiredBeforeUnix: cutoff}
+		op.HoldUnexported, op.ExportedIndex, op.UnexportedExpiredBeforeUnix = s.pruneHold(cutoff, now)
+		res, err := s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PruneLedger{PruneLedger: op}})
 		switch {
 		case err != nil && ctx.Err() == nil:
 			s.log.Warn("ledger pruning failed; retrying next interval", "err", err)
 		case err == nil && res.Value > 0:
 			s.log.Info("ledger pruned", "records", res.Value, "expired_before", time.Unix(cutoff, 0).UTC())
 		}
+		s.pruneHistory(ctx, now)
 	}
 }

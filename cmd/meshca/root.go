@@ -135,6 +135,8 @@ What works today:
   meshca status           show a server's Raft state, leader and state hash
   meshca operator raft    list, add and remove Raft peers; save and restore snapshots
   meshca x509 mint        mint an X509-SVID into a directory, through a server or offline
+  meshca cert list        list issued certificates (PostgreSQL history, or the Raft ledger)
+  meshca audit list       list audit events: decisions and operator commands
 
 Operator commands reach a server through its admin Unix socket: --addr
 unix:///path/admin.sock or $MESHCA_ADDR (default: the socket in the default
@@ -170,5 +172,6 @@ func (a *app) newRootCommand() *cobra.Command {
 		a.newWorkloadCommand(), a.newSDSCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
 		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand(), a.newAdminCommand())
 	root.AddCommand(a.newBenchCommand())
+	root.AddCommand(a.newAuditCommand(), a.newCertCommand()) // issue 15: history queries
 	return root
 }

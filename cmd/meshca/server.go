@@ -219,6 +219,11 @@ type serverConfig struct {
 	// LedgerGrace is how long ledger records stay after their
 	// certificates expire.
 	LedgerGrace string `json:"ledger_grace"`
+	// The history database (see history.go).
+	PostgresDSN      string `json:"postgres_dsn"`
+	PostgresCAFile   string `json:"postgres_ca_file"`
+	HistoryRetention string `json:"history_retention"`
+	ExportHold       string `json:"export_hold"`
 }
 
 // loadServerConfig reads a server's JSON configuration file (see
@@ -229,7 +234,7 @@ func loadServerConfig(path string) (serverConfig, error) {
 	if err := loadConfigFile(path, &c); err != nil {
 		return c, err
 	}
-	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile, &c.K8sPSATJWKS, &c.ServerJoinSecretFile)
+	resolveConfigPaths(path, &c.DataDir, &c.TrustBundle, &c.AdminSocket, &c.KEKFile, &c.K8sPSATJWKS, &c.ServerJoinSecretFile, &c.PostgresCAFile)
 	for i := range c.X509PopCA {
 		resolveConfigPaths(path, &c.X509PopCA[i])
 	}
@@ -303,6 +308,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 	if fs.Changed("k8s-psat-allowed-sa") {
 		c.K8sPSATAllowedSA = f.K8sPSATAllowedSA
 	}
+	c.overrideHistory(fs, f)
 }
 
 func (a *app) newServerCommand() *cobra.Command {
@@ -319,7 +325,7 @@ func (a *app) newServerCommand() *cobra.Command {
 			"              [--x509pop-ca F ...] [--k8s-psat-cluster NAME --k8s-psat-issuer URL --k8s-psat-jwks F\n" +
 			"               [--k8s-psat-audience meshca] [--k8s-psat-allowed-sa NS:SA ...]]",
 		Short: "Run a CA server: bootstrap a Raft cluster or join one",
-		Long:  serverLong,
+		Long:  serverLong + historyHelp,
 		Args:  cobra.NoArgs,
 		// Use lists the flags already.
 		DisableFlagsInUseLine: true,
@@ -361,6 +367,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.IntVar(&flags.SignQueue, "sign-queue", server.DefaultSignQueue, "CSRs admitted and waiting for a signing slot, all callers together; past it requests are refused with a retry-after hint")
 	f.Var((*durationText)(&flags.LedgerGrace), "ledger-grace", "how long a certificate's ledger record stays after the certificate expires, 1s to 8760h (default "+server.DefaultLedgerGrace.String()+")")
 	f.StringVar(&flags.PprofAddr, "pprof-addr", "", "serve Go's profiles (net/http/pprof) on this loopback host:port, e.g. 127.0.0.1:6060, for go tool pprof")
+	addHistoryFlags(f, &flags)
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		// load reads the file and applies the flags, at start and at SIGHUP.
 		load := func() (serverConfig, error) {
@@ -729,6 +736,13 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 	if err != nil {
 		return err
 	}
+	hist, err := a.history(&c)
+	if err != nil {
+		return err
+	}
+	if hist.store != nil {
+		defer hist.store.Close()
+	}
 	admissionWait, err := admissionWait(&c)
 	if err != nil {
 		return err
@@ -777,6 +791,7 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 		Logger:        log, RaftLogger: raftLog,
 		NodeSignRate: c.NodeSignRate, NodeSignBurst: c.NodeSignBurst, OperatorMintRate: c.OperatorMintRate, OperatorMintBurst: c.OperatorMintBurst,
 		AdmissionWait: admissionWait, SignQueue: c.SignQueue, LedgerGrace: ledgerGrace,
+		History: hist.store, HistoryRetention: hist.retention, ExportHold: hist.hold,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
 		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekFrom.File, dataDir, err)

@@ -32,7 +32,15 @@ contacted server (asked at once, 2 s each): its Raft state, applied index,
 lag (entries the leader committed that it has not applied) and when it
 last heard from the leader, or why it did not answer; and every root and
 intermediate with its state and the days until it expires, the first to
-expire first. --output json has the same fields.` + opLong
+expire first. --output json has the same fields.
+
+
+With a history database configured, status also shows the export to
+PostgreSQL: the database (without its password), whether this server exports
+the ledger (the leader does), the ledger cursor (the Raft index exported up
+to) and the lag: ledger records not exported yet and the age of the oldest,
+this server's audit events not exported yet and the age of the oldest, and
+the export's last error.` + opLong
 
 // statusReport is what status prints; the JSON field names are those of
 // the operator API's StatusResponse.
@@ -57,6 +65,8 @@ type statusReport struct {
 	// Authorities are the roots and intermediates, the first to expire
 	// first.
 	Authorities []authorityStatusReport `json:"authorities"`
+	// History is the export to PostgreSQL, when configured.
+	History *historyReport `json:"history,omitempty"`
 }
 
 // memberReport is one server of the cluster in status.
@@ -113,6 +123,7 @@ func (a *app) newStatusCommand() *cobra.Command {
 			CommitIndex: resp.CommitIndex, StateHash: resp.StateHash, LedgerRecords: resp.LedgerRecords,
 			Ready: resp.Ready, ReadyReason: resp.ReadyReason, SignQueueDepth: resp.SignQueueDepth,
 			AttestedNodes: resp.AttestedNodes, Entries: resp.Entries,
+			History: newHistoryReport(resp.History),
 		}
 		var leaderCommit uint64
 		for _, m := range resp.Members {
@@ -161,6 +172,7 @@ func (a *app) newStatusCommand() *cobra.Command {
 		t.row("state hash", r.StateHash)
 		t.row("ledger records", r.LedgerRecords)
 		t.row("sign queue", fmt.Sprintf("%d CSRs admitted, not yet signed", r.SignQueueDepth))
+		r.History.rows(t)
 		t.row("attested nodes", r.AttestedNodes)
 		t.row("entries", r.Entries)
 		if err := t.flush(); err != nil {

@@ -42,49 +42,7 @@ func BenchmarkNodeAPIIssue(b *testing.B) {
 			for k := 0; k < batch; k++ {
 				req.Requests = append(req.Requests, &nodepb.SVIDRequest{EntryId: en.Id, Csr: csr})
 			}
-			var next atomic.Int64
-			lat := make([][]time.Duration, callers)
-			var wg sync.WaitGroup
-			cpu0 := processCPU()
-			b.ResetTimer()
-			for i := 0; i < callers; i++ {
-				wg.Add(1)
-				go func(i int) {
-					defer wg.Done()
-					for next.Add(int64(batch)) <= int64(b.N) {
-						t0 := time.Now()
-						resp, err := client.SignX509SVIDs(context.Background(), req)
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						for _, r := range resp.Results {
-							if r.Error != "" {
-								b.Error(r.Error)
-								return
-							}
-						}
-						lat[i] = append(lat[i], time.Since(t0))
-					}
-				}(i)
-			}
-			wg.Wait()
-			b.StopTimer()
-			cpu := processCPU() - cpu0
-			var all []time.Duration
-			for _, l := range lat {
-				all = append(all, l...)
-			}
-			if len(all) == 0 {
-				return
-			}
-			slices.Sort(all)
-			b.ReportMetric(float64(len(all)*batch)/b.Elapsed().Seconds(), "certs/s")
-			// CPU time of client and server together: less noisy than
-			// the rate on a shared machine.
-			b.ReportMetric(float64(cpu.Microseconds())/float64(len(all)*batch), "cpu-µs/cert")
-			b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms/call")
-			b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms/call")
+			issueBench(b, client, req, batch, callers)
 		})
 	}
 }
@@ -96,6 +54,54 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// issueBench sends b.N CSRs in batches of req from callers goroutines and
+// reports certificates/s and call latencies.
+func issueBench(b *testing.B, client nodepb.NodeClient, req *nodepb.SignX509SVIDsRequest, batch, callers int) {
+	var next atomic.Int64
+	lat := make([][]time.Duration, callers)
+	var wg sync.WaitGroup
+	cpu0 := processCPU()
+	b.ResetTimer()
+	for i := 0; i < callers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for next.Add(int64(batch)) <= int64(b.N) {
+				t0 := time.Now()
+				resp, err := client.SignX509SVIDs(context.Background(), req)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				for _, r := range resp.Results {
+					if r.Error != "" {
+						b.Error(r.Error)
+						return
+					}
+				}
+				lat[i] = append(lat[i], time.Since(t0))
+			}
+		}(i)
+	}
+	wg.Wait()
+	b.StopTimer()
+	cpu := processCPU() - cpu0
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	if len(all) == 0 {
+		return
+	}
+	slices.Sort(all)
+	b.ReportMetric(float64(len(all)*batch)/b.Elapsed().Seconds(), "certs/s")
+	// CPU time of client and server together: less noisy than the rate on
+	// a shared machine.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(len(all)*batch), "cpu-µs/cert")
+	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms/call")
+	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms/call")
 }
 
 // attestedClient attests with a join token over the node API and returns a

@@ -26,6 +26,212 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AgentAuditEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Actor         string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action        string                 `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	Subject       string                 `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
+	Decision      string                 `protobuf:"bytes,6,opt,name=decision,proto3" json:"decision,omitempty"`
+	Reason        string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	Details       map[string]string      `protobuf:"bytes,8,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Count         uint64                 `protobuf:"varint,9,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentAuditEvent) Reset() {
+	*x = AgentAuditEvent{}
+	mi := &file_nodepb_node_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentAuditEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentAuditEvent) ProtoMessage() {}
+
+func (x *AgentAuditEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentAuditEvent.ProtoReflect.Descriptor instead.
+func (*AgentAuditEvent) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AgentAuditEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AgentAuditEvent) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *AgentAuditEvent) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AgentAuditEvent) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AgentAuditEvent) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *AgentAuditEvent) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *AgentAuditEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AgentAuditEvent) GetDetails() map[string]string {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+func (x *AgentAuditEvent) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type ExportAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AfterSeq      uint64                 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	Events        []*AgentAuditEvent     `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportAuditRequest) Reset() {
+	*x = ExportAuditRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportAuditRequest) ProtoMessage() {}
+
+func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
+func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ExportAuditRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ExportAuditRequest) GetEvents() []*AgentAuditEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type ExportAuditResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cursor is the sequence number of the agent's last event the database
+	// holds (after this call).
+	Cursor        uint64 `protobuf:"varint,1,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportAuditResponse) Reset() {
+	*x = ExportAuditResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportAuditResponse) ProtoMessage() {}
+
+func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportAuditResponse.ProtoReflect.Descriptor instead.
+func (*ExportAuditResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ExportAuditResponse) GetCursor() uint64 {
+	if x != nil {
+		return x.Cursor
+	}
+	return 0
+}
+
 type SignJWTSVIDRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
@@ -36,7 +242,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[0]
+	mi := &file_nodepb_node_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +254,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[0]
+	mi := &file_nodepb_node_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +267,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{0}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -88,7 +294,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[1]
+	mi := &file_nodepb_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -100,7 +306,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[1]
+	mi := &file_nodepb_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -113,7 +319,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{1}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -142,7 +348,7 @@ type JWTAuthority struct {
 
 func (x *JWTAuthority) Reset() {
 	*x = JWTAuthority{}
-	mi := &file_nodepb_node_proto_msgTypes[2]
+	mi := &file_nodepb_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -154,7 +360,7 @@ func (x *JWTAuthority) String() string {
 func (*JWTAuthority) ProtoMessage() {}
 
 func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[2]
+	mi := &file_nodepb_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -167,7 +373,7 @@ func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
 func (*JWTAuthority) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{2}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JWTAuthority) GetKid() string {
@@ -197,7 +403,7 @@ type AttestRequest struct {
 
 func (x *AttestRequest) Reset() {
 	*x = AttestRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[3]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +415,7 @@ func (x *AttestRequest) String() string {
 func (*AttestRequest) ProtoMessage() {}
 
 func (x *AttestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[3]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +428,7 @@ func (x *AttestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestRequest.ProtoReflect.Descriptor instead.
 func (*AttestRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{3}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AttestRequest) GetStep() isAttestRequest_Step {
@@ -284,7 +490,7 @@ type AttestStart struct {
 
 func (x *AttestStart) Reset() {
 	*x = AttestStart{}
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +502,7 @@ func (x *AttestStart) String() string {
 func (*AttestStart) ProtoMessage() {}
 
 func (x *AttestStart) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +515,7 @@ func (x *AttestStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestStart.ProtoReflect.Descriptor instead.
 func (*AttestStart) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AttestStart) GetAttestor() string {
@@ -353,7 +559,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +571,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +584,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AttestResponse) GetStep() isAttestResponse_Step {
@@ -434,7 +640,7 @@ type AttestResult struct {
 
 func (x *AttestResult) Reset() {
 	*x = AttestResult{}
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +652,7 @@ func (x *AttestResult) String() string {
 func (*AttestResult) ProtoMessage() {}
 
 func (x *AttestResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +665,7 @@ func (x *AttestResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResult.ProtoReflect.Descriptor instead.
 func (*AttestResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AttestResult) GetAgentId() string {
@@ -493,7 +699,7 @@ type Root struct {
 
 func (x *Root) Reset() {
 	*x = Root{}
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +711,7 @@ func (x *Root) String() string {
 func (*Root) ProtoMessage() {}
 
 func (x *Root) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +724,7 @@ func (x *Root) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Root.ProtoReflect.Descriptor instead.
 func (*Root) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Root) GetProfile() string {
@@ -547,7 +753,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +765,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +778,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Bundle) GetTrustDomain() string {
@@ -606,7 +812,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +824,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +837,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Selector) GetType() string {
@@ -669,7 +875,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +887,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +900,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Entry) GetId() string {
@@ -772,7 +978,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +990,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +1003,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyncRequest) GetKnown() map[string]string {
@@ -831,7 +1037,7 @@ type Resource struct {
 
 func (x *Resource) Reset() {
 	*x = Resource{}
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1049,7 @@ func (x *Resource) String() string {
 func (*Resource) ProtoMessage() {}
 
 func (x *Resource) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1062,7 @@ func (x *Resource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resource.ProtoReflect.Descriptor instead.
 func (*Resource) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Resource) GetKind() string {
@@ -971,7 +1177,7 @@ type CRL struct {
 
 func (x *CRL) Reset() {
 	*x = CRL{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1189,7 @@ func (x *CRL) String() string {
 func (*CRL) ProtoMessage() {}
 
 func (x *CRL) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1202,7 @@ func (x *CRL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CRL.ProtoReflect.Descriptor instead.
 func (*CRL) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CRL) GetProfile() string {
@@ -1043,7 +1249,7 @@ type JWTAuthorities struct {
 
 func (x *JWTAuthorities) Reset() {
 	*x = JWTAuthorities{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1261,7 @@ func (x *JWTAuthorities) String() string {
 func (*JWTAuthorities) ProtoMessage() {}
 
 func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1274,7 @@ func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthorities.ProtoReflect.Descriptor instead.
 func (*JWTAuthorities) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JWTAuthorities) GetKeys() []*JWTAuthority {
@@ -1094,7 +1300,7 @@ type SyncUpdate struct {
 
 func (x *SyncUpdate) Reset() {
 	*x = SyncUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1312,7 @@ func (x *SyncUpdate) String() string {
 func (*SyncUpdate) ProtoMessage() {}
 
 func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1325,7 @@ func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUpdate.ProtoReflect.Descriptor instead.
 func (*SyncUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SyncUpdate) GetRevision() uint64 {
@@ -1153,7 +1359,7 @@ type SVIDRequest struct {
 
 func (x *SVIDRequest) Reset() {
 	*x = SVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1371,7 @@ func (x *SVIDRequest) String() string {
 func (*SVIDRequest) ProtoMessage() {}
 
 func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1384,7 @@ func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SVIDRequest) GetEntryId() string {
@@ -1204,7 +1410,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1422,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1435,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SignX509SVIDsRequest) GetRequests() []*SVIDRequest {
@@ -1252,7 +1458,7 @@ type SVIDResult struct {
 
 func (x *SVIDResult) Reset() {
 	*x = SVIDResult{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1470,7 @@ func (x *SVIDResult) String() string {
 func (*SVIDResult) ProtoMessage() {}
 
 func (x *SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1483,7 @@ func (x *SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDResult.ProtoReflect.Descriptor instead.
 func (*SVIDResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SVIDResult) GetEntryId() string {
@@ -1310,7 +1516,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1528,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1541,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*SVIDResult {
@@ -1354,7 +1560,7 @@ type RenewAgentSVIDRequest struct {
 
 func (x *RenewAgentSVIDRequest) Reset() {
 	*x = RenewAgentSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1572,7 @@ func (x *RenewAgentSVIDRequest) String() string {
 func (*RenewAgentSVIDRequest) ProtoMessage() {}
 
 func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1585,7 @@ func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RenewAgentSVIDRequest) GetCsr() []byte {
@@ -1398,7 +1604,7 @@ type RenewAgentSVIDResponse struct {
 
 func (x *RenewAgentSVIDResponse) Reset() {
 	*x = RenewAgentSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1616,7 @@ func (x *RenewAgentSVIDResponse) String() string {
 func (*RenewAgentSVIDResponse) ProtoMessage() {}
 
 func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1629,7 @@ func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RenewAgentSVIDResponse) GetSvidChain() [][]byte {
@@ -1437,7 +1643,25 @@ var File_nodepb_node_proto protoreflect.FileDescriptor
 
 const file_nodepb_node_proto_rawDesc = "" +
 	"\n" +
-	"\x11nodepb/node.proto\x12\x0emeshca.node.v1\"K\n" +
+	"\x11nodepb/node.proto\x12\x0emeshca.node.v1\"\xdf\x02\n" +
+	"\x0fAgentAuditEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x18\n" +
+	"\asubject\x18\x05 \x01(\tR\asubject\x12\x1a\n" +
+	"\bdecision\x18\x06 \x01(\tR\bdecision\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12F\n" +
+	"\adetails\x18\b \x03(\v2,.meshca.node.v1.AgentAuditEvent.DetailsEntryR\adetails\x12\x14\n" +
+	"\x05count\x18\t \x01(\x04R\x05count\x1a:\n" +
+	"\fDetailsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"j\n" +
+	"\x12ExportAuditRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x127\n" +
+	"\x06events\x18\x02 \x03(\v2\x1f.meshca.node.v1.AgentAuditEventR\x06events\"-\n" +
+	"\x13ExportAuditResponse\x12\x16\n" +
+	"\x06cursor\x18\x01 \x01(\x04R\x06cursor\"K\n" +
 	"\x12SignJWTSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
 	"\baudience\x18\x02 \x03(\tR\baudience\"N\n" +
@@ -1533,13 +1757,14 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"7\n" +
 	"\x16RenewAgentSVIDResponse\x12\x1d\n" +
 	"\n" +
-	"svid_chain\x18\x01 \x03(\fR\tsvidChain2\xad\x03\n" +
+	"svid_chain\x18\x01 \x03(\fR\tsvidChain2\x85\x04\n" +
 	"\x04Node\x12K\n" +
 	"\x06Attest\x12\x1d.meshca.node.v1.AttestRequest\x1a\x1e.meshca.node.v1.AttestResponse(\x010\x01\x12A\n" +
 	"\x04Sync\x12\x1b.meshca.node.v1.SyncRequest\x1a\x1a.meshca.node.v1.SyncUpdate0\x01\x12\\\n" +
 	"\rSignX509SVIDs\x12$.meshca.node.v1.SignX509SVIDsRequest\x1a%.meshca.node.v1.SignX509SVIDsResponse\x12_\n" +
 	"\x0eRenewAgentSVID\x12%.meshca.node.v1.RenewAgentSVIDRequest\x1a&.meshca.node.v1.RenewAgentSVIDResponse\x12V\n" +
-	"\vSignJWTSVID\x12\".meshca.node.v1.SignJWTSVIDRequest\x1a#.meshca.node.v1.SignJWTSVIDResponseB'Z%github.com/meshca/meshca/proto/nodepbb\x06proto3"
+	"\vSignJWTSVID\x12\".meshca.node.v1.SignJWTSVIDRequest\x1a#.meshca.node.v1.SignJWTSVIDResponse\x12V\n" +
+	"\vExportAudit\x12\".meshca.node.v1.ExportAuditRequest\x1a#.meshca.node.v1.ExportAuditResponseB'Z%github.com/meshca/meshca/proto/nodepbb\x06proto3"
 
 var (
 	file_nodepb_node_proto_rawDescOnce sync.Once
@@ -1553,63 +1778,71 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_nodepb_node_proto_goTypes = []any{
-	(*SignJWTSVIDRequest)(nil),     // 0: meshca.node.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),    // 1: meshca.node.v1.SignJWTSVIDResponse
-	(*JWTAuthority)(nil),           // 2: meshca.node.v1.JWTAuthority
-	(*AttestRequest)(nil),          // 3: meshca.node.v1.AttestRequest
-	(*AttestStart)(nil),            // 4: meshca.node.v1.AttestStart
-	(*AttestResponse)(nil),         // 5: meshca.node.v1.AttestResponse
-	(*AttestResult)(nil),           // 6: meshca.node.v1.AttestResult
-	(*Root)(nil),                   // 7: meshca.node.v1.Root
-	(*Bundle)(nil),                 // 8: meshca.node.v1.Bundle
-	(*Selector)(nil),               // 9: meshca.node.v1.Selector
-	(*Entry)(nil),                  // 10: meshca.node.v1.Entry
-	(*SyncRequest)(nil),            // 11: meshca.node.v1.SyncRequest
-	(*Resource)(nil),               // 12: meshca.node.v1.Resource
-	(*CRL)(nil),                    // 13: meshca.node.v1.CRL
-	(*JWTAuthorities)(nil),         // 14: meshca.node.v1.JWTAuthorities
-	(*SyncUpdate)(nil),             // 15: meshca.node.v1.SyncUpdate
-	(*SVIDRequest)(nil),            // 16: meshca.node.v1.SVIDRequest
-	(*SignX509SVIDsRequest)(nil),   // 17: meshca.node.v1.SignX509SVIDsRequest
-	(*SVIDResult)(nil),             // 18: meshca.node.v1.SVIDResult
-	(*SignX509SVIDsResponse)(nil),  // 19: meshca.node.v1.SignX509SVIDsResponse
-	(*RenewAgentSVIDRequest)(nil),  // 20: meshca.node.v1.RenewAgentSVIDRequest
-	(*RenewAgentSVIDResponse)(nil), // 21: meshca.node.v1.RenewAgentSVIDResponse
-	nil,                            // 22: meshca.node.v1.SyncRequest.KnownEntry
+	(*AgentAuditEvent)(nil),        // 0: meshca.node.v1.AgentAuditEvent
+	(*ExportAuditRequest)(nil),     // 1: meshca.node.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),    // 2: meshca.node.v1.ExportAuditResponse
+	(*SignJWTSVIDRequest)(nil),     // 3: meshca.node.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),    // 4: meshca.node.v1.SignJWTSVIDResponse
+	(*JWTAuthority)(nil),           // 5: meshca.node.v1.JWTAuthority
+	(*AttestRequest)(nil),          // 6: meshca.node.v1.AttestRequest
+	(*AttestStart)(nil),            // 7: meshca.node.v1.AttestStart
+	(*AttestResponse)(nil),         // 8: meshca.node.v1.AttestResponse
+	(*AttestResult)(nil),           // 9: meshca.node.v1.AttestResult
+	(*Root)(nil),                   // 10: meshca.node.v1.Root
+	(*Bundle)(nil),                 // 11: meshca.node.v1.Bundle
+	(*Selector)(nil),               // 12: meshca.node.v1.Selector
+	(*Entry)(nil),                  // 13: meshca.node.v1.Entry
+	(*SyncRequest)(nil),            // 14: meshca.node.v1.SyncRequest
+	(*Resource)(nil),               // 15: meshca.node.v1.Resource
+	(*CRL)(nil),                    // 16: meshca.node.v1.CRL
+	(*JWTAuthorities)(nil),         // 17: meshca.node.v1.JWTAuthorities
+	(*SyncUpdate)(nil),             // 18: meshca.node.v1.SyncUpdate
+	(*SVIDRequest)(nil),            // 19: meshca.node.v1.SVIDRequest
+	(*SignX509SVIDsRequest)(nil),   // 20: meshca.node.v1.SignX509SVIDsRequest
+	(*SVIDResult)(nil),             // 21: meshca.node.v1.SVIDResult
+	(*SignX509SVIDsResponse)(nil),  // 22: meshca.node.v1.SignX509SVIDsResponse
+	(*RenewAgentSVIDRequest)(nil),  // 23: meshca.node.v1.RenewAgentSVIDRequest
+	(*RenewAgentSVIDResponse)(nil), // 24: meshca.node.v1.RenewAgentSVIDResponse
+	nil,                            // 25: meshca.node.v1.AgentAuditEvent.DetailsEntry
+	nil,                            // 26: meshca.node.v1.SyncRequest.KnownEntry
 }
 var file_nodepb_node_proto_depIdxs = []int32{
-	4,  // 0: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
-	6,  // 1: meshca.node.v1.AttestResponse.result:type_name -> meshca.node.v1.AttestResult
-	8,  // 2: meshca.node.v1.AttestResult.bundle:type_name -> meshca.node.v1.Bundle
-	7,  // 3: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
-	2,  // 4: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
-	9,  // 5: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
-	22, // 6: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
-	10, // 7: meshca.node.v1.Resource.entry:type_name -> meshca.node.v1.Entry
-	8,  // 8: meshca.node.v1.Resource.bundle:type_name -> meshca.node.v1.Bundle
-	14, // 9: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
-	13, // 10: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
-	2,  // 11: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
-	12, // 12: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
-	16, // 13: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
-	18, // 14: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
-	3,  // 15: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
-	11, // 16: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
-	17, // 17: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
-	20, // 18: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
-	0,  // 19: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
-	5,  // 20: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
-	15, // 21: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
-	19, // 22: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
-	21, // 23: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
-	1,  // 24: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	25, // 0: meshca.node.v1.AgentAuditEvent.details:type_name -> meshca.node.v1.AgentAuditEvent.DetailsEntry
+	0,  // 1: meshca.node.v1.ExportAuditRequest.events:type_name -> meshca.node.v1.AgentAuditEvent
+	7,  // 2: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
+	9,  // 3: meshca.node.v1.AttestResponse.result:type_name -> meshca.node.v1.AttestResult
+	11, // 4: meshca.node.v1.AttestResult.bundle:type_name -> meshca.node.v1.Bundle
+	10, // 5: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
+	5,  // 6: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
+	12, // 7: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
+	26, // 8: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
+	13, // 9: meshca.node.v1.Resource.entry:type_name -> meshca.node.v1.Entry
+	11, // 10: meshca.node.v1.Resource.bundle:type_name -> meshca.node.v1.Bundle
+	17, // 11: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
+	16, // 12: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
+	5,  // 13: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
+	15, // 14: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
+	19, // 15: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
+	21, // 16: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
+	6,  // 17: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
+	14, // 18: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
+	20, // 19: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
+	23, // 20: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
+	3,  // 21: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
+	1,  // 22: meshca.node.v1.Node.ExportAudit:input_type -> meshca.node.v1.ExportAuditRequest
+	8,  // 23: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
+	18, // 24: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
+	22, // 25: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
+	24, // 26: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
+	4,  // 27: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
+	2,  // 28: meshca.node.v1.Node.ExportAudit:output_type -> meshca.node.v1.ExportAuditResponse
+	23, // [23:29] is the sub-list for method output_type
+	17, // [17:23] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1617,15 +1850,15 @@ func file_nodepb_node_proto_init() {
 	if File_nodepb_node_proto != nil {
 		return
 	}
-	file_nodepb_node_proto_msgTypes[3].OneofWrappers = []any{
+	file_nodepb_node_proto_msgTypes[6].OneofWrappers = []any{
 		(*AttestRequest_Start)(nil),
 		(*AttestRequest_ChallengeResponse)(nil),
 	}
-	file_nodepb_node_proto_msgTypes[5].OneofWrappers = []any{
+	file_nodepb_node_proto_msgTypes[8].OneofWrappers = []any{
 		(*AttestResponse_Challenge)(nil),
 		(*AttestResponse_Result)(nil),
 	}
-	file_nodepb_node_proto_msgTypes[12].OneofWrappers = []any{
+	file_nodepb_node_proto_msgTypes[15].OneofWrappers = []any{
 		(*Resource_Entry)(nil),
 		(*Resource_Bundle)(nil),
 		(*Resource_JwtAuthorities)(nil),
@@ -1637,7 +1870,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

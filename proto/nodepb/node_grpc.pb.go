@@ -29,6 +29,7 @@ const (
 	Node_SignX509SVIDs_FullMethodName  = "/meshca.node.v1.Node/SignX509SVIDs"
 	Node_RenewAgentSVID_FullMethodName = "/meshca.node.v1.Node/RenewAgentSVID"
 	Node_SignJWTSVID_FullMethodName    = "/meshca.node.v1.Node/SignJWTSVID"
+	Node_ExportAudit_FullMethodName    = "/meshca.node.v1.Node/ExportAudit"
 )
 
 // NodeClient is the client API for Node service.
@@ -47,6 +48,13 @@ type NodeClient interface {
 	RenewAgentSVID(ctx context.Context, in *RenewAgentSVIDRequest, opts ...grpc.CallOption) (*RenewAgentSVIDResponse, error)
 	// SignJWTSVID signs a JWT-SVID for an entry of the calling agent's node.
 	SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error)
+	// issue 15: ExportAudit ships the calling agent's audit events (its
+	// Workload API and SDS decisions) to the cluster's history database,
+	// exactly once, keyed by (agent SPIFFE ID, seq). Events must follow the
+	// agent's cursor there (after_seq) in order; without events it only
+	// returns the cursor. FailedPrecondition: the server has no history
+	// database; Unavailable: the database does not answer.
+	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (*ExportAuditResponse, error)
 }
 
 type nodeClient struct {
@@ -119,6 +127,16 @@ func (c *nodeClient) SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, op
 	return out, nil
 }
 
+func (c *nodeClient) ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (*ExportAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportAuditResponse)
+	err := c.cc.Invoke(ctx, Node_ExportAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -135,6 +153,13 @@ type NodeServer interface {
 	RenewAgentSVID(context.Context, *RenewAgentSVIDRequest) (*RenewAgentSVIDResponse, error)
 	// SignJWTSVID signs a JWT-SVID for an entry of the calling agent's node.
 	SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error)
+	// issue 15: ExportAudit ships the calling agent's audit events (its
+	// Workload API and SDS decisions) to the cluster's history database,
+	// exactly once, keyed by (agent SPIFFE ID, seq). Events must follow the
+	// agent's cursor there (after_seq) in order; without events it only
+	// returns the cursor. FailedPrecondition: the server has no history
+	// database; Unavailable: the database does not answer.
+	ExportAudit(context.Context, *ExportAuditRequest) (*ExportAuditResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -159,6 +184,9 @@ func (UnimplementedNodeServer) RenewAgentSVID(context.Context, *RenewAgentSVIDRe
 }
 func (UnimplementedNodeServer) SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignJWTSVID not implemented")
+}
+func (UnimplementedNodeServer) ExportAudit(context.Context, *ExportAuditRequest) (*ExportAuditResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportAudit not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -253,6 +281,24 @@ func _Node_SignJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_ExportAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).ExportAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_ExportAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).ExportAudit(ctx, req.(*ExportAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -271,6 +317,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignJWTSVID",
 			Handler:    _Node_SignJWTSVID_Handler,
+		},
+		{
+			MethodName: "ExportAudit",
+			Handler:    _Node_ExportAudit_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

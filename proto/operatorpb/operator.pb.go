@@ -350,6 +350,8 @@ type StatusResponse struct {
 	Authorities   []*AuthorityStatus `protobuf:"bytes,14,rep,name=authorities,proto3" json:"authorities,omitempty"`
 	AttestedNodes uint64             `protobuf:"varint,15,opt,name=attested_nodes,json=attestedNodes,proto3" json:"attested_nodes,omitempty"`
 	Entries       uint64             `protobuf:"varint,16,opt,name=entries,proto3" json:"entries,omitempty"`
+	// issue 15: the export of the cluster's history to PostgreSQL.
+	History       *HistoryExport `protobuf:"bytes,60,opt,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -494,6 +496,13 @@ func (x *StatusResponse) GetEntries() uint64 {
 		return x.Entries
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetHistory() *HistoryExport {
+	if x != nil {
+		return x.History
+	}
+	return nil
 }
 
 // Member is one server's position, as `meshca status` shows it.
@@ -702,6 +711,145 @@ func (x *AuthorityStatus) GetNotAfterUnix() int64 {
 	return 0
 }
 
+// issue 15: HistoryExport is how far this server's view of the export to
+// PostgreSQL lags.
+type HistoryExport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// enabled: a PostgreSQL database is configured.
+	Enabled bool `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// database names it, as user@host:port/database (never the password).
+	Database string `protobuf:"bytes,2,opt,name=database,proto3" json:"database,omitempty"`
+	// ledger_exporter: this server exports the ledger (it is the leader).
+	LedgerExporter bool `protobuf:"varint,3,opt,name=ledger_exporter,json=ledgerExporter,proto3" json:"ledger_exporter,omitempty"`
+	// ledger_cursor is the Raft index of the last ledger block exported, as
+	// last read from PostgreSQL (0 before the first read).
+	LedgerCursor uint64 `protobuf:"varint,4,opt,name=ledger_cursor,json=ledgerCursor,proto3" json:"ledger_cursor,omitempty"`
+	// ledger_lag_records counts the ledger records after the cursor;
+	// ledger_lag_seconds is the age of the oldest of them.
+	LedgerLagRecords uint64  `protobuf:"varint,5,opt,name=ledger_lag_records,json=ledgerLagRecords,proto3" json:"ledger_lag_records,omitempty"`
+	LedgerLagSeconds float64 `protobuf:"fixed64,6,opt,name=ledger_lag_seconds,json=ledgerLagSeconds,proto3" json:"ledger_lag_seconds,omitempty"`
+	// audit_cursor is the sequence number of this server's last audit event
+	// exported; audit_lag_events counts those recorded since, and
+	// audit_lag_seconds is the age of the oldest of them.
+	AuditCursor     uint64  `protobuf:"varint,7,opt,name=audit_cursor,json=auditCursor,proto3" json:"audit_cursor,omitempty"`
+	AuditLagEvents  uint64  `protobuf:"varint,8,opt,name=audit_lag_events,json=auditLagEvents,proto3" json:"audit_lag_events,omitempty"`
+	AuditLagSeconds float64 `protobuf:"fixed64,9,opt,name=audit_lag_seconds,json=auditLagSeconds,proto3" json:"audit_lag_seconds,omitempty"`
+	// last_error is the export's last failure ("" after a success).
+	LastError string `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// unexported_pruned counts ledger records this server, as leader, pruned
+	// unexported because the hold on them ended (PostgreSQL down too long).
+	UnexportedPruned uint64 `protobuf:"varint,11,opt,name=unexported_pruned,json=unexportedPruned,proto3" json:"unexported_pruned,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *HistoryExport) Reset() {
+	*x = HistoryExport{}
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryExport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryExport) ProtoMessage() {}
+
+func (x *HistoryExport) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryExport.ProtoReflect.Descriptor instead.
+func (*HistoryExport) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *HistoryExport) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *HistoryExport) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *HistoryExport) GetLedgerExporter() bool {
+	if x != nil {
+		return x.LedgerExporter
+	}
+	return false
+}
+
+func (x *HistoryExport) GetLedgerCursor() uint64 {
+	if x != nil {
+		return x.LedgerCursor
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetLedgerLagRecords() uint64 {
+	if x != nil {
+		return x.LedgerLagRecords
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetLedgerLagSeconds() float64 {
+	if x != nil {
+		return x.LedgerLagSeconds
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetAuditCursor() uint64 {
+	if x != nil {
+		return x.AuditCursor
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetAuditLagEvents() uint64 {
+	if x != nil {
+		return x.AuditLagEvents
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetAuditLagSeconds() float64 {
+	if x != nil {
+		return x.AuditLagSeconds
+	}
+	return 0
+}
+
+func (x *HistoryExport) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *HistoryExport) GetUnexportedPruned() uint64 {
+	if x != nil {
+		return x.UnexportedPruned
+	}
+	return 0
+}
+
 type Peer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -714,7 +862,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +874,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +887,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Peer) GetId() string {
@@ -778,7 +926,7 @@ type RaftListPeersRequest struct {
 
 func (x *RaftListPeersRequest) Reset() {
 	*x = RaftListPeersRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +938,7 @@ func (x *RaftListPeersRequest) String() string {
 func (*RaftListPeersRequest) ProtoMessage() {}
 
 func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +951,7 @@ func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersRequest.ProtoReflect.Descriptor instead.
 func (*RaftListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
 }
 
 type RaftListPeersResponse struct {
@@ -815,7 +963,7 @@ type RaftListPeersResponse struct {
 
 func (x *RaftListPeersResponse) Reset() {
 	*x = RaftListPeersResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +975,7 @@ func (x *RaftListPeersResponse) String() string {
 func (*RaftListPeersResponse) ProtoMessage() {}
 
 func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +988,7 @@ func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersResponse.ProtoReflect.Descriptor instead.
 func (*RaftListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RaftListPeersResponse) GetPeers() []*Peer {
@@ -860,7 +1008,7 @@ type RaftAddVoterRequest struct {
 
 func (x *RaftAddVoterRequest) Reset() {
 	*x = RaftAddVoterRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1020,7 @@ func (x *RaftAddVoterRequest) String() string {
 func (*RaftAddVoterRequest) ProtoMessage() {}
 
 func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1033,7 @@ func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterRequest.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RaftAddVoterRequest) GetId() string {
@@ -910,7 +1058,7 @@ type RaftAddVoterResponse struct {
 
 func (x *RaftAddVoterResponse) Reset() {
 	*x = RaftAddVoterResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1070,7 @@ func (x *RaftAddVoterResponse) String() string {
 func (*RaftAddVoterResponse) ProtoMessage() {}
 
 func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1083,7 @@ func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterResponse.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
 }
 
 type RaftRemovePeerRequest struct {
@@ -947,7 +1095,7 @@ type RaftRemovePeerRequest struct {
 
 func (x *RaftRemovePeerRequest) Reset() {
 	*x = RaftRemovePeerRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1107,7 @@ func (x *RaftRemovePeerRequest) String() string {
 func (*RaftRemovePeerRequest) ProtoMessage() {}
 
 func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1120,7 @@ func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerRequest.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RaftRemovePeerRequest) GetId() string {
@@ -990,7 +1138,7 @@ type RaftRemovePeerResponse struct {
 
 func (x *RaftRemovePeerResponse) Reset() {
 	*x = RaftRemovePeerResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1150,7 @@ func (x *RaftRemovePeerResponse) String() string {
 func (*RaftRemovePeerResponse) ProtoMessage() {}
 
 func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1163,7 @@ func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerResponse.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
 }
 
 type SnapshotSaveRequest struct {
@@ -1026,7 +1174,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1186,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1199,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
 }
 
 type SnapshotChunk struct {
@@ -1063,7 +1211,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1223,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1236,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -1107,7 +1255,7 @@ type SnapshotRestoreResponse struct {
 
 func (x *SnapshotRestoreResponse) Reset() {
 	*x = SnapshotRestoreResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1267,7 @@ func (x *SnapshotRestoreResponse) String() string {
 func (*SnapshotRestoreResponse) ProtoMessage() {}
 
 func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1280,7 @@ func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotRestoreResponse) GetStateHash() string {
@@ -1153,7 +1301,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1313,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1326,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateJoinTokenRequest) GetKind() string {
@@ -1205,7 +1353,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1365,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1378,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1257,7 +1405,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1417,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1430,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Selector) GetType() string {
@@ -1316,7 +1464,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1476,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1489,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Entry) GetId() string {
@@ -1421,7 +1569,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1581,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1594,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -1475,7 +1623,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1635,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1648,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -1526,7 +1674,7 @@ type EntryResponse struct {
 
 func (x *EntryResponse) Reset() {
 	*x = EntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1686,7 @@ func (x *EntryResponse) String() string {
 func (*EntryResponse) ProtoMessage() {}
 
 func (x *EntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1699,7 @@ func (x *EntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryResponse.ProtoReflect.Descriptor instead.
 func (*EntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EntryResponse) GetEntry() *Entry {
@@ -1570,7 +1718,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +1730,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +1743,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1613,7 +1761,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1773,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1786,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
 }
 
 type GetEntryRequest struct {
@@ -1650,7 +1798,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1662,7 +1810,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1675,7 +1823,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1701,7 +1849,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1861,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1874,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1768,7 +1916,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +1928,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,7 +1941,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1827,7 +1975,7 @@ type BatchCreateEntriesRequest struct {
 
 func (x *BatchCreateEntriesRequest) Reset() {
 	*x = BatchCreateEntriesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +1987,7 @@ func (x *BatchCreateEntriesRequest) String() string {
 func (*BatchCreateEntriesRequest) ProtoMessage() {}
 
 func (x *BatchCreateEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +2000,7 @@ func (x *BatchCreateEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateEntriesRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *BatchCreateEntriesRequest) GetEntries() []*Entry {
@@ -1891,7 +2039,7 @@ type BatchCreateEntriesResponse struct {
 
 func (x *BatchCreateEntriesResponse) Reset() {
 	*x = BatchCreateEntriesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1903,7 +2051,7 @@ func (x *BatchCreateEntriesResponse) String() string {
 func (*BatchCreateEntriesResponse) ProtoMessage() {}
 
 func (x *BatchCreateEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1916,7 +2064,7 @@ func (x *BatchCreateEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateEntriesResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BatchCreateEntriesResponse) GetEntries() []*Entry {
@@ -1954,7 +2102,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2114,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2127,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -2032,7 +2180,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2192,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2205,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
 }
 
 type ListNodesResponse struct {
@@ -2069,7 +2217,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2229,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2242,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2113,7 +2261,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2273,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2286,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetNodeRequest) GetSpiffeId() string {
@@ -2157,7 +2305,7 @@ type NodeResponse struct {
 
 func (x *NodeResponse) Reset() {
 	*x = NodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2317,7 @@ func (x *NodeResponse) String() string {
 func (*NodeResponse) ProtoMessage() {}
 
 func (x *NodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2330,7 @@ func (x *NodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResponse.ProtoReflect.Descriptor instead.
 func (*NodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NodeResponse) GetNode() *Node {
@@ -2206,7 +2354,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2218,7 +2366,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2231,7 +2379,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -2281,7 +2429,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2293,7 +2441,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2306,7 +2454,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MintX509SVIDResponse) GetChain() [][]byte {
@@ -2331,7 +2479,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2491,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2504,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
 }
 
 // Authority is a root, an intermediate or a JWT signing key.
@@ -2385,7 +2533,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2397,7 +2545,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2410,7 +2558,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Authority) GetId() string {
@@ -2492,7 +2640,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2652,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2665,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -2525,6 +2673,587 @@ func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
 		return x.Authorities
 	}
 	return nil
+}
+
+// QueryCertificatesRequest selects issued certificates; empty fields
+// select all. since/until bound the not-before time (since <= t < until).
+type QueryCertificatesRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SinceUnix int64                  `protobuf:"varint,1,opt,name=since_unix,json=sinceUnix,proto3" json:"since_unix,omitempty"`
+	UntilUnix int64                  `protobuf:"varint,2,opt,name=until_unix,json=untilUnix,proto3" json:"until_unix,omitempty"`
+	SpiffeId  string                 `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId    string                 `protobuf:"bytes,4,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// revoked selects revoked certificates only.
+	Revoked bool `protobuf:"varint,5,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// page_size defaults to 100, at most 10000.
+	PageSize  int32  `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// hot_window reads the Raft ledger even when PostgreSQL is configured.
+	HotWindow     bool `protobuf:"varint,8,opt,name=hot_window,json=hotWindow,proto3" json:"hot_window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryCertificatesRequest) Reset() {
+	*x = QueryCertificatesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryCertificatesRequest) ProtoMessage() {}
+
+func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*QueryCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *QueryCertificatesRequest) GetSinceUnix() int64 {
+	if x != nil {
+		return x.SinceUnix
+	}
+	return 0
+}
+
+func (x *QueryCertificatesRequest) GetUntilUnix() int64 {
+	if x != nil {
+		return x.UntilUnix
+	}
+	return 0
+}
+
+func (x *QueryCertificatesRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *QueryCertificatesRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *QueryCertificatesRequest) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *QueryCertificatesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *QueryCertificatesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *QueryCertificatesRequest) GetHotWindow() bool {
+	if x != nil {
+		return x.HotWindow
+	}
+	return false
+}
+
+type HistoryCertificate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Serial        []byte                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId        string                 `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Profile       string                 `protobuf:"bytes,4,opt,name=profile,proto3" json:"profile,omitempty"`
+	IssuerId      string                 `protobuf:"bytes,5,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	NotBeforeUnix int64                  `protobuf:"varint,6,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
+	NotAfterUnix  int64                  `protobuf:"varint,7,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	// revoked_unix is 0 unless the certificate is revoked.
+	RevokedUnix      int64 `protobuf:"varint,8,opt,name=revoked_unix,json=revokedUnix,proto3" json:"revoked_unix,omitempty"`
+	RevocationReason int32 `protobuf:"varint,9,opt,name=revocation_reason,json=revocationReason,proto3" json:"revocation_reason,omitempty"`
+	// raft_index is the log entry that committed the ledger record.
+	RaftIndex     uint64 `protobuf:"varint,10,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryCertificate) Reset() {
+	*x = HistoryCertificate{}
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryCertificate) ProtoMessage() {}
+
+func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryCertificate.ProtoReflect.Descriptor instead.
+func (*HistoryCertificate) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *HistoryCertificate) GetSerial() []byte {
+	if x != nil {
+		return x.Serial
+	}
+	return nil
+}
+
+func (x *HistoryCertificate) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *HistoryCertificate) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *HistoryCertificate) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *HistoryCertificate) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *HistoryCertificate) GetNotBeforeUnix() int64 {
+	if x != nil {
+		return x.NotBeforeUnix
+	}
+	return 0
+}
+
+func (x *HistoryCertificate) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *HistoryCertificate) GetRevokedUnix() int64 {
+	if x != nil {
+		return x.RevokedUnix
+	}
+	return 0
+}
+
+func (x *HistoryCertificate) GetRevocationReason() int32 {
+	if x != nil {
+		return x.RevocationReason
+	}
+	return 0
+}
+
+func (x *HistoryCertificate) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+type QueryCertificatesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificates  []*HistoryCertificate  `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// source is "postgres" or "raft".
+	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryCertificatesResponse) Reset() {
+	*x = QueryCertificatesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryCertificatesResponse) ProtoMessage() {}
+
+func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*QueryCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *QueryCertificatesResponse) GetCertificates() []*HistoryCertificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *QueryCertificatesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *QueryCertificatesResponse) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// QueryAuditRequest selects audit events; empty fields select all.
+type QueryAuditRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Actor  string                 `protobuf:"bytes,1,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action string                 `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// decision is allow, deny or info.
+	Decision      string `protobuf:"bytes,3,opt,name=decision,proto3" json:"decision,omitempty"`
+	SinceUnixNano int64  `protobuf:"varint,4,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
+	UntilUnixNano int64  `protobuf:"varint,5,opt,name=until_unix_nano,json=untilUnixNano,proto3" json:"until_unix_nano,omitempty"`
+	PageSize      int32  `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// operator selects operators' commands only.
+	Operator bool `protobuf:"varint,8,opt,name=operator,proto3" json:"operator,omitempty"`
+	// local reads this server's audit log even when PostgreSQL is configured.
+	Local         bool `protobuf:"varint,9,opt,name=local,proto3" json:"local,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAuditRequest) Reset() {
+	*x = QueryAuditRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAuditRequest) ProtoMessage() {}
+
+func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAuditRequest.ProtoReflect.Descriptor instead.
+func (*QueryAuditRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *QueryAuditRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetSinceUnixNano() int64 {
+	if x != nil {
+		return x.SinceUnixNano
+	}
+	return 0
+}
+
+func (x *QueryAuditRequest) GetUntilUnixNano() int64 {
+	if x != nil {
+		return x.UntilUnixNano
+	}
+	return 0
+}
+
+func (x *QueryAuditRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *QueryAuditRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetOperator() bool {
+	if x != nil {
+		return x.Operator
+	}
+	return false
+}
+
+func (x *QueryAuditRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
+type HistoryAuditEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,3,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Actor         string                 `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action        string                 `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Subject       string                 `protobuf:"bytes,6,opt,name=subject,proto3" json:"subject,omitempty"`
+	Decision      string                 `protobuf:"bytes,7,opt,name=decision,proto3" json:"decision,omitempty"`
+	Reason        string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	Details       map[string]string      `protobuf:"bytes,9,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Count         uint64                 `protobuf:"varint,10,opt,name=count,proto3" json:"count,omitempty"`
+	Operator      bool                   `protobuf:"varint,11,opt,name=operator,proto3" json:"operator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryAuditEvent) Reset() {
+	*x = HistoryAuditEvent{}
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryAuditEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryAuditEvent) ProtoMessage() {}
+
+func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryAuditEvent.ProtoReflect.Descriptor instead.
+func (*HistoryAuditEvent) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *HistoryAuditEvent) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *HistoryAuditEvent) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *HistoryAuditEvent) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *HistoryAuditEvent) GetDetails() map[string]string {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+func (x *HistoryAuditEvent) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *HistoryAuditEvent) GetOperator() bool {
+	if x != nil {
+		return x.Operator
+	}
+	return false
+}
+
+type QueryAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*HistoryAuditEvent   `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// source is "postgres" or "local" (this server's audit log).
+	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAuditResponse) Reset() {
+	*x = QueryAuditResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAuditResponse) ProtoMessage() {}
+
+func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAuditResponse.ProtoReflect.Descriptor instead.
+func (*QueryAuditResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *QueryAuditResponse) GetEvents() []*HistoryAuditEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *QueryAuditResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *QueryAuditResponse) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
 }
 
 var File_operatorpb_operator_proto protoreflect.FileDescriptor
@@ -2545,7 +3274,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\badded_by\x18\x03 \x01(\tR\aaddedBy\"K\n" +
 	"\x12ListAdminsResponse\x125\n" +
 	"\x06admins\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AdminInfoR\x06admins\"\x0f\n" +
-	"\rStatusRequest\"\xd8\x04\n" +
+	"\rStatusRequest\"\x95\x05\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1d\n" +
@@ -2566,7 +3295,8 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\amembers\x18\r \x03(\v2\x1a.meshca.operator.v1.MemberR\amembers\x12E\n" +
 	"\vauthorities\x18\x0e \x03(\v2#.meshca.operator.v1.AuthorityStatusR\vauthorities\x12%\n" +
 	"\x0eattested_nodes\x18\x0f \x01(\x04R\rattestedNodes\x12\x18\n" +
-	"\aentries\x18\x10 \x01(\x04R\aentries\"\xc2\x02\n" +
+	"\aentries\x18\x10 \x01(\x04R\aentries\x12;\n" +
+	"\ahistory\x18< \x01(\v2!.meshca.operator.v1.HistoryExportR\ahistory\"\xc2\x02\n" +
 	"\x06Member\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1a\n" +
@@ -2586,7 +3316,21 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\aprofile\x18\x03 \x01(\tR\aprofile\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x1b\n" +
 	"\tserver_id\x18\x05 \x01(\tR\bserverId\x12$\n" +
-	"\x0enot_after_unix\x18\x06 \x01(\x03R\fnotAfterUnix\"d\n" +
+	"\x0enot_after_unix\x18\x06 \x01(\x03R\fnotAfterUnix\"\xb4\x03\n" +
+	"\rHistoryExport\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1a\n" +
+	"\bdatabase\x18\x02 \x01(\tR\bdatabase\x12'\n" +
+	"\x0fledger_exporter\x18\x03 \x01(\bR\x0eledgerExporter\x12#\n" +
+	"\rledger_cursor\x18\x04 \x01(\x04R\fledgerCursor\x12,\n" +
+	"\x12ledger_lag_records\x18\x05 \x01(\x04R\x10ledgerLagRecords\x12,\n" +
+	"\x12ledger_lag_seconds\x18\x06 \x01(\x01R\x10ledgerLagSeconds\x12!\n" +
+	"\faudit_cursor\x18\a \x01(\x04R\vauditCursor\x12(\n" +
+	"\x10audit_lag_events\x18\b \x01(\x04R\x0eauditLagEvents\x12*\n" +
+	"\x11audit_lag_seconds\x18\t \x01(\x01R\x0fauditLagSeconds\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\n" +
+	" \x01(\tR\tlastError\x12+\n" +
+	"\x11unexported_pruned\x18\v \x01(\x04R\x10unexportedPruned\"d\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -2698,7 +3442,68 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x10activate_at_unix\x18\n" +
 	" \x01(\x03R\x0eactivateAtUnix\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
-	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities2\xfe\x0e\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\"\x83\x02\n" +
+	"\x18QueryCertificatesRequest\x12\x1d\n" +
+	"\n" +
+	"since_unix\x18\x01 \x01(\x03R\tsinceUnix\x12\x1d\n" +
+	"\n" +
+	"until_unix\x18\x02 \x01(\x03R\tuntilUnix\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\arevoked\x18\x05 \x01(\bR\arevoked\x12\x1b\n" +
+	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\x12\x1d\n" +
+	"\n" +
+	"hot_window\x18\b \x01(\bR\thotWindow\"\xd6\x02\n" +
+	"\x12HistoryCertificate\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\fR\x06serial\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aprofile\x18\x04 \x01(\tR\aprofile\x12\x1b\n" +
+	"\tissuer_id\x18\x05 \x01(\tR\bissuerId\x12&\n" +
+	"\x0fnot_before_unix\x18\x06 \x01(\x03R\rnotBeforeUnix\x12$\n" +
+	"\x0enot_after_unix\x18\a \x01(\x03R\fnotAfterUnix\x12!\n" +
+	"\frevoked_unix\x18\b \x01(\x03R\vrevokedUnix\x12+\n" +
+	"\x11revocation_reason\x18\t \x01(\x05R\x10revocationReason\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\n" +
+	" \x01(\x04R\traftIndex\"\xa7\x01\n" +
+	"\x19QueryCertificatesResponse\x12J\n" +
+	"\fcertificates\x18\x01 \x03(\v2&.meshca.operator.v1.HistoryCertificateR\fcertificates\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\"\x9b\x02\n" +
+	"\x11QueryAuditRequest\x12\x14\n" +
+	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x1a\n" +
+	"\bdecision\x18\x03 \x01(\tR\bdecision\x12&\n" +
+	"\x0fsince_unix_nano\x18\x04 \x01(\x03R\rsinceUnixNano\x12&\n" +
+	"\x0funtil_unix_nano\x18\x05 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
+	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\x12\x1a\n" +
+	"\boperator\x18\b \x01(\bR\boperator\x12\x14\n" +
+	"\x05local\x18\t \x01(\bR\x05local\"\x9b\x03\n" +
+	"\x11HistoryAuditEvent\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\x12\x14\n" +
+	"\x05actor\x18\x04 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x18\n" +
+	"\asubject\x18\x06 \x01(\tR\asubject\x12\x1a\n" +
+	"\bdecision\x18\a \x01(\tR\bdecision\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12L\n" +
+	"\adetails\x18\t \x03(\v22.meshca.operator.v1.HistoryAuditEvent.DetailsEntryR\adetails\x12\x14\n" +
+	"\x05count\x18\n" +
+	" \x01(\x04R\x05count\x12\x1a\n" +
+	"\boperator\x18\v \x01(\bR\boperator\x1a:\n" +
+	"\fDetailsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x93\x01\n" +
+	"\x12QueryAuditResponse\x12=\n" +
+	"\x06events\x18\x01 \x03(\v2%.meshca.operator.v1.HistoryAuditEventR\x06events\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source2\xcd\x10\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -2720,7 +3525,10 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\vRemoveAdmin\x12&.meshca.operator.v1.RemoveAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12[\n" +
 	"\n" +
 	"ListAdmins\x12%.meshca.operator.v1.ListAdminsRequest\x1a&.meshca.operator.v1.ListAdminsResponse\x12s\n" +
-	"\x12BatchCreateEntries\x12-.meshca.operator.v1.BatchCreateEntriesRequest\x1a..meshca.operator.v1.BatchCreateEntriesResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"\x12BatchCreateEntries\x12-.meshca.operator.v1.BatchCreateEntriesRequest\x1a..meshca.operator.v1.BatchCreateEntriesResponse\x12p\n" +
+	"\x11QueryCertificates\x12,.meshca.operator.v1.QueryCertificatesRequest\x1a-.meshca.operator.v1.QueryCertificatesResponse\x12[\n" +
+	"\n" +
+	"QueryAudit\x12%.meshca.operator.v1.QueryAuditRequest\x1a&.meshca.operator.v1.QueryAuditResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -2734,7 +3542,7 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_operatorpb_operator_proto_goTypes = []any{
 	(*AddAdminRequest)(nil),            // 0: meshca.operator.v1.AddAdminRequest
 	(*RemoveAdminRequest)(nil),         // 1: meshca.operator.v1.RemoveAdminRequest
@@ -2746,102 +3554,118 @@ var file_operatorpb_operator_proto_goTypes = []any{
 	(*StatusResponse)(nil),             // 7: meshca.operator.v1.StatusResponse
 	(*Member)(nil),                     // 8: meshca.operator.v1.Member
 	(*AuthorityStatus)(nil),            // 9: meshca.operator.v1.AuthorityStatus
-	(*Peer)(nil),                       // 10: meshca.operator.v1.Peer
-	(*RaftListPeersRequest)(nil),       // 11: meshca.operator.v1.RaftListPeersRequest
-	(*RaftListPeersResponse)(nil),      // 12: meshca.operator.v1.RaftListPeersResponse
-	(*RaftAddVoterRequest)(nil),        // 13: meshca.operator.v1.RaftAddVoterRequest
-	(*RaftAddVoterResponse)(nil),       // 14: meshca.operator.v1.RaftAddVoterResponse
-	(*RaftRemovePeerRequest)(nil),      // 15: meshca.operator.v1.RaftRemovePeerRequest
-	(*RaftRemovePeerResponse)(nil),     // 16: meshca.operator.v1.RaftRemovePeerResponse
-	(*SnapshotSaveRequest)(nil),        // 17: meshca.operator.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),              // 18: meshca.operator.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil),    // 19: meshca.operator.v1.SnapshotRestoreResponse
-	(*CreateJoinTokenRequest)(nil),     // 20: meshca.operator.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),    // 21: meshca.operator.v1.CreateJoinTokenResponse
-	(*Selector)(nil),                   // 22: meshca.operator.v1.Selector
-	(*Entry)(nil),                      // 23: meshca.operator.v1.Entry
-	(*CreateEntryRequest)(nil),         // 24: meshca.operator.v1.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),         // 25: meshca.operator.v1.UpdateEntryRequest
-	(*EntryResponse)(nil),              // 26: meshca.operator.v1.EntryResponse
-	(*DeleteEntryRequest)(nil),         // 27: meshca.operator.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),        // 28: meshca.operator.v1.DeleteEntryResponse
-	(*GetEntryRequest)(nil),            // 29: meshca.operator.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),         // 30: meshca.operator.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),        // 31: meshca.operator.v1.ListEntriesResponse
-	(*BatchCreateEntriesRequest)(nil),  // 32: meshca.operator.v1.BatchCreateEntriesRequest
-	(*BatchCreateEntriesResponse)(nil), // 33: meshca.operator.v1.BatchCreateEntriesResponse
-	(*Node)(nil),                       // 34: meshca.operator.v1.Node
-	(*ListNodesRequest)(nil),           // 35: meshca.operator.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),          // 36: meshca.operator.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),             // 37: meshca.operator.v1.GetNodeRequest
-	(*NodeResponse)(nil),               // 38: meshca.operator.v1.NodeResponse
-	(*MintX509SVIDRequest)(nil),        // 39: meshca.operator.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),       // 40: meshca.operator.v1.MintX509SVIDResponse
-	(*ListAuthoritiesRequest)(nil),     // 41: meshca.operator.v1.ListAuthoritiesRequest
-	(*Authority)(nil),                  // 42: meshca.operator.v1.Authority
-	(*ListAuthoritiesResponse)(nil),    // 43: meshca.operator.v1.ListAuthoritiesResponse
+	(*HistoryExport)(nil),              // 10: meshca.operator.v1.HistoryExport
+	(*Peer)(nil),                       // 11: meshca.operator.v1.Peer
+	(*RaftListPeersRequest)(nil),       // 12: meshca.operator.v1.RaftListPeersRequest
+	(*RaftListPeersResponse)(nil),      // 13: meshca.operator.v1.RaftListPeersResponse
+	(*RaftAddVoterRequest)(nil),        // 14: meshca.operator.v1.RaftAddVoterRequest
+	(*RaftAddVoterResponse)(nil),       // 15: meshca.operator.v1.RaftAddVoterResponse
+	(*RaftRemovePeerRequest)(nil),      // 16: meshca.operator.v1.RaftRemovePeerRequest
+	(*RaftRemovePeerResponse)(nil),     // 17: meshca.operator.v1.RaftRemovePeerResponse
+	(*SnapshotSaveRequest)(nil),        // 18: meshca.operator.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),              // 19: meshca.operator.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),    // 20: meshca.operator.v1.SnapshotRestoreResponse
+	(*CreateJoinTokenRequest)(nil),     // 21: meshca.operator.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),    // 22: meshca.operator.v1.CreateJoinTokenResponse
+	(*Selector)(nil),                   // 23: meshca.operator.v1.Selector
+	(*Entry)(nil),                      // 24: meshca.operator.v1.Entry
+	(*CreateEntryRequest)(nil),         // 25: meshca.operator.v1.CreateEntryRequest
+	(*UpdateEntryRequest)(nil),         // 26: meshca.operator.v1.UpdateEntryRequest
+	(*EntryResponse)(nil),              // 27: meshca.operator.v1.EntryResponse
+	(*DeleteEntryRequest)(nil),         // 28: meshca.operator.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),        // 29: meshca.operator.v1.DeleteEntryResponse
+	(*GetEntryRequest)(nil),            // 30: meshca.operator.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),         // 31: meshca.operator.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),        // 32: meshca.operator.v1.ListEntriesResponse
+	(*BatchCreateEntriesRequest)(nil),  // 33: meshca.operator.v1.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil), // 34: meshca.operator.v1.BatchCreateEntriesResponse
+	(*Node)(nil),                       // 35: meshca.operator.v1.Node
+	(*ListNodesRequest)(nil),           // 36: meshca.operator.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),          // 37: meshca.operator.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),             // 38: meshca.operator.v1.GetNodeRequest
+	(*NodeResponse)(nil),               // 39: meshca.operator.v1.NodeResponse
+	(*MintX509SVIDRequest)(nil),        // 40: meshca.operator.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),       // 41: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),     // 42: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),                  // 43: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil),    // 44: meshca.operator.v1.ListAuthoritiesResponse
+	(*QueryCertificatesRequest)(nil),   // 45: meshca.operator.v1.QueryCertificatesRequest
+	(*HistoryCertificate)(nil),         // 46: meshca.operator.v1.HistoryCertificate
+	(*QueryCertificatesResponse)(nil),  // 47: meshca.operator.v1.QueryCertificatesResponse
+	(*QueryAuditRequest)(nil),          // 48: meshca.operator.v1.QueryAuditRequest
+	(*HistoryAuditEvent)(nil),          // 49: meshca.operator.v1.HistoryAuditEvent
+	(*QueryAuditResponse)(nil),         // 50: meshca.operator.v1.QueryAuditResponse
+	nil,                                // 51: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	4,  // 0: meshca.operator.v1.ListAdminsResponse.admins:type_name -> meshca.operator.v1.AdminInfo
 	8,  // 1: meshca.operator.v1.StatusResponse.members:type_name -> meshca.operator.v1.Member
 	9,  // 2: meshca.operator.v1.StatusResponse.authorities:type_name -> meshca.operator.v1.AuthorityStatus
-	10, // 3: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
-	22, // 4: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
-	23, // 5: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	23, // 6: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	23, // 7: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
-	23, // 8: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
-	23, // 9: meshca.operator.v1.BatchCreateEntriesRequest.entries:type_name -> meshca.operator.v1.Entry
-	23, // 10: meshca.operator.v1.BatchCreateEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
-	22, // 11: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
-	34, // 12: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
-	34, // 13: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
-	42, // 14: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	6,  // 15: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	11, // 16: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	13, // 17: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	15, // 18: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	17, // 19: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	18, // 20: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	20, // 21: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	24, // 22: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	25, // 23: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	27, // 24: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	29, // 25: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	30, // 26: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	35, // 27: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	37, // 28: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	39, // 29: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	41, // 30: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	0,  // 31: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
-	1,  // 32: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
-	3,  // 33: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
-	32, // 34: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
-	7,  // 35: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	12, // 36: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	14, // 37: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	16, // 38: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	18, // 39: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	19, // 40: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	21, // 41: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	26, // 42: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	26, // 43: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	28, // 44: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	26, // 45: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	31, // 46: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	36, // 47: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	38, // 48: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	40, // 49: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	43, // 50: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	2,  // 51: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
-	2,  // 52: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
-	5,  // 53: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
-	33, // 54: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
-	35, // [35:55] is the sub-list for method output_type
-	15, // [15:35] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	10, // 3: meshca.operator.v1.StatusResponse.history:type_name -> meshca.operator.v1.HistoryExport
+	11, // 4: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
+	23, // 5: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
+	24, // 6: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	24, // 7: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	24, // 8: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
+	24, // 9: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
+	24, // 10: meshca.operator.v1.BatchCreateEntriesRequest.entries:type_name -> meshca.operator.v1.Entry
+	24, // 11: meshca.operator.v1.BatchCreateEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
+	23, // 12: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
+	35, // 13: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
+	35, // 14: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
+	43, // 15: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
+	46, // 16: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
+	51, // 17: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	49, // 18: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
+	6,  // 19: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	12, // 20: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	14, // 21: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	16, // 22: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	18, // 23: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	19, // 24: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	21, // 25: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	25, // 26: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	26, // 27: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	28, // 28: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	30, // 29: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	31, // 30: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	36, // 31: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	38, // 32: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	40, // 33: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	42, // 34: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	0,  // 35: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 36: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 37: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	33, // 38: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
+	45, // 39: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	48, // 40: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	7,  // 41: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	13, // 42: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	15, // 43: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	17, // 44: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	19, // 45: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	20, // 46: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	22, // 47: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	27, // 48: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	27, // 49: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	29, // 50: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	27, // 51: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	32, // 52: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	37, // 53: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	39, // 54: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	41, // 55: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	44, // 56: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	2,  // 57: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 58: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 59: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	34, // 60: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
+	47, // 61: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	50, // 62: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	41, // [41:63] is the sub-list for method output_type
+	19, // [19:41] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -2855,7 +3679,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   44,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -41,6 +41,8 @@ const (
 	Operator_RemoveAdmin_FullMethodName        = "/meshca.operator.v1.Operator/RemoveAdmin"
 	Operator_ListAdmins_FullMethodName         = "/meshca.operator.v1.Operator/ListAdmins"
 	Operator_BatchCreateEntries_FullMethodName = "/meshca.operator.v1.Operator/BatchCreateEntries"
+	Operator_QueryCertificates_FullMethodName  = "/meshca.operator.v1.Operator/QueryCertificates"
+	Operator_QueryAudit_FullMethodName         = "/meshca.operator.v1.Operator/QueryAudit"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -79,6 +81,12 @@ type OperatorClient interface {
 	// BatchCreateEntries creates many entries in one Raft command: all of
 	// them, or none (the first refusal names the entry by its position).
 	BatchCreateEntries(ctx context.Context, in *BatchCreateEntriesRequest, opts ...grpc.CallOption) (*BatchCreateEntriesResponse, error)
+	// issue 15: history queries. They read PostgreSQL when the server has a
+	// database configured; otherwise certificates come from the Raft ledger
+	// (the hot window: unexpired certificates) and audit events from this
+	// server's own audit log.
+	QueryCertificates(ctx context.Context, in *QueryCertificatesRequest, opts ...grpc.CallOption) (*QueryCertificatesResponse, error)
+	QueryAudit(ctx context.Context, in *QueryAuditRequest, opts ...grpc.CallOption) (*QueryAuditResponse, error)
 }
 
 type operatorClient struct {
@@ -301,6 +309,26 @@ func (c *operatorClient) BatchCreateEntries(ctx context.Context, in *BatchCreate
 	return out, nil
 }
 
+func (c *operatorClient) QueryCertificates(ctx context.Context, in *QueryCertificatesRequest, opts ...grpc.CallOption) (*QueryCertificatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryCertificatesResponse)
+	err := c.cc.Invoke(ctx, Operator_QueryCertificates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) QueryAudit(ctx context.Context, in *QueryAuditRequest, opts ...grpc.CallOption) (*QueryAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryAuditResponse)
+	err := c.cc.Invoke(ctx, Operator_QueryAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -337,6 +365,12 @@ type OperatorServer interface {
 	// BatchCreateEntries creates many entries in one Raft command: all of
 	// them, or none (the first refusal names the entry by its position).
 	BatchCreateEntries(context.Context, *BatchCreateEntriesRequest) (*BatchCreateEntriesResponse, error)
+	// issue 15: history queries. They read PostgreSQL when the server has a
+	// database configured; otherwise certificates come from the Raft ledger
+	// (the hot window: unexpired certificates) and audit events from this
+	// server's own audit log.
+	QueryCertificates(context.Context, *QueryCertificatesRequest) (*QueryCertificatesResponse, error)
+	QueryAudit(context.Context, *QueryAuditRequest) (*QueryAuditResponse, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -406,6 +440,12 @@ func (UnimplementedOperatorServer) ListAdmins(context.Context, *ListAdminsReques
 }
 func (UnimplementedOperatorServer) BatchCreateEntries(context.Context, *BatchCreateEntriesRequest) (*BatchCreateEntriesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchCreateEntries not implemented")
+}
+func (UnimplementedOperatorServer) QueryCertificates(context.Context, *QueryCertificatesRequest) (*QueryCertificatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryCertificates not implemented")
+}
+func (UnimplementedOperatorServer) QueryAudit(context.Context, *QueryAuditRequest) (*QueryAuditResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryAudit not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -770,6 +810,42 @@ func _Operator_BatchCreateEntries_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_QueryCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryCertificatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).QueryCertificates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_QueryCertificates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).QueryCertificates(ctx, req.(*QueryCertificatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_QueryAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).QueryAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_QueryAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).QueryAudit(ctx, req.(*QueryAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -848,6 +924,14 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BatchCreateEntries",
 			Handler:    _Operator_BatchCreateEntries_Handler,
+		},
+		{
+			MethodName: "QueryCertificates",
+			Handler:    _Operator_QueryCertificates_Handler,
+		},
+		{
+			MethodName: "QueryAudit",
+			Handler:    _Operator_QueryAudit_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

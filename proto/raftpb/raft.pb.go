@@ -3105,8 +3105,16 @@ type PruneLedger struct {
 	state                        protoimpl.MessageState `protogen:"open.v1"`
 	ExpiredBeforeUnix            int64                  `protobuf:"varint,1,opt,name=expired_before_unix,json=expiredBeforeUnix,proto3" json:"expired_before_unix,omitempty"`
 	AuthoritiesExpiredBeforeUnix int64                  `protobuf:"varint,2,opt,name=authorities_expired_before_unix,json=authoritiesExpiredBeforeUnix,proto3" json:"authorities_expired_before_unix,omitempty"`
-	unknownFields                protoimpl.UnknownFields
-	sizeCache                    protoimpl.SizeCache
+	// issue 15: PostgreSQL export. With hold_unexported, the ledger blocks
+	// after exported_index (the export cursor, as the proposing leader last
+	// read it from PostgreSQL) keep every record that expired at or after
+	// unexported_expired_before_unix: the records PostgreSQL has not taken
+	// yet are held for a bounded time past their grace, then pruned anyway.
+	HoldUnexported              bool   `protobuf:"varint,60,opt,name=hold_unexported,json=holdUnexported,proto3" json:"hold_unexported,omitempty"`
+	ExportedIndex               uint64 `protobuf:"varint,61,opt,name=exported_index,json=exportedIndex,proto3" json:"exported_index,omitempty"`
+	UnexportedExpiredBeforeUnix int64  `protobuf:"varint,62,opt,name=unexported_expired_before_unix,json=unexportedExpiredBeforeUnix,proto3" json:"unexported_expired_before_unix,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
 }
 
 func (x *PruneLedger) Reset() {
@@ -3149,6 +3157,27 @@ func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
 func (x *PruneLedger) GetAuthoritiesExpiredBeforeUnix() int64 {
 	if x != nil {
 		return x.AuthoritiesExpiredBeforeUnix
+	}
+	return 0
+}
+
+func (x *PruneLedger) GetHoldUnexported() bool {
+	if x != nil {
+		return x.HoldUnexported
+	}
+	return false
+}
+
+func (x *PruneLedger) GetExportedIndex() uint64 {
+	if x != nil {
+		return x.ExportedIndex
+	}
+	return 0
+}
+
+func (x *PruneLedger) GetUnexportedExpiredBeforeUnix() int64 {
+	if x != nil {
+		return x.UnexportedExpiredBeforeUnix
 	}
 	return 0
 }
@@ -3654,10 +3683,13 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\fAppendLedger\x126\n" +
 	"\arecords\x18\x01 \x03(\v2\x1c.meshca.raft.v1.LedgerRecordR\arecords\"5\n" +
 	"\tPutJWTKey\x12(\n" +
-	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.JWTKeyR\x03key\"\x84\x01\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.JWTKeyR\x03key\"\x99\x02\n" +
 	"\vPruneLedger\x12.\n" +
 	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\x12E\n" +
-	"\x1fauthorities_expired_before_unix\x18\x02 \x01(\x03R\x1cauthoritiesExpiredBeforeUnix\"\x06\n" +
+	"\x1fauthorities_expired_before_unix\x18\x02 \x01(\x03R\x1cauthoritiesExpiredBeforeUnix\x12'\n" +
+	"\x0fhold_unexported\x18< \x01(\bR\x0eholdUnexported\x12%\n" +
+	"\x0eexported_index\x18= \x01(\x04R\rexportedIndex\x12C\n" +
+	"\x1eunexported_expired_before_unix\x18> \x01(\x03R\x1bunexportedExpiredBeforeUnix\"\x06\n" +
 	"\x04Noop\"\xee\x05\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/spf13/cobra"
+)
+
+// The cert group: issued certificates. (Issue 13's revocation commands
+// belong here too; see newCertListCommand.)
+func (a *app) newCertCommand() *cobra.Command {
+	return groupCommand("cert", "Issued certificates",
+		a.newCertListCommand(),
+	)
+}
+
+const certListLong = `list prints issued certificates (X509-SVIDs of workloads, agents and
+servers) in the order the cluster committed them: serial, SPIFFE ID, the node
+agent it was issued through, profile, issuing intermediate, validity and,
+when revoked, the revocation time and reason.
+
+With a history database (PostgreSQL) configured on the server, list reads it:
+every certificate the cluster issued, as long as the retention keeps them.
+Otherwise, or with --hot-window, it reads the Raft ledger, which holds the
+certificates that have not expired (and those expired for less than the
+ledger's grace).
+
+Filters: --spiffe-id, --node (the agent's SPIFFE ID), --revoked, --since and
+--until (bounds of the issuance time, not-before: an RFC 3339 time or a
+duration meaning that long ago, 24h). Pages: --limit (default 100) and
+--page-token, as printed at the end of a page that has more. --output json
+prints {"certificates": [...], "next_page_token", "source"}.` + opLong
+
+// certReport is a certificate as cert list prints it.
+type certReport struct {
+	Serial           string     `json:"serial"`
+	SPIFFEID         string     `json:"spiffe_id"`
+	NodeID           string     `json:"node_id,omitempty"`
+	Profile          string     `json:"profile"`
+	IssuerID         string     `json:"issuer_id"`
+	NotBefore        time.Time  `json:"not_before"`
+	NotAfter         time.Time  `json:"not_after"`
+	RevokedAt        *time.Time `json:"revoked_at,omitempty"`
+	RevocationReason int32      `json:"revocation_reason,omitempty"`
+	RaftIndex        uint64     `json:"raft_index"`
+}
+
+func (a *app) newCertListCommand() *cobra.Command {
+	var (
+		o            opOptions
+		req          operatorpb.QueryCertificatesRequest
+		since, until string
+		limit        int
+	)
+	cmd := &cobra.Command{
+		Use:   "list [--spiffe-id ID] [--node AGENT-ID] [--revoked] [--since T] [--until T] [--limit N] [--page-token P] [--hot-window]",
+		Short: "List issued certificates, from PostgreSQL when configured",
+		Long:  certListLong,
+		Args:  cobra.NoArgs,
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.SpiffeId, "spiffe-id", "", "only certificates of this SPIFFE ID")
+	f.StringVar(&req.NodeId, "node", "", "only certificates issued through this node agent (its SPIFFE ID)")
+	f.BoolVar(&req.Revoked, "revoked", false, "only revoked certificates")
+	f.StringVar(&since, "since", "", "only certificates issued at or after this time: RFC 3339, or a duration ago (24h)")
+	f.StringVar(&until, "until", "", "only certificates issued before this time: RFC 3339, or a duration ago")
+	f.IntVar(&limit, "limit", 100, "at most this many certificates (1 to 10000)")
+	f.StringVar(&req.PageToken, "page-token", "", "continue where the previous page ended")
+	f.BoolVar(&req.HotWindow, "hot-window", false, "read the Raft ledger even with a history database")
+	addOpFlags(cmd, &o)
+	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		if limit < 1 || limit > 10000 {
+			return usageErrorf("--limit %d: want 1 to 10000", limit)
+		}
+		now := time.Now()
+		s, err := parseTimeFlag("--since", since, now)
+		if err != nil {
+			return err
+		}
+		u, err := parseTimeFlag("--until", until, now)
+		if err != nil {
+			return err
+		}
+		if !s.IsZero() {
+			req.SinceUnix = s.Unix()
+		}
+		if !u.IsZero() {
+			req.UntilUnix = u.Unix()
+		}
+		req.PageSize = int32(limit)
+		ctx, c, done, err := a.operatorCall(cmd, o)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := c.QueryCertificates(ctx, &req)
+		if err != nil {
+			return c.callError("cert list", o, err)
+		}
+		certs := make([]certReport, 0, len(resp.Certificates))
+		for _, hc := range resp.Certificates {
+			r := certReport{Serial: serialHex(hc.Serial), SPIFFEID: hc.SpiffeId, NodeID: hc.NodeId, Profile: hc.Profile, IssuerID: hc.IssuerId,
+				NotBefore: time.Unix(hc.NotBeforeUnix, 0).UTC(), NotAfter: time.Unix(hc.NotAfterUnix, 0).UTC(), RaftIndex: hc.RaftIndex,
+				RevocationReason: hc.RevocationReason}
+			if hc.RevokedUnix != 0 {
+				t := time.Unix(hc.RevokedUnix, 0).UTC()
+				r.RevokedAt = &t
+			}
+			certs = append(certs, r)
+		}
+		if a.output == outputJSON {
+			return writeJSON(a.stdout, struct {
+				Certificates  []certReport `json:"certificates"`
+				NextPageToken string       `json:"next_page_token,omitempty"`
+				Source        string       `json:"source"`
+			}{certs, resp.NextPageToken, resp.Source})
+		}
+		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERIAL\tSPIFFE ID\tNODE\tPROFILE\tNOT BEFORE\tNOT AFTER\tREVOKED")
+		for _, r := range certs {
+			rev := "-"
+			if r.RevokedAt != nil {
+				rev = fmt.Sprintf("%s (reason %d)", r.RevokedAt.Format(time.RFC3339), r.RevocationReason)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Serial, r.SPIFFEID, dash(r.NodeID), r.Profile,
+				r.NotBefore.Format(time.RFC3339), r.NotAfter.Format(time.RFC3339), rev)
+		}
+		if err := tw.Flush(); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+		fmt.Fprintf(a.stdout, "(%d certificates from %s)\n", len(certs), resp.Source)
+		if resp.NextPageToken != "" {
+			fmt.Fprintf(a.stdout, "more: --page-token %s\n", resp.NextPageToken)
+		}
+		return nil
+	})
+	return cmd
+}
