@@ -94,6 +94,10 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return admitServer(txn, op.AdmitServer, h.TimeUnixNano)
 	case *raftpb.Command_PutCrl:
 		return putCRL(txn, op.PutCrl.GetCrl())
+	case *raftpb.Command_BanNode:
+		return banNode(txn, op.BanNode)
+	case *raftpb.Command_EvictNode:
+		return evictNode(txn, op.EvictNode)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.
@@ -407,16 +411,11 @@ func admitServer(txn *memdb.Txn, op *raftpb.AdmitServer, now int64) *raftpb.Resu
 
 func revoke(txn *memdb.Txn, rs []*raftpb.Revocation) *raftpb.Result {
 	for _, r := range rs {
-		if r.GetIssuerId() == "" || len(r.GetSerial()) == 0 {
-			return fail(raftpb.ErrorCode_INVALID, "revocation needs an issuer and a serial")
+		if !validRevocation(r) {
+			return fail(raftpb.ErrorCode_INVALID, "revocation needs an issuer and a serial of at most 20 bytes")
 		}
 	}
-	for _, r := range rs {
-		// The first revocation of a serial stands.
-		if first(txn, tableRevocations, "id", revocationKey(r.IssuerId, r.Serial)) == nil {
-			insert(txn, tableRevocations, r)
-		}
-	}
+	insertRevocations(txn, rs)
 	return ok
 }
 
@@ -508,6 +507,9 @@ func pruneLedger(txn *memdb.Txn, lx *ledgerIndex, op *raftpb.PruneLedger) *raftp
 				deleteObj(txn, tableRequests, r)
 			}
 		}
+	}
+	if op.GetExpiredBeforeUnix() != 0 {
+		pruneRevocations(txn, op.GetExpiredBeforeUnix())
 	}
 	return pruneLedgerRecords(txn, lx, op.GetExpiredBeforeUnix())
 }

@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(22) {
+	switch g.pick(24) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -107,7 +107,8 @@ func (g *cmdGen) command() *raftpb.Command {
 	case 10:
 		c.Op = &raftpb.Command_ConsumeJoinToken{ConsumeJoinToken: tok()}
 	case 11:
-		c.Op = &raftpb.Command_Revoke{Revoke: &raftpb.Revoke{Revocations: []*raftpb.Revocation{{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-"))}}}}
+		c.Op = &raftpb.Command_Revoke{Revoke: &raftpb.Revoke{Revocations: []*raftpb.Revocation{{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-")),
+			NotAfterUnix: int64(g.pick(200))}}}}
 	case 12:
 		c.Op = &raftpb.Command_NextCrlNumber{NextCrlNumber: &raftpb.NextCRLNumber{AuthorityId: g.id("auth-")}}
 	case 13:
@@ -144,6 +145,14 @@ func (g *cmdGen) command() *raftpb.Command {
 	case 21:
 		c.Op = &raftpb.Command_PutCrl{PutCrl: &raftpb.PutCRL{Crl: &raftpb.CRL{AuthorityId: g.id("auth-"), Number: uint64(g.pick(4)),
 			Der: []byte{byte(g.pick(3))}}}}
+	case 22:
+		op := &raftpb.BanNode{NodeId: g.id("node-"), Banned: g.pick(3) != 0}
+		if op.Banned {
+			op.Revocations = []*raftpb.Revocation{{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-")), NotAfterUnix: int64(g.pick(200))}}
+		}
+		c.Op = &raftpb.Command_BanNode{BanNode: op}
+	case 23:
+		c.Op = &raftpb.Command_EvictNode{EvictNode: &raftpb.EvictNode{NodeId: g.id("node-")}}
 	}
 	return c
 }

@@ -89,6 +89,13 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		touched[ScopeJWT] = true
 	case *raftpb.Command_PutCrl:
 		touched[ScopeCRL] = true
+	case *raftpb.Command_Revoke:
+		touched[ScopeRevocations] = true
+	case *raftpb.Command_BanNode:
+		touched[ScopeRevocations] = true
+		touched[ScopeNode(op.BanNode.GetNodeId())] = true
+	case *raftpb.Command_EvictNode:
+		touched[ScopeNode(op.EvictNode.GetNodeId())] = true
 	}
 	touched[ScopeAll] = true
 }

@@ -222,6 +222,8 @@ type Command struct {
 	//	*Command_AttestAgent
 	//	*Command_AdmitServer
 	//	*Command_PutCrl
+	//	*Command_BanNode
+	//	*Command_EvictNode
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -469,6 +471,24 @@ func (x *Command) GetPutCrl() *PutCRL {
 	return nil
 }
 
+func (x *Command) GetBanNode() *BanNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_BanNode); ok {
+			return x.BanNode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetEvictNode() *EvictNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_EvictNode); ok {
+			return x.EvictNode
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -561,6 +581,15 @@ type Command_PutCrl struct {
 	PutCrl *PutCRL `protobuf:"bytes,31,opt,name=put_crl,json=putCrl,proto3,oneof"`
 }
 
+type Command_BanNode struct {
+	// issue 13: node ban and eviction.
+	BanNode *BanNode `protobuf:"bytes,50,opt,name=ban_node,json=banNode,proto3,oneof"`
+}
+
+type Command_EvictNode struct {
+	EvictNode *EvictNode `protobuf:"bytes,51,opt,name=evict_node,json=evictNode,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -604,6 +633,10 @@ func (*Command_AttestAgent) isCommand_Op() {}
 func (*Command_AdmitServer) isCommand_Op() {}
 
 func (*Command_PutCrl) isCommand_Op() {}
+
+func (*Command_BanNode) isCommand_Op() {}
+
+func (*Command_EvictNode) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -1337,8 +1370,14 @@ type Revocation struct {
 	Serial          []byte                 `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
 	RevokedUnixNano int64                  `protobuf:"varint,3,opt,name=revoked_unix_nano,json=revokedUnixNano,proto3" json:"revoked_unix_nano,omitempty"`
 	Reason          int32                  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// issue 13: what the ledger said of the certificate when it was revoked.
+	// not_after_unix is its expiry: the revocation is listed in CRLs until
+	// then and pruned after (0: kept until its issuer is pruned).
+	NotAfterUnix  int64  `protobuf:"varint,50,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	SpiffeId      string `protobuf:"bytes,51,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId        string `protobuf:"bytes,52,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Revocation) Reset() {
@@ -1397,6 +1436,27 @@ func (x *Revocation) GetReason() int32 {
 		return x.Reason
 	}
 	return 0
+}
+
+func (x *Revocation) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *Revocation) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Revocation) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
 }
 
 // Policy is one revision of the authorization policy bundle.
@@ -2649,6 +2709,115 @@ func (x *Revoke) GetRevocations() []*Revocation {
 	return nil
 }
 
+// BanNode bans (banned set) or unbans a node. A ban also records the
+// revocations the proposer listed (the node's unexpired certificates from
+// the ledger) in the same step. Unbanning revokes nothing back.
+type BanNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Banned        bool                   `protobuf:"varint,2,opt,name=banned,proto3" json:"banned,omitempty"`
+	Revocations   []*Revocation          `protobuf:"bytes,3,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanNode) Reset() {
+	*x = BanNode{}
+	mi := &file_raftpb_raft_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanNode) ProtoMessage() {}
+
+func (x *BanNode) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanNode.ProtoReflect.Descriptor instead.
+func (*BanNode) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *BanNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *BanNode) GetBanned() bool {
+	if x != nil {
+		return x.Banned
+	}
+	return false
+}
+
+func (x *BanNode) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+// EvictNode forgets an attested node: its agent must attest again. Its
+// registration entries stay (they name it as parent).
+type EvictNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNode) Reset() {
+	*x = EvictNode{}
+	mi := &file_raftpb_raft_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNode) ProtoMessage() {}
+
+func (x *EvictNode) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNode.ProtoReflect.Descriptor instead.
+func (*EvictNode) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *EvictNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
 // NextCRLNumber allocates the next CRL number of an authority.
 type NextCRLNumber struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2659,7 +2828,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2671,7 +2840,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2684,7 +2853,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2703,7 +2872,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2884,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2897,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2747,7 +2916,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2759,7 +2928,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2772,7 +2941,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2791,7 +2960,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2803,7 +2972,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2816,7 +2985,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -2840,7 +3009,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +3021,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +3034,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -2892,7 +3061,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2904,7 +3073,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2917,7 +3086,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -2944,7 +3113,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2956,7 +3125,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2969,7 +3138,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3167,7 +3336,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf6\v\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xe8\f\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3194,7 +3363,10 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x10activate_jwt_key\x18\x1c \x01(\v2\x1e.meshca.raft.v1.ActivateJWTKeyH\x00R\x0eactivateJwtKey\x12@\n" +
 	"\fattest_agent\x18\x1d \x01(\v2\x1b.meshca.raft.v1.AttestAgentH\x00R\vattestAgent\x12@\n" +
 	"\fadmit_server\x18\x1e \x01(\v2\x1b.meshca.raft.v1.AdmitServerH\x00R\vadmitServer\x121\n" +
-	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrlB\x04\n" +
+	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrl\x124\n" +
+	"\bban_node\x182 \x01(\v2\x17.meshca.raft.v1.BanNodeH\x00R\abanNode\x12:\n" +
+	"\n" +
+	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNodeB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3257,13 +3429,16 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x12consumed_unix_nano\x18\x04 \x01(\x03R\x10consumedUnixNano\x12\x1f\n" +
 	"\vconsumed_by\x18\x05 \x01(\tR\n" +
 	"consumedBy\x12)\n" +
-	"\x10consumed_attempt\x18\x06 \x01(\tR\x0fconsumedAttempt\"\x85\x01\n" +
+	"\x10consumed_attempt\x18\x06 \x01(\tR\x0fconsumedAttempt\"\xe1\x01\n" +
 	"\n" +
 	"Revocation\x12\x1b\n" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x16\n" +
 	"\x06serial\x18\x02 \x01(\fR\x06serial\x12*\n" +
 	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\x05R\x06reason\"h\n" +
+	"\x06reason\x18\x04 \x01(\x05R\x06reason\x12$\n" +
+	"\x0enot_after_unix\x182 \x01(\x03R\fnotAfterUnix\x12\x1b\n" +
+	"\tspiffe_id\x183 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x184 \x01(\tR\x06nodeId\"h\n" +
 	"\x06Policy\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12*\n" +
@@ -3342,7 +3517,13 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerR\x06server\x12?\n" +
 	"\rintermediates\x18\x03 \x03(\v2\x19.meshca.raft.v1.AuthorityR\rintermediates\"F\n" +
 	"\x06Revoke\x12<\n" +
-	"\vrevocations\x18\x01 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"2\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"x\n" +
+	"\aBanNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06banned\x18\x02 \x01(\bR\x06banned\x12<\n" +
+	"\vrevocations\x18\x03 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"$\n" +
+	"\tEvictNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\";\n" +
 	"\tPutPolicy\x12.\n" +
@@ -3408,7 +3589,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -3446,13 +3627,15 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*AttestAgent)(nil),       // 33: meshca.raft.v1.AttestAgent
 	(*AdmitServer)(nil),       // 34: meshca.raft.v1.AdmitServer
 	(*Revoke)(nil),            // 35: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 36: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 37: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 38: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 39: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 40: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 41: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 42: meshca.raft.v1.SnapshotRecord
+	(*BanNode)(nil),           // 36: meshca.raft.v1.BanNode
+	(*EvictNode)(nil),         // 37: meshca.raft.v1.EvictNode
+	(*NextCRLNumber)(nil),     // 38: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 39: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 40: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 41: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 42: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 43: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 44: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3467,60 +3650,63 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	28, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	29, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
 	35, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	36, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	37, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	38, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	40, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	41, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	39, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	38, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	39, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	40, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	42, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	43, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	41, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
 	31, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
 	32, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
 	33, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
 	34, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
 	30, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
-	0,  // 23: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 24: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 25: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 26: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 27: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 28: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 29: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 30: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 31: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 32: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 33: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 34: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 35: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 36: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 37: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 38: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	29, // 39: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 40: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 41: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	29, // 42: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 43: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 44: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 45: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 46: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 47: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 48: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 49: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 50: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 51: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 52: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 53: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 54: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 55: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 56: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 57: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 58: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 59: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 60: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	61, // [61:61] is the sub-list for method output_type
-	61, // [61:61] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	36, // 23: meshca.raft.v1.Command.ban_node:type_name -> meshca.raft.v1.BanNode
+	37, // 24: meshca.raft.v1.Command.evict_node:type_name -> meshca.raft.v1.EvictNode
+	0,  // 25: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 26: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 27: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 28: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 29: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 30: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 31: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 32: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 33: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 34: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 35: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 36: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 37: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 38: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 39: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 40: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	29, // 41: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 42: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 43: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	29, // 44: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 45: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 46: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 47: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 48: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 49: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 50: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 51: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 52: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 53: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 54: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 55: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 56: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 57: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 58: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 59: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 60: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 61: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 62: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 63: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	64, // [64:64] is the sub-list for method output_type
+	64, // [64:64] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3551,8 +3737,10 @@ func file_raftpb_raft_proto_init() {
 		(*Command_AttestAgent)(nil),
 		(*Command_AdmitServer)(nil),
 		(*Command_PutCrl)(nil),
+		(*Command_BanNode)(nil),
+		(*Command_EvictNode)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[39].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[41].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -3572,7 +3760,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,99 @@
+package raftfsm
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/meshca/meshca/proto/raftpb"
+)
+
+func revokeCmd(rs ...*raftpb.Revocation) *raftpb.Command {
+	return &raftpb.Command{Op: &raftpb.Command_Revoke{Revoke: &raftpb.Revoke{Revocations: rs}}}
+}
+
+// Revocations are found by issuer, the first of a serial stands, bad ones
+// change nothing, and the prune drops those of expired certificates only.
+func TestRevocationsByIssuerAndPrune(t *testing.T) {
+	a := newApplier(t)
+	a.mustApply(revokeCmd(&raftpb.Revocation{IssuerId: "i1", Serial: []byte{2}, NotAfterUnix: 100, Reason: 1},
+		&raftpb.Revocation{IssuerId: "i1", Serial: []byte{1}, NotAfterUnix: 300},
+		&raftpb.Revocation{IssuerId: "i2", Serial: []byte{1}, NotAfterUnix: 50}))
+	a.mustApply(revokeCmd(&raftpb.Revocation{IssuerId: "i1", Serial: []byte{2}, NotAfterUnix: 100, Reason: 4}))
+	r := a.f.Read()
+	if got := r.RevocationsOf("i1"); len(got) != 2 || got[0].Serial[0] != 1 || got[1].Reason != 1 {
+		t.Fatalf("revocations of i1: %v", got)
+	}
+	for _, bad := range []*raftpb.Revocation{{IssuerId: "i1"}, {Serial: []byte{3}}, {IssuerId: "i1", Serial: make([]byte, 21)}} {
+		if err := ResultError(a.apply(revokeCmd(&raftpb.Revocation{IssuerId: "i3", Serial: []byte{7}}, bad))); !errors.Is(err, ErrInvalid) {
+			t.Errorf("revocation %v: %v, want invalid", bad, err)
+		}
+	}
+	if got := a.f.Read().RevocationsOf("i3"); len(got) != 0 {
+		t.Error("a refused command recorded a revocation")
+	}
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{ExpiredBeforeUnix: 101}}})
+	r = a.f.Read()
+	if got := r.RevocationsOf("i1"); len(got) != 1 || got[0].NotAfterUnix != 300 {
+		t.Errorf("after the prune i1 has %v, want only the unexpired one", got)
+	}
+	if got := r.RevocationsOf("i2"); len(got) != 0 {
+		t.Errorf("after the prune i2 has %v", got)
+	}
+}
+
+// A ban sets the flag and records its revocations in one step; unknown
+// nodes and unbans with revocations are refused; eviction forgets the node.
+func TestBanUnbanEvict(t *testing.T) {
+	a := newApplier(t)
+	const node = "spiffe://example.org/meshca/agent/x/1"
+	ban := func(banned bool, rs ...*raftpb.Revocation) *raftpb.Command {
+		return &raftpb.Command{Op: &raftpb.Command_BanNode{BanNode: &raftpb.BanNode{NodeId: node, Banned: banned, Revocations: rs}}}
+	}
+	if err := ResultError(a.apply(ban(true))); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ban of an unknown node: %v", err)
+	}
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_PutNode{PutNode: &raftpb.PutNode{Node: &raftpb.Node{SpiffeId: node}}}})
+	if err := ResultError(a.apply(ban(true, &raftpb.Revocation{IssuerId: "i"}))); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("ban with a bad revocation: %v", err)
+	}
+	if a.f.Read().Node(node).Banned {
+		t.Fatal("a refused ban banned the node")
+	}
+	a.mustApply(ban(true, &raftpb.Revocation{IssuerId: "i", Serial: []byte{5}, NodeId: node}))
+	r := a.f.Read()
+	if !r.Node(node).Banned || !r.Revoked("i", []byte{5}) {
+		t.Fatal("ban not recorded with its revocation")
+	}
+	if err := ResultError(a.apply(ban(false, &raftpb.Revocation{IssuerId: "i", Serial: []byte{6}}))); !errors.Is(err, ErrInvalid) {
+		t.Errorf("unban with revocations: %v", err)
+	}
+	a.mustApply(ban(false))
+	if r := a.f.Read(); r.Node(node).Banned || !r.Revoked("i", []byte{5}) {
+		t.Error("unban must clear the flag and keep the revocations")
+	}
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_EvictNode{EvictNode: &raftpb.EvictNode{NodeId: node}}})
+	if a.f.Read().Node(node) != nil {
+		t.Error("evicted node still recorded")
+	}
+	if err := ResultError(a.apply(&raftpb.Command{Op: &raftpb.Command_EvictNode{EvictNode: &raftpb.EvictNode{NodeId: node}}})); !errors.Is(err, ErrNotFound) {
+		t.Errorf("evicting an unknown node: %v", err)
+	}
+}
+
+// A revocation or a ban wakes the revocation scope; a ledger append does not.
+func TestRevocationScope(t *testing.T) {
+	a := newApplier(t)
+	w := a.f.Watch(ScopeRevocations)
+	a.mustApply(ledger("s1"))
+	select {
+	case <-w:
+		t.Fatal("a ledger append woke the revocation scope")
+	default:
+	}
+	a.mustApply(revokeCmd(&raftpb.Revocation{IssuerId: "i", Serial: []byte{1}}))
+	select {
+	case <-w:
+	default:
+		t.Fatal("a revocation did not wake the revocation scope")
+	}
+}
