@@ -38,6 +38,9 @@ type Config struct {
 	AdminAddr string
 	// AdminIDs are the SPIFFE IDs allowed on AdminAddr.
 	AdminIDs []string
+	// CRLAddr, when set, serves every authority's CRL over plain HTTP on
+	// this host:port (see crlhttp.go), for relying parties outside the mesh.
+	CRLAddr string
 	// KEK seals the keys the server keeps; every server of a cluster holds
 	// the same KEK.
 	KEK *ca.KEK

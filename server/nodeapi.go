@@ -200,6 +200,9 @@ func (s *Server) requireAgent(ctx context.Context) (string, error) {
 	case node.Banned:
 		s.events.Record(audit.Event{Actor: agentID, Action: "node.api", Decision: audit.Deny, Reason: "banned"})
 		return "", status.Errorf(codes.PermissionDenied, "node %s is banned", agentID)
+	case s.peerRevoked(ctx):
+		s.events.Record(audit.Event{Actor: agentID, Action: "node.api", Decision: audit.Deny, Reason: "agent SVID revoked"})
+		return "", status.Errorf(codes.PermissionDenied, "the SVID node %s presented is revoked: attest again", agentID)
 	}
 	return agentID, nil
 }

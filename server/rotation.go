@@ -58,6 +58,7 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 	defer reconcile.Stop()
 	for {
 		lead, roots, inters := s.node.LeaderChanges(), s.fsm.Watch(raftfsm.ScopeBundle), s.fsm.Watch(raftfsm.ScopeIntermediates)
+		revoked := s.fsm.Watch(raftfsm.ScopeRevocations)
 		next, err := s.rotate(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -88,6 +89,7 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 		case <-lead: // a new leader signs the roots' CRLs, rotates JWT keys
 		case <-roots: // bootstrapped, or a root changed
 		case <-inters: // a server joined, an intermediate changed
+		case <-revoked: // the CRLs of the revoking issuers are signed again
 		}
 		al.Stop()
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -66,6 +67,8 @@ type Server struct {
 	apiLn     net.Listener
 	adminLn   net.Listener
 	adminTCP  net.Listener // the operator API over mTLS, when configured
+	crlLn     net.Listener // the CRL HTTP endpoint, when configured
+	crlHTTP   *http.Server
 	api       *grpc.Server
 	admin     *grpc.Server
 	adminTLS  *grpc.Server
@@ -228,6 +231,9 @@ func New(cfg Config) (_ *Server, err error) {
 			grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))...)
 		operatorpb.RegisterOperatorServer(s.adminTLS, &operatorService{s: s})
 	}
+	if err := s.listenCRL(); err != nil {
+		return nil, err
+	}
 	if err := writeTrustBundle(cfg.DataDir, s.TrustBundle()); err != nil {
 		return nil, err
 	}
@@ -308,6 +314,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.adminTLS != nil {
 		serve("admin address", s.adminTLS, s.adminTCP)
 	}
+	if s.crlHTTP != nil {
+		g.Go("CRL endpoint", func(context.Context) error { return s.serveCRL() })
+	}
 	g.Go("bootstrap", func(ctx context.Context) error { s.writeBootstrapState(ctx); return nil })
 	g.Go("rotation", s.rotateLoop)
 	g.Go("ledger pruning", s.pruneLoop)
@@ -326,6 +335,11 @@ func (s *Server) Close() { s.close() }
 func (s *Server) close() { s.closeOnce.Do(s.closeLocked) }
 
 func (s *Server) closeLocked() {
+	if s.crlHTTP != nil {
+		s.crlHTTP.Close()
+	} else if s.crlLn != nil {
+		s.crlLn.Close()
+	}
 	if s.adminTLS != nil {
 		s.adminTLS.Stop()
 	} else if s.adminTCP != nil {

@@ -1864,6 +1864,814 @@ func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
 	return nil
 }
 
+// Certificate is a ledger record, with its revocation if it is revoked.
+type Certificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// serial is lowercase hex.
+	Serial   string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// node_id is the agent the certificate was issued through (its own SVID
+	// or a workload's), or "operator".
+	NodeId        string `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Profile       string `protobuf:"bytes,4,opt,name=profile,proto3" json:"profile,omitempty"`
+	IssuerId      string `protobuf:"bytes,5,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	NotBeforeUnix int64  `protobuf:"varint,6,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
+	NotAfterUnix  int64  `protobuf:"varint,7,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	Revoked       bool   `protobuf:"varint,8,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedUnix   int64  `protobuf:"varint,9,opt,name=revoked_unix,json=revokedUnix,proto3" json:"revoked_unix,omitempty"`
+	// reason is the RFC 5280 CRLReason code (0 unspecified).
+	Reason        int32 `protobuf:"varint,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Certificate) Reset() {
+	*x = Certificate{}
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Certificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Certificate) ProtoMessage() {}
+
+func (x *Certificate) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
+func (*Certificate) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *Certificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Certificate) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Certificate) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Certificate) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *Certificate) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *Certificate) GetNotBeforeUnix() int64 {
+	if x != nil {
+		return x.NotBeforeUnix
+	}
+	return 0
+}
+
+func (x *Certificate) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *Certificate) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *Certificate) GetRevokedUnix() int64 {
+	if x != nil {
+		return x.RevokedUnix
+	}
+	return 0
+}
+
+func (x *Certificate) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+type RevokeCertificatesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of serial (hex), spiffe_id and node_id.
+	Serial   string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId   string `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Reason   int32  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// dry_run lists what would be revoked, and revokes nothing.
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificatesRequest) Reset() {
+	*x = RevokeCertificatesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificatesRequest) ProtoMessage() {}
+
+func (x *RevokeCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RevokeCertificatesRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeCertificatesRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *RevokeCertificatesRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RevokeCertificatesRequest) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+func (x *RevokeCertificatesRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type RevokeCertificatesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// certificates are those revoked (or, with dry_run, that would be);
+	// already revoked ones are listed with their first revocation.
+	Certificates  []*Certificate `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	DryRun        bool           `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificatesResponse) Reset() {
+	*x = RevokeCertificatesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificatesResponse) ProtoMessage() {}
+
+func (x *RevokeCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RevokeCertificatesResponse) GetCertificates() []*Certificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *RevokeCertificatesResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type ListCertificatesRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId   string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	IssuerId string                 `protobuf:"bytes,3,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// expiring_within_seconds keeps those that expire within it (0: all).
+	ExpiringWithinSeconds int64 `protobuf:"varint,4,opt,name=expiring_within_seconds,json=expiringWithinSeconds,proto3" json:"expiring_within_seconds,omitempty"`
+	RevokedOnly           bool  `protobuf:"varint,5,opt,name=revoked_only,json=revokedOnly,proto3" json:"revoked_only,omitempty"`
+	// limit bounds the answer (0: 1000; at most 100000).
+	Limit         int32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCertificatesRequest) Reset() {
+	*x = ListCertificatesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCertificatesRequest) ProtoMessage() {}
+
+func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListCertificatesRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *ListCertificatesRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ListCertificatesRequest) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *ListCertificatesRequest) GetExpiringWithinSeconds() int64 {
+	if x != nil {
+		return x.ExpiringWithinSeconds
+	}
+	return 0
+}
+
+func (x *ListCertificatesRequest) GetRevokedOnly() bool {
+	if x != nil {
+		return x.RevokedOnly
+	}
+	return false
+}
+
+func (x *ListCertificatesRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListCertificatesResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Certificates []*Certificate         `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	// truncated is set when more matched than limit.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCertificatesResponse) Reset() {
+	*x = ListCertificatesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCertificatesResponse) ProtoMessage() {}
+
+func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *ListCertificatesResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+type GetCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Serial        string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCertificateRequest) Reset() {
+	*x = GetCertificateRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCertificateRequest) ProtoMessage() {}
+
+func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCertificateRequest.ProtoReflect.Descriptor instead.
+func (*GetCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *GetCertificateRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+type GetCRLRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	IssuerId      string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCRLRequest) Reset() {
+	*x = GetCRLRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCRLRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCRLRequest) ProtoMessage() {}
+
+func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCRLRequest.ProtoReflect.Descriptor instead.
+func (*GetCRLRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *GetCRLRequest) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+type CRL struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	IssuerId       string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	Number         uint64                 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	Der            []byte                 `protobuf:"bytes,3,opt,name=der,proto3" json:"der,omitempty"`
+	ThisUpdateUnix int64                  `protobuf:"varint,4,opt,name=this_update_unix,json=thisUpdateUnix,proto3" json:"this_update_unix,omitempty"`
+	NextUpdateUnix int64                  `protobuf:"varint,5,opt,name=next_update_unix,json=nextUpdateUnix,proto3" json:"next_update_unix,omitempty"`
+	Revoked        int32                  `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CRL) Reset() {
+	*x = CRL{}
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CRL) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CRL) ProtoMessage() {}
+
+func (x *CRL) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CRL.ProtoReflect.Descriptor instead.
+func (*CRL) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *CRL) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *CRL) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *CRL) GetDer() []byte {
+	if x != nil {
+		return x.Der
+	}
+	return nil
+}
+
+func (x *CRL) GetThisUpdateUnix() int64 {
+	if x != nil {
+		return x.ThisUpdateUnix
+	}
+	return 0
+}
+
+func (x *CRL) GetNextUpdateUnix() int64 {
+	if x != nil {
+		return x.NextUpdateUnix
+	}
+	return 0
+}
+
+func (x *CRL) GetRevoked() int32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+type BanNodeRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// banned false unbans.
+	Banned        bool  `protobuf:"varint,2,opt,name=banned,proto3" json:"banned,omitempty"`
+	Reason        int32 `protobuf:"varint,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	DryRun        bool  `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanNodeRequest) Reset() {
+	*x = BanNodeRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanNodeRequest) ProtoMessage() {}
+
+func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
+func (*BanNodeRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *BanNodeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *BanNodeRequest) GetBanned() bool {
+	if x != nil {
+		return x.Banned
+	}
+	return false
+}
+
+func (x *BanNodeRequest) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+func (x *BanNodeRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type BanNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// revoked are the node's certificates the ban revoked (or would).
+	Revoked       []*Certificate `protobuf:"bytes,2,rep,name=revoked,proto3" json:"revoked,omitempty"`
+	DryRun        bool           `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanNodeResponse) Reset() {
+	*x = BanNodeResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanNodeResponse) ProtoMessage() {}
+
+func (x *BanNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanNodeResponse.ProtoReflect.Descriptor instead.
+func (*BanNodeResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *BanNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *BanNodeResponse) GetRevoked() []*Certificate {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
+func (x *BanNodeResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type EvictNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	DryRun        bool                   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNodeRequest) Reset() {
+	*x = EvictNodeRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNodeRequest) ProtoMessage() {}
+
+func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
+func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *EvictNodeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *EvictNodeRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type EvictNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// entries are the registration entries whose parent the node is: they
+	// stay, and apply again once the agent attests with the same ID.
+	Entries       []*Entry `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
+	DryRun        bool     `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNodeResponse) Reset() {
+	*x = EvictNodeResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNodeResponse) ProtoMessage() {}
+
+func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
+func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *EvictNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *EvictNodeResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *EvictNodeResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 var File_operatorpb_operator_proto protoreflect.FileDescriptor
 
 const file_operatorpb_operator_proto_rawDesc = "" +
@@ -1986,7 +2794,65 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x10activate_at_unix\x18\n" +
 	" \x01(\x03R\x0eactivateAtUnix\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
-	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities2\xfe\v\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\"\xb5\x02\n" +
+	"\vCertificate\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aprofile\x18\x04 \x01(\tR\aprofile\x12\x1b\n" +
+	"\tissuer_id\x18\x05 \x01(\tR\bissuerId\x12&\n" +
+	"\x0fnot_before_unix\x18\x06 \x01(\x03R\rnotBeforeUnix\x12$\n" +
+	"\x0enot_after_unix\x18\a \x01(\x03R\fnotAfterUnix\x12\x18\n" +
+	"\arevoked\x18\b \x01(\bR\arevoked\x12!\n" +
+	"\frevoked_unix\x18\t \x01(\x03R\vrevokedUnix\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\x05R\x06reason\"\x9a\x01\n" +
+	"\x19RevokeCertificatesRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\x05R\x06reason\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"z\n" +
+	"\x1aRevokeCertificatesResponse\x12C\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x1f.meshca.operator.v1.CertificateR\fcertificates\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xdd\x01\n" +
+	"\x17ListCertificatesRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\tissuer_id\x18\x03 \x01(\tR\bissuerId\x126\n" +
+	"\x17expiring_within_seconds\x18\x04 \x01(\x03R\x15expiringWithinSeconds\x12!\n" +
+	"\frevoked_only\x18\x05 \x01(\bR\vrevokedOnly\x12\x14\n" +
+	"\x05limit\x18\x06 \x01(\x05R\x05limit\"}\n" +
+	"\x18ListCertificatesResponse\x12C\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x1f.meshca.operator.v1.CertificateR\fcertificates\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"/\n" +
+	"\x15GetCertificateRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\",\n" +
+	"\rGetCRLRequest\x12\x1b\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\"\xba\x01\n" +
+	"\x03CRL\x12\x1b\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x10\n" +
+	"\x03der\x18\x03 \x01(\fR\x03der\x12(\n" +
+	"\x10this_update_unix\x18\x04 \x01(\x03R\x0ethisUpdateUnix\x12(\n" +
+	"\x10next_update_unix\x18\x05 \x01(\x03R\x0enextUpdateUnix\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\x05R\arevoked\"v\n" +
+	"\x0eBanNodeRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06banned\x18\x02 \x01(\bR\x06banned\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\x05R\x06reason\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\x93\x01\n" +
+	"\x0fBanNodeResponse\x12,\n" +
+	"\x04node\x18\x01 \x01(\v2\x18.meshca.operator.v1.NodeR\x04node\x129\n" +
+	"\arevoked\x18\x02 \x03(\v2\x1f.meshca.operator.v1.CertificateR\arevoked\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"H\n" +
+	"\x10EvictNodeRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\x8f\x01\n" +
+	"\x11EvictNodeResponse\x12,\n" +
+	"\x04node\x18\x01 \x01(\v2\x18.meshca.operator.v1.NodeR\x04node\x123\n" +
+	"\aentries\x18\x02 \x03(\v2\x19.meshca.operator.v1.EntryR\aentries\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun2\xb4\x10\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -2003,7 +2869,13 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tListNodes\x12$.meshca.operator.v1.ListNodesRequest\x1a%.meshca.operator.v1.ListNodesResponse\x12O\n" +
 	"\aGetNode\x12\".meshca.operator.v1.GetNodeRequest\x1a .meshca.operator.v1.NodeResponse\x12a\n" +
 	"\fMintX509SVID\x12'.meshca.operator.v1.MintX509SVIDRequest\x1a(.meshca.operator.v1.MintX509SVIDResponse\x12j\n" +
-	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12s\n" +
+	"\x12RevokeCertificates\x12-.meshca.operator.v1.RevokeCertificatesRequest\x1a..meshca.operator.v1.RevokeCertificatesResponse\x12m\n" +
+	"\x10ListCertificates\x12+.meshca.operator.v1.ListCertificatesRequest\x1a,.meshca.operator.v1.ListCertificatesResponse\x12\\\n" +
+	"\x0eGetCertificate\x12).meshca.operator.v1.GetCertificateRequest\x1a\x1f.meshca.operator.v1.Certificate\x12D\n" +
+	"\x06GetCRL\x12!.meshca.operator.v1.GetCRLRequest\x1a\x17.meshca.operator.v1.CRL\x12R\n" +
+	"\aBanNode\x12\".meshca.operator.v1.BanNodeRequest\x1a#.meshca.operator.v1.BanNodeResponse\x12X\n" +
+	"\tEvictNode\x12$.meshca.operator.v1.EvictNodeRequest\x1a%.meshca.operator.v1.EvictNodeResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -2017,42 +2889,54 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_operatorpb_operator_proto_goTypes = []any{
-	(*StatusRequest)(nil),           // 0: meshca.operator.v1.StatusRequest
-	(*StatusResponse)(nil),          // 1: meshca.operator.v1.StatusResponse
-	(*Peer)(nil),                    // 2: meshca.operator.v1.Peer
-	(*RaftListPeersRequest)(nil),    // 3: meshca.operator.v1.RaftListPeersRequest
-	(*RaftListPeersResponse)(nil),   // 4: meshca.operator.v1.RaftListPeersResponse
-	(*RaftAddVoterRequest)(nil),     // 5: meshca.operator.v1.RaftAddVoterRequest
-	(*RaftAddVoterResponse)(nil),    // 6: meshca.operator.v1.RaftAddVoterResponse
-	(*RaftRemovePeerRequest)(nil),   // 7: meshca.operator.v1.RaftRemovePeerRequest
-	(*RaftRemovePeerResponse)(nil),  // 8: meshca.operator.v1.RaftRemovePeerResponse
-	(*SnapshotSaveRequest)(nil),     // 9: meshca.operator.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 10: meshca.operator.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil), // 11: meshca.operator.v1.SnapshotRestoreResponse
-	(*CreateJoinTokenRequest)(nil),  // 12: meshca.operator.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 13: meshca.operator.v1.CreateJoinTokenResponse
-	(*Selector)(nil),                // 14: meshca.operator.v1.Selector
-	(*Entry)(nil),                   // 15: meshca.operator.v1.Entry
-	(*CreateEntryRequest)(nil),      // 16: meshca.operator.v1.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),      // 17: meshca.operator.v1.UpdateEntryRequest
-	(*EntryResponse)(nil),           // 18: meshca.operator.v1.EntryResponse
-	(*DeleteEntryRequest)(nil),      // 19: meshca.operator.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),     // 20: meshca.operator.v1.DeleteEntryResponse
-	(*GetEntryRequest)(nil),         // 21: meshca.operator.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),      // 22: meshca.operator.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),     // 23: meshca.operator.v1.ListEntriesResponse
-	(*Node)(nil),                    // 24: meshca.operator.v1.Node
-	(*ListNodesRequest)(nil),        // 25: meshca.operator.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 26: meshca.operator.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),          // 27: meshca.operator.v1.GetNodeRequest
-	(*NodeResponse)(nil),            // 28: meshca.operator.v1.NodeResponse
-	(*MintX509SVIDRequest)(nil),     // 29: meshca.operator.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),    // 30: meshca.operator.v1.MintX509SVIDResponse
-	(*ListAuthoritiesRequest)(nil),  // 31: meshca.operator.v1.ListAuthoritiesRequest
-	(*Authority)(nil),               // 32: meshca.operator.v1.Authority
-	(*ListAuthoritiesResponse)(nil), // 33: meshca.operator.v1.ListAuthoritiesResponse
+	(*StatusRequest)(nil),              // 0: meshca.operator.v1.StatusRequest
+	(*StatusResponse)(nil),             // 1: meshca.operator.v1.StatusResponse
+	(*Peer)(nil),                       // 2: meshca.operator.v1.Peer
+	(*RaftListPeersRequest)(nil),       // 3: meshca.operator.v1.RaftListPeersRequest
+	(*RaftListPeersResponse)(nil),      // 4: meshca.operator.v1.RaftListPeersResponse
+	(*RaftAddVoterRequest)(nil),        // 5: meshca.operator.v1.RaftAddVoterRequest
+	(*RaftAddVoterResponse)(nil),       // 6: meshca.operator.v1.RaftAddVoterResponse
+	(*RaftRemovePeerRequest)(nil),      // 7: meshca.operator.v1.RaftRemovePeerRequest
+	(*RaftRemovePeerResponse)(nil),     // 8: meshca.operator.v1.RaftRemovePeerResponse
+	(*SnapshotSaveRequest)(nil),        // 9: meshca.operator.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),              // 10: meshca.operator.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),    // 11: meshca.operator.v1.SnapshotRestoreResponse
+	(*CreateJoinTokenRequest)(nil),     // 12: meshca.operator.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),    // 13: meshca.operator.v1.CreateJoinTokenResponse
+	(*Selector)(nil),                   // 14: meshca.operator.v1.Selector
+	(*Entry)(nil),                      // 15: meshca.operator.v1.Entry
+	(*CreateEntryRequest)(nil),         // 16: meshca.operator.v1.CreateEntryRequest
+	(*UpdateEntryRequest)(nil),         // 17: meshca.operator.v1.UpdateEntryRequest
+	(*EntryResponse)(nil),              // 18: meshca.operator.v1.EntryResponse
+	(*DeleteEntryRequest)(nil),         // 19: meshca.operator.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),        // 20: meshca.operator.v1.DeleteEntryResponse
+	(*GetEntryRequest)(nil),            // 21: meshca.operator.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),         // 22: meshca.operator.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),        // 23: meshca.operator.v1.ListEntriesResponse
+	(*Node)(nil),                       // 24: meshca.operator.v1.Node
+	(*ListNodesRequest)(nil),           // 25: meshca.operator.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),          // 26: meshca.operator.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),             // 27: meshca.operator.v1.GetNodeRequest
+	(*NodeResponse)(nil),               // 28: meshca.operator.v1.NodeResponse
+	(*MintX509SVIDRequest)(nil),        // 29: meshca.operator.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),       // 30: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),     // 31: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),                  // 32: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil),    // 33: meshca.operator.v1.ListAuthoritiesResponse
+	(*Certificate)(nil),                // 34: meshca.operator.v1.Certificate
+	(*RevokeCertificatesRequest)(nil),  // 35: meshca.operator.v1.RevokeCertificatesRequest
+	(*RevokeCertificatesResponse)(nil), // 36: meshca.operator.v1.RevokeCertificatesResponse
+	(*ListCertificatesRequest)(nil),    // 37: meshca.operator.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil),   // 38: meshca.operator.v1.ListCertificatesResponse
+	(*GetCertificateRequest)(nil),      // 39: meshca.operator.v1.GetCertificateRequest
+	(*GetCRLRequest)(nil),              // 40: meshca.operator.v1.GetCRLRequest
+	(*CRL)(nil),                        // 41: meshca.operator.v1.CRL
+	(*BanNodeRequest)(nil),             // 42: meshca.operator.v1.BanNodeRequest
+	(*BanNodeResponse)(nil),            // 43: meshca.operator.v1.BanNodeResponse
+	(*EvictNodeRequest)(nil),           // 44: meshca.operator.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),          // 45: meshca.operator.v1.EvictNodeResponse
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	2,  // 0: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
@@ -2065,43 +2949,61 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	24, // 7: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
 	24, // 8: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
 	32, // 9: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	0,  // 10: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	3,  // 11: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	5,  // 12: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	7,  // 13: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	9,  // 14: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	10, // 15: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	12, // 16: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	16, // 17: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	17, // 18: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	19, // 19: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	21, // 20: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	22, // 21: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	25, // 22: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	27, // 23: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	29, // 24: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	31, // 25: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	1,  // 26: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	4,  // 27: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	6,  // 28: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	8,  // 29: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	10, // 30: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	11, // 31: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	13, // 32: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	18, // 33: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	18, // 34: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	20, // 35: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	18, // 36: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	23, // 37: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	26, // 38: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	28, // 39: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	30, // 40: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	33, // 41: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	26, // [26:42] is the sub-list for method output_type
-	10, // [10:26] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	34, // 10: meshca.operator.v1.RevokeCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
+	34, // 11: meshca.operator.v1.ListCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
+	24, // 12: meshca.operator.v1.BanNodeResponse.node:type_name -> meshca.operator.v1.Node
+	34, // 13: meshca.operator.v1.BanNodeResponse.revoked:type_name -> meshca.operator.v1.Certificate
+	24, // 14: meshca.operator.v1.EvictNodeResponse.node:type_name -> meshca.operator.v1.Node
+	15, // 15: meshca.operator.v1.EvictNodeResponse.entries:type_name -> meshca.operator.v1.Entry
+	0,  // 16: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	3,  // 17: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	5,  // 18: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	7,  // 19: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	9,  // 20: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	10, // 21: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	12, // 22: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	16, // 23: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	17, // 24: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	19, // 25: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	21, // 26: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	22, // 27: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	25, // 28: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	27, // 29: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	29, // 30: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	31, // 31: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	35, // 32: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
+	37, // 33: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
+	39, // 34: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
+	40, // 35: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
+	42, // 36: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
+	44, // 37: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
+	1,  // 38: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	4,  // 39: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	6,  // 40: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	8,  // 41: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	10, // 42: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	11, // 43: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	13, // 44: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	18, // 45: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	18, // 46: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	20, // 47: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	18, // 48: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	23, // 49: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	26, // 50: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	28, // 51: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	30, // 52: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	33, // 53: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	36, // 54: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	38, // 55: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	34, // 56: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	41, // 57: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	43, // 58: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	45, // 59: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	38, // [38:60] is the sub-list for method output_type
+	16, // [16:38] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -2115,7 +3017,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
