@@ -456,9 +456,17 @@ func appendLedger(txn *memdb.Txn, lx *ledgerIndex, records []*raftpb.LedgerRecor
 	res := &raftpb.Result{}
 	kept := make([]*raftpb.LedgerRecord, 0, len(records))
 	inBatch := map[string]string{}
+	banned := map[string]bool{}
 	for i, r := range records {
 		if len(r.GetSerial()) == 0 || r.GetSpiffeId() == "" {
 			res.Rejected = append(res.Rejected, uint32(i))
+			continue
+		}
+		if nodeBanned(txn, banned, r.NodeId) {
+			// Signed on a server that had not applied the ban yet: the
+			// certificate is not recorded, so it is not handed out.
+			res.Rejected = append(res.Rejected, uint32(i))
+			res.Banned = append(res.Banned, uint32(i))
 			continue
 		}
 		reqID, seen := inBatch[string(r.Serial)]

@@ -60,6 +60,21 @@ func banNode(txn *memdb.Txn, op *raftpb.BanNode) *raftpb.Result {
 	return ok
 }
 
+// nodeBanned reports whether node is a banned node, remembering the
+// answers in seen for the rest of a batch.
+func nodeBanned(txn *memdb.Txn, seen map[string]bool, node string) bool {
+	if node == "" {
+		return false
+	}
+	b, ok := seen[node]
+	if !ok {
+		n, _ := first(txn, tableNodes, "id", node).(*raftpb.Node)
+		b = n != nil && n.Banned
+		seen[node] = b
+	}
+	return b
+}
+
 // evictNode forgets a node record.
 func evictNode(txn *memdb.Txn, op *raftpb.EvictNode) *raftpb.Result {
 	return remove(txn, tableNodes, op.GetNodeId())

@@ -64,6 +64,14 @@ func TestBanUnbanEvict(t *testing.T) {
 	if !r.Node(node).Banned || !r.Revoked("i", []byte{5}) {
 		t.Fatal("ban not recorded with its revocation")
 	}
+	// A certificate signed for it by a server that had not applied the ban
+	// yet is refused; another node's in the same batch is recorded.
+	res := a.mustApply(&raftpb.Command{Op: &raftpb.Command_AppendLedger{AppendLedger: &raftpb.AppendLedger{Records: []*raftpb.LedgerRecord{
+		{Serial: []byte("a"), SpiffeId: "spiffe://example.org/w", NodeId: node},
+		{Serial: []byte("b"), SpiffeId: "spiffe://example.org/w", NodeId: "spiffe://example.org/meshca/agent/x/2"}}}}})
+	if len(res.Rejected) != 1 || res.Rejected[0] != 0 || len(res.Banned) != 1 || res.Banned[0] != 0 || a.f.Read().LedgerRecord([]byte("b")) == nil {
+		t.Errorf("append for a banned node: %v", res)
+	}
 	if err := ResultError(a.apply(ban(false, &raftpb.Revocation{IssuerId: "i", Serial: []byte{6}}))); !errors.Is(err, ErrInvalid) {
 		t.Errorf("unban with revocations: %v", err)
 	}

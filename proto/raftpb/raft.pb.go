@@ -712,7 +712,10 @@ type Result struct {
 	// value is a command-specific number (e.g. the CRL number allocated).
 	Value uint64 `protobuf:"varint,3,opt,name=value,proto3" json:"value,omitempty"`
 	// rejected lists, for AppendLedger, the positions of records refused.
-	Rejected      []uint32 `protobuf:"varint,4,rep,packed,name=rejected,proto3" json:"rejected,omitempty"`
+	Rejected []uint32 `protobuf:"varint,4,rep,packed,name=rejected,proto3" json:"rejected,omitempty"`
+	// issue 13: banned lists the positions of rejected records refused
+	// because their node is banned (the others collided).
+	Banned        []uint32 `protobuf:"varint,50,rep,packed,name=banned,proto3" json:"banned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -771,6 +774,13 @@ func (x *Result) GetValue() uint64 {
 func (x *Result) GetRejected() []uint32 {
 	if x != nil {
 		return x.Rejected
+	}
+	return nil
+}
+
+func (x *Result) GetBanned() []uint32 {
+	if x != nil {
+		return x.Banned
 	}
 	return nil
 }
@@ -3372,12 +3382,13 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
-	"\bproposer\x18\x03 \x01(\tR\bproposer\"\x83\x01\n" +
+	"\bproposer\x18\x03 \x01(\tR\bproposer\"\x9b\x01\n" +
 	"\x06Result\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.meshca.raft.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\x04R\x05value\x12\x1a\n" +
-	"\brejected\x18\x04 \x03(\rR\brejected\"d\n" +
+	"\brejected\x18\x04 \x03(\rR\brejected\x12\x16\n" +
+	"\x06banned\x182 \x03(\rR\x06banned\"d\n" +
 	"\vTrustDomain\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12\x15\n" +
