@@ -153,6 +153,9 @@ func (o *operatorService) RevokeCertificates(ctx context.Context, req *operatorp
 		if rv == nil {
 			rv = revocationOf(rec, now, req.Reason)
 			rs = append(rs, rv)
+			if req.DryRun {
+				rv = nil // not revoked (yet)
+			}
 		}
 		resp.Certificates = append(resp.Certificates, toCertificate(rec, rv))
 	}
@@ -298,6 +301,9 @@ func (o *operatorService) BanNode(ctx context.Context, req *operatorpb.BanNodeRe
 			}
 			rv := revocationOf(rec, now, req.Reason)
 			rs = append(rs, rv)
+			if req.DryRun {
+				rv = nil // not revoked (yet)
+			}
 			resp.Revoked = append(resp.Revoked, toCertificate(rec, rv))
 		}
 	}

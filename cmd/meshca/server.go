@@ -99,7 +99,7 @@ started server checks that its roots name the same trust domain).
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
-join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
+join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, crl_addr, kek_file, log_level, log_format,
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -142,6 +142,7 @@ type serverConfig struct {
 	AdminSocket string   `json:"admin_socket"`
 	AdminAddr   string   `json:"admin_addr"`
 	AdminIDs    []string `json:"admin_ids"`
+	CRLAddr     string   `json:"crl_addr"`
 	KEKFile     string   `json:"kek_file"`
 	LogLevel    string   `json:"log_level"`
 	LogFormat   string   `json:"log_format"`
@@ -192,6 +193,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"join-timeout": {&c.JoinTimeout, &f.JoinTimeout},
 		"admin-socket": {&c.AdminSocket, &f.AdminSocket},
 		"admin-addr":   {&c.AdminAddr, &f.AdminAddr},
+		"crl-addr":     {&c.CRLAddr, &f.CRLAddr},
 		"kek-file":     {&c.KEKFile, &f.KEKFile},
 		"log-level":    {&c.LogLevel, &f.LogLevel},
 		"log-format":   {&c.LogFormat, &f.LogFormat},
@@ -251,6 +253,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.Var((*durationText)(&flags.JoinTimeout), "join-timeout", "with --join: how long to keep retrying while the cluster cannot admit this server yet (unreachable, still bootstrapping, no leader), 1s to 24h (default "+server.DefaultJoinTimeout.String()+")")
 	f.StringVar(&flags.AdminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/admin.sock)")
 	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the --admin-id SVIDs only")
+	f.StringVar(&flags.CRLAddr, "crl-addr", "", "serve every authority's CRL (DER) over plain HTTP on this host:port, at /crl/<authority ID>, for relying parties outside the mesh")
 	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID allowed on --admin-addr (get its SVID with meshca x509 mint --addr); repeat for more")
 	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -518,7 +521,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	}
 	srv, err := server.New(server.Config{
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
-		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs,
+		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs, CRLAddr: c.CRLAddr,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		NodeAttestors: attestors,

@@ -1992,7 +1992,8 @@ type RevokeCertificatesRequest struct {
 	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	NodeId   string `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Reason   int32  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	// dry_run lists what would be revoked, and revokes nothing.
+	// dry_run lists what would be revoked (not revoked yet), and revokes
+	// nothing.
 	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
