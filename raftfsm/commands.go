@@ -98,6 +98,10 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return banNode(txn, op.BanNode)
 	case *raftpb.Command_EvictNode:
 		return evictNode(txn, op.EvictNode)
+	case *raftpb.Command_TaintAuthority:
+		return taintAuthority(txn, op.TaintAuthority.GetId())
+	case *raftpb.Command_RevokeAuthority:
+		return revokeAuthority(txn, op.RevokeAuthority)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

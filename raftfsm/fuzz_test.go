@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(24) {
+	switch g.pick(26) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -153,6 +153,14 @@ func (g *cmdGen) command() *raftpb.Command {
 		c.Op = &raftpb.Command_BanNode{BanNode: op}
 	case 23:
 		c.Op = &raftpb.Command_EvictNode{EvictNode: &raftpb.EvictNode{NodeId: g.id("node-")}}
+	case 24:
+		c.Op = &raftpb.Command_TaintAuthority{TaintAuthority: &raftpb.TaintAuthority{Id: g.id("auth-")}}
+	case 25:
+		op := &raftpb.RevokeAuthority{Id: g.id("auth-")}
+		if g.pick(2) == 0 {
+			op.Revocation = &raftpb.Revocation{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-"))}
+		}
+		c.Op = &raftpb.Command_RevokeAuthority{RevokeAuthority: op}
 	}
 	return c
 }

@@ -109,6 +109,11 @@ func (r *Reader) Revocation(issuerID string, serial []byte) *raftpb.Revocation {
 	return one[*raftpb.Revocation](r, tableRevocations, revocationKey(issuerID, serial))
 }
 
+// LedgerByIssuer returns the records of certificates an authority signed, by serial.
+func (r *Reader) LedgerByIssuer(issuerID string) []*raftpb.LedgerRecord {
+	return r.resolve(serials(r.ledger, r.ledger.byIssuer, issuerID))
+}
+
 // LedgerAll calls f with every ledger record, in the order they were
 // recorded, until f returns false.
 func (r *Reader) LedgerAll(f func(*raftpb.LedgerRecord) bool) {
@@ -119,4 +124,49 @@ func (r *Reader) LedgerAll(f func(*raftpb.LedgerRecord) bool) {
 			}
 		}
 	}
+}
+
+// taintAuthority marks an ACTIVE or OLD intermediate, or an OLD root,
+// TAINTED.
+func taintAuthority(txn *memdb.Txn, id string) *raftpb.Result {
+	cur, _ := first(txn, tableAuthorities, "id", id).(*raftpb.Authority)
+	switch {
+	case cur == nil:
+		return fail(raftpb.ErrorCode_NOT_FOUND, fmt.Sprintf("no authority %q", id))
+	case cur.State == raftpb.AuthorityState_TAINTED:
+		return ok
+	case cur.Kind == raftpb.AuthorityKind_ROOT && cur.State == raftpb.AuthorityState_ACTIVE:
+		return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("root %s is the active root of its profile: prepare and activate a successor before tainting it", id))
+	case cur.State != raftpb.AuthorityState_ACTIVE && cur.State != raftpb.AuthorityState_OLD:
+		return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("authority %s is %s; only an active or old authority can be tainted", id, cur.State))
+	}
+	a := proto.Clone(cur).(*raftpb.Authority)
+	a.State = raftpb.AuthorityState_TAINTED
+	insert(txn, tableAuthorities, a)
+	return ok
+}
+
+// revokeAuthority marks a TAINTED authority REVOKED and records its
+// revocation by its parent, if it has one.
+func revokeAuthority(txn *memdb.Txn, op *raftpb.RevokeAuthority) *raftpb.Result {
+	cur, _ := first(txn, tableAuthorities, "id", op.GetId()).(*raftpb.Authority)
+	switch {
+	case cur == nil:
+		return fail(raftpb.ErrorCode_NOT_FOUND, fmt.Sprintf("no authority %q", op.GetId()))
+	case cur.State == raftpb.AuthorityState_REVOKED:
+		return ok
+	case cur.State != raftpb.AuthorityState_TAINTED:
+		return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("authority %s is %s; only a tainted authority can be revoked (taint it first)", op.GetId(), cur.State))
+	}
+	rv := op.GetRevocation()
+	if rv != nil && (!validRevocation(rv) || rv.IssuerId != cur.ParentId) {
+		return fail(raftpb.ErrorCode_INVALID, "an authority's revocation is recorded for its parent")
+	}
+	a := proto.Clone(cur).(*raftpb.Authority)
+	a.State = raftpb.AuthorityState_REVOKED
+	insert(txn, tableAuthorities, a)
+	if rv != nil {
+		insertRevocations(txn, []*raftpb.Revocation{rv})
+	}
+	return ok
 }

@@ -105,3 +105,70 @@ func TestRevocationScope(t *testing.T) {
 		t.Fatal("a revocation did not wake the revocation scope")
 	}
 }
+
+// Taint and revoke follow the lifecycle: an active root cannot be
+// tainted, only a tainted authority revoked, and an intermediate's
+// revocation goes to its parent's list.
+func TestTaintAndRevokeAuthority(t *testing.T) {
+	a := newApplier(t)
+	root := &raftpb.Authority{Id: "ecdsa/root/1", Profile: "ecdsa", Kind: raftpb.AuthorityKind_ROOT, State: raftpb.AuthorityState_ACTIVE, Certificate: []byte{1}}
+	inter := &raftpb.Authority{Id: "ecdsa/intermediate/2", Profile: "ecdsa", Kind: raftpb.AuthorityKind_INTERMEDIATE, State: raftpb.AuthorityState_ACTIVE,
+		Certificate: []byte{2}, ParentId: root.Id, ServerId: "s1"}
+	prep := &raftpb.Authority{Id: "ecdsa/intermediate/3", Profile: "ecdsa", Kind: raftpb.AuthorityKind_INTERMEDIATE, State: raftpb.AuthorityState_PREPARED,
+		Certificate: []byte{3}, ParentId: root.Id, ServerId: "s1"}
+	for _, x := range []*raftpb.Authority{root, inter, prep} {
+		a.mustApply(&raftpb.Command{Op: &raftpb.Command_PutAuthority{PutAuthority: &raftpb.PutAuthority{Authority: x}}})
+	}
+	taint := func(id string) error {
+		return ResultError(a.apply(&raftpb.Command{Op: &raftpb.Command_TaintAuthority{TaintAuthority: &raftpb.TaintAuthority{Id: id}}}))
+	}
+	revoke := func(id string, rv *raftpb.Revocation) error {
+		return ResultError(a.apply(&raftpb.Command{Op: &raftpb.Command_RevokeAuthority{RevokeAuthority: &raftpb.RevokeAuthority{Id: id, Revocation: rv}}}))
+	}
+	for id, want := range map[string]error{root.Id: ErrInvalid, prep.Id: ErrInvalid, "nope": ErrNotFound} {
+		if err := taint(id); !errors.Is(err, want) {
+			t.Errorf("taint %s: %v, want %v", id, err, want)
+		}
+	}
+	if err := revoke(inter.Id, nil); !errors.Is(err, ErrInvalid) {
+		t.Errorf("revoking an active authority: %v", err)
+	}
+	if err := taint(inter.Id); err != nil {
+		t.Fatal(err)
+	}
+	if err := taint(inter.Id); err != nil {
+		t.Errorf("taint again: %v", err)
+	}
+	if err := revoke(inter.Id, &raftpb.Revocation{IssuerId: "elsewhere", Serial: []byte{2}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("revocation recorded for another issuer: %v", err)
+	}
+	if s := a.f.Read().Authority(inter.Id).State; s != raftpb.AuthorityState_TAINTED {
+		t.Fatalf("after refused revocations: %s", s)
+	}
+	if err := revoke(inter.Id, &raftpb.Revocation{IssuerId: root.Id, Serial: []byte{2}}); err != nil {
+		t.Fatal(err)
+	}
+	r := a.f.Read()
+	if r.Authority(inter.Id).State != raftpb.AuthorityState_REVOKED || !r.Revoked(root.Id, []byte{2}) {
+		t.Error("revocation not recorded")
+	}
+	if err := taint(inter.Id); !errors.Is(err, ErrInvalid) {
+		t.Errorf("tainting a revoked authority: %v", err)
+	}
+}
+
+// The ledger finds records by issuer, and forgets them when pruned.
+func TestLedgerByIssuer(t *testing.T) {
+	a := newApplier(t)
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_AppendLedger{AppendLedger: &raftpb.AppendLedger{Records: []*raftpb.LedgerRecord{
+		{Serial: []byte("a"), SpiffeId: "spiffe://x/a", IssuerId: "i1", NotAfterUnix: 10},
+		{Serial: []byte("b"), SpiffeId: "spiffe://x/b", IssuerId: "i1", NotAfterUnix: 1000},
+		{Serial: []byte("c"), SpiffeId: "spiffe://x/c", IssuerId: "i2", NotAfterUnix: 1000}}}}})
+	if got := a.f.Read().LedgerByIssuer("i1"); len(got) != 2 {
+		t.Fatalf("by issuer: %v", got)
+	}
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{ExpiredBeforeUnix: 100}}})
+	if got := a.f.Read().LedgerByIssuer("i1"); len(got) != 1 || string(got[0].Serial) != "b" {
+		t.Fatalf("by issuer after the prune: %v", got)
+	}
+}

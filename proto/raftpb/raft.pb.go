@@ -224,6 +224,8 @@ type Command struct {
 	//	*Command_PutCrl
 	//	*Command_BanNode
 	//	*Command_EvictNode
+	//	*Command_TaintAuthority
+	//	*Command_RevokeAuthority
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -489,6 +491,24 @@ func (x *Command) GetEvictNode() *EvictNode {
 	return nil
 }
 
+func (x *Command) GetTaintAuthority() *TaintAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TaintAuthority); ok {
+			return x.TaintAuthority
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeAuthority() *RevokeAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeAuthority); ok {
+			return x.RevokeAuthority
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -590,6 +610,15 @@ type Command_EvictNode struct {
 	EvictNode *EvictNode `protobuf:"bytes,51,opt,name=evict_node,json=evictNode,proto3,oneof"`
 }
 
+type Command_TaintAuthority struct {
+	// issue 13: authority lifecycle steps an operator takes.
+	TaintAuthority *TaintAuthority `protobuf:"bytes,52,opt,name=taint_authority,json=taintAuthority,proto3,oneof"`
+}
+
+type Command_RevokeAuthority struct {
+	RevokeAuthority *RevokeAuthority `protobuf:"bytes,53,opt,name=revoke_authority,json=revokeAuthority,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -637,6 +666,10 @@ func (*Command_PutCrl) isCommand_Op() {}
 func (*Command_BanNode) isCommand_Op() {}
 
 func (*Command_EvictNode) isCommand_Op() {}
+
+func (*Command_TaintAuthority) isCommand_Op() {}
+
+func (*Command_RevokeAuthority) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -2828,6 +2861,110 @@ func (x *EvictNode) GetNodeId() string {
 	return ""
 }
 
+// TaintAuthority marks an authority compromised: agents re-issue every SVID
+// chained to it at once, and its server stops signing with it. An ACTIVE or
+// OLD intermediate may be tainted (its server activates a successor at
+// once), a root only when OLD (activate its successor first). Tainting a
+// tainted authority again succeeds.
+type TaintAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintAuthority) Reset() {
+	*x = TaintAuthority{}
+	mi := &file_raftpb_raft_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintAuthority) ProtoMessage() {}
+
+func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintAuthority.ProtoReflect.Descriptor instead.
+func (*TaintAuthority) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *TaintAuthority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RevokeAuthority revokes a TAINTED authority: it leaves every bundle and
+// its CRL stops being served; an intermediate's revocation is recorded for
+// its parent (revocation.issuer_id is the parent, serial its serial).
+type RevokeAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Revocation    *Revocation            `protobuf:"bytes,2,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAuthority) Reset() {
+	*x = RevokeAuthority{}
+	mi := &file_raftpb_raft_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAuthority) ProtoMessage() {}
+
+func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAuthority.ProtoReflect.Descriptor instead.
+func (*RevokeAuthority) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RevokeAuthority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokeAuthority) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
 // NextCRLNumber allocates the next CRL number of an authority.
 type NextCRLNumber struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2838,7 +2975,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2850,7 +2987,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2863,7 +3000,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2882,7 +3019,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3031,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3044,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2926,7 +3063,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2938,7 +3075,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2951,7 +3088,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2970,7 +3107,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3119,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3132,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -3019,7 +3156,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3168,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3181,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -3071,7 +3208,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3083,7 +3220,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3096,7 +3233,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3123,7 +3260,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3135,7 +3272,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3148,7 +3285,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3346,7 +3483,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xe8\f\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\x81\x0e\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3376,7 +3513,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrl\x124\n" +
 	"\bban_node\x182 \x01(\v2\x17.meshca.raft.v1.BanNodeH\x00R\abanNode\x12:\n" +
 	"\n" +
-	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNodeB\x04\n" +
+	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNode\x12I\n" +
+	"\x0ftaint_authority\x184 \x01(\v2\x1e.meshca.raft.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
+	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthorityB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3534,7 +3673,14 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x06banned\x18\x02 \x01(\bR\x06banned\x12<\n" +
 	"\vrevocations\x18\x03 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"$\n" +
 	"\tEvictNode\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"2\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\" \n" +
+	"\x0eTaintAuthority\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"]\n" +
+	"\x0fRevokeAuthority\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
+	"\n" +
+	"revocation\x18\x02 \x01(\v2\x1a.meshca.raft.v1.RevocationR\n" +
+	"revocation\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\";\n" +
 	"\tPutPolicy\x12.\n" +
@@ -3600,7 +3746,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -3640,13 +3786,15 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*Revoke)(nil),            // 35: meshca.raft.v1.Revoke
 	(*BanNode)(nil),           // 36: meshca.raft.v1.BanNode
 	(*EvictNode)(nil),         // 37: meshca.raft.v1.EvictNode
-	(*NextCRLNumber)(nil),     // 38: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 39: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 40: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 41: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 42: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 43: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 44: meshca.raft.v1.SnapshotRecord
+	(*TaintAuthority)(nil),    // 38: meshca.raft.v1.TaintAuthority
+	(*RevokeAuthority)(nil),   // 39: meshca.raft.v1.RevokeAuthority
+	(*NextCRLNumber)(nil),     // 40: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 41: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 42: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 43: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 44: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 45: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 46: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3661,12 +3809,12 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	28, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	29, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
 	35, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	38, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	39, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	40, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	42, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	43, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	41, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	40, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	41, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	42, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	44, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	45, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	43, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
 	31, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
 	32, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
 	33, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
@@ -3674,50 +3822,53 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	30, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
 	36, // 23: meshca.raft.v1.Command.ban_node:type_name -> meshca.raft.v1.BanNode
 	37, // 24: meshca.raft.v1.Command.evict_node:type_name -> meshca.raft.v1.EvictNode
-	0,  // 25: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 26: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 27: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 28: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 29: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 30: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 31: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 32: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 33: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 34: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 35: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 36: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 37: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 38: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 39: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 40: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	29, // 41: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 42: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 43: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	29, // 44: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 45: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 46: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 47: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 48: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 49: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 50: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 51: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 52: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 53: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 54: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 55: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 56: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 57: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 58: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 59: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 60: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 61: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 62: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 63: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	64, // [64:64] is the sub-list for method output_type
-	64, // [64:64] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	38, // 25: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
+	39, // 26: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
+	0,  // 27: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 28: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 29: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 30: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 31: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 32: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 33: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 34: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 35: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 36: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 37: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 38: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 39: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 40: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 41: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 42: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	29, // 43: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 44: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 45: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	29, // 46: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 47: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 48: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 49: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 50: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 51: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 52: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 53: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 54: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 55: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 56: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 57: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 58: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 59: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 60: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 61: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 62: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 63: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 64: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 65: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 66: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	67, // [67:67] is the sub-list for method output_type
+	67, // [67:67] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3750,8 +3901,10 @@ func file_raftpb_raft_proto_init() {
 		(*Command_PutCrl)(nil),
 		(*Command_BanNode)(nil),
 		(*Command_EvictNode)(nil),
+		(*Command_TaintAuthority)(nil),
+		(*Command_RevokeAuthority)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[41].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[43].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -3771,7 +3924,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
