@@ -1716,8 +1716,22 @@ type Authority struct {
 	// successor is prepared and activated (ca.PlanRotation), for active ones.
 	PrepareAtUnix  int64 `protobuf:"varint,9,opt,name=prepare_at_unix,json=prepareAtUnix,proto3" json:"prepare_at_unix,omitempty"`
 	ActivateAtUnix int64 `protobuf:"varint,10,opt,name=activate_at_unix,json=activateAtUnix,proto3" json:"activate_at_unix,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// issue 13: live_certificates are the unexpired, unrevoked certificates
+	// of the ledger it signed; pending_certificates those of them not
+	// re-issued under another authority yet (for the same SPIFFE ID and
+	// node), held by pending_node_count nodes, the first of them in
+	// pending_nodes.
+	LiveCertificates    int64    `protobuf:"varint,50,opt,name=live_certificates,json=liveCertificates,proto3" json:"live_certificates,omitempty"`
+	PendingCertificates int64    `protobuf:"varint,51,opt,name=pending_certificates,json=pendingCertificates,proto3" json:"pending_certificates,omitempty"`
+	PendingNodeCount    int64    `protobuf:"varint,52,opt,name=pending_node_count,json=pendingNodeCount,proto3" json:"pending_node_count,omitempty"`
+	PendingNodes        []string `protobuf:"bytes,53,rep,name=pending_nodes,json=pendingNodes,proto3" json:"pending_nodes,omitempty"`
+	// next_step says what happens to it next, in words.
+	NextStep string `protobuf:"bytes,54,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
+	// warning is set when it needs the operator (a root within a year of
+	// its expiry).
+	Warning       string `protobuf:"bytes,55,opt,name=warning,proto3" json:"warning,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Authority) Reset() {
@@ -1818,6 +1832,48 @@ func (x *Authority) GetActivateAtUnix() int64 {
 		return x.ActivateAtUnix
 	}
 	return 0
+}
+
+func (x *Authority) GetLiveCertificates() int64 {
+	if x != nil {
+		return x.LiveCertificates
+	}
+	return 0
+}
+
+func (x *Authority) GetPendingCertificates() int64 {
+	if x != nil {
+		return x.PendingCertificates
+	}
+	return 0
+}
+
+func (x *Authority) GetPendingNodeCount() int64 {
+	if x != nil {
+		return x.PendingNodeCount
+	}
+	return 0
+}
+
+func (x *Authority) GetPendingNodes() []string {
+	if x != nil {
+		return x.PendingNodes
+	}
+	return nil
+}
+
+func (x *Authority) GetNextStep() string {
+	if x != nil {
+		return x.NextStep
+	}
+	return ""
+}
+
+func (x *Authority) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
 }
 
 type ListAuthoritiesResponse struct {
@@ -2673,6 +2729,120 @@ func (x *EvictNodeResponse) GetDryRun() bool {
 	return false
 }
 
+type AuthorityStepRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DryRun bool                   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// force revokes although certificates still chain to the authority.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorityStepRequest) Reset() {
+	*x = AuthorityStepRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorityStepRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorityStepRequest) ProtoMessage() {}
+
+func (x *AuthorityStepRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorityStepRequest.ProtoReflect.Descriptor instead.
+func (*AuthorityStepRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *AuthorityStepRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuthorityStepRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *AuthorityStepRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type AuthorityStepResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// authority is its state after the step (with dry_run, as it would be).
+	Authority     *Authority `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	DryRun        bool       `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorityStepResponse) Reset() {
+	*x = AuthorityStepResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorityStepResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorityStepResponse) ProtoMessage() {}
+
+func (x *AuthorityStepResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorityStepResponse.ProtoReflect.Descriptor instead.
+func (*AuthorityStepResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *AuthorityStepResponse) GetAuthority() *Authority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+func (x *AuthorityStepResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 var File_operatorpb_operator_proto protoreflect.FileDescriptor
 
 const file_operatorpb_operator_proto_rawDesc = "" +
@@ -2780,7 +2950,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x14MintX509SVIDResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x03(\fR\x05chain\x12\x14\n" +
 	"\x05roots\x18\x02 \x03(\fR\x05roots\"\x18\n" +
-	"\x16ListAuthoritiesRequest\"\xbb\x02\n" +
+	"\x16ListAuthoritiesRequest\"\xa5\x04\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
@@ -2793,7 +2963,13 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x0enot_after_unix\x18\b \x01(\x03R\fnotAfterUnix\x12&\n" +
 	"\x0fprepare_at_unix\x18\t \x01(\x03R\rprepareAtUnix\x12(\n" +
 	"\x10activate_at_unix\x18\n" +
-	" \x01(\x03R\x0eactivateAtUnix\"Z\n" +
+	" \x01(\x03R\x0eactivateAtUnix\x12+\n" +
+	"\x11live_certificates\x182 \x01(\x03R\x10liveCertificates\x121\n" +
+	"\x14pending_certificates\x183 \x01(\x03R\x13pendingCertificates\x12,\n" +
+	"\x12pending_node_count\x184 \x01(\x03R\x10pendingNodeCount\x12#\n" +
+	"\rpending_nodes\x185 \x03(\tR\fpendingNodes\x12\x1b\n" +
+	"\tnext_step\x186 \x01(\tR\bnextStep\x12\x18\n" +
+	"\awarning\x187 \x01(\tR\awarning\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
 	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\"\xb5\x02\n" +
 	"\vCertificate\x12\x16\n" +
@@ -2853,7 +3029,14 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x11EvictNodeResponse\x12,\n" +
 	"\x04node\x18\x01 \x01(\v2\x18.meshca.operator.v1.NodeR\x04node\x123\n" +
 	"\aentries\x18\x02 \x03(\v2\x19.meshca.operator.v1.EntryR\aentries\x12\x17\n" +
-	"\adry_run\x18\x03 \x01(\bR\x06dryRun2\xb4\x10\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"U\n" +
+	"\x14AuthorityStepRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"m\n" +
+	"\x15AuthorityStepResponse\x12;\n" +
+	"\tauthority\x18\x01 \x01(\v2\x1d.meshca.operator.v1.AuthorityR\tauthority\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun2\x83\x12\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -2876,7 +3059,9 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x0eGetCertificate\x12).meshca.operator.v1.GetCertificateRequest\x1a\x1f.meshca.operator.v1.Certificate\x12D\n" +
 	"\x06GetCRL\x12!.meshca.operator.v1.GetCRLRequest\x1a\x17.meshca.operator.v1.CRL\x12R\n" +
 	"\aBanNode\x12\".meshca.operator.v1.BanNodeRequest\x1a#.meshca.operator.v1.BanNodeResponse\x12X\n" +
-	"\tEvictNode\x12$.meshca.operator.v1.EvictNodeRequest\x1a%.meshca.operator.v1.EvictNodeResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"\tEvictNode\x12$.meshca.operator.v1.EvictNodeRequest\x1a%.meshca.operator.v1.EvictNodeResponse\x12e\n" +
+	"\x0eTaintAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12f\n" +
+	"\x0fRevokeAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -2890,7 +3075,7 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_operatorpb_operator_proto_goTypes = []any{
 	(*StatusRequest)(nil),              // 0: meshca.operator.v1.StatusRequest
 	(*StatusResponse)(nil),             // 1: meshca.operator.v1.StatusResponse
@@ -2938,6 +3123,8 @@ var file_operatorpb_operator_proto_goTypes = []any{
 	(*BanNodeResponse)(nil),            // 43: meshca.operator.v1.BanNodeResponse
 	(*EvictNodeRequest)(nil),           // 44: meshca.operator.v1.EvictNodeRequest
 	(*EvictNodeResponse)(nil),          // 45: meshca.operator.v1.EvictNodeResponse
+	(*AuthorityStepRequest)(nil),       // 46: meshca.operator.v1.AuthorityStepRequest
+	(*AuthorityStepResponse)(nil),      // 47: meshca.operator.v1.AuthorityStepResponse
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	2,  // 0: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
@@ -2956,55 +3143,60 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	34, // 13: meshca.operator.v1.BanNodeResponse.revoked:type_name -> meshca.operator.v1.Certificate
 	24, // 14: meshca.operator.v1.EvictNodeResponse.node:type_name -> meshca.operator.v1.Node
 	15, // 15: meshca.operator.v1.EvictNodeResponse.entries:type_name -> meshca.operator.v1.Entry
-	0,  // 16: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	3,  // 17: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	5,  // 18: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	7,  // 19: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	9,  // 20: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	10, // 21: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	12, // 22: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	16, // 23: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	17, // 24: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	19, // 25: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	21, // 26: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	22, // 27: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	25, // 28: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	27, // 29: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	29, // 30: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	31, // 31: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	35, // 32: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
-	37, // 33: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
-	39, // 34: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
-	40, // 35: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
-	42, // 36: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
-	44, // 37: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
-	1,  // 38: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	4,  // 39: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	6,  // 40: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	8,  // 41: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	10, // 42: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	11, // 43: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	13, // 44: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	18, // 45: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	18, // 46: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	20, // 47: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	18, // 48: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	23, // 49: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	26, // 50: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	28, // 51: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	30, // 52: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	33, // 53: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	36, // 54: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
-	38, // 55: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
-	34, // 56: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
-	41, // 57: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
-	43, // 58: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
-	45, // 59: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
-	38, // [38:60] is the sub-list for method output_type
-	16, // [16:38] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	32, // 16: meshca.operator.v1.AuthorityStepResponse.authority:type_name -> meshca.operator.v1.Authority
+	0,  // 17: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	3,  // 18: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	5,  // 19: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	7,  // 20: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	9,  // 21: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	10, // 22: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	12, // 23: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	16, // 24: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	17, // 25: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	19, // 26: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	21, // 27: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	22, // 28: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	25, // 29: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	27, // 30: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	29, // 31: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	31, // 32: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	35, // 33: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
+	37, // 34: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
+	39, // 35: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
+	40, // 36: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
+	42, // 37: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
+	44, // 38: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
+	46, // 39: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	46, // 40: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	1,  // 41: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	4,  // 42: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	6,  // 43: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	8,  // 44: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	10, // 45: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	11, // 46: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	13, // 47: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	18, // 48: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	18, // 49: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	20, // 50: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	18, // 51: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	23, // 52: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	26, // 53: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	28, // 54: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	30, // 55: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	33, // 56: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	36, // 57: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	38, // 58: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	34, // 59: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	41, // 60: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	43, // 61: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	45, // 62: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	47, // 63: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	47, // 64: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	41, // [41:65] is the sub-list for method output_type
+	17, // [17:41] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -3018,7 +3210,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   46,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,8 @@ const (
 	Operator_GetCRL_FullMethodName             = "/meshca.operator.v1.Operator/GetCRL"
 	Operator_BanNode_FullMethodName            = "/meshca.operator.v1.Operator/BanNode"
 	Operator_EvictNode_FullMethodName          = "/meshca.operator.v1.Operator/EvictNode"
+	Operator_TaintAuthority_FullMethodName     = "/meshca.operator.v1.Operator/TaintAuthority"
+	Operator_RevokeAuthority_FullMethodName    = "/meshca.operator.v1.Operator/RevokeAuthority"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -85,6 +87,13 @@ type OperatorClient interface {
 	BanNode(ctx context.Context, in *BanNodeRequest, opts ...grpc.CallOption) (*BanNodeResponse, error)
 	// EvictNode forgets a node: its agent must attest again.
 	EvictNode(ctx context.Context, in *EvictNodeRequest, opts ...grpc.CallOption) (*EvictNodeResponse, error)
+	// TaintAuthority marks an authority compromised: its server replaces it
+	// at once (an active intermediate) and every agent re-issues the SVIDs
+	// chained to it. Progress shows in ListAuthorities.
+	TaintAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
+	// RevokeAuthority revokes a tainted authority: refused, unless force,
+	// while certificates that were not re-issued still chain to it.
+	RevokeAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
 }
 
 type operatorClient struct {
@@ -327,6 +336,26 @@ func (c *operatorClient) EvictNode(ctx context.Context, in *EvictNodeRequest, op
 	return out, nil
 }
 
+func (c *operatorClient) TaintAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthorityStepResponse)
+	err := c.cc.Invoke(ctx, Operator_TaintAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) RevokeAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthorityStepResponse)
+	err := c.cc.Invoke(ctx, Operator_RevokeAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -367,6 +396,13 @@ type OperatorServer interface {
 	BanNode(context.Context, *BanNodeRequest) (*BanNodeResponse, error)
 	// EvictNode forgets a node: its agent must attest again.
 	EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error)
+	// TaintAuthority marks an authority compromised: its server replaces it
+	// at once (an active intermediate) and every agent re-issues the SVIDs
+	// chained to it. Progress shows in ListAuthorities.
+	TaintAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
+	// RevokeAuthority revokes a tainted authority: refused, unless force,
+	// while certificates that were not re-issued still chain to it.
+	RevokeAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -442,6 +478,12 @@ func (UnimplementedOperatorServer) BanNode(context.Context, *BanNodeRequest) (*B
 }
 func (UnimplementedOperatorServer) EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EvictNode not implemented")
+}
+func (UnimplementedOperatorServer) TaintAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaintAuthority not implemented")
+}
+func (UnimplementedOperatorServer) RevokeAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAuthority not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -842,6 +884,42 @@ func _Operator_EvictNode_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_TaintAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityStepRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).TaintAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_TaintAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).TaintAuthority(ctx, req.(*AuthorityStepRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_RevokeAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityStepRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).RevokeAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_RevokeAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).RevokeAuthority(ctx, req.(*AuthorityStepRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -928,6 +1006,14 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EvictNode",
 			Handler:    _Operator_EvictNode_Handler,
+		},
+		{
+			MethodName: "TaintAuthority",
+			Handler:    _Operator_TaintAuthority_Handler,
+		},
+		{
+			MethodName: "RevokeAuthority",
+			Handler:    _Operator_RevokeAuthority_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
