@@ -126,6 +126,63 @@ func TestCertRevokeListShowAndCRLFetch(t *testing.T) {
 	if r := meshca(t, env, "node", "ban", "spiffe://example.org/meshca/agent/join_token/00", "--addr", addr, "--yes", "--output", "json"); r.code != exitError || !strings.Contains(r.stderr, `"code":"not_found"`) {
 		t.Errorf("ban of an unknown node: exit %d\n%s", r.code, r.stderr)
 	}
+
+	// Authority lifecycle: the active root cannot be tainted, an active
+	// intermediate not revoked; the intermediate is tainted (its server
+	// activates a successor), and revoking it is refused while the minted
+	// certificate B (which no agent re-issues) still chains to it, naming
+	// the holder, until --force.
+	var auths struct {
+		Authorities []authorityReport `json:"authorities"`
+	}
+	decodeJSON(t, mustSucceed(t, env, "authority", "show", "--addr", addr, "--output", "json"), &auths)
+	var rootID string
+	var inter authorityReport
+	for _, x := range auths.Authorities {
+		if x.Kind == "root" && x.Profile == "ecdsa" {
+			rootID = x.ID
+		}
+		if x.ID == show.IssuerID {
+			inter = x
+		}
+	}
+	if inter.State != "ACTIVE" || inter.LiveCertificates < 1 || inter.NextStep == "" {
+		t.Fatalf("authority show: %+v", inter)
+	}
+	if r := meshca(t, env, "authority", "taint", rootID, "--addr", addr, "--yes", "--output", "json"); r.code != exitError || !strings.Contains(r.stderr, "failed_precondition") {
+		t.Errorf("taint the only root: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := meshca(t, env, "authority", "revoke", inter.ID, "--addr", addr, "--yes", "--output", "json"); r.code != exitError || !strings.Contains(r.stderr, "only a tainted authority") {
+		t.Errorf("revoke an active intermediate: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := meshca(t, env, "authority", "taint", inter.ID, "--addr", addr); r.code != exitUsage || !strings.Contains(r.stderr, "pass --yes") {
+		t.Errorf("taint without --yes: exit %d\n%s", r.code, r.stderr)
+	}
+	var step authorityStepReport
+	decodeJSON(t, mustSucceed(t, env, "authority", "taint", inter.ID, "--addr", addr, "--yes", "--output", "json"), &step)
+	if step.Authority.State != "TAINTED" || step.Authority.PendingCertificates < 1 {
+		t.Fatalf("taint: %+v", step)
+	}
+	if r := meshca(t, env, "authority", "revoke", inter.ID, "--addr", addr, "--yes"); r.code != exitError || !strings.Contains(r.stderr, "operator") || !strings.Contains(r.stderr, "--force") {
+		t.Errorf("revoke while certificates chain to it: exit %d\n%s", r.code, r.stderr)
+	}
+	decodeJSON(t, mustSucceed(t, env, "authority", "revoke", inter.ID, "--force", "--watch", "--interval", "50ms", "--addr", addr, "--yes", "--output", "json"), &step)
+	if step.Authority.State != "REVOKED" || !step.Done {
+		t.Errorf("revoke --force: %+v", step)
+	}
+	if resp, err := http.Get("http://" + ports[2] + "/crl/" + inter.ID); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the revoked intermediate's CRL is still served: %v, %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	waitFor(t, 10*time.Second, "the root's CRL lists the intermediate", func() (bool, string) {
+		r := meshca(t, env, "crl", "fetch", "--issuer", rootID, "--out", crlFile, "--pem", "--addr", addr)
+		out, _ := exec.Command(requireOpenSSL(t), "crl", "-in", crlFile, "-noout", "-text").CombinedOutput()
+		serial := strings.TrimPrefix(inter.ID, "ecdsa/intermediate/")
+		return r.code == exitOK && strings.Contains(strings.ToLower(string(out)), serial), string(out)
+	})
+	// The server signs again, with its successor.
+	mint("spiffe://example.org/ops/c")
 }
 
 // confirm asks on a terminal and goes on only on yes.
