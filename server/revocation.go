@@ -44,6 +44,9 @@ func validReason(r int32) bool { return r >= 0 && r <= 10 && r != 7 && r != 8 }
 
 func parseSerial(s string) ([]byte, error) {
 	s = strings.TrimPrefix(strings.ToLower(strings.ReplaceAll(s, ":", "")), "0x")
+	if len(s)%2 == 1 {
+		s = "0" + s // as big.Int.Text(16) prints it
+	}
 	b, err := hex.DecodeString(s)
 	if err != nil || len(b) == 0 || len(b) > 20 {
 		return nil, status.Errorf(codes.InvalidArgument, "serial %q: want 1 to 20 bytes of hex", s)
