@@ -74,6 +74,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, td: td, id: newIdentity(td, cfg.DataDir, cfg.TrustBundle, cfg.Clock), store: newStore(),
 		kick: make(chan struct{}, 1), jwts: jwtCache{tokens: map[string]cachedJWT{}}}
+	a.store.now, a.store.jitter = cfg.Clock.Now, cfg.ReissueJitter
 	// Everything the agent must keep is written here: make sure it can be,
 	// before a join token is spent on an identity that could not be saved.
 	if err := os.MkdirAll(a.id.dir, 0o700); err != nil {
@@ -310,6 +311,7 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 		}
 		a.metrics.syncs.Inc()
 		a.synced.Store(true)
+		a.checkOwnSVID()
 		a.wake()
 	}
 }

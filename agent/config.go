@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
@@ -36,6 +37,10 @@ type Config struct {
 	// RenewFraction is the part of an SVID's lifetime after which it is
 	// renewed. Default 0.5 (half-life).
 	RenewFraction float64
+	// ReissueJitter spreads the re-issue of SVIDs whose issuer was tainted
+	// or that a CRL lists: each is renewed at a random moment within it.
+	// Default DefaultReissueJitter.
+	ReissueJitter time.Duration
 	// Logger receives the agent's logs, and a line for every audit event.
 	// Default: slog.Default().
 	Logger *slog.Logger
@@ -84,6 +89,12 @@ func (c *Config) validate() error {
 	}
 	if c.RenewFraction == 0 {
 		c.RenewFraction = 0.5
+	}
+	if c.ReissueJitter == 0 {
+		c.ReissueJitter = DefaultReissueJitter
+	}
+	if c.ReissueJitter < 0 {
+		errs = append(errs, errors.New("the re-issue jitter must not be negative"))
 	}
 	if c.RenewFraction <= 0 || c.RenewFraction >= 1 {
 		errs = append(errs, errors.New("the renew fraction must be between 0 and 1"))

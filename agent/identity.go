@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"sync"
@@ -38,8 +39,10 @@ type identity struct {
 	mu      sync.RWMutex
 	svid    *x509svid.SVID
 	renewAt time.Time
-	bundle  *x509bundle.Bundle
-	roots   []*nodepb.Root // every profile's roots, from the server
+	// replacing is set once the SVID was found compromised (renewBy).
+	replacing bool
+	bundle    *x509bundle.Bundle
+	roots     []*nodepb.Root // every profile's roots, from the server
 }
 
 func newIdentity(td spiffeid.TrustDomain, dir string, roots []*x509.Certificate, clock clockwork.Clock) *identity {
@@ -174,7 +177,7 @@ func (i *identity) setSVID(chain [][]byte, key crypto.Signer, now time.Time, fra
 		return err
 	}
 	i.mu.Lock()
-	i.svid = svid
+	i.svid, i.replacing = svid, false
 	i.renewAt = renewTime(now, svid.Certificates[0].NotAfter, fraction)
 	i.mu.Unlock()
 	return nil
@@ -237,6 +240,32 @@ func (i *identity) attemptID() (string, error) {
 		return "", fmt.Errorf("agent: attestation attempt: %w", err)
 	}
 	return id, nil
+}
+
+// current returns the agent's SVID chain (DER, leaf first) and serial,
+// and whether its renewal was already moved forward.
+func (i *identity) current() ([][]byte, *big.Int, bool) {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	if i.svid == nil {
+		return nil, nil, false
+	}
+	var chain [][]byte
+	for _, c := range i.svid.Certificates {
+		chain = append(chain, c.Raw)
+	}
+	return chain, i.svid.Certificates[0].SerialNumber, i.replacing
+}
+
+// renewBy moves the renewal of the agent's SVID to t at the latest, once
+// per SVID (a new SVID clears it).
+func (i *identity) renewBy(t time.Time) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.replacing = true
+	if t.Before(i.renewAt) {
+		i.renewAt = t
+	}
 }
 
 // renewTime is when the agent's SVID should be renewed.

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto"
+	"math/big"
 	"math/rand/v2"
 	"sort"
 	"strings"
@@ -24,6 +25,10 @@ type svid struct {
 	notBefore time.Time
 	notAfter  time.Time
 	renewAt   time.Time
+	serial    *big.Int
+	// replacing is set once the SVID was found compromised (its renewal
+	// moved forward).
+	replacing bool
 }
 
 // store holds the node's entries (from Sync) and their SVIDs. Watchers
@@ -34,8 +39,14 @@ type store struct {
 	svids   map[string]*svid
 	bundle  *nodepb.Bundle
 	jwt     []*nodepb.JWTAuthority
-	// crls are the CRLs of the trust domain's CAs, by authority ID.
-	crls map[string]*nodepb.CRL
+	// crls are the CRLs of the trust domain's CAs, by authority ID, and
+	// crlStates what the agent needs of them to find compromised SVIDs.
+	crls      map[string]*nodepb.CRL
+	crlStates map[string]*crlState
+	// now and jitter time the re-issue of compromised SVIDs (see
+	// reissue.go); without now, SVIDs renew on schedule only.
+	now    func() time.Time
+	jitter time.Duration
 	// topics, when set, is told the topics a change concerns (see
 	// sdsTopic*): SDS pushes only to the streams that depend on them.
 	topics func(topics ...string)
@@ -46,7 +57,7 @@ type store struct {
 }
 
 func newStore() *store {
-	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, crls: map[string]*nodepb.CRL{}, versions: map[string]string{}, ch: make(chan struct{})}
+	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, crls: map[string]*nodepb.CRL{}, crlStates: map[string]*crlState{}, versions: map[string]string{}, ch: make(chan struct{})}
 }
 
 // known returns a copy of the versions held, for a new Sync stream.
@@ -79,6 +90,7 @@ func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 			s.jwt = body.JwtAuthorities.GetKeys()
 		case *nodepb.Resource_Crl:
 			s.crls[r.Name] = body.Crl
+			s.crlStates[r.Name] = newCRLState(body.Crl)
 			topics = append(topics, sdsTopicBundle)
 		default:
 			continue // a kind this agent does not know: not held, asked again
@@ -94,10 +106,12 @@ func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 		}
 		if id, ok := strings.CutPrefix(k, "crl/"); ok {
 			delete(s.crls, id)
+			delete(s.crlStates, id)
 			topics = append(topics, sdsTopicBundle)
 		}
 	}
 	if len(u.Resources) > 0 || len(u.Removed) > 0 {
+		s.markCompromisedLocked()
 		s.notifyLocked()
 	}
 	notify := s.topics
@@ -344,7 +358,7 @@ func (a *Agent) newSVID(e *nodepb.Entry, key crypto.Signer, chain [][]byte) (*sv
 	if err != nil {
 		return nil, err
 	}
-	return &svid{entry: e, keyDER: keyDER, chain: chain, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
+	return &svid{entry: e, keyDER: keyDER, chain: chain, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter, serial: leaf.SerialNumber,
 		renewAt: renewTime(a.cfg.Clock.Now(), leaf.NotAfter, a.cfg.RenewFraction)}, nil
 }
 

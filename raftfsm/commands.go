@@ -100,6 +100,14 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return deleteAdmin(txn, op.DeleteAdmin.GetSpiffeId())
 	case *raftpb.Command_PutEntries:
 		return putEntries(txn, op.PutEntries)
+	case *raftpb.Command_BanNode:
+		return banNode(txn, op.BanNode)
+	case *raftpb.Command_EvictNode:
+		return evictNode(txn, op.EvictNode)
+	case *raftpb.Command_TaintAuthority:
+		return taintAuthority(txn, op.TaintAuthority.GetId())
+	case *raftpb.Command_RevokeAuthority:
+		return revokeAuthority(txn, op.RevokeAuthority)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.
@@ -431,16 +439,11 @@ func admitServer(txn *memdb.Txn, op *raftpb.AdmitServer, now int64) *raftpb.Resu
 
 func revoke(txn *memdb.Txn, rs []*raftpb.Revocation) *raftpb.Result {
 	for _, r := range rs {
-		if r.GetIssuerId() == "" || len(r.GetSerial()) == 0 {
-			return fail(raftpb.ErrorCode_INVALID, "revocation needs an issuer and a serial")
+		if !validRevocation(r) {
+			return fail(raftpb.ErrorCode_INVALID, "revocation needs an issuer and a serial of at most 20 bytes")
 		}
 	}
-	for _, r := range rs {
-		// The first revocation of a serial stands.
-		if first(txn, tableRevocations, "id", revocationKey(r.IssuerId, r.Serial)) == nil {
-			insert(txn, tableRevocations, r)
-		}
-	}
+	insertRevocations(txn, rs)
 	return ok
 }
 
@@ -481,9 +484,17 @@ func appendLedger(txn *memdb.Txn, lx *ledgerIndex, records []*raftpb.LedgerRecor
 	res := &raftpb.Result{}
 	kept := make([]*raftpb.LedgerRecord, 0, len(records))
 	inBatch := map[string]string{}
+	banned := map[string]bool{}
 	for i, r := range records {
 		if len(r.GetSerial()) == 0 || r.GetSpiffeId() == "" {
 			res.Rejected = append(res.Rejected, uint32(i))
+			continue
+		}
+		if nodeBanned(txn, banned, r.NodeId) {
+			// Signed on a server that had not applied the ban yet: the
+			// certificate is not recorded, so it is not handed out.
+			res.Rejected = append(res.Rejected, uint32(i))
+			res.Banned = append(res.Banned, uint32(i))
 			continue
 		}
 		reqID, seen := inBatch[string(r.Serial)]
@@ -532,6 +543,9 @@ func pruneLedger(txn *memdb.Txn, lx *ledgerIndex, op *raftpb.PruneLedger) *raftp
 				deleteObj(txn, tableRequests, r)
 			}
 		}
+	}
+	if op.GetExpiredBeforeUnix() != 0 {
+		pruneRevocations(txn, op.GetExpiredBeforeUnix())
 	}
 	return pruneLedgerRecords(txn, lx, op)
 }

@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(26) {
+	switch g.pick(30) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -107,7 +107,8 @@ func (g *cmdGen) command() *raftpb.Command {
 	case 10:
 		c.Op = &raftpb.Command_ConsumeJoinToken{ConsumeJoinToken: tok()}
 	case 11:
-		c.Op = &raftpb.Command_Revoke{Revoke: &raftpb.Revoke{Revocations: []*raftpb.Revocation{{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-"))}}}}
+		c.Op = &raftpb.Command_Revoke{Revoke: &raftpb.Revoke{Revocations: []*raftpb.Revocation{{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-")),
+			NotAfterUnix: int64(g.pick(200))}}}}
 	case 12:
 		c.Op = &raftpb.Command_NextCrlNumber{NextCrlNumber: &raftpb.NextCRLNumber{AuthorityId: g.id("auth-")}}
 	case 13:
@@ -159,6 +160,22 @@ func (g *cmdGen) command() *raftpb.Command {
 		a := auth()
 		a.ServerId, a.Kind = srv.NodeId, raftpb.AuthorityKind_INTERMEDIATE
 		c.Op = &raftpb.Command_AdmitServer{AdmitServer: &raftpb.AdmitServer{JoinSecretId: g.id("js-"), Server: srv, Intermediates: []*raftpb.Authority{a}}}
+	case 26:
+		op := &raftpb.BanNode{NodeId: g.id("node-"), Banned: g.pick(3) != 0}
+		if op.Banned {
+			op.Revocations = []*raftpb.Revocation{{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-")), NotAfterUnix: int64(g.pick(200))}}
+		}
+		c.Op = &raftpb.Command_BanNode{BanNode: op}
+	case 27:
+		c.Op = &raftpb.Command_EvictNode{EvictNode: &raftpb.EvictNode{NodeId: g.id("node-")}}
+	case 28:
+		c.Op = &raftpb.Command_TaintAuthority{TaintAuthority: &raftpb.TaintAuthority{Id: g.id("auth-")}}
+	case 29:
+		op := &raftpb.RevokeAuthority{Id: g.id("auth-")}
+		if g.pick(2) == 0 {
+			op.Revocation = &raftpb.Revocation{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-"))}
+		}
+		c.Op = &raftpb.Command_RevokeAuthority{RevokeAuthority: op}
 	}
 	return c
 }

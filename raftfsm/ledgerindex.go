@@ -22,6 +22,7 @@ type ledgerIndex struct {
 	bySerial map[string]serialEntry
 	bySPIFFE map[string]map[string]struct{}
 	byNode   map[string]map[string]struct{}
+	byIssuer map[string]map[string]struct{}
 	byExpiry map[int64]map[uint64]struct{} // NotAfter / 3600 -> block indexes
 }
 
@@ -32,7 +33,7 @@ type serialEntry struct {
 
 func newLedgerIndex() *ledgerIndex {
 	return &ledgerIndex{bySerial: map[string]serialEntry{}, bySPIFFE: map[string]map[string]struct{}{},
-		byNode: map[string]map[string]struct{}{}, byExpiry: map[int64]map[uint64]struct{}{}}
+		byNode: map[string]map[string]struct{}{}, byIssuer: map[string]map[string]struct{}{}, byExpiry: map[int64]map[uint64]struct{}{}}
 }
 
 func expiryHour(r *raftpb.LedgerRecord) int64 { return r.NotAfterUnix / 3600 }
@@ -72,6 +73,9 @@ func (x *ledgerIndex) addBlock(b *raftpb.LedgerBlock) {
 		if r.NodeId != "" {
 			addTo(x.byNode, r.NodeId, k)
 		}
+		if r.IssuerId != "" {
+			addTo(x.byIssuer, r.IssuerId, k)
+		}
 		addTo(x.byExpiry, expiryHour(r), b.Index)
 	}
 }
@@ -82,6 +86,7 @@ func (x *ledgerIndex) removeRecord(r *raftpb.LedgerRecord) {
 	delete(x.bySerial, k)
 	removeFrom(x.bySPIFFE, r.SpiffeId, k)
 	removeFrom(x.byNode, r.NodeId, k)
+	removeFrom(x.byIssuer, r.IssuerId, k)
 	x.mu.Unlock()
 }
 
@@ -138,6 +143,6 @@ func (x *ledgerIndex) rebuild(db *memdb.MemDB) {
 		n.addBlock(obj.(*raftpb.LedgerBlock))
 	}
 	x.mu.Lock()
-	x.bySerial, x.bySPIFFE, x.byNode, x.byExpiry = n.bySerial, n.bySPIFFE, n.byNode, n.byExpiry
+	x.bySerial, x.bySPIFFE, x.byNode, x.byIssuer, x.byExpiry = n.bySerial, n.bySPIFFE, n.byNode, n.byIssuer, n.byExpiry
 	x.mu.Unlock()
 }

@@ -188,14 +188,3 @@ func (r *Reader) CRL(authorityID string) *raftpb.CRL {
 
 // CRLs returns every authority's current CRL, by authority ID.
 func (r *Reader) CRLs() []*raftpb.CRL { return all[*raftpb.CRL](r, tableCRLs, "id") }
-
-// RevocationsOf returns the revocations of one issuer, by serial.
-func (r *Reader) RevocationsOf(issuerID string) []*raftpb.Revocation {
-	var out []*raftpb.Revocation
-	for _, rv := range r.Revocations() {
-		if rv.IssuerId == issuerID {
-			out = append(out, rv)
-		}
-	}
-	return out
-}

@@ -116,6 +116,11 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 			r := o.(*raftpb.Revocation)
 			return revocationKey(r.IssuerId, r.Serial), r.IssuerId != "" && len(r.Serial) > 0
 		}),
+		"issuer": idx("issuer", false, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Revocation).IssuerId) }),
+		"expiry": idx("expiry", false, true, func(o any) (string, bool) {
+			r := o.(*raftpb.Revocation)
+			return expiryKey(r.NotAfterUnix), r.NotAfterUnix != 0
+		}),
 	}},
 	tablePolicies: {Name: tablePolicies, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) {

@@ -93,6 +93,25 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		touched[ScopeJWT] = true
 	case *raftpb.Command_PutCrl:
 		touched[ScopeCRL] = true
+	case *raftpb.Command_Revoke:
+		touched[ScopeRevocations] = true
+	case *raftpb.Command_BanNode:
+		touched[ScopeRevocations] = true
+		touched[ScopeNode(op.BanNode.GetNodeId())] = true
+	case *raftpb.Command_EvictNode:
+		touched[ScopeNode(op.EvictNode.GetNodeId())] = true
+	case *raftpb.Command_TaintAuthority:
+		if a, _ := first(txn, tableAuthorities, "id", op.TaintAuthority.GetId()).(*raftpb.Authority); a != nil {
+			authority(a.Kind)
+		}
+		// Agents learn of it with the authority's CRL resource.
+		touched[ScopeCRL] = true
+	case *raftpb.Command_RevokeAuthority:
+		if a, _ := first(txn, tableAuthorities, "id", op.RevokeAuthority.GetId()).(*raftpb.Authority); a != nil {
+			authority(a.Kind)
+		}
+		touched[ScopeRevocations] = true
+		touched[ScopeCRL] = true
 	}
 	touched[ScopeAll] = true
 }

@@ -22,22 +22,7 @@ func (o *operatorService) ListAuthorities(ctx context.Context, _ *operatorpb.Lis
 	r := o.s.fsm.Read()
 	resp := &operatorpb.ListAuthoritiesResponse{}
 	for _, a := range r.Authorities() {
-		out := &operatorpb.Authority{Id: a.Id, Profile: a.Profile, State: int32(a.State), StateName: a.State.String(),
-			ServerId: a.ServerId, NotAfterUnix: a.NotAfterUnix, Kind: "intermediate"}
-		if a.Kind == raftpb.AuthorityKind_ROOT {
-			out.Kind = "root"
-		}
-		if p, err := ca.ProfileByName(a.Profile); err == nil {
-			if c, err := p.ParseCertificate(a.Certificate); err == nil {
-				out.NotBeforeUnix = c.NotBefore.Unix()
-				if a.State == raftpb.AuthorityState_ACTIVE && a.Kind == raftpb.AuthorityKind_INTERMEDIATE {
-					v := ca.ValidityOf(c)
-					sched := ca.ScheduleOf(v.NotBefore, v.NotAfter)
-					out.PrepareAtUnix, out.ActivateAtUnix = sched.PrepareAt.Unix(), sched.ActivateAt.Unix()
-				}
-			}
-		}
-		resp.Authorities = append(resp.Authorities, out)
+		resp.Authorities = append(resp.Authorities, o.authorityReport(r, a))
 	}
 	for _, k := range r.JWTKeys() {
 		state := k.State
@@ -53,4 +38,25 @@ func (o *operatorService) ListAuthorities(ctx context.Context, _ *operatorpb.Lis
 		resp.Authorities = append(resp.Authorities, out)
 	}
 	return resp, nil
+}
+
+// toOperatorAuthority is an authority record as the operator API shows it,
+// with its successor's schedule for an active intermediate.
+func toOperatorAuthority(a *raftpb.Authority) *operatorpb.Authority {
+	out := &operatorpb.Authority{Id: a.Id, Profile: a.Profile, State: int32(a.State), StateName: a.State.String(),
+		ServerId: a.ServerId, NotAfterUnix: a.NotAfterUnix, Kind: "intermediate"}
+	if a.Kind == raftpb.AuthorityKind_ROOT {
+		out.Kind = "root"
+	}
+	if p, err := ca.ProfileByName(a.Profile); err == nil {
+		if c, err := p.ParseCertificate(a.Certificate); err == nil {
+			out.NotBeforeUnix = c.NotBefore.Unix()
+			if a.State == raftpb.AuthorityState_ACTIVE && a.Kind == raftpb.AuthorityKind_INTERMEDIATE {
+				v := ca.ValidityOf(c)
+				sched := ca.ScheduleOf(v.NotBefore, v.NotAfter)
+				out.PrepareAtUnix, out.ActivateAtUnix = sched.PrepareAt.Unix(), sched.ActivateAt.Unix()
+			}
+		}
+	}
+	return out
 }

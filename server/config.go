@@ -16,8 +16,8 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server/cluster"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/meshca/meshca/store/postgres"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 )
@@ -50,6 +50,9 @@ type Config struct {
 	// AdminIDs seed the cluster's admins, the SPIFFE IDs allowed on
 	// AdminAddr, while the replicated list is empty (see seedAdmins).
 	AdminIDs []string
+	// CRLAddr, when set, serves every authority's CRL over plain HTTP on
+	// this host:port (see crlhttp.go), for relying parties outside the mesh.
+	CRLAddr string
 	// KEK seals the keys the server keeps; every server of a cluster holds
 	// the same KEK.
 	KEK *ca.KEK

@@ -59,14 +59,15 @@ func crlDue(cur *raftpb.CRL, digest []byte, now time.Time, lifetime time.Duratio
 }
 
 // signCRL signs and records the next CRL of authority a (ID id).
+// Revocations of certificates that have expired are left out.
 func (s *Server) signCRL(ctx context.Context, a *ca.Authority, id string, r *raftfsm.Reader) error {
-	revs := r.RevocationsOf(id)
+	now := s.cfg.Clock.Now().Truncate(time.Second)
+	revs, _ := liveRevocations(r.RevocationsOf(id), s.cfg.Clock.Now())
 	cur := r.CRL(id)
 	number := uint64(1)
 	if cur != nil {
 		number = cur.Number + 1
 	}
-	now := s.cfg.Clock.Now().Truncate(time.Second)
 	p := ca.CRLParams{Number: new(big.Int).SetUint64(number), ThisUpdate: now.Add(-ca.Backdate), NextUpdate: now.Add(s.cfg.CRLLifetime)}
 	for _, rv := range revs {
 		p.Revoked = append(p.Revoked, ca.Revocation{SerialNumber: new(big.Int).SetBytes(rv.Serial), RevokedAt: time.Unix(0, rv.RevokedUnixNano), ReasonCode: int(rv.Reason)})
@@ -184,7 +185,11 @@ func (s *Server) publishCRLs(ctx context.Context) (time.Time, error) {
 	auths, err := s.crlAuthorities(r)
 	errs := []error{err}
 	for id, a := range auths {
-		due, at := crlDue(r.CRL(id), revocationsDigest(r.RevocationsOf(id)), now, s.cfg.CRLLifetime)
+		live, expires := liveRevocations(r.RevocationsOf(id), now)
+		if !expires.IsZero() && expires.Before(next) {
+			next = expires // the CRL drops the entry then
+		}
+		due, at := crlDue(r.CRL(id), revocationsDigest(live), now, s.cfg.CRLLifetime)
 		if !due {
 			if at.Before(next) {
 				next = at

@@ -135,7 +135,12 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 			out[i].err = status.Errorf(codes.InvalidArgument, "no issuer for profile %q", r.Profile)
 			continue
 		}
+		if iss.tainted(s.fsm) {
+			out[i].err = status.Errorf(codes.Unavailable, "this server's %s intermediate is tainted and being replaced; retry, or use another server", r.Profile)
+			continue
+		}
 		if !iss.hasCRL(s.fsm) {
+
 			out[i].err = status.Errorf(codes.Unavailable, "the CRL of this server's %s intermediate is not published yet; retry, or use another server", r.Profile)
 			continue
 		}

@@ -33,6 +33,13 @@ func (i *issuer) hasCRL(fsm *raftfsm.FSM) bool {
 	return true
 }
 
+// tainted reports whether an operator tainted the intermediate: the
+// server signs nothing more with it (rotation replaces it at once).
+func (i *issuer) tainted(fsm *raftfsm.FSM) bool {
+	a := fsm.Read().Authority(i.id)
+	return a != nil && a.State == raftpb.AuthorityState_TAINTED
+}
+
 func newIssuer(a *ca.Authority) *issuer {
 	return &issuer{Authority: a, id: authorityID(a.Certificate(), raftpb.AuthorityKind_INTERMEDIATE)}
 }

@@ -102,7 +102,14 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 	}
 	caller := &Caller{AgentID: agentID, Node: node}
 	if cur := n.s.fsm.Read().Node(agentID); cur != nil && cur.Banned {
-		caller.Node = cur // a banned node stays banned: the Authorizer refuses it
+		// Unbanned a moment ago through another server? Decide on a
+		// linearizable read (the apply refuses a banned node anyway).
+		if err := n.s.node.ReadIndex(ctx); err != nil {
+			return status.Errorf(codes.Unavailable, "look the node up: %v", err)
+		}
+		if cur := n.s.fsm.Read().Node(agentID); cur != nil && cur.Banned {
+			caller.Node = cur // a banned node stays banned: the Authorizer refuses it
+		}
 	}
 	// One command records it all: the token is consumed, the node recorded
 	// and the SVID's ledger record appended, all or nothing; retried with
@@ -187,8 +194,8 @@ func (s *Server) requireAgent(ctx context.Context) (string, error) {
 	}
 	agentID := id.String()
 	node := s.fsm.Read().Node(agentID)
-	if node == nil {
-		// Attested through another server a moment ago?
+	if node == nil || node.Banned {
+		// Attested (or unbanned) through another server a moment ago?
 		if err := s.node.ReadIndex(ctx); err != nil {
 			return "", fmt.Errorf("look the node up: %w", err)
 		}
@@ -200,6 +207,9 @@ func (s *Server) requireAgent(ctx context.Context) (string, error) {
 	case node.Banned:
 		s.events.Record(audit.Event{Actor: agentID, Action: "node.api", Decision: audit.Deny, Reason: "banned"})
 		return "", status.Errorf(codes.PermissionDenied, "node %s is banned", agentID)
+	case s.peerRevoked(ctx):
+		s.events.Record(audit.Event{Actor: agentID, Action: "node.api", Decision: audit.Deny, Reason: "agent SVID revoked"})
+		return "", status.Errorf(codes.PermissionDenied, "the SVID node %s presented is revoked: attest again", agentID)
 	}
 	return agentID, nil
 }

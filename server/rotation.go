@@ -58,6 +58,7 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 	defer reconcile.Stop()
 	for {
 		lead, roots, inters := s.node.LeaderChanges(), s.fsm.Watch(raftfsm.ScopeBundle), s.fsm.Watch(raftfsm.ScopeIntermediates)
+		revoked := s.fsm.Watch(raftfsm.ScopeRevocations)
 		next, err := s.rotate(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -88,6 +89,7 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 		case <-lead: // a new leader signs the roots' CRLs, rotates JWT keys
 		case <-roots: // bootstrapped, or a root changed
 		case <-inters: // a server joined, an intermediate changed
+		case <-revoked: // the CRLs of the revoking issuers are signed again
 		}
 		al.Stop()
 	}
@@ -158,6 +160,13 @@ func (s *Server) rotateIntermediate(ctx context.Context, p ca.Profile, localOnly
 		s.mu.Lock()
 		active := validity(s.id.Intermediates[p.Name()], p.Name())
 		step, next := ca.PlanRotation(now, active, validity(s.id.Prepared[p.Name()], p.Name()))
+		if !localOnly && s.activeTainted(p.Name()) {
+			// An operator tainted it: replace it now (issue 13).
+			step, next = ca.StepPrepare, now
+			if pr := s.id.Prepared[p.Name()]; pr != nil && len(pr.Certificate) > 0 {
+				step = ca.StepActivate
+			}
+		}
 		s.mu.Unlock()
 		expired := active.IsZero() || !now.Before(active.NotAfter)
 		switch {
@@ -182,6 +191,25 @@ func (s *Server) rotateIntermediate(ctx context.Context, p ca.Profile, localOnly
 		}
 	}
 	return time.Time{}, errors.New("rotation did not settle")
+}
+
+// activeTainted reports whether the replicated state says this server's
+// active intermediate of a profile is tainted. It holds s.mu.
+func (s *Server) activeTainted(profile string) bool {
+	li := s.id.Intermediates[profile]
+	if li == nil || s.fsm == nil {
+		return false
+	}
+	p, err := ca.ProfileByName(profile)
+	if err != nil {
+		return false
+	}
+	c, err := p.ParseCertificate(li.Certificate)
+	if err != nil {
+		return false
+	}
+	a := s.fsm.Read().Authority(authorityID(c, raftpb.AuthorityKind_INTERMEDIATE))
+	return a != nil && a.State == raftpb.AuthorityState_TAINTED
 }
 
 // prepareIntermediate makes the successor of a profile's intermediate: a

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -68,6 +69,8 @@ type Server struct {
 	apiLn     net.Listener
 	adminLn   net.Listener
 	adminTCP  net.Listener // the operator API over mTLS, when configured
+	crlLn     net.Listener // the CRL HTTP endpoint, when configured
+	crlHTTP   *http.Server
 	api       *grpc.Server
 	admin     *grpc.Server
 	adminTLS  *grpc.Server
@@ -256,6 +259,9 @@ func New(cfg Config) (_ *Server, err error) {
 			grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))...)
 		operatorpb.RegisterOperatorServer(s.adminTLS, &operatorService{s: s})
 	}
+	if err := s.listenCRL(); err != nil {
+		return nil, err
+	}
 	if err := writeTrustBundle(cfg.DataDir, s.TrustBundle()); err != nil {
 		return nil, err
 	}
@@ -367,6 +373,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.httpSrv != nil {
 		g.Go("metrics and health endpoints", s.httpSrv.Serve)
 	}
+	if s.crlHTTP != nil {
+		g.Go("CRL endpoint", func(context.Context) error { return s.serveCRL() })
+	}
 	g.Go("bootstrap", func(ctx context.Context) error { s.writeBootstrapState(ctx); return nil })
 	g.Go("admin seed", s.seedAdmins)
 	g.Go("rotation", s.rotateLoop)
@@ -394,6 +403,11 @@ func (s *Server) close() { s.closeOnce.Do(s.closeLocked) }
 func (s *Server) closeLocked() {
 	if s.httpSrv != nil {
 		s.httpSrv.Close() // Serve has returned, or never ran
+	}
+	if s.crlHTTP != nil {
+		s.crlHTTP.Close()
+	} else if s.crlLn != nil {
+		s.crlLn.Close()
 	}
 	if s.adminTLS != nil {
 		s.adminTLS.Stop()

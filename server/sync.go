@@ -58,9 +58,13 @@ func (s *Server) syncResources(r *raftfsm.Reader, agentID string) map[string]*no
 		if a == nil || a.State == raftpb.AuthorityState_REVOKED {
 			continue
 		}
+		version, tainted := strconv.FormatUint(c.Number, 10), a.State == raftpb.AuthorityState_TAINTED
+		if tainted {
+			version += "-tainted"
+		}
 		out[resourceKey(ResourceCRL, c.AuthorityId)] = &nodepb.Resource{Kind: ResourceCRL, Name: c.AuthorityId,
-			Version: strconv.FormatUint(c.Number, 10), Body: &nodepb.Resource_Crl{Crl: &nodepb.CRL{Profile: a.Profile,
-				Root: a.Kind == raftpb.AuthorityKind_ROOT, Certificate: a.Certificate, Der: c.Der, Number: c.Number}}}
+			Version: version, Body: &nodepb.Resource_Crl{Crl: &nodepb.CRL{Profile: a.Profile,
+				Root: a.Kind == raftpb.AuthorityKind_ROOT, Certificate: a.Certificate, Der: c.Der, Number: c.Number, Tainted: tainted}}}
 	}
 	return out
 }

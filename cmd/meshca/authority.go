@@ -12,6 +12,8 @@ import (
 func (a *app) newAuthorityCommand() *cobra.Command {
 	return groupCommand("authority", "The trust domain's roots, intermediates and JWT signing keys",
 		a.newAuthorityShowCommand(),
+		a.newAuthorityStepCommand("taint"),
+		a.newAuthorityStepCommand("revoke"),
 	)
 }
 
@@ -27,6 +29,24 @@ type authorityReport struct {
 	NotAfter   time.Time  `json:"not_after"`
 	PrepareAt  *time.Time `json:"prepare_at,omitempty"`
 	ActivateAt *time.Time `json:"activate_at,omitempty"`
+	// LiveCertificates are the unexpired, unrevoked certificates of the
+	// ledger it signed; PendingCertificates those not re-issued under
+	// another authority yet, held by PendingNodeCount nodes (the first of
+	// them in PendingNodes).
+	LiveCertificates    int64    `json:"live_certificates"`
+	PendingCertificates int64    `json:"pending_certificates"`
+	PendingNodeCount    int64    `json:"pending_node_count"`
+	PendingNodes        []string `json:"pending_nodes,omitempty"`
+	NextStep            string   `json:"next_step,omitempty"`
+	Warning             string   `json:"warning,omitempty"`
+}
+
+func newAuthorityReport(x *operatorpb.Authority) authorityReport {
+	return authorityReport{ID: x.Id, Kind: x.Kind, Profile: x.Profile, State: x.StateName, ServerID: x.ServerId,
+		NotBefore: time.Unix(x.NotBeforeUnix, 0).UTC(), NotAfter: time.Unix(x.NotAfterUnix, 0).UTC(),
+		PrepareAt: unixTime(x.PrepareAtUnix), ActivateAt: unixTime(x.ActivateAtUnix),
+		LiveCertificates: x.LiveCertificates, PendingCertificates: x.PendingCertificates, PendingNodeCount: x.PendingNodeCount,
+		PendingNodes: x.PendingNodes, NextStep: x.NextStep, Warning: x.Warning}
 }
 
 func unixTime(s int64) *time.Time {
@@ -54,7 +74,13 @@ every JWT bundle), ACTIVE (signing), OLD (replaced, valid until it expires),
 TAINTED or REVOKED. For an active intermediate or JWT key, NEXT PREPARED and
 NEXT ACTIVE say when its successor is prepared (at half of its life) and
 activated (at two thirds). Servers rotate their intermediates and the leader
-the JWT keys on that schedule by themselves; expired ones are pruned.` + opLong,
+the JWT keys on that schedule by themselves; expired ones are pruned.
+
+LIVE CERTS counts the unexpired, unrevoked certificates of the ledger the
+authority signed, and NEXT STEP says what happens to it next; for a tainted
+one, the re-issue's progress ("re-issuing: N of M re-issued, K nodes
+pending"). A root within a year of its expiry is warned about on standard
+error. See meshca authority taint and revoke.` + opLong,
 		Args: cobra.NoArgs,
 	}
 	addOpFlags(cmd, &o)
@@ -70,9 +96,7 @@ the JWT keys on that schedule by themselves; expired ones are pruned.` + opLong,
 		}
 		out := make([]authorityReport, 0, len(resp.Authorities))
 		for _, x := range resp.Authorities {
-			out = append(out, authorityReport{ID: x.Id, Kind: x.Kind, Profile: x.Profile, State: x.StateName, ServerID: x.ServerId,
-				NotBefore: time.Unix(x.NotBeforeUnix, 0).UTC(), NotAfter: time.Unix(x.NotAfterUnix, 0).UTC(),
-				PrepareAt: unixTime(x.PrepareAtUnix), ActivateAt: unixTime(x.ActivateAtUnix)})
+			out = append(out, newAuthorityReport(x))
 		}
 		if a.output == outputJSON {
 			return writeJSON(a.stdout, struct {
@@ -86,19 +110,167 @@ the JWT keys on that schedule by themselves; expired ones are pruned.` + opLong,
 			return t.Format(time.RFC3339)
 		}
 		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "KIND\tPROFILE\tSTATE\tSERVER\tNOT AFTER\tNEXT PREPARED\tNEXT ACTIVE\tID")
+		fmt.Fprintln(tw, "KIND\tPROFILE\tSTATE\tSERVER\tNOT AFTER\tNEXT PREPARED\tNEXT ACTIVE\tLIVE CERTS\tID\tNEXT STEP")
 		for _, r := range out {
 			server := r.ServerID
 			if server == "" {
 				server = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Kind, r.Profile, r.State, server, r.NotAfter.Format(time.RFC3339),
-				when(r.PrepareAt), when(r.ActivateAt), r.ID)
+			live := fmt.Sprint(r.LiveCertificates)
+			if r.Kind == "jwt" {
+				live = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Kind, r.Profile, r.State, server, r.NotAfter.Format(time.RFC3339),
+				when(r.PrepareAt), when(r.ActivateAt), live, r.ID, r.NextStep)
 		}
 		if err := tw.Flush(); err != nil {
 			return fmt.Errorf("write output: %w", err)
 		}
+		for _, r := range out {
+			if r.Warning != "" {
+				fmt.Fprintf(a.stderr, "meshca: warning: %s %s: %s\n", r.Kind, r.ID, r.Warning)
+			}
+		}
 		return nil
 	})
 	return cmd
+}
+
+// authorityStepReport is what authority taint and revoke print.
+type authorityStepReport struct {
+	DryRun    bool            `json:"dry_run"`
+	Authority authorityReport `json:"authority"`
+	// Done is set once the step took full effect (with --watch).
+	Done bool `json:"done"`
+}
+
+func (a *app) newAuthorityStepCommand(step string) *cobra.Command {
+	var o opOptions
+	var d destructiveOptions
+	var force, watch bool
+	var interval time.Duration
+	cmd := &cobra.Command{
+		Use:  step + " ID",
+		Args: cobra.ExactArgs(1),
+	}
+	switch step {
+	case "taint":
+		cmd.Short = "Mark an authority compromised: everything chained to it is re-issued at once"
+		cmd.Long = `taint marks an authority (an ID of meshca authority show) compromised. For
+a server's active intermediate, that server stops signing with it and
+activates a successor at once; an old intermediate may be tainted too. A
+root can be tainted only once a successor is active. Every agent then
+re-issues every SVID chained to it (its own and its workloads'), each at a
+random moment within its re-issue jitter (5 s by default) so that a fleet
+does not come at once, and the servers' admission limits pace the rest.
+The tainted authority still verifies meanwhile (its CRL is still served),
+so no workload is cut off.
+
+--watch follows the progress ("re-issued N of M, K nodes pending") until
+every certificate is re-issued; then revoke it (meshca authority revoke).
+It says what it will do and asks first, unless --yes; --dry-run only
+prints. Tainting JWT signing keys is not implemented.` + opLong
+	case "revoke":
+		cmd.Short = "Revoke a tainted authority: it leaves every bundle and its parent's CRL lists it"
+		cmd.Long = `revoke revokes a tainted authority: its CRL is no longer pushed to agents
+or served, and an intermediate's serial is listed in its root's CRL, so
+every proxy refuses what it signed. It is refused while unexpired
+certificates that were not re-issued still chain to it (the refusal says
+how many and which nodes hold them), unless --force; and refused for an
+authority that is not tainted (taint it first). With --watch it waits
+until the parent's CRL lists it.
+
+It says what it will do and asks first, unless --yes; --dry-run only prints.` + opLong
+		cmd.Flags().BoolVar(&force, "force", false, "revoke although certificates not re-issued still chain to it")
+	}
+	addOpFlags(cmd, &o)
+	addDestructiveFlags(cmd, &d)
+	cmd.Flags().BoolVar(&watch, "watch", false, "follow until the step took full effect (bounded by --timeout)")
+	cmd.Flags().DurationVar(&interval, "interval", time.Second, "with --watch: how often to look")
+	cmd.RunE = a.runE(func(cmd *cobra.Command, args []string) error {
+		if interval < 10*time.Millisecond {
+			return usageErrorf("--interval %s: want at least 10ms", interval)
+		}
+		ctx, c, done, err := a.operatorCall(cmd, o)
+		if err != nil {
+			return err
+		}
+		defer done()
+		call := c.TaintAuthority
+		if step == "revoke" {
+			call = c.RevokeAuthority
+		}
+		req := &operatorpb.AuthorityStepRequest{Id: args[0], Force: force, DryRun: true}
+		plan, err := call(ctx, req)
+		if err != nil {
+			return c.callError(step+" "+args[0], o, err)
+		}
+		if d.dryRun {
+			return a.printAuthorityStep(authorityStepReport{DryRun: true, Authority: newAuthorityReport(plan.Authority)})
+		}
+		what := fmt.Sprintf("This taints %s %s: %d live certificate(s) chained to it are re-issued", plan.Authority.Kind, args[0], plan.Authority.LiveCertificates)
+		if step == "revoke" {
+			what = fmt.Sprintf("This revokes %s %s: everything it signed stops verifying", plan.Authority.Kind, args[0])
+		}
+		if err := a.confirm(cmd, d, what); err != nil {
+			return err
+		}
+		req.DryRun = false
+		resp, err := call(ctx, req)
+		if err != nil {
+			return c.callError(step+" "+args[0], o, err)
+		}
+		rep := authorityStepReport{Authority: newAuthorityReport(resp.Authority)}
+		if !watch {
+			return a.printAuthorityStep(rep)
+		}
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			list, err := c.ListAuthorities(ctx, &operatorpb.ListAuthoritiesRequest{})
+			if err != nil {
+				return c.callError("follow "+args[0], o, err)
+			}
+			for _, x := range list.Authorities {
+				if x.Id == args[0] {
+					rep.Authority = newAuthorityReport(x)
+				}
+			}
+			rep.Done = rep.Authority.PendingCertificates == 0
+			if step == "revoke" {
+				rep.Done = rep.Authority.State == "REVOKED"
+			}
+			if a.output != outputJSON {
+				fmt.Fprintf(a.stderr, "%s %s: %s\n", rep.Authority.State, args[0], rep.Authority.NextStep)
+			}
+			if rep.Done {
+				return a.printAuthorityStep(rep)
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("following %s: %s: %w", args[0], rep.Authority.NextStep, ctx.Err())
+			case <-tick.C:
+			}
+		}
+	})
+	return cmd
+}
+
+func (a *app) printAuthorityStep(r authorityStepReport) error {
+	if a.output == outputJSON {
+		return writeJSON(a.stdout, r)
+	}
+	prefix := ""
+	if r.DryRun {
+		prefix = "dry run: would be "
+	}
+	fmt.Fprintf(a.stdout, "%s%s %s %s\n", prefix, r.Authority.State, r.Authority.Kind, r.Authority.ID)
+	t := newTable(a.stdout, "  ")
+	t.row("live certificates", r.Authority.LiveCertificates)
+	t.row("pending", fmt.Sprintf("%d certificate(s) on %d node(s)", r.Authority.PendingCertificates, r.Authority.PendingNodeCount))
+	for _, n := range r.Authority.PendingNodes {
+		t.row("pending node", n)
+	}
+	t.row("next step", r.Authority.NextStep)
+	return t.flush()
 }

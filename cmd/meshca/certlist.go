@@ -9,14 +9,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// The cert group: issued certificates. (Issue 13's revocation commands
-// belong here too; see newCertListCommand.)
-func (a *app) newCertCommand() *cobra.Command {
-	return groupCommand("cert", "Issued certificates",
-		a.newCertListCommand(),
-	)
-}
-
 const certListLong = `list prints issued certificates (X509-SVIDs of workloads, agents and
 servers) in the order the cluster committed them: serial, SPIFFE ID, the node
 agent it was issued through, profile, issuing intermediate, validity and,
@@ -28,25 +20,16 @@ Otherwise, or with --hot-window, it reads the Raft ledger, which holds the
 certificates that have not expired (and those expired for less than the
 ledger's grace).
 
-Filters: --spiffe-id, --node (the agent's SPIFFE ID), --revoked, --since and
---until (bounds of the issuance time, not-before: an RFC 3339 time or a
-duration meaning that long ago, 24h). Pages: --limit (default 100) and
---page-token, as printed at the end of a page that has more. --output json
-prints {"certificates": [...], "next_page_token", "source"}.` + opLong
+Filters: --spiffe-id, --node (the agent's SPIFFE ID, or "operator"),
+--revoked, --since and --until (bounds of the issuance time, not-before: an
+RFC 3339 time or a duration meaning that long ago, 24h). Pages: --limit
+(default 100) and --page-token, as printed at the end of a page that has
+more. --output json prints {"certificates": [...], "next_page_token",
+"source"}.
 
-// certReport is a certificate as cert list prints it.
-type certReport struct {
-	Serial           string     `json:"serial"`
-	SPIFFEID         string     `json:"spiffe_id"`
-	NodeID           string     `json:"node_id,omitempty"`
-	Profile          string     `json:"profile"`
-	IssuerID         string     `json:"issuer_id"`
-	NotBefore        time.Time  `json:"not_before"`
-	NotAfter         time.Time  `json:"not_after"`
-	RevokedAt        *time.Time `json:"revoked_at,omitempty"`
-	RevocationReason int32      `json:"revocation_reason,omitempty"`
-	RaftIndex        uint64     `json:"raft_index"`
-}
+--issuer (an authority ID of meshca authority show) and --expiring-within (a
+duration: unexpired ones that expire within it) read the ledger's hot window
+by expiry instead, up to --limit (at most 100000).` + opLong
 
 func (a *app) newCertListCommand() *cobra.Command {
 	var (
@@ -54,9 +37,11 @@ func (a *app) newCertListCommand() *cobra.Command {
 		req          operatorpb.QueryCertificatesRequest
 		since, until string
 		limit        int
+		issuer       string
+		within       time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "list [--spiffe-id ID] [--node AGENT-ID] [--revoked] [--since T] [--until T] [--limit N] [--page-token P] [--hot-window]",
+		Use:   "list [--spiffe-id ID] [--node AGENT-ID] [--revoked] [--since T] [--until T] [--limit N] [--page-token P] [--hot-window] [--issuer ID] [--expiring-within D]",
 		Short: "List issued certificates, from PostgreSQL when configured",
 		Long:  certListLong,
 		Args:  cobra.NoArgs,
@@ -70,8 +55,17 @@ func (a *app) newCertListCommand() *cobra.Command {
 	f.IntVar(&limit, "limit", 100, "at most this many certificates (1 to 10000)")
 	f.StringVar(&req.PageToken, "page-token", "", "continue where the previous page ended")
 	f.BoolVar(&req.HotWindow, "hot-window", false, "read the Raft ledger even with a history database")
+	f.StringVar(&issuer, "issuer", "", "certificates signed by this authority (from the ledger's hot window)")
+	f.DurationVar(&within, "expiring-within", 0, "unexpired certificates that expire within this duration (from the ledger's hot window)")
 	addOpFlags(cmd, &o)
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		if issuer != "" || within != 0 {
+			if since != "" || until != "" || req.PageToken != "" {
+				return usageErrorf("--issuer and --expiring-within read the ledger by expiry: they do not combine with --since, --until or --page-token")
+			}
+			return a.certLedgerList(cmd, o, &operatorpb.ListCertificatesRequest{SpiffeId: req.SpiffeId, NodeId: req.NodeId,
+				IssuerId: issuer, RevokedOnly: req.Revoked}, within, limit)
+		}
 		if limit < 1 || limit > 10000 {
 			return usageErrorf("--limit %d: want 1 to 10000", limit)
 		}
@@ -103,11 +97,11 @@ func (a *app) newCertListCommand() *cobra.Command {
 		certs := make([]certReport, 0, len(resp.Certificates))
 		for _, hc := range resp.Certificates {
 			r := certReport{Serial: serialHex(hc.Serial), SPIFFEID: hc.SpiffeId, NodeID: hc.NodeId, Profile: hc.Profile, IssuerID: hc.IssuerId,
-				NotBefore: time.Unix(hc.NotBeforeUnix, 0).UTC(), NotAfter: time.Unix(hc.NotAfterUnix, 0).UTC(), RaftIndex: hc.RaftIndex,
-				RevocationReason: hc.RevocationReason}
+				NotBefore: time.Unix(hc.NotBeforeUnix, 0).UTC(), NotAfter: time.Unix(hc.NotAfterUnix, 0).UTC(), RaftIndex: hc.RaftIndex}
 			if hc.RevokedUnix != 0 {
 				t := time.Unix(hc.RevokedUnix, 0).UTC()
-				r.RevokedAt = &t
+				r.Revoked, r.RevokedAt = true, &t
+				r.Reason, r.ReasonCode = reasonName(hc.RevocationReason), hc.RevocationReason
 			}
 			certs = append(certs, r)
 		}
@@ -123,7 +117,7 @@ func (a *app) newCertListCommand() *cobra.Command {
 		for _, r := range certs {
 			rev := "-"
 			if r.RevokedAt != nil {
-				rev = fmt.Sprintf("%s (reason %d)", r.RevokedAt.Format(time.RFC3339), r.RevocationReason)
+				rev = fmt.Sprintf("%s (%s)", r.RevokedAt.Format(time.RFC3339), r.Reason)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Serial, r.SPIFFEID, dash(r.NodeID), r.Profile,
 				r.NotBefore.Format(time.RFC3339), r.NotAfter.Format(time.RFC3339), rev)

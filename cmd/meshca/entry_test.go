@@ -76,7 +76,7 @@ func TestEntryNodeAgentAndFetch(t *testing.T) {
 		}
 	}
 	r = mustSucceed(t, env, "node", "list", "--addr", addr)
-	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "SPIFFE ID ATTESTOR ATTESTED EXPIRES" || !strings.HasPrefix(lines[1], agentID) {
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "SPIFFE ID ATTESTOR ATTESTED EXPIRES BANNED" || !strings.HasPrefix(lines[1], agentID) {
 		t.Errorf("node list:\n%s", r.stdout)
 	}
 

@@ -13,6 +13,9 @@ func (a *app) newNodeCommand() *cobra.Command {
 	return groupCommand("node", "Attested node agents",
 		a.newNodeListCommand(),
 		a.newNodeShowCommand(),
+		a.newNodeBanCommand(true),
+		a.newNodeBanCommand(false),
+		a.newNodeEvictCommand(),
 	)
 }
 
@@ -76,11 +79,10 @@ func (a *app) newNodeListCommand() *cobra.Command {
 			}{nodes})
 		}
 		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-		// No BANNED column: no command bans a node yet (the JSON has the
-		// field, always false until one does).
-		fmt.Fprintln(tw, "SPIFFE ID\tATTESTOR\tATTESTED\tEXPIRES")
+		fmt.Fprintln(tw, "SPIFFE ID\tATTESTOR\tATTESTED\tEXPIRES\tBANNED")
 		for _, n := range nodes {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.SPIFFEID, n.Attestor, n.Attested.Format(time.RFC3339), n.Expires.Format(time.RFC3339))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.SPIFFEID, n.Attestor, n.Attested.Format(time.RFC3339), n.Expires.Format(time.RFC3339),
+				map[bool]string{true: "yes", false: "no"}[n.Banned])
 		}
 		if err := tw.Flush(); err != nil {
 			return fmt.Errorf("write output: %w", err)
@@ -121,6 +123,7 @@ func (a *app) newNodeShowCommand() *cobra.Command {
 		}
 		t.row("attested", r.Attested.Format(time.RFC3339))
 		t.row("SVID expires", r.Expires.Format(time.RFC3339))
+		t.row("banned", map[bool]string{true: "yes", false: "no"}[r.Banned])
 		return t.flush()
 	})
 	return cmd

@@ -33,6 +33,12 @@ type app struct {
 	getenv         func(string) string
 	uid            int
 
+	// stdin and terminal are where destructive commands ask for
+	// confirmation and whether it is a terminal (nil: the command's input,
+	// stdinTerminal); tests set them.
+	stdin    io.Reader
+	terminal func(io.Reader) bool
+
 	// output is the value of the persistent --output flag.
 	output outputFormat
 	// running is set when a command's RunE starts: an error before that
@@ -173,5 +179,6 @@ func (a *app) newRootCommand() *cobra.Command {
 		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand(), a.newAdminCommand())
 	root.AddCommand(a.newBenchCommand())
 	root.AddCommand(a.newAuditCommand(), a.newCertCommand()) // issue 15: history queries
+	root.AddCommand(a.newCRLCommand()) // issue 13
 	return root
 }

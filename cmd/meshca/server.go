@@ -141,7 +141,7 @@ profiles for go tool pprof (loopback only).
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
 join, join_token, trust_bundle, join_timeout (a duration, "5m"), bootstrap_node,
-server_join_secret_file, raft_bind, api_bind, admin_socket, admin_addr, admin_ids, http_addr, kek_file, log_level, log_format,
+server_join_secret_file, raft_bind, api_bind, admin_socket, admin_addr, admin_ids, http_addr, crl_addr, kek_file, log_level, log_format,
 node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, pprof_addr, ledger_grace ("1h"),
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
@@ -193,6 +193,7 @@ type serverConfig struct {
 	AdminAddr   string   `json:"admin_addr"`
 	AdminIDs    []string `json:"admin_ids"`
 	HTTPAddr    string   `json:"http_addr"`
+	CRLAddr     string   `json:"crl_addr"`
 	KEKFile     string   `json:"kek_file"`
 	LogLevel    string   `json:"log_level"`
 	LogFormat   string   `json:"log_format"`
@@ -268,6 +269,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"admin-socket":            {&c.AdminSocket, &f.AdminSocket},
 		"admin-addr":              {&c.AdminAddr, &f.AdminAddr},
 		"http-addr":               {&c.HTTPAddr, &f.HTTPAddr},
+		"crl-addr":                {&c.CRLAddr, &f.CRLAddr},
 		"kek-file":                {&c.KEKFile, &f.KEKFile},
 		"log-level":               {&c.LogLevel, &f.LogLevel},
 		"log-format":              {&c.LogFormat, &f.LogFormat},
@@ -350,6 +352,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the cluster's admins only (meshca admin list)")
 	f.StringVar(&flags.HTTPAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this host:port, e.g. 127.0.0.1:8080 (default: not served)")
 	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID of an admin, allowed on --admin-addr (get its SVID with meshca x509 mint --addr); seeds the cluster's replicated admin list while it is empty, afterwards use meshca admin add|remove; repeat for more")
+	f.StringVar(&flags.CRLAddr, "crl-addr", "", "serve every authority's CRL (DER) over plain HTTP on this host:port, at /crl/<authority ID>, for relying parties outside the mesh")
 	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&flags.LogFormat, "log-format", "", "log format: text or json (default text, json with --output json)")
@@ -783,7 +786,7 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 	}
 	srv, err := server.New(server.Config{
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
-		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs, HTTPAddr: c.HTTPAddr,
+		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs, HTTPAddr: c.HTTPAddr, CRLAddr: c.CRLAddr,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		ServerJoinSecretFile: c.ServerJoinSecretFile, RaftBind: c.RaftBind, APIBind: c.APIBind,

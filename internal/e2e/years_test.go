@@ -47,6 +47,8 @@ type fleetOpts struct {
 	servers, agents int
 	clock           clockwork.Clock
 	tune            func(*server.Config)
+	// reissueJitter is the agents' ReissueJitter (0: the default).
+	reissueJitter time.Duration
 }
 
 func newFleet(t *testing.T, o fleetOpts) *fleet {
@@ -116,7 +118,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 		order := append(append([]string(nil), addrs[i%len(addrs):]...), addrs[:i%len(addrs)]...)
 		a, err := agent.New(agent.Config{Servers: order, TrustBundle: f.e.bundle, DataDir: dir, SocketPath: filepath.Join(dir, "agent.sock"),
 			Evidence: jointoken.NewEvidence(token), WorkloadAttestors: []attest.WorkloadAttestor{unix.New(unix.Config{})},
-			Logger: logger, Clock: o.clock})
+			Logger: logger, Clock: o.clock, ReissueJitter: o.reissueJitter})
 		if err != nil {
 			t.Fatal(err)
 		}

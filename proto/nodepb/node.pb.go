@@ -1169,8 +1169,12 @@ type CRL struct {
 	// certificate is the CA's certificate (DER).
 	Certificate []byte `protobuf:"bytes,3,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	// der is the CRL (DER).
-	Der           []byte `protobuf:"bytes,4,opt,name=der,proto3" json:"der,omitempty"`
-	Number        uint64 `protobuf:"varint,5,opt,name=number,proto3" json:"number,omitempty"`
+	Der    []byte `protobuf:"bytes,4,opt,name=der,proto3" json:"der,omitempty"`
+	Number uint64 `protobuf:"varint,5,opt,name=number,proto3" json:"number,omitempty"`
+	// issue 13: tainted is set when an operator marked the CA compromised:
+	// the agent re-issues every SVID chained to it at once (spread by
+	// jitter).
+	Tainted       bool `protobuf:"varint,50,opt,name=tainted,proto3" json:"tainted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1238,6 +1242,13 @@ func (x *CRL) GetNumber() uint64 {
 		return x.Number
 	}
 	return 0
+}
+
+func (x *CRL) GetTainted() bool {
+	if x != nil {
+		return x.Tainted
+	}
+	return false
 }
 
 type JWTAuthorities struct {
@@ -1727,13 +1738,14 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x06bundle\x18\v \x01(\v2\x16.meshca.node.v1.BundleH\x00R\x06bundle\x12I\n" +
 	"\x0fjwt_authorities\x18\f \x01(\v2\x1e.meshca.node.v1.JWTAuthoritiesH\x00R\x0ejwtAuthorities\x12'\n" +
 	"\x03crl\x18\r \x01(\v2\x13.meshca.node.v1.CRLH\x00R\x03crlB\x06\n" +
-	"\x04body\"\x7f\n" +
+	"\x04body\"\x99\x01\n" +
 	"\x03CRL\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x12\n" +
 	"\x04root\x18\x02 \x01(\bR\x04root\x12 \n" +
 	"\vcertificate\x18\x03 \x01(\fR\vcertificate\x12\x10\n" +
 	"\x03der\x18\x04 \x01(\fR\x03der\x12\x16\n" +
-	"\x06number\x18\x05 \x01(\x04R\x06number\"B\n" +
+	"\x06number\x18\x05 \x01(\x04R\x06number\x12\x18\n" +
+	"\atainted\x182 \x01(\bR\atainted\"B\n" +
 	"\x0eJWTAuthorities\x120\n" +
 	"\x04keys\x18\x01 \x03(\v2\x1c.meshca.node.v1.JWTAuthorityR\x04keys\"\x97\x01\n" +
 	"\n" +

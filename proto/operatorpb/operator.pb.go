@@ -2527,8 +2527,22 @@ type Authority struct {
 	// successor is prepared and activated (ca.PlanRotation), for active ones.
 	PrepareAtUnix  int64 `protobuf:"varint,9,opt,name=prepare_at_unix,json=prepareAtUnix,proto3" json:"prepare_at_unix,omitempty"`
 	ActivateAtUnix int64 `protobuf:"varint,10,opt,name=activate_at_unix,json=activateAtUnix,proto3" json:"activate_at_unix,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// issue 13: live_certificates are the unexpired, unrevoked certificates
+	// of the ledger it signed; pending_certificates those of them not
+	// re-issued under another authority yet (for the same SPIFFE ID and
+	// node), held by pending_node_count nodes, the first of them in
+	// pending_nodes.
+	LiveCertificates    int64    `protobuf:"varint,50,opt,name=live_certificates,json=liveCertificates,proto3" json:"live_certificates,omitempty"`
+	PendingCertificates int64    `protobuf:"varint,51,opt,name=pending_certificates,json=pendingCertificates,proto3" json:"pending_certificates,omitempty"`
+	PendingNodeCount    int64    `protobuf:"varint,52,opt,name=pending_node_count,json=pendingNodeCount,proto3" json:"pending_node_count,omitempty"`
+	PendingNodes        []string `protobuf:"bytes,53,rep,name=pending_nodes,json=pendingNodes,proto3" json:"pending_nodes,omitempty"`
+	// next_step says what happens to it next, in words.
+	NextStep string `protobuf:"bytes,54,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
+	// warning is set when it needs the operator (a root within a year of
+	// its expiry).
+	Warning       string `protobuf:"bytes,55,opt,name=warning,proto3" json:"warning,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Authority) Reset() {
@@ -2631,6 +2645,48 @@ func (x *Authority) GetActivateAtUnix() int64 {
 	return 0
 }
 
+func (x *Authority) GetLiveCertificates() int64 {
+	if x != nil {
+		return x.LiveCertificates
+	}
+	return 0
+}
+
+func (x *Authority) GetPendingCertificates() int64 {
+	if x != nil {
+		return x.PendingCertificates
+	}
+	return 0
+}
+
+func (x *Authority) GetPendingNodeCount() int64 {
+	if x != nil {
+		return x.PendingNodeCount
+	}
+	return 0
+}
+
+func (x *Authority) GetPendingNodes() []string {
+	if x != nil {
+		return x.PendingNodes
+	}
+	return nil
+}
+
+func (x *Authority) GetNextStep() string {
+	if x != nil {
+		return x.NextStep
+	}
+	return ""
+}
+
+func (x *Authority) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
+}
+
 type ListAuthoritiesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Authorities   []*Authority           `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
@@ -2675,6 +2731,929 @@ func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
 	return nil
 }
 
+// Certificate is a ledger record, with its revocation if it is revoked.
+type Certificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// serial is lowercase hex.
+	Serial   string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// node_id is the agent the certificate was issued through (its own SVID
+	// or a workload's), or "operator".
+	NodeId        string `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Profile       string `protobuf:"bytes,4,opt,name=profile,proto3" json:"profile,omitempty"`
+	IssuerId      string `protobuf:"bytes,5,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	NotBeforeUnix int64  `protobuf:"varint,6,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
+	NotAfterUnix  int64  `protobuf:"varint,7,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	Revoked       bool   `protobuf:"varint,8,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedUnix   int64  `protobuf:"varint,9,opt,name=revoked_unix,json=revokedUnix,proto3" json:"revoked_unix,omitempty"`
+	// reason is the RFC 5280 CRLReason code (0 unspecified).
+	Reason        int32 `protobuf:"varint,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Certificate) Reset() {
+	*x = Certificate{}
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Certificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Certificate) ProtoMessage() {}
+
+func (x *Certificate) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
+func (*Certificate) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *Certificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Certificate) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Certificate) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Certificate) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *Certificate) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *Certificate) GetNotBeforeUnix() int64 {
+	if x != nil {
+		return x.NotBeforeUnix
+	}
+	return 0
+}
+
+func (x *Certificate) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *Certificate) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *Certificate) GetRevokedUnix() int64 {
+	if x != nil {
+		return x.RevokedUnix
+	}
+	return 0
+}
+
+func (x *Certificate) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+type RevokeCertificatesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of serial (hex), spiffe_id and node_id.
+	Serial   string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId   string `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Reason   int32  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// dry_run lists what would be revoked (not revoked yet), and revokes
+	// nothing.
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificatesRequest) Reset() {
+	*x = RevokeCertificatesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificatesRequest) ProtoMessage() {}
+
+func (x *RevokeCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *RevokeCertificatesRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeCertificatesRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *RevokeCertificatesRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RevokeCertificatesRequest) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+func (x *RevokeCertificatesRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type RevokeCertificatesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// certificates are those revoked (or, with dry_run, that would be);
+	// already revoked ones are listed with their first revocation.
+	Certificates  []*Certificate `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	DryRun        bool           `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificatesResponse) Reset() {
+	*x = RevokeCertificatesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificatesResponse) ProtoMessage() {}
+
+func (x *RevokeCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *RevokeCertificatesResponse) GetCertificates() []*Certificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *RevokeCertificatesResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type ListCertificatesRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId   string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	IssuerId string                 `protobuf:"bytes,3,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// expiring_within_seconds keeps those that expire within it (0: all).
+	ExpiringWithinSeconds int64 `protobuf:"varint,4,opt,name=expiring_within_seconds,json=expiringWithinSeconds,proto3" json:"expiring_within_seconds,omitempty"`
+	RevokedOnly           bool  `protobuf:"varint,5,opt,name=revoked_only,json=revokedOnly,proto3" json:"revoked_only,omitempty"`
+	// limit bounds the answer (0: 1000; at most 100000).
+	Limit         int32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCertificatesRequest) Reset() {
+	*x = ListCertificatesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCertificatesRequest) ProtoMessage() {}
+
+func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListCertificatesRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *ListCertificatesRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ListCertificatesRequest) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *ListCertificatesRequest) GetExpiringWithinSeconds() int64 {
+	if x != nil {
+		return x.ExpiringWithinSeconds
+	}
+	return 0
+}
+
+func (x *ListCertificatesRequest) GetRevokedOnly() bool {
+	if x != nil {
+		return x.RevokedOnly
+	}
+	return false
+}
+
+func (x *ListCertificatesRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListCertificatesResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Certificates []*Certificate         `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	// truncated is set when more matched than limit.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCertificatesResponse) Reset() {
+	*x = ListCertificatesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCertificatesResponse) ProtoMessage() {}
+
+func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *ListCertificatesResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+type GetCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Serial        string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCertificateRequest) Reset() {
+	*x = GetCertificateRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCertificateRequest) ProtoMessage() {}
+
+func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCertificateRequest.ProtoReflect.Descriptor instead.
+func (*GetCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *GetCertificateRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+type GetCRLRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	IssuerId      string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCRLRequest) Reset() {
+	*x = GetCRLRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCRLRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCRLRequest) ProtoMessage() {}
+
+func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCRLRequest.ProtoReflect.Descriptor instead.
+func (*GetCRLRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *GetCRLRequest) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+type CRL struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	IssuerId       string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	Number         uint64                 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	Der            []byte                 `protobuf:"bytes,3,opt,name=der,proto3" json:"der,omitempty"`
+	ThisUpdateUnix int64                  `protobuf:"varint,4,opt,name=this_update_unix,json=thisUpdateUnix,proto3" json:"this_update_unix,omitempty"`
+	NextUpdateUnix int64                  `protobuf:"varint,5,opt,name=next_update_unix,json=nextUpdateUnix,proto3" json:"next_update_unix,omitempty"`
+	Revoked        int32                  `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CRL) Reset() {
+	*x = CRL{}
+	mi := &file_operatorpb_operator_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CRL) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CRL) ProtoMessage() {}
+
+func (x *CRL) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CRL.ProtoReflect.Descriptor instead.
+func (*CRL) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *CRL) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *CRL) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *CRL) GetDer() []byte {
+	if x != nil {
+		return x.Der
+	}
+	return nil
+}
+
+func (x *CRL) GetThisUpdateUnix() int64 {
+	if x != nil {
+		return x.ThisUpdateUnix
+	}
+	return 0
+}
+
+func (x *CRL) GetNextUpdateUnix() int64 {
+	if x != nil {
+		return x.NextUpdateUnix
+	}
+	return 0
+}
+
+func (x *CRL) GetRevoked() int32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+type BanNodeRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// banned false unbans.
+	Banned        bool  `protobuf:"varint,2,opt,name=banned,proto3" json:"banned,omitempty"`
+	Reason        int32 `protobuf:"varint,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	DryRun        bool  `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanNodeRequest) Reset() {
+	*x = BanNodeRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanNodeRequest) ProtoMessage() {}
+
+func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
+func (*BanNodeRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *BanNodeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *BanNodeRequest) GetBanned() bool {
+	if x != nil {
+		return x.Banned
+	}
+	return false
+}
+
+func (x *BanNodeRequest) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+func (x *BanNodeRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type BanNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// revoked are the node's certificates the ban revoked (or would).
+	Revoked       []*Certificate `protobuf:"bytes,2,rep,name=revoked,proto3" json:"revoked,omitempty"`
+	DryRun        bool           `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanNodeResponse) Reset() {
+	*x = BanNodeResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanNodeResponse) ProtoMessage() {}
+
+func (x *BanNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanNodeResponse.ProtoReflect.Descriptor instead.
+func (*BanNodeResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *BanNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *BanNodeResponse) GetRevoked() []*Certificate {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
+func (x *BanNodeResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type EvictNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	DryRun        bool                   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNodeRequest) Reset() {
+	*x = EvictNodeRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNodeRequest) ProtoMessage() {}
+
+func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
+func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *EvictNodeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *EvictNodeRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type EvictNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// entries are the registration entries whose parent the node is: they
+	// stay, and apply again once the agent attests with the same ID.
+	Entries       []*Entry `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
+	DryRun        bool     `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNodeResponse) Reset() {
+	*x = EvictNodeResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNodeResponse) ProtoMessage() {}
+
+func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
+func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *EvictNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *EvictNodeResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *EvictNodeResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type AuthorityStepRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DryRun bool                   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// force revokes although certificates still chain to the authority.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorityStepRequest) Reset() {
+	*x = AuthorityStepRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorityStepRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorityStepRequest) ProtoMessage() {}
+
+func (x *AuthorityStepRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorityStepRequest.ProtoReflect.Descriptor instead.
+func (*AuthorityStepRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *AuthorityStepRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuthorityStepRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *AuthorityStepRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type AuthorityStepResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// authority is its state after the step (with dry_run, as it would be).
+	Authority     *Authority `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	DryRun        bool       `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorityStepResponse) Reset() {
+	*x = AuthorityStepResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorityStepResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorityStepResponse) ProtoMessage() {}
+
+func (x *AuthorityStepResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorityStepResponse.ProtoReflect.Descriptor instead.
+func (*AuthorityStepResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *AuthorityStepResponse) GetAuthority() *Authority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+func (x *AuthorityStepResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 // QueryCertificatesRequest selects issued certificates; empty fields
 // select all. since/until bound the not-before time (since <= t < until).
 type QueryCertificatesRequest struct {
@@ -2696,7 +3675,7 @@ type QueryCertificatesRequest struct {
 
 func (x *QueryCertificatesRequest) Reset() {
 	*x = QueryCertificatesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	mi := &file_operatorpb_operator_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +3687,7 @@ func (x *QueryCertificatesRequest) String() string {
 func (*QueryCertificatesRequest) ProtoMessage() {}
 
 func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	mi := &file_operatorpb_operator_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +3700,7 @@ func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*QueryCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *QueryCertificatesRequest) GetSinceUnix() int64 {
@@ -2800,7 +3779,7 @@ type HistoryCertificate struct {
 
 func (x *HistoryCertificate) Reset() {
 	*x = HistoryCertificate{}
-	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	mi := &file_operatorpb_operator_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +3791,7 @@ func (x *HistoryCertificate) String() string {
 func (*HistoryCertificate) ProtoMessage() {}
 
 func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	mi := &file_operatorpb_operator_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +3804,7 @@ func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryCertificate.ProtoReflect.Descriptor instead.
 func (*HistoryCertificate) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *HistoryCertificate) GetSerial() []byte {
@@ -2910,7 +3889,7 @@ type QueryCertificatesResponse struct {
 
 func (x *QueryCertificatesResponse) Reset() {
 	*x = QueryCertificatesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	mi := &file_operatorpb_operator_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2922,7 +3901,7 @@ func (x *QueryCertificatesResponse) String() string {
 func (*QueryCertificatesResponse) ProtoMessage() {}
 
 func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	mi := &file_operatorpb_operator_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2935,7 +3914,7 @@ func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*QueryCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *QueryCertificatesResponse) GetCertificates() []*HistoryCertificate {
@@ -2980,7 +3959,7 @@ type QueryAuditRequest struct {
 
 func (x *QueryAuditRequest) Reset() {
 	*x = QueryAuditRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	mi := &file_operatorpb_operator_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2992,7 +3971,7 @@ func (x *QueryAuditRequest) String() string {
 func (*QueryAuditRequest) ProtoMessage() {}
 
 func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	mi := &file_operatorpb_operator_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3005,7 +3984,7 @@ func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuditRequest.ProtoReflect.Descriptor instead.
 func (*QueryAuditRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *QueryAuditRequest) GetActor() string {
@@ -3090,7 +4069,7 @@ type HistoryAuditEvent struct {
 
 func (x *HistoryAuditEvent) Reset() {
 	*x = HistoryAuditEvent{}
-	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	mi := &file_operatorpb_operator_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3102,7 +4081,7 @@ func (x *HistoryAuditEvent) String() string {
 func (*HistoryAuditEvent) ProtoMessage() {}
 
 func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	mi := &file_operatorpb_operator_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3115,7 +4094,7 @@ func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryAuditEvent.ProtoReflect.Descriptor instead.
 func (*HistoryAuditEvent) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{49}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *HistoryAuditEvent) GetServer() string {
@@ -3207,7 +4186,7 @@ type QueryAuditResponse struct {
 
 func (x *QueryAuditResponse) Reset() {
 	*x = QueryAuditResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	mi := &file_operatorpb_operator_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3219,7 +4198,7 @@ func (x *QueryAuditResponse) String() string {
 func (*QueryAuditResponse) ProtoMessage() {}
 
 func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	mi := &file_operatorpb_operator_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3232,7 +4211,7 @@ func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuditResponse.ProtoReflect.Descriptor instead.
 func (*QueryAuditResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{50}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *QueryAuditResponse) GetEvents() []*HistoryAuditEvent {
@@ -3427,7 +4406,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x14MintX509SVIDResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x03(\fR\x05chain\x12\x14\n" +
 	"\x05roots\x18\x02 \x03(\fR\x05roots\"\x18\n" +
-	"\x16ListAuthoritiesRequest\"\xbb\x02\n" +
+	"\x16ListAuthoritiesRequest\"\xa5\x04\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
@@ -3440,9 +4419,80 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x0enot_after_unix\x18\b \x01(\x03R\fnotAfterUnix\x12&\n" +
 	"\x0fprepare_at_unix\x18\t \x01(\x03R\rprepareAtUnix\x12(\n" +
 	"\x10activate_at_unix\x18\n" +
-	" \x01(\x03R\x0eactivateAtUnix\"Z\n" +
+	" \x01(\x03R\x0eactivateAtUnix\x12+\n" +
+	"\x11live_certificates\x182 \x01(\x03R\x10liveCertificates\x121\n" +
+	"\x14pending_certificates\x183 \x01(\x03R\x13pendingCertificates\x12,\n" +
+	"\x12pending_node_count\x184 \x01(\x03R\x10pendingNodeCount\x12#\n" +
+	"\rpending_nodes\x185 \x03(\tR\fpendingNodes\x12\x1b\n" +
+	"\tnext_step\x186 \x01(\tR\bnextStep\x12\x18\n" +
+	"\awarning\x187 \x01(\tR\awarning\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
-	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\"\x83\x02\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\"\xb5\x02\n" +
+	"\vCertificate\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aprofile\x18\x04 \x01(\tR\aprofile\x12\x1b\n" +
+	"\tissuer_id\x18\x05 \x01(\tR\bissuerId\x12&\n" +
+	"\x0fnot_before_unix\x18\x06 \x01(\x03R\rnotBeforeUnix\x12$\n" +
+	"\x0enot_after_unix\x18\a \x01(\x03R\fnotAfterUnix\x12\x18\n" +
+	"\arevoked\x18\b \x01(\bR\arevoked\x12!\n" +
+	"\frevoked_unix\x18\t \x01(\x03R\vrevokedUnix\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\x05R\x06reason\"\x9a\x01\n" +
+	"\x19RevokeCertificatesRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\x05R\x06reason\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"z\n" +
+	"\x1aRevokeCertificatesResponse\x12C\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x1f.meshca.operator.v1.CertificateR\fcertificates\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xdd\x01\n" +
+	"\x17ListCertificatesRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\tissuer_id\x18\x03 \x01(\tR\bissuerId\x126\n" +
+	"\x17expiring_within_seconds\x18\x04 \x01(\x03R\x15expiringWithinSeconds\x12!\n" +
+	"\frevoked_only\x18\x05 \x01(\bR\vrevokedOnly\x12\x14\n" +
+	"\x05limit\x18\x06 \x01(\x05R\x05limit\"}\n" +
+	"\x18ListCertificatesResponse\x12C\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x1f.meshca.operator.v1.CertificateR\fcertificates\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"/\n" +
+	"\x15GetCertificateRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\",\n" +
+	"\rGetCRLRequest\x12\x1b\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\"\xba\x01\n" +
+	"\x03CRL\x12\x1b\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x10\n" +
+	"\x03der\x18\x03 \x01(\fR\x03der\x12(\n" +
+	"\x10this_update_unix\x18\x04 \x01(\x03R\x0ethisUpdateUnix\x12(\n" +
+	"\x10next_update_unix\x18\x05 \x01(\x03R\x0enextUpdateUnix\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\x05R\arevoked\"v\n" +
+	"\x0eBanNodeRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06banned\x18\x02 \x01(\bR\x06banned\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\x05R\x06reason\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\x93\x01\n" +
+	"\x0fBanNodeResponse\x12,\n" +
+	"\x04node\x18\x01 \x01(\v2\x18.meshca.operator.v1.NodeR\x04node\x129\n" +
+	"\arevoked\x18\x02 \x03(\v2\x1f.meshca.operator.v1.CertificateR\arevoked\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"H\n" +
+	"\x10EvictNodeRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\x8f\x01\n" +
+	"\x11EvictNodeResponse\x12,\n" +
+	"\x04node\x18\x01 \x01(\v2\x18.meshca.operator.v1.NodeR\x04node\x123\n" +
+	"\aentries\x18\x02 \x03(\v2\x19.meshca.operator.v1.EntryR\aentries\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"U\n" +
+	"\x14AuthorityStepRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"m\n" +
+	"\x15AuthorityStepResponse\x12;\n" +
+	"\tauthority\x18\x01 \x01(\v2\x1d.meshca.operator.v1.AuthorityR\tauthority\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\x83\x02\n" +
 	"\x18QueryCertificatesRequest\x12\x1d\n" +
 	"\n" +
 	"since_unix\x18\x01 \x01(\x03R\tsinceUnix\x12\x1d\n" +
@@ -3503,7 +4553,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x12QueryAuditResponse\x12=\n" +
 	"\x06events\x18\x01 \x03(\v2%.meshca.operator.v1.HistoryAuditEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
-	"\x06source\x18\x03 \x01(\tR\x06source2\xcd\x10\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source2\xd2\x16\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -3520,7 +4570,15 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tListNodes\x12$.meshca.operator.v1.ListNodesRequest\x1a%.meshca.operator.v1.ListNodesResponse\x12O\n" +
 	"\aGetNode\x12\".meshca.operator.v1.GetNodeRequest\x1a .meshca.operator.v1.NodeResponse\x12a\n" +
 	"\fMintX509SVID\x12'.meshca.operator.v1.MintX509SVIDRequest\x1a(.meshca.operator.v1.MintX509SVIDResponse\x12j\n" +
-	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12R\n" +
+	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12s\n" +
+	"\x12RevokeCertificates\x12-.meshca.operator.v1.RevokeCertificatesRequest\x1a..meshca.operator.v1.RevokeCertificatesResponse\x12m\n" +
+	"\x10ListCertificates\x12+.meshca.operator.v1.ListCertificatesRequest\x1a,.meshca.operator.v1.ListCertificatesResponse\x12\\\n" +
+	"\x0eGetCertificate\x12).meshca.operator.v1.GetCertificateRequest\x1a\x1f.meshca.operator.v1.Certificate\x12D\n" +
+	"\x06GetCRL\x12!.meshca.operator.v1.GetCRLRequest\x1a\x17.meshca.operator.v1.CRL\x12R\n" +
+	"\aBanNode\x12\".meshca.operator.v1.BanNodeRequest\x1a#.meshca.operator.v1.BanNodeResponse\x12X\n" +
+	"\tEvictNode\x12$.meshca.operator.v1.EvictNodeRequest\x1a%.meshca.operator.v1.EvictNodeResponse\x12e\n" +
+	"\x0eTaintAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12f\n" +
+	"\x0fRevokeAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12R\n" +
 	"\bAddAdmin\x12#.meshca.operator.v1.AddAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12X\n" +
 	"\vRemoveAdmin\x12&.meshca.operator.v1.RemoveAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12[\n" +
 	"\n" +
@@ -3542,7 +4600,7 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_operatorpb_operator_proto_goTypes = []any{
 	(*AddAdminRequest)(nil),            // 0: meshca.operator.v1.AddAdminRequest
 	(*RemoveAdminRequest)(nil),         // 1: meshca.operator.v1.RemoveAdminRequest
@@ -3589,13 +4647,27 @@ var file_operatorpb_operator_proto_goTypes = []any{
 	(*ListAuthoritiesRequest)(nil),     // 42: meshca.operator.v1.ListAuthoritiesRequest
 	(*Authority)(nil),                  // 43: meshca.operator.v1.Authority
 	(*ListAuthoritiesResponse)(nil),    // 44: meshca.operator.v1.ListAuthoritiesResponse
-	(*QueryCertificatesRequest)(nil),   // 45: meshca.operator.v1.QueryCertificatesRequest
-	(*HistoryCertificate)(nil),         // 46: meshca.operator.v1.HistoryCertificate
-	(*QueryCertificatesResponse)(nil),  // 47: meshca.operator.v1.QueryCertificatesResponse
-	(*QueryAuditRequest)(nil),          // 48: meshca.operator.v1.QueryAuditRequest
-	(*HistoryAuditEvent)(nil),          // 49: meshca.operator.v1.HistoryAuditEvent
-	(*QueryAuditResponse)(nil),         // 50: meshca.operator.v1.QueryAuditResponse
-	nil,                                // 51: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	(*Certificate)(nil),                // 45: meshca.operator.v1.Certificate
+	(*RevokeCertificatesRequest)(nil),  // 46: meshca.operator.v1.RevokeCertificatesRequest
+	(*RevokeCertificatesResponse)(nil), // 47: meshca.operator.v1.RevokeCertificatesResponse
+	(*ListCertificatesRequest)(nil),    // 48: meshca.operator.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil),   // 49: meshca.operator.v1.ListCertificatesResponse
+	(*GetCertificateRequest)(nil),      // 50: meshca.operator.v1.GetCertificateRequest
+	(*GetCRLRequest)(nil),              // 51: meshca.operator.v1.GetCRLRequest
+	(*CRL)(nil),                        // 52: meshca.operator.v1.CRL
+	(*BanNodeRequest)(nil),             // 53: meshca.operator.v1.BanNodeRequest
+	(*BanNodeResponse)(nil),            // 54: meshca.operator.v1.BanNodeResponse
+	(*EvictNodeRequest)(nil),           // 55: meshca.operator.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),          // 56: meshca.operator.v1.EvictNodeResponse
+	(*AuthorityStepRequest)(nil),       // 57: meshca.operator.v1.AuthorityStepRequest
+	(*AuthorityStepResponse)(nil),      // 58: meshca.operator.v1.AuthorityStepResponse
+	(*QueryCertificatesRequest)(nil),   // 59: meshca.operator.v1.QueryCertificatesRequest
+	(*HistoryCertificate)(nil),         // 60: meshca.operator.v1.HistoryCertificate
+	(*QueryCertificatesResponse)(nil),  // 61: meshca.operator.v1.QueryCertificatesResponse
+	(*QueryAuditRequest)(nil),          // 62: meshca.operator.v1.QueryAuditRequest
+	(*HistoryAuditEvent)(nil),          // 63: meshca.operator.v1.HistoryAuditEvent
+	(*QueryAuditResponse)(nil),         // 64: meshca.operator.v1.QueryAuditResponse
+	nil,                                // 65: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	4,  // 0: meshca.operator.v1.ListAdminsResponse.admins:type_name -> meshca.operator.v1.AdminInfo
@@ -3614,58 +4686,81 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	35, // 13: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
 	35, // 14: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
 	43, // 15: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	46, // 16: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
-	51, // 17: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
-	49, // 18: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
-	6,  // 19: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	12, // 20: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	14, // 21: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	16, // 22: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	18, // 23: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	19, // 24: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	21, // 25: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	25, // 26: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	26, // 27: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	28, // 28: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	30, // 29: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	31, // 30: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	36, // 31: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	38, // 32: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	40, // 33: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	42, // 34: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	0,  // 35: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
-	1,  // 36: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
-	3,  // 37: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
-	33, // 38: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
-	45, // 39: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
-	48, // 40: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
-	7,  // 41: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	13, // 42: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	15, // 43: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	17, // 44: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	19, // 45: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	20, // 46: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	22, // 47: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	27, // 48: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	27, // 49: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	29, // 50: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	27, // 51: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	32, // 52: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	37, // 53: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	39, // 54: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	41, // 55: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	44, // 56: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	2,  // 57: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
-	2,  // 58: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
-	5,  // 59: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
-	34, // 60: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
-	47, // 61: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
-	50, // 62: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
-	41, // [41:63] is the sub-list for method output_type
-	19, // [19:41] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	45, // 16: meshca.operator.v1.RevokeCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
+	45, // 17: meshca.operator.v1.ListCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
+	35, // 18: meshca.operator.v1.BanNodeResponse.node:type_name -> meshca.operator.v1.Node
+	45, // 19: meshca.operator.v1.BanNodeResponse.revoked:type_name -> meshca.operator.v1.Certificate
+	35, // 20: meshca.operator.v1.EvictNodeResponse.node:type_name -> meshca.operator.v1.Node
+	24, // 21: meshca.operator.v1.EvictNodeResponse.entries:type_name -> meshca.operator.v1.Entry
+	43, // 22: meshca.operator.v1.AuthorityStepResponse.authority:type_name -> meshca.operator.v1.Authority
+	60, // 23: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
+	65, // 24: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	63, // 25: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
+	6,  // 26: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	12, // 27: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	14, // 28: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	16, // 29: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	18, // 30: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	19, // 31: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	21, // 32: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	25, // 33: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	26, // 34: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	28, // 35: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	30, // 36: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	31, // 37: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	36, // 38: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	38, // 39: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	40, // 40: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	42, // 41: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	46, // 42: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
+	48, // 43: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
+	50, // 44: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
+	51, // 45: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
+	53, // 46: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
+	55, // 47: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
+	57, // 48: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	57, // 49: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	0,  // 50: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 51: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 52: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	33, // 53: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
+	59, // 54: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	62, // 55: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	7,  // 56: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	13, // 57: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	15, // 58: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	17, // 59: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	19, // 60: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	20, // 61: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	22, // 62: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	27, // 63: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	27, // 64: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	29, // 65: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	27, // 66: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	32, // 67: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	37, // 68: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	39, // 69: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	41, // 70: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	44, // 71: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	47, // 72: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	49, // 73: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	45, // 74: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	52, // 75: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	54, // 76: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	56, // 77: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	58, // 78: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	58, // 79: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	2,  // 80: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 81: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 82: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	34, // 83: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
+	61, // 84: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	64, // 85: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	56, // [56:86] is the sub-list for method output_type
+	26, // [26:56] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -3679,7 +4774,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   52,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

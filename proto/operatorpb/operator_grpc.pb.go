@@ -37,6 +37,14 @@ const (
 	Operator_GetNode_FullMethodName            = "/meshca.operator.v1.Operator/GetNode"
 	Operator_MintX509SVID_FullMethodName       = "/meshca.operator.v1.Operator/MintX509SVID"
 	Operator_ListAuthorities_FullMethodName    = "/meshca.operator.v1.Operator/ListAuthorities"
+	Operator_RevokeCertificates_FullMethodName = "/meshca.operator.v1.Operator/RevokeCertificates"
+	Operator_ListCertificates_FullMethodName   = "/meshca.operator.v1.Operator/ListCertificates"
+	Operator_GetCertificate_FullMethodName     = "/meshca.operator.v1.Operator/GetCertificate"
+	Operator_GetCRL_FullMethodName             = "/meshca.operator.v1.Operator/GetCRL"
+	Operator_BanNode_FullMethodName            = "/meshca.operator.v1.Operator/BanNode"
+	Operator_EvictNode_FullMethodName          = "/meshca.operator.v1.Operator/EvictNode"
+	Operator_TaintAuthority_FullMethodName     = "/meshca.operator.v1.Operator/TaintAuthority"
+	Operator_RevokeAuthority_FullMethodName    = "/meshca.operator.v1.Operator/RevokeAuthority"
 	Operator_AddAdmin_FullMethodName           = "/meshca.operator.v1.Operator/AddAdmin"
 	Operator_RemoveAdmin_FullMethodName        = "/meshca.operator.v1.Operator/RemoveAdmin"
 	Operator_ListAdmins_FullMethodName         = "/meshca.operator.v1.Operator/ListAdmins"
@@ -72,6 +80,26 @@ type OperatorClient interface {
 	// ListAuthorities lists the trust domain's roots, every server's
 	// intermediates and the JWT signing keys, with their rotation state.
 	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
+	// issue 13: revocation, certificate queries, CRLs, node ban and eviction.
+	// RevokeCertificates revokes unexpired certificates from the ledger, by
+	// serial, SPIFFE ID or node; the CRLs of their issuers are signed again
+	// and pushed to agents and proxies.
+	RevokeCertificates(ctx context.Context, in *RevokeCertificatesRequest, opts ...grpc.CallOption) (*RevokeCertificatesResponse, error)
+	ListCertificates(ctx context.Context, in *ListCertificatesRequest, opts ...grpc.CallOption) (*ListCertificatesResponse, error)
+	GetCertificate(ctx context.Context, in *GetCertificateRequest, opts ...grpc.CallOption) (*Certificate, error)
+	GetCRL(ctx context.Context, in *GetCRLRequest, opts ...grpc.CallOption) (*CRL, error)
+	// BanNode bans (or, with banned false, unbans) a node: a banned node can
+	// neither attest nor renew, and a ban revokes its unexpired certificates.
+	BanNode(ctx context.Context, in *BanNodeRequest, opts ...grpc.CallOption) (*BanNodeResponse, error)
+	// EvictNode forgets a node: its agent must attest again.
+	EvictNode(ctx context.Context, in *EvictNodeRequest, opts ...grpc.CallOption) (*EvictNodeResponse, error)
+	// TaintAuthority marks an authority compromised: its server replaces it
+	// at once (an active intermediate) and every agent re-issues the SVIDs
+	// chained to it. Progress shows in ListAuthorities.
+	TaintAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
+	// RevokeAuthority revokes a tainted authority: refused, unless force,
+	// while certificates that were not re-issued still chain to it.
+	RevokeAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
 	// issue 16: the admins, who may use the operator API over mutual TLS
 	// (replicated: every server agrees).
 	AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
@@ -269,6 +297,86 @@ func (c *operatorClient) ListAuthorities(ctx context.Context, in *ListAuthoritie
 	return out, nil
 }
 
+func (c *operatorClient) RevokeCertificates(ctx context.Context, in *RevokeCertificatesRequest, opts ...grpc.CallOption) (*RevokeCertificatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeCertificatesResponse)
+	err := c.cc.Invoke(ctx, Operator_RevokeCertificates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ListCertificates(ctx context.Context, in *ListCertificatesRequest, opts ...grpc.CallOption) (*ListCertificatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCertificatesResponse)
+	err := c.cc.Invoke(ctx, Operator_ListCertificates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) GetCertificate(ctx context.Context, in *GetCertificateRequest, opts ...grpc.CallOption) (*Certificate, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Certificate)
+	err := c.cc.Invoke(ctx, Operator_GetCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) GetCRL(ctx context.Context, in *GetCRLRequest, opts ...grpc.CallOption) (*CRL, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CRL)
+	err := c.cc.Invoke(ctx, Operator_GetCRL_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) BanNode(ctx context.Context, in *BanNodeRequest, opts ...grpc.CallOption) (*BanNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BanNodeResponse)
+	err := c.cc.Invoke(ctx, Operator_BanNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) EvictNode(ctx context.Context, in *EvictNodeRequest, opts ...grpc.CallOption) (*EvictNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EvictNodeResponse)
+	err := c.cc.Invoke(ctx, Operator_EvictNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) TaintAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthorityStepResponse)
+	err := c.cc.Invoke(ctx, Operator_TaintAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) RevokeAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthorityStepResponse)
+	err := c.cc.Invoke(ctx, Operator_RevokeAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *operatorClient) AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AdminResponse)
@@ -356,6 +464,26 @@ type OperatorServer interface {
 	// ListAuthorities lists the trust domain's roots, every server's
 	// intermediates and the JWT signing keys, with their rotation state.
 	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
+	// issue 13: revocation, certificate queries, CRLs, node ban and eviction.
+	// RevokeCertificates revokes unexpired certificates from the ledger, by
+	// serial, SPIFFE ID or node; the CRLs of their issuers are signed again
+	// and pushed to agents and proxies.
+	RevokeCertificates(context.Context, *RevokeCertificatesRequest) (*RevokeCertificatesResponse, error)
+	ListCertificates(context.Context, *ListCertificatesRequest) (*ListCertificatesResponse, error)
+	GetCertificate(context.Context, *GetCertificateRequest) (*Certificate, error)
+	GetCRL(context.Context, *GetCRLRequest) (*CRL, error)
+	// BanNode bans (or, with banned false, unbans) a node: a banned node can
+	// neither attest nor renew, and a ban revokes its unexpired certificates.
+	BanNode(context.Context, *BanNodeRequest) (*BanNodeResponse, error)
+	// EvictNode forgets a node: its agent must attest again.
+	EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error)
+	// TaintAuthority marks an authority compromised: its server replaces it
+	// at once (an active intermediate) and every agent re-issues the SVIDs
+	// chained to it. Progress shows in ListAuthorities.
+	TaintAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
+	// RevokeAuthority revokes a tainted authority: refused, unless force,
+	// while certificates that were not re-issued still chain to it.
+	RevokeAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
 	// issue 16: the admins, who may use the operator API over mutual TLS
 	// (replicated: every server agrees).
 	AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error)
@@ -428,6 +556,30 @@ func (UnimplementedOperatorServer) MintX509SVID(context.Context, *MintX509SVIDRe
 }
 func (UnimplementedOperatorServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
+}
+func (UnimplementedOperatorServer) RevokeCertificates(context.Context, *RevokeCertificatesRequest) (*RevokeCertificatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeCertificates not implemented")
+}
+func (UnimplementedOperatorServer) ListCertificates(context.Context, *ListCertificatesRequest) (*ListCertificatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCertificates not implemented")
+}
+func (UnimplementedOperatorServer) GetCertificate(context.Context, *GetCertificateRequest) (*Certificate, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCertificate not implemented")
+}
+func (UnimplementedOperatorServer) GetCRL(context.Context, *GetCRLRequest) (*CRL, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCRL not implemented")
+}
+func (UnimplementedOperatorServer) BanNode(context.Context, *BanNodeRequest) (*BanNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BanNode not implemented")
+}
+func (UnimplementedOperatorServer) EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EvictNode not implemented")
+}
+func (UnimplementedOperatorServer) TaintAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaintAuthority not implemented")
+}
+func (UnimplementedOperatorServer) RevokeAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAuthority not implemented")
 }
 func (UnimplementedOperatorServer) AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AddAdmin not implemented")
@@ -738,6 +890,150 @@ func _Operator_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_RevokeCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeCertificatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).RevokeCertificates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_RevokeCertificates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).RevokeCertificates(ctx, req.(*RevokeCertificatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ListCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCertificatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ListCertificates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ListCertificates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ListCertificates(ctx, req.(*ListCertificatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_GetCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).GetCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_GetCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).GetCertificate(ctx, req.(*GetCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_GetCRL_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCRLRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).GetCRL(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_GetCRL_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).GetCRL(ctx, req.(*GetCRLRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_BanNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BanNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).BanNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_BanNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).BanNode(ctx, req.(*BanNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_EvictNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EvictNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).EvictNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_EvictNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).EvictNode(ctx, req.(*EvictNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_TaintAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityStepRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).TaintAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_TaintAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).TaintAuthority(ctx, req.(*AuthorityStepRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_RevokeAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityStepRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).RevokeAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_RevokeAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).RevokeAuthority(ctx, req.(*AuthorityStepRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Operator_AddAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AddAdminRequest)
 	if err := dec(in); err != nil {
@@ -908,6 +1204,38 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuthorities",
 			Handler:    _Operator_ListAuthorities_Handler,
+		},
+		{
+			MethodName: "RevokeCertificates",
+			Handler:    _Operator_RevokeCertificates_Handler,
+		},
+		{
+			MethodName: "ListCertificates",
+			Handler:    _Operator_ListCertificates_Handler,
+		},
+		{
+			MethodName: "GetCertificate",
+			Handler:    _Operator_GetCertificate_Handler,
+		},
+		{
+			MethodName: "GetCRL",
+			Handler:    _Operator_GetCRL_Handler,
+		},
+		{
+			MethodName: "BanNode",
+			Handler:    _Operator_BanNode_Handler,
+		},
+		{
+			MethodName: "EvictNode",
+			Handler:    _Operator_EvictNode_Handler,
+		},
+		{
+			MethodName: "TaintAuthority",
+			Handler:    _Operator_TaintAuthority_Handler,
+		},
+		{
+			MethodName: "RevokeAuthority",
+			Handler:    _Operator_RevokeAuthority_Handler,
 		},
 		{
 			MethodName: "AddAdmin",

@@ -225,6 +225,10 @@ type Command struct {
 	//	*Command_PutAdmin
 	//	*Command_DeleteAdmin
 	//	*Command_PutEntries
+	//	*Command_BanNode
+	//	*Command_EvictNode
+	//	*Command_TaintAuthority
+	//	*Command_RevokeAuthority
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -499,6 +503,42 @@ func (x *Command) GetPutEntries() *PutEntries {
 	return nil
 }
 
+func (x *Command) GetBanNode() *BanNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_BanNode); ok {
+			return x.BanNode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetEvictNode() *EvictNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_EvictNode); ok {
+			return x.EvictNode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTaintAuthority() *TaintAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TaintAuthority); ok {
+			return x.TaintAuthority
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeAuthority() *RevokeAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeAuthority); ok {
+			return x.RevokeAuthority
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -605,6 +645,24 @@ type Command_PutEntries struct {
 	PutEntries *PutEntries `protobuf:"bytes,80,opt,name=put_entries,json=putEntries,proto3,oneof"`
 }
 
+type Command_BanNode struct {
+	// issue 13: node ban and eviction.
+	BanNode *BanNode `protobuf:"bytes,50,opt,name=ban_node,json=banNode,proto3,oneof"`
+}
+
+type Command_EvictNode struct {
+	EvictNode *EvictNode `protobuf:"bytes,51,opt,name=evict_node,json=evictNode,proto3,oneof"`
+}
+
+type Command_TaintAuthority struct {
+	// issue 13: authority lifecycle steps an operator takes.
+	TaintAuthority *TaintAuthority `protobuf:"bytes,52,opt,name=taint_authority,json=taintAuthority,proto3,oneof"`
+}
+
+type Command_RevokeAuthority struct {
+	RevokeAuthority *RevokeAuthority `protobuf:"bytes,53,opt,name=revoke_authority,json=revokeAuthority,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -654,6 +712,14 @@ func (*Command_PutAdmin) isCommand_Op() {}
 func (*Command_DeleteAdmin) isCommand_Op() {}
 
 func (*Command_PutEntries) isCommand_Op() {}
+
+func (*Command_BanNode) isCommand_Op() {}
+
+func (*Command_EvictNode) isCommand_Op() {}
+
+func (*Command_TaintAuthority) isCommand_Op() {}
+
+func (*Command_RevokeAuthority) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -729,7 +795,10 @@ type Result struct {
 	// value is a command-specific number (e.g. the CRL number allocated).
 	Value uint64 `protobuf:"varint,3,opt,name=value,proto3" json:"value,omitempty"`
 	// rejected lists, for AppendLedger, the positions of records refused.
-	Rejected      []uint32 `protobuf:"varint,4,rep,packed,name=rejected,proto3" json:"rejected,omitempty"`
+	Rejected []uint32 `protobuf:"varint,4,rep,packed,name=rejected,proto3" json:"rejected,omitempty"`
+	// issue 13: banned lists the positions of rejected records refused
+	// because their node is banned (the others collided).
+	Banned        []uint32 `protobuf:"varint,50,rep,packed,name=banned,proto3" json:"banned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -788,6 +857,13 @@ func (x *Result) GetValue() uint64 {
 func (x *Result) GetRejected() []uint32 {
 	if x != nil {
 		return x.Rejected
+	}
+	return nil
+}
+
+func (x *Result) GetBanned() []uint32 {
+	if x != nil {
+		return x.Banned
 	}
 	return nil
 }
@@ -1398,8 +1474,14 @@ type Revocation struct {
 	Serial          []byte                 `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
 	RevokedUnixNano int64                  `protobuf:"varint,3,opt,name=revoked_unix_nano,json=revokedUnixNano,proto3" json:"revoked_unix_nano,omitempty"`
 	Reason          int32                  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// issue 13: what the ledger said of the certificate when it was revoked.
+	// not_after_unix is its expiry: the revocation is listed in CRLs until
+	// then and pruned after (0: kept until its issuer is pruned).
+	NotAfterUnix  int64  `protobuf:"varint,50,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	SpiffeId      string `protobuf:"bytes,51,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	NodeId        string `protobuf:"bytes,52,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Revocation) Reset() {
@@ -1458,6 +1540,27 @@ func (x *Revocation) GetReason() int32 {
 		return x.Reason
 	}
 	return 0
+}
+
+func (x *Revocation) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *Revocation) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Revocation) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
 }
 
 // Policy is one revision of the authorization policy bundle.
@@ -2920,6 +3023,219 @@ func (x *Revoke) GetRevocations() []*Revocation {
 	return nil
 }
 
+// BanNode bans (banned set) or unbans a node. A ban also records the
+// revocations the proposer listed (the node's unexpired certificates from
+// the ledger) in the same step. Unbanning revokes nothing back.
+type BanNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Banned        bool                   `protobuf:"varint,2,opt,name=banned,proto3" json:"banned,omitempty"`
+	Revocations   []*Revocation          `protobuf:"bytes,3,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanNode) Reset() {
+	*x = BanNode{}
+	mi := &file_raftpb_raft_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanNode) ProtoMessage() {}
+
+func (x *BanNode) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanNode.ProtoReflect.Descriptor instead.
+func (*BanNode) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *BanNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *BanNode) GetBanned() bool {
+	if x != nil {
+		return x.Banned
+	}
+	return false
+}
+
+func (x *BanNode) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+// EvictNode forgets an attested node: its agent must attest again. Its
+// registration entries stay (they name it as parent).
+type EvictNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNode) Reset() {
+	*x = EvictNode{}
+	mi := &file_raftpb_raft_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNode) ProtoMessage() {}
+
+func (x *EvictNode) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNode.ProtoReflect.Descriptor instead.
+func (*EvictNode) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *EvictNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+// TaintAuthority marks an authority compromised: agents re-issue every SVID
+// chained to it at once, and its server stops signing with it. An ACTIVE or
+// OLD intermediate may be tainted (its server activates a successor at
+// once), a root only when OLD (activate its successor first). Tainting a
+// tainted authority again succeeds.
+type TaintAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintAuthority) Reset() {
+	*x = TaintAuthority{}
+	mi := &file_raftpb_raft_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintAuthority) ProtoMessage() {}
+
+func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintAuthority.ProtoReflect.Descriptor instead.
+func (*TaintAuthority) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *TaintAuthority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RevokeAuthority revokes a TAINTED authority: it leaves every bundle and
+// its CRL stops being served; an intermediate's revocation is recorded for
+// its parent (revocation.issuer_id is the parent, serial its serial).
+type RevokeAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Revocation    *Revocation            `protobuf:"bytes,2,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAuthority) Reset() {
+	*x = RevokeAuthority{}
+	mi := &file_raftpb_raft_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAuthority) ProtoMessage() {}
+
+func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAuthority.ProtoReflect.Descriptor instead.
+func (*RevokeAuthority) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *RevokeAuthority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokeAuthority) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
 // NextCRLNumber allocates the next CRL number of an authority.
 type NextCRLNumber struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2930,7 +3246,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2942,7 +3258,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2955,7 +3271,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2974,7 +3290,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2986,7 +3302,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2999,7 +3315,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -3018,7 +3334,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3030,7 +3346,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3043,7 +3359,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -3062,7 +3378,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3074,7 +3390,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3087,7 +3403,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -3119,7 +3435,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3131,7 +3447,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3144,7 +3460,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -3192,7 +3508,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3204,7 +3520,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3217,7 +3533,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3245,7 +3561,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3257,7 +3573,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3270,7 +3586,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3483,7 +3799,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xb0\r\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xbb\x0f\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3514,18 +3830,24 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\tput_admin\x18Z \x01(\v2\x18.meshca.raft.v1.PutAdminH\x00R\bputAdmin\x12@\n" +
 	"\fdelete_admin\x18[ \x01(\v2\x1b.meshca.raft.v1.DeleteAdminH\x00R\vdeleteAdmin\x12=\n" +
 	"\vput_entries\x18P \x01(\v2\x1a.meshca.raft.v1.PutEntriesH\x00R\n" +
-	"putEntriesB\x04\n" +
+	"putEntries\x124\n" +
+	"\bban_node\x182 \x01(\v2\x17.meshca.raft.v1.BanNodeH\x00R\abanNode\x12:\n" +
+	"\n" +
+	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNode\x12I\n" +
+	"\x0ftaint_authority\x184 \x01(\v2\x1e.meshca.raft.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
+	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthorityB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
-	"\bproposer\x18\x03 \x01(\tR\bproposer\"\x83\x01\n" +
+	"\bproposer\x18\x03 \x01(\tR\bproposer\"\x9b\x01\n" +
 	"\x06Result\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.meshca.raft.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\x04R\x05value\x12\x1a\n" +
-	"\brejected\x18\x04 \x03(\rR\brejected\"d\n" +
+	"\brejected\x18\x04 \x03(\rR\brejected\x12\x16\n" +
+	"\x06banned\x182 \x03(\rR\x06banned\"d\n" +
 	"\vTrustDomain\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12\x15\n" +
@@ -3578,13 +3900,16 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x12consumed_unix_nano\x18\x04 \x01(\x03R\x10consumedUnixNano\x12\x1f\n" +
 	"\vconsumed_by\x18\x05 \x01(\tR\n" +
 	"consumedBy\x12)\n" +
-	"\x10consumed_attempt\x18\x06 \x01(\tR\x0fconsumedAttempt\"\x85\x01\n" +
+	"\x10consumed_attempt\x18\x06 \x01(\tR\x0fconsumedAttempt\"\xe1\x01\n" +
 	"\n" +
 	"Revocation\x12\x1b\n" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x16\n" +
 	"\x06serial\x18\x02 \x01(\fR\x06serial\x12*\n" +
 	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\x05R\x06reason\"h\n" +
+	"\x06reason\x18\x04 \x01(\x05R\x06reason\x12$\n" +
+	"\x0enot_after_unix\x182 \x01(\x03R\fnotAfterUnix\x12\x1b\n" +
+	"\tspiffe_id\x183 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\anode_id\x184 \x01(\tR\x06nodeId\"h\n" +
 	"\x06Policy\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12*\n" +
@@ -3675,7 +4000,20 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\rintermediates\x18\x03 \x03(\v2\x19.meshca.raft.v1.AuthorityR\rintermediates\x12$\n" +
 	"\x0ejoin_secret_id\x18P \x01(\tR\fjoinSecretId\"F\n" +
 	"\x06Revoke\x12<\n" +
-	"\vrevocations\x18\x01 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"2\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"x\n" +
+	"\aBanNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06banned\x18\x02 \x01(\bR\x06banned\x12<\n" +
+	"\vrevocations\x18\x03 \x03(\v2\x1a.meshca.raft.v1.RevocationR\vrevocations\"$\n" +
+	"\tEvictNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\" \n" +
+	"\x0eTaintAuthority\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"]\n" +
+	"\x0fRevokeAuthority\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
+	"\n" +
+	"revocation\x18\x02 \x01(\v2\x1a.meshca.raft.v1.RevocationR\n" +
+	"revocation\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\";\n" +
 	"\tPutPolicy\x12.\n" +
@@ -3745,7 +4083,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -3787,13 +4125,17 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*AttestAgent)(nil),       // 37: meshca.raft.v1.AttestAgent
 	(*AdmitServer)(nil),       // 38: meshca.raft.v1.AdmitServer
 	(*Revoke)(nil),            // 39: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 40: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 41: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 42: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 43: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 44: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 45: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 46: meshca.raft.v1.SnapshotRecord
+	(*BanNode)(nil),           // 40: meshca.raft.v1.BanNode
+	(*EvictNode)(nil),         // 41: meshca.raft.v1.EvictNode
+	(*TaintAuthority)(nil),    // 42: meshca.raft.v1.TaintAuthority
+	(*RevokeAuthority)(nil),   // 43: meshca.raft.v1.RevokeAuthority
+	(*NextCRLNumber)(nil),     // 44: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 45: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 46: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 47: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 48: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 49: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 50: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3808,12 +4150,12 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	29, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	30, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
 	39, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	40, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	41, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	42, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	44, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	45, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	43, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	44, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	45, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	46, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	48, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	49, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	47, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
 	35, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
 	36, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
 	37, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
@@ -3822,52 +4164,58 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	32, // 23: meshca.raft.v1.Command.put_admin:type_name -> meshca.raft.v1.PutAdmin
 	33, // 24: meshca.raft.v1.Command.delete_admin:type_name -> meshca.raft.v1.DeleteAdmin
 	27, // 25: meshca.raft.v1.Command.put_entries:type_name -> meshca.raft.v1.PutEntries
-	0,  // 26: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 27: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 28: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 29: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 30: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 31: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 32: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 33: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 34: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 35: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 36: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 37: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 38: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	10, // 39: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
-	11, // 40: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 41: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 42: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	34, // 43: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
-	30, // 44: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 45: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 46: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	30, // 47: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 48: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 49: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 50: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 51: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 52: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 53: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 54: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 55: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 56: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 57: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 58: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 59: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 60: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 61: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 62: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 63: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 64: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 65: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	34, // 66: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
-	67, // [67:67] is the sub-list for method output_type
-	67, // [67:67] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	40, // 26: meshca.raft.v1.Command.ban_node:type_name -> meshca.raft.v1.BanNode
+	41, // 27: meshca.raft.v1.Command.evict_node:type_name -> meshca.raft.v1.EvictNode
+	42, // 28: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
+	43, // 29: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
+	0,  // 30: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 31: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 32: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 33: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 34: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 35: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 36: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 37: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 38: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 39: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 40: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 41: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 42: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	10, // 43: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
+	11, // 44: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 45: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 46: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	34, // 47: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	30, // 48: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 49: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 50: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	30, // 51: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 52: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 53: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 54: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 55: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 56: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 57: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 58: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 59: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 60: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 61: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 62: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 63: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 64: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 65: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 66: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 67: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 68: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 69: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 70: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 71: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	34, // 72: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	73, // [73:73] is the sub-list for method output_type
+	73, // [73:73] is the sub-list for method input_type
+	73, // [73:73] is the sub-list for extension type_name
+	73, // [73:73] is the sub-list for extension extendee
+	0,  // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3901,8 +4249,12 @@ func file_raftpb_raft_proto_init() {
 		(*Command_PutAdmin)(nil),
 		(*Command_DeleteAdmin)(nil),
 		(*Command_PutEntries)(nil),
+		(*Command_BanNode)(nil),
+		(*Command_EvictNode)(nil),
+		(*Command_TaintAuthority)(nil),
+		(*Command_RevokeAuthority)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[43].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[47].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -3923,7 +4275,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   44,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -13,6 +13,10 @@ import (
 // another request. The certificate must not be handed out.
 var ErrSerialCollision = errors.New("cluster: serial number already in the ledger")
 
+// ErrNodeBanned means a ledger record was refused because the node it was
+// issued through is banned (the ban reached the leader first).
+var ErrNodeBanned = errors.New("cluster: the node is banned")
+
 // Group commits in flight at once. The leader keeps few, so that records
 // queue into large Raft entries while one commits. A follower forwards its
 // batches at once (the leader merges them into its own entries), so its
@@ -84,6 +88,9 @@ func (n *Node) commitRecords(ctx context.Context, recs []*raftpb.LedgerRecord) (
 	for i, e := range errs {
 		if e != nil {
 			res.Rejected = append(res.Rejected, uint32(i))
+		}
+		if errors.Is(e, ErrNodeBanned) {
+			res.Banned = append(res.Banned, uint32(i))
 		}
 	}
 	res.Value = uint64(len(recs) - len(res.Rejected))
@@ -241,14 +248,20 @@ func (b *ledgerBatcher) commit(ctx context.Context, batch []*pendingGroup, slots
 		fail(batch, err)
 		return
 	}
-	rejected := map[uint32]bool{}
+	rejected, banned := map[uint32]bool{}, map[uint32]bool{}
 	for _, i := range res.Rejected {
 		rejected[i] = true
+	}
+	for _, i := range res.Banned {
+		banned[i] = true
 	}
 	i := uint32(0)
 	for _, g := range batch {
 		for k, r := range g.recs {
-			if rejected[i] {
+			switch {
+			case banned[i]:
+				g.errs[k] = fmt.Errorf("%w: %s", ErrNodeBanned, r.NodeId)
+			case rejected[i]:
 				g.errs[k] = fmt.Errorf("%w: %x", ErrSerialCollision, r.Serial)
 			}
 			i++
