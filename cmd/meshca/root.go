@@ -179,6 +179,6 @@ func (a *app) newRootCommand() *cobra.Command {
 		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand(), a.newAdminCommand())
 	root.AddCommand(a.newBenchCommand())
 	root.AddCommand(a.newAuditCommand(), a.newCertCommand()) // issue 15: history queries
-	root.AddCommand(a.newCRLCommand()) // issue 13
+	root.AddCommand(a.newCRLCommand())                       // issue 13
 	return root
 }
