@@ -89,6 +89,8 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		touched[ScopeJWT] = true
 	case *raftpb.Command_PutCrl:
 		touched[ScopeCRL] = true
+	default:
+		policyScopes(c, touched) // issue 12
 	}
 	touched[ScopeAll] = true
 }

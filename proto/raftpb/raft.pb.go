@@ -222,6 +222,9 @@ type Command struct {
 	//	*Command_AttestAgent
 	//	*Command_AdmitServer
 	//	*Command_PutCrl
+	//	*Command_PutIssuancePolicy
+	//	*Command_PutOpaBundle
+	//	*Command_PutOpaKey
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -469,6 +472,33 @@ func (x *Command) GetPutCrl() *PutCRL {
 	return nil
 }
 
+func (x *Command) GetPutIssuancePolicy() *PutIssuancePolicy {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutIssuancePolicy); ok {
+			return x.PutIssuancePolicy
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPutOpaBundle() *PutOPABundle {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutOpaBundle); ok {
+			return x.PutOpaBundle
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPutOpaKey() *PutOPAKey {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutOpaKey); ok {
+			return x.PutOpaKey
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -561,6 +591,19 @@ type Command_PutCrl struct {
 	PutCrl *PutCRL `protobuf:"bytes,31,opt,name=put_crl,json=putCrl,proto3,oneof"`
 }
 
+type Command_PutIssuancePolicy struct {
+	// issue 12: OPA policy (40-49).
+	PutIssuancePolicy *PutIssuancePolicy `protobuf:"bytes,40,opt,name=put_issuance_policy,json=putIssuancePolicy,proto3,oneof"`
+}
+
+type Command_PutOpaBundle struct {
+	PutOpaBundle *PutOPABundle `protobuf:"bytes,41,opt,name=put_opa_bundle,json=putOpaBundle,proto3,oneof"`
+}
+
+type Command_PutOpaKey struct {
+	PutOpaKey *PutOPAKey `protobuf:"bytes,42,opt,name=put_opa_key,json=putOpaKey,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -604,6 +647,12 @@ func (*Command_AttestAgent) isCommand_Op() {}
 func (*Command_AdmitServer) isCommand_Op() {}
 
 func (*Command_PutCrl) isCommand_Op() {}
+
+func (*Command_PutIssuancePolicy) isCommand_Op() {}
+
+func (*Command_PutOpaBundle) isCommand_Op() {}
+
+func (*Command_PutOpaKey) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -2937,6 +2986,9 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_JwtKey
 	//	*SnapshotRecord_AppliedRequest
 	//	*SnapshotRecord_Crl
+	//	*SnapshotRecord_IssuancePolicy
+	//	*SnapshotRecord_OpaBundle
+	//	*SnapshotRecord_OpaKey
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3087,6 +3139,33 @@ func (x *SnapshotRecord) GetCrl() *CRL {
 	return nil
 }
 
+func (x *SnapshotRecord) GetIssuancePolicy() *IssuancePolicy {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_IssuancePolicy); ok {
+			return x.IssuancePolicy
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetOpaBundle() *OPABundle {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_OpaBundle); ok {
+			return x.OpaBundle
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetOpaKey() *OPAKey {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_OpaKey); ok {
+			return x.OpaKey
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -3139,6 +3218,19 @@ type SnapshotRecord_Crl struct {
 	Crl *CRL `protobuf:"bytes,13,opt,name=crl,proto3,oneof"`
 }
 
+type SnapshotRecord_IssuancePolicy struct {
+	// issue 12: OPA policy.
+	IssuancePolicy *IssuancePolicy `protobuf:"bytes,40,opt,name=issuance_policy,json=issuancePolicy,proto3,oneof"`
+}
+
+type SnapshotRecord_OpaBundle struct {
+	OpaBundle *OPABundle `protobuf:"bytes,41,opt,name=opa_bundle,json=opaBundle,proto3,oneof"`
+}
+
+type SnapshotRecord_OpaKey struct {
+	OpaKey *OPAKey `protobuf:"bytes,42,opt,name=opa_key,json=opaKey,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -3163,11 +3255,485 @@ func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Crl) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_IssuancePolicy) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_OpaBundle) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_OpaKey) isSnapshotRecord_Record() {}
+
+// PolicyFile is one source file of a policy: a Rego module or a data
+// file, by its path relative to the directory it was read from.
+type PolicyFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyFile) Reset() {
+	*x = PolicyFile{}
+	mi := &file_raftpb_raft_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyFile) ProtoMessage() {}
+
+func (x *PolicyFile) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
+func (*PolicyFile) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PolicyFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PolicyFile) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+// IssuancePolicy is one revision of the operator's issuance policy (the
+// decision data.meshca.issuance). A revision without files removes the
+// policy: registration entries decide alone again.
+type IssuancePolicy struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Revision        uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Files           []*PolicyFile          `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// author is who set it (audit actor).
+	Author        string `protobuf:"bytes,4,opt,name=author,proto3" json:"author,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssuancePolicy) Reset() {
+	*x = IssuancePolicy{}
+	mi := &file_raftpb_raft_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuancePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuancePolicy) ProtoMessage() {}
+
+func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuancePolicy.ProtoReflect.Descriptor instead.
+func (*IssuancePolicy) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *IssuancePolicy) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *IssuancePolicy) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *IssuancePolicy) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *IssuancePolicy) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+// OPABundle is one revision of a named, signed OPA authorization bundle.
+type OPABundle struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// bundle is the signed bundle (.tar.gz) as served to OPA.
+	Bundle []byte `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// files are the sources it was built from (show, diff, rollback).
+	Files []*PolicyFile `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	// sha256 of bundle: the ETag it is served with.
+	Sha256          []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	CreatedUnixNano int64  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	Author          string `protobuf:"bytes,7,opt,name=author,proto3" json:"author,omitempty"`
+	// rollback_of is the revision whose content this one republishes.
+	RollbackOf uint64 `protobuf:"varint,8,opt,name=rollback_of,json=rollbackOf,proto3" json:"rollback_of,omitempty"`
+	// kid is the OPA signing key that signed it.
+	Kid           string `protobuf:"bytes,9,opt,name=kid,proto3" json:"kid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OPABundle) Reset() {
+	*x = OPABundle{}
+	mi := &file_raftpb_raft_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OPABundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OPABundle) ProtoMessage() {}
+
+func (x *OPABundle) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
+func (*OPABundle) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *OPABundle) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *OPABundle) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *OPABundle) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *OPABundle) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *OPABundle) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *OPABundle) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *OPABundle) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+func (x *OPABundle) GetRollbackOf() uint64 {
+	if x != nil {
+		return x.RollbackOf
+	}
+	return 0
+}
+
+func (x *OPABundle) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+// OPAKey is the trust domain's ES256 key that signs OPA bundles; its
+// private key is sealed under the cluster's KEK.
+type OPAKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	// public_key is the DER SubjectPublicKeyInfo.
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// sealed_key is the JSON of a ca.SealedKey.
+	SealedKey     []byte `protobuf:"bytes,3,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	CreatedUnix   int64  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OPAKey) Reset() {
+	*x = OPAKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OPAKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OPAKey) ProtoMessage() {}
+
+func (x *OPAKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OPAKey.ProtoReflect.Descriptor instead.
+func (*OPAKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *OPAKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *OPAKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *OPAKey) GetSealedKey() []byte {
+	if x != nil {
+		return x.SealedKey
+	}
+	return nil
+}
+
+func (x *OPAKey) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+// PutIssuancePolicy stores the next issuance policy revision: its revision
+// must be the latest + 1 (else CONFLICT). keep bounds the revisions kept.
+type PutIssuancePolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *IssuancePolicy        `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Keep          uint32                 `protobuf:"varint,2,opt,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutIssuancePolicy) Reset() {
+	*x = PutIssuancePolicy{}
+	mi := &file_raftpb_raft_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutIssuancePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutIssuancePolicy) ProtoMessage() {}
+
+func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutIssuancePolicy.ProtoReflect.Descriptor instead.
+func (*PutIssuancePolicy) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *PutIssuancePolicy) GetPolicy() *IssuancePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *PutIssuancePolicy) GetKeep() uint32 {
+	if x != nil {
+		return x.Keep
+	}
+	return 0
+}
+
+// PutOPABundle stores the next revision of a bundle: its revision must be
+// the name's latest + 1 (else CONFLICT: it was signed with its revision in
+// its manifest). keep bounds the revisions kept per name (oldest dropped).
+type PutOPABundle struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundle        *OPABundle             `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Keep          uint32                 `protobuf:"varint,2,opt,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutOPABundle) Reset() {
+	*x = PutOPABundle{}
+	mi := &file_raftpb_raft_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutOPABundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutOPABundle) ProtoMessage() {}
+
+func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutOPABundle.ProtoReflect.Descriptor instead.
+func (*PutOPABundle) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *PutOPABundle) GetBundle() *OPABundle {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *PutOPABundle) GetKeep() uint32 {
+	if x != nil {
+		return x.Keep
+	}
+	return 0
+}
+
+// PutOPAKey stores the OPA signing key; there is one per trust domain: a
+// second, different key is refused (ALREADY_EXISTS), the same again is a
+// retry.
+type PutOPAKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *OPAKey                `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutOPAKey) Reset() {
+	*x = PutOPAKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutOPAKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutOPAKey) ProtoMessage() {}
+
+func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutOPAKey.ProtoReflect.Descriptor instead.
+func (*PutOPAKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *PutOPAKey) GetKey() *OPAKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf6\v\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xce\r\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3194,7 +3760,10 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x10activate_jwt_key\x18\x1c \x01(\v2\x1e.meshca.raft.v1.ActivateJWTKeyH\x00R\x0eactivateJwtKey\x12@\n" +
 	"\fattest_agent\x18\x1d \x01(\v2\x1b.meshca.raft.v1.AttestAgentH\x00R\vattestAgent\x12@\n" +
 	"\fadmit_server\x18\x1e \x01(\v2\x1b.meshca.raft.v1.AdmitServerH\x00R\vadmitServer\x121\n" +
-	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrlB\x04\n" +
+	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrl\x12S\n" +
+	"\x13put_issuance_policy\x18( \x01(\v2!.meshca.raft.v1.PutIssuancePolicyH\x00R\x11putIssuancePolicy\x12D\n" +
+	"\x0eput_opa_bundle\x18) \x01(\v2\x1c.meshca.raft.v1.PutOPABundleH\x00R\fputOpaBundle\x12;\n" +
+	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKeyB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3354,7 +3923,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vPruneLedger\x12.\n" +
 	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\x12E\n" +
 	"\x1fauthorities_expired_before_unix\x18\x02 \x01(\x03R\x1cauthoritiesExpiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\xbf\x05\n" +
+	"\x04Noop\"\xf9\x06\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -3371,9 +3940,48 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlock\x121\n" +
 	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKey\x12I\n" +
 	"\x0fapplied_request\x18\f \x01(\v2\x1e.meshca.raft.v1.AppliedRequestH\x00R\x0eappliedRequest\x12'\n" +
-	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crlB\b\n" +
+	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crl\x12I\n" +
+	"\x0fissuance_policy\x18( \x01(\v2\x1e.meshca.raft.v1.IssuancePolicyH\x00R\x0eissuancePolicy\x12:\n" +
+	"\n" +
+	"opa_bundle\x18) \x01(\v2\x19.meshca.raft.v1.OPABundleH\x00R\topaBundle\x121\n" +
+	"\aopa_key\x18* \x01(\v2\x16.meshca.raft.v1.OPAKeyH\x00R\x06opaKeyB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
-	"*x\n" +
+	"\":\n" +
+	"\n" +
+	"PolicyFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\xa2\x01\n" +
+	"\x0eIssuancePolicy\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x120\n" +
+	"\x05files\x18\x02 \x03(\v2\x1a.meshca.raft.v1.PolicyFileR\x05files\x12*\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x16\n" +
+	"\x06author\x18\x04 \x01(\tR\x06author\"\x94\x02\n" +
+	"\tOPABundle\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06bundle\x18\x03 \x01(\fR\x06bundle\x120\n" +
+	"\x05files\x18\x04 \x03(\v2\x1a.meshca.raft.v1.PolicyFileR\x05files\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12*\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12\x16\n" +
+	"\x06author\x18\a \x01(\tR\x06author\x12\x1f\n" +
+	"\vrollback_of\x18\b \x01(\x04R\n" +
+	"rollbackOf\x12\x10\n" +
+	"\x03kid\x18\t \x01(\tR\x03kid\"{\n" +
+	"\x06OPAKey\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
+	"\n" +
+	"sealed_key\x18\x03 \x01(\fR\tsealedKey\x12!\n" +
+	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\"_\n" +
+	"\x11PutIssuancePolicy\x126\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1e.meshca.raft.v1.IssuancePolicyR\x06policy\x12\x12\n" +
+	"\x04keep\x18\x02 \x01(\rR\x04keep\"U\n" +
+	"\fPutOPABundle\x121\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x19.meshca.raft.v1.OPABundleR\x06bundle\x12\x12\n" +
+	"\x04keep\x18\x02 \x01(\rR\x04keep\"5\n" +
+	"\tPutOPAKey\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.OPAKeyR\x03key*x\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tNOT_FOUND\x10\x01\x12\x12\n" +
@@ -3408,7 +4016,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -3453,6 +4061,13 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*PruneLedger)(nil),       // 40: meshca.raft.v1.PruneLedger
 	(*Noop)(nil),              // 41: meshca.raft.v1.Noop
 	(*SnapshotRecord)(nil),    // 42: meshca.raft.v1.SnapshotRecord
+	(*PolicyFile)(nil),        // 43: meshca.raft.v1.PolicyFile
+	(*IssuancePolicy)(nil),    // 44: meshca.raft.v1.IssuancePolicy
+	(*OPABundle)(nil),         // 45: meshca.raft.v1.OPABundle
+	(*OPAKey)(nil),            // 46: meshca.raft.v1.OPAKey
+	(*PutIssuancePolicy)(nil), // 47: meshca.raft.v1.PutIssuancePolicy
+	(*PutOPABundle)(nil),      // 48: meshca.raft.v1.PutOPABundle
+	(*PutOPAKey)(nil),         // 49: meshca.raft.v1.PutOPAKey
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3478,49 +4093,60 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	33, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
 	34, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
 	30, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
-	0,  // 23: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 24: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 25: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 26: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 27: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 28: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 29: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 30: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 31: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 32: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 33: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 34: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 35: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 36: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 37: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 38: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	29, // 39: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 40: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 41: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	29, // 42: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 43: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 44: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 45: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 46: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 47: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 48: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 49: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 50: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 51: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 52: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 53: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 54: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 55: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 56: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 57: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 58: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 59: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 60: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	61, // [61:61] is the sub-list for method output_type
-	61, // [61:61] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	47, // 23: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
+	48, // 24: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
+	49, // 25: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
+	0,  // 26: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 27: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 28: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 29: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 30: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 31: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 32: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 33: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 34: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 35: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 36: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 37: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 38: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 39: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 40: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 41: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	29, // 42: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 43: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 44: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	29, // 45: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 46: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 47: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 48: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 49: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 50: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 51: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 52: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 53: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 54: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 55: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 56: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 57: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 58: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 59: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 60: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 61: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 62: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 63: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	44, // 64: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
+	45, // 65: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
+	46, // 66: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
+	43, // 67: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
+	43, // 68: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
+	44, // 69: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
+	45, // 70: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
+	46, // 71: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
+	72, // [72:72] is the sub-list for method output_type
+	72, // [72:72] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3551,6 +4177,9 @@ func file_raftpb_raft_proto_init() {
 		(*Command_AttestAgent)(nil),
 		(*Command_AdmitServer)(nil),
 		(*Command_PutCrl)(nil),
+		(*Command_PutIssuancePolicy)(nil),
+		(*Command_PutOpaBundle)(nil),
+		(*Command_PutOpaKey)(nil),
 	}
 	file_raftpb_raft_proto_msgTypes[39].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
@@ -3565,6 +4194,9 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_JwtKey)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
 		(*SnapshotRecord_Crl)(nil),
+		(*SnapshotRecord_IssuancePolicy)(nil),
+		(*SnapshotRecord_OpaBundle)(nil),
+		(*SnapshotRecord_OpaKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3572,7 +4204,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   40,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
