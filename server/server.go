@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -83,6 +85,12 @@ type Server struct {
 	attestors map[string]attest.NodeAttestor
 	admission *admission
 	jwtKeys   map[string]crypto.Signer // opened JWT keys by kid; guarded by mu
+	// issuance is the compiled issuance policy (issue 12).
+	issuance issuancePolicy
+	// bundles is the OPA bundle service, when BundleAddr is set.
+	bundles      *bundleServer
+	checkKeyOnce sync.Once
+	checkKeyVal  *ecdsa.PrivateKey
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -169,6 +177,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if s.authorizer == nil {
 		s.authorizer = entryAuthorizer{td: s.td}
 	}
+	s.authorizer = &policyAuthorizer{base: s.authorizer, td: s.td, ip: &s.issuance}
 	s.tlsID = cluster.NewIdentity(s.td, cfg.Clock)
 	// A server back from a long stop may find its intermediates due: what
 	// rotation can do without the cluster (activate a prepared successor,
@@ -227,6 +236,11 @@ func New(cfg Config) (_ *Server, err error) {
 		s.adminTLS = grpc.NewServer(append(rpcerr.ServerOptions([]grpc.UnaryServerInterceptor{s.requireAdminUnary}, []grpc.StreamServerInterceptor{s.requireAdminStream}),
 			grpc.Creds(credentials.NewTLS(s.tlsID.AdminServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize))...)
 		operatorpb.RegisterOperatorServer(s.adminTLS, &operatorService{s: s})
+	}
+	if cfg.BundleAddr != "" {
+		if s.bundles, err = s.newBundleServer(); err != nil {
+			return nil, err
+		}
 	}
 	if err := writeTrustBundle(cfg.DataDir, s.TrustBundle()); err != nil {
 		return nil, err
@@ -312,6 +326,15 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go("rotation", s.rotateLoop)
 	g.Go("ledger pruning", s.pruneLoop)
 	g.Go("membership", func(ctx context.Context) error { s.keepMembership(ctx); return nil })
+	g.Go("issuance policy", s.policyLoop)
+	if s.bundles != nil {
+		g.Go("bundle service", func(context.Context) error {
+			if err := s.bundles.srv.ServeTLS(s.bundles.ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
 	<-g.Context().Done()
 	s.close()
@@ -326,6 +349,10 @@ func (s *Server) Close() { s.close() }
 func (s *Server) close() { s.closeOnce.Do(s.closeLocked) }
 
 func (s *Server) closeLocked() {
+	if s.bundles != nil {
+		s.bundles.srv.Close() // ends long polls too
+		s.bundles.ln.Close()
+	}
 	if s.adminTLS != nil {
 		s.adminTLS.Stop()
 	} else if s.adminTCP != nil {

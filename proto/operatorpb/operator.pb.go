@@ -1864,6 +1864,719 @@ func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
 	return nil
 }
 
+type PolicyFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyFile) Reset() {
+	*x = PolicyFile{}
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyFile) ProtoMessage() {}
+
+func (x *PolicyFile) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
+func (*PolicyFile) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *PolicyFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PolicyFile) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+type SetIssuancePolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Files         []*PolicyFile          `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetIssuancePolicyRequest) Reset() {
+	*x = SetIssuancePolicyRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetIssuancePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetIssuancePolicyRequest) ProtoMessage() {}
+
+func (x *SetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetIssuancePolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetIssuancePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *SetIssuancePolicyRequest) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type GetIssuancePolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetIssuancePolicyRequest) Reset() {
+	*x = GetIssuancePolicyRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetIssuancePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetIssuancePolicyRequest) ProtoMessage() {}
+
+func (x *GetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetIssuancePolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetIssuancePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
+}
+
+type IssuancePolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is 0 when no issuance policy was ever set.
+	Revision      uint64        `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Files         []*PolicyFile `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	CreatedUnix   int64         `protobuf:"varint,3,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	Author        string        `protobuf:"bytes,4,opt,name=author,proto3" json:"author,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssuancePolicyResponse) Reset() {
+	*x = IssuancePolicyResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuancePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuancePolicyResponse) ProtoMessage() {}
+
+func (x *IssuancePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuancePolicyResponse.ProtoReflect.Descriptor instead.
+func (*IssuancePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *IssuancePolicyResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *IssuancePolicyResponse) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *IssuancePolicyResponse) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *IssuancePolicyResponse) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+type PushBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Files         []*PolicyFile          `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushBundleRequest) Reset() {
+	*x = PushBundleRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushBundleRequest) ProtoMessage() {}
+
+func (x *PushBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushBundleRequest.ProtoReflect.Descriptor instead.
+func (*PushBundleRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *PushBundleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PushBundleRequest) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type BundleInfo struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// sha256 is the hex SHA-256 of the signed bundle (its ETag).
+	Sha256        string   `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Size          uint64   `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	CreatedUnix   int64    `protobuf:"varint,5,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	Author        string   `protobuf:"bytes,6,opt,name=author,proto3" json:"author,omitempty"`
+	RollbackOf    uint64   `protobuf:"varint,7,opt,name=rollback_of,json=rollbackOf,proto3" json:"rollback_of,omitempty"`
+	Kid           string   `protobuf:"bytes,8,opt,name=kid,proto3" json:"kid,omitempty"`
+	Files         []string `protobuf:"bytes,9,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleInfo) Reset() {
+	*x = BundleInfo{}
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleInfo) ProtoMessage() {}
+
+func (x *BundleInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
+func (*BundleInfo) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *BundleInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *BundleInfo) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BundleInfo) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *BundleInfo) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetRollbackOf() uint64 {
+	if x != nil {
+		return x.RollbackOf
+	}
+	return 0
+}
+
+func (x *BundleInfo) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetFiles() []string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type BundleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Info  *BundleInfo            `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	Files []*PolicyFile          `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	// bundle is the signed bundle (GetBundle only).
+	Bundle        []byte `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleResponse) Reset() {
+	*x = BundleResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleResponse) ProtoMessage() {}
+
+func (x *BundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleResponse.ProtoReflect.Descriptor instead.
+func (*BundleResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *BundleResponse) GetInfo() *BundleInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *BundleResponse) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *BundleResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+type ListBundlesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: list its kept revisions; empty: every bundle's latest.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundlesRequest) Reset() {
+	*x = ListBundlesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundlesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundlesRequest) ProtoMessage() {}
+
+func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
+func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListBundlesRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListBundlesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundles       []*BundleInfo          `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundlesResponse) Reset() {
+	*x = ListBundlesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundlesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundlesResponse) ProtoMessage() {}
+
+func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
+func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+type GetBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBundleRequest) Reset() {
+	*x = GetBundleRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBundleRequest) ProtoMessage() {}
+
+func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
+func (*GetBundleRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *GetBundleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetBundleRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type RollbackBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackBundleRequest) Reset() {
+	*x = RollbackBundleRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackBundleRequest) ProtoMessage() {}
+
+func (x *RollbackBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackBundleRequest.ProtoReflect.Descriptor instead.
+func (*RollbackBundleRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RollbackBundleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RollbackBundleRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type GetOPAKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOPAKeyRequest) Reset() {
+	*x = GetOPAKeyRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOPAKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOPAKeyRequest) ProtoMessage() {}
+
+func (x *GetOPAKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOPAKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetOPAKeyRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+}
+
+type GetOPAKeyResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Kid       string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	Algorithm string                 `protobuf:"bytes,2,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// public_key_pem is the PKIX public key, as OPA's keys configuration takes it.
+	PublicKeyPem  string `protobuf:"bytes,3,opt,name=public_key_pem,json=publicKeyPem,proto3" json:"public_key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOPAKeyResponse) Reset() {
+	*x = GetOPAKeyResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOPAKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOPAKeyResponse) ProtoMessage() {}
+
+func (x *GetOPAKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOPAKeyResponse.ProtoReflect.Descriptor instead.
+func (*GetOPAKeyResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *GetOPAKeyResponse) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *GetOPAKeyResponse) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *GetOPAKeyResponse) GetPublicKeyPem() string {
+	if x != nil {
+		return x.PublicKeyPem
+	}
+	return ""
+}
+
 var File_operatorpb_operator_proto protoreflect.FileDescriptor
 
 const file_operatorpb_operator_proto_rawDesc = "" +
@@ -1986,7 +2699,53 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x10activate_at_unix\x18\n" +
 	" \x01(\x03R\x0eactivateAtUnix\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
-	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities2\xfe\v\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\":\n" +
+	"\n" +
+	"PolicyFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"P\n" +
+	"\x18SetIssuancePolicyRequest\x124\n" +
+	"\x05files\x18\x01 \x03(\v2\x1e.meshca.operator.v1.PolicyFileR\x05files\"\x1a\n" +
+	"\x18GetIssuancePolicyRequest\"\xa5\x01\n" +
+	"\x16IssuancePolicyResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x124\n" +
+	"\x05files\x18\x02 \x03(\v2\x1e.meshca.operator.v1.PolicyFileR\x05files\x12!\n" +
+	"\fcreated_unix\x18\x03 \x01(\x03R\vcreatedUnix\x12\x16\n" +
+	"\x06author\x18\x04 \x01(\tR\x06author\"]\n" +
+	"\x11PushBundleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\x05files\x18\x02 \x03(\v2\x1e.meshca.operator.v1.PolicyFileR\x05files\"\xec\x01\n" +
+	"\n" +
+	"BundleInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\x12!\n" +
+	"\fcreated_unix\x18\x05 \x01(\x03R\vcreatedUnix\x12\x16\n" +
+	"\x06author\x18\x06 \x01(\tR\x06author\x12\x1f\n" +
+	"\vrollback_of\x18\a \x01(\x04R\n" +
+	"rollbackOf\x12\x10\n" +
+	"\x03kid\x18\b \x01(\tR\x03kid\x12\x14\n" +
+	"\x05files\x18\t \x03(\tR\x05files\"\x92\x01\n" +
+	"\x0eBundleResponse\x122\n" +
+	"\x04info\x18\x01 \x01(\v2\x1e.meshca.operator.v1.BundleInfoR\x04info\x124\n" +
+	"\x05files\x18\x02 \x03(\v2\x1e.meshca.operator.v1.PolicyFileR\x05files\x12\x16\n" +
+	"\x06bundle\x18\x03 \x01(\fR\x06bundle\"(\n" +
+	"\x12ListBundlesRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"O\n" +
+	"\x13ListBundlesResponse\x128\n" +
+	"\abundles\x18\x01 \x03(\v2\x1e.meshca.operator.v1.BundleInfoR\abundles\"B\n" +
+	"\x10GetBundleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"G\n" +
+	"\x15RollbackBundleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x12\n" +
+	"\x10GetOPAKeyRequest\"i\n" +
+	"\x11GetOPAKeyResponse\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1c\n" +
+	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12$\n" +
+	"\x0epublic_key_pem\x18\x03 \x01(\tR\fpublicKeyPem2\xa7\x11\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -2003,7 +2762,15 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tListNodes\x12$.meshca.operator.v1.ListNodesRequest\x1a%.meshca.operator.v1.ListNodesResponse\x12O\n" +
 	"\aGetNode\x12\".meshca.operator.v1.GetNodeRequest\x1a .meshca.operator.v1.NodeResponse\x12a\n" +
 	"\fMintX509SVID\x12'.meshca.operator.v1.MintX509SVIDRequest\x1a(.meshca.operator.v1.MintX509SVIDResponse\x12j\n" +
-	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12m\n" +
+	"\x11SetIssuancePolicy\x12,.meshca.operator.v1.SetIssuancePolicyRequest\x1a*.meshca.operator.v1.IssuancePolicyResponse\x12m\n" +
+	"\x11GetIssuancePolicy\x12,.meshca.operator.v1.GetIssuancePolicyRequest\x1a*.meshca.operator.v1.IssuancePolicyResponse\x12W\n" +
+	"\n" +
+	"PushBundle\x12%.meshca.operator.v1.PushBundleRequest\x1a\".meshca.operator.v1.BundleResponse\x12^\n" +
+	"\vListBundles\x12&.meshca.operator.v1.ListBundlesRequest\x1a'.meshca.operator.v1.ListBundlesResponse\x12U\n" +
+	"\tGetBundle\x12$.meshca.operator.v1.GetBundleRequest\x1a\".meshca.operator.v1.BundleResponse\x12_\n" +
+	"\x0eRollbackBundle\x12).meshca.operator.v1.RollbackBundleRequest\x1a\".meshca.operator.v1.BundleResponse\x12X\n" +
+	"\tGetOPAKey\x12$.meshca.operator.v1.GetOPAKeyRequest\x1a%.meshca.operator.v1.GetOPAKeyResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -2017,42 +2784,55 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_operatorpb_operator_proto_goTypes = []any{
-	(*StatusRequest)(nil),           // 0: meshca.operator.v1.StatusRequest
-	(*StatusResponse)(nil),          // 1: meshca.operator.v1.StatusResponse
-	(*Peer)(nil),                    // 2: meshca.operator.v1.Peer
-	(*RaftListPeersRequest)(nil),    // 3: meshca.operator.v1.RaftListPeersRequest
-	(*RaftListPeersResponse)(nil),   // 4: meshca.operator.v1.RaftListPeersResponse
-	(*RaftAddVoterRequest)(nil),     // 5: meshca.operator.v1.RaftAddVoterRequest
-	(*RaftAddVoterResponse)(nil),    // 6: meshca.operator.v1.RaftAddVoterResponse
-	(*RaftRemovePeerRequest)(nil),   // 7: meshca.operator.v1.RaftRemovePeerRequest
-	(*RaftRemovePeerResponse)(nil),  // 8: meshca.operator.v1.RaftRemovePeerResponse
-	(*SnapshotSaveRequest)(nil),     // 9: meshca.operator.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 10: meshca.operator.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil), // 11: meshca.operator.v1.SnapshotRestoreResponse
-	(*CreateJoinTokenRequest)(nil),  // 12: meshca.operator.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 13: meshca.operator.v1.CreateJoinTokenResponse
-	(*Selector)(nil),                // 14: meshca.operator.v1.Selector
-	(*Entry)(nil),                   // 15: meshca.operator.v1.Entry
-	(*CreateEntryRequest)(nil),      // 16: meshca.operator.v1.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),      // 17: meshca.operator.v1.UpdateEntryRequest
-	(*EntryResponse)(nil),           // 18: meshca.operator.v1.EntryResponse
-	(*DeleteEntryRequest)(nil),      // 19: meshca.operator.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),     // 20: meshca.operator.v1.DeleteEntryResponse
-	(*GetEntryRequest)(nil),         // 21: meshca.operator.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),      // 22: meshca.operator.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),     // 23: meshca.operator.v1.ListEntriesResponse
-	(*Node)(nil),                    // 24: meshca.operator.v1.Node
-	(*ListNodesRequest)(nil),        // 25: meshca.operator.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 26: meshca.operator.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),          // 27: meshca.operator.v1.GetNodeRequest
-	(*NodeResponse)(nil),            // 28: meshca.operator.v1.NodeResponse
-	(*MintX509SVIDRequest)(nil),     // 29: meshca.operator.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),    // 30: meshca.operator.v1.MintX509SVIDResponse
-	(*ListAuthoritiesRequest)(nil),  // 31: meshca.operator.v1.ListAuthoritiesRequest
-	(*Authority)(nil),               // 32: meshca.operator.v1.Authority
-	(*ListAuthoritiesResponse)(nil), // 33: meshca.operator.v1.ListAuthoritiesResponse
+	(*StatusRequest)(nil),            // 0: meshca.operator.v1.StatusRequest
+	(*StatusResponse)(nil),           // 1: meshca.operator.v1.StatusResponse
+	(*Peer)(nil),                     // 2: meshca.operator.v1.Peer
+	(*RaftListPeersRequest)(nil),     // 3: meshca.operator.v1.RaftListPeersRequest
+	(*RaftListPeersResponse)(nil),    // 4: meshca.operator.v1.RaftListPeersResponse
+	(*RaftAddVoterRequest)(nil),      // 5: meshca.operator.v1.RaftAddVoterRequest
+	(*RaftAddVoterResponse)(nil),     // 6: meshca.operator.v1.RaftAddVoterResponse
+	(*RaftRemovePeerRequest)(nil),    // 7: meshca.operator.v1.RaftRemovePeerRequest
+	(*RaftRemovePeerResponse)(nil),   // 8: meshca.operator.v1.RaftRemovePeerResponse
+	(*SnapshotSaveRequest)(nil),      // 9: meshca.operator.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),            // 10: meshca.operator.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),  // 11: meshca.operator.v1.SnapshotRestoreResponse
+	(*CreateJoinTokenRequest)(nil),   // 12: meshca.operator.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 13: meshca.operator.v1.CreateJoinTokenResponse
+	(*Selector)(nil),                 // 14: meshca.operator.v1.Selector
+	(*Entry)(nil),                    // 15: meshca.operator.v1.Entry
+	(*CreateEntryRequest)(nil),       // 16: meshca.operator.v1.CreateEntryRequest
+	(*UpdateEntryRequest)(nil),       // 17: meshca.operator.v1.UpdateEntryRequest
+	(*EntryResponse)(nil),            // 18: meshca.operator.v1.EntryResponse
+	(*DeleteEntryRequest)(nil),       // 19: meshca.operator.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 20: meshca.operator.v1.DeleteEntryResponse
+	(*GetEntryRequest)(nil),          // 21: meshca.operator.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),       // 22: meshca.operator.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 23: meshca.operator.v1.ListEntriesResponse
+	(*Node)(nil),                     // 24: meshca.operator.v1.Node
+	(*ListNodesRequest)(nil),         // 25: meshca.operator.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 26: meshca.operator.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 27: meshca.operator.v1.GetNodeRequest
+	(*NodeResponse)(nil),             // 28: meshca.operator.v1.NodeResponse
+	(*MintX509SVIDRequest)(nil),      // 29: meshca.operator.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),     // 30: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),   // 31: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),                // 32: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil),  // 33: meshca.operator.v1.ListAuthoritiesResponse
+	(*PolicyFile)(nil),               // 34: meshca.operator.v1.PolicyFile
+	(*SetIssuancePolicyRequest)(nil), // 35: meshca.operator.v1.SetIssuancePolicyRequest
+	(*GetIssuancePolicyRequest)(nil), // 36: meshca.operator.v1.GetIssuancePolicyRequest
+	(*IssuancePolicyResponse)(nil),   // 37: meshca.operator.v1.IssuancePolicyResponse
+	(*PushBundleRequest)(nil),        // 38: meshca.operator.v1.PushBundleRequest
+	(*BundleInfo)(nil),               // 39: meshca.operator.v1.BundleInfo
+	(*BundleResponse)(nil),           // 40: meshca.operator.v1.BundleResponse
+	(*ListBundlesRequest)(nil),       // 41: meshca.operator.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 42: meshca.operator.v1.ListBundlesResponse
+	(*GetBundleRequest)(nil),         // 43: meshca.operator.v1.GetBundleRequest
+	(*RollbackBundleRequest)(nil),    // 44: meshca.operator.v1.RollbackBundleRequest
+	(*GetOPAKeyRequest)(nil),         // 45: meshca.operator.v1.GetOPAKeyRequest
+	(*GetOPAKeyResponse)(nil),        // 46: meshca.operator.v1.GetOPAKeyResponse
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	2,  // 0: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
@@ -2065,43 +2845,63 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	24, // 7: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
 	24, // 8: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
 	32, // 9: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	0,  // 10: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	3,  // 11: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	5,  // 12: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	7,  // 13: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	9,  // 14: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	10, // 15: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	12, // 16: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	16, // 17: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	17, // 18: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	19, // 19: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	21, // 20: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	22, // 21: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	25, // 22: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	27, // 23: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	29, // 24: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	31, // 25: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	1,  // 26: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	4,  // 27: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	6,  // 28: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	8,  // 29: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	10, // 30: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	11, // 31: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	13, // 32: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	18, // 33: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	18, // 34: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	20, // 35: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	18, // 36: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	23, // 37: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	26, // 38: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	28, // 39: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	30, // 40: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	33, // 41: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	26, // [26:42] is the sub-list for method output_type
-	10, // [10:26] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	34, // 10: meshca.operator.v1.SetIssuancePolicyRequest.files:type_name -> meshca.operator.v1.PolicyFile
+	34, // 11: meshca.operator.v1.IssuancePolicyResponse.files:type_name -> meshca.operator.v1.PolicyFile
+	34, // 12: meshca.operator.v1.PushBundleRequest.files:type_name -> meshca.operator.v1.PolicyFile
+	39, // 13: meshca.operator.v1.BundleResponse.info:type_name -> meshca.operator.v1.BundleInfo
+	34, // 14: meshca.operator.v1.BundleResponse.files:type_name -> meshca.operator.v1.PolicyFile
+	39, // 15: meshca.operator.v1.ListBundlesResponse.bundles:type_name -> meshca.operator.v1.BundleInfo
+	0,  // 16: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	3,  // 17: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	5,  // 18: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	7,  // 19: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	9,  // 20: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	10, // 21: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	12, // 22: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	16, // 23: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	17, // 24: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	19, // 25: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	21, // 26: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	22, // 27: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	25, // 28: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	27, // 29: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	29, // 30: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	31, // 31: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	35, // 32: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
+	36, // 33: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
+	38, // 34: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
+	41, // 35: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
+	43, // 36: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
+	44, // 37: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
+	45, // 38: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
+	1,  // 39: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	4,  // 40: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	6,  // 41: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	8,  // 42: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	10, // 43: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	11, // 44: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	13, // 45: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	18, // 46: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	18, // 47: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	20, // 48: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	18, // 49: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	23, // 50: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	26, // 51: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	28, // 52: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	30, // 53: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	33, // 54: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	37, // 55: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	37, // 56: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	40, // 57: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
+	42, // 58: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
+	40, // 59: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
+	40, // 60: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
+	46, // 61: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
+	39, // [39:62] is the sub-list for method output_type
+	16, // [16:39] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -2115,7 +2915,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
