@@ -190,5 +190,3 @@ func PreferWait(values []string) (time.Duration, bool) {
 	}
 	return 0, false
 }
-
-

@@ -49,7 +49,9 @@ func invalid(format string, args ...any) *InvalidError {
 }
 
 // isRego and isData say which files a policy reads; others are ignored.
-func isRego(p string) bool { return strings.HasSuffix(p, ".rego") && !strings.HasSuffix(p, "_test.rego") }
+func isRego(p string) bool {
+	return strings.HasSuffix(p, ".rego") && !strings.HasSuffix(p, "_test.rego")
+}
 func isData(p string) bool { b := path.Base(p); return b == "data.json" }
 
 // ReadFiles reads a policy from a .rego file or a directory: every .rego

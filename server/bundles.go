@@ -353,4 +353,3 @@ func (s *Server) BundleAddr() string {
 	}
 	return s.bundles.ln.Addr().String()
 }
-

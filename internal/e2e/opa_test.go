@@ -346,4 +346,3 @@ func TestPushRefusesBadBundles(t *testing.T) {
 		t.Fatalf("the stored revision does not verify: %v", err)
 	}
 }
-
