@@ -169,5 +169,6 @@ func (a *app) newRootCommand() *cobra.Command {
 	root.AddCommand(a.newDevCommand(), a.newX509Command(), a.newServerCommand(), a.newAgentCommand(),
 		a.newWorkloadCommand(), a.newSDSCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
 		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand())
+	root.AddCommand(a.newPolicyCommand(), a.newBundleCommand()) // issue 12
 	return root
 }

@@ -99,7 +99,8 @@ started server checks that its roots name the same trust domain).
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
-join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, kek_file, log_level, log_format,
+join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids,
+bundle_addr, bundle_dns_names (a list), kek_file, log_level, log_format,
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -142,6 +143,9 @@ type serverConfig struct {
 	AdminSocket string   `json:"admin_socket"`
 	AdminAddr   string   `json:"admin_addr"`
 	AdminIDs    []string `json:"admin_ids"`
+	// issue 12: the OPA bundle service.
+	BundleAddr     string   `json:"bundle_addr"`
+	BundleDNSNames []string `json:"bundle_dns_names"`
 	KEKFile     string   `json:"kek_file"`
 	LogLevel    string   `json:"log_level"`
 	LogFormat   string   `json:"log_format"`
@@ -192,6 +196,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"join-timeout": {&c.JoinTimeout, &f.JoinTimeout},
 		"admin-socket": {&c.AdminSocket, &f.AdminSocket},
 		"admin-addr":   {&c.AdminAddr, &f.AdminAddr},
+		"bundle-addr":  {&c.BundleAddr, &f.BundleAddr},
 		"kek-file":     {&c.KEKFile, &f.KEKFile},
 		"log-level":    {&c.LogLevel, &f.LogLevel},
 		"log-format":   {&c.LogFormat, &f.LogFormat},
@@ -211,6 +216,9 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 	}
 	if fs.Changed("x509pop-ca") {
 		c.X509PopCA = f.X509PopCA
+	}
+	if fs.Changed("bundle-dns-name") {
+		c.BundleDNSNames = f.BundleDNSNames
 	}
 	if fs.Changed("admin-id") {
 		c.AdminIDs = f.AdminIDs
@@ -251,6 +259,8 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.Var((*durationText)(&flags.JoinTimeout), "join-timeout", "with --join: how long to keep retrying while the cluster cannot admit this server yet (unreachable, still bootstrapping, no leader), 1s to 24h (default "+server.DefaultJoinTimeout.String()+")")
 	f.StringVar(&flags.AdminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/admin.sock)")
 	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the --admin-id SVIDs only")
+	f.StringVar(&flags.BundleAddr, "bundle-addr", "", "serve the OPA bundle service (HTTPS, clients with an X509-SVID) on this host:port")
+	f.StringArrayVar(&flags.BundleDNSNames, "bundle-dns-name", nil, "DNS name of the bundle service's certificate, as OPA's service URL names it (default localhost); repeat for more")
 	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID allowed on --admin-addr (get its SVID with meshca x509 mint --addr); repeat for more")
 	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -519,6 +529,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	srv, err := server.New(server.Config{
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
 		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs,
+		BundleAddr: c.BundleAddr, BundleDNSNames: c.BundleDNSNames,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		NodeAttestors: attestors,
