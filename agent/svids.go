@@ -36,6 +36,8 @@ type store struct {
 	jwt     []*nodepb.JWTAuthority
 	// crls are the CRLs of the trust domain's CAs, by authority ID.
 	crls map[string]*nodepb.CRL
+	// opaBundles are the OPA bundles' latest revisions, by name (issue 12).
+	opaBundles map[string]*nodepb.OPABundle
 	// topics, when set, is told the topics a change concerns (see
 	// sdsTopic*): SDS pushes only to the streams that depend on them.
 	topics func(topics ...string)
@@ -46,7 +48,7 @@ type store struct {
 }
 
 func newStore() *store {
-	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, crls: map[string]*nodepb.CRL{}, versions: map[string]string{}, ch: make(chan struct{})}
+	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, crls: map[string]*nodepb.CRL{}, opaBundles: map[string]*nodepb.OPABundle{}, versions: map[string]string{}, ch: make(chan struct{})}
 }
 
 // known returns a copy of the versions held, for a new Sync stream.
@@ -80,6 +82,9 @@ func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 		case *nodepb.Resource_Crl:
 			s.crls[r.Name] = body.Crl
 			topics = append(topics, sdsTopicBundle)
+		case *nodepb.Resource_OpaBundle: // issue 12
+			s.opaBundles[r.Name] = body.OpaBundle
+			topics = append(topics, sdsTopicOPABundle(r.Name))
 		default:
 			continue // a kind this agent does not know: not held, asked again
 		}
@@ -91,6 +96,10 @@ func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 			delete(s.entries, id)
 			delete(s.svids, id)
 			topics = append(topics, sdsTopicEntries, sdsTopicSVID(id))
+		}
+		if name, ok := strings.CutPrefix(k, "opa_bundle/"); ok {
+			delete(s.opaBundles, name)
+			topics = append(topics, sdsTopicOPABundle(name))
 		}
 		if id, ok := strings.CutPrefix(k, "crl/"); ok {
 			delete(s.crls, id)

@@ -20,6 +20,8 @@ const (
 	ResourceBundle         = "bundle"
 	ResourceJWTAuthorities = "jwt_authorities"
 	ResourceCRL            = "crl"
+	// ResourceOPABundle is a signed OPA bundle's latest revision (issue 12).
+	ResourceOPABundle = "opa_bundle"
 )
 
 // maxKnownResources bounds the versions an agent may name in a SyncRequest.
@@ -61,6 +63,11 @@ func (s *Server) syncResources(r *raftfsm.Reader, agentID string) map[string]*no
 		out[resourceKey(ResourceCRL, c.AuthorityId)] = &nodepb.Resource{Kind: ResourceCRL, Name: c.AuthorityId,
 			Version: strconv.FormatUint(c.Number, 10), Body: &nodepb.Resource_Crl{Crl: &nodepb.CRL{Profile: a.Profile,
 				Root: a.Kind == raftpb.AuthorityKind_ROOT, Certificate: a.Certificate, Der: c.Der, Number: c.Number}}}
+	}
+	for _, b := range r.OPABundleNames() { // issue 12: every agent gets every bundle
+		out[resourceKey(ResourceOPABundle, b.Name)] = &nodepb.Resource{Kind: ResourceOPABundle, Name: b.Name,
+			Version: strconv.FormatUint(b.Revision, 10), Body: &nodepb.Resource_OpaBundle{OpaBundle: &nodepb.OPABundle{
+				Revision: b.Revision, Bundle: b.Bundle, Sha256: b.Sha256}}}
 	}
 	return out
 }
@@ -107,11 +114,11 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 	for k, v := range req.Known {
 		known[k] = v
 	}
-	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL}
+	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL, raftfsm.ScopeOPABundles}
 	for first := true; ; first = false {
 		// Watch before reading: a change after the read closes a channel
 		// already held.
-		var wake [4]<-chan struct{}
+		var wake [5]<-chan struct{}
 		for i, sc := range scopes {
 			wake[i] = n.s.fsm.Watch(sc)
 		}
@@ -134,6 +141,7 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 		case <-wake[1]:
 		case <-wake[2]:
 		case <-wake[3]:
+		case <-wake[4]:
 		}
 		n.s.syncWakes.Add(1)
 	}

@@ -824,6 +824,7 @@ type Resource struct {
 	//	*Resource_Bundle
 	//	*Resource_JwtAuthorities
 	//	*Resource_Crl
+	//	*Resource_OpaBundle
 	Body          isResource_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -923,6 +924,15 @@ func (x *Resource) GetCrl() *CRL {
 	return nil
 }
 
+func (x *Resource) GetOpaBundle() *OPABundle {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_OpaBundle); ok {
+			return x.OpaBundle
+		}
+	}
+	return nil
+}
+
 type isResource_Body interface {
 	isResource_Body()
 }
@@ -943,6 +953,12 @@ type Resource_Crl struct {
 	Crl *CRL `protobuf:"bytes,13,opt,name=crl,proto3,oneof"`
 }
 
+type Resource_OpaBundle struct {
+	// issue 12: kind "opa_bundle" (name: the bundle's name; version: its
+	// revision).
+	OpaBundle *OPABundle `protobuf:"bytes,40,opt,name=opa_bundle,json=opaBundle,proto3,oneof"`
+}
+
 func (*Resource_Entry) isResource_Body() {}
 
 func (*Resource_Bundle) isResource_Body() {}
@@ -950,6 +966,72 @@ func (*Resource_Bundle) isResource_Body() {}
 func (*Resource_JwtAuthorities) isResource_Body() {}
 
 func (*Resource_Crl) isResource_Body() {}
+
+func (*Resource_OpaBundle) isResource_Body() {}
+
+// OPABundle is the latest revision of a signed OPA authorization bundle
+// (issue 12).
+type OPABundle struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// bundle is the signed bundle (.tar.gz), as OPA reads it.
+	Bundle []byte `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// sha256 of bundle.
+	Sha256        []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OPABundle) Reset() {
+	*x = OPABundle{}
+	mi := &file_nodepb_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OPABundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OPABundle) ProtoMessage() {}
+
+func (x *OPABundle) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
+func (*OPABundle) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *OPABundle) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *OPABundle) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *OPABundle) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
 
 // CRL is the current CRL of a CA of the trust domain (name: the
 // authority's ID), with the CA's certificate, so that an agent can serve
@@ -971,7 +1053,7 @@ type CRL struct {
 
 func (x *CRL) Reset() {
 	*x = CRL{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1065,7 @@ func (x *CRL) String() string {
 func (*CRL) ProtoMessage() {}
 
 func (x *CRL) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1078,7 @@ func (x *CRL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CRL.ProtoReflect.Descriptor instead.
 func (*CRL) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CRL) GetProfile() string {
@@ -1043,7 +1125,7 @@ type JWTAuthorities struct {
 
 func (x *JWTAuthorities) Reset() {
 	*x = JWTAuthorities{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1137,7 @@ func (x *JWTAuthorities) String() string {
 func (*JWTAuthorities) ProtoMessage() {}
 
 func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1150,7 @@ func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthorities.ProtoReflect.Descriptor instead.
 func (*JWTAuthorities) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JWTAuthorities) GetKeys() []*JWTAuthority {
@@ -1094,7 +1176,7 @@ type SyncUpdate struct {
 
 func (x *SyncUpdate) Reset() {
 	*x = SyncUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1188,7 @@ func (x *SyncUpdate) String() string {
 func (*SyncUpdate) ProtoMessage() {}
 
 func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1201,7 @@ func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUpdate.ProtoReflect.Descriptor instead.
 func (*SyncUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SyncUpdate) GetRevision() uint64 {
@@ -1153,7 +1235,7 @@ type SVIDRequest struct {
 
 func (x *SVIDRequest) Reset() {
 	*x = SVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1247,7 @@ func (x *SVIDRequest) String() string {
 func (*SVIDRequest) ProtoMessage() {}
 
 func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1260,7 @@ func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SVIDRequest) GetEntryId() string {
@@ -1204,7 +1286,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1298,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1311,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SignX509SVIDsRequest) GetRequests() []*SVIDRequest {
@@ -1252,7 +1334,7 @@ type SVIDResult struct {
 
 func (x *SVIDResult) Reset() {
 	*x = SVIDResult{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1346,7 @@ func (x *SVIDResult) String() string {
 func (*SVIDResult) ProtoMessage() {}
 
 func (x *SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1359,7 @@ func (x *SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDResult.ProtoReflect.Descriptor instead.
 func (*SVIDResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SVIDResult) GetEntryId() string {
@@ -1310,7 +1392,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1404,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1417,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*SVIDResult {
@@ -1354,7 +1436,7 @@ type RenewAgentSVIDRequest struct {
 
 func (x *RenewAgentSVIDRequest) Reset() {
 	*x = RenewAgentSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1448,7 @@ func (x *RenewAgentSVIDRequest) String() string {
 func (*RenewAgentSVIDRequest) ProtoMessage() {}
 
 func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1461,7 @@ func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RenewAgentSVIDRequest) GetCsr() []byte {
@@ -1398,7 +1480,7 @@ type RenewAgentSVIDResponse struct {
 
 func (x *RenewAgentSVIDResponse) Reset() {
 	*x = RenewAgentSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1492,7 @@ func (x *RenewAgentSVIDResponse) String() string {
 func (*RenewAgentSVIDResponse) ProtoMessage() {}
 
 func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1505,7 @@ func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RenewAgentSVIDResponse) GetSvidChain() [][]byte {
@@ -1493,7 +1575,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\n" +
 	"KnownEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe5\x02\n" +
 	"\bResource\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1502,8 +1584,14 @@ const file_nodepb_node_proto_rawDesc = "" +
 	" \x01(\v2\x15.meshca.node.v1.EntryH\x00R\x05entry\x120\n" +
 	"\x06bundle\x18\v \x01(\v2\x16.meshca.node.v1.BundleH\x00R\x06bundle\x12I\n" +
 	"\x0fjwt_authorities\x18\f \x01(\v2\x1e.meshca.node.v1.JWTAuthoritiesH\x00R\x0ejwtAuthorities\x12'\n" +
-	"\x03crl\x18\r \x01(\v2\x13.meshca.node.v1.CRLH\x00R\x03crlB\x06\n" +
-	"\x04body\"\x7f\n" +
+	"\x03crl\x18\r \x01(\v2\x13.meshca.node.v1.CRLH\x00R\x03crl\x12:\n" +
+	"\n" +
+	"opa_bundle\x18( \x01(\v2\x19.meshca.node.v1.OPABundleH\x00R\topaBundleB\x06\n" +
+	"\x04body\"W\n" +
+	"\tOPABundle\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"\x7f\n" +
 	"\x03CRL\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x12\n" +
 	"\x04root\x18\x02 \x01(\bR\x04root\x12 \n" +
@@ -1553,7 +1641,7 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_nodepb_node_proto_goTypes = []any{
 	(*SignJWTSVIDRequest)(nil),     // 0: meshca.node.v1.SignJWTSVIDRequest
 	(*SignJWTSVIDResponse)(nil),    // 1: meshca.node.v1.SignJWTSVIDResponse
@@ -1568,16 +1656,17 @@ var file_nodepb_node_proto_goTypes = []any{
 	(*Entry)(nil),                  // 10: meshca.node.v1.Entry
 	(*SyncRequest)(nil),            // 11: meshca.node.v1.SyncRequest
 	(*Resource)(nil),               // 12: meshca.node.v1.Resource
-	(*CRL)(nil),                    // 13: meshca.node.v1.CRL
-	(*JWTAuthorities)(nil),         // 14: meshca.node.v1.JWTAuthorities
-	(*SyncUpdate)(nil),             // 15: meshca.node.v1.SyncUpdate
-	(*SVIDRequest)(nil),            // 16: meshca.node.v1.SVIDRequest
-	(*SignX509SVIDsRequest)(nil),   // 17: meshca.node.v1.SignX509SVIDsRequest
-	(*SVIDResult)(nil),             // 18: meshca.node.v1.SVIDResult
-	(*SignX509SVIDsResponse)(nil),  // 19: meshca.node.v1.SignX509SVIDsResponse
-	(*RenewAgentSVIDRequest)(nil),  // 20: meshca.node.v1.RenewAgentSVIDRequest
-	(*RenewAgentSVIDResponse)(nil), // 21: meshca.node.v1.RenewAgentSVIDResponse
-	nil,                            // 22: meshca.node.v1.SyncRequest.KnownEntry
+	(*OPABundle)(nil),              // 13: meshca.node.v1.OPABundle
+	(*CRL)(nil),                    // 14: meshca.node.v1.CRL
+	(*JWTAuthorities)(nil),         // 15: meshca.node.v1.JWTAuthorities
+	(*SyncUpdate)(nil),             // 16: meshca.node.v1.SyncUpdate
+	(*SVIDRequest)(nil),            // 17: meshca.node.v1.SVIDRequest
+	(*SignX509SVIDsRequest)(nil),   // 18: meshca.node.v1.SignX509SVIDsRequest
+	(*SVIDResult)(nil),             // 19: meshca.node.v1.SVIDResult
+	(*SignX509SVIDsResponse)(nil),  // 20: meshca.node.v1.SignX509SVIDsResponse
+	(*RenewAgentSVIDRequest)(nil),  // 21: meshca.node.v1.RenewAgentSVIDRequest
+	(*RenewAgentSVIDResponse)(nil), // 22: meshca.node.v1.RenewAgentSVIDResponse
+	nil,                            // 23: meshca.node.v1.SyncRequest.KnownEntry
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	4,  // 0: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
@@ -1586,30 +1675,31 @@ var file_nodepb_node_proto_depIdxs = []int32{
 	7,  // 3: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
 	2,  // 4: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
 	9,  // 5: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
-	22, // 6: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
+	23, // 6: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
 	10, // 7: meshca.node.v1.Resource.entry:type_name -> meshca.node.v1.Entry
 	8,  // 8: meshca.node.v1.Resource.bundle:type_name -> meshca.node.v1.Bundle
-	14, // 9: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
-	13, // 10: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
-	2,  // 11: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
-	12, // 12: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
-	16, // 13: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
-	18, // 14: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
-	3,  // 15: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
-	11, // 16: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
-	17, // 17: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
-	20, // 18: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
-	0,  // 19: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
-	5,  // 20: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
-	15, // 21: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
-	19, // 22: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
-	21, // 23: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
-	1,  // 24: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	15, // 9: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
+	14, // 10: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
+	13, // 11: meshca.node.v1.Resource.opa_bundle:type_name -> meshca.node.v1.OPABundle
+	2,  // 12: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
+	12, // 13: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
+	17, // 14: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
+	19, // 15: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
+	3,  // 16: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
+	11, // 17: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
+	18, // 18: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
+	21, // 19: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
+	0,  // 20: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
+	5,  // 21: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
+	16, // 22: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
+	20, // 23: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
+	22, // 24: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
+	1,  // 25: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
+	21, // [21:26] is the sub-list for method output_type
+	16, // [16:21] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1630,6 +1720,7 @@ func file_nodepb_node_proto_init() {
 		(*Resource_Bundle)(nil),
 		(*Resource_JwtAuthorities)(nil),
 		(*Resource_Crl)(nil),
+		(*Resource_OpaBundle)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1637,7 +1728,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
