@@ -2,6 +2,9 @@ package policy
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"strings"
 	"testing"
@@ -128,4 +131,13 @@ func TestIssuanceEvalErrorFailsClosed(t *testing.T) {
 			}
 		})
 	}
+}
+
+func testKey(tb testing.TB) *ecdsa.PrivateKey {
+	tb.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
 }
