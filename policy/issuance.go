@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -124,8 +125,17 @@ var inputSchema = func() any {
 type Issuance struct {
 	// Revision is the policy revision it was compiled from.
 	Revision uint64
-	pq       rego.PreparedEvalQuery
+	// SelectorTypes are the workload selector types the policy derives
+	// identities from (its identity_selector_types rule): agents ask for
+	// an identity for a workload with no entry that has selectors of these
+	// types. Empty: the policy derives none.
+	SelectorTypes []string
+	pq            rego.PreparedEvalQuery
 }
+
+// SelectorTypesQuery is the rule by which a policy declares the selector
+// types it derives identities from, e.g. identity_selector_types := {"k8s"}.
+const SelectorTypesQuery = IssuanceQuery + ".identity_selector_types"
 
 // CompileIssuance parses, type-checks against Input and compiles an
 // issuance policy, and prepares its query. The policy must define
@@ -149,7 +159,41 @@ func CompileIssuance(ctx context.Context, revision uint64, files []File) (*Issua
 	if err != nil {
 		return nil, &InvalidError{Problems: astProblems(err)}
 	}
-	return &Issuance{Revision: revision, pq: pq}, nil
+	types, err := selectorTypes(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return &Issuance{Revision: revision, pq: pq, SelectorTypes: types}, nil
+}
+
+// selectorTypes evaluates identity_selector_types, which must not depend
+// on input: a set or array of selector type names.
+func selectorTypes(ctx context.Context, p *parsed) ([]string, error) {
+	if len(p.compiler.GetRulesExact(ast.MustParseRef(SelectorTypesQuery))) == 0 {
+		return nil, nil
+	}
+	rs, err := rego.New(rego.Query(SelectorTypesQuery), rego.Compiler(p.compiler), rego.Store(inmem.NewFromObject(p.data)),
+		rego.StrictBuiltinErrors(true)).Eval(ctx)
+	if err != nil {
+		return nil, invalid("%s: %v", SelectorTypesQuery, err)
+	}
+	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
+		return nil, invalid("%s is undefined without input: it must be a constant set of selector types", SelectorTypesQuery)
+	}
+	arr, ok := rs[0].Expressions[0].Value.([]any)
+	if !ok {
+		return nil, invalid("%s is %T, not a set of strings", SelectorTypesQuery, rs[0].Expressions[0].Value)
+	}
+	var out []string
+	for _, v := range arr {
+		s, ok := v.(string)
+		if !ok || s == "" || len(s) > 64 {
+			return nil, invalid("%s holds %v, not a selector type", SelectorTypesQuery, v)
+		}
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // Decide evaluates the policy on in. An error is an *EvalError (the

@@ -43,6 +43,8 @@ spiffe_id := derived if {
 ttl := 3600 if spiffe_id
 
 reason := "workload is in no namespace of the identity policy" if not allow
+
+identity_selector_types := {"k8s"}
 `
 
 func workloadInput(ns string) *Input {
@@ -62,6 +64,9 @@ func TestIssuanceIdentityAsPolicy(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(p.SelectorTypes) != 1 || p.SelectorTypes[0] != "k8s" {
+		t.Fatalf("selector types %v", p.SelectorTypes)
 	}
 	d, err := p.Decide(ctx, workloadInput("payments"))
 	if err != nil {

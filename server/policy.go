@@ -13,6 +13,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/naming"
 	"github.com/meshca/meshca/policy"
+	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -158,6 +159,8 @@ func issuanceInput(r *Request, base Decision) *policy.Input {
 		in.Entry = &policy.EntryInput{ID: e.Id, SPIFFEID: e.SpiffeId, ParentID: e.ParentId, Selectors: selectorsInput(e.Selectors),
 			DNSNames: e.DnsNames, TTL: e.TtlSeconds, Profile: e.Profile}
 		in.Workload.Selectors = in.Entry.Selectors
+	} else {
+		in.Workload.Selectors = selectorsInput(r.WorkloadSelectors)
 	}
 	return in
 }
@@ -250,5 +253,55 @@ func (o *operatorService) GetIssuancePolicy(ctx context.Context, _ *operatorpb.G
 	return &operatorpb.IssuancePolicyResponse{Revision: p.Revision, Files: toPBFiles(p.Files), CreatedUnix: p.CreatedUnixNano / 1e9, Author: p.Author}, nil
 }
 
-var _ = strings.TrimSpace
-var _ = ca.ProfileECDSA
+// PolicyEntryPrefix marks the entry ID of an identity with no entry: the
+// agent asks for it with the workload's selectors, the issuance policy
+// derives it.
+const PolicyEntryPrefix = "policy:"
+
+// Bounds of the selectors an agent sends for an identity with no entry.
+const (
+	maxWorkloadSelectors   = 64
+	maxWorkloadSelectorLen = 1024
+)
+
+// policyRequest fills in a workload request with no entry from the
+// selectors its agent sent (identity as policy). Only the selector types
+// the current policy derives from are kept.
+func (s *Server) policyRequest(q *Request, sr *nodepb.SVIDRequest) error {
+	if !strings.HasPrefix(sr.EntryId, PolicyEntryPrefix) {
+		return nil
+	}
+	if len(sr.WorkloadSelectors) > maxWorkloadSelectors {
+		return status.Errorf(codes.InvalidArgument, "%d workload selectors; at most %d", len(sr.WorkloadSelectors), maxWorkloadSelectors)
+	}
+	c := s.issuance.cur.Load()
+	types := map[string]bool{}
+	if c != nil && c.p != nil {
+		for _, t := range c.p.SelectorTypes {
+			types[t] = true
+		}
+	}
+	for _, sel := range sr.WorkloadSelectors {
+		if len(sel.Type)+len(sel.Value) > maxWorkloadSelectorLen {
+			return status.Errorf(codes.InvalidArgument, "a workload selector of %d bytes; at most %d", len(sel.Type)+len(sel.Value), maxWorkloadSelectorLen)
+		}
+		if types[sel.Type] {
+			q.WorkloadSelectors = append(q.WorkloadSelectors, &raftpb.Selector{Type: sel.Type, Value: sel.Value})
+		}
+	}
+	q.Profile = ca.ProfileECDSA
+	return nil
+}
+
+// identityPolicyResource is the Sync resource that tells agents which
+// workload selector types the issuance policy derives identities from;
+// nil when it derives none.
+func (s *Server) identityPolicyResource(ctx context.Context, r *raftfsm.Reader) *nodepb.Resource {
+	s.issuance.load(ctx, r)
+	c := s.issuance.cur.Load()
+	if c == nil || c.p == nil || len(c.p.SelectorTypes) == 0 {
+		return nil
+	}
+	return &nodepb.Resource{Kind: ResourceIdentityPolicy, Name: s.td.Name(), Version: strconv.FormatUint(c.rev, 10),
+		Body: &nodepb.Resource_IdentityPolicy{IdentityPolicy: &nodepb.IdentityPolicy{Revision: c.rev, SelectorTypes: c.p.SelectorTypes}}}
+}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
@@ -22,6 +23,9 @@ const (
 	ResourceCRL            = "crl"
 	// ResourceOPABundle is a signed OPA bundle's latest revision (issue 12).
 	ResourceOPABundle = "opa_bundle"
+	// ResourceIdentityPolicy says which workload selectors the issuance
+	// policy derives identities from (issue 12).
+	ResourceIdentityPolicy = "identity_policy"
 )
 
 // maxKnownResources bounds the versions an agent may name in a SyncRequest.
@@ -69,6 +73,9 @@ func (s *Server) syncResources(r *raftfsm.Reader, agentID string) map[string]*no
 			Version: strconv.FormatUint(b.Revision, 10), Body: &nodepb.Resource_OpaBundle{OpaBundle: &nodepb.OPABundle{
 				Revision: b.Revision, Bundle: b.Bundle, Sha256: b.Sha256}}}
 	}
+	if res := s.identityPolicyResource(context.Background(), r); res != nil {
+		out[resourceKey(res.Kind, res.Name)] = res
+	}
 	return out
 }
 
@@ -114,11 +121,11 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 	for k, v := range req.Known {
 		known[k] = v
 	}
-	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL, raftfsm.ScopeOPABundles}
+	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL, raftfsm.ScopeOPABundles, raftfsm.ScopeIssuancePolicy}
 	for first := true; ; first = false {
 		// Watch before reading: a change after the read closes a channel
 		// already held.
-		var wake [5]<-chan struct{}
+		var wake [6]<-chan struct{}
 		for i, sc := range scopes {
 			wake[i] = n.s.fsm.Watch(sc)
 		}
@@ -142,6 +149,7 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 		case <-wake[2]:
 		case <-wake[3]:
 		case <-wake[4]:
+		case <-wake[5]:
 		}
 		n.s.syncWakes.Add(1)
 	}

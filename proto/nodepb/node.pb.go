@@ -825,6 +825,7 @@ type Resource struct {
 	//	*Resource_JwtAuthorities
 	//	*Resource_Crl
 	//	*Resource_OpaBundle
+	//	*Resource_IdentityPolicy
 	Body          isResource_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -933,6 +934,15 @@ func (x *Resource) GetOpaBundle() *OPABundle {
 	return nil
 }
 
+func (x *Resource) GetIdentityPolicy() *IdentityPolicy {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_IdentityPolicy); ok {
+			return x.IdentityPolicy
+		}
+	}
+	return nil
+}
+
 type isResource_Body interface {
 	isResource_Body()
 }
@@ -959,6 +969,12 @@ type Resource_OpaBundle struct {
 	OpaBundle *OPABundle `protobuf:"bytes,40,opt,name=opa_bundle,json=opaBundle,proto3,oneof"`
 }
 
+type Resource_IdentityPolicy struct {
+	// issue 12: kind "identity_policy" (name: the trust domain; version:
+	// the issuance policy revision).
+	IdentityPolicy *IdentityPolicy `protobuf:"bytes,41,opt,name=identity_policy,json=identityPolicy,proto3,oneof"`
+}
+
 func (*Resource_Entry) isResource_Body() {}
 
 func (*Resource_Bundle) isResource_Body() {}
@@ -968,6 +984,64 @@ func (*Resource_JwtAuthorities) isResource_Body() {}
 func (*Resource_Crl) isResource_Body() {}
 
 func (*Resource_OpaBundle) isResource_Body() {}
+
+func (*Resource_IdentityPolicy) isResource_Body() {}
+
+// IdentityPolicy tells agents that the issuance policy derives identities
+// from workload selectors (issue 12): a workload that matches no entry
+// but has selectors of one of selector_types may ask for an identity
+// (SVIDRequest with entry_id "policy:<digest>" and those selectors).
+type IdentityPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	SelectorTypes []string               `protobuf:"bytes,2,rep,name=selector_types,json=selectorTypes,proto3" json:"selector_types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdentityPolicy) Reset() {
+	*x = IdentityPolicy{}
+	mi := &file_nodepb_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdentityPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdentityPolicy) ProtoMessage() {}
+
+func (x *IdentityPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdentityPolicy.ProtoReflect.Descriptor instead.
+func (*IdentityPolicy) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *IdentityPolicy) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *IdentityPolicy) GetSelectorTypes() []string {
+	if x != nil {
+		return x.SelectorTypes
+	}
+	return nil
+}
 
 // OPABundle is the latest revision of a signed OPA authorization bundle
 // (issue 12).
@@ -984,7 +1058,7 @@ type OPABundle struct {
 
 func (x *OPABundle) Reset() {
 	*x = OPABundle{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1070,7 @@ func (x *OPABundle) String() string {
 func (*OPABundle) ProtoMessage() {}
 
 func (x *OPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1083,7 @@ func (x *OPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
 func (*OPABundle) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *OPABundle) GetRevision() uint64 {
@@ -1053,7 +1127,7 @@ type CRL struct {
 
 func (x *CRL) Reset() {
 	*x = CRL{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1139,7 @@ func (x *CRL) String() string {
 func (*CRL) ProtoMessage() {}
 
 func (x *CRL) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1152,7 @@ func (x *CRL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CRL.ProtoReflect.Descriptor instead.
 func (*CRL) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CRL) GetProfile() string {
@@ -1125,7 +1199,7 @@ type JWTAuthorities struct {
 
 func (x *JWTAuthorities) Reset() {
 	*x = JWTAuthorities{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1211,7 @@ func (x *JWTAuthorities) String() string {
 func (*JWTAuthorities) ProtoMessage() {}
 
 func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1224,7 @@ func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthorities.ProtoReflect.Descriptor instead.
 func (*JWTAuthorities) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JWTAuthorities) GetKeys() []*JWTAuthority {
@@ -1176,7 +1250,7 @@ type SyncUpdate struct {
 
 func (x *SyncUpdate) Reset() {
 	*x = SyncUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1262,7 @@ func (x *SyncUpdate) String() string {
 func (*SyncUpdate) ProtoMessage() {}
 
 func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1275,7 @@ func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUpdate.ProtoReflect.Descriptor instead.
 func (*SyncUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SyncUpdate) GetRevision() uint64 {
@@ -1226,16 +1300,20 @@ func (x *SyncUpdate) GetRemoved() []string {
 }
 
 type SVIDRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
-	Csr           []byte                 `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EntryId string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Csr     []byte                 `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// issue 12: for an entry_id "policy:<digest>" (no registration entry;
+	// identity as policy), the workload's attested selectors of the types
+	// the issuance policy derives identities from.
+	WorkloadSelectors []*Selector `protobuf:"bytes,40,rep,name=workload_selectors,json=workloadSelectors,proto3" json:"workload_selectors,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SVIDRequest) Reset() {
 	*x = SVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1325,7 @@ func (x *SVIDRequest) String() string {
 func (*SVIDRequest) ProtoMessage() {}
 
 func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1338,7 @@ func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SVIDRequest) GetEntryId() string {
@@ -1277,6 +1355,13 @@ func (x *SVIDRequest) GetCsr() []byte {
 	return nil
 }
 
+func (x *SVIDRequest) GetWorkloadSelectors() []*Selector {
+	if x != nil {
+		return x.WorkloadSelectors
+	}
+	return nil
+}
+
 type SignX509SVIDsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Requests      []*SVIDRequest         `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
@@ -1286,7 +1371,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1383,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1396,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SignX509SVIDsRequest) GetRequests() []*SVIDRequest {
@@ -1334,7 +1419,7 @@ type SVIDResult struct {
 
 func (x *SVIDResult) Reset() {
 	*x = SVIDResult{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1431,7 @@ func (x *SVIDResult) String() string {
 func (*SVIDResult) ProtoMessage() {}
 
 func (x *SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1444,7 @@ func (x *SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDResult.ProtoReflect.Descriptor instead.
 func (*SVIDResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SVIDResult) GetEntryId() string {
@@ -1392,7 +1477,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1489,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1502,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*SVIDResult {
@@ -1436,7 +1521,7 @@ type RenewAgentSVIDRequest struct {
 
 func (x *RenewAgentSVIDRequest) Reset() {
 	*x = RenewAgentSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1533,7 @@ func (x *RenewAgentSVIDRequest) String() string {
 func (*RenewAgentSVIDRequest) ProtoMessage() {}
 
 func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1546,7 @@ func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RenewAgentSVIDRequest) GetCsr() []byte {
@@ -1480,7 +1565,7 @@ type RenewAgentSVIDResponse struct {
 
 func (x *RenewAgentSVIDResponse) Reset() {
 	*x = RenewAgentSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1577,7 @@ func (x *RenewAgentSVIDResponse) String() string {
 func (*RenewAgentSVIDResponse) ProtoMessage() {}
 
 func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1590,7 @@ func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RenewAgentSVIDResponse) GetSvidChain() [][]byte {
@@ -1575,7 +1660,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\n" +
 	"KnownEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe5\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb0\x03\n" +
 	"\bResource\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1586,8 +1671,12 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x0fjwt_authorities\x18\f \x01(\v2\x1e.meshca.node.v1.JWTAuthoritiesH\x00R\x0ejwtAuthorities\x12'\n" +
 	"\x03crl\x18\r \x01(\v2\x13.meshca.node.v1.CRLH\x00R\x03crl\x12:\n" +
 	"\n" +
-	"opa_bundle\x18( \x01(\v2\x19.meshca.node.v1.OPABundleH\x00R\topaBundleB\x06\n" +
-	"\x04body\"W\n" +
+	"opa_bundle\x18( \x01(\v2\x19.meshca.node.v1.OPABundleH\x00R\topaBundle\x12I\n" +
+	"\x0fidentity_policy\x18) \x01(\v2\x1e.meshca.node.v1.IdentityPolicyH\x00R\x0eidentityPolicyB\x06\n" +
+	"\x04body\"S\n" +
+	"\x0eIdentityPolicy\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12%\n" +
+	"\x0eselector_types\x18\x02 \x03(\tR\rselectorTypes\"W\n" +
 	"\tOPABundle\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12\x16\n" +
@@ -1604,10 +1693,11 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"SyncUpdate\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x126\n" +
 	"\tresources\x18\x04 \x03(\v2\x18.meshca.node.v1.ResourceR\tresources\x12\x18\n" +
-	"\aremoved\x18\x05 \x03(\tR\aremovedJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04R\aentriesR\x06bundle\":\n" +
+	"\aremoved\x18\x05 \x03(\tR\aremovedJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04R\aentriesR\x06bundle\"\x83\x01\n" +
 	"\vSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
-	"\x03csr\x18\x02 \x01(\fR\x03csr\"O\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12G\n" +
+	"\x12workload_selectors\x18( \x03(\v2\x18.meshca.node.v1.SelectorR\x11workloadSelectors\"O\n" +
 	"\x14SignX509SVIDsRequest\x127\n" +
 	"\brequests\x18\x01 \x03(\v2\x1b.meshca.node.v1.SVIDRequestR\brequests\"S\n" +
 	"\n" +
@@ -1641,7 +1731,7 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_nodepb_node_proto_goTypes = []any{
 	(*SignJWTSVIDRequest)(nil),     // 0: meshca.node.v1.SignJWTSVIDRequest
 	(*SignJWTSVIDResponse)(nil),    // 1: meshca.node.v1.SignJWTSVIDResponse
@@ -1656,17 +1746,18 @@ var file_nodepb_node_proto_goTypes = []any{
 	(*Entry)(nil),                  // 10: meshca.node.v1.Entry
 	(*SyncRequest)(nil),            // 11: meshca.node.v1.SyncRequest
 	(*Resource)(nil),               // 12: meshca.node.v1.Resource
-	(*OPABundle)(nil),              // 13: meshca.node.v1.OPABundle
-	(*CRL)(nil),                    // 14: meshca.node.v1.CRL
-	(*JWTAuthorities)(nil),         // 15: meshca.node.v1.JWTAuthorities
-	(*SyncUpdate)(nil),             // 16: meshca.node.v1.SyncUpdate
-	(*SVIDRequest)(nil),            // 17: meshca.node.v1.SVIDRequest
-	(*SignX509SVIDsRequest)(nil),   // 18: meshca.node.v1.SignX509SVIDsRequest
-	(*SVIDResult)(nil),             // 19: meshca.node.v1.SVIDResult
-	(*SignX509SVIDsResponse)(nil),  // 20: meshca.node.v1.SignX509SVIDsResponse
-	(*RenewAgentSVIDRequest)(nil),  // 21: meshca.node.v1.RenewAgentSVIDRequest
-	(*RenewAgentSVIDResponse)(nil), // 22: meshca.node.v1.RenewAgentSVIDResponse
-	nil,                            // 23: meshca.node.v1.SyncRequest.KnownEntry
+	(*IdentityPolicy)(nil),         // 13: meshca.node.v1.IdentityPolicy
+	(*OPABundle)(nil),              // 14: meshca.node.v1.OPABundle
+	(*CRL)(nil),                    // 15: meshca.node.v1.CRL
+	(*JWTAuthorities)(nil),         // 16: meshca.node.v1.JWTAuthorities
+	(*SyncUpdate)(nil),             // 17: meshca.node.v1.SyncUpdate
+	(*SVIDRequest)(nil),            // 18: meshca.node.v1.SVIDRequest
+	(*SignX509SVIDsRequest)(nil),   // 19: meshca.node.v1.SignX509SVIDsRequest
+	(*SVIDResult)(nil),             // 20: meshca.node.v1.SVIDResult
+	(*SignX509SVIDsResponse)(nil),  // 21: meshca.node.v1.SignX509SVIDsResponse
+	(*RenewAgentSVIDRequest)(nil),  // 22: meshca.node.v1.RenewAgentSVIDRequest
+	(*RenewAgentSVIDResponse)(nil), // 23: meshca.node.v1.RenewAgentSVIDResponse
+	nil,                            // 24: meshca.node.v1.SyncRequest.KnownEntry
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	4,  // 0: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
@@ -1675,31 +1766,33 @@ var file_nodepb_node_proto_depIdxs = []int32{
 	7,  // 3: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
 	2,  // 4: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
 	9,  // 5: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
-	23, // 6: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
+	24, // 6: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
 	10, // 7: meshca.node.v1.Resource.entry:type_name -> meshca.node.v1.Entry
 	8,  // 8: meshca.node.v1.Resource.bundle:type_name -> meshca.node.v1.Bundle
-	15, // 9: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
-	14, // 10: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
-	13, // 11: meshca.node.v1.Resource.opa_bundle:type_name -> meshca.node.v1.OPABundle
-	2,  // 12: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
-	12, // 13: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
-	17, // 14: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
-	19, // 15: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
-	3,  // 16: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
-	11, // 17: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
-	18, // 18: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
-	21, // 19: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
-	0,  // 20: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
-	5,  // 21: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
-	16, // 22: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
-	20, // 23: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
-	22, // 24: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
-	1,  // 25: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
-	21, // [21:26] is the sub-list for method output_type
-	16, // [16:21] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	16, // 9: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
+	15, // 10: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
+	14, // 11: meshca.node.v1.Resource.opa_bundle:type_name -> meshca.node.v1.OPABundle
+	13, // 12: meshca.node.v1.Resource.identity_policy:type_name -> meshca.node.v1.IdentityPolicy
+	2,  // 13: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
+	12, // 14: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
+	9,  // 15: meshca.node.v1.SVIDRequest.workload_selectors:type_name -> meshca.node.v1.Selector
+	18, // 16: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
+	20, // 17: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
+	3,  // 18: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
+	11, // 19: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
+	19, // 20: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
+	22, // 21: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
+	0,  // 22: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
+	5,  // 23: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
+	17, // 24: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
+	21, // 25: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
+	23, // 26: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
+	1,  // 27: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1721,6 +1814,7 @@ func file_nodepb_node_proto_init() {
 		(*Resource_JwtAuthorities)(nil),
 		(*Resource_Crl)(nil),
 		(*Resource_OpaBundle)(nil),
+		(*Resource_IdentityPolicy)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1728,7 +1822,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
