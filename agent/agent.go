@@ -116,7 +116,7 @@ func New(cfg Config) (*Agent, error) {
 	a.sds.Register(a.gs)
 	a.store.topics = a.sds.Notify
 	a.store.now, a.store.wakeSigner = cfg.Clock.Now, a.wake // issue 12: derived identities
-	if cfg.ExtAuthzBundle != "" { // issue 12
+	if cfg.ExtAuthzBundle != "" {                           // issue 12
 		authv3.RegisterAuthorizationServer(a.gs, &extAuthz{a: a, bundle: cfg.ExtAuthzBundle, decision: cfg.ExtAuthzDecision})
 	}
 	if cfg.BundleAddr != "" {
