@@ -74,7 +74,7 @@ func checkRequest(principal, method, path string) *authv3.CheckRequest {
 
 // TestAgentServesOPABundles: the bundles pushed to the servers reach the
 // agent on its Sync stream; the agent serves them as SDS generic secrets
-// (a new revision pushed to an open stream), over OPA's bundle service to a
+// (a new revision pushed to open SotW and delta streams), over OPA's bundle service to a
 // stock OPA sidecar, and evaluates them as Envoy's ext_authz service: a
 // principal allowed by one revision is denied by the next and allowed
 // again after a rollback, each decision audited.
@@ -111,6 +111,21 @@ func TestAgentServesOPABundles(t *testing.T) {
 	if got := revisionOf(sec.GetGenericSecret().GetSecret().GetInlineBytes()); got != "1" {
 		t.Fatalf("SDS revision %s, want 1", got)
 	}
+
+	delta := newDeltaEnvoy(t, conn, "delta-proxy", nil, "opa-bundle:authz")
+	deltaVersion := func(want string) {
+		t.Helper()
+		for {
+			secs, versions, _ := delta.recv()
+			if s := secs["opa-bundle:authz"]; s != nil && versions["opa-bundle:authz"] == want {
+				if got := revisionOf(s.GetGenericSecret().GetSecret().GetInlineBytes()); got != want {
+					t.Fatalf("delta resource version %s holds revision %s", want, got)
+				}
+				return
+			}
+		}
+	}
+	deltaVersion("1")
 
 	// ext_authz with revision 1.
 	az := authv3.NewAuthorizationClient(conn)
@@ -157,6 +172,7 @@ func TestAgentServesOPABundles(t *testing.T) {
 			break
 		}
 	}
+	deltaVersion("2")
 	waitUntil(t, 10*time.Second, "ext_authz decides by revision 2", func() bool {
 		return check(b1, "GET", "/api/x").Status.Code == 0 && check(a1, "GET", "/api/x").Status.Code != 0
 	})
