@@ -143,12 +143,13 @@ type serverConfig struct {
 	AdminSocket string   `json:"admin_socket"`
 	AdminAddr   string   `json:"admin_addr"`
 	AdminIDs    []string `json:"admin_ids"`
-	// issue 12: the OPA bundle service.
-	BundleAddr     string   `json:"bundle_addr"`
-	BundleDNSNames []string `json:"bundle_dns_names"`
 	KEKFile     string   `json:"kek_file"`
 	LogLevel    string   `json:"log_level"`
 	LogFormat   string   `json:"log_format"`
+
+	// issue 12: the OPA bundle service.
+	BundleAddr     string   `json:"bundle_addr"`
+	BundleDNSNames []string `json:"bundle_dns_names"`
 
 	// Node attestors besides join_token.
 	X509PopCA        []string               `json:"x509pop_ca"`
