@@ -96,7 +96,9 @@ func TestBundleService(t *testing.T) {
 
 	// A long poll ends with 304 when its wait is over (on the clock)...
 	done := make(chan *httptest.ResponseRecorder, 1)
-	go func() { done <- do("GET", "/v1/bundles/authz", map[string]string{"If-None-Match": etag, "Prefer": "modes=snapshot,delta;wait=30"}) }()
+	go func() {
+		done <- do("GET", "/v1/bundles/authz", map[string]string{"If-None-Match": etag, "Prefer": "modes=snapshot,delta;wait=30"})
+	}()
 	if err := clock.BlockUntilContext(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +107,9 @@ func TestBundleService(t *testing.T) {
 		t.Fatalf("long poll after its wait: %d", w.Code)
 	}
 	// ...and with the new revision when one comes first.
-	go func() { done <- do("GET", "/v1/bundles/authz", map[string]string{"If-None-Match": etag, "Prefer": "modes=snapshot,delta;wait=30"}) }()
+	go func() {
+		done <- do("GET", "/v1/bundles/authz", map[string]string{"If-None-Match": etag, "Prefer": "modes=snapshot,delta;wait=30"})
+	}()
 	if err := clock.BlockUntilContext(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
