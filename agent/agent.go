@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/agent/peercred"
 	"github.com/meshca/meshca/audit"
@@ -48,6 +50,10 @@ type Agent struct {
 	auditLog *audit.Log
 	kick     chan struct{} // wakes the signer
 	jwts     jwtCache
+
+	// bundleLn and bundleSrv serve the OPA bundle service (issue 12).
+	bundleLn  net.Listener
+	bundleSrv *http.Server
 
 	clientMu sync.Mutex
 	client   nodepb.NodeClient // of the running session; guarded by clientMu
@@ -127,6 +133,16 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.sds.Register(a.gs)
 	a.store.topics = a.sds.Notify
+	a.store.now, a.store.wakeSigner = cfg.Clock.Now, a.wake // issue 12: derived identities
+	if cfg.ExtAuthzBundle != "" {                           // issue 12
+		authv3.RegisterAuthorizationServer(a.gs, &extAuthz{a: a, bundle: cfg.ExtAuthzBundle, decision: cfg.ExtAuthzDecision})
+	}
+	if cfg.BundleAddr != "" {
+		if a.bundleLn, a.bundleSrv, err = a.newBundleServer(); err != nil {
+			a.ln.Close()
+			return nil, err
+		}
+	}
 	if cfg.HTTPAddr != "" {
 		if a.httpSrv, err = metrics.Listen(cfg.HTTPAddr, metrics.Handler(a.registry, a.Readiness)); err != nil {
 			a.ln.Close()
@@ -172,8 +188,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go("metrics and health endpoints", a.httpSrv.Serve)
 	}
 	g.Go("server session", a.serverLoop)
+	if a.bundleSrv != nil {
+		g.Go("bundle service", func(context.Context) error {
+			if err := a.bundleSrv.Serve(a.bundleLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	<-g.Context().Done()
 	a.serving.Store(false)
+	if a.bundleSrv != nil {
+		a.bundleSrv.Close()
+	}
 	a.gs.Stop()
 	a.sds.Close()
 	os.Remove(a.cfg.SocketPath)

@@ -35,7 +35,13 @@ var dialOptions = []grpc.DialOption{
 		MinConnectTimeout: 5 * time.Second,
 	}),
 	grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+	// A Sync update may carry OPA bundles of up to 4 MiB each (issue 12).
+	grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSyncMessage)),
 }
+
+// maxSyncMessage bounds a message from a server: a Sync update with every
+// OPA bundle of the trust domain.
+const maxSyncMessage = 64 << 20
 
 // callServer runs f with a deadline of callTimeout, and retries it, with
 // jittered backoff, while the server refuses it as Unavailable (nothing was

@@ -58,6 +58,15 @@ type Config struct {
 	// trusted_ca instead of Envoy's SPIFFE certificate validator (an Envoy
 	// node can also ask so in its metadata).
 	SDSDisableSPIFFEValidator bool
+	// BundleAddr, when set, serves the cached OPA bundles over OPA's
+	// bundle service API on this loopback host:port (issue 12).
+	BundleAddr string
+	// ExtAuthzBundle, when set, serves Envoy's ext_authz gRPC service on
+	// the agent socket, deciding with this OPA bundle's latest revision.
+	ExtAuthzBundle string
+	// ExtAuthzDecision is the decision path in the bundle. Default:
+	// policy.DefaultAuthzDecision (envoy/authz/allow, as OPA-Envoy).
+	ExtAuthzDecision string
 	// Dial opens connections to servers (tests inject faults). Default: TCP.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Clock is the time source of SVID lifetimes and renewals, and of

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,7 @@ type sdsAgent struct {
 	svidRes map[*svid]*sds.Resource  // by SVID (a rotation makes a new one)
 	bundles map[string]*sds.Resource // validation contexts, by profile and kind
 	bundleV map[string]string        // the version each was built at
+	opa     opaResources             // OPA bundles' generic secrets (issue 12)
 }
 
 func newSDSAgent(a *Agent) *sdsAgent {
@@ -219,6 +221,9 @@ func (c *sdsCaller) entries() []*nodepb.Entry { return c.g.a.store.matchingEntri
 
 // Resolve implements sds.Source.
 func (c *sdsCaller) Resolve(_ context.Context, name string) (sds.Result, error) {
+	if b, ok := strings.CutPrefix(name, OPABundleSecretPrefix); ok {
+		return c.resolveOPABundle(name, b) // issue 12
+	}
 	n, err := c.g.naming.Parse(name)
 	if err != nil {
 		return sds.Refuse(err.Error()), nil
@@ -309,8 +314,13 @@ func (c *sdsCaller) Names(context.Context) ([]string, []string, error) {
 		}
 		names = append(names, c.g.naming.String(sds.Name{Kind: sds.KindBundle, Profile: p.Name(), TrustDomain: c.g.a.td}))
 	}
+	topics := []string{sdsTopicEntries}
+	for _, b := range c.g.a.store.opaBundleNames() { // issue 12
+		names = append(names, OPABundleSecretPrefix+b)
+		topics = append(topics, sdsTopicOPABundle(b))
+	}
 	sort.Strings(names)
-	return dedupe(names), []string{sdsTopicEntries}, nil
+	return dedupe(names), topics, nil
 }
 
 func dedupe(s []string) []string {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/nodepb"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // maxBatch bounds the CSRs the agent sends in one SignX509SVIDs call.
@@ -47,6 +48,14 @@ type store struct {
 	// reissue.go); without now, SVIDs renew on schedule only.
 	now    func() time.Time
 	jitter time.Duration
+	// opaBundles are the OPA bundles' latest revisions, by name (issue 12).
+	opaBundles map[string]*nodepb.OPABundle
+	// identityTypes are the selector types the issuance policy derives
+	// identities from; derivedDenied when refused derived entries may be
+	// asked again (see identitypolicy.go).
+	identityTypes map[string]bool
+	derivedDenied map[string]time.Time
+	wakeSigner    func()
 	// topics, when set, is told the topics a change concerns (see
 	// sdsTopic*): SDS pushes only to the streams that depend on them.
 	topics func(topics ...string)
@@ -57,7 +66,7 @@ type store struct {
 }
 
 func newStore() *store {
-	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, crls: map[string]*nodepb.CRL{}, crlStates: map[string]*crlState{}, versions: map[string]string{}, ch: make(chan struct{})}
+	return &store{entries: map[string]*nodepb.Entry{}, svids: map[string]*svid{}, crls: map[string]*nodepb.CRL{}, crlStates: map[string]*crlState{}, opaBundles: map[string]*nodepb.OPABundle{}, derivedDenied: map[string]time.Time{}, versions: map[string]string{}, ch: make(chan struct{})}
 }
 
 // known returns a copy of the versions held, for a new Sync stream.
@@ -92,6 +101,12 @@ func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 			s.crls[r.Name] = body.Crl
 			s.crlStates[r.Name] = newCRLState(body.Crl)
 			topics = append(topics, sdsTopicBundle)
+		case *nodepb.Resource_IdentityPolicy: // issue 12
+			s.setIdentityTypesLocked(body.IdentityPolicy.GetSelectorTypes())
+			topics = append(topics, sdsTopicEntries)
+		case *nodepb.Resource_OpaBundle: // issue 12
+			s.opaBundles[r.Name] = body.OpaBundle
+			topics = append(topics, sdsTopicOPABundle(r.Name))
 		default:
 			continue // a kind this agent does not know: not held, asked again
 		}
@@ -103,6 +118,14 @@ func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 			delete(s.entries, id)
 			delete(s.svids, id)
 			topics = append(topics, sdsTopicEntries, sdsTopicSVID(id))
+		}
+		if strings.HasPrefix(k, "identity_policy/") {
+			s.setIdentityTypesLocked(nil)
+			topics = append(topics, sdsTopicEntries)
+		}
+		if name, ok := strings.CutPrefix(k, "opa_bundle/"); ok {
+			delete(s.opaBundles, name)
+			topics = append(topics, sdsTopicOPABundle(name))
 		}
 		if id, ok := strings.CutPrefix(k, "crl/"); ok {
 			delete(s.crls, id)
@@ -158,6 +181,9 @@ func (s *store) put(v *svid) {
 		return // the entry changed or went away meanwhile
 	}
 	s.svids[v.entry.Id] = v
+	if isDerived(v.entry) {
+		s.entries[v.entry.Id] = v.entry // with the SPIFFE ID the policy gave
+	}
 	s.notifyLocked()
 	notify := s.topics
 	s.mu.Unlock()
@@ -203,6 +229,16 @@ func (s *store) matching(sel map[string]bool, profiles map[string]bool, now time
 			continue
 		}
 		m.svids = append(m.svids, v)
+	}
+	if !m.matched && len(others) == 0 && profiles[ca.ProfileECDSA] {
+		if e := s.deriveLocked(sel); e != nil { // issue 12: identity as policy
+			m.matched = true
+			if v, ok := s.svids[e.Id]; ok && now.Before(v.notAfter) {
+				m.svids = append(m.svids, v)
+			} else {
+				m.complete = false
+			}
+		}
 	}
 	m.otherProfiles = sortedProfiles(others)
 	return m
@@ -304,7 +340,11 @@ func (a *Agent) signDue(ctx context.Context, client nodepb.NodeClient, due []*no
 				return err
 			}
 			keys[e.Id] = key
-			req.Requests = append(req.Requests, &nodepb.SVIDRequest{EntryId: e.Id, Csr: csr})
+			sr := &nodepb.SVIDRequest{EntryId: e.Id, Csr: csr}
+			if isDerived(e) {
+				sr.WorkloadSelectors = e.Selectors
+			}
+			req.Requests = append(req.Requests, sr)
 		}
 		var resp *nodepb.SignX509SVIDsResponse
 		if err := callServer(ctx, func(ctx context.Context) error {
@@ -327,6 +367,9 @@ func (a *Agent) signDue(ctx context.Context, client nodepb.NodeClient, due []*no
 			if r.Error != "" || len(r.Chain) == 0 {
 				a.metrics.renewals.WithLabelValues(renewRefused).Inc()
 				a.log.Warn("server refused an SVID", "entry", r.EntryId, "spiffe_id", e.SpiffeId, "error", r.Error)
+				if isDerived(e) {
+					a.store.denyDerived(e.Id)
+				}
 				continue
 			}
 			v, err := a.newSVID(e, keys[e.Id], r.Chain)
@@ -350,6 +393,13 @@ func (a *Agent) newSVID(e *nodepb.Entry, key crypto.Signer, chain [][]byte) (*sv
 	leaf, err := p.ParseCertificate(chain[0])
 	if err != nil {
 		return nil, err
+	}
+	if isDerived(e) && len(leaf.URIs) == 1 { // the policy named it
+		id, err := spiffeid.FromString(leaf.URIs[0])
+		if err != nil || id.TrustDomain() != a.td {
+			return nil, errUnexpectedID
+		}
+		e = derivedEntry(e, leaf.URIs[0])
 	}
 	if len(leaf.URIs) != 1 || leaf.URIs[0] != e.SpiffeId {
 		return nil, errUnexpectedID
@@ -376,6 +426,11 @@ func (s *store) matchingEntries(sel map[string]bool) []*nodepb.Entry {
 	var out []*nodepb.Entry
 	for _, e := range sortedEntries(s.entries) {
 		if entryMatches(e, sel) {
+			out = append(out, e)
+		}
+	}
+	if len(out) == 0 {
+		if e := s.deriveLocked(sel); e != nil { // issue 12: identity as policy
 			out = append(out, e)
 		}
 	}

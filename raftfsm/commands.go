@@ -108,6 +108,9 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return taintAuthority(txn, op.TaintAuthority.GetId())
 	case *raftpb.Command_RevokeAuthority:
 		return revokeAuthority(txn, op.RevokeAuthority)
+	case *raftpb.Command_PutIssuancePolicy, *raftpb.Command_PutOpaBundle, *raftpb.Command_PutOpaKey:
+		res, _ := applyPolicy(txn, c) // issue 12
+		return res
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

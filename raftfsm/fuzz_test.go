@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(30) {
+	switch g.pick(33) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -176,6 +176,14 @@ func (g *cmdGen) command() *raftpb.Command {
 			op.Revocation = &raftpb.Revocation{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-"))}
 		}
 		c.Op = &raftpb.Command_RevokeAuthority{RevokeAuthority: op}
+	case 30: // issue 12
+		c.Op = &raftpb.Command_PutIssuancePolicy{PutIssuancePolicy: &raftpb.PutIssuancePolicy{Keep: uint32(g.pick(4)),
+			Policy: &raftpb.IssuancePolicy{Revision: uint64(g.pick(6)), Files: []*raftpb.PolicyFile{{Path: "p.rego", Content: []byte{byte(g.pick(3))}}}}}}
+	case 31:
+		c.Op = &raftpb.Command_PutOpaBundle{PutOpaBundle: &raftpb.PutOPABundle{Keep: uint32(g.pick(4)),
+			Bundle: &raftpb.OPABundle{Name: g.id("b"), Revision: uint64(g.pick(6)), Bundle: []byte{byte(g.pick(3))}}}}
+	case 32:
+		c.Op = &raftpb.Command_PutOpaKey{PutOpaKey: &raftpb.PutOPAKey{Key: &raftpb.OPAKey{Kid: g.id("okid-"), PublicKey: []byte{byte(g.pick(2))}, SealedKey: []byte{1}}}}
 	}
 	return c
 }

@@ -112,6 +112,8 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		}
 		touched[ScopeRevocations] = true
 		touched[ScopeCRL] = true
+	default:
+		policyScopes(c, touched) // issue 12
 	}
 	touched[ScopeAll] = true
 }

@@ -216,6 +216,12 @@ func wrapRecord(obj any) (*raftpb.SnapshotRecord, error) {
 		r.Record = &raftpb.SnapshotRecord_Crl{Crl: o}
 	case *raftpb.Admin:
 		r.Record = &raftpb.SnapshotRecord_Admin{Admin: o}
+	case *raftpb.IssuancePolicy: // issue 12
+		r.Record = &raftpb.SnapshotRecord_IssuancePolicy{IssuancePolicy: o}
+	case *raftpb.OPABundle:
+		r.Record = &raftpb.SnapshotRecord_OpaBundle{OpaBundle: o}
+	case *raftpb.OPAKey:
+		r.Record = &raftpb.SnapshotRecord_OpaKey{OpaKey: o}
 	default:
 		return nil, fmt.Errorf("raftfsm: no snapshot record for %T", obj)
 	}
@@ -250,6 +256,12 @@ func unwrapRecord(r *raftpb.SnapshotRecord) (table string, obj any, err error) {
 		return tableCRLs, v.Crl, nil
 	case *raftpb.SnapshotRecord_Admin:
 		return tableAdmins, v.Admin, nil
+	case *raftpb.SnapshotRecord_IssuancePolicy: // issue 12
+		return tableIssuancePolicies, v.IssuancePolicy, nil
+	case *raftpb.SnapshotRecord_OpaBundle:
+		return tableOPABundles, v.OpaBundle, nil
+	case *raftpb.SnapshotRecord_OpaKey:
+		return tableOPAKeys, v.OpaKey, nil
 	}
 	return "", nil, errors.New("unknown record type (written by a newer meshca?)")
 }

@@ -103,6 +103,9 @@ type Request struct {
 	CSR []byte
 	// Audience is the JWT-SVID's audience (KindJWTSVID).
 	Audience []string
+	// WorkloadSelectors are the workload's attested selectors, sent by its
+	// agent for an identity with no entry (issue 12: identity as policy).
+	WorkloadSelectors []*raftpb.Selector
 }
 
 // subject names what the request is about in audit events.

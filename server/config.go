@@ -159,6 +159,20 @@ type Config struct {
 	// Registry receives the server's metrics. Default: a registry of its
 	// own (with the Go and process collectors).
 	Registry *prometheus.Registry
+	// BundleAddr, when set, serves the OPA bundle service API (HTTPS,
+	// clients with an X509-SVID of the trust domain) on this host:port
+	// (issue 12).
+	BundleAddr string
+	// BundleDNSNames are the DNS names of the bundle service's
+	// certificate, which OPA checks against its service URL. Default:
+	// localhost.
+	BundleDNSNames []string
+	// BundleMaxSize bounds an OPA bundle, sources and built. Default:
+	// policy.DefaultMaxSize (4 MiB).
+	BundleMaxSize int64
+	// BundleKeep is how many revisions of each bundle are kept. Default:
+	// DefaultBundleKeep.
+	BundleKeep int
 
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.
@@ -258,6 +272,15 @@ func (c *Config) validate() error {
 	}
 	if c.LedgerGrace == 0 {
 		c.LedgerGrace = DefaultLedgerGrace
+	}
+	if c.BundleAddr != "" && len(c.BundleDNSNames) == 0 {
+		c.BundleDNSNames = []string{"localhost"}
+	}
+	if c.BundleKeep <= 0 {
+		c.BundleKeep = DefaultBundleKeep
+	}
+	if c.BundleKeep > 1024 || c.BundleMaxSize < 0 {
+		return errors.New("BundleKeep is at most 1024 and BundleMaxSize not negative")
 	}
 	if c.PruneInterval == 0 {
 		c.PruneInterval = DefaultPruneInterval

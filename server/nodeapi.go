@@ -270,6 +270,8 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, req *nodepb.SignX509SVI
 				return nil, err
 			}
 			q.Entry, q.Profile, q.DNSNames, q.TTL = e, e.Profile, e.DnsNames, ttl
+		} else if err := n.s.policyRequest(q, sr); err != nil { // issue 12
+			return nil, err
 		}
 		reqs[i] = q
 	}

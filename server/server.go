@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -97,6 +98,12 @@ type Server struct {
 	httpSrv  *metrics.Server
 	// export is the state of the history export (Config.History).
 	export exportState
+	// issuance is the compiled issuance policy (issue 12).
+	issuance issuancePolicy
+	// bundles is the OPA bundle service, when BundleAddr is set.
+	bundles      *bundleServer
+	checkKeyOnce sync.Once
+	checkKeyVal  *ecdsa.PrivateKey
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -191,6 +198,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if s.authorizer == nil {
 		s.authorizer = entryAuthorizer{td: s.td}
 	}
+	s.authorizer = &policyAuthorizer{base: s.authorizer, td: s.td, ip: &s.issuance}
 	s.tlsID = cluster.NewIdentity(s.td, cfg.Clock)
 	// A server back from a long stop may find its intermediates due: what
 	// rotation can do without the cluster (activate a prepared successor,
@@ -261,6 +269,11 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	if err := s.listenCRL(); err != nil {
 		return nil, err
+	}
+	if cfg.BundleAddr != "" {
+		if s.bundles, err = s.newBundleServer(); err != nil {
+			return nil, err
+		}
 	}
 	if err := writeTrustBundle(cfg.DataDir, s.TrustBundle()); err != nil {
 		return nil, err
@@ -387,6 +400,15 @@ func (s *Server) Run(ctx context.Context) error {
 			g.Go("audit export", func(ctx context.Context) error { return s.exportLoop(ctx, s.exportAuditStep) })
 		}
 	}
+	g.Go("issuance policy", s.policyLoop)
+	if s.bundles != nil {
+		g.Go("bundle service", func(context.Context) error {
+			if err := s.bundles.srv.ServeTLS(s.bundles.ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
 	<-g.Context().Done()
 	s.close()
@@ -408,6 +430,10 @@ func (s *Server) closeLocked() {
 		s.crlHTTP.Close()
 	} else if s.crlLn != nil {
 		s.crlLn.Close()
+	}
+	if s.bundles != nil {
+		s.bundles.srv.Close() // ends long polls too
+		s.bundles.ln.Close()
 	}
 	if s.adminTLS != nil {
 		s.adminTLS.Stop()

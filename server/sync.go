@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
@@ -20,6 +21,11 @@ const (
 	ResourceBundle         = "bundle"
 	ResourceJWTAuthorities = "jwt_authorities"
 	ResourceCRL            = "crl"
+	// ResourceOPABundle is a signed OPA bundle's latest revision (issue 12).
+	ResourceOPABundle = "opa_bundle"
+	// ResourceIdentityPolicy says which workload selectors the issuance
+	// policy derives identities from (issue 12).
+	ResourceIdentityPolicy = "identity_policy"
 )
 
 // maxKnownResources bounds the versions an agent may name in a SyncRequest.
@@ -66,6 +72,14 @@ func (s *Server) syncResources(r *raftfsm.Reader, agentID string) map[string]*no
 			Version: version, Body: &nodepb.Resource_Crl{Crl: &nodepb.CRL{Profile: a.Profile,
 				Root: a.Kind == raftpb.AuthorityKind_ROOT, Certificate: a.Certificate, Der: c.Der, Number: c.Number, Tainted: tainted}}}
 	}
+	for _, b := range r.OPABundleNames() { // issue 12: every agent gets every bundle
+		out[resourceKey(ResourceOPABundle, b.Name)] = &nodepb.Resource{Kind: ResourceOPABundle, Name: b.Name,
+			Version: strconv.FormatUint(b.Revision, 10), Body: &nodepb.Resource_OpaBundle{OpaBundle: &nodepb.OPABundle{
+				Revision: b.Revision, Bundle: b.Bundle, Sha256: b.Sha256}}}
+	}
+	if res := s.identityPolicyResource(context.Background(), r); res != nil {
+		out[resourceKey(res.Kind, res.Name)] = res
+	}
 	return out
 }
 
@@ -111,11 +125,11 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 	for k, v := range req.Known {
 		known[k] = v
 	}
-	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL}
+	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL, raftfsm.ScopeOPABundles, raftfsm.ScopeIssuancePolicy}
 	for first := true; ; first = false {
 		// Watch before reading: a change after the read closes a channel
 		// already held.
-		var wake [4]<-chan struct{}
+		var wake [6]<-chan struct{}
 		for i, sc := range scopes {
 			wake[i] = n.s.fsm.Watch(sc)
 		}
@@ -138,6 +152,8 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 		case <-wake[1]:
 		case <-wake[2]:
 		case <-wake[3]:
+		case <-wake[4]:
+		case <-wake[5]:
 		}
 		n.s.syncWakes.Add(1)
 	}

@@ -178,7 +178,8 @@ func (a *app) newRootCommand() *cobra.Command {
 		a.newWorkloadCommand(), a.newSDSCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
 		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand(), a.newAdminCommand())
 	root.AddCommand(a.newBenchCommand())
-	root.AddCommand(a.newAuditCommand(), a.newCertCommand()) // issue 15: history queries
-	root.AddCommand(a.newCRLCommand())                       // issue 13
+	root.AddCommand(a.newAuditCommand(), a.newCertCommand())    // issue 15: history queries
+	root.AddCommand(a.newCRLCommand())                          // issue 13
+	root.AddCommand(a.newPolicyCommand(), a.newBundleCommand()) // issue 12
 	return root
 }

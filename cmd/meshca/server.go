@@ -141,7 +141,7 @@ profiles for go tool pprof (loopback only).
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
 join, join_token, trust_bundle, join_timeout (a duration, "5m"), bootstrap_node,
-server_join_secret_file, raft_bind, api_bind, admin_socket, admin_addr, admin_ids, http_addr, crl_addr, kek_file, log_level, log_format,
+server_join_secret_file, raft_bind, api_bind, admin_socket, admin_addr, admin_ids, http_addr, crl_addr, bundle_addr, bundle_dns_names (a list), kek_file, log_level, log_format,
 node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, pprof_addr, ledger_grace ("1h"),
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
@@ -197,6 +197,10 @@ type serverConfig struct {
 	KEKFile     string   `json:"kek_file"`
 	LogLevel    string   `json:"log_level"`
 	LogFormat   string   `json:"log_format"`
+
+	// issue 12: the OPA bundle service.
+	BundleAddr     string   `json:"bundle_addr"`
+	BundleDNSNames []string `json:"bundle_dns_names"`
 
 	// Node attestors besides join_token.
 	X509PopCA        []string               `json:"x509pop_ca"`
@@ -270,6 +274,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"admin-addr":              {&c.AdminAddr, &f.AdminAddr},
 		"http-addr":               {&c.HTTPAddr, &f.HTTPAddr},
 		"crl-addr":                {&c.CRLAddr, &f.CRLAddr},
+		"bundle-addr":             {&c.BundleAddr, &f.BundleAddr},
 		"kek-file":                {&c.KEKFile, &f.KEKFile},
 		"log-level":               {&c.LogLevel, &f.LogLevel},
 		"log-format":              {&c.LogFormat, &f.LogFormat},
@@ -303,6 +308,9 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 	}
 	if fs.Changed("x509pop-ca") {
 		c.X509PopCA = f.X509PopCA
+	}
+	if fs.Changed("bundle-dns-name") {
+		c.BundleDNSNames = f.BundleDNSNames
 	}
 	if fs.Changed("admin-id") {
 		c.AdminIDs = f.AdminIDs
@@ -353,6 +361,8 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.HTTPAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this host:port, e.g. 127.0.0.1:8080 (default: not served)")
 	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID of an admin, allowed on --admin-addr (get its SVID with meshca x509 mint --addr); seeds the cluster's replicated admin list while it is empty, afterwards use meshca admin add|remove; repeat for more")
 	f.StringVar(&flags.CRLAddr, "crl-addr", "", "serve every authority's CRL (DER) over plain HTTP on this host:port, at /crl/<authority ID>, for relying parties outside the mesh")
+	f.StringVar(&flags.BundleAddr, "bundle-addr", "", "serve the OPA bundle service (HTTPS, clients with an X509-SVID) on this host:port")
+	f.StringArrayVar(&flags.BundleDNSNames, "bundle-dns-name", nil, "DNS name of the bundle service's certificate, as OPA's service URL names it (default localhost); repeat for more")
 	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&flags.LogFormat, "log-format", "", "log format: text or json (default text, json with --output json)")
@@ -787,6 +797,7 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 	srv, err := server.New(server.Config{
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
 		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs, HTTPAddr: c.HTTPAddr, CRLAddr: c.CRLAddr,
+		BundleAddr: c.BundleAddr, BundleDNSNames: c.BundleDNSNames,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
 		ServerJoinSecretFile: c.ServerJoinSecretFile, RaftBind: c.RaftBind, APIBind: c.APIBind,

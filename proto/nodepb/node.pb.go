@@ -1030,6 +1030,8 @@ type Resource struct {
 	//	*Resource_Bundle
 	//	*Resource_JwtAuthorities
 	//	*Resource_Crl
+	//	*Resource_OpaBundle
+	//	*Resource_IdentityPolicy
 	Body          isResource_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1129,6 +1131,24 @@ func (x *Resource) GetCrl() *CRL {
 	return nil
 }
 
+func (x *Resource) GetOpaBundle() *OPABundle {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_OpaBundle); ok {
+			return x.OpaBundle
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetIdentityPolicy() *IdentityPolicy {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_IdentityPolicy); ok {
+			return x.IdentityPolicy
+		}
+	}
+	return nil
+}
+
 type isResource_Body interface {
 	isResource_Body()
 }
@@ -1149,6 +1169,18 @@ type Resource_Crl struct {
 	Crl *CRL `protobuf:"bytes,13,opt,name=crl,proto3,oneof"`
 }
 
+type Resource_OpaBundle struct {
+	// issue 12: kind "opa_bundle" (name: the bundle's name; version: its
+	// revision).
+	OpaBundle *OPABundle `protobuf:"bytes,40,opt,name=opa_bundle,json=opaBundle,proto3,oneof"`
+}
+
+type Resource_IdentityPolicy struct {
+	// issue 12: kind "identity_policy" (name: the trust domain; version:
+	// the issuance policy revision).
+	IdentityPolicy *IdentityPolicy `protobuf:"bytes,41,opt,name=identity_policy,json=identityPolicy,proto3,oneof"`
+}
+
 func (*Resource_Entry) isResource_Body() {}
 
 func (*Resource_Bundle) isResource_Body() {}
@@ -1156,6 +1188,130 @@ func (*Resource_Bundle) isResource_Body() {}
 func (*Resource_JwtAuthorities) isResource_Body() {}
 
 func (*Resource_Crl) isResource_Body() {}
+
+func (*Resource_OpaBundle) isResource_Body() {}
+
+func (*Resource_IdentityPolicy) isResource_Body() {}
+
+// IdentityPolicy tells agents that the issuance policy derives identities
+// from workload selectors (issue 12): a workload that matches no entry
+// but has selectors of one of selector_types may ask for an identity
+// (SVIDRequest with entry_id "policy:<digest>" and those selectors).
+type IdentityPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	SelectorTypes []string               `protobuf:"bytes,2,rep,name=selector_types,json=selectorTypes,proto3" json:"selector_types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdentityPolicy) Reset() {
+	*x = IdentityPolicy{}
+	mi := &file_nodepb_node_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdentityPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdentityPolicy) ProtoMessage() {}
+
+func (x *IdentityPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdentityPolicy.ProtoReflect.Descriptor instead.
+func (*IdentityPolicy) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *IdentityPolicy) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *IdentityPolicy) GetSelectorTypes() []string {
+	if x != nil {
+		return x.SelectorTypes
+	}
+	return nil
+}
+
+// OPABundle is the latest revision of a signed OPA authorization bundle
+// (issue 12).
+type OPABundle struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// bundle is the signed bundle (.tar.gz), as OPA reads it.
+	Bundle []byte `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// sha256 of bundle.
+	Sha256        []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OPABundle) Reset() {
+	*x = OPABundle{}
+	mi := &file_nodepb_node_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OPABundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OPABundle) ProtoMessage() {}
+
+func (x *OPABundle) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
+func (*OPABundle) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *OPABundle) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *OPABundle) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *OPABundle) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
 
 // CRL is the current CRL of a CA of the trust domain (name: the
 // authority's ID), with the CA's certificate, so that an agent can serve
@@ -1181,7 +1337,7 @@ type CRL struct {
 
 func (x *CRL) Reset() {
 	*x = CRL{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1349,7 @@ func (x *CRL) String() string {
 func (*CRL) ProtoMessage() {}
 
 func (x *CRL) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1362,7 @@ func (x *CRL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CRL.ProtoReflect.Descriptor instead.
 func (*CRL) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CRL) GetProfile() string {
@@ -1260,7 +1416,7 @@ type JWTAuthorities struct {
 
 func (x *JWTAuthorities) Reset() {
 	*x = JWTAuthorities{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1428,7 @@ func (x *JWTAuthorities) String() string {
 func (*JWTAuthorities) ProtoMessage() {}
 
 func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1441,7 @@ func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthorities.ProtoReflect.Descriptor instead.
 func (*JWTAuthorities) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JWTAuthorities) GetKeys() []*JWTAuthority {
@@ -1311,7 +1467,7 @@ type SyncUpdate struct {
 
 func (x *SyncUpdate) Reset() {
 	*x = SyncUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1479,7 @@ func (x *SyncUpdate) String() string {
 func (*SyncUpdate) ProtoMessage() {}
 
 func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1492,7 @@ func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUpdate.ProtoReflect.Descriptor instead.
 func (*SyncUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SyncUpdate) GetRevision() uint64 {
@@ -1361,16 +1517,20 @@ func (x *SyncUpdate) GetRemoved() []string {
 }
 
 type SVIDRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
-	Csr           []byte                 `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EntryId string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Csr     []byte                 `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// issue 12: for an entry_id "policy:<digest>" (no registration entry;
+	// identity as policy), the workload's attested selectors of the types
+	// the issuance policy derives identities from.
+	WorkloadSelectors []*Selector `protobuf:"bytes,40,rep,name=workload_selectors,json=workloadSelectors,proto3" json:"workload_selectors,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SVIDRequest) Reset() {
 	*x = SVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1542,7 @@ func (x *SVIDRequest) String() string {
 func (*SVIDRequest) ProtoMessage() {}
 
 func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1555,7 @@ func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SVIDRequest) GetEntryId() string {
@@ -1412,6 +1572,13 @@ func (x *SVIDRequest) GetCsr() []byte {
 	return nil
 }
 
+func (x *SVIDRequest) GetWorkloadSelectors() []*Selector {
+	if x != nil {
+		return x.WorkloadSelectors
+	}
+	return nil
+}
+
 type SignX509SVIDsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Requests      []*SVIDRequest         `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
@@ -1421,7 +1588,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1600,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1613,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SignX509SVIDsRequest) GetRequests() []*SVIDRequest {
@@ -1469,7 +1636,7 @@ type SVIDResult struct {
 
 func (x *SVIDResult) Reset() {
 	*x = SVIDResult{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1648,7 @@ func (x *SVIDResult) String() string {
 func (*SVIDResult) ProtoMessage() {}
 
 func (x *SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1661,7 @@ func (x *SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDResult.ProtoReflect.Descriptor instead.
 func (*SVIDResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SVIDResult) GetEntryId() string {
@@ -1527,7 +1694,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1706,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1719,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*SVIDResult {
@@ -1571,7 +1738,7 @@ type RenewAgentSVIDRequest struct {
 
 func (x *RenewAgentSVIDRequest) Reset() {
 	*x = RenewAgentSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1750,7 @@ func (x *RenewAgentSVIDRequest) String() string {
 func (*RenewAgentSVIDRequest) ProtoMessage() {}
 
 func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1763,7 @@ func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RenewAgentSVIDRequest) GetCsr() []byte {
@@ -1615,7 +1782,7 @@ type RenewAgentSVIDResponse struct {
 
 func (x *RenewAgentSVIDResponse) Reset() {
 	*x = RenewAgentSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1794,7 @@ func (x *RenewAgentSVIDResponse) String() string {
 func (*RenewAgentSVIDResponse) ProtoMessage() {}
 
 func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1807,7 @@ func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenewAgentSVIDResponse) GetSvidChain() [][]byte {
@@ -1728,7 +1895,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\n" +
 	"KnownEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb0\x03\n" +
 	"\bResource\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1737,8 +1904,18 @@ const file_nodepb_node_proto_rawDesc = "" +
 	" \x01(\v2\x15.meshca.node.v1.EntryH\x00R\x05entry\x120\n" +
 	"\x06bundle\x18\v \x01(\v2\x16.meshca.node.v1.BundleH\x00R\x06bundle\x12I\n" +
 	"\x0fjwt_authorities\x18\f \x01(\v2\x1e.meshca.node.v1.JWTAuthoritiesH\x00R\x0ejwtAuthorities\x12'\n" +
-	"\x03crl\x18\r \x01(\v2\x13.meshca.node.v1.CRLH\x00R\x03crlB\x06\n" +
-	"\x04body\"\x99\x01\n" +
+	"\x03crl\x18\r \x01(\v2\x13.meshca.node.v1.CRLH\x00R\x03crl\x12:\n" +
+	"\n" +
+	"opa_bundle\x18( \x01(\v2\x19.meshca.node.v1.OPABundleH\x00R\topaBundle\x12I\n" +
+	"\x0fidentity_policy\x18) \x01(\v2\x1e.meshca.node.v1.IdentityPolicyH\x00R\x0eidentityPolicyB\x06\n" +
+	"\x04body\"S\n" +
+	"\x0eIdentityPolicy\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12%\n" +
+	"\x0eselector_types\x18\x02 \x03(\tR\rselectorTypes\"W\n" +
+	"\tOPABundle\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"\x99\x01\n" +
 	"\x03CRL\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x12\n" +
 	"\x04root\x18\x02 \x01(\bR\x04root\x12 \n" +
@@ -1752,10 +1929,11 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"SyncUpdate\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x126\n" +
 	"\tresources\x18\x04 \x03(\v2\x18.meshca.node.v1.ResourceR\tresources\x12\x18\n" +
-	"\aremoved\x18\x05 \x03(\tR\aremovedJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04R\aentriesR\x06bundle\":\n" +
+	"\aremoved\x18\x05 \x03(\tR\aremovedJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04R\aentriesR\x06bundle\"\x83\x01\n" +
 	"\vSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
-	"\x03csr\x18\x02 \x01(\fR\x03csr\"O\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12G\n" +
+	"\x12workload_selectors\x18( \x03(\v2\x18.meshca.node.v1.SelectorR\x11workloadSelectors\"O\n" +
 	"\x14SignX509SVIDsRequest\x127\n" +
 	"\brequests\x18\x01 \x03(\v2\x1b.meshca.node.v1.SVIDRequestR\brequests\"S\n" +
 	"\n" +
@@ -1790,7 +1968,7 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_nodepb_node_proto_goTypes = []any{
 	(*AgentAuditEvent)(nil),        // 0: meshca.node.v1.AgentAuditEvent
 	(*ExportAuditRequest)(nil),     // 1: meshca.node.v1.ExportAuditRequest
@@ -1808,20 +1986,22 @@ var file_nodepb_node_proto_goTypes = []any{
 	(*Entry)(nil),                  // 13: meshca.node.v1.Entry
 	(*SyncRequest)(nil),            // 14: meshca.node.v1.SyncRequest
 	(*Resource)(nil),               // 15: meshca.node.v1.Resource
-	(*CRL)(nil),                    // 16: meshca.node.v1.CRL
-	(*JWTAuthorities)(nil),         // 17: meshca.node.v1.JWTAuthorities
-	(*SyncUpdate)(nil),             // 18: meshca.node.v1.SyncUpdate
-	(*SVIDRequest)(nil),            // 19: meshca.node.v1.SVIDRequest
-	(*SignX509SVIDsRequest)(nil),   // 20: meshca.node.v1.SignX509SVIDsRequest
-	(*SVIDResult)(nil),             // 21: meshca.node.v1.SVIDResult
-	(*SignX509SVIDsResponse)(nil),  // 22: meshca.node.v1.SignX509SVIDsResponse
-	(*RenewAgentSVIDRequest)(nil),  // 23: meshca.node.v1.RenewAgentSVIDRequest
-	(*RenewAgentSVIDResponse)(nil), // 24: meshca.node.v1.RenewAgentSVIDResponse
-	nil,                            // 25: meshca.node.v1.AgentAuditEvent.DetailsEntry
-	nil,                            // 26: meshca.node.v1.SyncRequest.KnownEntry
+	(*IdentityPolicy)(nil),         // 16: meshca.node.v1.IdentityPolicy
+	(*OPABundle)(nil),              // 17: meshca.node.v1.OPABundle
+	(*CRL)(nil),                    // 18: meshca.node.v1.CRL
+	(*JWTAuthorities)(nil),         // 19: meshca.node.v1.JWTAuthorities
+	(*SyncUpdate)(nil),             // 20: meshca.node.v1.SyncUpdate
+	(*SVIDRequest)(nil),            // 21: meshca.node.v1.SVIDRequest
+	(*SignX509SVIDsRequest)(nil),   // 22: meshca.node.v1.SignX509SVIDsRequest
+	(*SVIDResult)(nil),             // 23: meshca.node.v1.SVIDResult
+	(*SignX509SVIDsResponse)(nil),  // 24: meshca.node.v1.SignX509SVIDsResponse
+	(*RenewAgentSVIDRequest)(nil),  // 25: meshca.node.v1.RenewAgentSVIDRequest
+	(*RenewAgentSVIDResponse)(nil), // 26: meshca.node.v1.RenewAgentSVIDResponse
+	nil,                            // 27: meshca.node.v1.AgentAuditEvent.DetailsEntry
+	nil,                            // 28: meshca.node.v1.SyncRequest.KnownEntry
 }
 var file_nodepb_node_proto_depIdxs = []int32{
-	25, // 0: meshca.node.v1.AgentAuditEvent.details:type_name -> meshca.node.v1.AgentAuditEvent.DetailsEntry
+	27, // 0: meshca.node.v1.AgentAuditEvent.details:type_name -> meshca.node.v1.AgentAuditEvent.DetailsEntry
 	0,  // 1: meshca.node.v1.ExportAuditRequest.events:type_name -> meshca.node.v1.AgentAuditEvent
 	7,  // 2: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
 	9,  // 3: meshca.node.v1.AttestResponse.result:type_name -> meshca.node.v1.AttestResult
@@ -1829,32 +2009,35 @@ var file_nodepb_node_proto_depIdxs = []int32{
 	10, // 5: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
 	5,  // 6: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
 	12, // 7: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
-	26, // 8: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
+	28, // 8: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
 	13, // 9: meshca.node.v1.Resource.entry:type_name -> meshca.node.v1.Entry
 	11, // 10: meshca.node.v1.Resource.bundle:type_name -> meshca.node.v1.Bundle
-	17, // 11: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
-	16, // 12: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
-	5,  // 13: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
-	15, // 14: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
-	19, // 15: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
-	21, // 16: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
-	6,  // 17: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
-	14, // 18: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
-	20, // 19: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
-	23, // 20: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
-	3,  // 21: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
-	1,  // 22: meshca.node.v1.Node.ExportAudit:input_type -> meshca.node.v1.ExportAuditRequest
-	8,  // 23: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
-	18, // 24: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
-	22, // 25: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
-	24, // 26: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
-	4,  // 27: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
-	2,  // 28: meshca.node.v1.Node.ExportAudit:output_type -> meshca.node.v1.ExportAuditResponse
-	23, // [23:29] is the sub-list for method output_type
-	17, // [17:23] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	19, // 11: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
+	18, // 12: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
+	17, // 13: meshca.node.v1.Resource.opa_bundle:type_name -> meshca.node.v1.OPABundle
+	16, // 14: meshca.node.v1.Resource.identity_policy:type_name -> meshca.node.v1.IdentityPolicy
+	5,  // 15: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
+	15, // 16: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
+	12, // 17: meshca.node.v1.SVIDRequest.workload_selectors:type_name -> meshca.node.v1.Selector
+	21, // 18: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
+	23, // 19: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
+	6,  // 20: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
+	14, // 21: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
+	22, // 22: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
+	25, // 23: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
+	3,  // 24: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
+	1,  // 25: meshca.node.v1.Node.ExportAudit:input_type -> meshca.node.v1.ExportAuditRequest
+	8,  // 26: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
+	20, // 27: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
+	24, // 28: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
+	26, // 29: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
+	4,  // 30: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
+	2,  // 31: meshca.node.v1.Node.ExportAudit:output_type -> meshca.node.v1.ExportAuditResponse
+	26, // [26:32] is the sub-list for method output_type
+	20, // [20:26] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1875,6 +2058,8 @@ func file_nodepb_node_proto_init() {
 		(*Resource_Bundle)(nil),
 		(*Resource_JwtAuthorities)(nil),
 		(*Resource_Crl)(nil),
+		(*Resource_OpaBundle)(nil),
+		(*Resource_IdentityPolicy)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1882,7 +2067,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

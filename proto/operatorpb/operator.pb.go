@@ -2731,6 +2731,719 @@ func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
 	return nil
 }
 
+type PolicyFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyFile) Reset() {
+	*x = PolicyFile{}
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyFile) ProtoMessage() {}
+
+func (x *PolicyFile) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
+func (*PolicyFile) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *PolicyFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PolicyFile) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+type SetIssuancePolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Files         []*PolicyFile          `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetIssuancePolicyRequest) Reset() {
+	*x = SetIssuancePolicyRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetIssuancePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetIssuancePolicyRequest) ProtoMessage() {}
+
+func (x *SetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetIssuancePolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetIssuancePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *SetIssuancePolicyRequest) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type GetIssuancePolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetIssuancePolicyRequest) Reset() {
+	*x = GetIssuancePolicyRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetIssuancePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetIssuancePolicyRequest) ProtoMessage() {}
+
+func (x *GetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetIssuancePolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetIssuancePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
+}
+
+type IssuancePolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is 0 when no issuance policy was ever set.
+	Revision      uint64        `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Files         []*PolicyFile `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	CreatedUnix   int64         `protobuf:"varint,3,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	Author        string        `protobuf:"bytes,4,opt,name=author,proto3" json:"author,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssuancePolicyResponse) Reset() {
+	*x = IssuancePolicyResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuancePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuancePolicyResponse) ProtoMessage() {}
+
+func (x *IssuancePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuancePolicyResponse.ProtoReflect.Descriptor instead.
+func (*IssuancePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *IssuancePolicyResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *IssuancePolicyResponse) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *IssuancePolicyResponse) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *IssuancePolicyResponse) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+type PushBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Files         []*PolicyFile          `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushBundleRequest) Reset() {
+	*x = PushBundleRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushBundleRequest) ProtoMessage() {}
+
+func (x *PushBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushBundleRequest.ProtoReflect.Descriptor instead.
+func (*PushBundleRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *PushBundleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PushBundleRequest) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type BundleInfo struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// sha256 is the hex SHA-256 of the signed bundle (its ETag).
+	Sha256        string   `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Size          uint64   `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	CreatedUnix   int64    `protobuf:"varint,5,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	Author        string   `protobuf:"bytes,6,opt,name=author,proto3" json:"author,omitempty"`
+	RollbackOf    uint64   `protobuf:"varint,7,opt,name=rollback_of,json=rollbackOf,proto3" json:"rollback_of,omitempty"`
+	Kid           string   `protobuf:"bytes,8,opt,name=kid,proto3" json:"kid,omitempty"`
+	Files         []string `protobuf:"bytes,9,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleInfo) Reset() {
+	*x = BundleInfo{}
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleInfo) ProtoMessage() {}
+
+func (x *BundleInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
+func (*BundleInfo) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *BundleInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *BundleInfo) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BundleInfo) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *BundleInfo) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetRollbackOf() uint64 {
+	if x != nil {
+		return x.RollbackOf
+	}
+	return 0
+}
+
+func (x *BundleInfo) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *BundleInfo) GetFiles() []string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type BundleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Info  *BundleInfo            `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	Files []*PolicyFile          `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	// bundle is the signed bundle (GetBundle only).
+	Bundle        []byte `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleResponse) Reset() {
+	*x = BundleResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleResponse) ProtoMessage() {}
+
+func (x *BundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleResponse.ProtoReflect.Descriptor instead.
+func (*BundleResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *BundleResponse) GetInfo() *BundleInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *BundleResponse) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *BundleResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+type ListBundlesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: list its kept revisions; empty: every bundle's latest.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundlesRequest) Reset() {
+	*x = ListBundlesRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundlesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundlesRequest) ProtoMessage() {}
+
+func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
+func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *ListBundlesRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListBundlesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundles       []*BundleInfo          `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundlesResponse) Reset() {
+	*x = ListBundlesResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundlesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundlesResponse) ProtoMessage() {}
+
+func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
+func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+type GetBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBundleRequest) Reset() {
+	*x = GetBundleRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBundleRequest) ProtoMessage() {}
+
+func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
+func (*GetBundleRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *GetBundleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetBundleRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type RollbackBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackBundleRequest) Reset() {
+	*x = RollbackBundleRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackBundleRequest) ProtoMessage() {}
+
+func (x *RollbackBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackBundleRequest.ProtoReflect.Descriptor instead.
+func (*RollbackBundleRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *RollbackBundleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RollbackBundleRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type GetOPAKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOPAKeyRequest) Reset() {
+	*x = GetOPAKeyRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOPAKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOPAKeyRequest) ProtoMessage() {}
+
+func (x *GetOPAKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOPAKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetOPAKeyRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{56}
+}
+
+type GetOPAKeyResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Kid       string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	Algorithm string                 `protobuf:"bytes,2,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// public_key_pem is the PKIX public key, as OPA's keys configuration takes it.
+	PublicKeyPem  string `protobuf:"bytes,3,opt,name=public_key_pem,json=publicKeyPem,proto3" json:"public_key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOPAKeyResponse) Reset() {
+	*x = GetOPAKeyResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOPAKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOPAKeyResponse) ProtoMessage() {}
+
+func (x *GetOPAKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOPAKeyResponse.ProtoReflect.Descriptor instead.
+func (*GetOPAKeyResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *GetOPAKeyResponse) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *GetOPAKeyResponse) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *GetOPAKeyResponse) GetPublicKeyPem() string {
+	if x != nil {
+		return x.PublicKeyPem
+	}
+	return ""
+}
+
 // Certificate is a ledger record, with its revocation if it is revoked.
 type Certificate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2754,7 +3467,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	mi := &file_operatorpb_operator_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +3479,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	mi := &file_operatorpb_operator_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +3492,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *Certificate) GetSerial() string {
@@ -2868,7 +3581,7 @@ type RevokeCertificatesRequest struct {
 
 func (x *RevokeCertificatesRequest) Reset() {
 	*x = RevokeCertificatesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	mi := &file_operatorpb_operator_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2880,7 +3593,7 @@ func (x *RevokeCertificatesRequest) String() string {
 func (*RevokeCertificatesRequest) ProtoMessage() {}
 
 func (x *RevokeCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	mi := &file_operatorpb_operator_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2893,7 +3606,7 @@ func (x *RevokeCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RevokeCertificatesRequest) GetSerial() string {
@@ -2943,7 +3656,7 @@ type RevokeCertificatesResponse struct {
 
 func (x *RevokeCertificatesResponse) Reset() {
 	*x = RevokeCertificatesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	mi := &file_operatorpb_operator_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2955,7 +3668,7 @@ func (x *RevokeCertificatesResponse) String() string {
 func (*RevokeCertificatesResponse) ProtoMessage() {}
 
 func (x *RevokeCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	mi := &file_operatorpb_operator_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2968,7 +3681,7 @@ func (x *RevokeCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RevokeCertificatesResponse) GetCertificates() []*Certificate {
@@ -3001,7 +3714,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	mi := &file_operatorpb_operator_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3013,7 +3726,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	mi := &file_operatorpb_operator_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3026,7 +3739,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ListCertificatesRequest) GetSpiffeId() string {
@@ -3082,7 +3795,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	mi := &file_operatorpb_operator_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3094,7 +3807,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	mi := &file_operatorpb_operator_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3107,7 +3820,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{49}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
@@ -3133,7 +3846,7 @@ type GetCertificateRequest struct {
 
 func (x *GetCertificateRequest) Reset() {
 	*x = GetCertificateRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	mi := &file_operatorpb_operator_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3145,7 +3858,7 @@ func (x *GetCertificateRequest) String() string {
 func (*GetCertificateRequest) ProtoMessage() {}
 
 func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	mi := &file_operatorpb_operator_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3158,7 +3871,7 @@ func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCertificateRequest.ProtoReflect.Descriptor instead.
 func (*GetCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{50}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetCertificateRequest) GetSerial() string {
@@ -3177,7 +3890,7 @@ type GetCRLRequest struct {
 
 func (x *GetCRLRequest) Reset() {
 	*x = GetCRLRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[51]
+	mi := &file_operatorpb_operator_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3189,7 +3902,7 @@ func (x *GetCRLRequest) String() string {
 func (*GetCRLRequest) ProtoMessage() {}
 
 func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[51]
+	mi := &file_operatorpb_operator_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3202,7 +3915,7 @@ func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLRequest.ProtoReflect.Descriptor instead.
 func (*GetCRLRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{51}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetCRLRequest) GetIssuerId() string {
@@ -3226,7 +3939,7 @@ type CRL struct {
 
 func (x *CRL) Reset() {
 	*x = CRL{}
-	mi := &file_operatorpb_operator_proto_msgTypes[52]
+	mi := &file_operatorpb_operator_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3951,7 @@ func (x *CRL) String() string {
 func (*CRL) ProtoMessage() {}
 
 func (x *CRL) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[52]
+	mi := &file_operatorpb_operator_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3964,7 @@ func (x *CRL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CRL.ProtoReflect.Descriptor instead.
 func (*CRL) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{52}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CRL) GetIssuerId() string {
@@ -3309,7 +4022,7 @@ type BanNodeRequest struct {
 
 func (x *BanNodeRequest) Reset() {
 	*x = BanNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[53]
+	mi := &file_operatorpb_operator_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3321,7 +4034,7 @@ func (x *BanNodeRequest) String() string {
 func (*BanNodeRequest) ProtoMessage() {}
 
 func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[53]
+	mi := &file_operatorpb_operator_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3334,7 +4047,7 @@ func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
 func (*BanNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{53}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *BanNodeRequest) GetSpiffeId() string {
@@ -3377,7 +4090,7 @@ type BanNodeResponse struct {
 
 func (x *BanNodeResponse) Reset() {
 	*x = BanNodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[54]
+	mi := &file_operatorpb_operator_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3389,7 +4102,7 @@ func (x *BanNodeResponse) String() string {
 func (*BanNodeResponse) ProtoMessage() {}
 
 func (x *BanNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[54]
+	mi := &file_operatorpb_operator_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3402,7 +4115,7 @@ func (x *BanNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNodeResponse.ProtoReflect.Descriptor instead.
 func (*BanNodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{54}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *BanNodeResponse) GetNode() *Node {
@@ -3436,7 +4149,7 @@ type EvictNodeRequest struct {
 
 func (x *EvictNodeRequest) Reset() {
 	*x = EvictNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[55]
+	mi := &file_operatorpb_operator_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3448,7 +4161,7 @@ func (x *EvictNodeRequest) String() string {
 func (*EvictNodeRequest) ProtoMessage() {}
 
 func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[55]
+	mi := &file_operatorpb_operator_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3461,7 +4174,7 @@ func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{55}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *EvictNodeRequest) GetSpiffeId() string {
@@ -3491,7 +4204,7 @@ type EvictNodeResponse struct {
 
 func (x *EvictNodeResponse) Reset() {
 	*x = EvictNodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[56]
+	mi := &file_operatorpb_operator_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3503,7 +4216,7 @@ func (x *EvictNodeResponse) String() string {
 func (*EvictNodeResponse) ProtoMessage() {}
 
 func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[56]
+	mi := &file_operatorpb_operator_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3516,7 +4229,7 @@ func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{56}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *EvictNodeResponse) GetNode() *Node {
@@ -3552,7 +4265,7 @@ type AuthorityStepRequest struct {
 
 func (x *AuthorityStepRequest) Reset() {
 	*x = AuthorityStepRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[57]
+	mi := &file_operatorpb_operator_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3564,7 +4277,7 @@ func (x *AuthorityStepRequest) String() string {
 func (*AuthorityStepRequest) ProtoMessage() {}
 
 func (x *AuthorityStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[57]
+	mi := &file_operatorpb_operator_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3577,7 +4290,7 @@ func (x *AuthorityStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorityStepRequest.ProtoReflect.Descriptor instead.
 func (*AuthorityStepRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{57}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *AuthorityStepRequest) GetId() string {
@@ -3612,7 +4325,7 @@ type AuthorityStepResponse struct {
 
 func (x *AuthorityStepResponse) Reset() {
 	*x = AuthorityStepResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[58]
+	mi := &file_operatorpb_operator_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3624,7 +4337,7 @@ func (x *AuthorityStepResponse) String() string {
 func (*AuthorityStepResponse) ProtoMessage() {}
 
 func (x *AuthorityStepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[58]
+	mi := &file_operatorpb_operator_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3637,7 +4350,7 @@ func (x *AuthorityStepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorityStepResponse.ProtoReflect.Descriptor instead.
 func (*AuthorityStepResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{58}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *AuthorityStepResponse) GetAuthority() *Authority {
@@ -3675,7 +4388,7 @@ type QueryCertificatesRequest struct {
 
 func (x *QueryCertificatesRequest) Reset() {
 	*x = QueryCertificatesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[59]
+	mi := &file_operatorpb_operator_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3687,7 +4400,7 @@ func (x *QueryCertificatesRequest) String() string {
 func (*QueryCertificatesRequest) ProtoMessage() {}
 
 func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[59]
+	mi := &file_operatorpb_operator_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3700,7 +4413,7 @@ func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*QueryCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{59}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *QueryCertificatesRequest) GetSinceUnix() int64 {
@@ -3779,7 +4492,7 @@ type HistoryCertificate struct {
 
 func (x *HistoryCertificate) Reset() {
 	*x = HistoryCertificate{}
-	mi := &file_operatorpb_operator_proto_msgTypes[60]
+	mi := &file_operatorpb_operator_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3791,7 +4504,7 @@ func (x *HistoryCertificate) String() string {
 func (*HistoryCertificate) ProtoMessage() {}
 
 func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[60]
+	mi := &file_operatorpb_operator_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3804,7 +4517,7 @@ func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryCertificate.ProtoReflect.Descriptor instead.
 func (*HistoryCertificate) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{60}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *HistoryCertificate) GetSerial() []byte {
@@ -3889,7 +4602,7 @@ type QueryCertificatesResponse struct {
 
 func (x *QueryCertificatesResponse) Reset() {
 	*x = QueryCertificatesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[61]
+	mi := &file_operatorpb_operator_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3901,7 +4614,7 @@ func (x *QueryCertificatesResponse) String() string {
 func (*QueryCertificatesResponse) ProtoMessage() {}
 
 func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[61]
+	mi := &file_operatorpb_operator_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3914,7 +4627,7 @@ func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*QueryCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{61}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *QueryCertificatesResponse) GetCertificates() []*HistoryCertificate {
@@ -3959,7 +4672,7 @@ type QueryAuditRequest struct {
 
 func (x *QueryAuditRequest) Reset() {
 	*x = QueryAuditRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[62]
+	mi := &file_operatorpb_operator_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3971,7 +4684,7 @@ func (x *QueryAuditRequest) String() string {
 func (*QueryAuditRequest) ProtoMessage() {}
 
 func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[62]
+	mi := &file_operatorpb_operator_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3984,7 +4697,7 @@ func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuditRequest.ProtoReflect.Descriptor instead.
 func (*QueryAuditRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{62}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *QueryAuditRequest) GetActor() string {
@@ -4069,7 +4782,7 @@ type HistoryAuditEvent struct {
 
 func (x *HistoryAuditEvent) Reset() {
 	*x = HistoryAuditEvent{}
-	mi := &file_operatorpb_operator_proto_msgTypes[63]
+	mi := &file_operatorpb_operator_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4081,7 +4794,7 @@ func (x *HistoryAuditEvent) String() string {
 func (*HistoryAuditEvent) ProtoMessage() {}
 
 func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[63]
+	mi := &file_operatorpb_operator_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4094,7 +4807,7 @@ func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryAuditEvent.ProtoReflect.Descriptor instead.
 func (*HistoryAuditEvent) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{63}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *HistoryAuditEvent) GetServer() string {
@@ -4186,7 +4899,7 @@ type QueryAuditResponse struct {
 
 func (x *QueryAuditResponse) Reset() {
 	*x = QueryAuditResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[64]
+	mi := &file_operatorpb_operator_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4198,7 +4911,7 @@ func (x *QueryAuditResponse) String() string {
 func (*QueryAuditResponse) ProtoMessage() {}
 
 func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[64]
+	mi := &file_operatorpb_operator_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4211,7 +4924,7 @@ func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuditResponse.ProtoReflect.Descriptor instead.
 func (*QueryAuditResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{64}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *QueryAuditResponse) GetEvents() []*HistoryAuditEvent {
@@ -4427,7 +5140,53 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tnext_step\x186 \x01(\tR\bnextStep\x12\x18\n" +
 	"\awarning\x187 \x01(\tR\awarning\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
-	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\"\xb5\x02\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\":\n" +
+	"\n" +
+	"PolicyFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"P\n" +
+	"\x18SetIssuancePolicyRequest\x124\n" +
+	"\x05files\x18\x01 \x03(\v2\x1e.meshca.operator.v1.PolicyFileR\x05files\"\x1a\n" +
+	"\x18GetIssuancePolicyRequest\"\xa5\x01\n" +
+	"\x16IssuancePolicyResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x124\n" +
+	"\x05files\x18\x02 \x03(\v2\x1e.meshca.operator.v1.PolicyFileR\x05files\x12!\n" +
+	"\fcreated_unix\x18\x03 \x01(\x03R\vcreatedUnix\x12\x16\n" +
+	"\x06author\x18\x04 \x01(\tR\x06author\"]\n" +
+	"\x11PushBundleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\x05files\x18\x02 \x03(\v2\x1e.meshca.operator.v1.PolicyFileR\x05files\"\xec\x01\n" +
+	"\n" +
+	"BundleInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\x12!\n" +
+	"\fcreated_unix\x18\x05 \x01(\x03R\vcreatedUnix\x12\x16\n" +
+	"\x06author\x18\x06 \x01(\tR\x06author\x12\x1f\n" +
+	"\vrollback_of\x18\a \x01(\x04R\n" +
+	"rollbackOf\x12\x10\n" +
+	"\x03kid\x18\b \x01(\tR\x03kid\x12\x14\n" +
+	"\x05files\x18\t \x03(\tR\x05files\"\x92\x01\n" +
+	"\x0eBundleResponse\x122\n" +
+	"\x04info\x18\x01 \x01(\v2\x1e.meshca.operator.v1.BundleInfoR\x04info\x124\n" +
+	"\x05files\x18\x02 \x03(\v2\x1e.meshca.operator.v1.PolicyFileR\x05files\x12\x16\n" +
+	"\x06bundle\x18\x03 \x01(\fR\x06bundle\"(\n" +
+	"\x12ListBundlesRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"O\n" +
+	"\x13ListBundlesResponse\x128\n" +
+	"\abundles\x18\x01 \x03(\v2\x1e.meshca.operator.v1.BundleInfoR\abundles\"B\n" +
+	"\x10GetBundleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"G\n" +
+	"\x15RollbackBundleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x12\n" +
+	"\x10GetOPAKeyRequest\"i\n" +
+	"\x11GetOPAKeyResponse\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1c\n" +
+	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12$\n" +
+	"\x0epublic_key_pem\x18\x03 \x01(\tR\fpublicKeyPem\"\xb5\x02\n" +
 	"\vCertificate\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
@@ -4553,7 +5312,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x12QueryAuditResponse\x12=\n" +
 	"\x06events\x18\x01 \x03(\v2%.meshca.operator.v1.HistoryAuditEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
-	"\x06source\x18\x03 \x01(\tR\x06source2\xd2\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source2\xfb\x1b\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -4570,7 +5329,15 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tListNodes\x12$.meshca.operator.v1.ListNodesRequest\x1a%.meshca.operator.v1.ListNodesResponse\x12O\n" +
 	"\aGetNode\x12\".meshca.operator.v1.GetNodeRequest\x1a .meshca.operator.v1.NodeResponse\x12a\n" +
 	"\fMintX509SVID\x12'.meshca.operator.v1.MintX509SVIDRequest\x1a(.meshca.operator.v1.MintX509SVIDResponse\x12j\n" +
-	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12s\n" +
+	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12m\n" +
+	"\x11SetIssuancePolicy\x12,.meshca.operator.v1.SetIssuancePolicyRequest\x1a*.meshca.operator.v1.IssuancePolicyResponse\x12m\n" +
+	"\x11GetIssuancePolicy\x12,.meshca.operator.v1.GetIssuancePolicyRequest\x1a*.meshca.operator.v1.IssuancePolicyResponse\x12W\n" +
+	"\n" +
+	"PushBundle\x12%.meshca.operator.v1.PushBundleRequest\x1a\".meshca.operator.v1.BundleResponse\x12^\n" +
+	"\vListBundles\x12&.meshca.operator.v1.ListBundlesRequest\x1a'.meshca.operator.v1.ListBundlesResponse\x12U\n" +
+	"\tGetBundle\x12$.meshca.operator.v1.GetBundleRequest\x1a\".meshca.operator.v1.BundleResponse\x12_\n" +
+	"\x0eRollbackBundle\x12).meshca.operator.v1.RollbackBundleRequest\x1a\".meshca.operator.v1.BundleResponse\x12X\n" +
+	"\tGetOPAKey\x12$.meshca.operator.v1.GetOPAKeyRequest\x1a%.meshca.operator.v1.GetOPAKeyResponse\x12s\n" +
 	"\x12RevokeCertificates\x12-.meshca.operator.v1.RevokeCertificatesRequest\x1a..meshca.operator.v1.RevokeCertificatesResponse\x12m\n" +
 	"\x10ListCertificates\x12+.meshca.operator.v1.ListCertificatesRequest\x1a,.meshca.operator.v1.ListCertificatesResponse\x12\\\n" +
 	"\x0eGetCertificate\x12).meshca.operator.v1.GetCertificateRequest\x1a\x1f.meshca.operator.v1.Certificate\x12D\n" +
@@ -4600,7 +5367,7 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_operatorpb_operator_proto_goTypes = []any{
 	(*AddAdminRequest)(nil),            // 0: meshca.operator.v1.AddAdminRequest
 	(*RemoveAdminRequest)(nil),         // 1: meshca.operator.v1.RemoveAdminRequest
@@ -4647,27 +5414,40 @@ var file_operatorpb_operator_proto_goTypes = []any{
 	(*ListAuthoritiesRequest)(nil),     // 42: meshca.operator.v1.ListAuthoritiesRequest
 	(*Authority)(nil),                  // 43: meshca.operator.v1.Authority
 	(*ListAuthoritiesResponse)(nil),    // 44: meshca.operator.v1.ListAuthoritiesResponse
-	(*Certificate)(nil),                // 45: meshca.operator.v1.Certificate
-	(*RevokeCertificatesRequest)(nil),  // 46: meshca.operator.v1.RevokeCertificatesRequest
-	(*RevokeCertificatesResponse)(nil), // 47: meshca.operator.v1.RevokeCertificatesResponse
-	(*ListCertificatesRequest)(nil),    // 48: meshca.operator.v1.ListCertificatesRequest
-	(*ListCertificatesResponse)(nil),   // 49: meshca.operator.v1.ListCertificatesResponse
-	(*GetCertificateRequest)(nil),      // 50: meshca.operator.v1.GetCertificateRequest
-	(*GetCRLRequest)(nil),              // 51: meshca.operator.v1.GetCRLRequest
-	(*CRL)(nil),                        // 52: meshca.operator.v1.CRL
-	(*BanNodeRequest)(nil),             // 53: meshca.operator.v1.BanNodeRequest
-	(*BanNodeResponse)(nil),            // 54: meshca.operator.v1.BanNodeResponse
-	(*EvictNodeRequest)(nil),           // 55: meshca.operator.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),          // 56: meshca.operator.v1.EvictNodeResponse
-	(*AuthorityStepRequest)(nil),       // 57: meshca.operator.v1.AuthorityStepRequest
-	(*AuthorityStepResponse)(nil),      // 58: meshca.operator.v1.AuthorityStepResponse
-	(*QueryCertificatesRequest)(nil),   // 59: meshca.operator.v1.QueryCertificatesRequest
-	(*HistoryCertificate)(nil),         // 60: meshca.operator.v1.HistoryCertificate
-	(*QueryCertificatesResponse)(nil),  // 61: meshca.operator.v1.QueryCertificatesResponse
-	(*QueryAuditRequest)(nil),          // 62: meshca.operator.v1.QueryAuditRequest
-	(*HistoryAuditEvent)(nil),          // 63: meshca.operator.v1.HistoryAuditEvent
-	(*QueryAuditResponse)(nil),         // 64: meshca.operator.v1.QueryAuditResponse
-	nil,                                // 65: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	(*PolicyFile)(nil),                 // 45: meshca.operator.v1.PolicyFile
+	(*SetIssuancePolicyRequest)(nil),   // 46: meshca.operator.v1.SetIssuancePolicyRequest
+	(*GetIssuancePolicyRequest)(nil),   // 47: meshca.operator.v1.GetIssuancePolicyRequest
+	(*IssuancePolicyResponse)(nil),     // 48: meshca.operator.v1.IssuancePolicyResponse
+	(*PushBundleRequest)(nil),          // 49: meshca.operator.v1.PushBundleRequest
+	(*BundleInfo)(nil),                 // 50: meshca.operator.v1.BundleInfo
+	(*BundleResponse)(nil),             // 51: meshca.operator.v1.BundleResponse
+	(*ListBundlesRequest)(nil),         // 52: meshca.operator.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),        // 53: meshca.operator.v1.ListBundlesResponse
+	(*GetBundleRequest)(nil),           // 54: meshca.operator.v1.GetBundleRequest
+	(*RollbackBundleRequest)(nil),      // 55: meshca.operator.v1.RollbackBundleRequest
+	(*GetOPAKeyRequest)(nil),           // 56: meshca.operator.v1.GetOPAKeyRequest
+	(*GetOPAKeyResponse)(nil),          // 57: meshca.operator.v1.GetOPAKeyResponse
+	(*Certificate)(nil),                // 58: meshca.operator.v1.Certificate
+	(*RevokeCertificatesRequest)(nil),  // 59: meshca.operator.v1.RevokeCertificatesRequest
+	(*RevokeCertificatesResponse)(nil), // 60: meshca.operator.v1.RevokeCertificatesResponse
+	(*ListCertificatesRequest)(nil),    // 61: meshca.operator.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil),   // 62: meshca.operator.v1.ListCertificatesResponse
+	(*GetCertificateRequest)(nil),      // 63: meshca.operator.v1.GetCertificateRequest
+	(*GetCRLRequest)(nil),              // 64: meshca.operator.v1.GetCRLRequest
+	(*CRL)(nil),                        // 65: meshca.operator.v1.CRL
+	(*BanNodeRequest)(nil),             // 66: meshca.operator.v1.BanNodeRequest
+	(*BanNodeResponse)(nil),            // 67: meshca.operator.v1.BanNodeResponse
+	(*EvictNodeRequest)(nil),           // 68: meshca.operator.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),          // 69: meshca.operator.v1.EvictNodeResponse
+	(*AuthorityStepRequest)(nil),       // 70: meshca.operator.v1.AuthorityStepRequest
+	(*AuthorityStepResponse)(nil),      // 71: meshca.operator.v1.AuthorityStepResponse
+	(*QueryCertificatesRequest)(nil),   // 72: meshca.operator.v1.QueryCertificatesRequest
+	(*HistoryCertificate)(nil),         // 73: meshca.operator.v1.HistoryCertificate
+	(*QueryCertificatesResponse)(nil),  // 74: meshca.operator.v1.QueryCertificatesResponse
+	(*QueryAuditRequest)(nil),          // 75: meshca.operator.v1.QueryAuditRequest
+	(*HistoryAuditEvent)(nil),          // 76: meshca.operator.v1.HistoryAuditEvent
+	(*QueryAuditResponse)(nil),         // 77: meshca.operator.v1.QueryAuditResponse
+	nil,                                // 78: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	4,  // 0: meshca.operator.v1.ListAdminsResponse.admins:type_name -> meshca.operator.v1.AdminInfo
@@ -4686,81 +5466,101 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	35, // 13: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
 	35, // 14: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
 	43, // 15: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	45, // 16: meshca.operator.v1.RevokeCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
-	45, // 17: meshca.operator.v1.ListCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
-	35, // 18: meshca.operator.v1.BanNodeResponse.node:type_name -> meshca.operator.v1.Node
-	45, // 19: meshca.operator.v1.BanNodeResponse.revoked:type_name -> meshca.operator.v1.Certificate
-	35, // 20: meshca.operator.v1.EvictNodeResponse.node:type_name -> meshca.operator.v1.Node
-	24, // 21: meshca.operator.v1.EvictNodeResponse.entries:type_name -> meshca.operator.v1.Entry
-	43, // 22: meshca.operator.v1.AuthorityStepResponse.authority:type_name -> meshca.operator.v1.Authority
-	60, // 23: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
-	65, // 24: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
-	63, // 25: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
-	6,  // 26: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	12, // 27: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	14, // 28: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	16, // 29: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	18, // 30: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	19, // 31: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	21, // 32: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	25, // 33: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	26, // 34: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	28, // 35: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	30, // 36: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	31, // 37: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	36, // 38: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	38, // 39: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	40, // 40: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	42, // 41: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	46, // 42: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
-	48, // 43: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
-	50, // 44: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
-	51, // 45: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
-	53, // 46: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
-	55, // 47: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
-	57, // 48: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	57, // 49: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	0,  // 50: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
-	1,  // 51: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
-	3,  // 52: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
-	33, // 53: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
-	59, // 54: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
-	62, // 55: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
-	7,  // 56: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	13, // 57: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	15, // 58: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	17, // 59: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	19, // 60: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	20, // 61: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	22, // 62: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	27, // 63: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	27, // 64: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	29, // 65: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	27, // 66: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	32, // 67: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	37, // 68: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	39, // 69: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	41, // 70: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	44, // 71: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	47, // 72: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
-	49, // 73: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
-	45, // 74: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
-	52, // 75: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
-	54, // 76: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
-	56, // 77: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
-	58, // 78: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	58, // 79: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	2,  // 80: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
-	2,  // 81: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
-	5,  // 82: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
-	34, // 83: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
-	61, // 84: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
-	64, // 85: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
-	56, // [56:86] is the sub-list for method output_type
-	26, // [26:56] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	45, // 16: meshca.operator.v1.SetIssuancePolicyRequest.files:type_name -> meshca.operator.v1.PolicyFile
+	45, // 17: meshca.operator.v1.IssuancePolicyResponse.files:type_name -> meshca.operator.v1.PolicyFile
+	45, // 18: meshca.operator.v1.PushBundleRequest.files:type_name -> meshca.operator.v1.PolicyFile
+	50, // 19: meshca.operator.v1.BundleResponse.info:type_name -> meshca.operator.v1.BundleInfo
+	45, // 20: meshca.operator.v1.BundleResponse.files:type_name -> meshca.operator.v1.PolicyFile
+	50, // 21: meshca.operator.v1.ListBundlesResponse.bundles:type_name -> meshca.operator.v1.BundleInfo
+	58, // 22: meshca.operator.v1.RevokeCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
+	58, // 23: meshca.operator.v1.ListCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
+	35, // 24: meshca.operator.v1.BanNodeResponse.node:type_name -> meshca.operator.v1.Node
+	58, // 25: meshca.operator.v1.BanNodeResponse.revoked:type_name -> meshca.operator.v1.Certificate
+	35, // 26: meshca.operator.v1.EvictNodeResponse.node:type_name -> meshca.operator.v1.Node
+	24, // 27: meshca.operator.v1.EvictNodeResponse.entries:type_name -> meshca.operator.v1.Entry
+	43, // 28: meshca.operator.v1.AuthorityStepResponse.authority:type_name -> meshca.operator.v1.Authority
+	73, // 29: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
+	78, // 30: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	76, // 31: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
+	6,  // 32: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	12, // 33: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	14, // 34: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	16, // 35: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	18, // 36: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	19, // 37: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	21, // 38: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	25, // 39: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	26, // 40: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	28, // 41: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	30, // 42: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	31, // 43: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	36, // 44: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	38, // 45: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	40, // 46: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	42, // 47: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	46, // 48: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
+	47, // 49: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
+	49, // 50: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
+	52, // 51: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
+	54, // 52: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
+	55, // 53: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
+	56, // 54: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
+	59, // 55: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
+	61, // 56: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
+	63, // 57: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
+	64, // 58: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
+	66, // 59: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
+	68, // 60: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
+	70, // 61: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	70, // 62: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	0,  // 63: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 64: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 65: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	33, // 66: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
+	72, // 67: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	75, // 68: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	7,  // 69: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	13, // 70: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	15, // 71: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	17, // 72: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	19, // 73: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	20, // 74: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	22, // 75: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	27, // 76: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	27, // 77: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	29, // 78: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	27, // 79: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	32, // 80: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	37, // 81: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	39, // 82: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	41, // 83: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	44, // 84: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	48, // 85: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	48, // 86: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	51, // 87: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
+	53, // 88: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
+	51, // 89: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
+	51, // 90: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
+	57, // 91: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
+	60, // 92: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	62, // 93: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	58, // 94: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	65, // 95: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	67, // 96: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	69, // 97: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	71, // 98: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	71, // 99: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	2,  // 100: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 101: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 102: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	34, // 103: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
+	74, // 104: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	77, // 105: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	69, // [69:106] is the sub-list for method output_type
+	32, // [32:69] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -4774,7 +5574,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   66,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

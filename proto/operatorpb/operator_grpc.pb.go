@@ -37,6 +37,13 @@ const (
 	Operator_GetNode_FullMethodName            = "/meshca.operator.v1.Operator/GetNode"
 	Operator_MintX509SVID_FullMethodName       = "/meshca.operator.v1.Operator/MintX509SVID"
 	Operator_ListAuthorities_FullMethodName    = "/meshca.operator.v1.Operator/ListAuthorities"
+	Operator_SetIssuancePolicy_FullMethodName  = "/meshca.operator.v1.Operator/SetIssuancePolicy"
+	Operator_GetIssuancePolicy_FullMethodName  = "/meshca.operator.v1.Operator/GetIssuancePolicy"
+	Operator_PushBundle_FullMethodName         = "/meshca.operator.v1.Operator/PushBundle"
+	Operator_ListBundles_FullMethodName        = "/meshca.operator.v1.Operator/ListBundles"
+	Operator_GetBundle_FullMethodName          = "/meshca.operator.v1.Operator/GetBundle"
+	Operator_RollbackBundle_FullMethodName     = "/meshca.operator.v1.Operator/RollbackBundle"
+	Operator_GetOPAKey_FullMethodName          = "/meshca.operator.v1.Operator/GetOPAKey"
 	Operator_RevokeCertificates_FullMethodName = "/meshca.operator.v1.Operator/RevokeCertificates"
 	Operator_ListCertificates_FullMethodName   = "/meshca.operator.v1.Operator/ListCertificates"
 	Operator_GetCertificate_FullMethodName     = "/meshca.operator.v1.Operator/GetCertificate"
@@ -80,6 +87,24 @@ type OperatorClient interface {
 	// ListAuthorities lists the trust domain's roots, every server's
 	// intermediates and the JWT signing keys, with their rotation state.
 	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
+	// issue 12: OPA policy.
+	// SetIssuancePolicy compiles and stores a new issuance policy revision
+	// (no files: remove the policy; registration entries decide alone).
+	SetIssuancePolicy(ctx context.Context, in *SetIssuancePolicyRequest, opts ...grpc.CallOption) (*IssuancePolicyResponse, error)
+	// GetIssuancePolicy returns the current issuance policy.
+	GetIssuancePolicy(ctx context.Context, in *GetIssuancePolicyRequest, opts ...grpc.CallOption) (*IssuancePolicyResponse, error)
+	// PushBundle builds, signs and stores the next revision of a named OPA
+	// authorization bundle.
+	PushBundle(ctx context.Context, in *PushBundleRequest, opts ...grpc.CallOption) (*BundleResponse, error)
+	// ListBundles lists every bundle's latest revision, or one bundle's kept
+	// revisions.
+	ListBundles(ctx context.Context, in *ListBundlesRequest, opts ...grpc.CallOption) (*ListBundlesResponse, error)
+	// GetBundle returns one revision of a bundle (0: the latest) with its files.
+	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*BundleResponse, error)
+	// RollbackBundle publishes an earlier revision's content as a new revision.
+	RollbackBundle(ctx context.Context, in *RollbackBundleRequest, opts ...grpc.CallOption) (*BundleResponse, error)
+	// GetOPAKey returns the public key OPA verifies bundles with.
+	GetOPAKey(ctx context.Context, in *GetOPAKeyRequest, opts ...grpc.CallOption) (*GetOPAKeyResponse, error)
 	// issue 13: revocation, certificate queries, CRLs, node ban and eviction.
 	// RevokeCertificates revokes unexpired certificates from the ledger, by
 	// serial, SPIFFE ID or node; the CRLs of their issuers are signed again
@@ -297,6 +322,76 @@ func (c *operatorClient) ListAuthorities(ctx context.Context, in *ListAuthoritie
 	return out, nil
 }
 
+func (c *operatorClient) SetIssuancePolicy(ctx context.Context, in *SetIssuancePolicyRequest, opts ...grpc.CallOption) (*IssuancePolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssuancePolicyResponse)
+	err := c.cc.Invoke(ctx, Operator_SetIssuancePolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) GetIssuancePolicy(ctx context.Context, in *GetIssuancePolicyRequest, opts ...grpc.CallOption) (*IssuancePolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssuancePolicyResponse)
+	err := c.cc.Invoke(ctx, Operator_GetIssuancePolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) PushBundle(ctx context.Context, in *PushBundleRequest, opts ...grpc.CallOption) (*BundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BundleResponse)
+	err := c.cc.Invoke(ctx, Operator_PushBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ListBundles(ctx context.Context, in *ListBundlesRequest, opts ...grpc.CallOption) (*ListBundlesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBundlesResponse)
+	err := c.cc.Invoke(ctx, Operator_ListBundles_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*BundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BundleResponse)
+	err := c.cc.Invoke(ctx, Operator_GetBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) RollbackBundle(ctx context.Context, in *RollbackBundleRequest, opts ...grpc.CallOption) (*BundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BundleResponse)
+	err := c.cc.Invoke(ctx, Operator_RollbackBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) GetOPAKey(ctx context.Context, in *GetOPAKeyRequest, opts ...grpc.CallOption) (*GetOPAKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetOPAKeyResponse)
+	err := c.cc.Invoke(ctx, Operator_GetOPAKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *operatorClient) RevokeCertificates(ctx context.Context, in *RevokeCertificatesRequest, opts ...grpc.CallOption) (*RevokeCertificatesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RevokeCertificatesResponse)
@@ -464,6 +559,24 @@ type OperatorServer interface {
 	// ListAuthorities lists the trust domain's roots, every server's
 	// intermediates and the JWT signing keys, with their rotation state.
 	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
+	// issue 12: OPA policy.
+	// SetIssuancePolicy compiles and stores a new issuance policy revision
+	// (no files: remove the policy; registration entries decide alone).
+	SetIssuancePolicy(context.Context, *SetIssuancePolicyRequest) (*IssuancePolicyResponse, error)
+	// GetIssuancePolicy returns the current issuance policy.
+	GetIssuancePolicy(context.Context, *GetIssuancePolicyRequest) (*IssuancePolicyResponse, error)
+	// PushBundle builds, signs and stores the next revision of a named OPA
+	// authorization bundle.
+	PushBundle(context.Context, *PushBundleRequest) (*BundleResponse, error)
+	// ListBundles lists every bundle's latest revision, or one bundle's kept
+	// revisions.
+	ListBundles(context.Context, *ListBundlesRequest) (*ListBundlesResponse, error)
+	// GetBundle returns one revision of a bundle (0: the latest) with its files.
+	GetBundle(context.Context, *GetBundleRequest) (*BundleResponse, error)
+	// RollbackBundle publishes an earlier revision's content as a new revision.
+	RollbackBundle(context.Context, *RollbackBundleRequest) (*BundleResponse, error)
+	// GetOPAKey returns the public key OPA verifies bundles with.
+	GetOPAKey(context.Context, *GetOPAKeyRequest) (*GetOPAKeyResponse, error)
 	// issue 13: revocation, certificate queries, CRLs, node ban and eviction.
 	// RevokeCertificates revokes unexpired certificates from the ledger, by
 	// serial, SPIFFE ID or node; the CRLs of their issuers are signed again
@@ -556,6 +669,27 @@ func (UnimplementedOperatorServer) MintX509SVID(context.Context, *MintX509SVIDRe
 }
 func (UnimplementedOperatorServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
+}
+func (UnimplementedOperatorServer) SetIssuancePolicy(context.Context, *SetIssuancePolicyRequest) (*IssuancePolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetIssuancePolicy not implemented")
+}
+func (UnimplementedOperatorServer) GetIssuancePolicy(context.Context, *GetIssuancePolicyRequest) (*IssuancePolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetIssuancePolicy not implemented")
+}
+func (UnimplementedOperatorServer) PushBundle(context.Context, *PushBundleRequest) (*BundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PushBundle not implemented")
+}
+func (UnimplementedOperatorServer) ListBundles(context.Context, *ListBundlesRequest) (*ListBundlesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBundles not implemented")
+}
+func (UnimplementedOperatorServer) GetBundle(context.Context, *GetBundleRequest) (*BundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
+}
+func (UnimplementedOperatorServer) RollbackBundle(context.Context, *RollbackBundleRequest) (*BundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackBundle not implemented")
+}
+func (UnimplementedOperatorServer) GetOPAKey(context.Context, *GetOPAKeyRequest) (*GetOPAKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetOPAKey not implemented")
 }
 func (UnimplementedOperatorServer) RevokeCertificates(context.Context, *RevokeCertificatesRequest) (*RevokeCertificatesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeCertificates not implemented")
@@ -890,6 +1024,132 @@ func _Operator_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_SetIssuancePolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetIssuancePolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).SetIssuancePolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_SetIssuancePolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).SetIssuancePolicy(ctx, req.(*SetIssuancePolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_GetIssuancePolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetIssuancePolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).GetIssuancePolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_GetIssuancePolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).GetIssuancePolicy(ctx, req.(*GetIssuancePolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_PushBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PushBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).PushBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_PushBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).PushBundle(ctx, req.(*PushBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ListBundles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBundlesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ListBundles(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ListBundles_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ListBundles(ctx, req.(*ListBundlesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_GetBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).GetBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_GetBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).GetBundle(ctx, req.(*GetBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_RollbackBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).RollbackBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_RollbackBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).RollbackBundle(ctx, req.(*RollbackBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_GetOPAKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOPAKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).GetOPAKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_GetOPAKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).GetOPAKey(ctx, req.(*GetOPAKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Operator_RevokeCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RevokeCertificatesRequest)
 	if err := dec(in); err != nil {
@@ -1204,6 +1464,34 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuthorities",
 			Handler:    _Operator_ListAuthorities_Handler,
+		},
+		{
+			MethodName: "SetIssuancePolicy",
+			Handler:    _Operator_SetIssuancePolicy_Handler,
+		},
+		{
+			MethodName: "GetIssuancePolicy",
+			Handler:    _Operator_GetIssuancePolicy_Handler,
+		},
+		{
+			MethodName: "PushBundle",
+			Handler:    _Operator_PushBundle_Handler,
+		},
+		{
+			MethodName: "ListBundles",
+			Handler:    _Operator_ListBundles_Handler,
+		},
+		{
+			MethodName: "GetBundle",
+			Handler:    _Operator_GetBundle_Handler,
+		},
+		{
+			MethodName: "RollbackBundle",
+			Handler:    _Operator_RollbackBundle_Handler,
+		},
+		{
+			MethodName: "GetOPAKey",
+			Handler:    _Operator_GetOPAKey_Handler,
 		},
 		{
 			MethodName: "RevokeCertificates",

@@ -229,6 +229,9 @@ type Command struct {
 	//	*Command_EvictNode
 	//	*Command_TaintAuthority
 	//	*Command_RevokeAuthority
+	//	*Command_PutIssuancePolicy
+	//	*Command_PutOpaBundle
+	//	*Command_PutOpaKey
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -539,6 +542,33 @@ func (x *Command) GetRevokeAuthority() *RevokeAuthority {
 	return nil
 }
 
+func (x *Command) GetPutIssuancePolicy() *PutIssuancePolicy {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutIssuancePolicy); ok {
+			return x.PutIssuancePolicy
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPutOpaBundle() *PutOPABundle {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutOpaBundle); ok {
+			return x.PutOpaBundle
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPutOpaKey() *PutOPAKey {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutOpaKey); ok {
+			return x.PutOpaKey
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -663,6 +693,19 @@ type Command_RevokeAuthority struct {
 	RevokeAuthority *RevokeAuthority `protobuf:"bytes,53,opt,name=revoke_authority,json=revokeAuthority,proto3,oneof"`
 }
 
+type Command_PutIssuancePolicy struct {
+	// issue 12: OPA policy (40-49).
+	PutIssuancePolicy *PutIssuancePolicy `protobuf:"bytes,40,opt,name=put_issuance_policy,json=putIssuancePolicy,proto3,oneof"`
+}
+
+type Command_PutOpaBundle struct {
+	PutOpaBundle *PutOPABundle `protobuf:"bytes,41,opt,name=put_opa_bundle,json=putOpaBundle,proto3,oneof"`
+}
+
+type Command_PutOpaKey struct {
+	PutOpaKey *PutOPAKey `protobuf:"bytes,42,opt,name=put_opa_key,json=putOpaKey,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -720,6 +763,12 @@ func (*Command_EvictNode) isCommand_Op() {}
 func (*Command_TaintAuthority) isCommand_Op() {}
 
 func (*Command_RevokeAuthority) isCommand_Op() {}
+
+func (*Command_PutIssuancePolicy) isCommand_Op() {}
+
+func (*Command_PutOpaBundle) isCommand_Op() {}
+
+func (*Command_PutOpaKey) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -3554,6 +3603,9 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_AppliedRequest
 	//	*SnapshotRecord_Crl
 	//	*SnapshotRecord_Admin
+	//	*SnapshotRecord_IssuancePolicy
+	//	*SnapshotRecord_OpaBundle
+	//	*SnapshotRecord_OpaKey
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3713,6 +3765,33 @@ func (x *SnapshotRecord) GetAdmin() *Admin {
 	return nil
 }
 
+func (x *SnapshotRecord) GetIssuancePolicy() *IssuancePolicy {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_IssuancePolicy); ok {
+			return x.IssuancePolicy
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetOpaBundle() *OPABundle {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_OpaBundle); ok {
+			return x.OpaBundle
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetOpaKey() *OPAKey {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_OpaKey); ok {
+			return x.OpaKey
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -3769,6 +3848,19 @@ type SnapshotRecord_Admin struct {
 	Admin *Admin `protobuf:"bytes,90,opt,name=admin,proto3,oneof"`
 }
 
+type SnapshotRecord_IssuancePolicy struct {
+	// issue 12: OPA policy.
+	IssuancePolicy *IssuancePolicy `protobuf:"bytes,40,opt,name=issuance_policy,json=issuancePolicy,proto3,oneof"`
+}
+
+type SnapshotRecord_OpaBundle struct {
+	OpaBundle *OPABundle `protobuf:"bytes,41,opt,name=opa_bundle,json=opaBundle,proto3,oneof"`
+}
+
+type SnapshotRecord_OpaKey struct {
+	OpaKey *OPAKey `protobuf:"bytes,42,opt,name=opa_key,json=opaKey,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -3795,11 +3887,485 @@ func (*SnapshotRecord_Crl) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Admin) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_IssuancePolicy) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_OpaBundle) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_OpaKey) isSnapshotRecord_Record() {}
+
+// PolicyFile is one source file of a policy: a Rego module or a data
+// file, by its path relative to the directory it was read from.
+type PolicyFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyFile) Reset() {
+	*x = PolicyFile{}
+	mi := &file_raftpb_raft_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyFile) ProtoMessage() {}
+
+func (x *PolicyFile) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
+func (*PolicyFile) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *PolicyFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PolicyFile) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+// IssuancePolicy is one revision of the operator's issuance policy (the
+// decision data.meshca.issuance). A revision without files removes the
+// policy: registration entries decide alone again.
+type IssuancePolicy struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Revision        uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Files           []*PolicyFile          `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// author is who set it (audit actor).
+	Author        string `protobuf:"bytes,4,opt,name=author,proto3" json:"author,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssuancePolicy) Reset() {
+	*x = IssuancePolicy{}
+	mi := &file_raftpb_raft_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuancePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuancePolicy) ProtoMessage() {}
+
+func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuancePolicy.ProtoReflect.Descriptor instead.
+func (*IssuancePolicy) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *IssuancePolicy) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *IssuancePolicy) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *IssuancePolicy) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *IssuancePolicy) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+// OPABundle is one revision of a named, signed OPA authorization bundle.
+type OPABundle struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// bundle is the signed bundle (.tar.gz) as served to OPA.
+	Bundle []byte `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// files are the sources it was built from (show, diff, rollback).
+	Files []*PolicyFile `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	// sha256 of bundle: the ETag it is served with.
+	Sha256          []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	CreatedUnixNano int64  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	Author          string `protobuf:"bytes,7,opt,name=author,proto3" json:"author,omitempty"`
+	// rollback_of is the revision whose content this one republishes.
+	RollbackOf uint64 `protobuf:"varint,8,opt,name=rollback_of,json=rollbackOf,proto3" json:"rollback_of,omitempty"`
+	// kid is the OPA signing key that signed it.
+	Kid           string `protobuf:"bytes,9,opt,name=kid,proto3" json:"kid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OPABundle) Reset() {
+	*x = OPABundle{}
+	mi := &file_raftpb_raft_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OPABundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OPABundle) ProtoMessage() {}
+
+func (x *OPABundle) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
+func (*OPABundle) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *OPABundle) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *OPABundle) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *OPABundle) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *OPABundle) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *OPABundle) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *OPABundle) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *OPABundle) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+func (x *OPABundle) GetRollbackOf() uint64 {
+	if x != nil {
+		return x.RollbackOf
+	}
+	return 0
+}
+
+func (x *OPABundle) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+// OPAKey is the trust domain's ES256 key that signs OPA bundles; its
+// private key is sealed under the cluster's KEK.
+type OPAKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	// public_key is the DER SubjectPublicKeyInfo.
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// sealed_key is the JSON of a ca.SealedKey.
+	SealedKey     []byte `protobuf:"bytes,3,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	CreatedUnix   int64  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OPAKey) Reset() {
+	*x = OPAKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OPAKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OPAKey) ProtoMessage() {}
+
+func (x *OPAKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OPAKey.ProtoReflect.Descriptor instead.
+func (*OPAKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *OPAKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *OPAKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *OPAKey) GetSealedKey() []byte {
+	if x != nil {
+		return x.SealedKey
+	}
+	return nil
+}
+
+func (x *OPAKey) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+// PutIssuancePolicy stores the next issuance policy revision: its revision
+// must be the latest + 1 (else CONFLICT). keep bounds the revisions kept.
+type PutIssuancePolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *IssuancePolicy        `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Keep          uint32                 `protobuf:"varint,2,opt,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutIssuancePolicy) Reset() {
+	*x = PutIssuancePolicy{}
+	mi := &file_raftpb_raft_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutIssuancePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutIssuancePolicy) ProtoMessage() {}
+
+func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutIssuancePolicy.ProtoReflect.Descriptor instead.
+func (*PutIssuancePolicy) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *PutIssuancePolicy) GetPolicy() *IssuancePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *PutIssuancePolicy) GetKeep() uint32 {
+	if x != nil {
+		return x.Keep
+	}
+	return 0
+}
+
+// PutOPABundle stores the next revision of a bundle: its revision must be
+// the name's latest + 1 (else CONFLICT: it was signed with its revision in
+// its manifest). keep bounds the revisions kept per name (oldest dropped).
+type PutOPABundle struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundle        *OPABundle             `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Keep          uint32                 `protobuf:"varint,2,opt,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutOPABundle) Reset() {
+	*x = PutOPABundle{}
+	mi := &file_raftpb_raft_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutOPABundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutOPABundle) ProtoMessage() {}
+
+func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutOPABundle.ProtoReflect.Descriptor instead.
+func (*PutOPABundle) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *PutOPABundle) GetBundle() *OPABundle {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *PutOPABundle) GetKeep() uint32 {
+	if x != nil {
+		return x.Keep
+	}
+	return 0
+}
+
+// PutOPAKey stores the OPA signing key; there is one per trust domain: a
+// second, different key is refused (ALREADY_EXISTS), the same again is a
+// retry.
+type PutOPAKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *OPAKey                `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutOPAKey) Reset() {
+	*x = PutOPAKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutOPAKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutOPAKey) ProtoMessage() {}
+
+func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutOPAKey.ProtoReflect.Descriptor instead.
+func (*PutOPAKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *PutOPAKey) GetKey() *OPAKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xbb\x0f\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\x93\x11\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3835,7 +4401,10 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
 	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNode\x12I\n" +
 	"\x0ftaint_authority\x184 \x01(\v2\x1e.meshca.raft.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
-	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthorityB\x04\n" +
+	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12S\n" +
+	"\x13put_issuance_policy\x18( \x01(\v2!.meshca.raft.v1.PutIssuancePolicyH\x00R\x11putIssuancePolicy\x12D\n" +
+	"\x0eput_opa_bundle\x18) \x01(\v2\x1c.meshca.raft.v1.PutOPABundleH\x00R\fputOpaBundle\x12;\n" +
+	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKeyB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -4028,7 +4597,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fhold_unexported\x18< \x01(\bR\x0eholdUnexported\x12%\n" +
 	"\x0eexported_index\x18= \x01(\x04R\rexportedIndex\x12C\n" +
 	"\x1eunexported_expired_before_unix\x18> \x01(\x03R\x1bunexportedExpiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\xee\x05\n" +
+	"\x04Noop\"\xa8\a\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -4046,9 +4615,48 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKey\x12I\n" +
 	"\x0fapplied_request\x18\f \x01(\v2\x1e.meshca.raft.v1.AppliedRequestH\x00R\x0eappliedRequest\x12'\n" +
 	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crl\x12-\n" +
-	"\x05admin\x18Z \x01(\v2\x15.meshca.raft.v1.AdminH\x00R\x05adminB\b\n" +
+	"\x05admin\x18Z \x01(\v2\x15.meshca.raft.v1.AdminH\x00R\x05admin\x12I\n" +
+	"\x0fissuance_policy\x18( \x01(\v2\x1e.meshca.raft.v1.IssuancePolicyH\x00R\x0eissuancePolicy\x12:\n" +
+	"\n" +
+	"opa_bundle\x18) \x01(\v2\x19.meshca.raft.v1.OPABundleH\x00R\topaBundle\x121\n" +
+	"\aopa_key\x18* \x01(\v2\x16.meshca.raft.v1.OPAKeyH\x00R\x06opaKeyB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
-	"*x\n" +
+	"\":\n" +
+	"\n" +
+	"PolicyFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\xa2\x01\n" +
+	"\x0eIssuancePolicy\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x120\n" +
+	"\x05files\x18\x02 \x03(\v2\x1a.meshca.raft.v1.PolicyFileR\x05files\x12*\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x16\n" +
+	"\x06author\x18\x04 \x01(\tR\x06author\"\x94\x02\n" +
+	"\tOPABundle\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06bundle\x18\x03 \x01(\fR\x06bundle\x120\n" +
+	"\x05files\x18\x04 \x03(\v2\x1a.meshca.raft.v1.PolicyFileR\x05files\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12*\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12\x16\n" +
+	"\x06author\x18\a \x01(\tR\x06author\x12\x1f\n" +
+	"\vrollback_of\x18\b \x01(\x04R\n" +
+	"rollbackOf\x12\x10\n" +
+	"\x03kid\x18\t \x01(\tR\x03kid\"{\n" +
+	"\x06OPAKey\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
+	"\n" +
+	"sealed_key\x18\x03 \x01(\fR\tsealedKey\x12!\n" +
+	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\"_\n" +
+	"\x11PutIssuancePolicy\x126\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1e.meshca.raft.v1.IssuancePolicyR\x06policy\x12\x12\n" +
+	"\x04keep\x18\x02 \x01(\rR\x04keep\"U\n" +
+	"\fPutOPABundle\x121\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x19.meshca.raft.v1.OPABundleR\x06bundle\x12\x12\n" +
+	"\x04keep\x18\x02 \x01(\rR\x04keep\"5\n" +
+	"\tPutOPAKey\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.OPAKeyR\x03key*x\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tNOT_FOUND\x10\x01\x12\x12\n" +
@@ -4083,7 +4691,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -4136,6 +4744,13 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*PruneLedger)(nil),       // 48: meshca.raft.v1.PruneLedger
 	(*Noop)(nil),              // 49: meshca.raft.v1.Noop
 	(*SnapshotRecord)(nil),    // 50: meshca.raft.v1.SnapshotRecord
+	(*PolicyFile)(nil),        // 51: meshca.raft.v1.PolicyFile
+	(*IssuancePolicy)(nil),    // 52: meshca.raft.v1.IssuancePolicy
+	(*OPABundle)(nil),         // 53: meshca.raft.v1.OPABundle
+	(*OPAKey)(nil),            // 54: meshca.raft.v1.OPAKey
+	(*PutIssuancePolicy)(nil), // 55: meshca.raft.v1.PutIssuancePolicy
+	(*PutOPABundle)(nil),      // 56: meshca.raft.v1.PutOPABundle
+	(*PutOPAKey)(nil),         // 57: meshca.raft.v1.PutOPAKey
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -4168,54 +4783,65 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	41, // 27: meshca.raft.v1.Command.evict_node:type_name -> meshca.raft.v1.EvictNode
 	42, // 28: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
 	43, // 29: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
-	0,  // 30: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 31: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 32: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 33: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 34: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 35: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 36: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 37: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 38: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 39: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 40: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 41: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 42: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	10, // 43: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
-	11, // 44: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 45: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 46: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	34, // 47: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
-	30, // 48: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 49: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 50: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	30, // 51: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 52: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 53: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 54: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 55: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 56: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 57: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 58: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 59: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 60: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 61: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 62: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 63: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 64: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 65: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 66: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 67: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 68: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 69: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 70: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 71: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	34, // 72: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
-	73, // [73:73] is the sub-list for method output_type
-	73, // [73:73] is the sub-list for method input_type
-	73, // [73:73] is the sub-list for extension type_name
-	73, // [73:73] is the sub-list for extension extendee
-	0,  // [0:73] is the sub-list for field type_name
+	55, // 30: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
+	56, // 31: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
+	57, // 32: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
+	0,  // 33: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 34: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 35: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 36: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 37: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 38: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 39: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 40: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 41: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 42: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 43: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 44: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 45: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	10, // 46: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
+	11, // 47: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 48: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 49: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	34, // 50: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	30, // 51: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 52: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 53: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	30, // 54: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 55: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 56: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 57: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 58: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 59: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 60: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 61: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 62: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 63: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 64: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 65: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 66: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 67: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 68: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 69: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 70: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 71: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 72: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 73: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 74: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	34, // 75: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	52, // 76: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
+	53, // 77: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
+	54, // 78: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
+	51, // 79: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
+	51, // 80: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
+	52, // 81: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
+	53, // 82: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
+	54, // 83: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
+	84, // [84:84] is the sub-list for method output_type
+	84, // [84:84] is the sub-list for method input_type
+	84, // [84:84] is the sub-list for extension type_name
+	84, // [84:84] is the sub-list for extension extendee
+	0,  // [0:84] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -4253,6 +4879,9 @@ func file_raftpb_raft_proto_init() {
 		(*Command_EvictNode)(nil),
 		(*Command_TaintAuthority)(nil),
 		(*Command_RevokeAuthority)(nil),
+		(*Command_PutIssuancePolicy)(nil),
+		(*Command_PutOpaBundle)(nil),
+		(*Command_PutOpaKey)(nil),
 	}
 	file_raftpb_raft_proto_msgTypes[47].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
@@ -4268,6 +4897,9 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_AppliedRequest)(nil),
 		(*SnapshotRecord_Crl)(nil),
 		(*SnapshotRecord_Admin)(nil),
+		(*SnapshotRecord_IssuancePolicy)(nil),
+		(*SnapshotRecord_OpaBundle)(nil),
+		(*SnapshotRecord_OpaKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4275,7 +4907,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   48,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

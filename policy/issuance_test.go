@@ -1,0 +1,148 @@
+package policy
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// identityPolicy derives spiffe://td/ns/<ns>/sa/<sa> from a workload's
+// attested k8s selectors, for namespaces listed in data.json, and keeps
+// registration entries working beside it.
+const identityPolicy = `package meshca.issuance
+
+default allow := false
+
+k8s(name) := v if {
+	some s in input.workload.selectors
+	s.type == "k8s"
+	startswith(s.value, concat("", [name, ":"]))
+	v := substring(s.value, count(name) + 1, -1)
+}
+
+derived := sprintf("spiffe://example.org/ns/%s/sa/%s", [k8s("ns"), k8s("sa")])
+
+allow if input.entries.allow
+
+allow if {
+	input.request.kind == "workload_svid"
+	not input.entry
+	k8s("ns") in data.meshca.namespaces
+}
+
+spiffe_id := derived if {
+	not input.entry
+	allow
+}
+
+ttl := 3600 if spiffe_id
+
+reason := "workload is in no namespace of the identity policy" if not allow
+
+identity_selector_types := {"k8s"}
+`
+
+func workloadInput(ns string) *Input {
+	return &Input{
+		Node:     NodeInput{ID: "spiffe://example.org/meshca/agent/k8s_psat/c1/n1", Attestor: "k8s_psat"},
+		Workload: WorkloadInput{Selectors: []Selector{{"k8s", "ns:" + ns}, {"k8s", "sa:api"}}},
+		Request:  RequestInput{Kind: "workload_svid", Profile: "ecdsa"},
+		Entries:  EntriesInput{Reason: "no entry"},
+	}
+}
+
+func TestIssuanceIdentityAsPolicy(t *testing.T) {
+	ctx := context.Background()
+	p, err := CompileIssuance(ctx, 1, []File{
+		{Path: "identity.rego", Content: []byte(identityPolicy)},
+		{Path: "meshca/data.json", Content: []byte(`{"namespaces": ["payments"]}`)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.SelectorTypes) != 1 || p.SelectorTypes[0] != "k8s" {
+		t.Fatalf("selector types %v", p.SelectorTypes)
+	}
+	d, err := p.Decide(ctx, workloadInput("payments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Allow || d.SPIFFEID != "spiffe://example.org/ns/payments/sa/api" || d.TTL != time.Hour {
+		t.Fatalf("decision %+v", d)
+	}
+	d, err = p.Decide(ctx, workloadInput("default"))
+	if err != nil || d.Allow || d.Reason != "workload is in no namespace of the identity policy" {
+		t.Fatalf("decision %+v, %v", d, err)
+	}
+	in := workloadInput("default")
+	in.Entry = &EntryInput{ID: "e1", SPIFFEID: "spiffe://example.org/web"}
+	in.Entries = EntriesInput{Allow: true}
+	if d, err = p.Decide(ctx, in); err != nil || !d.Allow || d.SPIFFEID != "" {
+		t.Fatalf("an entry's request: %+v, %v", d, err)
+	}
+}
+
+func TestIssuanceRefusesBadPolicies(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		files []File
+		want  string
+	}{
+		{"syntax", []File{{Path: "p.rego", Content: []byte("package meshca.issuance\nallow if {\n")}}, "p.rego:"},
+		{"v0 syntax", []File{{Path: "p.rego", Content: []byte("package meshca.issuance\nallow { true }\n")}}, "p.rego:2"},
+		{"unknown input field", []File{{Path: "p.rego", Content: []byte("package meshca.issuance\nallow if input.node.idd == \"x\"\n")}}, "p.rego:2"},
+		{"unsafe var", []File{{Path: "p.rego", Content: []byte("package meshca.issuance\nallow if x == 1\n")}}, "p.rego:2"},
+		{"wrong package", []File{{Path: "p.rego", Content: []byte("package other\nallow := true\n")}}, "package meshca.issuance"},
+		{"data not an object", []File{{Path: "p.rego", Content: []byte("package meshca.issuance\nallow := true\n")}, {Path: "data.json", Content: []byte(`[1]`)}}, "data.json: data must be a JSON object, not an array"},
+		{"no module", []File{{Path: "data.json", Content: []byte(`{}`)}}, "no Rego module"},
+		{"escaping path", []File{{Path: "../p.rego", Content: []byte("package meshca.issuance\n")}}, "not a relative path"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := CompileIssuance(ctx, 1, tc.files)
+			var ie *InvalidError
+			if !errors.As(err, &ie) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want an InvalidError with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// A policy that fails at evaluation is an EvalError: the caller denies.
+func TestIssuanceEvalErrorFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	for name, src := range map[string]string{
+		"conflict":  "package meshca.issuance\nallow := true\nreason := \"a\"\nreason := \"b\" if true\n",
+		"builtin":   "package meshca.issuance\nallow if to_number(input.request.spiffe_id) > 1\n",
+		"bad shape": "package meshca.issuance\nallow := \"yes\"\n",
+		"bad ttl":   "package meshca.issuance\nallow := true\nttl := -1\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			p, err := CompileIssuance(ctx, 1, []File{{Path: "p.rego", Content: []byte(src)}})
+			if err != nil {
+				t.Fatalf("refused at compile time: %v", err)
+			}
+			in := workloadInput("payments")
+			in.Request.SPIFFEID = "spiffe://example.org/x"
+			d, err := p.Decide(ctx, in)
+			var ee *EvalError
+			if !errors.As(err, &ee) || d.Allow {
+				t.Fatalf("decision %+v, error %v: want an EvalError", d, err)
+			}
+		})
+	}
+}
+
+func testKey(tb testing.TB) *ecdsa.PrivateKey {
+	tb.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
+}
