@@ -106,19 +106,22 @@ func (l *mintLoad) run(t *testing.T, f *fleet, n, workers int, stop <-chan struc
 func ledgerSerials(t *testing.T, f *fleet) map[string]bool {
 	t.Helper()
 	out := map[string]bool{}
-	for _, m := range f.running() {
-		if !m.srv.Node().IsLeader() {
-			continue
-		}
-		for _, b := range m.srv.Node().FSM().Read().LedgerBlocksAfter(0, 1<<62) {
-			for _, r := range b.Records {
-				out[string(r.Serial)] = true
+	// A loaded machine may be between leaders: wait for one.
+	waitFor(t, 20*time.Second, "a leader", func() error {
+		for _, m := range f.running() {
+			if !m.srv.Node().IsLeader() {
+				continue
 			}
+			for _, b := range m.srv.Node().FSM().Read().LedgerBlocksAfter(0, 1<<62) {
+				for _, r := range b.Records {
+					out[string(r.Serial)] = true
+				}
+			}
+			return nil
 		}
-		return out
-	}
-	t.Fatal("no leader")
-	return nil
+		return errors.New("no leader")
+	})
+	return out
 }
 
 // pgSerials returns the serials PostgreSQL holds, failing on a duplicate.
@@ -323,11 +326,15 @@ func TestHistoryLeaderChange(t *testing.T) {
 	}
 	defer st.Close()
 	var leader *member
-	for _, m := range f.members {
-		if m.srv.Node().IsLeader() {
-			leader = m
+	waitFor(t, 20*time.Second, "a leader", func() error {
+		for _, m := range f.members {
+			if m.srv.Node().IsLeader() {
+				leader = m
+				return nil
+			}
 		}
-	}
+		return errors.New("no leader")
+	})
 	if leader == nil {
 		t.Fatal("no leader")
 	}
