@@ -116,7 +116,7 @@ func (a *app) createEntriesFromFile(cmd *cobra.Command, o opOptions, path string
 	var bar *progressbar.ProgressBar
 	if a.output != outputJSON && isTerminal(a.stderr) {
 		bar = progressbar.NewOptions(len(entries), progressbar.OptionSetWriter(a.stderr), progressbar.OptionSetDescription("creating entries"),
-			progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true), progressbar.OptionClearOnFinish())
+			progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true))
 	}
 	for b := 0; b < batches; b++ {
 		first, last := b*batch, min((b+1)*batch, len(entries))-1
@@ -157,6 +157,7 @@ func (a *app) createEntriesFromFile(cmd *cobra.Command, o opOptions, path string
 	}
 	if bar != nil {
 		bar.Finish()
+		fmt.Fprintln(a.stderr)
 	}
 	return a.printBulkSummary(sum)
 }

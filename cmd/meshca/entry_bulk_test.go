@@ -132,6 +132,25 @@ func TestEntryCreateFromFile(t *testing.T) {
 		t.Fatalf("entry create --file -: %v\n%s", err, out)
 	}
 
+	// On a terminal (script(1) gives the command a pseudo-terminal): a
+	// progress bar instead of lines, then the summary.
+	if scriptTool, err := exec.LookPath("script"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("script (util-linux) is needed on CI for the terminal test: %v", err)
+		}
+		t.Logf("no script(1): the progress bar on a terminal is not checked: %v", err)
+	} else {
+		ttyFile := entriesFile(t, dir, "tty.json", parent, 700, 30, nil)
+		line := strings.Join([]string{meshcaBinary(t), "entry", "create", "--file", ttyFile, "--batch-size", "10", "--addr", addr}, " ")
+		cmd := exec.Command(scriptTool, "-qec", line, "/dev/null")
+		cmd.Env = processEnv("HOME=" + env["HOME"])
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "creating entries") || !strings.Contains(string(out), "100%") || !strings.Contains(string(out), "(30/30)") ||
+			strings.Contains(string(out), "batch 1/3") || !strings.Contains(string(out), "30 of 30 entries created") {
+			t.Fatalf("entry create on a terminal: %v\n%q", err, out)
+		}
+	}
+
 	// Bad command lines and files change nothing.
 	unsupported := entriesFile(t, dir, "admin.json", parent, 600, 2, func(i int, e map[string]any) { e["admin"] = i == 601 })
 	for _, tc := range []struct {
@@ -154,7 +173,7 @@ func TestEntryCreateFromFile(t *testing.T) {
 	if r := meshca(t, env, "entry", "list", "--page-size", "0", "--addr", addr); r.code != exitUsage {
 		t.Errorf("entry list --page-size 0: exit %d", r.code)
 	}
-	if n := len(listIDs()); n != 403 {
-		t.Fatalf("%d entries after the refused commands, want 403", n)
+	if n := len(listIDs()); n != 433 {
+		t.Fatalf("%d entries after the refused commands, want 433", n)
 	}
 }
