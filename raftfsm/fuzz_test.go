@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(24) {
+	switch g.pick(26) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -144,17 +144,21 @@ func (g *cmdGen) command() *raftpb.Command {
 	case 21:
 		c.Op = &raftpb.Command_PutCrl{PutCrl: &raftpb.PutCRL{Crl: &raftpb.CRL{AuthorityId: g.id("auth-"), Number: uint64(g.pick(4)),
 			Der: []byte{byte(g.pick(3))}}}}
-	case 22: // issue 16a
+	case 24: // issue 16a
 		var es []*raftpb.Entry
 		for i := g.pick(3); i >= 0; i-- {
 			es = append(es, &raftpb.Entry{Id: g.id("e"), ParentId: g.id("node-"), SpiffeId: "spiffe://example.org/" + g.id("w")})
 		}
 		c.Op = &raftpb.Command_PutEntries{PutEntries: &raftpb.PutEntries{Entries: es}}
-	case 23: // issue 16a: admission by a server-join secret
+	case 25: // issue 16a: admission by a server-join secret
 		srv := &raftpb.Server{NodeId: g.id("s"), JoinAttempt: g.id("att-")}
 		a := auth()
 		a.ServerId, a.Kind = srv.NodeId, raftpb.AuthorityKind_INTERMEDIATE
 		c.Op = &raftpb.Command_AdmitServer{AdmitServer: &raftpb.AdmitServer{JoinSecretId: g.id("js-"), Server: srv, Intermediates: []*raftpb.Authority{a}}}
+	case 22:
+		c.Op = &raftpb.Command_PutAdmin{PutAdmin: &raftpb.PutAdmin{Admin: &raftpb.Admin{SpiffeId: "spiffe://example.org/" + g.id("admin-")}}}
+	case 23:
+		c.Op = &raftpb.Command_DeleteAdmin{DeleteAdmin: &raftpb.DeleteAdmin{SpiffeId: "spiffe://example.org/" + g.id("admin-")}}
 	}
 	return c
 }

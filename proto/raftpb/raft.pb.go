@@ -223,6 +223,8 @@ type Command struct {
 	//	*Command_AdmitServer
 	//	*Command_PutCrl
 	//	*Command_PutEntries
+	//	*Command_PutAdmin
+	//	*Command_DeleteAdmin
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -479,6 +481,24 @@ func (x *Command) GetPutEntries() *PutEntries {
 	return nil
 }
 
+func (x *Command) GetPutAdmin() *PutAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutAdmin); ok {
+			return x.PutAdmin
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteAdmin() *DeleteAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteAdmin); ok {
+			return x.DeleteAdmin
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -576,6 +596,15 @@ type Command_PutEntries struct {
 	PutEntries *PutEntries `protobuf:"bytes,80,opt,name=put_entries,json=putEntries,proto3,oneof"`
 }
 
+type Command_PutAdmin struct {
+	// issue 16: the operators who may use the operator API over mTLS.
+	PutAdmin *PutAdmin `protobuf:"bytes,90,opt,name=put_admin,json=putAdmin,proto3,oneof"`
+}
+
+type Command_DeleteAdmin struct {
+	DeleteAdmin *DeleteAdmin `protobuf:"bytes,91,opt,name=delete_admin,json=deleteAdmin,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -621,6 +650,10 @@ func (*Command_AdmitServer) isCommand_Op() {}
 func (*Command_PutCrl) isCommand_Op() {}
 
 func (*Command_PutEntries) isCommand_Op() {}
+
+func (*Command_PutAdmin) isCommand_Op() {}
+
+func (*Command_DeleteAdmin) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -2461,6 +2494,159 @@ func (x *PutCRL) GetCrl() *CRL {
 	return nil
 }
 
+// issue 16: PutAdmin records an operator's SPIFFE ID as an admin (again:
+// no change); DeleteAdmin removes it (not found: NOT_FOUND).
+type PutAdmin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Admin         *Admin                 `protobuf:"bytes,1,opt,name=admin,proto3" json:"admin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAdmin) Reset() {
+	*x = PutAdmin{}
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAdmin) ProtoMessage() {}
+
+func (x *PutAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAdmin.ProtoReflect.Descriptor instead.
+func (*PutAdmin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PutAdmin) GetAdmin() *Admin {
+	if x != nil {
+		return x.Admin
+	}
+	return nil
+}
+
+type DeleteAdmin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAdmin) Reset() {
+	*x = DeleteAdmin{}
+	mi := &file_raftpb_raft_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAdmin) ProtoMessage() {}
+
+func (x *DeleteAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAdmin.ProtoReflect.Descriptor instead.
+func (*DeleteAdmin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DeleteAdmin) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+// Admin is an operator who may use the operator API over mutual TLS with
+// an X509-SVID of this SPIFFE ID.
+type Admin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	AddedUnixNano int64                  `protobuf:"varint,2,opt,name=added_unix_nano,json=addedUnixNano,proto3" json:"added_unix_nano,omitempty"`
+	// added_by is who added it ("bootstrap", "operator", a SPIFFE ID).
+	AddedBy       string `protobuf:"bytes,3,opt,name=added_by,json=addedBy,proto3" json:"added_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Admin) Reset() {
+	*x = Admin{}
+	mi := &file_raftpb_raft_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Admin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Admin) ProtoMessage() {}
+
+func (x *Admin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Admin.ProtoReflect.Descriptor instead.
+func (*Admin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *Admin) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Admin) GetAddedUnixNano() int64 {
+	if x != nil {
+		return x.AddedUnixNano
+	}
+	return 0
+}
+
+func (x *Admin) GetAddedBy() string {
+	if x != nil {
+		return x.AddedBy
+	}
+	return ""
+}
+
 // ActivateAuthority makes an authority ACTIVE and the one it replaces
 // (same kind, profile and server, ACTIVE until now) OLD.
 type ActivateAuthority struct {
@@ -2472,7 +2658,7 @@ type ActivateAuthority struct {
 
 func (x *ActivateAuthority) Reset() {
 	*x = ActivateAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2670,7 @@ func (x *ActivateAuthority) String() string {
 func (*ActivateAuthority) ProtoMessage() {}
 
 func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2683,7 @@ func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthority.ProtoReflect.Descriptor instead.
 func (*ActivateAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ActivateAuthority) GetId() string {
@@ -2517,7 +2703,7 @@ type ActivateJWTKey struct {
 
 func (x *ActivateJWTKey) Reset() {
 	*x = ActivateJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2715,7 @@ func (x *ActivateJWTKey) String() string {
 func (*ActivateJWTKey) ProtoMessage() {}
 
 func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2728,7 @@ func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateJWTKey.ProtoReflect.Descriptor instead.
 func (*ActivateJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ActivateJWTKey) GetKid() string {
@@ -2566,7 +2752,7 @@ type AttestAgent struct {
 
 func (x *AttestAgent) Reset() {
 	*x = AttestAgent{}
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2764,7 @@ func (x *AttestAgent) String() string {
 func (*AttestAgent) ProtoMessage() {}
 
 func (x *AttestAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2777,7 @@ func (x *AttestAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestAgent.ProtoReflect.Descriptor instead.
 func (*AttestAgent) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AttestAgent) GetToken() *ConsumeJoinToken {
@@ -2634,7 +2820,7 @@ type AdmitServer struct {
 
 func (x *AdmitServer) Reset() {
 	*x = AdmitServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2832,7 @@ func (x *AdmitServer) String() string {
 func (*AdmitServer) ProtoMessage() {}
 
 func (x *AdmitServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2845,7 @@ func (x *AdmitServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitServer.ProtoReflect.Descriptor instead.
 func (*AdmitServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AdmitServer) GetToken() *ConsumeJoinToken {
@@ -2699,7 +2885,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2711,7 +2897,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2724,7 +2910,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -2744,7 +2930,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2756,7 +2942,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2769,7 +2955,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2788,7 +2974,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2800,7 +2986,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2813,7 +2999,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2832,7 +3018,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2844,7 +3030,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2857,7 +3043,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2876,7 +3062,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2888,7 +3074,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2901,7 +3087,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -2925,7 +3111,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2937,7 +3123,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2950,7 +3136,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -2977,7 +3163,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2989,7 +3175,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3188,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3022,6 +3208,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_JwtKey
 	//	*SnapshotRecord_AppliedRequest
 	//	*SnapshotRecord_Crl
+	//	*SnapshotRecord_Admin
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3029,7 +3216,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3041,7 +3228,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3054,7 +3241,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3172,6 +3359,15 @@ func (x *SnapshotRecord) GetCrl() *CRL {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAdmin() *Admin {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Admin); ok {
+			return x.Admin
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -3224,6 +3420,10 @@ type SnapshotRecord_Crl struct {
 	Crl *CRL `protobuf:"bytes,13,opt,name=crl,proto3,oneof"`
 }
 
+type SnapshotRecord_Admin struct {
+	Admin *Admin `protobuf:"bytes,90,opt,name=admin,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -3248,11 +3448,13 @@ func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Crl) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Admin) isSnapshotRecord_Record() {}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xb5\f\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xb0\r\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3281,7 +3483,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\fadmit_server\x18\x1e \x01(\v2\x1b.meshca.raft.v1.AdmitServerH\x00R\vadmitServer\x121\n" +
 	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrl\x12=\n" +
 	"\vput_entries\x18P \x01(\v2\x1a.meshca.raft.v1.PutEntriesH\x00R\n" +
-	"putEntriesB\x04\n" +
+	"putEntries\x127\n" +
+	"\tput_admin\x18Z \x01(\v2\x18.meshca.raft.v1.PutAdminH\x00R\bputAdmin\x12@\n" +
+	"\fdelete_admin\x18[ \x01(\v2\x1b.meshca.raft.v1.DeleteAdminH\x00R\vdeleteAdminB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3419,7 +3623,15 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\tR\aattempt\"/\n" +
 	"\x06PutCRL\x12%\n" +
-	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"#\n" +
+	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"7\n" +
+	"\bPutAdmin\x12+\n" +
+	"\x05admin\x18\x01 \x01(\v2\x15.meshca.raft.v1.AdminR\x05admin\"*\n" +
+	"\vDeleteAdmin\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"g\n" +
+	"\x05Admin\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12&\n" +
+	"\x0fadded_unix_nano\x18\x02 \x01(\x03R\raddedUnixNano\x12\x19\n" +
+	"\badded_by\x18\x03 \x01(\tR\aaddedBy\"#\n" +
 	"\x11ActivateAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\"\n" +
 	"\x0eActivateJWTKey\x12\x10\n" +
@@ -3446,7 +3658,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vPruneLedger\x12.\n" +
 	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\x12E\n" +
 	"\x1fauthorities_expired_before_unix\x18\x02 \x01(\x03R\x1cauthoritiesExpiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\xbf\x05\n" +
+	"\x04Noop\"\xee\x05\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -3463,7 +3675,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlock\x121\n" +
 	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKey\x12I\n" +
 	"\x0fapplied_request\x18\f \x01(\v2\x1e.meshca.raft.v1.AppliedRequestH\x00R\x0eappliedRequest\x12'\n" +
-	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crlB\b\n" +
+	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crl\x12-\n" +
+	"\x05admin\x18Z \x01(\v2\x15.meshca.raft.v1.AdminH\x00R\x05adminB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
 	"*x\n" +
 	"\tErrorCode\x12\x06\n" +
@@ -3500,7 +3713,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -3534,18 +3747,21 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*CreateJoinToken)(nil),   // 29: meshca.raft.v1.CreateJoinToken
 	(*ConsumeJoinToken)(nil),  // 30: meshca.raft.v1.ConsumeJoinToken
 	(*PutCRL)(nil),            // 31: meshca.raft.v1.PutCRL
-	(*ActivateAuthority)(nil), // 32: meshca.raft.v1.ActivateAuthority
-	(*ActivateJWTKey)(nil),    // 33: meshca.raft.v1.ActivateJWTKey
-	(*AttestAgent)(nil),       // 34: meshca.raft.v1.AttestAgent
-	(*AdmitServer)(nil),       // 35: meshca.raft.v1.AdmitServer
-	(*Revoke)(nil),            // 36: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 37: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 38: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 39: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 40: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 41: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 42: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 43: meshca.raft.v1.SnapshotRecord
+	(*PutAdmin)(nil),          // 32: meshca.raft.v1.PutAdmin
+	(*DeleteAdmin)(nil),       // 33: meshca.raft.v1.DeleteAdmin
+	(*Admin)(nil),             // 34: meshca.raft.v1.Admin
+	(*ActivateAuthority)(nil), // 35: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),    // 36: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),       // 37: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),       // 38: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),            // 39: meshca.raft.v1.Revoke
+	(*NextCRLNumber)(nil),     // 40: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 41: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 42: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 43: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 44: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 45: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 46: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3559,63 +3775,67 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	28, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
 	29, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	30, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	36, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	37, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	38, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	39, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	41, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	42, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	40, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
-	32, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
-	33, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
-	34, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
-	35, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
+	39, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	40, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	41, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	42, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	44, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	45, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	43, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	35, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
+	36, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
+	37, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
+	38, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
 	31, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
 	27, // 23: meshca.raft.v1.Command.put_entries:type_name -> meshca.raft.v1.PutEntries
-	0,  // 24: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 25: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 26: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 27: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 28: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 29: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 30: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 31: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 32: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 33: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 34: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 35: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 36: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	10, // 37: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
-	11, // 38: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 39: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 40: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	30, // 41: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 42: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 43: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	30, // 44: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 45: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 46: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 47: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 48: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 49: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 50: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 51: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 52: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 53: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 54: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 55: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 56: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 57: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 58: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 59: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 60: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 61: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 62: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	63, // [63:63] is the sub-list for method output_type
-	63, // [63:63] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	32, // 24: meshca.raft.v1.Command.put_admin:type_name -> meshca.raft.v1.PutAdmin
+	33, // 25: meshca.raft.v1.Command.delete_admin:type_name -> meshca.raft.v1.DeleteAdmin
+	0,  // 26: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 27: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 28: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 29: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 30: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 31: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 32: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 33: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 34: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 35: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 36: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 37: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 38: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	10, // 39: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
+	11, // 40: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 41: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 42: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	34, // 43: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	30, // 44: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 45: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 46: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	30, // 47: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 48: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 49: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 50: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 51: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 52: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 53: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 54: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 55: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 56: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 57: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 58: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 59: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 60: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 61: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 62: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 63: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 64: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 65: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	34, // 66: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	67, // [67:67] is the sub-list for method output_type
+	67, // [67:67] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3647,8 +3867,10 @@ func file_raftpb_raft_proto_init() {
 		(*Command_AdmitServer)(nil),
 		(*Command_PutCrl)(nil),
 		(*Command_PutEntries)(nil),
+		(*Command_PutAdmin)(nil),
+		(*Command_DeleteAdmin)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[40].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[43].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -3661,6 +3883,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_JwtKey)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
 		(*SnapshotRecord_Crl)(nil),
+		(*SnapshotRecord_Admin)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3668,7 +3891,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   41,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
