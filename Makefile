@@ -19,7 +19,7 @@ build:
 
 # TOOLS are the system tools the tests run for real, as binary:Debian
 # package pairs.
-TOOLS ?= openssl:openssl promtool:prometheus systemd-analyze:systemd
+TOOLS ?= openssl:openssl promtool:prometheus systemd-analyze:systemd script:util-linux
 
 # deps installs the missing TOOLS. As root it uses apt-get; otherwise it
 # says what to install.

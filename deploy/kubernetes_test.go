@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/meshca/meshca/attest/k8spsat"
+	"github.com/meshca/meshca/internal/entryfile"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -431,5 +432,36 @@ func TestKubernetesEnvoySidecar(t *testing.T) {
 	}
 	if b.GetStaticResources().GetListeners()[0].GetAddress().GetSocketAddress().GetPortValue() != 8443 {
 		t.Error("Envoy's inbound listener is not on 8443")
+	}
+}
+
+// The example's entries file loads as meshca entry create --file reads
+// it, and gives the sidecar's pods (their namespace and service account)
+// the SPIFFE ID its Envoy bootstrap presents, under k8s_psat agents of the
+// cluster the servers know.
+func TestKubernetesExampleEntries(t *testing.T) {
+	f, err := os.Open("kubernetes/examples/envoy-sidecar/entries.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	es, err := entryfile.Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := build(t, "kubernetes/examples/envoy-sidecar")
+	d := must(t, m.deployments, "web")
+	ns := must(t, m.namespaces, "demo")
+	for i, e := range es {
+		sel := map[string]bool{}
+		for _, s := range e.Selectors {
+			sel[s.Type+":"+s.Value] = true
+		}
+		if len(sel) != 2 || !sel["k8s:ns:"+ns.Name] || !sel["k8s:sa:"+d.Spec.Template.Spec.ServiceAccountName] {
+			t.Errorf("entry %d selects %v, not the pods of service account %s in %s", i, sel, d.Spec.Template.Spec.ServiceAccountName, ns.Name)
+		}
+		if !strings.HasPrefix(e.ParentId, "spiffe://example.org/meshca/agent/k8s_psat/demo-cluster/") || e.SpiffeId != "spiffe://example.org/ns/demo/sa/web" {
+			t.Errorf("entry %d: %s under %s", i, e.SpiffeId, e.ParentId)
+		}
 	}
 }

@@ -198,28 +198,53 @@ func (a *app) printEntry(e *operatorpb.Entry) error {
 
 func (a *app) newEntryCreateCommand() *cobra.Command {
 	var (
-		o opOptions
-		f entryFlags
+		o            opOptions
+		f            entryFlags
+		file         string
+		batchSize    int
+		skipExisting bool
 	)
 	cmd := &cobra.Command{
-		Use:   "create --spiffe-id ID --parent-id ID --selector type:key:value... [--ttl 24h] [--dns NAME]... [--profile ecdsa|sm2] [--allow-unknown-parent]",
-		Short: "Create a registration entry",
-		Long:  `create adds a registration entry and prints it, with the ID and revision the server gave it.` + entryLong,
+		Use: "create --spiffe-id ID --parent-id ID --selector type:key:value... [--ttl 24h] [--dns NAME]... [--profile ecdsa|sm2] [--allow-unknown-parent]\n" +
+			"  meshca entry create --file entries.json [--batch-size 100] [--skip-existing] [--allow-unknown-parent]",
+		Short: "Create a registration entry, or many from a file",
+		Long:  `create adds a registration entry and prints it, with the ID and revision the server gave it.` + entryLong + entryFileLong,
 		Example: `  meshca entry create --spiffe-id spiffe://meshca.local/ns/prod/sa/api \
       --parent-id spiffe://meshca.local/meshca/agent/join_token/3f2a... \
-      --selector unix:uid:1000 --selector unix:path:/usr/local/bin/api --dns api.prod.svc`,
+      --selector unix:uid:1000 --selector unix:path:/usr/local/bin/api --dns api.prod.svc
+  meshca entry create --file entries.json --batch-size 200
+  kubectl -n meshca exec -i meshca-0 -- meshca entry create --file - --skip-existing \
+      --addr unix:///var/lib/meshca/admin.sock < entries.json`,
 		Args: cobra.NoArgs,
 		// Use lists the flags already.
 		DisableFlagsInUseLine: true,
 	}
 	addEntryFlags(cmd, &f, false)
+	cmd.Flags().StringVar(&file, "file", "", "create the entries of this JSON file (SPIRE's -data shape; - for standard input) in batches")
+	cmd.Flags().IntVar(&batchSize, "batch-size", defaultEntryBatch, "with --file: entries per batch, each created whole or not at all (1 to 500)")
+	cmd.Flags().BoolVar(&skipExisting, "skip-existing", false, "with --file: leave out entries that exactly repeat an existing one, instead of refusing their batch")
 	addOpFlags(cmd, &o)
-	for _, name := range []string{"spiffe-id", "parent-id", "selector"} {
-		if err := cmd.MarkFlagRequired(name); err != nil {
-			panic(err) // the flag is declared just above
-		}
-	}
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		if file != "" {
+			for _, name := range []string{"spiffe-id", "parent-id", "selector", "ttl", "dns", "profile"} {
+				if cmd.Flags().Changed(name) {
+					return usageErrorf("--%s: with --file, every entry is described in the file", name)
+				}
+			}
+			return a.createEntriesFromFile(cmd, o, file, batchSize, skipExisting, f.allowUnknownParent)
+		}
+		if cmd.Flags().Changed("batch-size") || skipExisting {
+			return usageErrorf("--batch-size and --skip-existing are used with --file")
+		}
+		var missing []string
+		for _, name := range []string{"spiffe-id", "parent-id", "selector"} {
+			if !cmd.Flags().Changed(name) {
+				missing = append(missing, `"`+name+`"`)
+			}
+		}
+		if len(missing) > 0 {
+			return usageErrorf("required flag(s) %s not set (or give --file, for many entries)", strings.Join(missing, ", "))
+		}
 		e := &operatorpb.Entry{}
 		if err := f.apply(cmd, e, true); err != nil {
 			return err
@@ -242,44 +267,69 @@ func (a *app) newEntryListCommand() *cobra.Command {
 	var (
 		o                  opOptions
 		parentID, spiffeID string
+		pageSize           uint32
 	)
 	cmd := &cobra.Command{
 		Use:   "list [--parent-id ID] [--spiffe-id ID]",
 		Short: "List registration entries",
 		Long: `list prints the registration entries, optionally only those of one parent
 (agent) and one SPIFFE ID. The table shows each entry's ID, SPIFFE ID, parent
-ID, selectors, TTL, profile and revision; --output json shows every field.` + opLong,
+ID, selectors, TTL, profile and revision; --output json shows every field.
+Entries come in the order of their IDs, fetched --page-size at a time (each
+page one call, bounded by --timeout); the table is printed page by page. A
+listing of a changing set is not a snapshot: entries created or deleted
+while it runs may be missed.` + opLong,
 		Args: cobra.NoArgs,
 	}
 	cmd.Flags().StringVar(&parentID, "parent-id", "", "only entries of this parent (agent) SPIFFE ID")
 	cmd.Flags().StringVar(&spiffeID, "spiffe-id", "", "only entries giving this SPIFFE ID")
+	cmd.Flags().Uint32Var(&pageSize, "page-size", defaultEntryPage, "entries per call to the server (1 to 1000)")
 	addOpFlags(cmd, &o)
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
-		ctx, c, done, err := a.operatorCall(cmd, o)
+		if pageSize < 1 || pageSize > server.MaxEntriesPage {
+			return usageErrorf("--page-size %d: want 1 to %d", pageSize, server.MaxEntriesPage)
+		}
+		if err := checkTimeout(o); err != nil {
+			return err
+		}
+		c, err := a.dialOperator(o)
 		if err != nil {
 			return err
 		}
-		defer done()
-		resp, err := c.ListEntries(ctx, &operatorpb.ListEntriesRequest{ParentId: parentID, SpiffeId: spiffeID})
-		if err != nil {
-			return c.callError("list entries", o, err)
+		defer c.Close()
+		entries := []entryReport{}
+		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+		if a.output != outputJSON {
+			fmt.Fprintln(tw, "ID\tSPIFFE ID\tPARENT ID\tSELECTORS\tTTL\tPROFILE\tREVISION")
 		}
-		entries := make([]entryReport, 0, len(resp.Entries))
-		for _, e := range resp.Entries {
-			entries = append(entries, newEntryReport(e))
+		for token, page := "", 1; ; page++ {
+			ctx, cancel := callContext(cmd.Context(), o)
+			resp, err := c.ListEntries(ctx, &operatorpb.ListEntriesRequest{ParentId: parentID, SpiffeId: spiffeID, PageSize: pageSize, PageToken: token})
+			cancel()
+			if err != nil {
+				return c.callError(fmt.Sprintf("list entries (page %d)", page), o, err)
+			}
+			for _, e := range resp.Entries {
+				r := newEntryReport(e)
+				if a.output == outputJSON {
+					entries = append(entries, r)
+				} else {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.ID, r.SPIFFEID, r.ParentID, joinSelectors(r.Selectors), r.ttl(), r.Profile, r.Revision)
+				}
+			}
+			if a.output != outputJSON {
+				if err := tw.Flush(); err != nil {
+					return fmt.Errorf("write output: %w", err)
+				}
+			}
+			if token = resp.NextPageToken; token == "" {
+				break
+			}
 		}
 		if a.output == outputJSON {
 			return writeJSON(a.stdout, struct {
 				Entries []entryReport `json:"entries"`
 			}{entries})
-		}
-		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSPIFFE ID\tPARENT ID\tSELECTORS\tTTL\tPROFILE\tREVISION")
-		for _, e := range entries {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.ID, e.SPIFFEID, e.ParentID, joinSelectors(e.Selectors), e.ttl(), e.Profile, e.Revision)
-		}
-		if err := tw.Flush(); err != nil {
-			return fmt.Errorf("write output: %w", err)
 		}
 		return nil
 	})

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -65,7 +66,8 @@ func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 // voters, with no step in between. Then: a server killed and started again
 // with the same settings (a replaced pod that kept its volume) is back
 // without joining again; a server with a revoked or foreign secret is
-// refused at once; a rotated-in secret admits a new server.
+// refused at once; a rotated-in secret admits a new server; a server that
+// lost its data joins again once the operator removed its old membership.
 func TestClusterStartsTogether(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts five server processes")
@@ -224,6 +226,22 @@ func TestClusterStartsTogether(t *testing.T) {
 		t.Fatalf("meshca-4 with the revoked secret: exit %v\n%s", p4.exitErr, b)
 	}
 	waitSameState(t, bin, 30*time.Second, members...)
+
+	// A replaced pod that lost its volume: removed from the cluster by the
+	// operator, it starts empty with the same settings and joins again by
+	// secret (now the rotated one), under its old name.
+	p2 := procs[2]
+	p2.kill()
+	mustRunBin(t, bin, "operator", "raft", "remove-peer", p2.name, "--addr", procs[0].addr())
+	if err := os.RemoveAll(p2.dataDir); err != nil {
+		t.Fatal(err)
+	}
+	p2.startShared(t, bin, kek, config)
+	waitFor(t, 90*time.Second, "the server that lost its data joins again", func() (bool, string) {
+		peers, msg := binPeers(t, bin, procs[0])
+		return voters(peers) == 4 && slices.ContainsFunc(peers, func(p peerReport) bool { return p.ID == p2.name }), msg
+	})
+	waitSameState(t, bin, 60*time.Second, members...)
 }
 
 func keysOf(m map[string]bool) []string {
