@@ -63,6 +63,8 @@ const (
 	DefaultDuration    = 10 * time.Second
 	DefaultWarmup      = 2 * time.Second
 	DefaultTTL         = time.Hour
+	// DefaultSetupTimeout bounds a run's set-up.
+	DefaultSetupTimeout = time.Minute
 	// MaxBatch is the largest batch the agents' API takes per call.
 	MaxBatch = 256
 	// MaxAgents and MaxConcurrency bound what one run sets up.
@@ -114,10 +116,13 @@ type Config struct {
 	// host: their CPU time and memory are read from /proc (see LocalPIDs).
 	ServerPIDs []int
 	// Progress, when set, is called about once a second while the run
-	// lasts, and once at the end of the warm-up.
+	// lasts.
 	Progress func(Progress)
 	// ProcRoot is where procfs is mounted. Default "/proc".
 	ProcRoot string
+	// SetupTimeout bounds the set-up (status, tokens, attestations,
+	// entries) before the load starts. Default DefaultSetupTimeout.
+	SetupTimeout time.Duration
 }
 
 // Progress is a snapshot of a running bench.
@@ -207,6 +212,9 @@ func (c *Config) check() error {
 	if c.ProcRoot == "" {
 		c.ProcRoot = "/proc"
 	}
+	if c.SetupTimeout <= 0 {
+		c.SetupTimeout = DefaultSetupTimeout
+	}
 	var errs []error
 	if c.Operator == nil {
 		errs = append(errs, errors.New("an operator API client is required"))
@@ -278,7 +286,9 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	profile, _ := ca.ProfileByName(cfg.Profile)
-	st, err := cfg.Operator.Status(ctx, &operatorpb.StatusRequest{})
+	setupCtx, cancel := context.WithTimeout(ctx, cfg.SetupTimeout)
+	defer cancel()
+	st, err := cfg.Operator.Status(setupCtx, &operatorpb.StatusRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("bench: server status: %w", err)
 	}
@@ -296,7 +306,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	switch cfg.Mode {
 	case ModeNode:
 		res.Servers, res.Agents = cfg.Servers, cfg.Agents
-		s, err := setUpAgents(ctx, &cfg, td, runID, profile)
+		s, err := setUpAgents(setupCtx, &cfg, td, runID, profile)
 		defer func() { res.Cleanup = append(res.Cleanup, s.cleanUp(cfg.Operator)...) }()
 		if err != nil {
 			return res, err
@@ -579,13 +589,16 @@ func drive(ctx context.Context, cfg *Config, callers []caller, res *Result) {
 	var serverFrom, clientFrom cpuSample
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	warm := time.NewTimer(cfg.Warmup)
-	defer warm.Stop()
 	sampleStart := func() {
 		serverFrom = readCPU(cfg.ProcRoot, cfg.ServerPIDs)
 		clientFrom = readCPU(cfg.ProcRoot, []int{os.Getpid()})
 	}
-	if cfg.Warmup == 0 {
+	var warmed <-chan time.Time // the end of the warm-up
+	if cfg.Warmup > 0 {
+		warm := time.NewTimer(cfg.Warmup)
+		defer warm.Stop()
+		warmed = warm.C
+	} else {
 		sampleStart()
 	}
 	lastCerts, lastAt := int64(0), start
@@ -602,7 +615,7 @@ func drive(ctx context.Context, cfg *Config, callers []caller, res *Result) {
 loop:
 	for {
 		select {
-		case <-warm.C:
+		case <-warmed:
 			sampleStart()
 		case now := <-tick.C:
 			progress(now)

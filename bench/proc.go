@@ -19,7 +19,8 @@ import (
 // 100 on every Linux architecture.
 const clockTicks = 100
 
-// maxProcFile bounds what is read of one /proc file.
+// maxProcFile bounds what is read of a /proc/<pid> file; the socket
+// tables of /proc/net, which grow with the host's sockets, are streamed.
 const maxProcFile = 4 << 20
 
 // cpuSample is the CPU time and resident memory of processes, summed.
@@ -119,9 +120,9 @@ const tcpListenState = "0A"
 
 // parseNetTCP returns the inodes of the listening sockets of a
 // /proc/net/tcp or tcp6 table, by local port.
-func parseNetTCP(b []byte) (map[int][]uint64, error) {
+func parseNetTCP(r io.Reader) (map[int][]uint64, error) {
 	out := map[int][]uint64{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc := bufio.NewScanner(r)
 	first := true
 	for sc.Scan() {
 		if first { // the header
@@ -154,9 +155,9 @@ func parseNetTCP(b []byte) (map[int][]uint64, error) {
 
 // parseNetUnix returns the inodes of the Unix sockets of /proc/net/unix
 // bound to a path, by path.
-func parseNetUnix(b []byte) (map[string][]uint64, error) {
+func parseNetUnix(r io.Reader) (map[string][]uint64, error) {
 	out := map[string][]uint64{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc := bufio.NewScanner(r)
 	first := true
 	for sc.Scan() {
 		if first {
@@ -206,11 +207,12 @@ func LocalPIDs(procRoot string, addrs, socketPaths []string) ([]int, error) {
 	}
 	if len(ports) > 0 {
 		for _, table := range []string{"net/tcp", "net/tcp6"} {
-			b, err := readProcFile(filepath.Join(procRoot, table))
+			f, err := os.Open(filepath.Join(procRoot, table))
 			if err != nil {
 				continue // no IPv6
 			}
-			byPort, err := parseNetTCP(b)
+			byPort, err := parseNetTCP(f)
+			f.Close()
 			if err != nil {
 				return nil, err
 			}
@@ -222,8 +224,9 @@ func LocalPIDs(procRoot string, addrs, socketPaths []string) ([]int, error) {
 		}
 	}
 	if len(socketPaths) > 0 {
-		if b, err := readProcFile(filepath.Join(procRoot, "net/unix")); err == nil {
-			byPath, err := parseNetUnix(b)
+		if f, err := os.Open(filepath.Join(procRoot, "net/unix")); err == nil {
+			byPath, err := parseNetUnix(f)
+			f.Close()
 			if err != nil {
 				return nil, err
 			}

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"net"
 	"os"
 	"path/filepath"
@@ -64,17 +65,17 @@ func TestParseProcFiles(t *testing.T) {
 		t.Error("parseStatusRSS accepted a unit other than kB")
 	}
 
-	byPort, err := parseNetTCP([]byte(netTCP))
+	byPort, err := parseNetTCP(strings.NewReader(netTCP))
 	if err != nil || !slices.Equal(byPort[8080], []uint64{4242}) || len(byPort) != 1 {
 		t.Errorf("parseNetTCP = %v, %v; want port 8080 listening as inode 4242 only", byPort, err)
 	}
-	if byPort, err := parseNetTCP([]byte(netTCP6)); err != nil || !slices.Equal(byPort[8443], []uint64{5151}) {
+	if byPort, err := parseNetTCP(strings.NewReader(netTCP6)); err != nil || !slices.Equal(byPort[8443], []uint64{5151}) {
 		t.Errorf("parseNetTCP(tcp6) = %v, %v; want port 8443 as inode 5151", byPort, err)
 	}
-	if _, err := parseNetTCP([]byte("header\n0: bad\n")); err == nil {
+	if _, err := parseNetTCP(strings.NewReader("header\n0: bad\n")); err == nil {
 		t.Error("parseNetTCP accepted a short line")
 	}
-	byPath, err := parseNetUnix([]byte(netUnix))
+	byPath, err := parseNetUnix(strings.NewReader(netUnix))
 	if err != nil || !slices.Equal(byPath["/run/meshca/admin.sock"], []uint64{777}) || len(byPath) != 1 {
 		t.Errorf("parseNetUnix = %v, %v; want the admin socket as inode 777 only", byPath, err)
 	}
@@ -132,13 +133,13 @@ func FuzzProcFiles(f *testing.F) {
 		if rss, err := parseStatusRSS(b); err == nil && rss < 0 {
 			t.Errorf("parseStatusRSS = %d", rss)
 		}
-		if m, err := parseNetTCP(b); err == nil {
+		if m, err := parseNetTCP(bytes.NewReader(b)); err == nil {
 			for p := range m {
 				if p < 0 || p > 65535 {
 					t.Errorf("parseNetTCP port %d", p)
 				}
 			}
 		}
-		parseNetUnix(b)
+		parseNetUnix(bytes.NewReader(b))
 	})
 }

@@ -48,7 +48,8 @@ resident memory, read from /proc: the processes listening on the --server
 ports or the admin socket are found there (--server-pid names them instead).
 It deletes the entries it made at the end; the agents it attested stay in the
 node list, with no entry. The certificates live --ttl (default 1h), then
-their ledger records are pruned.
+their ledger records are pruned. --timeout bounds the set-up (tokens,
+attestations, entries) before the load starts.
 
 The trust bundle that authenticates the servers is --trust-bundle, else
 $MESHCA_TRUST_BUNDLE, else <data-dir>/server/bundle.pem beside the admin
@@ -89,7 +90,7 @@ func (a *app) newBenchIssueCommand() *cobra.Command {
 	f.IntSliceVar(&pids, "server-pid", nil, "process ID of a local server to read CPU and memory from (default: found from the --server ports and the admin socket)")
 	addOpFlags(cmd, &o)
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
-		cfg.Mode, cfg.Servers, cfg.ServerPIDs = bench.Mode(mode), servers, pids
+		cfg.Mode, cfg.Servers, cfg.ServerPIDs, cfg.SetupTimeout = bench.Mode(mode), servers, pids, o.timeout
 		if cfg.Mode != bench.ModeNode && cfg.Mode != bench.ModeMint {
 			return usageErrorf("--mode %q: want node or mint", mode)
 		}
