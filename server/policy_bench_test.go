@@ -3,8 +3,8 @@ package server
 import (
 	"context"
 	"runtime"
-	"syscall"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
