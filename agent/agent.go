@@ -146,6 +146,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.HTTPAddr != "" {
 		if a.httpSrv, err = metrics.Listen(cfg.HTTPAddr, metrics.Handler(a.registry, a.Readiness)); err != nil {
 			a.ln.Close()
+			if a.bundleLn != nil {
+				a.bundleLn.Close()
+			}
 			return nil, err
 		}
 	}

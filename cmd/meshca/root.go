@@ -143,12 +143,13 @@ What works today:
   meshca x509 mint        mint an X509-SVID into a directory, through a server or offline
   meshca cert list        list issued certificates (PostgreSQL history, or the Raft ledger)
   meshca audit list       list audit events: decisions and operator commands
+  meshca policy           the OPA issuance policy, and signed OPA authorization bundles
+  meshca bundle show      the OPA bundle verification key (--opa-key)
 
 Operator commands reach a server through its admin Unix socket: --addr
 unix:///path/admin.sock or $MESHCA_ADDR (default: the socket in the default
 data directory), or from another host --addr host:port over mutual TLS with an
-admin X509-SVID (servers started with --admin-addr). SDS and OPA are not in
-this binary yet.
+admin X509-SVID (servers started with --admin-addr).
 
 CA private keys are sealed at rest under a key-encryption key (KEK) read from
 --kek-file or $MESHCA_KEK_FILE. Without one, dev, offline x509 mint and a
