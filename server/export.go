@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/store/postgres"
 )
 
@@ -52,6 +54,11 @@ type exportState struct {
 	lastWarn     time.Time
 	// unexportedPruned counts records pruned before they were exported.
 	unexportedPruned uint64
+	// revocationsDirty: rows were exported, or the revocations may have
+	// changed, since revocations were last marked; revocationsSeen is a
+	// digest of the revocations then.
+	revocationsDirty bool
+	revocationsSeen  uint64
 }
 
 func (x *exportState) ledger() (uint64, bool) {
@@ -182,6 +189,9 @@ func (s *Server) exportLoop(ctx context.Context, step func(context.Context) (mor
 func (s *Server) exportLedgerStep(ctx context.Context) (bool, error) {
 	if !s.node.IsLeader() {
 		s.export.setLedger(0, false)
+		s.export.mu.Lock()
+		s.export.revocationsDirty = true // a new leadership marks them again
+		s.export.mu.Unlock()
 		return false, nil
 	}
 	if err := s.ensureMigrated(ctx); err != nil {
@@ -204,7 +214,7 @@ func (s *Server) exportLedgerStep(ctx context.Context) (bool, error) {
 	}
 	blocks := r.LedgerBlocksAfter(cursor, s.cfg.ExportBatch)
 	if len(blocks) == 0 {
-		return false, nil
+		return false, s.markRevoked(ctx, r)
 	}
 	_, err := s.cfg.History.ExportLedger(ctx, cursor, blocks, s.cfg.Clock.Now())
 	var moved *postgres.CursorMovedError
@@ -218,7 +228,42 @@ func (s *Server) exportLedgerStep(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	s.export.setLedger(blocks[len(blocks)-1].Index, true)
+	s.export.mu.Lock()
+	s.export.revocationsDirty = true
+	s.export.mu.Unlock()
 	return true, nil
+}
+
+// markRevoked, once the export has caught up, marks the revocations in the
+// replicated state on the exported certificates, when rows were exported
+// or the revocations changed since it last did (and once per leadership).
+func (s *Server) markRevoked(ctx context.Context, r *raftfsm.Reader) error {
+	revs := r.Revocations()
+	h := fnv.New64a()
+	for _, rv := range revs {
+		h.Write([]byte(rv.IssuerId))
+		h.Write([]byte{0})
+		h.Write(rv.Serial)
+		h.Write([]byte{0})
+	}
+	digest := h.Sum64()
+	s.export.mu.Lock()
+	due := s.export.revocationsDirty || digest != s.export.revocationsSeen
+	s.export.mu.Unlock()
+	if !due || len(revs) == 0 {
+		return nil
+	}
+	out := make([]postgres.Revocation, len(revs))
+	for i, rv := range revs {
+		out[i] = postgres.Revocation{IssuerID: rv.IssuerId, Serial: rv.Serial, RevokedAt: time.Unix(0, rv.RevokedUnixNano), Reason: rv.Reason}
+	}
+	if _, err := s.cfg.History.MarkRevoked(ctx, out); err != nil {
+		return err
+	}
+	s.export.mu.Lock()
+	s.export.revocationsDirty, s.export.revocationsSeen = false, digest
+	s.export.mu.Unlock()
+	return nil
 }
 
 // errBatchFull stops reading the audit log when a batch is full.

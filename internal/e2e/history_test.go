@@ -15,6 +15,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/pgtest"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/server"
 	"github.com/meshca/meshca/store/postgres"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -497,5 +498,39 @@ func TestHistoryAuditTrail(t *testing.T) {
 	var n, maxSeq int64
 	if err := st.Pool().QueryRow(tctx(t, 10*time.Second), "SELECT count(*), max(seq) FROM audit_events WHERE server = $1", f.agentIDs[0]).Scan(&n, &maxSeq); err != nil || n == 0 || n != maxSeq {
 		t.Fatalf("agent events: %d up to seq %d, %v", n, maxSeq, err)
+	}
+}
+
+// A revocation in the replicated state (issue 13's revoke command writes
+// it; here the Raft command directly) reaches the exported row: listed by
+// cert list --revoked from PostgreSQL, and from the hot window.
+func TestHistoryRevoked(t *testing.T) {
+	pg := pgtest.Start(t)
+	f := historyFleet(t, 1, pg.Database(t))
+	load := &mintLoad{}
+	load.run(t, f, 5, 1, nil)
+	waitExported(t, f, 30*time.Second)
+	all, err := f.op.QueryCertificates(tctx(t, 10*time.Second), &operatorpb.QueryCertificatesRequest{SpiffeId: "spiffe://example.org/history/w1"})
+	if err != nil || len(all.Certificates) != 1 || all.Source != server.SourcePostgres {
+		t.Fatalf("the minted certificate: %v %v", all, err)
+	}
+	victim := all.Certificates[0]
+	revokedAt := time.Now().Truncate(time.Second)
+	if _, err := f.members[0].srv.Node().Apply(tctx(t, 10*time.Second), &raftpb.Command{Op: &raftpb.Command_Revoke{Revoke: &raftpb.Revoke{
+		Revocations: []*raftpb.Revocation{{IssuerId: victim.IssuerId, Serial: victim.Serial, RevokedUnixNano: revokedAt.UnixNano(), Reason: 1}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, hot := range []bool{false, true} {
+		waitFor(t, 30*time.Second, fmt.Sprintf("revoked listed (hot window %v)", hot), func() error {
+			resp, err := f.op.QueryCertificates(tctx(t, 10*time.Second), &operatorpb.QueryCertificatesRequest{Revoked: true, HotWindow: hot})
+			if err != nil {
+				return err
+			}
+			if len(resp.Certificates) != 1 || string(resp.Certificates[0].Serial) != string(victim.Serial) ||
+				resp.Certificates[0].RevokedUnix != revokedAt.Unix() || resp.Certificates[0].RevocationReason != 1 {
+				return fmt.Errorf("%s: %v", resp.Source, resp.Certificates)
+			}
+			return nil
+		})
 	}
 }
