@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,7 +51,9 @@ type exportState struct {
 	ledgerCursor uint64
 	auditKnown   bool
 	auditCursor  uint64
-	lastErr      string
+	// lastErr is each exporter's last failure ("" after a success), by
+	// exporter name ("" for the check at start).
+	lastErr map[string]string
 	lastWarn     time.Time
 	// unexportedPruned counts records pruned before they were exported.
 	unexportedPruned uint64
@@ -101,7 +104,7 @@ func (s *Server) historyCheck() error {
 	}
 	s.log.Warn("history database unreachable; issuing goes on and the export will catch up when it answers",
 		"database", s.cfg.History.String(), "err", err)
-	s.exportFailed(err)
+	s.exportFailed("", err)
 	return nil
 }
 
@@ -120,6 +123,7 @@ func (s *Server) ensureMigrated(ctx context.Context) error {
 	}
 	s.export.mu.Lock()
 	s.export.migrated = true
+	delete(s.export.lastErr, "") // the failure of the check at start
 	s.export.mu.Unlock()
 	s.log.Info("history database ready", "database", s.cfg.History.String(), "schema", postgres.SchemaVersion())
 	return nil
@@ -127,10 +131,13 @@ func (s *Server) ensureMigrated(ctx context.Context) error {
 
 // exportFailed records an export failure, logging at most one warning a
 // minute (a database down for days must not flood the log).
-func (s *Server) exportFailed(err error) {
+func (s *Server) exportFailed(name string, err error) {
 	x := &s.export
 	x.mu.Lock()
-	x.lastErr = err.Error()
+	if x.lastErr == nil {
+		x.lastErr = map[string]string{}
+	}
+	x.lastErr[name] = err.Error()
 	now := time.Now()
 	warn := now.Sub(x.lastWarn) >= time.Minute
 	if warn {
@@ -138,20 +145,38 @@ func (s *Server) exportFailed(err error) {
 	}
 	x.mu.Unlock()
 	if warn {
-		s.log.Warn("history export failing; retrying", "database", s.cfg.History.String(), "err", err)
+		s.log.Warn("history export failing; retrying", "exporter", name, "database", s.cfg.History.String(), "err", err)
 	}
 }
 
-func (s *Server) exportSucceeded() {
+func (s *Server) exportSucceeded(name string) {
 	s.export.mu.Lock()
-	s.export.lastErr = ""
+	delete(s.export.lastErr, name)
 	s.export.mu.Unlock()
+}
+
+// lastErrors joins the exporters' last failures, in name order.
+func (x *exportState) lastErrors() string {
+	names := make([]string, 0, len(x.lastErr))
+	for n := range x.lastErr {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var parts []string
+	for _, n := range names {
+		if n == "" {
+			parts = append(parts, x.lastErr[n])
+		} else {
+			parts = append(parts, n+": "+x.lastErr[n])
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // exportLoop runs one exporter: step exports a batch and reports whether
 // more is waiting. Between batches it waits ExportInterval; after a
 // failure, a backoff up to maxExportBackoff.
-func (s *Server) exportLoop(ctx context.Context, step func(context.Context) (more bool, err error)) error {
+func (s *Server) exportLoop(ctx context.Context, name string, step func(context.Context) (more bool, err error)) error {
 	backoff := s.cfg.ExportInterval
 	for {
 		wait := s.cfg.ExportInterval
@@ -160,11 +185,11 @@ func (s *Server) exportLoop(ctx context.Context, step func(context.Context) (mor
 		case ctx.Err() != nil:
 			return nil
 		case err != nil:
-			s.exportFailed(err)
+			s.exportFailed(name, err)
 			backoff = min(2*backoff, maxExportBackoff)
 			wait = backoff
 		default:
-			s.exportSucceeded()
+			s.exportSucceeded(name)
 			backoff = s.cfg.ExportInterval
 			if more {
 				wait = 0
@@ -401,7 +426,7 @@ func (s *Server) historyStatus(ctx context.Context) *operatorpb.HistoryExport {
 		h.LedgerLagSeconds = max(0, now.Sub(time.Unix(oldest, 0).Add(ca.Backdate)).Seconds())
 	}
 	s.export.mu.Lock()
-	h.AuditCursor, h.LastError, h.UnexportedPruned = s.export.auditCursor, s.export.lastErr, s.export.unexportedPruned
+	h.AuditCursor, h.LastError, h.UnexportedPruned = s.export.auditCursor, s.export.lastErrors(), s.export.unexportedPruned
 	s.export.mu.Unlock()
 	if s.auditLog != nil {
 		if last := s.auditLog.LastSeq(); last > h.AuditCursor {

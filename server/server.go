@@ -320,9 +320,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go("ledger pruning", s.pruneLoop)
 	g.Go("membership", func(ctx context.Context) error { s.keepMembership(ctx); return nil })
 	if s.cfg.History != nil {
-		g.Go("ledger export", func(ctx context.Context) error { return s.exportLoop(ctx, s.exportLedgerStep) })
+		g.Go("ledger export", func(ctx context.Context) error { return s.exportLoop(ctx, "ledger", s.exportLedgerStep) })
 		if s.auditLog != nil {
-			g.Go("audit export", func(ctx context.Context) error { return s.exportLoop(ctx, s.exportAuditStep) })
+			g.Go("audit export", func(ctx context.Context) error { return s.exportLoop(ctx, "audit", s.exportAuditStep) })
 		}
 	}
 	s.log.Info("server running", "trust_domain", s.td.Name(), "raft", s.cfg.RaftAddr, "api", s.cfg.APIAddr, "admin_socket", s.cfg.AdminSocket)
