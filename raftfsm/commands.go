@@ -94,6 +94,10 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return admitServer(txn, op.AdmitServer, h.TimeUnixNano)
 	case *raftpb.Command_PutCrl:
 		return putCRL(txn, op.PutCrl.GetCrl())
+	case *raftpb.Command_PutAdmin:
+		return putAdmin(txn, op.PutAdmin.GetAdmin())
+	case *raftpb.Command_DeleteAdmin:
+		return deleteAdmin(txn, op.DeleteAdmin.GetSpiffeId())
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(22) {
+	switch g.pick(24) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -145,6 +145,10 @@ func (g *cmdGen) command() *raftpb.Command {
 	case 21:
 		c.Op = &raftpb.Command_PutCrl{PutCrl: &raftpb.PutCRL{Crl: &raftpb.CRL{AuthorityId: g.id("auth-"), Number: uint64(g.pick(4)),
 			Der: []byte{byte(g.pick(3))}}}}
+	case 22:
+		c.Op = &raftpb.Command_PutAdmin{PutAdmin: &raftpb.PutAdmin{Admin: &raftpb.Admin{SpiffeId: "spiffe://example.org/" + g.id("admin-")}}}
+	case 23:
+		c.Op = &raftpb.Command_DeleteAdmin{DeleteAdmin: &raftpb.DeleteAdmin{SpiffeId: "spiffe://example.org/" + g.id("admin-")}}
 	}
 	return c
 }

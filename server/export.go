@@ -53,8 +53,8 @@ type exportState struct {
 	auditCursor  uint64
 	// lastErr is each exporter's last failure ("" after a success), by
 	// exporter name ("" for the check at start).
-	lastErr map[string]string
-	lastWarn     time.Time
+	lastErr  map[string]string
+	lastWarn time.Time
 	// unexportedPruned counts records pruned before they were exported.
 	unexportedPruned uint64
 	// revocationsDirty: rows were exported, or the revocations may have

@@ -23,6 +23,270 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AddAdminRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAdminRequest) Reset() {
+	*x = AddAdminRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAdminRequest) ProtoMessage() {}
+
+func (x *AddAdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAdminRequest.ProtoReflect.Descriptor instead.
+func (*AddAdminRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AddAdminRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type RemoveAdminRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveAdminRequest) Reset() {
+	*x = RemoveAdminRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAdminRequest) ProtoMessage() {}
+
+func (x *RemoveAdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAdminRequest.ProtoReflect.Descriptor instead.
+func (*RemoveAdminRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RemoveAdminRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type AdminResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminResponse) Reset() {
+	*x = AdminResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminResponse) ProtoMessage() {}
+
+func (x *AdminResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminResponse.ProtoReflect.Descriptor instead.
+func (*AdminResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{2}
+}
+
+type ListAdminsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminsRequest) Reset() {
+	*x = ListAdminsRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminsRequest) ProtoMessage() {}
+
+func (x *ListAdminsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminsRequest.ProtoReflect.Descriptor instead.
+func (*ListAdminsRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{3}
+}
+
+type AdminInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	AddedUnix     int64                  `protobuf:"varint,2,opt,name=added_unix,json=addedUnix,proto3" json:"added_unix,omitempty"`
+	AddedBy       string                 `protobuf:"bytes,3,opt,name=added_by,json=addedBy,proto3" json:"added_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminInfo) Reset() {
+	*x = AdminInfo{}
+	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminInfo) ProtoMessage() {}
+
+func (x *AdminInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminInfo.ProtoReflect.Descriptor instead.
+func (*AdminInfo) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AdminInfo) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *AdminInfo) GetAddedUnix() int64 {
+	if x != nil {
+		return x.AddedUnix
+	}
+	return 0
+}
+
+func (x *AdminInfo) GetAddedBy() string {
+	if x != nil {
+		return x.AddedBy
+	}
+	return ""
+}
+
+type ListAdminsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Admins        []*AdminInfo           `protobuf:"bytes,1,rep,name=admins,proto3" json:"admins,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminsResponse) Reset() {
+	*x = ListAdminsResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminsResponse) ProtoMessage() {}
+
+func (x *ListAdminsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminsResponse.ProtoReflect.Descriptor instead.
+func (*ListAdminsResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListAdminsResponse) GetAdmins() []*AdminInfo {
+	if x != nil {
+		return x.Admins
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -31,7 +295,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[0]
+	mi := &file_operatorpb_operator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -43,7 +307,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[0]
+	mi := &file_operatorpb_operator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -56,7 +320,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{0}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{6}
 }
 
 type StatusResponse struct {
@@ -79,6 +343,13 @@ type StatusResponse struct {
 	// ready_reason says why the server is not ready (empty when it is), e.g.
 	// "cluster: no leader for 3.2s: ..." or "cluster: removed from the cluster".
 	ReadyReason string `protobuf:"bytes,12,opt,name=ready_reason,json=readyReason,proto3" json:"ready_reason,omitempty"`
+	// members is every server of the Raft configuration, as each answers
+	// (asked at once, each within a bound; the contacted one included).
+	Members []*Member `protobuf:"bytes,13,rep,name=members,proto3" json:"members,omitempty"`
+	// authorities is every root and intermediate of the trust domain.
+	Authorities   []*AuthorityStatus `protobuf:"bytes,14,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	AttestedNodes uint64             `protobuf:"varint,15,opt,name=attested_nodes,json=attestedNodes,proto3" json:"attested_nodes,omitempty"`
+	Entries       uint64             `protobuf:"varint,16,opt,name=entries,proto3" json:"entries,omitempty"`
 	// issue 15: the export of the cluster's history to PostgreSQL.
 	History       *HistoryExport `protobuf:"bytes,60,opt,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -87,7 +358,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[1]
+	mi := &file_operatorpb_operator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -99,7 +370,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[1]
+	mi := &file_operatorpb_operator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -112,7 +383,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{1}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -199,6 +470,34 @@ func (x *StatusResponse) GetReadyReason() string {
 	return ""
 }
 
+func (x *StatusResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetAuthorities() []*AuthorityStatus {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetAttestedNodes() uint64 {
+	if x != nil {
+		return x.AttestedNodes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetEntries() uint64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
 func (x *StatusResponse) GetHistory() *HistoryExport {
 	if x != nil {
 		return x.History
@@ -240,7 +539,7 @@ type HistoryExport struct {
 
 func (x *HistoryExport) Reset() {
 	*x = HistoryExport{}
-	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	mi := &file_operatorpb_operator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -252,7 +551,7 @@ func (x *HistoryExport) String() string {
 func (*HistoryExport) ProtoMessage() {}
 
 func (x *HistoryExport) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	mi := &file_operatorpb_operator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -265,7 +564,7 @@ func (x *HistoryExport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryExport.ProtoReflect.Descriptor instead.
 func (*HistoryExport) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{2}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HistoryExport) GetEnabled() bool {
@@ -345,6 +644,212 @@ func (x *HistoryExport) GetUnexportedPruned() uint64 {
 	return 0
 }
 
+// Member is one server's position, as `meshca status` shows it.
+type Member struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	NodeId   string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RaftAddr string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// suffrage is Voter or Nonvoter.
+	Suffrage string `protobuf:"bytes,3,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
+	// reachable: the server answered; error says why not.
+	Reachable         bool   `protobuf:"varint,4,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	Error             string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	RaftState         string `protobuf:"bytes,6,opt,name=raft_state,json=raftState,proto3" json:"raft_state,omitempty"`
+	AppliedIndex      uint64 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CommitIndex       uint64 `protobuf:"varint,8,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	LeaderId          string `protobuf:"bytes,9,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LastContactMillis int64  `protobuf:"varint,10,opt,name=last_contact_millis,json=lastContactMillis,proto3" json:"last_contact_millis,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Member) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Member) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *Member) GetSuffrage() string {
+	if x != nil {
+		return x.Suffrage
+	}
+	return ""
+}
+
+func (x *Member) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+func (x *Member) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Member) GetRaftState() string {
+	if x != nil {
+		return x.RaftState
+	}
+	return ""
+}
+
+func (x *Member) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *Member) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
+func (x *Member) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *Member) GetLastContactMillis() int64 {
+	if x != nil {
+		return x.LastContactMillis
+	}
+	return 0
+}
+
+// AuthorityStatus is a root or intermediate and when it expires.
+type AuthorityStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// kind is root or intermediate.
+	Kind    string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Profile string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	State   string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// server_id holds an intermediate's key.
+	ServerId      string `protobuf:"bytes,5,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	NotAfterUnix  int64  `protobuf:"varint,6,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorityStatus) Reset() {
+	*x = AuthorityStatus{}
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorityStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorityStatus) ProtoMessage() {}
+
+func (x *AuthorityStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorityStatus.ProtoReflect.Descriptor instead.
+func (*AuthorityStatus) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AuthorityStatus) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
 type Peer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -357,7 +862,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +874,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +887,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{3}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Peer) GetId() string {
@@ -421,7 +926,7 @@ type RaftListPeersRequest struct {
 
 func (x *RaftListPeersRequest) Reset() {
 	*x = RaftListPeersRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +938,7 @@ func (x *RaftListPeersRequest) String() string {
 func (*RaftListPeersRequest) ProtoMessage() {}
 
 func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +951,7 @@ func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersRequest.ProtoReflect.Descriptor instead.
 func (*RaftListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{4}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
 }
 
 type RaftListPeersResponse struct {
@@ -458,7 +963,7 @@ type RaftListPeersResponse struct {
 
 func (x *RaftListPeersResponse) Reset() {
 	*x = RaftListPeersResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +975,7 @@ func (x *RaftListPeersResponse) String() string {
 func (*RaftListPeersResponse) ProtoMessage() {}
 
 func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +988,7 @@ func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersResponse.ProtoReflect.Descriptor instead.
 func (*RaftListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{5}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RaftListPeersResponse) GetPeers() []*Peer {
@@ -503,7 +1008,7 @@ type RaftAddVoterRequest struct {
 
 func (x *RaftAddVoterRequest) Reset() {
 	*x = RaftAddVoterRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[6]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -515,7 +1020,7 @@ func (x *RaftAddVoterRequest) String() string {
 func (*RaftAddVoterRequest) ProtoMessage() {}
 
 func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[6]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -528,7 +1033,7 @@ func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterRequest.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{6}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RaftAddVoterRequest) GetId() string {
@@ -553,7 +1058,7 @@ type RaftAddVoterResponse struct {
 
 func (x *RaftAddVoterResponse) Reset() {
 	*x = RaftAddVoterResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[7]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +1070,7 @@ func (x *RaftAddVoterResponse) String() string {
 func (*RaftAddVoterResponse) ProtoMessage() {}
 
 func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[7]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +1083,7 @@ func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterResponse.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{7}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
 }
 
 type RaftRemovePeerRequest struct {
@@ -590,7 +1095,7 @@ type RaftRemovePeerRequest struct {
 
 func (x *RaftRemovePeerRequest) Reset() {
 	*x = RaftRemovePeerRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +1107,7 @@ func (x *RaftRemovePeerRequest) String() string {
 func (*RaftRemovePeerRequest) ProtoMessage() {}
 
 func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +1120,7 @@ func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerRequest.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{8}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RaftRemovePeerRequest) GetId() string {
@@ -633,7 +1138,7 @@ type RaftRemovePeerResponse struct {
 
 func (x *RaftRemovePeerResponse) Reset() {
 	*x = RaftRemovePeerResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +1150,7 @@ func (x *RaftRemovePeerResponse) String() string {
 func (*RaftRemovePeerResponse) ProtoMessage() {}
 
 func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +1163,7 @@ func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerResponse.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{9}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
 }
 
 type SnapshotSaveRequest struct {
@@ -669,7 +1174,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +1186,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +1199,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
 }
 
 type SnapshotChunk struct {
@@ -706,7 +1211,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +1223,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +1236,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -750,7 +1255,7 @@ type SnapshotRestoreResponse struct {
 
 func (x *SnapshotRestoreResponse) Reset() {
 	*x = SnapshotRestoreResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +1267,7 @@ func (x *SnapshotRestoreResponse) String() string {
 func (*SnapshotRestoreResponse) ProtoMessage() {}
 
 func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +1280,7 @@ func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotRestoreResponse) GetStateHash() string {
@@ -796,7 +1301,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +1313,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +1326,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateJoinTokenRequest) GetKind() string {
@@ -848,7 +1353,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +1365,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +1378,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -900,7 +1405,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +1417,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1430,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Selector) GetType() string {
@@ -959,7 +1464,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1476,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1489,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Entry) GetId() string {
@@ -1064,7 +1569,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1581,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1594,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -1118,7 +1623,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1635,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1648,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -1169,7 +1674,7 @@ type EntryResponse struct {
 
 func (x *EntryResponse) Reset() {
 	*x = EntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1686,7 @@ func (x *EntryResponse) String() string {
 func (*EntryResponse) ProtoMessage() {}
 
 func (x *EntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1699,7 @@ func (x *EntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryResponse.ProtoReflect.Descriptor instead.
 func (*EntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EntryResponse) GetEntry() *Entry {
@@ -1213,7 +1718,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1730,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1743,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1256,7 +1761,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1268,7 +1773,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1281,7 +1786,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
 }
 
 type GetEntryRequest struct {
@@ -1293,7 +1798,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1810,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1823,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1339,7 +1844,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1856,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1869,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1390,7 +1895,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1907,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1920,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1439,7 +1944,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1451,7 +1956,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1464,7 +1969,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -1517,7 +2022,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +2034,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +2047,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
 }
 
 type ListNodesResponse struct {
@@ -1554,7 +2059,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +2071,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +2084,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1598,7 +2103,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +2115,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +2128,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetNodeRequest) GetSpiffeId() string {
@@ -1642,7 +2147,7 @@ type NodeResponse struct {
 
 func (x *NodeResponse) Reset() {
 	*x = NodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +2159,7 @@ func (x *NodeResponse) String() string {
 func (*NodeResponse) ProtoMessage() {}
 
 func (x *NodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +2172,7 @@ func (x *NodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResponse.ProtoReflect.Descriptor instead.
 func (*NodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NodeResponse) GetNode() *Node {
@@ -1691,7 +2196,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +2208,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +2221,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -1766,7 +2271,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +2283,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +2296,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MintX509SVIDResponse) GetChain() [][]byte {
@@ -1816,7 +2321,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +2333,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +2346,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
 }
 
 // Authority is a root, an intermediate or a JWT signing key.
@@ -1870,7 +2375,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +2387,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +2400,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Authority) GetId() string {
@@ -1977,7 +2482,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2494,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2507,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -2033,7 +2538,7 @@ type QueryCertificatesRequest struct {
 
 func (x *QueryCertificatesRequest) Reset() {
 	*x = QueryCertificatesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2550,7 @@ func (x *QueryCertificatesRequest) String() string {
 func (*QueryCertificatesRequest) ProtoMessage() {}
 
 func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2563,7 @@ func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*QueryCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *QueryCertificatesRequest) GetSinceUnix() int64 {
@@ -2137,7 +2642,7 @@ type HistoryCertificate struct {
 
 func (x *HistoryCertificate) Reset() {
 	*x = HistoryCertificate{}
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2654,7 @@ func (x *HistoryCertificate) String() string {
 func (*HistoryCertificate) ProtoMessage() {}
 
 func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2667,7 @@ func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryCertificate.ProtoReflect.Descriptor instead.
 func (*HistoryCertificate) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *HistoryCertificate) GetSerial() []byte {
@@ -2247,7 +2752,7 @@ type QueryCertificatesResponse struct {
 
 func (x *QueryCertificatesResponse) Reset() {
 	*x = QueryCertificatesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2764,7 @@ func (x *QueryCertificatesResponse) String() string {
 func (*QueryCertificatesResponse) ProtoMessage() {}
 
 func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2777,7 @@ func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*QueryCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *QueryCertificatesResponse) GetCertificates() []*HistoryCertificate {
@@ -2317,7 +2822,7 @@ type QueryAuditRequest struct {
 
 func (x *QueryAuditRequest) Reset() {
 	*x = QueryAuditRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2834,7 @@ func (x *QueryAuditRequest) String() string {
 func (*QueryAuditRequest) ProtoMessage() {}
 
 func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2847,7 @@ func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuditRequest.ProtoReflect.Descriptor instead.
 func (*QueryAuditRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *QueryAuditRequest) GetActor() string {
@@ -2427,7 +2932,7 @@ type HistoryAuditEvent struct {
 
 func (x *HistoryAuditEvent) Reset() {
 	*x = HistoryAuditEvent{}
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2439,7 +2944,7 @@ func (x *HistoryAuditEvent) String() string {
 func (*HistoryAuditEvent) ProtoMessage() {}
 
 func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2452,7 +2957,7 @@ func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryAuditEvent.ProtoReflect.Descriptor instead.
 func (*HistoryAuditEvent) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *HistoryAuditEvent) GetServer() string {
@@ -2544,7 +3049,7 @@ type QueryAuditResponse struct {
 
 func (x *QueryAuditResponse) Reset() {
 	*x = QueryAuditResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +3061,7 @@ func (x *QueryAuditResponse) String() string {
 func (*QueryAuditResponse) ProtoMessage() {}
 
 func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +3074,7 @@ func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuditResponse.ProtoReflect.Descriptor instead.
 func (*QueryAuditResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *QueryAuditResponse) GetEvents() []*HistoryAuditEvent {
@@ -2597,8 +3102,21 @@ var File_operatorpb_operator_proto protoreflect.FileDescriptor
 
 const file_operatorpb_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x19operatorpb/operator.proto\x12\x12meshca.operator.v1\"\x0f\n" +
-	"\rStatusRequest\"\xd7\x03\n" +
+	"\x19operatorpb/operator.proto\x12\x12meshca.operator.v1\".\n" +
+	"\x0fAddAdminRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"1\n" +
+	"\x12RemoveAdminRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x0f\n" +
+	"\rAdminResponse\"\x13\n" +
+	"\x11ListAdminsRequest\"b\n" +
+	"\tAdminInfo\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
+	"\n" +
+	"added_unix\x18\x02 \x01(\x03R\taddedUnix\x12\x19\n" +
+	"\badded_by\x18\x03 \x01(\tR\aaddedBy\"K\n" +
+	"\x12ListAdminsResponse\x125\n" +
+	"\x06admins\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AdminInfoR\x06admins\"\x0f\n" +
+	"\rStatusRequest\"\x95\x05\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1d\n" +
@@ -2615,7 +3133,11 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x05ready\x18\n" +
 	" \x01(\bR\x05ready\x12(\n" +
 	"\x10sign_queue_depth\x18\v \x01(\x03R\x0esignQueueDepth\x12!\n" +
-	"\fready_reason\x18\f \x01(\tR\vreadyReason\x12;\n" +
+	"\fready_reason\x18\f \x01(\tR\vreadyReason\x124\n" +
+	"\amembers\x18\r \x03(\v2\x1a.meshca.operator.v1.MemberR\amembers\x12E\n" +
+	"\vauthorities\x18\x0e \x03(\v2#.meshca.operator.v1.AuthorityStatusR\vauthorities\x12%\n" +
+	"\x0eattested_nodes\x18\x0f \x01(\x04R\rattestedNodes\x12\x18\n" +
+	"\aentries\x18\x10 \x01(\x04R\aentries\x12;\n" +
 	"\ahistory\x18< \x01(\v2!.meshca.operator.v1.HistoryExportR\ahistory\"\xb4\x03\n" +
 	"\rHistoryExport\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1a\n" +
@@ -2630,7 +3152,27 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\n" +
 	" \x01(\tR\tlastError\x12+\n" +
-	"\x11unexported_pruned\x18\v \x01(\x04R\x10unexportedPruned\"d\n" +
+	"\x11unexported_pruned\x18\v \x01(\x04R\x10unexportedPruned\"\xc2\x02\n" +
+	"\x06Member\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1a\n" +
+	"\bsuffrage\x18\x03 \x01(\tR\bsuffrage\x12\x1c\n" +
+	"\treachable\x18\x04 \x01(\bR\treachable\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1d\n" +
+	"\n" +
+	"raft_state\x18\x06 \x01(\tR\traftState\x12#\n" +
+	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12!\n" +
+	"\fcommit_index\x18\b \x01(\x04R\vcommitIndex\x12\x1b\n" +
+	"\tleader_id\x18\t \x01(\tR\bleaderId\x12.\n" +
+	"\x13last_contact_millis\x18\n" +
+	" \x01(\x03R\x11lastContactMillis\"\xa8\x01\n" +
+	"\x0fAuthorityStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x1b\n" +
+	"\tserver_id\x18\x05 \x01(\tR\bserverId\x12$\n" +
+	"\x0enot_after_unix\x18\x06 \x01(\x03R\fnotAfterUnix\"d\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -2791,7 +3333,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x12QueryAuditResponse\x12=\n" +
 	"\x06events\x18\x01 \x03(\v2%.meshca.operator.v1.HistoryAuditEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
-	"\x06source\x18\x03 \x01(\tR\x06source2\xcd\r\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source2\xd8\x0f\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -2808,7 +3350,11 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tListNodes\x12$.meshca.operator.v1.ListNodesRequest\x1a%.meshca.operator.v1.ListNodesResponse\x12O\n" +
 	"\aGetNode\x12\".meshca.operator.v1.GetNodeRequest\x1a .meshca.operator.v1.NodeResponse\x12a\n" +
 	"\fMintX509SVID\x12'.meshca.operator.v1.MintX509SVIDRequest\x1a(.meshca.operator.v1.MintX509SVIDResponse\x12j\n" +
-	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12p\n" +
+	"\x0fListAuthorities\x12*.meshca.operator.v1.ListAuthoritiesRequest\x1a+.meshca.operator.v1.ListAuthoritiesResponse\x12R\n" +
+	"\bAddAdmin\x12#.meshca.operator.v1.AddAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12X\n" +
+	"\vRemoveAdmin\x12&.meshca.operator.v1.RemoveAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12[\n" +
+	"\n" +
+	"ListAdmins\x12%.meshca.operator.v1.ListAdminsRequest\x1a&.meshca.operator.v1.ListAdminsResponse\x12p\n" +
 	"\x11QueryCertificates\x12,.meshca.operator.v1.QueryCertificatesRequest\x1a-.meshca.operator.v1.QueryCertificatesResponse\x12[\n" +
 	"\n" +
 	"QueryAudit\x12%.meshca.operator.v1.QueryAuditRequest\x1a&.meshca.operator.v1.QueryAuditResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
@@ -2825,107 +3371,124 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_operatorpb_operator_proto_goTypes = []any{
-	(*StatusRequest)(nil),             // 0: meshca.operator.v1.StatusRequest
-	(*StatusResponse)(nil),            // 1: meshca.operator.v1.StatusResponse
-	(*HistoryExport)(nil),             // 2: meshca.operator.v1.HistoryExport
-	(*Peer)(nil),                      // 3: meshca.operator.v1.Peer
-	(*RaftListPeersRequest)(nil),      // 4: meshca.operator.v1.RaftListPeersRequest
-	(*RaftListPeersResponse)(nil),     // 5: meshca.operator.v1.RaftListPeersResponse
-	(*RaftAddVoterRequest)(nil),       // 6: meshca.operator.v1.RaftAddVoterRequest
-	(*RaftAddVoterResponse)(nil),      // 7: meshca.operator.v1.RaftAddVoterResponse
-	(*RaftRemovePeerRequest)(nil),     // 8: meshca.operator.v1.RaftRemovePeerRequest
-	(*RaftRemovePeerResponse)(nil),    // 9: meshca.operator.v1.RaftRemovePeerResponse
-	(*SnapshotSaveRequest)(nil),       // 10: meshca.operator.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),             // 11: meshca.operator.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil),   // 12: meshca.operator.v1.SnapshotRestoreResponse
-	(*CreateJoinTokenRequest)(nil),    // 13: meshca.operator.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),   // 14: meshca.operator.v1.CreateJoinTokenResponse
-	(*Selector)(nil),                  // 15: meshca.operator.v1.Selector
-	(*Entry)(nil),                     // 16: meshca.operator.v1.Entry
-	(*CreateEntryRequest)(nil),        // 17: meshca.operator.v1.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),        // 18: meshca.operator.v1.UpdateEntryRequest
-	(*EntryResponse)(nil),             // 19: meshca.operator.v1.EntryResponse
-	(*DeleteEntryRequest)(nil),        // 20: meshca.operator.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),       // 21: meshca.operator.v1.DeleteEntryResponse
-	(*GetEntryRequest)(nil),           // 22: meshca.operator.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),        // 23: meshca.operator.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),       // 24: meshca.operator.v1.ListEntriesResponse
-	(*Node)(nil),                      // 25: meshca.operator.v1.Node
-	(*ListNodesRequest)(nil),          // 26: meshca.operator.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 27: meshca.operator.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),            // 28: meshca.operator.v1.GetNodeRequest
-	(*NodeResponse)(nil),              // 29: meshca.operator.v1.NodeResponse
-	(*MintX509SVIDRequest)(nil),       // 30: meshca.operator.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),      // 31: meshca.operator.v1.MintX509SVIDResponse
-	(*ListAuthoritiesRequest)(nil),    // 32: meshca.operator.v1.ListAuthoritiesRequest
-	(*Authority)(nil),                 // 33: meshca.operator.v1.Authority
-	(*ListAuthoritiesResponse)(nil),   // 34: meshca.operator.v1.ListAuthoritiesResponse
-	(*QueryCertificatesRequest)(nil),  // 35: meshca.operator.v1.QueryCertificatesRequest
-	(*HistoryCertificate)(nil),        // 36: meshca.operator.v1.HistoryCertificate
-	(*QueryCertificatesResponse)(nil), // 37: meshca.operator.v1.QueryCertificatesResponse
-	(*QueryAuditRequest)(nil),         // 38: meshca.operator.v1.QueryAuditRequest
-	(*HistoryAuditEvent)(nil),         // 39: meshca.operator.v1.HistoryAuditEvent
-	(*QueryAuditResponse)(nil),        // 40: meshca.operator.v1.QueryAuditResponse
-	nil,                               // 41: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	(*AddAdminRequest)(nil),           // 0: meshca.operator.v1.AddAdminRequest
+	(*RemoveAdminRequest)(nil),        // 1: meshca.operator.v1.RemoveAdminRequest
+	(*AdminResponse)(nil),             // 2: meshca.operator.v1.AdminResponse
+	(*ListAdminsRequest)(nil),         // 3: meshca.operator.v1.ListAdminsRequest
+	(*AdminInfo)(nil),                 // 4: meshca.operator.v1.AdminInfo
+	(*ListAdminsResponse)(nil),        // 5: meshca.operator.v1.ListAdminsResponse
+	(*StatusRequest)(nil),             // 6: meshca.operator.v1.StatusRequest
+	(*StatusResponse)(nil),            // 7: meshca.operator.v1.StatusResponse
+	(*HistoryExport)(nil),             // 8: meshca.operator.v1.HistoryExport
+	(*Member)(nil),                    // 9: meshca.operator.v1.Member
+	(*AuthorityStatus)(nil),           // 10: meshca.operator.v1.AuthorityStatus
+	(*Peer)(nil),                      // 11: meshca.operator.v1.Peer
+	(*RaftListPeersRequest)(nil),      // 12: meshca.operator.v1.RaftListPeersRequest
+	(*RaftListPeersResponse)(nil),     // 13: meshca.operator.v1.RaftListPeersResponse
+	(*RaftAddVoterRequest)(nil),       // 14: meshca.operator.v1.RaftAddVoterRequest
+	(*RaftAddVoterResponse)(nil),      // 15: meshca.operator.v1.RaftAddVoterResponse
+	(*RaftRemovePeerRequest)(nil),     // 16: meshca.operator.v1.RaftRemovePeerRequest
+	(*RaftRemovePeerResponse)(nil),    // 17: meshca.operator.v1.RaftRemovePeerResponse
+	(*SnapshotSaveRequest)(nil),       // 18: meshca.operator.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),             // 19: meshca.operator.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),   // 20: meshca.operator.v1.SnapshotRestoreResponse
+	(*CreateJoinTokenRequest)(nil),    // 21: meshca.operator.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),   // 22: meshca.operator.v1.CreateJoinTokenResponse
+	(*Selector)(nil),                  // 23: meshca.operator.v1.Selector
+	(*Entry)(nil),                     // 24: meshca.operator.v1.Entry
+	(*CreateEntryRequest)(nil),        // 25: meshca.operator.v1.CreateEntryRequest
+	(*UpdateEntryRequest)(nil),        // 26: meshca.operator.v1.UpdateEntryRequest
+	(*EntryResponse)(nil),             // 27: meshca.operator.v1.EntryResponse
+	(*DeleteEntryRequest)(nil),        // 28: meshca.operator.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),       // 29: meshca.operator.v1.DeleteEntryResponse
+	(*GetEntryRequest)(nil),           // 30: meshca.operator.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),        // 31: meshca.operator.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),       // 32: meshca.operator.v1.ListEntriesResponse
+	(*Node)(nil),                      // 33: meshca.operator.v1.Node
+	(*ListNodesRequest)(nil),          // 34: meshca.operator.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 35: meshca.operator.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),            // 36: meshca.operator.v1.GetNodeRequest
+	(*NodeResponse)(nil),              // 37: meshca.operator.v1.NodeResponse
+	(*MintX509SVIDRequest)(nil),       // 38: meshca.operator.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),      // 39: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),    // 40: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),                 // 41: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil),   // 42: meshca.operator.v1.ListAuthoritiesResponse
+	(*QueryCertificatesRequest)(nil),  // 43: meshca.operator.v1.QueryCertificatesRequest
+	(*HistoryCertificate)(nil),        // 44: meshca.operator.v1.HistoryCertificate
+	(*QueryCertificatesResponse)(nil), // 45: meshca.operator.v1.QueryCertificatesResponse
+	(*QueryAuditRequest)(nil),         // 46: meshca.operator.v1.QueryAuditRequest
+	(*HistoryAuditEvent)(nil),         // 47: meshca.operator.v1.HistoryAuditEvent
+	(*QueryAuditResponse)(nil),        // 48: meshca.operator.v1.QueryAuditResponse
+	nil,                               // 49: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
-	2,  // 0: meshca.operator.v1.StatusResponse.history:type_name -> meshca.operator.v1.HistoryExport
-	3,  // 1: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
-	15, // 2: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
-	16, // 3: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	16, // 4: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	16, // 5: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
-	16, // 6: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
-	15, // 7: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
-	25, // 8: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
-	25, // 9: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
-	33, // 10: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	36, // 11: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
-	41, // 12: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
-	39, // 13: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
-	0,  // 14: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	4,  // 15: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	6,  // 16: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	8,  // 17: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	10, // 18: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	11, // 19: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	13, // 20: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	17, // 21: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	18, // 22: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	20, // 23: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	22, // 24: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	23, // 25: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	26, // 26: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	28, // 27: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	30, // 28: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	32, // 29: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	35, // 30: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
-	38, // 31: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
-	1,  // 32: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	5,  // 33: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	7,  // 34: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	9,  // 35: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	11, // 36: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	12, // 37: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	14, // 38: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	19, // 39: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	19, // 40: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	21, // 41: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	19, // 42: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	24, // 43: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	27, // 44: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	29, // 45: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	31, // 46: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	34, // 47: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	37, // 48: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
-	40, // 49: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
-	32, // [32:50] is the sub-list for method output_type
-	14, // [14:32] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	4,  // 0: meshca.operator.v1.ListAdminsResponse.admins:type_name -> meshca.operator.v1.AdminInfo
+	9,  // 1: meshca.operator.v1.StatusResponse.members:type_name -> meshca.operator.v1.Member
+	10, // 2: meshca.operator.v1.StatusResponse.authorities:type_name -> meshca.operator.v1.AuthorityStatus
+	8,  // 3: meshca.operator.v1.StatusResponse.history:type_name -> meshca.operator.v1.HistoryExport
+	11, // 4: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
+	23, // 5: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
+	24, // 6: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	24, // 7: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	24, // 8: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
+	24, // 9: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
+	23, // 10: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
+	33, // 11: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
+	33, // 12: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
+	41, // 13: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
+	44, // 14: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
+	49, // 15: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	47, // 16: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
+	6,  // 17: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	12, // 18: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	14, // 19: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	16, // 20: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	18, // 21: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	19, // 22: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	21, // 23: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	25, // 24: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	26, // 25: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	28, // 26: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	30, // 27: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	31, // 28: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	34, // 29: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	36, // 30: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	38, // 31: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	40, // 32: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	0,  // 33: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 34: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 35: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	43, // 36: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	46, // 37: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	7,  // 38: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	13, // 39: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	15, // 40: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	17, // 41: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	19, // 42: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	20, // 43: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	22, // 44: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	27, // 45: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	27, // 46: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	29, // 47: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	27, // 48: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	32, // 49: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	35, // 50: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	37, // 51: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	39, // 52: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	42, // 53: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	2,  // 54: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 55: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 56: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	45, // 57: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	48, // 58: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	38, // [38:59] is the sub-list for method output_type
+	17, // [17:38] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -2939,7 +3502,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

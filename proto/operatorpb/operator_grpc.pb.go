@@ -37,6 +37,9 @@ const (
 	Operator_GetNode_FullMethodName           = "/meshca.operator.v1.Operator/GetNode"
 	Operator_MintX509SVID_FullMethodName      = "/meshca.operator.v1.Operator/MintX509SVID"
 	Operator_ListAuthorities_FullMethodName   = "/meshca.operator.v1.Operator/ListAuthorities"
+	Operator_AddAdmin_FullMethodName          = "/meshca.operator.v1.Operator/AddAdmin"
+	Operator_RemoveAdmin_FullMethodName       = "/meshca.operator.v1.Operator/RemoveAdmin"
+	Operator_ListAdmins_FullMethodName        = "/meshca.operator.v1.Operator/ListAdmins"
 	Operator_QueryCertificates_FullMethodName = "/meshca.operator.v1.Operator/QueryCertificates"
 	Operator_QueryAudit_FullMethodName        = "/meshca.operator.v1.Operator/QueryAudit"
 )
@@ -68,6 +71,11 @@ type OperatorClient interface {
 	// ListAuthorities lists the trust domain's roots, every server's
 	// intermediates and the JWT signing keys, with their rotation state.
 	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
+	// issue 16: the admins, who may use the operator API over mutual TLS
+	// (replicated: every server agrees).
+	AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
+	RemoveAdmin(ctx context.Context, in *RemoveAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
+	ListAdmins(ctx context.Context, in *ListAdminsRequest, opts ...grpc.CallOption) (*ListAdminsResponse, error)
 	// issue 15: history queries. They read PostgreSQL when the server has a
 	// database configured; otherwise certificates come from the Raft ledger
 	// (the hot window: unexpired certificates) and audit events from this
@@ -256,6 +264,36 @@ func (c *operatorClient) ListAuthorities(ctx context.Context, in *ListAuthoritie
 	return out, nil
 }
 
+func (c *operatorClient) AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdminResponse)
+	err := c.cc.Invoke(ctx, Operator_AddAdmin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) RemoveAdmin(ctx context.Context, in *RemoveAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdminResponse)
+	err := c.cc.Invoke(ctx, Operator_RemoveAdmin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ListAdmins(ctx context.Context, in *ListAdminsRequest, opts ...grpc.CallOption) (*ListAdminsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAdminsResponse)
+	err := c.cc.Invoke(ctx, Operator_ListAdmins_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *operatorClient) QueryCertificates(ctx context.Context, in *QueryCertificatesRequest, opts ...grpc.CallOption) (*QueryCertificatesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(QueryCertificatesResponse)
@@ -303,6 +341,11 @@ type OperatorServer interface {
 	// ListAuthorities lists the trust domain's roots, every server's
 	// intermediates and the JWT signing keys, with their rotation state.
 	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
+	// issue 16: the admins, who may use the operator API over mutual TLS
+	// (replicated: every server agrees).
+	AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error)
+	RemoveAdmin(context.Context, *RemoveAdminRequest) (*AdminResponse, error)
+	ListAdmins(context.Context, *ListAdminsRequest) (*ListAdminsResponse, error)
 	// issue 15: history queries. They read PostgreSQL when the server has a
 	// database configured; otherwise certificates come from the Raft ledger
 	// (the hot window: unexpired certificates) and audit events from this
@@ -366,6 +409,15 @@ func (UnimplementedOperatorServer) MintX509SVID(context.Context, *MintX509SVIDRe
 }
 func (UnimplementedOperatorServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
+}
+func (UnimplementedOperatorServer) AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddAdmin not implemented")
+}
+func (UnimplementedOperatorServer) RemoveAdmin(context.Context, *RemoveAdminRequest) (*AdminResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveAdmin not implemented")
+}
+func (UnimplementedOperatorServer) ListAdmins(context.Context, *ListAdminsRequest) (*ListAdminsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAdmins not implemented")
 }
 func (UnimplementedOperatorServer) QueryCertificates(context.Context, *QueryCertificatesRequest) (*QueryCertificatesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method QueryCertificates not implemented")
@@ -664,6 +716,60 @@ func _Operator_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_AddAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddAdminRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).AddAdmin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_AddAdmin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).AddAdmin(ctx, req.(*AddAdminRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_RemoveAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveAdminRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).RemoveAdmin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_RemoveAdmin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).RemoveAdmin(ctx, req.(*RemoveAdminRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ListAdmins_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAdminsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ListAdmins(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ListAdmins_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ListAdmins(ctx, req.(*ListAdminsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Operator_QueryCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(QueryCertificatesRequest)
 	if err := dec(in); err != nil {
@@ -762,6 +868,18 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuthorities",
 			Handler:    _Operator_ListAuthorities_Handler,
+		},
+		{
+			MethodName: "AddAdmin",
+			Handler:    _Operator_AddAdmin_Handler,
+		},
+		{
+			MethodName: "RemoveAdmin",
+			Handler:    _Operator_RemoveAdmin_Handler,
+		},
+		{
+			MethodName: "ListAdmins",
+			Handler:    _Operator_ListAdmins_Handler,
 		},
 		{
 			MethodName: "QueryCertificates",

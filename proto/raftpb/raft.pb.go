@@ -222,6 +222,8 @@ type Command struct {
 	//	*Command_AttestAgent
 	//	*Command_AdmitServer
 	//	*Command_PutCrl
+	//	*Command_PutAdmin
+	//	*Command_DeleteAdmin
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -469,6 +471,24 @@ func (x *Command) GetPutCrl() *PutCRL {
 	return nil
 }
 
+func (x *Command) GetPutAdmin() *PutAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutAdmin); ok {
+			return x.PutAdmin
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteAdmin() *DeleteAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteAdmin); ok {
+			return x.DeleteAdmin
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -561,6 +581,15 @@ type Command_PutCrl struct {
 	PutCrl *PutCRL `protobuf:"bytes,31,opt,name=put_crl,json=putCrl,proto3,oneof"`
 }
 
+type Command_PutAdmin struct {
+	// issue 16: the operators who may use the operator API over mTLS.
+	PutAdmin *PutAdmin `protobuf:"bytes,90,opt,name=put_admin,json=putAdmin,proto3,oneof"`
+}
+
+type Command_DeleteAdmin struct {
+	DeleteAdmin *DeleteAdmin `protobuf:"bytes,91,opt,name=delete_admin,json=deleteAdmin,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -604,6 +633,10 @@ func (*Command_AttestAgent) isCommand_Op() {}
 func (*Command_AdmitServer) isCommand_Op() {}
 
 func (*Command_PutCrl) isCommand_Op() {}
+
+func (*Command_PutAdmin) isCommand_Op() {}
+
+func (*Command_DeleteAdmin) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -2387,6 +2420,159 @@ func (x *PutCRL) GetCrl() *CRL {
 	return nil
 }
 
+// issue 16: PutAdmin records an operator's SPIFFE ID as an admin (again:
+// no change); DeleteAdmin removes it (not found: NOT_FOUND).
+type PutAdmin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Admin         *Admin                 `protobuf:"bytes,1,opt,name=admin,proto3" json:"admin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAdmin) Reset() {
+	*x = PutAdmin{}
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAdmin) ProtoMessage() {}
+
+func (x *PutAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAdmin.ProtoReflect.Descriptor instead.
+func (*PutAdmin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PutAdmin) GetAdmin() *Admin {
+	if x != nil {
+		return x.Admin
+	}
+	return nil
+}
+
+type DeleteAdmin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAdmin) Reset() {
+	*x = DeleteAdmin{}
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAdmin) ProtoMessage() {}
+
+func (x *DeleteAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAdmin.ProtoReflect.Descriptor instead.
+func (*DeleteAdmin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DeleteAdmin) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+// Admin is an operator who may use the operator API over mutual TLS with
+// an X509-SVID of this SPIFFE ID.
+type Admin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	AddedUnixNano int64                  `protobuf:"varint,2,opt,name=added_unix_nano,json=addedUnixNano,proto3" json:"added_unix_nano,omitempty"`
+	// added_by is who added it ("bootstrap", "operator", a SPIFFE ID).
+	AddedBy       string `protobuf:"bytes,3,opt,name=added_by,json=addedBy,proto3" json:"added_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Admin) Reset() {
+	*x = Admin{}
+	mi := &file_raftpb_raft_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Admin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Admin) ProtoMessage() {}
+
+func (x *Admin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Admin.ProtoReflect.Descriptor instead.
+func (*Admin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *Admin) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Admin) GetAddedUnixNano() int64 {
+	if x != nil {
+		return x.AddedUnixNano
+	}
+	return 0
+}
+
+func (x *Admin) GetAddedBy() string {
+	if x != nil {
+		return x.AddedBy
+	}
+	return ""
+}
+
 // ActivateAuthority makes an authority ACTIVE and the one it replaces
 // (same kind, profile and server, ACTIVE until now) OLD.
 type ActivateAuthority struct {
@@ -2398,7 +2584,7 @@ type ActivateAuthority struct {
 
 func (x *ActivateAuthority) Reset() {
 	*x = ActivateAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2596,7 @@ func (x *ActivateAuthority) String() string {
 func (*ActivateAuthority) ProtoMessage() {}
 
 func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +2609,7 @@ func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthority.ProtoReflect.Descriptor instead.
 func (*ActivateAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ActivateAuthority) GetId() string {
@@ -2443,7 +2629,7 @@ type ActivateJWTKey struct {
 
 func (x *ActivateJWTKey) Reset() {
 	*x = ActivateJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2641,7 @@ func (x *ActivateJWTKey) String() string {
 func (*ActivateJWTKey) ProtoMessage() {}
 
 func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2654,7 @@ func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateJWTKey.ProtoReflect.Descriptor instead.
 func (*ActivateJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ActivateJWTKey) GetKid() string {
@@ -2492,7 +2678,7 @@ type AttestAgent struct {
 
 func (x *AttestAgent) Reset() {
 	*x = AttestAgent{}
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2690,7 @@ func (x *AttestAgent) String() string {
 func (*AttestAgent) ProtoMessage() {}
 
 func (x *AttestAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2703,7 @@ func (x *AttestAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestAgent.ProtoReflect.Descriptor instead.
 func (*AttestAgent) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AttestAgent) GetToken() *ConsumeJoinToken {
@@ -2556,7 +2742,7 @@ type AdmitServer struct {
 
 func (x *AdmitServer) Reset() {
 	*x = AdmitServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2754,7 @@ func (x *AdmitServer) String() string {
 func (*AdmitServer) ProtoMessage() {}
 
 func (x *AdmitServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2767,7 @@ func (x *AdmitServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitServer.ProtoReflect.Descriptor instead.
 func (*AdmitServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AdmitServer) GetToken() *ConsumeJoinToken {
@@ -2614,7 +2800,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2626,7 +2812,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2639,7 +2825,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -2659,7 +2845,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2671,7 +2857,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2684,7 +2870,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2703,7 +2889,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2901,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2914,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2747,7 +2933,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2759,7 +2945,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2772,7 +2958,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2791,7 +2977,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2803,7 +2989,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2816,7 +3002,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -2848,7 +3034,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2860,7 +3046,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2873,7 +3059,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -2921,7 +3107,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2933,7 +3119,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2946,7 +3132,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -2966,6 +3152,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_JwtKey
 	//	*SnapshotRecord_AppliedRequest
 	//	*SnapshotRecord_Crl
+	//	*SnapshotRecord_Admin
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2973,7 +3160,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2985,7 +3172,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2998,7 +3185,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3116,6 +3303,15 @@ func (x *SnapshotRecord) GetCrl() *CRL {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAdmin() *Admin {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Admin); ok {
+			return x.Admin
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -3168,6 +3364,10 @@ type SnapshotRecord_Crl struct {
 	Crl *CRL `protobuf:"bytes,13,opt,name=crl,proto3,oneof"`
 }
 
+type SnapshotRecord_Admin struct {
+	Admin *Admin `protobuf:"bytes,90,opt,name=admin,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -3192,11 +3392,13 @@ func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Crl) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Admin) isSnapshotRecord_Record() {}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf6\v\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf1\f\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3223,7 +3425,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x10activate_jwt_key\x18\x1c \x01(\v2\x1e.meshca.raft.v1.ActivateJWTKeyH\x00R\x0eactivateJwtKey\x12@\n" +
 	"\fattest_agent\x18\x1d \x01(\v2\x1b.meshca.raft.v1.AttestAgentH\x00R\vattestAgent\x12@\n" +
 	"\fadmit_server\x18\x1e \x01(\v2\x1b.meshca.raft.v1.AdmitServerH\x00R\vadmitServer\x121\n" +
-	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrlB\x04\n" +
+	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrl\x127\n" +
+	"\tput_admin\x18Z \x01(\v2\x18.meshca.raft.v1.PutAdminH\x00R\bputAdmin\x12@\n" +
+	"\fdelete_admin\x18[ \x01(\v2\x1b.meshca.raft.v1.DeleteAdminH\x00R\vdeleteAdminB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3357,7 +3561,15 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\tR\aattempt\"/\n" +
 	"\x06PutCRL\x12%\n" +
-	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"#\n" +
+	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"7\n" +
+	"\bPutAdmin\x12+\n" +
+	"\x05admin\x18\x01 \x01(\v2\x15.meshca.raft.v1.AdminR\x05admin\"*\n" +
+	"\vDeleteAdmin\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"g\n" +
+	"\x05Admin\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12&\n" +
+	"\x0fadded_unix_nano\x18\x02 \x01(\x03R\raddedUnixNano\x12\x19\n" +
+	"\badded_by\x18\x03 \x01(\tR\aaddedBy\"#\n" +
 	"\x11ActivateAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\"\n" +
 	"\x0eActivateJWTKey\x12\x10\n" +
@@ -3386,7 +3598,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fhold_unexported\x18< \x01(\bR\x0eholdUnexported\x12%\n" +
 	"\x0eexported_index\x18= \x01(\x04R\rexportedIndex\x12C\n" +
 	"\x1eunexported_expired_before_unix\x18> \x01(\x03R\x1bunexportedExpiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\xbf\x05\n" +
+	"\x04Noop\"\xee\x05\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -3403,7 +3615,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlock\x121\n" +
 	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKey\x12I\n" +
 	"\x0fapplied_request\x18\f \x01(\v2\x1e.meshca.raft.v1.AppliedRequestH\x00R\x0eappliedRequest\x12'\n" +
-	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crlB\b\n" +
+	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crl\x12-\n" +
+	"\x05admin\x18Z \x01(\v2\x15.meshca.raft.v1.AdminH\x00R\x05adminB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
 	"*x\n" +
 	"\tErrorCode\x12\x06\n" +
@@ -3440,7 +3653,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -3473,18 +3686,21 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*CreateJoinToken)(nil),   // 28: meshca.raft.v1.CreateJoinToken
 	(*ConsumeJoinToken)(nil),  // 29: meshca.raft.v1.ConsumeJoinToken
 	(*PutCRL)(nil),            // 30: meshca.raft.v1.PutCRL
-	(*ActivateAuthority)(nil), // 31: meshca.raft.v1.ActivateAuthority
-	(*ActivateJWTKey)(nil),    // 32: meshca.raft.v1.ActivateJWTKey
-	(*AttestAgent)(nil),       // 33: meshca.raft.v1.AttestAgent
-	(*AdmitServer)(nil),       // 34: meshca.raft.v1.AdmitServer
-	(*Revoke)(nil),            // 35: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 36: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 37: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 38: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 39: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 40: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 41: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 42: meshca.raft.v1.SnapshotRecord
+	(*PutAdmin)(nil),          // 31: meshca.raft.v1.PutAdmin
+	(*DeleteAdmin)(nil),       // 32: meshca.raft.v1.DeleteAdmin
+	(*Admin)(nil),             // 33: meshca.raft.v1.Admin
+	(*ActivateAuthority)(nil), // 34: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),    // 35: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),       // 36: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),       // 37: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),            // 38: meshca.raft.v1.Revoke
+	(*NextCRLNumber)(nil),     // 39: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 40: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 41: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 42: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 43: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 44: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 45: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3498,61 +3714,65 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	27, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
 	28, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	29, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	35, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	36, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	37, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	38, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	40, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	41, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	39, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
-	31, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
-	32, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
-	33, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
-	34, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
+	38, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	39, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	40, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	41, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	43, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	44, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	42, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	34, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
+	35, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
+	36, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
+	37, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
 	30, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
-	0,  // 23: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 24: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 25: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 26: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 27: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 28: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 29: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 30: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 31: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 32: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 33: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 34: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 35: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 36: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 37: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 38: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	29, // 39: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 40: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 41: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	29, // 42: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 43: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 44: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 45: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 46: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 47: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 48: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 49: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 50: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 51: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 52: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 53: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 54: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 55: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 56: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 57: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 58: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 59: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 60: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	61, // [61:61] is the sub-list for method output_type
-	61, // [61:61] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	31, // 23: meshca.raft.v1.Command.put_admin:type_name -> meshca.raft.v1.PutAdmin
+	32, // 24: meshca.raft.v1.Command.delete_admin:type_name -> meshca.raft.v1.DeleteAdmin
+	0,  // 25: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 26: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 27: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 28: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 29: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 30: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 31: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 32: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 33: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 34: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 35: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 36: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 37: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 38: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 39: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 40: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	33, // 41: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	29, // 42: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 43: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 44: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	29, // 45: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 46: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 47: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 48: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 49: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 50: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 51: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 52: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 53: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 54: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 55: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 56: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 57: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 58: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 59: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 60: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 61: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 62: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 63: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	33, // 64: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	65, // [65:65] is the sub-list for method output_type
+	65, // [65:65] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3583,8 +3803,10 @@ func file_raftpb_raft_proto_init() {
 		(*Command_AttestAgent)(nil),
 		(*Command_AdmitServer)(nil),
 		(*Command_PutCrl)(nil),
+		(*Command_PutAdmin)(nil),
+		(*Command_DeleteAdmin)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[39].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[42].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -3597,6 +3819,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_JwtKey)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
 		(*SnapshotRecord_Crl)(nil),
+		(*SnapshotRecord_Admin)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3604,7 +3827,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   40,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
