@@ -231,6 +231,9 @@ func New(cfg Config) (_ *Server, err error) {
 		s.registry = metrics.NewRegistry()
 	}
 	s.metrics = newServerMetrics(s.registry, s)
+	if cfg.History != nil {
+		s.registry.MustRegister(&historyCollector{s: s}) // issue 15: the export's lag
+	}
 	if cfg.HTTPAddr != "" {
 		if s.httpSrv, err = metrics.Listen(cfg.HTTPAddr, metrics.Handler(s.registry, s.Readiness)); err != nil {
 			return nil, err

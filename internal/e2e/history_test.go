@@ -37,6 +37,7 @@ func historyFleet(t *testing.T, servers int, dsn string) *fleet {
 		}
 		t.Cleanup(st.Close)
 		c.History, c.ExportInterval = st, 20*time.Millisecond
+		c.HTTPAddr = "127.0.0.1:0" // the lag metrics
 		// The load below comes from the operator, not from many nodes.
 		c.NodeSignRate, c.NodeSignBurst = 1e6, 1e6
 	}})
@@ -290,6 +291,18 @@ func TestHistoryPostgresKilled(t *testing.T) {
 		return errors.New("no leader")
 	})
 	t.Logf("PostgreSQL down: ledger lag %d records, %.1fs; error %q", lagged.LedgerLagRecords, lagged.LedgerLagSeconds, lagged.LastError)
+	// The metrics say so too.
+	exporter := f.leader()
+	fams := scrape(t, exporter.srv.HTTPAddr())
+	if v, _ := value(fams, "meshca_history_ledger_lag_records"); v <= 0 {
+		t.Errorf("meshca_history_ledger_lag_records %v while PostgreSQL is down", v)
+	}
+	if v, _ := value(fams, "meshca_history_export_failing"); v != 1 {
+		t.Errorf("meshca_history_export_failing %v while PostgreSQL is down", v)
+	}
+	if v, _ := value(fams, "meshca_history_ledger_exporter"); v != 1 {
+		t.Errorf("meshca_history_ledger_exporter %v on the leader", v)
+	}
 	if err := pg.Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -299,6 +312,13 @@ func TestHistoryPostgresKilled(t *testing.T) {
 	}
 	waitExported(t, f, 60*time.Second)
 	sameSerials(t, f, st, load.serials)
+	fams = scrape(t, exporter.srv.HTTPAddr())
+	if v, ok := value(fams, "meshca_history_ledger_lag_records"); !ok || v != 0 {
+		t.Errorf("meshca_history_ledger_lag_records %v (%v) after the catch-up", v, ok)
+	}
+	if v, _ := value(fams, "meshca_history_export_failing"); v != 0 {
+		t.Errorf("meshca_history_export_failing %v after the catch-up", v)
+	}
 }
 
 func snapshot(l *mintLoad) map[string]bool {
