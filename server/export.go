@@ -51,6 +51,8 @@ type exportState struct {
 	ledgerCursor uint64
 	auditKnown   bool
 	auditCursor  uint64
+	// auditPos is where the audit exporter's last read of the log ended.
+	auditPos audit.Position
 	// lastErr is each exporter's last failure ("" after a success), by
 	// exporter name ("" for the check at start).
 	lastErr  map[string]string
@@ -291,9 +293,6 @@ func (s *Server) markRevoked(ctx context.Context, r *raftfsm.Reader) error {
 	return nil
 }
 
-// errBatchFull stops reading the audit log when a batch is full.
-var errBatchFull = errors.New("batch full")
-
 // exportAuditStep exports the next batch of this server's audit events
 // after its cursor. Only events known durable are exported (the log is
 // synced first): an event lost in a crash would otherwise be exported and
@@ -324,16 +323,24 @@ func (s *Server) exportAuditStep(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("audit log: %w", err)
 	}
 	var batch []audit.Event
-	err := audit.Read(auditDir(s.cfg.DataDir), cursor+1, func(e audit.Event) error {
+	x.mu.Lock()
+	pos := x.auditPos
+	x.mu.Unlock()
+	// Tail resumes where the last batch ended, instead of reading the
+	// segment again from its start.
+	pos, err := audit.Tail(auditDir(s.cfg.DataDir), pos, cursor+1, func(e audit.Event) error {
 		if e.Seq > last || len(batch) >= s.cfg.ExportBatch {
-			return errBatchFull
+			return audit.ErrStop
 		}
 		batch = append(batch, e)
 		return nil
 	})
-	if err != nil && !errors.Is(err, errBatchFull) {
+	if err != nil {
 		return false, fmt.Errorf("audit log: %w", err)
 	}
+	x.mu.Lock()
+	x.auditPos = pos
+	x.mu.Unlock()
 	if len(batch) == 0 {
 		return false, nil
 	}
@@ -427,13 +434,15 @@ func (s *Server) historyStatus(ctx context.Context) *operatorpb.HistoryExport {
 	}
 	s.export.mu.Lock()
 	h.AuditCursor, h.LastError, h.UnexportedPruned = s.export.auditCursor, s.export.lastErrors(), s.export.unexportedPruned
+	pos := s.export.auditPos
 	s.export.mu.Unlock()
 	if s.auditLog != nil {
 		if last := s.auditLog.LastSeq(); last > h.AuditCursor {
 			h.AuditLagEvents = last - h.AuditCursor
-			_ = audit.Read(auditDir(s.cfg.DataDir), h.AuditCursor+1, func(e audit.Event) error {
+			// From the exporter's position: the oldest event not exported.
+			_, _ = audit.Tail(auditDir(s.cfg.DataDir), pos, h.AuditCursor+1, func(e audit.Event) error {
 				h.AuditLagSeconds = max(0, now.Sub(e.Time).Seconds())
-				return errBatchFull
+				return audit.ErrStop
 			})
 		}
 	}
