@@ -554,3 +554,54 @@ func TestHistoryRevoked(t *testing.T) {
 		})
 	}
 }
+
+// The retention runs on the leader: audit events older than it are
+// deleted from PostgreSQL in batches, certificates that have not expired
+// stay.
+func TestHistoryRetention(t *testing.T) {
+	pg := pgtest.Start(t)
+	dsn := pg.Database(t)
+	f := newFleet(t, fleetOpts{servers: 1, clock: clockwork.NewRealClock(), tune: func(c *server.Config) {
+		st, err := postgres.New(postgres.Config{DSN: dsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(st.Close)
+		c.History, c.ExportInterval, c.ExportBatch = st, 20*time.Millisecond, 7
+		c.HistoryRetention, c.PruneInterval = 2*time.Second, 100*time.Millisecond
+	}})
+	st, err := postgres.Open(tctx(t, 10*time.Second), postgres.Config{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	load := &mintLoad{}
+	load.run(t, f, 30, 2, nil)
+	count := func(q string) int64 {
+		var n int64
+		if err := st.Pool().QueryRow(tctx(t, 10*time.Second), q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitFor(t, 30*time.Second, "the mints' audit events exported", func() error {
+		if n := count("SELECT count(*) FROM audit_events WHERE action = 'x509.mint'"); n != 30 {
+			return fmt.Errorf("%d", n)
+		}
+		return nil
+	})
+	// Two seconds on, the retention deletes them (in batches of 7), and
+	// keeps the unexpired certificates.
+	waitFor(t, 30*time.Second, "old audit events deleted", func() error {
+		if n := count("SELECT count(*) FROM audit_events WHERE action = 'x509.mint'"); n != 0 {
+			return fmt.Errorf("%d left", n)
+		}
+		return nil
+	})
+	if n := count("SELECT count(*) FROM certificates WHERE node_id = 'operator'"); n != 30 {
+		t.Fatalf("%d certificates left, want the 30 unexpired", n)
+	}
+	if !strings.Contains(f.log.String(), "history pruned") {
+		t.Fatal("no log of the retention")
+	}
+}
