@@ -35,8 +35,9 @@ deps:
 			echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
 		fi; \
 	fi
-	@# PostgreSQL (initdb, postgres) for the history tests; internal/pgtest
-	@# finds /usr/lib/postgresql/<version>/bin and runs it unprivileged.
+	@# PostgreSQL for the history tests: not in TOOLS, since Debian puts
+	@# initdb in /usr/lib/postgresql/<version>/bin, off PATH (internal/pgtest
+	@# finds it there and runs it unprivileged).
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing postgresql (the history tests run a throw-away PostgreSQL)"; \

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"path/filepath"
 	"time"
@@ -30,19 +29,18 @@ const (
 	auditExportMax  = 30 * time.Second
 )
 
-var errAuditBatchFull = errors.New("batch full")
-
 // shipAudit runs for one session; it returns when ctx ends.
 func (a *Agent) shipAudit(ctx context.Context, client nodepb.NodeClient) {
 	if a.auditLog == nil {
 		return
 	}
 	var cursor uint64
+	var pos audit.Position // where the last read of the log ended
 	known := false
 	backoff := auditExportInterval
 	for {
 		wait := auditExportInterval
-		more, err := a.shipAuditOnce(ctx, client, &cursor, &known)
+		more, err := a.shipAuditOnce(ctx, client, &cursor, &pos, &known)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -72,7 +70,7 @@ func (a *Agent) shipAudit(ctx context.Context, client nodepb.NodeClient) {
 	}
 }
 
-func (a *Agent) shipAuditOnce(ctx context.Context, client nodepb.NodeClient, cursor *uint64, known *bool) (bool, error) {
+func (a *Agent) shipAuditOnce(ctx context.Context, client nodepb.NodeClient, cursor *uint64, pos *audit.Position, known *bool) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	if !*known {
@@ -90,17 +88,18 @@ func (a *Agent) shipAuditOnce(ctx context.Context, client nodepb.NodeClient, cur
 		return false, err
 	}
 	req := &nodepb.ExportAuditRequest{AfterSeq: *cursor}
-	err := audit.Read(filepath.Join(a.id.dir, "audit"), *cursor+1, func(e audit.Event) error {
+	p, err := audit.Tail(filepath.Join(a.id.dir, "audit"), *pos, *cursor+1, func(e audit.Event) error {
 		if e.Seq > last || len(req.Events) >= auditExportBatch {
-			return errAuditBatchFull
+			return audit.ErrStop
 		}
 		req.Events = append(req.Events, &nodepb.AgentAuditEvent{Seq: e.Seq, TimeUnixNano: e.Time.UnixNano(), Actor: e.Actor, Action: e.Action,
 			Subject: e.Subject, Decision: string(e.Decision), Reason: e.Reason, Details: e.Details, Count: e.Count})
 		return nil
 	})
-	if err != nil && !errors.Is(err, errAuditBatchFull) {
+	if err != nil {
 		return false, err
 	}
+	*pos = p
 	if len(req.Events) == 0 {
 		return false, nil
 	}

@@ -120,7 +120,8 @@ func (g *cmdGen) command() *raftpb.Command {
 		}
 		c.Op = &raftpb.Command_AppendLedger{AppendLedger: &raftpb.AppendLedger{Records: recs}}
 	case 15:
-		c.Op = &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{ExpiredBeforeUnix: int64(g.pick(200)), AuthoritiesExpiredBeforeUnix: int64(g.pick(3) * 100)}}
+		c.Op = &raftpb.Command_PruneLedger{PruneLedger: &raftpb.PruneLedger{ExpiredBeforeUnix: int64(g.pick(200)), AuthoritiesExpiredBeforeUnix: int64(g.pick(3) * 100),
+			HoldUnexported: g.pick(2) == 1, ExportedIndex: uint64(g.pick(20)), UnexportedExpiredBeforeUnix: int64(g.pick(200))}}
 	case 16:
 		c.Op = &raftpb.Command_Noop{Noop: &raftpb.Noop{}}
 	case 17:

@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/store/postgres"
 )
 
@@ -48,10 +51,19 @@ type exportState struct {
 	ledgerCursor uint64
 	auditKnown   bool
 	auditCursor  uint64
-	lastErr      string
-	lastWarn     time.Time
+	// auditPos is where the audit exporter's last read of the log ended.
+	auditPos audit.Position
+	// lastErr is each exporter's last failure ("" after a success), by
+	// exporter name ("" for the check at start).
+	lastErr  map[string]string
+	lastWarn time.Time
 	// unexportedPruned counts records pruned before they were exported.
 	unexportedPruned uint64
+	// revocationsDirty: rows were exported, or the revocations may have
+	// changed, since revocations were last marked; revocationsSeen is a
+	// digest of the revocations then.
+	revocationsDirty bool
+	revocationsSeen  uint64
 }
 
 func (x *exportState) ledger() (uint64, bool) {
@@ -94,7 +106,7 @@ func (s *Server) historyCheck() error {
 	}
 	s.log.Warn("history database unreachable; issuing goes on and the export will catch up when it answers",
 		"database", s.cfg.History.String(), "err", err)
-	s.exportFailed(err)
+	s.exportFailed("", err)
 	return nil
 }
 
@@ -113,6 +125,7 @@ func (s *Server) ensureMigrated(ctx context.Context) error {
 	}
 	s.export.mu.Lock()
 	s.export.migrated = true
+	delete(s.export.lastErr, "") // the failure of the check at start
 	s.export.mu.Unlock()
 	s.log.Info("history database ready", "database", s.cfg.History.String(), "schema", postgres.SchemaVersion())
 	return nil
@@ -120,10 +133,13 @@ func (s *Server) ensureMigrated(ctx context.Context) error {
 
 // exportFailed records an export failure, logging at most one warning a
 // minute (a database down for days must not flood the log).
-func (s *Server) exportFailed(err error) {
+func (s *Server) exportFailed(name string, err error) {
 	x := &s.export
 	x.mu.Lock()
-	x.lastErr = err.Error()
+	if x.lastErr == nil {
+		x.lastErr = map[string]string{}
+	}
+	x.lastErr[name] = err.Error()
 	now := time.Now()
 	warn := now.Sub(x.lastWarn) >= time.Minute
 	if warn {
@@ -131,20 +147,38 @@ func (s *Server) exportFailed(err error) {
 	}
 	x.mu.Unlock()
 	if warn {
-		s.log.Warn("history export failing; retrying", "database", s.cfg.History.String(), "err", err)
+		s.log.Warn("history export failing; retrying", "exporter", name, "database", s.cfg.History.String(), "err", err)
 	}
 }
 
-func (s *Server) exportSucceeded() {
+func (s *Server) exportSucceeded(name string) {
 	s.export.mu.Lock()
-	s.export.lastErr = ""
+	delete(s.export.lastErr, name)
 	s.export.mu.Unlock()
+}
+
+// lastErrors joins the exporters' last failures, in name order.
+func (x *exportState) lastErrors() string {
+	names := make([]string, 0, len(x.lastErr))
+	for n := range x.lastErr {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var parts []string
+	for _, n := range names {
+		if n == "" {
+			parts = append(parts, x.lastErr[n])
+		} else {
+			parts = append(parts, n+": "+x.lastErr[n])
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // exportLoop runs one exporter: step exports a batch and reports whether
 // more is waiting. Between batches it waits ExportInterval; after a
 // failure, a backoff up to maxExportBackoff.
-func (s *Server) exportLoop(ctx context.Context, step func(context.Context) (more bool, err error)) error {
+func (s *Server) exportLoop(ctx context.Context, name string, step func(context.Context) (more bool, err error)) error {
 	backoff := s.cfg.ExportInterval
 	for {
 		wait := s.cfg.ExportInterval
@@ -153,11 +187,11 @@ func (s *Server) exportLoop(ctx context.Context, step func(context.Context) (mor
 		case ctx.Err() != nil:
 			return nil
 		case err != nil:
-			s.exportFailed(err)
+			s.exportFailed(name, err)
 			backoff = min(2*backoff, maxExportBackoff)
 			wait = backoff
 		default:
-			s.exportSucceeded()
+			s.exportSucceeded(name)
 			backoff = s.cfg.ExportInterval
 			if more {
 				wait = 0
@@ -182,6 +216,9 @@ func (s *Server) exportLoop(ctx context.Context, step func(context.Context) (mor
 func (s *Server) exportLedgerStep(ctx context.Context) (bool, error) {
 	if !s.node.IsLeader() {
 		s.export.setLedger(0, false)
+		s.export.mu.Lock()
+		s.export.revocationsDirty = true // a new leadership marks them again
+		s.export.mu.Unlock()
 		return false, nil
 	}
 	if err := s.ensureMigrated(ctx); err != nil {
@@ -204,7 +241,7 @@ func (s *Server) exportLedgerStep(ctx context.Context) (bool, error) {
 	}
 	blocks := r.LedgerBlocksAfter(cursor, s.cfg.ExportBatch)
 	if len(blocks) == 0 {
-		return false, nil
+		return false, s.markRevoked(ctx, r)
 	}
 	_, err := s.cfg.History.ExportLedger(ctx, cursor, blocks, s.cfg.Clock.Now())
 	var moved *postgres.CursorMovedError
@@ -218,11 +255,43 @@ func (s *Server) exportLedgerStep(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	s.export.setLedger(blocks[len(blocks)-1].Index, true)
+	s.export.mu.Lock()
+	s.export.revocationsDirty = true
+	s.export.mu.Unlock()
 	return true, nil
 }
 
-// errBatchFull stops reading the audit log when a batch is full.
-var errBatchFull = errors.New("batch full")
+// markRevoked, once the export has caught up, marks the revocations in the
+// replicated state on the exported certificates, when rows were exported
+// or the revocations changed since it last did (and once per leadership).
+func (s *Server) markRevoked(ctx context.Context, r *raftfsm.Reader) error {
+	revs := r.Revocations()
+	h := fnv.New64a()
+	for _, rv := range revs {
+		h.Write([]byte(rv.IssuerId))
+		h.Write([]byte{0})
+		h.Write(rv.Serial)
+		h.Write([]byte{0})
+	}
+	digest := h.Sum64()
+	s.export.mu.Lock()
+	due := s.export.revocationsDirty || digest != s.export.revocationsSeen
+	s.export.mu.Unlock()
+	if !due || len(revs) == 0 {
+		return nil
+	}
+	out := make([]postgres.Revocation, len(revs))
+	for i, rv := range revs {
+		out[i] = postgres.Revocation{IssuerID: rv.IssuerId, Serial: rv.Serial, RevokedAt: time.Unix(0, rv.RevokedUnixNano), Reason: rv.Reason}
+	}
+	if _, err := s.cfg.History.MarkRevoked(ctx, out); err != nil {
+		return err
+	}
+	s.export.mu.Lock()
+	s.export.revocationsDirty, s.export.revocationsSeen = false, digest
+	s.export.mu.Unlock()
+	return nil
+}
 
 // exportAuditStep exports the next batch of this server's audit events
 // after its cursor. Only events known durable are exported (the log is
@@ -254,16 +323,24 @@ func (s *Server) exportAuditStep(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("audit log: %w", err)
 	}
 	var batch []audit.Event
-	err := audit.Read(auditDir(s.cfg.DataDir), cursor+1, func(e audit.Event) error {
+	x.mu.Lock()
+	pos := x.auditPos
+	x.mu.Unlock()
+	// Tail resumes where the last batch ended, instead of reading the
+	// segment again from its start.
+	pos, err := audit.Tail(auditDir(s.cfg.DataDir), pos, cursor+1, func(e audit.Event) error {
 		if e.Seq > last || len(batch) >= s.cfg.ExportBatch {
-			return errBatchFull
+			return audit.ErrStop
 		}
 		batch = append(batch, e)
 		return nil
 	})
-	if err != nil && !errors.Is(err, errBatchFull) {
+	if err != nil {
 		return false, fmt.Errorf("audit log: %w", err)
 	}
+	x.mu.Lock()
+	x.auditPos = pos
+	x.mu.Unlock()
 	if len(batch) == 0 {
 		return false, nil
 	}
@@ -356,14 +433,16 @@ func (s *Server) historyStatus(ctx context.Context) *operatorpb.HistoryExport {
 		h.LedgerLagSeconds = max(0, now.Sub(time.Unix(oldest, 0).Add(ca.Backdate)).Seconds())
 	}
 	s.export.mu.Lock()
-	h.AuditCursor, h.LastError, h.UnexportedPruned = s.export.auditCursor, s.export.lastErr, s.export.unexportedPruned
+	h.AuditCursor, h.LastError, h.UnexportedPruned = s.export.auditCursor, s.export.lastErrors(), s.export.unexportedPruned
+	pos := s.export.auditPos
 	s.export.mu.Unlock()
 	if s.auditLog != nil {
 		if last := s.auditLog.LastSeq(); last > h.AuditCursor {
 			h.AuditLagEvents = last - h.AuditCursor
-			_ = audit.Read(auditDir(s.cfg.DataDir), h.AuditCursor+1, func(e audit.Event) error {
+			// From the exporter's position: the oldest event not exported.
+			_, _ = audit.Tail(auditDir(s.cfg.DataDir), pos, h.AuditCursor+1, func(e audit.Event) error {
 				h.AuditLagSeconds = max(0, now.Sub(e.Time).Seconds())
-				return errBatchFull
+				return audit.ErrStop
 			})
 		}
 	}

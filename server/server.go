@@ -252,6 +252,9 @@ func New(cfg Config) (_ *Server, err error) {
 		s.registry = metrics.NewRegistry()
 	}
 	s.metrics = newServerMetrics(s.registry, s)
+	if cfg.History != nil {
+		s.registry.MustRegister(&historyCollector{s: s}) // issue 15: the export's lag
+	}
 	if cfg.HTTPAddr != "" {
 		if s.httpSrv, err = metrics.Listen(cfg.HTTPAddr, metrics.Handler(s.registry, s.Readiness)); err != nil {
 			return nil, err
@@ -395,9 +398,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go("ledger pruning", s.pruneLoop)
 	g.Go("membership", func(ctx context.Context) error { s.keepMembership(ctx); return nil })
 	if s.cfg.History != nil {
-		g.Go("ledger export", func(ctx context.Context) error { return s.exportLoop(ctx, s.exportLedgerStep) })
+		g.Go("ledger export", func(ctx context.Context) error { return s.exportLoop(ctx, "ledger", s.exportLedgerStep) })
 		if s.auditLog != nil {
-			g.Go("audit export", func(ctx context.Context) error { return s.exportLoop(ctx, s.exportAuditStep) })
+			g.Go("audit export", func(ctx context.Context) error { return s.exportLoop(ctx, "audit", s.exportAuditStep) })
 		}
 	}
 	g.Go("issuance policy", s.policyLoop)

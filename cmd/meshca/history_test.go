@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -221,6 +222,21 @@ func TestHistoryExporterKilled(t *testing.T) {
 		}
 		return true, ""
 	})
+	// meshca status shows the export, never the password.
+	table := mustRunBin(t, bin, "status", "--addr", followers[0].addr())
+	if !strings.Contains(table.stdout, "history database") || !strings.Contains(table.stdout, "ledger export") || strings.Contains(table.stdout, "pw-") {
+		t.Errorf("status:\n%s", table.stdout)
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, _ := u.User.Password()
+	for _, p := range procs {
+		if b, _ := os.ReadFile(p.logPath); len(pw) < 6 || strings.Contains(string(b), pw) {
+			t.Errorf("the database password is in %s's log", p.name)
+		}
+	}
 	ledger, src := listSerials(t, bin, followers[0], "--hot-window")
 	if src != server.SourceRaft {
 		t.Fatalf("hot window source %q", src)

@@ -172,9 +172,9 @@ func (a *app) newStatusCommand() *cobra.Command {
 		t.row("state hash", r.StateHash)
 		t.row("ledger records", r.LedgerRecords)
 		t.row("sign queue", fmt.Sprintf("%d CSRs admitted, not yet signed", r.SignQueueDepth))
-		r.History.rows(t)
 		t.row("attested nodes", r.AttestedNodes)
 		t.row("entries", r.Entries)
+		r.History.rows(t)
 		if err := t.flush(); err != nil {
 			return err
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/pgtest"
 	"github.com/meshca/meshca/proto/operatorpb"
+	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/server"
 	"github.com/meshca/meshca/store/postgres"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -36,6 +37,7 @@ func historyFleet(t *testing.T, servers int, dsn string) *fleet {
 		}
 		t.Cleanup(st.Close)
 		c.History, c.ExportInterval = st, 20*time.Millisecond
+		c.HTTPAddr = "127.0.0.1:0" // the lag metrics
 		// The load below comes from the operator, not from many nodes.
 		c.NodeSignRate, c.NodeSignBurst = 1e6, 1e6
 	}})
@@ -292,6 +294,18 @@ func TestHistoryPostgresKilled(t *testing.T) {
 		return errors.New("no leader")
 	})
 	t.Logf("PostgreSQL down: ledger lag %d records, %.1fs; error %q", lagged.LedgerLagRecords, lagged.LedgerLagSeconds, lagged.LastError)
+	// The metrics say so too.
+	exporter := f.leader()
+	fams := scrape(t, exporter.srv.HTTPAddr())
+	if v, _ := value(fams, "meshca_history_ledger_lag_records"); v <= 0 {
+		t.Errorf("meshca_history_ledger_lag_records %v while PostgreSQL is down", v)
+	}
+	if v, _ := value(fams, "meshca_history_export_failing"); v != 1 {
+		t.Errorf("meshca_history_export_failing %v while PostgreSQL is down", v)
+	}
+	if v, _ := value(fams, "meshca_history_ledger_exporter"); v != 1 {
+		t.Errorf("meshca_history_ledger_exporter %v on the leader", v)
+	}
 	if err := pg.Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -301,6 +315,13 @@ func TestHistoryPostgresKilled(t *testing.T) {
 	}
 	waitExported(t, f, 60*time.Second)
 	sameSerials(t, f, st, load.serials)
+	fams = scrape(t, exporter.srv.HTTPAddr())
+	if v, ok := value(fams, "meshca_history_ledger_lag_records"); !ok || v != 0 {
+		t.Errorf("meshca_history_ledger_lag_records %v (%v) after the catch-up", v, ok)
+	}
+	if v, _ := value(fams, "meshca_history_export_failing"); v != 0 {
+		t.Errorf("meshca_history_export_failing %v after the catch-up", v)
+	}
 }
 
 func snapshot(l *mintLoad) map[string]bool {
@@ -504,5 +525,90 @@ func TestHistoryAuditTrail(t *testing.T) {
 	var n, maxSeq int64
 	if err := st.Pool().QueryRow(tctx(t, 10*time.Second), "SELECT count(*), max(seq) FROM audit_events WHERE server = $1", f.agentIDs[0]).Scan(&n, &maxSeq); err != nil || n == 0 || n != maxSeq {
 		t.Fatalf("agent events: %d up to seq %d, %v", n, maxSeq, err)
+	}
+}
+
+// A revocation in the replicated state (issue 13's revoke command writes
+// it; here the Raft command directly) reaches the exported row: listed by
+// cert list --revoked from PostgreSQL, and from the hot window.
+func TestHistoryRevoked(t *testing.T) {
+	pg := pgtest.Start(t)
+	f := historyFleet(t, 1, pg.Database(t))
+	load := &mintLoad{}
+	load.run(t, f, 5, 1, nil)
+	waitExported(t, f, 30*time.Second)
+	all, err := f.op.QueryCertificates(tctx(t, 10*time.Second), &operatorpb.QueryCertificatesRequest{SpiffeId: "spiffe://example.org/history/w1"})
+	if err != nil || len(all.Certificates) != 1 || all.Source != server.SourcePostgres {
+		t.Fatalf("the minted certificate: %v %v", all, err)
+	}
+	victim := all.Certificates[0]
+	revokedAt := time.Now().Truncate(time.Second)
+	if _, err := f.members[0].srv.Node().Apply(tctx(t, 10*time.Second), &raftpb.Command{Op: &raftpb.Command_Revoke{Revoke: &raftpb.Revoke{
+		Revocations: []*raftpb.Revocation{{IssuerId: victim.IssuerId, Serial: victim.Serial, RevokedUnixNano: revokedAt.UnixNano(), Reason: 1}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, hot := range []bool{false, true} {
+		waitFor(t, 30*time.Second, fmt.Sprintf("revoked listed (hot window %v)", hot), func() error {
+			resp, err := f.op.QueryCertificates(tctx(t, 10*time.Second), &operatorpb.QueryCertificatesRequest{Revoked: true, HotWindow: hot})
+			if err != nil {
+				return err
+			}
+			if len(resp.Certificates) != 1 || string(resp.Certificates[0].Serial) != string(victim.Serial) ||
+				resp.Certificates[0].RevokedUnix != revokedAt.Unix() || resp.Certificates[0].RevocationReason != 1 {
+				return fmt.Errorf("%s: %v", resp.Source, resp.Certificates)
+			}
+			return nil
+		})
+	}
+}
+
+// The retention runs on the leader: audit events older than it are
+// deleted from PostgreSQL in batches, certificates that have not expired
+// stay.
+func TestHistoryRetention(t *testing.T) {
+	pg := pgtest.Start(t)
+	dsn := pg.Database(t)
+	f := newFleet(t, fleetOpts{servers: 1, clock: clockwork.NewRealClock(), tune: func(c *server.Config) {
+		st, err := postgres.New(postgres.Config{DSN: dsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(st.Close)
+		c.History, c.ExportInterval, c.ExportBatch = st, 20*time.Millisecond, 7
+		c.HistoryRetention, c.PruneInterval = 2*time.Second, 100*time.Millisecond
+	}})
+	st, err := postgres.Open(tctx(t, 10*time.Second), postgres.Config{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	load := &mintLoad{}
+	load.run(t, f, 30, 2, nil)
+	count := func(q string) int64 {
+		var n int64
+		if err := st.Pool().QueryRow(tctx(t, 10*time.Second), q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitFor(t, 30*time.Second, "the mints' audit events exported", func() error {
+		if n := count("SELECT count(*) FROM audit_events WHERE action = 'x509.mint'"); n != 30 {
+			return fmt.Errorf("%d", n)
+		}
+		return nil
+	})
+	// Two seconds on, the retention deletes them (in batches of 7), and
+	// keeps the unexpired certificates.
+	waitFor(t, 30*time.Second, "old audit events deleted", func() error {
+		if n := count("SELECT count(*) FROM audit_events WHERE action = 'x509.mint'"); n != 0 {
+			return fmt.Errorf("%d left", n)
+		}
+		return nil
+	})
+	if n := count("SELECT count(*) FROM certificates WHERE node_id = 'operator'"); n != 30 {
+		t.Fatalf("%d certificates left, want the 30 unexpired", n)
+	}
+	if !strings.Contains(f.log.String(), "history pruned") {
+		t.Fatal("no log of the retention")
 	}
 }

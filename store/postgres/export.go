@@ -166,3 +166,35 @@ func (s *Store) ExportAudit(ctx context.Context, server string, after uint64, ev
 	}
 	return nil
 }
+
+// Revocation is a revoked certificate, by its issuer and serial.
+type Revocation struct {
+	IssuerID  string
+	Serial    []byte
+	RevokedAt time.Time
+	Reason    int32
+}
+
+// MarkRevoked records revocations on the exported certificates they name
+// that are not marked yet, and returns how many rows it changed. It is
+// idempotent: the exporter repeats it when it exports new rows or the
+// revocations change (a revocation may precede its certificate's export).
+func (s *Store) MarkRevoked(ctx context.Context, revs []Revocation) (int64, error) {
+	if len(revs) == 0 {
+		return 0, nil
+	}
+	issuers := make([]string, len(revs))
+	serials := make([][]byte, len(revs))
+	at := make([]time.Time, len(revs))
+	reasons := make([]int32, len(revs))
+	for i, r := range revs {
+		issuers[i], serials[i], at[i], reasons[i] = r.IssuerID, r.Serial, r.RevokedAt.UTC(), r.Reason
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE certificates c SET revoked_at = v.at, revocation_reason = v.reason
+		FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::int[]) AS v(issuer, serial, at, reason)
+		WHERE c.serial = v.serial AND c.issuer_id = v.issuer AND c.revoked_at IS NULL`, issuers, serials, at, reasons)
+	if err != nil {
+		return 0, s.classify(err)
+	}
+	return tag.RowsAffected(), nil
+}
