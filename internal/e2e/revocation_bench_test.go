@@ -203,8 +203,8 @@ func BenchmarkRevokeWith100kRevoked(b *testing.B) {
 		b.Fatal(err)
 	}
 	bulkRevoke := time.Since(t0)
-	crl := waitCRLEntries(b, e.op, issuer, bulk)
-	b.Logf("revoke --node of %d certificates: %s; CRL with them after %s: %d bytes", bulk, bulkRevoke, time.Since(t0), len(crl.Der))
+	waitCRLEntries(b, e.op, issuer, bulk)
+	b.Logf("revoke --node of %d certificates: %s; CRL with them after %s", bulk, bulkRevoke, time.Since(t0))
 	var lat []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -215,23 +215,28 @@ func BenchmarkRevokeWith100kRevoked(b *testing.B) {
 		if _, err := e.op.RevokeCertificates(context.Background(), &operatorpb.RevokeCertificatesRequest{Serial: c.SerialNumber.Text(16)}); err != nil {
 			b.Fatal(err)
 		}
-		crl = waitCRLEntries(b, e.op, issuer, bulk+i+1)
+		waitCRLEntries(b, e.op, issuer, bulk+i+1)
 		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()
+	crl, err := e.op.GetCRL(tctx(b, time.Minute), &operatorpb.GetCRLRequest{IssuerId: issuer})
+	if err != nil {
+		b.Fatal(err)
+	}
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Milliseconds()), "max-ms")
 	b.ReportMetric(float64(len(crl.Der)), "crl-bytes")
 }
 
-// waitCRLEntries polls an issuer's CRL until it has at least n entries.
+// waitCRLEntries polls an issuer's CRL (without its DER) until it has at
+// least n entries.
 func waitCRLEntries(tb testing.TB, op operatorpb.OperatorClient, issuer string, n int) *operatorpb.CRL {
 	tb.Helper()
 	deadline := time.Now().Add(5 * time.Minute)
 	var last uint64
 	for time.Now().Before(deadline) {
-		c, err := op.GetCRL(tctx(tb, time.Minute), &operatorpb.GetCRLRequest{IssuerId: issuer})
+		c, err := op.GetCRL(tctx(tb, time.Minute), &operatorpb.GetCRLRequest{IssuerId: issuer, WithoutDer: true})
 		if err != nil {
 			tb.Fatal(err)
 		}

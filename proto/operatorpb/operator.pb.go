@@ -2124,10 +2124,15 @@ type RevokeCertificatesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// certificates are those revoked (or, with dry_run, that would be);
 	// already revoked ones are listed with their first revocation.
-	Certificates  []*Certificate `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
-	DryRun        bool           `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Certificates []*Certificate `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	DryRun       bool           `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// count is how many certificates matched (revoked now or before);
+	// certificates lists at most 1000 of them (truncated then).
+	Count          int64 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	AlreadyRevoked int64 `protobuf:"varint,4,opt,name=already_revoked,json=alreadyRevoked,proto3" json:"already_revoked,omitempty"`
+	Truncated      bool  `protobuf:"varint,5,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RevokeCertificatesResponse) Reset() {
@@ -2170,6 +2175,27 @@ func (x *RevokeCertificatesResponse) GetCertificates() []*Certificate {
 func (x *RevokeCertificatesResponse) GetDryRun() bool {
 	if x != nil {
 		return x.DryRun
+	}
+	return false
+}
+
+func (x *RevokeCertificatesResponse) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *RevokeCertificatesResponse) GetAlreadyRevoked() int64 {
+	if x != nil {
+		return x.AlreadyRevoked
+	}
+	return 0
+}
+
+func (x *RevokeCertificatesResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
 	}
 	return false
 }
@@ -2358,8 +2384,10 @@ func (x *GetCertificateRequest) GetSerial() string {
 }
 
 type GetCRLRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	IssuerId      string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	IssuerId string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// without_der leaves the CRL itself out (its number, times and size only).
+	WithoutDer    bool `protobuf:"varint,2,opt,name=without_der,json=withoutDer,proto3" json:"without_der,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2399,6 +2427,13 @@ func (x *GetCRLRequest) GetIssuerId() string {
 		return x.IssuerId
 	}
 	return ""
+}
+
+func (x *GetCRLRequest) GetWithoutDer() bool {
+	if x != nil {
+		return x.WithoutDer
+	}
+	return false
 }
 
 type CRL struct {
@@ -2558,8 +2593,10 @@ type BanNodeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// revoked are the node's certificates the ban revoked (or would).
-	Revoked       []*Certificate `protobuf:"bytes,2,rep,name=revoked,proto3" json:"revoked,omitempty"`
-	DryRun        bool           `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	Revoked []*Certificate `protobuf:"bytes,2,rep,name=revoked,proto3" json:"revoked,omitempty"`
+	DryRun  bool           `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// revoked_count is how many the ban revoked; revoked lists at most 1000.
+	RevokedCount  int64 `protobuf:"varint,4,opt,name=revoked_count,json=revokedCount,proto3" json:"revoked_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2613,6 +2650,13 @@ func (x *BanNodeResponse) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *BanNodeResponse) GetRevokedCount() int64 {
+	if x != nil {
+		return x.RevokedCount
+	}
+	return 0
 }
 
 type EvictNodeRequest struct {
@@ -2989,10 +3033,13 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\x05R\x06reason\x12\x17\n" +
-	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"z\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"\xd7\x01\n" +
 	"\x1aRevokeCertificatesResponse\x12C\n" +
 	"\fcertificates\x18\x01 \x03(\v2\x1f.meshca.operator.v1.CertificateR\fcertificates\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xdd\x01\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x03R\x05count\x12'\n" +
+	"\x0falready_revoked\x18\x04 \x01(\x03R\x0ealreadyRevoked\x12\x1c\n" +
+	"\ttruncated\x18\x05 \x01(\bR\ttruncated\"\xdd\x01\n" +
 	"\x17ListCertificatesRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1b\n" +
@@ -3004,9 +3051,11 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\fcertificates\x18\x01 \x03(\v2\x1f.meshca.operator.v1.CertificateR\fcertificates\x12\x1c\n" +
 	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"/\n" +
 	"\x15GetCertificateRequest\x12\x16\n" +
-	"\x06serial\x18\x01 \x01(\tR\x06serial\",\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\"M\n" +
 	"\rGetCRLRequest\x12\x1b\n" +
-	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\"\xba\x01\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x1f\n" +
+	"\vwithout_der\x18\x02 \x01(\bR\n" +
+	"withoutDer\"\xba\x01\n" +
 	"\x03CRL\x12\x1b\n" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x10\n" +
@@ -3018,11 +3067,12 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x16\n" +
 	"\x06banned\x18\x02 \x01(\bR\x06banned\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\x05R\x06reason\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\x93\x01\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\xb8\x01\n" +
 	"\x0fBanNodeResponse\x12,\n" +
 	"\x04node\x18\x01 \x01(\v2\x18.meshca.operator.v1.NodeR\x04node\x129\n" +
 	"\arevoked\x18\x02 \x03(\v2\x1f.meshca.operator.v1.CertificateR\arevoked\x12\x17\n" +
-	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"H\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x12#\n" +
+	"\rrevoked_count\x18\x04 \x01(\x03R\frevokedCount\"H\n" +
 	"\x10EvictNodeRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\x8f\x01\n" +

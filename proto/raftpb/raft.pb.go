@@ -1768,8 +1768,10 @@ type CRL struct {
 	// revocations_digest summarises the revocations the CRL lists, so that
 	// a change of them shows without parsing it.
 	RevocationsDigest []byte `protobuf:"bytes,6,opt,name=revocations_digest,json=revocationsDigest,proto3" json:"revocations_digest,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// issue 13: revoked is how many entries the CRL lists.
+	Revoked       int64 `protobuf:"varint,50,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CRL) Reset() {
@@ -1842,6 +1844,13 @@ func (x *CRL) GetRevocationsDigest() []byte {
 		return x.RevocationsDigest
 	}
 	return nil
+}
+
+func (x *CRL) GetRevoked() int64 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
 }
 
 // AppliedRequest remembers the result of a command by its request ID, so
@@ -3611,14 +3620,15 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"sealed_key\x18\x03 \x01(\fR\tsealedKey\x12!\n" +
 	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12$\n" +
 	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\x124\n" +
-	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\"\xd5\x01\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\"\xef\x01\n" +
 	"\x03CRL\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x10\n" +
 	"\x03der\x18\x03 \x01(\fR\x03der\x12(\n" +
 	"\x10this_update_unix\x18\x04 \x01(\x03R\x0ethisUpdateUnix\x12(\n" +
 	"\x10next_update_unix\x18\x05 \x01(\x03R\x0enextUpdateUnix\x12-\n" +
-	"\x12revocations_digest\x18\x06 \x01(\fR\x11revocationsDigest\"\x85\x01\n" +
+	"\x12revocations_digest\x18\x06 \x01(\fR\x11revocationsDigest\x12\x18\n" +
+	"\arevoked\x182 \x01(\x03R\arevoked\"\x85\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
