@@ -307,7 +307,7 @@ func (o *operatorService) BanNode(ctx context.Context, req *operatorpb.BanNodeRe
 	r := o.s.fsm.Read()
 	n := r.Node(req.SpiffeId)
 	if n == nil {
-		return nil, status.Errorf(codes.NotFound, "no node %q", req.SpiffeId)
+		return nil, o.refuse(ctx, map[bool]string{true: "node.ban", false: "node.unban"}[req.Banned], req.SpiffeId, codes.NotFound, "no node %q", req.SpiffeId)
 	}
 	now := o.s.cfg.Clock.Now()
 	resp := &operatorpb.BanNodeResponse{DryRun: req.DryRun}
@@ -362,9 +362,9 @@ func (o *operatorService) EvictNode(ctx context.Context, req *operatorpb.EvictNo
 	n := r.Node(req.SpiffeId)
 	switch {
 	case n == nil:
-		return nil, status.Errorf(codes.NotFound, "no node %q", req.SpiffeId)
+		return nil, o.refuse(ctx, "node.evict", req.SpiffeId, codes.NotFound, "no node %q", req.SpiffeId)
 	case n.Banned:
-		return nil, status.Errorf(codes.FailedPrecondition, "node %s is banned: evicting it would forget the ban (unban it first)", req.SpiffeId)
+		return nil, o.refuse(ctx, "node.evict", req.SpiffeId, codes.FailedPrecondition, "node %s is banned: evicting it would forget the ban (unban it first)", req.SpiffeId)
 	}
 	resp := &operatorpb.EvictNodeResponse{Node: fromRaftNode(n), DryRun: req.DryRun}
 	for _, e := range r.EntriesByParent(req.SpiffeId) {
