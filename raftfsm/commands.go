@@ -102,6 +102,8 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return taintAuthority(txn, op.TaintAuthority.GetId())
 	case *raftpb.Command_RevokeAuthority:
 		return revokeAuthority(txn, op.RevokeAuthority)
+	case *raftpb.Command_RequestAuthorityStep:
+		return requestAuthorityStep(txn, op.RequestAuthorityStep)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(26) {
+	switch g.pick(27) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -161,6 +161,9 @@ func (g *cmdGen) command() *raftpb.Command {
 			op.Revocation = &raftpb.Revocation{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-"))}
 		}
 		c.Op = &raftpb.Command_RevokeAuthority{RevokeAuthority: op}
+	case 26:
+		c.Op = &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: g.id("auth-"),
+			Step: []string{StepPrepare, StepActivate, "bogus"}[g.pick(3)]}}
 	}
 	return c
 }

@@ -3086,7 +3086,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"m\n" +
 	"\x15AuthorityStepResponse\x12;\n" +
 	"\tauthority\x18\x01 \x01(\v2\x1d.meshca.operator.v1.AuthorityR\tauthority\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun2\x83\x12\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun2\xd6\x13\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -3111,7 +3111,9 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\aBanNode\x12\".meshca.operator.v1.BanNodeRequest\x1a#.meshca.operator.v1.BanNodeResponse\x12X\n" +
 	"\tEvictNode\x12$.meshca.operator.v1.EvictNodeRequest\x1a%.meshca.operator.v1.EvictNodeResponse\x12e\n" +
 	"\x0eTaintAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12f\n" +
-	"\x0fRevokeAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"\x0fRevokeAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12g\n" +
+	"\x10PrepareAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12h\n" +
+	"\x11ActivateAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -3218,32 +3220,36 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	44, // 38: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
 	46, // 39: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
 	46, // 40: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	1,  // 41: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	4,  // 42: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	6,  // 43: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	8,  // 44: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	10, // 45: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	11, // 46: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	13, // 47: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	18, // 48: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	18, // 49: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	20, // 50: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	18, // 51: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	23, // 52: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	26, // 53: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	28, // 54: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	30, // 55: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	33, // 56: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	36, // 57: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
-	38, // 58: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
-	34, // 59: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
-	41, // 60: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
-	43, // 61: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
-	45, // 62: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
-	47, // 63: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	47, // 64: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	41, // [41:65] is the sub-list for method output_type
-	17, // [17:41] is the sub-list for method input_type
+	46, // 41: meshca.operator.v1.Operator.PrepareAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	46, // 42: meshca.operator.v1.Operator.ActivateAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	1,  // 43: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	4,  // 44: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	6,  // 45: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	8,  // 46: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	10, // 47: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	11, // 48: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	13, // 49: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	18, // 50: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	18, // 51: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	20, // 52: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	18, // 53: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	23, // 54: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	26, // 55: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	28, // 56: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	30, // 57: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	33, // 58: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	36, // 59: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	38, // 60: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	34, // 61: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	41, // 62: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	43, // 63: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	45, // 64: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	47, // 65: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	47, // 66: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	47, // 67: meshca.operator.v1.Operator.PrepareAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	47, // 68: meshca.operator.v1.Operator.ActivateAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	43, // [43:69] is the sub-list for method output_type
+	17, // [17:43] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
 	17, // [17:17] is the sub-list for extension extendee
 	0,  // [0:17] is the sub-list for field type_name

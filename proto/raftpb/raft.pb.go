@@ -226,6 +226,7 @@ type Command struct {
 	//	*Command_EvictNode
 	//	*Command_TaintAuthority
 	//	*Command_RevokeAuthority
+	//	*Command_RequestAuthorityStep
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -509,6 +510,15 @@ func (x *Command) GetRevokeAuthority() *RevokeAuthority {
 	return nil
 }
 
+func (x *Command) GetRequestAuthorityStep() *RequestAuthorityStep {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RequestAuthorityStep); ok {
+			return x.RequestAuthorityStep
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -619,6 +629,10 @@ type Command_RevokeAuthority struct {
 	RevokeAuthority *RevokeAuthority `protobuf:"bytes,53,opt,name=revoke_authority,json=revokeAuthority,proto3,oneof"`
 }
 
+type Command_RequestAuthorityStep struct {
+	RequestAuthorityStep *RequestAuthorityStep `protobuf:"bytes,54,opt,name=request_authority_step,json=requestAuthorityStep,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -670,6 +684,8 @@ func (*Command_EvictNode) isCommand_Op() {}
 func (*Command_TaintAuthority) isCommand_Op() {}
 
 func (*Command_RevokeAuthority) isCommand_Op() {}
+
+func (*Command_RequestAuthorityStep) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -966,7 +982,12 @@ type Authority struct {
 	ParentId     string `protobuf:"bytes,8,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
 	NotAfterUnix int64  `protobuf:"varint,9,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
 	// crl_number is the number of the last CRL this authority signed.
-	CrlNumber     uint64 `protobuf:"varint,10,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
+	CrlNumber uint64 `protobuf:"varint,10,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
+	// issue 13: requested_step is a step an operator asked of the server
+	// holding an intermediate, ahead of its schedule: "prepare" (on the
+	// active one: prepare its successor now) or "activate" (on a prepared
+	// one: activate it now).
+	RequestedStep string `protobuf:"bytes,50,opt,name=requested_step,json=requestedStep,proto3" json:"requested_step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1069,6 +1090,13 @@ func (x *Authority) GetCrlNumber() uint64 {
 		return x.CrlNumber
 	}
 	return 0
+}
+
+func (x *Authority) GetRequestedStep() string {
+	if x != nil {
+		return x.RequestedStep
+	}
+	return ""
 }
 
 type Selector struct {
@@ -2974,6 +3002,62 @@ func (x *RevokeAuthority) GetRevocation() *Revocation {
 	return nil
 }
 
+// RequestAuthorityStep asks the server holding an intermediate for a
+// rotation step now: "prepare" its successor (id: the active one; refused
+// when one is prepared) or "activate" a prepared one (id: the prepared
+// one; refused on an active one, with nothing or something prepared).
+type RequestAuthorityStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Step          string                 `protobuf:"bytes,2,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestAuthorityStep) Reset() {
+	*x = RequestAuthorityStep{}
+	mi := &file_raftpb_raft_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestAuthorityStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestAuthorityStep) ProtoMessage() {}
+
+func (x *RequestAuthorityStep) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestAuthorityStep.ProtoReflect.Descriptor instead.
+func (*RequestAuthorityStep) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RequestAuthorityStep) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RequestAuthorityStep) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
 // NextCRLNumber allocates the next CRL number of an authority.
 type NextCRLNumber struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2984,7 +3068,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3080,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3093,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -3028,7 +3112,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3040,7 +3124,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3053,7 +3137,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -3072,7 +3156,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3084,7 +3168,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3097,7 +3181,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -3116,7 +3200,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3212,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3225,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -3165,7 +3249,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3177,7 +3261,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3190,7 +3274,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -3217,7 +3301,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3229,7 +3313,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3242,7 +3326,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3269,7 +3353,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3281,7 +3365,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3294,7 +3378,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3492,7 +3576,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\x81\x0e\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xdf\x0e\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3524,7 +3608,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
 	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNode\x12I\n" +
 	"\x0ftaint_authority\x184 \x01(\v2\x1e.meshca.raft.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
-	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthorityB\x04\n" +
+	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12\\\n" +
+	"\x16request_authority_step\x186 \x01(\v2$.meshca.raft.v1.RequestAuthorityStepH\x00R\x14requestAuthorityStepB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3545,7 +3630,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12(\n" +
-	"\x10joined_unix_nano\x18\x04 \x01(\x03R\x0ejoinedUnixNano\"\xde\x02\n" +
+	"\x10joined_unix_nano\x18\x04 \x01(\x03R\x0ejoinedUnixNano\"\x85\x03\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aprofile\x18\x02 \x01(\tR\aprofile\x121\n" +
@@ -3559,7 +3644,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0enot_after_unix\x18\t \x01(\x03R\fnotAfterUnix\x12\x1d\n" +
 	"\n" +
 	"crl_number\x18\n" +
-	" \x01(\x04R\tcrlNumber\"4\n" +
+	" \x01(\x04R\tcrlNumber\x12%\n" +
+	"\x0erequested_step\x182 \x01(\tR\rrequestedStep\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xa9\x02\n" +
@@ -3690,7 +3776,10 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
 	"\n" +
 	"revocation\x18\x02 \x01(\v2\x1a.meshca.raft.v1.RevocationR\n" +
-	"revocation\"2\n" +
+	"revocation\":\n" +
+	"\x14RequestAuthorityStep\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\tR\x04step\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\";\n" +
 	"\tPutPolicy\x12.\n" +
@@ -3756,55 +3845,56 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_raftpb_raft_proto_goTypes = []any{
-	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
-	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
-	(AuthorityState)(0),       // 2: meshca.raft.v1.AuthorityState
-	(*Command)(nil),           // 3: meshca.raft.v1.Command
-	(*Header)(nil),            // 4: meshca.raft.v1.Header
-	(*Result)(nil),            // 5: meshca.raft.v1.Result
-	(*TrustDomain)(nil),       // 6: meshca.raft.v1.TrustDomain
-	(*Server)(nil),            // 7: meshca.raft.v1.Server
-	(*Authority)(nil),         // 8: meshca.raft.v1.Authority
-	(*Selector)(nil),          // 9: meshca.raft.v1.Selector
-	(*Entry)(nil),             // 10: meshca.raft.v1.Entry
-	(*Node)(nil),              // 11: meshca.raft.v1.Node
-	(*JoinToken)(nil),         // 12: meshca.raft.v1.JoinToken
-	(*Revocation)(nil),        // 13: meshca.raft.v1.Revocation
-	(*Policy)(nil),            // 14: meshca.raft.v1.Policy
-	(*LedgerRecord)(nil),      // 15: meshca.raft.v1.LedgerRecord
-	(*JWTKey)(nil),            // 16: meshca.raft.v1.JWTKey
-	(*CRL)(nil),               // 17: meshca.raft.v1.CRL
-	(*AppliedRequest)(nil),    // 18: meshca.raft.v1.AppliedRequest
-	(*LedgerBlock)(nil),       // 19: meshca.raft.v1.LedgerBlock
-	(*SetTrustDomain)(nil),    // 20: meshca.raft.v1.SetTrustDomain
-	(*PutServer)(nil),         // 21: meshca.raft.v1.PutServer
-	(*RemoveServer)(nil),      // 22: meshca.raft.v1.RemoveServer
-	(*PutAuthority)(nil),      // 23: meshca.raft.v1.PutAuthority
-	(*SetAuthorityState)(nil), // 24: meshca.raft.v1.SetAuthorityState
-	(*PutEntry)(nil),          // 25: meshca.raft.v1.PutEntry
-	(*DeleteEntry)(nil),       // 26: meshca.raft.v1.DeleteEntry
-	(*PutNode)(nil),           // 27: meshca.raft.v1.PutNode
-	(*CreateJoinToken)(nil),   // 28: meshca.raft.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),  // 29: meshca.raft.v1.ConsumeJoinToken
-	(*PutCRL)(nil),            // 30: meshca.raft.v1.PutCRL
-	(*ActivateAuthority)(nil), // 31: meshca.raft.v1.ActivateAuthority
-	(*ActivateJWTKey)(nil),    // 32: meshca.raft.v1.ActivateJWTKey
-	(*AttestAgent)(nil),       // 33: meshca.raft.v1.AttestAgent
-	(*AdmitServer)(nil),       // 34: meshca.raft.v1.AdmitServer
-	(*Revoke)(nil),            // 35: meshca.raft.v1.Revoke
-	(*BanNode)(nil),           // 36: meshca.raft.v1.BanNode
-	(*EvictNode)(nil),         // 37: meshca.raft.v1.EvictNode
-	(*TaintAuthority)(nil),    // 38: meshca.raft.v1.TaintAuthority
-	(*RevokeAuthority)(nil),   // 39: meshca.raft.v1.RevokeAuthority
-	(*NextCRLNumber)(nil),     // 40: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 41: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 42: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 43: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 44: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 45: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 46: meshca.raft.v1.SnapshotRecord
+	(ErrorCode)(0),               // 0: meshca.raft.v1.ErrorCode
+	(AuthorityKind)(0),           // 1: meshca.raft.v1.AuthorityKind
+	(AuthorityState)(0),          // 2: meshca.raft.v1.AuthorityState
+	(*Command)(nil),              // 3: meshca.raft.v1.Command
+	(*Header)(nil),               // 4: meshca.raft.v1.Header
+	(*Result)(nil),               // 5: meshca.raft.v1.Result
+	(*TrustDomain)(nil),          // 6: meshca.raft.v1.TrustDomain
+	(*Server)(nil),               // 7: meshca.raft.v1.Server
+	(*Authority)(nil),            // 8: meshca.raft.v1.Authority
+	(*Selector)(nil),             // 9: meshca.raft.v1.Selector
+	(*Entry)(nil),                // 10: meshca.raft.v1.Entry
+	(*Node)(nil),                 // 11: meshca.raft.v1.Node
+	(*JoinToken)(nil),            // 12: meshca.raft.v1.JoinToken
+	(*Revocation)(nil),           // 13: meshca.raft.v1.Revocation
+	(*Policy)(nil),               // 14: meshca.raft.v1.Policy
+	(*LedgerRecord)(nil),         // 15: meshca.raft.v1.LedgerRecord
+	(*JWTKey)(nil),               // 16: meshca.raft.v1.JWTKey
+	(*CRL)(nil),                  // 17: meshca.raft.v1.CRL
+	(*AppliedRequest)(nil),       // 18: meshca.raft.v1.AppliedRequest
+	(*LedgerBlock)(nil),          // 19: meshca.raft.v1.LedgerBlock
+	(*SetTrustDomain)(nil),       // 20: meshca.raft.v1.SetTrustDomain
+	(*PutServer)(nil),            // 21: meshca.raft.v1.PutServer
+	(*RemoveServer)(nil),         // 22: meshca.raft.v1.RemoveServer
+	(*PutAuthority)(nil),         // 23: meshca.raft.v1.PutAuthority
+	(*SetAuthorityState)(nil),    // 24: meshca.raft.v1.SetAuthorityState
+	(*PutEntry)(nil),             // 25: meshca.raft.v1.PutEntry
+	(*DeleteEntry)(nil),          // 26: meshca.raft.v1.DeleteEntry
+	(*PutNode)(nil),              // 27: meshca.raft.v1.PutNode
+	(*CreateJoinToken)(nil),      // 28: meshca.raft.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),     // 29: meshca.raft.v1.ConsumeJoinToken
+	(*PutCRL)(nil),               // 30: meshca.raft.v1.PutCRL
+	(*ActivateAuthority)(nil),    // 31: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),       // 32: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),          // 33: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),          // 34: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),               // 35: meshca.raft.v1.Revoke
+	(*BanNode)(nil),              // 36: meshca.raft.v1.BanNode
+	(*EvictNode)(nil),            // 37: meshca.raft.v1.EvictNode
+	(*TaintAuthority)(nil),       // 38: meshca.raft.v1.TaintAuthority
+	(*RevokeAuthority)(nil),      // 39: meshca.raft.v1.RevokeAuthority
+	(*RequestAuthorityStep)(nil), // 40: meshca.raft.v1.RequestAuthorityStep
+	(*NextCRLNumber)(nil),        // 41: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),            // 42: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),         // 43: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),            // 44: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),          // 45: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),                 // 46: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),       // 47: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3819,12 +3909,12 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	28, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	29, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
 	35, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	40, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	41, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	42, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	44, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	45, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	43, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	41, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	42, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	43, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	45, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	46, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	44, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
 	31, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
 	32, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
 	33, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
@@ -3834,51 +3924,52 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	37, // 24: meshca.raft.v1.Command.evict_node:type_name -> meshca.raft.v1.EvictNode
 	38, // 25: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
 	39, // 26: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
-	0,  // 27: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 28: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 29: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 30: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 31: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 32: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 33: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 34: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 35: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 36: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 37: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 38: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 39: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 40: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 41: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 42: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	29, // 43: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 44: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 45: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	29, // 46: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 47: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 48: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 49: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 50: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 51: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 52: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 53: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 54: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 55: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 56: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 57: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 58: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 59: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 60: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 61: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 62: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 63: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 64: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 65: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 66: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	67, // [67:67] is the sub-list for method output_type
-	67, // [67:67] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	40, // 27: meshca.raft.v1.Command.request_authority_step:type_name -> meshca.raft.v1.RequestAuthorityStep
+	0,  // 28: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 29: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 30: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 31: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 32: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 33: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 34: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 35: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 36: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 37: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 38: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 39: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 40: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 41: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 42: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 43: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	29, // 44: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 45: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 46: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	29, // 47: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 48: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 49: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 50: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 51: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 52: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 53: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 54: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 55: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 56: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 57: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 58: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 59: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 60: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 61: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 62: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 63: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 64: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 65: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 66: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 67: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	68, // [68:68] is the sub-list for method output_type
+	68, // [68:68] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -3913,8 +4004,9 @@ func file_raftpb_raft_proto_init() {
 		(*Command_EvictNode)(nil),
 		(*Command_TaintAuthority)(nil),
 		(*Command_RevokeAuthority)(nil),
+		(*Command_RequestAuthorityStep)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[43].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[44].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -3934,7 +4026,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
