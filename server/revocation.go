@@ -389,7 +389,7 @@ func (s *Server) peerRevoked(ctx context.Context) bool {
 		return false
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.PeerCertificates) == 0 {
+	if !ok || len(info.State.PeerCertificates) == 0 || info.State.PeerCertificates[0].SerialNumber == nil {
 		return false
 	}
 	serial := info.State.PeerCertificates[0].SerialNumber.Bytes()
