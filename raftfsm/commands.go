@@ -104,6 +104,10 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return revokeAuthority(txn, op.RevokeAuthority)
 	case *raftpb.Command_RequestAuthorityStep:
 		return requestAuthorityStep(txn, op.RequestAuthorityStep)
+	case *raftpb.Command_PutAdmin:
+		return putAdmin(txn, op.PutAdmin.GetAdmin())
+	case *raftpb.Command_DeleteAdmin:
+		return deleteAdmin(txn, op.DeleteAdmin.GetSpiffeId())
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(27) {
+	switch g.pick(29) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -146,22 +146,26 @@ func (g *cmdGen) command() *raftpb.Command {
 		c.Op = &raftpb.Command_PutCrl{PutCrl: &raftpb.PutCRL{Crl: &raftpb.CRL{AuthorityId: g.id("auth-"), Number: uint64(g.pick(4)),
 			Der: []byte{byte(g.pick(3))}}}}
 	case 22:
+		c.Op = &raftpb.Command_PutAdmin{PutAdmin: &raftpb.PutAdmin{Admin: &raftpb.Admin{SpiffeId: "spiffe://example.org/" + g.id("admin-")}}}
+	case 23:
+		c.Op = &raftpb.Command_DeleteAdmin{DeleteAdmin: &raftpb.DeleteAdmin{SpiffeId: "spiffe://example.org/" + g.id("admin-")}}
+	case 24:
 		op := &raftpb.BanNode{NodeId: g.id("node-"), Banned: g.pick(3) != 0}
 		if op.Banned {
 			op.Revocations = []*raftpb.Revocation{{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-")), NotAfterUnix: int64(g.pick(200))}}
 		}
 		c.Op = &raftpb.Command_BanNode{BanNode: op}
-	case 23:
-		c.Op = &raftpb.Command_EvictNode{EvictNode: &raftpb.EvictNode{NodeId: g.id("node-")}}
-	case 24:
-		c.Op = &raftpb.Command_TaintAuthority{TaintAuthority: &raftpb.TaintAuthority{Id: g.id("auth-")}}
 	case 25:
+		c.Op = &raftpb.Command_EvictNode{EvictNode: &raftpb.EvictNode{NodeId: g.id("node-")}}
+	case 26:
+		c.Op = &raftpb.Command_TaintAuthority{TaintAuthority: &raftpb.TaintAuthority{Id: g.id("auth-")}}
+	case 27:
 		op := &raftpb.RevokeAuthority{Id: g.id("auth-")}
 		if g.pick(2) == 0 {
 			op.Revocation = &raftpb.Revocation{IssuerId: g.id("auth-"), Serial: []byte(g.id("serial-"))}
 		}
 		c.Op = &raftpb.Command_RevokeAuthority{RevokeAuthority: op}
-	case 26:
+	case 28:
 		c.Op = &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: g.id("auth-"),
 			Step: []string{StepPrepare, StepActivate, "bogus"}[g.pick(3)]}}
 	}

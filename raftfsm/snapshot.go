@@ -214,6 +214,8 @@ func wrapRecord(obj any) (*raftpb.SnapshotRecord, error) {
 		r.Record = &raftpb.SnapshotRecord_AppliedRequest{AppliedRequest: o}
 	case *raftpb.CRL:
 		r.Record = &raftpb.SnapshotRecord_Crl{Crl: o}
+	case *raftpb.Admin:
+		r.Record = &raftpb.SnapshotRecord_Admin{Admin: o}
 	default:
 		return nil, fmt.Errorf("raftfsm: no snapshot record for %T", obj)
 	}
@@ -246,6 +248,8 @@ func unwrapRecord(r *raftpb.SnapshotRecord) (table string, obj any, err error) {
 		return tableRequests, v.AppliedRequest, nil
 	case *raftpb.SnapshotRecord_Crl:
 		return tableCRLs, v.Crl, nil
+	case *raftpb.SnapshotRecord_Admin:
+		return tableAdmins, v.Admin, nil
 	}
 	return "", nil, errors.New("unknown record type (written by a newer meshca?)")
 }

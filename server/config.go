@@ -16,6 +16,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server/cluster"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -36,7 +37,8 @@ type Config struct {
 	// AdminAddr, when set, also serves the operator API over mutual TLS on
 	// this host:port, to clients whose X509-SVID names one of AdminIDs.
 	AdminAddr string
-	// AdminIDs are the SPIFFE IDs allowed on AdminAddr.
+	// AdminIDs seed the cluster's admins, the SPIFFE IDs allowed on
+	// AdminAddr, while the replicated list is empty (see seedAdmins).
 	AdminIDs []string
 	// CRLAddr, when set, serves every authority's CRL over plain HTTP on
 	// this host:port (see crlhttp.go), for relying parties outside the mesh.
@@ -118,6 +120,14 @@ type Config struct {
 	// 10 seconds.
 	CRLLifetime time.Duration
 
+	// HTTPAddr is where /metrics (Prometheus), /healthz and /readyz are
+	// served (host:port; port 0 picks one; see HTTPAddr). Empty: not
+	// served.
+	HTTPAddr string
+	// Registry receives the server's metrics. Default: a registry of its
+	// own (with the Go and process collectors).
+	Registry *prometheus.Registry
+
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.
 	PruneInterval time.Duration
@@ -159,9 +169,6 @@ func (c *Config) validate() error {
 	if c.AdminAddr != "" {
 		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
 			errs = append(errs, fmt.Errorf("admin address %q: want host:port", c.AdminAddr))
-		}
-		if len(c.AdminIDs) == 0 {
-			errs = append(errs, errors.New("an admin address needs at least one admin SPIFFE ID"))
 		}
 	}
 	for _, id := range c.AdminIDs {

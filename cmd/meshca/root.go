@@ -174,7 +174,7 @@ func (a *app) newRootCommand() *cobra.Command {
 	root.PersistentFlags().Var(&a.output, "output", "output format: table or json")
 	root.AddCommand(a.newDevCommand(), a.newX509Command(), a.newServerCommand(), a.newAgentCommand(),
 		a.newWorkloadCommand(), a.newSDSCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
-		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand())
+		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand(), a.newAdminCommand())
 	root.AddCommand(a.newCertCommand(), a.newCRLCommand()) // issue 13
 	return root
 }

@@ -47,6 +47,9 @@ const (
 	Operator_RevokeAuthority_FullMethodName    = "/meshca.operator.v1.Operator/RevokeAuthority"
 	Operator_PrepareAuthority_FullMethodName   = "/meshca.operator.v1.Operator/PrepareAuthority"
 	Operator_ActivateAuthority_FullMethodName  = "/meshca.operator.v1.Operator/ActivateAuthority"
+	Operator_AddAdmin_FullMethodName           = "/meshca.operator.v1.Operator/AddAdmin"
+	Operator_RemoveAdmin_FullMethodName        = "/meshca.operator.v1.Operator/RemoveAdmin"
+	Operator_ListAdmins_FullMethodName         = "/meshca.operator.v1.Operator/ListAdmins"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -101,6 +104,11 @@ type OperatorClient interface {
 	// prepared one (id) now. Roots: not implemented.
 	PrepareAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
 	ActivateAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
+	// issue 16: the admins, who may use the operator API over mutual TLS
+	// (replicated: every server agrees).
+	AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
+	RemoveAdmin(ctx context.Context, in *RemoveAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
+	ListAdmins(ctx context.Context, in *ListAdminsRequest, opts ...grpc.CallOption) (*ListAdminsResponse, error)
 }
 
 type operatorClient struct {
@@ -383,6 +391,36 @@ func (c *operatorClient) ActivateAuthority(ctx context.Context, in *AuthoritySte
 	return out, nil
 }
 
+func (c *operatorClient) AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdminResponse)
+	err := c.cc.Invoke(ctx, Operator_AddAdmin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) RemoveAdmin(ctx context.Context, in *RemoveAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdminResponse)
+	err := c.cc.Invoke(ctx, Operator_RemoveAdmin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ListAdmins(ctx context.Context, in *ListAdminsRequest, opts ...grpc.CallOption) (*ListAdminsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAdminsResponse)
+	err := c.cc.Invoke(ctx, Operator_ListAdmins_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -435,6 +473,11 @@ type OperatorServer interface {
 	// prepared one (id) now. Roots: not implemented.
 	PrepareAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
 	ActivateAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
+	// issue 16: the admins, who may use the operator API over mutual TLS
+	// (replicated: every server agrees).
+	AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error)
+	RemoveAdmin(context.Context, *RemoveAdminRequest) (*AdminResponse, error)
+	ListAdmins(context.Context, *ListAdminsRequest) (*ListAdminsResponse, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -522,6 +565,15 @@ func (UnimplementedOperatorServer) PrepareAuthority(context.Context, *AuthorityS
 }
 func (UnimplementedOperatorServer) ActivateAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ActivateAuthority not implemented")
+}
+func (UnimplementedOperatorServer) AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddAdmin not implemented")
+}
+func (UnimplementedOperatorServer) RemoveAdmin(context.Context, *RemoveAdminRequest) (*AdminResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveAdmin not implemented")
+}
+func (UnimplementedOperatorServer) ListAdmins(context.Context, *ListAdminsRequest) (*ListAdminsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAdmins not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -994,6 +1046,60 @@ func _Operator_ActivateAuthority_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_AddAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddAdminRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).AddAdmin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_AddAdmin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).AddAdmin(ctx, req.(*AddAdminRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_RemoveAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveAdminRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).RemoveAdmin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_RemoveAdmin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).RemoveAdmin(ctx, req.(*RemoveAdminRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ListAdmins_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAdminsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ListAdmins(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ListAdmins_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ListAdmins(ctx, req.(*ListAdminsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1096,6 +1202,18 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ActivateAuthority",
 			Handler:    _Operator_ActivateAuthority_Handler,
+		},
+		{
+			MethodName: "AddAdmin",
+			Handler:    _Operator_AddAdmin_Handler,
+		},
+		{
+			MethodName: "RemoveAdmin",
+			Handler:    _Operator_RemoveAdmin_Handler,
+		},
+		{
+			MethodName: "ListAdmins",
+			Handler:    _Operator_ListAdmins_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

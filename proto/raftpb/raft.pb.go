@@ -227,6 +227,8 @@ type Command struct {
 	//	*Command_TaintAuthority
 	//	*Command_RevokeAuthority
 	//	*Command_RequestAuthorityStep
+	//	*Command_PutAdmin
+	//	*Command_DeleteAdmin
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -519,6 +521,24 @@ func (x *Command) GetRequestAuthorityStep() *RequestAuthorityStep {
 	return nil
 }
 
+func (x *Command) GetPutAdmin() *PutAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutAdmin); ok {
+			return x.PutAdmin
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteAdmin() *DeleteAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteAdmin); ok {
+			return x.DeleteAdmin
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -633,6 +653,15 @@ type Command_RequestAuthorityStep struct {
 	RequestAuthorityStep *RequestAuthorityStep `protobuf:"bytes,54,opt,name=request_authority_step,json=requestAuthorityStep,proto3,oneof"`
 }
 
+type Command_PutAdmin struct {
+	// issue 16: the operators who may use the operator API over mTLS.
+	PutAdmin *PutAdmin `protobuf:"bytes,90,opt,name=put_admin,json=putAdmin,proto3,oneof"`
+}
+
+type Command_DeleteAdmin struct {
+	DeleteAdmin *DeleteAdmin `protobuf:"bytes,91,opt,name=delete_admin,json=deleteAdmin,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -686,6 +715,10 @@ func (*Command_TaintAuthority) isCommand_Op() {}
 func (*Command_RevokeAuthority) isCommand_Op() {}
 
 func (*Command_RequestAuthorityStep) isCommand_Op() {}
+
+func (*Command_PutAdmin) isCommand_Op() {}
+
+func (*Command_DeleteAdmin) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -2527,6 +2560,159 @@ func (x *PutCRL) GetCrl() *CRL {
 	return nil
 }
 
+// issue 16: PutAdmin records an operator's SPIFFE ID as an admin (again:
+// no change); DeleteAdmin removes it (not found: NOT_FOUND).
+type PutAdmin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Admin         *Admin                 `protobuf:"bytes,1,opt,name=admin,proto3" json:"admin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAdmin) Reset() {
+	*x = PutAdmin{}
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAdmin) ProtoMessage() {}
+
+func (x *PutAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAdmin.ProtoReflect.Descriptor instead.
+func (*PutAdmin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PutAdmin) GetAdmin() *Admin {
+	if x != nil {
+		return x.Admin
+	}
+	return nil
+}
+
+type DeleteAdmin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAdmin) Reset() {
+	*x = DeleteAdmin{}
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAdmin) ProtoMessage() {}
+
+func (x *DeleteAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAdmin.ProtoReflect.Descriptor instead.
+func (*DeleteAdmin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DeleteAdmin) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+// Admin is an operator who may use the operator API over mutual TLS with
+// an X509-SVID of this SPIFFE ID.
+type Admin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	AddedUnixNano int64                  `protobuf:"varint,2,opt,name=added_unix_nano,json=addedUnixNano,proto3" json:"added_unix_nano,omitempty"`
+	// added_by is who added it ("bootstrap", "operator", a SPIFFE ID).
+	AddedBy       string `protobuf:"bytes,3,opt,name=added_by,json=addedBy,proto3" json:"added_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Admin) Reset() {
+	*x = Admin{}
+	mi := &file_raftpb_raft_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Admin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Admin) ProtoMessage() {}
+
+func (x *Admin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Admin.ProtoReflect.Descriptor instead.
+func (*Admin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *Admin) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Admin) GetAddedUnixNano() int64 {
+	if x != nil {
+		return x.AddedUnixNano
+	}
+	return 0
+}
+
+func (x *Admin) GetAddedBy() string {
+	if x != nil {
+		return x.AddedBy
+	}
+	return ""
+}
+
 // ActivateAuthority makes an authority ACTIVE and the one it replaces
 // (same kind, profile and server, ACTIVE until now) OLD.
 type ActivateAuthority struct {
@@ -2538,7 +2724,7 @@ type ActivateAuthority struct {
 
 func (x *ActivateAuthority) Reset() {
 	*x = ActivateAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2736,7 @@ func (x *ActivateAuthority) String() string {
 func (*ActivateAuthority) ProtoMessage() {}
 
 func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2749,7 @@ func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthority.ProtoReflect.Descriptor instead.
 func (*ActivateAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ActivateAuthority) GetId() string {
@@ -2583,7 +2769,7 @@ type ActivateJWTKey struct {
 
 func (x *ActivateJWTKey) Reset() {
 	*x = ActivateJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2781,7 @@ func (x *ActivateJWTKey) String() string {
 func (*ActivateJWTKey) ProtoMessage() {}
 
 func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2794,7 @@ func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateJWTKey.ProtoReflect.Descriptor instead.
 func (*ActivateJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ActivateJWTKey) GetKid() string {
@@ -2632,7 +2818,7 @@ type AttestAgent struct {
 
 func (x *AttestAgent) Reset() {
 	*x = AttestAgent{}
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2830,7 @@ func (x *AttestAgent) String() string {
 func (*AttestAgent) ProtoMessage() {}
 
 func (x *AttestAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2843,7 @@ func (x *AttestAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestAgent.ProtoReflect.Descriptor instead.
 func (*AttestAgent) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AttestAgent) GetToken() *ConsumeJoinToken {
@@ -2696,7 +2882,7 @@ type AdmitServer struct {
 
 func (x *AdmitServer) Reset() {
 	*x = AdmitServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +2894,7 @@ func (x *AdmitServer) String() string {
 func (*AdmitServer) ProtoMessage() {}
 
 func (x *AdmitServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +2907,7 @@ func (x *AdmitServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitServer.ProtoReflect.Descriptor instead.
 func (*AdmitServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AdmitServer) GetToken() *ConsumeJoinToken {
@@ -2754,7 +2940,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +2952,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +2965,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -2803,7 +2989,7 @@ type BanNode struct {
 
 func (x *BanNode) Reset() {
 	*x = BanNode{}
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2815,7 +3001,7 @@ func (x *BanNode) String() string {
 func (*BanNode) ProtoMessage() {}
 
 func (x *BanNode) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2828,7 +3014,7 @@ func (x *BanNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNode.ProtoReflect.Descriptor instead.
 func (*BanNode) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *BanNode) GetNodeId() string {
@@ -2863,7 +3049,7 @@ type EvictNode struct {
 
 func (x *EvictNode) Reset() {
 	*x = EvictNode{}
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3061,7 @@ func (x *EvictNode) String() string {
 func (*EvictNode) ProtoMessage() {}
 
 func (x *EvictNode) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3074,7 @@ func (x *EvictNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNode.ProtoReflect.Descriptor instead.
 func (*EvictNode) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *EvictNode) GetNodeId() string {
@@ -2912,7 +3098,7 @@ type TaintAuthority struct {
 
 func (x *TaintAuthority) Reset() {
 	*x = TaintAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2924,7 +3110,7 @@ func (x *TaintAuthority) String() string {
 func (*TaintAuthority) ProtoMessage() {}
 
 func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2937,7 +3123,7 @@ func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthority.ProtoReflect.Descriptor instead.
 func (*TaintAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TaintAuthority) GetId() string {
@@ -2960,7 +3146,7 @@ type RevokeAuthority struct {
 
 func (x *RevokeAuthority) Reset() {
 	*x = RevokeAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2972,7 +3158,7 @@ func (x *RevokeAuthority) String() string {
 func (*RevokeAuthority) ProtoMessage() {}
 
 func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2985,7 +3171,7 @@ func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthority.ProtoReflect.Descriptor instead.
 func (*RevokeAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RevokeAuthority) GetId() string {
@@ -3016,7 +3202,7 @@ type RequestAuthorityStep struct {
 
 func (x *RequestAuthorityStep) Reset() {
 	*x = RequestAuthorityStep{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3028,7 +3214,7 @@ func (x *RequestAuthorityStep) String() string {
 func (*RequestAuthorityStep) ProtoMessage() {}
 
 func (x *RequestAuthorityStep) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3041,7 +3227,7 @@ func (x *RequestAuthorityStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAuthorityStep.ProtoReflect.Descriptor instead.
 func (*RequestAuthorityStep) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RequestAuthorityStep) GetId() string {
@@ -3068,7 +3254,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3080,7 +3266,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3093,7 +3279,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -3112,7 +3298,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3124,7 +3310,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3137,7 +3323,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -3156,7 +3342,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3168,7 +3354,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3181,7 +3367,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -3200,7 +3386,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3212,7 +3398,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3225,7 +3411,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -3249,7 +3435,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3261,7 +3447,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3274,7 +3460,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -3301,7 +3487,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3313,7 +3499,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3326,7 +3512,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3346,6 +3532,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_JwtKey
 	//	*SnapshotRecord_AppliedRequest
 	//	*SnapshotRecord_Crl
+	//	*SnapshotRecord_Admin
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3353,7 +3540,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3365,7 +3552,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3378,7 +3565,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3496,6 +3683,15 @@ func (x *SnapshotRecord) GetCrl() *CRL {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAdmin() *Admin {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Admin); ok {
+			return x.Admin
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -3548,6 +3744,10 @@ type SnapshotRecord_Crl struct {
 	Crl *CRL `protobuf:"bytes,13,opt,name=crl,proto3,oneof"`
 }
 
+type SnapshotRecord_Admin struct {
+	Admin *Admin `protobuf:"bytes,90,opt,name=admin,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -3572,11 +3772,13 @@ func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Crl) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Admin) isSnapshotRecord_Record() {}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xdf\x0e\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xda\x0f\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3609,7 +3811,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNode\x12I\n" +
 	"\x0ftaint_authority\x184 \x01(\v2\x1e.meshca.raft.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
 	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12\\\n" +
-	"\x16request_authority_step\x186 \x01(\v2$.meshca.raft.v1.RequestAuthorityStepH\x00R\x14requestAuthorityStepB\x04\n" +
+	"\x16request_authority_step\x186 \x01(\v2$.meshca.raft.v1.RequestAuthorityStepH\x00R\x14requestAuthorityStep\x127\n" +
+	"\tput_admin\x18Z \x01(\v2\x18.meshca.raft.v1.PutAdminH\x00R\bputAdmin\x12@\n" +
+	"\fdelete_admin\x18[ \x01(\v2\x1b.meshca.raft.v1.DeleteAdminH\x00R\vdeleteAdminB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3749,7 +3953,15 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\tR\aattempt\"/\n" +
 	"\x06PutCRL\x12%\n" +
-	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"#\n" +
+	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"7\n" +
+	"\bPutAdmin\x12+\n" +
+	"\x05admin\x18\x01 \x01(\v2\x15.meshca.raft.v1.AdminR\x05admin\"*\n" +
+	"\vDeleteAdmin\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"g\n" +
+	"\x05Admin\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12&\n" +
+	"\x0fadded_unix_nano\x18\x02 \x01(\x03R\raddedUnixNano\x12\x19\n" +
+	"\badded_by\x18\x03 \x01(\tR\aaddedBy\"#\n" +
 	"\x11ActivateAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\"\n" +
 	"\x0eActivateJWTKey\x12\x10\n" +
@@ -3791,7 +4003,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vPruneLedger\x12.\n" +
 	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\x12E\n" +
 	"\x1fauthorities_expired_before_unix\x18\x02 \x01(\x03R\x1cauthoritiesExpiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\xbf\x05\n" +
+	"\x04Noop\"\xee\x05\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -3808,7 +4020,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	" \x01(\v2\x1b.meshca.raft.v1.LedgerBlockH\x00R\vledgerBlock\x121\n" +
 	"\ajwt_key\x18\v \x01(\v2\x16.meshca.raft.v1.JWTKeyH\x00R\x06jwtKey\x12I\n" +
 	"\x0fapplied_request\x18\f \x01(\v2\x1e.meshca.raft.v1.AppliedRequestH\x00R\x0eappliedRequest\x12'\n" +
-	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crlB\b\n" +
+	"\x03crl\x18\r \x01(\v2\x13.meshca.raft.v1.CRLH\x00R\x03crl\x12-\n" +
+	"\x05admin\x18Z \x01(\v2\x15.meshca.raft.v1.AdminH\x00R\x05adminB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
 	"*x\n" +
 	"\tErrorCode\x12\x06\n" +
@@ -3845,7 +4058,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),               // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),           // 1: meshca.raft.v1.AuthorityKind
@@ -3878,23 +4091,26 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*CreateJoinToken)(nil),      // 28: meshca.raft.v1.CreateJoinToken
 	(*ConsumeJoinToken)(nil),     // 29: meshca.raft.v1.ConsumeJoinToken
 	(*PutCRL)(nil),               // 30: meshca.raft.v1.PutCRL
-	(*ActivateAuthority)(nil),    // 31: meshca.raft.v1.ActivateAuthority
-	(*ActivateJWTKey)(nil),       // 32: meshca.raft.v1.ActivateJWTKey
-	(*AttestAgent)(nil),          // 33: meshca.raft.v1.AttestAgent
-	(*AdmitServer)(nil),          // 34: meshca.raft.v1.AdmitServer
-	(*Revoke)(nil),               // 35: meshca.raft.v1.Revoke
-	(*BanNode)(nil),              // 36: meshca.raft.v1.BanNode
-	(*EvictNode)(nil),            // 37: meshca.raft.v1.EvictNode
-	(*TaintAuthority)(nil),       // 38: meshca.raft.v1.TaintAuthority
-	(*RevokeAuthority)(nil),      // 39: meshca.raft.v1.RevokeAuthority
-	(*RequestAuthorityStep)(nil), // 40: meshca.raft.v1.RequestAuthorityStep
-	(*NextCRLNumber)(nil),        // 41: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),            // 42: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),         // 43: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),            // 44: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),          // 45: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),                 // 46: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),       // 47: meshca.raft.v1.SnapshotRecord
+	(*PutAdmin)(nil),             // 31: meshca.raft.v1.PutAdmin
+	(*DeleteAdmin)(nil),          // 32: meshca.raft.v1.DeleteAdmin
+	(*Admin)(nil),                // 33: meshca.raft.v1.Admin
+	(*ActivateAuthority)(nil),    // 34: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),       // 35: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),          // 36: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),          // 37: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),               // 38: meshca.raft.v1.Revoke
+	(*BanNode)(nil),              // 39: meshca.raft.v1.BanNode
+	(*EvictNode)(nil),            // 40: meshca.raft.v1.EvictNode
+	(*TaintAuthority)(nil),       // 41: meshca.raft.v1.TaintAuthority
+	(*RevokeAuthority)(nil),      // 42: meshca.raft.v1.RevokeAuthority
+	(*RequestAuthorityStep)(nil), // 43: meshca.raft.v1.RequestAuthorityStep
+	(*NextCRLNumber)(nil),        // 44: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),            // 45: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),         // 46: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),            // 47: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),          // 48: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),                 // 49: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),       // 50: meshca.raft.v1.SnapshotRecord
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -3908,68 +4124,72 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	27, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
 	28, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	29, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	35, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	41, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	42, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	43, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	45, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	46, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	44, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
-	31, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
-	32, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
-	33, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
-	34, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
+	38, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	44, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	45, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	46, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	48, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	49, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	47, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	34, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
+	35, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
+	36, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
+	37, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
 	30, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
-	36, // 23: meshca.raft.v1.Command.ban_node:type_name -> meshca.raft.v1.BanNode
-	37, // 24: meshca.raft.v1.Command.evict_node:type_name -> meshca.raft.v1.EvictNode
-	38, // 25: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
-	39, // 26: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
-	40, // 27: meshca.raft.v1.Command.request_authority_step:type_name -> meshca.raft.v1.RequestAuthorityStep
-	0,  // 28: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 29: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 30: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 31: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 32: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 33: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 34: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 35: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 36: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 37: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 38: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 39: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 40: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 41: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 42: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 43: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	29, // 44: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 45: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 46: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	29, // 47: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 48: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 49: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 50: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 51: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 52: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 53: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 54: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 55: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 56: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 57: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 58: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 59: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 60: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 61: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 62: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 63: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 64: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 65: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 66: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 67: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	68, // [68:68] is the sub-list for method output_type
-	68, // [68:68] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	39, // 23: meshca.raft.v1.Command.ban_node:type_name -> meshca.raft.v1.BanNode
+	40, // 24: meshca.raft.v1.Command.evict_node:type_name -> meshca.raft.v1.EvictNode
+	41, // 25: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
+	42, // 26: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
+	43, // 27: meshca.raft.v1.Command.request_authority_step:type_name -> meshca.raft.v1.RequestAuthorityStep
+	31, // 28: meshca.raft.v1.Command.put_admin:type_name -> meshca.raft.v1.PutAdmin
+	32, // 29: meshca.raft.v1.Command.delete_admin:type_name -> meshca.raft.v1.DeleteAdmin
+	0,  // 30: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 31: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 32: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 33: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 34: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 35: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 36: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 37: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 38: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 39: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 40: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 41: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 42: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 43: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 44: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 45: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	33, // 46: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	29, // 47: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 48: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 49: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	29, // 50: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 51: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 52: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 53: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 54: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 55: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 56: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 57: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 58: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 59: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 60: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 61: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 62: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 63: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 64: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 65: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 66: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 67: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 68: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 69: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 70: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	33, // 71: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	72, // [72:72] is the sub-list for method output_type
+	72, // [72:72] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -4005,8 +4225,10 @@ func file_raftpb_raft_proto_init() {
 		(*Command_TaintAuthority)(nil),
 		(*Command_RevokeAuthority)(nil),
 		(*Command_RequestAuthorityStep)(nil),
+		(*Command_PutAdmin)(nil),
+		(*Command_DeleteAdmin)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[44].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[47].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -4019,6 +4241,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_JwtKey)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
 		(*SnapshotRecord_Crl)(nil),
+		(*SnapshotRecord_Admin)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4026,7 +4249,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
