@@ -111,6 +111,8 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 	case *raftpb.Command_PutIssuancePolicy, *raftpb.Command_PutOpaBundle, *raftpb.Command_PutOpaKey:
 		res, _ := applyPolicy(txn, c) // issue 12
 		return res
+	case *raftpb.Command_RequestAuthorityStep:
+		return requestAuthorityStep(txn, op.RequestAuthorityStep)
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

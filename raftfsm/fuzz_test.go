@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(33) {
+	switch g.pick(34) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -185,6 +185,9 @@ func (g *cmdGen) command() *raftpb.Command {
 			Bundle: &raftpb.OPABundle{Name: g.id("b"), Revision: uint64(g.pick(6)), Bundle: []byte{byte(g.pick(3))}}}}
 	case 32:
 		c.Op = &raftpb.Command_PutOpaKey{PutOpaKey: &raftpb.PutOPAKey{Key: &raftpb.OPAKey{Kid: g.id("okid-"), PublicKey: []byte{byte(g.pick(2))}, SealedKey: []byte{1}}}}
+	case 33:
+		c.Op = &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: g.id("auth-"),
+			Step: []string{StepPrepare, StepActivate, "bogus"}[g.pick(3)]}}
 	}
 	return c
 }

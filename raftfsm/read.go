@@ -149,12 +149,42 @@ func (r *Reader) LedgerByNode(nodeID string) []*raftpb.LedgerRecord {
 	return r.resolve(serials(r.ledger, r.ledger.byNode, nodeID))
 }
 
-// resolve looks serials up in this view, skipping those it does not hold.
+// resolve looks serials up in this view, skipping those it does not hold,
+// in the order given. Each block is read once, however many of the
+// serials it holds (a group commit holds thousands).
 func (r *Reader) resolve(serials []string) []*raftpb.LedgerRecord {
-	var out []*raftpb.LedgerRecord
+	if len(serials) == 1 {
+		if e, ok := r.ledger.lookup([]byte(serials[0])); ok {
+			if rec := r.inBlock(e.block, serials[0]); rec != nil {
+				return []*raftpb.LedgerRecord{rec}
+			}
+		}
+		return nil
+	}
+	byBlock := map[uint64]map[string]*raftpb.LedgerRecord{}
 	for _, s := range serials {
 		if e, ok := r.ledger.lookup([]byte(s)); ok {
-			if rec := r.inBlock(e.block, s); rec != nil {
+			if byBlock[e.block] == nil {
+				byBlock[e.block] = map[string]*raftpb.LedgerRecord{}
+			}
+			byBlock[e.block][s] = nil
+		}
+	}
+	for idx, want := range byBlock {
+		b := one[*raftpb.LedgerBlock](r, tableLedger, blockKey(idx))
+		if b == nil {
+			continue
+		}
+		for _, rec := range b.Records {
+			if _, ok := want[string(rec.Serial)]; ok {
+				want[string(rec.Serial)] = rec
+			}
+		}
+	}
+	out := make([]*raftpb.LedgerRecord, 0, len(serials))
+	for _, s := range serials {
+		if e, ok := r.ledger.lookup([]byte(s)); ok {
+			if rec := byBlock[e.block][s]; rec != nil {
 				out = append(out, rec)
 			}
 		}

@@ -170,3 +170,75 @@ func revokeAuthority(txn *memdb.Txn, op *raftpb.RevokeAuthority) *raftpb.Result 
 	}
 	return ok
 }
+
+// Steps an operator may request of an intermediate's server.
+const (
+	StepPrepare  = "prepare"
+	StepActivate = "activate"
+)
+
+// preparedSibling returns the PREPARED intermediate of the same server and
+// profile as a, or nil.
+func preparedSibling(txn *memdb.Txn, a *raftpb.Authority) *raftpb.Authority {
+	for _, o := range allOf[*raftpb.Authority](txn, tableAuthorities, "profile", a.Profile) {
+		if o.Id != a.Id && o.Kind == raftpb.AuthorityKind_INTERMEDIATE && o.ServerId == a.ServerId && o.State == raftpb.AuthorityState_PREPARED {
+			return o
+		}
+	}
+	return nil
+}
+
+// requestAuthorityStep records a step an operator asked of an
+// intermediate's server.
+func requestAuthorityStep(txn *memdb.Txn, op *raftpb.RequestAuthorityStep) *raftpb.Result {
+	cur, _ := first(txn, tableAuthorities, "id", op.GetId()).(*raftpb.Authority)
+	if cur == nil {
+		return fail(raftpb.ErrorCode_NOT_FOUND, fmt.Sprintf("no authority %q", op.GetId()))
+	}
+	if cur.Kind != raftpb.AuthorityKind_INTERMEDIATE {
+		return fail(raftpb.ErrorCode_INVALID, "preparing and activating roots is not implemented")
+	}
+	sib := preparedSibling(txn, cur)
+	switch op.GetStep() {
+	case StepPrepare:
+		switch {
+		case cur.State != raftpb.AuthorityState_ACTIVE:
+			return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("%s is %s: name the active intermediate whose successor to prepare", cur.Id, cur.State))
+		case sib != nil:
+			return fail(raftpb.ErrorCode_ALREADY_EXISTS, fmt.Sprintf("%s is already prepared to succeed %s: activate it", sib.Id, cur.Id))
+		}
+	case StepActivate:
+		switch {
+		case cur.State == raftpb.AuthorityState_PREPARED:
+		case cur.State == raftpb.AuthorityState_ACTIVE && sib == nil:
+			return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("%s is active and nothing is prepared to succeed it: prepare first", cur.Id))
+		case cur.State == raftpb.AuthorityState_ACTIVE:
+			return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("%s is active already; the prepared one is %s", cur.Id, sib.Id))
+		default:
+			return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("%s is %s: only a prepared intermediate can be activated", cur.Id, cur.State))
+		}
+	default:
+		return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("unknown step %q", op.GetStep()))
+	}
+	a := proto.Clone(cur).(*raftpb.Authority)
+	a.RequestedStep = op.Step
+	insert(txn, tableAuthorities, a)
+	return ok
+}
+
+// CheckCommand decides cmd as Apply would on the current state, without
+// applying it, and returns its refusal or nil: an operator's dry run. It
+// takes no ledger command. It holds the state's write lock briefly.
+func (f *FSM) CheckCommand(c *raftpb.Command) error {
+	switch c.Op.(type) {
+	case *raftpb.Command_AppendLedger, *raftpb.Command_AttestAgent, *raftpb.Command_PruneLedger, nil:
+		return &Error{Code: raftpb.ErrorCode_INVALID, Msg: fmt.Sprintf("CheckCommand does not take %T", c.Op)}
+	}
+	txn := f.db.Load().Txn(true)
+	defer txn.Abort()
+	h := c.GetHeader()
+	if h == nil {
+		h = &raftpb.Header{}
+	}
+	return ResultError(applyOp(txn, nil, c, h, 0))
+}

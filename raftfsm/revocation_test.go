@@ -172,3 +172,41 @@ func TestLedgerByIssuer(t *testing.T) {
 		t.Fatalf("by issuer after the prune: %v", got)
 	}
 }
+
+// Requested steps follow the lifecycle and are recorded on the authority.
+func TestRequestAuthorityStep(t *testing.T) {
+	a := newApplier(t)
+	active := &raftpb.Authority{Id: "ecdsa/intermediate/1", Profile: "ecdsa", Kind: raftpb.AuthorityKind_INTERMEDIATE, State: raftpb.AuthorityState_ACTIVE,
+		Certificate: []byte{1}, ServerId: "s1"}
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_PutAuthority{PutAuthority: &raftpb.PutAuthority{Authority: active}}})
+	step := func(id, s string) error {
+		return ResultError(a.apply(&raftpb.Command{Op: &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: id, Step: s}}}))
+	}
+	if err := step(active.Id, StepActivate); !errors.Is(err, ErrInvalid) {
+		t.Errorf("activate with nothing prepared: %v", err)
+	}
+	if err := step(active.Id, "bogus"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("unknown step: %v", err)
+	}
+	if err := step(active.Id, StepPrepare); err != nil || a.f.Read().Authority(active.Id).RequestedStep != StepPrepare {
+		t.Fatalf("prepare: %v", err)
+	}
+	prep := &raftpb.Authority{Id: "ecdsa/intermediate/2", Profile: "ecdsa", Kind: raftpb.AuthorityKind_INTERMEDIATE, State: raftpb.AuthorityState_PREPARED,
+		Certificate: []byte{2}, ServerId: "s1"}
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_PutAuthority{PutAuthority: &raftpb.PutAuthority{Authority: prep}}})
+	if err := step(active.Id, StepPrepare); !errors.Is(err, ErrAlreadyExists) {
+		t.Errorf("prepare with one prepared: %v", err)
+	}
+	if err := step(prep.Id, StepActivate); err != nil {
+		t.Errorf("activate the prepared one: %v", err)
+	}
+	// A dry run decides the same without changing anything.
+	c := &raftpb.Command{Op: &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: active.Id, Step: StepPrepare}}}
+	before, _ := a.f.StateHash()
+	if err := a.f.CheckCommand(c); !errors.Is(err, ErrAlreadyExists) {
+		t.Errorf("CheckCommand: %v", err)
+	}
+	if after, _ := a.f.StateHash(); after != before {
+		t.Error("CheckCommand changed the state")
+	}
+}

@@ -106,6 +106,8 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		}
 		// Agents learn of it with the authority's CRL resource.
 		touched[ScopeCRL] = true
+	case *raftpb.Command_RequestAuthorityStep:
+		touched[ScopeIntermediates] = true
 	case *raftpb.Command_RevokeAuthority:
 		if a, _ := first(txn, tableAuthorities, "id", op.RevokeAuthority.GetId()).(*raftpb.Authority); a != nil {
 			authority(a.Kind)

@@ -79,7 +79,7 @@ func (s *Server) signCRL(ctx context.Context, a *ca.Authority, id string, r *raf
 	}
 	_, err = s.node.Apply(ctx, &raftpb.Command{Op: &raftpb.Command_PutCrl{PutCrl: &raftpb.PutCRL{Crl: &raftpb.CRL{
 		AuthorityId: id, Number: number, Der: der, ThisUpdateUnix: p.ThisUpdate.Unix(), NextUpdateUnix: p.NextUpdate.Unix(),
-		RevocationsDigest: revocationsDigest(revs)}}}})
+		RevocationsDigest: revocationsDigest(revs), Revoked: int64(len(revs))}}}})
 	switch {
 	case errors.Is(err, raftfsm.ErrNotFound):
 		return nil // the authority is not recorded yet (syncIntermediateRecords will)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -232,4 +233,54 @@ func (o *operatorService) refuse(ctx context.Context, action, subject string, co
 	msg := fmt.Sprintf(format, args...)
 	o.s.auditOp(ctx, action, subject, audit.Deny, msg, nil)
 	return status.Error(code, msg)
+}
+
+// PrepareAuthority asks the server holding an active intermediate to
+// prepare its successor now.
+func (o *operatorService) PrepareAuthority(ctx context.Context, req *operatorpb.AuthorityStepRequest) (*operatorpb.AuthorityStepResponse, error) {
+	return o.requestStep(ctx, req, raftfsm.StepPrepare)
+}
+
+// ActivateAuthority asks the server holding a prepared intermediate to
+// activate it now (publishing its CRL first).
+func (o *operatorService) ActivateAuthority(ctx context.Context, req *operatorpb.AuthorityStepRequest) (*operatorpb.AuthorityStepResponse, error) {
+	return o.requestStep(ctx, req, raftfsm.StepActivate)
+}
+
+func (o *operatorService) requestStep(ctx context.Context, req *operatorpb.AuthorityStepRequest, step string) (*operatorpb.AuthorityStepResponse, error) {
+	r, a, err := o.authorityOf(ctx, req.Id)
+	if err != nil {
+		return nil, err
+	}
+	resp := &operatorpb.AuthorityStepResponse{DryRun: req.DryRun}
+	cmd := &raftpb.Command{Op: &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: a.Id, Step: step}}}
+	if req.DryRun {
+		// Decided as the state machine would, on this read.
+		if err := o.s.fsm.CheckCommand(cmd); err != nil {
+			return nil, o.refuse(ctx, "authority."+step, a.Id, codes.FailedPrecondition, "%s", err.(*raftfsm.Error).Msg)
+		}
+		resp.Authority = o.authorityReport(r, a)
+		return resp, nil
+	}
+	if _, err := o.s.node.Apply(ctx, cmd); err != nil {
+		var fe *raftfsm.Error
+		if errors.As(err, &fe) {
+			code := codes.FailedPrecondition
+			if errors.Is(err, raftfsm.ErrAlreadyExists) {
+				code = codes.AlreadyExists
+			}
+			return nil, o.refuse(ctx, "authority."+step, a.Id, code, "%s", fe.Msg)
+		}
+		return nil, fmt.Errorf("%s %s: %w", step, a.Id, err)
+	}
+	o.s.auditOp(ctx, "authority."+step, a.Id, audit.Allow, "", map[string]string{"server": a.ServerId, "profile": a.Profile})
+	if err := o.s.node.ReadIndex(ctx); err == nil {
+		r = o.s.fsm.Read()
+		if cur := r.Authority(a.Id); cur != nil {
+			a = cur
+		}
+	}
+	resp.Authority = o.authorityReport(r, a)
+	resp.Authority.NextStep = step + " requested of " + a.ServerId + "; it takes it within moments"
+	return resp, nil
 }

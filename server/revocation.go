@@ -32,8 +32,10 @@ import (
 // revokeChunk bounds the revocations of one Raft command.
 const revokeChunk = 4096
 
-// Limits of a certificate listing.
+// Limits of a certificate listing, and of the certificates a revocation
+// lists in its answer.
 const (
+	maxRevokeListed      = 1000
 	defaultCertListLimit = 1000
 	maxCertListLimit     = 100_000
 )
@@ -159,9 +161,14 @@ func (o *operatorService) RevokeCertificates(ctx context.Context, req *operatorp
 			if req.DryRun {
 				rv = nil // not revoked (yet)
 			}
+		} else {
+			resp.AlreadyRevoked++
 		}
-		resp.Certificates = append(resp.Certificates, toCertificate(rec, rv))
+		if len(resp.Certificates) < maxRevokeListed {
+			resp.Certificates = append(resp.Certificates, toCertificate(rec, rv))
+		}
 	}
+	resp.Count, resp.Truncated = int64(len(recs)), len(recs) > len(resp.Certificates)
 	if req.DryRun {
 		return resp, nil
 	}
@@ -266,13 +273,21 @@ func (o *operatorService) GetCRL(ctx context.Context, req *operatorpb.GetCRLRequ
 	if c == nil {
 		return nil, status.Errorf(codes.NotFound, "no CRL of authority %q", req.IssuerId)
 	}
-	return toOperatorCRL(c), nil
+	out := toOperatorCRL(c)
+	if req.WithoutDer {
+		out.Der = nil
+	}
+	return out, nil
 }
 
 func toOperatorCRL(c *raftpb.CRL) *operatorpb.CRL {
-	out := &operatorpb.CRL{IssuerId: c.AuthorityId, Number: c.Number, Der: c.Der, ThisUpdateUnix: c.ThisUpdateUnix, NextUpdateUnix: c.NextUpdateUnix}
-	if n, err := crlEntries(c.Der); err == nil {
-		out.Revoked = int32(n)
+	out := &operatorpb.CRL{IssuerId: c.AuthorityId, Number: c.Number, Der: c.Der, ThisUpdateUnix: c.ThisUpdateUnix, NextUpdateUnix: c.NextUpdateUnix,
+		Revoked: int32(c.Revoked)}
+	if c.Revoked == 0 {
+		// Signed before CRL records counted their entries.
+		if n, err := crlEntries(c.Der); err == nil {
+			out.Revoked = int32(n)
+		}
 	}
 	return out
 }
@@ -292,7 +307,7 @@ func (o *operatorService) BanNode(ctx context.Context, req *operatorpb.BanNodeRe
 	r := o.s.fsm.Read()
 	n := r.Node(req.SpiffeId)
 	if n == nil {
-		return nil, status.Errorf(codes.NotFound, "no node %q", req.SpiffeId)
+		return nil, o.refuse(ctx, map[bool]string{true: "node.ban", false: "node.unban"}[req.Banned], req.SpiffeId, codes.NotFound, "no node %q", req.SpiffeId)
 	}
 	now := o.s.cfg.Clock.Now()
 	resp := &operatorpb.BanNodeResponse{DryRun: req.DryRun}
@@ -307,9 +322,12 @@ func (o *operatorService) BanNode(ctx context.Context, req *operatorpb.BanNodeRe
 			if req.DryRun {
 				rv = nil // not revoked (yet)
 			}
-			resp.Revoked = append(resp.Revoked, toCertificate(rec, rv))
+			if len(resp.Revoked) < maxRevokeListed {
+				resp.Revoked = append(resp.Revoked, toCertificate(rec, rv))
+			}
 		}
 	}
+	resp.RevokedCount = int64(len(rs))
 	after := fromRaftNode(n)
 	after.Banned = req.Banned
 	resp.Node = after
@@ -344,9 +362,9 @@ func (o *operatorService) EvictNode(ctx context.Context, req *operatorpb.EvictNo
 	n := r.Node(req.SpiffeId)
 	switch {
 	case n == nil:
-		return nil, status.Errorf(codes.NotFound, "no node %q", req.SpiffeId)
+		return nil, o.refuse(ctx, "node.evict", req.SpiffeId, codes.NotFound, "no node %q", req.SpiffeId)
 	case n.Banned:
-		return nil, status.Errorf(codes.FailedPrecondition, "node %s is banned: evicting it would forget the ban (unban it first)", req.SpiffeId)
+		return nil, o.refuse(ctx, "node.evict", req.SpiffeId, codes.FailedPrecondition, "node %s is banned: evicting it would forget the ban (unban it first)", req.SpiffeId)
 	}
 	resp := &operatorpb.EvictNodeResponse{Node: fromRaftNode(n), DryRun: req.DryRun}
 	for _, e := range r.EntriesByParent(req.SpiffeId) {

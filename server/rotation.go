@@ -160,11 +160,20 @@ func (s *Server) rotateIntermediate(ctx context.Context, p ca.Profile, localOnly
 		s.mu.Lock()
 		active := validity(s.id.Intermediates[p.Name()], p.Name())
 		step, next := ca.PlanRotation(now, active, validity(s.id.Prepared[p.Name()], p.Name()))
+		prepared := s.id.Prepared[p.Name()] != nil && len(s.id.Prepared[p.Name()].Certificate) > 0
 		if !localOnly && s.activeTainted(p.Name()) {
 			// An operator tainted it: replace it now (issue 13).
 			step, next = ca.StepPrepare, now
-			if pr := s.id.Prepared[p.Name()]; pr != nil && len(pr.Certificate) > 0 {
+			if prepared {
 				step = ca.StepActivate
+			}
+		} else if !localOnly && step == ca.StepNone {
+			// An operator asked for a step ahead of the schedule.
+			switch {
+			case !prepared && s.requested(s.id.Intermediates[p.Name()], p, raftpb.AuthorityState_ACTIVE) == raftfsm.StepPrepare:
+				step, next = ca.StepPrepare, now
+			case prepared && s.requested(s.id.Prepared[p.Name()], p, raftpb.AuthorityState_PREPARED) == raftfsm.StepActivate:
+				step, next = ca.StepActivate, now
 			}
 		}
 		s.mu.Unlock()
@@ -191,6 +200,23 @@ func (s *Server) rotateIntermediate(ctx context.Context, p ca.Profile, localOnly
 		}
 	}
 	return time.Time{}, errors.New("rotation did not settle")
+}
+
+// requested returns the step an operator requested of a local
+// intermediate whose record is in state, or "". It holds s.mu.
+func (s *Server) requested(li *localIntermediate, p ca.Profile, state raftpb.AuthorityState) string {
+	if li == nil || s.fsm == nil {
+		return ""
+	}
+	c, err := p.ParseCertificate(li.Certificate)
+	if err != nil {
+		return ""
+	}
+	a := s.fsm.Read().Authority(authorityID(c, raftpb.AuthorityKind_INTERMEDIATE))
+	if a == nil || a.State != state {
+		return ""
+	}
+	return a.RequestedStep
 }
 
 // activeTainted reports whether the replicated state says this server's

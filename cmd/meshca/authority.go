@@ -1,17 +1,21 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
 
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 )
 
 func (a *app) newAuthorityCommand() *cobra.Command {
 	return groupCommand("authority", "The trust domain's roots, intermediates and JWT signing keys",
 		a.newAuthorityShowCommand(),
+		a.newAuthorityStepCommand("prepare"),
+		a.newAuthorityStepCommand("activate"),
 		a.newAuthorityStepCommand("taint"),
 		a.newAuthorityStepCommand("revoke"),
 	)
@@ -153,7 +157,23 @@ func (a *app) newAuthorityStepCommand(step string) *cobra.Command {
 		Use:  step + " ID",
 		Args: cobra.ExactArgs(1),
 	}
+	destructive := step == "taint" || step == "revoke"
 	switch step {
+	case "prepare":
+		cmd.Short = "Have a server prepare the successor of its active intermediate now"
+		cmd.Long = `prepare asks the server holding an active intermediate (ID) to prepare its
+successor now instead of at half of its life: a new key on that server,
+certified by the root and recorded PREPARED. It is refused when a successor
+is prepared already. Roots: not implemented. --watch waits until the
+successor is recorded; --dry-run checks without asking.` + opLong
+	case "activate":
+		cmd.Short = "Have a server activate its prepared intermediate now"
+		cmd.Long = `activate asks the server holding a prepared intermediate (ID) to sign with
+it now instead of at two thirds of its predecessor's life (it publishes its
+CRL first); the predecessor becomes OLD and stays valid until it expires.
+It is refused for an active intermediate, with nothing or something
+prepared. Roots: not implemented. --watch waits until it is recorded ACTIVE;
+--dry-run checks without asking.` + opLong
 	case "taint":
 		cmd.Short = "Mark an authority compromised: everything chained to it is re-issued at once"
 		cmd.Long = `taint marks an authority (an ID of meshca authority show) compromised. For
@@ -184,7 +204,11 @@ It says what it will do and asks first, unless --yes; --dry-run only prints.` + 
 		cmd.Flags().BoolVar(&force, "force", false, "revoke although certificates not re-issued still chain to it")
 	}
 	addOpFlags(cmd, &o)
-	addDestructiveFlags(cmd, &d)
+	if destructive {
+		addDestructiveFlags(cmd, &d)
+	} else {
+		cmd.Flags().BoolVar(&d.dryRun, "dry-run", false, "check whether the step would be taken, and do nothing")
+	}
 	cmd.Flags().BoolVar(&watch, "watch", false, "follow until the step took full effect (bounded by --timeout)")
 	cmd.Flags().DurationVar(&interval, "interval", time.Second, "with --watch: how often to look")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, args []string) error {
@@ -196,10 +220,8 @@ It says what it will do and asks first, unless --yes; --dry-run only prints.` + 
 			return err
 		}
 		defer done()
-		call := c.TaintAuthority
-		if step == "revoke" {
-			call = c.RevokeAuthority
-		}
+		call := map[string]func(context.Context, *operatorpb.AuthorityStepRequest, ...grpc.CallOption) (*operatorpb.AuthorityStepResponse, error){
+			"prepare": c.PrepareAuthority, "activate": c.ActivateAuthority, "taint": c.TaintAuthority, "revoke": c.RevokeAuthority}[step]
 		req := &operatorpb.AuthorityStepRequest{Id: args[0], Force: force, DryRun: true}
 		plan, err := call(ctx, req)
 		if err != nil {
@@ -212,8 +234,10 @@ It says what it will do and asks first, unless --yes; --dry-run only prints.` + 
 		if step == "revoke" {
 			what = fmt.Sprintf("This revokes %s %s: everything it signed stops verifying", plan.Authority.Kind, args[0])
 		}
-		if err := a.confirm(cmd, d, what); err != nil {
-			return err
+		if destructive {
+			if err := a.confirm(cmd, d, what); err != nil {
+				return err
+			}
 		}
 		req.DryRun = false
 		resp, err := call(ctx, req)
@@ -231,13 +255,28 @@ It says what it will do and asks first, unless --yes; --dry-run only prints.` + 
 			if err != nil {
 				return c.callError("follow "+args[0], o, err)
 			}
+			var successor *operatorpb.Authority
 			for _, x := range list.Authorities {
 				if x.Id == args[0] {
 					rep.Authority = newAuthorityReport(x)
 				}
 			}
-			rep.Done = rep.Authority.PendingCertificates == 0
-			if step == "revoke" {
+			for _, x := range list.Authorities {
+				if x.Id != args[0] && x.Kind == rep.Authority.Kind && x.Profile == rep.Authority.Profile && x.ServerId == rep.Authority.ServerID && x.StateName == "PREPARED" {
+					successor = x
+				}
+			}
+			switch step {
+			case "prepare":
+				rep.Done = successor != nil
+				if rep.Done {
+					rep.Authority.NextStep = "successor prepared: " + successor.Id
+				}
+			case "activate":
+				rep.Done = rep.Authority.State == "ACTIVE"
+			case "taint":
+				rep.Done = rep.Authority.PendingCertificates == 0
+			case "revoke":
 				rep.Done = rep.Authority.State == "REVOKED"
 			}
 			if a.output != outputJSON {

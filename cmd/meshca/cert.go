@@ -187,8 +187,13 @@ func (a *app) newCertShowCommand() *cobra.Command {
 
 // revokeReport is what cert revoke prints.
 type revokeReport struct {
-	DryRun       bool         `json:"dry_run"`
-	Certificates []certReport `json:"certificates"`
+	DryRun bool `json:"dry_run"`
+	// Count is how many matched (AlreadyRevoked of them were revoked
+	// before); Certificates lists at most 1000 (Truncated then).
+	Count          int64        `json:"count"`
+	AlreadyRevoked int64        `json:"already_revoked"`
+	Truncated      bool         `json:"truncated"`
+	Certificates   []certReport `json:"certificates"`
 	// CRLs are, with --wait, the issuers' CRLs that list the revocations.
 	CRLs []crlReport `json:"crls,omitempty"`
 }
@@ -216,7 +221,8 @@ meshca node ban) to cut an identity off.
 
 It prints what it will revoke and asks first, unless --yes; --dry-run only
 prints. --reason is an RFC 5280 CRLReason: ` + reasonNames() + `.
---wait follows until every issuer's CRL lists the revocations.` + certLong,
+--wait follows until every issuer's CRL lists the revocations (of a
+revocation of more than 1000 certificates, the 1000 it prints).` + certLong,
 		Args: cobra.MaximumNArgs(1),
 	}
 	addOpFlags(cmd, &o)
@@ -250,12 +256,7 @@ prints. --reason is an RFC 5280 CRLReason: ` + reasonNames() + `.
 		if err != nil {
 			return c.callError("revoke "+what, o, err)
 		}
-		fresh := 0
-		for _, x := range plan.Certificates {
-			if !x.Revoked {
-				fresh++
-			}
-		}
+		fresh := plan.Count - plan.AlreadyRevoked
 		if d.dryRun {
 			return a.printRevoke(plan, nil)
 		}
@@ -281,7 +282,8 @@ prints. --reason is an RFC 5280 CRLReason: ` + reasonNames() + `.
 }
 
 func (a *app) printRevoke(resp *operatorpb.RevokeCertificatesResponse, crls []crlReport) error {
-	r := revokeReport{DryRun: resp.DryRun, CRLs: crls, Certificates: []certReport{}}
+	r := revokeReport{DryRun: resp.DryRun, CRLs: crls, Certificates: []certReport{}, Count: resp.Count, AlreadyRevoked: resp.AlreadyRevoked,
+		Truncated: resp.Truncated}
 	for _, x := range resp.Certificates {
 		r.Certificates = append(r.Certificates, newCertReport(x))
 	}
@@ -292,8 +294,8 @@ func (a *app) printRevoke(resp *operatorpb.RevokeCertificatesResponse, crls []cr
 	if r.DryRun {
 		verb = "would revoke"
 	}
-	fmt.Fprintf(a.stdout, "%s %d certificate(s):\n", verb, len(r.Certificates))
-	if err := a.printCerts(r.Certificates, false); err != nil {
+	fmt.Fprintf(a.stdout, "%s %d certificate(s) (%d of them revoked before):\n", verb, r.Count, r.AlreadyRevoked)
+	if err := a.printCerts(r.Certificates, r.Truncated); err != nil {
 		return err
 	}
 	for _, c := range crls {

@@ -9,9 +9,12 @@ import (
 
 // banReport is what node ban and unban print.
 type banReport struct {
-	DryRun  bool         `json:"dry_run"`
-	Node    nodeReport   `json:"node"`
-	Revoked []certReport `json:"revoked"`
+	DryRun bool       `json:"dry_run"`
+	Node   nodeReport `json:"node"`
+	// RevokedCount is how many certificates the ban revoked; Revoked lists
+	// at most 1000 of them.
+	RevokedCount int64        `json:"revoked_count"`
+	Revoked      []certReport `json:"revoked"`
 }
 
 // evictReport is what node evict prints.
@@ -76,7 +79,7 @@ attests again, with new evidence, and its workloads get new certificates.` + nod
 			if d.dryRun {
 				return a.printBan(plan)
 			}
-			if err := a.confirm(cmd, d, fmt.Sprintf("This bans node %s and revokes its %d unexpired certificate(s)", args[0], len(plan.Revoked))); err != nil {
+			if err := a.confirm(cmd, d, fmt.Sprintf("This bans node %s and revokes its %d unexpired certificate(s)", args[0], plan.RevokedCount)); err != nil {
 				return err
 			}
 			req.DryRun = false
@@ -91,7 +94,7 @@ attests again, with new evidence, and its workloads get new certificates.` + nod
 }
 
 func (a *app) printBan(resp *operatorpb.BanNodeResponse) error {
-	r := banReport{DryRun: resp.DryRun, Node: newNodeReport(resp.Node), Revoked: []certReport{}}
+	r := banReport{DryRun: resp.DryRun, Node: newNodeReport(resp.Node), Revoked: []certReport{}, RevokedCount: resp.RevokedCount}
 	for _, x := range resp.Revoked {
 		r.Revoked = append(r.Revoked, newCertReport(x))
 	}
@@ -100,14 +103,14 @@ func (a *app) printBan(resp *operatorpb.BanNodeResponse) error {
 	}
 	state := map[bool]string{true: "banned", false: "not banned"}[r.Node.Banned]
 	if r.DryRun {
-		fmt.Fprintf(a.stdout, "dry run: node %s would be %s; %d certificate(s) would be revoked\n", r.Node.SPIFFEID, state, len(r.Revoked))
+		fmt.Fprintf(a.stdout, "dry run: node %s would be %s; %d certificate(s) would be revoked\n", r.Node.SPIFFEID, state, r.RevokedCount)
 	} else {
-		fmt.Fprintf(a.stdout, "node %s is %s; %d certificate(s) revoked\n", r.Node.SPIFFEID, state, len(r.Revoked))
+		fmt.Fprintf(a.stdout, "node %s is %s; %d certificate(s) revoked\n", r.Node.SPIFFEID, state, r.RevokedCount)
 	}
 	if len(r.Revoked) == 0 {
 		return nil
 	}
-	return a.printCerts(r.Revoked, false)
+	return a.printCerts(r.Revoked, int64(len(r.Revoked)) < r.RevokedCount)
 }
 
 func (a *app) newNodeEvictCommand() *cobra.Command {

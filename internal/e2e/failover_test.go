@@ -27,7 +27,7 @@ type member struct {
 	done chan error
 }
 
-func runServer(t *testing.T, cfg server.Config) *member {
+func runServer(t testing.TB, cfg server.Config) *member {
 	t.Helper()
 	srv, err := server.New(cfg)
 	if err != nil {

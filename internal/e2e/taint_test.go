@@ -366,3 +366,64 @@ func TestTaintIntermediateReissuesEverySVID(t *testing.T) { runTaint(t, 6, false
 // The same with the leader killed right after the taint: the operation
 // completes and no CRL number goes backwards.
 func TestTaintSurvivesLeaderKill(t *testing.T) { runTaint(t, 6, true) }
+
+// An operator has a server prepare and activate its intermediate's
+// successor ahead of the schedule: activating with nothing prepared and
+// preparing twice are refused with nothing changed; then new certificates
+// chain to the successor and the predecessor is OLD.
+func TestOperatorPreparesAndActivatesAnIntermediate(t *testing.T) {
+	e := startServer(t)
+	inter := activeIntermediate(t, e.op, "s1")
+	prepared := func() *operatorpb.Authority {
+		resp, err := e.op.ListAuthorities(tctx(t, 10*time.Second), &operatorpb.ListAuthoritiesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range resp.Authorities {
+			if a.Kind == "intermediate" && a.Profile == "ecdsa" && a.StateName == "PREPARED" {
+				return a
+			}
+		}
+		return nil
+	}
+	_, err := e.op.ActivateAuthority(tctx(t, 10*time.Second), &operatorpb.AuthorityStepRequest{Id: inter.Id})
+	if grpcstatus.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "nothing is prepared") {
+		t.Errorf("activate with nothing prepared: %v", err)
+	}
+	if _, err := e.op.PrepareAuthority(tctx(t, 10*time.Second), &operatorpb.AuthorityStepRequest{Id: inter.Id, DryRun: true}); err != nil {
+		t.Fatalf("dry-run prepare: %v", err)
+	}
+	if _, err := e.op.PrepareAuthority(tctx(t, 10*time.Second), &operatorpb.AuthorityStepRequest{Id: rootID(t, e.op, "ecdsa")}); grpcstatus.Code(err) != codes.FailedPrecondition {
+		t.Errorf("prepare a root: %v", err)
+	}
+	if prepared() != nil {
+		t.Fatal("something was prepared by a dry run or a refusal")
+	}
+	if _, err := e.op.PrepareAuthority(tctx(t, 10*time.Second), &operatorpb.AuthorityStepRequest{Id: inter.Id}); err != nil {
+		t.Fatal(err)
+	}
+	var next *operatorpb.Authority
+	waitFor(t, 20*time.Second, "the successor prepared", func() error {
+		if next = prepared(); next == nil {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	if _, err := e.op.PrepareAuthority(tctx(t, 10*time.Second), &operatorpb.AuthorityStepRequest{Id: inter.Id}); grpcstatus.Code(err) != codes.AlreadyExists {
+		t.Errorf("prepare twice: %v", err)
+	}
+	if _, err := e.op.ActivateAuthority(tctx(t, 10*time.Second), &operatorpb.AuthorityStepRequest{Id: next.Id}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the successor active, the predecessor old", func() error {
+		if a, o := authorityByID(t, e.op, next.Id), authorityByID(t, e.op, inter.Id); a.StateName != "ACTIVE" || o.StateName != "OLD" {
+			return fmt.Errorf("%s %s, %s %s", next.Id, a.StateName, inter.Id, o.StateName)
+		}
+		return nil
+	})
+	c := mintCert(t, e.op, "spiffe://example.org/after-activate")
+	rec, err := e.op.GetCertificate(tctx(t, 10*time.Second), &operatorpb.GetCertificateRequest{Serial: c.SerialNumber.Text(16)})
+	if err != nil || rec.IssuerId != next.Id {
+		t.Errorf("a new certificate is signed by %v (%v), want %s", rec.GetIssuerId(), err, next.Id)
+	}
+}

@@ -31,7 +31,7 @@ import (
 // fleet is a cluster of servers and agents in this process, all on one
 // clock, with one workload entry per agent for this test process.
 type fleet struct {
-	t        *testing.T
+	t        testing.TB
 	clock    clockwork.Clock
 	members  []*member
 	agents   []*agent.Agent
@@ -51,7 +51,7 @@ type fleetOpts struct {
 	reissueJitter time.Duration
 }
 
-func newFleet(t *testing.T, o fleetOpts) *fleet {
+func newFleet(t testing.TB, o fleetOpts) *fleet {
 	t.Helper()
 	kek, err := ca.CreateKEKFile(filepath.Join(tempDir(t), "kek"))
 	if err != nil {

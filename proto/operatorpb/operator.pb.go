@@ -3648,10 +3648,15 @@ type RevokeCertificatesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// certificates are those revoked (or, with dry_run, that would be);
 	// already revoked ones are listed with their first revocation.
-	Certificates  []*Certificate `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
-	DryRun        bool           `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Certificates []*Certificate `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	DryRun       bool           `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// count is how many certificates matched (revoked now or before);
+	// certificates lists at most 1000 of them (truncated then).
+	Count          int64 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	AlreadyRevoked int64 `protobuf:"varint,4,opt,name=already_revoked,json=alreadyRevoked,proto3" json:"already_revoked,omitempty"`
+	Truncated      bool  `protobuf:"varint,5,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RevokeCertificatesResponse) Reset() {
@@ -3694,6 +3699,27 @@ func (x *RevokeCertificatesResponse) GetCertificates() []*Certificate {
 func (x *RevokeCertificatesResponse) GetDryRun() bool {
 	if x != nil {
 		return x.DryRun
+	}
+	return false
+}
+
+func (x *RevokeCertificatesResponse) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *RevokeCertificatesResponse) GetAlreadyRevoked() int64 {
+	if x != nil {
+		return x.AlreadyRevoked
+	}
+	return 0
+}
+
+func (x *RevokeCertificatesResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
 	}
 	return false
 }
@@ -3882,8 +3908,10 @@ func (x *GetCertificateRequest) GetSerial() string {
 }
 
 type GetCRLRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	IssuerId      string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	IssuerId string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// without_der leaves the CRL itself out (its number, times and size only).
+	WithoutDer    bool `protobuf:"varint,2,opt,name=without_der,json=withoutDer,proto3" json:"without_der,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3923,6 +3951,13 @@ func (x *GetCRLRequest) GetIssuerId() string {
 		return x.IssuerId
 	}
 	return ""
+}
+
+func (x *GetCRLRequest) GetWithoutDer() bool {
+	if x != nil {
+		return x.WithoutDer
+	}
+	return false
 }
 
 type CRL struct {
@@ -4082,8 +4117,10 @@ type BanNodeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// revoked are the node's certificates the ban revoked (or would).
-	Revoked       []*Certificate `protobuf:"bytes,2,rep,name=revoked,proto3" json:"revoked,omitempty"`
-	DryRun        bool           `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	Revoked []*Certificate `protobuf:"bytes,2,rep,name=revoked,proto3" json:"revoked,omitempty"`
+	DryRun  bool           `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// revoked_count is how many the ban revoked; revoked lists at most 1000.
+	RevokedCount  int64 `protobuf:"varint,4,opt,name=revoked_count,json=revokedCount,proto3" json:"revoked_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4137,6 +4174,13 @@ func (x *BanNodeResponse) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *BanNodeResponse) GetRevokedCount() int64 {
+	if x != nil {
+		return x.RevokedCount
+	}
+	return 0
 }
 
 type EvictNodeRequest struct {
@@ -5204,10 +5248,13 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x17\n" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\x05R\x06reason\x12\x17\n" +
-	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"z\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"\xd7\x01\n" +
 	"\x1aRevokeCertificatesResponse\x12C\n" +
 	"\fcertificates\x18\x01 \x03(\v2\x1f.meshca.operator.v1.CertificateR\fcertificates\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xdd\x01\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x03R\x05count\x12'\n" +
+	"\x0falready_revoked\x18\x04 \x01(\x03R\x0ealreadyRevoked\x12\x1c\n" +
+	"\ttruncated\x18\x05 \x01(\bR\ttruncated\"\xdd\x01\n" +
 	"\x17ListCertificatesRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1b\n" +
@@ -5219,9 +5266,11 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\fcertificates\x18\x01 \x03(\v2\x1f.meshca.operator.v1.CertificateR\fcertificates\x12\x1c\n" +
 	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"/\n" +
 	"\x15GetCertificateRequest\x12\x16\n" +
-	"\x06serial\x18\x01 \x01(\tR\x06serial\",\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\"M\n" +
 	"\rGetCRLRequest\x12\x1b\n" +
-	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\"\xba\x01\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x1f\n" +
+	"\vwithout_der\x18\x02 \x01(\bR\n" +
+	"withoutDer\"\xba\x01\n" +
 	"\x03CRL\x12\x1b\n" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x10\n" +
@@ -5233,11 +5282,12 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x16\n" +
 	"\x06banned\x18\x02 \x01(\bR\x06banned\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\x05R\x06reason\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\x93\x01\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\xb8\x01\n" +
 	"\x0fBanNodeResponse\x12,\n" +
 	"\x04node\x18\x01 \x01(\v2\x18.meshca.operator.v1.NodeR\x04node\x129\n" +
 	"\arevoked\x18\x02 \x03(\v2\x1f.meshca.operator.v1.CertificateR\arevoked\x12\x17\n" +
-	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"H\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x12#\n" +
+	"\rrevoked_count\x18\x04 \x01(\x03R\frevokedCount\"H\n" +
 	"\x10EvictNodeRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\x8f\x01\n" +
@@ -5312,7 +5362,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x12QueryAuditResponse\x12=\n" +
 	"\x06events\x18\x01 \x03(\v2%.meshca.operator.v1.HistoryAuditEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
-	"\x06source\x18\x03 \x01(\tR\x06source2\xfb\x1b\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source2\xce\x1d\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -5345,7 +5395,9 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\aBanNode\x12\".meshca.operator.v1.BanNodeRequest\x1a#.meshca.operator.v1.BanNodeResponse\x12X\n" +
 	"\tEvictNode\x12$.meshca.operator.v1.EvictNodeRequest\x1a%.meshca.operator.v1.EvictNodeResponse\x12e\n" +
 	"\x0eTaintAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12f\n" +
-	"\x0fRevokeAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12R\n" +
+	"\x0fRevokeAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12g\n" +
+	"\x10PrepareAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12h\n" +
+	"\x11ActivateAuthority\x12(.meshca.operator.v1.AuthorityStepRequest\x1a).meshca.operator.v1.AuthorityStepResponse\x12R\n" +
 	"\bAddAdmin\x12#.meshca.operator.v1.AddAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12X\n" +
 	"\vRemoveAdmin\x12&.meshca.operator.v1.RemoveAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12[\n" +
 	"\n" +
@@ -5513,51 +5565,55 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	68, // 60: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
 	70, // 61: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
 	70, // 62: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	0,  // 63: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
-	1,  // 64: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
-	3,  // 65: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
-	33, // 66: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
-	72, // 67: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
-	75, // 68: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
-	7,  // 69: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	13, // 70: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	15, // 71: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	17, // 72: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	19, // 73: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	20, // 74: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	22, // 75: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	27, // 76: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	27, // 77: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	29, // 78: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	27, // 79: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	32, // 80: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	37, // 81: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	39, // 82: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	41, // 83: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	44, // 84: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	48, // 85: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	48, // 86: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	51, // 87: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
-	53, // 88: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
-	51, // 89: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
-	51, // 90: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
-	57, // 91: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
-	60, // 92: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
-	62, // 93: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
-	58, // 94: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
-	65, // 95: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
-	67, // 96: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
-	69, // 97: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
-	71, // 98: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	71, // 99: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	2,  // 100: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
-	2,  // 101: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
-	5,  // 102: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
-	34, // 103: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
-	74, // 104: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
-	77, // 105: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
-	69, // [69:106] is the sub-list for method output_type
-	32, // [32:69] is the sub-list for method input_type
+	70, // 63: meshca.operator.v1.Operator.PrepareAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	70, // 64: meshca.operator.v1.Operator.ActivateAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	0,  // 65: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 66: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 67: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	33, // 68: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
+	72, // 69: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	75, // 70: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	7,  // 71: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	13, // 72: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	15, // 73: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	17, // 74: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	19, // 75: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	20, // 76: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	22, // 77: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	27, // 78: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	27, // 79: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	29, // 80: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	27, // 81: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	32, // 82: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	37, // 83: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	39, // 84: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	41, // 85: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	44, // 86: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	48, // 87: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	48, // 88: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	51, // 89: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
+	53, // 90: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
+	51, // 91: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
+	51, // 92: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
+	57, // 93: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
+	60, // 94: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	62, // 95: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	58, // 96: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	65, // 97: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	67, // 98: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	69, // 99: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	71, // 100: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	71, // 101: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	71, // 102: meshca.operator.v1.Operator.PrepareAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	71, // 103: meshca.operator.v1.Operator.ActivateAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	2,  // 104: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 105: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 106: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	34, // 107: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
+	74, // 108: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	77, // 109: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	71, // [71:110] is the sub-list for method output_type
+	32, // [32:71] is the sub-list for method input_type
 	32, // [32:32] is the sub-list for extension type_name
 	32, // [32:32] is the sub-list for extension extendee
 	0,  // [0:32] is the sub-list for field type_name

@@ -52,6 +52,8 @@ const (
 	Operator_EvictNode_FullMethodName          = "/meshca.operator.v1.Operator/EvictNode"
 	Operator_TaintAuthority_FullMethodName     = "/meshca.operator.v1.Operator/TaintAuthority"
 	Operator_RevokeAuthority_FullMethodName    = "/meshca.operator.v1.Operator/RevokeAuthority"
+	Operator_PrepareAuthority_FullMethodName   = "/meshca.operator.v1.Operator/PrepareAuthority"
+	Operator_ActivateAuthority_FullMethodName  = "/meshca.operator.v1.Operator/ActivateAuthority"
 	Operator_AddAdmin_FullMethodName           = "/meshca.operator.v1.Operator/AddAdmin"
 	Operator_RemoveAdmin_FullMethodName        = "/meshca.operator.v1.Operator/RemoveAdmin"
 	Operator_ListAdmins_FullMethodName         = "/meshca.operator.v1.Operator/ListAdmins"
@@ -125,6 +127,11 @@ type OperatorClient interface {
 	// RevokeAuthority revokes a tainted authority: refused, unless force,
 	// while certificates that were not re-issued still chain to it.
 	RevokeAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
+	// PrepareAuthority has the server holding an active intermediate (id)
+	// prepare its successor now; ActivateAuthority has it activate a
+	// prepared one (id) now. Roots: not implemented.
+	PrepareAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
+	ActivateAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
 	// issue 16: the admins, who may use the operator API over mutual TLS
 	// (replicated: every server agrees).
 	AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
@@ -472,6 +479,26 @@ func (c *operatorClient) RevokeAuthority(ctx context.Context, in *AuthorityStepR
 	return out, nil
 }
 
+func (c *operatorClient) PrepareAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthorityStepResponse)
+	err := c.cc.Invoke(ctx, Operator_PrepareAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ActivateAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthorityStepResponse)
+	err := c.cc.Invoke(ctx, Operator_ActivateAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *operatorClient) AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AdminResponse)
@@ -597,6 +624,11 @@ type OperatorServer interface {
 	// RevokeAuthority revokes a tainted authority: refused, unless force,
 	// while certificates that were not re-issued still chain to it.
 	RevokeAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
+	// PrepareAuthority has the server holding an active intermediate (id)
+	// prepare its successor now; ActivateAuthority has it activate a
+	// prepared one (id) now. Roots: not implemented.
+	PrepareAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
+	ActivateAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
 	// issue 16: the admins, who may use the operator API over mutual TLS
 	// (replicated: every server agrees).
 	AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error)
@@ -714,6 +746,12 @@ func (UnimplementedOperatorServer) TaintAuthority(context.Context, *AuthoritySte
 }
 func (UnimplementedOperatorServer) RevokeAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeAuthority not implemented")
+}
+func (UnimplementedOperatorServer) PrepareAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareAuthority not implemented")
+}
+func (UnimplementedOperatorServer) ActivateAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateAuthority not implemented")
 }
 func (UnimplementedOperatorServer) AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AddAdmin not implemented")
@@ -1294,6 +1332,42 @@ func _Operator_RevokeAuthority_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_PrepareAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityStepRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).PrepareAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_PrepareAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).PrepareAuthority(ctx, req.(*AuthorityStepRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ActivateAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityStepRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ActivateAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ActivateAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ActivateAuthority(ctx, req.(*AuthorityStepRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Operator_AddAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AddAdminRequest)
 	if err := dec(in); err != nil {
@@ -1524,6 +1598,14 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeAuthority",
 			Handler:    _Operator_RevokeAuthority_Handler,
+		},
+		{
+			MethodName: "PrepareAuthority",
+			Handler:    _Operator_PrepareAuthority_Handler,
+		},
+		{
+			MethodName: "ActivateAuthority",
+			Handler:    _Operator_ActivateAuthority_Handler,
 		},
 		{
 			MethodName: "AddAdmin",

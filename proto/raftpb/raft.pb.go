@@ -229,6 +229,7 @@ type Command struct {
 	//	*Command_EvictNode
 	//	*Command_TaintAuthority
 	//	*Command_RevokeAuthority
+	//	*Command_RequestAuthorityStep
 	//	*Command_PutIssuancePolicy
 	//	*Command_PutOpaBundle
 	//	*Command_PutOpaKey
@@ -542,6 +543,15 @@ func (x *Command) GetRevokeAuthority() *RevokeAuthority {
 	return nil
 }
 
+func (x *Command) GetRequestAuthorityStep() *RequestAuthorityStep {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RequestAuthorityStep); ok {
+			return x.RequestAuthorityStep
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetPutIssuancePolicy() *PutIssuancePolicy {
 	if x != nil {
 		if x, ok := x.Op.(*Command_PutIssuancePolicy); ok {
@@ -693,6 +703,10 @@ type Command_RevokeAuthority struct {
 	RevokeAuthority *RevokeAuthority `protobuf:"bytes,53,opt,name=revoke_authority,json=revokeAuthority,proto3,oneof"`
 }
 
+type Command_RequestAuthorityStep struct {
+	RequestAuthorityStep *RequestAuthorityStep `protobuf:"bytes,54,opt,name=request_authority_step,json=requestAuthorityStep,proto3,oneof"`
+}
+
 type Command_PutIssuancePolicy struct {
 	// issue 12: OPA policy (40-49).
 	PutIssuancePolicy *PutIssuancePolicy `protobuf:"bytes,40,opt,name=put_issuance_policy,json=putIssuancePolicy,proto3,oneof"`
@@ -763,6 +777,8 @@ func (*Command_EvictNode) isCommand_Op() {}
 func (*Command_TaintAuthority) isCommand_Op() {}
 
 func (*Command_RevokeAuthority) isCommand_Op() {}
+
+func (*Command_RequestAuthorityStep) isCommand_Op() {}
 
 func (*Command_PutIssuancePolicy) isCommand_Op() {}
 
@@ -1076,7 +1092,12 @@ type Authority struct {
 	ParentId     string `protobuf:"bytes,8,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
 	NotAfterUnix int64  `protobuf:"varint,9,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
 	// crl_number is the number of the last CRL this authority signed.
-	CrlNumber     uint64 `protobuf:"varint,10,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
+	CrlNumber uint64 `protobuf:"varint,10,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
+	// issue 13: requested_step is a step an operator asked of the server
+	// holding an intermediate, ahead of its schedule: "prepare" (on the
+	// active one: prepare its successor now) or "activate" (on a prepared
+	// one: activate it now).
+	RequestedStep string `protobuf:"bytes,50,opt,name=requested_step,json=requestedStep,proto3" json:"requested_step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1179,6 +1200,13 @@ func (x *Authority) GetCrlNumber() uint64 {
 		return x.CrlNumber
 	}
 	return 0
+}
+
+func (x *Authority) GetRequestedStep() string {
+	if x != nil {
+		return x.RequestedStep
+	}
+	return ""
 }
 
 type Selector struct {
@@ -1878,8 +1906,10 @@ type CRL struct {
 	// revocations_digest summarises the revocations the CRL lists, so that
 	// a change of them shows without parsing it.
 	RevocationsDigest []byte `protobuf:"bytes,6,opt,name=revocations_digest,json=revocationsDigest,proto3" json:"revocations_digest,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// issue 13: revoked is how many entries the CRL lists.
+	Revoked       int64 `protobuf:"varint,50,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CRL) Reset() {
@@ -1952,6 +1982,13 @@ func (x *CRL) GetRevocationsDigest() []byte {
 		return x.RevocationsDigest
 	}
 	return nil
+}
+
+func (x *CRL) GetRevoked() int64 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
 }
 
 // AppliedRequest remembers the result of a command by its request ID, so
@@ -3285,6 +3322,62 @@ func (x *RevokeAuthority) GetRevocation() *Revocation {
 	return nil
 }
 
+// RequestAuthorityStep asks the server holding an intermediate for a
+// rotation step now: "prepare" its successor (id: the active one; refused
+// when one is prepared) or "activate" a prepared one (id: the prepared
+// one; refused on an active one, with nothing or something prepared).
+type RequestAuthorityStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Step          string                 `protobuf:"bytes,2,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestAuthorityStep) Reset() {
+	*x = RequestAuthorityStep{}
+	mi := &file_raftpb_raft_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestAuthorityStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestAuthorityStep) ProtoMessage() {}
+
+func (x *RequestAuthorityStep) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestAuthorityStep.ProtoReflect.Descriptor instead.
+func (*RequestAuthorityStep) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RequestAuthorityStep) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RequestAuthorityStep) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
 // NextCRLNumber allocates the next CRL number of an authority.
 type NextCRLNumber struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3295,7 +3388,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3307,7 +3400,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3320,7 +3413,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -3339,7 +3432,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3351,7 +3444,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3364,7 +3457,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -3383,7 +3476,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3395,7 +3488,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3408,7 +3501,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -3427,7 +3520,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3439,7 +3532,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3452,7 +3545,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -3484,7 +3577,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[45]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3496,7 +3589,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[45]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3509,7 +3602,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -3557,7 +3650,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[46]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3569,7 +3662,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[46]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3582,7 +3675,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3613,7 +3706,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[47]
+	mi := &file_raftpb_raft_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3625,7 +3718,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[47]
+	mi := &file_raftpb_raft_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3638,7 +3731,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3905,7 +3998,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_raftpb_raft_proto_msgTypes[48]
+	mi := &file_raftpb_raft_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3917,7 +4010,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[48]
+	mi := &file_raftpb_raft_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3930,7 +4023,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{48}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PolicyFile) GetPath() string {
@@ -3963,7 +4056,7 @@ type IssuancePolicy struct {
 
 func (x *IssuancePolicy) Reset() {
 	*x = IssuancePolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[49]
+	mi := &file_raftpb_raft_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3975,7 +4068,7 @@ func (x *IssuancePolicy) String() string {
 func (*IssuancePolicy) ProtoMessage() {}
 
 func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[49]
+	mi := &file_raftpb_raft_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3988,7 +4081,7 @@ func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssuancePolicy.ProtoReflect.Descriptor instead.
 func (*IssuancePolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{49}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *IssuancePolicy) GetRevision() uint64 {
@@ -4042,7 +4135,7 @@ type OPABundle struct {
 
 func (x *OPABundle) Reset() {
 	*x = OPABundle{}
-	mi := &file_raftpb_raft_proto_msgTypes[50]
+	mi := &file_raftpb_raft_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4054,7 +4147,7 @@ func (x *OPABundle) String() string {
 func (*OPABundle) ProtoMessage() {}
 
 func (x *OPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[50]
+	mi := &file_raftpb_raft_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4067,7 +4160,7 @@ func (x *OPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
 func (*OPABundle) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{50}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *OPABundle) GetName() string {
@@ -4149,7 +4242,7 @@ type OPAKey struct {
 
 func (x *OPAKey) Reset() {
 	*x = OPAKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[51]
+	mi := &file_raftpb_raft_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4161,7 +4254,7 @@ func (x *OPAKey) String() string {
 func (*OPAKey) ProtoMessage() {}
 
 func (x *OPAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[51]
+	mi := &file_raftpb_raft_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4174,7 +4267,7 @@ func (x *OPAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPAKey.ProtoReflect.Descriptor instead.
 func (*OPAKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{51}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *OPAKey) GetKid() string {
@@ -4217,7 +4310,7 @@ type PutIssuancePolicy struct {
 
 func (x *PutIssuancePolicy) Reset() {
 	*x = PutIssuancePolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[52]
+	mi := &file_raftpb_raft_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4229,7 +4322,7 @@ func (x *PutIssuancePolicy) String() string {
 func (*PutIssuancePolicy) ProtoMessage() {}
 
 func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[52]
+	mi := &file_raftpb_raft_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4242,7 +4335,7 @@ func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutIssuancePolicy.ProtoReflect.Descriptor instead.
 func (*PutIssuancePolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{52}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PutIssuancePolicy) GetPolicy() *IssuancePolicy {
@@ -4272,7 +4365,7 @@ type PutOPABundle struct {
 
 func (x *PutOPABundle) Reset() {
 	*x = PutOPABundle{}
-	mi := &file_raftpb_raft_proto_msgTypes[53]
+	mi := &file_raftpb_raft_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4284,7 +4377,7 @@ func (x *PutOPABundle) String() string {
 func (*PutOPABundle) ProtoMessage() {}
 
 func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[53]
+	mi := &file_raftpb_raft_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4297,7 +4390,7 @@ func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOPABundle.ProtoReflect.Descriptor instead.
 func (*PutOPABundle) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{53}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *PutOPABundle) GetBundle() *OPABundle {
@@ -4326,7 +4419,7 @@ type PutOPAKey struct {
 
 func (x *PutOPAKey) Reset() {
 	*x = PutOPAKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[54]
+	mi := &file_raftpb_raft_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4338,7 +4431,7 @@ func (x *PutOPAKey) String() string {
 func (*PutOPAKey) ProtoMessage() {}
 
 func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[54]
+	mi := &file_raftpb_raft_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4351,7 +4444,7 @@ func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOPAKey.ProtoReflect.Descriptor instead.
 func (*PutOPAKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{54}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PutOPAKey) GetKey() *OPAKey {
@@ -4365,7 +4458,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\x93\x11\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf1\x11\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -4401,7 +4494,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
 	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNode\x12I\n" +
 	"\x0ftaint_authority\x184 \x01(\v2\x1e.meshca.raft.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
-	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12S\n" +
+	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12\\\n" +
+	"\x16request_authority_step\x186 \x01(\v2$.meshca.raft.v1.RequestAuthorityStepH\x00R\x14requestAuthorityStep\x12S\n" +
 	"\x13put_issuance_policy\x18( \x01(\v2!.meshca.raft.v1.PutIssuancePolicyH\x00R\x11putIssuancePolicy\x12D\n" +
 	"\x0eput_opa_bundle\x18) \x01(\v2\x1c.meshca.raft.v1.PutOPABundleH\x00R\fputOpaBundle\x12;\n" +
 	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKeyB\x04\n" +
@@ -4426,7 +4520,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12(\n" +
 	"\x10joined_unix_nano\x18\x04 \x01(\x03R\x0ejoinedUnixNano\x12!\n" +
-	"\fjoin_attempt\x18P \x01(\tR\vjoinAttempt\"\xde\x02\n" +
+	"\fjoin_attempt\x18P \x01(\tR\vjoinAttempt\"\x85\x03\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aprofile\x18\x02 \x01(\tR\aprofile\x121\n" +
@@ -4440,7 +4534,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0enot_after_unix\x18\t \x01(\x03R\fnotAfterUnix\x12\x1d\n" +
 	"\n" +
 	"crl_number\x18\n" +
-	" \x01(\x04R\tcrlNumber\"4\n" +
+	" \x01(\x04R\tcrlNumber\x12%\n" +
+	"\x0erequested_step\x182 \x01(\tR\rrequestedStep\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xa9\x02\n" +
@@ -4501,14 +4596,15 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"sealed_key\x18\x03 \x01(\fR\tsealedKey\x12!\n" +
 	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12$\n" +
 	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\x124\n" +
-	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\"\xd5\x01\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\"\xef\x01\n" +
 	"\x03CRL\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x10\n" +
 	"\x03der\x18\x03 \x01(\fR\x03der\x12(\n" +
 	"\x10this_update_unix\x18\x04 \x01(\x03R\x0ethisUpdateUnix\x12(\n" +
 	"\x10next_update_unix\x18\x05 \x01(\x03R\x0enextUpdateUnix\x12-\n" +
-	"\x12revocations_digest\x18\x06 \x01(\fR\x11revocationsDigest\"\x85\x01\n" +
+	"\x12revocations_digest\x18\x06 \x01(\fR\x11revocationsDigest\x12\x18\n" +
+	"\arevoked\x182 \x01(\x03R\arevoked\"\x85\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
@@ -4582,7 +4678,10 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
 	"\n" +
 	"revocation\x18\x02 \x01(\v2\x1a.meshca.raft.v1.RevocationR\n" +
-	"revocation\"2\n" +
+	"revocation\":\n" +
+	"\x14RequestAuthorityStep\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\tR\x04step\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\";\n" +
 	"\tPutPolicy\x12.\n" +
@@ -4691,66 +4790,67 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_raftpb_raft_proto_goTypes = []any{
-	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
-	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
-	(AuthorityState)(0),       // 2: meshca.raft.v1.AuthorityState
-	(*Command)(nil),           // 3: meshca.raft.v1.Command
-	(*Header)(nil),            // 4: meshca.raft.v1.Header
-	(*Result)(nil),            // 5: meshca.raft.v1.Result
-	(*TrustDomain)(nil),       // 6: meshca.raft.v1.TrustDomain
-	(*Server)(nil),            // 7: meshca.raft.v1.Server
-	(*Authority)(nil),         // 8: meshca.raft.v1.Authority
-	(*Selector)(nil),          // 9: meshca.raft.v1.Selector
-	(*Entry)(nil),             // 10: meshca.raft.v1.Entry
-	(*Node)(nil),              // 11: meshca.raft.v1.Node
-	(*JoinToken)(nil),         // 12: meshca.raft.v1.JoinToken
-	(*Revocation)(nil),        // 13: meshca.raft.v1.Revocation
-	(*Policy)(nil),            // 14: meshca.raft.v1.Policy
-	(*LedgerRecord)(nil),      // 15: meshca.raft.v1.LedgerRecord
-	(*JWTKey)(nil),            // 16: meshca.raft.v1.JWTKey
-	(*CRL)(nil),               // 17: meshca.raft.v1.CRL
-	(*AppliedRequest)(nil),    // 18: meshca.raft.v1.AppliedRequest
-	(*LedgerBlock)(nil),       // 19: meshca.raft.v1.LedgerBlock
-	(*SetTrustDomain)(nil),    // 20: meshca.raft.v1.SetTrustDomain
-	(*PutServer)(nil),         // 21: meshca.raft.v1.PutServer
-	(*RemoveServer)(nil),      // 22: meshca.raft.v1.RemoveServer
-	(*PutAuthority)(nil),      // 23: meshca.raft.v1.PutAuthority
-	(*SetAuthorityState)(nil), // 24: meshca.raft.v1.SetAuthorityState
-	(*PutEntry)(nil),          // 25: meshca.raft.v1.PutEntry
-	(*DeleteEntry)(nil),       // 26: meshca.raft.v1.DeleteEntry
-	(*PutEntries)(nil),        // 27: meshca.raft.v1.PutEntries
-	(*PutNode)(nil),           // 28: meshca.raft.v1.PutNode
-	(*CreateJoinToken)(nil),   // 29: meshca.raft.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),  // 30: meshca.raft.v1.ConsumeJoinToken
-	(*PutCRL)(nil),            // 31: meshca.raft.v1.PutCRL
-	(*PutAdmin)(nil),          // 32: meshca.raft.v1.PutAdmin
-	(*DeleteAdmin)(nil),       // 33: meshca.raft.v1.DeleteAdmin
-	(*Admin)(nil),             // 34: meshca.raft.v1.Admin
-	(*ActivateAuthority)(nil), // 35: meshca.raft.v1.ActivateAuthority
-	(*ActivateJWTKey)(nil),    // 36: meshca.raft.v1.ActivateJWTKey
-	(*AttestAgent)(nil),       // 37: meshca.raft.v1.AttestAgent
-	(*AdmitServer)(nil),       // 38: meshca.raft.v1.AdmitServer
-	(*Revoke)(nil),            // 39: meshca.raft.v1.Revoke
-	(*BanNode)(nil),           // 40: meshca.raft.v1.BanNode
-	(*EvictNode)(nil),         // 41: meshca.raft.v1.EvictNode
-	(*TaintAuthority)(nil),    // 42: meshca.raft.v1.TaintAuthority
-	(*RevokeAuthority)(nil),   // 43: meshca.raft.v1.RevokeAuthority
-	(*NextCRLNumber)(nil),     // 44: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 45: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 46: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 47: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 48: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 49: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 50: meshca.raft.v1.SnapshotRecord
-	(*PolicyFile)(nil),        // 51: meshca.raft.v1.PolicyFile
-	(*IssuancePolicy)(nil),    // 52: meshca.raft.v1.IssuancePolicy
-	(*OPABundle)(nil),         // 53: meshca.raft.v1.OPABundle
-	(*OPAKey)(nil),            // 54: meshca.raft.v1.OPAKey
-	(*PutIssuancePolicy)(nil), // 55: meshca.raft.v1.PutIssuancePolicy
-	(*PutOPABundle)(nil),      // 56: meshca.raft.v1.PutOPABundle
-	(*PutOPAKey)(nil),         // 57: meshca.raft.v1.PutOPAKey
+	(ErrorCode)(0),               // 0: meshca.raft.v1.ErrorCode
+	(AuthorityKind)(0),           // 1: meshca.raft.v1.AuthorityKind
+	(AuthorityState)(0),          // 2: meshca.raft.v1.AuthorityState
+	(*Command)(nil),              // 3: meshca.raft.v1.Command
+	(*Header)(nil),               // 4: meshca.raft.v1.Header
+	(*Result)(nil),               // 5: meshca.raft.v1.Result
+	(*TrustDomain)(nil),          // 6: meshca.raft.v1.TrustDomain
+	(*Server)(nil),               // 7: meshca.raft.v1.Server
+	(*Authority)(nil),            // 8: meshca.raft.v1.Authority
+	(*Selector)(nil),             // 9: meshca.raft.v1.Selector
+	(*Entry)(nil),                // 10: meshca.raft.v1.Entry
+	(*Node)(nil),                 // 11: meshca.raft.v1.Node
+	(*JoinToken)(nil),            // 12: meshca.raft.v1.JoinToken
+	(*Revocation)(nil),           // 13: meshca.raft.v1.Revocation
+	(*Policy)(nil),               // 14: meshca.raft.v1.Policy
+	(*LedgerRecord)(nil),         // 15: meshca.raft.v1.LedgerRecord
+	(*JWTKey)(nil),               // 16: meshca.raft.v1.JWTKey
+	(*CRL)(nil),                  // 17: meshca.raft.v1.CRL
+	(*AppliedRequest)(nil),       // 18: meshca.raft.v1.AppliedRequest
+	(*LedgerBlock)(nil),          // 19: meshca.raft.v1.LedgerBlock
+	(*SetTrustDomain)(nil),       // 20: meshca.raft.v1.SetTrustDomain
+	(*PutServer)(nil),            // 21: meshca.raft.v1.PutServer
+	(*RemoveServer)(nil),         // 22: meshca.raft.v1.RemoveServer
+	(*PutAuthority)(nil),         // 23: meshca.raft.v1.PutAuthority
+	(*SetAuthorityState)(nil),    // 24: meshca.raft.v1.SetAuthorityState
+	(*PutEntry)(nil),             // 25: meshca.raft.v1.PutEntry
+	(*DeleteEntry)(nil),          // 26: meshca.raft.v1.DeleteEntry
+	(*PutEntries)(nil),           // 27: meshca.raft.v1.PutEntries
+	(*PutNode)(nil),              // 28: meshca.raft.v1.PutNode
+	(*CreateJoinToken)(nil),      // 29: meshca.raft.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),     // 30: meshca.raft.v1.ConsumeJoinToken
+	(*PutCRL)(nil),               // 31: meshca.raft.v1.PutCRL
+	(*PutAdmin)(nil),             // 32: meshca.raft.v1.PutAdmin
+	(*DeleteAdmin)(nil),          // 33: meshca.raft.v1.DeleteAdmin
+	(*Admin)(nil),                // 34: meshca.raft.v1.Admin
+	(*ActivateAuthority)(nil),    // 35: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),       // 36: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),          // 37: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),          // 38: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),               // 39: meshca.raft.v1.Revoke
+	(*BanNode)(nil),              // 40: meshca.raft.v1.BanNode
+	(*EvictNode)(nil),            // 41: meshca.raft.v1.EvictNode
+	(*TaintAuthority)(nil),       // 42: meshca.raft.v1.TaintAuthority
+	(*RevokeAuthority)(nil),      // 43: meshca.raft.v1.RevokeAuthority
+	(*RequestAuthorityStep)(nil), // 44: meshca.raft.v1.RequestAuthorityStep
+	(*NextCRLNumber)(nil),        // 45: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),            // 46: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),         // 47: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),            // 48: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),          // 49: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),                 // 50: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),       // 51: meshca.raft.v1.SnapshotRecord
+	(*PolicyFile)(nil),           // 52: meshca.raft.v1.PolicyFile
+	(*IssuancePolicy)(nil),       // 53: meshca.raft.v1.IssuancePolicy
+	(*OPABundle)(nil),            // 54: meshca.raft.v1.OPABundle
+	(*OPAKey)(nil),               // 55: meshca.raft.v1.OPAKey
+	(*PutIssuancePolicy)(nil),    // 56: meshca.raft.v1.PutIssuancePolicy
+	(*PutOPABundle)(nil),         // 57: meshca.raft.v1.PutOPABundle
+	(*PutOPAKey)(nil),            // 58: meshca.raft.v1.PutOPAKey
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -4765,12 +4865,12 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	29, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	30, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
 	39, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	44, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	45, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	46, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	48, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	49, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	47, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	45, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	46, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	47, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	49, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	50, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	48, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
 	35, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
 	36, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
 	37, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
@@ -4783,65 +4883,66 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	41, // 27: meshca.raft.v1.Command.evict_node:type_name -> meshca.raft.v1.EvictNode
 	42, // 28: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
 	43, // 29: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
-	55, // 30: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
-	56, // 31: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
-	57, // 32: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
-	0,  // 33: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 34: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 35: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 36: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 37: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 38: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 39: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 40: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 41: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 42: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 43: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 44: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 45: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	10, // 46: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
-	11, // 47: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 48: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 49: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	34, // 50: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
-	30, // 51: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 52: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 53: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	30, // 54: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 55: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 56: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 57: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 58: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 59: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 60: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 61: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 62: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 63: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 64: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 65: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 66: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 67: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 68: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 69: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 70: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 71: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 72: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 73: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 74: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	34, // 75: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
-	52, // 76: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
-	53, // 77: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
-	54, // 78: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
-	51, // 79: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
-	51, // 80: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
-	52, // 81: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
-	53, // 82: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
-	54, // 83: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
-	84, // [84:84] is the sub-list for method output_type
-	84, // [84:84] is the sub-list for method input_type
-	84, // [84:84] is the sub-list for extension type_name
-	84, // [84:84] is the sub-list for extension extendee
-	0,  // [0:84] is the sub-list for field type_name
+	44, // 30: meshca.raft.v1.Command.request_authority_step:type_name -> meshca.raft.v1.RequestAuthorityStep
+	56, // 31: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
+	57, // 32: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
+	58, // 33: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
+	0,  // 34: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 35: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 36: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 37: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 38: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 39: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 40: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 41: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 42: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 43: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 44: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 45: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 46: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	10, // 47: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
+	11, // 48: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 49: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 50: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	34, // 51: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	30, // 52: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 53: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 54: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	30, // 55: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 56: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 57: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 58: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 59: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 60: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 61: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 62: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 63: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 64: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 65: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 66: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 67: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 68: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 69: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 70: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 71: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 72: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 73: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 74: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 75: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	34, // 76: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	53, // 77: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
+	54, // 78: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
+	55, // 79: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
+	52, // 80: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
+	52, // 81: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
+	53, // 82: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
+	54, // 83: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
+	55, // 84: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
+	85, // [85:85] is the sub-list for method output_type
+	85, // [85:85] is the sub-list for method input_type
+	85, // [85:85] is the sub-list for extension type_name
+	85, // [85:85] is the sub-list for extension extendee
+	0,  // [0:85] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -4879,11 +4980,12 @@ func file_raftpb_raft_proto_init() {
 		(*Command_EvictNode)(nil),
 		(*Command_TaintAuthority)(nil),
 		(*Command_RevokeAuthority)(nil),
+		(*Command_RequestAuthorityStep)(nil),
 		(*Command_PutIssuancePolicy)(nil),
 		(*Command_PutOpaBundle)(nil),
 		(*Command_PutOpaKey)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[47].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[48].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -4907,7 +5009,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   55,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
