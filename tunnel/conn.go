@@ -74,6 +74,7 @@ type outcome struct {
 	listener, direction string
 	remote              string // the client's address
 	peerID              string // the peer's SPIFFE ID ("" if none)
+	peerSerial          string // the serial of the peer's leaf (hex)
 	localID             string
 	decision            audit.Decision
 	reason              string
@@ -93,6 +94,9 @@ func (t *Tunnel) decided(o *outcome) {
 		"authenticated": strconv.FormatBool(o.authenticated)}
 	if o.localID != "" {
 		details["local_id"] = o.localID
+	}
+	if o.peerSerial != "" {
+		details["peer_serial"] = o.peerSerial
 	}
 	if o.revision != 0 {
 		details["policy_revision"] = strconv.FormatUint(o.revision, 10)
@@ -238,7 +242,7 @@ func (l *inboundListener) handle(ctx context.Context, c net.Conn) {
 			return
 		}
 		id, _ := spiffeid.FromURI(chain[0].URIs[0])
-		o.peerID, o.authenticated = id.String(), true
+		o.peerID, o.peerSerial, o.authenticated = id.String(), chain[0].SerialNumber.Text(16), true
 		facts.sourceID, facts.authenticated = o.peerID, true
 		conn = tc
 	} else if l.cfg.Mode == Strict {
@@ -343,7 +347,7 @@ func (l *outboundListener) handle(ctx context.Context, c net.Conn) {
 		deny("handshake_failed", "TLS handshake with "+l.cfg.Remote+": "+err.Error())
 		return
 	}
-	o.peerID, o.authenticated = peer.String(), true
+	o.peerID, o.peerSerial, o.authenticated = peer.String(), chain[0].SerialNumber.Text(16), true
 	if l.cfg.Policy {
 		o.revision = s.authz.revision
 		facts := connFacts{listener: l.cfg.Name, direction: "outbound", authenticated: true,

@@ -307,7 +307,9 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	for _, name := range t.secretNames() {
 		name := name
 		w, err := c.Watch(sdsclient.WatchConfig{Name: name, Clock: t.clock, Log: t.log,
-			Apply:   func(ctx context.Context, version string, sec *tlsv3.Secret) error { return t.apply(ctx, name, version, sec) },
+			Apply: func(ctx context.Context, version string, sec *tlsv3.Secret) error {
+				return t.apply(ctx, name, version, sec)
+			},
 			OnState: func(up bool, reason string) { t.sdsState(name, up, reason) }})
 		if err != nil {
 			return err
