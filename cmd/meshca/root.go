@@ -170,5 +170,6 @@ func (a *app) newRootCommand() *cobra.Command {
 		a.newWorkloadCommand(), a.newSDSCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
 		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand())
 	root.AddCommand(a.newPolicyCommand(), a.newBundleCommand()) // issue 12
+	root.AddCommand(a.newTunnelCommand())                       // issue 14
 	return root
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/audit"
+	meshpolicy "github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/tunnel"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -516,5 +517,62 @@ func TestTunnelFailsClosed(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "opa-bundle:absent") {
 		t.Fatalf("/readyz %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestTunnelTenantIsolation pushes deploy/examples/tunnel/tenant-isolation
+// as it is: a shop service reaches another shop service and is refused by
+// a bank one, whatever the network allows; the refusal is audited with
+// both SPIFFE IDs.
+func TestTunnelTenantIsolation(t *testing.T) {
+	e := startServer(t)
+	ctx := tctx(t, 2*time.Minute)
+	files, err := meshpolicy.ReadFiles("../../deploy/examples/tunnel/tenant-isolation", meshpolicy.DefaultMaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb := make([]*operatorpb.PolicyFile, len(files))
+	for i, f := range files {
+		pb[i] = &operatorpb.PolicyFile{Path: f.Path, Content: f.Content}
+	}
+	if _, err := e.op.PushBundle(ctx, &operatorpb.PushBundleRequest{Name: "mesh", Files: pb}); err != nil {
+		t.Fatal(err)
+	}
+	key, err := e.op.GetOPAKey(ctx, &operatorpb.GetOPAKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const web, db, ledger = "spiffe://example.org/ns/shop-web/sa/web", "spiffe://example.org/ns/shop-db/sa/db", "spiffe://example.org/ns/bank-ledger/sa/ledger"
+	agentFor := func(id string) *agent.Agent {
+		tok := e.token()
+		e.entry(agentIDFor(tok), id, time.Hour, "unix:uid:"+uid)
+		return e.startAgent(tok, 0.5)
+	}
+	service := echoService(t)
+	inbound := func(id string) (*tunnel.Tunnel, *audit.Memory) {
+		tn, ev, _ := runTunnel(t, tunnel.Config{Socket: agentFor(id).SocketPath(), Bundle: "mesh", BundleKeyPEM: []byte(key.PublicKeyPem), BundleKeyID: key.Kid,
+			Inbound: []tunnel.Inbound{{Name: "in", Listen: "127.0.0.1:0", Target: service}}})
+		waitReady(t, tn)
+		return tn, ev
+	}
+	dbTun, _ := inbound(db)
+	ledgerTun, ledgerEvents := inbound(ledger)
+	webTun, _, _ := runTunnel(t, tunnel.Config{Socket: agentFor(web).SocketPath(), Outbound: []tunnel.Outbound{
+		{Name: "db", Listen: "127.0.0.1:0", Remote: dbTun.Addr("in").String(), ExpectIDs: []spiffeid.ID{spiffeid.RequireFromString(db)}},
+		{Name: "ledger", Listen: "127.0.0.1:0", Remote: ledgerTun.Addr("in").String(), ExpectIDs: []spiffeid.ID{spiffeid.RequireFromString(ledger)}},
+	}})
+	waitReady(t, webTun)
+	if got, err := roundTrip(webTun.Addr("db").String(), []byte("order")); err != nil || string(got) != "order" {
+		t.Fatalf("shop-web → shop-db: %q, %v", got, err)
+	}
+	if _, err := roundTrip(webTun.Addr("ledger").String(), []byte("steal")); err == nil {
+		t.Fatal("shop-web reached bank-ledger")
+	}
+	ev, err := ledgerEvents.Wait(ctx, func(e audit.Event) bool { return e.Action == "tunnel.connect" && e.Decision == audit.Deny })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Actor != web || ev.Subject != ledger || ev.Reason != "denied by the policy" {
+		t.Fatalf("the refusal's audit event %+v", ev)
 	}
 }
