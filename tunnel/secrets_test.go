@@ -67,11 +67,17 @@ func (c *testCA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, parent *x509
 
 // svid issues a leaf for path; it returns the chain (leaf, intermediate).
 func (c *testCA) svid(path string) []*x509.Certificate {
+	chain, _ := c.svidKey(path)
+	return chain
+}
+
+// svidKey issues a leaf for path and returns its chain and key.
+func (c *testCA) svidKey(path string) ([]*x509.Certificate, *ecdsa.PrivateKey) {
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(c.td.IDString() + path)
 	leaf := c.sign(&x509.Certificate{URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}, &k.PublicKey, c.inter, c.interK)
-	return []*x509.Certificate{leaf, c.inter}
+	return []*x509.Certificate{leaf, c.inter}, k
 }
 
 func (c *testCA) crl(issuer *x509.Certificate, key crypto.Signer, next time.Time, revoked ...*x509.Certificate) []byte {
@@ -225,6 +231,30 @@ func TestParseSecretsRefusesBadInput(t *testing.T) {
 	}
 
 	// An SM2 SVID (what "default" carries for an SM2-only workload).
+	sm2Sec := sm2Secret(t)
+	if _, err := parseIdentity(sm2Sec, "v"); !errors.Is(err, ErrSM2) {
+		t.Errorf("SM2 identity: %v", err)
+	}
+	if _, err := parseValidation(validationSecret(sm2Sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes(), nil), "v"); !errors.Is(err, ErrSM2) {
+		t.Errorf("SM2 roots: %v", err)
+	}
+	// The agent's own builder gives what the tunnel parses.
+	ca := newTestCA(t, "example.org", time.Now())
+	sec, err := sds.ValidationContextSecret("ROOTCA", sds.ValidationContextParams{Roots: [][]byte{ca.root.Raw},
+		Intermediates: [][]byte{ca.inter.Raw}, CRLs: [][]byte{ca.crl(ca.root, ca.rootK, time.Now().Add(time.Hour)), ca.crl(ca.inter, ca.interK, time.Now().Add(time.Hour))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := parseValidation(sec, "v")
+	if err != nil || len(v.roots) != 1 || len(v.crls) != 2 {
+		t.Fatalf("sds.ValidationContextSecret: %v, %+v", err, v)
+	}
+}
+
+// sm2Secret is a tls_certificate "default" holding a self-signed SM2
+// certificate and its key.
+func sm2Secret(t *testing.T) *tlsv3.Secret {
+	t.Helper()
 	k, err := sm2.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -240,21 +270,9 @@ func TestParseSecretsRefusesBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := parseIdentity(tlsSecret(pemOf("CERTIFICATE", der), pemOf("PRIVATE KEY", keyDER)), "v"); !errors.Is(err, ErrSM2) {
-		t.Errorf("SM2 identity: %v", err)
+	inline := func(b []byte) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
 	}
-	if _, err := parseValidation(validationSecret(pemOf("CERTIFICATE", der), nil), "v"); !errors.Is(err, ErrSM2) {
-		t.Errorf("SM2 roots: %v", err)
-	}
-	// The agent's own builder gives what the tunnel parses.
-	ca := newTestCA(t, "example.org", time.Now())
-	sec, err := sds.ValidationContextSecret("ROOTCA", sds.ValidationContextParams{Roots: [][]byte{ca.root.Raw},
-		Intermediates: [][]byte{ca.inter.Raw}, CRLs: [][]byte{ca.crl(ca.root, ca.rootK, time.Now().Add(time.Hour)), ca.crl(ca.inter, ca.interK, time.Now().Add(time.Hour))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := parseValidation(sec, "v")
-	if err != nil || len(v.roots) != 1 || len(v.crls) != 2 {
-		t.Fatalf("sds.ValidationContextSecret: %v, %+v", err, v)
-	}
+	return &tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: inline(pemOf("CERTIFICATE", der)), PrivateKey: inline(pemOf("PRIVATE KEY", keyDER))}}}
 }
