@@ -23,10 +23,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
+// fixedNow is the time of the fuzz seeds.
+var fixedNow = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+
 // testCA is a root and intermediate of a trust domain, signing SVIDs and
 // CRLs with crypto/x509.
 type testCA struct {
-	t             *testing.T
+	t             testing.TB
 	td            spiffeid.TrustDomain
 	root, inter   *x509.Certificate
 	rootK, interK *ecdsa.PrivateKey
@@ -34,7 +37,7 @@ type testCA struct {
 	now           time.Time
 }
 
-func newTestCA(t *testing.T, td string, now time.Time) *testCA {
+func newTestCA(t testing.TB, td string, now time.Time) *testCA {
 	c := &testCA{t: t, td: spiffeid.RequireTrustDomainFromString(td), now: now, serial: 100}
 	c.rootK, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	c.interK, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -257,3 +257,19 @@ func TestTunnelBadInput(t *testing.T) {
 		}
 	}
 }
+
+// FuzzTunnelListenerFlag: any --inbound or --outbound value parses into a
+// listener with both addresses or is refused, never a panic.
+func FuzzTunnelListenerFlag(f *testing.F) {
+	for _, s := range []string{"127.0.0.1:8443=127.0.0.1:8080", "0.0.0.0:1=h:2,mode=PERMISSIVE,name=x", ":9=b:8443,expect=spiffe://example.org/b,policy", "=", ",", "a=b,c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if in, err := parseInboundFlag(s); err == nil && (in.Listen == "" || in.Target == "") {
+			t.Fatalf("parseInboundFlag(%q) = %+v", s, in)
+		}
+		if o, err := parseOutboundFlag(s); err == nil && (o.Listen == "" || o.Remote == "") {
+			t.Fatalf("parseOutboundFlag(%q) = %+v", s, o)
+		}
+	})
+}
