@@ -72,7 +72,8 @@ func (s *connSet) closeAll() {
 // outcome is what happened to one connection, logged once at its end.
 type outcome struct {
 	listener, direction string
-	remote              string // the client's address
+	remote              string // the peer's address (inbound: the client's)
+	client              string // outbound: the local plaintext client's address
 	peerID              string // the peer's SPIFFE ID ("" if none)
 	peerSerial          string // the serial of the peer's leaf (hex)
 	localID             string
@@ -104,9 +105,13 @@ func (t *Tunnel) decided(o *outcome) {
 	subject := o.localID
 	if o.direction == "outbound" {
 		actor, subject = o.localID, o.peerID
+		if actor == "" {
+			actor = o.client
+		}
 		if subject == "" {
 			subject = o.remote
 		}
+		details["client"] = o.client
 	}
 	t.events.Record(audit.Event{Actor: actor, Action: "tunnel.connect", Subject: subject, Decision: o.decision, Reason: o.reason, Details: details})
 }
@@ -299,12 +304,16 @@ type outboundListener struct {
 
 func (l *outboundListener) handle(ctx context.Context, c net.Conn) {
 	t := l.t
-	o := &outcome{listener: l.cfg.Name, direction: "outbound", remote: l.cfg.Remote, start: time.Now()}
+	o := &outcome{listener: l.cfg.Name, direction: "outbound", remote: l.cfg.Remote, client: c.RemoteAddr().String(), start: time.Now()}
 	deny := func(result, reason string) {
 		o.decision, o.reason = audit.Deny, reason
 		t.decided(o)
 		t.finish(o, result)
 		c.Close()
+	}
+	if l.cfg.External != nil {
+		l.handleExternal(ctx, c, o, deny)
+		return
 	}
 	s, err := t.current(l.cfg.Policy)
 	if err != nil {
@@ -369,5 +378,34 @@ func (l *outboundListener) handle(ctx context.Context, c net.Conn) {
 	o.decision = audit.Allow
 	t.decided(o)
 	t.pipe(&activeConn{listener: l.cfg.Name, peerID: o.peerID, peerChain: chain, a: c, b: tc}, c, tc, o)
+	t.finish(o, "allowed")
+}
+
+// handleExternal originates TLS 1.3 to an outside service, verified by
+// the web PKI (roots and server name), for a plaintext client.
+func (l *outboundListener) handleExternal(ctx context.Context, c net.Conn, o *outcome, deny func(result, reason string)) {
+	t := l.t
+	d := net.Dialer{Timeout: t.cfg.DialTimeout}
+	raw, err := d.DialContext(ctx, "tcp", l.cfg.Remote)
+	if err != nil {
+		deny("dial_failed", "remote "+l.cfg.Remote+": "+err.Error())
+		return
+	}
+	_ = raw.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
+	tc := tls.Client(raw, &tls.Config{MinVersion: tls.VersionTLS13, ServerName: l.cfg.External.ServerName,
+		RootCAs: l.cfg.External.Roots, Time: t.clock.Now})
+	hctx, cancel := context.WithTimeout(ctx, t.cfg.HandshakeTimeout)
+	err = tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		raw.Close()
+		deny("handshake_failed", "TLS handshake with "+l.cfg.Remote+" ("+l.cfg.External.ServerName+"): "+err.Error())
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	o.peerID = l.cfg.External.ServerName
+	o.decision = audit.Allow
+	t.decided(o)
+	t.pipe(&activeConn{listener: l.cfg.Name, peerID: o.peerID, a: c, b: tc}, c, tc, o)
 	t.finish(o, "allowed")
 }

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,6 +66,21 @@ type Outbound struct {
 	// Policy asks the bundle's policy too (source: this workload,
 	// destination: the remote's ID, direction "outbound").
 	Policy bool
+	// External, when set, makes this an egress listener: the remote is a
+	// service outside the mesh, verified with External's roots and server
+	// name (web PKI), to which no client certificate is sent. ExpectIDs
+	// and Policy must then be empty: put an inbound listener (whose policy
+	// decides which workloads may leave) in front of it.
+	External *External
+}
+
+// External is an outside TLS service an egress listener originates TLS
+// to.
+type External struct {
+	// ServerName is the name its certificate must hold (and the SNI).
+	ServerName string
+	// Roots verify its chain; nil means the system's roots.
+	Roots *x509.CertPool
 }
 
 // Config configures a tunnel endpoint.
@@ -190,7 +206,14 @@ func New(cfg Config) (*Tunnel, error) {
 		if o.Listen == "" || o.Remote == "" {
 			return nil, fmt.Errorf("tunnel: outbound %s: listen and remote addresses are required", cfg.Outbound[i].Name)
 		}
-		if len(o.ExpectIDs) == 0 && !o.Policy {
+		if o.External != nil {
+			if len(o.ExpectIDs) > 0 || o.Policy {
+				return nil, fmt.Errorf("tunnel: outbound %s: an external remote has no SPIFFE ID: no expected IDs or policy (authorize at the inbound listener in front)", cfg.Outbound[i].Name)
+			}
+			if o.External.ServerName == "" {
+				return nil, fmt.Errorf("tunnel: outbound %s: an external remote needs its server name", cfg.Outbound[i].Name)
+			}
+		} else if len(o.ExpectIDs) == 0 && !o.Policy {
 			return nil, fmt.Errorf("tunnel: outbound %s: give the remote's expected SPIFFE IDs, or let the policy decide", cfg.Outbound[i].Name)
 		}
 		needPolicy = needPolicy || o.Policy
@@ -484,6 +507,9 @@ func (t *Tunnel) Ready() (bool, []string) {
 		}
 	}
 	for _, l := range t.out {
+		if l.cfg.External != nil {
+			continue // needs no secret
+		}
 		if _, err := t.current(l.cfg.Policy); err != nil {
 			reasons = append(reasons, "outbound "+l.cfg.Name+": "+err.Error())
 		}

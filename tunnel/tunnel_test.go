@@ -422,3 +422,84 @@ func TestSM2Refused(t *testing.T) {
 		return len(reasons) == 1 && strings.Contains(reasons[0], "SM2")
 	})
 }
+
+// outsideService is a TLS echo service outside the mesh, with a
+// certificate for name from a CA of its own; it returns its address and
+// the CA's pool.
+func outsideService(t *testing.T, name string) (string, *x509.CertPool) {
+	t.Helper()
+	ca := newTestCA(t, "outside.test", time.Now())
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf := ca.sign(&x509.Certificate{DNSNames: []string{name}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, &k.PublicKey, ca.inter, ca.interK)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Raw, ca.inter.Raw}, PrivateKey: k}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.root)
+	return ln.Addr().String(), pool
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestEgressGateway: a gateway's inbound listener takes mTLS from mesh
+// workloads (its policy decides who may leave) and forwards to its own
+// external outbound listener, which originates TLS to an outside service
+// verified by its CA and name. A wrong name is refused.
+func TestEgressGateway(t *testing.T) {
+	f := newFixture(t, time.Now())
+	outside, pool := outsideService(t, "api.outside.test")
+	egress, wrong := freeAddr(t), freeAddr(t)
+	cfg := f.config(t)
+	cfg.Inbound = []Inbound{{Name: "mesh", Listen: "127.0.0.1:0", Target: egress}}
+	cfg.Outbound = []Outbound{
+		{Name: "api", Listen: egress, Remote: outside, External: &External{ServerName: "api.outside.test", Roots: pool}},
+		{Name: "wrong", Listen: wrong, Remote: outside, External: &External{ServerName: "evil.outside.test", Roots: pool}},
+	}
+	gw, events := start(t, cfg)
+	waitFor(t, "ready", func() bool { ok, _ := gw.Ready(); return ok })
+	a, aKey := f.ca.svidKey("/ns/a/sa/client")
+	c, err := dialAs(gw.Addr("mesh").String(), a, aKey)
+	if err != nil {
+		t.Fatalf("a mesh workload through the egress gateway: %v", err)
+	}
+	c.Close()
+	if _, err := events.Wait(t.Context(), func(e audit.Event) bool {
+		return e.Decision == audit.Allow && e.Details["listener"] == "api" && e.Subject == "api.outside.test"
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := net.Dial("tcp", wrong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := echoOnce(p, "x"); err == nil {
+		t.Fatal("TLS to a server without the expected name")
+	}
+	if _, err := New(Config{Socket: "s", Outbound: []Outbound{{Listen: "127.0.0.1:0", Remote: outside, Policy: true, External: &External{ServerName: "x"}}}}); err == nil {
+		t.Fatal("an external remote with policy accepted")
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -49,6 +50,11 @@ lists "inbound" and "outbound"):
             REMOTE with this workload's SVID; the remote's SPIFFE ID must be
             an expected one, or the policy decides (source: this workload).
               --outbound LISTEN=REMOTE,expect=ID[,expect=ID...][,policy][,name=N]
+            Egress: with server-name=H[,ca-file=F] the remote is a service
+            outside the mesh, verified by the web PKI (the CA file, else the
+            system roots) and name H, and no client certificate is sent; put
+            an inbound listener in front whose policy decides who may leave
+            (deploy/examples/tunnel/egress-gateway).
 
 Secrets come only from the agent's socket (--socket, else
 $SPIFFE_ENDPOINT_SOCKET): "default" and "ROOTCA" (renamed with --svid-name,
@@ -72,7 +78,8 @@ in the metrics on --http-addr (/metrics, /healthz, /readyz).
 
 A --config file is JSON with the flags' names in snake_case; "inbound" and
 "outbound" are lists of objects {"name", "listen", "target", "mode"} and
-{"name", "listen", "remote", "expect_ids", "policy"}. Flags override it.`
+{"name", "listen", "remote", "expect_ids", "policy", "server_name",
+"ca_file"}. Flags override it.`
 
 // tunnelConfig is the configuration of meshca tunnel.
 type tunnelConfig struct {
@@ -110,6 +117,9 @@ type tunnelOutbound struct {
 	Remote    string   `json:"remote"`
 	ExpectIDs []string `json:"expect_ids"`
 	Policy    bool     `json:"policy"`
+	// An egress listener to a service outside the mesh.
+	ServerName string `json:"server_name"`
+	CAFile     string `json:"ca_file"`
 }
 
 // parseInboundFlag parses LISTEN=TARGET[,mode=M][,name=N].
@@ -149,10 +159,14 @@ func parseOutboundFlag(s string) (tunnelOutbound, error) {
 			o.ExpectIDs = append(o.ExpectIDs, v)
 		case "policy":
 			o.Policy = true
+		case "server-name":
+			o.ServerName = v
+		case "ca-file":
+			o.CAFile = v
 		case "name":
 			o.Name = v
 		default:
-			return tunnelOutbound{}, usageErrorf("--outbound %q: unknown option %q (expect, policy, name)", s, k)
+			return tunnelOutbound{}, usageErrorf("--outbound %q: unknown option %q (expect, policy, name, server-name, ca-file)", s, k)
 		}
 	}
 	return o, nil
@@ -249,6 +263,9 @@ func (a *app) newTunnelCommand() *cobra.Command {
 				return err
 			}
 			resolveConfigPaths(configFile, &cfg.Socket, &cfg.PolicyKeyFile, &cfg.AuditDir)
+			for i := range cfg.Outbound {
+				resolveConfigPaths(configFile, &cfg.Outbound[i].CAFile)
+			}
 		}
 		if err := cfg.override(cmd.Flags(), &flags, &lf); err != nil {
 			return err
@@ -316,6 +333,26 @@ func (a *app) tunnelSettings(c tunnelConfig) (tunnel.Config, error) {
 			return tc, usageErrorf("outbound %s: remote address %q: %v", o.Name, o.Remote, err)
 		}
 		out := tunnel.Outbound{Name: o.Name, Listen: o.Listen, Remote: o.Remote, Policy: o.Policy}
+		if o.ServerName != "" {
+			if len(o.ExpectIDs) > 0 || o.Policy {
+				return tc, usageErrorf("outbound %s: an external remote (server name %s) has no SPIFFE ID: drop expect and policy, and authorize at an inbound listener in front of it", o.Name, o.ServerName)
+			}
+			out.External = &tunnel.External{ServerName: o.ServerName}
+			if o.CAFile != "" {
+				b, err := os.ReadFile(o.CAFile)
+				if err != nil {
+					return tc, usageErrorf("outbound %s: CA file: %v", o.Name, err)
+				}
+				out.External.Roots = x509.NewCertPool()
+				if !out.External.Roots.AppendCertsFromPEM(b) {
+					return tc, usageErrorf("outbound %s: CA file %s holds no PEM certificate", o.Name, o.CAFile)
+				}
+			}
+			tc.Outbound = append(tc.Outbound, out)
+			continue
+		} else if o.CAFile != "" {
+			return tc, usageErrorf("outbound %s: ca_file is for external remotes: give server_name too", o.Name)
+		}
 		for _, s := range o.ExpectIDs {
 			id, err := spiffeid.FromString(s)
 			if err != nil {

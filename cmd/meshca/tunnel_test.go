@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -19,6 +22,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/server"
 )
 
@@ -272,4 +276,44 @@ func FuzzTunnelListenerFlag(f *testing.F) {
 			t.Fatalf("parseOutboundFlag(%q) = %+v", s, o)
 		}
 	})
+}
+
+// TestTunnelExamples: every tunnel configuration in deploy/examples loads
+// and passes the checks (with a real OPA key beside it), and every example
+// policy builds into a signed bundle.
+func TestTunnelExamples(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	configs, _ := filepath.Glob("../../deploy/examples/tunnel/*/*.json")
+	if len(configs) < 2 {
+		t.Fatalf("example configurations: %v", configs)
+	}
+	a := &app{getenv: func(string) string { return "" }}
+	for _, path := range configs {
+		dir := t.TempDir()
+		cfgPath := filepath.Join(dir, filepath.Base(path))
+		writeTestFile(t, dir, filepath.Base(path), readFile(t, path))
+		writeTestFile(t, dir, "opa-key.pem", append([]byte("# kid: k1\n# algorithm: ES256\n"), policy.PublicKeyPEM(pub)...))
+		var c tunnelConfig
+		if err := loadConfigFile(cfgPath, &c); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		resolveConfigPaths(cfgPath, &c.Socket, &c.PolicyKeyFile, &c.AuditDir)
+		c.LogLevel, c.HandshakeTimeout, c.DialTimeout = "info", "10s", "5s"
+		if _, err := a.tunnelSettings(c); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+	}
+	for _, dir := range []string{"../../deploy/examples/tunnel/tenant-isolation", "../../deploy/examples/tunnel/egress-gateway/policy"} {
+		files, err := policy.ReadFiles(dir, policy.DefaultMaxSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := policy.Build(files, policy.BuildOptions{Revision: 1, Key: key, KeyID: "k1"}); err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+	}
 }
