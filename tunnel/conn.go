@@ -149,7 +149,7 @@ func (t *Tunnel) pipe(ac *activeConn, client, target net.Conn, o *outcome) {
 	wg.Add(2)
 	cp := func(dst, src net.Conn, n *atomic.Int64) {
 		defer wg.Done()
-		buf := make([]byte, 32<<10)
+		buf := make([]byte, 16<<10) // a TLS record's worth
 		for {
 			k, err := src.Read(buf)
 			if k > 0 {

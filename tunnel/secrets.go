@@ -126,9 +126,22 @@ type validation struct {
 	crls    []*crl
 	version string
 
-	mu     sync.Mutex
-	signed map[[2][32]byte]bool // (CRL, issuer) pairs whose signature checked
+	mu       sync.Mutex
+	signed   map[[2][32]byte]bool   // (CRL, issuer) pairs whose signature checked
+	verified map[[32]byte]*verified // peer chains that verified against these roots
 }
+
+// verified is a peer chain that verified, valid from notBefore to
+// notAfter (the intersection of its certificates' validity).
+type verified struct {
+	id                  spiffeid.ID
+	chains              [][]*x509.Certificate
+	notBefore, notAfter time.Time
+}
+
+// maxVerified bounds the cache of verified chains of one validation
+// context (it is emptied when full).
+const maxVerified = 4096
 
 // parseValidation reads a validation_context secret: trusted_ca (PEM
 // roots) and crl (PEM CRLs).
@@ -145,7 +158,7 @@ func parseValidation(sec *tlsv3.Secret, version string) (*validation, error) {
 	if err := refuseSM2(caPEM); err != nil {
 		return nil, &SecretError{Name: name, Err: err}
 	}
-	v := &validation{version: version, signed: map[[2][32]byte]bool{}}
+	v := &validation{version: version, signed: map[[2][32]byte]bool{}, verified: map[[32]byte]*verified{}}
 	for rest := caPEM; ; {
 		var b *pem.Block
 		if b, rest = pem.Decode(rest); b == nil {
@@ -212,18 +225,55 @@ func (v *validation) verifyPeer(raw [][]byte, td spiffeid.TrustDomain, now time.
 	if len(raw) == 0 {
 		return spiffeid.ID{}, nil, &PeerError{Err: errors.New("no certificate")}
 	}
-	certs := make([]*x509.Certificate, len(raw))
-	for i, der := range raw {
-		c, err := x509.ParseCertificate(der)
+	// A peer reconnecting presents the same chain: its path validation
+	// against these roots is kept (for the chain's validity window only);
+	// the revocation check below runs on every connection.
+	h := sha256.New()
+	for _, der := range raw {
+		var n [4]byte
+		n[0], n[1], n[2], n[3] = byte(len(der)>>24), byte(len(der)>>16), byte(len(der)>>8), byte(len(der))
+		h.Write(n[:])
+		h.Write(der)
+	}
+	var key [32]byte
+	h.Sum(key[:0])
+	v.mu.Lock()
+	hit := v.verified[key]
+	v.mu.Unlock()
+	if hit == nil || now.Before(hit.notBefore) || now.After(hit.notAfter) {
+		certs := make([]*x509.Certificate, len(raw))
+		for i, der := range raw {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				return spiffeid.ID{}, nil, &PeerError{Err: err}
+			}
+			certs[i] = c
+		}
+		id, chains, err := x509svid.Verify(certs, x509bundle.FromX509Authorities(td, v.roots), x509svid.WithTime(now))
 		if err != nil {
 			return spiffeid.ID{}, nil, &PeerError{Err: err}
 		}
-		certs[i] = c
+		hit = &verified{id: id, chains: chains, notBefore: chains[0][0].NotBefore, notAfter: chains[0][0].NotAfter}
+		for _, chain := range chains {
+			for _, c := range chain {
+				if c.NotBefore.After(hit.notBefore) {
+					hit.notBefore = c.NotBefore
+				}
+				if c.NotAfter.Before(hit.notAfter) {
+					hit.notAfter = c.NotAfter
+				}
+			}
+		}
+		v.mu.Lock()
+		if len(v.verified) >= maxVerified {
+			clear(v.verified)
+		}
+		v.verified[key] = hit
+		v.mu.Unlock()
+	} else if hit.id.TrustDomain() != td {
+		return spiffeid.ID{}, nil, &PeerError{Err: fmt.Errorf("%s is not of trust domain %s", hit.id, td)}
 	}
-	id, chains, err := x509svid.Verify(certs, x509bundle.FromX509Authorities(td, v.roots), x509svid.WithTime(now))
-	if err != nil {
-		return spiffeid.ID{}, nil, &PeerError{Err: err}
-	}
+	id, chains := hit.id, hit.chains
 	var firstErr error
 	for _, chain := range chains {
 		err := v.checkRevocation(chain, now)

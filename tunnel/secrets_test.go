@@ -210,6 +210,26 @@ func TestVerifyPeerRootsAndCRLs(t *testing.T) {
 			t.Fatal("an expired SVID accepted")
 		}
 	})
+	t.Run("fail/expired after a cached verification", func(t *testing.T) {
+		v := load(t, rootCRL, interCRL)
+		if _, _, err := v.verifyPeer(rawOf(fresh), td, now); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := v.verifyPeer(rawOf(fresh), td, now.Add(2*time.Hour)); err == nil {
+			t.Fatal("a cached chain accepted after it expired")
+		}
+		if _, _, err := v.verifyPeer(rawOf(fresh), spiffeid.RequireTrustDomainFromString("other.org"), now); err == nil {
+			t.Fatal("a cached chain accepted for another trust domain")
+		}
+		// The cache holds path validation only: revocation is checked on
+		// every call.
+		if _, _, err := v.verifyPeer(rawOf(revoked), td, now); err == nil {
+			t.Fatal("revoked leaf accepted")
+		}
+		if _, _, err := v.verifyPeer(rawOf(revoked), td, now); err == nil {
+			t.Fatal("revoked leaf accepted from the cache")
+		}
+	})
 }
 
 // TestParseSecretsRefusesBadInput: secrets of the wrong type, garbage and

@@ -35,7 +35,7 @@ import (
 
 // fakeAgent is an SDS server with settable secrets.
 type fakeAgent struct {
-	t      *testing.T
+	t      testing.TB
 	socket string
 	srv    *sds.Server
 	mu     sync.Mutex
@@ -55,7 +55,7 @@ func (f *fakeAgent) Resolve(_ context.Context, name string) (sds.Result, error) 
 
 func (f *fakeAgent) Names(context.Context) ([]string, []string, error) { return nil, nil, nil }
 
-func newFakeAgent(t *testing.T) *fakeAgent {
+func newFakeAgent(t testing.TB) *fakeAgent {
 	dir, err := os.MkdirTemp("", "tun")
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +137,7 @@ func (f *fakeAgent) setPolicy(key *ecdsa.PrivateKey, rev uint64, rego string) {
 		Secret: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b.Bytes}}}}})
 }
 
-func keyPEM(t *testing.T, k *ecdsa.PrivateKey) []byte {
+func keyPEM(t testing.TB, k *ecdsa.PrivateKey) []byte {
 	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +145,7 @@ func keyPEM(t *testing.T, k *ecdsa.PrivateKey) []byte {
 	return policy.PublicKeyPEM(der)
 }
 
-func echo(t *testing.T) string {
+func echo(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +167,7 @@ func echo(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func start(t *testing.T, cfg Config) (*Tunnel, *audit.Memory) {
+func start(t testing.TB, cfg Config) (*Tunnel, *audit.Memory) {
 	t.Helper()
 	ev := &audit.Memory{}
 	cfg.Audit, cfg.Log = ev, slog.New(slog.DiscardHandler)
@@ -235,7 +235,7 @@ type fixture struct {
 	target    string
 }
 
-func newFixture(t *testing.T, now time.Time) *fixture {
+func newFixture(t testing.TB, now time.Time) *fixture {
 	f := &fixture{agent: newFakeAgent(t), ca: newTestCA(t, "example.org", now), target: echo(t)}
 	f.policyKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	f.server, f.serverKey = f.ca.svidKey("/ns/b/sa/server")
@@ -245,7 +245,7 @@ func newFixture(t *testing.T, now time.Time) *fixture {
 	return f
 }
 
-func (f *fixture) config(t *testing.T) Config {
+func (f *fixture) config(t testing.TB) Config {
 	return Config{Socket: f.agent.socket, Bundle: "mesh", BundleKeyPEM: keyPEM(t, f.policyKey), BundleKeyID: "k1",
 		HandshakeTimeout: 2 * time.Second, Inbound: []Inbound{{Name: "in", Listen: "127.0.0.1:0", Target: f.target}}}
 }
@@ -426,7 +426,7 @@ func TestSM2Refused(t *testing.T) {
 // outsideService is a TLS echo service outside the mesh, with a
 // certificate for name from a CA of its own; it returns its address and
 // the CA's pool.
-func outsideService(t *testing.T, name string) (string, *x509.CertPool) {
+func outsideService(t testing.TB, name string) (string, *x509.CertPool) {
 	t.Helper()
 	ca := newTestCA(t, "outside.test", time.Now())
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -455,7 +455,7 @@ func outsideService(t *testing.T, name string) (string, *x509.CertPool) {
 	return ln.Addr().String(), pool
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
