@@ -576,3 +576,10 @@ func TestTunnelTenantIsolation(t *testing.T) {
 		t.Fatalf("the refusal's audit event %+v", ev)
 	}
 }
+
+// The tunnel asks for the agent's bundle secrets by the agent's name.
+func TestTunnelBundleSecretPrefix(t *testing.T) {
+	if tunnel.BundleSecretPrefix != agent.OPABundleSecretPrefix {
+		t.Fatalf("tunnel.BundleSecretPrefix %q, agent.OPABundleSecretPrefix %q", tunnel.BundleSecretPrefix, agent.OPABundleSecretPrefix)
+	}
+}
