@@ -89,7 +89,13 @@ type outcome struct {
 func (t *Tunnel) decided(o *outcome) {
 	actor := o.peerID
 	if actor == "" {
+		// The address without its port, so that the audit log folds a
+		// flood of refusals from one host into one event (the port is in
+		// the details).
 		actor = o.remote
+		if host, _, err := net.SplitHostPort(o.remote); err == nil {
+			actor = host
+		}
 	}
 	details := map[string]string{"listener": o.listener, "direction": o.direction, "remote": o.remote,
 		"authenticated": strconv.FormatBool(o.authenticated)}
