@@ -503,3 +503,54 @@ func TestEgressGateway(t *testing.T) {
 		t.Fatal("an external remote with policy accepted")
 	}
 }
+
+// TestOutboundPolicy: an outbound listener without expected IDs lets the
+// policy decide on the remote's ID (source: this workload, destination:
+// the remote, direction outbound).
+func TestOutboundPolicy(t *testing.T) {
+	f := newFixture(t, time.Now())
+	f.agent.setPolicy(f.policyKey, 2, `package envoy.authz
+
+default allow := false
+
+allow if input.attributes.contextExtensions.meshca_tunnel_direction == "inbound"
+
+allow if {
+	input.attributes.contextExtensions.meshca_tunnel_direction == "outbound"
+	input.attributes.contextExtensions.meshca_tunnel_listener == "ok"
+	input.attributes.source.principal == "spiffe://example.org/ns/b/sa/server"
+	input.attributes.destination.principal == "spiffe://example.org/ns/b/sa/server"
+}
+`)
+	in, _ := start(t, f.config(t))
+	cfg := f.config(t)
+	cfg.Inbound = nil
+	cfg.Outbound = []Outbound{
+		{Name: "ok", Listen: "127.0.0.1:0", Remote: in.Addr("in").String(), Policy: true},
+		{Name: "no", Listen: "127.0.0.1:0", Remote: in.Addr("in").String(), Policy: true},
+	}
+	out, events := start(t, cfg)
+	waitFor(t, "revision 2 in both", func() bool {
+		a, b := in.authz.Load(), out.authz.Load()
+		return a != nil && b != nil && a.revision == 2 && b.revision == 2
+	})
+	try := func(name string) error {
+		c, err := net.Dial("tcp", out.Addr(name).String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return echoOnce(c, "x")
+	}
+	if err := try("ok"); err != nil {
+		t.Fatalf("outbound ok: %v", err)
+	}
+	if err := try("no"); err == nil {
+		t.Fatal("outbound no: the policy's denial did not hold")
+	}
+	if _, err := events.Wait(t.Context(), func(e audit.Event) bool {
+		return e.Decision == audit.Deny && e.Details["listener"] == "no" && e.Subject == "spiffe://example.org/ns/b/sa/server" && e.Reason == "denied by the policy"
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
