@@ -317,3 +317,44 @@ func TestTunnelExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestTunnelDemoScript runs deploy/examples/tunnel/demo.sh with the binary
+// of this checkout: one call is allowed (the service's page comes back),
+// one is denied, and both decisions are in the tunnel's audit lines. It
+// uses the script's fixed ports, so it does not run in parallel.
+func TestTunnelDemoScript(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts meshca dev, a tunnel and a python3 HTTP server")
+	}
+	for _, tool := range []string{"python3", "curl", "sh"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is required on CI: %v", tool, err)
+			}
+			t.Skipf("%s not found: %v", tool, err)
+		}
+	}
+	bin := meshcaBinary(t)
+	cmd := exec.Command("sh", "../../deploy/examples/tunnel/demo.sh")
+	cmd.Env = processEnv("MESHCA="+bin, "HOME="+t.TempDir())
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("demo.sh did not finish within 2 minutes:\n%s", out)
+	}
+	if err != nil {
+		t.Fatalf("demo.sh: %v\n%s", err, out)
+	}
+	s := string(out)
+	allowed := strings.Index(s, "hello from the orders service")
+	denied := strings.Index(s, "(refused)")
+	if allowed < 0 || denied < allowed || !strings.Contains(s, "decision=allow") || !strings.Contains(s, `reason="denied by the policy"`) {
+		t.Fatalf("demo.sh output:\n%s", s)
+	}
+}
