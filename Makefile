@@ -17,15 +17,22 @@ all: lint test
 build:
 	$(GO) build -o meshca ./cmd/meshca
 
-# deps installs the system tools the tests run for real. As root it uses
-# apt-get; otherwise it says what to install.
+# TOOLS are the system tools the tests run for real, as binary:Debian
+# package pairs.
+TOOLS ?= openssl:openssl promtool:prometheus
+
+# deps installs the missing TOOLS. As root it uses apt-get; otherwise it
+# says what to install.
 deps:
-	@if ! command -v openssl >/dev/null 2>&1; then \
+	@missing=""; for tp in $(TOOLS); do \
+		command -v "$${tp%%:*}" >/dev/null 2>&1 || missing="$$missing $${tp#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing openssl (tests verify every chain with it)"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
+			echo "installing$$missing (the tests run them)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 		else \
-			echo "make test needs the openssl binary: sudo apt-get install openssl" >&2; exit 1; \
+			echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
 		fi; \
 	fi
 

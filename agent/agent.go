@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -20,10 +21,12 @@ import (
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/alarm"
+	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/retryinfo"
 	"github.com/meshca/meshca/internal/run"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/sds"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -54,6 +57,16 @@ type Agent struct {
 
 	clientMu sync.Mutex
 	client   nodepb.NodeClient // of the running session; guarded by clientMu
+
+	// metrics counts renewals and Sync updates; registry holds them and
+	// the state collectors; httpSrv serves /metrics, /healthz and /readyz
+	// when Config.HTTPAddr is set.
+	metrics  *agentMetrics
+	registry *prometheus.Registry
+	httpSrv  *metrics.Server
+	// synced is set once a Sync update arrived since the agent started;
+	// serving while Run serves the socket.
+	synced, serving atomic.Bool
 }
 
 // New prepares an agent and listens on its Workload API socket; Run works.
@@ -105,7 +118,11 @@ func New(cfg Config) (*Agent, error) {
 		a.ln.Close()
 		return nil, err
 	}
-	a.gs = grpc.NewServer(grpc.Creds(peercred.New()), grpc.MaxRecvMsgSize(1<<20))
+	if a.registry = cfg.Registry; a.registry == nil {
+		a.registry = metrics.NewRegistry()
+	}
+	a.metrics = newAgentMetrics(a.registry, a)
+	a.gs = grpc.NewServer(grpc.Creds(peercred.New()), grpc.MaxRecvMsgSize(1<<20), grpc.ChainStreamInterceptor(a.metrics.streamCounter))
 	workload.RegisterSpiffeWorkloadAPIServer(a.gs, &workloadAPI{a: a})
 	// Envoy SDS on the same socket, as SPIRE's agent serves it.
 	g := newSDSAgent(a)
@@ -125,6 +142,15 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if cfg.HTTPAddr != "" {
+		if a.httpSrv, err = metrics.Listen(cfg.HTTPAddr, metrics.Handler(a.registry, a.Readiness)); err != nil {
+			a.ln.Close()
+			if a.bundleLn != nil {
+				a.bundleLn.Close()
+			}
+			return nil, err
+		}
+	}
 	opened = true
 	return a, nil
 }
@@ -132,15 +158,17 @@ func New(cfg Config) (*Agent, error) {
 // SVIDStatus reports how many of the node's entries the agent holds a
 // valid SVID for, and how many entries it has.
 func (a *Agent) SVIDStatus() (valid, entries int) {
-	a.store.mu.Lock()
-	defer a.store.mu.Unlock()
-	now := a.cfg.Clock.Now()
-	for id := range a.store.entries {
-		if v, ok := a.store.svids[id]; ok && now.Before(v.notAfter) {
-			valid++
-		}
+	valid, entries, _ = a.store.stats(a.cfg.Clock.Now())
+	return valid, entries
+}
+
+// HTTPAddr is the address of the metrics and health endpoints, or empty
+// when they are not served.
+func (a *Agent) HTTPAddr() string {
+	if a.httpSrv == nil {
+		return ""
 	}
-	return valid, len(a.store.entries)
+	return a.httpSrv.Addr()
 }
 
 // SocketPath is the Workload API socket.
@@ -156,7 +184,11 @@ func (a *Agent) SocketPath() string { return a.cfg.SocketPath }
 // listener.
 func (a *Agent) Run(ctx context.Context) error {
 	g := run.New(ctx)
+	a.serving.Store(true)
 	g.Go("Workload API", func(context.Context) error { return a.gs.Serve(a.ln) }) // until Stop
+	if a.httpSrv != nil {
+		g.Go("metrics and health endpoints", a.httpSrv.Serve)
+	}
 	g.Go("server session", a.serverLoop)
 	if a.bundleSrv != nil {
 		g.Go("bundle service", func(context.Context) error {
@@ -167,6 +199,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	<-g.Context().Done()
+	a.serving.Store(false)
 	if a.bundleSrv != nil {
 		a.bundleSrv.Close()
 	}
@@ -286,6 +319,8 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 		defer signing.Done()
 		a.signer(sctx, cancel, client)
 	}()
+	a.metrics.connected.Store(true)
+	defer a.metrics.connected.Store(false)
 	for {
 		u, err := stream.Recv()
 		if err != nil {
@@ -299,6 +334,8 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 				return err
 			}
 		}
+		a.metrics.syncs.Inc()
+		a.synced.Store(true)
 		a.wake()
 	}
 }

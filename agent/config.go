@@ -13,6 +13,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/sds"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures an agent. Fields documented with a default may be zero.
@@ -67,6 +68,13 @@ type Config struct {
 	// certificate checks in TLS handshakes with servers. Default: the real
 	// clock. Tests pass a clockwork.FakeClock to jump days.
 	Clock clockwork.Clock
+	// HTTPAddr is where /metrics (Prometheus), /healthz and /readyz are
+	// served (host:port; port 0 picks one; see Agent.HTTPAddr). Empty: not
+	// served.
+	HTTPAddr string
+	// Registry receives the agent's metrics. Default: a registry of its
+	// own (with the Go and process collectors).
+	Registry *prometheus.Registry
 }
 
 func (c *Config) validate() error {

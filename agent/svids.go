@@ -339,6 +339,7 @@ func (a *Agent) signDue(ctx context.Context, client nodepb.NodeClient, due []*no
 			resp, err = client.SignX509SVIDs(ctx, req)
 			return err
 		}); err != nil {
+			a.metrics.renewals.WithLabelValues(renewFailed).Add(float64(len(batch)))
 			return err
 		}
 		byID := map[string]*nodepb.Entry{}
@@ -351,6 +352,7 @@ func (a *Agent) signDue(ctx context.Context, client nodepb.NodeClient, due []*no
 				continue
 			}
 			if r.Error != "" || len(r.Chain) == 0 {
+				a.metrics.renewals.WithLabelValues(renewRefused).Inc()
 				a.log.Warn("server refused an SVID", "entry", r.EntryId, "spiffe_id", e.SpiffeId, "error", r.Error)
 				if isDerived(e) {
 					a.store.denyDerived(e.Id)
@@ -359,10 +361,12 @@ func (a *Agent) signDue(ctx context.Context, client nodepb.NodeClient, due []*no
 			}
 			v, err := a.newSVID(e, keys[e.Id], r.Chain)
 			if err != nil {
+				a.metrics.renewals.WithLabelValues(renewFailed).Inc()
 				a.log.Warn("server returned an unusable SVID", "entry", e.Id, "error", err)
 				continue
 			}
 			a.store.put(v)
+			a.metrics.renewals.WithLabelValues(renewOK).Inc()
 		}
 	}
 	return nil

@@ -314,3 +314,23 @@ func (in *Input) value() ast.Value {
 	}
 	return obj
 }
+
+// SelfTest evaluates the policy on a sample input of every kind (empty
+// fields, no entry, and an entry): a policy that fails at evaluation on
+// them would deny everything, and is refused when it is set. A policy that
+// fails only on some inputs passes; those issuances are denied.
+func (p *Issuance) SelfTest(ctx context.Context) error {
+	for _, kind := range []string{"agent_svid", "workload_svid", "jwt_svid", "mint"} {
+		for _, entry := range []*EntryInput{nil, {}} {
+			in := &Input{Request: RequestInput{Kind: kind}, Entry: entry}
+			if _, err := p.Decide(ctx, in); err != nil {
+				var ee *EvalError
+				if errors.As(err, &ee) {
+					return invalid("the policy fails at evaluation on a sample %s input: %v", kind, ee.Err)
+				}
+				return err
+			}
+		}
+	}
+	return nil
+}

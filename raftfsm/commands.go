@@ -97,6 +97,10 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 	case *raftpb.Command_PutIssuancePolicy, *raftpb.Command_PutOpaBundle, *raftpb.Command_PutOpaKey:
 		res, _ := applyPolicy(txn, c) // issue 12
 		return res
+	case *raftpb.Command_PutAdmin:
+		return putAdmin(txn, op.PutAdmin.GetAdmin())
+	case *raftpb.Command_DeleteAdmin:
+		return deleteAdmin(txn, op.DeleteAdmin.GetSpiffeId())
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

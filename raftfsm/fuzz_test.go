@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(25) {
+	switch g.pick(27) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -144,13 +144,17 @@ func (g *cmdGen) command() *raftpb.Command {
 	case 21:
 		c.Op = &raftpb.Command_PutCrl{PutCrl: &raftpb.PutCRL{Crl: &raftpb.CRL{AuthorityId: g.id("auth-"), Number: uint64(g.pick(4)),
 			Der: []byte{byte(g.pick(3))}}}}
-	case 22: // issue 12
+	case 22:
+		c.Op = &raftpb.Command_PutAdmin{PutAdmin: &raftpb.PutAdmin{Admin: &raftpb.Admin{SpiffeId: "spiffe://example.org/" + g.id("admin-")}}}
+	case 23:
+		c.Op = &raftpb.Command_DeleteAdmin{DeleteAdmin: &raftpb.DeleteAdmin{SpiffeId: "spiffe://example.org/" + g.id("admin-")}}
+	case 24: // issue 12
 		c.Op = &raftpb.Command_PutIssuancePolicy{PutIssuancePolicy: &raftpb.PutIssuancePolicy{Keep: uint32(g.pick(4)),
 			Policy: &raftpb.IssuancePolicy{Revision: uint64(g.pick(6)), Files: []*raftpb.PolicyFile{{Path: "p.rego", Content: []byte{byte(g.pick(3))}}}}}}
-	case 23:
+	case 25:
 		c.Op = &raftpb.Command_PutOpaBundle{PutOpaBundle: &raftpb.PutOPABundle{Keep: uint32(g.pick(4)),
 			Bundle: &raftpb.OPABundle{Name: g.id("b"), Revision: uint64(g.pick(6)), Bundle: []byte{byte(g.pick(3))}}}}
-	case 24:
+	case 26:
 		c.Op = &raftpb.Command_PutOpaKey{PutOpaKey: &raftpb.PutOPAKey{Key: &raftpb.OPAKey{Kid: g.id("okid-"), PublicKey: []byte{byte(g.pick(2))}, SealedKey: []byte{1}}}}
 	}
 	return c

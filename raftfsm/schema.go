@@ -20,12 +20,14 @@ const (
 	tablePolicies    = "policies"
 	tableLedger      = "ledger"
 	tableJWTKeys     = "jwt_keys"
+	tableAdmins      = "admins"
 	tableRequests    = "requests"
 	tableCRLs        = "crls"
 )
 
 // tableOrder is the order tables appear in snapshots and the state hash.
-var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger, tableJWTKeys, tableRequests, tableCRLs}
+var tableOrder = []string{tableMeta, tableServers, tableAuthorities, tableEntries, tableNodes, tableTokens, tableRevocations, tablePolicies, tableLedger, tableJWTKeys, tableRequests, tableCRLs,
+	tableAdmins}
 
 // keyIndex indexes an object by a string its function computes. All keys
 // are plain strings terminated by a NUL, as memdb's own string indexes do,
@@ -123,6 +125,9 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 	}},
 	tableJWTKeys: {Name: tableJWTKeys, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.JWTKey).Kid) }),
+	}},
+	tableAdmins: {Name: tableAdmins, Indexes: map[string]*memdb.IndexSchema{
+		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Admin).SpiffeId) }),
 	}},
 	tableCRLs: {Name: tableCRLs, Indexes: map[string]*memdb.IndexSchema{
 		"id": idx("id", true, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.CRL).AuthorityId) }),

@@ -220,6 +220,8 @@ func wrapRecord(obj any) (*raftpb.SnapshotRecord, error) {
 		r.Record = &raftpb.SnapshotRecord_OpaBundle{OpaBundle: o}
 	case *raftpb.OPAKey:
 		r.Record = &raftpb.SnapshotRecord_OpaKey{OpaKey: o}
+	case *raftpb.Admin:
+		r.Record = &raftpb.SnapshotRecord_Admin{Admin: o}
 	default:
 		return nil, fmt.Errorf("raftfsm: no snapshot record for %T", obj)
 	}
@@ -258,6 +260,8 @@ func unwrapRecord(r *raftpb.SnapshotRecord) (table string, obj any, err error) {
 		return tableOPABundles, v.OpaBundle, nil
 	case *raftpb.SnapshotRecord_OpaKey:
 		return tableOPAKeys, v.OpaKey, nil
+	case *raftpb.SnapshotRecord_Admin:
+		return tableAdmins, v.Admin, nil
 	}
 	return "", nil, errors.New("unknown record type (written by a newer meshca?)")
 }

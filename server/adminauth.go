@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"slices"
 
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/server/cluster"
@@ -12,10 +11,11 @@ import (
 )
 
 // requireAdmin admits callers of the operator API over mTLS whose verified
-// X509-SVID names one of the configured admin IDs. Refusals are audited.
+// X509-SVID names one of the cluster's admins (see seedAdmins). Refusals
+// are audited.
 func (s *Server) requireAdmin(ctx context.Context, method string) error {
 	id, ok := cluster.PeerID(ctx)
-	if !ok || !slices.Contains(s.cfg.AdminIDs, id.String()) {
+	if !ok || !s.isAdmin(id.String()) {
 		who := "no certificate"
 		if ok {
 			who = id.String()

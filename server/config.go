@@ -16,6 +16,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/server/cluster"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -36,7 +37,8 @@ type Config struct {
 	// AdminAddr, when set, also serves the operator API over mutual TLS on
 	// this host:port, to clients whose X509-SVID names one of AdminIDs.
 	AdminAddr string
-	// AdminIDs are the SPIFFE IDs allowed on AdminAddr.
+	// AdminIDs seed the cluster's admins, the SPIFFE IDs allowed on
+	// AdminAddr, while the replicated list is empty (see seedAdmins).
 	AdminIDs []string
 	// KEK seals the keys the server keeps; every server of a cluster holds
 	// the same KEK.
@@ -129,6 +131,13 @@ type Config struct {
 	// BundleKeep is how many revisions of each bundle are kept. Default:
 	// DefaultBundleKeep.
 	BundleKeep int
+	// HTTPAddr is where /metrics (Prometheus), /healthz and /readyz are
+	// served (host:port; port 0 picks one; see HTTPAddr). Empty: not
+	// served.
+	HTTPAddr string
+	// Registry receives the server's metrics. Default: a registry of its
+	// own (with the Go and process collectors).
+	Registry *prometheus.Registry
 
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.
@@ -171,9 +180,6 @@ func (c *Config) validate() error {
 	if c.AdminAddr != "" {
 		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
 			errs = append(errs, fmt.Errorf("admin address %q: want host:port", c.AdminAddr))
-		}
-		if len(c.AdminIDs) == 0 {
-			errs = append(errs, errors.New("an admin address needs at least one admin SPIFFE ID"))
 		}
 	}
 	for _, id := range c.AdminIDs {

@@ -33,6 +33,9 @@ type issued struct {
 	iss  *issuer
 	// err is the request's own refusal or failure (the others may succeed).
 	err error
+	// denied classifies a refusal for good (denyPolicy, denyCSR,
+	// denyLedger) for the metrics; empty for a failure to retry.
+	denied string
 }
 
 // commitFunc records the signed certificates of a batch: errs[i] is the
@@ -61,7 +64,7 @@ func (s *Server) authorize(ctx context.Context, reqs []*Request, out []issued) e
 			return fmt.Errorf("authorize: %w", err)
 		}
 		if !d.Allow {
-			out[i].err = status.Error(codes.PermissionDenied, d.Reason)
+			out[i].err, out[i].denied = status.Error(codes.PermissionDenied, d.Reason), denyPolicy
 			s.events.Record(audit.Event{Actor: r.Caller.actor(), Action: r.Kind.action(), Subject: r.subject(), Decision: audit.Deny,
 				Reason: d.Reason, Details: entryDetail(r)})
 			continue
@@ -92,11 +95,12 @@ func entryDetail(r *Request) map[string]string {
 // server sheds load, the Authorizer could not decide, or the commit failed
 // (no leader, no quorum); the caller retries. Otherwise each request has
 // its own outcome.
-func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFunc) ([]issued, error) {
-	out := make([]issued, len(reqs))
+func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFunc) (out []issued, err error) {
+	out = make([]issued, len(reqs))
 	if len(reqs) == 0 {
 		return out, nil
 	}
+	defer func(began time.Time) { s.metrics.observe(reqs[0].Kind, reqs, out, err, began) }(time.Now())
 	if err := s.authorize(ctx, reqs, out); err != nil {
 		return nil, err
 	}
@@ -157,6 +161,7 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 		o := &out[i]
 		if o.err != nil {
 			if o.svid == nil && o.iss != nil { // the CA refused the request
+				o.denied = denyCSR
 				s.events.Record(audit.Event{Actor: r.Caller.actor(), Action: r.Kind.action(), Subject: r.subject(), Decision: audit.Deny,
 					Reason: o.err.Error(), Details: entryDetail(r)})
 			}
@@ -175,14 +180,16 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 	if commit == nil {
 		commit = s.node.CommitLedgerBatch
 	}
+	began := time.Now()
 	errs, err := commit(ctx, recs)
 	if err != nil {
 		return nil, fmt.Errorf("record the certificates: %w", err)
 	}
+	s.metrics.commit.Observe(time.Since(began).Seconds())
 	for k, i := range idx {
 		r, o := reqs[i], &out[i]
 		if errs[k] != nil {
-			o.err, o.svid = errs[k], nil
+			o.err, o.svid, o.denied = errs[k], nil, denyLedger
 			continue
 		}
 		d := map[string]string{"serial": hex.EncodeToString(o.svid.SerialNumber.Bytes()), "profile": o.svid.Profile,
@@ -225,8 +232,9 @@ var _ commitFunc = (*cluster.Node)(nil).CommitLedgerBatch
 // issueJWT runs the pipeline for a JWT-SVID: authorized, admitted, signed
 // with the cluster's active JWT key, audited. There is no ledger record:
 // JWT-SVIDs live five minutes and cannot be revoked.
-func (s *Server) issueJWT(ctx context.Context, r *Request) (string, time.Time, error) {
+func (s *Server) issueJWT(ctx context.Context, r *Request) (token string, exp time.Time, err error) {
 	out := make([]issued, 1)
+	defer func(began time.Time) { s.metrics.observe(r.Kind, []*Request{r}, out, err, began) }(time.Now())
 	if err := s.authorize(ctx, []*Request{r}, out); err != nil {
 		return "", time.Time{}, err
 	}
@@ -238,7 +246,7 @@ func (s *Server) issueJWT(ctx context.Context, r *Request) (string, time.Time, e
 		return "", time.Time{}, err
 	}
 	defer done()
-	token, exp, err := s.signJWT(r)
+	token, exp, err = s.signJWT(r)
 	if err != nil {
 		return "", time.Time{}, err
 	}

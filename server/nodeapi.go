@@ -60,7 +60,7 @@ func (n *nodeService) Attest(stream nodepb.Node_AttestServer) error {
 		n.s.events.Record(audit.Event{Actor: from, Action: "node.attest", Subject: start.Attestor, Decision: audit.Deny, Reason: reason})
 		return status.Error(code, reason)
 	}
-	att, ok := n.s.attestors[start.Attestor]
+	att, ok := (*n.s.attestors.Load())[start.Attestor]
 	if !ok {
 		return deny(codes.InvalidArgument, fmt.Sprintf("node attestor %q is not enabled on this server (enabled: %s)", start.Attestor, n.s.attestorNames()))
 	}

@@ -47,12 +47,38 @@ func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusReques
 	if err != nil {
 		return nil, fmt.Errorf("state hash: %w", err)
 	}
-	return &operatorpb.StatusResponse{
+	resp := &operatorpb.StatusResponse{
 		NodeId: o.s.cfg.NodeID, TrustDomain: o.s.td.Name(), RaftState: n.Raft().State().String(),
 		LeaderId: string(leader), LeaderAddr: string(addr), AppliedIndex: r.AppliedIndex(),
 		CommitIndex: n.Raft().CommitIndex(), StateHash: hex.EncodeToString(hash[:]), LedgerRecords: uint64(r.LedgerLen()),
 		Ready: ready, ReadyReason: reason, SignQueueDepth: o.s.admission.QueueDepth(),
-	}, nil
+		AttestedNodes: uint64(len(r.Nodes())), Entries: uint64(len(r.Entries())),
+	}
+	for _, a := range r.Authorities() {
+		kind := "root"
+		if a.Kind == raftpb.AuthorityKind_INTERMEDIATE {
+			kind = "intermediate"
+		}
+		resp.Authorities = append(resp.Authorities, &operatorpb.AuthorityStatus{Id: a.Id, Kind: kind, Profile: a.Profile,
+			State: a.State.String(), ServerId: a.ServerId, NotAfterUnix: a.NotAfterUnix})
+	}
+	// The members after the local read: theirs are later, never earlier.
+	members, err := n.Members(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("raft configuration: %w", err)
+	}
+	for _, m := range members {
+		pm := &operatorpb.Member{NodeId: string(m.Server.ID), RaftAddr: string(m.Server.Address), Suffrage: m.Server.Suffrage.String(),
+			Reachable: m.Status != nil}
+		if m.Status != nil {
+			st := m.Status
+			pm.RaftState, pm.AppliedIndex, pm.CommitIndex, pm.LeaderId, pm.LastContactMillis = st.RaftState, st.AppliedIndex, st.CommitIndex, st.LeaderId, st.LastContactMillis
+		} else if m.Err != nil {
+			pm.Error = m.Err.Error()
+		}
+		resp.Members = append(resp.Members, pm)
+	}
+	return resp, nil
 }
 
 func (o *operatorService) RaftListPeers(ctx context.Context, _ *operatorpb.RaftListPeersRequest) (*operatorpb.RaftListPeersResponse, error) {

@@ -208,7 +208,11 @@ const maxRevisionRetries = 8
 func (o *operatorService) SetIssuancePolicy(ctx context.Context, req *operatorpb.SetIssuancePolicyRequest) (*operatorpb.IssuancePolicyResponse, error) {
 	files := toRaftFiles(req.Files)
 	if len(files) > 0 {
-		if _, err := policy.CompileIssuance(ctx, 0, fromRaftFiles(files)); err != nil {
+		p, err := policy.CompileIssuance(ctx, 0, fromRaftFiles(files))
+		if err == nil {
+			err = p.SelfTest(ctx)
+		}
+		if err != nil {
 			o.s.auditOp(ctx, "policy.issuance.set", "issuance", audit.Deny, err.Error(), nil)
 			return nil, policyStatus(err)
 		}

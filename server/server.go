@@ -25,6 +25,7 @@ import (
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/internal/run"
 	"github.com/meshca/meshca/proto/clusterpb"
@@ -34,6 +35,7 @@ import (
 	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/server/cluster"
 	"github.com/meshca/meshca/store"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -81,8 +83,9 @@ type Server struct {
 	syncWakes atomic.Int64
 	// rotated wakes the rotation loop (tests, operators).
 	rotated chan struct{}
-	// attestors are the enabled node attestors, by name.
-	attestors map[string]attest.NodeAttestor
+	// attestors are the enabled node attestors, by name; replaced whole
+	// (SetNodeAttestors).
+	attestors atomic.Pointer[map[string]attest.NodeAttestor]
 	admission *admission
 	jwtKeys   map[string]crypto.Signer // opened JWT keys by kid; guarded by mu
 	// issuance is the compiled issuance policy (issue 12).
@@ -91,6 +94,12 @@ type Server struct {
 	bundles      *bundleServer
 	checkKeyOnce sync.Once
 	checkKeyVal  *ecdsa.PrivateKey
+	// metrics counts issuance events; registry holds them and the state
+	// collectors; httpSrv serves /metrics, /healthz and /readyz when
+	// Config.HTTPAddr is set.
+	metrics  *serverMetrics
+	registry *prometheus.Registry
+	httpSrv  *metrics.Server
 }
 
 // New prepares a server: it loads its identity, or creates one by
@@ -196,10 +205,7 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.admission = newAdmission(cfg.SignConcurrency, cfg.SignQueue, rate.Limit(cfg.NodeSignRate), cfg.NodeSignBurst)
-	s.attestors = map[string]attest.NodeAttestor{}
-	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td)}, cfg.NodeAttestors...) {
-		s.attestors[a.Name()] = a
-	}
+	s.installAttestors(cfg.NodeAttestors)
 
 	if s.stores, err = store.OpenRaft(cfg.DataDir, store.RaftConfig{Logger: cfg.RaftLogger}); err != nil {
 		return nil, err
@@ -228,6 +234,16 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.admin = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil), grpc.MaxRecvMsgSize(maxRequestSize))...)
 	operatorpb.RegisterOperatorServer(s.admin, &operatorService{s: s})
+	if s.registry = cfg.Registry; s.registry == nil {
+		s.registry = metrics.NewRegistry()
+	}
+	s.metrics = newServerMetrics(s.registry, s)
+	if cfg.HTTPAddr != "" {
+		if s.httpSrv, err = metrics.Listen(cfg.HTTPAddr, metrics.Handler(s.registry, s.Readiness)); err != nil {
+			return nil, err
+		}
+		s.cfg.HTTPAddr = s.httpSrv.Addr()
+	}
 	if cfg.AdminAddr != "" {
 		if s.adminTCP, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 			return nil, fmt.Errorf("admin address: %w", err)
@@ -273,11 +289,30 @@ func listenAdmin(path string) (net.Listener, error) {
 
 func (s *Server) attestorNames() string {
 	var names []string
-	for n := range s.attestors {
+	for n := range *s.attestors.Load() {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	return strings.Join(names, ", ")
+}
+
+// installAttestors makes join_token and as the enabled node attestors, at
+// once: an attestation uses the set of one moment.
+func (s *Server) installAttestors(as []attest.NodeAttestor) {
+	m := map[string]attest.NodeAttestor{}
+	for _, a := range append([]attest.NodeAttestor{jointoken.New(s.td)}, as...) {
+		m[a.Name()] = a
+	}
+	s.attestors.Store(&m)
+}
+
+// SetNodeAttestors replaces the node attestors besides join_token (a
+// reload: a rotated k8s_psat JWKS, new x509pop CAs), for the attestations
+// that start from now on, and audits it.
+func (s *Server) SetNodeAttestors(as []attest.NodeAttestor) {
+	s.installAttestors(as)
+	s.events.Record(audit.Event{Actor: "operator", Action: "config.reload", Subject: "node_attestors", Decision: audit.Info,
+		Details: map[string]string{"node_attestors": s.attestorNames()}})
 }
 
 // RaftAddr and APIAddr are the addresses the server listens on.
@@ -285,6 +320,10 @@ func (s *Server) RaftAddr() string { return s.cfg.RaftAddr }
 
 // APIAddr is the address of the cluster API.
 func (s *Server) APIAddr() string { return s.cfg.APIAddr }
+
+// HTTPAddr is the address of the metrics and health endpoints, or empty
+// when they are not served.
+func (s *Server) HTTPAddr() string { return s.cfg.HTTPAddr }
 
 // AdminAddr is the address of the operator API over mTLS, if configured.
 func (s *Server) AdminAddr() string { return s.cfg.AdminAddr }
@@ -322,7 +361,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.adminTLS != nil {
 		serve("admin address", s.adminTLS, s.adminTCP)
 	}
+	if s.httpSrv != nil {
+		g.Go("metrics and health endpoints", s.httpSrv.Serve)
+	}
 	g.Go("bootstrap", func(ctx context.Context) error { s.writeBootstrapState(ctx); return nil })
+	g.Go("admin seed", s.seedAdmins)
 	g.Go("rotation", s.rotateLoop)
 	g.Go("ledger pruning", s.pruneLoop)
 	g.Go("membership", func(ctx context.Context) error { s.keepMembership(ctx); return nil })
@@ -352,6 +395,9 @@ func (s *Server) closeLocked() {
 	if s.bundles != nil {
 		s.bundles.srv.Close() // ends long polls too
 		s.bundles.ln.Close()
+	}
+	if s.httpSrv != nil {
+		s.httpSrv.Close() // Serve has returned, or never ran
 	}
 	if s.adminTLS != nil {
 		s.adminTLS.Stop()

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -435,8 +436,10 @@ func TestOperatorMint(t *testing.T) {
 }
 
 // With an admin address, the operator API answers over mutual TLS to the
-// configured admin IDs only; other SVIDs and certificate-less clients are
-// refused.
+// cluster's admins only; other SVIDs and certificate-less clients are
+// refused. The admins are replicated: the bootstrap's --admin-id seeds
+// them, a server that joins without any admits them too, and `admin
+// add|remove` on one server changes who may operate every server.
 func TestOperatorAPIOverMTLS(t *testing.T) {
 	kek := newKEK(t)
 	c1 := testConfig(t, "s1", kek)
@@ -445,6 +448,9 @@ func TestOperatorAPIOverMTLS(t *testing.T) {
 	s1 := mustStart(t, c1)
 	waitBootstrapped(t, s1)
 	roots := pemBundle(t, s1.srv.TrustBundle())
+	c2 := joinCfg(t, "s2", kek, s1, s1.token(TokenKindServer), roots)
+	c2.AdminAddr = "127.0.0.1:0"
+	s2 := mustStart(t, c2)
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	mint := func(id string) *x509svid.SVID {
 		key, _ := ca.ECDSA.GenerateKey()
@@ -460,7 +466,11 @@ func TestOperatorAPIOverMTLS(t *testing.T) {
 		}
 		return svid
 	}
-	call := func(svid *x509svid.SVID) error {
+	call := func(svid *x509svid.SVID, on ...*running) error {
+		srv := s1
+		if len(on) > 0 {
+			srv = on[0]
+		}
 		var cfg *tls.Config
 		bundle := x509bundle.FromX509Authorities(td, roots)
 		if svid == nil {
@@ -468,7 +478,7 @@ func TestOperatorAPIOverMTLS(t *testing.T) {
 		} else {
 			cfg = tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
 		}
-		conn, err := grpc.NewClient("passthrough:///"+s1.srv.AdminAddr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		conn, err := grpc.NewClient("passthrough:///"+srv.srv.AdminAddr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -484,5 +494,49 @@ func TestOperatorAPIOverMTLS(t *testing.T) {
 	}
 	if err := call(nil); err == nil {
 		t.Error("a client without a certificate reached the operator API")
+	}
+
+	alice, bob := mint("spiffe://example.org/ops/alice"), mint("spiffe://example.org/ops/bob")
+	waitFor(t, 20*time.Second, "alice admitted by s2, which has no --admin-id", func() error { return call(alice, s2) })
+	if _, err := s2.operator().AddAdmin(ctx(t), &operatorpb.AddAdminRequest{SpiffeId: "spiffe://other.org/ops/eve"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("an admin of another trust domain: %v, want InvalidArgument", err)
+	}
+	if _, err := s2.operator().AddAdmin(ctx(t), &operatorpb.AddAdminRequest{SpiffeId: "spiffe://example.org/ops/bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.operator().RemoveAdmin(ctx(t), &operatorpb.RemoveAdminRequest{SpiffeId: "spiffe://example.org/ops/alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.operator().RemoveAdmin(ctx(t), &operatorpb.RemoveAdminRequest{SpiffeId: "spiffe://example.org/ops/alice"}); status.Code(err) != codes.NotFound {
+		t.Errorf("removing alice again: %v, want NotFound", err)
+	}
+	for _, r := range []*running{s1, s2} {
+		waitFor(t, 10*time.Second, "alice refused and bob admitted by "+r.cfg.NodeID, func() error {
+			if err := call(alice, r); status.Code(err) != codes.PermissionDenied {
+				return fmt.Errorf("alice: %v", err)
+			}
+			return call(bob, r)
+		})
+	}
+	list, err := s1.operator().ListAdmins(ctx(t), &operatorpb.ListAdminsRequest{})
+	if err != nil || len(list.Admins) != 1 || list.Admins[0].SpiffeId != "spiffe://example.org/ops/bob" || list.Admins[0].AddedBy != "operator" {
+		t.Errorf("admins = %v, %v; want bob, added by the operator", list, err)
+	}
+}
+
+// waitFor polls cond until it returns nil, failing the test with its last
+// error after timeout.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still not after %s: %v", what, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -17,12 +17,12 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/audit"
+	meshmetrics "github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/run"
 	"github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/sds/sdsclient"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -235,7 +235,7 @@ func New(cfg Config) (*Tunnel, error) {
 	t.conns.m = map[*activeConn]struct{}{}
 	reg := cfg.Registerer
 	if reg == nil {
-		r := prometheus.NewRegistry()
+		r := meshmetrics.NewRegistry()
 		reg, t.gather = r, r
 	}
 	var err error
@@ -518,27 +518,19 @@ func (t *Tunnel) Ready() (bool, []string) {
 	return len(reasons) == 0, reasons
 }
 
-// Handler serves /metrics (when the tunnel has its own registry),
-// /healthz and /readyz (503 with the reasons while a listener cannot
-// accept).
+// Handler serves /metrics (when the tunnel has its own registry: the
+// tunnel's metrics, the Go runtime's and the process's), /healthz and
+// /readyz (503 with the reasons while a listener cannot accept), as the
+// server's and the agent's do.
 func (t *Tunnel) Handler() http.Handler {
-	mux := http.NewServeMux()
-	if t.gather != nil {
-		mux.Handle("/metrics", promhttp.HandlerFor(t.gather, promhttp.HandlerOpts{}))
+	g := t.gather
+	if g == nil {
+		g = prometheus.NewRegistry() // the caller serves the metrics of its Registerer
 	}
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	return meshmetrics.Handler(g, func(context.Context) (bool, string) {
 		ok, reasons := t.Ready()
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			for _, r := range reasons {
-				fmt.Fprintln(w, r)
-			}
-			return
-		}
-		fmt.Fprintln(w, "ready")
+		return ok, strings.Join(reasons, "; ")
 	})
-	return mux
 }
 
 // drainRevoked closes open connections whose peer's chain the new

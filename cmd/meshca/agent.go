@@ -15,6 +15,8 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/attest/k8s"
 	"github.com/meshca/meshca/attest/k8spsat"
+	"github.com/meshca/meshca/internal/metrics"
+	"github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
@@ -103,12 +105,22 @@ for the SM2 variant. A name the caller may not have gets no secret and is
 audited. deploy/envoy/ has bootstraps; "meshca sds fetch" shows what a proxy
 gets.
 
+OPA bundles pushed with "meshca policy push" reach the agent on its stream
+and are served, cached, three ways: SDS "opa-bundle:<NAME>" (a
+generic_secret holding the signed bundle), OPA's bundle service API on
+--bundle-addr (a loopback port: OPA sidecars point their service URL at
+http://<addr>/v1 and keep working while the servers are away), and, with
+--ext-authz-bundle NAME, Envoy's ext_authz gRPC service on the socket,
+deciding at --ext-authz-decision with OPA-Envoy's input and results; an
+error denies, and every decision is audited.
+
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: server (a list), join_token, trust_bundle, socket, data_dir,
 renew_fraction, log_level, log_format, x509pop_cert, x509pop_key,
 k8s_psat_cluster, k8s_psat_token_path, k8s_kubelet_url, k8s_kubelet_token,
 k8s_kubelet_ca, k8s_kubelet_insecure, sds_default_svid_name,
-sds_default_bundle_name, sds_all_bundles_name, sds_disable_spiffe_validator.
+sds_default_bundle_name, sds_all_bundles_name, sds_disable_spiffe_validator,
+bundle_addr, ext_authz_bundle, ext_authz_decision, http_addr.
 An unknown key is an error. Flags given
 on the command line override the file. Relative paths in the file are
 relative to the file's directory. Example:
@@ -154,6 +166,13 @@ type agentConfig struct {
 	SDSDefaultBundleName      string `json:"sds_default_bundle_name"`
 	SDSAllBundlesName         string `json:"sds_all_bundles_name"`
 	SDSDisableSPIFFEValidator bool   `json:"sds_disable_spiffe_validator"`
+
+	// issue 12: OPA bundles on the agent.
+	BundleAddr       string `json:"bundle_addr"`
+	ExtAuthzBundle   string `json:"ext_authz_bundle"`
+	ExtAuthzDecision string `json:"ext_authz_decision"`
+	// HTTPAddr serves /metrics, /healthz and /readyz.
+	HTTPAddr string `json:"http_addr"`
 }
 
 // defaultRenewFraction is the part of an SVID's lifetime after which the
@@ -194,6 +213,11 @@ func (c *agentConfig) override(fs *pflag.FlagSet, f *agentConfig) {
 		"sds-default-svid-name":   {&c.SDSDefaultSVIDName, &f.SDSDefaultSVIDName},
 		"sds-default-bundle-name": {&c.SDSDefaultBundleName, &f.SDSDefaultBundleName},
 		"sds-all-bundles-name":    {&c.SDSAllBundlesName, &f.SDSAllBundlesName},
+		"http-addr":               {&c.HTTPAddr, &f.HTTPAddr},
+
+		"bundle-addr":        {&c.BundleAddr, &f.BundleAddr},
+		"ext-authz-bundle":   {&c.ExtAuthzBundle, &f.ExtAuthzBundle},
+		"ext-authz-decision": {&c.ExtAuthzDecision, &f.ExtAuthzDecision},
 	}
 	for name, p := range str {
 		if fs.Changed(name) {
@@ -252,7 +276,11 @@ func (a *app) newAgentCommand() *cobra.Command {
 	f.StringVar(&flags.SDSDefaultSVIDName, "sds-default-svid-name", sds.DefaultSVIDName, "SDS name of the caller's default certificate and key")
 	f.StringVar(&flags.SDSDefaultBundleName, "sds-default-bundle-name", sds.DefaultBundleName, "SDS name of the trust domain's validation context (roots and CRLs)")
 	f.StringVar(&flags.SDSAllBundlesName, "sds-all-bundles-name", sds.DefaultAllBundlesName, "SDS name of every bundle, served with Envoy's SPIFFE certificate validator")
+	f.StringVar(&flags.HTTPAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz (ready: attested, synced, serving) on this host:port, e.g. 127.0.0.1:8081 (default: not served)")
 	f.BoolVar(&flags.SDSDisableSPIFFEValidator, "sds-disable-spiffe-validator", false, "serve the all-bundles name as plain trusted_ca instead of Envoy's SPIFFE validator (for Envoy < 1.18)")
+	f.StringVar(&flags.BundleAddr, "bundle-addr", "", "serve the cached OPA bundles over OPA's bundle service API on this loopback host:port, for OPA sidecars")
+	f.StringVar(&flags.ExtAuthzBundle, "ext-authz-bundle", "", "serve Envoy's ext_authz on the socket, deciding with this OPA bundle (meshca policy push --name)")
+	f.StringVar(&flags.ExtAuthzDecision, "ext-authz-decision", "", "the ext_authz decision path in the bundle (default "+policy.DefaultAuthzDecision+", as OPA-Envoy)")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
 		var cfg agentConfig
 		if configFile != "" {
@@ -284,6 +312,11 @@ func (a *app) newAgentCommand() *cobra.Command {
 // checkAgentConfig refuses a configuration that cannot work, before
 // anything is created: these are usage errors.
 func checkAgentConfig(c *agentConfig) error {
+	if c.HTTPAddr != "" {
+		if _, err := metrics.CheckAddr(c.HTTPAddr); err != nil {
+			return usageErrorf("--http-addr: %v", err)
+		}
+	}
 	if err := (sds.Naming{DefaultSVID: c.SDSDefaultSVIDName, DefaultBundle: c.SDSDefaultBundleName, AllBundles: c.SDSAllBundlesName}).Validate(); err != nil {
 		return usageErrorf("SDS names (--sds-*-name): %v", err)
 	}
@@ -390,6 +423,8 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 		RenewFraction: c.RenewFraction, Logger: log,
 		SDSNames:                  sds.Naming{DefaultSVID: c.SDSDefaultSVIDName, DefaultBundle: c.SDSDefaultBundleName, AllBundles: c.SDSAllBundlesName},
 		SDSDisableSPIFFEValidator: c.SDSDisableSPIFFEValidator,
+		HTTPAddr:                  c.HTTPAddr,
+		BundleAddr:                c.BundleAddr, ExtAuthzBundle: c.ExtAuthzBundle, ExtAuthzDecision: c.ExtAuthzDecision,
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
@@ -410,7 +445,7 @@ func (a *app) agent(ctx context.Context, c agentConfig) error {
 	}
 	log.Info("Workload API and Envoy SDS listening", "socket", ag.SocketPath(),
 		"workload", "meshca workload fetch --socket "+ag.SocketPath()+" --out ./svid",
-		"sds", "meshca sds fetch --socket "+ag.SocketPath()+" --out ./sds")
+		"sds", "meshca sds fetch --socket "+ag.SocketPath()+" --out ./sds", "http_addr", ag.HTTPAddr())
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -108,7 +108,8 @@ func TestAgentConfigFile(t *testing.T) {
 	}
 	if keys := strings.Join(jsonKeys[agentConfig](), ","); keys != "server,join_token,trust_bundle,socket,data_dir,renew_fraction,log_level,log_format,"+
 		"x509pop_cert,x509pop_key,k8s_psat_cluster,k8s_psat_token_path,k8s_kubelet_url,k8s_kubelet_token,k8s_kubelet_ca,k8s_kubelet_insecure,"+
-		"sds_default_svid_name,sds_default_bundle_name,sds_all_bundles_name,sds_disable_spiffe_validator" {
+		"sds_default_svid_name,sds_default_bundle_name,sds_all_bundles_name,sds_disable_spiffe_validator,"+
+		"bundle_addr,ext_authz_bundle,ext_authz_decision,http_addr" {
 		t.Errorf("agent config keys = %s", keys)
 	}
 }

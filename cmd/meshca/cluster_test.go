@@ -332,6 +332,38 @@ func TestClusterOfProcesses(t *testing.T) {
 	}
 	waitSameState(t, bin, 10*time.Second, order...)
 
+	// status through a follower shows the whole cluster: 3 members, all
+	// reachable, one leader, and the trust domain's authorities.
+	for _, p := range order {
+		st, _, out := binStatus(t, bin, p)
+		if st.RaftState == "Leader" {
+			continue
+		}
+		leaders, reachable := 0, 0
+		for _, m := range st.Members {
+			if m.Leader {
+				leaders++
+			}
+			if m.Reachable {
+				reachable++
+			}
+		}
+		if len(st.Members) != 3 || reachable != 3 || leaders != 1 {
+			t.Errorf("status of %s: %d members, %d reachable, %d leaders, want 3, 3, 1:\n%s", p.name, len(st.Members), reachable, leaders, out)
+		}
+		if len(st.Authorities) < 8 { // 2 roots, 2 intermediates per server
+			t.Errorf("status of %s lists %d authorities, want the 2 roots and 6 intermediates:\n%s", p.name, len(st.Authorities), out)
+		}
+		text := mustRunBin(t, bin, "status", "--addr", p.addr()).stdout
+		for _, want := range []string{"members (3)", "Leader", "Follower", "LAG", "authorities (", "DAYS LEFT", "intermediate"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("status table of %s lacks %q:\n%s", p.name, want, text)
+			}
+		}
+		t.Logf("status of %s:\n%s", p.name, text)
+		break
+	}
+
 	// Kill the leader with SIGKILL.
 	st, ok, msg := binStatus(t, bin, s1)
 	if !ok || st.LeaderID == "" {

@@ -88,7 +88,11 @@ func (a *app) newPolicyIssuanceSetCommand() *cobra.Command {
 			if files, err = policy.ReadFiles(args[0], 0); err != nil {
 				return err
 			}
-			if _, err := policy.CompileIssuance(cmd.Context(), 0, files); err != nil {
+			p, err := policy.CompileIssuance(cmd.Context(), 0, files)
+			if err != nil {
+				return err
+			}
+			if err := p.SelfTest(cmd.Context()); err != nil {
 				return err
 			}
 		}

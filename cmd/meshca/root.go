@@ -135,12 +135,14 @@ What works today:
   meshca status           show a server's Raft state, leader and state hash
   meshca operator raft    list, add and remove Raft peers; save and restore snapshots
   meshca x509 mint        mint an X509-SVID into a directory, through a server or offline
+  meshca policy           the OPA issuance policy, and signed OPA authorization bundles
+  meshca bundle show      the OPA bundle verification key (--opa-key)
+  meshca tunnel           an mTLS tunnel endpoint fed by the agent's SDS and OPA bundles
 
 Operator commands reach a server through its admin Unix socket: --addr
 unix:///path/admin.sock or $MESHCA_ADDR (default: the socket in the default
 data directory), or from another host --addr host:port over mutual TLS with an
-admin X509-SVID (servers started with --admin-addr). SDS and OPA are not in
-this binary yet.
+admin X509-SVID (servers started with --admin-addr).
 
 CA private keys are sealed at rest under a key-encryption key (KEK) read from
 --kek-file or $MESHCA_KEK_FILE. Without one, dev, offline x509 mint and a
@@ -168,7 +170,7 @@ func (a *app) newRootCommand() *cobra.Command {
 	root.PersistentFlags().Var(&a.output, "output", "output format: table or json")
 	root.AddCommand(a.newDevCommand(), a.newX509Command(), a.newServerCommand(), a.newAgentCommand(),
 		a.newWorkloadCommand(), a.newSDSCommand(), a.newStatusCommand(), a.newTokenCommand(), a.newEntryCommand(),
-		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand())
+		a.newNodeCommand(), a.newAuthorityCommand(), a.newOperatorCommand(), a.newAdminCommand())
 	root.AddCommand(a.newPolicyCommand(), a.newBundleCommand()) // issue 12
 	root.AddCommand(a.newTunnelCommand())                       // issue 14
 	return root

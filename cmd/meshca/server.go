@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/attest/k8spsat"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
+	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/server"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -99,7 +100,7 @@ started server checks that its roots name the same trust domain).
 
 Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
-join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids,
+join, join_token, trust_bundle, join_timeout (a duration, "5m"), admin_socket, admin_addr, admin_ids, http_addr,
 bundle_addr, bundle_dns_names (a list), kek_file, log_level, log_format,
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
@@ -143,12 +144,14 @@ type serverConfig struct {
 	AdminSocket string   `json:"admin_socket"`
 	AdminAddr   string   `json:"admin_addr"`
 	AdminIDs    []string `json:"admin_ids"`
-	// issue 12: the OPA bundle service.
-	BundleAddr     string   `json:"bundle_addr"`
-	BundleDNSNames []string `json:"bundle_dns_names"`
+	HTTPAddr    string   `json:"http_addr"`
 	KEKFile     string   `json:"kek_file"`
 	LogLevel    string   `json:"log_level"`
 	LogFormat   string   `json:"log_format"`
+
+	// issue 12: the OPA bundle service.
+	BundleAddr     string   `json:"bundle_addr"`
+	BundleDNSNames []string `json:"bundle_dns_names"`
 
 	// Node attestors besides join_token.
 	X509PopCA        []string               `json:"x509pop_ca"`
@@ -197,6 +200,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		"admin-socket": {&c.AdminSocket, &f.AdminSocket},
 		"admin-addr":   {&c.AdminAddr, &f.AdminAddr},
 		"bundle-addr":  {&c.BundleAddr, &f.BundleAddr},
+		"http-addr":    {&c.HTTPAddr, &f.HTTPAddr},
 		"kek-file":     {&c.KEKFile, &f.KEKFile},
 		"log-level":    {&c.LogLevel, &f.LogLevel},
 		"log-format":   {&c.LogFormat, &f.LogFormat},
@@ -258,10 +262,11 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.TrustBundle, "trust-bundle", "", "PEM file of the cluster's roots: the first server's <data-dir>/server/bundle.pem")
 	f.Var((*durationText)(&flags.JoinTimeout), "join-timeout", "with --join: how long to keep retrying while the cluster cannot admit this server yet (unreachable, still bootstrapping, no leader), 1s to 24h (default "+server.DefaultJoinTimeout.String()+")")
 	f.StringVar(&flags.AdminSocket, "admin-socket", "", "Unix socket of the operator API (default <data-dir>/admin.sock)")
-	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the --admin-id SVIDs only")
+	f.StringVar(&flags.AdminAddr, "admin-addr", "", "also serve the operator API over mutual TLS on this host:port, to the cluster's admins only (meshca admin list)")
+	f.StringVar(&flags.HTTPAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this host:port, e.g. 127.0.0.1:8080 (default: not served)")
 	f.StringVar(&flags.BundleAddr, "bundle-addr", "", "serve the OPA bundle service (HTTPS, clients with an X509-SVID) on this host:port")
 	f.StringArrayVar(&flags.BundleDNSNames, "bundle-dns-name", nil, "DNS name of the bundle service's certificate, as OPA's service URL names it (default localhost); repeat for more")
-	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID allowed on --admin-addr (get its SVID with meshca x509 mint --addr); repeat for more")
+	f.StringArrayVar(&flags.AdminIDs, "admin-id", nil, "SPIFFE ID of an admin, allowed on --admin-addr (get its SVID with meshca x509 mint --addr); seeds the cluster's replicated admin list while it is empty, afterwards use meshca admin add|remove; repeat for more")
 	f.StringVar(&flags.KEKFile, "kek-file", "", "the cluster's key-encryption key file (default $MESHCA_KEK_FILE, else <data-dir>/kek)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&flags.LogFormat, "log-format", "", "log format: text or json (default text, json with --output json)")
@@ -272,24 +277,32 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.StringVar(&flags.K8sPSATAudience, "k8s-psat-audience", k8spsat.DefaultAudience, "audience the agents' tokens must be made for (with --k8s-psat-cluster)")
 	f.StringArrayVar(&flags.K8sPSATAllowedSA, "k8s-psat-allowed-sa", nil, "namespace:name of a service account whose agents may attest; repeat for more (default any; with --k8s-psat-cluster)")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
-		var cfg serverConfig
-		if configFile != "" {
-			var err error
-			if cfg, err = loadServerConfig(configFile); err != nil {
-				return err
+		// load reads the file and applies the flags, at start and at SIGHUP.
+		load := func() (serverConfig, error) {
+			var cfg serverConfig
+			if configFile != "" {
+				var err error
+				if cfg, err = loadServerConfig(configFile); err != nil {
+					return cfg, err
+				}
 			}
+			cfg.override(cmd.Flags(), &flags)
+			if cfg.LogLevel == "" {
+				cfg.LogLevel = "info"
+			}
+			if cfg.LogFormat == "" {
+				cfg.LogFormat = a.defaultLogFormat()
+			}
+			if cfg.Join != "" && cfg.JoinToken == "" {
+				cfg.JoinToken = a.getenv(envJoinToken)
+			}
+			return cfg, nil
 		}
-		cfg.override(cmd.Flags(), &flags)
-		if cfg.LogLevel == "" {
-			cfg.LogLevel = "info"
+		cfg, err := load()
+		if err != nil {
+			return err
 		}
-		if cfg.LogFormat == "" {
-			cfg.LogFormat = a.defaultLogFormat()
-		}
-		if cfg.Join != "" && cfg.JoinToken == "" {
-			cfg.JoinToken = a.getenv(envJoinToken)
-		}
-		return a.server(cmd.Context(), cfg)
+		return a.server(cmd.Context(), cfg, load)
 	})
 	return cmd
 }
@@ -316,6 +329,11 @@ func checkServerConfig(c *serverConfig) error {
 		}
 		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 			return usageErrorf("%s %q: the other servers dial this address, so give one they can reach, not a wildcard", ad.flag, ad.value)
+		}
+	}
+	if c.HTTPAddr != "" {
+		if _, err := metrics.CheckAddr(c.HTTPAddr); err != nil {
+			return usageErrorf("--http-addr: %v", err)
 		}
 	}
 	if c.Bootstrap {
@@ -432,20 +450,40 @@ func (a *app) logger(level, format string) *slog.Logger {
 // loggers returns a server's logger and hashicorp/raft's, both writing to
 // stderr at level (checked) in format. Raft logs warnings and errors only.
 func (a *app) loggers(level, format string) (*slog.Logger, hclog.Logger) {
-	l, _ := parseLogLevel(level)
-	raftLevel := hclog.Warn
-	if l > slog.LevelWarn {
-		raftLevel = hclog.Error
+	log, _, raftLog := a.reloadableLoggers(level, format)
+	return log, raftLog
+}
+
+// reloadableLoggers are loggers whose level can change while they are in
+// use (SIGHUP): the server's, with its LevelVar, and Raft's.
+func (a *app) reloadableLoggers(level, format string) (*slog.Logger, *slog.LevelVar, hclog.Logger) {
+	l, _ := parseLogLevel(level) // checked by the caller
+	lv := new(slog.LevelVar)
+	lv.Set(l)
+	opts := &slog.HandlerOptions{Level: lv}
+	log := slog.New(slog.NewTextHandler(a.stderr, opts))
+	if format == "json" {
+		log = slog.New(slog.NewJSONHandler(a.stderr, opts))
 	}
 	raftLog := hclog.New(&hclog.LoggerOptions{
-		Name: "raft", Level: raftLevel, Output: a.stderr, JSONFormat: format == "json",
+		Name: "raft", Level: raftLevel(l), Output: a.stderr, JSONFormat: format == "json",
 	})
-	return a.logger(level, format), raftLog
+	return log, lv, raftLog
+}
+
+// raftLevel is Raft's log level for the server's: warnings and errors
+// only, errors only above warn.
+func raftLevel(l slog.Level) hclog.Level {
+	if l > slog.LevelWarn {
+		return hclog.Error
+	}
+	return hclog.Warn
 }
 
 // server runs a meshca server with configuration c until ctx ends or the
 // process gets SIGINT or SIGTERM.
-func (a *app) server(ctx context.Context, c serverConfig) error {
+// load, if set, reads the configuration again for SIGHUP.
+func (a *app) server(ctx context.Context, c serverConfig, load func() (serverConfig, error)) error {
 	if err := checkServerConfig(&c); err != nil {
 		return err
 	}
@@ -506,7 +544,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
-	log, raftLog := a.loggers(c.LogLevel, c.LogFormat)
+	log, logLevel, raftLog := a.reloadableLoggers(c.LogLevel, c.LogFormat)
 	mode := "restart"
 	switch {
 	case hasIdentity:
@@ -526,9 +564,12 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 			log.Warn("port 0 picks a free port at random; the cluster records the address, so a server that restarts must get the same one", ad.name, ad.value)
 		}
 	}
+	if loopback, _ := metrics.CheckAddr(c.HTTPAddr); c.HTTPAddr != "" && !loopback {
+		log.Warn("the metrics and health endpoints are reachable from the network (they carry no secrets and no authentication)", "http_addr", c.HTTPAddr)
+	}
 	srv, err := server.New(server.Config{
 		DataDir: dataDir, NodeID: c.NodeID, RaftAddr: c.RaftAddr, APIAddr: c.APIAddr, AdminSocket: adminSocket, KEK: kek,
-		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs,
+		AdminAddr: c.AdminAddr, AdminIDs: c.AdminIDs, HTTPAddr: c.HTTPAddr,
 		BundleAddr: c.BundleAddr, BundleDNSNames: c.BundleDNSNames,
 		Bootstrap: c.Bootstrap, TrustDomain: c.TrustDomain,
 		Join: c.Join, JoinToken: c.JoinToken, TrustBundle: bundle, JoinTimeout: joinWait,
@@ -550,7 +591,7 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 	}
 	bundlePath := server.TrustBundlePath(dataDir) // written by server.New
 	log.Info("meshca server started", "node", c.NodeID, "raft_addr", srv.RaftAddr(), "api_addr", srv.APIAddr(),
-		"admin_socket", srv.AdminSocket(), "trust_bundle", bundlePath,
+		"admin_socket", srv.AdminSocket(), "trust_bundle", bundlePath, "http_addr", srv.HTTPAddr(),
 		"operator", "meshca status --addr unix://"+srv.AdminSocket())
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -561,6 +602,12 @@ func (a *app) server(ctx context.Context, c serverConfig) error {
 		stop()
 		log.Info("shutting down")
 	}()
+	if load != nil {
+		r := &serverReloader{load: load, current: c, srv: srv, level: logLevel, raftLog: raftLog, log: log}
+		reloading := make(chan struct{})
+		go func() { defer close(reloading); r.watch(ctx) }() // ends with ctx
+		defer func() { <-reloading }()
+	}
 	if err := srv.Run(ctx); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}

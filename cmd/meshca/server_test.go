@@ -453,7 +453,7 @@ func TestServerConfigFile(t *testing.T) {
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("after flags: %+v, want %+v", c, want)
 	}
-	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,admin_socket,admin_addr,admin_ids,kek_file,log_level,log_format,"+
+	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,admin_socket,admin_addr,admin_ids,http_addr,kek_file,log_level,log_format,bundle_addr,bundle_dns_names,"+
 		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters" {
 		t.Errorf("configKeys = %s", keys)
 	}
@@ -588,8 +588,32 @@ func TestOperatorOverMutualTLS(t *testing.T) {
 	if r := status(mintDir("spiffe://example.org/ops/alice")); r.code != exitOK || !strings.Contains(r.stdout, `"node_id": "s1"`) {
 		t.Errorf("admin over mTLS: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	if r := status(mintDir("spiffe://example.org/ops/mallory")); r.code != exitError || !strings.Contains(r.stderr, "not an admin") {
+	mallory := mintDir("spiffe://example.org/ops/mallory")
+	if r := status(mallory); r.code != exitError || !strings.Contains(r.stderr, "not an admin") {
 		t.Errorf("non-admin over mTLS: exit %d\n%s", r.code, r.stderr)
+	}
+
+	// meshca admin: the list is the seeded alice; mallory is added, and
+	// may operate.
+	var admins struct{ Admins []adminReport }
+	waitFor(t, 10*time.Second, "alice seeded", func() (bool, string) {
+		r := mustSucceed(t, env, "admin", "list", "--addr", "unix://"+sock, "--output", "json")
+		decodeJSON(t, r, &admins)
+		return len(admins.Admins) == 1 && admins.Admins[0].SPIFFEID == "spiffe://example.org/ops/alice" && admins.Admins[0].AddedBy == "admin_ids of s1", r.stdout
+	})
+	mustSucceed(t, env, "admin", "add", "spiffe://example.org/ops/mallory", "--addr", "unix://"+sock)
+	if r := status(mallory); r.code != exitOK {
+		t.Errorf("mallory after admin add: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := meshca(t, env, "admin", "remove", "spiffe://example.org/ops/nobody", "--addr", "unix://"+sock); r.code != exitError || !strings.Contains(r.stderr, "is not an admin") {
+		t.Errorf("admin remove of a non-admin: exit %d, stderr %q", r.code, r.stderr)
+	}
+	mustSucceed(t, env, "admin", "remove", "spiffe://example.org/ops/mallory", "--addr", "unix://"+sock)
+	if r := status(mallory); r.code != exitError || !strings.Contains(r.stderr, "not an admin") {
+		t.Errorf("mallory after admin remove: exit %d\n%s", r.code, r.stderr)
+	}
+	if table := mustSucceed(t, env, "admin", "list", "--addr", "unix://"+sock).stdout; !strings.Contains(table, "ADDED BY") || !strings.Contains(table, "ops/alice") || strings.Contains(table, "mallory") {
+		t.Errorf("admin list:\n%s", table)
 	}
 
 	// The cluster API port given where the operator API is expected.

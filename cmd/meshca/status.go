@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"math"
+	"sort"
+	"time"
 
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/spf13/cobra"
@@ -22,7 +25,14 @@ unreachable.
 The applied index, the state hash and the ledger size are of one moment.
 Servers that have applied the same entries report the same state hash, so
 comparing the hashes of every server at the same index shows whether they
-agree.` + opLong
+agree.
+
+It then lists every member of the Raft configuration as each answers the
+contacted server (asked at once, 2 s each): its Raft state, applied index,
+lag (entries the leader committed that it has not applied) and when it
+last heard from the leader, or why it did not answer; and every root and
+intermediate with its state and the days until it expires, the first to
+expire first. --output json has the same fields.` + opLong
 
 // statusReport is what status prints; the JSON field names are those of
 // the operator API's StatusResponse.
@@ -40,13 +50,49 @@ type statusReport struct {
 	// SignQueueDepth is the number of CSRs admitted and not yet signed.
 	SignQueueDepth int64  `json:"sign_queue_depth"`
 	ReadyReason    string `json:"ready_reason,omitempty"`
+	AttestedNodes  uint64 `json:"attested_nodes"`
+	Entries        uint64 `json:"entries"`
+	// Members is every server of the Raft configuration as it answered.
+	Members []memberReport `json:"members"`
+	// Authorities are the roots and intermediates, the first to expire
+	// first.
+	Authorities []authorityStatusReport `json:"authorities"`
+}
+
+// memberReport is one server of the cluster in status.
+type memberReport struct {
+	NodeID    string `json:"node_id"`
+	RaftAddr  string `json:"raft_addr"`
+	Suffrage  string `json:"suffrage"`
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+	RaftState string `json:"raft_state,omitempty"`
+	Leader    bool   `json:"leader"`
+	// AppliedIndex and CommitIndex as the member reported them; Lag is the
+	// entries it has not applied of those the answering leader committed.
+	AppliedIndex      uint64 `json:"applied_index"`
+	CommitIndex       uint64 `json:"commit_index"`
+	Lag               uint64 `json:"lag"`
+	LastContactMillis int64  `json:"last_contact_ms"`
+}
+
+// authorityStatusReport is an authority and when it expires.
+type authorityStatusReport struct {
+	ID       string    `json:"id"`
+	Kind     string    `json:"kind"`
+	Profile  string    `json:"profile"`
+	State    string    `json:"state"`
+	ServerID string    `json:"server_id,omitempty"`
+	NotAfter time.Time `json:"not_after"`
+	// DaysLeft is the whole days until NotAfter (negative once expired).
+	DaysLeft int `json:"days_left"`
 }
 
 func (a *app) newStatusCommand() *cobra.Command {
 	var o opOptions
 	cmd := &cobra.Command{
 		Use:   "status [--addr unix:///path/admin.sock]",
-		Short: "Show a server's Raft state, leader, state hash and signing queue",
+		Short: "Show the cluster: every member and its lag, the leader, authorities and their expiry, the state hash and signing queue",
 		Long:  statusLong,
 		Args:  cobra.NoArgs,
 	}
@@ -66,7 +112,30 @@ func (a *app) newStatusCommand() *cobra.Command {
 			LeaderID: resp.LeaderId, LeaderAddr: resp.LeaderAddr, AppliedIndex: resp.AppliedIndex,
 			CommitIndex: resp.CommitIndex, StateHash: resp.StateHash, LedgerRecords: resp.LedgerRecords,
 			Ready: resp.Ready, ReadyReason: resp.ReadyReason, SignQueueDepth: resp.SignQueueDepth,
+			AttestedNodes: resp.AttestedNodes, Entries: resp.Entries,
 		}
+		var leaderCommit uint64
+		for _, m := range resp.Members {
+			if m.RaftState == "Leader" {
+				leaderCommit = m.CommitIndex
+			}
+		}
+		for _, m := range resp.Members {
+			mr := memberReport{NodeID: m.NodeId, RaftAddr: m.RaftAddr, Suffrage: m.Suffrage, Reachable: m.Reachable, Error: m.Error,
+				RaftState: m.RaftState, Leader: m.RaftState == "Leader", AppliedIndex: m.AppliedIndex, CommitIndex: m.CommitIndex,
+				LastContactMillis: m.LastContactMillis}
+			if m.Reachable && leaderCommit > m.AppliedIndex {
+				mr.Lag = leaderCommit - m.AppliedIndex
+			}
+			r.Members = append(r.Members, mr)
+		}
+		now := time.Now()
+		for _, au := range resp.Authorities {
+			na := time.Unix(au.NotAfterUnix, 0).UTC()
+			r.Authorities = append(r.Authorities, authorityStatusReport{ID: au.Id, Kind: au.Kind, Profile: au.Profile, State: au.State,
+				ServerID: au.ServerId, NotAfter: na, DaysLeft: int(math.Floor(na.Sub(now).Hours() / 24))})
+		}
+		sort.SliceStable(r.Authorities, func(i, j int) bool { return r.Authorities[i].NotAfter.Before(r.Authorities[j].NotAfter) })
 		if a.output == outputJSON {
 			return writeJSON(a.stdout, r)
 		}
@@ -92,7 +161,46 @@ func (a *app) newStatusCommand() *cobra.Command {
 		t.row("state hash", r.StateHash)
 		t.row("ledger records", r.LedgerRecords)
 		t.row("sign queue", fmt.Sprintf("%d CSRs admitted, not yet signed", r.SignQueueDepth))
+		t.row("attested nodes", r.AttestedNodes)
+		t.row("entries", r.Entries)
+		if err := t.flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "\nmembers (%d):\n", len(r.Members))
+		t = newTable(a.stdout, "  ")
+		t.row("NODE", "RAFT ADDRESS\tSUFFRAGE\tSTATE\tAPPLIED\tLAG\tLAST CONTACT")
+		for _, m := range r.Members {
+			if !m.Reachable {
+				t.row(m.NodeID, m.RaftAddr+"\t"+m.Suffrage+"\tunreachable: "+m.Error+"\t\t\t")
+				continue
+			}
+			contact := "-"
+			switch {
+			case m.Leader:
+				contact = "(leader)"
+			case m.LastContactMillis >= 0:
+				contact = (time.Duration(m.LastContactMillis) * time.Millisecond).String() + " ago"
+			}
+			t.row(m.NodeID, fmt.Sprintf("%s\t%s\t%s\t%d\t%d\t%s", m.RaftAddr, m.Suffrage, m.RaftState, m.AppliedIndex, m.Lag, contact))
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "\nauthorities (%d), the first to expire first:\n", len(r.Authorities))
+		t = newTable(a.stdout, "  ")
+		t.row("KIND", "PROFILE\tSTATE\tSERVER\tEXPIRES\tDAYS LEFT\tID")
+		for _, au := range r.Authorities {
+			t.row(au.Kind, fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", au.Profile, au.State, orDash(au.ServerID), au.NotAfter.Format(time.RFC3339), au.DaysLeft, au.ID))
+		}
 		return t.flush()
 	})
 	return cmd
+}
+
+// orDash is s, or "-" when it is empty, for a table cell.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

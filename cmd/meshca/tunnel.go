@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/audit"
+	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/tunnel"
@@ -291,6 +292,11 @@ func (a *app) tunnelSettings(c tunnelConfig) (tunnel.Config, error) {
 	if c.LogFormat != "" {
 		if err := checkLogFormat(c.LogFormat); err != nil {
 			return tc, err
+		}
+	}
+	if c.HTTPAddr != "" {
+		if _, err := metrics.CheckAddr(c.HTTPAddr); err != nil {
+			return tc, usageErrorf("--http-addr: %v", err)
 		}
 	}
 	var err error

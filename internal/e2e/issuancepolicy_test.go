@@ -109,12 +109,25 @@ func TestIssuancePolicy(t *testing.T) {
 		t.Fatalf("revision 1 no longer decides: %v", err)
 	}
 
-	// An evaluation error denies (fail closed), with the error as reason.
-	if _, err := set("package meshca.issuance\nallow := true\nreason := \"a\"\nreason := \"b\" if true\n"); err != nil {
+	// A policy that fails at evaluation on every input is refused when set;
+	// one that fails on some inputs denies those (fail closed), with the
+	// error as reason, and allows the others.
+	if _, err := set("package meshca.issuance\nallow := true\nreason := \"a\"\nreason := \"b\" if true\n"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "fails at evaluation") {
+		t.Fatalf("a policy that always fails at evaluation: %v, want InvalidArgument", err)
+	}
+	if _, err := set("package meshca.issuance\nallow := true\nreason := \"a\" if contains(input.request.spiffe_id, \"conflict\")\nreason := \"b\" if contains(input.request.spiffe_id, \"conflict\")\n"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mint(t, e, "spiffe://example.org/web"); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "issuance policy") {
-		t.Fatalf("a policy that errors: %v, want PermissionDenied", err)
+	if _, err := mint(t, e, "spiffe://example.org/conflict"); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "issuance policy") {
+		t.Fatalf("a policy that errors on this input: %v, want PermissionDenied", err)
+	}
+	if _, err := e.events.Wait(tctx(t, 5*time.Second), func(ev audit.Event) bool {
+		return ev.Decision == audit.Deny && ev.Subject == "spiffe://example.org/conflict" && strings.Contains(ev.Reason, "issuance policy")
+	}); err != nil {
+		t.Fatalf("the fail-closed deny was not audited: %v", err)
+	}
+	if _, err := mint(t, e, "spiffe://example.org/fine"); err != nil {
+		t.Fatalf("a mint the erroring policy decides fine: %v", err)
 	}
 
 	// Removed: entry matching alone again.

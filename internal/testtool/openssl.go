@@ -1,5 +1,5 @@
 // Package testtool finds and runs the external tools tests check meshca's
-// output with (the openssl binary). It is imported by tests only.
+// output with (openssl, promtool). It is imported by tests only.
 package testtool
 
 import (
@@ -14,12 +14,20 @@ import (
 // fails on CI (CI set: `make test` installs it) and is skipped elsewhere.
 func OpenSSL(t testing.TB) string {
 	t.Helper()
-	p, err := exec.LookPath("openssl")
+	return Tool(t, "openssl")
+}
+
+// Tool returns the path of the external tool name. Without it the test
+// fails on CI (CI set: `make test` installs every tool the tests run) and
+// is skipped elsewhere.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
 	if err != nil {
 		if os.Getenv("CI") != "" {
-			t.Fatalf("openssl is required on CI (make test installs it): %v", err)
+			t.Fatalf("%s is required on CI (make test installs it): %v", name, err)
 		}
-		t.Skipf("openssl not found (make test installs it): %v", err)
+		t.Skipf("%s not found (make test installs it): %v", name, err)
 	}
 	return p
 }

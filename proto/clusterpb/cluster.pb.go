@@ -82,7 +82,132 @@ func (x MembershipRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MembershipRequest_Op.Descriptor instead.
 func (MembershipRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{2, 0}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{4, 0}
+}
+
+type MemberStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberStatusRequest) Reset() {
+	*x = MemberStatusRequest{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberStatusRequest) ProtoMessage() {}
+
+func (x *MemberStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberStatusRequest.ProtoReflect.Descriptor instead.
+func (*MemberStatusRequest) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+type MemberStatusResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// raft_state is Leader, Follower, Candidate or Shutdown.
+	RaftState string `protobuf:"bytes,2,opt,name=raft_state,json=raftState,proto3" json:"raft_state,omitempty"`
+	// applied_index is Raft's last applied index (configuration and no-op
+	// entries included), comparable with commit_index.
+	AppliedIndex uint64 `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CommitIndex  uint64 `protobuf:"varint,4,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	LeaderId     string `protobuf:"bytes,5,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	// last_contact_millis: how long ago this follower heard from the leader
+	// (0 on the leader; -1 when it never did).
+	LastContactMillis int64 `protobuf:"varint,6,opt,name=last_contact_millis,json=lastContactMillis,proto3" json:"last_contact_millis,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *MemberStatusResponse) Reset() {
+	*x = MemberStatusResponse{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberStatusResponse) ProtoMessage() {}
+
+func (x *MemberStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberStatusResponse.ProtoReflect.Descriptor instead.
+func (*MemberStatusResponse) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MemberStatusResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *MemberStatusResponse) GetRaftState() string {
+	if x != nil {
+		return x.RaftState
+	}
+	return ""
+}
+
+func (x *MemberStatusResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *MemberStatusResponse) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
+func (x *MemberStatusResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *MemberStatusResponse) GetLastContactMillis() int64 {
+	if x != nil {
+		return x.LastContactMillis
+	}
+	return 0
 }
 
 type CertifyIntermediateRequest struct {
@@ -97,7 +222,7 @@ type CertifyIntermediateRequest struct {
 
 func (x *CertifyIntermediateRequest) Reset() {
 	*x = CertifyIntermediateRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	mi := &file_clusterpb_cluster_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -109,7 +234,7 @@ func (x *CertifyIntermediateRequest) String() string {
 func (*CertifyIntermediateRequest) ProtoMessage() {}
 
 func (x *CertifyIntermediateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[0]
+	mi := &file_clusterpb_cluster_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -122,7 +247,7 @@ func (x *CertifyIntermediateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertifyIntermediateRequest.ProtoReflect.Descriptor instead.
 func (*CertifyIntermediateRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{0}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CertifyIntermediateRequest) GetProfile() string {
@@ -149,7 +274,7 @@ type CertifyIntermediateResponse struct {
 
 func (x *CertifyIntermediateResponse) Reset() {
 	*x = CertifyIntermediateResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	mi := &file_clusterpb_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +286,7 @@ func (x *CertifyIntermediateResponse) String() string {
 func (*CertifyIntermediateResponse) ProtoMessage() {}
 
 func (x *CertifyIntermediateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[1]
+	mi := &file_clusterpb_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +299,7 @@ func (x *CertifyIntermediateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertifyIntermediateResponse.ProtoReflect.Descriptor instead.
 func (*CertifyIntermediateResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{1}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CertifyIntermediateResponse) GetCertificate() []byte {
@@ -195,7 +320,7 @@ type MembershipRequest struct {
 
 func (x *MembershipRequest) Reset() {
 	*x = MembershipRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[2]
+	mi := &file_clusterpb_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -207,7 +332,7 @@ func (x *MembershipRequest) String() string {
 func (*MembershipRequest) ProtoMessage() {}
 
 func (x *MembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[2]
+	mi := &file_clusterpb_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -220,7 +345,7 @@ func (x *MembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembershipRequest.ProtoReflect.Descriptor instead.
 func (*MembershipRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{2}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MembershipRequest) GetOp() MembershipRequest_Op {
@@ -252,7 +377,7 @@ type MembershipResponse struct {
 
 func (x *MembershipResponse) Reset() {
 	*x = MembershipResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[3]
+	mi := &file_clusterpb_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +389,7 @@ func (x *MembershipResponse) String() string {
 func (*MembershipResponse) ProtoMessage() {}
 
 func (x *MembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[3]
+	mi := &file_clusterpb_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +402,7 @@ func (x *MembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembershipResponse.ProtoReflect.Descriptor instead.
 func (*MembershipResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{3}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 type RestoreChunk struct {
@@ -289,7 +414,7 @@ type RestoreChunk struct {
 
 func (x *RestoreChunk) Reset() {
 	*x = RestoreChunk{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_clusterpb_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +426,7 @@ func (x *RestoreChunk) String() string {
 func (*RestoreChunk) ProtoMessage() {}
 
 func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_clusterpb_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +439,7 @@ func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
 func (*RestoreChunk) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RestoreChunk) GetData() []byte {
@@ -333,7 +458,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_clusterpb_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +470,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_clusterpb_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,7 +483,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RestoreResponse) GetStateHash() []byte {
@@ -377,7 +502,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[6]
+	mi := &file_clusterpb_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +514,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[6]
+	mi := &file_clusterpb_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +527,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -423,7 +548,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[7]
+	mi := &file_clusterpb_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +560,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[7]
+	mi := &file_clusterpb_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +573,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -473,7 +598,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[8]
+	mi := &file_clusterpb_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +610,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[8]
+	mi := &file_clusterpb_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +623,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 type ReadIndexResponse struct {
@@ -510,7 +635,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[9]
+	mi := &file_clusterpb_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +647,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[9]
+	mi := &file_clusterpb_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +660,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -566,7 +691,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[10]
+	mi := &file_clusterpb_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +703,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[10]
+	mi := &file_clusterpb_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +716,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -656,7 +781,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_clusterpb_cluster_proto_msgTypes[11]
+	mi := &file_clusterpb_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +793,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clusterpb_cluster_proto_msgTypes[11]
+	mi := &file_clusterpb_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +806,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JoinResponse) GetTrustDomain() string {
@@ -709,7 +834,16 @@ var File_clusterpb_cluster_proto protoreflect.FileDescriptor
 
 const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x17clusterpb/cluster.proto\x12\x11meshca.cluster.v1\"H\n" +
+	"\x17clusterpb/cluster.proto\x12\x11meshca.cluster.v1\"\x15\n" +
+	"\x13MemberStatusRequest\"\xe3\x01\n" +
+	"\x14MemberStatusResponse\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"raft_state\x18\x02 \x01(\tR\traftState\x12#\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\x12!\n" +
+	"\fcommit_index\x18\x04 \x01(\x04R\vcommitIndex\x12\x1b\n" +
+	"\tleader_id\x18\x05 \x01(\tR\bleaderId\x12.\n" +
+	"\x13last_contact_millis\x18\x06 \x01(\x03R\x11lastContactMillis\"H\n" +
 	"\x1aCertifyIntermediateRequest\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"?\n" +
@@ -762,7 +896,7 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\n" +
 	"RootsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01J\x04\b\x03\x10\x042\x99\x04\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01J\x04\b\x03\x10\x042\xfa\x04\n" +
 	"\aCluster\x12J\n" +
 	"\x05Apply\x12\x1f.meshca.cluster.v1.ApplyRequest\x1a .meshca.cluster.v1.ApplyResponse\x12V\n" +
 	"\tReadIndex\x12#.meshca.cluster.v1.ReadIndexRequest\x1a$.meshca.cluster.v1.ReadIndexResponse\x12G\n" +
@@ -770,7 +904,8 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\n" +
 	"Membership\x12$.meshca.cluster.v1.MembershipRequest\x1a%.meshca.cluster.v1.MembershipResponse\x12P\n" +
 	"\aRestore\x12\x1f.meshca.cluster.v1.RestoreChunk\x1a\".meshca.cluster.v1.RestoreResponse(\x01\x12t\n" +
-	"\x13CertifyIntermediate\x12-.meshca.cluster.v1.CertifyIntermediateRequest\x1a..meshca.cluster.v1.CertifyIntermediateResponseB*Z(github.com/meshca/meshca/proto/clusterpbb\x06proto3"
+	"\x13CertifyIntermediate\x12-.meshca.cluster.v1.CertifyIntermediateRequest\x1a..meshca.cluster.v1.CertifyIntermediateResponse\x12_\n" +
+	"\fMemberStatus\x12&.meshca.cluster.v1.MemberStatusRequest\x1a'.meshca.cluster.v1.MemberStatusResponseB*Z(github.com/meshca/meshca/proto/clusterpbb\x06proto3"
 
 var (
 	file_clusterpb_cluster_proto_rawDescOnce sync.Once
@@ -785,44 +920,48 @@ func file_clusterpb_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_clusterpb_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_clusterpb_cluster_proto_goTypes = []any{
 	(MembershipRequest_Op)(0),           // 0: meshca.cluster.v1.MembershipRequest.Op
-	(*CertifyIntermediateRequest)(nil),  // 1: meshca.cluster.v1.CertifyIntermediateRequest
-	(*CertifyIntermediateResponse)(nil), // 2: meshca.cluster.v1.CertifyIntermediateResponse
-	(*MembershipRequest)(nil),           // 3: meshca.cluster.v1.MembershipRequest
-	(*MembershipResponse)(nil),          // 4: meshca.cluster.v1.MembershipResponse
-	(*RestoreChunk)(nil),                // 5: meshca.cluster.v1.RestoreChunk
-	(*RestoreResponse)(nil),             // 6: meshca.cluster.v1.RestoreResponse
-	(*ApplyRequest)(nil),                // 7: meshca.cluster.v1.ApplyRequest
-	(*ApplyResponse)(nil),               // 8: meshca.cluster.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),            // 9: meshca.cluster.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),           // 10: meshca.cluster.v1.ReadIndexResponse
-	(*JoinRequest)(nil),                 // 11: meshca.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),                // 12: meshca.cluster.v1.JoinResponse
-	nil,                                 // 13: meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
-	nil,                                 // 14: meshca.cluster.v1.JoinResponse.IntermediatesEntry
-	nil,                                 // 15: meshca.cluster.v1.JoinResponse.RootsEntry
+	(*MemberStatusRequest)(nil),         // 1: meshca.cluster.v1.MemberStatusRequest
+	(*MemberStatusResponse)(nil),        // 2: meshca.cluster.v1.MemberStatusResponse
+	(*CertifyIntermediateRequest)(nil),  // 3: meshca.cluster.v1.CertifyIntermediateRequest
+	(*CertifyIntermediateResponse)(nil), // 4: meshca.cluster.v1.CertifyIntermediateResponse
+	(*MembershipRequest)(nil),           // 5: meshca.cluster.v1.MembershipRequest
+	(*MembershipResponse)(nil),          // 6: meshca.cluster.v1.MembershipResponse
+	(*RestoreChunk)(nil),                // 7: meshca.cluster.v1.RestoreChunk
+	(*RestoreResponse)(nil),             // 8: meshca.cluster.v1.RestoreResponse
+	(*ApplyRequest)(nil),                // 9: meshca.cluster.v1.ApplyRequest
+	(*ApplyResponse)(nil),               // 10: meshca.cluster.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),            // 11: meshca.cluster.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),           // 12: meshca.cluster.v1.ReadIndexResponse
+	(*JoinRequest)(nil),                 // 13: meshca.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),                // 14: meshca.cluster.v1.JoinResponse
+	nil,                                 // 15: meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
+	nil,                                 // 16: meshca.cluster.v1.JoinResponse.IntermediatesEntry
+	nil,                                 // 17: meshca.cluster.v1.JoinResponse.RootsEntry
 }
 var file_clusterpb_cluster_proto_depIdxs = []int32{
 	0,  // 0: meshca.cluster.v1.MembershipRequest.op:type_name -> meshca.cluster.v1.MembershipRequest.Op
-	13, // 1: meshca.cluster.v1.JoinRequest.intermediate_csrs:type_name -> meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
-	14, // 2: meshca.cluster.v1.JoinResponse.intermediates:type_name -> meshca.cluster.v1.JoinResponse.IntermediatesEntry
-	15, // 3: meshca.cluster.v1.JoinResponse.roots:type_name -> meshca.cluster.v1.JoinResponse.RootsEntry
-	7,  // 4: meshca.cluster.v1.Cluster.Apply:input_type -> meshca.cluster.v1.ApplyRequest
-	9,  // 5: meshca.cluster.v1.Cluster.ReadIndex:input_type -> meshca.cluster.v1.ReadIndexRequest
-	11, // 6: meshca.cluster.v1.Cluster.Join:input_type -> meshca.cluster.v1.JoinRequest
-	3,  // 7: meshca.cluster.v1.Cluster.Membership:input_type -> meshca.cluster.v1.MembershipRequest
-	5,  // 8: meshca.cluster.v1.Cluster.Restore:input_type -> meshca.cluster.v1.RestoreChunk
-	1,  // 9: meshca.cluster.v1.Cluster.CertifyIntermediate:input_type -> meshca.cluster.v1.CertifyIntermediateRequest
-	8,  // 10: meshca.cluster.v1.Cluster.Apply:output_type -> meshca.cluster.v1.ApplyResponse
-	10, // 11: meshca.cluster.v1.Cluster.ReadIndex:output_type -> meshca.cluster.v1.ReadIndexResponse
-	12, // 12: meshca.cluster.v1.Cluster.Join:output_type -> meshca.cluster.v1.JoinResponse
-	4,  // 13: meshca.cluster.v1.Cluster.Membership:output_type -> meshca.cluster.v1.MembershipResponse
-	6,  // 14: meshca.cluster.v1.Cluster.Restore:output_type -> meshca.cluster.v1.RestoreResponse
-	2,  // 15: meshca.cluster.v1.Cluster.CertifyIntermediate:output_type -> meshca.cluster.v1.CertifyIntermediateResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
+	15, // 1: meshca.cluster.v1.JoinRequest.intermediate_csrs:type_name -> meshca.cluster.v1.JoinRequest.IntermediateCsrsEntry
+	16, // 2: meshca.cluster.v1.JoinResponse.intermediates:type_name -> meshca.cluster.v1.JoinResponse.IntermediatesEntry
+	17, // 3: meshca.cluster.v1.JoinResponse.roots:type_name -> meshca.cluster.v1.JoinResponse.RootsEntry
+	9,  // 4: meshca.cluster.v1.Cluster.Apply:input_type -> meshca.cluster.v1.ApplyRequest
+	11, // 5: meshca.cluster.v1.Cluster.ReadIndex:input_type -> meshca.cluster.v1.ReadIndexRequest
+	13, // 6: meshca.cluster.v1.Cluster.Join:input_type -> meshca.cluster.v1.JoinRequest
+	5,  // 7: meshca.cluster.v1.Cluster.Membership:input_type -> meshca.cluster.v1.MembershipRequest
+	7,  // 8: meshca.cluster.v1.Cluster.Restore:input_type -> meshca.cluster.v1.RestoreChunk
+	3,  // 9: meshca.cluster.v1.Cluster.CertifyIntermediate:input_type -> meshca.cluster.v1.CertifyIntermediateRequest
+	1,  // 10: meshca.cluster.v1.Cluster.MemberStatus:input_type -> meshca.cluster.v1.MemberStatusRequest
+	10, // 11: meshca.cluster.v1.Cluster.Apply:output_type -> meshca.cluster.v1.ApplyResponse
+	12, // 12: meshca.cluster.v1.Cluster.ReadIndex:output_type -> meshca.cluster.v1.ReadIndexResponse
+	14, // 13: meshca.cluster.v1.Cluster.Join:output_type -> meshca.cluster.v1.JoinResponse
+	6,  // 14: meshca.cluster.v1.Cluster.Membership:output_type -> meshca.cluster.v1.MembershipResponse
+	8,  // 15: meshca.cluster.v1.Cluster.Restore:output_type -> meshca.cluster.v1.RestoreResponse
+	4,  // 16: meshca.cluster.v1.Cluster.CertifyIntermediate:output_type -> meshca.cluster.v1.CertifyIntermediateResponse
+	2,  // 17: meshca.cluster.v1.Cluster.MemberStatus:output_type -> meshca.cluster.v1.MemberStatusResponse
+	11, // [11:18] is the sub-list for method output_type
+	4,  // [4:11] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -839,7 +978,7 @@ func file_clusterpb_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clusterpb_cluster_proto_rawDesc), len(file_clusterpb_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	Cluster_Membership_FullMethodName          = "/meshca.cluster.v1.Cluster/Membership"
 	Cluster_Restore_FullMethodName             = "/meshca.cluster.v1.Cluster/Restore"
 	Cluster_CertifyIntermediate_FullMethodName = "/meshca.cluster.v1.Cluster/CertifyIntermediate"
+	Cluster_MemberStatus_FullMethodName        = "/meshca.cluster.v1.Cluster/MemberStatus"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -52,6 +53,9 @@ type ClusterClient interface {
 	// intermediate with the active root and record it as prepared. Asking
 	// again for the same key returns the same certificate.
 	CertifyIntermediate(ctx context.Context, in *CertifyIntermediateRequest, opts ...grpc.CallOption) (*CertifyIntermediateResponse, error)
+	// MemberStatus reports this server's Raft and state-machine position,
+	// for another server's `meshca status`.
+	MemberStatus(ctx context.Context, in *MemberStatusRequest, opts ...grpc.CallOption) (*MemberStatusResponse, error)
 }
 
 type clusterClient struct {
@@ -125,6 +129,16 @@ func (c *clusterClient) CertifyIntermediate(ctx context.Context, in *CertifyInte
 	return out, nil
 }
 
+func (c *clusterClient) MemberStatus(ctx context.Context, in *MemberStatusRequest, opts ...grpc.CallOption) (*MemberStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MemberStatusResponse)
+	err := c.cc.Invoke(ctx, Cluster_MemberStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -146,6 +160,9 @@ type ClusterServer interface {
 	// intermediate with the active root and record it as prepared. Asking
 	// again for the same key returns the same certificate.
 	CertifyIntermediate(context.Context, *CertifyIntermediateRequest) (*CertifyIntermediateResponse, error)
+	// MemberStatus reports this server's Raft and state-machine position,
+	// for another server's `meshca status`.
+	MemberStatus(context.Context, *MemberStatusRequest) (*MemberStatusResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -173,6 +190,9 @@ func (UnimplementedClusterServer) Restore(grpc.ClientStreamingServer[RestoreChun
 }
 func (UnimplementedClusterServer) CertifyIntermediate(context.Context, *CertifyIntermediateRequest) (*CertifyIntermediateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CertifyIntermediate not implemented")
+}
+func (UnimplementedClusterServer) MemberStatus(context.Context, *MemberStatusRequest) (*MemberStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MemberStatus not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -292,6 +312,24 @@ func _Cluster_CertifyIntermediate_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_MemberStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MemberStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).MemberStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_MemberStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).MemberStatus(ctx, req.(*MemberStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -318,6 +356,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CertifyIntermediate",
 			Handler:    _Cluster_CertifyIntermediate_Handler,
+		},
+		{
+			MethodName: "MemberStatus",
+			Handler:    _Cluster_MemberStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -23,6 +23,270 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AddAdminRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAdminRequest) Reset() {
+	*x = AddAdminRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAdminRequest) ProtoMessage() {}
+
+func (x *AddAdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAdminRequest.ProtoReflect.Descriptor instead.
+func (*AddAdminRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AddAdminRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type RemoveAdminRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveAdminRequest) Reset() {
+	*x = RemoveAdminRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAdminRequest) ProtoMessage() {}
+
+func (x *RemoveAdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAdminRequest.ProtoReflect.Descriptor instead.
+func (*RemoveAdminRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RemoveAdminRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type AdminResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminResponse) Reset() {
+	*x = AdminResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminResponse) ProtoMessage() {}
+
+func (x *AdminResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminResponse.ProtoReflect.Descriptor instead.
+func (*AdminResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{2}
+}
+
+type ListAdminsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminsRequest) Reset() {
+	*x = ListAdminsRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminsRequest) ProtoMessage() {}
+
+func (x *ListAdminsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminsRequest.ProtoReflect.Descriptor instead.
+func (*ListAdminsRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{3}
+}
+
+type AdminInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	AddedUnix     int64                  `protobuf:"varint,2,opt,name=added_unix,json=addedUnix,proto3" json:"added_unix,omitempty"`
+	AddedBy       string                 `protobuf:"bytes,3,opt,name=added_by,json=addedBy,proto3" json:"added_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminInfo) Reset() {
+	*x = AdminInfo{}
+	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminInfo) ProtoMessage() {}
+
+func (x *AdminInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminInfo.ProtoReflect.Descriptor instead.
+func (*AdminInfo) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AdminInfo) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *AdminInfo) GetAddedUnix() int64 {
+	if x != nil {
+		return x.AddedUnix
+	}
+	return 0
+}
+
+func (x *AdminInfo) GetAddedBy() string {
+	if x != nil {
+		return x.AddedBy
+	}
+	return ""
+}
+
+type ListAdminsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Admins        []*AdminInfo           `protobuf:"bytes,1,rep,name=admins,proto3" json:"admins,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminsResponse) Reset() {
+	*x = ListAdminsResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminsResponse) ProtoMessage() {}
+
+func (x *ListAdminsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminsResponse.ProtoReflect.Descriptor instead.
+func (*ListAdminsResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListAdminsResponse) GetAdmins() []*AdminInfo {
+	if x != nil {
+		return x.Admins
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -31,7 +295,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[0]
+	mi := &file_operatorpb_operator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -43,7 +307,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[0]
+	mi := &file_operatorpb_operator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -56,7 +320,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{0}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{6}
 }
 
 type StatusResponse struct {
@@ -78,14 +342,21 @@ type StatusResponse struct {
 	SignQueueDepth int64 `protobuf:"varint,11,opt,name=sign_queue_depth,json=signQueueDepth,proto3" json:"sign_queue_depth,omitempty"`
 	// ready_reason says why the server is not ready (empty when it is), e.g.
 	// "cluster: no leader for 3.2s: ..." or "cluster: removed from the cluster".
-	ReadyReason   string `protobuf:"bytes,12,opt,name=ready_reason,json=readyReason,proto3" json:"ready_reason,omitempty"`
+	ReadyReason string `protobuf:"bytes,12,opt,name=ready_reason,json=readyReason,proto3" json:"ready_reason,omitempty"`
+	// members is every server of the Raft configuration, as each answers
+	// (asked at once, each within a bound; the contacted one included).
+	Members []*Member `protobuf:"bytes,13,rep,name=members,proto3" json:"members,omitempty"`
+	// authorities is every root and intermediate of the trust domain.
+	Authorities   []*AuthorityStatus `protobuf:"bytes,14,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	AttestedNodes uint64             `protobuf:"varint,15,opt,name=attested_nodes,json=attestedNodes,proto3" json:"attested_nodes,omitempty"`
+	Entries       uint64             `protobuf:"varint,16,opt,name=entries,proto3" json:"entries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[1]
+	mi := &file_operatorpb_operator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -97,7 +368,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[1]
+	mi := &file_operatorpb_operator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -110,7 +381,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{1}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -197,6 +468,240 @@ func (x *StatusResponse) GetReadyReason() string {
 	return ""
 }
 
+func (x *StatusResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetAuthorities() []*AuthorityStatus {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetAttestedNodes() uint64 {
+	if x != nil {
+		return x.AttestedNodes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetEntries() uint64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+// Member is one server's position, as `meshca status` shows it.
+type Member struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	NodeId   string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RaftAddr string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// suffrage is Voter or Nonvoter.
+	Suffrage string `protobuf:"bytes,3,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
+	// reachable: the server answered; error says why not.
+	Reachable         bool   `protobuf:"varint,4,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	Error             string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	RaftState         string `protobuf:"bytes,6,opt,name=raft_state,json=raftState,proto3" json:"raft_state,omitempty"`
+	AppliedIndex      uint64 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CommitIndex       uint64 `protobuf:"varint,8,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	LeaderId          string `protobuf:"bytes,9,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LastContactMillis int64  `protobuf:"varint,10,opt,name=last_contact_millis,json=lastContactMillis,proto3" json:"last_contact_millis,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Member) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Member) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *Member) GetSuffrage() string {
+	if x != nil {
+		return x.Suffrage
+	}
+	return ""
+}
+
+func (x *Member) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+func (x *Member) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Member) GetRaftState() string {
+	if x != nil {
+		return x.RaftState
+	}
+	return ""
+}
+
+func (x *Member) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *Member) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
+func (x *Member) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *Member) GetLastContactMillis() int64 {
+	if x != nil {
+		return x.LastContactMillis
+	}
+	return 0
+}
+
+// AuthorityStatus is a root or intermediate and when it expires.
+type AuthorityStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// kind is root or intermediate.
+	Kind    string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Profile string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	State   string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// server_id holds an intermediate's key.
+	ServerId      string `protobuf:"bytes,5,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	NotAfterUnix  int64  `protobuf:"varint,6,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorityStatus) Reset() {
+	*x = AuthorityStatus{}
+	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorityStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorityStatus) ProtoMessage() {}
+
+func (x *AuthorityStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorityStatus.ProtoReflect.Descriptor instead.
+func (*AuthorityStatus) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AuthorityStatus) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *AuthorityStatus) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
 type Peer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -209,7 +714,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +726,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[2]
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +739,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{2}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Peer) GetId() string {
@@ -273,7 +778,7 @@ type RaftListPeersRequest struct {
 
 func (x *RaftListPeersRequest) Reset() {
 	*x = RaftListPeersRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +790,7 @@ func (x *RaftListPeersRequest) String() string {
 func (*RaftListPeersRequest) ProtoMessage() {}
 
 func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[3]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +803,7 @@ func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersRequest.ProtoReflect.Descriptor instead.
 func (*RaftListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{3}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
 }
 
 type RaftListPeersResponse struct {
@@ -310,7 +815,7 @@ type RaftListPeersResponse struct {
 
 func (x *RaftListPeersResponse) Reset() {
 	*x = RaftListPeersResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +827,7 @@ func (x *RaftListPeersResponse) String() string {
 func (*RaftListPeersResponse) ProtoMessage() {}
 
 func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[4]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +840,7 @@ func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersResponse.ProtoReflect.Descriptor instead.
 func (*RaftListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{4}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RaftListPeersResponse) GetPeers() []*Peer {
@@ -355,7 +860,7 @@ type RaftAddVoterRequest struct {
 
 func (x *RaftAddVoterRequest) Reset() {
 	*x = RaftAddVoterRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -367,7 +872,7 @@ func (x *RaftAddVoterRequest) String() string {
 func (*RaftAddVoterRequest) ProtoMessage() {}
 
 func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[5]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -380,7 +885,7 @@ func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterRequest.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{5}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RaftAddVoterRequest) GetId() string {
@@ -405,7 +910,7 @@ type RaftAddVoterResponse struct {
 
 func (x *RaftAddVoterResponse) Reset() {
 	*x = RaftAddVoterResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[6]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +922,7 @@ func (x *RaftAddVoterResponse) String() string {
 func (*RaftAddVoterResponse) ProtoMessage() {}
 
 func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[6]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +935,7 @@ func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterResponse.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{6}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
 }
 
 type RaftRemovePeerRequest struct {
@@ -442,7 +947,7 @@ type RaftRemovePeerRequest struct {
 
 func (x *RaftRemovePeerRequest) Reset() {
 	*x = RaftRemovePeerRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[7]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +959,7 @@ func (x *RaftRemovePeerRequest) String() string {
 func (*RaftRemovePeerRequest) ProtoMessage() {}
 
 func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[7]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +972,7 @@ func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerRequest.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{7}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RaftRemovePeerRequest) GetId() string {
@@ -485,7 +990,7 @@ type RaftRemovePeerResponse struct {
 
 func (x *RaftRemovePeerResponse) Reset() {
 	*x = RaftRemovePeerResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +1002,7 @@ func (x *RaftRemovePeerResponse) String() string {
 func (*RaftRemovePeerResponse) ProtoMessage() {}
 
 func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +1015,7 @@ func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerResponse.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{8}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
 }
 
 type SnapshotSaveRequest struct {
@@ -521,7 +1026,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +1038,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +1051,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{9}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
 }
 
 type SnapshotChunk struct {
@@ -558,7 +1063,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +1075,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +1088,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -602,7 +1107,7 @@ type SnapshotRestoreResponse struct {
 
 func (x *SnapshotRestoreResponse) Reset() {
 	*x = SnapshotRestoreResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +1119,7 @@ func (x *SnapshotRestoreResponse) String() string {
 func (*SnapshotRestoreResponse) ProtoMessage() {}
 
 func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +1132,7 @@ func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotRestoreResponse) GetStateHash() string {
@@ -648,7 +1153,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +1165,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +1178,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateJoinTokenRequest) GetKind() string {
@@ -700,7 +1205,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +1217,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +1230,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -752,7 +1257,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1269,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1282,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Selector) GetType() string {
@@ -811,7 +1316,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1328,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1341,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Entry) GetId() string {
@@ -916,7 +1421,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1433,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1446,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -970,7 +1475,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1487,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1500,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -1021,7 +1526,7 @@ type EntryResponse struct {
 
 func (x *EntryResponse) Reset() {
 	*x = EntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1538,7 @@ func (x *EntryResponse) String() string {
 func (*EntryResponse) ProtoMessage() {}
 
 func (x *EntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1551,7 @@ func (x *EntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryResponse.ProtoReflect.Descriptor instead.
 func (*EntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EntryResponse) GetEntry() *Entry {
@@ -1065,7 +1570,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1582,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1595,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1108,7 +1613,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1625,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1638,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
 }
 
 type GetEntryRequest struct {
@@ -1145,7 +1650,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1662,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1675,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1191,7 +1696,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1708,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1721,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1242,7 +1747,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1759,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1772,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1291,7 +1796,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1808,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1821,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -1369,7 +1874,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1886,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1899,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
 }
 
 type ListNodesResponse struct {
@@ -1406,7 +1911,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1923,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1936,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1450,7 +1955,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1967,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1980,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetNodeRequest) GetSpiffeId() string {
@@ -1494,7 +1999,7 @@ type NodeResponse struct {
 
 func (x *NodeResponse) Reset() {
 	*x = NodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +2011,7 @@ func (x *NodeResponse) String() string {
 func (*NodeResponse) ProtoMessage() {}
 
 func (x *NodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +2024,7 @@ func (x *NodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResponse.ProtoReflect.Descriptor instead.
 func (*NodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NodeResponse) GetNode() *Node {
@@ -1543,7 +2048,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +2060,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +2073,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -1618,7 +2123,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +2135,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +2148,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MintX509SVIDResponse) GetChain() [][]byte {
@@ -1668,7 +2173,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +2185,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +2198,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
 }
 
 // Authority is a root, an intermediate or a JWT signing key.
@@ -1722,7 +2227,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +2239,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +2252,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Authority) GetId() string {
@@ -1829,7 +2334,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2346,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2359,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1874,7 +2379,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +2391,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +2404,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PolicyFile) GetPath() string {
@@ -1925,7 +2430,7 @@ type SetIssuancePolicyRequest struct {
 
 func (x *SetIssuancePolicyRequest) Reset() {
 	*x = SetIssuancePolicyRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2442,7 @@ func (x *SetIssuancePolicyRequest) String() string {
 func (*SetIssuancePolicyRequest) ProtoMessage() {}
 
 func (x *SetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2455,7 @@ func (x *SetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetIssuancePolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetIssuancePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SetIssuancePolicyRequest) GetFiles() []*PolicyFile {
@@ -1968,7 +2473,7 @@ type GetIssuancePolicyRequest struct {
 
 func (x *GetIssuancePolicyRequest) Reset() {
 	*x = GetIssuancePolicyRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2485,7 @@ func (x *GetIssuancePolicyRequest) String() string {
 func (*GetIssuancePolicyRequest) ProtoMessage() {}
 
 func (x *GetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2498,7 @@ func (x *GetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIssuancePolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetIssuancePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{44}
 }
 
 type IssuancePolicyResponse struct {
@@ -2009,7 +2514,7 @@ type IssuancePolicyResponse struct {
 
 func (x *IssuancePolicyResponse) Reset() {
 	*x = IssuancePolicyResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2526,7 @@ func (x *IssuancePolicyResponse) String() string {
 func (*IssuancePolicyResponse) ProtoMessage() {}
 
 func (x *IssuancePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2539,7 @@ func (x *IssuancePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssuancePolicyResponse.ProtoReflect.Descriptor instead.
 func (*IssuancePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *IssuancePolicyResponse) GetRevision() uint64 {
@@ -2075,7 +2580,7 @@ type PushBundleRequest struct {
 
 func (x *PushBundleRequest) Reset() {
 	*x = PushBundleRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2592,7 @@ func (x *PushBundleRequest) String() string {
 func (*PushBundleRequest) ProtoMessage() {}
 
 func (x *PushBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2605,7 @@ func (x *PushBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushBundleRequest.ProtoReflect.Descriptor instead.
 func (*PushBundleRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PushBundleRequest) GetName() string {
@@ -2135,7 +2640,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2652,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2665,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *BundleInfo) GetName() string {
@@ -2238,7 +2743,7 @@ type BundleResponse struct {
 
 func (x *BundleResponse) Reset() {
 	*x = BundleResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2755,7 @@ func (x *BundleResponse) String() string {
 func (*BundleResponse) ProtoMessage() {}
 
 func (x *BundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2768,7 @@ func (x *BundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleResponse.ProtoReflect.Descriptor instead.
 func (*BundleResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *BundleResponse) GetInfo() *BundleInfo {
@@ -2297,7 +2802,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2814,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2827,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListBundlesRequest) GetName() string {
@@ -2341,7 +2846,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2858,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2871,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -2386,7 +2891,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	mi := &file_operatorpb_operator_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2398,7 +2903,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	mi := &file_operatorpb_operator_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2411,7 +2916,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetBundleRequest) GetName() string {
@@ -2438,7 +2943,7 @@ type RollbackBundleRequest struct {
 
 func (x *RollbackBundleRequest) Reset() {
 	*x = RollbackBundleRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[44]
+	mi := &file_operatorpb_operator_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2955,7 @@ func (x *RollbackBundleRequest) String() string {
 func (*RollbackBundleRequest) ProtoMessage() {}
 
 func (x *RollbackBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[44]
+	mi := &file_operatorpb_operator_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2968,7 @@ func (x *RollbackBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackBundleRequest.ProtoReflect.Descriptor instead.
 func (*RollbackBundleRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{44}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RollbackBundleRequest) GetName() string {
@@ -2488,7 +2993,7 @@ type GetOPAKeyRequest struct {
 
 func (x *GetOPAKeyRequest) Reset() {
 	*x = GetOPAKeyRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	mi := &file_operatorpb_operator_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +3005,7 @@ func (x *GetOPAKeyRequest) String() string {
 func (*GetOPAKeyRequest) ProtoMessage() {}
 
 func (x *GetOPAKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	mi := &file_operatorpb_operator_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +3018,7 @@ func (x *GetOPAKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOPAKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetOPAKeyRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{53}
 }
 
 type GetOPAKeyResponse struct {
@@ -2528,7 +3033,7 @@ type GetOPAKeyResponse struct {
 
 func (x *GetOPAKeyResponse) Reset() {
 	*x = GetOPAKeyResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	mi := &file_operatorpb_operator_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +3045,7 @@ func (x *GetOPAKeyResponse) String() string {
 func (*GetOPAKeyResponse) ProtoMessage() {}
 
 func (x *GetOPAKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	mi := &file_operatorpb_operator_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +3058,7 @@ func (x *GetOPAKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOPAKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetOPAKeyResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetOPAKeyResponse) GetKid() string {
@@ -2581,8 +3086,21 @@ var File_operatorpb_operator_proto protoreflect.FileDescriptor
 
 const file_operatorpb_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x19operatorpb/operator.proto\x12\x12meshca.operator.v1\"\x0f\n" +
-	"\rStatusRequest\"\x9a\x03\n" +
+	"\x19operatorpb/operator.proto\x12\x12meshca.operator.v1\".\n" +
+	"\x0fAddAdminRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"1\n" +
+	"\x12RemoveAdminRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x0f\n" +
+	"\rAdminResponse\"\x13\n" +
+	"\x11ListAdminsRequest\"b\n" +
+	"\tAdminInfo\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
+	"\n" +
+	"added_unix\x18\x02 \x01(\x03R\taddedUnix\x12\x19\n" +
+	"\badded_by\x18\x03 \x01(\tR\aaddedBy\"K\n" +
+	"\x12ListAdminsResponse\x125\n" +
+	"\x06admins\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AdminInfoR\x06admins\"\x0f\n" +
+	"\rStatusRequest\"\xd8\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1d\n" +
@@ -2599,7 +3117,31 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x05ready\x18\n" +
 	" \x01(\bR\x05ready\x12(\n" +
 	"\x10sign_queue_depth\x18\v \x01(\x03R\x0esignQueueDepth\x12!\n" +
-	"\fready_reason\x18\f \x01(\tR\vreadyReason\"d\n" +
+	"\fready_reason\x18\f \x01(\tR\vreadyReason\x124\n" +
+	"\amembers\x18\r \x03(\v2\x1a.meshca.operator.v1.MemberR\amembers\x12E\n" +
+	"\vauthorities\x18\x0e \x03(\v2#.meshca.operator.v1.AuthorityStatusR\vauthorities\x12%\n" +
+	"\x0eattested_nodes\x18\x0f \x01(\x04R\rattestedNodes\x12\x18\n" +
+	"\aentries\x18\x10 \x01(\x04R\aentries\"\xc2\x02\n" +
+	"\x06Member\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1a\n" +
+	"\bsuffrage\x18\x03 \x01(\tR\bsuffrage\x12\x1c\n" +
+	"\treachable\x18\x04 \x01(\bR\treachable\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1d\n" +
+	"\n" +
+	"raft_state\x18\x06 \x01(\tR\traftState\x12#\n" +
+	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12!\n" +
+	"\fcommit_index\x18\b \x01(\x04R\vcommitIndex\x12\x1b\n" +
+	"\tleader_id\x18\t \x01(\tR\bleaderId\x12.\n" +
+	"\x13last_contact_millis\x18\n" +
+	" \x01(\x03R\x11lastContactMillis\"\xa8\x01\n" +
+	"\x0fAuthorityStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x1b\n" +
+	"\tserver_id\x18\x05 \x01(\tR\bserverId\x12$\n" +
+	"\x0enot_after_unix\x18\x06 \x01(\x03R\fnotAfterUnix\"d\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -2745,7 +3287,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x11GetOPAKeyResponse\x12\x10\n" +
 	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1c\n" +
 	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12$\n" +
-	"\x0epublic_key_pem\x18\x03 \x01(\tR\fpublicKeyPem2\xa7\x11\n" +
+	"\x0epublic_key_pem\x18\x03 \x01(\tR\fpublicKeyPem2\xb2\x13\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -2770,7 +3312,11 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\vListBundles\x12&.meshca.operator.v1.ListBundlesRequest\x1a'.meshca.operator.v1.ListBundlesResponse\x12U\n" +
 	"\tGetBundle\x12$.meshca.operator.v1.GetBundleRequest\x1a\".meshca.operator.v1.BundleResponse\x12_\n" +
 	"\x0eRollbackBundle\x12).meshca.operator.v1.RollbackBundleRequest\x1a\".meshca.operator.v1.BundleResponse\x12X\n" +
-	"\tGetOPAKey\x12$.meshca.operator.v1.GetOPAKeyRequest\x1a%.meshca.operator.v1.GetOPAKeyResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"\tGetOPAKey\x12$.meshca.operator.v1.GetOPAKeyRequest\x1a%.meshca.operator.v1.GetOPAKeyResponse\x12R\n" +
+	"\bAddAdmin\x12#.meshca.operator.v1.AddAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12X\n" +
+	"\vRemoveAdmin\x12&.meshca.operator.v1.RemoveAdminRequest\x1a!.meshca.operator.v1.AdminResponse\x12[\n" +
+	"\n" +
+	"ListAdmins\x12%.meshca.operator.v1.ListAdminsRequest\x1a&.meshca.operator.v1.ListAdminsResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -2784,124 +3330,141 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_operatorpb_operator_proto_goTypes = []any{
-	(*StatusRequest)(nil),            // 0: meshca.operator.v1.StatusRequest
-	(*StatusResponse)(nil),           // 1: meshca.operator.v1.StatusResponse
-	(*Peer)(nil),                     // 2: meshca.operator.v1.Peer
-	(*RaftListPeersRequest)(nil),     // 3: meshca.operator.v1.RaftListPeersRequest
-	(*RaftListPeersResponse)(nil),    // 4: meshca.operator.v1.RaftListPeersResponse
-	(*RaftAddVoterRequest)(nil),      // 5: meshca.operator.v1.RaftAddVoterRequest
-	(*RaftAddVoterResponse)(nil),     // 6: meshca.operator.v1.RaftAddVoterResponse
-	(*RaftRemovePeerRequest)(nil),    // 7: meshca.operator.v1.RaftRemovePeerRequest
-	(*RaftRemovePeerResponse)(nil),   // 8: meshca.operator.v1.RaftRemovePeerResponse
-	(*SnapshotSaveRequest)(nil),      // 9: meshca.operator.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),            // 10: meshca.operator.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil),  // 11: meshca.operator.v1.SnapshotRestoreResponse
-	(*CreateJoinTokenRequest)(nil),   // 12: meshca.operator.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 13: meshca.operator.v1.CreateJoinTokenResponse
-	(*Selector)(nil),                 // 14: meshca.operator.v1.Selector
-	(*Entry)(nil),                    // 15: meshca.operator.v1.Entry
-	(*CreateEntryRequest)(nil),       // 16: meshca.operator.v1.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),       // 17: meshca.operator.v1.UpdateEntryRequest
-	(*EntryResponse)(nil),            // 18: meshca.operator.v1.EntryResponse
-	(*DeleteEntryRequest)(nil),       // 19: meshca.operator.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 20: meshca.operator.v1.DeleteEntryResponse
-	(*GetEntryRequest)(nil),          // 21: meshca.operator.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),       // 22: meshca.operator.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 23: meshca.operator.v1.ListEntriesResponse
-	(*Node)(nil),                     // 24: meshca.operator.v1.Node
-	(*ListNodesRequest)(nil),         // 25: meshca.operator.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 26: meshca.operator.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 27: meshca.operator.v1.GetNodeRequest
-	(*NodeResponse)(nil),             // 28: meshca.operator.v1.NodeResponse
-	(*MintX509SVIDRequest)(nil),      // 29: meshca.operator.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),     // 30: meshca.operator.v1.MintX509SVIDResponse
-	(*ListAuthoritiesRequest)(nil),   // 31: meshca.operator.v1.ListAuthoritiesRequest
-	(*Authority)(nil),                // 32: meshca.operator.v1.Authority
-	(*ListAuthoritiesResponse)(nil),  // 33: meshca.operator.v1.ListAuthoritiesResponse
-	(*PolicyFile)(nil),               // 34: meshca.operator.v1.PolicyFile
-	(*SetIssuancePolicyRequest)(nil), // 35: meshca.operator.v1.SetIssuancePolicyRequest
-	(*GetIssuancePolicyRequest)(nil), // 36: meshca.operator.v1.GetIssuancePolicyRequest
-	(*IssuancePolicyResponse)(nil),   // 37: meshca.operator.v1.IssuancePolicyResponse
-	(*PushBundleRequest)(nil),        // 38: meshca.operator.v1.PushBundleRequest
-	(*BundleInfo)(nil),               // 39: meshca.operator.v1.BundleInfo
-	(*BundleResponse)(nil),           // 40: meshca.operator.v1.BundleResponse
-	(*ListBundlesRequest)(nil),       // 41: meshca.operator.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),      // 42: meshca.operator.v1.ListBundlesResponse
-	(*GetBundleRequest)(nil),         // 43: meshca.operator.v1.GetBundleRequest
-	(*RollbackBundleRequest)(nil),    // 44: meshca.operator.v1.RollbackBundleRequest
-	(*GetOPAKeyRequest)(nil),         // 45: meshca.operator.v1.GetOPAKeyRequest
-	(*GetOPAKeyResponse)(nil),        // 46: meshca.operator.v1.GetOPAKeyResponse
+	(*AddAdminRequest)(nil),          // 0: meshca.operator.v1.AddAdminRequest
+	(*RemoveAdminRequest)(nil),       // 1: meshca.operator.v1.RemoveAdminRequest
+	(*AdminResponse)(nil),            // 2: meshca.operator.v1.AdminResponse
+	(*ListAdminsRequest)(nil),        // 3: meshca.operator.v1.ListAdminsRequest
+	(*AdminInfo)(nil),                // 4: meshca.operator.v1.AdminInfo
+	(*ListAdminsResponse)(nil),       // 5: meshca.operator.v1.ListAdminsResponse
+	(*StatusRequest)(nil),            // 6: meshca.operator.v1.StatusRequest
+	(*StatusResponse)(nil),           // 7: meshca.operator.v1.StatusResponse
+	(*Member)(nil),                   // 8: meshca.operator.v1.Member
+	(*AuthorityStatus)(nil),          // 9: meshca.operator.v1.AuthorityStatus
+	(*Peer)(nil),                     // 10: meshca.operator.v1.Peer
+	(*RaftListPeersRequest)(nil),     // 11: meshca.operator.v1.RaftListPeersRequest
+	(*RaftListPeersResponse)(nil),    // 12: meshca.operator.v1.RaftListPeersResponse
+	(*RaftAddVoterRequest)(nil),      // 13: meshca.operator.v1.RaftAddVoterRequest
+	(*RaftAddVoterResponse)(nil),     // 14: meshca.operator.v1.RaftAddVoterResponse
+	(*RaftRemovePeerRequest)(nil),    // 15: meshca.operator.v1.RaftRemovePeerRequest
+	(*RaftRemovePeerResponse)(nil),   // 16: meshca.operator.v1.RaftRemovePeerResponse
+	(*SnapshotSaveRequest)(nil),      // 17: meshca.operator.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),            // 18: meshca.operator.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),  // 19: meshca.operator.v1.SnapshotRestoreResponse
+	(*CreateJoinTokenRequest)(nil),   // 20: meshca.operator.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 21: meshca.operator.v1.CreateJoinTokenResponse
+	(*Selector)(nil),                 // 22: meshca.operator.v1.Selector
+	(*Entry)(nil),                    // 23: meshca.operator.v1.Entry
+	(*CreateEntryRequest)(nil),       // 24: meshca.operator.v1.CreateEntryRequest
+	(*UpdateEntryRequest)(nil),       // 25: meshca.operator.v1.UpdateEntryRequest
+	(*EntryResponse)(nil),            // 26: meshca.operator.v1.EntryResponse
+	(*DeleteEntryRequest)(nil),       // 27: meshca.operator.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 28: meshca.operator.v1.DeleteEntryResponse
+	(*GetEntryRequest)(nil),          // 29: meshca.operator.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),       // 30: meshca.operator.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 31: meshca.operator.v1.ListEntriesResponse
+	(*Node)(nil),                     // 32: meshca.operator.v1.Node
+	(*ListNodesRequest)(nil),         // 33: meshca.operator.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 34: meshca.operator.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 35: meshca.operator.v1.GetNodeRequest
+	(*NodeResponse)(nil),             // 36: meshca.operator.v1.NodeResponse
+	(*MintX509SVIDRequest)(nil),      // 37: meshca.operator.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),     // 38: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),   // 39: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),                // 40: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil),  // 41: meshca.operator.v1.ListAuthoritiesResponse
+	(*PolicyFile)(nil),               // 42: meshca.operator.v1.PolicyFile
+	(*SetIssuancePolicyRequest)(nil), // 43: meshca.operator.v1.SetIssuancePolicyRequest
+	(*GetIssuancePolicyRequest)(nil), // 44: meshca.operator.v1.GetIssuancePolicyRequest
+	(*IssuancePolicyResponse)(nil),   // 45: meshca.operator.v1.IssuancePolicyResponse
+	(*PushBundleRequest)(nil),        // 46: meshca.operator.v1.PushBundleRequest
+	(*BundleInfo)(nil),               // 47: meshca.operator.v1.BundleInfo
+	(*BundleResponse)(nil),           // 48: meshca.operator.v1.BundleResponse
+	(*ListBundlesRequest)(nil),       // 49: meshca.operator.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),      // 50: meshca.operator.v1.ListBundlesResponse
+	(*GetBundleRequest)(nil),         // 51: meshca.operator.v1.GetBundleRequest
+	(*RollbackBundleRequest)(nil),    // 52: meshca.operator.v1.RollbackBundleRequest
+	(*GetOPAKeyRequest)(nil),         // 53: meshca.operator.v1.GetOPAKeyRequest
+	(*GetOPAKeyResponse)(nil),        // 54: meshca.operator.v1.GetOPAKeyResponse
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
-	2,  // 0: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
-	14, // 1: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
-	15, // 2: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	15, // 3: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	15, // 4: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
-	15, // 5: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
-	14, // 6: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
-	24, // 7: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
-	24, // 8: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
-	32, // 9: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	34, // 10: meshca.operator.v1.SetIssuancePolicyRequest.files:type_name -> meshca.operator.v1.PolicyFile
-	34, // 11: meshca.operator.v1.IssuancePolicyResponse.files:type_name -> meshca.operator.v1.PolicyFile
-	34, // 12: meshca.operator.v1.PushBundleRequest.files:type_name -> meshca.operator.v1.PolicyFile
-	39, // 13: meshca.operator.v1.BundleResponse.info:type_name -> meshca.operator.v1.BundleInfo
-	34, // 14: meshca.operator.v1.BundleResponse.files:type_name -> meshca.operator.v1.PolicyFile
-	39, // 15: meshca.operator.v1.ListBundlesResponse.bundles:type_name -> meshca.operator.v1.BundleInfo
-	0,  // 16: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	3,  // 17: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	5,  // 18: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	7,  // 19: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	9,  // 20: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	10, // 21: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	12, // 22: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	16, // 23: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	17, // 24: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	19, // 25: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	21, // 26: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	22, // 27: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	25, // 28: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	27, // 29: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	29, // 30: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	31, // 31: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	35, // 32: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
-	36, // 33: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
-	38, // 34: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
-	41, // 35: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
-	43, // 36: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
-	44, // 37: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
-	45, // 38: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
-	1,  // 39: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	4,  // 40: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	6,  // 41: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	8,  // 42: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	10, // 43: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	11, // 44: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	13, // 45: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	18, // 46: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	18, // 47: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	20, // 48: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	18, // 49: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	23, // 50: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	26, // 51: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	28, // 52: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	30, // 53: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	33, // 54: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	37, // 55: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	37, // 56: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	40, // 57: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
-	42, // 58: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
-	40, // 59: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
-	40, // 60: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
-	46, // 61: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
-	39, // [39:62] is the sub-list for method output_type
-	16, // [16:39] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	4,  // 0: meshca.operator.v1.ListAdminsResponse.admins:type_name -> meshca.operator.v1.AdminInfo
+	8,  // 1: meshca.operator.v1.StatusResponse.members:type_name -> meshca.operator.v1.Member
+	9,  // 2: meshca.operator.v1.StatusResponse.authorities:type_name -> meshca.operator.v1.AuthorityStatus
+	10, // 3: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
+	22, // 4: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
+	23, // 5: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	23, // 6: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	23, // 7: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
+	23, // 8: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
+	22, // 9: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
+	32, // 10: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
+	32, // 11: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
+	40, // 12: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
+	42, // 13: meshca.operator.v1.SetIssuancePolicyRequest.files:type_name -> meshca.operator.v1.PolicyFile
+	42, // 14: meshca.operator.v1.IssuancePolicyResponse.files:type_name -> meshca.operator.v1.PolicyFile
+	42, // 15: meshca.operator.v1.PushBundleRequest.files:type_name -> meshca.operator.v1.PolicyFile
+	47, // 16: meshca.operator.v1.BundleResponse.info:type_name -> meshca.operator.v1.BundleInfo
+	42, // 17: meshca.operator.v1.BundleResponse.files:type_name -> meshca.operator.v1.PolicyFile
+	47, // 18: meshca.operator.v1.ListBundlesResponse.bundles:type_name -> meshca.operator.v1.BundleInfo
+	6,  // 19: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	11, // 20: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	13, // 21: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	15, // 22: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	17, // 23: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	18, // 24: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	20, // 25: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	24, // 26: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	25, // 27: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	27, // 28: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	29, // 29: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	30, // 30: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	33, // 31: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	35, // 32: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	37, // 33: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	39, // 34: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	43, // 35: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
+	44, // 36: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
+	46, // 37: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
+	49, // 38: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
+	51, // 39: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
+	52, // 40: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
+	53, // 41: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
+	0,  // 42: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 43: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 44: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	7,  // 45: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	12, // 46: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	14, // 47: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	16, // 48: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	18, // 49: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	19, // 50: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	21, // 51: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	26, // 52: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	26, // 53: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	28, // 54: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	26, // 55: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	31, // 56: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	34, // 57: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	36, // 58: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	38, // 59: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	41, // 60: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	45, // 61: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	45, // 62: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	48, // 63: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
+	50, // 64: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
+	48, // 65: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
+	48, // 66: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
+	54, // 67: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
+	2,  // 68: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 69: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 70: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	45, // [45:71] is the sub-list for method output_type
+	19, // [19:45] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -2915,7 +3478,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   47,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

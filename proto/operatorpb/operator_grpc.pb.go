@@ -44,6 +44,9 @@ const (
 	Operator_GetBundle_FullMethodName         = "/meshca.operator.v1.Operator/GetBundle"
 	Operator_RollbackBundle_FullMethodName    = "/meshca.operator.v1.Operator/RollbackBundle"
 	Operator_GetOPAKey_FullMethodName         = "/meshca.operator.v1.Operator/GetOPAKey"
+	Operator_AddAdmin_FullMethodName          = "/meshca.operator.v1.Operator/AddAdmin"
+	Operator_RemoveAdmin_FullMethodName       = "/meshca.operator.v1.Operator/RemoveAdmin"
+	Operator_ListAdmins_FullMethodName        = "/meshca.operator.v1.Operator/ListAdmins"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -91,6 +94,11 @@ type OperatorClient interface {
 	RollbackBundle(ctx context.Context, in *RollbackBundleRequest, opts ...grpc.CallOption) (*BundleResponse, error)
 	// GetOPAKey returns the public key OPA verifies bundles with.
 	GetOPAKey(ctx context.Context, in *GetOPAKeyRequest, opts ...grpc.CallOption) (*GetOPAKeyResponse, error)
+	// issue 16: the admins, who may use the operator API over mutual TLS
+	// (replicated: every server agrees).
+	AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
+	RemoveAdmin(ctx context.Context, in *RemoveAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error)
+	ListAdmins(ctx context.Context, in *ListAdminsRequest, opts ...grpc.CallOption) (*ListAdminsResponse, error)
 }
 
 type operatorClient struct {
@@ -343,6 +351,36 @@ func (c *operatorClient) GetOPAKey(ctx context.Context, in *GetOPAKeyRequest, op
 	return out, nil
 }
 
+func (c *operatorClient) AddAdmin(ctx context.Context, in *AddAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdminResponse)
+	err := c.cc.Invoke(ctx, Operator_AddAdmin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) RemoveAdmin(ctx context.Context, in *RemoveAdminRequest, opts ...grpc.CallOption) (*AdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdminResponse)
+	err := c.cc.Invoke(ctx, Operator_RemoveAdmin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ListAdmins(ctx context.Context, in *ListAdminsRequest, opts ...grpc.CallOption) (*ListAdminsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAdminsResponse)
+	err := c.cc.Invoke(ctx, Operator_ListAdmins_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -388,6 +426,11 @@ type OperatorServer interface {
 	RollbackBundle(context.Context, *RollbackBundleRequest) (*BundleResponse, error)
 	// GetOPAKey returns the public key OPA verifies bundles with.
 	GetOPAKey(context.Context, *GetOPAKeyRequest) (*GetOPAKeyResponse, error)
+	// issue 16: the admins, who may use the operator API over mutual TLS
+	// (replicated: every server agrees).
+	AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error)
+	RemoveAdmin(context.Context, *RemoveAdminRequest) (*AdminResponse, error)
+	ListAdmins(context.Context, *ListAdminsRequest) (*ListAdminsResponse, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -466,6 +509,15 @@ func (UnimplementedOperatorServer) RollbackBundle(context.Context, *RollbackBund
 }
 func (UnimplementedOperatorServer) GetOPAKey(context.Context, *GetOPAKeyRequest) (*GetOPAKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetOPAKey not implemented")
+}
+func (UnimplementedOperatorServer) AddAdmin(context.Context, *AddAdminRequest) (*AdminResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddAdmin not implemented")
+}
+func (UnimplementedOperatorServer) RemoveAdmin(context.Context, *RemoveAdminRequest) (*AdminResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveAdmin not implemented")
+}
+func (UnimplementedOperatorServer) ListAdmins(context.Context, *ListAdminsRequest) (*ListAdminsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAdmins not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -884,6 +936,60 @@ func _Operator_GetOPAKey_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_AddAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddAdminRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).AddAdmin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_AddAdmin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).AddAdmin(ctx, req.(*AddAdminRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_RemoveAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveAdminRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).RemoveAdmin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_RemoveAdmin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).RemoveAdmin(ctx, req.(*RemoveAdminRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ListAdmins_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAdminsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ListAdmins(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ListAdmins_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ListAdmins(ctx, req.(*ListAdminsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -974,6 +1080,18 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetOPAKey",
 			Handler:    _Operator_GetOPAKey_Handler,
+		},
+		{
+			MethodName: "AddAdmin",
+			Handler:    _Operator_AddAdmin_Handler,
+		},
+		{
+			MethodName: "RemoveAdmin",
+			Handler:    _Operator_RemoveAdmin_Handler,
+		},
+		{
+			MethodName: "ListAdmins",
+			Handler:    _Operator_ListAdmins_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -225,6 +225,8 @@ type Command struct {
 	//	*Command_PutIssuancePolicy
 	//	*Command_PutOpaBundle
 	//	*Command_PutOpaKey
+	//	*Command_PutAdmin
+	//	*Command_DeleteAdmin
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -499,6 +501,24 @@ func (x *Command) GetPutOpaKey() *PutOPAKey {
 	return nil
 }
 
+func (x *Command) GetPutAdmin() *PutAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutAdmin); ok {
+			return x.PutAdmin
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteAdmin() *DeleteAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteAdmin); ok {
+			return x.DeleteAdmin
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -604,6 +624,15 @@ type Command_PutOpaKey struct {
 	PutOpaKey *PutOPAKey `protobuf:"bytes,42,opt,name=put_opa_key,json=putOpaKey,proto3,oneof"`
 }
 
+type Command_PutAdmin struct {
+	// issue 16: the operators who may use the operator API over mTLS.
+	PutAdmin *PutAdmin `protobuf:"bytes,90,opt,name=put_admin,json=putAdmin,proto3,oneof"`
+}
+
+type Command_DeleteAdmin struct {
+	DeleteAdmin *DeleteAdmin `protobuf:"bytes,91,opt,name=delete_admin,json=deleteAdmin,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -653,6 +682,10 @@ func (*Command_PutIssuancePolicy) isCommand_Op() {}
 func (*Command_PutOpaBundle) isCommand_Op() {}
 
 func (*Command_PutOpaKey) isCommand_Op() {}
+
+func (*Command_PutAdmin) isCommand_Op() {}
+
+func (*Command_DeleteAdmin) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -2436,6 +2469,159 @@ func (x *PutCRL) GetCrl() *CRL {
 	return nil
 }
 
+// issue 16: PutAdmin records an operator's SPIFFE ID as an admin (again:
+// no change); DeleteAdmin removes it (not found: NOT_FOUND).
+type PutAdmin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Admin         *Admin                 `protobuf:"bytes,1,opt,name=admin,proto3" json:"admin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAdmin) Reset() {
+	*x = PutAdmin{}
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAdmin) ProtoMessage() {}
+
+func (x *PutAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAdmin.ProtoReflect.Descriptor instead.
+func (*PutAdmin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PutAdmin) GetAdmin() *Admin {
+	if x != nil {
+		return x.Admin
+	}
+	return nil
+}
+
+type DeleteAdmin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAdmin) Reset() {
+	*x = DeleteAdmin{}
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAdmin) ProtoMessage() {}
+
+func (x *DeleteAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAdmin.ProtoReflect.Descriptor instead.
+func (*DeleteAdmin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DeleteAdmin) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+// Admin is an operator who may use the operator API over mutual TLS with
+// an X509-SVID of this SPIFFE ID.
+type Admin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	AddedUnixNano int64                  `protobuf:"varint,2,opt,name=added_unix_nano,json=addedUnixNano,proto3" json:"added_unix_nano,omitempty"`
+	// added_by is who added it ("bootstrap", "operator", a SPIFFE ID).
+	AddedBy       string `protobuf:"bytes,3,opt,name=added_by,json=addedBy,proto3" json:"added_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Admin) Reset() {
+	*x = Admin{}
+	mi := &file_raftpb_raft_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Admin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Admin) ProtoMessage() {}
+
+func (x *Admin) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Admin.ProtoReflect.Descriptor instead.
+func (*Admin) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *Admin) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Admin) GetAddedUnixNano() int64 {
+	if x != nil {
+		return x.AddedUnixNano
+	}
+	return 0
+}
+
+func (x *Admin) GetAddedBy() string {
+	if x != nil {
+		return x.AddedBy
+	}
+	return ""
+}
+
 // ActivateAuthority makes an authority ACTIVE and the one it replaces
 // (same kind, profile and server, ACTIVE until now) OLD.
 type ActivateAuthority struct {
@@ -2447,7 +2633,7 @@ type ActivateAuthority struct {
 
 func (x *ActivateAuthority) Reset() {
 	*x = ActivateAuthority{}
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2645,7 @@ func (x *ActivateAuthority) String() string {
 func (*ActivateAuthority) ProtoMessage() {}
 
 func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[28]
+	mi := &file_raftpb_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2658,7 @@ func (x *ActivateAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthority.ProtoReflect.Descriptor instead.
 func (*ActivateAuthority) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{28}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ActivateAuthority) GetId() string {
@@ -2492,7 +2678,7 @@ type ActivateJWTKey struct {
 
 func (x *ActivateJWTKey) Reset() {
 	*x = ActivateJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2690,7 @@ func (x *ActivateJWTKey) String() string {
 func (*ActivateJWTKey) ProtoMessage() {}
 
 func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[29]
+	mi := &file_raftpb_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2703,7 @@ func (x *ActivateJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateJWTKey.ProtoReflect.Descriptor instead.
 func (*ActivateJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{29}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ActivateJWTKey) GetKid() string {
@@ -2541,7 +2727,7 @@ type AttestAgent struct {
 
 func (x *AttestAgent) Reset() {
 	*x = AttestAgent{}
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2553,7 +2739,7 @@ func (x *AttestAgent) String() string {
 func (*AttestAgent) ProtoMessage() {}
 
 func (x *AttestAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[30]
+	mi := &file_raftpb_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2566,7 +2752,7 @@ func (x *AttestAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestAgent.ProtoReflect.Descriptor instead.
 func (*AttestAgent) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{30}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AttestAgent) GetToken() *ConsumeJoinToken {
@@ -2605,7 +2791,7 @@ type AdmitServer struct {
 
 func (x *AdmitServer) Reset() {
 	*x = AdmitServer{}
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2617,7 +2803,7 @@ func (x *AdmitServer) String() string {
 func (*AdmitServer) ProtoMessage() {}
 
 func (x *AdmitServer) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[31]
+	mi := &file_raftpb_raft_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2630,7 +2816,7 @@ func (x *AdmitServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitServer.ProtoReflect.Descriptor instead.
 func (*AdmitServer) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{31}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AdmitServer) GetToken() *ConsumeJoinToken {
@@ -2663,7 +2849,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2861,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[32]
+	mi := &file_raftpb_raft_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2874,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{32}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Revoke) GetRevocations() []*Revocation {
@@ -2708,7 +2894,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2720,7 +2906,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[33]
+	mi := &file_raftpb_raft_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2733,7 +2919,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{33}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -2752,7 +2938,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2764,7 +2950,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[34]
+	mi := &file_raftpb_raft_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2777,7 +2963,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{34}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -2796,7 +2982,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +2994,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[35]
+	mi := &file_raftpb_raft_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +3007,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{35}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -2840,7 +3026,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +3038,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[36]
+	mi := &file_raftpb_raft_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +3051,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{36}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -2889,7 +3075,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2901,7 +3087,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[37]
+	mi := &file_raftpb_raft_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2914,7 +3100,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{37}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -2941,7 +3127,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2953,7 +3139,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[38]
+	mi := &file_raftpb_raft_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2966,7 +3152,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{38}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -2989,6 +3175,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_IssuancePolicy
 	//	*SnapshotRecord_OpaBundle
 	//	*SnapshotRecord_OpaKey
+	//	*SnapshotRecord_Admin
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2996,7 +3183,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3008,7 +3195,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[39]
+	mi := &file_raftpb_raft_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3021,7 +3208,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{39}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3166,6 +3353,15 @@ func (x *SnapshotRecord) GetOpaKey() *OPAKey {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAdmin() *Admin {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Admin); ok {
+			return x.Admin
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -3231,6 +3427,10 @@ type SnapshotRecord_OpaKey struct {
 	OpaKey *OPAKey `protobuf:"bytes,42,opt,name=opa_key,json=opaKey,proto3,oneof"`
 }
 
+type SnapshotRecord_Admin struct {
+	Admin *Admin `protobuf:"bytes,90,opt,name=admin,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -3261,6 +3461,8 @@ func (*SnapshotRecord_OpaBundle) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_OpaKey) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Admin) isSnapshotRecord_Record() {}
+
 // PolicyFile is one source file of a policy: a Rego module or a data
 // file, by its path relative to the directory it was read from.
 type PolicyFile struct {
@@ -3273,7 +3475,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3285,7 +3487,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[40]
+	mi := &file_raftpb_raft_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3298,7 +3500,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{40}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PolicyFile) GetPath() string {
@@ -3331,7 +3533,7 @@ type IssuancePolicy struct {
 
 func (x *IssuancePolicy) Reset() {
 	*x = IssuancePolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3343,7 +3545,7 @@ func (x *IssuancePolicy) String() string {
 func (*IssuancePolicy) ProtoMessage() {}
 
 func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[41]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3356,7 +3558,7 @@ func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssuancePolicy.ProtoReflect.Descriptor instead.
 func (*IssuancePolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{41}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *IssuancePolicy) GetRevision() uint64 {
@@ -3410,7 +3612,7 @@ type OPABundle struct {
 
 func (x *OPABundle) Reset() {
 	*x = OPABundle{}
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3422,7 +3624,7 @@ func (x *OPABundle) String() string {
 func (*OPABundle) ProtoMessage() {}
 
 func (x *OPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3435,7 +3637,7 @@ func (x *OPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
 func (*OPABundle) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *OPABundle) GetName() string {
@@ -3517,7 +3719,7 @@ type OPAKey struct {
 
 func (x *OPAKey) Reset() {
 	*x = OPAKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3529,7 +3731,7 @@ func (x *OPAKey) String() string {
 func (*OPAKey) ProtoMessage() {}
 
 func (x *OPAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3542,7 +3744,7 @@ func (x *OPAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPAKey.ProtoReflect.Descriptor instead.
 func (*OPAKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *OPAKey) GetKid() string {
@@ -3585,7 +3787,7 @@ type PutIssuancePolicy struct {
 
 func (x *PutIssuancePolicy) Reset() {
 	*x = PutIssuancePolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3597,7 +3799,7 @@ func (x *PutIssuancePolicy) String() string {
 func (*PutIssuancePolicy) ProtoMessage() {}
 
 func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3610,7 +3812,7 @@ func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutIssuancePolicy.ProtoReflect.Descriptor instead.
 func (*PutIssuancePolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PutIssuancePolicy) GetPolicy() *IssuancePolicy {
@@ -3640,7 +3842,7 @@ type PutOPABundle struct {
 
 func (x *PutOPABundle) Reset() {
 	*x = PutOPABundle{}
-	mi := &file_raftpb_raft_proto_msgTypes[45]
+	mi := &file_raftpb_raft_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3652,7 +3854,7 @@ func (x *PutOPABundle) String() string {
 func (*PutOPABundle) ProtoMessage() {}
 
 func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[45]
+	mi := &file_raftpb_raft_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3665,7 +3867,7 @@ func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOPABundle.ProtoReflect.Descriptor instead.
 func (*PutOPABundle) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PutOPABundle) GetBundle() *OPABundle {
@@ -3694,7 +3896,7 @@ type PutOPAKey struct {
 
 func (x *PutOPAKey) Reset() {
 	*x = PutOPAKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[46]
+	mi := &file_raftpb_raft_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3706,7 +3908,7 @@ func (x *PutOPAKey) String() string {
 func (*PutOPAKey) ProtoMessage() {}
 
 func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[46]
+	mi := &file_raftpb_raft_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3719,7 +3921,7 @@ func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOPAKey.ProtoReflect.Descriptor instead.
 func (*PutOPAKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PutOPAKey) GetKey() *OPAKey {
@@ -3733,7 +3935,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xce\r\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xc9\x0e\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -3763,7 +3965,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\aput_crl\x18\x1f \x01(\v2\x16.meshca.raft.v1.PutCRLH\x00R\x06putCrl\x12S\n" +
 	"\x13put_issuance_policy\x18( \x01(\v2!.meshca.raft.v1.PutIssuancePolicyH\x00R\x11putIssuancePolicy\x12D\n" +
 	"\x0eput_opa_bundle\x18) \x01(\v2\x1c.meshca.raft.v1.PutOPABundleH\x00R\fputOpaBundle\x12;\n" +
-	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKeyB\x04\n" +
+	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKey\x127\n" +
+	"\tput_admin\x18Z \x01(\v2\x18.meshca.raft.v1.PutAdminH\x00R\bputAdmin\x12@\n" +
+	"\fdelete_admin\x18[ \x01(\v2\x1b.meshca.raft.v1.DeleteAdminH\x00R\vdeleteAdminB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -3897,7 +4101,15 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\tR\aattempt\"/\n" +
 	"\x06PutCRL\x12%\n" +
-	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"#\n" +
+	"\x03crl\x18\x01 \x01(\v2\x13.meshca.raft.v1.CRLR\x03crl\"7\n" +
+	"\bPutAdmin\x12+\n" +
+	"\x05admin\x18\x01 \x01(\v2\x15.meshca.raft.v1.AdminR\x05admin\"*\n" +
+	"\vDeleteAdmin\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"g\n" +
+	"\x05Admin\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12&\n" +
+	"\x0fadded_unix_nano\x18\x02 \x01(\x03R\raddedUnixNano\x12\x19\n" +
+	"\badded_by\x18\x03 \x01(\tR\aaddedBy\"#\n" +
 	"\x11ActivateAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\"\n" +
 	"\x0eActivateJWTKey\x12\x10\n" +
@@ -3923,7 +4135,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\vPruneLedger\x12.\n" +
 	"\x13expired_before_unix\x18\x01 \x01(\x03R\x11expiredBeforeUnix\x12E\n" +
 	"\x1fauthorities_expired_before_unix\x18\x02 \x01(\x03R\x1cauthoritiesExpiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\xf9\x06\n" +
+	"\x04Noop\"\xa8\a\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -3944,7 +4156,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fissuance_policy\x18( \x01(\v2\x1e.meshca.raft.v1.IssuancePolicyH\x00R\x0eissuancePolicy\x12:\n" +
 	"\n" +
 	"opa_bundle\x18) \x01(\v2\x19.meshca.raft.v1.OPABundleH\x00R\topaBundle\x121\n" +
-	"\aopa_key\x18* \x01(\v2\x16.meshca.raft.v1.OPAKeyH\x00R\x06opaKeyB\b\n" +
+	"\aopa_key\x18* \x01(\v2\x16.meshca.raft.v1.OPAKeyH\x00R\x06opaKey\x12-\n" +
+	"\x05admin\x18Z \x01(\v2\x15.meshca.raft.v1.AdminH\x00R\x05adminB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
 	"\":\n" +
 	"\n" +
@@ -4016,7 +4229,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),        // 1: meshca.raft.v1.AuthorityKind
@@ -4049,25 +4262,28 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*CreateJoinToken)(nil),   // 28: meshca.raft.v1.CreateJoinToken
 	(*ConsumeJoinToken)(nil),  // 29: meshca.raft.v1.ConsumeJoinToken
 	(*PutCRL)(nil),            // 30: meshca.raft.v1.PutCRL
-	(*ActivateAuthority)(nil), // 31: meshca.raft.v1.ActivateAuthority
-	(*ActivateJWTKey)(nil),    // 32: meshca.raft.v1.ActivateJWTKey
-	(*AttestAgent)(nil),       // 33: meshca.raft.v1.AttestAgent
-	(*AdmitServer)(nil),       // 34: meshca.raft.v1.AdmitServer
-	(*Revoke)(nil),            // 35: meshca.raft.v1.Revoke
-	(*NextCRLNumber)(nil),     // 36: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),         // 37: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),      // 38: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),         // 39: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),       // 40: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),              // 41: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),    // 42: meshca.raft.v1.SnapshotRecord
-	(*PolicyFile)(nil),        // 43: meshca.raft.v1.PolicyFile
-	(*IssuancePolicy)(nil),    // 44: meshca.raft.v1.IssuancePolicy
-	(*OPABundle)(nil),         // 45: meshca.raft.v1.OPABundle
-	(*OPAKey)(nil),            // 46: meshca.raft.v1.OPAKey
-	(*PutIssuancePolicy)(nil), // 47: meshca.raft.v1.PutIssuancePolicy
-	(*PutOPABundle)(nil),      // 48: meshca.raft.v1.PutOPABundle
-	(*PutOPAKey)(nil),         // 49: meshca.raft.v1.PutOPAKey
+	(*PutAdmin)(nil),          // 31: meshca.raft.v1.PutAdmin
+	(*DeleteAdmin)(nil),       // 32: meshca.raft.v1.DeleteAdmin
+	(*Admin)(nil),             // 33: meshca.raft.v1.Admin
+	(*ActivateAuthority)(nil), // 34: meshca.raft.v1.ActivateAuthority
+	(*ActivateJWTKey)(nil),    // 35: meshca.raft.v1.ActivateJWTKey
+	(*AttestAgent)(nil),       // 36: meshca.raft.v1.AttestAgent
+	(*AdmitServer)(nil),       // 37: meshca.raft.v1.AdmitServer
+	(*Revoke)(nil),            // 38: meshca.raft.v1.Revoke
+	(*NextCRLNumber)(nil),     // 39: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),         // 40: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),      // 41: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),         // 42: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),       // 43: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),              // 44: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),    // 45: meshca.raft.v1.SnapshotRecord
+	(*PolicyFile)(nil),        // 46: meshca.raft.v1.PolicyFile
+	(*IssuancePolicy)(nil),    // 47: meshca.raft.v1.IssuancePolicy
+	(*OPABundle)(nil),         // 48: meshca.raft.v1.OPABundle
+	(*OPAKey)(nil),            // 49: meshca.raft.v1.OPAKey
+	(*PutIssuancePolicy)(nil), // 50: meshca.raft.v1.PutIssuancePolicy
+	(*PutOPABundle)(nil),      // 51: meshca.raft.v1.PutOPABundle
+	(*PutOPAKey)(nil),         // 52: meshca.raft.v1.PutOPAKey
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -4081,72 +4297,76 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	27, // 8: meshca.raft.v1.Command.put_node:type_name -> meshca.raft.v1.PutNode
 	28, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	29, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	35, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	36, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	37, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	38, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	40, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	41, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	39, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
-	31, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
-	32, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
-	33, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
-	34, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
+	38, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
+	39, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	40, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	41, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	43, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	44, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	42, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	34, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
+	35, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
+	36, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
+	37, // 21: meshca.raft.v1.Command.admit_server:type_name -> meshca.raft.v1.AdmitServer
 	30, // 22: meshca.raft.v1.Command.put_crl:type_name -> meshca.raft.v1.PutCRL
-	47, // 23: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
-	48, // 24: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
-	49, // 25: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
-	0,  // 26: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 27: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 28: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 29: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 30: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 31: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 32: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 33: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 34: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 35: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 36: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 37: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 38: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	11, // 39: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 40: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 41: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	29, // 42: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 43: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 44: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	29, // 45: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 46: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 47: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 48: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	14, // 49: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 50: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 51: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 52: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 53: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 54: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 55: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 56: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 57: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 58: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 59: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 60: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 61: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 62: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 63: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	44, // 64: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
-	45, // 65: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
-	46, // 66: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
-	43, // 67: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
-	43, // 68: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
-	44, // 69: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
-	45, // 70: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
-	46, // 71: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
-	72, // [72:72] is the sub-list for method output_type
-	72, // [72:72] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	50, // 23: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
+	51, // 24: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
+	52, // 25: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
+	31, // 26: meshca.raft.v1.Command.put_admin:type_name -> meshca.raft.v1.PutAdmin
+	32, // 27: meshca.raft.v1.Command.delete_admin:type_name -> meshca.raft.v1.DeleteAdmin
+	0,  // 28: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 29: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 30: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 31: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 32: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 33: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 34: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 35: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 36: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 37: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 38: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 39: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 40: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	11, // 41: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 42: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 43: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	33, // 44: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	29, // 45: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 46: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 47: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	29, // 48: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 49: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 50: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 51: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	14, // 52: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 53: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 54: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 55: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 56: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 57: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 58: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 59: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 60: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 61: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 62: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 63: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 64: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 65: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 66: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	47, // 67: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
+	48, // 68: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
+	49, // 69: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
+	33, // 70: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	46, // 71: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
+	46, // 72: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
+	47, // 73: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
+	48, // 74: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
+	49, // 75: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
+	76, // [76:76] is the sub-list for method output_type
+	76, // [76:76] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -4180,8 +4400,10 @@ func file_raftpb_raft_proto_init() {
 		(*Command_PutIssuancePolicy)(nil),
 		(*Command_PutOpaBundle)(nil),
 		(*Command_PutOpaKey)(nil),
+		(*Command_PutAdmin)(nil),
+		(*Command_DeleteAdmin)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[39].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[42].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -4197,6 +4419,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_IssuancePolicy)(nil),
 		(*SnapshotRecord_OpaBundle)(nil),
 		(*SnapshotRecord_OpaKey)(nil),
+		(*SnapshotRecord_Admin)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4204,7 +4427,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   47,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,131 @@
+package policy
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+)
+
+// memSource is a BundleSource whose bundle a test replaces.
+type memSource struct {
+	mu      sync.Mutex
+	cur     *Served
+	changed chan struct{}
+}
+
+func newMemSource(content string) *memSource {
+	m := &memSource{changed: make(chan struct{})}
+	m.set(1, content)
+	return m
+}
+
+func (m *memSource) set(rev uint64, content string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sum := sha256.Sum256([]byte(content))
+	m.cur = &Served{Revision: rev, Bytes: []byte(content), SHA256: sum[:]}
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+func (m *memSource) Bundle(name string) (*Served, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if name != "authz" {
+		return nil, m.changed
+	}
+	return m.cur, m.changed
+}
+
+func TestBundleService(t *testing.T) {
+	src := newMemSource("one")
+	clock := clockwork.NewFakeClock()
+	var refused []string
+	svc := &BundleService{Source: src, Clock: clock, MaxWait: time.Minute,
+		Authorize: func(r *http.Request) (string, error) {
+			if r.Header.Get("Authorization") != "Bearer ok" {
+				return "", errors.New("no token")
+			}
+			return "tester", nil
+		},
+		Audit: func(_ *http.Request, who, name string, _ uint64, err error) {
+			if err != nil {
+				refused = append(refused, name)
+			}
+		}}
+	do := func(method, path string, h map[string]string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, path, nil)
+		req.Header.Set("Authorization", "Bearer ok")
+		for k, v := range h {
+			req.Header.Set(k, v)
+		}
+		w := httptest.NewRecorder()
+		svc.ServeHTTP(w, req)
+		return w
+	}
+	w := do("GET", "/v1/bundles/authz", nil)
+	etag := w.Header().Get("ETag")
+	if w.Code != 200 || w.Body.String() != "one" || etag == "" || w.Header().Get("Content-Type") != BundleContentType {
+		t.Fatalf("GET: %d %q %q %q", w.Code, w.Body.String(), etag, w.Header().Get("Content-Type"))
+	}
+	if w := do("GET", "/v1/bundles/authz.tar.gz", map[string]string{"If-None-Match": `"x", ` + etag}); w.Code != 304 {
+		t.Fatalf("If-None-Match listing the ETag: %d", w.Code)
+	}
+	if w := do("GET", "/v1/bundles/authz", map[string]string{"If-None-Match": `"x"`}); w.Code != 200 {
+		t.Fatalf("If-None-Match with another ETag: %d", w.Code)
+	}
+	if w := do("GET", "/v1/bundles/other", nil); w.Code != 404 {
+		t.Fatalf("an unknown bundle: %d", w.Code)
+	}
+	if w := do("POST", "/v1/bundles/authz", nil); w.Code != 405 {
+		t.Fatalf("POST: %d", w.Code)
+	}
+	req := httptest.NewRequest("GET", "/v1/bundles/authz", nil)
+	rec := httptest.NewRecorder()
+	svc.ServeHTTP(rec, req)
+	if rec.Code != 403 || len(refused) != 1 {
+		t.Fatalf("no credentials: %d, refusals audited %v", rec.Code, refused)
+	}
+
+	// A long poll ends with 304 when its wait is over (on the clock)...
+	done := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		done <- do("GET", "/v1/bundles/authz", map[string]string{"If-None-Match": etag, "Prefer": "modes=snapshot,delta;wait=30"})
+	}()
+	if err := clock.BlockUntilContext(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(30 * time.Second)
+	if w := <-done; w.Code != 304 {
+		t.Fatalf("long poll after its wait: %d", w.Code)
+	}
+	// ...and with the new revision when one comes first.
+	go func() {
+		done <- do("GET", "/v1/bundles/authz", map[string]string{"If-None-Match": etag, "Prefer": "modes=snapshot,delta;wait=30"})
+	}()
+	if err := clock.BlockUntilContext(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	src.set(2, "two")
+	if w := <-done; w.Code != 200 || w.Body.String() != "two" {
+		t.Fatalf("long poll across a new revision: %d %q", w.Code, w.Body.String())
+	}
+}
+
+func TestPreferWait(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"modes=snapshot,delta;wait=60": time.Minute, "wait=0": 0, "modes=snapshot": -1, "wait=x": -1, "wait=-1": -1,
+	} {
+		got, ok := PreferWait([]string{in})
+		if (want < 0) == ok || (ok && got != want) {
+			t.Errorf("PreferWait(%q) = %v, %v; want %v", in, got, ok, want)
+		}
+	}
+}
