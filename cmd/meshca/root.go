@@ -145,6 +145,7 @@ What works today:
   meshca audit list       list audit events: decisions and operator commands
   meshca policy           the OPA issuance policy, and signed OPA authorization bundles
   meshca bundle show      the OPA bundle verification key (--opa-key)
+  meshca tunnel           an mTLS tunnel endpoint fed by the agent's SDS and OPA bundles
 
 Operator commands reach a server through its admin Unix socket: --addr
 unix:///path/admin.sock or $MESHCA_ADDR (default: the socket in the default
@@ -182,5 +183,6 @@ func (a *app) newRootCommand() *cobra.Command {
 	root.AddCommand(a.newAuditCommand(), a.newCertCommand())    // issue 15: history queries
 	root.AddCommand(a.newCRLCommand())                          // issue 13
 	root.AddCommand(a.newPolicyCommand(), a.newBundleCommand()) // issue 12
+	root.AddCommand(a.newTunnelCommand())                       // issue 14
 	return root
 }
