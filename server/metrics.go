@@ -133,12 +133,14 @@ var (
 		[]string{"id", "kind", "profile", "state", "server"}, nil)
 	descJWTNotAfter = prometheus.NewDesc("meshca_jwt_key_not_after_timestamp_seconds", "When each JWT-SVID signing key expires (Unix seconds).", []string{"kid", "state"}, nil)
 	descCRLNext     = prometheus.NewDesc("meshca_crl_next_update_timestamp_seconds", "The nextUpdate of each authority's current CRL (Unix seconds).", []string{"id"}, nil)
+	descPolicyRev   = prometheus.NewDesc("meshca_policy_issuance_revision", "The OPA issuance policy's revision (0: none; registration entries decide alone).", nil, nil)
+	descBundleRev   = prometheus.NewDesc("meshca_policy_bundle_revision", "The latest revision of each OPA authorization bundle.", []string{"name"}, nil)
 )
 
 // Describe sends the descriptors.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descLeader, descTerm, descCommit, descApplied, descContact,
-		descLedger, descQueue, descNodes, descEntries, descNotAfter, descJWTNotAfter, descCRLNext} {
+		descLedger, descQueue, descNodes, descEntries, descNotAfter, descJWTNotAfter, descCRLNext, descPolicyRev, descBundleRev} {
 		ch <- d
 	}
 }
@@ -192,5 +194,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, k := range r.JWTKeys() {
 		gauge(descJWTNotAfter, float64(k.NotAfterUnix), k.Kid, k.State.String())
+	}
+	gauge(descPolicyRev, float64(r.IssuancePolicy().GetRevision()))
+	for _, b := range r.OPABundleNames() {
+		gauge(descBundleRev, float64(b.Revision), b.Name)
 	}
 }

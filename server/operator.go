@@ -53,7 +53,11 @@ func (o *operatorService) Status(ctx context.Context, _ *operatorpb.StatusReques
 		CommitIndex: n.Raft().CommitIndex(), StateHash: hex.EncodeToString(hash[:]), LedgerRecords: uint64(r.LedgerLen()),
 		Ready: ready, ReadyReason: reason, SignQueueDepth: o.s.admission.QueueDepth(),
 		AttestedNodes: uint64(len(r.Nodes())), Entries: uint64(len(r.Entries())),
-		History: o.s.historyStatus(ctx),
+		IssuancePolicyRevision: r.IssuancePolicy().GetRevision(),
+		History:                o.s.historyStatus(ctx),
+	}
+	for _, b := range r.OPABundleNames() {
+		resp.Bundles = append(resp.Bundles, &operatorpb.BundleRevision{Name: b.Name, Revision: b.Revision})
 	}
 	for _, a := range r.Authorities() {
 		kind := "root"

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/meshca/meshca/proto/operatorpb"
@@ -67,6 +68,10 @@ type statusReport struct {
 	Authorities []authorityStatusReport `json:"authorities"`
 	// History is the export to PostgreSQL, when configured.
 	History *historyReport `json:"history,omitempty"`
+	// IssuancePolicyRevision is the OPA issuance policy's (0: none);
+	// Bundles the latest revision of each OPA bundle, by name.
+	IssuancePolicyRevision uint64            `json:"issuance_policy_revision"`
+	Bundles                map[string]uint64 `json:"bundles"`
 }
 
 // memberReport is one server of the cluster in status.
@@ -123,7 +128,11 @@ func (a *app) newStatusCommand() *cobra.Command {
 			CommitIndex: resp.CommitIndex, StateHash: resp.StateHash, LedgerRecords: resp.LedgerRecords,
 			Ready: resp.Ready, ReadyReason: resp.ReadyReason, SignQueueDepth: resp.SignQueueDepth,
 			AttestedNodes: resp.AttestedNodes, Entries: resp.Entries,
+			IssuancePolicyRevision: resp.IssuancePolicyRevision, Bundles: map[string]uint64{},
 			History: newHistoryReport(resp.History),
+		}
+		for _, b := range resp.Bundles {
+			r.Bundles[b.Name] = b.Revision
 		}
 		var leaderCommit uint64
 		for _, m := range resp.Members {
@@ -174,6 +183,20 @@ func (a *app) newStatusCommand() *cobra.Command {
 		t.row("sign queue", fmt.Sprintf("%d CSRs admitted, not yet signed", r.SignQueueDepth))
 		t.row("attested nodes", r.AttestedNodes)
 		t.row("entries", r.Entries)
+		if r.IssuancePolicyRevision == 0 {
+			t.row("issuance policy", "none (registration entries decide)")
+		} else {
+			t.row("issuance policy", fmt.Sprintf("revision %d", r.IssuancePolicyRevision))
+		}
+		var bundles []string
+		for name, rev := range r.Bundles {
+			bundles = append(bundles, fmt.Sprintf("%s (revision %d)", name, rev))
+		}
+		sort.Strings(bundles)
+		if len(bundles) == 0 {
+			bundles = []string{"none"}
+		}
+		t.row("OPA bundles", strings.Join(bundles, ", "))
 		r.History.rows(t)
 		if err := t.flush(); err != nil {
 			return err

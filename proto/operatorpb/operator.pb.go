@@ -350,6 +350,11 @@ type StatusResponse struct {
 	Authorities   []*AuthorityStatus `protobuf:"bytes,14,rep,name=authorities,proto3" json:"authorities,omitempty"`
 	AttestedNodes uint64             `protobuf:"varint,15,opt,name=attested_nodes,json=attestedNodes,proto3" json:"attested_nodes,omitempty"`
 	Entries       uint64             `protobuf:"varint,16,opt,name=entries,proto3" json:"entries,omitempty"`
+	// issuance_policy_revision is the OPA issuance policy's revision (0: none,
+	// registration entries decide alone); bundles the latest revision of each
+	// OPA authorization bundle.
+	IssuancePolicyRevision uint64            `protobuf:"varint,17,opt,name=issuance_policy_revision,json=issuancePolicyRevision,proto3" json:"issuance_policy_revision,omitempty"`
+	Bundles                []*BundleRevision `protobuf:"bytes,18,rep,name=bundles,proto3" json:"bundles,omitempty"`
 	// issue 15: the export of the cluster's history to PostgreSQL.
 	History       *HistoryExport `protobuf:"bytes,60,opt,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -498,11 +503,78 @@ func (x *StatusResponse) GetEntries() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetIssuancePolicyRevision() uint64 {
+	if x != nil {
+		return x.IssuancePolicyRevision
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetBundles() []*BundleRevision {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
 func (x *StatusResponse) GetHistory() *HistoryExport {
 	if x != nil {
 		return x.History
 	}
 	return nil
+}
+
+// BundleRevision is the latest revision of a named OPA bundle.
+type BundleRevision struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleRevision) Reset() {
+	*x = BundleRevision{}
+	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleRevision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleRevision) ProtoMessage() {}
+
+func (x *BundleRevision) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleRevision.ProtoReflect.Descriptor instead.
+func (*BundleRevision) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BundleRevision) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BundleRevision) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 // Member is one server's position, as `meshca status` shows it.
@@ -526,7 +598,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	mi := &file_operatorpb_operator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +610,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[8]
+	mi := &file_operatorpb_operator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +623,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{8}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Member) GetNodeId() string {
@@ -641,7 +713,7 @@ type AuthorityStatus struct {
 
 func (x *AuthorityStatus) Reset() {
 	*x = AuthorityStatus{}
-	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +725,7 @@ func (x *AuthorityStatus) String() string {
 func (*AuthorityStatus) ProtoMessage() {}
 
 func (x *AuthorityStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[9]
+	mi := &file_operatorpb_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +738,7 @@ func (x *AuthorityStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorityStatus.ProtoReflect.Descriptor instead.
 func (*AuthorityStatus) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{9}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuthorityStatus) GetId() string {
@@ -745,7 +817,7 @@ type HistoryExport struct {
 
 func (x *HistoryExport) Reset() {
 	*x = HistoryExport{}
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +829,7 @@ func (x *HistoryExport) String() string {
 func (*HistoryExport) ProtoMessage() {}
 
 func (x *HistoryExport) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[10]
+	mi := &file_operatorpb_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +842,7 @@ func (x *HistoryExport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryExport.ProtoReflect.Descriptor instead.
 func (*HistoryExport) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{10}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HistoryExport) GetEnabled() bool {
@@ -862,7 +934,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +946,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[11]
+	mi := &file_operatorpb_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +959,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{11}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Peer) GetId() string {
@@ -926,7 +998,7 @@ type RaftListPeersRequest struct {
 
 func (x *RaftListPeersRequest) Reset() {
 	*x = RaftListPeersRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1010,7 @@ func (x *RaftListPeersRequest) String() string {
 func (*RaftListPeersRequest) ProtoMessage() {}
 
 func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[12]
+	mi := &file_operatorpb_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1023,7 @@ func (x *RaftListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersRequest.ProtoReflect.Descriptor instead.
 func (*RaftListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{12}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
 }
 
 type RaftListPeersResponse struct {
@@ -963,7 +1035,7 @@ type RaftListPeersResponse struct {
 
 func (x *RaftListPeersResponse) Reset() {
 	*x = RaftListPeersResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1047,7 @@ func (x *RaftListPeersResponse) String() string {
 func (*RaftListPeersResponse) ProtoMessage() {}
 
 func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[13]
+	mi := &file_operatorpb_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1060,7 @@ func (x *RaftListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftListPeersResponse.ProtoReflect.Descriptor instead.
 func (*RaftListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{13}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RaftListPeersResponse) GetPeers() []*Peer {
@@ -1008,7 +1080,7 @@ type RaftAddVoterRequest struct {
 
 func (x *RaftAddVoterRequest) Reset() {
 	*x = RaftAddVoterRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1092,7 @@ func (x *RaftAddVoterRequest) String() string {
 func (*RaftAddVoterRequest) ProtoMessage() {}
 
 func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[14]
+	mi := &file_operatorpb_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1105,7 @@ func (x *RaftAddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterRequest.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{14}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RaftAddVoterRequest) GetId() string {
@@ -1058,7 +1130,7 @@ type RaftAddVoterResponse struct {
 
 func (x *RaftAddVoterResponse) Reset() {
 	*x = RaftAddVoterResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1142,7 @@ func (x *RaftAddVoterResponse) String() string {
 func (*RaftAddVoterResponse) ProtoMessage() {}
 
 func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[15]
+	mi := &file_operatorpb_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1155,7 @@ func (x *RaftAddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAddVoterResponse.ProtoReflect.Descriptor instead.
 func (*RaftAddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{15}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
 }
 
 type RaftRemovePeerRequest struct {
@@ -1095,7 +1167,7 @@ type RaftRemovePeerRequest struct {
 
 func (x *RaftRemovePeerRequest) Reset() {
 	*x = RaftRemovePeerRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1179,7 @@ func (x *RaftRemovePeerRequest) String() string {
 func (*RaftRemovePeerRequest) ProtoMessage() {}
 
 func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[16]
+	mi := &file_operatorpb_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1192,7 @@ func (x *RaftRemovePeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerRequest.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{16}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RaftRemovePeerRequest) GetId() string {
@@ -1138,7 +1210,7 @@ type RaftRemovePeerResponse struct {
 
 func (x *RaftRemovePeerResponse) Reset() {
 	*x = RaftRemovePeerResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1222,7 @@ func (x *RaftRemovePeerResponse) String() string {
 func (*RaftRemovePeerResponse) ProtoMessage() {}
 
 func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[17]
+	mi := &file_operatorpb_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1235,7 @@ func (x *RaftRemovePeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRemovePeerResponse.ProtoReflect.Descriptor instead.
 func (*RaftRemovePeerResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{17}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
 }
 
 type SnapshotSaveRequest struct {
@@ -1174,7 +1246,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1186,7 +1258,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[18]
+	mi := &file_operatorpb_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1199,7 +1271,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{18}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
 }
 
 type SnapshotChunk struct {
@@ -1211,7 +1283,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1295,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[19]
+	mi := &file_operatorpb_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1308,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{19}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -1255,7 +1327,7 @@ type SnapshotRestoreResponse struct {
 
 func (x *SnapshotRestoreResponse) Reset() {
 	*x = SnapshotRestoreResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1339,7 @@ func (x *SnapshotRestoreResponse) String() string {
 func (*SnapshotRestoreResponse) ProtoMessage() {}
 
 func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[20]
+	mi := &file_operatorpb_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1352,7 @@ func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{20}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotRestoreResponse) GetStateHash() string {
@@ -1301,7 +1373,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1385,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[21]
+	mi := &file_operatorpb_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1398,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{21}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateJoinTokenRequest) GetKind() string {
@@ -1353,7 +1425,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1437,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[22]
+	mi := &file_operatorpb_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1450,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{22}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1405,7 +1477,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1489,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[23]
+	mi := &file_operatorpb_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1502,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{23}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Selector) GetType() string {
@@ -1464,7 +1536,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1548,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[24]
+	mi := &file_operatorpb_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1561,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{24}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Entry) GetId() string {
@@ -1569,7 +1641,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1581,7 +1653,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[25]
+	mi := &file_operatorpb_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1594,7 +1666,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{25}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -1623,7 +1695,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1707,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[26]
+	mi := &file_operatorpb_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1720,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{26}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -1674,7 +1746,7 @@ type EntryResponse struct {
 
 func (x *EntryResponse) Reset() {
 	*x = EntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1758,7 @@ func (x *EntryResponse) String() string {
 func (*EntryResponse) ProtoMessage() {}
 
 func (x *EntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[27]
+	mi := &file_operatorpb_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1771,7 @@ func (x *EntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryResponse.ProtoReflect.Descriptor instead.
 func (*EntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{27}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EntryResponse) GetEntry() *Entry {
@@ -1718,7 +1790,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +1802,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[28]
+	mi := &file_operatorpb_operator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +1815,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{28}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1761,7 +1833,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1845,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[29]
+	mi := &file_operatorpb_operator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1858,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{29}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
 }
 
 type GetEntryRequest struct {
@@ -1798,7 +1870,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +1882,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[30]
+	mi := &file_operatorpb_operator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +1895,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{30}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1849,7 +1921,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1861,7 +1933,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[31]
+	mi := &file_operatorpb_operator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1874,7 +1946,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{31}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1916,7 +1988,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2000,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[32]
+	mi := &file_operatorpb_operator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2013,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{32}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1975,7 +2047,7 @@ type BatchCreateEntriesRequest struct {
 
 func (x *BatchCreateEntriesRequest) Reset() {
 	*x = BatchCreateEntriesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2059,7 @@ func (x *BatchCreateEntriesRequest) String() string {
 func (*BatchCreateEntriesRequest) ProtoMessage() {}
 
 func (x *BatchCreateEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[33]
+	mi := &file_operatorpb_operator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2072,7 @@ func (x *BatchCreateEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateEntriesRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{33}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BatchCreateEntriesRequest) GetEntries() []*Entry {
@@ -2039,7 +2111,7 @@ type BatchCreateEntriesResponse struct {
 
 func (x *BatchCreateEntriesResponse) Reset() {
 	*x = BatchCreateEntriesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2051,7 +2123,7 @@ func (x *BatchCreateEntriesResponse) String() string {
 func (*BatchCreateEntriesResponse) ProtoMessage() {}
 
 func (x *BatchCreateEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[34]
+	mi := &file_operatorpb_operator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2064,7 +2136,7 @@ func (x *BatchCreateEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateEntriesResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{34}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *BatchCreateEntriesResponse) GetEntries() []*Entry {
@@ -2102,7 +2174,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2114,7 +2186,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[35]
+	mi := &file_operatorpb_operator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2199,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{35}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -2180,7 +2252,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2264,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[36]
+	mi := &file_operatorpb_operator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2277,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{36}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
 }
 
 type ListNodesResponse struct {
@@ -2217,7 +2289,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2301,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[37]
+	mi := &file_operatorpb_operator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2314,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{37}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2261,7 +2333,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2345,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[38]
+	mi := &file_operatorpb_operator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2358,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{38}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetNodeRequest) GetSpiffeId() string {
@@ -2305,7 +2377,7 @@ type NodeResponse struct {
 
 func (x *NodeResponse) Reset() {
 	*x = NodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2389,7 @@ func (x *NodeResponse) String() string {
 func (*NodeResponse) ProtoMessage() {}
 
 func (x *NodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[39]
+	mi := &file_operatorpb_operator_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2402,7 @@ func (x *NodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResponse.ProtoReflect.Descriptor instead.
 func (*NodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{39}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NodeResponse) GetNode() *Node {
@@ -2354,7 +2426,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2438,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[40]
+	mi := &file_operatorpb_operator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2451,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{40}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -2429,7 +2501,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2513,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[41]
+	mi := &file_operatorpb_operator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2526,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{41}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *MintX509SVIDResponse) GetChain() [][]byte {
@@ -2479,7 +2551,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2491,7 +2563,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[42]
+	mi := &file_operatorpb_operator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2504,7 +2576,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{42}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
 }
 
 // Authority is a root, an intermediate or a JWT signing key.
@@ -2547,7 +2619,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2559,7 +2631,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[43]
+	mi := &file_operatorpb_operator_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2572,7 +2644,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{43}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Authority) GetId() string {
@@ -2696,7 +2768,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[44]
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +2780,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[44]
+	mi := &file_operatorpb_operator_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +2793,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{44}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -2741,7 +2813,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2753,7 +2825,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[45]
+	mi := &file_operatorpb_operator_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2766,7 +2838,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{45}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PolicyFile) GetPath() string {
@@ -2792,7 +2864,7 @@ type SetIssuancePolicyRequest struct {
 
 func (x *SetIssuancePolicyRequest) Reset() {
 	*x = SetIssuancePolicyRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2876,7 @@ func (x *SetIssuancePolicyRequest) String() string {
 func (*SetIssuancePolicyRequest) ProtoMessage() {}
 
 func (x *SetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[46]
+	mi := &file_operatorpb_operator_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2889,7 @@ func (x *SetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetIssuancePolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetIssuancePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{46}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SetIssuancePolicyRequest) GetFiles() []*PolicyFile {
@@ -2835,7 +2907,7 @@ type GetIssuancePolicyRequest struct {
 
 func (x *GetIssuancePolicyRequest) Reset() {
 	*x = GetIssuancePolicyRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2847,7 +2919,7 @@ func (x *GetIssuancePolicyRequest) String() string {
 func (*GetIssuancePolicyRequest) ProtoMessage() {}
 
 func (x *GetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[47]
+	mi := &file_operatorpb_operator_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2860,7 +2932,7 @@ func (x *GetIssuancePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIssuancePolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetIssuancePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{47}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
 }
 
 type IssuancePolicyResponse struct {
@@ -2876,7 +2948,7 @@ type IssuancePolicyResponse struct {
 
 func (x *IssuancePolicyResponse) Reset() {
 	*x = IssuancePolicyResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2888,7 +2960,7 @@ func (x *IssuancePolicyResponse) String() string {
 func (*IssuancePolicyResponse) ProtoMessage() {}
 
 func (x *IssuancePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[48]
+	mi := &file_operatorpb_operator_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2901,7 +2973,7 @@ func (x *IssuancePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssuancePolicyResponse.ProtoReflect.Descriptor instead.
 func (*IssuancePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{48}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *IssuancePolicyResponse) GetRevision() uint64 {
@@ -2942,7 +3014,7 @@ type PushBundleRequest struct {
 
 func (x *PushBundleRequest) Reset() {
 	*x = PushBundleRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2954,7 +3026,7 @@ func (x *PushBundleRequest) String() string {
 func (*PushBundleRequest) ProtoMessage() {}
 
 func (x *PushBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[49]
+	mi := &file_operatorpb_operator_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2967,7 +3039,7 @@ func (x *PushBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushBundleRequest.ProtoReflect.Descriptor instead.
 func (*PushBundleRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{49}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PushBundleRequest) GetName() string {
@@ -3002,7 +3074,7 @@ type BundleInfo struct {
 
 func (x *BundleInfo) Reset() {
 	*x = BundleInfo{}
-	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	mi := &file_operatorpb_operator_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3086,7 @@ func (x *BundleInfo) String() string {
 func (*BundleInfo) ProtoMessage() {}
 
 func (x *BundleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[50]
+	mi := &file_operatorpb_operator_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3027,7 +3099,7 @@ func (x *BundleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleInfo.ProtoReflect.Descriptor instead.
 func (*BundleInfo) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{50}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *BundleInfo) GetName() string {
@@ -3105,7 +3177,7 @@ type BundleResponse struct {
 
 func (x *BundleResponse) Reset() {
 	*x = BundleResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[51]
+	mi := &file_operatorpb_operator_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3117,7 +3189,7 @@ func (x *BundleResponse) String() string {
 func (*BundleResponse) ProtoMessage() {}
 
 func (x *BundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[51]
+	mi := &file_operatorpb_operator_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3130,7 +3202,7 @@ func (x *BundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleResponse.ProtoReflect.Descriptor instead.
 func (*BundleResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{51}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BundleResponse) GetInfo() *BundleInfo {
@@ -3164,7 +3236,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[52]
+	mi := &file_operatorpb_operator_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3176,7 +3248,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[52]
+	mi := &file_operatorpb_operator_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3189,7 +3261,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{52}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListBundlesRequest) GetName() string {
@@ -3208,7 +3280,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[53]
+	mi := &file_operatorpb_operator_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3220,7 +3292,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[53]
+	mi := &file_operatorpb_operator_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3233,7 +3305,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{53}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*BundleInfo {
@@ -3253,7 +3325,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[54]
+	mi := &file_operatorpb_operator_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3265,7 +3337,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[54]
+	mi := &file_operatorpb_operator_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3278,7 +3350,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{54}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetBundleRequest) GetName() string {
@@ -3305,7 +3377,7 @@ type RollbackBundleRequest struct {
 
 func (x *RollbackBundleRequest) Reset() {
 	*x = RollbackBundleRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[55]
+	mi := &file_operatorpb_operator_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3317,7 +3389,7 @@ func (x *RollbackBundleRequest) String() string {
 func (*RollbackBundleRequest) ProtoMessage() {}
 
 func (x *RollbackBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[55]
+	mi := &file_operatorpb_operator_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3330,7 +3402,7 @@ func (x *RollbackBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackBundleRequest.ProtoReflect.Descriptor instead.
 func (*RollbackBundleRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{55}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RollbackBundleRequest) GetName() string {
@@ -3355,7 +3427,7 @@ type GetOPAKeyRequest struct {
 
 func (x *GetOPAKeyRequest) Reset() {
 	*x = GetOPAKeyRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[56]
+	mi := &file_operatorpb_operator_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3367,7 +3439,7 @@ func (x *GetOPAKeyRequest) String() string {
 func (*GetOPAKeyRequest) ProtoMessage() {}
 
 func (x *GetOPAKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[56]
+	mi := &file_operatorpb_operator_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3380,7 +3452,7 @@ func (x *GetOPAKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOPAKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetOPAKeyRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{56}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{57}
 }
 
 type GetOPAKeyResponse struct {
@@ -3395,7 +3467,7 @@ type GetOPAKeyResponse struct {
 
 func (x *GetOPAKeyResponse) Reset() {
 	*x = GetOPAKeyResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[57]
+	mi := &file_operatorpb_operator_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3407,7 +3479,7 @@ func (x *GetOPAKeyResponse) String() string {
 func (*GetOPAKeyResponse) ProtoMessage() {}
 
 func (x *GetOPAKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[57]
+	mi := &file_operatorpb_operator_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3420,7 +3492,7 @@ func (x *GetOPAKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOPAKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetOPAKeyResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{57}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetOPAKeyResponse) GetKid() string {
@@ -3467,7 +3539,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_operatorpb_operator_proto_msgTypes[58]
+	mi := &file_operatorpb_operator_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3479,7 +3551,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[58]
+	mi := &file_operatorpb_operator_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3492,7 +3564,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{58}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *Certificate) GetSerial() string {
@@ -3581,7 +3653,7 @@ type RevokeCertificatesRequest struct {
 
 func (x *RevokeCertificatesRequest) Reset() {
 	*x = RevokeCertificatesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[59]
+	mi := &file_operatorpb_operator_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3593,7 +3665,7 @@ func (x *RevokeCertificatesRequest) String() string {
 func (*RevokeCertificatesRequest) ProtoMessage() {}
 
 func (x *RevokeCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[59]
+	mi := &file_operatorpb_operator_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3606,7 +3678,7 @@ func (x *RevokeCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{59}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RevokeCertificatesRequest) GetSerial() string {
@@ -3661,7 +3733,7 @@ type RevokeCertificatesResponse struct {
 
 func (x *RevokeCertificatesResponse) Reset() {
 	*x = RevokeCertificatesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[60]
+	mi := &file_operatorpb_operator_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +3745,7 @@ func (x *RevokeCertificatesResponse) String() string {
 func (*RevokeCertificatesResponse) ProtoMessage() {}
 
 func (x *RevokeCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[60]
+	mi := &file_operatorpb_operator_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +3758,7 @@ func (x *RevokeCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{60}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RevokeCertificatesResponse) GetCertificates() []*Certificate {
@@ -3740,7 +3812,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[61]
+	mi := &file_operatorpb_operator_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3752,7 +3824,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[61]
+	mi := &file_operatorpb_operator_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3765,7 +3837,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{61}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListCertificatesRequest) GetSpiffeId() string {
@@ -3821,7 +3893,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[62]
+	mi := &file_operatorpb_operator_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3833,7 +3905,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[62]
+	mi := &file_operatorpb_operator_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3846,7 +3918,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{62}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
@@ -3872,7 +3944,7 @@ type GetCertificateRequest struct {
 
 func (x *GetCertificateRequest) Reset() {
 	*x = GetCertificateRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[63]
+	mi := &file_operatorpb_operator_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3884,7 +3956,7 @@ func (x *GetCertificateRequest) String() string {
 func (*GetCertificateRequest) ProtoMessage() {}
 
 func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[63]
+	mi := &file_operatorpb_operator_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3897,7 +3969,7 @@ func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCertificateRequest.ProtoReflect.Descriptor instead.
 func (*GetCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{63}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetCertificateRequest) GetSerial() string {
@@ -3918,7 +3990,7 @@ type GetCRLRequest struct {
 
 func (x *GetCRLRequest) Reset() {
 	*x = GetCRLRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[64]
+	mi := &file_operatorpb_operator_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3930,7 +4002,7 @@ func (x *GetCRLRequest) String() string {
 func (*GetCRLRequest) ProtoMessage() {}
 
 func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[64]
+	mi := &file_operatorpb_operator_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3943,7 +4015,7 @@ func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLRequest.ProtoReflect.Descriptor instead.
 func (*GetCRLRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{64}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GetCRLRequest) GetIssuerId() string {
@@ -3974,7 +4046,7 @@ type CRL struct {
 
 func (x *CRL) Reset() {
 	*x = CRL{}
-	mi := &file_operatorpb_operator_proto_msgTypes[65]
+	mi := &file_operatorpb_operator_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3986,7 +4058,7 @@ func (x *CRL) String() string {
 func (*CRL) ProtoMessage() {}
 
 func (x *CRL) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[65]
+	mi := &file_operatorpb_operator_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3999,7 +4071,7 @@ func (x *CRL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CRL.ProtoReflect.Descriptor instead.
 func (*CRL) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{65}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CRL) GetIssuerId() string {
@@ -4057,7 +4129,7 @@ type BanNodeRequest struct {
 
 func (x *BanNodeRequest) Reset() {
 	*x = BanNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[66]
+	mi := &file_operatorpb_operator_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4069,7 +4141,7 @@ func (x *BanNodeRequest) String() string {
 func (*BanNodeRequest) ProtoMessage() {}
 
 func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[66]
+	mi := &file_operatorpb_operator_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4082,7 +4154,7 @@ func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
 func (*BanNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{66}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *BanNodeRequest) GetSpiffeId() string {
@@ -4127,7 +4199,7 @@ type BanNodeResponse struct {
 
 func (x *BanNodeResponse) Reset() {
 	*x = BanNodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[67]
+	mi := &file_operatorpb_operator_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4139,7 +4211,7 @@ func (x *BanNodeResponse) String() string {
 func (*BanNodeResponse) ProtoMessage() {}
 
 func (x *BanNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[67]
+	mi := &file_operatorpb_operator_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4152,7 +4224,7 @@ func (x *BanNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNodeResponse.ProtoReflect.Descriptor instead.
 func (*BanNodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{67}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *BanNodeResponse) GetNode() *Node {
@@ -4193,7 +4265,7 @@ type EvictNodeRequest struct {
 
 func (x *EvictNodeRequest) Reset() {
 	*x = EvictNodeRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[68]
+	mi := &file_operatorpb_operator_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4205,7 +4277,7 @@ func (x *EvictNodeRequest) String() string {
 func (*EvictNodeRequest) ProtoMessage() {}
 
 func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[68]
+	mi := &file_operatorpb_operator_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4218,7 +4290,7 @@ func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{68}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *EvictNodeRequest) GetSpiffeId() string {
@@ -4248,7 +4320,7 @@ type EvictNodeResponse struct {
 
 func (x *EvictNodeResponse) Reset() {
 	*x = EvictNodeResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[69]
+	mi := &file_operatorpb_operator_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4260,7 +4332,7 @@ func (x *EvictNodeResponse) String() string {
 func (*EvictNodeResponse) ProtoMessage() {}
 
 func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[69]
+	mi := &file_operatorpb_operator_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4273,7 +4345,7 @@ func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{69}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *EvictNodeResponse) GetNode() *Node {
@@ -4309,7 +4381,7 @@ type AuthorityStepRequest struct {
 
 func (x *AuthorityStepRequest) Reset() {
 	*x = AuthorityStepRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[70]
+	mi := &file_operatorpb_operator_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4321,7 +4393,7 @@ func (x *AuthorityStepRequest) String() string {
 func (*AuthorityStepRequest) ProtoMessage() {}
 
 func (x *AuthorityStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[70]
+	mi := &file_operatorpb_operator_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4334,7 +4406,7 @@ func (x *AuthorityStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorityStepRequest.ProtoReflect.Descriptor instead.
 func (*AuthorityStepRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{70}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *AuthorityStepRequest) GetId() string {
@@ -4369,7 +4441,7 @@ type AuthorityStepResponse struct {
 
 func (x *AuthorityStepResponse) Reset() {
 	*x = AuthorityStepResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[71]
+	mi := &file_operatorpb_operator_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4381,7 +4453,7 @@ func (x *AuthorityStepResponse) String() string {
 func (*AuthorityStepResponse) ProtoMessage() {}
 
 func (x *AuthorityStepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[71]
+	mi := &file_operatorpb_operator_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4394,7 +4466,7 @@ func (x *AuthorityStepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorityStepResponse.ProtoReflect.Descriptor instead.
 func (*AuthorityStepResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{71}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *AuthorityStepResponse) GetAuthority() *Authority {
@@ -4432,7 +4504,7 @@ type QueryCertificatesRequest struct {
 
 func (x *QueryCertificatesRequest) Reset() {
 	*x = QueryCertificatesRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[72]
+	mi := &file_operatorpb_operator_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4444,7 +4516,7 @@ func (x *QueryCertificatesRequest) String() string {
 func (*QueryCertificatesRequest) ProtoMessage() {}
 
 func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[72]
+	mi := &file_operatorpb_operator_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4457,7 +4529,7 @@ func (x *QueryCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*QueryCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{72}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *QueryCertificatesRequest) GetSinceUnix() int64 {
@@ -4536,7 +4608,7 @@ type HistoryCertificate struct {
 
 func (x *HistoryCertificate) Reset() {
 	*x = HistoryCertificate{}
-	mi := &file_operatorpb_operator_proto_msgTypes[73]
+	mi := &file_operatorpb_operator_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4548,7 +4620,7 @@ func (x *HistoryCertificate) String() string {
 func (*HistoryCertificate) ProtoMessage() {}
 
 func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[73]
+	mi := &file_operatorpb_operator_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4561,7 +4633,7 @@ func (x *HistoryCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryCertificate.ProtoReflect.Descriptor instead.
 func (*HistoryCertificate) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{73}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *HistoryCertificate) GetSerial() []byte {
@@ -4646,7 +4718,7 @@ type QueryCertificatesResponse struct {
 
 func (x *QueryCertificatesResponse) Reset() {
 	*x = QueryCertificatesResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[74]
+	mi := &file_operatorpb_operator_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4658,7 +4730,7 @@ func (x *QueryCertificatesResponse) String() string {
 func (*QueryCertificatesResponse) ProtoMessage() {}
 
 func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[74]
+	mi := &file_operatorpb_operator_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4671,7 +4743,7 @@ func (x *QueryCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*QueryCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{74}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *QueryCertificatesResponse) GetCertificates() []*HistoryCertificate {
@@ -4716,7 +4788,7 @@ type QueryAuditRequest struct {
 
 func (x *QueryAuditRequest) Reset() {
 	*x = QueryAuditRequest{}
-	mi := &file_operatorpb_operator_proto_msgTypes[75]
+	mi := &file_operatorpb_operator_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4728,7 +4800,7 @@ func (x *QueryAuditRequest) String() string {
 func (*QueryAuditRequest) ProtoMessage() {}
 
 func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[75]
+	mi := &file_operatorpb_operator_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4741,7 +4813,7 @@ func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuditRequest.ProtoReflect.Descriptor instead.
 func (*QueryAuditRequest) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{75}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *QueryAuditRequest) GetActor() string {
@@ -4826,7 +4898,7 @@ type HistoryAuditEvent struct {
 
 func (x *HistoryAuditEvent) Reset() {
 	*x = HistoryAuditEvent{}
-	mi := &file_operatorpb_operator_proto_msgTypes[76]
+	mi := &file_operatorpb_operator_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4838,7 +4910,7 @@ func (x *HistoryAuditEvent) String() string {
 func (*HistoryAuditEvent) ProtoMessage() {}
 
 func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[76]
+	mi := &file_operatorpb_operator_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4851,7 +4923,7 @@ func (x *HistoryAuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryAuditEvent.ProtoReflect.Descriptor instead.
 func (*HistoryAuditEvent) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{76}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *HistoryAuditEvent) GetServer() string {
@@ -4943,7 +5015,7 @@ type QueryAuditResponse struct {
 
 func (x *QueryAuditResponse) Reset() {
 	*x = QueryAuditResponse{}
-	mi := &file_operatorpb_operator_proto_msgTypes[77]
+	mi := &file_operatorpb_operator_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4955,7 +5027,7 @@ func (x *QueryAuditResponse) String() string {
 func (*QueryAuditResponse) ProtoMessage() {}
 
 func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_operatorpb_operator_proto_msgTypes[77]
+	mi := &file_operatorpb_operator_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4968,7 +5040,7 @@ func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuditResponse.ProtoReflect.Descriptor instead.
 func (*QueryAuditResponse) Descriptor() ([]byte, []int) {
-	return file_operatorpb_operator_proto_rawDescGZIP(), []int{77}
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *QueryAuditResponse) GetEvents() []*HistoryAuditEvent {
@@ -5010,7 +5082,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\badded_by\x18\x03 \x01(\tR\aaddedBy\"K\n" +
 	"\x12ListAdminsResponse\x125\n" +
 	"\x06admins\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AdminInfoR\x06admins\"\x0f\n" +
-	"\rStatusRequest\"\x95\x05\n" +
+	"\rStatusRequest\"\x8d\x06\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1d\n" +
@@ -5031,8 +5103,13 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\amembers\x18\r \x03(\v2\x1a.meshca.operator.v1.MemberR\amembers\x12E\n" +
 	"\vauthorities\x18\x0e \x03(\v2#.meshca.operator.v1.AuthorityStatusR\vauthorities\x12%\n" +
 	"\x0eattested_nodes\x18\x0f \x01(\x04R\rattestedNodes\x12\x18\n" +
-	"\aentries\x18\x10 \x01(\x04R\aentries\x12;\n" +
-	"\ahistory\x18< \x01(\v2!.meshca.operator.v1.HistoryExportR\ahistory\"\xc2\x02\n" +
+	"\aentries\x18\x10 \x01(\x04R\aentries\x128\n" +
+	"\x18issuance_policy_revision\x18\x11 \x01(\x04R\x16issuancePolicyRevision\x12<\n" +
+	"\abundles\x18\x12 \x03(\v2\".meshca.operator.v1.BundleRevisionR\abundles\x12;\n" +
+	"\ahistory\x18< \x01(\v2!.meshca.operator.v1.HistoryExportR\ahistory\"@\n" +
+	"\x0eBundleRevision\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\xc2\x02\n" +
 	"\x06Member\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1a\n" +
@@ -5419,7 +5496,7 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_operatorpb_operator_proto_goTypes = []any{
 	(*AddAdminRequest)(nil),            // 0: meshca.operator.v1.AddAdminRequest
 	(*RemoveAdminRequest)(nil),         // 1: meshca.operator.v1.RemoveAdminRequest
@@ -5429,194 +5506,196 @@ var file_operatorpb_operator_proto_goTypes = []any{
 	(*ListAdminsResponse)(nil),         // 5: meshca.operator.v1.ListAdminsResponse
 	(*StatusRequest)(nil),              // 6: meshca.operator.v1.StatusRequest
 	(*StatusResponse)(nil),             // 7: meshca.operator.v1.StatusResponse
-	(*Member)(nil),                     // 8: meshca.operator.v1.Member
-	(*AuthorityStatus)(nil),            // 9: meshca.operator.v1.AuthorityStatus
-	(*HistoryExport)(nil),              // 10: meshca.operator.v1.HistoryExport
-	(*Peer)(nil),                       // 11: meshca.operator.v1.Peer
-	(*RaftListPeersRequest)(nil),       // 12: meshca.operator.v1.RaftListPeersRequest
-	(*RaftListPeersResponse)(nil),      // 13: meshca.operator.v1.RaftListPeersResponse
-	(*RaftAddVoterRequest)(nil),        // 14: meshca.operator.v1.RaftAddVoterRequest
-	(*RaftAddVoterResponse)(nil),       // 15: meshca.operator.v1.RaftAddVoterResponse
-	(*RaftRemovePeerRequest)(nil),      // 16: meshca.operator.v1.RaftRemovePeerRequest
-	(*RaftRemovePeerResponse)(nil),     // 17: meshca.operator.v1.RaftRemovePeerResponse
-	(*SnapshotSaveRequest)(nil),        // 18: meshca.operator.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),              // 19: meshca.operator.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil),    // 20: meshca.operator.v1.SnapshotRestoreResponse
-	(*CreateJoinTokenRequest)(nil),     // 21: meshca.operator.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),    // 22: meshca.operator.v1.CreateJoinTokenResponse
-	(*Selector)(nil),                   // 23: meshca.operator.v1.Selector
-	(*Entry)(nil),                      // 24: meshca.operator.v1.Entry
-	(*CreateEntryRequest)(nil),         // 25: meshca.operator.v1.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),         // 26: meshca.operator.v1.UpdateEntryRequest
-	(*EntryResponse)(nil),              // 27: meshca.operator.v1.EntryResponse
-	(*DeleteEntryRequest)(nil),         // 28: meshca.operator.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),        // 29: meshca.operator.v1.DeleteEntryResponse
-	(*GetEntryRequest)(nil),            // 30: meshca.operator.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),         // 31: meshca.operator.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),        // 32: meshca.operator.v1.ListEntriesResponse
-	(*BatchCreateEntriesRequest)(nil),  // 33: meshca.operator.v1.BatchCreateEntriesRequest
-	(*BatchCreateEntriesResponse)(nil), // 34: meshca.operator.v1.BatchCreateEntriesResponse
-	(*Node)(nil),                       // 35: meshca.operator.v1.Node
-	(*ListNodesRequest)(nil),           // 36: meshca.operator.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),          // 37: meshca.operator.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),             // 38: meshca.operator.v1.GetNodeRequest
-	(*NodeResponse)(nil),               // 39: meshca.operator.v1.NodeResponse
-	(*MintX509SVIDRequest)(nil),        // 40: meshca.operator.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),       // 41: meshca.operator.v1.MintX509SVIDResponse
-	(*ListAuthoritiesRequest)(nil),     // 42: meshca.operator.v1.ListAuthoritiesRequest
-	(*Authority)(nil),                  // 43: meshca.operator.v1.Authority
-	(*ListAuthoritiesResponse)(nil),    // 44: meshca.operator.v1.ListAuthoritiesResponse
-	(*PolicyFile)(nil),                 // 45: meshca.operator.v1.PolicyFile
-	(*SetIssuancePolicyRequest)(nil),   // 46: meshca.operator.v1.SetIssuancePolicyRequest
-	(*GetIssuancePolicyRequest)(nil),   // 47: meshca.operator.v1.GetIssuancePolicyRequest
-	(*IssuancePolicyResponse)(nil),     // 48: meshca.operator.v1.IssuancePolicyResponse
-	(*PushBundleRequest)(nil),          // 49: meshca.operator.v1.PushBundleRequest
-	(*BundleInfo)(nil),                 // 50: meshca.operator.v1.BundleInfo
-	(*BundleResponse)(nil),             // 51: meshca.operator.v1.BundleResponse
-	(*ListBundlesRequest)(nil),         // 52: meshca.operator.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),        // 53: meshca.operator.v1.ListBundlesResponse
-	(*GetBundleRequest)(nil),           // 54: meshca.operator.v1.GetBundleRequest
-	(*RollbackBundleRequest)(nil),      // 55: meshca.operator.v1.RollbackBundleRequest
-	(*GetOPAKeyRequest)(nil),           // 56: meshca.operator.v1.GetOPAKeyRequest
-	(*GetOPAKeyResponse)(nil),          // 57: meshca.operator.v1.GetOPAKeyResponse
-	(*Certificate)(nil),                // 58: meshca.operator.v1.Certificate
-	(*RevokeCertificatesRequest)(nil),  // 59: meshca.operator.v1.RevokeCertificatesRequest
-	(*RevokeCertificatesResponse)(nil), // 60: meshca.operator.v1.RevokeCertificatesResponse
-	(*ListCertificatesRequest)(nil),    // 61: meshca.operator.v1.ListCertificatesRequest
-	(*ListCertificatesResponse)(nil),   // 62: meshca.operator.v1.ListCertificatesResponse
-	(*GetCertificateRequest)(nil),      // 63: meshca.operator.v1.GetCertificateRequest
-	(*GetCRLRequest)(nil),              // 64: meshca.operator.v1.GetCRLRequest
-	(*CRL)(nil),                        // 65: meshca.operator.v1.CRL
-	(*BanNodeRequest)(nil),             // 66: meshca.operator.v1.BanNodeRequest
-	(*BanNodeResponse)(nil),            // 67: meshca.operator.v1.BanNodeResponse
-	(*EvictNodeRequest)(nil),           // 68: meshca.operator.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),          // 69: meshca.operator.v1.EvictNodeResponse
-	(*AuthorityStepRequest)(nil),       // 70: meshca.operator.v1.AuthorityStepRequest
-	(*AuthorityStepResponse)(nil),      // 71: meshca.operator.v1.AuthorityStepResponse
-	(*QueryCertificatesRequest)(nil),   // 72: meshca.operator.v1.QueryCertificatesRequest
-	(*HistoryCertificate)(nil),         // 73: meshca.operator.v1.HistoryCertificate
-	(*QueryCertificatesResponse)(nil),  // 74: meshca.operator.v1.QueryCertificatesResponse
-	(*QueryAuditRequest)(nil),          // 75: meshca.operator.v1.QueryAuditRequest
-	(*HistoryAuditEvent)(nil),          // 76: meshca.operator.v1.HistoryAuditEvent
-	(*QueryAuditResponse)(nil),         // 77: meshca.operator.v1.QueryAuditResponse
-	nil,                                // 78: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	(*BundleRevision)(nil),             // 8: meshca.operator.v1.BundleRevision
+	(*Member)(nil),                     // 9: meshca.operator.v1.Member
+	(*AuthorityStatus)(nil),            // 10: meshca.operator.v1.AuthorityStatus
+	(*HistoryExport)(nil),              // 11: meshca.operator.v1.HistoryExport
+	(*Peer)(nil),                       // 12: meshca.operator.v1.Peer
+	(*RaftListPeersRequest)(nil),       // 13: meshca.operator.v1.RaftListPeersRequest
+	(*RaftListPeersResponse)(nil),      // 14: meshca.operator.v1.RaftListPeersResponse
+	(*RaftAddVoterRequest)(nil),        // 15: meshca.operator.v1.RaftAddVoterRequest
+	(*RaftAddVoterResponse)(nil),       // 16: meshca.operator.v1.RaftAddVoterResponse
+	(*RaftRemovePeerRequest)(nil),      // 17: meshca.operator.v1.RaftRemovePeerRequest
+	(*RaftRemovePeerResponse)(nil),     // 18: meshca.operator.v1.RaftRemovePeerResponse
+	(*SnapshotSaveRequest)(nil),        // 19: meshca.operator.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),              // 20: meshca.operator.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),    // 21: meshca.operator.v1.SnapshotRestoreResponse
+	(*CreateJoinTokenRequest)(nil),     // 22: meshca.operator.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),    // 23: meshca.operator.v1.CreateJoinTokenResponse
+	(*Selector)(nil),                   // 24: meshca.operator.v1.Selector
+	(*Entry)(nil),                      // 25: meshca.operator.v1.Entry
+	(*CreateEntryRequest)(nil),         // 26: meshca.operator.v1.CreateEntryRequest
+	(*UpdateEntryRequest)(nil),         // 27: meshca.operator.v1.UpdateEntryRequest
+	(*EntryResponse)(nil),              // 28: meshca.operator.v1.EntryResponse
+	(*DeleteEntryRequest)(nil),         // 29: meshca.operator.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),        // 30: meshca.operator.v1.DeleteEntryResponse
+	(*GetEntryRequest)(nil),            // 31: meshca.operator.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),         // 32: meshca.operator.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),        // 33: meshca.operator.v1.ListEntriesResponse
+	(*BatchCreateEntriesRequest)(nil),  // 34: meshca.operator.v1.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil), // 35: meshca.operator.v1.BatchCreateEntriesResponse
+	(*Node)(nil),                       // 36: meshca.operator.v1.Node
+	(*ListNodesRequest)(nil),           // 37: meshca.operator.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),          // 38: meshca.operator.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),             // 39: meshca.operator.v1.GetNodeRequest
+	(*NodeResponse)(nil),               // 40: meshca.operator.v1.NodeResponse
+	(*MintX509SVIDRequest)(nil),        // 41: meshca.operator.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),       // 42: meshca.operator.v1.MintX509SVIDResponse
+	(*ListAuthoritiesRequest)(nil),     // 43: meshca.operator.v1.ListAuthoritiesRequest
+	(*Authority)(nil),                  // 44: meshca.operator.v1.Authority
+	(*ListAuthoritiesResponse)(nil),    // 45: meshca.operator.v1.ListAuthoritiesResponse
+	(*PolicyFile)(nil),                 // 46: meshca.operator.v1.PolicyFile
+	(*SetIssuancePolicyRequest)(nil),   // 47: meshca.operator.v1.SetIssuancePolicyRequest
+	(*GetIssuancePolicyRequest)(nil),   // 48: meshca.operator.v1.GetIssuancePolicyRequest
+	(*IssuancePolicyResponse)(nil),     // 49: meshca.operator.v1.IssuancePolicyResponse
+	(*PushBundleRequest)(nil),          // 50: meshca.operator.v1.PushBundleRequest
+	(*BundleInfo)(nil),                 // 51: meshca.operator.v1.BundleInfo
+	(*BundleResponse)(nil),             // 52: meshca.operator.v1.BundleResponse
+	(*ListBundlesRequest)(nil),         // 53: meshca.operator.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),        // 54: meshca.operator.v1.ListBundlesResponse
+	(*GetBundleRequest)(nil),           // 55: meshca.operator.v1.GetBundleRequest
+	(*RollbackBundleRequest)(nil),      // 56: meshca.operator.v1.RollbackBundleRequest
+	(*GetOPAKeyRequest)(nil),           // 57: meshca.operator.v1.GetOPAKeyRequest
+	(*GetOPAKeyResponse)(nil),          // 58: meshca.operator.v1.GetOPAKeyResponse
+	(*Certificate)(nil),                // 59: meshca.operator.v1.Certificate
+	(*RevokeCertificatesRequest)(nil),  // 60: meshca.operator.v1.RevokeCertificatesRequest
+	(*RevokeCertificatesResponse)(nil), // 61: meshca.operator.v1.RevokeCertificatesResponse
+	(*ListCertificatesRequest)(nil),    // 62: meshca.operator.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil),   // 63: meshca.operator.v1.ListCertificatesResponse
+	(*GetCertificateRequest)(nil),      // 64: meshca.operator.v1.GetCertificateRequest
+	(*GetCRLRequest)(nil),              // 65: meshca.operator.v1.GetCRLRequest
+	(*CRL)(nil),                        // 66: meshca.operator.v1.CRL
+	(*BanNodeRequest)(nil),             // 67: meshca.operator.v1.BanNodeRequest
+	(*BanNodeResponse)(nil),            // 68: meshca.operator.v1.BanNodeResponse
+	(*EvictNodeRequest)(nil),           // 69: meshca.operator.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),          // 70: meshca.operator.v1.EvictNodeResponse
+	(*AuthorityStepRequest)(nil),       // 71: meshca.operator.v1.AuthorityStepRequest
+	(*AuthorityStepResponse)(nil),      // 72: meshca.operator.v1.AuthorityStepResponse
+	(*QueryCertificatesRequest)(nil),   // 73: meshca.operator.v1.QueryCertificatesRequest
+	(*HistoryCertificate)(nil),         // 74: meshca.operator.v1.HistoryCertificate
+	(*QueryCertificatesResponse)(nil),  // 75: meshca.operator.v1.QueryCertificatesResponse
+	(*QueryAuditRequest)(nil),          // 76: meshca.operator.v1.QueryAuditRequest
+	(*HistoryAuditEvent)(nil),          // 77: meshca.operator.v1.HistoryAuditEvent
+	(*QueryAuditResponse)(nil),         // 78: meshca.operator.v1.QueryAuditResponse
+	nil,                                // 79: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	4,  // 0: meshca.operator.v1.ListAdminsResponse.admins:type_name -> meshca.operator.v1.AdminInfo
-	8,  // 1: meshca.operator.v1.StatusResponse.members:type_name -> meshca.operator.v1.Member
-	9,  // 2: meshca.operator.v1.StatusResponse.authorities:type_name -> meshca.operator.v1.AuthorityStatus
-	10, // 3: meshca.operator.v1.StatusResponse.history:type_name -> meshca.operator.v1.HistoryExport
-	11, // 4: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
-	23, // 5: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
-	24, // 6: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	24, // 7: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
-	24, // 8: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
-	24, // 9: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
-	24, // 10: meshca.operator.v1.BatchCreateEntriesRequest.entries:type_name -> meshca.operator.v1.Entry
-	24, // 11: meshca.operator.v1.BatchCreateEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
-	23, // 12: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
-	35, // 13: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
-	35, // 14: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
-	43, // 15: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
-	45, // 16: meshca.operator.v1.SetIssuancePolicyRequest.files:type_name -> meshca.operator.v1.PolicyFile
-	45, // 17: meshca.operator.v1.IssuancePolicyResponse.files:type_name -> meshca.operator.v1.PolicyFile
-	45, // 18: meshca.operator.v1.PushBundleRequest.files:type_name -> meshca.operator.v1.PolicyFile
-	50, // 19: meshca.operator.v1.BundleResponse.info:type_name -> meshca.operator.v1.BundleInfo
-	45, // 20: meshca.operator.v1.BundleResponse.files:type_name -> meshca.operator.v1.PolicyFile
-	50, // 21: meshca.operator.v1.ListBundlesResponse.bundles:type_name -> meshca.operator.v1.BundleInfo
-	58, // 22: meshca.operator.v1.RevokeCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
-	58, // 23: meshca.operator.v1.ListCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
-	35, // 24: meshca.operator.v1.BanNodeResponse.node:type_name -> meshca.operator.v1.Node
-	58, // 25: meshca.operator.v1.BanNodeResponse.revoked:type_name -> meshca.operator.v1.Certificate
-	35, // 26: meshca.operator.v1.EvictNodeResponse.node:type_name -> meshca.operator.v1.Node
-	24, // 27: meshca.operator.v1.EvictNodeResponse.entries:type_name -> meshca.operator.v1.Entry
-	43, // 28: meshca.operator.v1.AuthorityStepResponse.authority:type_name -> meshca.operator.v1.Authority
-	73, // 29: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
-	78, // 30: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
-	76, // 31: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
-	6,  // 32: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	12, // 33: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	14, // 34: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	16, // 35: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	18, // 36: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	19, // 37: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	21, // 38: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	25, // 39: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	26, // 40: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	28, // 41: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	30, // 42: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	31, // 43: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	36, // 44: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	38, // 45: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	40, // 46: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	42, // 47: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	46, // 48: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
-	47, // 49: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
-	49, // 50: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
-	52, // 51: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
-	54, // 52: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
-	55, // 53: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
-	56, // 54: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
-	59, // 55: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
-	61, // 56: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
-	63, // 57: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
-	64, // 58: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
-	66, // 59: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
-	68, // 60: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
-	70, // 61: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	70, // 62: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	70, // 63: meshca.operator.v1.Operator.PrepareAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	70, // 64: meshca.operator.v1.Operator.ActivateAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	0,  // 65: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
-	1,  // 66: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
-	3,  // 67: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
-	33, // 68: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
-	72, // 69: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
-	75, // 70: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
-	7,  // 71: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	13, // 72: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	15, // 73: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	17, // 74: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	19, // 75: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	20, // 76: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	22, // 77: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	27, // 78: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	27, // 79: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	29, // 80: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	27, // 81: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	32, // 82: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	37, // 83: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	39, // 84: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	41, // 85: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	44, // 86: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	48, // 87: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	48, // 88: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	51, // 89: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
-	53, // 90: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
-	51, // 91: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
-	51, // 92: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
-	57, // 93: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
-	60, // 94: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
-	62, // 95: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
-	58, // 96: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
-	65, // 97: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
-	67, // 98: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
-	69, // 99: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
-	71, // 100: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	71, // 101: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	71, // 102: meshca.operator.v1.Operator.PrepareAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	71, // 103: meshca.operator.v1.Operator.ActivateAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	2,  // 104: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
-	2,  // 105: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
-	5,  // 106: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
-	34, // 107: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
-	74, // 108: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
-	77, // 109: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
-	71, // [71:110] is the sub-list for method output_type
-	32, // [32:71] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	9,  // 1: meshca.operator.v1.StatusResponse.members:type_name -> meshca.operator.v1.Member
+	10, // 2: meshca.operator.v1.StatusResponse.authorities:type_name -> meshca.operator.v1.AuthorityStatus
+	8,  // 3: meshca.operator.v1.StatusResponse.bundles:type_name -> meshca.operator.v1.BundleRevision
+	11, // 4: meshca.operator.v1.StatusResponse.history:type_name -> meshca.operator.v1.HistoryExport
+	12, // 5: meshca.operator.v1.RaftListPeersResponse.peers:type_name -> meshca.operator.v1.Peer
+	24, // 6: meshca.operator.v1.Entry.selectors:type_name -> meshca.operator.v1.Selector
+	25, // 7: meshca.operator.v1.CreateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	25, // 8: meshca.operator.v1.UpdateEntryRequest.entry:type_name -> meshca.operator.v1.Entry
+	25, // 9: meshca.operator.v1.EntryResponse.entry:type_name -> meshca.operator.v1.Entry
+	25, // 10: meshca.operator.v1.ListEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
+	25, // 11: meshca.operator.v1.BatchCreateEntriesRequest.entries:type_name -> meshca.operator.v1.Entry
+	25, // 12: meshca.operator.v1.BatchCreateEntriesResponse.entries:type_name -> meshca.operator.v1.Entry
+	24, // 13: meshca.operator.v1.Node.selectors:type_name -> meshca.operator.v1.Selector
+	36, // 14: meshca.operator.v1.ListNodesResponse.nodes:type_name -> meshca.operator.v1.Node
+	36, // 15: meshca.operator.v1.NodeResponse.node:type_name -> meshca.operator.v1.Node
+	44, // 16: meshca.operator.v1.ListAuthoritiesResponse.authorities:type_name -> meshca.operator.v1.Authority
+	46, // 17: meshca.operator.v1.SetIssuancePolicyRequest.files:type_name -> meshca.operator.v1.PolicyFile
+	46, // 18: meshca.operator.v1.IssuancePolicyResponse.files:type_name -> meshca.operator.v1.PolicyFile
+	46, // 19: meshca.operator.v1.PushBundleRequest.files:type_name -> meshca.operator.v1.PolicyFile
+	51, // 20: meshca.operator.v1.BundleResponse.info:type_name -> meshca.operator.v1.BundleInfo
+	46, // 21: meshca.operator.v1.BundleResponse.files:type_name -> meshca.operator.v1.PolicyFile
+	51, // 22: meshca.operator.v1.ListBundlesResponse.bundles:type_name -> meshca.operator.v1.BundleInfo
+	59, // 23: meshca.operator.v1.RevokeCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
+	59, // 24: meshca.operator.v1.ListCertificatesResponse.certificates:type_name -> meshca.operator.v1.Certificate
+	36, // 25: meshca.operator.v1.BanNodeResponse.node:type_name -> meshca.operator.v1.Node
+	59, // 26: meshca.operator.v1.BanNodeResponse.revoked:type_name -> meshca.operator.v1.Certificate
+	36, // 27: meshca.operator.v1.EvictNodeResponse.node:type_name -> meshca.operator.v1.Node
+	25, // 28: meshca.operator.v1.EvictNodeResponse.entries:type_name -> meshca.operator.v1.Entry
+	44, // 29: meshca.operator.v1.AuthorityStepResponse.authority:type_name -> meshca.operator.v1.Authority
+	74, // 30: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
+	79, // 31: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	77, // 32: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
+	6,  // 33: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	13, // 34: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	15, // 35: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	17, // 36: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	19, // 37: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	20, // 38: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	22, // 39: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	26, // 40: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	27, // 41: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	29, // 42: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	31, // 43: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	32, // 44: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	37, // 45: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	39, // 46: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	41, // 47: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	43, // 48: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	47, // 49: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
+	48, // 50: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
+	50, // 51: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
+	53, // 52: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
+	55, // 53: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
+	56, // 54: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
+	57, // 55: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
+	60, // 56: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
+	62, // 57: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
+	64, // 58: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
+	65, // 59: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
+	67, // 60: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
+	69, // 61: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
+	71, // 62: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 63: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 64: meshca.operator.v1.Operator.PrepareAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 65: meshca.operator.v1.Operator.ActivateAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	0,  // 66: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 67: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 68: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	34, // 69: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
+	73, // 70: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	76, // 71: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	7,  // 72: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	14, // 73: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	16, // 74: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	18, // 75: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	20, // 76: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	21, // 77: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	23, // 78: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	28, // 79: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	28, // 80: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	30, // 81: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	28, // 82: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	33, // 83: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	38, // 84: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	40, // 85: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	42, // 86: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	45, // 87: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	49, // 88: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	49, // 89: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	52, // 90: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
+	54, // 91: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
+	52, // 92: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
+	52, // 93: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
+	58, // 94: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
+	61, // 95: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	63, // 96: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	59, // 97: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	66, // 98: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	68, // 99: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	70, // 100: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	72, // 101: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 102: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 103: meshca.operator.v1.Operator.PrepareAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 104: meshca.operator.v1.Operator.ActivateAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	2,  // 105: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 106: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 107: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	35, // 108: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
+	75, // 109: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	78, // 110: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	72, // [72:111] is the sub-list for method output_type
+	33, // [33:72] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -5630,7 +5709,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   79,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
