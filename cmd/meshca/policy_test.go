@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,6 +42,10 @@ func TestPolicyCommands(t *testing.T) {
 	if r := mustSucceed(t, env, "policy", "issuance", "show", "--addr", addr); !strings.Contains(r.stdout, "revision  1") || !strings.Contains(r.stdout, "allow if input.entries.allow") {
 		t.Fatalf("show:\n%s", r.stdout)
 	}
+	var st statusReport
+	if err := json.Unmarshal([]byte(mustSucceed(t, env, "status", "--addr", addr, "--output", "json").stdout), &st); err != nil || st.IssuancePolicyRevision != 1 {
+		t.Errorf("status: issuance policy revision %d (%v), want 1", st.IssuancePolicyRevision, err)
+	}
 	in := writeTestFile(t, dir, "input.json", []byte(`{"request": {"kind": "mint", "spiffe_id": "spiffe://example.org/x"}, "entries": {"allow": false, "reason": "r"}}`))
 	var d struct {
 		Allow  bool   `json:"allow"`
@@ -64,6 +69,9 @@ func TestPolicyCommands(t *testing.T) {
 	mustSucceed(t, env, "policy", "push", src, "--name", "authz", "--addr", addr)
 	writeTestFile(t, filepath.Join(src, "authz"), "data.json", []byte(`{"users": ["bob"]}`))
 	mustSucceed(t, env, "policy", "push", src, "--name", "authz", "--addr", addr)
+	if r := mustSucceed(t, env, "status", "--addr", addr); !strings.Contains(r.stdout, "authz (revision 2)") {
+		t.Errorf("status lacks the bundle's revision:\n%s", r.stdout)
+	}
 	writeTestFile(t, src, "broken.rego", []byte("package authz\n\nallow if {\n"))
 	if r := meshca(t, env, "policy", "push", src, "--name", "authz", "--addr", addr); r.code != exitError || !strings.Contains(r.stderr, "broken.rego:") {
 		t.Fatalf("an invalid bundle: %d\n%s", r.code, r.stderr)
