@@ -46,7 +46,14 @@
 // Outbound (TLS origination): plaintext from local clients, mTLS to the
 // remote with the workload's SVID; the remote's chain is verified the same
 // way and its SPIFFE ID must be one of Outbound.ExpectIDs, or the policy
-// decides (source: this workload, destination: the remote).
+// decides (source: this workload, destination: the remote). With
+// Outbound.External the remote is a service outside the mesh, verified by
+// the web PKI and its name (an egress gateway, behind an inbound listener
+// whose policy decides who may leave).
+//
+// A peer chain's path validation is kept per validation context for the
+// chain's validity window (a reconnecting peer presents the same SVID);
+// the CRL check and the policy run on every connection.
 //
 // The first bytes, the handshake and the decision are bounded by
 // Config.HandshakeTimeout (slowloris clients are cut off). Every decision
