@@ -37,6 +37,7 @@ type serverMetrics struct {
 	latency  *prometheus.HistogramVec // kind
 	failures *prometheus.CounterVec   // kind, code: batches not served now
 	commit   prometheus.Histogram     // one ledger group commit
+	apply    prometheus.Histogram     // one batch of log entries applied to the state machine
 }
 
 func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -58,7 +59,10 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Help:    "Time to commit one batch of ledger records through Raft (quorum fsync'd and applied).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
 	}
-	reg.MustRegister(m.issued, m.denials, m.latency, m.failures, m.commit, &stateCollector{s: s})
+	m.apply = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: "raft", Name: "apply_duration_seconds",
+		Help:    "Time to apply one batch of committed Raft log entries to this server's state machine.",
+		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25}})
+	reg.MustRegister(m.issued, m.denials, m.latency, m.failures, m.commit, m.apply, &stateCollector{s: s})
 	// Every series exists from the start, at zero, so that rates and
 	// alerts see the first event.
 	for _, kind := range []Kind{KindAgentSVID, KindWorkloadSVID, KindJWTSVID, KindMint} {

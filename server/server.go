@@ -225,9 +225,15 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.fsm = raftfsm.New()
+	// The metrics exist before Raft applies anything (it reports apply times).
+	if s.registry = cfg.Registry; s.registry == nil {
+		s.registry = metrics.NewRegistry()
+	}
+	s.metrics = newServerMetrics(s.registry, s)
 	s.node, err = cluster.Start(cluster.Config{
 		NodeID: cfg.NodeID, RaftListener: s.raftLn, RaftAdvertise: raftAdvertise, Identity: s.tlsID, FSM: s.fsm, Stores: s.stores,
 		Dial: cfg.Dial, Logger: s.log, RaftLogger: cfg.RaftLogger, Timing: cfg.Timing, Clock: cfg.Clock,
+		ApplyObserver: func(entries int, d time.Duration) { s.metrics.apply.Observe(d.Seconds()) },
 	})
 	if err != nil {
 		return nil, err
@@ -248,10 +254,6 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.admin = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil), grpc.MaxRecvMsgSize(maxRequestSize))...)
 	operatorpb.RegisterOperatorServer(s.admin, &operatorService{s: s})
-	if s.registry = cfg.Registry; s.registry == nil {
-		s.registry = metrics.NewRegistry()
-	}
-	s.metrics = newServerMetrics(s.registry, s)
 	if cfg.History != nil {
 		s.registry.MustRegister(&historyCollector{s: s}) // issue 15: the export's lag
 	}

@@ -196,6 +196,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		{"meshca_server_issuance_total", []string{"kind", "workload_svid", "profile", "ecdsa", "result", "issued"}, 1},
 		{"meshca_server_issuance_duration_seconds", []string{"kind", "workload_svid"}, 1},
 		{"meshca_server_ledger_commit_duration_seconds", nil, 1},
+		{"meshca_raft_apply_duration_seconds", nil, 1},
 		{"meshca_server_ledger_records", nil, 2},
 		{"meshca_raft_state", []string{"state", "Leader"}, 1},
 		{"meshca_raft_has_leader", nil, 1},

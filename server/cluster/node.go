@@ -72,6 +72,9 @@ type Config struct {
 	RaftAdvertise string
 	Identity      *Identity
 	FSM           *raftfsm.FSM
+	// ApplyObserver, if set, is told how long each batch of committed
+	// entries took to apply to FSM (for metrics).
+	ApplyObserver func(entries int, d time.Duration)
 	Stores        *store.RaftStores
 	// Dial opens connections to peers (Raft and API); nil: a net.Dialer.
 	Dial DialFunc
@@ -186,7 +189,11 @@ func Start(cfg Config) (*Node, error) {
 		trans.Close()
 		return nil, fmt.Errorf("cluster: log cache: %w", err)
 	}
-	r, err := raft.NewRaft(rc, cfg.FSM, logs, cfg.Stores.Stable, cfg.Stores.Snapshots, trans)
+	var fsm raft.FSM = cfg.FSM
+	if cfg.ApplyObserver != nil {
+		fsm = timedFSM{FSM: cfg.FSM, observe: cfg.ApplyObserver}
+	}
+	r, err := raft.NewRaft(rc, fsm, logs, cfg.Stores.Stable, cfg.Stores.Snapshots, trans)
 	if err != nil {
 		trans.Close()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
@@ -783,3 +790,28 @@ func (n *Node) forwardRestore(ctx context.Context, r io.Reader) error {
 	_, err = stream.CloseAndRecv()
 	return err
 }
+
+// timedFSM is the state machine, timed: Raft applies through it and the
+// observer learns how long each batch took.
+type timedFSM struct {
+	*raftfsm.FSM
+	observe func(entries int, d time.Duration)
+}
+
+// Apply applies one entry.
+func (t timedFSM) Apply(l *raft.Log) any {
+	began := time.Now()
+	r := t.FSM.Apply(l)
+	t.observe(1, time.Since(began))
+	return r
+}
+
+// ApplyBatch applies a batch of entries (raft.BatchingFSM).
+func (t timedFSM) ApplyBatch(logs []*raft.Log) []any {
+	began := time.Now()
+	r := t.FSM.ApplyBatch(logs)
+	t.observe(len(logs), time.Since(began))
+	return r
+}
+
+var _ raft.BatchingFSM = timedFSM{}
