@@ -364,9 +364,10 @@ func (s *Server) exportAuditStep(ctx context.Context) (bool, error) {
 }
 
 // isOperatorEvent tells the audit events of operators' commands: those of
-// the admin socket and of admin IDs, and refusals of operator calls.
+// the admin socket and of the cluster's admins (as they are when the event
+// is exported), and refusals of operator calls.
 func (s *Server) isOperatorEvent(e audit.Event) bool {
-	return e.Actor == operatorNodeID || e.Action == "operator.call" || slices.Contains(s.cfg.AdminIDs, e.Actor)
+	return e.Actor == operatorNodeID || e.Action == "operator.call" || strings.HasPrefix(e.Actor, "spiffe://") && s.isAdmin(e.Actor)
 }
 
 // pruneHold fills in how a PruneLedger holds the records not yet exported,
