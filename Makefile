@@ -60,13 +60,23 @@ lint:
 
 # fuzz runs every Fuzz target of the module (found in the _test.go files)
 # for FUZZTIME each, from its committed seed corpus in testdata/fuzz
-# (.ci/fuzz-one: one target, with the retry Go 1.26's deadline race needs).
+# A run that Go 1.26's fuzzing coordinator ends with a bare "context
+# deadline exceeded" at the -fuzztime boundary, with no failing input
+# (go.dev/issue/75804, fixed in Go 1.27), is not a failure of the target:
+# it is run once more; a failing input, a panic or a test error fails.
 fuzz:
 	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
 		pkg=./$$(dirname $$f); \
 		for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
 			echo "fuzz $$pkg $$t"; \
-			GO=$(GO) ./.ci/fuzz-one $$pkg $$t $(FUZZTIME); \
+			for attempt in 1 2; do \
+				log=$$(mktemp); \
+				if $(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) >$$log 2>&1; then cat $$log; rm -f $$log; break; fi; \
+				cat $$log; \
+				if grep -q 'Failing input written\|panic:\|_test.go:[0-9]*:' $$log || ! grep -q 'context deadline exceeded' $$log; then rm -f $$log; exit 1; fi; \
+				rm -f $$log; \
+				echo "fuzz $$pkg $$t: Go 1.26's fuzztime deadline race (go.dev/issue/75804), no failing input: attempt $$attempt of 2"; \
+			done; \
 		done; \
 	done
 
