@@ -251,7 +251,7 @@ func (a *Agent) serverLoop(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for i := 0; ctx.Err() == nil; i++ {
 		addr := a.cfg.Servers[i%len(a.cfg.Servers)]
-		start := time.Now()
+		start := a.cfg.Clock.Now()
 		err := a.session(ctx, addr)
 		if ctx.Err() != nil {
 			return nil
@@ -260,7 +260,7 @@ func (a *Agent) serverLoop(ctx context.Context) error {
 			a.log.Error("node attestation refused; not retrying", "server", addr, "err", err)
 			return err
 		}
-		if time.Since(start) > time.Minute {
+		if a.cfg.Clock.Since(start) > time.Minute {
 			backoff = 100 * time.Millisecond // a long session resets the backoff
 		}
 		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
@@ -268,10 +268,8 @@ func (a *Agent) serverLoop(ctx context.Context) error {
 			wait = hint + time.Duration(rand.Int64N(int64(hint)/2+1))
 		}
 		a.log.Warn("server session ended; reconnecting", "server", addr, "err", err, "retry_in", wait.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
+		if alarm.Sleep(ctx, a.cfg.Clock, wait) != nil {
 			return nil
-		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, 30*time.Second)
 	}
@@ -371,10 +369,8 @@ func (a *Agent) signer(ctx context.Context, fail context.CancelCauseFunc, client
 				// spread out so that agents do not return together.
 				wait := hint + time.Duration(rand.Int64N(int64(hint)/2+1))
 				a.log.Info("server busy; retrying", "retry_in", wait.Round(time.Millisecond))
-				select {
-				case <-ctx.Done():
+				if alarm.Sleep(ctx, a.cfg.Clock, wait) != nil {
 					return
-				case <-time.After(wait):
 				}
 				continue
 			}
@@ -384,15 +380,17 @@ func (a *Agent) signer(ctx context.Context, fail context.CancelCauseFunc, client
 			}
 			due, next = a.store.due(a.cfg.Clock.Now())
 		}
-		// Renewals are due by the clock; refused entries are retried in
-		// real time.
+		// Renewals are due by the clock; refused entries are retried
+		// after an alarm.Retry wait.
 		wake := a.id.renewTime()
 		if !next.IsZero() && next.Before(wake) {
 			wake = next
 		}
 		var retry <-chan time.Time
+		var again *alarm.Alarm
 		if len(due) > 0 {
-			retry = time.After(5 * time.Second)
+			again = alarm.Retry(a.cfg.Clock, 5*time.Second)
+			retry = again.C()
 			// Those due now were refused: do not spin on them.
 			if soon := a.cfg.Clock.Now().Add(10 * time.Millisecond); wake.Before(soon) {
 				wake = soon
@@ -401,13 +399,17 @@ func (a *Agent) signer(ctx context.Context, fail context.CancelCauseFunc, client
 		al := alarm.At(a.cfg.Clock, wake)
 		select {
 		case <-ctx.Done():
-			al.Stop()
-			return
 		case <-a.kick:
 		case <-al.C():
 		case <-retry:
 		}
 		al.Stop()
+		if again != nil {
+			again.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
 	}
 }
 
@@ -417,7 +419,7 @@ func (a *Agent) renewAgentSVID(ctx context.Context, client nodepb.NodeClient) er
 		return err
 	}
 	var resp *nodepb.RenewAgentSVIDResponse
-	if err := callServer(ctx, func(ctx context.Context) error {
+	if err := callServer(ctx, a.cfg.Clock, func(ctx context.Context) error {
 		resp, err = client.RenewAgentSVID(ctx, &nodepb.RenewAgentSVIDRequest{Csr: csr})
 		return err
 	}); err != nil {

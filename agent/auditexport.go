@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/audit"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/proto/nodepb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -57,15 +58,8 @@ func (a *Agent) shipAudit(ctx context.Context, client nodepb.NodeClient) {
 				wait = 0
 			}
 		}
-		if wait > 0 {
-			// Export pacing is not a lifetime: real time.
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
+		if wait > 0 && alarm.Sleep(ctx, a.cfg.Clock, wait) != nil {
+			return
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/jonboulle/clockwork"
+	"github.com/meshca/meshca/internal/alarm"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -48,7 +50,7 @@ const maxSyncMessage = 64 << 20
 // done: the server has no leader yet, or no quorum), at most
 // unavailableRetries times. The last error is returned: the caller ends the
 // session, and the agent moves to the next server.
-func callServer(ctx context.Context, f func(ctx context.Context) error) error {
+func callServer(ctx context.Context, clock clockwork.Clock, f func(ctx context.Context) error) error {
 	wait := unavailableBackoff
 	for attempt := 0; ; attempt++ {
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
@@ -57,10 +59,8 @@ func callServer(ctx context.Context, f func(ctx context.Context) error) error {
 		if err == nil || status.Code(err) != codes.Unavailable || attempt >= unavailableRetries || ctx.Err() != nil {
 			return err
 		}
-		select {
-		case <-ctx.Done():
+		if alarm.Sleep(ctx, clock, wait/2+time.Duration(rand.Int64N(int64(wait)))) != nil {
 			return err
-		case <-time.After(wait/2 + time.Duration(rand.Int64N(int64(wait)))):
 		}
 		wait *= 2
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -26,7 +27,7 @@ func TestCallServer(t *testing.T) {
 		{"fail/bad request not retried", []error{status.Error(codes.InvalidArgument, "bad CSR"), nil}, 1, codes.InvalidArgument},
 	} {
 		calls := 0
-		err := callServer(context.Background(), func(ctx context.Context) error {
+		err := callServer(context.Background(), clockwork.NewRealClock(), func(ctx context.Context) error {
 			if d, ok := ctx.Deadline(); !ok || time.Until(d) > callTimeout {
 				t.Errorf("%s: call without the %s deadline", tc.name, callTimeout)
 			}

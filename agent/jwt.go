@@ -124,7 +124,7 @@ func (a *Agent) jwtSVID(ctx context.Context, e *nodepb.Entry, audience []string)
 		return "", status.Error(codes.Unavailable, "the agent is not connected to a server yet; retry")
 	}
 	var resp *nodepb.SignJWTSVIDResponse
-	err := callServer(ctx, func(ctx context.Context) error {
+	err := callServer(ctx, a.cfg.Clock, func(ctx context.Context) error {
 		var err error
 		resp, err = client.SignJWTSVID(ctx, &nodepb.SignJWTSVIDRequest{EntryId: e.Id, Audience: audience})
 		return err

@@ -347,7 +347,7 @@ func (a *Agent) signDue(ctx context.Context, client nodepb.NodeClient, due []*no
 			req.Requests = append(req.Requests, sr)
 		}
 		var resp *nodepb.SignX509SVIDsResponse
-		if err := callServer(ctx, func(ctx context.Context) error {
+		if err := callServer(ctx, a.cfg.Clock, func(ctx context.Context) error {
 			var err error
 			resp, err = client.SignX509SVIDs(ctx, req)
 			return err

@@ -5,12 +5,16 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 )
 
 // Memory is a Recorder that keeps events in memory, numbered like a Log's,
 // for tests that assert on what was audited.
 type Memory struct {
 	Source string
+	// Clock stamps the events; nil: the real clock.
+	Clock clockwork.Clock
 
 	mu      sync.Mutex
 	events  []Event
@@ -21,7 +25,11 @@ type Memory struct {
 func (m *Memory) Record(e Event) uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e.Time = time.Now().UTC()
+	if m.Clock != nil {
+		e.Time = m.Clock.Now().UTC()
+	} else {
+		e.Time = time.Now().UTC()
+	}
 	e.Source = m.Source
 	e.Seq = uint64(len(m.events) + 1)
 	m.events = append(m.events, e)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/audit"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -35,12 +36,8 @@ func (s *Server) seedAdmins(ctx context.Context) error {
 			return nil
 		}
 		s.log.Debug("seeding the admins; retrying", "err", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if alarm.Sleep(ctx, s.cfg.Clock, backoff) != nil {
 			return nil
-		case <-t.C:
 		}
 	}
 }

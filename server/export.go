@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/raftfsm"
 	"github.com/meshca/meshca/store/postgres"
@@ -140,8 +141,8 @@ func (s *Server) exportFailed(name string, err error) {
 		x.lastErr = map[string]string{}
 	}
 	x.lastErr[name] = err.Error()
-	now := time.Now()
-	warn := now.Sub(x.lastWarn) >= time.Minute
+	now := s.cfg.Clock.Now()
+	warn := now.Sub(x.lastWarn) >= time.Minute || now.Before(x.lastWarn)
 	if warn {
 		x.lastWarn = now
 	}
@@ -197,15 +198,8 @@ func (s *Server) exportLoop(ctx context.Context, name string, step func(context.
 				wait = 0
 			}
 		}
-		if wait > 0 {
-			// Export pacing is not a lifetime: real time.
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			case <-t.C:
-			}
+		if wait > 0 && alarm.Sleep(ctx, s.cfg.Clock, wait) != nil {
+			return nil
 		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -287,10 +288,8 @@ func (s *Server) joinWithRetry(client clusterpb.ClusterClient, req *clusterpb.Jo
 			return nil, fmt.Errorf("join %s: the cluster did not admit this server within %s (join timeout): %w", s.cfg.Join, s.cfg.JoinTimeout, err)
 		}
 		s.log.Info("the cluster cannot admit this server yet; retrying", "via", s.cfg.Join, "reason", status.Convert(err).Message(), "retry_in", wait)
-		select {
-		case <-ctx.Done():
+		if alarm.Sleep(ctx, s.cfg.Clock, wait) != nil {
 			return nil, fmt.Errorf("join %s: the cluster did not admit this server within %s (join timeout): %w", s.cfg.Join, s.cfg.JoinTimeout, err)
-		case <-time.After(wait):
 		}
 	}
 }

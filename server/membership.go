@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/alarm"
 )
 
 // keepMembership reconciles this server's own membership whenever the
@@ -32,12 +33,16 @@ func (s *Server) keepMembership(ctx context.Context) {
 		} else {
 			backoff = 100 * time.Millisecond
 		}
+		again := alarm.Retry(s.cfg.Clock, wait)
 		select {
 		case <-ctx.Done():
-			return
 		case <-changed:
 		case <-lead:
-		case <-time.After(wait):
+		case <-again.C():
+		}
+		again.Stop()
+		if ctx.Err() != nil {
+			return
 		}
 	}
 }

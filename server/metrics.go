@@ -95,7 +95,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 // err the call's error.
 func (m *serverMetrics) observe(kind Kind, reqs []*Request, out []issued, err error, began time.Time) {
 	k := kind.String()
-	m.latency.WithLabelValues(k).Observe(time.Since(began).Seconds())
+	m.latency.WithLabelValues(k).Observe(time.Since(began).Seconds()) // monotonic: a latency, not a time of the CA's
 	denied := 0
 	for i, r := range reqs {
 		var o issued
@@ -178,7 +178,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if s.node.IsLeader() {
 		gauge(descContact, 0)
 	} else if lc := rf.LastContact(); !lc.IsZero() {
-		gauge(descContact, time.Since(lc).Seconds())
+		gauge(descContact, time.Since(lc).Seconds()) // Raft's own real-time contact
 	}
 	r := s.fsm.Read()
 	gauge(descApplied, float64(r.AppliedIndex()))

@@ -50,12 +50,10 @@ const (
 
 // rotateLoop keeps this server's intermediates and TLS certificate, and on
 // the leader the JWT keys, on schedule, until ctx ends. Due times are read
-// from the clock; retries after failures and the periodic re-check run in
-// real time.
+// from the clock; retries after failures and the periodic re-check are
+// alarm.Retry waits.
 func (s *Server) rotateLoop(ctx context.Context) error {
 	retry := time.Second
-	reconcile := time.NewTicker(rotationReconcileInterval)
-	defer reconcile.Stop()
 	for {
 		lead, roots, inters := s.node.LeaderChanges(), s.fsm.Watch(raftfsm.ScopeBundle), s.fsm.Watch(raftfsm.ScopeIntermediates)
 		revoked := s.fsm.Watch(raftfsm.ScopeRevocations)
@@ -63,10 +61,13 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		var retryC <-chan time.Time
+		// A failed step is retried with backoff; the periodic re-check
+		// catches what no watch reported.
+		again := alarm.Retry(s.cfg.Clock, rotationReconcileInterval)
 		if err != nil {
 			s.log.Warn("rotation step failed; retrying", "err", err, "retry_in", retry)
-			retryC = time.After(retry)
+			again.Stop()
+			again = alarm.Retry(s.cfg.Clock, min(retry, rotationReconcileInterval))
 			retry = min(2*retry, time.Minute)
 		} else {
 			retry = time.Second
@@ -81,10 +82,10 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			al.Stop()
+			again.Stop()
 			return nil
 		case <-al.C():
-		case <-retryC:
-		case <-reconcile.C:
+		case <-again.C():
 		case <-s.rotated:
 		case <-lead: // a new leader signs the roots' CRLs, rotates JWT keys
 		case <-roots: // bootstrapped, or a root changed
@@ -92,6 +93,7 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 		case <-revoked: // the CRLs of the revoking issuers are signed again
 		}
 		al.Stop()
+		again.Stop()
 	}
 }
 

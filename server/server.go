@@ -26,6 +26,7 @@ import (
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/internal/run"
@@ -456,11 +457,13 @@ func (s *Server) closeLocked() {
 	if s.api != nil {
 		stopped := make(chan struct{})
 		go func() { s.api.GracefulStop(); close(stopped) }()
+		grace := alarm.Retry(s.cfg.Clock, 2*time.Second)
 		select {
 		case <-stopped:
-		case <-time.After(2 * time.Second):
+		case <-grace.C():
 			s.api.Stop()
 		}
+		grace.Stop()
 	} else if s.apiLn != nil {
 		s.apiLn.Close()
 	}
@@ -534,10 +537,8 @@ func (s *Server) writeBootstrapState(ctx context.Context) {
 				s.log.Warn("writing the bootstrap state failed; retrying", "err", err)
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if alarm.Sleep(ctx, s.cfg.Clock, backoff) != nil {
 			return
-		case <-time.After(backoff):
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/audit"
+	"github.com/meshca/meshca/internal/alarm"
 	meshmetrics "github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/run"
 	"github.com/meshca/meshca/policy"
@@ -341,10 +342,10 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	}
 	var conns sync.WaitGroup
 	for _, l := range t.inbound {
-		g.Go("inbound "+l.cfg.Name, func(ctx context.Context) error { return serve(ctx, l.ln, &conns, l.handle) })
+		g.Go("inbound "+l.cfg.Name, func(ctx context.Context) error { return serve(ctx, t.clock, l.ln, &conns, l.handle) })
 	}
 	for _, l := range t.out {
-		g.Go("outbound "+l.cfg.Name, func(ctx context.Context) error { return serve(ctx, l.ln, &conns, l.handle) })
+		g.Go("outbound "+l.cfg.Name, func(ctx context.Context) error { return serve(ctx, t.clock, l.ln, &conns, l.handle) })
 	}
 	g.Go("stop", func(ctx context.Context) error {
 		<-ctx.Done()
@@ -359,7 +360,7 @@ func (t *Tunnel) Run(ctx context.Context) error {
 
 // serve accepts connections until the listener is closed; each runs in a
 // goroutine counted by conns.
-func serve(ctx context.Context, ln net.Listener, conns *sync.WaitGroup, handle func(context.Context, net.Conn)) error {
+func serve(ctx context.Context, clock clockwork.Clock, ln net.Listener, conns *sync.WaitGroup, handle func(context.Context, net.Conn)) error {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -370,10 +371,8 @@ func serve(ctx context.Context, ln net.Listener, conns *sync.WaitGroup, handle f
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() { // EMFILE and the like: back off
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				select {
-				case <-ctx.Done():
+				if alarm.Sleep(ctx, clock, delay) != nil {
 					return nil
-				case <-time.After(delay):
 				}
 				continue
 			}

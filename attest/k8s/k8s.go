@@ -38,7 +38,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/internal/procfs"
 )
 
@@ -89,6 +91,8 @@ type Config struct {
 	MaxResponseSize int64
 	// Log receives debug messages. Default: none.
 	Log *slog.Logger
+	// Clock times the cache and the retries. Default: the real clock.
+	Clock clockwork.Clock
 }
 
 // Attestor is the k8s workload attestor.
@@ -101,6 +105,7 @@ type Attestor struct {
 	retry     time.Duration
 	maxSize   int64
 	log       *slog.Logger
+	clock     clockwork.Clock
 
 	fetching chan struct{} // one slot, held while a request is in flight
 
@@ -141,7 +146,7 @@ func New(cfg Config) (*Attestor, error) {
 	}
 	a := &Attestor{
 		podsURL: strings.TrimSuffix(u.String(), "/") + "/pods", tokenFile: cfg.TokenFile,
-		root: cfg.ProcRoot, ttl: cfg.CacheTTL, retry: cfg.RetryDelay, maxSize: cfg.MaxResponseSize, log: cfg.Log,
+		root: cfg.ProcRoot, ttl: cfg.CacheTTL, retry: cfg.RetryDelay, maxSize: cfg.MaxResponseSize, log: cfg.Log, clock: cfg.Clock,
 		fetching: make(chan struct{}, 1),
 	}
 	timeout := cfg.Timeout
@@ -165,6 +170,9 @@ func New(cfg Config) (*Attestor, error) {
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.clock == nil {
+		a.clock = clockwork.NewRealClock()
 	}
 	return a, nil
 }
@@ -223,12 +231,8 @@ func (a *Attestor) Attest(ctx context.Context, peer attest.Peer) ([]attest.Selec
 				fmt.Sprintf("no container for pid %d: pod %s/%s has no container %s", pid, pod.Metadata.Namespace, pod.Metadata.Name, shortID(cid)), nil)
 		}
 		a.log.Debug("k8s: pod or container not in the kubelet's list yet; retrying", "pid", pid, "pod_uid", podUID)
-		t := time.NewTimer(a.retry)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if alarm.Sleep(ctx, a.clock, a.retry) != nil {
 			return nil, attest.NewError(attest.KindUnavailable, Name, "attestation cancelled", ctx.Err())
-		case <-t.C:
 		}
 	}
 }
@@ -263,14 +267,14 @@ func (a *Attestor) pods(ctx context.Context, minGen uint64) (*podIndex, error) {
 	} else {
 		idx.gen = 1
 	}
-	a.cached, a.fetched = idx, time.Now()
+	a.cached, a.fetched = idx, a.clock.Now()
 	return idx, nil
 }
 
 func (a *Attestor) fresh(minGen uint64) *podIndex {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.cached == nil || a.cached.gen < minGen || a.ttl < 0 || time.Since(a.fetched) >= a.ttl {
+	if a.cached == nil || a.cached.gen < minGen || a.ttl < 0 || a.clock.Since(a.fetched) >= a.ttl {
 		return nil
 	}
 	return a.cached

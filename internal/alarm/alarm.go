@@ -21,6 +21,7 @@ const slack = time.Millisecond
 type Alarm struct {
 	c     <-chan time.Time
 	timer clockwork.Timer
+	real  *time.Timer // Retry's real-time bound
 }
 
 // At returns an alarm for the moment t of clock: its channel receives once
@@ -48,5 +49,8 @@ func (a *Alarm) C() <-chan time.Time { return a.c }
 func (a *Alarm) Stop() {
 	if a.timer != nil {
 		a.timer.Stop()
+	}
+	if a.real != nil {
+		a.real.Stop()
 	}
 }

@@ -33,6 +33,8 @@ type leaderView struct {
 	changed <-chan struct{}
 }
 
+// newLeadership watches r's leadership. Its times are Raft's own (last
+// contact, heartbeat), which hashicorp/raft keeps on the real clock.
 func newLeadership(r *raft.Raft, timing Timing, onLeader func(raft.ServerID)) *leadership {
 	return &leadership{raft: r, timing: timing, started: time.Now(), onLeader: onLeader, changed: make(chan struct{})}
 }

@@ -65,7 +65,7 @@ func (n *Node) CommitLedgerBatch(ctx context.Context, recs []*raftpb.LedgerRecor
 
 func (n *Node) enqueueGroup(ctx context.Context, recs []*raftpb.LedgerRecord) (*pendingGroup, error) {
 	deadline, ok := ctx.Deadline()
-	if !ok {
+	if !ok { // real time, like the context's own deadline
 		deadline = time.Now().Add(defaultApplyTimeout)
 	}
 	g := &pendingGroup{recs: recs, errs: make([]error, len(recs)), deadline: deadline, done: make(chan struct{})}

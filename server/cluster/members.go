@@ -22,7 +22,7 @@ func (n *Node) localStatus() *clusterpb.MemberStatusResponse {
 	case n.IsLeader():
 		contact = 0
 	case !n.raft.LastContact().IsZero():
-		contact = time.Since(n.raft.LastContact()).Milliseconds()
+		contact = time.Since(n.raft.LastContact()).Milliseconds() // Raft's real-time contact
 	}
 	return &clusterpb.MemberStatusResponse{NodeId: n.cfg.NodeID, RaftState: n.raft.State().String(),
 		AppliedIndex: n.raft.AppliedIndex(), CommitIndex: n.raft.CommitIndex(), LeaderId: string(leader),

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/jonboulle/clockwork"
+	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/internal/rpcerr"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
@@ -387,6 +388,8 @@ func (n *Node) withRetry(ctx context.Context, what string, try func(ctx context.
 			return err
 		}
 		if failing.IsZero() {
+			// Real time: the window is Raft's election and forwarding
+			// timing, which hashicorp/raft runs on the real clock.
 			failing = time.Now()
 		}
 		if refused := n.refusal(err); refused != nil {
@@ -397,13 +400,16 @@ func (n *Node) withRetry(ctx context.Context, what string, try func(ctx context.
 			return &UnavailableError{Cause: CauseLeaderUnreachable, For: time.Since(failing), Err: err,
 				Detail: fmt.Sprintf("every attempt to reach leader %q failed", leader)}
 		}
+		again := alarm.Retry(n.cfg.Clock, backoff)
 		select {
 		case <-ctx.Done():
+			again.Stop()
 			return fmt.Errorf("cluster: %s: %w (last error: %v)", what, ctx.Err(), err)
 		case <-lv.changed:
 			backoff = 5 * time.Millisecond
-		case <-time.After(backoff):
+		case <-again.C():
 		}
+		again.Stop()
 	}
 }
 
@@ -792,7 +798,8 @@ func (n *Node) forwardRestore(ctx context.Context, r io.Reader) error {
 }
 
 // timedFSM is the state machine, timed: Raft applies through it and the
-// observer learns how long each batch took.
+// observer learns how long each batch took, on the monotonic clock (a
+// latency, not a time of the CA's).
 type timedFSM struct {
 	*raftfsm.FSM
 	observe func(entries int, d time.Duration)
