@@ -155,15 +155,22 @@ const (
 // the response does not hold valid SVIDs.
 func (c *Client) FetchX509SVIDs(ctx context.Context) ([]*SVID, error) {
 	backoff := retryMin
+	var refused error // the last answer that was retried
 	for {
 		svids, err := c.FetchX509SVIDsOnce(ctx)
 		if err == nil {
 			return svids, nil
 		}
+		if ctx.Err() != nil && refused != nil {
+			// The deadline cut a retry short: what the agent last said
+			// tells the caller more than the deadline does.
+			return nil, refused
+		}
 		code := status.Code(err)
 		if ctx.Err() != nil || (code != codes.Unavailable && code != codes.PermissionDenied) {
 			return nil, err
 		}
+		refused = err
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():

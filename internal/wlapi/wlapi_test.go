@@ -233,7 +233,7 @@ func TestFetchRetries(t *testing.T) {
 			cl := newClient(t, Config{Socket: serve(t, api)})
 			wait := 20 * time.Second
 			if tc.code == codes.PermissionDenied {
-				wait = 500 * time.Millisecond // the deadline is the point
+				wait = 2 * time.Second // the deadline is the point
 			}
 			svids, err := cl.FetchX509SVIDs(fetchCtx(t, wait))
 			if got := status.Code(err); got != tc.code {
