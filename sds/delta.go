@@ -31,18 +31,7 @@ func (s *Server) DeltaSecrets(ss secretv3.SecretDiscoveryService_DeltaSecretsSer
 	p := &delta{}
 	st := s.newStream(ss, MethodDelta, p)
 	defer st.close()
-	for {
-		req, err := ss.Recv()
-		if err != nil {
-			return recvError(err)
-		}
-		s.stats.requests.Add(1)
-		ev, err := p.handle(st, req)
-		if err != nil {
-			return err
-		}
-		s.onRequest(st.ctx, ev)
-	}
+	return receive(st, ss.Recv, p.handle)
 }
 
 func (p *delta) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) (RequestEvent, error) {

@@ -39,18 +39,7 @@ func (s *Server) StreamSecrets(ss secretv3.SecretDiscoveryService_StreamSecretsS
 	p := &sotw{}
 	st := s.newStream(ss, MethodStream, p)
 	defer st.close()
-	for {
-		req, err := ss.Recv()
-		if err != nil {
-			return recvError(err)
-		}
-		s.stats.requests.Add(1)
-		ev, err := p.handle(st, req)
-		if err != nil {
-			return err
-		}
-		s.onRequest(st.ctx, ev)
-	}
+	return receive(st, ss.Recv, p.handle)
 }
 
 func (p *sotw) handle(st *stream, req *discoveryv3.DiscoveryRequest) (RequestEvent, error) {
@@ -218,4 +207,23 @@ func anys(names []string, results []Result) ([]*anypb.Any, error) {
 		out = append(out, a)
 	}
 	return out, nil
+}
+
+// receive runs a stream's receive loop: every request is counted, handled
+// and reported to the server's request hook, until the client ends the
+// stream or handle refuses a request.
+func receive[R any](st *stream, recv func() (R, error), handle func(*stream, R) (RequestEvent, error)) error {
+	s := st.srv
+	for {
+		req, err := recv()
+		if err != nil {
+			return recvError(err)
+		}
+		s.stats.requests.Add(1)
+		ev, err := handle(st, req)
+		if err != nil {
+			return err
+		}
+		s.onRequest(st.ctx, ev)
+	}
 }
