@@ -82,15 +82,7 @@ func (a *app) newAuditListCommand() *cobra.Command {
 		default:
 			return usageErrorf("--decision %q: want allow, deny or info", decision)
 		}
-		if limit < 1 || limit > 10000 {
-			return usageErrorf("--limit %d: want 1 to 10000", limit)
-		}
-		now := time.Now()
-		s, err := parseTimeFlag("--since", since, now)
-		if err != nil {
-			return err
-		}
-		u, err := parseTimeFlag("--until", until, now)
+		s, u, err := parsePageFlags(since, until, limit)
 		if err != nil {
 			return err
 		}
@@ -164,6 +156,20 @@ func detailsText(d map[string]string, count uint64) string {
 		return "-"
 	}
 	return strings.Join(parts, " ")
+}
+
+// parsePageFlags checks the flags of a paged history query: --since,
+// --until (see parseTimeFlag) and --limit (1 to 10000).
+func parsePageFlags(since, until string, limit int) (s, u time.Time, err error) {
+	if limit < 1 || limit > 10000 {
+		return s, u, usageErrorf("--limit %d: want 1 to 10000", limit)
+	}
+	now := time.Now()
+	if s, err = parseTimeFlag("--since", since, now); err != nil {
+		return s, u, err
+	}
+	u, err = parseTimeFlag("--until", until, now)
+	return s, u, err
 }
 
 // parseTimeFlag reads a --since/--until value: empty (no bound), an RFC

@@ -66,15 +66,7 @@ func (a *app) newCertListCommand() *cobra.Command {
 			return a.certLedgerList(cmd, o, &operatorpb.ListCertificatesRequest{SpiffeId: req.SpiffeId, NodeId: req.NodeId,
 				IssuerId: issuer, RevokedOnly: req.Revoked}, within, limit)
 		}
-		if limit < 1 || limit > 10000 {
-			return usageErrorf("--limit %d: want 1 to 10000", limit)
-		}
-		now := time.Now()
-		s, err := parseTimeFlag("--since", since, now)
-		if err != nil {
-			return err
-		}
-		u, err := parseTimeFlag("--until", until, now)
+		s, u, err := parsePageFlags(since, until, limit)
 		if err != nil {
 			return err
 		}
