@@ -178,7 +178,7 @@ func (i *identity) setSVID(chain [][]byte, key crypto.Signer, now time.Time, fra
 	}
 	i.mu.Lock()
 	i.svid, i.replacing = svid, false
-	i.renewAt = renewTime(now, svid.Certificates[0].NotAfter, fraction)
+	i.renewAt = renewTime(issuedAt(now, svid.Certificates[0].NotBefore), svid.Certificates[0].NotAfter, fraction)
 	i.mu.Unlock()
 	return nil
 }

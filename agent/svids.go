@@ -313,6 +313,9 @@ func entryMatches(e *nodepb.Entry, sel map[string]bool) bool {
 // minus up to a tenth of that interval at random, so that a fleet's SVIDs
 // do not all come due at once.
 func renewTime(issued, notAfter time.Time, fraction float64) time.Time {
+	if issued.After(notAfter) {
+		issued = notAfter
+	}
 	interval := time.Duration(float64(notAfter.Sub(issued)) * fraction)
 	return issued.Add(interval - time.Duration(rand.Int64N(int64(interval)/10+1)))
 }
@@ -409,7 +412,19 @@ func (a *Agent) newSVID(e *nodepb.Entry, key crypto.Signer, chain [][]byte) (*sv
 		return nil, err
 	}
 	return &svid{entry: e, keyDER: keyDER, chain: chain, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter, serial: leaf.SerialNumber,
-		renewAt: renewTime(a.cfg.Clock.Now(), leaf.NotAfter, a.cfg.RenewFraction)}, nil
+		renewAt: renewTime(issuedAt(a.cfg.Clock.Now(), leaf.NotBefore), leaf.NotAfter, a.cfg.RenewFraction)}, nil
+}
+
+// issuedAt is when a certificate that arrived at now was issued: its
+// NotBefore undone of the server's backdating, or now if that is later
+// (a server whose clock runs ahead). Renewals count from the issue, not
+// from the arrival: a response that took long to arrive, or a clock that
+// moved while it was in flight, does not put the renewal off.
+func issuedAt(now, notBefore time.Time) time.Time {
+	if issued := notBefore.Add(ca.Backdate); issued.Before(now) {
+		return issued
+	}
+	return now
 }
 
 type agentError string

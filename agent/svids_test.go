@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/nodepb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -53,6 +54,30 @@ func TestRenewTime(t *testing.T) {
 	}
 	if at := renewTime(issued, issued.Add(time.Minute), 0.1); !at.After(issued) {
 		t.Error("a short SVID is due at once")
+	}
+}
+
+// Renewal counts from the certificate's issue (NotBefore without the
+// backdating), not from its arrival: an SVID that arrives 13 hours after it
+// was issued (a clock that moved while the request was in flight) is due
+// at once, not 5.5 hours later; one from a server whose clock runs ahead
+// counts from its arrival.
+func TestRenewalCountsFromIssue(t *testing.T) {
+	issued := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	notBefore, notAfter := issued.Add(-ca.Backdate), issued.Add(24*time.Hour)
+	arrived := issued.Add(13 * time.Hour)
+	if got := issuedAt(arrived, notBefore); !got.Equal(issued) {
+		t.Fatalf("issuedAt(arrival 13h late) = %s, want %s", got, issued)
+	}
+	if at := renewTime(issuedAt(arrived, notBefore), notAfter, 0.5); at.After(arrived) {
+		t.Errorf("an SVID past half its life on arrival is due at %s, %s after it arrived", at, at.Sub(arrived))
+	}
+	early := issued.Add(-5 * time.Minute) // the agent's clock is behind the server's
+	if got := issuedAt(early, notBefore); !got.Equal(early) {
+		t.Errorf("issuedAt(before the issue) = %s, want the arrival %s", got, early)
+	}
+	if at := renewTime(notAfter.Add(time.Hour), notAfter, 0.5); at.After(notAfter) {
+		t.Errorf("an SVID that arrived expired is due at %s, after it expired", at)
 	}
 }
 
