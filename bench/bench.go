@@ -42,7 +42,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 )
 
 // Mode is what the callers call.
@@ -362,16 +364,10 @@ func setUpAgents(ctx context.Context, cfg *Config, td spiffeid.TrustDomain, runI
 	bundle := x509bundle.FromX509Authorities(td, cfg.Roots)
 	for k := 0; k < cfg.Agents; k++ {
 		addr := cfg.Servers[k%len(cfg.Servers)]
-		tok, err := cfg.Operator.CreateJoinToken(ctx, &operatorpb.CreateJoinTokenRequest{Kind: "agent", TtlSeconds: 600})
-		if err != nil {
-			return s, fmt.Errorf("bench: create a join token: %w", err)
-		}
-		s.unspent++
-		svid, err := attest(ctx, addr, td, bundle, tok.Token)
+		svid, err := s.attestRetrying(ctx, cfg, addr, td, bundle)
 		if err != nil {
 			return s, fmt.Errorf("bench: attest agent %d to %s: %w", k, addr, err)
 		}
-		s.unspent--
 		tlsCfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
 		tlsCfg.MinVersion = tls.VersionTLS13
 		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
@@ -392,6 +388,39 @@ func setUpAgents(ctx context.Context, cfg *Config, td spiffeid.TrustDomain, runI
 		s.agents[len(s.agents)-1].entryID = en.Entry.Id
 	}
 	return s, nil
+}
+
+// attestRetry bounds how long setUpAgents waits for a server that is not
+// ready to sign yet (just started: its intermediate's CRL not published,
+// no leader yet), as a server answers with Unavailable.
+const attestRetry = 30 * time.Second
+
+// attestRetrying attests one agent with a new join token, again with a new
+// token while the server answers Unavailable, for up to attestRetry.
+func (s *setup) attestRetrying(ctx context.Context, cfg *Config, addr string, td spiffeid.TrustDomain, bundle *x509bundle.Bundle) (*x509svid.SVID, error) {
+	deadline := time.Now().Add(attestRetry)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		tok, err := cfg.Operator.CreateJoinToken(ctx, &operatorpb.CreateJoinTokenRequest{Kind: "agent", TtlSeconds: 600})
+		if err != nil {
+			return nil, fmt.Errorf("create a join token: %w", err)
+		}
+		s.unspent++
+		svid, err := attest(ctx, addr, td, bundle, tok.Token)
+		if err == nil {
+			s.unspent--
+			return svid, nil
+		}
+		if status.Code(err) != codes.Unavailable || time.Now().Add(wait).After(deadline) {
+			return nil, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
 }
 
 // attest attests an agent with a join token over the node API at addr and

@@ -2,10 +2,15 @@ package bench
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,6 +164,68 @@ func TestRunRetriesRefusals(t *testing.T) {
 		t.Errorf("8 callers on one node at 20 CSRs/s: %d retries, %d errors (%v), %d certificates; want retries, no error, some certificates",
 			res.Retries, res.Errors, res.ErrorSamples, res.Certificates)
 	}
+}
+
+// A server that answers Unavailable while agents are attested (just
+// started, its CRL not published yet; here a node API address whose first
+// connections are dropped) is waited for, with a new join token for each
+// attempt: the run goes on, and the tokens left unused are reported.
+func TestRunWaitsForAServerNotReady(t *testing.T) {
+	srv, op := startServer(t, nil)
+	const dropped = 3
+	addr, accepted := flakyProxy(t, srv.APIAddr(), dropped)
+	cfg := roots(t, srv)
+	cfg.Operator, cfg.Servers = op, []string{addr}
+	cfg.Agents, cfg.Concurrency, cfg.Duration, cfg.Warmup = 1, 2, time.Second, 100*time.Millisecond
+	res, err := Run(tctx(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := accepted.Load(); n <= dropped {
+		t.Fatalf("%d connections to the node API: want more than the %d dropped", n, dropped)
+	}
+	if res.Certificates == 0 || res.Errors != 0 {
+		t.Errorf("%d certificates, %d errors (%v): want some and none", res.Certificates, res.Errors, res.ErrorSamples)
+	}
+	if !slices.ContainsFunc(res.Cleanup, func(s string) bool { return strings.Contains(s, "join token(s) not used") }) {
+		t.Errorf("cleanup notes %q: want the join tokens of the refused attempts", res.Cleanup)
+	}
+}
+
+// flakyProxy forwards connections on a new loopback address to target,
+// after closing the first drop of them at once, and counts them.
+func flakyProxy(t *testing.T, target string, drop int64) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if n.Add(1) <= drop {
+				c.Close()
+				continue
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(up, c); up.Close() }()
+			go func() { defer wg.Done(); io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return ln.Addr().String(), &n
 }
 
 func TestConfigCheck(t *testing.T) {
