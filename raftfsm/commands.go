@@ -113,6 +113,10 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return res
 	case *raftpb.Command_RequestAuthorityStep:
 		return requestAuthorityStep(txn, op.RequestAuthorityStep)
+	case *raftpb.Command_PrepareRoot:
+		return prepareRoot(txn, op.PrepareRoot)
+	case *raftpb.Command_ActivateRoot:
+		return activateRoot(txn, op.ActivateRoot.GetId())
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

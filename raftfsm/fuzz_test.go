@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(34) {
+	switch g.pick(36) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -188,6 +188,15 @@ func (g *cmdGen) command() *raftpb.Command {
 	case 33:
 		c.Op = &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: g.id("auth-"),
 			Step: []string{StepPrepare, StepActivate, "bogus"}[g.pick(3)]}}
+	case 34: // issue 13 roots
+		a := auth()
+		a.Kind, a.ServerId, a.SealedKey = raftpb.AuthorityKind_ROOT, "", []byte{1}
+		if g.pick(4) != 0 {
+			a.State = raftpb.AuthorityState_PREPARED
+		}
+		c.Op = &raftpb.Command_PrepareRoot{PrepareRoot: &raftpb.PrepareRoot{Root: a, SuccessorOf: g.id("auth-")}}
+	case 35:
+		c.Op = &raftpb.Command_ActivateRoot{ActivateRoot: &raftpb.ActivateRoot{Id: g.id("auth-")}}
 	}
 	return c
 }

@@ -230,6 +230,8 @@ type Command struct {
 	//	*Command_TaintAuthority
 	//	*Command_RevokeAuthority
 	//	*Command_RequestAuthorityStep
+	//	*Command_PrepareRoot
+	//	*Command_ActivateRoot
 	//	*Command_PutIssuancePolicy
 	//	*Command_PutOpaBundle
 	//	*Command_PutOpaKey
@@ -552,6 +554,24 @@ func (x *Command) GetRequestAuthorityStep() *RequestAuthorityStep {
 	return nil
 }
 
+func (x *Command) GetPrepareRoot() *PrepareRoot {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PrepareRoot); ok {
+			return x.PrepareRoot
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetActivateRoot() *ActivateRoot {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ActivateRoot); ok {
+			return x.ActivateRoot
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetPutIssuancePolicy() *PutIssuancePolicy {
 	if x != nil {
 		if x, ok := x.Op.(*Command_PutIssuancePolicy); ok {
@@ -707,6 +727,15 @@ type Command_RequestAuthorityStep struct {
 	RequestAuthorityStep *RequestAuthorityStep `protobuf:"bytes,54,opt,name=request_authority_step,json=requestAuthorityStep,proto3,oneof"`
 }
 
+type Command_PrepareRoot struct {
+	// issue 13 roots: root rotation through Raft.
+	PrepareRoot *PrepareRoot `protobuf:"bytes,55,opt,name=prepare_root,json=prepareRoot,proto3,oneof"`
+}
+
+type Command_ActivateRoot struct {
+	ActivateRoot *ActivateRoot `protobuf:"bytes,56,opt,name=activate_root,json=activateRoot,proto3,oneof"`
+}
+
 type Command_PutIssuancePolicy struct {
 	// issue 12: OPA policy (40-49).
 	PutIssuancePolicy *PutIssuancePolicy `protobuf:"bytes,40,opt,name=put_issuance_policy,json=putIssuancePolicy,proto3,oneof"`
@@ -779,6 +808,10 @@ func (*Command_TaintAuthority) isCommand_Op() {}
 func (*Command_RevokeAuthority) isCommand_Op() {}
 
 func (*Command_RequestAuthorityStep) isCommand_Op() {}
+
+func (*Command_PrepareRoot) isCommand_Op() {}
+
+func (*Command_ActivateRoot) isCommand_Op() {}
 
 func (*Command_PutIssuancePolicy) isCommand_Op() {}
 
@@ -3378,6 +3411,108 @@ func (x *RequestAuthorityStep) GetStep() string {
 	return ""
 }
 
+// PrepareRoot records the successor of a profile's active root (issue 13
+// roots): root is PREPARED, with its sealed key, and successor_of names
+// the active root it succeeds. A prepared root is in every trust bundle at
+// once; it signs nothing until it is activated.
+type PrepareRoot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Root          *Authority             `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
+	SuccessorOf   string                 `protobuf:"bytes,2,opt,name=successor_of,json=successorOf,proto3" json:"successor_of,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareRoot) Reset() {
+	*x = PrepareRoot{}
+	mi := &file_raftpb_raft_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRoot) ProtoMessage() {}
+
+func (x *PrepareRoot) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRoot.ProtoReflect.Descriptor instead.
+func (*PrepareRoot) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *PrepareRoot) GetRoot() *Authority {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *PrepareRoot) GetSuccessorOf() string {
+	if x != nil {
+		return x.SuccessorOf
+	}
+	return ""
+}
+
+// ActivateRoot makes a prepared root ACTIVE (refused until its CRL is
+// published) and the profile's active root OLD.
+type ActivateRoot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateRoot) Reset() {
+	*x = ActivateRoot{}
+	mi := &file_raftpb_raft_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRoot) ProtoMessage() {}
+
+func (x *ActivateRoot) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRoot.ProtoReflect.Descriptor instead.
+func (*ActivateRoot) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ActivateRoot) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 // NextCRLNumber allocates the next CRL number of an authority.
 type NextCRLNumber struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3388,7 +3523,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3400,7 +3535,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3413,7 +3548,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -3432,7 +3567,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3444,7 +3579,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3457,7 +3592,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -3476,7 +3611,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3488,7 +3623,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3501,7 +3636,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -3520,7 +3655,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[45]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3532,7 +3667,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[45]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3545,7 +3680,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -3577,7 +3712,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[46]
+	mi := &file_raftpb_raft_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3589,7 +3724,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[46]
+	mi := &file_raftpb_raft_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3602,7 +3737,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -3650,7 +3785,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[47]
+	mi := &file_raftpb_raft_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3662,7 +3797,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[47]
+	mi := &file_raftpb_raft_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3675,7 +3810,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{49}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3706,7 +3841,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[48]
+	mi := &file_raftpb_raft_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3718,7 +3853,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[48]
+	mi := &file_raftpb_raft_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3731,7 +3866,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{48}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3998,7 +4133,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_raftpb_raft_proto_msgTypes[49]
+	mi := &file_raftpb_raft_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4010,7 +4145,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[49]
+	mi := &file_raftpb_raft_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4023,7 +4158,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{49}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PolicyFile) GetPath() string {
@@ -4056,7 +4191,7 @@ type IssuancePolicy struct {
 
 func (x *IssuancePolicy) Reset() {
 	*x = IssuancePolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[50]
+	mi := &file_raftpb_raft_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4068,7 +4203,7 @@ func (x *IssuancePolicy) String() string {
 func (*IssuancePolicy) ProtoMessage() {}
 
 func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[50]
+	mi := &file_raftpb_raft_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4081,7 +4216,7 @@ func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssuancePolicy.ProtoReflect.Descriptor instead.
 func (*IssuancePolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{50}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *IssuancePolicy) GetRevision() uint64 {
@@ -4135,7 +4270,7 @@ type OPABundle struct {
 
 func (x *OPABundle) Reset() {
 	*x = OPABundle{}
-	mi := &file_raftpb_raft_proto_msgTypes[51]
+	mi := &file_raftpb_raft_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4147,7 +4282,7 @@ func (x *OPABundle) String() string {
 func (*OPABundle) ProtoMessage() {}
 
 func (x *OPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[51]
+	mi := &file_raftpb_raft_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4160,7 +4295,7 @@ func (x *OPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
 func (*OPABundle) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{51}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *OPABundle) GetName() string {
@@ -4242,7 +4377,7 @@ type OPAKey struct {
 
 func (x *OPAKey) Reset() {
 	*x = OPAKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[52]
+	mi := &file_raftpb_raft_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4254,7 +4389,7 @@ func (x *OPAKey) String() string {
 func (*OPAKey) ProtoMessage() {}
 
 func (x *OPAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[52]
+	mi := &file_raftpb_raft_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4267,7 +4402,7 @@ func (x *OPAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPAKey.ProtoReflect.Descriptor instead.
 func (*OPAKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{52}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *OPAKey) GetKid() string {
@@ -4310,7 +4445,7 @@ type PutIssuancePolicy struct {
 
 func (x *PutIssuancePolicy) Reset() {
 	*x = PutIssuancePolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[53]
+	mi := &file_raftpb_raft_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4322,7 +4457,7 @@ func (x *PutIssuancePolicy) String() string {
 func (*PutIssuancePolicy) ProtoMessage() {}
 
 func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[53]
+	mi := &file_raftpb_raft_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4335,7 +4470,7 @@ func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutIssuancePolicy.ProtoReflect.Descriptor instead.
 func (*PutIssuancePolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{53}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PutIssuancePolicy) GetPolicy() *IssuancePolicy {
@@ -4365,7 +4500,7 @@ type PutOPABundle struct {
 
 func (x *PutOPABundle) Reset() {
 	*x = PutOPABundle{}
-	mi := &file_raftpb_raft_proto_msgTypes[54]
+	mi := &file_raftpb_raft_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4377,7 +4512,7 @@ func (x *PutOPABundle) String() string {
 func (*PutOPABundle) ProtoMessage() {}
 
 func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[54]
+	mi := &file_raftpb_raft_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4390,7 +4525,7 @@ func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOPABundle.ProtoReflect.Descriptor instead.
 func (*PutOPABundle) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{54}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *PutOPABundle) GetBundle() *OPABundle {
@@ -4419,7 +4554,7 @@ type PutOPAKey struct {
 
 func (x *PutOPAKey) Reset() {
 	*x = PutOPAKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[55]
+	mi := &file_raftpb_raft_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4431,7 +4566,7 @@ func (x *PutOPAKey) String() string {
 func (*PutOPAKey) ProtoMessage() {}
 
 func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[55]
+	mi := &file_raftpb_raft_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4444,7 +4579,7 @@ func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOPAKey.ProtoReflect.Descriptor instead.
 func (*PutOPAKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{55}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PutOPAKey) GetKey() *OPAKey {
@@ -4458,7 +4593,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf1\x11\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf8\x12\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -4495,7 +4630,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNode\x12I\n" +
 	"\x0ftaint_authority\x184 \x01(\v2\x1e.meshca.raft.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
 	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12\\\n" +
-	"\x16request_authority_step\x186 \x01(\v2$.meshca.raft.v1.RequestAuthorityStepH\x00R\x14requestAuthorityStep\x12S\n" +
+	"\x16request_authority_step\x186 \x01(\v2$.meshca.raft.v1.RequestAuthorityStepH\x00R\x14requestAuthorityStep\x12@\n" +
+	"\fprepare_root\x187 \x01(\v2\x1b.meshca.raft.v1.PrepareRootH\x00R\vprepareRoot\x12C\n" +
+	"\ractivate_root\x188 \x01(\v2\x1c.meshca.raft.v1.ActivateRootH\x00R\factivateRoot\x12S\n" +
 	"\x13put_issuance_policy\x18( \x01(\v2!.meshca.raft.v1.PutIssuancePolicyH\x00R\x11putIssuancePolicy\x12D\n" +
 	"\x0eput_opa_bundle\x18) \x01(\v2\x1c.meshca.raft.v1.PutOPABundleH\x00R\fputOpaBundle\x12;\n" +
 	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKeyB\x04\n" +
@@ -4681,7 +4818,12 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"revocation\":\n" +
 	"\x14RequestAuthorityStep\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
-	"\x04step\x18\x02 \x01(\tR\x04step\"2\n" +
+	"\x04step\x18\x02 \x01(\tR\x04step\"_\n" +
+	"\vPrepareRoot\x12-\n" +
+	"\x04root\x18\x01 \x01(\v2\x19.meshca.raft.v1.AuthorityR\x04root\x12!\n" +
+	"\fsuccessor_of\x18\x02 \x01(\tR\vsuccessorOf\"\x1e\n" +
+	"\fActivateRoot\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\";\n" +
 	"\tPutPolicy\x12.\n" +
@@ -4790,7 +4932,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),               // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),           // 1: meshca.raft.v1.AuthorityKind
@@ -4837,20 +4979,22 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*TaintAuthority)(nil),       // 42: meshca.raft.v1.TaintAuthority
 	(*RevokeAuthority)(nil),      // 43: meshca.raft.v1.RevokeAuthority
 	(*RequestAuthorityStep)(nil), // 44: meshca.raft.v1.RequestAuthorityStep
-	(*NextCRLNumber)(nil),        // 45: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),            // 46: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),         // 47: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),            // 48: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),          // 49: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),                 // 50: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),       // 51: meshca.raft.v1.SnapshotRecord
-	(*PolicyFile)(nil),           // 52: meshca.raft.v1.PolicyFile
-	(*IssuancePolicy)(nil),       // 53: meshca.raft.v1.IssuancePolicy
-	(*OPABundle)(nil),            // 54: meshca.raft.v1.OPABundle
-	(*OPAKey)(nil),               // 55: meshca.raft.v1.OPAKey
-	(*PutIssuancePolicy)(nil),    // 56: meshca.raft.v1.PutIssuancePolicy
-	(*PutOPABundle)(nil),         // 57: meshca.raft.v1.PutOPABundle
-	(*PutOPAKey)(nil),            // 58: meshca.raft.v1.PutOPAKey
+	(*PrepareRoot)(nil),          // 45: meshca.raft.v1.PrepareRoot
+	(*ActivateRoot)(nil),         // 46: meshca.raft.v1.ActivateRoot
+	(*NextCRLNumber)(nil),        // 47: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),            // 48: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),         // 49: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),            // 50: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),          // 51: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),                 // 52: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),       // 53: meshca.raft.v1.SnapshotRecord
+	(*PolicyFile)(nil),           // 54: meshca.raft.v1.PolicyFile
+	(*IssuancePolicy)(nil),       // 55: meshca.raft.v1.IssuancePolicy
+	(*OPABundle)(nil),            // 56: meshca.raft.v1.OPABundle
+	(*OPAKey)(nil),               // 57: meshca.raft.v1.OPAKey
+	(*PutIssuancePolicy)(nil),    // 58: meshca.raft.v1.PutIssuancePolicy
+	(*PutOPABundle)(nil),         // 59: meshca.raft.v1.PutOPABundle
+	(*PutOPAKey)(nil),            // 60: meshca.raft.v1.PutOPAKey
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -4865,12 +5009,12 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	29, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	30, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
 	39, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	45, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	46, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	47, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	49, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	50, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	48, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	47, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	48, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	49, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	51, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	52, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	50, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
 	35, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
 	36, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
 	37, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
@@ -4884,65 +5028,68 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	42, // 28: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
 	43, // 29: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
 	44, // 30: meshca.raft.v1.Command.request_authority_step:type_name -> meshca.raft.v1.RequestAuthorityStep
-	56, // 31: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
-	57, // 32: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
-	58, // 33: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
-	0,  // 34: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 35: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 36: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 37: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 38: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 39: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 40: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 41: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 42: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 43: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 44: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 45: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 46: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	10, // 47: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
-	11, // 48: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 49: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 50: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	34, // 51: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
-	30, // 52: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 53: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 54: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	30, // 55: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 56: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 57: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 58: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 59: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 60: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 61: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 62: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 63: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 64: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 65: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 66: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 67: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 68: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 69: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 70: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 71: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 72: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 73: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 74: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 75: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	34, // 76: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
-	53, // 77: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
-	54, // 78: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
-	55, // 79: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
-	52, // 80: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
-	52, // 81: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
-	53, // 82: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
-	54, // 83: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
-	55, // 84: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
-	85, // [85:85] is the sub-list for method output_type
-	85, // [85:85] is the sub-list for method input_type
-	85, // [85:85] is the sub-list for extension type_name
-	85, // [85:85] is the sub-list for extension extendee
-	0,  // [0:85] is the sub-list for field type_name
+	45, // 31: meshca.raft.v1.Command.prepare_root:type_name -> meshca.raft.v1.PrepareRoot
+	46, // 32: meshca.raft.v1.Command.activate_root:type_name -> meshca.raft.v1.ActivateRoot
+	58, // 33: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
+	59, // 34: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
+	60, // 35: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
+	0,  // 36: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 37: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 38: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 39: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 40: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 41: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 42: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 43: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 44: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 45: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 46: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 47: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 48: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	10, // 49: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
+	11, // 50: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 51: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 52: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	34, // 53: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	30, // 54: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 55: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 56: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	30, // 57: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 58: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 59: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 60: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 61: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 62: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	8,  // 63: meshca.raft.v1.PrepareRoot.root:type_name -> meshca.raft.v1.Authority
+	14, // 64: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 65: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 66: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 67: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 68: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 69: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 70: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 71: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 72: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 73: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 74: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 75: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 76: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 77: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 78: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	34, // 79: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	55, // 80: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
+	56, // 81: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
+	57, // 82: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
+	54, // 83: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
+	54, // 84: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
+	55, // 85: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
+	56, // 86: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
+	57, // 87: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
+	88, // [88:88] is the sub-list for method output_type
+	88, // [88:88] is the sub-list for method input_type
+	88, // [88:88] is the sub-list for extension type_name
+	88, // [88:88] is the sub-list for extension extendee
+	0,  // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -4981,11 +5128,13 @@ func file_raftpb_raft_proto_init() {
 		(*Command_TaintAuthority)(nil),
 		(*Command_RevokeAuthority)(nil),
 		(*Command_RequestAuthorityStep)(nil),
+		(*Command_PrepareRoot)(nil),
+		(*Command_ActivateRoot)(nil),
 		(*Command_PutIssuancePolicy)(nil),
 		(*Command_PutOpaBundle)(nil),
 		(*Command_PutOpaKey)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[48].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[50].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -5009,7 +5158,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   56,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
