@@ -44,7 +44,7 @@ func (o *operatorService) ListAuthorities(ctx context.Context, _ *operatorpb.Lis
 // with its successor's schedule for an active intermediate.
 func toOperatorAuthority(a *raftpb.Authority) *operatorpb.Authority {
 	out := &operatorpb.Authority{Id: a.Id, Profile: a.Profile, State: int32(a.State), StateName: a.State.String(),
-		ServerId: a.ServerId, NotAfterUnix: a.NotAfterUnix, Kind: "intermediate"}
+		ServerId: a.ServerId, NotAfterUnix: a.NotAfterUnix, Kind: "intermediate", Certificate: a.Certificate, ParentId: a.ParentId}
 	if a.Kind == raftpb.AuthorityKind_ROOT {
 		out.Kind = "root"
 	}

@@ -2612,7 +2612,11 @@ type Authority struct {
 	NextStep string `protobuf:"bytes,54,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
 	// warning is set when it needs the operator (a root within a year of
 	// its expiry).
-	Warning       string `protobuf:"bytes,55,opt,name=warning,proto3" json:"warning,omitempty"`
+	Warning string `protobuf:"bytes,55,opt,name=warning,proto3" json:"warning,omitempty"`
+	// issue 13 roots: certificate is its DER certificate (none for JWT
+	// keys); parent_id the root that certified an intermediate.
+	Certificate   []byte `protobuf:"bytes,100,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	ParentId      string `protobuf:"bytes,101,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2755,6 +2759,20 @@ func (x *Authority) GetNextStep() string {
 func (x *Authority) GetWarning() string {
 	if x != nil {
 		return x.Warning
+	}
+	return ""
+}
+
+func (x *Authority) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *Authority) GetParentId() string {
+	if x != nil {
+		return x.ParentId
 	}
 	return ""
 }
@@ -5250,7 +5268,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x14MintX509SVIDResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x03(\fR\x05chain\x12\x14\n" +
 	"\x05roots\x18\x02 \x03(\fR\x05roots\"\x18\n" +
-	"\x16ListAuthoritiesRequest\"\xa5\x04\n" +
+	"\x16ListAuthoritiesRequest\"\xe4\x04\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
@@ -5269,7 +5287,9 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x12pending_node_count\x184 \x01(\x03R\x10pendingNodeCount\x12#\n" +
 	"\rpending_nodes\x185 \x03(\tR\fpendingNodes\x12\x1b\n" +
 	"\tnext_step\x186 \x01(\tR\bnextStep\x12\x18\n" +
-	"\awarning\x187 \x01(\tR\awarning\"Z\n" +
+	"\awarning\x187 \x01(\tR\awarning\x12 \n" +
+	"\vcertificate\x18d \x01(\fR\vcertificate\x12\x1b\n" +
+	"\tparent_id\x18e \x01(\tR\bparentId\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
 	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\":\n" +
 	"\n" +
