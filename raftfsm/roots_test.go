@@ -141,3 +141,59 @@ func TestRootStepsWakeTheBundle(t *testing.T) {
 		t.Fatal("a prepared root did not wake the bundle's watchers")
 	}
 }
+
+// JWT keys: tainting the active key needs a successor (or a prepared key,
+// which it activates), an old one is tainted alone, only a tainted key is
+// revoked, refusals change nothing.
+func TestTaintAndRevokeJWTKeys(t *testing.T) {
+	a := newApplier(t)
+	key := func(kid string, state raftpb.AuthorityState) *raftpb.JWTKey {
+		return &raftpb.JWTKey{Kid: kid, PublicKey: []byte{1}, SealedKey: []byte{1}, State: state, NotAfterUnix: 1 << 40}
+	}
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_PutJwtKey{PutJwtKey: &raftpb.PutJWTKey{Key: key("k1", raftpb.AuthorityState_ACTIVE)}}})
+	taint := func(kid string, succ *raftpb.JWTKey) *raftpb.Command {
+		return &raftpb.Command{Header: &raftpb.Header{TimeUnixNano: a.now}, Op: &raftpb.Command_TaintJwtKey{TaintJwtKey: &raftpb.TaintJWTKey{Kid: kid, Successor: succ}}}
+	}
+	revoke := func(kid string) *raftpb.Command {
+		return &raftpb.Command{Header: &raftpb.Header{TimeUnixNano: a.now}, Op: &raftpb.Command_RevokeJwtKey{RevokeJwtKey: &raftpb.RevokeJWTKey{Kid: kid}}}
+	}
+	state := func(kid string) raftpb.AuthorityState {
+		for _, k := range a.f.Read().JWTKeys() {
+			if k.Kid == kid {
+				return k.State
+			}
+		}
+		return -1
+	}
+	before, _ := a.f.StateHash()
+	for _, c := range []struct {
+		what string
+		cmd  *raftpb.Command
+		want error
+	}{
+		{"taint the active key without a successor", taint("k1", nil), ErrInvalid},
+		{"taint an unknown key", taint("nope", nil), ErrNotFound},
+		{"revoke the active key", revoke("k1"), ErrInvalid},
+	} {
+		if err := ResultError(a.apply(c.cmd)); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.what, err, c.want)
+		}
+	}
+	if h, _ := a.f.StateHash(); h != before {
+		t.Fatal("a refusal changed the state")
+	}
+	a.mustApply(taint("k1", key("k2", raftpb.AuthorityState_ACTIVE)))
+	if state("k1") != raftpb.AuthorityState_TAINTED || state("k2") != raftpb.AuthorityState_ACTIVE {
+		t.Fatalf("after taint: k1 %s, k2 %s", state("k1"), state("k2"))
+	}
+	// With a prepared key, that one succeeds (the proposer's is unused).
+	a.mustApply(&raftpb.Command{Op: &raftpb.Command_PutJwtKey{PutJwtKey: &raftpb.PutJWTKey{Key: key("k3", raftpb.AuthorityState_PREPARED)}}})
+	a.mustApply(taint("k2", key("k4", raftpb.AuthorityState_ACTIVE)))
+	if state("k2") != raftpb.AuthorityState_TAINTED || state("k3") != raftpb.AuthorityState_ACTIVE || state("k4") != -1 {
+		t.Fatalf("after the second taint: k2 %s, k3 %s, k4 %s", state("k2"), state("k3"), state("k4"))
+	}
+	a.mustApply(revoke("k1"))
+	if state("k1") != raftpb.AuthorityState_REVOKED {
+		t.Fatalf("after revoke: k1 %s", state("k1"))
+	}
+}

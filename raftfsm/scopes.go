@@ -89,7 +89,7 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		}
 	case *raftpb.Command_AdmitServer:
 		touched[ScopeIntermediates] = true
-	case *raftpb.Command_PutJwtKey, *raftpb.Command_ActivateJwtKey:
+	case *raftpb.Command_PutJwtKey, *raftpb.Command_ActivateJwtKey, *raftpb.Command_TaintJwtKey, *raftpb.Command_RevokeJwtKey:
 		touched[ScopeJWT] = true
 	case *raftpb.Command_PutCrl:
 		touched[ScopeCRL] = true

@@ -147,7 +147,7 @@ func (o *operatorService) authorityOf(ctx context.Context, id string) (*raftfsm.
 		return nil, nil, status.Error(codes.InvalidArgument, "which authority? (an ID of meshca authority show)")
 	}
 	if strings.HasPrefix(id, "jwt/") {
-		return nil, nil, status.Error(codes.Unimplemented, "tainting and revoking JWT signing keys is not implemented: they rotate on schedule and JWT-SVIDs live 5 minutes")
+		return nil, nil, status.Error(codes.FailedPrecondition, "JWT signing keys are prepared and activated by the leader on schedule; taint one to replace it at once (meshca authority taint "+id+")")
 	}
 	if err := o.s.node.ReadIndex(ctx); err != nil {
 		return nil, nil, status.Errorf(codes.Unavailable, "%v", err)
@@ -168,6 +168,9 @@ func (o *operatorService) authorityReport(r *raftfsm.Reader, a *raftpb.Authority
 
 // TaintAuthority marks an authority compromised.
 func (o *operatorService) TaintAuthority(ctx context.Context, req *operatorpb.AuthorityStepRequest) (*operatorpb.AuthorityStepResponse, error) {
+	if kid, ok := jwtKid(req.Id); ok {
+		return o.taintJWT(ctx, req, kid)
+	}
 	r, a, err := o.authorityOf(ctx, req.Id)
 	if err != nil {
 		return nil, err
@@ -204,6 +207,9 @@ func (o *operatorService) TaintAuthority(ctx context.Context, req *operatorpb.Au
 // RevokeAuthority revokes a tainted authority once nothing that was not
 // re-issued chains to it (or with force).
 func (o *operatorService) RevokeAuthority(ctx context.Context, req *operatorpb.AuthorityStepRequest) (*operatorpb.AuthorityStepResponse, error) {
+	if kid, ok := jwtKid(req.Id); ok {
+		return o.revokeJWT(ctx, req, kid)
+	}
 	r, a, err := o.authorityOf(ctx, req.Id)
 	if err != nil {
 		return nil, err
