@@ -223,7 +223,11 @@ so no workload is cut off.
 --watch follows the progress ("re-issued N of M, K nodes pending") until
 every certificate is re-issued; then revoke it (meshca authority revoke).
 It says what it will do and asks first, unless --yes; --dry-run only
-prints. Tainting JWT signing keys is not implemented.` + opLong
+prints.
+
+JWT signing keys (jwt/KID): a successor signs at once and agents re-sign
+the JWT-SVIDs they cached from the tainted key, which stays in every JWT
+bundle (its JWT-SVIDs live 5 minutes at most) until it is revoked.` + opLong
 	case "revoke":
 		cmd.Short = "Revoke a tainted authority: it leaves every bundle and its parent's CRL lists it"
 		cmd.Long = `revoke revokes a tainted authority: its CRL is no longer pushed to agents
@@ -233,7 +237,8 @@ bundle, with the intermediates it signed. It is refused while unexpired
 certificates that were not re-issued still chain to it (the refusal says
 how many and which nodes hold them), unless --force; and refused for an
 authority that is not tainted (taint it first). With --watch it waits
-until the parent's CRL lists it.
+until the parent's CRL lists it. A JWT key (jwt/KID) leaves every JWT
+bundle; revoking it is refused until the JWT-SVIDs it signed have expired.
 
 It says what it will do and asks first, unless --yes; --dry-run only prints.` + opLong
 		cmd.Flags().BoolVar(&force, "force", false, "revoke although certificates not re-issued still chain to it")
