@@ -93,6 +93,9 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		touched[ScopeJWT] = true
 	case *raftpb.Command_PutCrl:
 		touched[ScopeCRL] = true
+		if a, _ := first(txn, tableAuthorities, "id", op.PutCrl.GetCrl().GetAuthorityId()).(*raftpb.Authority); a != nil && a.Kind == raftpb.AuthorityKind_ROOT {
+			touched[ScopeBundle] = true // a prepared root joins the bundle with its first CRL
+		}
 	case *raftpb.Command_Revoke:
 		touched[ScopeRevocations] = true
 	case *raftpb.Command_BanNode:

@@ -51,7 +51,7 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 		return nil, err // a refusal keeps its code; a bad CSR is InvalidArgument, a failed commit Unavailable, by type
 	}
 	resp := &operatorpb.MintX509SVIDResponse{Chain: svid.Certificates}
-	for _, a := range trustedRoots(o.s.fsm.Read(), profile) {
+	for _, a := range bundleRoots(o.s.fsm.Read(), profile) {
 		resp.Roots = append(resp.Roots, a.Certificate)
 	}
 	return resp, nil

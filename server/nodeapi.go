@@ -218,7 +218,7 @@ func bundleOf(r *raftfsm.Reader, td spiffeid.TrustDomain) *nodepb.Bundle {
 	b := &nodepb.Bundle{TrustDomain: td.Name()}
 	// Every root in the bundle (issue 13 roots): a prepared one before it
 	// signs, the old one while what it certified is still in use.
-	for _, a := range trustedRoots(r, "") {
+	for _, a := range bundleRoots(r, "") {
 		b.Roots = append(b.Roots, &nodepb.Root{Profile: a.Profile, Certificate: a.Certificate})
 	}
 	b.JwtAuthorities = jwtAuthorities(r)

@@ -22,10 +22,10 @@ import (
 //
 //   - prepare: the server an operator asks makes the next root (its key
 //     sealed under the cluster's KEK, as the active root's) and records it
-//     PREPARED. From then on it is in every trust bundle: the agents'
-//     (Sync), so every SDS validation context and Workload API bundle, and
-//     every server's own peer and API trust (peerRoots). It signs nothing
-//     yet; the leader publishes its CRL.
+//     PREPARED. At once every server trusts it (peerRoots); the leader
+//     publishes its CRL, and with it the root joins the agents' trust
+//     bundle (Sync), so every SDS validation context and Workload API
+//     bundle (bundleRoots). It signs nothing yet.
 //   - activate: refused until its CRL is published; it becomes ACTIVE and
 //     the previous root OLD. Every server then replaces its intermediate
 //     with one the new root certifies (prepared, its CRL published, then
@@ -71,6 +71,21 @@ func trustedRoots(r *raftfsm.Reader, profile string) []*raftpb.Authority {
 		}
 		return out[i].Id < out[j].Id
 	})
+	return out
+}
+
+// bundleRoots returns the roots of a profile the trust bundle agents get
+// holds (all profiles when profile is ""): trustedRoots, but a prepared
+// root only once its CRL is published. A validation context with the CRLs
+// of some roots but not of all carries no CRLs at all (see the agent's
+// validationParams), so the root arrives together with its CRL.
+func bundleRoots(r *raftfsm.Reader, profile string) []*raftpb.Authority {
+	var out []*raftpb.Authority
+	for _, a := range trustedRoots(r, profile) {
+		if a.State != raftpb.AuthorityState_PREPARED || r.CRL(a.Id) != nil {
+			out = append(out, a)
+		}
+	}
 	return out
 }
 

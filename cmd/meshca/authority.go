@@ -184,10 +184,10 @@ is prepared already. --watch waits until the successor is recorded;
 Roots: prepare ROOT-ID (the active root of a profile), or --root --profile P,
 makes the profile's next root at once: a new key, sealed under the cluster's
 KEK like the active root's, and a self-signed certificate for 10 years,
-recorded PREPARED. It joins every trust bundle at once (every agent, SDS
-validation context, Workload API bundle, and the servers' own peer trust)
-and the leader publishes its CRL; it signs nothing until meshca authority
-activate. meshca does not cross-sign: the new root reaches every relying
+recorded PREPARED. The servers trust it at once; the leader publishes its
+CRL within moments, and with it the root joins every agent's trust bundle
+(SDS validation contexts, Workload API bundles). It signs nothing until
+meshca authority activate. meshca does not cross-sign: the new root reaches every relying
 party before it signs, so all of them trust both roots while both are in
 use (see the README's root rotation).` + opLong
 	case "activate":

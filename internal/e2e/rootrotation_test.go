@@ -7,6 +7,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -436,6 +438,13 @@ func TestRootRotationEachProfile(t *testing.T) {
 			}
 		}
 
+		// A certificate an operator minted under the old root: no agent
+		// re-issues it, so it still chains to the old root after the taint.
+		minted, err := mintProfile(t, op, profile, "spiffe://example.org/minted-before/"+profile)
+		if err != nil || !chainsTo(profile, minted, oldDER) {
+			t.Fatalf("%s mint under the old root: %v", profile, err)
+		}
+
 		// Prepare: in every bundle at once, signing nothing.
 		resp, err := op.PrepareAuthority(tctx(t, 20*time.Second), &operatorpb.AuthorityStepRequest{Id: oldRoot})
 		if err != nil {
@@ -517,22 +526,47 @@ func TestRootRotationEachProfile(t *testing.T) {
 					return fmt.Errorf("agent %d's workload still chains to the old root", i)
 				}
 			}
-			if a := authorityByID(t, op, oldRoot); a.PendingCertificates != 0 {
-				return fmt.Errorf("%s: %s", a.StateName, a.NextStep)
+			// Only the minted certificate is left.
+			if a := authorityByID(t, op, oldRoot); a.PendingCertificates != 1 || len(a.PendingNodes) != 1 || a.PendingNodes[0] != "operator" {
+				return fmt.Errorf("%s: %s (%d pending on %v)", a.StateName, a.NextStep, a.PendingCertificates, a.PendingNodes)
 			}
 			return nil
 		})
 
-		// Revoke it: every bundle holds only the new root.
-		resp, err = op.RevokeAuthority(tctx(t, 20*time.Second), &operatorpb.AuthorityStepRequest{Id: oldRoot})
+		// Revoke it: refused while the minted certificate chains to it,
+		// saying how many and which nodes; forced, every bundle holds only
+		// the new root.
+		_, err = op.RevokeAuthority(tctx(t, 20*time.Second), &operatorpb.AuthorityStepRequest{Id: oldRoot})
+		if grpcstatus.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "1 unexpired certificate(s)") || !strings.Contains(err.Error(), "operator") {
+			t.Errorf("%s revoke with a certificate still chained to it: %v", profile, err)
+		}
+		if a := authorityByID(t, op, oldRoot); a.StateName != "TAINTED" {
+			t.Fatalf("%s: after a refused revoke the old root is %s", profile, a.StateName)
+		}
+		resp, err = op.RevokeAuthority(tctx(t, 20*time.Second), &operatorpb.AuthorityStepRequest{Id: oldRoot, Force: true})
 		if err != nil || resp.Authority.StateName != "REVOKED" {
-			t.Fatalf("%s revoke: %v, %v", profile, resp, err)
+			t.Fatalf("%s revoke --force: %v, %v", profile, resp, err)
 		}
 		waitBundles(profile+": every Workload API bundle and SDS validation context holds only the new root", [][]byte{newDER})
+		if envoyAccepts(profile, minted, [][]byte{newDER}, nil, time.Now()) == nil {
+			t.Errorf("%s: a certificate chained to the revoked root still verifies", profile)
+		}
 		if got := rootID(t, op, profile); got != newRoot {
 			t.Fatalf("%s: the active root is %s, want %s", profile, got, newRoot)
 		}
 		if profile == ca.ProfileECDSA {
+			// The agents' own SVIDs, which authenticate them to the
+			// servers, were re-issued under the new root too.
+			for i, dir := range f.dirs {
+				b, err := os.ReadFile(filepath.Join(dir, "agent", "svid.pem"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				chain, err := ca.ParseCertificatesPEM(b)
+				if err != nil || len(chain) < 2 || !chainsTo(profile, [][]byte{chain[0].Raw, chain[1].Raw}, newDER) {
+					t.Errorf("agent %d's own SVID does not chain to the new root (%v)", i, err)
+				}
+			}
 			// openssl, with the CRLs of every CA of the chain, agrees.
 			for _, v := range checker.views(t, profile) {
 				opensslVerifyDER(t, v.chain, v.vcRoots, v.vcCRLs)
@@ -546,7 +580,9 @@ func TestRootRotationEachProfile(t *testing.T) {
 		n := min(len(checker.failures), 40)
 		t.Errorf("%d failures in %d polls; the first %d:\n%s", len(checker.failures), checker.polls, n, strings.Join(checker.failures[:n], "\n"))
 	}
-	t.Logf("checker: %d polls of %d workloads × 2 profiles, no failure", checker.polls, len(f.agents))
+	if len(checker.failures) == 0 {
+		t.Logf("checker: %d polls of %d workloads × 2 profiles, no failure", checker.polls, len(f.agents))
+	}
 	if msg := crls.backwards(); msg != "" {
 		t.Error(msg)
 	}
