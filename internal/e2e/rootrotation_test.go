@@ -400,6 +400,7 @@ func TestRootRotationEachProfile(t *testing.T) {
 	op := operatorClient(t, f.follower().srv.AdminSocket()) // through a follower: writes are forwarded
 	checker := f.startRootChecker(t)
 	crls := f.watchCRLNumbers(t)
+	newRoots := map[string][]byte{}
 	for _, profile := range []string{ca.ProfileECDSA, ca.ProfileSM2} {
 		start := time.Now()
 		oldRoot := rootID(t, op, profile)
@@ -554,6 +555,7 @@ func TestRootRotationEachProfile(t *testing.T) {
 		if got := rootID(t, op, profile); got != newRoot {
 			t.Fatalf("%s: the active root is %s, want %s", profile, got, newRoot)
 		}
+		newRoots[profile] = newDER
 		if profile == ca.ProfileECDSA {
 			// The agents' own SVIDs, which authenticate them to the
 			// servers, were re-issued under the new root too.
@@ -573,6 +575,30 @@ func TestRootRotationEachProfile(t *testing.T) {
 			}
 		}
 		t.Logf("%s root rotated (prepare → activate → taint → re-issue → revoke) in %s", profile, time.Since(start).Round(time.Millisecond))
+	}
+	// A rolling restart: every server comes back (it trusts its peers'
+	// new-root certificates from its identity before its state is
+	// replayed) and signs under the new roots.
+	for i := range f.members {
+		m := f.members[i]
+		m.kill()
+		m = f.restart(m)
+		waitFor(t, 30*time.Second, m.cfg.NodeID+" ready after its restart", func() error {
+			if !m.srv.Ready() {
+				return errors.New("not ready")
+			}
+			return nil
+		})
+		mop := operatorClient(t, m.srv.AdminSocket())
+		for _, profile := range []string{ca.ProfileECDSA, ca.ProfileSM2} {
+			waitFor(t, 30*time.Second, m.cfg.NodeID+" signs under the new "+profile+" root after its restart", func() error {
+				chain, err := mintProfile(t, mop, profile, "spiffe://example.org/after-restart/"+m.cfg.NodeID)
+				if err != nil {
+					return err
+				}
+				return envoyAccepts(profile, chain, [][]byte{newRoots[profile]}, nil, time.Now())
+			})
+		}
 	}
 	checker.finish()
 	crls.finish()
