@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -32,7 +34,40 @@ type jwtCache struct {
 
 type cachedJWT struct {
 	token   string
+	kid     string // the key that signed it (issue 13: re-signed once tainted)
 	renewAt time.Time
+}
+
+// tokenKid returns the key ID in a compact JWS's header, or "".
+func tokenKid(token string) string {
+	head, _, ok := strings.Cut(token, ".")
+	if !ok {
+		return ""
+	}
+	b, err := base64.RawURLEncoding.DecodeString(head)
+	if err != nil {
+		return ""
+	}
+	var h struct {
+		Kid string `json:"kid"`
+	}
+	if json.Unmarshal(b, &h) != nil {
+		return ""
+	}
+	return h.Kid
+}
+
+// jwtKeyTainted reports whether the servers said an operator tainted a
+// JWT key.
+func (a *Agent) jwtKeyTainted(kid string) bool {
+	a.store.mu.Lock()
+	defer a.store.mu.Unlock()
+	for _, k := range a.store.jwt {
+		if k.Kid == kid {
+			return k.Tainted
+		}
+	}
+	return false
 }
 
 func jwtKey(entryID string, audience []string) string {
@@ -114,11 +149,11 @@ func (a *Agent) jwtSVID(ctx context.Context, e *nodepb.Entry, audience []string)
 	key := jwtKey(e.Id, audience)
 	now := a.cfg.Clock.Now()
 	a.jwts.mu.Lock()
-	if c, ok := a.jwts.tokens[key]; ok && now.Before(c.renewAt) {
-		a.jwts.mu.Unlock()
+	c, cached := a.jwts.tokens[key]
+	a.jwts.mu.Unlock()
+	if cached && now.Before(c.renewAt) && !a.jwtKeyTainted(c.kid) {
 		return c.token, nil
 	}
-	a.jwts.mu.Unlock()
 	client := a.currentClient()
 	if client == nil {
 		return "", status.Error(codes.Unavailable, "the agent is not connected to a server yet; retry")
@@ -134,7 +169,7 @@ func (a *Agent) jwtSVID(ctx context.Context, e *nodepb.Entry, audience []string)
 	}
 	exp := time.Unix(resp.ExpiresUnix, 0)
 	a.jwts.mu.Lock()
-	a.jwts.tokens[key] = cachedJWT{token: resp.Token, renewAt: now.Add(exp.Sub(now) / 2)}
+	a.jwts.tokens[key] = cachedJWT{token: resp.Token, kid: tokenKid(resp.Token), renewAt: now.Add(exp.Sub(now) / 2)}
 	a.jwts.mu.Unlock()
 	return resp.Token, nil
 }

@@ -90,3 +90,26 @@ func FuzzValidateJWTSVID(f *testing.F) {
 		}
 	})
 }
+
+// FuzzTokenKid checks that reading a JWT-SVID's key ID never panics and
+// finds the kid of a well-formed header. Seeds are in
+// testdata/fuzz/FuzzTokenKid.
+func FuzzTokenKid(f *testing.F) {
+	f.Fuzz(func(t *testing.T, tok string) {
+		kid := tokenKid(tok)
+		if kid != "" && !strings.Contains(tok, ".") {
+			t.Fatalf("kid %q from %q, which is no JWS", kid, tok)
+		}
+	})
+}
+
+func TestTokenKid(t *testing.T) {
+	for tok, want := range map[string]string{
+		"eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.sig": "k1",
+		"a.b.c": "", "": "", "eyJraWQiOjF9.x.y": "",
+	} {
+		if got := tokenKid(tok); got != want {
+			t.Errorf("tokenKid(%q) = %q, want %q", tok, got, want)
+		}
+	}
+}

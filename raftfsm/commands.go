@@ -113,6 +113,14 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return res
 	case *raftpb.Command_RequestAuthorityStep:
 		return requestAuthorityStep(txn, op.RequestAuthorityStep)
+	case *raftpb.Command_PrepareRoot:
+		return prepareRoot(txn, op.PrepareRoot)
+	case *raftpb.Command_ActivateRoot:
+		return activateRoot(txn, op.ActivateRoot.GetId())
+	case *raftpb.Command_TaintJwtKey:
+		return taintJWTKey(txn, op.TaintJwtKey, h.TimeUnixNano)
+	case *raftpb.Command_RevokeJwtKey:
+		return revokeJWTKey(txn, op.RevokeJwtKey.GetKid())
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

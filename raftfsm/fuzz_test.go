@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(34) {
+	switch g.pick(38) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -188,6 +188,23 @@ func (g *cmdGen) command() *raftpb.Command {
 	case 33:
 		c.Op = &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: g.id("auth-"),
 			Step: []string{StepPrepare, StepActivate, "bogus"}[g.pick(3)]}}
+	case 34: // issue 13 roots
+		a := auth()
+		a.Kind, a.ServerId, a.SealedKey = raftpb.AuthorityKind_ROOT, "", []byte{1}
+		if g.pick(4) != 0 {
+			a.State = raftpb.AuthorityState_PREPARED
+		}
+		c.Op = &raftpb.Command_PrepareRoot{PrepareRoot: &raftpb.PrepareRoot{Root: a, SuccessorOf: g.id("auth-")}}
+	case 35:
+		c.Op = &raftpb.Command_ActivateRoot{ActivateRoot: &raftpb.ActivateRoot{Id: g.id("auth-")}}
+	case 36:
+		op := &raftpb.TaintJWTKey{Kid: g.id("kid-")}
+		if g.pick(2) == 0 {
+			op.Successor = &raftpb.JWTKey{Kid: g.id("kid-"), PublicKey: []byte{1}, SealedKey: []byte{1}, State: g.state(), NotAfterUnix: int64(g.pick(200))}
+		}
+		c.Op = &raftpb.Command_TaintJwtKey{TaintJwtKey: op}
+	case 37:
+		c.Op = &raftpb.Command_RevokeJwtKey{RevokeJwtKey: &raftpb.RevokeJWTKey{Kid: g.id("kid-")}}
 	}
 	return c
 }

@@ -143,6 +143,10 @@ func taintAuthority(txn *memdb.Txn, id string) *raftpb.Result {
 	a := proto.Clone(cur).(*raftpb.Authority)
 	a.State = raftpb.AuthorityState_TAINTED
 	insert(txn, tableAuthorities, a)
+	if a.Kind == raftpb.AuthorityKind_ROOT {
+		// What chains to it chains through the intermediates it signed.
+		cascade(txn, a, raftpb.AuthorityState_TAINTED, raftpb.AuthorityState_PREPARED, raftpb.AuthorityState_ACTIVE, raftpb.AuthorityState_OLD)
+	}
 	return ok
 }
 
@@ -165,6 +169,9 @@ func revokeAuthority(txn *memdb.Txn, op *raftpb.RevokeAuthority) *raftpb.Result 
 	a := proto.Clone(cur).(*raftpb.Authority)
 	a.State = raftpb.AuthorityState_REVOKED
 	insert(txn, tableAuthorities, a)
+	if a.Kind == raftpb.AuthorityKind_ROOT {
+		cascade(txn, a, raftpb.AuthorityState_REVOKED, raftpb.AuthorityState_PREPARED, raftpb.AuthorityState_ACTIVE, raftpb.AuthorityState_OLD, raftpb.AuthorityState_TAINTED)
+	}
 	if rv != nil {
 		insertRevocations(txn, []*raftpb.Revocation{rv})
 	}
@@ -196,7 +203,7 @@ func requestAuthorityStep(txn *memdb.Txn, op *raftpb.RequestAuthorityStep) *raft
 		return fail(raftpb.ErrorCode_NOT_FOUND, fmt.Sprintf("no authority %q", op.GetId()))
 	}
 	if cur.Kind != raftpb.AuthorityKind_INTERMEDIATE {
-		return fail(raftpb.ErrorCode_INVALID, "preparing and activating roots is not implemented")
+		return fail(raftpb.ErrorCode_INVALID, fmt.Sprintf("%s is a root: roots are prepared and activated by the operator's root steps, not by a server", cur.Id))
 	}
 	sib := preparedSibling(txn, cur)
 	switch op.GetStep() {

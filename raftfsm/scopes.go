@@ -89,10 +89,13 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 		}
 	case *raftpb.Command_AdmitServer:
 		touched[ScopeIntermediates] = true
-	case *raftpb.Command_PutJwtKey, *raftpb.Command_ActivateJwtKey:
+	case *raftpb.Command_PutJwtKey, *raftpb.Command_ActivateJwtKey, *raftpb.Command_TaintJwtKey, *raftpb.Command_RevokeJwtKey:
 		touched[ScopeJWT] = true
 	case *raftpb.Command_PutCrl:
 		touched[ScopeCRL] = true
+		if a, _ := first(txn, tableAuthorities, "id", op.PutCrl.GetCrl().GetAuthorityId()).(*raftpb.Authority); a != nil && a.Kind == raftpb.AuthorityKind_ROOT {
+			touched[ScopeBundle] = true // a prepared root joins the bundle with its first CRL
+		}
 	case *raftpb.Command_Revoke:
 		touched[ScopeRevocations] = true
 	case *raftpb.Command_BanNode:
@@ -103,6 +106,7 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 	case *raftpb.Command_TaintAuthority:
 		if a, _ := first(txn, tableAuthorities, "id", op.TaintAuthority.GetId()).(*raftpb.Authority); a != nil {
 			authority(a.Kind)
+			touched[ScopeIntermediates] = true // a root's taint taints the intermediates it signed
 		}
 		// Agents learn of it with the authority's CRL resource.
 		touched[ScopeCRL] = true
@@ -111,9 +115,15 @@ func scopesOf(txn *memdb.Txn, c *raftpb.Command, touched map[string]bool) {
 	case *raftpb.Command_RevokeAuthority:
 		if a, _ := first(txn, tableAuthorities, "id", op.RevokeAuthority.GetId()).(*raftpb.Authority); a != nil {
 			authority(a.Kind)
+			touched[ScopeIntermediates] = true // a root's revocation revokes the intermediates it signed
 		}
 		touched[ScopeRevocations] = true
 		touched[ScopeCRL] = true
+	case *raftpb.Command_PrepareRoot, *raftpb.Command_ActivateRoot:
+		// The bundle changes; an activation has every server replace its
+		// intermediate.
+		touched[ScopeBundle] = true
+		touched[ScopeIntermediates] = true
 	default:
 		policyScopes(c, touched) // issue 12
 	}

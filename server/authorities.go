@@ -2,12 +2,10 @@ package server
 
 import (
 	"context"
-	"time"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/proto/raftpb"
-	"github.com/meshca/meshca/raftfsm"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -24,18 +22,9 @@ func (o *operatorService) ListAuthorities(ctx context.Context, _ *operatorpb.Lis
 	for _, a := range r.Authorities() {
 		resp.Authorities = append(resp.Authorities, o.authorityReport(r, a))
 	}
+	now := o.s.cfg.Clock.Now()
 	for _, k := range r.JWTKeys() {
-		state := k.State
-		if raftfsm.JWTKeyActive(k) {
-			state = raftpb.AuthorityState_ACTIVE
-		}
-		out := &operatorpb.Authority{Id: "jwt/" + k.Kid, Kind: "jwt", Profile: ca.ProfileECDSA, State: int32(state), StateName: state.String(),
-			NotBeforeUnix: k.CreatedUnix, NotAfterUnix: k.NotAfterUnix}
-		if state == raftpb.AuthorityState_ACTIVE {
-			sched := ca.ScheduleOf(time.Unix(k.CreatedUnix, 0), time.Unix(k.NotAfterUnix, 0))
-			out.PrepareAtUnix, out.ActivateAtUnix = sched.PrepareAt.Unix(), sched.ActivateAt.Unix()
-		}
-		resp.Authorities = append(resp.Authorities, out)
+		resp.Authorities = append(resp.Authorities, jwtReport(k, now))
 	}
 	return resp, nil
 }
@@ -44,7 +33,7 @@ func (o *operatorService) ListAuthorities(ctx context.Context, _ *operatorpb.Lis
 // with its successor's schedule for an active intermediate.
 func toOperatorAuthority(a *raftpb.Authority) *operatorpb.Authority {
 	out := &operatorpb.Authority{Id: a.Id, Profile: a.Profile, State: int32(a.State), StateName: a.State.String(),
-		ServerId: a.ServerId, NotAfterUnix: a.NotAfterUnix, Kind: "intermediate"}
+		ServerId: a.ServerId, NotAfterUnix: a.NotAfterUnix, Kind: "intermediate", Certificate: a.Certificate, ParentId: a.ParentId}
 	if a.Kind == raftpb.AuthorityKind_ROOT {
 		out.Kind = "root"
 	}

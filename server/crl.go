@@ -99,7 +99,7 @@ func (s *Server) signCRL(ctx context.Context, a *ca.Authority, id string, r *raf
 
 // crlAuthorities returns the authorities whose CRLs this server signs,
 // opened, by ID: its own unexpired intermediates, and on the leader the
-// active roots.
+// roots of the bundle.
 func (s *Server) crlAuthorities(r *raftfsm.Reader) (map[string]*ca.Authority, error) {
 	now := s.cfg.Clock.Now()
 	out := map[string]*ca.Authority{}
@@ -144,25 +144,13 @@ func (s *Server) crlAuthorities(r *raftfsm.Reader) (map[string]*ca.Authority, er
 	}
 	s.mu.Unlock()
 	if s.node.IsLeader() {
-		for _, rec := range r.Authorities() {
-			if rec.Kind != raftpb.AuthorityKind_ROOT || rec.State != raftpb.AuthorityState_ACTIVE {
+		// Every root in the bundle (issue 13 roots): a prepared root has a
+		// CRL before it is activated, an old one while its chains live.
+		for _, rec := range trustedRoots(r, "") {
+			if len(rec.SealedKey) == 0 {
 				continue
 			}
-			p, err := ca.ProfileByName(rec.Profile)
-			if err != nil {
-				continue
-			}
-			_, key, err := s.activeRoot(r, rec.Profile)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			cert, err := p.ParseCertificate(rec.Certificate)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			a, err := ca.NewAuthority(ca.AuthorityConfig{Profile: p, TrustDomain: s.td, Certificate: cert, Signer: key, Clock: s.cfg.Clock})
+			a, _, err := s.openRoot(rec)
 			if err != nil {
 				errs = append(errs, err)
 				continue

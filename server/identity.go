@@ -24,8 +24,9 @@ import (
 )
 
 // identityVersion is the version of identity.json this server writes; it
-// reads versions 1 and 2 (1 had no prepared, old or bootstrap fields).
-const identityVersion = 2
+// reads versions 1 to 3 (1 had no prepared, old or bootstrap fields, 2 no
+// peer roots).
+const identityVersion = 3
 
 // identity is what a server keeps on its own disk: the trust domain's roots,
 // its own intermediates (keys sealed under the KEK: the active one, the
@@ -43,6 +44,11 @@ type identity struct {
 	// server whose intermediate expired while it was down (so that it can
 	// no longer authenticate to its peers) certifies a new one with them.
 	RootKeys map[string]*ca.SealedKey `json:"root_keys,omitempty"`
+	// PeerRoots are the ECDSA roots of the trust bundle as this server
+	// last saw them (issue 13 roots: prepared, active, old and tainted
+	// ones): a restarted server trusts its peers' certificates with them
+	// before its state is replayed, whichever root certified them.
+	PeerRoots [][]byte `json:"peer_roots,omitempty"`
 	// Intermediates are the active intermediates, by profile.
 	Intermediates map[string]*localIntermediate `json:"intermediates"`
 	// Prepared are the successors, by profile: certified and recorded as
@@ -134,15 +140,6 @@ func (id *identity) save(dataDir string) error {
 
 func (id *identity) trustDomain() (spiffeid.TrustDomain, error) {
 	return spiffeid.TrustDomainFromString(id.TrustDomain)
-}
-
-// x509Roots returns the roots crypto/x509 can use for TLS: the ECDSA ones.
-func (id *identity) x509Roots() []*x509.Certificate {
-	c, err := x509.ParseCertificate(id.Roots[ca.ProfileECDSA])
-	if err != nil {
-		return nil
-	}
-	return []*x509.Certificate{c}
 }
 
 // openIntermediate opens an intermediate of a profile as an authority.

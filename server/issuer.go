@@ -37,7 +37,7 @@ func (i *issuer) hasCRL(fsm *raftfsm.FSM) bool {
 // server signs nothing more with it (rotation replaces it at once).
 func (i *issuer) tainted(fsm *raftfsm.FSM) bool {
 	a := fsm.Read().Authority(i.id)
-	return a != nil && a.State == raftpb.AuthorityState_TAINTED
+	return a != nil && (a.State == raftpb.AuthorityState_TAINTED || a.State == raftpb.AuthorityState_REVOKED)
 }
 
 func newIssuer(a *ca.Authority) *issuer {

@@ -234,7 +234,14 @@ func (s *Server) join() (*identity, error) {
 			return nil, fmt.Errorf("join %s: the member's certificate does not chain to the roots it sent: %w", cfg.Join, err)
 		}
 	} else if !bundleHas(cfg.TrustBundle, id.Roots[ca.ProfileECDSA]) {
-		return nil, fmt.Errorf("join %s: the cluster's ECDSA root is not in the trust bundle", cfg.Join)
+		return nil, fmt.Errorf("join %s: the cluster's ECDSA root is not in the trust bundle (was the root rotated since the bundle was taken? take it from a member again)", cfg.Join)
+	} else {
+		// Every root of the bundle, until the replicated state is replayed
+		// (issue 13 roots: during a rotation members may present chains
+		// of the other root).
+		for _, c := range cfg.TrustBundle {
+			id.PeerRoots = append(id.PeerRoots, c.Raw)
+		}
 	}
 	a, err := id.authority(ca.ProfileECDSA, cfg.KEK, cfg.Clock)
 	if err != nil {

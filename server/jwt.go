@@ -151,7 +151,10 @@ func (s *Server) signJWT(r *Request) (string, time.Time, error) {
 func jwtAuthorities(r *raftfsm.Reader) []*nodepb.JWTAuthority {
 	var out []*nodepb.JWTAuthority
 	for _, k := range r.JWTKeys() {
-		out = append(out, &nodepb.JWTAuthority{Kid: k.Kid, PublicKey: k.PublicKey})
+		if k.State == raftpb.AuthorityState_REVOKED {
+			continue // issue 13: revoked keys leave every JWT bundle
+		}
+		out = append(out, &nodepb.JWTAuthority{Kid: k.Kid, PublicKey: k.PublicKey, Tainted: k.State == raftpb.AuthorityState_TAINTED})
 	}
 	return out
 }

@@ -43,29 +43,45 @@ type chainStats struct {
 // authorityStats counts the live certificates an authority signed and,
 // of those, the ones not re-issued under another usable authority for the
 // same SPIFFE ID and node since.
+//
+// A root's figures are those of the intermediates it signed (issue 13
+// roots): what chains to it chains through them.
 func authorityStats(r *raftfsm.Reader, id string, now time.Time) chainStats {
 	var st chainStats
 	nodes := map[string]bool{}
+	bad := func(a *raftpb.Authority) bool {
+		return a == nil || a.State == raftpb.AuthorityState_TAINTED || a.State == raftpb.AuthorityState_REVOKED
+	}
 	usable := func(issuer string) bool {
 		a := r.Authority(issuer)
-		return a != nil && a.State != raftpb.AuthorityState_TAINTED && a.State != raftpb.AuthorityState_REVOKED
+		return !bad(a) && (a.ParentId == "" || !bad(r.Authority(a.ParentId)))
 	}
-	for _, rec := range r.LedgerByIssuer(id) {
-		if rec.NotAfterUnix <= now.Unix() || r.Revoked(id, rec.Serial) {
-			continue
-		}
-		st.live++
-		superseded := false
-		for _, o := range r.LedgerBySPIFFEID(rec.SpiffeId) {
-			if o.NodeId == rec.NodeId && o.IssuerId != id && o.NotBeforeUnix >= rec.NotBeforeUnix && o.NotAfterUnix > now.Unix() &&
-				!r.Revoked(o.IssuerId, o.Serial) && usable(o.IssuerId) {
-				superseded = true
-				break
+	issuers := []string{id}
+	if a := r.Authority(id); a != nil && a.Kind == raftpb.AuthorityKind_ROOT {
+		issuers = rootChildren(r, id)
+	}
+	mine := map[string]bool{}
+	for _, i := range issuers {
+		mine[i] = true
+	}
+	for _, issuer := range issuers {
+		for _, rec := range r.LedgerByIssuer(issuer) {
+			if rec.NotAfterUnix <= now.Unix() || r.Revoked(issuer, rec.Serial) {
+				continue
 			}
-		}
-		if !superseded {
-			st.pending++
-			nodes[rec.NodeId] = true
+			st.live++
+			superseded := false
+			for _, o := range r.LedgerBySPIFFEID(rec.SpiffeId) {
+				if o.NodeId == rec.NodeId && !mine[o.IssuerId] && o.NotBeforeUnix >= rec.NotBeforeUnix && o.NotAfterUnix > now.Unix() &&
+					!r.Revoked(o.IssuerId, o.Serial) && usable(o.IssuerId) {
+					superseded = true
+					break
+				}
+			}
+			if !superseded {
+				st.pending++
+				nodes[rec.NodeId] = true
+			}
 		}
 	}
 	for n := range nodes {
@@ -84,8 +100,13 @@ func describeAuthority(r *raftfsm.Reader, a *raftpb.Authority, out *operatorpb.A
 	switch a.State {
 	case raftpb.AuthorityState_PREPARED:
 		out.NextStep = "activated by its server on schedule"
-		if a.Kind == raftpb.AuthorityKind_INTERMEDIATE {
+		switch {
+		case a.Kind == raftpb.AuthorityKind_INTERMEDIATE:
 			out.NextStep = "activated by " + a.ServerId + " on schedule (publishing its CRL first)"
+		case r.CRL(a.Id) == nil:
+			out.NextStep = "in every trust bundle, signing nothing; its CRL is being published, then activate it (meshca authority activate " + a.Id + ")"
+		default:
+			out.NextStep = "in every trust bundle, signing nothing: activate it (meshca authority activate " + a.Id + ")"
 		}
 	case raftpb.AuthorityState_ACTIVE:
 		switch {
@@ -103,6 +124,10 @@ func describeAuthority(r *raftfsm.Reader, a *raftpb.Authority, out *operatorpb.A
 		}
 	case raftpb.AuthorityState_OLD:
 		out.NextStep = "kept until it expires at " + at(a.NotAfterUnix) + ", then pruned"
+		if a.Kind == raftpb.AuthorityKind_ROOT {
+			out.NextStep = fmt.Sprintf("in every trust bundle until it expires at %s; %d live certificate(s) chain to it: to retire it, meshca authority taint %s, then revoke",
+				at(a.NotAfterUnix), st.live, a.Id)
+		}
 	case raftpb.AuthorityState_TAINTED:
 		if st.pending > 0 {
 			out.NextStep = fmt.Sprintf("re-issuing: %d of %d re-issued, %d nodes pending", st.live-st.pending, st.live, len(st.nodes))
@@ -111,6 +136,9 @@ func describeAuthority(r *raftfsm.Reader, a *raftpb.Authority, out *operatorpb.A
 		}
 	case raftpb.AuthorityState_REVOKED:
 		out.NextStep = "listed in its parent's CRL; pruned after it expires at " + at(a.NotAfterUnix)
+		if a.Kind == raftpb.AuthorityKind_ROOT {
+			out.NextStep = "removed from every trust bundle, with the intermediates it signed"
+		}
 	}
 }
 
@@ -119,7 +147,7 @@ func (o *operatorService) authorityOf(ctx context.Context, id string) (*raftfsm.
 		return nil, nil, status.Error(codes.InvalidArgument, "which authority? (an ID of meshca authority show)")
 	}
 	if strings.HasPrefix(id, "jwt/") {
-		return nil, nil, status.Error(codes.Unimplemented, "tainting and revoking JWT signing keys is not implemented: they rotate on schedule and JWT-SVIDs live 5 minutes")
+		return nil, nil, status.Error(codes.FailedPrecondition, "JWT signing keys are prepared and activated by the leader on schedule; taint one to replace it at once (meshca authority taint "+id+")")
 	}
 	if err := o.s.node.ReadIndex(ctx); err != nil {
 		return nil, nil, status.Errorf(codes.Unavailable, "%v", err)
@@ -140,6 +168,9 @@ func (o *operatorService) authorityReport(r *raftfsm.Reader, a *raftpb.Authority
 
 // TaintAuthority marks an authority compromised.
 func (o *operatorService) TaintAuthority(ctx context.Context, req *operatorpb.AuthorityStepRequest) (*operatorpb.AuthorityStepResponse, error) {
+	if kid, ok := jwtKid(req.Id); ok {
+		return o.taintJWT(ctx, req, kid)
+	}
 	r, a, err := o.authorityOf(ctx, req.Id)
 	if err != nil {
 		return nil, err
@@ -147,7 +178,8 @@ func (o *operatorService) TaintAuthority(ctx context.Context, req *operatorpb.Au
 	switch {
 	case a.State == raftpb.AuthorityState_TAINTED:
 	case a.Kind == raftpb.AuthorityKind_ROOT && a.State == raftpb.AuthorityState_ACTIVE:
-		return nil, o.refuse(ctx, "authority.taint", a.Id, codes.FailedPrecondition, "%s is the only active %s root: a root can be tainted only once a successor is active", a.Id, a.Profile)
+		return nil, o.refuse(ctx, "authority.taint", a.Id, codes.FailedPrecondition,
+			"%s is the active %s root: a root can be tainted only once a successor is active (meshca authority prepare %s, then activate)", a.Id, a.Profile, a.Id)
 	case a.State != raftpb.AuthorityState_ACTIVE && a.State != raftpb.AuthorityState_OLD:
 		return nil, o.refuse(ctx, "authority.taint", a.Id, codes.FailedPrecondition, "%s is %s: only an active or old authority can be tainted", a.Id, a.State)
 	}
@@ -175,6 +207,9 @@ func (o *operatorService) TaintAuthority(ctx context.Context, req *operatorpb.Au
 // RevokeAuthority revokes a tainted authority once nothing that was not
 // re-issued chains to it (or with force).
 func (o *operatorService) RevokeAuthority(ctx context.Context, req *operatorpb.AuthorityStepRequest) (*operatorpb.AuthorityStepResponse, error) {
+	if kid, ok := jwtKid(req.Id); ok {
+		return o.revokeJWT(ctx, req, kid)
+	}
 	r, a, err := o.authorityOf(ctx, req.Id)
 	if err != nil {
 		return nil, err
@@ -236,13 +271,13 @@ func (o *operatorService) refuse(ctx context.Context, action, subject string, co
 }
 
 // PrepareAuthority asks the server holding an active intermediate to
-// prepare its successor now.
+// prepare its successor now, or makes the successor of an active root.
 func (o *operatorService) PrepareAuthority(ctx context.Context, req *operatorpb.AuthorityStepRequest) (*operatorpb.AuthorityStepResponse, error) {
 	return o.requestStep(ctx, req, raftfsm.StepPrepare)
 }
 
 // ActivateAuthority asks the server holding a prepared intermediate to
-// activate it now (publishing its CRL first).
+// activate it now (publishing its CRL first), or activates a prepared root.
 func (o *operatorService) ActivateAuthority(ctx context.Context, req *operatorpb.AuthorityStepRequest) (*operatorpb.AuthorityStepResponse, error) {
 	return o.requestStep(ctx, req, raftfsm.StepActivate)
 }
@@ -251,6 +286,12 @@ func (o *operatorService) requestStep(ctx context.Context, req *operatorpb.Autho
 	r, a, err := o.authorityOf(ctx, req.Id)
 	if err != nil {
 		return nil, err
+	}
+	if a.Kind == raftpb.AuthorityKind_ROOT { // issue 13 roots
+		if step == raftfsm.StepPrepare {
+			return o.prepareRoot(ctx, req, r, a)
+		}
+		return o.activateRoot(ctx, req, r, a)
 	}
 	resp := &operatorpb.AuthorityStepResponse{DryRun: req.DryRun}
 	cmd := &raftpb.Command{Op: &raftpb.Command_RequestAuthorityStep{RequestAuthorityStep: &raftpb.RequestAuthorityStep{Id: a.Id, Step: step}}}

@@ -8,7 +8,6 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/proto/operatorpb"
-	"github.com/meshca/meshca/proto/raftpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -52,10 +51,8 @@ func (o *operatorService) MintX509SVID(ctx context.Context, req *operatorpb.Mint
 		return nil, err // a refusal keeps its code; a bad CSR is InvalidArgument, a failed commit Unavailable, by type
 	}
 	resp := &operatorpb.MintX509SVIDResponse{Chain: svid.Certificates}
-	for _, a := range o.s.fsm.Read().Authorities() {
-		if a.Kind == raftpb.AuthorityKind_ROOT && a.State == raftpb.AuthorityState_ACTIVE && a.Profile == profile {
-			resp.Roots = append(resp.Roots, a.Certificate)
-		}
+	for _, a := range bundleRoots(o.s.fsm.Read(), profile) {
+		resp.Roots = append(resp.Roots, a.Certificate)
 	}
 	return resp, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/meshca/meshca/audit"
@@ -214,15 +213,14 @@ func (s *Server) requireAgent(ctx context.Context) (string, error) {
 	return agentID, nil
 }
 
-// bundleOf returns the trust domain's active roots.
+// bundleOf returns the trust domain's roots: every root but revoked ones.
 func bundleOf(r *raftfsm.Reader, td spiffeid.TrustDomain) *nodepb.Bundle {
 	b := &nodepb.Bundle{TrustDomain: td.Name()}
-	for _, a := range r.Authorities() {
-		if a.Kind == raftpb.AuthorityKind_ROOT && a.State == raftpb.AuthorityState_ACTIVE {
-			b.Roots = append(b.Roots, &nodepb.Root{Profile: a.Profile, Certificate: a.Certificate})
-		}
+	// Every root in the bundle (issue 13 roots): a prepared one before it
+	// signs, the old one while what it certified is still in use.
+	for _, a := range bundleRoots(r, "") {
+		b.Roots = append(b.Roots, &nodepb.Root{Profile: a.Profile, Certificate: a.Certificate})
 	}
-	sort.Slice(b.Roots, func(i, j int) bool { return b.Roots[i].Profile < b.Roots[j].Profile })
 	b.JwtAuthorities = jwtAuthorities(r)
 	return b
 }

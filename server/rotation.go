@@ -107,6 +107,10 @@ func (s *Server) rotate(ctx context.Context) (time.Time, error) {
 		}
 	}
 	var errs []error
+	// First: the roots decide which intermediates are usable (issue 13 roots).
+	if err := s.syncRoots(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, p := range ca.Profiles() {
 		n, err := s.rotateIntermediate(ctx, p, false)
 		if err != nil {
@@ -119,9 +123,6 @@ func (s *Server) rotate(ctx context.Context) (time.Time, error) {
 		errs = append(errs, fmt.Errorf("server certificate: %w", err))
 	}
 	earlier(n)
-	if err := s.syncRoots(); err != nil {
-		errs = append(errs, err)
-	}
 	if err := s.syncIntermediateRecords(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("record intermediates: %w", err))
 	}
@@ -163,18 +164,33 @@ func (s *Server) rotateIntermediate(ctx context.Context, p ca.Profile, localOnly
 		active := validity(s.id.Intermediates[p.Name()], p.Name())
 		step, next := ca.PlanRotation(now, active, validity(s.id.Prepared[p.Name()], p.Name()))
 		prepared := s.id.Prepared[p.Name()] != nil && len(s.id.Prepared[p.Name()].Certificate) > 0
-		if !localOnly && s.activeTainted(p.Name()) {
-			// An operator tainted it: replace it now (issue 13).
+		var activeOK, preparedOK bool
+		if !localOnly {
+			// Usable: not tainted or revoked, and certified by the active
+			// root (issue 13 roots: after a root's activation every server
+			// replaces an intermediate the previous root certified).
+			activeOK = s.usableLocal(s.id.Intermediates[p.Name()], p)
+			preparedOK = prepared && s.usableLocal(s.id.Prepared[p.Name()], p)
+		}
+		switch {
+		case localOnly:
+		case !activeOK:
+			// An operator tainted it, or its root is no longer active:
+			// replace it now (issue 13).
 			step, next = ca.StepPrepare, now
-			if prepared {
+			if preparedOK {
 				step = ca.StepActivate
 			}
-		} else if !localOnly && step == ca.StepNone {
+		case step == ca.StepActivate && !preparedOK:
+			// Prepared under a root that is no longer active (or tainted
+			// with it): prepare another.
+			step, next = ca.StepPrepare, now
+		case step == ca.StepNone:
 			// An operator asked for a step ahead of the schedule.
 			switch {
-			case !prepared && s.requested(s.id.Intermediates[p.Name()], p, raftpb.AuthorityState_ACTIVE) == raftfsm.StepPrepare:
+			case !preparedOK && s.requested(s.id.Intermediates[p.Name()], p, raftpb.AuthorityState_ACTIVE) == raftfsm.StepPrepare:
 				step, next = ca.StepPrepare, now
-			case prepared && s.requested(s.id.Prepared[p.Name()], p, raftpb.AuthorityState_PREPARED) == raftfsm.StepActivate:
+			case preparedOK && s.requested(s.id.Prepared[p.Name()], p, raftpb.AuthorityState_PREPARED) == raftfsm.StepActivate:
 				step, next = ca.StepActivate, now
 			}
 		}
@@ -221,32 +237,18 @@ func (s *Server) requested(li *localIntermediate, p ca.Profile, state raftpb.Aut
 	return a.RequestedStep
 }
 
-// activeTainted reports whether the replicated state says this server's
-// active intermediate of a profile is tainted. It holds s.mu.
-func (s *Server) activeTainted(profile string) bool {
-	li := s.id.Intermediates[profile]
-	if li == nil || s.fsm == nil {
-		return false
-	}
-	p, err := ca.ProfileByName(profile)
-	if err != nil {
-		return false
-	}
-	c, err := p.ParseCertificate(li.Certificate)
-	if err != nil {
-		return false
-	}
-	a := s.fsm.Read().Authority(authorityID(c, raftpb.AuthorityKind_INTERMEDIATE))
-	return a != nil && a.State == raftpb.AuthorityState_TAINTED
-}
-
 // prepareIntermediate makes the successor of a profile's intermediate: a
 // new key, saved first, then certified (by the leader, or with the roots
 // this server keeps when local is set) and saved with its certificate.
 func (s *Server) prepareIntermediate(ctx context.Context, p ca.Profile, local bool) error {
 	s.mu.Lock()
 	pending := s.id.Prepared[p.Name()]
-	if pending == nil || len(pending.Certificate) > 0 { // none, or one that expired unused
+	if pending == nil || len(pending.Certificate) > 0 { // none, or one that expired unused or is no longer usable
+		if v := validity(pending, p.Name()); !v.IsZero() && s.cfg.Clock.Now().Before(v.NotAfter) {
+			// Certified by a root that is no longer active: kept with the
+			// old ones until it expires, so that its CRL stays current.
+			s.id.Old[p.Name()] = append(s.id.Old[p.Name()], pending)
+		}
 		key, err := p.GenerateKey()
 		if err != nil {
 			s.mu.Unlock()
@@ -474,17 +476,17 @@ func (s *Server) certifyIntermediate(ctx context.Context, nodeID, profile string
 		s.events.Record(audit.Event{Actor: nodeID, Action: "intermediate.certify", Subject: profile, Decision: audit.Deny, Reason: "not a member"})
 		return nil, status.Errorf(codes.PermissionDenied, "server %q is not a member of the cluster", nodeID)
 	}
+	rootRec, rootKey, err := s.activeRoot(r, profile)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
 	for _, a := range r.Authorities() {
-		if a.Kind != raftpb.AuthorityKind_INTERMEDIATE || a.ServerId != nodeID || a.Profile != profile {
-			continue
+		if a.Kind != raftpb.AuthorityKind_INTERMEDIATE || a.ServerId != nodeID || a.Profile != profile || a.ParentId != rootRec.Id {
+			continue // certified by another root: a new certificate (issue 13 roots)
 		}
 		if c, err := p.ParseCertificate(a.Certificate); err == nil && bytes.Equal(c.RawSubjectPublicKeyInfo, spki) {
 			return a.Certificate, nil // asked again: the answer was lost
 		}
-	}
-	rootRec, rootKey, err := s.activeRoot(r, profile)
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
 	}
 	root, err := p.ParseCertificate(rootRec.Certificate)
 	if err != nil {
@@ -536,13 +538,30 @@ func (s *Server) pendingIntermediateRecords() []*raftpb.Command {
 		if err != nil {
 			continue
 		}
-		rootID := authorityID(root, raftpb.AuthorityKind_ROOT)
+		// The root that certified an intermediate: the active one, or
+		// another root of the bundle (issue 13 roots).
+		parentOf := func(c *ca.Certificate) string {
+			for _, a := range trustedRoots(r, p.Name()) {
+				if rc, err := p.ParseCertificate(a.Certificate); err == nil && ca.CheckSignedBy(c, rc) == nil {
+					return a.Id
+				}
+			}
+			return authorityID(root, raftpb.AuthorityKind_ROOT)
+		}
+		for _, li := range s.id.Old[p.Name()] {
+			// Prepared, then discarded when its root stopped being active.
+			if c, err := p.ParseCertificate(li.Certificate); err == nil {
+				if rec := r.Authority(authorityID(c, raftpb.AuthorityKind_INTERMEDIATE)); rec != nil && rec.State == raftpb.AuthorityState_PREPARED {
+					cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_SetAuthorityState{SetAuthorityState: &raftpb.SetAuthorityState{Id: rec.Id, State: raftpb.AuthorityState_OLD}}})
+				}
+			}
+		}
 		if li := s.id.Intermediates[p.Name()]; li != nil {
 			if c, err := p.ParseCertificate(li.Certificate); err == nil {
 				id := authorityID(c, raftpb.AuthorityKind_INTERMEDIATE)
 				rec := r.Authority(id)
 				if rec == nil {
-					cmds = append(cmds, putIntermediate(c, rootID, s.cfg.NodeID, raftpb.AuthorityState_PREPARED))
+					cmds = append(cmds, putIntermediate(c, parentOf(c), s.cfg.NodeID, raftpb.AuthorityState_PREPARED))
 				}
 				if rec == nil || rec.State == raftpb.AuthorityState_PREPARED {
 					cmds = append(cmds, &raftpb.Command{Op: &raftpb.Command_ActivateAuthority{ActivateAuthority: &raftpb.ActivateAuthority{Id: id}}})
@@ -551,26 +570,36 @@ func (s *Server) pendingIntermediateRecords() []*raftpb.Command {
 		}
 		if li := s.id.Prepared[p.Name()]; li != nil && len(li.Certificate) > 0 {
 			if c, err := p.ParseCertificate(li.Certificate); err == nil && r.Authority(authorityID(c, raftpb.AuthorityKind_INTERMEDIATE)) == nil {
-				cmds = append(cmds, putIntermediate(c, rootID, s.cfg.NodeID, raftpb.AuthorityState_PREPARED))
+				cmds = append(cmds, putIntermediate(c, parentOf(c), s.cfg.NodeID, raftpb.AuthorityState_PREPARED))
 			}
 		}
 	}
 	return cmds
 }
 
-// syncRoots keeps the roots' sealed keys this server holds (see
-// identity.RootKeys) equal to the replicated state's active roots.
+// syncRoots keeps the roots this server holds (identity.Roots and
+// RootKeys) equal to the replicated state's active roots, which an
+// operator rotates (issue 13 roots), and the peer roots it keeps equal to
+// the ECDSA roots of the bundle.
 func (s *Server) syncRoots() error {
 	r := s.fsm.Read()
+	if r.TrustDomain() == nil {
+		return nil // not replayed yet
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.id.Bootstrap != nil {
+		return nil
+	}
 	changed := false
-	for _, a := range r.Authorities() {
-		if a.Kind != raftpb.AuthorityKind_ROOT || a.State != raftpb.AuthorityState_ACTIVE || len(a.SealedKey) == 0 {
+	for _, p := range ca.Profiles() {
+		a := rootOf(r, p.Name(), raftpb.AuthorityState_ACTIVE)
+		if a == nil || len(a.SealedKey) == 0 {
 			continue
 		}
 		if !bytes.Equal(s.id.Roots[a.Profile], a.Certificate) {
-			continue // root rotation is the operator's, not this loop's
+			s.id.Roots[a.Profile] = a.Certificate
+			changed = true
 		}
 		if cur, err := json.Marshal(s.id.RootKeys[a.Profile]); err == nil && bytes.Equal(cur, a.SealedKey) {
 			continue
@@ -582,6 +611,18 @@ func (s *Server) syncRoots() error {
 		s.id.RootKeys[a.Profile] = &sk
 		changed = true
 	}
+	var peers [][]byte
+	for _, a := range trustedRoots(r, ca.ProfileECDSA) {
+		peers = append(peers, a.Certificate)
+	}
+	if len(peers) != len(s.id.PeerRoots) {
+		changed = true
+	} else {
+		for i := range peers {
+			changed = changed || !bytes.Equal(peers[i], s.id.PeerRoots[i])
+		}
+	}
+	s.id.PeerRoots = peers
 	if !changed {
 		return nil
 	}

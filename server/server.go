@@ -362,11 +362,19 @@ func (s *Server) AdminSocket() string { return s.cfg.AdminSocket }
 // Node returns the server's cluster node.
 func (s *Server) Node() *cluster.Node { return s.node }
 
-// TrustBundle returns the trust domain's ECDSA roots, for joining servers.
+// TrustBundle returns the trust domain's ECDSA roots, for joining servers:
+// the active one first, then the other roots of the bundle (a prepared or
+// an old one, during a root rotation).
 func (s *Server) TrustBundle() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return ca.EncodePEM(s.id.Roots[ca.ProfileECDSA])
+	ders := [][]byte{s.id.Roots[ca.ProfileECDSA]}
+	for _, c := range s.peerRootsLocked() {
+		if !bytes.Equal(c.Raw, ders[0]) {
+			ders = append(ders, c.Raw)
+		}
+	}
+	return ca.EncodePEM(ders...)
 }
 
 // Run serves until ctx ends, then shuts down: it stops accepting, stops
@@ -647,7 +655,7 @@ func (s *Server) refreshCertificateLocked(renew bool) (time.Time, error) {
 		}
 		s.log.Info("server certificate renewed", "not_after", cert.Leaf.NotAfter)
 	}
-	if err := s.tlsID.Update(cert, s.id.x509Roots()); err != nil {
+	if err := s.tlsID.Update(cert, s.peerRootsLocked()); err != nil {
 		return time.Time{}, err
 	}
 	return notBefore.Add(notAfter.Sub(notBefore) / 2), nil

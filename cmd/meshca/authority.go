@@ -9,6 +9,8 @@ import (
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func (a *app) newAuthorityCommand() *cobra.Command {
@@ -29,6 +31,7 @@ type authorityReport struct {
 	Profile    string     `json:"profile"`
 	State      string     `json:"state"`
 	ServerID   string     `json:"server_id,omitempty"`
+	ParentID   string     `json:"parent_id,omitempty"`
 	NotBefore  time.Time  `json:"not_before"`
 	NotAfter   time.Time  `json:"not_after"`
 	PrepareAt  *time.Time `json:"prepare_at,omitempty"`
@@ -46,7 +49,10 @@ type authorityReport struct {
 }
 
 func newAuthorityReport(x *operatorpb.Authority) authorityReport {
-	return authorityReport{ID: x.Id, Kind: x.Kind, Profile: x.Profile, State: x.StateName, ServerID: x.ServerId,
+	if x == nil {
+		return authorityReport{}
+	}
+	return authorityReport{ID: x.Id, Kind: x.Kind, Profile: x.Profile, State: x.StateName, ServerID: x.ServerId, ParentID: x.ParentId,
 		NotBefore: time.Unix(x.NotBeforeUnix, 0).UTC(), NotAfter: time.Unix(x.NotAfterUnix, 0).UTC(),
 		PrepareAt: unixTime(x.PrepareAtUnix), ActivateAt: unixTime(x.ActivateAtUnix),
 		LiveCertificates: x.LiveCertificates, PendingCertificates: x.PendingCertificates, PendingNodeCount: x.PendingNodeCount,
@@ -73,8 +79,8 @@ func (a *app) newAuthorityShowCommand() *cobra.Command {
                 which server holds its key (it never leaves that server)
   jwt           the cluster's JWT-SVID signing keys (ES256), 30 days
 
-A state is PREPARED (made, not signing yet; a prepared JWT key is already in
-every JWT bundle), ACTIVE (signing), OLD (replaced, valid until it expires),
+A state is PREPARED (made, not signing yet; a prepared root or JWT key is
+already in every trust or JWT bundle), ACTIVE (signing), OLD (replaced, valid until it expires),
 TAINTED or REVOKED. For an active intermediate or JWT key, NEXT PREPARED and
 NEXT ACTIVE say when its successor is prepared (at half of its life) and
 activated (at two thirds). Servers rotate their intermediates and the leader
@@ -144,6 +150,8 @@ error. See meshca authority taint and revoke.` + opLong,
 type authorityStepReport struct {
 	DryRun    bool            `json:"dry_run"`
 	Authority authorityReport `json:"authority"`
+	// Successor is the root a prepare of a root made.
+	Successor *authorityReport `json:"successor,omitempty"`
 	// Done is set once the step took full effect (with --watch).
 	Done bool `json:"done"`
 }
@@ -151,35 +159,61 @@ type authorityStepReport struct {
 func (a *app) newAuthorityStepCommand(step string) *cobra.Command {
 	var o opOptions
 	var d destructiveOptions
-	var force, watch bool
+	var force, watch, root bool
+	var profile string
 	var interval time.Duration
 	cmd := &cobra.Command{
 		Use:  step + " ID",
 		Args: cobra.ExactArgs(1),
 	}
+	rootSteps := step == "prepare" || step == "activate"
+	if rootSteps {
+		cmd.Use = step + " ID | --root --profile P"
+		cmd.Args = cobra.MaximumNArgs(1)
+	}
 	destructive := step == "taint" || step == "revoke"
 	switch step {
 	case "prepare":
-		cmd.Short = "Have a server prepare the successor of its active intermediate now"
+		cmd.Short = "Prepare the successor of an active intermediate or root now"
 		cmd.Long = `prepare asks the server holding an active intermediate (ID) to prepare its
 successor now instead of at half of its life: a new key on that server,
 certified by the root and recorded PREPARED. It is refused when a successor
-is prepared already. Roots: not implemented. --watch waits until the
-successor is recorded; --dry-run checks without asking.` + opLong
+is prepared already. --watch waits until the successor is recorded;
+--dry-run checks without asking.
+
+Roots: prepare ROOT-ID (the active root of a profile), or --root --profile P,
+makes the profile's next root at once: a new key, sealed under the cluster's
+KEK like the active root's, and a self-signed certificate for 10 years,
+recorded PREPARED. The servers trust it at once; the leader publishes its
+CRL within moments, and with it the root joins every agent's trust bundle
+(SDS validation contexts, Workload API bundles). It signs nothing until
+meshca authority activate. meshca does not cross-sign: the new root reaches every relying
+party before it signs, so all of them trust both roots while both are in
+use (see the README's root rotation).` + opLong
 	case "activate":
 		cmd.Short = "Have a server activate its prepared intermediate now"
 		cmd.Long = `activate asks the server holding a prepared intermediate (ID) to sign with
 it now instead of at two thirds of its predecessor's life (it publishes its
 CRL first); the predecessor becomes OLD and stays valid until it expires.
 It is refused for an active intermediate, with nothing or something
-prepared. Roots: not implemented. --watch waits until it is recorded ACTIVE;
---dry-run checks without asking.` + opLong
+prepared. --watch waits until it is recorded ACTIVE; --dry-run checks without
+asking.
+
+Roots: activate ROOT-ID (a prepared root), or --root --profile P, makes the
+prepared root sign (its CRL is published first) and the previous root OLD.
+Every server then replaces its intermediate of that profile with one the new
+root certifies, so new certificates chain to the new root while the ones
+chained to the old root keep verifying (it stays in every bundle). --watch
+follows until every server's intermediate is certified by the new root. To
+retire the old root: meshca authority taint OLD-ROOT-ID (everything chained
+to it is re-issued), then revoke it (it leaves every bundle).` + opLong
 	case "taint":
 		cmd.Short = "Mark an authority compromised: everything chained to it is re-issued at once"
 		cmd.Long = `taint marks an authority (an ID of meshca authority show) compromised. For
 a server's active intermediate, that server stops signing with it and
 activates a successor at once; an old intermediate may be tainted too. A
-root can be tainted only once a successor is active. Every agent then
+root can be tainted only once a successor is active (prepare and activate
+one first): the intermediates it signed are tainted with it. Every agent then
 re-issues every SVID chained to it (its own and its workloads'), each at a
 random moment within its re-issue jitter (5 s by default) so that a fleet
 does not come at once, and the servers' admission limits pace the rest.
@@ -189,16 +223,22 @@ so no workload is cut off.
 --watch follows the progress ("re-issued N of M, K nodes pending") until
 every certificate is re-issued; then revoke it (meshca authority revoke).
 It says what it will do and asks first, unless --yes; --dry-run only
-prints. Tainting JWT signing keys is not implemented.` + opLong
+prints.
+
+JWT signing keys (jwt/KID): a successor signs at once and agents re-sign
+the JWT-SVIDs they cached from the tainted key, which stays in every JWT
+bundle (its JWT-SVIDs live 5 minutes at most) until it is revoked.` + opLong
 	case "revoke":
 		cmd.Short = "Revoke a tainted authority: it leaves every bundle and its parent's CRL lists it"
 		cmd.Long = `revoke revokes a tainted authority: its CRL is no longer pushed to agents
 or served, and an intermediate's serial is listed in its root's CRL, so
-every proxy refuses what it signed. It is refused while unexpired
+every proxy refuses what it signed. A revoked root leaves every trust
+bundle, with the intermediates it signed. It is refused while unexpired
 certificates that were not re-issued still chain to it (the refusal says
 how many and which nodes hold them), unless --force; and refused for an
 authority that is not tainted (taint it first). With --watch it waits
-until the parent's CRL lists it.
+until the parent's CRL lists it. A JWT key (jwt/KID) leaves every JWT
+bundle; revoking it is refused until the JWT-SVIDs it signed have expired.
 
 It says what it will do and asks first, unless --yes; --dry-run only prints.` + opLong
 		cmd.Flags().BoolVar(&force, "force", false, "revoke although certificates not re-issued still chain to it")
@@ -209,17 +249,38 @@ It says what it will do and asks first, unless --yes; --dry-run only prints.` + 
 	} else {
 		cmd.Flags().BoolVar(&d.dryRun, "dry-run", false, "check whether the step would be taken, and do nothing")
 	}
+	if rootSteps {
+		cmd.Flags().BoolVar(&root, "root", false, "the root of --profile instead of an ID: its active root (prepare) or its prepared one (activate)")
+		cmd.Flags().StringVar(&profile, "profile", "", "with --root: ecdsa or sm2")
+	}
 	cmd.Flags().BoolVar(&watch, "watch", false, "follow until the step took full effect (bounded by --timeout)")
 	cmd.Flags().DurationVar(&interval, "interval", time.Second, "with --watch: how often to look")
 	cmd.RunE = a.runE(func(cmd *cobra.Command, args []string) error {
 		if interval < 10*time.Millisecond {
 			return usageErrorf("--interval %s: want at least 10ms", interval)
 		}
+		switch {
+		case root && len(args) == 1:
+			return usageErrorf("give an ID or --root --profile P, not both")
+		case root && profile != "ecdsa" && profile != "sm2":
+			return usageErrorf("--root needs --profile ecdsa or --profile sm2")
+		case !root && profile != "":
+			return usageErrorf("--profile goes with --root")
+		case !root && len(args) == 0:
+			return usageErrorf("which authority? give its ID (meshca authority show) or --root --profile P")
+		}
 		ctx, c, done, err := a.operatorCall(cmd, o)
 		if err != nil {
 			return err
 		}
 		defer done()
+		if root {
+			id, err := rootFor(ctx, c, step, profile)
+			if err != nil {
+				return c.callError(step+" the "+profile+" root", o, err)
+			}
+			args = []string{id}
+		}
 		call := map[string]func(context.Context, *operatorpb.AuthorityStepRequest, ...grpc.CallOption) (*operatorpb.AuthorityStepResponse, error){
 			"prepare": c.PrepareAuthority, "activate": c.ActivateAuthority, "taint": c.TaintAuthority, "revoke": c.RevokeAuthority}[step]
 		req := &operatorpb.AuthorityStepRequest{Id: args[0], Force: force, DryRun: true}
@@ -228,7 +289,7 @@ It says what it will do and asks first, unless --yes; --dry-run only prints.` + 
 			return c.callError(step+" "+args[0], o, err)
 		}
 		if d.dryRun {
-			return a.printAuthorityStep(authorityStepReport{DryRun: true, Authority: newAuthorityReport(plan.Authority)})
+			return a.printAuthorityStep(authorityStepReport{DryRun: true, Authority: newAuthorityReport(plan.Authority), Successor: successorReport(plan)})
 		}
 		what := fmt.Sprintf("This taints %s %s: %d live certificate(s) chained to it are re-issued", plan.Authority.Kind, args[0], plan.Authority.LiveCertificates)
 		if step == "revoke" {
@@ -244,8 +305,12 @@ It says what it will do and asks first, unless --yes; --dry-run only prints.` + 
 		if err != nil {
 			return c.callError(step+" "+args[0], o, err)
 		}
-		rep := authorityStepReport{Authority: newAuthorityReport(resp.Authority)}
+		rep := authorityStepReport{Authority: newAuthorityReport(resp.Authority), Successor: successorReport(resp)}
 		if !watch {
+			return a.printAuthorityStep(rep)
+		}
+		if rep.Successor != nil { // a root's prepare is done when it returns
+			rep.Done = true
 			return a.printAuthorityStep(rep)
 		}
 		tick := time.NewTicker(interval)
@@ -274,6 +339,20 @@ It says what it will do and asks first, unless --yes; --dry-run only prints.` + 
 				}
 			case "activate":
 				rep.Done = rep.Authority.State == "ACTIVE"
+				if rep.Done && rep.Authority.Kind == "root" {
+					// Followed until every server's intermediate is certified by it.
+					n, of := 0, 0
+					for _, x := range list.Authorities {
+						if x.Kind == "intermediate" && x.Profile == rep.Authority.Profile && x.StateName == "ACTIVE" {
+							of++
+							if x.ParentId == rep.Authority.ID {
+								n++
+							}
+						}
+					}
+					rep.Done = n == of
+					rep.Authority.NextStep = fmt.Sprintf("%d of %d servers' intermediates certified by it", n, of)
+				}
 			case "taint":
 				rep.Done = rep.Authority.PendingCertificates == 0
 			case "revoke":
@@ -311,5 +390,41 @@ func (a *app) printAuthorityStep(r authorityStepReport) error {
 		t.row("pending node", n)
 	}
 	t.row("next step", r.Authority.NextStep)
+	if s := r.Successor; s != nil {
+		id := s.ID
+		if id == "" {
+			id = "(made on the real run)"
+		}
+		t.row("successor", fmt.Sprintf("%s %s %s, not after %s", s.State, s.Kind, id, s.NotAfter.Format(time.RFC3339)))
+		t.row("successor next step", s.NextStep)
+	}
 	return t.flush()
+}
+
+// successorReport is the root a prepare of a root made, or nil.
+func successorReport(resp *operatorpb.AuthorityStepResponse) *authorityReport {
+	if resp.GetSuccessor() == nil {
+		return nil
+	}
+	r := newAuthorityReport(resp.Successor)
+	return &r
+}
+
+// rootFor finds the root of a profile a step names with --root: the active
+// one for prepare, the prepared one for activate.
+func rootFor(ctx context.Context, c *opClient, step, profile string) (string, error) {
+	list, err := c.ListAuthorities(ctx, &operatorpb.ListAuthoritiesRequest{})
+	if err != nil {
+		return "", err
+	}
+	want := map[string]string{"prepare": "ACTIVE", "activate": "PREPARED"}[step]
+	for _, x := range list.Authorities {
+		if x.Kind == "root" && x.Profile == profile && x.StateName == want {
+			return x.Id, nil
+		}
+	}
+	if step == "activate" {
+		return "", status.Errorf(codes.FailedPrecondition, "no prepared %s root: prepare one first (meshca authority prepare --root --profile %s)", profile, profile)
+	}
+	return "", status.Errorf(codes.NotFound, "no active %s root", profile)
 }

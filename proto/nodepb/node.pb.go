@@ -341,7 +341,10 @@ type JWTAuthority struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
 	// public_key is the DER SubjectPublicKeyInfo.
-	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// issue 13: tainted is set once an operator tainted the key: it still
+	// validates (until revoked) but agents re-sign the JWT-SVIDs it signed.
+	Tainted       bool `protobuf:"varint,100,opt,name=tainted,proto3" json:"tainted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -388,6 +391,13 @@ func (x *JWTAuthority) GetPublicKey() []byte {
 		return x.PublicKey
 	}
 	return nil
+}
+
+func (x *JWTAuthority) GetTainted() bool {
+	if x != nil {
+		return x.Tainted
+	}
+	return false
 }
 
 type AttestRequest struct {
@@ -1845,11 +1855,12 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\baudience\x18\x02 \x03(\tR\baudience\"N\n" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
-	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"?\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"Y\n" +
 	"\fJWTAuthority\x12\x10\n" +
 	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
 	"\n" +
-	"public_key\x18\x02 \x01(\fR\tpublicKey\"}\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x18\n" +
+	"\atainted\x18d \x01(\bR\atainted\"}\n" +
 	"\rAttestRequest\x123\n" +
 	"\x05start\x18\x01 \x01(\v2\x1b.meshca.node.v1.AttestStartH\x00R\x05start\x12/\n" +
 	"\x12challenge_response\x18\x02 \x01(\fH\x00R\x11challengeResponseB\x06\n" +

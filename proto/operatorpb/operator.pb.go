@@ -2612,7 +2612,11 @@ type Authority struct {
 	NextStep string `protobuf:"bytes,54,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
 	// warning is set when it needs the operator (a root within a year of
 	// its expiry).
-	Warning       string `protobuf:"bytes,55,opt,name=warning,proto3" json:"warning,omitempty"`
+	Warning string `protobuf:"bytes,55,opt,name=warning,proto3" json:"warning,omitempty"`
+	// issue 13 roots: certificate is its DER certificate (none for JWT
+	// keys); parent_id the root that certified an intermediate.
+	Certificate   []byte `protobuf:"bytes,100,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	ParentId      string `protobuf:"bytes,101,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2755,6 +2759,20 @@ func (x *Authority) GetNextStep() string {
 func (x *Authority) GetWarning() string {
 	if x != nil {
 		return x.Warning
+	}
+	return ""
+}
+
+func (x *Authority) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *Authority) GetParentId() string {
+	if x != nil {
+		return x.ParentId
 	}
 	return ""
 }
@@ -4433,8 +4451,11 @@ func (x *AuthorityStepRequest) GetForce() bool {
 type AuthorityStepResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// authority is its state after the step (with dry_run, as it would be).
-	Authority     *Authority `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
-	DryRun        bool       `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	Authority *Authority `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	DryRun    bool       `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// issue 13 roots: successor is the root a prepare of a root made (with
+	// dry_run, as it would be: no ID yet).
+	Successor     *Authority `protobuf:"bytes,100,opt,name=successor,proto3" json:"successor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4481,6 +4502,13 @@ func (x *AuthorityStepResponse) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *AuthorityStepResponse) GetSuccessor() *Authority {
+	if x != nil {
+		return x.Successor
+	}
+	return nil
 }
 
 // QueryCertificatesRequest selects issued certificates; empty fields
@@ -5240,7 +5268,7 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x14MintX509SVIDResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x03(\fR\x05chain\x12\x14\n" +
 	"\x05roots\x18\x02 \x03(\fR\x05roots\"\x18\n" +
-	"\x16ListAuthoritiesRequest\"\xa5\x04\n" +
+	"\x16ListAuthoritiesRequest\"\xe4\x04\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
@@ -5259,7 +5287,9 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x12pending_node_count\x184 \x01(\x03R\x10pendingNodeCount\x12#\n" +
 	"\rpending_nodes\x185 \x03(\tR\fpendingNodes\x12\x1b\n" +
 	"\tnext_step\x186 \x01(\tR\bnextStep\x12\x18\n" +
-	"\awarning\x187 \x01(\tR\awarning\"Z\n" +
+	"\awarning\x187 \x01(\tR\awarning\x12 \n" +
+	"\vcertificate\x18d \x01(\fR\vcertificate\x12\x1b\n" +
+	"\tparent_id\x18e \x01(\tR\bparentId\"Z\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
 	"\vauthorities\x18\x01 \x03(\v2\x1d.meshca.operator.v1.AuthorityR\vauthorities\":\n" +
 	"\n" +
@@ -5375,10 +5405,11 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x14AuthorityStepRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x14\n" +
-	"\x05force\x18\x03 \x01(\bR\x05force\"m\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\xaa\x01\n" +
 	"\x15AuthorityStepResponse\x12;\n" +
 	"\tauthority\x18\x01 \x01(\v2\x1d.meshca.operator.v1.AuthorityR\tauthority\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\x83\x02\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12;\n" +
+	"\tsuccessor\x18d \x01(\v2\x1d.meshca.operator.v1.AuthorityR\tsuccessor\"\x83\x02\n" +
 	"\x18QueryCertificatesRequest\x12\x1d\n" +
 	"\n" +
 	"since_unix\x18\x01 \x01(\x03R\tsinceUnix\x12\x1d\n" +
@@ -5610,92 +5641,93 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	36, // 27: meshca.operator.v1.EvictNodeResponse.node:type_name -> meshca.operator.v1.Node
 	25, // 28: meshca.operator.v1.EvictNodeResponse.entries:type_name -> meshca.operator.v1.Entry
 	44, // 29: meshca.operator.v1.AuthorityStepResponse.authority:type_name -> meshca.operator.v1.Authority
-	74, // 30: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
-	79, // 31: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
-	77, // 32: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
-	6,  // 33: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	13, // 34: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	15, // 35: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	17, // 36: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	19, // 37: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	20, // 38: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	22, // 39: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	26, // 40: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	27, // 41: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	29, // 42: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	31, // 43: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	32, // 44: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	37, // 45: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	39, // 46: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	41, // 47: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	43, // 48: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	47, // 49: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
-	48, // 50: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
-	50, // 51: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
-	53, // 52: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
-	55, // 53: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
-	56, // 54: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
-	57, // 55: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
-	60, // 56: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
-	62, // 57: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
-	64, // 58: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
-	65, // 59: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
-	67, // 60: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
-	69, // 61: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
-	71, // 62: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	71, // 63: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	71, // 64: meshca.operator.v1.Operator.PrepareAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	71, // 65: meshca.operator.v1.Operator.ActivateAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	0,  // 66: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
-	1,  // 67: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
-	3,  // 68: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
-	34, // 69: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
-	73, // 70: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
-	76, // 71: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
-	7,  // 72: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	14, // 73: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	16, // 74: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	18, // 75: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	20, // 76: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	21, // 77: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	23, // 78: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	28, // 79: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	28, // 80: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	30, // 81: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	28, // 82: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	33, // 83: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	38, // 84: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	40, // 85: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	42, // 86: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	45, // 87: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	49, // 88: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	49, // 89: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	52, // 90: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
-	54, // 91: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
-	52, // 92: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
-	52, // 93: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
-	58, // 94: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
-	61, // 95: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
-	63, // 96: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
-	59, // 97: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
-	66, // 98: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
-	68, // 99: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
-	70, // 100: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
-	72, // 101: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	72, // 102: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	72, // 103: meshca.operator.v1.Operator.PrepareAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	72, // 104: meshca.operator.v1.Operator.ActivateAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	2,  // 105: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
-	2,  // 106: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
-	5,  // 107: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
-	35, // 108: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
-	75, // 109: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
-	78, // 110: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
-	72, // [72:111] is the sub-list for method output_type
-	33, // [33:72] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	44, // 30: meshca.operator.v1.AuthorityStepResponse.successor:type_name -> meshca.operator.v1.Authority
+	74, // 31: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
+	79, // 32: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	77, // 33: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
+	6,  // 34: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	13, // 35: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	15, // 36: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	17, // 37: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	19, // 38: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	20, // 39: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	22, // 40: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	26, // 41: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	27, // 42: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	29, // 43: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	31, // 44: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	32, // 45: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	37, // 46: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	39, // 47: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	41, // 48: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	43, // 49: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	47, // 50: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
+	48, // 51: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
+	50, // 52: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
+	53, // 53: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
+	55, // 54: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
+	56, // 55: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
+	57, // 56: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
+	60, // 57: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
+	62, // 58: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
+	64, // 59: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
+	65, // 60: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
+	67, // 61: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
+	69, // 62: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
+	71, // 63: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 64: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 65: meshca.operator.v1.Operator.PrepareAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 66: meshca.operator.v1.Operator.ActivateAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	0,  // 67: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 68: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 69: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	34, // 70: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
+	73, // 71: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	76, // 72: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	7,  // 73: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	14, // 74: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	16, // 75: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	18, // 76: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	20, // 77: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	21, // 78: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	23, // 79: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	28, // 80: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	28, // 81: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	30, // 82: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	28, // 83: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	33, // 84: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	38, // 85: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	40, // 86: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	42, // 87: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	45, // 88: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	49, // 89: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	49, // 90: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	52, // 91: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
+	54, // 92: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
+	52, // 93: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
+	52, // 94: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
+	58, // 95: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
+	61, // 96: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	63, // 97: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	59, // 98: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	66, // 99: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	68, // 100: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	70, // 101: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	72, // 102: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 103: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 104: meshca.operator.v1.Operator.PrepareAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 105: meshca.operator.v1.Operator.ActivateAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	2,  // 106: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 107: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 108: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	35, // 109: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
+	75, // 110: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	78, // 111: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	73, // [73:112] is the sub-list for method output_type
+	34, // [34:73] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }

@@ -129,7 +129,10 @@ type OperatorClient interface {
 	RevokeAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
 	// PrepareAuthority has the server holding an active intermediate (id)
 	// prepare its successor now; ActivateAuthority has it activate a
-	// prepared one (id) now. Roots: not implemented.
+	// prepared one (id) now. For a root (issue 13 roots), prepare makes and
+	// records its successor at once (in every trust bundle from then on)
+	// and activate makes a prepared root sign, after which every server
+	// replaces its intermediate with one the new root certifies.
 	PrepareAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
 	ActivateAuthority(ctx context.Context, in *AuthorityStepRequest, opts ...grpc.CallOption) (*AuthorityStepResponse, error)
 	// issue 16: the admins, who may use the operator API over mutual TLS
@@ -626,7 +629,10 @@ type OperatorServer interface {
 	RevokeAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
 	// PrepareAuthority has the server holding an active intermediate (id)
 	// prepare its successor now; ActivateAuthority has it activate a
-	// prepared one (id) now. Roots: not implemented.
+	// prepared one (id) now. For a root (issue 13 roots), prepare makes and
+	// records its successor at once (in every trust bundle from then on)
+	// and activate makes a prepared root sign, after which every server
+	// replaces its intermediate with one the new root certifies.
 	PrepareAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
 	ActivateAuthority(context.Context, *AuthorityStepRequest) (*AuthorityStepResponse, error)
 	// issue 16: the admins, who may use the operator API over mutual TLS

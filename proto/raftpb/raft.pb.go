@@ -230,6 +230,10 @@ type Command struct {
 	//	*Command_TaintAuthority
 	//	*Command_RevokeAuthority
 	//	*Command_RequestAuthorityStep
+	//	*Command_PrepareRoot
+	//	*Command_ActivateRoot
+	//	*Command_TaintJwtKey
+	//	*Command_RevokeJwtKey
 	//	*Command_PutIssuancePolicy
 	//	*Command_PutOpaBundle
 	//	*Command_PutOpaKey
@@ -552,6 +556,42 @@ func (x *Command) GetRequestAuthorityStep() *RequestAuthorityStep {
 	return nil
 }
 
+func (x *Command) GetPrepareRoot() *PrepareRoot {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PrepareRoot); ok {
+			return x.PrepareRoot
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetActivateRoot() *ActivateRoot {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ActivateRoot); ok {
+			return x.ActivateRoot
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTaintJwtKey() *TaintJWTKey {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TaintJwtKey); ok {
+			return x.TaintJwtKey
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeJwtKey() *RevokeJWTKey {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeJwtKey); ok {
+			return x.RevokeJwtKey
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetPutIssuancePolicy() *PutIssuancePolicy {
 	if x != nil {
 		if x, ok := x.Op.(*Command_PutIssuancePolicy); ok {
@@ -707,6 +747,24 @@ type Command_RequestAuthorityStep struct {
 	RequestAuthorityStep *RequestAuthorityStep `protobuf:"bytes,54,opt,name=request_authority_step,json=requestAuthorityStep,proto3,oneof"`
 }
 
+type Command_PrepareRoot struct {
+	// issue 13 roots: root rotation through Raft.
+	PrepareRoot *PrepareRoot `protobuf:"bytes,55,opt,name=prepare_root,json=prepareRoot,proto3,oneof"`
+}
+
+type Command_ActivateRoot struct {
+	ActivateRoot *ActivateRoot `protobuf:"bytes,56,opt,name=activate_root,json=activateRoot,proto3,oneof"`
+}
+
+type Command_TaintJwtKey struct {
+	// issue 13 roots: JWT signing keys tainted and revoked by operators.
+	TaintJwtKey *TaintJWTKey `protobuf:"bytes,57,opt,name=taint_jwt_key,json=taintJwtKey,proto3,oneof"`
+}
+
+type Command_RevokeJwtKey struct {
+	RevokeJwtKey *RevokeJWTKey `protobuf:"bytes,58,opt,name=revoke_jwt_key,json=revokeJwtKey,proto3,oneof"`
+}
+
 type Command_PutIssuancePolicy struct {
 	// issue 12: OPA policy (40-49).
 	PutIssuancePolicy *PutIssuancePolicy `protobuf:"bytes,40,opt,name=put_issuance_policy,json=putIssuancePolicy,proto3,oneof"`
@@ -779,6 +837,14 @@ func (*Command_TaintAuthority) isCommand_Op() {}
 func (*Command_RevokeAuthority) isCommand_Op() {}
 
 func (*Command_RequestAuthorityStep) isCommand_Op() {}
+
+func (*Command_PrepareRoot) isCommand_Op() {}
+
+func (*Command_ActivateRoot) isCommand_Op() {}
+
+func (*Command_TaintJwtKey) isCommand_Op() {}
+
+func (*Command_RevokeJwtKey) isCommand_Op() {}
 
 func (*Command_PutIssuancePolicy) isCommand_Op() {}
 
@@ -1817,9 +1883,13 @@ type JWTKey struct {
 	// state is PREPARED (published in bundles, not signing yet), ACTIVE
 	// (signing) or OLD (published until it expires). Keys written before
 	// states existed have AUTHORITY_STATE_UNSPECIFIED and count as ACTIVE.
-	State         AuthorityState `protobuf:"varint,6,opt,name=state,proto3,enum=meshca.raft.v1.AuthorityState" json:"state,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// issue 13: TAINTED (signing nothing, published until revoked) and
+	// REVOKED (published no more).
+	State AuthorityState `protobuf:"varint,6,opt,name=state,proto3,enum=meshca.raft.v1.AuthorityState" json:"state,omitempty"`
+	// issue 13: tainted_unix_nano is when an operator tainted it.
+	TaintedUnixNano int64 `protobuf:"varint,100,opt,name=tainted_unix_nano,json=taintedUnixNano,proto3" json:"tainted_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *JWTKey) Reset() {
@@ -1892,6 +1962,13 @@ func (x *JWTKey) GetState() AuthorityState {
 		return x.State
 	}
 	return AuthorityState_AUTHORITY_STATE_UNSPECIFIED
+}
+
+func (x *JWTKey) GetTaintedUnixNano() int64 {
+	if x != nil {
+		return x.TaintedUnixNano
+	}
+	return 0
 }
 
 // CRL is the current CRL of an authority: a root, signed by the leader,
@@ -3378,6 +3455,208 @@ func (x *RequestAuthorityStep) GetStep() string {
 	return ""
 }
 
+// PrepareRoot records the successor of a profile's active root (issue 13
+// roots): root is PREPARED, with its sealed key, and successor_of names
+// the active root it succeeds. A prepared root is in every trust bundle at
+// once; it signs nothing until it is activated.
+type PrepareRoot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Root          *Authority             `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
+	SuccessorOf   string                 `protobuf:"bytes,2,opt,name=successor_of,json=successorOf,proto3" json:"successor_of,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareRoot) Reset() {
+	*x = PrepareRoot{}
+	mi := &file_raftpb_raft_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRoot) ProtoMessage() {}
+
+func (x *PrepareRoot) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRoot.ProtoReflect.Descriptor instead.
+func (*PrepareRoot) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *PrepareRoot) GetRoot() *Authority {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *PrepareRoot) GetSuccessorOf() string {
+	if x != nil {
+		return x.SuccessorOf
+	}
+	return ""
+}
+
+// TaintJWTKey marks a JWT key compromised: it signs nothing more. Tainting
+// the active key activates the prepared one or, when none is, successor
+// (ACTIVE, made by the proposer).
+type TaintJWTKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kid           string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	Successor     *JWTKey                `protobuf:"bytes,2,opt,name=successor,proto3" json:"successor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintJWTKey) Reset() {
+	*x = TaintJWTKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintJWTKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintJWTKey) ProtoMessage() {}
+
+func (x *TaintJWTKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintJWTKey.ProtoReflect.Descriptor instead.
+func (*TaintJWTKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *TaintJWTKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *TaintJWTKey) GetSuccessor() *JWTKey {
+	if x != nil {
+		return x.Successor
+	}
+	return nil
+}
+
+// RevokeJWTKey removes a tainted JWT key from every JWT bundle.
+type RevokeJWTKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kid           string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJWTKey) Reset() {
+	*x = RevokeJWTKey{}
+	mi := &file_raftpb_raft_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJWTKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJWTKey) ProtoMessage() {}
+
+func (x *RevokeJWTKey) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJWTKey.ProtoReflect.Descriptor instead.
+func (*RevokeJWTKey) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RevokeJWTKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+// ActivateRoot makes a prepared root ACTIVE (refused until its CRL is
+// published) and the profile's active root OLD.
+type ActivateRoot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateRoot) Reset() {
+	*x = ActivateRoot{}
+	mi := &file_raftpb_raft_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRoot) ProtoMessage() {}
+
+func (x *ActivateRoot) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRoot.ProtoReflect.Descriptor instead.
+func (*ActivateRoot) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ActivateRoot) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 // NextCRLNumber allocates the next CRL number of an authority.
 type NextCRLNumber struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3388,7 +3667,7 @@ type NextCRLNumber struct {
 
 func (x *NextCRLNumber) Reset() {
 	*x = NextCRLNumber{}
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3400,7 +3679,7 @@ func (x *NextCRLNumber) String() string {
 func (*NextCRLNumber) ProtoMessage() {}
 
 func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[42]
+	mi := &file_raftpb_raft_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3413,7 +3692,7 @@ func (x *NextCRLNumber) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NextCRLNumber.ProtoReflect.Descriptor instead.
 func (*NextCRLNumber) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{42}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *NextCRLNumber) GetAuthorityId() string {
@@ -3432,7 +3711,7 @@ type PutPolicy struct {
 
 func (x *PutPolicy) Reset() {
 	*x = PutPolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3444,7 +3723,7 @@ func (x *PutPolicy) String() string {
 func (*PutPolicy) ProtoMessage() {}
 
 func (x *PutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[43]
+	mi := &file_raftpb_raft_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3457,7 +3736,7 @@ func (x *PutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicy.ProtoReflect.Descriptor instead.
 func (*PutPolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{43}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PutPolicy) GetPolicy() *Policy {
@@ -3476,7 +3755,7 @@ type AppendLedger struct {
 
 func (x *AppendLedger) Reset() {
 	*x = AppendLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3488,7 +3767,7 @@ func (x *AppendLedger) String() string {
 func (*AppendLedger) ProtoMessage() {}
 
 func (x *AppendLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[44]
+	mi := &file_raftpb_raft_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3501,7 +3780,7 @@ func (x *AppendLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLedger.ProtoReflect.Descriptor instead.
 func (*AppendLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{44}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *AppendLedger) GetRecords() []*LedgerRecord {
@@ -3520,7 +3799,7 @@ type PutJWTKey struct {
 
 func (x *PutJWTKey) Reset() {
 	*x = PutJWTKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[45]
+	mi := &file_raftpb_raft_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3532,7 +3811,7 @@ func (x *PutJWTKey) String() string {
 func (*PutJWTKey) ProtoMessage() {}
 
 func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[45]
+	mi := &file_raftpb_raft_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3545,7 +3824,7 @@ func (x *PutJWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTKey.ProtoReflect.Descriptor instead.
 func (*PutJWTKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{45}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PutJWTKey) GetKey() *JWTKey {
@@ -3577,7 +3856,7 @@ type PruneLedger struct {
 
 func (x *PruneLedger) Reset() {
 	*x = PruneLedger{}
-	mi := &file_raftpb_raft_proto_msgTypes[46]
+	mi := &file_raftpb_raft_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3589,7 +3868,7 @@ func (x *PruneLedger) String() string {
 func (*PruneLedger) ProtoMessage() {}
 
 func (x *PruneLedger) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[46]
+	mi := &file_raftpb_raft_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3602,7 +3881,7 @@ func (x *PruneLedger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneLedger.ProtoReflect.Descriptor instead.
 func (*PruneLedger) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{46}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PruneLedger) GetExpiredBeforeUnix() int64 {
@@ -3650,7 +3929,7 @@ type Noop struct {
 
 func (x *Noop) Reset() {
 	*x = Noop{}
-	mi := &file_raftpb_raft_proto_msgTypes[47]
+	mi := &file_raftpb_raft_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3662,7 +3941,7 @@ func (x *Noop) String() string {
 func (*Noop) ProtoMessage() {}
 
 func (x *Noop) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[47]
+	mi := &file_raftpb_raft_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3675,7 +3954,7 @@ func (x *Noop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noop.ProtoReflect.Descriptor instead.
 func (*Noop) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{47}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{51}
 }
 
 // SnapshotRecord is one framed record of a snapshot stream.
@@ -3706,7 +3985,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_raftpb_raft_proto_msgTypes[48]
+	mi := &file_raftpb_raft_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3718,7 +3997,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[48]
+	mi := &file_raftpb_raft_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3731,7 +4010,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{48}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3998,7 +4277,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_raftpb_raft_proto_msgTypes[49]
+	mi := &file_raftpb_raft_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4010,7 +4289,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[49]
+	mi := &file_raftpb_raft_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4023,7 +4302,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{49}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PolicyFile) GetPath() string {
@@ -4056,7 +4335,7 @@ type IssuancePolicy struct {
 
 func (x *IssuancePolicy) Reset() {
 	*x = IssuancePolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[50]
+	mi := &file_raftpb_raft_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4068,7 +4347,7 @@ func (x *IssuancePolicy) String() string {
 func (*IssuancePolicy) ProtoMessage() {}
 
 func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[50]
+	mi := &file_raftpb_raft_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4081,7 +4360,7 @@ func (x *IssuancePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssuancePolicy.ProtoReflect.Descriptor instead.
 func (*IssuancePolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{50}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *IssuancePolicy) GetRevision() uint64 {
@@ -4135,7 +4414,7 @@ type OPABundle struct {
 
 func (x *OPABundle) Reset() {
 	*x = OPABundle{}
-	mi := &file_raftpb_raft_proto_msgTypes[51]
+	mi := &file_raftpb_raft_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4147,7 +4426,7 @@ func (x *OPABundle) String() string {
 func (*OPABundle) ProtoMessage() {}
 
 func (x *OPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[51]
+	mi := &file_raftpb_raft_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4160,7 +4439,7 @@ func (x *OPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
 func (*OPABundle) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{51}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *OPABundle) GetName() string {
@@ -4242,7 +4521,7 @@ type OPAKey struct {
 
 func (x *OPAKey) Reset() {
 	*x = OPAKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[52]
+	mi := &file_raftpb_raft_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4254,7 +4533,7 @@ func (x *OPAKey) String() string {
 func (*OPAKey) ProtoMessage() {}
 
 func (x *OPAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[52]
+	mi := &file_raftpb_raft_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4267,7 +4546,7 @@ func (x *OPAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPAKey.ProtoReflect.Descriptor instead.
 func (*OPAKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{52}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *OPAKey) GetKid() string {
@@ -4310,7 +4589,7 @@ type PutIssuancePolicy struct {
 
 func (x *PutIssuancePolicy) Reset() {
 	*x = PutIssuancePolicy{}
-	mi := &file_raftpb_raft_proto_msgTypes[53]
+	mi := &file_raftpb_raft_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4322,7 +4601,7 @@ func (x *PutIssuancePolicy) String() string {
 func (*PutIssuancePolicy) ProtoMessage() {}
 
 func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[53]
+	mi := &file_raftpb_raft_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4335,7 +4614,7 @@ func (x *PutIssuancePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutIssuancePolicy.ProtoReflect.Descriptor instead.
 func (*PutIssuancePolicy) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{53}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PutIssuancePolicy) GetPolicy() *IssuancePolicy {
@@ -4365,7 +4644,7 @@ type PutOPABundle struct {
 
 func (x *PutOPABundle) Reset() {
 	*x = PutOPABundle{}
-	mi := &file_raftpb_raft_proto_msgTypes[54]
+	mi := &file_raftpb_raft_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4377,7 +4656,7 @@ func (x *PutOPABundle) String() string {
 func (*PutOPABundle) ProtoMessage() {}
 
 func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[54]
+	mi := &file_raftpb_raft_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4390,7 +4669,7 @@ func (x *PutOPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOPABundle.ProtoReflect.Descriptor instead.
 func (*PutOPABundle) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{54}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *PutOPABundle) GetBundle() *OPABundle {
@@ -4419,7 +4698,7 @@ type PutOPAKey struct {
 
 func (x *PutOPAKey) Reset() {
 	*x = PutOPAKey{}
-	mi := &file_raftpb_raft_proto_msgTypes[55]
+	mi := &file_raftpb_raft_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4431,7 +4710,7 @@ func (x *PutOPAKey) String() string {
 func (*PutOPAKey) ProtoMessage() {}
 
 func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_raftpb_raft_proto_msgTypes[55]
+	mi := &file_raftpb_raft_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4444,7 +4723,7 @@ func (x *PutOPAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOPAKey.ProtoReflect.Descriptor instead.
 func (*PutOPAKey) Descriptor() ([]byte, []int) {
-	return file_raftpb_raft_proto_rawDescGZIP(), []int{55}
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *PutOPAKey) GetKey() *OPAKey {
@@ -4458,7 +4737,7 @@ var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xf1\x11\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\x81\x14\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -4495,7 +4774,11 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"evict_node\x183 \x01(\v2\x19.meshca.raft.v1.EvictNodeH\x00R\tevictNode\x12I\n" +
 	"\x0ftaint_authority\x184 \x01(\v2\x1e.meshca.raft.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
 	"\x10revoke_authority\x185 \x01(\v2\x1f.meshca.raft.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12\\\n" +
-	"\x16request_authority_step\x186 \x01(\v2$.meshca.raft.v1.RequestAuthorityStepH\x00R\x14requestAuthorityStep\x12S\n" +
+	"\x16request_authority_step\x186 \x01(\v2$.meshca.raft.v1.RequestAuthorityStepH\x00R\x14requestAuthorityStep\x12@\n" +
+	"\fprepare_root\x187 \x01(\v2\x1b.meshca.raft.v1.PrepareRootH\x00R\vprepareRoot\x12C\n" +
+	"\ractivate_root\x188 \x01(\v2\x1c.meshca.raft.v1.ActivateRootH\x00R\factivateRoot\x12A\n" +
+	"\rtaint_jwt_key\x189 \x01(\v2\x1b.meshca.raft.v1.TaintJWTKeyH\x00R\vtaintJwtKey\x12D\n" +
+	"\x0erevoke_jwt_key\x18: \x01(\v2\x1c.meshca.raft.v1.RevokeJWTKeyH\x00R\frevokeJwtKey\x12S\n" +
 	"\x13put_issuance_policy\x18( \x01(\v2!.meshca.raft.v1.PutIssuancePolicyH\x00R\x11putIssuancePolicy\x12D\n" +
 	"\x0eput_opa_bundle\x18) \x01(\v2\x1c.meshca.raft.v1.PutOPABundleH\x00R\fputOpaBundle\x12;\n" +
 	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKeyB\x04\n" +
@@ -4587,7 +4870,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fnot_before_unix\x18\x06 \x01(\x03R\rnotBeforeUnix\x12$\n" +
 	"\x0enot_after_unix\x18\a \x01(\x03R\fnotAfterUnix\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tR\trequestId\"\xd7\x01\n" +
+	"request_id\x18\b \x01(\tR\trequestId\"\x83\x02\n" +
 	"\x06JWTKey\x12\x10\n" +
 	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
 	"\n" +
@@ -4596,7 +4879,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"sealed_key\x18\x03 \x01(\fR\tsealedKey\x12!\n" +
 	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12$\n" +
 	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\x124\n" +
-	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\"\xef\x01\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1e.meshca.raft.v1.AuthorityStateR\x05state\x12*\n" +
+	"\x11tainted_unix_nano\x18d \x01(\x03R\x0ftaintedUnixNano\"\xef\x01\n" +
 	"\x03CRL\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\x04R\x06number\x12\x10\n" +
@@ -4681,7 +4965,17 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"revocation\":\n" +
 	"\x14RequestAuthorityStep\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
-	"\x04step\x18\x02 \x01(\tR\x04step\"2\n" +
+	"\x04step\x18\x02 \x01(\tR\x04step\"_\n" +
+	"\vPrepareRoot\x12-\n" +
+	"\x04root\x18\x01 \x01(\v2\x19.meshca.raft.v1.AuthorityR\x04root\x12!\n" +
+	"\fsuccessor_of\x18\x02 \x01(\tR\vsuccessorOf\"U\n" +
+	"\vTaintJWTKey\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x124\n" +
+	"\tsuccessor\x18\x02 \x01(\v2\x16.meshca.raft.v1.JWTKeyR\tsuccessor\" \n" +
+	"\fRevokeJWTKey\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\"\x1e\n" +
+	"\fActivateRoot\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"2\n" +
 	"\rNextCRLNumber\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\";\n" +
 	"\tPutPolicy\x12.\n" +
@@ -4790,7 +5084,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),               // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),           // 1: meshca.raft.v1.AuthorityKind
@@ -4837,20 +5131,24 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*TaintAuthority)(nil),       // 42: meshca.raft.v1.TaintAuthority
 	(*RevokeAuthority)(nil),      // 43: meshca.raft.v1.RevokeAuthority
 	(*RequestAuthorityStep)(nil), // 44: meshca.raft.v1.RequestAuthorityStep
-	(*NextCRLNumber)(nil),        // 45: meshca.raft.v1.NextCRLNumber
-	(*PutPolicy)(nil),            // 46: meshca.raft.v1.PutPolicy
-	(*AppendLedger)(nil),         // 47: meshca.raft.v1.AppendLedger
-	(*PutJWTKey)(nil),            // 48: meshca.raft.v1.PutJWTKey
-	(*PruneLedger)(nil),          // 49: meshca.raft.v1.PruneLedger
-	(*Noop)(nil),                 // 50: meshca.raft.v1.Noop
-	(*SnapshotRecord)(nil),       // 51: meshca.raft.v1.SnapshotRecord
-	(*PolicyFile)(nil),           // 52: meshca.raft.v1.PolicyFile
-	(*IssuancePolicy)(nil),       // 53: meshca.raft.v1.IssuancePolicy
-	(*OPABundle)(nil),            // 54: meshca.raft.v1.OPABundle
-	(*OPAKey)(nil),               // 55: meshca.raft.v1.OPAKey
-	(*PutIssuancePolicy)(nil),    // 56: meshca.raft.v1.PutIssuancePolicy
-	(*PutOPABundle)(nil),         // 57: meshca.raft.v1.PutOPABundle
-	(*PutOPAKey)(nil),            // 58: meshca.raft.v1.PutOPAKey
+	(*PrepareRoot)(nil),          // 45: meshca.raft.v1.PrepareRoot
+	(*TaintJWTKey)(nil),          // 46: meshca.raft.v1.TaintJWTKey
+	(*RevokeJWTKey)(nil),         // 47: meshca.raft.v1.RevokeJWTKey
+	(*ActivateRoot)(nil),         // 48: meshca.raft.v1.ActivateRoot
+	(*NextCRLNumber)(nil),        // 49: meshca.raft.v1.NextCRLNumber
+	(*PutPolicy)(nil),            // 50: meshca.raft.v1.PutPolicy
+	(*AppendLedger)(nil),         // 51: meshca.raft.v1.AppendLedger
+	(*PutJWTKey)(nil),            // 52: meshca.raft.v1.PutJWTKey
+	(*PruneLedger)(nil),          // 53: meshca.raft.v1.PruneLedger
+	(*Noop)(nil),                 // 54: meshca.raft.v1.Noop
+	(*SnapshotRecord)(nil),       // 55: meshca.raft.v1.SnapshotRecord
+	(*PolicyFile)(nil),           // 56: meshca.raft.v1.PolicyFile
+	(*IssuancePolicy)(nil),       // 57: meshca.raft.v1.IssuancePolicy
+	(*OPABundle)(nil),            // 58: meshca.raft.v1.OPABundle
+	(*OPAKey)(nil),               // 59: meshca.raft.v1.OPAKey
+	(*PutIssuancePolicy)(nil),    // 60: meshca.raft.v1.PutIssuancePolicy
+	(*PutOPABundle)(nil),         // 61: meshca.raft.v1.PutOPABundle
+	(*PutOPAKey)(nil),            // 62: meshca.raft.v1.PutOPAKey
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -4865,12 +5163,12 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	29, // 9: meshca.raft.v1.Command.create_join_token:type_name -> meshca.raft.v1.CreateJoinToken
 	30, // 10: meshca.raft.v1.Command.consume_join_token:type_name -> meshca.raft.v1.ConsumeJoinToken
 	39, // 11: meshca.raft.v1.Command.revoke:type_name -> meshca.raft.v1.Revoke
-	45, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
-	46, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
-	47, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
-	49, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
-	50, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
-	48, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
+	49, // 12: meshca.raft.v1.Command.next_crl_number:type_name -> meshca.raft.v1.NextCRLNumber
+	50, // 13: meshca.raft.v1.Command.put_policy:type_name -> meshca.raft.v1.PutPolicy
+	51, // 14: meshca.raft.v1.Command.append_ledger:type_name -> meshca.raft.v1.AppendLedger
+	53, // 15: meshca.raft.v1.Command.prune_ledger:type_name -> meshca.raft.v1.PruneLedger
+	54, // 16: meshca.raft.v1.Command.noop:type_name -> meshca.raft.v1.Noop
+	52, // 17: meshca.raft.v1.Command.put_jwt_key:type_name -> meshca.raft.v1.PutJWTKey
 	35, // 18: meshca.raft.v1.Command.activate_authority:type_name -> meshca.raft.v1.ActivateAuthority
 	36, // 19: meshca.raft.v1.Command.activate_jwt_key:type_name -> meshca.raft.v1.ActivateJWTKey
 	37, // 20: meshca.raft.v1.Command.attest_agent:type_name -> meshca.raft.v1.AttestAgent
@@ -4884,65 +5182,71 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	42, // 28: meshca.raft.v1.Command.taint_authority:type_name -> meshca.raft.v1.TaintAuthority
 	43, // 29: meshca.raft.v1.Command.revoke_authority:type_name -> meshca.raft.v1.RevokeAuthority
 	44, // 30: meshca.raft.v1.Command.request_authority_step:type_name -> meshca.raft.v1.RequestAuthorityStep
-	56, // 31: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
-	57, // 32: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
-	58, // 33: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
-	0,  // 34: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 35: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 36: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 37: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 38: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 39: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 40: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 41: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 42: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 43: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 44: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 45: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 46: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	10, // 47: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
-	11, // 48: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 49: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 50: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	34, // 51: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
-	30, // 52: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 53: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 54: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	30, // 55: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 56: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 57: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 58: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 59: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 60: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 61: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 62: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 63: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 64: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 65: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 66: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 67: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 68: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 69: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 70: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 71: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 72: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 73: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 74: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 75: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	34, // 76: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
-	53, // 77: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
-	54, // 78: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
-	55, // 79: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
-	52, // 80: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
-	52, // 81: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
-	53, // 82: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
-	54, // 83: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
-	55, // 84: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
-	85, // [85:85] is the sub-list for method output_type
-	85, // [85:85] is the sub-list for method input_type
-	85, // [85:85] is the sub-list for extension type_name
-	85, // [85:85] is the sub-list for extension extendee
-	0,  // [0:85] is the sub-list for field type_name
+	45, // 31: meshca.raft.v1.Command.prepare_root:type_name -> meshca.raft.v1.PrepareRoot
+	48, // 32: meshca.raft.v1.Command.activate_root:type_name -> meshca.raft.v1.ActivateRoot
+	46, // 33: meshca.raft.v1.Command.taint_jwt_key:type_name -> meshca.raft.v1.TaintJWTKey
+	47, // 34: meshca.raft.v1.Command.revoke_jwt_key:type_name -> meshca.raft.v1.RevokeJWTKey
+	60, // 35: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
+	61, // 36: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
+	62, // 37: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
+	0,  // 38: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 39: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 40: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 41: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 42: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 43: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 44: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 45: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 46: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 47: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 48: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 49: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 50: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	10, // 51: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
+	11, // 52: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 53: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 54: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	34, // 55: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	30, // 56: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 57: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 58: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	30, // 59: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 60: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 61: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 62: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 63: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 64: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	8,  // 65: meshca.raft.v1.PrepareRoot.root:type_name -> meshca.raft.v1.Authority
+	16, // 66: meshca.raft.v1.TaintJWTKey.successor:type_name -> meshca.raft.v1.JWTKey
+	14, // 67: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 68: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 69: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 70: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 71: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 72: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 73: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 74: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 75: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 76: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 77: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 78: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 79: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 80: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 81: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	34, // 82: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	57, // 83: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
+	58, // 84: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
+	59, // 85: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
+	56, // 86: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
+	56, // 87: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
+	57, // 88: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
+	58, // 89: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
+	59, // 90: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
+	91, // [91:91] is the sub-list for method output_type
+	91, // [91:91] is the sub-list for method input_type
+	91, // [91:91] is the sub-list for extension type_name
+	91, // [91:91] is the sub-list for extension extendee
+	0,  // [0:91] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -4981,11 +5285,15 @@ func file_raftpb_raft_proto_init() {
 		(*Command_TaintAuthority)(nil),
 		(*Command_RevokeAuthority)(nil),
 		(*Command_RequestAuthorityStep)(nil),
+		(*Command_PrepareRoot)(nil),
+		(*Command_ActivateRoot)(nil),
+		(*Command_TaintJwtKey)(nil),
+		(*Command_RevokeJwtKey)(nil),
 		(*Command_PutIssuancePolicy)(nil),
 		(*Command_PutOpaBundle)(nil),
 		(*Command_PutOpaKey)(nil),
 	}
-	file_raftpb_raft_proto_msgTypes[48].OneofWrappers = []any{
+	file_raftpb_raft_proto_msgTypes[52].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
 		(*SnapshotRecord_Server)(nil),
 		(*SnapshotRecord_Authority)(nil),
@@ -5009,7 +5317,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   56,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
