@@ -332,7 +332,7 @@ func (a *Agent) session(ctx context.Context, addr string) error {
 			}
 			return err
 		}
-		if b := a.store.apply(u); b != nil {
+		if b := a.applySync(u); b != nil {
 			if err := a.id.setBundle(b); err != nil {
 				return err
 			}

@@ -121,13 +121,13 @@ func (a *Agent) newBundleServer() (net.Listener, *http.Server, error) {
 		return nil, nil, fmt.Errorf("agent bundle service: %s is not a loopback address", a.cfg.BundleAddr)
 	}
 	svc := &policy.BundleService{Source: agentBundles{s: a.store}, Clock: a.cfg.Clock,
-		Audit: func(r *http.Request, _, name string, rev uint64, err error) {
+		Audit: func(r *http.Request, f policy.Fetch) {
 			d, reason := audit.Allow, ""
-			if err != nil {
-				d, reason = audit.Deny, err.Error()
+			if f.Err != nil {
+				d, reason = audit.Deny, f.Err.Error()
 			}
-			a.events.Record(audit.Event{Actor: r.RemoteAddr, Action: "policy.bundle.fetch", Subject: name, Decision: d, Reason: reason,
-				Details: map[string]string{"revision": strconv.FormatUint(rev, 10)}})
+			a.events.Record(audit.Event{Actor: r.RemoteAddr, Action: "policy.bundle.fetch", Subject: f.Name, Decision: d, Reason: reason,
+				Details: map[string]string{"revision": strconv.FormatUint(f.Revision, 10), "status": strconv.Itoa(f.Status)}})
 		}}
 	mux := http.NewServeMux()
 	mux.Handle("/bundles/", svc)

@@ -50,6 +50,8 @@ type store struct {
 	jitter time.Duration
 	// opaBundles are the OPA bundles' latest revisions, by name (issue 12).
 	opaBundles map[string]*nodepb.OPABundle
+	// opaKey verifies the OPA bundles (issue 12); nil until it arrives.
+	opaKey *nodepb.OPAKey
 	// identityTypes are the selector types the issuance policy derives
 	// identities from; derivedDenied when refused derived entries may be
 	// asked again (see identitypolicy.go).
@@ -101,10 +103,12 @@ func (s *store) apply(u *nodepb.SyncUpdate) *nodepb.Bundle {
 			s.crls[r.Name] = body.Crl
 			s.crlStates[r.Name] = newCRLState(body.Crl)
 			topics = append(topics, sdsTopicBundle)
+		case *nodepb.Resource_OpaKey: // issue 12
+			s.opaKey = body.OpaKey
 		case *nodepb.Resource_IdentityPolicy: // issue 12
 			s.setIdentityTypesLocked(body.IdentityPolicy.GetSelectorTypes())
 			topics = append(topics, sdsTopicEntries)
-		case *nodepb.Resource_OpaBundle: // issue 12
+		case *nodepb.Resource_OpaBundle: // issue 12 (verified by Agent.applySync)
 			s.opaBundles[r.Name] = body.OpaBundle
 			topics = append(topics, sdsTopicOPABundle(r.Name))
 		default:

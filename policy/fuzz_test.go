@@ -70,3 +70,29 @@ func FuzzEnvoyInput(f *testing.F) {
 		decision(v)
 	})
 }
+
+// FuzzBundleToken feeds arbitrary Authorization headers to the bearer and
+// bundle token parsers: no panic; a token accepted re-encodes to itself
+// (one spelling per token, so the audit trail's IDs are unambiguous).
+// Seeds are in testdata/fuzz/FuzzBundleToken.
+func FuzzBundleToken(f *testing.F) {
+	f.Add("Bearer mbt.0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+	f.Add("bearer mbt.0123456789ABCDEF.x")
+	f.Add("Basic dXNlcjpwYXNz")
+	f.Fuzz(func(t *testing.T, header string) {
+		tok, ok := BearerToken(header)
+		if !ok {
+			return
+		}
+		id, sum, err := ParseBundleToken(tok)
+		if err != nil {
+			if !errors.Is(err, ErrMalformedToken) {
+				t.Fatalf("ParseBundleToken: %v", err)
+			}
+			return
+		}
+		if len(sum) != 32 || !strings.HasPrefix(tok, BundleTokenPrefix+id+".") || len(tok) != len(BundleTokenPrefix)+16+1+43 {
+			t.Fatalf("accepted %q as id %q", tok, id)
+		}
+	})
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 )
@@ -196,10 +197,14 @@ func selectorTypes(ctx context.Context, p *parsed) ([]string, error) {
 	return out, nil
 }
 
+// noMetrics spares every evaluation the metrics registry (a map and timers)
+// OPA otherwise makes for it: nobody reads them.
+var noMetrics = metrics.NoOp()
+
 // Decide evaluates the policy on in. An error is an *EvalError (the
 // caller denies) or the context's.
 func (p *Issuance) Decide(ctx context.Context, in *Input) (Decision, error) {
-	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(in.value()))
+	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(in.value()), rego.EvalMetrics(noMetrics))
 	if err != nil {
 		if ctx.Err() != nil {
 			return Decision{}, ctx.Err()
@@ -265,9 +270,20 @@ func decision(v any) (Decision, error) {
 	return d, nil
 }
 
-// value builds the input as an AST value directly (no JSON round trip).
+// Keys of the input's objects, shared by every input built (terms are
+// not changed by evaluation).
+var (
+	kType, kValue, kID, kAttestor, kSelectors = ast.StringTerm("type"), ast.StringTerm("value"), ast.StringTerm("id"), ast.StringTerm("attestor"), ast.StringTerm("selectors")
+	kSPIFFEID, kParentID, kDNSNames, kTTL     = ast.StringTerm("spiffe_id"), ast.StringTerm("parent_id"), ast.StringTerm("dns_names"), ast.StringTerm("ttl")
+	kProfile, kKind, kAllow, kReason          = ast.StringTerm("profile"), ast.StringTerm("kind"), ast.StringTerm("allow"), ast.StringTerm("reason")
+	kNode, kWorkload, kRequest, kEntries      = ast.StringTerm("node"), ast.StringTerm("workload"), ast.StringTerm("request"), ast.StringTerm("entries")
+	kEntry                                    = ast.StringTerm("entry")
+)
+
+// value builds the input as an AST value directly (no JSON round trip),
+// with shared key terms and interned scalars.
 func (in *Input) value() ast.Value {
-	str := ast.StringTerm
+	str := func(s string) *ast.Term { return ast.InternedTerm(s) }
 	strs := func(ss []string) *ast.Term {
 		ts := make([]*ast.Term, len(ss))
 		for i, s := range ss {
@@ -278,39 +294,33 @@ func (in *Input) value() ast.Value {
 	sels := func(ss []Selector) *ast.Term {
 		ts := make([]*ast.Term, len(ss))
 		for i, s := range ss {
-			ts[i] = ast.ObjectTerm(ast.Item(str("type"), str(s.Type)), ast.Item(str("value"), str(s.Value)))
+			ts[i] = ast.ObjectTerm([2]*ast.Term{kType, str(s.Type)}, [2]*ast.Term{kValue, str(s.Value)})
 		}
 		return ast.ArrayTerm(ts...)
 	}
-	items := []*ast.Term{
-		ast.ObjectTerm(
-			ast.Item(str("id"), str(in.Node.ID)),
-			ast.Item(str("attestor"), str(in.Node.Attestor)),
-			ast.Item(str("selectors"), sels(in.Node.Selectors))),
-		ast.ObjectTerm(ast.Item(str("selectors"), sels(in.Workload.Selectors))),
-		ast.ObjectTerm(
-			ast.Item(str("spiffe_id"), str(in.Request.SPIFFEID)),
-			ast.Item(str("dns_names"), strs(in.Request.DNSNames)),
-			ast.Item(str("ttl"), ast.IntNumberTerm(int(in.Request.TTL))),
-			ast.Item(str("profile"), str(in.Request.Profile)),
-			ast.Item(str("kind"), str(in.Request.Kind))),
-		ast.ObjectTerm(ast.Item(str("allow"), ast.BooleanTerm(in.Entries.Allow)), ast.Item(str("reason"), str(in.Entries.Reason))),
-	}
 	obj := ast.NewObject(
-		ast.Item(str("node"), items[0]),
-		ast.Item(str("workload"), items[1]),
-		ast.Item(str("request"), items[2]),
-		ast.Item(str("entries"), items[3]),
+		[2]*ast.Term{kNode, ast.ObjectTerm(
+			[2]*ast.Term{kID, str(in.Node.ID)},
+			[2]*ast.Term{kAttestor, str(in.Node.Attestor)},
+			[2]*ast.Term{kSelectors, sels(in.Node.Selectors)})},
+		[2]*ast.Term{kWorkload, ast.ObjectTerm([2]*ast.Term{kSelectors, sels(in.Workload.Selectors)})},
+		[2]*ast.Term{kRequest, ast.ObjectTerm(
+			[2]*ast.Term{kSPIFFEID, str(in.Request.SPIFFEID)},
+			[2]*ast.Term{kDNSNames, strs(in.Request.DNSNames)},
+			[2]*ast.Term{kTTL, ast.InternedTerm(in.Request.TTL)},
+			[2]*ast.Term{kProfile, str(in.Request.Profile)},
+			[2]*ast.Term{kKind, str(in.Request.Kind)})},
+		[2]*ast.Term{kEntries, ast.ObjectTerm([2]*ast.Term{kAllow, ast.InternedTerm(in.Entries.Allow)}, [2]*ast.Term{kReason, str(in.Entries.Reason)})},
 	)
 	if e := in.Entry; e != nil {
-		obj.Insert(str("entry"), ast.ObjectTerm(
-			ast.Item(str("id"), str(e.ID)),
-			ast.Item(str("spiffe_id"), str(e.SPIFFEID)),
-			ast.Item(str("parent_id"), str(e.ParentID)),
-			ast.Item(str("selectors"), sels(e.Selectors)),
-			ast.Item(str("dns_names"), strs(e.DNSNames)),
-			ast.Item(str("ttl"), ast.IntNumberTerm(int(e.TTL))),
-			ast.Item(str("profile"), str(e.Profile))))
+		obj.Insert(kEntry, ast.ObjectTerm(
+			[2]*ast.Term{kID, str(e.ID)},
+			[2]*ast.Term{kSPIFFEID, str(e.SPIFFEID)},
+			[2]*ast.Term{kParentID, str(e.ParentID)},
+			[2]*ast.Term{kSelectors, sels(e.Selectors)},
+			[2]*ast.Term{kDNSNames, strs(e.DNSNames)},
+			[2]*ast.Term{kTTL, ast.InternedTerm(e.TTL)},
+			[2]*ast.Term{kProfile, str(e.Profile)}))
 	}
 	return obj
 }

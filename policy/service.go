@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/hex"
+	"errors"
 	"math"
 	"net/http"
 	"strconv"
@@ -40,15 +41,31 @@ type BundleSource interface {
 // Prefer header asks (modes=snapshot,delta;wait=N), at most MaxWait.
 type BundleService struct {
 	Source BundleSource
-	// Authorize admits a request, returning who asks (audit), or refuses
-	// it with an error (403).
-	Authorize func(r *http.Request) (string, error)
-	// Audit, if set, is told of each refusal and each bundle served.
-	Audit func(r *http.Request, who, name string, rev uint64, err error)
+	// Authorize, if set, admits a request for bundle name, returning who
+	// asks (for the audit trail), or refuses it: an *AuthError says 401 or
+	// 403, any other error is a 403. A long poll is authorized again when
+	// it wakes, so a credential revoked meanwhile gets nothing new.
+	Authorize func(r *http.Request, name string) (string, error)
+	// Audit, if set, is told of each request's outcome: refused, a bundle
+	// served, or not modified.
+	Audit func(r *http.Request, f Fetch)
 	// Clock times long polls. Default: the real clock.
 	Clock clockwork.Clock
 	// MaxWait bounds a long poll. Default: 5 minutes.
 	MaxWait time.Duration
+}
+
+// Fetch is the outcome of one bundle service request.
+type Fetch struct {
+	// Who asked, as Authorize named them ("" when refused before).
+	Who  string
+	Name string
+	// Revision served, or held (304); 0 when refused.
+	Revision uint64
+	// Status is the HTTP status answered.
+	Status int
+	// Err is why the request was refused (Status 401, 403), else nil.
+	Err error
 }
 
 // DefaultMaxWait is the longest long poll a BundleService holds by default.
@@ -71,17 +88,6 @@ func (s *BundleService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	who := ""
-	if s.Authorize != nil {
-		var err error
-		if who, err = s.Authorize(r); err != nil {
-			if s.Audit != nil {
-				s.Audit(r, who, name, 0, err)
-			}
-			http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
-			return
-		}
-	}
 	wait, longPoll := PreferWait(r.Header.Values("Prefer"))
 	maxWait := s.MaxWait
 	if maxWait <= 0 {
@@ -99,6 +105,10 @@ func (s *BundleService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	for {
+		who, ok := s.authorize(w, r, name)
+		if !ok {
+			return
+		}
 		b, changed := s.Source.Bundle(name)
 		if b == nil {
 			if !longPoll || wait <= 0 {
@@ -107,11 +117,11 @@ func (s *BundleService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		} else {
 			if !ETagMatches(r.Header.Values("If-None-Match"), b.ETag()) {
-				s.send(w, r, who, name, b, longPoll)
+				s.send(w, r, who, name, b)
 				return
 			}
 			if !longPoll || wait <= 0 {
-				s.notModified(w, b, longPoll)
+				s.notModified(w, r, who, name, b)
 				return
 			}
 		}
@@ -129,12 +139,37 @@ func (s *BundleService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "no bundle "+name, http.StatusNotFound)
 			return
 		}
-		s.notModified(w, b, longPoll)
+		s.notModified(w, r, who, name, b)
 		return
 	}
 }
 
-func (s *BundleService) send(w http.ResponseWriter, r *http.Request, who, name string, b *Served, _ bool) {
+// authorize asks Authorize; a refusal is answered (401 with a Bearer
+// challenge, or 403) and audited.
+func (s *BundleService) authorize(w http.ResponseWriter, r *http.Request, name string) (string, bool) {
+	if s.Authorize == nil {
+		return "", true
+	}
+	who, err := s.Authorize(r, name)
+	if err == nil {
+		return who, true
+	}
+	code := http.StatusForbidden
+	var ae *AuthError
+	if errors.As(err, &ae) {
+		code = ae.Status
+	}
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="meshca", error="invalid_token"`)
+	}
+	if s.Audit != nil {
+		s.Audit(r, Fetch{Who: who, Name: name, Status: code, Err: err})
+	}
+	http.Error(w, http.StatusText(code)+": "+err.Error(), code)
+	return "", false
+}
+
+func (s *BundleService) send(w http.ResponseWriter, r *http.Request, who, name string, b *Served) {
 	h := w.Header()
 	h.Set("Content-Type", BundleContentType)
 	h.Set("ETag", b.ETag())
@@ -144,14 +179,17 @@ func (s *BundleService) send(w http.ResponseWriter, r *http.Request, who, name s
 		w.Write(b.Bytes)
 	}
 	if s.Audit != nil {
-		s.Audit(r, who, name, b.Revision, nil)
+		s.Audit(r, Fetch{Who: who, Name: name, Revision: b.Revision, Status: http.StatusOK})
 	}
 }
 
-func (s *BundleService) notModified(w http.ResponseWriter, b *Served, _ bool) {
+func (s *BundleService) notModified(w http.ResponseWriter, r *http.Request, who, name string, b *Served) {
 	w.Header().Set("Content-Type", BundleContentType)
 	w.Header().Set("ETag", b.ETag())
 	w.WriteHeader(http.StatusNotModified)
+	if s.Audit != nil {
+		s.Audit(r, Fetch{Who: who, Name: name, Revision: b.Revision, Status: http.StatusNotModified})
+	}
 }
 
 // ETagMatches reports whether If-None-Match header values (each a

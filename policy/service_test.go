@@ -49,15 +49,20 @@ func TestBundleService(t *testing.T) {
 	clock := clockwork.NewFakeClock()
 	var refused []string
 	svc := &BundleService{Source: src, Clock: clock, MaxWait: time.Minute,
-		Authorize: func(r *http.Request) (string, error) {
-			if r.Header.Get("Authorization") != "Bearer ok" {
-				return "", errors.New("no token")
+		Authorize: func(r *http.Request, name string) (string, error) {
+			switch r.Header.Get("Authorization") {
+			case "Bearer ok":
+				return "tester", nil
+			case "Bearer other":
+				return "other", Forbidden("not %s", name)
+			case "":
+				return "", Unauthenticated("no token")
 			}
-			return "tester", nil
+			return "", errors.New("plain error")
 		},
-		Audit: func(_ *http.Request, who, name string, _ uint64, err error) {
-			if err != nil {
-				refused = append(refused, name)
+		Audit: func(_ *http.Request, f Fetch) {
+			if f.Err != nil {
+				refused = append(refused, f.Name)
 			}
 		}}
 	do := func(method, path string, h map[string]string) *httptest.ResponseRecorder {
@@ -87,11 +92,22 @@ func TestBundleService(t *testing.T) {
 	if w := do("POST", "/v1/bundles/authz", nil); w.Code != 405 {
 		t.Fatalf("POST: %d", w.Code)
 	}
-	req := httptest.NewRequest("GET", "/v1/bundles/authz", nil)
-	rec := httptest.NewRecorder()
-	svc.ServeHTTP(rec, req)
-	if rec.Code != 403 || len(refused) != 1 {
-		t.Fatalf("no credentials: %d, refusals audited %v", rec.Code, refused)
+	for i, c := range []struct {
+		auth   string
+		status int
+	}{{"", 401}, {"Bearer other", 403}, {"Bearer bogus", 403}} {
+		req := httptest.NewRequest("GET", "/v1/bundles/authz", nil)
+		if c.auth != "" {
+			req.Header.Set("Authorization", c.auth)
+		}
+		rec := httptest.NewRecorder()
+		svc.ServeHTTP(rec, req)
+		if rec.Code != c.status || len(refused) != i+1 || rec.Body.String() == "one" {
+			t.Fatalf("Authorization %q: %d (want %d), refusals audited %v", c.auth, rec.Code, c.status, refused)
+		}
+		if challenge := rec.Header().Get("WWW-Authenticate"); (c.status == 401) != (challenge != "") {
+			t.Fatalf("Authorization %q: WWW-Authenticate %q", c.auth, challenge)
+		}
 	}
 
 	// A long poll ends with 304 when its wait is over (on the clock)...
@@ -127,5 +143,43 @@ func TestPreferWait(t *testing.T) {
 		if (want < 0) == ok || (ok && got != want) {
 			t.Errorf("PreferWait(%q) = %v, %v; want %v", in, got, ok, want)
 		}
+	}
+}
+
+// A long poll is authorized again when a new revision wakes it: a
+// credential revoked while it waited gets 401, not the new revision.
+func TestBundleServiceLongPollReauthorizes(t *testing.T) {
+	src := newMemSource("one")
+	clock := clockwork.NewFakeClock()
+	var mu sync.Mutex
+	revoked := false
+	svc := &BundleService{Source: src, Clock: clock,
+		Authorize: func(r *http.Request, _ string) (string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if revoked {
+				return "", Unauthenticated("revoked")
+			}
+			return "tester", nil
+		}}
+	etag := (&Served{SHA256: src.cur.SHA256}).ETag()
+	done := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		req := httptest.NewRequest("GET", "/v1/bundles/authz", nil)
+		req.Header.Set("If-None-Match", etag)
+		req.Header.Set("Prefer", "modes=snapshot,delta;wait=30")
+		w := httptest.NewRecorder()
+		svc.ServeHTTP(w, req)
+		done <- w
+	}()
+	if err := clock.BlockUntilContext(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	revoked = true
+	mu.Unlock()
+	src.set(2, "two")
+	if w := <-done; w.Code != 401 || w.Body.String() == "two" {
+		t.Fatalf("a long poll whose credential was revoked: %d %q", w.Code, w.Body.String())
 	}
 }

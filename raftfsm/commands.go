@@ -121,6 +121,10 @@ func applyOp(txn *memdb.Txn, lx *ledgerIndex, c *raftpb.Command, h *raftpb.Heade
 		return taintJWTKey(txn, op.TaintJwtKey, h.TimeUnixNano)
 	case *raftpb.Command_RevokeJwtKey:
 		return revokeJWTKey(txn, op.RevokeJwtKey.GetKid())
+	case *raftpb.Command_PutBundleToken: // issue 12 tokens
+		return putBundleToken(txn, op.PutBundleToken, h.TimeUnixNano)
+	case *raftpb.Command_DeleteBundleToken:
+		return deleteBundleToken(txn, op.DeleteBundleToken.GetId())
 	case nil:
 		// Written by a newer meshca: applying nothing here would let this
 		// replica diverge from the ones that understood it.

@@ -81,7 +81,7 @@ func (g *cmdGen) command() *raftpb.Command {
 	}
 	node := func() *raftpb.Node { return &raftpb.Node{SpiffeId: g.id("node-"), Banned: g.pick(4) == 0} }
 	c := &raftpb.Command{Header: h}
-	switch g.pick(38) {
+	switch g.pick(40) {
 	case 0:
 		c.Op = &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: g.id("td")}}}
 	case 1:
@@ -205,6 +205,11 @@ func (g *cmdGen) command() *raftpb.Command {
 		c.Op = &raftpb.Command_TaintJwtKey{TaintJwtKey: op}
 	case 37:
 		c.Op = &raftpb.Command_RevokeJwtKey{RevokeJwtKey: &raftpb.RevokeJWTKey{Kid: g.id("kid-")}}
+	case 38: // issue 12 tokens
+		c.Op = &raftpb.Command_PutBundleToken{PutBundleToken: &raftpb.PutBundleToken{Token: &raftpb.BundleToken{Id: g.id("bt-"), Name: g.id("n"),
+			SecretSha256: make([]byte, 32), Bundles: []string{g.id("b")}, ExpiresUnixNano: int64(g.pick(3)) * g.now / 2}}}
+	case 39:
+		c.Op = &raftpb.Command_DeleteBundleToken{DeleteBundleToken: &raftpb.DeleteBundleToken{Id: g.id("bt-")}}
 	}
 	return c
 }

@@ -65,6 +65,8 @@ func policyScopes(c *raftpb.Command, touched map[string]bool) bool {
 		touched[ScopeOPABundle(op.PutOpaBundle.GetBundle().GetName())] = true
 	case *raftpb.Command_PutOpaKey:
 		touched[ScopeOPAKey] = true
+	case *raftpb.Command_PutBundleToken, *raftpb.Command_DeleteBundleToken:
+		touched[ScopeBundleTokens] = true
 	default:
 		return false
 	}

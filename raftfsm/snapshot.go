@@ -222,6 +222,8 @@ func wrapRecord(obj any) (*raftpb.SnapshotRecord, error) {
 		r.Record = &raftpb.SnapshotRecord_OpaBundle{OpaBundle: o}
 	case *raftpb.OPAKey:
 		r.Record = &raftpb.SnapshotRecord_OpaKey{OpaKey: o}
+	case *raftpb.BundleToken: // issue 12 tokens
+		r.Record = &raftpb.SnapshotRecord_BundleToken{BundleToken: o}
 	default:
 		return nil, fmt.Errorf("raftfsm: no snapshot record for %T", obj)
 	}
@@ -262,6 +264,8 @@ func unwrapRecord(r *raftpb.SnapshotRecord) (table string, obj any, err error) {
 		return tableOPABundles, v.OpaBundle, nil
 	case *raftpb.SnapshotRecord_OpaKey:
 		return tableOPAKeys, v.OpaKey, nil
+	case *raftpb.SnapshotRecord_BundleToken: // issue 12 tokens
+		return tableBundleTokens, v.BundleToken, nil
 	}
 	return "", nil, errors.New("unknown record type (written by a newer meshca?)")
 }

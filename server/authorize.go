@@ -138,6 +138,13 @@ type Authorizer interface {
 	Authorize(ctx context.Context, r *Request) (Decision, error)
 }
 
+// batchAuthorizer is an Authorizer that decides a batch of requests at
+// once (out[i] for reqs[i]), as Authorize would one by one; an error is
+// Authorize's.
+type batchAuthorizer interface {
+	AuthorizeBatch(ctx context.Context, reqs []*Request, out []Decision) error
+}
+
 // AuthorizerFunc adapts a function to Authorizer.
 type AuthorizerFunc func(ctx context.Context, r *Request) (Decision, error)
 

@@ -247,7 +247,7 @@ func (b bundleSource) Bundle(name string) (*policy.Served, <-chan struct{}) {
 
 // bundleServer is the OPA bundle service listener: HTTPS with a
 // certificate naming the server's SPIFFE ID and BundleDNSNames, clients
-// authenticated by an X509-SVID of the trust domain.
+// authenticated by an X509-SVID of the trust domain or a bundle token.
 type bundleServer struct {
 	s   *Server
 	ln  net.Listener
@@ -266,31 +266,10 @@ func (s *Server) newBundleServer() (*bundleServer, error) {
 	}
 	bs := &bundleServer{s: s, ln: ln}
 	svc := &policy.BundleService{
-		Source: bundleSource{fsm: s.fsm},
-		Clock:  s.cfg.Clock,
-		Authorize: func(r *http.Request) (string, error) {
-			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-				return "", errors.New("a client X509-SVID of the trust domain is required")
-			}
-			raw := make([][]byte, len(r.TLS.PeerCertificates))
-			for i, c := range r.TLS.PeerCertificates {
-				raw[i] = c.Raw
-			}
-			id, err := s.tlsID.VerifyPeer(raw)
-			if err != nil {
-				return "", err
-			}
-			return id.String(), nil
-		},
-		Audit: func(r *http.Request, who, name string, rev uint64, err error) {
-			if err != nil {
-				s.events.Record(audit.Event{Actor: who, Action: "policy.bundle.fetch", Subject: name, Decision: audit.Deny, Reason: err.Error(),
-					Details: map[string]string{"remote": r.RemoteAddr}})
-				return
-			}
-			s.events.Record(audit.Event{Actor: who, Action: "policy.bundle.fetch", Subject: name, Decision: audit.Allow,
-				Details: map[string]string{"revision": strconv.FormatUint(rev, 10)}})
-		},
+		Source:    bundleSource{fsm: s.fsm},
+		Clock:     s.cfg.Clock,
+		Authorize: s.authorizeBundleFetch,
+		Audit:     s.auditBundleFetch,
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/bundles/", svc)
@@ -302,7 +281,9 @@ func (s *Server) newBundleServer() (*bundleServer, error) {
 			MinVersion:     tls.VersionTLS13,
 			Time:           s.cfg.Clock.Now,
 			GetCertificate: bs.certificate,
-			ClientAuth:     tls.RequireAnyClientCert, // verified per request (Authorize), by chain to the roots
+			// A client certificate is verified per request (Authorize), by
+			// chain to the roots; a client with a bundle token sends none.
+			ClientAuth: tls.RequestClientCert,
 		},
 	}
 	return bs, nil

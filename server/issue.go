@@ -60,11 +60,22 @@ func (c *Caller) budget() (node string, operator bool) {
 // refused requests get their err set and are audited. An error means the
 // Authorizer could not decide: nothing is issued.
 func (s *Server) authorize(ctx context.Context, reqs []*Request, out []issued) error {
-	for i, r := range reqs {
-		d, err := s.authorizer.Authorize(ctx, r)
-		if err != nil {
+	ds := make([]Decision, len(reqs))
+	if ba, ok := s.authorizer.(batchAuthorizer); ok {
+		if err := ba.AuthorizeBatch(ctx, reqs, ds); err != nil {
 			return fmt.Errorf("authorize: %w", err)
 		}
+	} else {
+		for i, r := range reqs {
+			d, err := s.authorizer.Authorize(ctx, r)
+			if err != nil {
+				return fmt.Errorf("authorize: %w", err)
+			}
+			ds[i] = d
+		}
+	}
+	for i, r := range reqs {
+		d := ds[i]
 		if !d.Allow {
 			out[i].err, out[i].denied = status.Error(codes.PermissionDenied, d.Reason), denyPolicy
 			s.events.Record(audit.Event{Actor: r.Caller.actor(), Action: r.Kind.action(), Subject: r.subject(), Decision: audit.Deny,

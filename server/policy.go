@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,9 +88,71 @@ func (a *policyAuthorizer) Authorize(ctx context.Context, r *Request) (Decision,
 		return base, err
 	}
 	if c.err != nil {
-		return Decision{Reason: fmt.Sprintf("issuance policy revision %d does not compile on this server: %v", c.rev, c.err)}, nil
+		return c.compileDenial(), nil
 	}
 	d, err := c.p.Decide(ctx, issuanceInput(r, base))
+	return a.finish(ctx, r, base, d, err)
+}
+
+// maxBatchInputs bounds the distinct policy inputs of a batch remembered
+// for reuse.
+const maxBatchInputs = 16
+
+// AuthorizeBatch implements batchAuthorizer: the batch is decided by one
+// policy revision, and requests whose policy input is identical (replicas
+// of one workload renewing together, say) are evaluated once. The input is
+// all the policy sees, so the decision is the same; what follows it
+// (checkID) runs per request.
+func (a *policyAuthorizer) AuthorizeBatch(ctx context.Context, reqs []*Request, out []Decision) error {
+	c := a.ip.cur.Load()
+	type memo struct {
+		in  *policy.Input
+		d   policy.Decision
+		err error
+	}
+	var seen []memo
+	for i, r := range reqs {
+		base, err := a.base.Authorize(ctx, r)
+		if err != nil {
+			return err
+		}
+		switch {
+		case c == nil:
+			out[i] = base
+			continue
+		case c.err != nil:
+			out[i] = c.compileDenial()
+			continue
+		}
+		in := issuanceInput(r, base)
+		var m *memo
+		for k := range seen {
+			if inputEqual(seen[k].in, in) {
+				m = &seen[k]
+				break
+			}
+		}
+		if m == nil {
+			d, err := c.p.Decide(ctx, in)
+			if len(seen) < maxBatchInputs {
+				seen = append(seen, memo{in: in, d: d, err: err})
+			}
+			m = &memo{in: in, d: d, err: err}
+		}
+		if out[i], err = a.finish(ctx, r, base, m.d, m.err); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *compiledIssuance) compileDenial() Decision {
+	return Decision{Reason: fmt.Sprintf("issuance policy revision %d does not compile on this server: %v", c.rev, c.err)}
+}
+
+// finish turns the policy's decision d (or its error) on r into the
+// Authorizer's.
+func (a *policyAuthorizer) finish(ctx context.Context, r *Request, base Decision, d policy.Decision, err error) (Decision, error) {
 	if err != nil {
 		if ctx.Err() != nil {
 			return Decision{}, err
@@ -99,7 +162,7 @@ func (a *policyAuthorizer) Authorize(ctx context.Context, r *Request) (Decision,
 	if !d.Allow {
 		return Decision{Reason: d.Reason}, nil
 	}
-	out := Decision{Allow: true, SPIFFEID: base.SPIFFEID, TTL: d.TTL, DNSNames: d.DNSNames}
+	out := Decision{Allow: true, SPIFFEID: base.SPIFFEID, TTL: d.TTL, DNSNames: slices.Clone(d.DNSNames)}
 	if d.SPIFFEID != "" {
 		out.SPIFFEID = d.SPIFFEID
 	}
@@ -111,6 +174,22 @@ func (a *policyAuthorizer) Authorize(ctx context.Context, r *Request) (Decision,
 		return Decision{Reason: "the issuance policy allowed " + reason}, nil
 	}
 	return out, nil
+}
+
+// inputEqual reports whether two policy inputs are the same.
+func inputEqual(x, y *policy.Input) bool {
+	return x.Node.ID == y.Node.ID && x.Node.Attestor == y.Node.Attestor && slices.Equal(x.Node.Selectors, y.Node.Selectors) &&
+		slices.Equal(x.Workload.Selectors, y.Workload.Selectors) && x.Entries == y.Entries &&
+		x.Request.SPIFFEID == y.Request.SPIFFEID && slices.Equal(x.Request.DNSNames, y.Request.DNSNames) && x.Request.TTL == y.Request.TTL &&
+		x.Request.Profile == y.Request.Profile && x.Request.Kind == y.Request.Kind && entryEqual(x.Entry, y.Entry)
+}
+
+func entryEqual(x, y *policy.EntryInput) bool {
+	if x == nil || y == nil {
+		return x == y
+	}
+	return x.ID == y.ID && x.SPIFFEID == y.SPIFFEID && x.ParentID == y.ParentID && slices.Equal(x.Selectors, y.Selectors) &&
+		slices.Equal(x.DNSNames, y.DNSNames) && x.TTL == y.TTL && x.Profile == y.Profile
 }
 
 // checkID refuses an identity a policy may not hand out, whatever it says:

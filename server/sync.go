@@ -26,6 +26,9 @@ const (
 	// ResourceIdentityPolicy says which workload selectors the issuance
 	// policy derives identities from (issue 12).
 	ResourceIdentityPolicy = "identity_policy"
+	// ResourceOPAKey is the trust domain's OPA bundle signing key, public
+	// part: agents verify every bundle with it before they cache it (issue 12).
+	ResourceOPAKey = "opa_key"
 )
 
 // maxKnownResources bounds the versions an agent may name in a SyncRequest.
@@ -71,6 +74,10 @@ func (s *Server) syncResources(r *raftfsm.Reader, agentID string) map[string]*no
 		out[resourceKey(ResourceCRL, c.AuthorityId)] = &nodepb.Resource{Kind: ResourceCRL, Name: c.AuthorityId,
 			Version: version, Body: &nodepb.Resource_Crl{Crl: &nodepb.CRL{Profile: a.Profile,
 				Root: a.Kind == raftpb.AuthorityKind_ROOT, Certificate: a.Certificate, Der: c.Der, Number: c.Number, Tainted: tainted}}}
+	}
+	if k := r.OPAKey(); k != nil { // issue 12: the key agents verify bundles with
+		out[resourceKey(ResourceOPAKey, s.td.Name())] = &nodepb.Resource{Kind: ResourceOPAKey, Name: s.td.Name(), Version: k.Kid,
+			Body: &nodepb.Resource_OpaKey{OpaKey: &nodepb.OPAKey{Kid: k.Kid, PublicKey: k.PublicKey}}}
 	}
 	for _, b := range r.OPABundleNames() { // issue 12: every agent gets every bundle
 		out[resourceKey(ResourceOPABundle, b.Name)] = &nodepb.Resource{Kind: ResourceOPABundle, Name: b.Name,
@@ -126,6 +133,8 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 		known[k] = v
 	}
 	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL, raftfsm.ScopeOPABundles, raftfsm.ScopeIssuancePolicy}
+	// (The OPA key needs no scope of its own: it is stored before the first
+	// bundle it signs, whose push wakes ScopeOPABundles.)
 	for first := true; ; first = false {
 		// Watch before reading: a change after the read closes a channel
 		// already held.

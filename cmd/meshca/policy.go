@@ -24,7 +24,7 @@ func (a *app) newPolicyCommand() *cobra.Command {
 		a.newPolicyIssuanceSetCommand(), a.newPolicyIssuanceShowCommand(), a.newPolicyIssuanceTestCommand())
 	return groupCommand("policy", "OPA policy: issuance decisions and signed authorization bundles",
 		issuance, a.newPolicyPushCommand(), a.newPolicyListCommand(), a.newPolicyShowCommand(),
-		a.newPolicyDiffCommand(), a.newPolicyRollbackCommand())
+		a.newPolicyDiffCommand(), a.newPolicyRollbackCommand(), a.newPolicyTokenCommand())
 }
 
 func toPBFiles(fs []policy.File) []*operatorpb.PolicyFile {

@@ -88,10 +88,17 @@ type opaProc struct {
 // is slow (30-60 s) so that only long polling can deliver quickly.
 func startOPA(t *testing.T, bin, dir, url string, key *operatorpb.GetOPAKeyResponse) *opaProc {
 	t.Helper()
+	return startOPAWith(t, bin, dir, url, key, map[string]any{"client_tls": map[string]any{"cert": filepath.Join(dir, "svid.pem"), "private_key": filepath.Join(dir, "key.pem")}})
+}
+
+// startOPAWith is startOPA with the service's credentials (OPA's
+// services.<name>.credentials) given, used when the URL is https.
+func startOPAWith(t *testing.T, bin, dir, url string, key *operatorpb.GetOPAKeyResponse, creds map[string]any) *opaProc {
+	t.Helper()
 	svc := map[string]any{"url": url}
 	if strings.HasPrefix(url, "https:") {
 		svc["tls"] = map[string]any{"ca_cert": filepath.Join(dir, "bundle.pem")}
-		svc["credentials"] = map[string]any{"client_tls": map[string]any{"cert": filepath.Join(dir, "svid.pem"), "private_key": filepath.Join(dir, "key.pem")}}
+		svc["credentials"] = creds
 	}
 	cfg := map[string]any{
 		"services": map[string]any{"meshca": svc},

@@ -1042,6 +1042,7 @@ type Resource struct {
 	//	*Resource_Crl
 	//	*Resource_OpaBundle
 	//	*Resource_IdentityPolicy
+	//	*Resource_OpaKey
 	Body          isResource_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1159,6 +1160,15 @@ func (x *Resource) GetIdentityPolicy() *IdentityPolicy {
 	return nil
 }
 
+func (x *Resource) GetOpaKey() *OPAKey {
+	if x != nil {
+		if x, ok := x.Body.(*Resource_OpaKey); ok {
+			return x.OpaKey
+		}
+	}
+	return nil
+}
+
 type isResource_Body interface {
 	isResource_Body()
 }
@@ -1191,6 +1201,13 @@ type Resource_IdentityPolicy struct {
 	IdentityPolicy *IdentityPolicy `protobuf:"bytes,41,opt,name=identity_policy,json=identityPolicy,proto3,oneof"`
 }
 
+type Resource_OpaKey struct {
+	// issue 12: kind "opa_key" (name: the trust domain; version: its kid):
+	// the key agents verify every OPA bundle's signature with before they
+	// cache or serve it.
+	OpaKey *OPAKey `protobuf:"bytes,120,opt,name=opa_key,json=opaKey,proto3,oneof"`
+}
+
 func (*Resource_Entry) isResource_Body() {}
 
 func (*Resource_Bundle) isResource_Body() {}
@@ -1202,6 +1219,8 @@ func (*Resource_Crl) isResource_Body() {}
 func (*Resource_OpaBundle) isResource_Body() {}
 
 func (*Resource_IdentityPolicy) isResource_Body() {}
+
+func (*Resource_OpaKey) isResource_Body() {}
 
 // IdentityPolicy tells agents that the issuance policy derives identities
 // from workload selectors (issue 12): a workload that matches no entry
@@ -1259,6 +1278,61 @@ func (x *IdentityPolicy) GetSelectorTypes() []string {
 	return nil
 }
 
+// OPAKey is the trust domain's OPA bundle signing key (issue 12), public
+// part only.
+type OPAKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	// public_key is the DER SubjectPublicKeyInfo (ES256).
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OPAKey) Reset() {
+	*x = OPAKey{}
+	mi := &file_nodepb_node_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OPAKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OPAKey) ProtoMessage() {}
+
+func (x *OPAKey) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OPAKey.ProtoReflect.Descriptor instead.
+func (*OPAKey) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *OPAKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *OPAKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 // OPABundle is the latest revision of a signed OPA authorization bundle
 // (issue 12).
 type OPABundle struct {
@@ -1274,7 +1348,7 @@ type OPABundle struct {
 
 func (x *OPABundle) Reset() {
 	*x = OPABundle{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1360,7 @@ func (x *OPABundle) String() string {
 func (*OPABundle) ProtoMessage() {}
 
 func (x *OPABundle) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1373,7 @@ func (x *OPABundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPABundle.ProtoReflect.Descriptor instead.
 func (*OPABundle) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *OPABundle) GetRevision() uint64 {
@@ -1347,7 +1421,7 @@ type CRL struct {
 
 func (x *CRL) Reset() {
 	*x = CRL{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1433,7 @@ func (x *CRL) String() string {
 func (*CRL) ProtoMessage() {}
 
 func (x *CRL) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1446,7 @@ func (x *CRL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CRL.ProtoReflect.Descriptor instead.
 func (*CRL) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CRL) GetProfile() string {
@@ -1426,7 +1500,7 @@ type JWTAuthorities struct {
 
 func (x *JWTAuthorities) Reset() {
 	*x = JWTAuthorities{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1512,7 @@ func (x *JWTAuthorities) String() string {
 func (*JWTAuthorities) ProtoMessage() {}
 
 func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1525,7 @@ func (x *JWTAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthorities.ProtoReflect.Descriptor instead.
 func (*JWTAuthorities) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *JWTAuthorities) GetKeys() []*JWTAuthority {
@@ -1477,7 +1551,7 @@ type SyncUpdate struct {
 
 func (x *SyncUpdate) Reset() {
 	*x = SyncUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1563,7 @@ func (x *SyncUpdate) String() string {
 func (*SyncUpdate) ProtoMessage() {}
 
 func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1576,7 @@ func (x *SyncUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUpdate.ProtoReflect.Descriptor instead.
 func (*SyncUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SyncUpdate) GetRevision() uint64 {
@@ -1540,7 +1614,7 @@ type SVIDRequest struct {
 
 func (x *SVIDRequest) Reset() {
 	*x = SVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1626,7 @@ func (x *SVIDRequest) String() string {
 func (*SVIDRequest) ProtoMessage() {}
 
 func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1639,7 @@ func (x *SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SVIDRequest) GetEntryId() string {
@@ -1598,7 +1672,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1684,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1697,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SignX509SVIDsRequest) GetRequests() []*SVIDRequest {
@@ -1646,7 +1720,7 @@ type SVIDResult struct {
 
 func (x *SVIDResult) Reset() {
 	*x = SVIDResult{}
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +1732,7 @@ func (x *SVIDResult) String() string {
 func (*SVIDResult) ProtoMessage() {}
 
 func (x *SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +1745,7 @@ func (x *SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SVIDResult.ProtoReflect.Descriptor instead.
 func (*SVIDResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SVIDResult) GetEntryId() string {
@@ -1704,7 +1778,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +1790,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +1803,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*SVIDResult {
@@ -1748,7 +1822,7 @@ type RenewAgentSVIDRequest struct {
 
 func (x *RenewAgentSVIDRequest) Reset() {
 	*x = RenewAgentSVIDRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1834,7 @@ func (x *RenewAgentSVIDRequest) String() string {
 func (*RenewAgentSVIDRequest) ProtoMessage() {}
 
 func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1847,7 @@ func (x *RenewAgentSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenewAgentSVIDRequest) GetCsr() []byte {
@@ -1792,7 +1866,7 @@ type RenewAgentSVIDResponse struct {
 
 func (x *RenewAgentSVIDResponse) Reset() {
 	*x = RenewAgentSVIDResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1878,7 @@ func (x *RenewAgentSVIDResponse) String() string {
 func (*RenewAgentSVIDResponse) ProtoMessage() {}
 
 func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1891,7 @@ func (x *RenewAgentSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentSVIDResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewAgentSVIDResponse) GetSvidChain() [][]byte {
@@ -1906,7 +1980,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\n" +
 	"KnownEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb0\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x03\n" +
 	"\bResource\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1918,11 +1992,16 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x03crl\x18\r \x01(\v2\x13.meshca.node.v1.CRLH\x00R\x03crl\x12:\n" +
 	"\n" +
 	"opa_bundle\x18( \x01(\v2\x19.meshca.node.v1.OPABundleH\x00R\topaBundle\x12I\n" +
-	"\x0fidentity_policy\x18) \x01(\v2\x1e.meshca.node.v1.IdentityPolicyH\x00R\x0eidentityPolicyB\x06\n" +
+	"\x0fidentity_policy\x18) \x01(\v2\x1e.meshca.node.v1.IdentityPolicyH\x00R\x0eidentityPolicy\x121\n" +
+	"\aopa_key\x18x \x01(\v2\x16.meshca.node.v1.OPAKeyH\x00R\x06opaKeyB\x06\n" +
 	"\x04body\"S\n" +
 	"\x0eIdentityPolicy\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12%\n" +
-	"\x0eselector_types\x18\x02 \x03(\tR\rselectorTypes\"W\n" +
+	"\x0eselector_types\x18\x02 \x03(\tR\rselectorTypes\"9\n" +
+	"\x06OPAKey\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"W\n" +
 	"\tOPABundle\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12\x16\n" +
@@ -1979,7 +2058,7 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_nodepb_node_proto_goTypes = []any{
 	(*AgentAuditEvent)(nil),        // 0: meshca.node.v1.AgentAuditEvent
 	(*ExportAuditRequest)(nil),     // 1: meshca.node.v1.ExportAuditRequest
@@ -1998,21 +2077,22 @@ var file_nodepb_node_proto_goTypes = []any{
 	(*SyncRequest)(nil),            // 14: meshca.node.v1.SyncRequest
 	(*Resource)(nil),               // 15: meshca.node.v1.Resource
 	(*IdentityPolicy)(nil),         // 16: meshca.node.v1.IdentityPolicy
-	(*OPABundle)(nil),              // 17: meshca.node.v1.OPABundle
-	(*CRL)(nil),                    // 18: meshca.node.v1.CRL
-	(*JWTAuthorities)(nil),         // 19: meshca.node.v1.JWTAuthorities
-	(*SyncUpdate)(nil),             // 20: meshca.node.v1.SyncUpdate
-	(*SVIDRequest)(nil),            // 21: meshca.node.v1.SVIDRequest
-	(*SignX509SVIDsRequest)(nil),   // 22: meshca.node.v1.SignX509SVIDsRequest
-	(*SVIDResult)(nil),             // 23: meshca.node.v1.SVIDResult
-	(*SignX509SVIDsResponse)(nil),  // 24: meshca.node.v1.SignX509SVIDsResponse
-	(*RenewAgentSVIDRequest)(nil),  // 25: meshca.node.v1.RenewAgentSVIDRequest
-	(*RenewAgentSVIDResponse)(nil), // 26: meshca.node.v1.RenewAgentSVIDResponse
-	nil,                            // 27: meshca.node.v1.AgentAuditEvent.DetailsEntry
-	nil,                            // 28: meshca.node.v1.SyncRequest.KnownEntry
+	(*OPAKey)(nil),                 // 17: meshca.node.v1.OPAKey
+	(*OPABundle)(nil),              // 18: meshca.node.v1.OPABundle
+	(*CRL)(nil),                    // 19: meshca.node.v1.CRL
+	(*JWTAuthorities)(nil),         // 20: meshca.node.v1.JWTAuthorities
+	(*SyncUpdate)(nil),             // 21: meshca.node.v1.SyncUpdate
+	(*SVIDRequest)(nil),            // 22: meshca.node.v1.SVIDRequest
+	(*SignX509SVIDsRequest)(nil),   // 23: meshca.node.v1.SignX509SVIDsRequest
+	(*SVIDResult)(nil),             // 24: meshca.node.v1.SVIDResult
+	(*SignX509SVIDsResponse)(nil),  // 25: meshca.node.v1.SignX509SVIDsResponse
+	(*RenewAgentSVIDRequest)(nil),  // 26: meshca.node.v1.RenewAgentSVIDRequest
+	(*RenewAgentSVIDResponse)(nil), // 27: meshca.node.v1.RenewAgentSVIDResponse
+	nil,                            // 28: meshca.node.v1.AgentAuditEvent.DetailsEntry
+	nil,                            // 29: meshca.node.v1.SyncRequest.KnownEntry
 }
 var file_nodepb_node_proto_depIdxs = []int32{
-	27, // 0: meshca.node.v1.AgentAuditEvent.details:type_name -> meshca.node.v1.AgentAuditEvent.DetailsEntry
+	28, // 0: meshca.node.v1.AgentAuditEvent.details:type_name -> meshca.node.v1.AgentAuditEvent.DetailsEntry
 	0,  // 1: meshca.node.v1.ExportAuditRequest.events:type_name -> meshca.node.v1.AgentAuditEvent
 	7,  // 2: meshca.node.v1.AttestRequest.start:type_name -> meshca.node.v1.AttestStart
 	9,  // 3: meshca.node.v1.AttestResponse.result:type_name -> meshca.node.v1.AttestResult
@@ -2020,35 +2100,36 @@ var file_nodepb_node_proto_depIdxs = []int32{
 	10, // 5: meshca.node.v1.Bundle.roots:type_name -> meshca.node.v1.Root
 	5,  // 6: meshca.node.v1.Bundle.jwt_authorities:type_name -> meshca.node.v1.JWTAuthority
 	12, // 7: meshca.node.v1.Entry.selectors:type_name -> meshca.node.v1.Selector
-	28, // 8: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
+	29, // 8: meshca.node.v1.SyncRequest.known:type_name -> meshca.node.v1.SyncRequest.KnownEntry
 	13, // 9: meshca.node.v1.Resource.entry:type_name -> meshca.node.v1.Entry
 	11, // 10: meshca.node.v1.Resource.bundle:type_name -> meshca.node.v1.Bundle
-	19, // 11: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
-	18, // 12: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
-	17, // 13: meshca.node.v1.Resource.opa_bundle:type_name -> meshca.node.v1.OPABundle
+	20, // 11: meshca.node.v1.Resource.jwt_authorities:type_name -> meshca.node.v1.JWTAuthorities
+	19, // 12: meshca.node.v1.Resource.crl:type_name -> meshca.node.v1.CRL
+	18, // 13: meshca.node.v1.Resource.opa_bundle:type_name -> meshca.node.v1.OPABundle
 	16, // 14: meshca.node.v1.Resource.identity_policy:type_name -> meshca.node.v1.IdentityPolicy
-	5,  // 15: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
-	15, // 16: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
-	12, // 17: meshca.node.v1.SVIDRequest.workload_selectors:type_name -> meshca.node.v1.Selector
-	21, // 18: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
-	23, // 19: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
-	6,  // 20: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
-	14, // 21: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
-	22, // 22: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
-	25, // 23: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
-	3,  // 24: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
-	1,  // 25: meshca.node.v1.Node.ExportAudit:input_type -> meshca.node.v1.ExportAuditRequest
-	8,  // 26: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
-	20, // 27: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
-	24, // 28: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
-	26, // 29: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
-	4,  // 30: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
-	2,  // 31: meshca.node.v1.Node.ExportAudit:output_type -> meshca.node.v1.ExportAuditResponse
-	26, // [26:32] is the sub-list for method output_type
-	20, // [20:26] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	17, // 15: meshca.node.v1.Resource.opa_key:type_name -> meshca.node.v1.OPAKey
+	5,  // 16: meshca.node.v1.JWTAuthorities.keys:type_name -> meshca.node.v1.JWTAuthority
+	15, // 17: meshca.node.v1.SyncUpdate.resources:type_name -> meshca.node.v1.Resource
+	12, // 18: meshca.node.v1.SVIDRequest.workload_selectors:type_name -> meshca.node.v1.Selector
+	22, // 19: meshca.node.v1.SignX509SVIDsRequest.requests:type_name -> meshca.node.v1.SVIDRequest
+	24, // 20: meshca.node.v1.SignX509SVIDsResponse.results:type_name -> meshca.node.v1.SVIDResult
+	6,  // 21: meshca.node.v1.Node.Attest:input_type -> meshca.node.v1.AttestRequest
+	14, // 22: meshca.node.v1.Node.Sync:input_type -> meshca.node.v1.SyncRequest
+	23, // 23: meshca.node.v1.Node.SignX509SVIDs:input_type -> meshca.node.v1.SignX509SVIDsRequest
+	26, // 24: meshca.node.v1.Node.RenewAgentSVID:input_type -> meshca.node.v1.RenewAgentSVIDRequest
+	3,  // 25: meshca.node.v1.Node.SignJWTSVID:input_type -> meshca.node.v1.SignJWTSVIDRequest
+	1,  // 26: meshca.node.v1.Node.ExportAudit:input_type -> meshca.node.v1.ExportAuditRequest
+	8,  // 27: meshca.node.v1.Node.Attest:output_type -> meshca.node.v1.AttestResponse
+	21, // 28: meshca.node.v1.Node.Sync:output_type -> meshca.node.v1.SyncUpdate
+	25, // 29: meshca.node.v1.Node.SignX509SVIDs:output_type -> meshca.node.v1.SignX509SVIDsResponse
+	27, // 30: meshca.node.v1.Node.RenewAgentSVID:output_type -> meshca.node.v1.RenewAgentSVIDResponse
+	4,  // 31: meshca.node.v1.Node.SignJWTSVID:output_type -> meshca.node.v1.SignJWTSVIDResponse
+	2,  // 32: meshca.node.v1.Node.ExportAudit:output_type -> meshca.node.v1.ExportAuditResponse
+	27, // [27:33] is the sub-list for method output_type
+	21, // [21:27] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -2071,6 +2152,7 @@ func file_nodepb_node_proto_init() {
 		(*Resource_Crl)(nil),
 		(*Resource_OpaBundle)(nil),
 		(*Resource_IdentityPolicy)(nil),
+		(*Resource_OpaKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2078,7 +2160,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

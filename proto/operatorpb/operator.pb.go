@@ -5092,6 +5092,350 @@ func (x *QueryAuditResponse) GetSource() string {
 	return ""
 }
 
+type CreateBundleTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name labels the token (unique; 1-63 of [a-z0-9._-]).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// ttl_seconds bounds its life; 0: it does not expire.
+	TtlSeconds int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// bundles it may download; empty: every bundle.
+	Bundles       []string `protobuf:"bytes,3,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBundleTokenRequest) Reset() {
+	*x = CreateBundleTokenRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBundleTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBundleTokenRequest) ProtoMessage() {}
+
+func (x *CreateBundleTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBundleTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateBundleTokenRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *CreateBundleTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateBundleTokenRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *CreateBundleTokenRequest) GetBundles() []string {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+// BundleTokenInfo describes a bundle token, without its secret.
+type BundleTokenInfo struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Bundles     []string               `protobuf:"bytes,3,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	CreatedUnix int64                  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	// expires_unix: 0 = never.
+	ExpiresUnix int64  `protobuf:"varint,5,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	Author      string `protobuf:"bytes,6,opt,name=author,proto3" json:"author,omitempty"`
+	// expired is true when the server's clock is past expires_unix.
+	Expired       bool `protobuf:"varint,7,opt,name=expired,proto3" json:"expired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleTokenInfo) Reset() {
+	*x = BundleTokenInfo{}
+	mi := &file_operatorpb_operator_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleTokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleTokenInfo) ProtoMessage() {}
+
+func (x *BundleTokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleTokenInfo.ProtoReflect.Descriptor instead.
+func (*BundleTokenInfo) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *BundleTokenInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *BundleTokenInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BundleTokenInfo) GetBundles() []string {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+func (x *BundleTokenInfo) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *BundleTokenInfo) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+func (x *BundleTokenInfo) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+func (x *BundleTokenInfo) GetExpired() bool {
+	if x != nil {
+		return x.Expired
+	}
+	return false
+}
+
+type CreateBundleTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Info  *BundleTokenInfo       `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	// token is the bearer token (shown this once; only its hash is kept).
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBundleTokenResponse) Reset() {
+	*x = CreateBundleTokenResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBundleTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBundleTokenResponse) ProtoMessage() {}
+
+func (x *CreateBundleTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBundleTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateBundleTokenResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *CreateBundleTokenResponse) GetInfo() *BundleTokenInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *CreateBundleTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type ListBundleTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundleTokensRequest) Reset() {
+	*x = ListBundleTokensRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundleTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundleTokensRequest) ProtoMessage() {}
+
+func (x *ListBundleTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundleTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListBundleTokensRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{82}
+}
+
+type ListBundleTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*BundleTokenInfo     `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundleTokensResponse) Reset() {
+	*x = ListBundleTokensResponse{}
+	mi := &file_operatorpb_operator_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundleTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundleTokensResponse) ProtoMessage() {}
+
+func (x *ListBundleTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundleTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListBundleTokensResponse) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *ListBundleTokensResponse) GetTokens() []*BundleTokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeBundleTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id or name of the token.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeBundleTokenRequest) Reset() {
+	*x = RevokeBundleTokenRequest{}
+	mi := &file_operatorpb_operator_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeBundleTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeBundleTokenRequest) ProtoMessage() {}
+
+func (x *RevokeBundleTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_operatorpb_operator_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeBundleTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeBundleTokenRequest) Descriptor() ([]byte, []int) {
+	return file_operatorpb_operator_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *RevokeBundleTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokeBundleTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 var File_operatorpb_operator_proto protoreflect.FileDescriptor
 
 const file_operatorpb_operator_proto_rawDesc = "" +
@@ -5470,7 +5814,29 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x12QueryAuditResponse\x12=\n" +
 	"\x06events\x18\x01 \x03(\v2%.meshca.operator.v1.HistoryAuditEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x16\n" +
-	"\x06source\x18\x03 \x01(\tR\x06source2\xce\x1d\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\"i\n" +
+	"\x18CreateBundleTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\x12\x18\n" +
+	"\abundles\x18\x03 \x03(\tR\abundles\"\xc7\x01\n" +
+	"\x0fBundleTokenInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\abundles\x18\x03 \x03(\tR\abundles\x12!\n" +
+	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12!\n" +
+	"\fexpires_unix\x18\x05 \x01(\x03R\vexpiresUnix\x12\x16\n" +
+	"\x06author\x18\x06 \x01(\tR\x06author\x12\x18\n" +
+	"\aexpired\x18\a \x01(\bR\aexpired\"j\n" +
+	"\x19CreateBundleTokenResponse\x127\n" +
+	"\x04info\x18\x01 \x01(\v2#.meshca.operator.v1.BundleTokenInfoR\x04info\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"\x19\n" +
+	"\x17ListBundleTokensRequest\"W\n" +
+	"\x18ListBundleTokensResponse\x12;\n" +
+	"\x06tokens\x18\x01 \x03(\v2#.meshca.operator.v1.BundleTokenInfoR\x06tokens\">\n" +
+	"\x18RevokeBundleTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name2\x97 \n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.meshca.operator.v1.StatusRequest\x1a\".meshca.operator.v1.StatusResponse\x12d\n" +
 	"\rRaftListPeers\x12(.meshca.operator.v1.RaftListPeersRequest\x1a).meshca.operator.v1.RaftListPeersResponse\x12a\n" +
@@ -5513,7 +5879,10 @@ const file_operatorpb_operator_proto_rawDesc = "" +
 	"\x12BatchCreateEntries\x12-.meshca.operator.v1.BatchCreateEntriesRequest\x1a..meshca.operator.v1.BatchCreateEntriesResponse\x12p\n" +
 	"\x11QueryCertificates\x12,.meshca.operator.v1.QueryCertificatesRequest\x1a-.meshca.operator.v1.QueryCertificatesResponse\x12[\n" +
 	"\n" +
-	"QueryAudit\x12%.meshca.operator.v1.QueryAuditRequest\x1a&.meshca.operator.v1.QueryAuditResponseB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
+	"QueryAudit\x12%.meshca.operator.v1.QueryAuditRequest\x1a&.meshca.operator.v1.QueryAuditResponse\x12p\n" +
+	"\x11CreateBundleToken\x12,.meshca.operator.v1.CreateBundleTokenRequest\x1a-.meshca.operator.v1.CreateBundleTokenResponse\x12m\n" +
+	"\x10ListBundleTokens\x12+.meshca.operator.v1.ListBundleTokensRequest\x1a,.meshca.operator.v1.ListBundleTokensResponse\x12f\n" +
+	"\x11RevokeBundleToken\x12,.meshca.operator.v1.RevokeBundleTokenRequest\x1a#.meshca.operator.v1.BundleTokenInfoB+Z)github.com/meshca/meshca/proto/operatorpbb\x06proto3"
 
 var (
 	file_operatorpb_operator_proto_rawDescOnce sync.Once
@@ -5527,7 +5896,7 @@ func file_operatorpb_operator_proto_rawDescGZIP() []byte {
 	return file_operatorpb_operator_proto_rawDescData
 }
 
-var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
+var file_operatorpb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_operatorpb_operator_proto_goTypes = []any{
 	(*AddAdminRequest)(nil),            // 0: meshca.operator.v1.AddAdminRequest
 	(*RemoveAdminRequest)(nil),         // 1: meshca.operator.v1.RemoveAdminRequest
@@ -5608,7 +5977,13 @@ var file_operatorpb_operator_proto_goTypes = []any{
 	(*QueryAuditRequest)(nil),          // 76: meshca.operator.v1.QueryAuditRequest
 	(*HistoryAuditEvent)(nil),          // 77: meshca.operator.v1.HistoryAuditEvent
 	(*QueryAuditResponse)(nil),         // 78: meshca.operator.v1.QueryAuditResponse
-	nil,                                // 79: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	(*CreateBundleTokenRequest)(nil),   // 79: meshca.operator.v1.CreateBundleTokenRequest
+	(*BundleTokenInfo)(nil),            // 80: meshca.operator.v1.BundleTokenInfo
+	(*CreateBundleTokenResponse)(nil),  // 81: meshca.operator.v1.CreateBundleTokenResponse
+	(*ListBundleTokensRequest)(nil),    // 82: meshca.operator.v1.ListBundleTokensRequest
+	(*ListBundleTokensResponse)(nil),   // 83: meshca.operator.v1.ListBundleTokensResponse
+	(*RevokeBundleTokenRequest)(nil),   // 84: meshca.operator.v1.RevokeBundleTokenRequest
+	nil,                                // 85: meshca.operator.v1.HistoryAuditEvent.DetailsEntry
 }
 var file_operatorpb_operator_proto_depIdxs = []int32{
 	4,  // 0: meshca.operator.v1.ListAdminsResponse.admins:type_name -> meshca.operator.v1.AdminInfo
@@ -5643,91 +6018,99 @@ var file_operatorpb_operator_proto_depIdxs = []int32{
 	44, // 29: meshca.operator.v1.AuthorityStepResponse.authority:type_name -> meshca.operator.v1.Authority
 	44, // 30: meshca.operator.v1.AuthorityStepResponse.successor:type_name -> meshca.operator.v1.Authority
 	74, // 31: meshca.operator.v1.QueryCertificatesResponse.certificates:type_name -> meshca.operator.v1.HistoryCertificate
-	79, // 32: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
+	85, // 32: meshca.operator.v1.HistoryAuditEvent.details:type_name -> meshca.operator.v1.HistoryAuditEvent.DetailsEntry
 	77, // 33: meshca.operator.v1.QueryAuditResponse.events:type_name -> meshca.operator.v1.HistoryAuditEvent
-	6,  // 34: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
-	13, // 35: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
-	15, // 36: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
-	17, // 37: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
-	19, // 38: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
-	20, // 39: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
-	22, // 40: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
-	26, // 41: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
-	27, // 42: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
-	29, // 43: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
-	31, // 44: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
-	32, // 45: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
-	37, // 46: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
-	39, // 47: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
-	41, // 48: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
-	43, // 49: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
-	47, // 50: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
-	48, // 51: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
-	50, // 52: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
-	53, // 53: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
-	55, // 54: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
-	56, // 55: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
-	57, // 56: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
-	60, // 57: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
-	62, // 58: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
-	64, // 59: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
-	65, // 60: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
-	67, // 61: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
-	69, // 62: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
-	71, // 63: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	71, // 64: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	71, // 65: meshca.operator.v1.Operator.PrepareAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	71, // 66: meshca.operator.v1.Operator.ActivateAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
-	0,  // 67: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
-	1,  // 68: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
-	3,  // 69: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
-	34, // 70: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
-	73, // 71: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
-	76, // 72: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
-	7,  // 73: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
-	14, // 74: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
-	16, // 75: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
-	18, // 76: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
-	20, // 77: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
-	21, // 78: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
-	23, // 79: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
-	28, // 80: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
-	28, // 81: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
-	30, // 82: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
-	28, // 83: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
-	33, // 84: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
-	38, // 85: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
-	40, // 86: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
-	42, // 87: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
-	45, // 88: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
-	49, // 89: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	49, // 90: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
-	52, // 91: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
-	54, // 92: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
-	52, // 93: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
-	52, // 94: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
-	58, // 95: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
-	61, // 96: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
-	63, // 97: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
-	59, // 98: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
-	66, // 99: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
-	68, // 100: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
-	70, // 101: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
-	72, // 102: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	72, // 103: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	72, // 104: meshca.operator.v1.Operator.PrepareAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	72, // 105: meshca.operator.v1.Operator.ActivateAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
-	2,  // 106: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
-	2,  // 107: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
-	5,  // 108: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
-	35, // 109: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
-	75, // 110: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
-	78, // 111: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
-	73, // [73:112] is the sub-list for method output_type
-	34, // [34:73] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	80, // 34: meshca.operator.v1.CreateBundleTokenResponse.info:type_name -> meshca.operator.v1.BundleTokenInfo
+	80, // 35: meshca.operator.v1.ListBundleTokensResponse.tokens:type_name -> meshca.operator.v1.BundleTokenInfo
+	6,  // 36: meshca.operator.v1.Operator.Status:input_type -> meshca.operator.v1.StatusRequest
+	13, // 37: meshca.operator.v1.Operator.RaftListPeers:input_type -> meshca.operator.v1.RaftListPeersRequest
+	15, // 38: meshca.operator.v1.Operator.RaftAddVoter:input_type -> meshca.operator.v1.RaftAddVoterRequest
+	17, // 39: meshca.operator.v1.Operator.RaftRemovePeer:input_type -> meshca.operator.v1.RaftRemovePeerRequest
+	19, // 40: meshca.operator.v1.Operator.SnapshotSave:input_type -> meshca.operator.v1.SnapshotSaveRequest
+	20, // 41: meshca.operator.v1.Operator.SnapshotRestore:input_type -> meshca.operator.v1.SnapshotChunk
+	22, // 42: meshca.operator.v1.Operator.CreateJoinToken:input_type -> meshca.operator.v1.CreateJoinTokenRequest
+	26, // 43: meshca.operator.v1.Operator.CreateEntry:input_type -> meshca.operator.v1.CreateEntryRequest
+	27, // 44: meshca.operator.v1.Operator.UpdateEntry:input_type -> meshca.operator.v1.UpdateEntryRequest
+	29, // 45: meshca.operator.v1.Operator.DeleteEntry:input_type -> meshca.operator.v1.DeleteEntryRequest
+	31, // 46: meshca.operator.v1.Operator.GetEntry:input_type -> meshca.operator.v1.GetEntryRequest
+	32, // 47: meshca.operator.v1.Operator.ListEntries:input_type -> meshca.operator.v1.ListEntriesRequest
+	37, // 48: meshca.operator.v1.Operator.ListNodes:input_type -> meshca.operator.v1.ListNodesRequest
+	39, // 49: meshca.operator.v1.Operator.GetNode:input_type -> meshca.operator.v1.GetNodeRequest
+	41, // 50: meshca.operator.v1.Operator.MintX509SVID:input_type -> meshca.operator.v1.MintX509SVIDRequest
+	43, // 51: meshca.operator.v1.Operator.ListAuthorities:input_type -> meshca.operator.v1.ListAuthoritiesRequest
+	47, // 52: meshca.operator.v1.Operator.SetIssuancePolicy:input_type -> meshca.operator.v1.SetIssuancePolicyRequest
+	48, // 53: meshca.operator.v1.Operator.GetIssuancePolicy:input_type -> meshca.operator.v1.GetIssuancePolicyRequest
+	50, // 54: meshca.operator.v1.Operator.PushBundle:input_type -> meshca.operator.v1.PushBundleRequest
+	53, // 55: meshca.operator.v1.Operator.ListBundles:input_type -> meshca.operator.v1.ListBundlesRequest
+	55, // 56: meshca.operator.v1.Operator.GetBundle:input_type -> meshca.operator.v1.GetBundleRequest
+	56, // 57: meshca.operator.v1.Operator.RollbackBundle:input_type -> meshca.operator.v1.RollbackBundleRequest
+	57, // 58: meshca.operator.v1.Operator.GetOPAKey:input_type -> meshca.operator.v1.GetOPAKeyRequest
+	60, // 59: meshca.operator.v1.Operator.RevokeCertificates:input_type -> meshca.operator.v1.RevokeCertificatesRequest
+	62, // 60: meshca.operator.v1.Operator.ListCertificates:input_type -> meshca.operator.v1.ListCertificatesRequest
+	64, // 61: meshca.operator.v1.Operator.GetCertificate:input_type -> meshca.operator.v1.GetCertificateRequest
+	65, // 62: meshca.operator.v1.Operator.GetCRL:input_type -> meshca.operator.v1.GetCRLRequest
+	67, // 63: meshca.operator.v1.Operator.BanNode:input_type -> meshca.operator.v1.BanNodeRequest
+	69, // 64: meshca.operator.v1.Operator.EvictNode:input_type -> meshca.operator.v1.EvictNodeRequest
+	71, // 65: meshca.operator.v1.Operator.TaintAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 66: meshca.operator.v1.Operator.RevokeAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 67: meshca.operator.v1.Operator.PrepareAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	71, // 68: meshca.operator.v1.Operator.ActivateAuthority:input_type -> meshca.operator.v1.AuthorityStepRequest
+	0,  // 69: meshca.operator.v1.Operator.AddAdmin:input_type -> meshca.operator.v1.AddAdminRequest
+	1,  // 70: meshca.operator.v1.Operator.RemoveAdmin:input_type -> meshca.operator.v1.RemoveAdminRequest
+	3,  // 71: meshca.operator.v1.Operator.ListAdmins:input_type -> meshca.operator.v1.ListAdminsRequest
+	34, // 72: meshca.operator.v1.Operator.BatchCreateEntries:input_type -> meshca.operator.v1.BatchCreateEntriesRequest
+	73, // 73: meshca.operator.v1.Operator.QueryCertificates:input_type -> meshca.operator.v1.QueryCertificatesRequest
+	76, // 74: meshca.operator.v1.Operator.QueryAudit:input_type -> meshca.operator.v1.QueryAuditRequest
+	79, // 75: meshca.operator.v1.Operator.CreateBundleToken:input_type -> meshca.operator.v1.CreateBundleTokenRequest
+	82, // 76: meshca.operator.v1.Operator.ListBundleTokens:input_type -> meshca.operator.v1.ListBundleTokensRequest
+	84, // 77: meshca.operator.v1.Operator.RevokeBundleToken:input_type -> meshca.operator.v1.RevokeBundleTokenRequest
+	7,  // 78: meshca.operator.v1.Operator.Status:output_type -> meshca.operator.v1.StatusResponse
+	14, // 79: meshca.operator.v1.Operator.RaftListPeers:output_type -> meshca.operator.v1.RaftListPeersResponse
+	16, // 80: meshca.operator.v1.Operator.RaftAddVoter:output_type -> meshca.operator.v1.RaftAddVoterResponse
+	18, // 81: meshca.operator.v1.Operator.RaftRemovePeer:output_type -> meshca.operator.v1.RaftRemovePeerResponse
+	20, // 82: meshca.operator.v1.Operator.SnapshotSave:output_type -> meshca.operator.v1.SnapshotChunk
+	21, // 83: meshca.operator.v1.Operator.SnapshotRestore:output_type -> meshca.operator.v1.SnapshotRestoreResponse
+	23, // 84: meshca.operator.v1.Operator.CreateJoinToken:output_type -> meshca.operator.v1.CreateJoinTokenResponse
+	28, // 85: meshca.operator.v1.Operator.CreateEntry:output_type -> meshca.operator.v1.EntryResponse
+	28, // 86: meshca.operator.v1.Operator.UpdateEntry:output_type -> meshca.operator.v1.EntryResponse
+	30, // 87: meshca.operator.v1.Operator.DeleteEntry:output_type -> meshca.operator.v1.DeleteEntryResponse
+	28, // 88: meshca.operator.v1.Operator.GetEntry:output_type -> meshca.operator.v1.EntryResponse
+	33, // 89: meshca.operator.v1.Operator.ListEntries:output_type -> meshca.operator.v1.ListEntriesResponse
+	38, // 90: meshca.operator.v1.Operator.ListNodes:output_type -> meshca.operator.v1.ListNodesResponse
+	40, // 91: meshca.operator.v1.Operator.GetNode:output_type -> meshca.operator.v1.NodeResponse
+	42, // 92: meshca.operator.v1.Operator.MintX509SVID:output_type -> meshca.operator.v1.MintX509SVIDResponse
+	45, // 93: meshca.operator.v1.Operator.ListAuthorities:output_type -> meshca.operator.v1.ListAuthoritiesResponse
+	49, // 94: meshca.operator.v1.Operator.SetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	49, // 95: meshca.operator.v1.Operator.GetIssuancePolicy:output_type -> meshca.operator.v1.IssuancePolicyResponse
+	52, // 96: meshca.operator.v1.Operator.PushBundle:output_type -> meshca.operator.v1.BundleResponse
+	54, // 97: meshca.operator.v1.Operator.ListBundles:output_type -> meshca.operator.v1.ListBundlesResponse
+	52, // 98: meshca.operator.v1.Operator.GetBundle:output_type -> meshca.operator.v1.BundleResponse
+	52, // 99: meshca.operator.v1.Operator.RollbackBundle:output_type -> meshca.operator.v1.BundleResponse
+	58, // 100: meshca.operator.v1.Operator.GetOPAKey:output_type -> meshca.operator.v1.GetOPAKeyResponse
+	61, // 101: meshca.operator.v1.Operator.RevokeCertificates:output_type -> meshca.operator.v1.RevokeCertificatesResponse
+	63, // 102: meshca.operator.v1.Operator.ListCertificates:output_type -> meshca.operator.v1.ListCertificatesResponse
+	59, // 103: meshca.operator.v1.Operator.GetCertificate:output_type -> meshca.operator.v1.Certificate
+	66, // 104: meshca.operator.v1.Operator.GetCRL:output_type -> meshca.operator.v1.CRL
+	68, // 105: meshca.operator.v1.Operator.BanNode:output_type -> meshca.operator.v1.BanNodeResponse
+	70, // 106: meshca.operator.v1.Operator.EvictNode:output_type -> meshca.operator.v1.EvictNodeResponse
+	72, // 107: meshca.operator.v1.Operator.TaintAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 108: meshca.operator.v1.Operator.RevokeAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 109: meshca.operator.v1.Operator.PrepareAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	72, // 110: meshca.operator.v1.Operator.ActivateAuthority:output_type -> meshca.operator.v1.AuthorityStepResponse
+	2,  // 111: meshca.operator.v1.Operator.AddAdmin:output_type -> meshca.operator.v1.AdminResponse
+	2,  // 112: meshca.operator.v1.Operator.RemoveAdmin:output_type -> meshca.operator.v1.AdminResponse
+	5,  // 113: meshca.operator.v1.Operator.ListAdmins:output_type -> meshca.operator.v1.ListAdminsResponse
+	35, // 114: meshca.operator.v1.Operator.BatchCreateEntries:output_type -> meshca.operator.v1.BatchCreateEntriesResponse
+	75, // 115: meshca.operator.v1.Operator.QueryCertificates:output_type -> meshca.operator.v1.QueryCertificatesResponse
+	78, // 116: meshca.operator.v1.Operator.QueryAudit:output_type -> meshca.operator.v1.QueryAuditResponse
+	81, // 117: meshca.operator.v1.Operator.CreateBundleToken:output_type -> meshca.operator.v1.CreateBundleTokenResponse
+	83, // 118: meshca.operator.v1.Operator.ListBundleTokens:output_type -> meshca.operator.v1.ListBundleTokensResponse
+	80, // 119: meshca.operator.v1.Operator.RevokeBundleToken:output_type -> meshca.operator.v1.BundleTokenInfo
+	78, // [78:120] is the sub-list for method output_type
+	36, // [36:78] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_operatorpb_operator_proto_init() }
@@ -5741,7 +6124,7 @@ func file_operatorpb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_operatorpb_operator_proto_rawDesc), len(file_operatorpb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   80,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

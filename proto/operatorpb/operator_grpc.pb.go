@@ -60,6 +60,9 @@ const (
 	Operator_BatchCreateEntries_FullMethodName = "/meshca.operator.v1.Operator/BatchCreateEntries"
 	Operator_QueryCertificates_FullMethodName  = "/meshca.operator.v1.Operator/QueryCertificates"
 	Operator_QueryAudit_FullMethodName         = "/meshca.operator.v1.Operator/QueryAudit"
+	Operator_CreateBundleToken_FullMethodName  = "/meshca.operator.v1.Operator/CreateBundleToken"
+	Operator_ListBundleTokens_FullMethodName   = "/meshca.operator.v1.Operator/ListBundleTokens"
+	Operator_RevokeBundleToken_FullMethodName  = "/meshca.operator.v1.Operator/RevokeBundleToken"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -150,6 +153,15 @@ type OperatorClient interface {
 	// server's own audit log.
 	QueryCertificates(ctx context.Context, in *QueryCertificatesRequest, opts ...grpc.CallOption) (*QueryCertificatesResponse, error)
 	QueryAudit(ctx context.Context, in *QueryAuditRequest, opts ...grpc.CallOption) (*QueryAuditResponse, error)
+	// issue 12 tokens
+	// CreateBundleToken creates a bearer token of the OPA bundle service and
+	// returns its secret, the only time it is shown (the servers store its
+	// hash only).
+	CreateBundleToken(ctx context.Context, in *CreateBundleTokenRequest, opts ...grpc.CallOption) (*CreateBundleTokenResponse, error)
+	// ListBundleTokens lists the bundle tokens (never their secrets).
+	ListBundleTokens(ctx context.Context, in *ListBundleTokensRequest, opts ...grpc.CallOption) (*ListBundleTokensResponse, error)
+	// RevokeBundleToken revokes a bundle token by ID or name.
+	RevokeBundleToken(ctx context.Context, in *RevokeBundleTokenRequest, opts ...grpc.CallOption) (*BundleTokenInfo, error)
 }
 
 type operatorClient struct {
@@ -562,6 +574,36 @@ func (c *operatorClient) QueryAudit(ctx context.Context, in *QueryAuditRequest, 
 	return out, nil
 }
 
+func (c *operatorClient) CreateBundleToken(ctx context.Context, in *CreateBundleTokenRequest, opts ...grpc.CallOption) (*CreateBundleTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateBundleTokenResponse)
+	err := c.cc.Invoke(ctx, Operator_CreateBundleToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ListBundleTokens(ctx context.Context, in *ListBundleTokensRequest, opts ...grpc.CallOption) (*ListBundleTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBundleTokensResponse)
+	err := c.cc.Invoke(ctx, Operator_ListBundleTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) RevokeBundleToken(ctx context.Context, in *RevokeBundleTokenRequest, opts ...grpc.CallOption) (*BundleTokenInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BundleTokenInfo)
+	err := c.cc.Invoke(ctx, Operator_RevokeBundleToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -650,6 +692,15 @@ type OperatorServer interface {
 	// server's own audit log.
 	QueryCertificates(context.Context, *QueryCertificatesRequest) (*QueryCertificatesResponse, error)
 	QueryAudit(context.Context, *QueryAuditRequest) (*QueryAuditResponse, error)
+	// issue 12 tokens
+	// CreateBundleToken creates a bearer token of the OPA bundle service and
+	// returns its secret, the only time it is shown (the servers store its
+	// hash only).
+	CreateBundleToken(context.Context, *CreateBundleTokenRequest) (*CreateBundleTokenResponse, error)
+	// ListBundleTokens lists the bundle tokens (never their secrets).
+	ListBundleTokens(context.Context, *ListBundleTokensRequest) (*ListBundleTokensResponse, error)
+	// RevokeBundleToken revokes a bundle token by ID or name.
+	RevokeBundleToken(context.Context, *RevokeBundleTokenRequest) (*BundleTokenInfo, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -776,6 +827,15 @@ func (UnimplementedOperatorServer) QueryCertificates(context.Context, *QueryCert
 }
 func (UnimplementedOperatorServer) QueryAudit(context.Context, *QueryAuditRequest) (*QueryAuditResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method QueryAudit not implemented")
+}
+func (UnimplementedOperatorServer) CreateBundleToken(context.Context, *CreateBundleTokenRequest) (*CreateBundleTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateBundleToken not implemented")
+}
+func (UnimplementedOperatorServer) ListBundleTokens(context.Context, *ListBundleTokensRequest) (*ListBundleTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBundleTokens not implemented")
+}
+func (UnimplementedOperatorServer) RevokeBundleToken(context.Context, *RevokeBundleTokenRequest) (*BundleTokenInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeBundleToken not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -1482,6 +1542,60 @@ func _Operator_QueryAudit_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_CreateBundleToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateBundleTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).CreateBundleToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_CreateBundleToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).CreateBundleToken(ctx, req.(*CreateBundleTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ListBundleTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBundleTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ListBundleTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ListBundleTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ListBundleTokens(ctx, req.(*ListBundleTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_RevokeBundleToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeBundleTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).RevokeBundleToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_RevokeBundleToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).RevokeBundleToken(ctx, req.(*RevokeBundleTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1636,6 +1750,18 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "QueryAudit",
 			Handler:    _Operator_QueryAudit_Handler,
+		},
+		{
+			MethodName: "CreateBundleToken",
+			Handler:    _Operator_CreateBundleToken_Handler,
+		},
+		{
+			MethodName: "ListBundleTokens",
+			Handler:    _Operator_ListBundleTokens_Handler,
+		},
+		{
+			MethodName: "RevokeBundleToken",
+			Handler:    _Operator_RevokeBundleToken_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -237,6 +237,8 @@ type Command struct {
 	//	*Command_PutIssuancePolicy
 	//	*Command_PutOpaBundle
 	//	*Command_PutOpaKey
+	//	*Command_PutBundleToken
+	//	*Command_DeleteBundleToken
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -619,6 +621,24 @@ func (x *Command) GetPutOpaKey() *PutOPAKey {
 	return nil
 }
 
+func (x *Command) GetPutBundleToken() *PutBundleToken {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutBundleToken); ok {
+			return x.PutBundleToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteBundleToken() *DeleteBundleToken {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteBundleToken); ok {
+			return x.DeleteBundleToken
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -778,6 +798,15 @@ type Command_PutOpaKey struct {
 	PutOpaKey *PutOPAKey `protobuf:"bytes,42,opt,name=put_opa_key,json=putOpaKey,proto3,oneof"`
 }
 
+type Command_PutBundleToken struct {
+	// issue 12 tokens: bearer tokens of the OPA bundle service (43-49).
+	PutBundleToken *PutBundleToken `protobuf:"bytes,43,opt,name=put_bundle_token,json=putBundleToken,proto3,oneof"`
+}
+
+type Command_DeleteBundleToken struct {
+	DeleteBundleToken *DeleteBundleToken `protobuf:"bytes,44,opt,name=delete_bundle_token,json=deleteBundleToken,proto3,oneof"`
+}
+
 func (*Command_SetTrustDomain) isCommand_Op() {}
 
 func (*Command_PutServer) isCommand_Op() {}
@@ -851,6 +880,10 @@ func (*Command_PutIssuancePolicy) isCommand_Op() {}
 func (*Command_PutOpaBundle) isCommand_Op() {}
 
 func (*Command_PutOpaKey) isCommand_Op() {}
+
+func (*Command_PutBundleToken) isCommand_Op() {}
+
+func (*Command_DeleteBundleToken) isCommand_Op() {}
 
 // Header carries what the proposer decided for a command.
 type Header struct {
@@ -3978,6 +4011,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_IssuancePolicy
 	//	*SnapshotRecord_OpaBundle
 	//	*SnapshotRecord_OpaKey
+	//	*SnapshotRecord_BundleToken
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4164,6 +4198,15 @@ func (x *SnapshotRecord) GetOpaKey() *OPAKey {
 	return nil
 }
 
+func (x *SnapshotRecord) GetBundleToken() *BundleToken {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_BundleToken); ok {
+			return x.BundleToken
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -4233,6 +4276,11 @@ type SnapshotRecord_OpaKey struct {
 	OpaKey *OPAKey `protobuf:"bytes,42,opt,name=opa_key,json=opaKey,proto3,oneof"`
 }
 
+type SnapshotRecord_BundleToken struct {
+	// issue 12 tokens.
+	BundleToken *BundleToken `protobuf:"bytes,120,opt,name=bundle_token,json=bundleToken,proto3,oneof"`
+}
+
 func (*SnapshotRecord_TrustDomain) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Server) isSnapshotRecord_Record() {}
@@ -4264,6 +4312,8 @@ func (*SnapshotRecord_IssuancePolicy) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_OpaBundle) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_OpaKey) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_BundleToken) isSnapshotRecord_Record() {}
 
 // PolicyFile is one source file of a policy: a Rego module or a data
 // file, by its path relative to the directory it was read from.
@@ -4733,11 +4783,206 @@ func (x *PutOPAKey) GetKey() *OPAKey {
 	return nil
 }
 
+// BundleToken is an operator-created bearer token that lets a client
+// without an X509-SVID (a stock OPA with credentials.bearer) download
+// OPA bundles from the servers' bundle service. Only the SHA-256 of its
+// secret is stored; the secret is shown once, when it is created.
+type BundleToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the token's public accessor (part of the token string; listed
+	// and revoked by it).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// name is the operator's label for it (unique).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// secret_sha256 is the SHA-256 of the token's secret part.
+	SecretSha256 []byte `protobuf:"bytes,3,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	// bundles are the bundle names it may download; empty: every bundle.
+	Bundles         []string `protobuf:"bytes,4,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	CreatedUnixNano int64    `protobuf:"varint,5,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// expires_unix_nano is when it stops working; 0: never.
+	ExpiresUnixNano int64 `protobuf:"varint,6,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	// author is the operator who created it.
+	Author        string `protobuf:"bytes,7,opt,name=author,proto3" json:"author,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleToken) Reset() {
+	*x = BundleToken{}
+	mi := &file_raftpb_raft_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleToken) ProtoMessage() {}
+
+func (x *BundleToken) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleToken.ProtoReflect.Descriptor instead.
+func (*BundleToken) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *BundleToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *BundleToken) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BundleToken) GetSecretSha256() []byte {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return nil
+}
+
+func (x *BundleToken) GetBundles() []string {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+func (x *BundleToken) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *BundleToken) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *BundleToken) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+// PutBundleToken stores a new bundle token; an ID or a name already taken
+// is refused (ALREADY_EXISTS), as is a token beyond the bound on their
+// number (INVALID).
+type PutBundleToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *BundleToken           `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutBundleToken) Reset() {
+	*x = PutBundleToken{}
+	mi := &file_raftpb_raft_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutBundleToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutBundleToken) ProtoMessage() {}
+
+func (x *PutBundleToken) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutBundleToken.ProtoReflect.Descriptor instead.
+func (*PutBundleToken) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *PutBundleToken) GetToken() *BundleToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// DeleteBundleToken revokes a bundle token, by ID (NOT_FOUND if none).
+type DeleteBundleToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBundleToken) Reset() {
+	*x = DeleteBundleToken{}
+	mi := &file_raftpb_raft_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBundleToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBundleToken) ProtoMessage() {}
+
+func (x *DeleteBundleToken) ProtoReflect() protoreflect.Message {
+	mi := &file_raftpb_raft_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBundleToken.ProtoReflect.Descriptor instead.
+func (*DeleteBundleToken) Descriptor() ([]byte, []int) {
+	return file_raftpb_raft_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *DeleteBundleToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_raftpb_raft_proto protoreflect.FileDescriptor
 
 const file_raftpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\x81\x14\n" +
+	"\x11raftpb/raft.proto\x12\x0emeshca.raft.v1\"\xa2\x15\n" +
 	"\aCommand\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.meshca.raft.v1.HeaderR\x06header\x12J\n" +
 	"\x10set_trust_domain\x18\n" +
@@ -4781,7 +5026,9 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0erevoke_jwt_key\x18: \x01(\v2\x1c.meshca.raft.v1.RevokeJWTKeyH\x00R\frevokeJwtKey\x12S\n" +
 	"\x13put_issuance_policy\x18( \x01(\v2!.meshca.raft.v1.PutIssuancePolicyH\x00R\x11putIssuancePolicy\x12D\n" +
 	"\x0eput_opa_bundle\x18) \x01(\v2\x1c.meshca.raft.v1.PutOPABundleH\x00R\fputOpaBundle\x12;\n" +
-	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKeyB\x04\n" +
+	"\vput_opa_key\x18* \x01(\v2\x19.meshca.raft.v1.PutOPAKeyH\x00R\tputOpaKey\x12J\n" +
+	"\x10put_bundle_token\x18+ \x01(\v2\x1e.meshca.raft.v1.PutBundleTokenH\x00R\x0eputBundleToken\x12S\n" +
+	"\x13delete_bundle_token\x18, \x01(\v2!.meshca.raft.v1.DeleteBundleTokenH\x00R\x11deleteBundleTokenB\x04\n" +
 	"\x02op\"i\n" +
 	"\x06Header\x12\x1d\n" +
 	"\n" +
@@ -4990,7 +5237,7 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fhold_unexported\x18< \x01(\bR\x0eholdUnexported\x12%\n" +
 	"\x0eexported_index\x18= \x01(\x04R\rexportedIndex\x12C\n" +
 	"\x1eunexported_expired_before_unix\x18> \x01(\x03R\x1bunexportedExpiredBeforeUnix\"\x06\n" +
-	"\x04Noop\"\xa8\a\n" +
+	"\x04Noop\"\xea\a\n" +
 	"\x0eSnapshotRecord\x12@\n" +
 	"\ftrust_domain\x18\x01 \x01(\v2\x1b.meshca.raft.v1.TrustDomainH\x00R\vtrustDomain\x120\n" +
 	"\x06server\x18\x02 \x01(\v2\x16.meshca.raft.v1.ServerH\x00R\x06server\x129\n" +
@@ -5012,7 +5259,8 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x0fissuance_policy\x18( \x01(\v2\x1e.meshca.raft.v1.IssuancePolicyH\x00R\x0eissuancePolicy\x12:\n" +
 	"\n" +
 	"opa_bundle\x18) \x01(\v2\x19.meshca.raft.v1.OPABundleH\x00R\topaBundle\x121\n" +
-	"\aopa_key\x18* \x01(\v2\x16.meshca.raft.v1.OPAKeyH\x00R\x06opaKeyB\b\n" +
+	"\aopa_key\x18* \x01(\v2\x16.meshca.raft.v1.OPAKeyH\x00R\x06opaKey\x12@\n" +
+	"\fbundle_token\x18x \x01(\v2\x1b.meshca.raft.v1.BundleTokenH\x00R\vbundleTokenB\b\n" +
 	"\x06recordJ\x04\b\t\x10\n" +
 	"\":\n" +
 	"\n" +
@@ -5049,7 +5297,19 @@ const file_raftpb_raft_proto_rawDesc = "" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.meshca.raft.v1.OPABundleR\x06bundle\x12\x12\n" +
 	"\x04keep\x18\x02 \x01(\rR\x04keep\"5\n" +
 	"\tPutOPAKey\x12(\n" +
-	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.OPAKeyR\x03key*x\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.meshca.raft.v1.OPAKeyR\x03key\"\xe0\x01\n" +
+	"\vBundleToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12#\n" +
+	"\rsecret_sha256\x18\x03 \x01(\fR\fsecretSha256\x12\x18\n" +
+	"\abundles\x18\x04 \x03(\tR\abundles\x12*\n" +
+	"\x11created_unix_nano\x18\x05 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
+	"\x11expires_unix_nano\x18\x06 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
+	"\x06author\x18\a \x01(\tR\x06author\"C\n" +
+	"\x0ePutBundleToken\x121\n" +
+	"\x05token\x18\x01 \x01(\v2\x1b.meshca.raft.v1.BundleTokenR\x05token\"#\n" +
+	"\x11DeleteBundleToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id*x\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tNOT_FOUND\x10\x01\x12\x12\n" +
@@ -5084,7 +5344,7 @@ func file_raftpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_raftpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_raftpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_raftpb_raft_proto_goTypes = []any{
 	(ErrorCode)(0),               // 0: meshca.raft.v1.ErrorCode
 	(AuthorityKind)(0),           // 1: meshca.raft.v1.AuthorityKind
@@ -5149,6 +5409,9 @@ var file_raftpb_raft_proto_goTypes = []any{
 	(*PutIssuancePolicy)(nil),    // 60: meshca.raft.v1.PutIssuancePolicy
 	(*PutOPABundle)(nil),         // 61: meshca.raft.v1.PutOPABundle
 	(*PutOPAKey)(nil),            // 62: meshca.raft.v1.PutOPAKey
+	(*BundleToken)(nil),          // 63: meshca.raft.v1.BundleToken
+	(*PutBundleToken)(nil),       // 64: meshca.raft.v1.PutBundleToken
+	(*DeleteBundleToken)(nil),    // 65: meshca.raft.v1.DeleteBundleToken
 }
 var file_raftpb_raft_proto_depIdxs = []int32{
 	4,  // 0: meshca.raft.v1.Command.header:type_name -> meshca.raft.v1.Header
@@ -5189,64 +5452,68 @@ var file_raftpb_raft_proto_depIdxs = []int32{
 	60, // 35: meshca.raft.v1.Command.put_issuance_policy:type_name -> meshca.raft.v1.PutIssuancePolicy
 	61, // 36: meshca.raft.v1.Command.put_opa_bundle:type_name -> meshca.raft.v1.PutOPABundle
 	62, // 37: meshca.raft.v1.Command.put_opa_key:type_name -> meshca.raft.v1.PutOPAKey
-	0,  // 38: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
-	1,  // 39: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
-	2,  // 40: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
-	9,  // 41: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
-	9,  // 42: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
-	2,  // 43: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
-	5,  // 44: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
-	15, // 45: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
-	6,  // 46: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 47: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 48: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
-	2,  // 49: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
-	10, // 50: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
-	10, // 51: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
-	11, // 52: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
-	12, // 53: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
-	17, // 54: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
-	34, // 55: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
-	30, // 56: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	11, // 57: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
-	15, // 58: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
-	30, // 59: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
-	7,  // 60: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
-	8,  // 61: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
-	13, // 62: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 63: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
-	13, // 64: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
-	8,  // 65: meshca.raft.v1.PrepareRoot.root:type_name -> meshca.raft.v1.Authority
-	16, // 66: meshca.raft.v1.TaintJWTKey.successor:type_name -> meshca.raft.v1.JWTKey
-	14, // 67: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
-	15, // 68: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
-	16, // 69: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
-	6,  // 70: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
-	7,  // 71: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
-	8,  // 72: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
-	10, // 73: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
-	11, // 74: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
-	12, // 75: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
-	13, // 76: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
-	14, // 77: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
-	19, // 78: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
-	16, // 79: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
-	18, // 80: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
-	17, // 81: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
-	34, // 82: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
-	57, // 83: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
-	58, // 84: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
-	59, // 85: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
-	56, // 86: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
-	56, // 87: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
-	57, // 88: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
-	58, // 89: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
-	59, // 90: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
-	91, // [91:91] is the sub-list for method output_type
-	91, // [91:91] is the sub-list for method input_type
-	91, // [91:91] is the sub-list for extension type_name
-	91, // [91:91] is the sub-list for extension extendee
-	0,  // [0:91] is the sub-list for field type_name
+	64, // 38: meshca.raft.v1.Command.put_bundle_token:type_name -> meshca.raft.v1.PutBundleToken
+	65, // 39: meshca.raft.v1.Command.delete_bundle_token:type_name -> meshca.raft.v1.DeleteBundleToken
+	0,  // 40: meshca.raft.v1.Result.code:type_name -> meshca.raft.v1.ErrorCode
+	1,  // 41: meshca.raft.v1.Authority.kind:type_name -> meshca.raft.v1.AuthorityKind
+	2,  // 42: meshca.raft.v1.Authority.state:type_name -> meshca.raft.v1.AuthorityState
+	9,  // 43: meshca.raft.v1.Entry.selectors:type_name -> meshca.raft.v1.Selector
+	9,  // 44: meshca.raft.v1.Node.selectors:type_name -> meshca.raft.v1.Selector
+	2,  // 45: meshca.raft.v1.JWTKey.state:type_name -> meshca.raft.v1.AuthorityState
+	5,  // 46: meshca.raft.v1.AppliedRequest.result:type_name -> meshca.raft.v1.Result
+	15, // 47: meshca.raft.v1.LedgerBlock.records:type_name -> meshca.raft.v1.LedgerRecord
+	6,  // 48: meshca.raft.v1.SetTrustDomain.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 49: meshca.raft.v1.PutServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 50: meshca.raft.v1.PutAuthority.authority:type_name -> meshca.raft.v1.Authority
+	2,  // 51: meshca.raft.v1.SetAuthorityState.state:type_name -> meshca.raft.v1.AuthorityState
+	10, // 52: meshca.raft.v1.PutEntry.entry:type_name -> meshca.raft.v1.Entry
+	10, // 53: meshca.raft.v1.PutEntries.entries:type_name -> meshca.raft.v1.Entry
+	11, // 54: meshca.raft.v1.PutNode.node:type_name -> meshca.raft.v1.Node
+	12, // 55: meshca.raft.v1.CreateJoinToken.token:type_name -> meshca.raft.v1.JoinToken
+	17, // 56: meshca.raft.v1.PutCRL.crl:type_name -> meshca.raft.v1.CRL
+	34, // 57: meshca.raft.v1.PutAdmin.admin:type_name -> meshca.raft.v1.Admin
+	30, // 58: meshca.raft.v1.AttestAgent.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	11, // 59: meshca.raft.v1.AttestAgent.node:type_name -> meshca.raft.v1.Node
+	15, // 60: meshca.raft.v1.AttestAgent.record:type_name -> meshca.raft.v1.LedgerRecord
+	30, // 61: meshca.raft.v1.AdmitServer.token:type_name -> meshca.raft.v1.ConsumeJoinToken
+	7,  // 62: meshca.raft.v1.AdmitServer.server:type_name -> meshca.raft.v1.Server
+	8,  // 63: meshca.raft.v1.AdmitServer.intermediates:type_name -> meshca.raft.v1.Authority
+	13, // 64: meshca.raft.v1.Revoke.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 65: meshca.raft.v1.BanNode.revocations:type_name -> meshca.raft.v1.Revocation
+	13, // 66: meshca.raft.v1.RevokeAuthority.revocation:type_name -> meshca.raft.v1.Revocation
+	8,  // 67: meshca.raft.v1.PrepareRoot.root:type_name -> meshca.raft.v1.Authority
+	16, // 68: meshca.raft.v1.TaintJWTKey.successor:type_name -> meshca.raft.v1.JWTKey
+	14, // 69: meshca.raft.v1.PutPolicy.policy:type_name -> meshca.raft.v1.Policy
+	15, // 70: meshca.raft.v1.AppendLedger.records:type_name -> meshca.raft.v1.LedgerRecord
+	16, // 71: meshca.raft.v1.PutJWTKey.key:type_name -> meshca.raft.v1.JWTKey
+	6,  // 72: meshca.raft.v1.SnapshotRecord.trust_domain:type_name -> meshca.raft.v1.TrustDomain
+	7,  // 73: meshca.raft.v1.SnapshotRecord.server:type_name -> meshca.raft.v1.Server
+	8,  // 74: meshca.raft.v1.SnapshotRecord.authority:type_name -> meshca.raft.v1.Authority
+	10, // 75: meshca.raft.v1.SnapshotRecord.entry:type_name -> meshca.raft.v1.Entry
+	11, // 76: meshca.raft.v1.SnapshotRecord.node:type_name -> meshca.raft.v1.Node
+	12, // 77: meshca.raft.v1.SnapshotRecord.join_token:type_name -> meshca.raft.v1.JoinToken
+	13, // 78: meshca.raft.v1.SnapshotRecord.revocation:type_name -> meshca.raft.v1.Revocation
+	14, // 79: meshca.raft.v1.SnapshotRecord.policy:type_name -> meshca.raft.v1.Policy
+	19, // 80: meshca.raft.v1.SnapshotRecord.ledger_block:type_name -> meshca.raft.v1.LedgerBlock
+	16, // 81: meshca.raft.v1.SnapshotRecord.jwt_key:type_name -> meshca.raft.v1.JWTKey
+	18, // 82: meshca.raft.v1.SnapshotRecord.applied_request:type_name -> meshca.raft.v1.AppliedRequest
+	17, // 83: meshca.raft.v1.SnapshotRecord.crl:type_name -> meshca.raft.v1.CRL
+	34, // 84: meshca.raft.v1.SnapshotRecord.admin:type_name -> meshca.raft.v1.Admin
+	57, // 85: meshca.raft.v1.SnapshotRecord.issuance_policy:type_name -> meshca.raft.v1.IssuancePolicy
+	58, // 86: meshca.raft.v1.SnapshotRecord.opa_bundle:type_name -> meshca.raft.v1.OPABundle
+	59, // 87: meshca.raft.v1.SnapshotRecord.opa_key:type_name -> meshca.raft.v1.OPAKey
+	63, // 88: meshca.raft.v1.SnapshotRecord.bundle_token:type_name -> meshca.raft.v1.BundleToken
+	56, // 89: meshca.raft.v1.IssuancePolicy.files:type_name -> meshca.raft.v1.PolicyFile
+	56, // 90: meshca.raft.v1.OPABundle.files:type_name -> meshca.raft.v1.PolicyFile
+	57, // 91: meshca.raft.v1.PutIssuancePolicy.policy:type_name -> meshca.raft.v1.IssuancePolicy
+	58, // 92: meshca.raft.v1.PutOPABundle.bundle:type_name -> meshca.raft.v1.OPABundle
+	59, // 93: meshca.raft.v1.PutOPAKey.key:type_name -> meshca.raft.v1.OPAKey
+	63, // 94: meshca.raft.v1.PutBundleToken.token:type_name -> meshca.raft.v1.BundleToken
+	95, // [95:95] is the sub-list for method output_type
+	95, // [95:95] is the sub-list for method input_type
+	95, // [95:95] is the sub-list for extension type_name
+	95, // [95:95] is the sub-list for extension extendee
+	0,  // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_raftpb_raft_proto_init() }
@@ -5292,6 +5559,8 @@ func file_raftpb_raft_proto_init() {
 		(*Command_PutIssuancePolicy)(nil),
 		(*Command_PutOpaBundle)(nil),
 		(*Command_PutOpaKey)(nil),
+		(*Command_PutBundleToken)(nil),
+		(*Command_DeleteBundleToken)(nil),
 	}
 	file_raftpb_raft_proto_msgTypes[52].OneofWrappers = []any{
 		(*SnapshotRecord_TrustDomain)(nil),
@@ -5310,6 +5579,7 @@ func file_raftpb_raft_proto_init() {
 		(*SnapshotRecord_IssuancePolicy)(nil),
 		(*SnapshotRecord_OpaBundle)(nil),
 		(*SnapshotRecord_OpaKey)(nil),
+		(*SnapshotRecord_BundleToken)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5317,7 +5587,7 @@ func file_raftpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftpb_raft_proto_rawDesc), len(file_raftpb_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   60,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

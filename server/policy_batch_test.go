@@ -1,0 +1,70 @@
+package server
+
+import (
+	"context"
+	"reflect"
+	"testing"
+
+	"github.com/meshca/meshca/policy"
+	"github.com/meshca/meshca/proto/raftpb"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// AuthorizeBatch decides a batch as Authorize decides each request alone,
+// whatever repeats in it: identical requests (evaluated once), requests
+// that differ in one input field, a deny with the policy's reason, and a
+// derived ID for a workload outside the policy.
+func TestPolicyAuthorizeBatchMatchesOneByOne(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	caller := &Caller{AgentID: "spiffe://example.org/meshca/agent/k8s_psat/c1/node-1",
+		Node: &raftpb.Node{SpiffeId: "spiffe://example.org/meshca/agent/k8s_psat/c1/node-1", Attestor: "k8s_psat"}}
+	other := &Caller{AgentID: "spiffe://example.org/meshca/agent/k8s_psat/c1/node-2",
+		Node: &raftpb.Node{SpiffeId: "spiffe://example.org/meshca/agent/k8s_psat/c1/node-2", Attestor: "k8s_psat"}}
+	entry := &raftpb.Entry{Id: "e1", ParentId: caller.AgentID, SpiffeId: "spiffe://example.org/web", Profile: "ecdsa"}
+	sel := func(ns, sa string) []*raftpb.Selector {
+		return []*raftpb.Selector{{Type: "k8s", Value: "ns:" + ns}, {Type: "k8s", Value: "sa:" + sa}}
+	}
+	derived := func(c *Caller, ns, sa string) *Request {
+		return &Request{Kind: KindWorkloadSVID, Caller: c, EntryID: "policy:x", Profile: "ecdsa", WorkloadSelectors: sel(ns, sa)}
+	}
+	byEntry := func(c *Caller) *Request {
+		return &Request{Kind: KindWorkloadSVID, Caller: c, Entry: entry, EntryID: "e1", Profile: "ecdsa"}
+	}
+	reqs := func() []*Request {
+		return []*Request{derived(caller, "payments", "api"), derived(caller, "payments", "api"), derived(caller, "payments", "web"),
+			derived(caller, "other", "api"), byEntry(caller), byEntry(caller), byEntry(other), derived(caller, "payments", "api"),
+			derived(other, "payments", "api"), derived(caller, "shop", "x")}
+	}
+	p, err := policy.CompileIssuance(context.Background(), 1, []policy.File{{Path: "p.rego", Content: []byte(identityBenchPolicy)},
+		{Path: "meshca/data.json", Content: []byte(`{"namespaces": ["payments", "shop"]}`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := &issuancePolicy{}
+	ip.cur.Store(&compiledIssuance{rev: 1, p: p})
+	a := &policyAuthorizer{base: entryAuthorizer{td: td}, td: td, ip: ip}
+	ctx := context.Background()
+	batch := reqs()
+	got := make([]Decision, len(batch))
+	if err := a.AuthorizeBatch(ctx, batch, got); err != nil {
+		t.Fatal(err)
+	}
+	allowed, denied := 0, 0
+	for i, r := range reqs() {
+		want, err := a.Authorize(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got[i], want) {
+			t.Errorf("request %d: batch decided %+v, alone %+v", i, got[i], want)
+		}
+		if want.Allow {
+			allowed++
+		} else {
+			denied++
+		}
+	}
+	if allowed == 0 || denied == 0 || got[0].SPIFFEID != "spiffe://example.org/ns/payments/sa/api" || got[2].SPIFFEID != "spiffe://example.org/ns/payments/sa/web" {
+		t.Fatalf("the batch does not exercise allow and deny (%d, %d): %+v", allowed, denied, got)
+	}
+}
