@@ -47,8 +47,10 @@ deps:
 		fi; \
 	fi
 
+# A package may take longer than go test's default 10 minutes on a loaded
+# 2-core machine (internal/e2e runs multi-server clusters for ~6 minutes idle).
 test: deps
-	$(GO) test ./...
+	$(GO) test -timeout 25m ./...
 
 bench:
 	$(GO) test ./ca -run '^$$' -bench 'Issue|RawCrypto' -benchtime 3s -count 5
