@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testtool"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/server"
 	"google.golang.org/grpc"
@@ -196,36 +196,23 @@ func TestRunWaitsForAServerNotReady(t *testing.T) {
 // after closing the first drop of them at once, and counts them.
 func flakyProxy(t *testing.T, target string, drop int64) (string, *atomic.Int64) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var n atomic.Int64
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if n.Add(1) <= drop {
-				c.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			wg.Add(2)
-			go func() { defer wg.Done(); io.Copy(up, c); up.Close() }()
-			go func() { defer wg.Done(); io.Copy(c, up); c.Close() }()
+	addr := testtool.ServeTCP(t, func(c net.Conn) {
+		if n.Add(1) <= drop {
+			return
 		}
-	}()
-	return ln.Addr().String(), &n
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		done := make(chan struct{})
+		go func() { defer close(done); _, _ = io.Copy(up, c); up.Close() }()
+		_, _ = io.Copy(c, up)
+		c.Close()
+		<-done
+	})
+	return addr, &n
 }
 
 func TestConfigCheck(t *testing.T) {

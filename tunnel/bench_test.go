@@ -3,6 +3,7 @@ package tunnel
 import (
 	"crypto/x509"
 
+	"github.com/meshca/meshca/internal/testtool"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -34,45 +35,25 @@ import (
 
 // sink is the plain service at the end of every path.
 func sink(tb testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	tb.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return testtool.ServeTCP(tb, func(c net.Conn) {
+		buf := make([]byte, 64<<10)
+		var hdr [8]byte
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := io.ReadFull(c, hdr[:]); err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				var hdr [8]byte
-				for {
-					if _, err := io.ReadFull(c, hdr[:]); err != nil {
-						return
-					}
-					for n := int64(binary.BigEndian.Uint64(hdr[:])); n > 0; {
-						k, err := c.Read(buf[:min(int64(len(buf)), n)])
-						if err != nil {
-							return
-						}
-						n -= int64(k)
-					}
-					if _, err := c.Write([]byte{1}); err != nil {
-						return
-					}
+			for n := int64(binary.BigEndian.Uint64(hdr[:])); n > 0; {
+				k, err := c.Read(buf[:min(int64(len(buf)), n)])
+				if err != nil {
+					return
 				}
-			}()
+				n -= int64(k)
+			}
+			if _, err := c.Write([]byte{1}); err != nil {
+				return
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // send sends one message of n bytes on c and waits for the sink's answer.

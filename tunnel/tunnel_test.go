@@ -22,6 +22,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/audit"
+	"github.com/meshca/meshca/internal/testtool"
 	"github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/sds"
 	"google.golang.org/grpc"
@@ -146,25 +147,7 @@ func keyPEM(t testing.TB, k *ecdsa.PrivateKey) []byte {
 }
 
 func echo(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return ln.Addr().String()
+	return testtool.ServeTCP(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 func start(t testing.TB, cfg Config) (*Tunnel, *audit.Memory) {

@@ -20,12 +20,12 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/audit"
+	"github.com/meshca/meshca/internal/testtool"
 	meshpolicy "github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/tunnel"
@@ -58,33 +58,10 @@ func meshFiles(allowed ...string) []*operatorpb.PolicyFile {
 // closes its side.
 func echoService(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
+	return testtool.ServeTCP(t, func(c net.Conn) {
+		_, _ = io.Copy(c, c)
+		_ = c.(*net.TCPConn).CloseWrite()
 	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // runTunnel starts a tunnel endpoint in-process, its events in a Memory.
