@@ -132,13 +132,12 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 	for k, v := range req.Known {
 		known[k] = v
 	}
-	scopes := []string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL, raftfsm.ScopeOPABundles, raftfsm.ScopeIssuancePolicy}
-	// (The OPA key needs no scope of its own: it is stored before the first
-	// bundle it signs, whose push wakes ScopeOPABundles.)
+	scopes := [...]string{raftfsm.ScopeNode(agentID), raftfsm.ScopeBundle, raftfsm.ScopeJWT, raftfsm.ScopeCRL, raftfsm.ScopeOPABundles,
+		raftfsm.ScopeIssuancePolicy, raftfsm.ScopeOPAKey}
 	for first := true; ; first = false {
 		// Watch before reading: a change after the read closes a channel
 		// already held.
-		var wake [6]<-chan struct{}
+		var wake [len(scopes)]<-chan struct{}
 		for i, sc := range scopes {
 			wake[i] = n.s.fsm.Watch(sc)
 		}
@@ -163,6 +162,7 @@ func (n *nodeService) Sync(req *nodepb.SyncRequest, stream nodepb.Node_SyncServe
 		case <-wake[3]:
 		case <-wake[4]:
 		case <-wake[5]:
+		case <-wake[6]:
 		}
 		n.s.syncWakes.Add(1)
 	}

@@ -213,3 +213,38 @@ func waitCRLs(tb testing.TB, r *running) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The trust domain's OPA key reaches a connected agent when it is stored,
+// not only with the next bundle it signs.
+func TestSyncPushesTheOPAKey(t *testing.T) {
+	kek := newKEK(t)
+	c := testConfig(t, "s1", kek)
+	c.Bootstrap, c.TrustDomain = true, "example.org"
+	r := mustStart(t, c)
+	waitBootstrapped(t, r)
+	_, streams, stop := fleetOfStreams(t, r, 1)
+	defer stop()
+	key := &raftpb.OPAKey{Kid: "meshca-opa-test", PublicKey: []byte("public"), SealedKey: []byte("{}"), CreatedUnix: 1}
+	if _, err := r.srv.node.Apply(context.Background(), &raftpb.Command{Op: &raftpb.Command_PutOpaKey{PutOpaKey: &raftpb.PutOPAKey{Key: key}}}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		streams[0].mu.Lock()
+		got := false
+		for _, u := range streams[0].got {
+			for _, res := range u.Resources {
+				if res.Kind == ResourceOPAKey && res.GetOpaKey().GetKid() == key.Kid {
+					got = true
+				}
+			}
+		}
+		streams[0].mu.Unlock()
+		if got {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stored OPA key was not pushed to the Sync stream within 30s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
