@@ -9,6 +9,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/internal/retryinfo"
+	"github.com/meshca/meshca/internal/wallclock"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -165,7 +166,7 @@ func (a *admission) admit(ctx context.Context, node string, operator bool, n int
 func (a *admission) acquire(ctx context.Context) (time.Time, error) {
 	select {
 	case a.slots <- struct{}{}:
-		return time.Now(), nil // a CSR's cost is measured on the monotonic clock, not the injected one
+		return wallclock.Now(), nil // a CSR's cost is measured on the monotonic clock, not the injected one
 	case <-ctx.Done():
 		return time.Time{}, ctx.Err()
 	}
@@ -175,7 +176,7 @@ func (a *admission) acquire(ctx context.Context) (time.Time, error) {
 func (a *admission) tryAcquire() (time.Time, bool) {
 	select {
 	case a.slots <- struct{}{}:
-		return time.Now(), true
+		return wallclock.Now(), true
 	default:
 		return time.Time{}, false
 	}
@@ -186,7 +187,7 @@ func (a *admission) tryAcquire() (time.Time, bool) {
 func (a *admission) release(start time.Time, n int) {
 	// The cost of a CSR is CPU work: a jump of the injected clock during a
 	// signing must not count.
-	if d := time.Since(start); d > 0 && n > 0 {
+	if d := wallclock.Since(start); d > 0 && n > 0 {
 		old := a.costNanos.Load()
 		a.costNanos.Store(old + (int64(d)/int64(n)-old)/16) // a lost update only delays the average
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshca/meshca/audit"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/wallclock"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/server/cluster"
 	"google.golang.org/grpc/codes"
@@ -114,7 +115,7 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 		return out, nil
 	}
 	// Latencies are measured on the monotonic clock, not the injected one.
-	defer func(began time.Time) { s.metrics.observe(reqs[0].Kind, reqs, out, err, began) }(time.Now())
+	defer func(began time.Time) { s.metrics.observe(reqs[0].Kind, reqs, out, err, began) }(wallclock.Now())
 	if err := s.authorize(ctx, reqs, out); err != nil {
 		return nil, err
 	}
@@ -189,12 +190,12 @@ func (s *Server) issueX509(ctx context.Context, reqs []*Request, commit commitFu
 	if commit == nil {
 		commit = s.node.CommitLedgerBatch
 	}
-	began := time.Now()
+	began := wallclock.Now()
 	errs, err := commit(ctx, recs)
 	if err != nil {
 		return nil, fmt.Errorf("record the certificates: %w", err)
 	}
-	s.metrics.commit.Observe(time.Since(began).Seconds())
+	s.metrics.commit.Observe(wallclock.Since(began).Seconds())
 	for k, i := range idx {
 		r, o := reqs[i], &out[i]
 		if errs[k] != nil {
@@ -287,7 +288,7 @@ var _ commitFunc = (*cluster.Node)(nil).CommitLedgerBatch
 // JWT-SVIDs live five minutes and cannot be revoked.
 func (s *Server) issueJWT(ctx context.Context, r *Request) (token string, exp time.Time, err error) {
 	out := make([]issued, 1)
-	defer func(began time.Time) { s.metrics.observe(r.Kind, []*Request{r}, out, err, began) }(time.Now())
+	defer func(began time.Time) { s.metrics.observe(r.Kind, []*Request{r}, out, err, began) }(wallclock.Now())
 	if err := s.authorize(ctx, []*Request{r}, out); err != nil {
 		return "", time.Time{}, err
 	}

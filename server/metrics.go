@@ -7,6 +7,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/rpcerr"
+	"github.com/meshca/meshca/internal/wallclock"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -95,7 +96,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 // err the call's error.
 func (m *serverMetrics) observe(kind Kind, reqs []*Request, out []issued, err error, began time.Time) {
 	k := kind.String()
-	m.latency.WithLabelValues(k).Observe(time.Since(began).Seconds()) // monotonic: a latency, not a time of the CA's
+	m.latency.WithLabelValues(k).Observe(wallclock.Since(began).Seconds()) // monotonic: a latency, not a time of the CA's
 	denied := 0
 	for i, r := range reqs {
 		var o issued
@@ -178,7 +179,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if s.node.IsLeader() {
 		gauge(descContact, 0)
 	} else if lc := rf.LastContact(); !lc.IsZero() {
-		gauge(descContact, time.Since(lc).Seconds()) // Raft's own real-time contact
+		gauge(descContact, wallclock.Since(lc).Seconds()) // Raft's own real-time contact
 	}
 	r := s.fsm.Read()
 	gauge(descApplied, float64(r.AppliedIndex()))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/wallclock"
 )
 
 // leadership follows this node's view of the leader through Raft's
@@ -36,7 +37,7 @@ type leaderView struct {
 // newLeadership watches r's leadership. Its times are Raft's own (last
 // contact, heartbeat), which hashicorp/raft keeps on the real clock.
 func newLeadership(r *raft.Raft, timing Timing, onLeader func(raft.ServerID)) *leadership {
-	return &leadership{raft: r, timing: timing, started: time.Now(), onLeader: onLeader, changed: make(chan struct{})}
+	return &leadership{raft: r, timing: timing, started: wallclock.Now(), onLeader: onLeader, changed: make(chan struct{})}
 }
 
 // view returns the current leader and the channel of its next change. It
@@ -107,7 +108,7 @@ func (l *leadership) lostSince() time.Time {
 	}
 	_, id := l.raft.LeaderWithID()
 	last := l.raft.LastContact()
-	if id != "" && time.Since(last) < l.timing.Heartbeat {
+	if id != "" && wallclock.Since(last) < l.timing.Heartbeat {
 		return time.Time{}
 	}
 	if !last.IsZero() {
@@ -127,7 +128,7 @@ func (n *Node) refusal(last error) error {
 	if since.IsZero() {
 		return nil
 	}
-	lost := time.Since(since)
+	lost := wallclock.Since(since)
 	if lost < n.timing.NoLeader {
 		return nil
 	}

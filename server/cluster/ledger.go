@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshca/meshca/internal/wallclock"
 	"github.com/meshca/meshca/proto/raftpb"
 )
 
@@ -66,7 +67,7 @@ func (n *Node) CommitLedgerBatch(ctx context.Context, recs []*raftpb.LedgerRecor
 func (n *Node) enqueueGroup(ctx context.Context, recs []*raftpb.LedgerRecord) (*pendingGroup, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok { // real time, like the context's own deadline
-		deadline = time.Now().Add(defaultApplyTimeout)
+		deadline = wallclock.Deadline(defaultApplyTimeout)
 	}
 	g := &pendingGroup{recs: recs, errs: make([]error, len(recs)), deadline: deadline, done: make(chan struct{})}
 	select {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/wallclock"
 	"github.com/meshca/meshca/proto/clusterpb"
 )
 
@@ -22,7 +23,7 @@ func (n *Node) localStatus() *clusterpb.MemberStatusResponse {
 	case n.IsLeader():
 		contact = 0
 	case !n.raft.LastContact().IsZero():
-		contact = time.Since(n.raft.LastContact()).Milliseconds() // Raft's real-time contact
+		contact = wallclock.Since(n.raft.LastContact()).Milliseconds() // Raft's real-time contact
 	}
 	return &clusterpb.MemberStatusResponse{NodeId: n.cfg.NodeID, RaftState: n.raft.State().String(),
 		AppliedIndex: n.raft.AppliedIndex(), CommitIndex: n.raft.CommitIndex(), LeaderId: string(leader),

@@ -19,6 +19,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/internal/alarm"
 	"github.com/meshca/meshca/internal/rpcerr"
+	"github.com/meshca/meshca/internal/wallclock"
 	"github.com/meshca/meshca/proto/clusterpb"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
@@ -390,14 +391,14 @@ func (n *Node) withRetry(ctx context.Context, what string, try func(ctx context.
 		if failing.IsZero() {
 			// Real time: the window is Raft's election and forwarding
 			// timing, which hashicorp/raft runs on the real clock.
-			failing = time.Now()
+			failing = wallclock.Now()
 		}
 		if refused := n.refusal(err); refused != nil {
 			return refused
 		}
-		if time.Since(failing) > n.timing.Forward+n.timing.NoLeader {
+		if wallclock.Since(failing) > n.timing.Forward+n.timing.NoLeader {
 			_, leader := n.raft.LeaderWithID()
-			return &UnavailableError{Cause: CauseLeaderUnreachable, For: time.Since(failing), Err: err,
+			return &UnavailableError{Cause: CauseLeaderUnreachable, For: wallclock.Since(failing), Err: err,
 				Detail: fmt.Sprintf("every attempt to reach leader %q failed", leader)}
 		}
 		again := alarm.Retry(n.cfg.Clock, backoff)
@@ -807,17 +808,17 @@ type timedFSM struct {
 
 // Apply applies one entry.
 func (t timedFSM) Apply(l *raft.Log) any {
-	began := time.Now()
+	began := wallclock.Now()
 	r := t.FSM.Apply(l)
-	t.observe(1, time.Since(began))
+	t.observe(1, wallclock.Since(began))
 	return r
 }
 
 // ApplyBatch applies a batch of entries (raft.BatchingFSM).
 func (t timedFSM) ApplyBatch(logs []*raft.Log) []any {
-	began := time.Now()
+	began := wallclock.Now()
 	r := t.FSM.ApplyBatch(logs)
-	t.observe(len(logs), time.Since(began))
+	t.observe(len(logs), wallclock.Since(began))
 	return r
 }
 

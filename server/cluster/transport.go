@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/meshca/meshca/internal/wallclock"
 )
 
 // DialFunc opens a TCP connection to addr. Tests pass one that injects
@@ -69,7 +70,7 @@ type handshakeConn struct {
 
 func (c *handshakeConn) handshake() error {
 	c.once.Do(func() {
-		c.Conn.SetDeadline(time.Now().Add(handshakeTimeout))
+		c.Conn.SetDeadline(wallclock.Deadline(handshakeTimeout))
 		if err := c.Conn.Handshake(); err != nil {
 			if c.log != nil {
 				c.log.Warn("refused a Raft connection: TLS handshake failed (only servers of this cluster, with a server certificate of the trust domain, may connect)",
