@@ -10,7 +10,7 @@
 GO       ?= go
 FUZZTIME ?= 20s
 
-.PHONY: all build test deps bench lint fuzz generate generate-check proto-tools
+.PHONY: all build test deps bench lint fuzz fuzz-check generate generate-check proto-tools
 
 all: lint test
 
@@ -55,32 +55,89 @@ test: deps
 bench:
 	$(GO) test ./ca -run '^$$' -bench 'Issue|RawCrypto' -benchtime 3s -count 5
 
-lint:
+lint: fuzz-check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd store/logbench && $(GO) vet ./...
 
-# fuzz runs every Fuzz target of the module (found in the _test.go files)
-# for FUZZTIME each, from its committed seed corpus in testdata/fuzz
-# A run that Go 1.26's fuzzing coordinator ends with a bare "context
-# deadline exceeded" at the -fuzztime boundary, with no failing input
-# (go.dev/issue/75804, fixed in Go 1.27), is not a failure of the target:
-# it is run once more; a failing input, a panic or a test error fails.
-fuzz:
-	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
-		pkg=./$$(dirname $$f); \
-		for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
-			echo "fuzz $$pkg $$t"; \
-			for attempt in 1 2; do \
-				log=$$(mktemp); \
-				if $(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) >$$log 2>&1; then cat $$log; rm -f $$log; break; fi; \
-				cat $$log; \
-				if grep -q 'Failing input written\|panic:\|_test.go:[0-9]*:' $$log || ! grep -q 'context deadline exceeded' $$log; then rm -f $$log; exit 1; fi; \
-				rm -f $$log; \
-				echo "fuzz $$pkg $$t: Go 1.26's fuzztime deadline race (go.dev/issue/75804), no failing input: attempt $$attempt of 2"; \
-			done; \
+# FUZZ_TARGETS is every Fuzz target of the module, as package:Target;
+# make fuzz-check (part of make lint and make fuzz) fails when it and the
+# _test.go files disagree, so a new target cannot be left out of CI.
+FUZZ_TARGETS = \
+	./agent:FuzzRequestedProfiles \
+	./agent:FuzzTokenKid \
+	./agent:FuzzValidateJWTSVID \
+	./attest/internal/jsonpayload:FuzzDecode \
+	./attest/jointoken:FuzzDecodePayload \
+	./attest/k8s:FuzzDecodePodList \
+	./attest/k8s:FuzzParseCgroupLine \
+	./attest/k8s:FuzzValidateSelectorValue \
+	./attest/k8spsat:FuzzDecodePayload \
+	./attest/unix:FuzzParseStatus \
+	./attest/unix:FuzzValidateSelectorValue \
+	./attest/x509pop:FuzzDecodePayload \
+	./attest:FuzzParseSelector \
+	./audit:FuzzDecodeLine \
+	./bench:FuzzProcFiles \
+	./ca:FuzzIssue \
+	./ca:FuzzOpenSealedKey \
+	./ca:FuzzParseCertificatesPEM \
+	./ca:FuzzParseKEK \
+	./cmd/meshca:FuzzLoadConfig \
+	./cmd/meshca:FuzzParseTimeFlag \
+	./cmd/meshca:FuzzTunnelListenerFlag \
+	./internal/entryfile:FuzzParse \
+	./internal/procfs:FuzzParseStartTime \
+	./policy:FuzzBundleHeaders \
+	./policy:FuzzBundleToken \
+	./policy:FuzzCompile \
+	./policy:FuzzEnvoyInput \
+	./raftfsm:FuzzApply \
+	./raftfsm:FuzzRestore \
+	./sds/sdsclient:FuzzWatchResponse \
+	./sds:FuzzDiscoveryRequest \
+	./sds:FuzzNodeOptions \
+	./sds:FuzzParseName \
+	./server/joinsecret:FuzzParse \
+	./server:FuzzCheckJoinToken \
+	./server:FuzzParseSerial \
+	./store/postgres:FuzzPageTokens \
+	./store/postgres:FuzzParseConfig \
+	./tunnel:FuzzParseKeyFile \
+	./tunnel:FuzzParseSecrets
+
+# fuzz runs every target of FUZZ_TARGETS for FUZZTIME, from its committed
+# seed corpus in testdata/fuzz. A run that Go 1.26's fuzzing coordinator
+# ends with a bare "context deadline exceeded" at the -fuzztime boundary,
+# with no failing input (go.dev/issue/75804, fixed in Go 1.27), is not a
+# failure of the target: it is run once more; a failing input, a panic or a
+# test error fails.
+fuzz: fuzz-check
+	@set -e; for pt in $(FUZZ_TARGETS); do \
+		pkg=$${pt%%:*}; t=$${pt##*:}; \
+		echo "fuzz $$pkg $$t"; \
+		for attempt in 1 2; do \
+			log=$$(mktemp); \
+			if $(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) >$$log 2>&1; then cat $$log; rm -f $$log; break; fi; \
+			cat $$log; \
+			if grep -q 'Failing input written\|panic:\|_test.go:[0-9]*:' $$log || ! grep -q 'context deadline exceeded' $$log; then rm -f $$log; exit 1; fi; \
+			rm -f $$log; \
+			echo "fuzz $$pkg $$t: Go 1.26's fuzztime deadline race (go.dev/issue/75804), no failing input: attempt $$attempt of 2"; \
 		done; \
 	done
+
+# fuzz-check compares FUZZ_TARGETS with the Fuzz functions of the _test.go files.
+fuzz-check:
+	@found=$$(for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
+		for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do echo "./$$(dirname $${f#./}):$$t"; done; \
+	done | sort -u); \
+	listed=$$(printf '%s\n' $(FUZZ_TARGETS) | sort -u); \
+	if [ "$$found" != "$$listed" ]; then \
+		echo "FUZZ_TARGETS in the Makefile and the Fuzz functions of the _test.go files differ:"; \
+		echo "  in the code, not listed: $$(echo "$$found" | grep -vxF "$$listed" | tr '\n' ' ')"; \
+		echo "  listed, not in the code: $$(echo "$$listed" | grep -vxF "$$found" | tr '\n' ' ')"; \
+		exit 1; \
+	fi
 
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 
