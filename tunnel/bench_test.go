@@ -132,14 +132,7 @@ func pemFiles(b *testing.B, dir string) (serverPEM, clientPEM, roots string) {
 	return write("server.pem", s, sk), write("client.pem", c, ck), roots
 }
 
-func freePort(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freePort(b *testing.B) string { return testtool.FreePort(b) }
 
 // startProc runs a command until the benchmark ends and waits for addr to
 // accept connections.

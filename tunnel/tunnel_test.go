@@ -438,14 +438,7 @@ func outsideService(t testing.TB, name string) (string, *x509.CertPool) {
 	return ln.Addr().String(), pool
 }
 
-func freeAddr(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t testing.TB) string { return testtool.FreePort(t) }
 
 // TestEgressGateway: a gateway's inbound listener takes mTLS from mesh
 // workloads (its policy decides who may leave) and forwards to its own

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testtool"
 	"github.com/meshca/meshca/server"
 )
 
@@ -59,20 +59,11 @@ func meshcaBinary(t *testing.T) string {
 	return binPath
 }
 
-// freePorts returns n distinct loopback addresses whose ports were free a
-// moment ago: all are held open until all are picked, so none repeats.
+// freePorts returns n distinct loopback addresses for server processes,
+// from outside the ephemeral range so nothing else takes them first.
 func freePorts(t *testing.T, n int) []string {
 	t.Helper()
-	var addrs []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs
+	return testtool.FreePorts(t, n)
 }
 
 // processEnv is the test's environment without MESHCA_* variables.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testtool"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/server"
 	"google.golang.org/grpc"
@@ -251,14 +251,5 @@ func processFault(b *testing.B, bin, kind string, dur time.Duration) time.Durati
 // freePortsTB is freePorts for benchmarks.
 func freePortsTB(tb testing.TB, n int) []string {
 	tb.Helper()
-	var addrs []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer ln.Close()
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs
+	return testtool.FreePorts(tb, n)
 }

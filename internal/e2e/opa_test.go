@@ -68,12 +68,7 @@ func mintFiles(t *testing.T, e *env, id, dir string) {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return testtool.FreePort(t)
 }
 
 // opaProc is a stock OPA started as a process.

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/meshca/meshca/internal/testtool"
 )
 
 // SuperPassword is the password of the superuser "postgres" in every
@@ -162,14 +163,7 @@ func unprivileged() (*user.User, error) {
 	return nil, errors.New("running as root and neither user postgres nor nobody exists to run PostgreSQL as")
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return testtool.FreePortNumber() }
 
 func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
 
