@@ -39,7 +39,16 @@ var dialOptions = []grpc.DialOption{
 	grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
 	// A Sync update may carry OPA bundles of up to 4 MiB each (issue 12).
 	grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSyncMessage)),
+	// Fixed flow-control windows: gRPC otherwise probes the bandwidth-delay
+	// product with a PING after received data, which the server must
+	// answer with a write of its own for nearly every signing call.
+	grpc.WithInitialWindowSize(flowWindow), grpc.WithInitialConnWindowSize(flowWindow),
 }
+
+// flowWindow is the HTTP/2 stream and connection window to a server: more
+// than a signing call's response, enough for a bundle update in a few
+// round trips.
+const flowWindow = 1 << 20
 
 // maxSyncMessage bounds a message from a server: a Sync update with every
 // OPA bundle of the trust domain.

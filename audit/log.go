@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,6 +57,12 @@ type Config struct {
 	// Logger also receives every event (denials at Warn, the others at
 	// Info), with audit=true. Default: none.
 	Logger *slog.Logger
+	// QuietAllows are actions whose allows reach Logger at Debug, not
+	// Info: the certificates a server signs by the thousand a second,
+	// which would drown its log (and cost a formatted line each on the
+	// request path). They are in the audit log all the same; denials of
+	// these actions stay at Warn.
+	QuietAllows []string
 	// MaxSegmentBytes closes a segment once it is this large. Default:
 	// DefaultMaxSegmentBytes.
 	MaxSegmentBytes int64
@@ -202,8 +209,14 @@ func (l *Log) enqueueLocked(e Event) uint64 {
 	l.queue <- e
 	if lg := l.cfg.Logger; lg != nil {
 		level := slog.LevelInfo
-		if e.Decision == Deny {
+		switch {
+		case e.Decision == Deny:
 			level = slog.LevelWarn
+		case e.Decision == Allow && slices.Contains(l.cfg.QuietAllows, e.Action):
+			level = slog.LevelDebug
+		}
+		if !lg.Enabled(context.Background(), level) {
+			return e.Seq
 		}
 		attrs := []slog.Attr{slog.Bool("audit", true), slog.Uint64("seq", e.Seq), slog.String("decision", string(e.Decision))}
 		if e.Actor != "" {

@@ -6,9 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -83,6 +85,48 @@ func TestRecordSyncReopen(t *testing.T) {
 	}
 	if got := readAll(t, dir, 90); len(got) != 12 || got[0].Seq != 90 {
 		t.Fatalf("read from 90: %d events starting %d", len(got), got[0].Seq)
+	}
+}
+
+// A quiet action's allows reach the log only at debug level, its denials
+// at Warn; every event is in the audit log whatever the mirror shows.
+func TestQuietAllowsAreMirroredAtDebug(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		level slog.Level
+		want  []string // the log's lines, by action and decision
+	}{
+		{slog.LevelInfo, []string{"msg=entry.write decision=allow", "msg=x509.sign decision=deny"}},
+		{slog.LevelDebug, []string{"msg=x509.sign decision=allow", "msg=entry.write decision=allow", "msg=x509.sign decision=deny"}},
+	} {
+		var buf bytes.Buffer
+		lg := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: tc.level,
+			ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+				if a.Key == slog.TimeKey || a.Key == slog.LevelKey || a.Key == "audit" || a.Key == "seq" {
+					return slog.Attr{}
+				}
+				return a
+			}}))
+		l := open(t, Config{Dir: dir, Logger: lg, QuietAllows: []string{"x509.sign"}})
+		first := l.LastSeq() + 1
+		l.Record(Event{Action: "x509.sign", Decision: Allow, Subject: "spiffe://example.org/w"})
+		l.Record(Event{Action: "entry.write", Decision: Allow})
+		l.Record(Event{Action: "x509.sign", Decision: Deny, Reason: "no entry"})
+		if err := l.Sync(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		var got []string
+		for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+			f := strings.Fields(line)
+			got = append(got, strings.Join(f[:2], " "))
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("log at %v: %q, want %q", tc.level, got, tc.want)
+		}
+		if evs := readAll(t, dir, first); len(evs) != 3 || evs[0].Action != "x509.sign" || evs[0].Decision != Allow {
+			t.Errorf("log at %v: audit log has %+v, want all three events", tc.level, evs)
+		}
 	}
 }
 

@@ -371,7 +371,9 @@ func setUpAgents(ctx context.Context, cfg *Config, td spiffeid.TrustDomain, runI
 		tlsCfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
 		tlsCfg.MinVersion = tls.VersionTLS13
 		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
+			// As the agent: fixed windows, no bandwidth-probing PINGs.
+			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
 		if err != nil {
 			return s, fmt.Errorf("bench: node API at %s: %w", addr, err)
 		}

@@ -125,7 +125,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	if s.events == nil {
 		if s.auditLog, err = audit.Open(audit.Config{Dir: auditDir(cfg.DataDir), Source: cfg.NodeID, Clock: cfg.Clock,
-			Logger: cfg.Logger.With("node", cfg.NodeID)}); err != nil {
+			Logger: cfg.Logger.With("node", cfg.NodeID), QuietAllows: quietAllows}); err != nil {
 			return nil, fmt.Errorf("audit log: %w", err)
 		}
 		s.events = s.auditLog
@@ -247,7 +247,8 @@ func New(cfg Config) (_ *Server, err error) {
 
 	// Every API maps its handlers' errors to status codes in one place.
 	s.api = grpc.NewServer(append(rpcerr.ServerOptions(nil, nil),
-		grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize), keepaliveEnforcement)...)
+		grpc.Creds(credentials.NewTLS(s.tlsID.APIServerTLS())), grpc.MaxRecvMsgSize(maxRequestSize), keepaliveEnforcement,
+		grpc.NumStreamWorkers(apiStreamWorkers), grpc.InitialWindowSize(apiFlowWindow), grpc.InitialConnWindowSize(apiFlowWindow))...)
 	clusterpb.RegisterClusterServer(s.api, cluster.NewService(s.node, cluster.Handlers{Join: s.handleJoin, AuthenticateJoin: s.authenticateJoin, Certify: s.certifyIntermediate}))
 	nodepb.RegisterNodeServer(s.api, &nodeService{s: s})
 	if s.adminLn, err = listenAdmin(s.cfg.AdminSocket); err != nil {
@@ -690,3 +691,17 @@ func (s *Server) pruneLoop(ctx context.Context) error {
 		s.pruneHistory(ctx, now)
 	}
 }
+
+// apiStreamWorkers is how many goroutines of the node API are kept to run
+// calls, so that a call does not start a goroutine and grow its stack
+// through the signing code (gRPC starts one when all are busy).
+const apiStreamWorkers = 64
+
+// apiFlowWindow is the node API's fixed HTTP/2 stream and connection
+// window. A fixed window turns off gRPC's bandwidth-delay probing, a PING
+// (and its answer) after received data, nearly one per signing call.
+const apiFlowWindow = 1 << 20
+
+// quietAllows are the issuance actions whose allows are mirrored to the
+// server's log at debug level only (see audit.Config.QuietAllows).
+var quietAllows = []string{KindWorkloadSVID.action(), KindJWTSVID.action()}

@@ -148,9 +148,17 @@ func pemBundle(t *testing.T, pemBytes []byte) []*x509.Certificate {
 func waitBootstrapped(t testing.TB, r *running) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for r.srv.fsm.Read().Server(r.cfg.NodeID) == nil {
+	for {
+		// Recorded, and ready to issue: its intermediates' first CRLs are
+		// published moments after the bootstrap state.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ready, reason := r.srv.Readiness(ctx)
+		cancel()
+		if ready {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("bootstrap state not written")
+			t.Fatalf("bootstrapped server not ready: %s", reason)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

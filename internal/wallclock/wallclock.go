@@ -26,3 +26,7 @@ func Since(t time.Time) time.Duration { return time.Since(t) }
 
 // Deadline is the real time d from now, for a connection or a request.
 func Deadline(d time.Duration) time.Time { return time.Now().Add(d) }
+
+// NewTimer is a real-time timer, for batching that trades a bounded wait
+// for fewer, larger writes (the ledger's group commit).
+func NewTimer(d time.Duration) *time.Timer { return time.NewTimer(d) }

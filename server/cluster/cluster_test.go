@@ -393,3 +393,61 @@ func TestRestoreOfAHigherIndexSnapshot(t *testing.T) {
 		}
 	}
 }
+
+// TestLedgerGapGroupsConcurrentRecords: under load the group commits start
+// at most once per LedgerGap, so concurrent callers share Raft entries; a
+// lone caller is never held back, however long the gap.
+func TestLedgerGapGroupsConcurrentRecords(t *testing.T) {
+	t.Run("lone callers go at once", func(t *testing.T) {
+		c := newTestCluster(t, 1, clusterOpts{ledgerGap: time.Hour})
+		n := c.nodes[0]
+		// A held-back record would wait an hour: far past the deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for i := range 5 {
+			if err := n.node.CommitLedger(ctx, record(fmt.Sprint("lone-", i))); err != nil {
+				t.Fatalf("record %d, right after the one before: %v", i, err)
+			}
+		}
+	})
+	t.Run("a batch of several callers waits for more", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		group := func() *pendingGroup { return &pendingGroup{recs: []*raftpb.LedgerRecord{record("r")}} }
+		b := newLedgerBatcher(nil, 4, time.Hour)
+		b.lastStart = time.Now()
+		// Two callers queued together, two more arriving: held until full.
+		batch := []*pendingGroup{group(), group()}
+		b.in <- group()
+		b.in <- group()
+		b.in <- group() // beyond the batch's bound: left for the next one
+		if !b.linger(ctx, &batch) || len(batch) != 4 || len(b.in) != 1 {
+			t.Fatalf("held batch has %d groups (want 4), %d left queued (want 1)", len(batch), len(b.in))
+		}
+		// One caller alone is not held, whatever is queued behind it.
+		batch = []*pendingGroup{group()}
+		if !b.linger(ctx, &batch) || len(batch) != 1 || len(b.in) != 1 {
+			t.Fatalf("a lone caller's batch has %d groups, want 1 and no wait", len(batch))
+		}
+		// A commit that started a gap ago or more: no wait either.
+		b.lastStart = time.Now().Add(-2 * time.Hour)
+		batch = []*pendingGroup{group(), group()}
+		if !b.linger(ctx, &batch) || len(batch) != 2 {
+			t.Fatalf("after an idle gap the batch has %d groups, want 2 and no wait", len(batch))
+		}
+		// A short gap with nothing more arriving: sent when it has passed.
+		<-b.in
+		b.gap, b.lastStart = 20*time.Millisecond, time.Now()
+		batch = []*pendingGroup{group(), group()}
+		if !b.linger(ctx, &batch) || len(batch) != 2 {
+			t.Fatalf("after the gap the batch has %d groups, want 2", len(batch))
+		}
+		// The batcher stopping while a batch lingers: refused, not sent.
+		b.gap, b.lastStart = time.Hour, time.Now()
+		stopped, stop := context.WithCancel(ctx)
+		stop()
+		if b.linger(stopped, &batch) {
+			t.Fatal("a lingering batch was sent after its batcher stopped")
+		}
+	})
+}

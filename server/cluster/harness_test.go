@@ -46,6 +46,7 @@ type clusterOpts struct {
 	snapshotThreshold uint64
 	trailingLogs      uint64
 	quiet             bool
+	ledgerGap         time.Duration // Config.LedgerGap
 }
 
 type testNode struct {
@@ -209,6 +210,7 @@ func (n *testNode) start() {
 		NodeID: n.id, RaftListener: raftLn, Identity: n.identity, FSM: raftfsm.New(), Stores: stores,
 		Dial: n.c.net.Dial(n.id), RaftLogger: hclog.NewNullLogger(),
 		SnapshotThreshold: n.c.opts.snapshotThreshold, TrailingLogs: n.c.opts.trailingLogs,
+		LedgerGap: n.c.opts.ledgerGap,
 	}
 	node, err := Start(cfg)
 	if err != nil {

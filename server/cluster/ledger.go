@@ -22,6 +22,9 @@ var ErrNodeBanned = errors.New("cluster: the node is banned")
 // queue into large Raft entries while one commits. A follower forwards its
 // batches at once (the leader merges them into its own entries), so its
 // records do not wait for a forward round trip before they are sent.
+// DefaultLedgerGap is Config.LedgerGap's default.
+const DefaultLedgerGap = 2 * time.Millisecond
+
 const (
 	maxLeaderInflight   = 1
 	maxFollowerInflight = 2
@@ -126,10 +129,43 @@ type ledgerBatcher struct {
 	node *Node
 	in   chan *pendingGroup
 	max  int
+	// gap is the least time between the starts of two commits; lastStart
+	// is when the last one started (run's goroutine only).
+	gap       time.Duration
+	lastStart time.Time
 }
 
-func newLedgerBatcher(n *Node, max int) *ledgerBatcher {
-	return &ledgerBatcher{node: n, in: make(chan *pendingGroup, 4*max), max: max}
+func newLedgerBatcher(n *Node, max int, gap time.Duration) *ledgerBatcher {
+	return &ledgerBatcher{node: n, in: make(chan *pendingGroup, 4*max), max: max, gap: gap}
+}
+
+// linger holds a batch of concurrent callers' records that is not full
+// until gap has passed since the last commit started, adding what arrives
+// meanwhile: under load the commits start at most once per gap, each with
+// everything that arrived since, which is what makes one Raft entry and
+// its fsync serve many certificates. A lone caller (a batch of one group:
+// no one else was waiting) is sent at once, and so is any batch when the
+// last commit started at least gap ago. It returns false if ctx ended.
+func (b *ledgerBatcher) linger(ctx context.Context, batch *[]*pendingGroup) bool {
+	wait := b.gap - wallclock.Since(b.lastStart)
+	n := size(*batch)
+	if wait <= 0 || n >= b.max || len(*batch) < 2 {
+		return true
+	}
+	t := wallclock.NewTimer(wait)
+	defer t.Stop()
+	for n < b.max {
+		select {
+		case g := <-b.in:
+			*batch = append(*batch, g)
+			n += len(g.recs)
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 func size(batch []*pendingGroup) int {
@@ -184,6 +220,12 @@ func (b *ledgerBatcher) run(ctx context.Context) {
 				return
 			}
 			if got {
+				if !b.linger(ctx, &batch) {
+					<-slots
+					fail(batch, ctx.Err())
+					return
+				}
+				b.lastStart = wallclock.Now()
 				go b.commit(ctx, batch, slots)
 				break
 			}

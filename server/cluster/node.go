@@ -91,6 +91,11 @@ type Config struct {
 	SnapshotInterval  time.Duration
 	// LedgerBatch bounds the records of one group commit (0: 1024).
 	LedgerBatch int
+	// LedgerGap is the least time between the starts of two group commits
+	// (0: DefaultLedgerGap; negative: none), so that under load one Raft
+	// entry and one fsync carry many records. A record that arrives when
+	// the last commit started at least this long ago is sent at once.
+	LedgerGap time.Duration
 	// Clock stamps proposed commands; nil: the real clock.
 	Clock clockwork.Clock
 }
@@ -138,6 +143,12 @@ func Start(cfg Config) (*Node, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clockwork.NewRealClock()
+	}
+	switch {
+	case cfg.LedgerGap == 0:
+		cfg.LedgerGap = DefaultLedgerGap
+	case cfg.LedgerGap < 0:
+		cfg.LedgerGap = 0
 	}
 	if cfg.LedgerBatch <= 0 {
 		cfg.LedgerBatch = 1024
@@ -205,7 +216,7 @@ func Start(cfg Config) (*Node, error) {
 		peers: newPeerClients(cfg.Identity, cfg.Dial)}
 	n.lead = newLeadership(r, t, n.leaderChanged)
 	n.barrier.run = n.runBarrier
-	n.ledger = newLedgerBatcher(n, cfg.LedgerBatch)
+	n.ledger = newLedgerBatcher(n, cfg.LedgerBatch, cfg.LedgerGap)
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
