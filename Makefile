@@ -83,6 +83,7 @@ FUZZ_TARGETS = \
 	./ca:FuzzOpenSealedKey \
 	./ca:FuzzParseCertificatesPEM \
 	./ca:FuzzParseKEK \
+	./ca:FuzzPlainCSR \
 	./cmd/meshca:FuzzLoadConfig \
 	./cmd/meshca:FuzzParseTimeFlag \
 	./cmd/meshca:FuzzTunnelListenerFlag \

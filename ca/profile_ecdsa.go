@@ -1,12 +1,14 @@
 package ca
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"errors"
 	"fmt"
 
 	"github.com/emmansun/gmsm/smx509"
@@ -38,7 +40,22 @@ func (ecdsaProfile) ParseCertificate(der []byte) (*Certificate, error) {
 	}, nil
 }
 
-func (ecdsaProfile) checkCSR(der []byte) (*csrInfo, error) {
+func (p ecdsaProfile) checkCSR(der []byte) (*csrInfo, error) {
+	if c, ok := parsePlainCSR(der); ok && bytes.Equal(c.sigAlg, ecdsaWithSHA256) {
+		if pub, err := x509.ParsePKIXPublicKey(c.spki); err == nil && isP256(pub) {
+			d := sha256.Sum256(c.info)
+			if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), d[:], c.sig) {
+				// What CheckSignature says of the same request.
+				return nil, reqErr(ReasonCSRSignature, "the CSR's signature does not verify", errors.New("x509: ECDSA verification failure"))
+			}
+			return &csrInfo{pub: pub, spki: c.spki}, nil
+		}
+	}
+	return p.checkAnyCSR(der)
+}
+
+// checkAnyCSR is checkCSR for every request, with the full parser.
+func (ecdsaProfile) checkAnyCSR(der []byte) (*csrInfo, error) {
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
 		// crypto/x509 refuses curves it does not know; name an SM2 key

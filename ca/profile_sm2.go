@@ -1,9 +1,12 @@
 package ca
 
 import (
+	"bytes"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
 	"fmt"
 
 	"github.com/emmansun/gmsm/sm2"
@@ -33,7 +36,21 @@ func (sm2Profile) ParseCertificate(der []byte) (*Certificate, error) {
 	}, nil
 }
 
-func (sm2Profile) checkCSR(der []byte) (*csrInfo, error) {
+func (p sm2Profile) checkCSR(der []byte) (*csrInfo, error) {
+	if c, ok := parsePlainCSR(der); ok && bytes.Equal(c.sigAlg, sm2WithSM3) {
+		if pub, err := smx509.ParsePKIXPublicKey(c.spki); err == nil && isSM2(pub) {
+			if !sm2.VerifyASN1WithSM2(pub.(*ecdsa.PublicKey), nil, c.info, c.sig) {
+				// What CheckSignature says of the same request.
+				return nil, reqErr(ReasonCSRSignature, "the CSR's signature does not verify (signer ID "+SM2SignerID+")", errors.New("x509: SM2 verification failure"))
+			}
+			return &csrInfo{pub: pub, spki: c.spki}, nil
+		}
+	}
+	return p.checkAnyCSR(der)
+}
+
+// checkAnyCSR is checkCSR for every request, with the full parser.
+func (sm2Profile) checkAnyCSR(der []byte) (*csrInfo, error) {
 	csr, err := smx509.ParseCertificateRequest(der)
 	if err != nil {
 		return nil, reqErr(ReasonMalformedCSR, "not a DER PKCS#10 certificate request", err)
