@@ -1,6 +1,9 @@
 package ca
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"encoding/asn1"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -46,4 +49,25 @@ func parsePlainCSR(der []byte) (c plainCSR, ok bool) {
 		return c, false
 	}
 	return plainCSR{info: infoElem, spki: spki, sigAlg: sigAlg, sig: sig.Bytes}, true
+}
+
+// p256KeyAlgorithm is the DER AlgorithmIdentifier of an ECDSA P-256 key
+// (id-ecPublicKey with the prime256v1 named curve).
+var p256KeyAlgorithm = []byte{0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
+
+// plainP256Key reads a P-256 SubjectPublicKeyInfo (an uncompressed point on
+// the curve, as crypto/x509 requires) without reflection; ok is false for
+// any other key, which the full parser then names.
+func plainP256Key(spki []byte) (*ecdsa.PublicKey, bool) {
+	in := cryptobyte.String(spki)
+	var info, alg cryptobyte.String
+	var point asn1.BitString
+	if !in.ReadASN1(&info, cbasn1.SEQUENCE) || !in.Empty() ||
+		!info.ReadASN1Element(&alg, cbasn1.SEQUENCE) || !bytes.Equal(alg, p256KeyAlgorithm) ||
+		!info.ReadASN1BitString(&point) || point.BitLength%8 != 0 || !info.Empty() {
+		return nil, false
+	}
+	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), point.Bytes)
+	return pub, err == nil
 }

@@ -42,9 +42,9 @@ func (ecdsaProfile) ParseCertificate(der []byte) (*Certificate, error) {
 
 func (p ecdsaProfile) checkCSR(der []byte) (*csrInfo, error) {
 	if c, ok := parsePlainCSR(der); ok && bytes.Equal(c.sigAlg, ecdsaWithSHA256) {
-		if pub, err := x509.ParsePKIXPublicKey(c.spki); err == nil && isP256(pub) {
+		if pub, ok := plainP256Key(c.spki); ok {
 			d := sha256.Sum256(c.info)
-			if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), d[:], c.sig) {
+			if !ecdsa.VerifyASN1(pub, d[:], c.sig) {
 				// What CheckSignature says of the same request.
 				return nil, reqErr(ReasonCSRSignature, "the CSR's signature does not verify", errors.New("x509: ECDSA verification failure"))
 			}

@@ -42,23 +42,47 @@ var (
 type leafTemplate struct {
 	sigAlg     []byte // AlgorithmIdentifier
 	issuer     []byte // the issuer's raw subject Name
-	keyUsage   []byte // KeyUsage extension value
-	authKeyID  []byte // AuthorityKeyIdentifier extension value
-	ekuDER     []byte
 	profileKey x509.KeyUsage
+	// The extensions every leaf of the authority has, each a whole DER
+	// Extension: key usage, extended key usage, basic constraints (in that
+	// order, before the subject key ID), and the authority key ID.
+	fixedExts []byte
+	authKeyID []byte
 }
 
+// skiLen is the length of a leaf's subject key ID (subjectKeyID).
+const skiLen = 20
+
+// skiHeader is a subject key ID Extension up to the 20-byte ID itself.
+var skiHeader = func() []byte {
+	ext := extensionDER(oidSubjectKeyID, false, func(b *cryptobyte.Builder) { b.AddASN1OctetString(make([]byte, skiLen)) })
+	return ext[:len(ext)-skiLen]
+}()
+
 func newLeafTemplate(p Profile, issuer *Certificate) *leafTemplate {
+	keyUsage := marshalKeyUsage(p.leafKeyUsage())
+	aki := mustMarshal(struct {
+		ID []byte `asn1:"optional,tag:0"`
+	}{issuer.SubjectKeyID})
+	var fixed []byte
+	fixed = append(fixed, extensionDER(oidKeyUsage, true, func(b *cryptobyte.Builder) { b.AddBytes(keyUsage) })...)
+	fixed = append(fixed, extensionDER(oidExtKeyUsage, false, func(b *cryptobyte.Builder) { b.AddBytes(ekuServerClient) })...)
+	fixed = append(fixed, extensionDER(oidBasicConstraints, true, func(b *cryptobyte.Builder) { b.AddBytes(basicConstraintsLeaf) })...)
 	return &leafTemplate{
-		sigAlg:   p.sigAlgDER(),
-		issuer:   issuer.RawSubject,
-		keyUsage: marshalKeyUsage(p.leafKeyUsage()),
-		authKeyID: mustMarshal(struct {
-			ID []byte `asn1:"optional,tag:0"`
-		}{issuer.SubjectKeyID}),
-		ekuDER:     ekuServerClient,
+		sigAlg:     p.sigAlgDER(),
+		issuer:     issuer.RawSubject,
 		profileKey: p.leafKeyUsage(),
+		fixedExts:  fixed,
+		authKeyID:  extensionDER(oidAuthorityKeyID, false, func(b *cryptobyte.Builder) { b.AddBytes(aki) }),
 	}
+}
+
+// extensionDER encodes one Extension, for the parts of a leaf that are
+// the same in every leaf of an authority.
+func extensionDER(oid asn1.ObjectIdentifier, critical bool, value func(*cryptobyte.Builder)) []byte {
+	b := cryptobyte.NewBuilder(nil)
+	addExtension(b, oid, critical, value)
+	return b.BytesOrPanic()
 }
 
 // leafFields are the per-certificate parts of a leaf.
@@ -90,11 +114,14 @@ func (t *leafTemplate) encode(f *leafFields) ([]byte, error) {
 		b.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 				// Same order as x509.CreateCertificate.
-				addExtension(b, oidKeyUsage, true, func(b *cryptobyte.Builder) { b.AddBytes(t.keyUsage) })
-				addExtension(b, oidExtKeyUsage, false, func(b *cryptobyte.Builder) { b.AddBytes(t.ekuDER) })
-				addExtension(b, oidBasicConstraints, true, func(b *cryptobyte.Builder) { b.AddBytes(basicConstraintsLeaf) })
-				addExtension(b, oidSubjectKeyID, false, func(b *cryptobyte.Builder) { b.AddASN1OctetString(f.subjKeyID) })
-				addExtension(b, oidAuthorityKeyID, false, func(b *cryptobyte.Builder) { b.AddBytes(t.authKeyID) })
+				b.AddBytes(t.fixedExts)
+				if len(f.subjKeyID) != skiLen {
+					b.SetError(errors.New("ca: subject key ID of the wrong length"))
+					return
+				}
+				b.AddBytes(skiHeader)
+				b.AddBytes(f.subjKeyID)
+				b.AddBytes(t.authKeyID)
 				addExtension(b, oidSubjectAltName, true, func(b *cryptobyte.Builder) {
 					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 						for _, d := range f.dnsNames {
