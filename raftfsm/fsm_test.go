@@ -185,6 +185,9 @@ func TestEntriesCRLNumbersPolicies(t *testing.T) {
 	if !a.f.Read().Revoked(auth.Id, []byte{9}) || a.f.Read().Revoked(auth.Id, []byte{8}) {
 		t.Error("revocation lookup wrong")
 	}
+	if !a.f.Read().MaybeRevoked([]byte{9}) || a.f.Read().MaybeRevoked([]byte{8}) {
+		t.Error("revocation lookup by serial alone wrong")
+	}
 	if err := ResultError(a.apply(&raftpb.Command{Op: &raftpb.Command_SetTrustDomain{SetTrustDomain: &raftpb.SetTrustDomain{TrustDomain: &raftpb.TrustDomain{Name: "a.org"}}}})); err != nil {
 		t.Fatal(err)
 	}

@@ -97,6 +97,12 @@ func (r *Reader) Revoked(issuerID string, serial []byte) bool {
 	return first(r.txn, tableRevocations, "id", revocationKey(issuerID, serial)) != nil
 }
 
+// MaybeRevoked reports whether any issuer revoked serial: false means
+// the certificate is not revoked; true calls for Revoked with its issuer.
+func (r *Reader) MaybeRevoked(serial []byte) bool {
+	return first(r.txn, tableRevocations, "serial", serialKey(serial)) != nil
+}
+
 // Revocations returns every revocation, by issuer then serial.
 func (r *Reader) Revocations() []*raftpb.Revocation {
 	return all[*raftpb.Revocation](r, tableRevocations, "id")

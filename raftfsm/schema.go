@@ -117,6 +117,12 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 			return revocationKey(r.IssuerId, r.Serial), r.IssuerId != "" && len(r.Serial) > 0
 		}),
 		"issuer": idx("issuer", false, false, func(o any) (string, bool) { return nonEmpty(o.(*raftpb.Revocation).IssuerId) }),
+		// By serial alone, whoever the issuer: for the one question asked
+		// of every node API call, whether the caller's SVID is revoked.
+		"serial": idx("serial", false, false, func(o any) (string, bool) {
+			r := o.(*raftpb.Revocation)
+			return serialKey(r.Serial), len(r.Serial) > 0
+		}),
 		"expiry": idx("expiry", false, true, func(o any) (string, bool) {
 			r := o.(*raftpb.Revocation)
 			return expiryKey(r.NotAfterUnix), r.NotAfterUnix != 0

@@ -394,6 +394,9 @@ func (s *Server) peerRevoked(ctx context.Context) bool {
 	}
 	serial := info.State.PeerCertificates[0].SerialNumber.Bytes()
 	r := s.fsm.Read()
+	if !r.MaybeRevoked(serial) { // the common case: one index lookup
+		return false
+	}
 	rec := r.LedgerRecord(serial)
 	return rec != nil && r.Revoked(rec.IssuerId, serial)
 }
