@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/meshca/meshca/internal/naming"
+	"github.com/meshca/meshca/internal/wallclock"
 	"github.com/meshca/meshca/proto/raftpb"
 	"github.com/meshca/meshca/raftfsm"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -415,7 +416,7 @@ func TestLedgerGapGroupsConcurrentRecords(t *testing.T) {
 		defer cancel()
 		group := func() *pendingGroup { return &pendingGroup{recs: []*raftpb.LedgerRecord{record("r")}} }
 		b := newLedgerBatcher(nil, 4, time.Hour)
-		b.lastStart = time.Now()
+		b.lastStart = wallclock.Now()
 		// Two callers queued together, two more arriving: held until full.
 		batch := []*pendingGroup{group(), group()}
 		b.in <- group()
@@ -430,20 +431,20 @@ func TestLedgerGapGroupsConcurrentRecords(t *testing.T) {
 			t.Fatalf("a lone caller's batch has %d groups, want 1 and no wait", len(batch))
 		}
 		// A commit that started a gap ago or more: no wait either.
-		b.lastStart = time.Now().Add(-2 * time.Hour)
+		b.lastStart = wallclock.Now().Add(-2 * time.Hour)
 		batch = []*pendingGroup{group(), group()}
 		if !b.linger(ctx, &batch) || len(batch) != 2 {
 			t.Fatalf("after an idle gap the batch has %d groups, want 2 and no wait", len(batch))
 		}
 		// A short gap with nothing more arriving: sent when it has passed.
 		<-b.in
-		b.gap, b.lastStart = 20*time.Millisecond, time.Now()
+		b.gap, b.lastStart = 20*time.Millisecond, wallclock.Now()
 		batch = []*pendingGroup{group(), group()}
 		if !b.linger(ctx, &batch) || len(batch) != 2 {
 			t.Fatalf("after the gap the batch has %d groups, want 2", len(batch))
 		}
 		// The batcher stopping while a batch lingers: refused, not sent.
-		b.gap, b.lastStart = time.Hour, time.Now()
+		b.gap, b.lastStart = time.Hour, wallclock.Now()
 		stopped, stop := context.WithCancel(ctx)
 		stop()
 		if b.linger(stopped, &batch) {
