@@ -1,5 +1,7 @@
-// Package testtool finds and runs the external tools tests check meshca's
-// output with (openssl, promtool). It is imported by tests only.
+// Package testtool is what tests share for the world outside meshca: the
+// external tools they check its output with (openssl, promtool, a stock
+// OPA), loopback servers, and ports for child processes. It is imported by
+// tests and test helpers only.
 package testtool
 
 import (

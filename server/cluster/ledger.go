@@ -22,13 +22,14 @@ var ErrNodeBanned = errors.New("cluster: the node is banned")
 // queue into large Raft entries while one commits. A follower forwards its
 // batches at once (the leader merges them into its own entries), so its
 // records do not wait for a forward round trip before they are sent.
-// DefaultLedgerGap is Config.LedgerGap's default.
-const DefaultLedgerGap = 2 * time.Millisecond
-
 const (
 	maxLeaderInflight   = 1
 	maxFollowerInflight = 2
 )
+
+// DefaultLedgerGap is Config.LedgerGap's default: under load a record waits
+// at most this long for the next group commit to start.
+const DefaultLedgerGap = 2 * time.Millisecond
 
 // CommitLedger records an issued certificate in the replicated ledger and
 // returns once the record is committed on a quorum; see CommitLedgerBatch.
