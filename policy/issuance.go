@@ -132,7 +132,59 @@ type Issuance struct {
 	// types. Empty: the policy derives none.
 	SelectorTypes []string
 	pq            rego.PreparedEvalQuery
+	// reads are the input's top-level keys the policy refers to: the
+	// others are left out of the input it is given.
+	reads inputKeys
 }
+
+// inputKeys is a set of Input's top-level keys.
+type inputKeys uint8
+
+const (
+	readsNode inputKeys = 1 << iota
+	readsWorkload
+	readsEntry
+	readsRequest
+	readsEntries
+	readsAll inputKeys = 1<<iota - 1
+)
+
+var inputKeyBits = map[string]inputKeys{"node": readsNode, "workload": readsWorkload, "entry": readsEntry,
+	"request": readsRequest, "entries": readsEntries}
+
+// inputReads is the set of the input's top-level keys the compiled
+// modules refer to. A reference to input itself or to input[x] with a
+// non-constant x reads every key. Leaving the others out is invisible to
+// the policy (nothing can see a key it never names) and spares building
+// them for every decision.
+func inputReads(c *ast.Compiler) inputKeys {
+	var reads inputKeys
+	for _, m := range c.Modules {
+		ast.WalkRefs(m, func(r ast.Ref) bool {
+			if !r[0].Equal(ast.InputRootDocument) {
+				return false
+			}
+			if len(r) < 2 {
+				reads = readsAll
+				return false
+			}
+			k, ok := r[1].Value.(ast.String)
+			if bit, known := inputKeyBits[string(k)]; ok && known {
+				reads |= bit
+			} else {
+				reads = readsAll
+			}
+			return false
+		})
+	}
+	return reads
+}
+
+// decisionQuery asks for the decision's fields of data.meshca.issuance
+// only: each is evaluated by its key, so the package's helper rules are
+// evaluated only where the decision uses them (as querying
+// data.meshca.issuance.allow would), not all of them for every decision.
+const decisionQuery = `{k: v | some k in ["allow", "reason", "spiffe_id", "ttl", "dns_names"]; v := ` + IssuanceQuery + `[k]}`
 
 // SelectorTypesQuery is the rule by which a policy declares the selector
 // types it derives identities from, e.g. identity_selector_types := {"k8s"}.
@@ -152,7 +204,7 @@ func CompileIssuance(ctx context.Context, revision uint64, files []File) (*Issua
 		return nil, invalid("no rule in package meshca.issuance: the policy must define %s (package meshca.issuance, with allow and reason)", IssuanceQuery)
 	}
 	pq, err := rego.New(
-		rego.Query(IssuanceQuery),
+		rego.Query(decisionQuery),
 		rego.Compiler(p.compiler),
 		rego.Store(inmem.NewFromObject(p.data)),
 		rego.StrictBuiltinErrors(true),
@@ -164,7 +216,7 @@ func CompileIssuance(ctx context.Context, revision uint64, files []File) (*Issua
 	if err != nil {
 		return nil, err
 	}
-	return &Issuance{Revision: revision, pq: pq, SelectorTypes: types}, nil
+	return &Issuance{Revision: revision, pq: pq, SelectorTypes: types, reads: inputReads(p.compiler)}, nil
 }
 
 // selectorTypes evaluates identity_selector_types, which must not depend
@@ -204,7 +256,7 @@ var noMetrics = metrics.NoOp()
 // Decide evaluates the policy on in. An error is an *EvalError (the
 // caller denies) or the context's.
 func (p *Issuance) Decide(ctx context.Context, in *Input) (Decision, error) {
-	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(in.value()), rego.EvalMetrics(noMetrics))
+	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(in.value(p.reads)), rego.EvalMetrics(noMetrics))
 	if err != nil {
 		if ctx.Err() != nil {
 			return Decision{}, ctx.Err()
@@ -281,8 +333,9 @@ var (
 )
 
 // value builds the input as an AST value directly (no JSON round trip),
-// with shared key terms and interned scalars.
-func (in *Input) value() ast.Value {
+// with shared key terms and interned scalars, holding the top-level keys
+// of reads.
+func (in *Input) value(reads inputKeys) ast.Value {
 	str := func(s string) *ast.Term { return ast.InternedTerm(s) }
 	strs := func(ss []string) *ast.Term {
 		ts := make([]*ast.Term, len(ss))
@@ -298,31 +351,39 @@ func (in *Input) value() ast.Value {
 		}
 		return ast.ArrayTerm(ts...)
 	}
-	obj := ast.NewObject(
-		[2]*ast.Term{kNode, ast.ObjectTerm(
+	kv := make([][2]*ast.Term, 0, 5)
+	if reads&readsNode != 0 {
+		kv = append(kv, [2]*ast.Term{kNode, ast.ObjectTerm(
 			[2]*ast.Term{kID, str(in.Node.ID)},
 			[2]*ast.Term{kAttestor, str(in.Node.Attestor)},
-			[2]*ast.Term{kSelectors, sels(in.Node.Selectors)})},
-		[2]*ast.Term{kWorkload, ast.ObjectTerm([2]*ast.Term{kSelectors, sels(in.Workload.Selectors)})},
-		[2]*ast.Term{kRequest, ast.ObjectTerm(
+			[2]*ast.Term{kSelectors, sels(in.Node.Selectors)})})
+	}
+	if reads&readsWorkload != 0 {
+		kv = append(kv, [2]*ast.Term{kWorkload, ast.ObjectTerm([2]*ast.Term{kSelectors, sels(in.Workload.Selectors)})})
+	}
+	if reads&readsRequest != 0 {
+		kv = append(kv, [2]*ast.Term{kRequest, ast.ObjectTerm(
 			[2]*ast.Term{kSPIFFEID, str(in.Request.SPIFFEID)},
 			[2]*ast.Term{kDNSNames, strs(in.Request.DNSNames)},
 			[2]*ast.Term{kTTL, ast.InternedTerm(in.Request.TTL)},
 			[2]*ast.Term{kProfile, str(in.Request.Profile)},
-			[2]*ast.Term{kKind, str(in.Request.Kind)})},
-		[2]*ast.Term{kEntries, ast.ObjectTerm([2]*ast.Term{kAllow, ast.InternedTerm(in.Entries.Allow)}, [2]*ast.Term{kReason, str(in.Entries.Reason)})},
-	)
-	if e := in.Entry; e != nil {
-		obj.Insert(kEntry, ast.ObjectTerm(
+			[2]*ast.Term{kKind, str(in.Request.Kind)})})
+	}
+	if reads&readsEntries != 0 {
+		kv = append(kv, [2]*ast.Term{kEntries, ast.ObjectTerm([2]*ast.Term{kAllow, ast.InternedTerm(in.Entries.Allow)},
+			[2]*ast.Term{kReason, str(in.Entries.Reason)})})
+	}
+	if e := in.Entry; e != nil && reads&readsEntry != 0 {
+		kv = append(kv, [2]*ast.Term{kEntry, ast.ObjectTerm(
 			[2]*ast.Term{kID, str(e.ID)},
 			[2]*ast.Term{kSPIFFEID, str(e.SPIFFEID)},
 			[2]*ast.Term{kParentID, str(e.ParentID)},
 			[2]*ast.Term{kSelectors, sels(e.Selectors)},
 			[2]*ast.Term{kDNSNames, strs(e.DNSNames)},
 			[2]*ast.Term{kTTL, ast.InternedTerm(e.TTL)},
-			[2]*ast.Term{kProfile, str(e.Profile)}))
+			[2]*ast.Term{kProfile, str(e.Profile)})})
 	}
-	return obj
+	return ast.NewObject(kv...)
 }
 
 // SelfTest evaluates the policy on a sample input of every kind (empty

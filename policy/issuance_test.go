@@ -146,3 +146,37 @@ func testKey(tb testing.TB) *ecdsa.PrivateKey {
 	}
 	return k
 }
+
+// The input holds only the keys a policy names; a policy that looks at
+// input as a whole, by a computed key or through a function still sees all
+// of it.
+func TestIssuanceInputHoldsWhatThePolicyReads(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		rules string
+		reads inputKeys
+	}{
+		{`allow if count(input) == 5`, readsAll},
+		{`allow if { some k, _ in input; k == "entry" }`, readsAll},
+		{`allow if { k := "node"; input[k].attestor == "k8s_psat" }`, readsAll},
+		{`f(x) := x.node.attestor` + "\n" + `allow if f(input) == "k8s_psat"`, readsAll},
+		{`allow if input.node.attestor == "k8s_psat"`, readsNode},
+		{`allow if count(input.request) == 5`, readsRequest},
+		{`allow if { input.entry.id == "e1"; not input.entries.allow; count(input.workload.selectors) == 2 }`, readsEntry | readsEntries | readsWorkload},
+	} {
+		t.Run(tc.rules, func(t *testing.T) {
+			p, err := CompileIssuance(ctx, 1, []File{{Path: "p.rego", Content: []byte("package meshca.issuance\n" + tc.rules + "\n")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.reads != tc.reads {
+				t.Errorf("reads %05b, want %05b", p.reads, tc.reads)
+			}
+			in := workloadInput("payments")
+			in.Entry = &EntryInput{ID: "e1"}
+			if d, err := p.Decide(ctx, in); err != nil || !d.Allow {
+				t.Fatalf("decision %+v, %v: the policy did not see the input it reads", d, err)
+			}
+		})
+	}
+}
