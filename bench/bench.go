@@ -125,6 +125,10 @@ type Config struct {
 	// SetupTimeout bounds the set-up (status, tokens, attestations,
 	// entries) before the load starts. Default DefaultSetupTimeout.
 	SetupTimeout time.Duration
+
+	// attest, when set, replaces attest (tests: an answer lost after the
+	// server used the token).
+	attest func(ctx context.Context, addr string, td spiffeid.TrustDomain, bundle *x509bundle.Bundle, token string) (*x509svid.SVID, error)
 }
 
 // Progress is a snapshot of a running bench.
@@ -397,24 +401,43 @@ func setUpAgents(ctx context.Context, cfg *Config, td spiffeid.TrustDomain, runI
 // no leader yet), as a server answers with Unavailable.
 const attestRetry = 30 * time.Second
 
-// attestRetrying attests one agent with a new join token, again with a new
-// token while the server answers Unavailable, for up to attestRetry.
+// attestRetrying attests one agent with a join token, for up to
+// attestRetry while the server answers Unavailable (not ready yet, or the
+// outcome unknown). It tries the same token again: a server that was not
+// ready did not consume it. Only if a retry finds it refused (an earlier
+// attempt had used it after all) does it make a new one, so tokens are
+// left unused only when the last attempt's outcome is unknown.
 func (s *setup) attestRetrying(ctx context.Context, cfg *Config, addr string, td spiffeid.TrustDomain, bundle *x509bundle.Bundle) (*x509svid.SVID, error) {
 	deadline := time.Now().Add(attestRetry)
+	attestFn := attest
+	if cfg.attest != nil {
+		attestFn = cfg.attest
+	}
+	token, retried := "", false
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		tok, err := cfg.Operator.CreateJoinToken(ctx, &operatorpb.CreateJoinTokenRequest{Kind: "agent", TtlSeconds: 600})
-		if err != nil {
-			return nil, fmt.Errorf("create a join token: %w", err)
+		if token == "" {
+			tok, err := cfg.Operator.CreateJoinToken(ctx, &operatorpb.CreateJoinTokenRequest{Kind: "agent", TtlSeconds: 600})
+			if err != nil {
+				return nil, fmt.Errorf("create a join token: %w", err)
+			}
+			token, retried = tok.Token, false
+			s.unspent++
 		}
-		s.unspent++
-		svid, err := attest(ctx, addr, td, bundle, tok.Token)
-		if err == nil {
+		svid, err := attestFn(ctx, addr, td, bundle, token)
+		switch code := status.Code(err); {
+		case err == nil:
 			s.unspent--
 			return svid, nil
-		}
-		if status.Code(err) != codes.Unavailable || time.Now().Add(wait).After(deadline) {
+		case code == codes.PermissionDenied && retried:
+			// Spent by the attempt before, whose answer was lost: the
+			// token is used, not left behind.
+			s.unspent--
+			token = ""
+			continue
+		case code != codes.Unavailable || time.Now().Add(wait).After(deadline):
 			return nil, err
 		}
+		retried = true
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

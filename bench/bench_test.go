@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,8 +20,13 @@ import (
 	"github.com/meshca/meshca/internal/testtool"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/meshca/meshca/server"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 // startServer runs a real single-node server on loopback and returns it
@@ -168,8 +174,8 @@ func TestRunRetriesRefusals(t *testing.T) {
 
 // A server that answers Unavailable while agents are attested (just
 // started, its CRL not published yet; here a node API address whose first
-// connections are dropped) is waited for, with a new join token for each
-// attempt: the run goes on, and the tokens left unused are reported.
+// connections are dropped) is waited for, trying the same join token
+// again: the run goes on, and no token is left unused.
 func TestRunWaitsForAServerNotReady(t *testing.T) {
 	srv, op := startServer(t, nil)
 	const dropped = 3
@@ -187,8 +193,45 @@ func TestRunWaitsForAServerNotReady(t *testing.T) {
 	if res.Certificates == 0 || res.Errors != 0 {
 		t.Errorf("%d certificates, %d errors (%v): want some and none", res.Certificates, res.Errors, res.ErrorSamples)
 	}
-	if !slices.ContainsFunc(res.Cleanup, func(s string) bool { return strings.Contains(s, "join token(s) not used") }) {
-		t.Errorf("cleanup notes %q: want the join tokens of the refused attempts", res.Cleanup)
+	if slices.ContainsFunc(res.Cleanup, func(s string) bool { return strings.Contains(s, "join token") }) {
+		t.Errorf("cleanup notes %q: the token of the dropped attempts was not used again", res.Cleanup)
+	}
+}
+
+// An attestation whose answer is lost after the server used the token
+// (Unavailable to the caller) is tried again with the same token, which
+// the server refuses as used: then a new token attests the agent, and
+// neither is reported as left unused.
+func TestRunNewTokenWhenTheLostAttemptUsedIt(t *testing.T) {
+	srv, op := startServer(t, nil)
+	cfg := roots(t, srv)
+	cfg.Operator, cfg.Servers = op, []string{srv.APIAddr()}
+	cfg.Agents, cfg.Concurrency, cfg.Duration, cfg.Warmup = 1, 2, time.Second, 100*time.Millisecond
+	var calls atomic.Int64
+	tokens := map[string]bool{}
+	var mu sync.Mutex
+	cfg.attest = func(ctx context.Context, addr string, td spiffeid.TrustDomain, bundle *x509bundle.Bundle, token string) (*x509svid.SVID, error) {
+		mu.Lock()
+		tokens[token] = true
+		mu.Unlock()
+		svid, err := attest(ctx, addr, td, bundle, token)
+		if calls.Add(1) == 1 && err == nil {
+			return nil, status.Error(codes.Unavailable, "the answer was lost")
+		}
+		return svid, err
+	}
+	res, err := Run(tctx(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 3 || len(tokens) != 2 {
+		t.Errorf("%d attestations with %d tokens: want 3 with 2 (the lost one, the refused retry, a new token)", calls.Load(), len(tokens))
+	}
+	if res.Certificates == 0 || res.Errors != 0 {
+		t.Errorf("%d certificates, %d errors (%v): want some and none", res.Certificates, res.Errors, res.ErrorSamples)
+	}
+	if slices.ContainsFunc(res.Cleanup, func(s string) bool { return strings.Contains(s, "join token") }) {
+		t.Errorf("cleanup notes %q: no token is left unused", res.Cleanup)
 	}
 }
 
