@@ -76,6 +76,10 @@ type Config struct {
 	// QueueSize bounds the events recorded and not yet written; Record
 	// waits when it is full. Default: DefaultQueueSize.
 	QueueSize int
+	// Recent is how many of the newest durable events are kept in memory
+	// for Recent (an exporter that keeps up reads them there rather than
+	// decoding the segments again). 0 keeps none.
+	Recent int
 }
 
 // Log is a durable, sequenced audit log. It is safe for concurrent use.
@@ -95,6 +99,8 @@ type Log struct {
 
 	f    *os.File // the segment being written
 	size int64
+
+	recent recentEvents // the newest durable events, for Recent
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -384,6 +390,7 @@ func (l *Log) write(ctx context.Context) {
 				lg.Error("audit log write failed; events are being lost", "err", err)
 			}
 		} else {
+			l.recent.add(batch, l.cfg.Recent)
 			l.durable.Store(batch[len(batch)-1].Seq)
 		}
 		l.syncMu.Lock()

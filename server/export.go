@@ -36,6 +36,10 @@ const (
 	maxExportBackoff = 5 * time.Second
 	// exportCallTimeout bounds each call to PostgreSQL.
 	exportCallTimeout = 30 * time.Second
+	// auditRecent is how many of its newest audit events a server with
+	// a history database keeps in memory for the exporter (a few seconds
+	// of heavy issuance; a few MiB).
+	auditRecent = 1 << 14
 	// historyStartTimeout bounds the check of the database at start.
 	historyStartTimeout = 5 * time.Second
 )
@@ -316,25 +320,15 @@ func (s *Server) exportAuditStep(ctx context.Context) (bool, error) {
 	if err := s.auditLog.Sync(ctx); err != nil {
 		return false, fmt.Errorf("audit log: %w", err)
 	}
-	var batch []audit.Event
-	x.mu.Lock()
-	pos := x.auditPos
-	x.mu.Unlock()
-	// Tail resumes where the last batch ended, instead of reading the
-	// segment again from its start.
-	pos, err := audit.Tail(auditDir(s.cfg.DataDir), pos, cursor+1, func(e audit.Event) error {
-		if e.Seq > last || len(batch) >= s.cfg.ExportBatch {
-			return audit.ErrStop
+	// The newest events come from memory while the export keeps up; the
+	// segments are read (and decoded) only when it lags further.
+	batch, ok := s.auditLog.Recent(cursor+1, int(min(uint64(s.cfg.ExportBatch), last-cursor)), nil)
+	if !ok {
+		var err error
+		if batch, err = s.tailAudit(cursor, last); err != nil {
+			return false, err
 		}
-		batch = append(batch, e)
-		return nil
-	})
-	if err != nil {
-		return false, fmt.Errorf("audit log: %w", err)
 	}
-	x.mu.Lock()
-	x.auditPos = pos
-	x.mu.Unlock()
 	if len(batch) == 0 {
 		return false, nil
 	}
@@ -343,7 +337,7 @@ func (s *Server) exportAuditStep(ctx context.Context) (bool, error) {
 		s.log.Error("audit events lost before export: the audit log's oldest segments were deleted while the database was unreachable",
 			"from_seq", cursor+1, "to_seq", batch[0].Seq-1)
 	}
-	err = s.cfg.History.ExportAudit(ctx, s.cfg.NodeID, cursor, batch, s.isOperatorEvent, s.cfg.Clock.Now())
+	err := s.cfg.History.ExportAudit(ctx, s.cfg.NodeID, cursor, batch, s.isOperatorEvent, s.cfg.Clock.Now())
 	var moved *postgres.CursorMovedError
 	switch {
 	case errors.As(err, &moved):
@@ -355,6 +349,31 @@ func (s *Server) exportAuditStep(ctx context.Context) (bool, error) {
 	}
 	s.export.setAudit(batch[len(batch)-1].Seq, true)
 	return len(batch) == s.cfg.ExportBatch, nil
+}
+
+// tailAudit reads the audit events after cursor, up to last and at most
+// ExportBatch of them, from the segments; Tail resumes where the last read
+// ended instead of reading the segment again from its start.
+func (s *Server) tailAudit(cursor, last uint64) ([]audit.Event, error) {
+	x := &s.export
+	var batch []audit.Event
+	x.mu.Lock()
+	pos := x.auditPos
+	x.mu.Unlock()
+	pos, err := audit.Tail(auditDir(s.cfg.DataDir), pos, cursor+1, func(e audit.Event) error {
+		if e.Seq > last || len(batch) >= s.cfg.ExportBatch {
+			return audit.ErrStop
+		}
+		batch = append(batch, e)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	x.mu.Lock()
+	x.auditPos = pos
+	x.mu.Unlock()
+	return batch, nil
 }
 
 // isOperatorEvent tells the audit events of operators' commands: those of
@@ -434,11 +453,16 @@ func (s *Server) historyStatus(ctx context.Context) *operatorpb.HistoryExport {
 	if s.auditLog != nil {
 		if last := s.auditLog.LastSeq(); last > h.AuditCursor {
 			h.AuditLagEvents = last - h.AuditCursor
-			// From the exporter's position: the oldest event not exported.
-			_, _ = audit.Tail(auditDir(s.cfg.DataDir), pos, h.AuditCursor+1, func(e audit.Event) error {
-				h.AuditLagSeconds = max(0, now.Sub(e.Time).Seconds())
-				return audit.ErrStop
-			})
+			// The oldest event not exported: in memory, else read from
+			// the exporter's position.
+			if evs, ok := s.auditLog.Recent(h.AuditCursor+1, 1, nil); ok && len(evs) > 0 {
+				h.AuditLagSeconds = max(0, now.Sub(evs[0].Time).Seconds())
+			} else {
+				_, _ = audit.Tail(auditDir(s.cfg.DataDir), pos, h.AuditCursor+1, func(e audit.Event) error {
+					h.AuditLagSeconds = max(0, now.Sub(e.Time).Seconds())
+					return audit.ErrStop
+				})
+			}
 		}
 	}
 	return h

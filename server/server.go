@@ -124,8 +124,12 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	if s.events == nil {
+		recent := 0
+		if cfg.History != nil {
+			recent = auditRecent
+		}
 		if s.auditLog, err = audit.Open(audit.Config{Dir: auditDir(cfg.DataDir), Source: cfg.NodeID, Clock: cfg.Clock,
-			Logger: cfg.Logger.With("node", cfg.NodeID), QuietAllows: quietAllows}); err != nil {
+			Logger: cfg.Logger.With("node", cfg.NodeID), QuietAllows: quietAllows, Recent: recent}); err != nil {
 			return nil, fmt.Errorf("audit log: %w", err)
 		}
 		s.events = s.auditLog
