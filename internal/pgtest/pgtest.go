@@ -16,8 +16,10 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/meshca/meshca/internal/testtool"
+	"golang.org/x/sys/unix"
 )
 
 // SuperPassword is the password of the superuser "postgres" in every
@@ -222,7 +225,7 @@ func (s *Server) startLocked() error {
 		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if err := startOnCPUs(cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("start postgres: %w", err)
 	}
@@ -230,6 +233,52 @@ func (s *Server) startLocked() error {
 	go func() { cmd.Wait(); close(done) }() // owned by s: ends with the process
 	s.cmd, s.done, s.logf = cmd, done, logf
 	return nil
+}
+
+// CPUsEnv names the CPUs PostgreSQL runs on, when set: "1", "2-3" (as
+// taskset -c). A benchmark run under taskset -c 0 with MESHCA_PGTEST_CPUS=1
+// keeps PostgreSQL off the cores of the server it measures, as a database
+// host of its own would.
+const CPUsEnv = "MESHCA_PGTEST_CPUS"
+
+// startOnCPUs starts cmd, on the CPUs of CPUsEnv if set: the child
+// inherits the affinity of the thread that forks it, so postgres and every
+// process it forks run there from their first instruction.
+func startOnCPUs(cmd *exec.Cmd) error {
+	spec := os.Getenv(CPUsEnv)
+	if spec == "" {
+		return cmd.Start()
+	}
+	var set unix.CPUSet
+	for _, part := range strings.Split(spec, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := a, error(nil)
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a || b >= 1024 {
+			return fmt.Errorf("%s=%q: want CPU numbers such as 1 or 2-3,5", CPUsEnv, spec)
+		}
+		for c := a; c <= b; c++ {
+			set.Set(c)
+		}
+	}
+	runtime.LockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("%s: %w", CPUsEnv, err)
+	}
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("%s=%q: %w", CPUsEnv, spec, err)
+	}
+	err := cmd.Start()
+	if unix.SchedSetaffinity(0, &old) == nil {
+		runtime.UnlockOSThread() // else the thread stays locked and ends with this goroutine
+	}
+	return err
 }
 
 func (s *Server) waitReady(limit time.Duration) error {
