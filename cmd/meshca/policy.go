@@ -57,8 +57,10 @@ is an object {allow, reason, spiffe_id?, ttl?, dns_names?}; its input:
    "request": {"spiffe_id", "dns_names", "ttl", "profile", "kind"},   (kind: agent_svid, workload_svid, jwt_svid, mint; ttl in seconds)
    "entries": {"allow", "reason"}}   (what registration-entry matching decided)
 
-A policy that keeps entries and adds a rule says "allow if input.entries.allow"
-and more. A deny returns reason to the caller (PermissionDenied) and audits
+Only those five rules are read: other rules of the package are evaluated
+where they use them, at most once per decision for a complete rule (a
+function with arguments is evaluated again at every call). A policy that
+keeps entries and adds a rule says "allow if input.entries.allow" and more. A deny returns reason to the caller (PermissionDenied) and audits
 it. A policy that fails at evaluation (a conflict, a builtin error) denies.
 A policy that does not parse, refers to an input field that does not exist,
 or defines no data.meshca.issuance is refused with file:line errors, and
