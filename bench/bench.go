@@ -35,6 +35,7 @@ import (
 	"github.com/meshca/meshca/attest/jointoken"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/retryinfo"
+	"github.com/meshca/meshca/internal/wallclock"
 	"github.com/meshca/meshca/proto/nodepb"
 	"github.com/meshca/meshca/proto/operatorpb"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -408,7 +409,7 @@ const attestRetry = 30 * time.Second
 // attempt had used it after all) does it make a new one, so tokens are
 // left unused only when the last attempt's outcome is unknown.
 func (s *setup) attestRetrying(ctx context.Context, cfg *Config, addr string, td spiffeid.TrustDomain, bundle *x509bundle.Bundle) (*x509svid.SVID, error) {
-	deadline := time.Now().Add(attestRetry)
+	deadline := wallclock.Deadline(attestRetry) // real time: a wait for a server on the network
 	attestFn := attest
 	if cfg.attest != nil {
 		attestFn = cfg.attest
@@ -434,11 +435,11 @@ func (s *setup) attestRetrying(ctx context.Context, cfg *Config, addr string, td
 			s.unspent--
 			token = ""
 			continue
-		case code != codes.Unavailable || time.Now().Add(wait).After(deadline):
+		case code != codes.Unavailable || wallclock.Deadline(wait).After(deadline):
 			return nil, err
 		}
 		retried = true
-		t := time.NewTimer(wait)
+		t := wallclock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
