@@ -180,3 +180,28 @@ func TestIssuanceInputHoldsWhatThePolicyReads(t *testing.T) {
 		})
 	}
 }
+
+// Only the decision's five rules are evaluated, and what they use: a
+// helper rule that would fail at evaluation denies when the decision uses
+// it, and costs nothing when nothing does.
+func TestIssuanceEvaluatesTheDecisionFields(t *testing.T) {
+	ctx := context.Background()
+	for src, allow := range map[string]bool{
+		"package meshca.issuance\nallow := true\nunused := to_number(\"x\")\n":                                  true,
+		"package meshca.issuance\nallow if used > 0\nused := to_number(\"x\")\n":                                false,
+		"package meshca.issuance\nallow := true\nreason := sprintf(\"%d\", [used])\nused := to_number(\"x\")\n": false,
+	} {
+		p, err := CompileIssuance(ctx, 1, []File{{Path: "p.rego", Content: []byte(src)}})
+		if err != nil {
+			t.Fatalf("%q: %v", src, err)
+		}
+		d, err := p.Decide(ctx, workloadInput("payments"))
+		var ee *EvalError
+		switch {
+		case allow && (err != nil || !d.Allow):
+			t.Errorf("%q: decision %+v, %v: want allowed (the failing rule is not used)", src, d, err)
+		case !allow && (!errors.As(err, &ee) || d.Allow):
+			t.Errorf("%q: decision %+v, %v: want an EvalError (the decision uses the failing rule)", src, d, err)
+		}
+	}
+}
