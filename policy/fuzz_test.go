@@ -66,8 +66,8 @@ func FuzzEnvoyInput(f *testing.F) {
 		}
 		if m, ok := v.(map[string]any); ok {
 			authzObject(m)
+			decision(m)
 		}
-		decision(v)
 	})
 }
 

@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 )
 
@@ -131,48 +134,96 @@ type Issuance struct {
 	// an identity for a workload with no entry that has selectors of these
 	// types. Empty: the policy derives none.
 	SelectorTypes []string
-	pq            rego.PreparedEvalQuery
-	// reads are the input's top-level keys the policy refers to: the
-	// others are left out of the input it is given.
-	reads inputKeys
+	// allowed asks allow and the fields that matter when it is true
+	// (spiffe_id, ttl, dns_names), those the policy can define; reason
+	// asks reason, only when allow is not true. nil: the policy cannot
+	// define them.
+	allowed, reason *fieldQuery
+	// reads are the input's fields the policy refers to: the others are
+	// left out of the input it is given.
+	reads inputFields
+	// deterministic: the policy calls no nondeterministic builtin, so its
+	// decisions may be cached. cache is nil when they are not.
+	deterministic bool
+	cache         *decisionCache
 }
 
-// inputKeys is a set of Input's top-level keys.
-type inputKeys uint8
+// CacheDecisions makes p remember up to n decisions, by the input fields
+// the policy reads, so that an input seen again (a renewal) is not
+// evaluated again; n <= 0 remembers none. A policy that calls a
+// nondeterministic builtin (time.now_ns, http.send, rand.intn, ...) is
+// always evaluated. CompileIssuance sets DefaultDecisionCache. Call it
+// before p is used.
+func (p *Issuance) CacheDecisions(n int) {
+	p.cache = nil
+	if n > 0 && p.deterministic {
+		p.cache = newDecisionCache(n)
+	}
+}
+
+// CachedDecisions is how many decisions were answered from the cache.
+func (p *Issuance) CachedDecisions() uint64 {
+	if p.cache == nil {
+		return 0
+	}
+	return p.cache.hits.Load()
+}
+
+// inputFields is a set of the input's fields: node.id, entry.selectors.
+type inputFields uint32
 
 const (
-	readsNode inputKeys = 1 << iota
-	readsWorkload
-	readsEntry
-	readsRequest
-	readsEntries
-	readsAll inputKeys = 1<<iota - 1
+	fNodeID inputFields = 1 << iota
+	fNodeAttestor
+	fNodeSelectors
+	fWorkloadSelectors
+	fEntryID
+	fEntrySPIFFEID
+	fEntryParentID
+	fEntrySelectors
+	fEntryDNSNames
+	fEntryTTL
+	fEntryProfile
+	fRequestSPIFFEID
+	fRequestDNSNames
+	fRequestTTL
+	fRequestProfile
+	fRequestKind
+	fEntriesAllow
+	fEntriesReason
+	readsAll inputFields = 1<<iota - 1
+
+	readsNode     = fNodeID | fNodeAttestor | fNodeSelectors
+	readsWorkload = fWorkloadSelectors
+	readsEntry    = fEntryID | fEntrySPIFFEID | fEntryParentID | fEntrySelectors | fEntryDNSNames | fEntryTTL | fEntryProfile
+	readsRequest  = fRequestSPIFFEID | fRequestDNSNames | fRequestTTL | fRequestProfile | fRequestKind
+	readsEntries  = fEntriesAllow | fEntriesReason
 )
 
-var inputKeyBits = map[string]inputKeys{"node": readsNode, "workload": readsWorkload, "entry": readsEntry,
-	"request": readsRequest, "entries": readsEntries}
+// inputFieldBits names the fields of each of the input's top-level keys,
+// as Input's JSON does.
+var inputFieldBits = map[string]map[string]inputFields{
+	"node":     {"id": fNodeID, "attestor": fNodeAttestor, "selectors": fNodeSelectors},
+	"workload": {"selectors": fWorkloadSelectors},
+	"entry": {"id": fEntryID, "spiffe_id": fEntrySPIFFEID, "parent_id": fEntryParentID, "selectors": fEntrySelectors,
+		"dns_names": fEntryDNSNames, "ttl": fEntryTTL, "profile": fEntryProfile},
+	"request": {"spiffe_id": fRequestSPIFFEID, "dns_names": fRequestDNSNames, "ttl": fRequestTTL, "profile": fRequestProfile,
+		"kind": fRequestKind},
+	"entries": {"allow": fEntriesAllow, "reason": fEntriesReason},
+}
 
-// inputReads is the set of the input's top-level keys the compiled
-// modules refer to. A reference to input itself or to input[x] with a
-// non-constant x reads every key. Leaving the others out is invisible to
-// the policy (nothing can see a key it never names) and spares building
-// them for every decision.
-func inputReads(c *ast.Compiler) inputKeys {
-	var reads inputKeys
+// inputReads is the set of the input's fields the compiled modules refer
+// to. A reference to input itself, to one of its keys as a whole (count,
+// iteration, comparison, a variable bound to it) or by a non-constant key
+// reads all it holds. Leaving the other fields out is invisible to the
+// policy (nothing can see a field it never names) and spares building
+// them, selectors above all, for every decision.
+func inputReads(c *ast.Compiler) inputFields {
+	var reads inputFields
 	for _, m := range c.Modules {
 		ast.WalkRefs(m, func(r ast.Ref) bool {
-			if !r[0].Equal(ast.InputRootDocument) {
-				return false
-			}
-			if len(r) < 2 {
-				reads = readsAll
-				return false
-			}
-			k, ok := r[1].Value.(ast.String)
-			if bit, known := inputKeyBits[string(k)]; ok && known {
-				reads |= bit
-			} else {
-				reads = readsAll
+			if r[0].Equal(ast.InputRootDocument) {
+				reads |= refReads(r)
 			}
 			return false
 		})
@@ -180,11 +231,118 @@ func inputReads(c *ast.Compiler) inputKeys {
 	return reads
 }
 
-// decisionQuery asks for the decision's fields of data.meshca.issuance
-// only: each is evaluated by its key, so the package's helper rules are
-// evaluated only where the decision uses them (as querying
-// data.meshca.issuance.allow would), not all of them for every decision.
-const decisionQuery = `{k: v | some k in ["allow", "reason", "spiffe_id", "ttl", "dns_names"]; v := ` + IssuanceQuery + `[k]}`
+// refReads is the set of fields an input reference r reads.
+func refReads(r ast.Ref) inputFields {
+	if len(r) < 2 {
+		return readsAll
+	}
+	k, ok := r[1].Value.(ast.String)
+	fields, known := inputFieldBits[string(k)]
+	if !ok || !known {
+		return readsAll
+	}
+	var all inputFields
+	for _, bit := range fields {
+		all |= bit
+	}
+	if len(r) < 3 {
+		return all
+	}
+	f, ok := r[2].Value.(ast.String)
+	if bit, known := fields[string(f)]; ok && known {
+		return bit
+	}
+	return all
+}
+
+// fieldQuery asks data.meshca.issuance for some of the decision's fields,
+// each by its key: the package's helper rules are evaluated only where
+// those fields use them, not all of them for every decision.
+type fieldQuery struct {
+	pq rego.PreparedEvalQuery
+	// one is the field asked when it is the only one: the query is the
+	// field's reference (cheaper than an object of one field), undefined
+	// when the field is.
+	one string
+}
+
+// allowedFields are the decision's fields that matter when allow is true.
+var allowedFields = []string{"allow", "spiffe_id", "ttl", "dns_names"}
+
+// prepareFields prepares the query of those of fields the policy can
+// define (nil if none).
+func prepareFields(ctx context.Context, p *parsed, store storage.Store, fields []string) (*fieldQuery, error) {
+	var defined []string
+	for _, f := range fields {
+		if definesField(p, f) {
+			defined = append(defined, f)
+		}
+	}
+	q := &fieldQuery{}
+	var query string
+	switch len(defined) {
+	case 0:
+		return nil, nil
+	case 1:
+		q.one, query = defined[0], IssuanceQuery+"."+defined[0]
+	default:
+		query = `{k: v | some k in ["` + strings.Join(defined, `", "`) + `"]; v := ` + IssuanceQuery + `[k]}`
+	}
+	pq, err := rego.New(rego.Query(query), rego.Compiler(p.compiler), rego.Store(store), rego.StrictBuiltinErrors(true)).PrepareForEval(ctx)
+	if err != nil {
+		return nil, &InvalidError{Problems: astProblems(err)}
+	}
+	q.pq = pq
+	return q, nil
+}
+
+// definesField reports whether data.meshca.issuance.<field> can be
+// defined: a rule there, above it (unless its type says it has no such
+// key) or below it, or base data (data.json) there.
+func definesField(p *parsed, field string) bool {
+	ref := ast.MustParseRef(IssuanceQuery + "." + field)
+	if len(p.compiler.GetRules(ref)) > 0 {
+		return p.compiler.TypeEnv.Get(ref) != nil
+	}
+	var v any = p.data
+	for _, k := range []string{"meshca", "issuance", field} {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return false
+		}
+		if v, ok = m[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// eval evaluates q on input and adds the fields it defines to into.
+func (q *fieldQuery) eval(ctx context.Context, input ast.Value, into map[string]any) error {
+	if q == nil {
+		return nil
+	}
+	rs, err := q.pq.Eval(ctx, rego.EvalParsedInput(input), rego.EvalMetrics(noMetrics))
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil:
+		return &EvalError{Err: err}
+	case len(rs) == 0 && q.one != "":
+		return nil // undefined
+	case len(rs) != 1 || len(rs[0].Expressions) != 1:
+		return &EvalError{Err: errors.New("data.meshca.issuance is undefined")}
+	case q.one != "":
+		into[q.one] = rs[0].Expressions[0].Value
+		return nil
+	}
+	obj, ok := rs[0].Expressions[0].Value.(map[string]any)
+	if !ok {
+		return &EvalError{Err: fmt.Errorf("data.meshca.issuance is %T, not an object", rs[0].Expressions[0].Value)}
+	}
+	maps.Copy(into, obj)
+	return nil
+}
 
 // SelectorTypesQuery is the rule by which a policy declares the selector
 // types it derives identities from, e.g. identity_selector_types := {"k8s"}.
@@ -203,20 +361,23 @@ func CompileIssuance(ctx context.Context, revision uint64, files []File) (*Issua
 	if len(p.compiler.GetRulesWithPrefix(ast.MustParseRef(IssuanceQuery))) == 0 {
 		return nil, invalid("no rule in package meshca.issuance: the policy must define %s (package meshca.issuance, with allow and reason)", IssuanceQuery)
 	}
-	pq, err := rego.New(
-		rego.Query(decisionQuery),
-		rego.Compiler(p.compiler),
-		rego.Store(inmem.NewFromObject(p.data)),
-		rego.StrictBuiltinErrors(true),
-	).PrepareForEval(ctx)
+	store := inmem.NewFromObject(p.data)
+	allowed, err := prepareFields(ctx, p, store, allowedFields)
 	if err != nil {
-		return nil, &InvalidError{Problems: astProblems(err)}
+		return nil, err
+	}
+	reason, err := prepareFields(ctx, p, store, []string{"reason"})
+	if err != nil {
+		return nil, err
 	}
 	types, err := selectorTypes(ctx, p)
 	if err != nil {
 		return nil, err
 	}
-	return &Issuance{Revision: revision, pq: pq, SelectorTypes: types, reads: inputReads(p.compiler)}, nil
+	is := &Issuance{Revision: revision, allowed: allowed, reason: reason, SelectorTypes: types, reads: inputReads(p.compiler),
+		deterministic: !nondeterministic(p.compiler)}
+	is.CacheDecisions(DefaultDecisionCache)
+	return is, nil
 }
 
 // selectorTypes evaluates identity_selector_types, which must not depend
@@ -253,28 +414,44 @@ func selectorTypes(ctx context.Context, p *parsed) ([]string, error) {
 // OPA otherwise makes for it: nobody reads them.
 var noMetrics = metrics.NoOp()
 
-// Decide evaluates the policy on in. An error is an *EvalError (the
-// caller denies) or the context's.
+// Decide evaluates the policy on in: allow and the fields that matter when
+// it is true, then reason only when allow is not true; or answers with
+// the decision it made on an input equal in what the policy reads (see
+// CacheDecisions). An error is an *EvalError (the caller denies) or the
+// context's, and is not remembered. The decision's DNSNames may be shared:
+// callers do not modify them.
 func (p *Issuance) Decide(ctx context.Context, in *Input) (Decision, error) {
-	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(in.value(p.reads)), rego.EvalMetrics(noMetrics))
-	if err != nil {
-		if ctx.Err() != nil {
-			return Decision{}, ctx.Err()
+	var key []byte
+	if p.cache != nil {
+		key = in.key(p.reads, make([]byte, 0, 256))
+		if d, ok := p.cache.get(key); ok {
+			return d, nil
 		}
-		return Decision{}, &EvalError{Err: err}
 	}
-	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
-		return Decision{}, &EvalError{Err: errors.New("data.meshca.issuance is undefined")}
+	d, err := p.evaluate(ctx, in)
+	if err == nil && p.cache != nil {
+		p.cache.put(key, d)
 	}
-	return decision(rs[0].Expressions[0].Value)
+	return d, err
 }
 
-// decision reads data.meshca.issuance's value.
-func decision(v any) (Decision, error) {
-	obj, ok := v.(map[string]any)
-	if !ok {
-		return Decision{}, &EvalError{Err: fmt.Errorf("data.meshca.issuance is %T, not an object", v)}
+// evaluate evaluates the policy on in.
+func (p *Issuance) evaluate(ctx context.Context, in *Input) (Decision, error) {
+	input := in.value(p.reads)
+	fields := make(map[string]any, 2)
+	if err := p.allowed.eval(ctx, input, fields); err != nil {
+		return Decision{}, err
 	}
+	if allow, _ := fields["allow"].(bool); !allow {
+		if err := p.reason.eval(ctx, input, fields); err != nil {
+			return Decision{}, err
+		}
+	}
+	return decision(fields)
+}
+
+// decision reads the fields of data.meshca.issuance that were evaluated.
+func decision(obj map[string]any) (Decision, error) {
 	var d Decision
 	bad := func(field, want string) (Decision, error) {
 		return Decision{}, &EvalError{Err: fmt.Errorf("data.meshca.issuance.%s is %v, not %s", field, obj[field], want)}
@@ -333,9 +510,9 @@ var (
 )
 
 // value builds the input as an AST value directly (no JSON round trip),
-// with shared key terms and interned scalars, holding the top-level keys
-// of reads.
-func (in *Input) value(reads inputKeys) ast.Value {
+// with shared key terms and interned scalars, holding the fields of reads
+// (a top-level key is there when one of its fields is).
+func (in *Input) value(reads inputFields) ast.Value {
 	str := func(s string) *ast.Term { return ast.InternedTerm(s) }
 	strs := func(ss []string) *ast.Term {
 		ts := make([]*ast.Term, len(ss))
@@ -351,37 +528,54 @@ func (in *Input) value(reads inputKeys) ast.Value {
 		}
 		return ast.ArrayTerm(ts...)
 	}
+	// fields holds the key-value pairs of every object but the
+	// selectors' (at most 7 for one), one allocation for them all.
+	fields := make([][2]*ast.Term, 0, 18)
+	obj := func(from int) *ast.Term { return ast.ObjectTerm(fields[from:]...) } // NewObject copies them
+	add := func(bit inputFields, k *ast.Term, v func() *ast.Term) {
+		if reads&bit != 0 {
+			fields = append(fields, [2]*ast.Term{k, v()})
+		}
+	}
 	kv := make([][2]*ast.Term, 0, 5)
 	if reads&readsNode != 0 {
-		kv = append(kv, [2]*ast.Term{kNode, ast.ObjectTerm(
-			[2]*ast.Term{kID, str(in.Node.ID)},
-			[2]*ast.Term{kAttestor, str(in.Node.Attestor)},
-			[2]*ast.Term{kSelectors, sels(in.Node.Selectors)})})
+		n := len(fields)
+		add(fNodeID, kID, func() *ast.Term { return str(in.Node.ID) })
+		add(fNodeAttestor, kAttestor, func() *ast.Term { return str(in.Node.Attestor) })
+		add(fNodeSelectors, kSelectors, func() *ast.Term { return sels(in.Node.Selectors) })
+		kv = append(kv, [2]*ast.Term{kNode, obj(n)})
 	}
 	if reads&readsWorkload != 0 {
-		kv = append(kv, [2]*ast.Term{kWorkload, ast.ObjectTerm([2]*ast.Term{kSelectors, sels(in.Workload.Selectors)})})
+		n := len(fields)
+		add(fWorkloadSelectors, kSelectors, func() *ast.Term { return sels(in.Workload.Selectors) })
+		kv = append(kv, [2]*ast.Term{kWorkload, obj(n)})
 	}
 	if reads&readsRequest != 0 {
-		kv = append(kv, [2]*ast.Term{kRequest, ast.ObjectTerm(
-			[2]*ast.Term{kSPIFFEID, str(in.Request.SPIFFEID)},
-			[2]*ast.Term{kDNSNames, strs(in.Request.DNSNames)},
-			[2]*ast.Term{kTTL, ast.InternedTerm(in.Request.TTL)},
-			[2]*ast.Term{kProfile, str(in.Request.Profile)},
-			[2]*ast.Term{kKind, str(in.Request.Kind)})})
+		n := len(fields)
+		r := &in.Request
+		add(fRequestSPIFFEID, kSPIFFEID, func() *ast.Term { return str(r.SPIFFEID) })
+		add(fRequestDNSNames, kDNSNames, func() *ast.Term { return strs(r.DNSNames) })
+		add(fRequestTTL, kTTL, func() *ast.Term { return ast.InternedTerm(r.TTL) })
+		add(fRequestProfile, kProfile, func() *ast.Term { return str(r.Profile) })
+		add(fRequestKind, kKind, func() *ast.Term { return str(r.Kind) })
+		kv = append(kv, [2]*ast.Term{kRequest, obj(n)})
 	}
 	if reads&readsEntries != 0 {
-		kv = append(kv, [2]*ast.Term{kEntries, ast.ObjectTerm([2]*ast.Term{kAllow, ast.InternedTerm(in.Entries.Allow)},
-			[2]*ast.Term{kReason, str(in.Entries.Reason)})})
+		n := len(fields)
+		add(fEntriesAllow, kAllow, func() *ast.Term { return ast.InternedTerm(in.Entries.Allow) })
+		add(fEntriesReason, kReason, func() *ast.Term { return str(in.Entries.Reason) })
+		kv = append(kv, [2]*ast.Term{kEntries, obj(n)})
 	}
 	if e := in.Entry; e != nil && reads&readsEntry != 0 {
-		kv = append(kv, [2]*ast.Term{kEntry, ast.ObjectTerm(
-			[2]*ast.Term{kID, str(e.ID)},
-			[2]*ast.Term{kSPIFFEID, str(e.SPIFFEID)},
-			[2]*ast.Term{kParentID, str(e.ParentID)},
-			[2]*ast.Term{kSelectors, sels(e.Selectors)},
-			[2]*ast.Term{kDNSNames, strs(e.DNSNames)},
-			[2]*ast.Term{kTTL, ast.InternedTerm(e.TTL)},
-			[2]*ast.Term{kProfile, str(e.Profile)})})
+		n := len(fields)
+		add(fEntryID, kID, func() *ast.Term { return str(e.ID) })
+		add(fEntrySPIFFEID, kSPIFFEID, func() *ast.Term { return str(e.SPIFFEID) })
+		add(fEntryParentID, kParentID, func() *ast.Term { return str(e.ParentID) })
+		add(fEntrySelectors, kSelectors, func() *ast.Term { return sels(e.Selectors) })
+		add(fEntryDNSNames, kDNSNames, func() *ast.Term { return strs(e.DNSNames) })
+		add(fEntryTTL, kTTL, func() *ast.Term { return ast.InternedTerm(e.TTL) })
+		add(fEntryProfile, kProfile, func() *ast.Term { return str(e.Profile) })
+		kv = append(kv, [2]*ast.Term{kEntry, obj(n)})
 	}
 	return ast.NewObject(kv...)
 }

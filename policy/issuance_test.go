@@ -117,7 +117,8 @@ func TestIssuanceRefusesBadPolicies(t *testing.T) {
 func TestIssuanceEvalErrorFailsClosed(t *testing.T) {
 	ctx := context.Background()
 	for name, src := range map[string]string{
-		"conflict":  "package meshca.issuance\nallow := true\nreason := \"a\"\nreason := \"b\" if true\n",
+		"conflict":  "package meshca.issuance\nallow := true\nallow := false if true\n",
+		"reason":    "package meshca.issuance\nallow := false\nreason := \"a\"\nreason := \"b\" if true\n",
 		"builtin":   "package meshca.issuance\nallow if to_number(input.request.spiffe_id) > 1\n",
 		"bad shape": "package meshca.issuance\nallow := \"yes\"\n",
 		"bad ttl":   "package meshca.issuance\nallow := true\nttl := -1\n",
@@ -147,22 +148,28 @@ func testKey(tb testing.TB) *ecdsa.PrivateKey {
 	return k
 }
 
-// The input holds only the keys a policy names; a policy that looks at
-// input as a whole, by a computed key or through a function still sees all
-// of it.
+// The input holds only the fields a policy names; a policy that looks at
+// input or one of its keys as a whole, by a computed key or through a
+// function still sees all of it.
 func TestIssuanceInputHoldsWhatThePolicyReads(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		rules string
-		reads inputKeys
+		reads inputFields
+		input string // the input the policy is given, when it is not all of it
 	}{
-		{`allow if count(input) == 5`, readsAll},
-		{`allow if { some k, _ in input; k == "entry" }`, readsAll},
-		{`allow if { k := "node"; input[k].attestor == "k8s_psat" }`, readsAll},
-		{`f(x) := x.node.attestor` + "\n" + `allow if f(input) == "k8s_psat"`, readsAll},
-		{`allow if input.node.attestor == "k8s_psat"`, readsNode},
-		{`allow if count(input.request) == 5`, readsRequest},
-		{`allow if { input.entry.id == "e1"; not input.entries.allow; count(input.workload.selectors) == 2 }`, readsEntry | readsEntries | readsWorkload},
+		{`allow if count(input) == 5`, readsAll, ""},
+		{`allow if { some k, _ in input; k == "entry" }`, readsAll, ""},
+		{`allow if { k := "node"; input[k].attestor == "k8s_psat" }`, readsAll, ""},
+		{`f(x) := x.node.attestor` + "\n" + `allow if f(input) == "k8s_psat"`, readsAll, ""},
+		{`allow if input.node.attestor == "k8s_psat"`, fNodeAttestor, `{"node": {"attestor": "k8s_psat"}}`},
+		{`allow if { n := input.node; n.attestor == "k8s_psat" }`, readsNode, ""},
+		{`allow if { k := "attestor"; input.node[k] == "k8s_psat" }`, readsNode, ""},
+		{`allow if count(input.request) == 5`, readsRequest, ""},
+		{`allow if { input.entry.id == "e1"; not input.entries.allow; count(input.workload.selectors) == 2 }`,
+			fEntryID | fEntriesAllow | fWorkloadSelectors,
+			`{"entries": {"allow": false}, "entry": {"id": "e1"}, "workload": {"selectors": [{"type": "k8s", "value": "ns:payments"}, {"type": "k8s", "value": "sa:api"}]}}`},
+		{`allow if { not input.entry; input.request.kind == "workload_svid" }`, readsEntry | fRequestKind, ""},
 	} {
 		t.Run(tc.rules, func(t *testing.T) {
 			p, err := CompileIssuance(ctx, 1, []File{{Path: "p.rego", Content: []byte("package meshca.issuance\n" + tc.rules + "\n")}})
@@ -170,10 +177,17 @@ func TestIssuanceInputHoldsWhatThePolicyReads(t *testing.T) {
 				t.Fatal(err)
 			}
 			if p.reads != tc.reads {
-				t.Errorf("reads %05b, want %05b", p.reads, tc.reads)
+				t.Errorf("reads %018b, want %018b", p.reads, tc.reads)
 			}
 			in := workloadInput("payments")
-			in.Entry = &EntryInput{ID: "e1"}
+			if !strings.Contains(tc.rules, "not input.entry;") {
+				in.Entry = &EntryInput{ID: "e1"}
+			}
+			if tc.input != "" {
+				if got := in.value(p.reads).String(); got != tc.input {
+					t.Errorf("input %s, want %s", got, tc.input)
+				}
+			}
 			if d, err := p.Decide(ctx, in); err != nil || !d.Allow {
 				t.Fatalf("decision %+v, %v: the policy did not see the input it reads", d, err)
 			}
@@ -181,15 +195,17 @@ func TestIssuanceInputHoldsWhatThePolicyReads(t *testing.T) {
 	}
 }
 
-// Only the decision's five rules are evaluated, and what they use: a
-// helper rule that would fail at evaluation denies when the decision uses
-// it, and costs nothing when nothing does.
+// Only the decision's rules are evaluated, and what they use, reason only
+// when allow is not true: a helper rule that would fail at evaluation
+// denies when the decision uses it, and costs nothing when nothing does.
 func TestIssuanceEvaluatesTheDecisionFields(t *testing.T) {
 	ctx := context.Background()
 	for src, allow := range map[string]bool{
-		"package meshca.issuance\nallow := true\nunused := to_number(\"x\")\n":                                  true,
-		"package meshca.issuance\nallow if used > 0\nused := to_number(\"x\")\n":                                false,
-		"package meshca.issuance\nallow := true\nreason := sprintf(\"%d\", [used])\nused := to_number(\"x\")\n": false,
+		"package meshca.issuance\nallow := true\nunused := to_number(\"x\")\n":                                   true,
+		"package meshca.issuance\nallow if used > 0\nused := to_number(\"x\")\n":                                 false,
+		"package meshca.issuance\nallow := false\nreason := sprintf(\"%d\", [used])\nused := to_number(\"x\")\n": false,
+		"package meshca.issuance\nallow := true\nreason := sprintf(\"%d\", [used])\nused := to_number(\"x\")\n":  true,
+		"package meshca.issuance\nallow := true\nttl := used\nused := to_number(\"x\")\n":                        false,
 	} {
 		p, err := CompileIssuance(ctx, 1, []File{{Path: "p.rego", Content: []byte(src)}})
 		if err != nil {
@@ -203,5 +219,37 @@ func TestIssuanceEvaluatesTheDecisionFields(t *testing.T) {
 		case !allow && (!errors.As(err, &ee) || d.Allow):
 			t.Errorf("%q: decision %+v, %v: want an EvalError (the decision uses the failing rule)", src, d, err)
 		}
+	}
+}
+
+// The decision's fields may come from a rule above them (an object rule
+// in package meshca) or from data.json, not only from rules of package
+// meshca.issuance: all are asked.
+func TestIssuanceFieldsFromAnyRuleOrData(t *testing.T) {
+	ctx := context.Background()
+	for name, tc := range map[string]struct {
+		files []File
+		want  Decision
+	}{
+		"rule with a ref head": {[]File{{Path: "p.rego", Content: []byte("package meshca.issuance\nallow := true\n")},
+			{Path: "q.rego", Content: []byte("package meshca\nissuance.spiffe_id := \"spiffe://example.org/q\"\n")}},
+			Decision{Allow: true, SPIFFEID: "spiffe://example.org/q"}},
+		"object rule": {[]File{{Path: "q.rego", Content: []byte("package meshca\nissuance := {\"allow\": true, \"spiffe_id\": \"spiffe://example.org/q\"} if true\n")}},
+			Decision{Allow: true, SPIFFEID: "spiffe://example.org/q"}},
+		"rule with variable keys": {[]File{{Path: "q.rego", Content: []byte("package meshca\nissuance[k] := v if some k, v in {\"allow\": false, \"reason\": \"computed\"}\n")}},
+			Decision{Reason: "computed"}},
+		"data": {[]File{{Path: "p.rego", Content: []byte("package meshca.issuance\nallow := false\n")},
+			{Path: "meshca/issuance/data.json", Content: []byte(`{"reason": "from data"}`)}}, Decision{Reason: "from data"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p, err := CompileIssuance(ctx, 1, tc.files)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := p.Decide(ctx, workloadInput("payments"))
+			if err != nil || d.Allow != tc.want.Allow || d.Reason != tc.want.Reason || d.SPIFFEID != tc.want.SPIFFEID {
+				t.Fatalf("decision %+v, %v: want %+v", d, err, tc.want)
+			}
+		})
 	}
 }

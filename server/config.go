@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/meshca/meshca/policy"
+
 	"github.com/hashicorp/go-hclog"
 	"github.com/jonboulle/clockwork"
 	"github.com/meshca/meshca/attest"
@@ -173,6 +175,11 @@ type Config struct {
 	// BundleKeep is how many revisions of each bundle are kept. Default:
 	// DefaultBundleKeep.
 	BundleKeep int
+	// IssuanceDecisionCache is how many decisions of the issuance policy
+	// each server remembers, so that renewals of unchanged workloads are
+	// not evaluated again (policy.Issuance.CacheDecisions). Default:
+	// policy.DefaultDecisionCache; negative: none.
+	IssuanceDecisionCache int
 
 	// PruneInterval is how often the leader prunes expired ledger records.
 	// Default: DefaultPruneInterval.
@@ -281,6 +288,9 @@ func (c *Config) validate() error {
 	}
 	if c.BundleKeep > 1024 || c.BundleMaxSize < 0 {
 		return errors.New("BundleKeep is at most 1024 and BundleMaxSize not negative")
+	}
+	if c.IssuanceDecisionCache == 0 {
+		c.IssuanceDecisionCache = policy.DefaultDecisionCache
 	}
 	if c.PruneInterval == 0 {
 		c.PruneInterval = DefaultPruneInterval

@@ -41,6 +41,8 @@ type compiledIssuance struct {
 type issuancePolicy struct {
 	mu  sync.Mutex // serialises loads
 	cur atomic.Pointer[compiledIssuance]
+	// cacheSize is how many decisions a compiled policy remembers.
+	cacheSize int
 }
 
 // load compiles the newest stored revision if it is not the one held.
@@ -55,6 +57,9 @@ func (ip *issuancePolicy) load(ctx context.Context, r *raftfsm.Reader) {
 	case cur != nil && cur.rev == p.Revision:
 	default:
 		c, err := policy.CompileIssuance(ctx, p.Revision, fromRaftFiles(p.Files))
+		if c != nil {
+			c.CacheDecisions(ip.cacheSize)
+		}
 		ip.cur.Store(&compiledIssuance{rev: p.Revision, p: c, err: err})
 	}
 }

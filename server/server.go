@@ -203,6 +203,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if s.authorizer == nil {
 		s.authorizer = entryAuthorizer{td: s.td}
 	}
+	s.issuance.cacheSize = cfg.IssuanceDecisionCache
 	s.authorizer = &policyAuthorizer{base: s.authorizer, td: s.td, ip: &s.issuance}
 	s.tlsID = cluster.NewIdentity(s.td, cfg.Clock)
 	// A server back from a long stop may find its intermediates due: what

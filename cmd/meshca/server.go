@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/duration"
 	"github.com/meshca/meshca/internal/metrics"
+	"github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/server"
 	"github.com/meshca/meshca/server/joinsecret"
 	"github.com/spf13/cobra"
@@ -142,7 +143,7 @@ Configuration file: --config F reads a JSON object with the flags' names in
 snake_case: data_dir, node_id, raft_addr, api_addr, bootstrap, trust_domain,
 join, join_token, trust_bundle, join_timeout (a duration, "5m"), bootstrap_node,
 server_join_secret_file, raft_bind, api_bind, admin_socket, admin_addr, admin_ids, http_addr, crl_addr, bundle_addr, bundle_dns_names (a list), kek_file, log_level, log_format,
-node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, pprof_addr, ledger_grace ("1h"),
+node_sign_rate, node_sign_burst, operator_mint_rate, operator_mint_burst, admission_wait ("1s"), sign_queue, issuance_decision_cache, pprof_addr, ledger_grace ("1h"),
 x509pop_ca (a list), k8s_psat_cluster, k8s_psat_issuer, k8s_psat_jwks,
 k8s_psat_audience, k8s_psat_allowed_sa (a list), and k8s_psat_clusters, a list
 of clusters {"name", "issuer", "audience", "jwks_file",
@@ -218,6 +219,9 @@ type serverConfig struct {
 	OperatorMintBurst int     `json:"operator_mint_burst"`
 	AdmissionWait     string  `json:"admission_wait"`
 	SignQueue         int     `json:"sign_queue"`
+	// IssuanceDecisionCache is how many issuance policy decisions are
+	// remembered; -1: none.
+	IssuanceDecisionCache int `json:"issuance_decision_cache"`
 
 	// PprofAddr serves Go's profiles on a loopback address.
 	PprofAddr string `json:"pprof_addr"`
@@ -301,7 +305,7 @@ func (c *serverConfig) override(fs *pflag.FlagSet, f *serverConfig) {
 		}
 	}
 	for name, p := range map[string][2]*int{"node-sign-burst": {&c.NodeSignBurst, &f.NodeSignBurst}, "operator-mint-burst": {&c.OperatorMintBurst, &f.OperatorMintBurst},
-		"sign-queue": {&c.SignQueue, &f.SignQueue}} {
+		"sign-queue": {&c.SignQueue, &f.SignQueue}, "issuance-decision-cache": {&c.IssuanceDecisionCache, &f.IssuanceDecisionCache}} {
 		if fs.Changed(name) {
 			*p[0] = *p[1]
 		}
@@ -378,6 +382,7 @@ func (a *app) newServerCommand() *cobra.Command {
 	f.IntVar(&flags.OperatorMintBurst, "operator-mint-burst", server.DefaultOperatorMintBurst, "certificates operators may mint at once above their rate")
 	f.Var((*durationText)(&flags.AdmissionWait), "admission-wait", "how long a request over its rate waits for its budget before it is refused with a retry-after hint, 0s to "+server.MaxAdmissionWait.String()+" (default "+server.DefaultAdmissionWait.String()+")")
 	f.IntVar(&flags.SignQueue, "sign-queue", server.DefaultSignQueue, "CSRs admitted and waiting for a signing slot, all callers together; past it requests are refused with a retry-after hint")
+	f.IntVar(&flags.IssuanceDecisionCache, "issuance-decision-cache", policy.DefaultDecisionCache, "issuance policy decisions remembered by the input the policy reads, so renewals are not evaluated again (never for a policy calling time.now_ns, http.send or another nondeterministic builtin); -1: none")
 	f.Var((*durationText)(&flags.LedgerGrace), "ledger-grace", "how long a certificate's ledger record stays after the certificate expires, 1s to 8760h (default "+server.DefaultLedgerGrace.String()+")")
 	f.StringVar(&flags.PprofAddr, "pprof-addr", "", "serve Go's profiles (net/http/pprof) on this loopback host:port, e.g. 127.0.0.1:6060, for go tool pprof")
 	addHistoryFlags(f, &flags)
@@ -805,7 +810,8 @@ func (a *app) server(ctx context.Context, c serverConfig, load func() (serverCon
 		Logger:        log, RaftLogger: raftLog,
 		NodeSignRate: c.NodeSignRate, NodeSignBurst: c.NodeSignBurst, OperatorMintRate: c.OperatorMintRate, OperatorMintBurst: c.OperatorMintBurst,
 		AdmissionWait: admissionWait, SignQueue: c.SignQueue, LedgerGrace: ledgerGrace,
-		History: hist.store, HistoryRetention: hist.retention, ExportHold: hist.hold,
+		IssuanceDecisionCache: c.IssuanceDecisionCache,
+		History:               hist.store, HistoryRetention: hist.retention, ExportHold: hist.hold,
 	})
 	if errors.Is(err, ca.ErrWrongKEK) {
 		return fmt.Errorf("the key-encryption key %s does not open the server identity in %s; every server of a cluster uses the KEK the cluster was bootstrapped with: %w", kekFrom.File, dataDir, err)

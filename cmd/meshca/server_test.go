@@ -487,7 +487,7 @@ func TestServerConfigFile(t *testing.T) {
 	if keys := strings.Join(configKeys(), ","); keys != "data_dir,node_id,raft_addr,api_addr,bootstrap,trust_domain,join,join_token,trust_bundle,join_timeout,"+
 		"bootstrap_node,server_join_secret_file,raft_bind,api_bind,admin_socket,admin_addr,admin_ids,http_addr,crl_addr,kek_file,log_level,log_format,bundle_addr,bundle_dns_names,"+
 		"x509pop_ca,k8s_psat_cluster,k8s_psat_issuer,k8s_psat_jwks,k8s_psat_audience,k8s_psat_allowed_sa,k8s_psat_clusters,"+
-		"node_sign_rate,node_sign_burst,operator_mint_rate,operator_mint_burst,admission_wait,sign_queue,pprof_addr,ledger_grace,"+
+		"node_sign_rate,node_sign_burst,operator_mint_rate,operator_mint_burst,admission_wait,sign_queue,issuance_decision_cache,pprof_addr,ledger_grace,"+
 		"postgres_dsn,postgres_ca_file,history_retention,export_hold" {
 		t.Errorf("configKeys = %s", keys)
 	}

@@ -112,10 +112,10 @@ func TestIssuancePolicy(t *testing.T) {
 	// A policy that fails at evaluation on every input is refused when set;
 	// one that fails on some inputs denies those (fail closed), with the
 	// error as reason, and allows the others.
-	if _, err := set("package meshca.issuance\nallow := true\nreason := \"a\"\nreason := \"b\" if true\n"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "fails at evaluation") {
+	if _, err := set("package meshca.issuance\nallow := true\nallow := false if true\n"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "fails at evaluation") {
 		t.Fatalf("a policy that always fails at evaluation: %v, want InvalidArgument", err)
 	}
-	if _, err := set("package meshca.issuance\nallow := true\nreason := \"a\" if contains(input.request.spiffe_id, \"conflict\")\nreason := \"b\" if contains(input.request.spiffe_id, \"conflict\")\n"); err != nil {
+	if _, err := set("package meshca.issuance\nallow := true\nallow := false if contains(input.request.spiffe_id, \"conflict\")\n"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := mint(t, e, "spiffe://example.org/conflict"); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "issuance policy") {

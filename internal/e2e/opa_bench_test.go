@@ -35,29 +35,43 @@ reason := "blocked" if not allow
 `
 
 // BenchmarkIssuePolicy measures end-to-end issuance through the node API
-// with no issuance policy and with one (every request decided by OPA), 64
-// concurrent callers, batches of 1 and 64 CSRs, client in the same process:
+// with no issuance policy and with one, 64 concurrent callers, batches of 1
+// and 64 CSRs, client in the same process. Every request is the same
+// workload's renewal: with decisions=cached (the default) the policy
+// decides it once and the server remembers the decision; with
+// decisions=evaluated (--issuance-decision-cache -1) OPA evaluates every
+// request (a batch's equal requests once). Each server runs policy=off
+// first, then on:
 //
 //	go test ./internal/e2e -run '^$' -bench IssuePolicy -benchtime 20000x
 func BenchmarkIssuePolicy(b *testing.B) {
-	e := startServerWith(b, func(c *server.Config) { c.NodeSignRate, c.NodeSignBurst = 1e9, 1<<20 })
-	token := e.token()
-	en := e.entry(agentIDFor(token), "spiffe://example.org/bench/w", time.Hour, "unix:uid:1")
-	client := attestedClient(b, e, token)
-	key, _ := ca.ECDSA.GenerateKey()
-	csr, _ := ca.ECDSA.CreateCSR(key)
-	for _, pol := range []string{"off", "on"} {
-		files := []*operatorpb.PolicyFile(nil)
-		if pol == "on" {
-			files = []*operatorpb.PolicyFile{{Path: "p.rego", Content: []byte(benchPolicy)},
-				{Path: "meshca/data.json", Content: []byte(`{"blocked": ["spiffe://example.org/x"]}`)}}
-		}
-		if _, err := e.op.SetIssuancePolicy(context.Background(), &operatorpb.SetIssuancePolicyRequest{Files: files}); err != nil {
-			b.Fatal(err)
-		}
-		for _, batch := range []int{1, 64} {
-			b.Run(fmt.Sprintf("policy=%s/batch=%d", pol, batch), func(b *testing.B) { benchIssue(b, client, en.Id, csr, batch) })
-		}
+	for _, mode := range []struct {
+		name  string
+		cache int
+	}{{"cached", 0}, {"evaluated", -1}} {
+		b.Run("decisions="+mode.name, func(b *testing.B) {
+			e := startServerWith(b, func(c *server.Config) {
+				c.NodeSignRate, c.NodeSignBurst, c.IssuanceDecisionCache = 1e9, 1<<20, mode.cache
+			})
+			token := e.token()
+			en := e.entry(agentIDFor(token), "spiffe://example.org/bench/w", time.Hour, "unix:uid:1")
+			client := attestedClient(b, e, token)
+			key, _ := ca.ECDSA.GenerateKey()
+			csr, _ := ca.ECDSA.CreateCSR(key)
+			for _, pol := range []string{"off", "on"} {
+				files := []*operatorpb.PolicyFile(nil)
+				if pol == "on" {
+					files = []*operatorpb.PolicyFile{{Path: "p.rego", Content: []byte(benchPolicy)},
+						{Path: "meshca/data.json", Content: []byte(`{"blocked": ["spiffe://example.org/x"]}`)}}
+				}
+				if _, err := e.op.SetIssuancePolicy(context.Background(), &operatorpb.SetIssuancePolicyRequest{Files: files}); err != nil {
+					b.Fatal(err)
+				}
+				for _, batch := range []int{1, 64} {
+					b.Run(fmt.Sprintf("policy=%s/batch=%d", pol, batch), func(b *testing.B) { benchIssue(b, client, en.Id, csr, batch) })
+				}
+			}
+		})
 	}
 }
 
