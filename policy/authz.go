@@ -61,7 +61,9 @@ type AuthzResult struct {
 // Decide evaluates the decision on an input (see EnvoyInput). An
 // undefined decision denies; an evaluation error is an *EvalError.
 func (z *Authz) Decide(ctx context.Context, input ast.Value) (AuthzResult, error) {
-	rs, err := z.pq.Eval(ctx, rego.EvalParsedInput(input))
+	vc := getFlatCache()
+	defer vc.release()
+	rs, err := z.pq.Eval(ctx, rego.EvalParsedInput(input), rego.EvalMetrics(noMetrics), rego.EvalVirtualCache(vc))
 	if err != nil {
 		if ctx.Err() != nil {
 			return AuthzResult{}, ctx.Err()

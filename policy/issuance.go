@@ -322,7 +322,9 @@ func (q *fieldQuery) eval(ctx context.Context, input ast.Value, into map[string]
 	if q == nil {
 		return nil
 	}
-	rs, err := q.pq.Eval(ctx, rego.EvalParsedInput(input), rego.EvalMetrics(noMetrics))
+	vc := getFlatCache()
+	defer vc.release()
+	rs, err := q.pq.Eval(ctx, rego.EvalParsedInput(input), rego.EvalMetrics(noMetrics), rego.EvalVirtualCache(vc))
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return ctx.Err()

@@ -41,29 +41,48 @@ func TestPolicyAuthorizeBatchMatchesOneByOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	ip := &issuancePolicy{}
-	ip.cur.Store(&compiledIssuance{rev: 1, p: p})
 	a := &policyAuthorizer{base: entryAuthorizer{td: td}, td: td, ip: ip}
 	ctx := context.Background()
-	batch := reqs()
-	got := make([]Decision, len(batch))
-	if err := a.AuthorizeBatch(ctx, batch, got); err != nil {
-		t.Fatal(err)
-	}
+	// The decisions of requests alone, evaluated every time.
+	p.CacheDecisions(0)
+	ip.cur.Store(&compiledIssuance{rev: 1, p: p})
+	var want []Decision
 	allowed, denied := 0, 0
-	for i, r := range reqs() {
-		want, err := a.Authorize(ctx, r)
+	for _, r := range reqs() {
+		d, err := a.Authorize(ctx, r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(got[i], want) {
-			t.Errorf("request %d: batch decided %+v, alone %+v", i, got[i], want)
-		}
-		if want.Allow {
+		want = append(want, d)
+		if d.Allow {
 			allowed++
 		} else {
 			denied++
 		}
 	}
+	// A batch decides the same, and so do requests alone answered from
+	// the decision cache the batch filled.
+	for _, cache := range []int{0, policy.DefaultDecisionCache} {
+		p.CacheDecisions(cache)
+		batch := reqs()
+		got := make([]Decision, len(batch))
+		if err := a.AuthorizeBatch(ctx, batch, got); err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range reqs() {
+			alone, err := a.Authorize(ctx, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got[i], want[i]) || !reflect.DeepEqual(alone, want[i]) {
+				t.Errorf("cache %d, request %d: batch decided %+v, alone %+v, want %+v", cache, i, got[i], alone, want[i])
+			}
+		}
+		if cache > 0 && p.CachedDecisions() < uint64(len(batch)) {
+			t.Errorf("%d decisions from the cache, want at least the %d requests decided alone", p.CachedDecisions(), len(batch))
+		}
+	}
+	got := want
 	if allowed == 0 || denied == 0 || got[0].SPIFFEID != "spiffe://example.org/ns/payments/sa/api" || got[2].SPIFFEID != "spiffe://example.org/ns/payments/sa/web" {
 		t.Fatalf("the batch does not exercise allow and deny (%d, %d): %+v", allowed, denied, got)
 	}

@@ -79,8 +79,10 @@ reason := "no namespace of the identity policy" if not allow
 
 // BenchmarkIssuanceDecision measures one Authorize call of the issuance
 // pipeline: registration entries alone (no policy), and the identity
-// policies above deciding a workload SVID with no entry. It reports p50 and
-// p99 of single calls:
+// policies above deciding a workload SVID with an entry and with none,
+// evaluated every time (the decision cache off), and the latter answered
+// from the decision cache (policy-derived-cached: a renewal). It reports
+// p50 and p99 of single calls:
 //
 //	go test ./server -run '^$' -bench IssuanceDecision -benchtime 200000x
 func BenchmarkIssuanceDecision(b *testing.B) {
@@ -120,24 +122,29 @@ func BenchmarkIssuanceDecision(b *testing.B) {
 		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1000, "p99-µs")
 	}
 	b.Run("entries", func(b *testing.B) { run(b, entries, "spiffe://example.org/web") })
-	compile := func(b *testing.B, src string) {
+	compile := func(b *testing.B, src string, cache int) {
 		p, err := policy.CompileIssuance(context.Background(), 1, []policy.File{{Path: "p.rego", Content: []byte(src)},
 			{Path: "meshca/data.json", Content: []byte(`{"namespaces": ["payments", "shop"]}`)}})
 		if err != nil {
 			b.Fatal(err)
 		}
+		p.CacheDecisions(cache)
 		ip.cur.Store(&compiledIssuance{rev: 1, p: p})
 	}
 	b.Run("policy-entry", func(b *testing.B) {
-		compile(b, identityBenchPolicy)
+		compile(b, identityBenchPolicy, 0)
 		run(b, entries, "spiffe://example.org/web")
 	})
 	b.Run("policy-derived", func(b *testing.B) {
-		compile(b, identityBenchPolicy)
+		compile(b, identityBenchPolicy, 0)
 		run(b, derived, "spiffe://example.org/ns/payments/sa/api")
 	})
 	b.Run("policy-derived-func", func(b *testing.B) {
-		compile(b, identityFuncBenchPolicy)
+		compile(b, identityFuncBenchPolicy, 0)
+		run(b, derived, "spiffe://example.org/ns/payments/sa/api")
+	})
+	b.Run("policy-derived-cached", func(b *testing.B) {
+		compile(b, identityBenchPolicy, policy.DefaultDecisionCache)
 		run(b, derived, "spiffe://example.org/ns/payments/sa/api")
 	})
 }
