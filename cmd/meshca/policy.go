@@ -57,11 +57,21 @@ is an object {allow, reason, spiffe_id?, ttl?, dns_names?}; its input:
    "request": {"spiffe_id", "dns_names", "ttl", "profile", "kind"},   (kind: agent_svid, workload_svid, jwt_svid, mint; ttl in seconds)
    "entries": {"allow", "reason"}}   (what registration-entry matching decided)
 
-Only those five rules are read: other rules of the package are evaluated
-where they use them, at most once per decision for a complete rule (a
-function with arguments is evaluated again at every call). A policy that
-keeps entries and adds a rule says "allow if input.entries.allow" and more. A deny returns reason to the caller (PermissionDenied) and audits
-it. A policy that fails at evaluation (a conflict, a builtin error) denies.
+Only those five rules are read, allow first, then spiffe_id, ttl and
+dns_names, and reason only when allow is not true; other rules of the
+package are evaluated where they use them, at most once per decision for a
+complete rule (a function with arguments is evaluated again at every
+call). A policy that keeps entries and adds a rule says "allow if
+input.entries.allow" and more. A deny returns reason to the caller
+(PermissionDenied) and audits it. A policy that fails at evaluation (a
+conflict, a builtin error) denies.
+
+Each server remembers up to --issuance-decision-cache (default 16384)
+decisions by the input fields the policy names, so a renewal of an
+unchanged workload is not evaluated again; never for a policy that calls
+time.now_ns, http.send, rand.intn or another nondeterministic builtin. A
+new revision starts with none. The audit trail records each issuance as
+before, whether its decision was remembered or evaluated.
 A policy that does not parse, refers to an input field that does not exist,
 or defines no data.meshca.issuance is refused with file:line errors, and
 the current revision stays. --clear removes the policy: registration entries
