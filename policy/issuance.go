@@ -9,6 +9,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -146,6 +147,8 @@ type Issuance struct {
 	// decisions may be cached. cache is nil when they are not.
 	deterministic bool
 	cache         *decisionCache
+	// evaluations counts the decisions evaluated (not from the cache).
+	evaluations atomic.Uint64
 }
 
 // CacheDecisions makes p remember up to n decisions, by the input fields
@@ -160,6 +163,10 @@ func (p *Issuance) CacheDecisions(n int) {
 		p.cache = newDecisionCache(n)
 	}
 }
+
+// Evaluations is how many decisions were evaluated, not answered from
+// the cache.
+func (p *Issuance) Evaluations() uint64 { return p.evaluations.Load() }
 
 // CachedDecisions is how many decisions were answered from the cache.
 func (p *Issuance) CachedDecisions() uint64 {
@@ -430,6 +437,7 @@ func (p *Issuance) Decide(ctx context.Context, in *Input) (Decision, error) {
 			return d, nil
 		}
 	}
+	p.evaluations.Add(1)
 	d, err := p.evaluate(ctx, in)
 	if err == nil && p.cache != nil {
 		p.cache.put(key, d)

@@ -63,7 +63,20 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	m.apply = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: "raft", Name: "apply_duration_seconds",
 		Help:    "Time to apply one batch of committed Raft log entries to this server's state machine.",
 		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25}})
-	reg.MustRegister(m.issued, m.denials, m.latency, m.failures, m.commit, m.apply, &stateCollector{s: s})
+	decisions := func(cached bool) func() float64 {
+		return func() float64 {
+			evaluated, fromCache := s.issuance.decisions()
+			if cached {
+				return float64(fromCache)
+			}
+			return float64(evaluated)
+		}
+	}
+	policyEvaluated := prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: "policy", Name: "issuance_evaluations_total",
+		Help: "Issuance policy decisions evaluated by OPA on this server (every revision)."}, decisions(false))
+	policyCached := prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: "policy", Name: "issuance_cached_decisions_total",
+		Help: "Issuance policy decisions answered from this server's decision cache (--issuance-decision-cache), not evaluated again."}, decisions(true))
+	reg.MustRegister(m.issued, m.denials, m.latency, m.failures, m.commit, m.apply, policyEvaluated, policyCached, &stateCollector{s: s})
 	// Every series exists from the start, at zero, so that rates and
 	// alerts see the first event.
 	for _, kind := range []Kind{KindAgentSVID, KindWorkloadSVID, KindJWTSVID, KindMint} {

@@ -43,6 +43,28 @@ type issuancePolicy struct {
 	cur atomic.Pointer[compiledIssuance]
 	// cacheSize is how many decisions a compiled policy remembers.
 	cacheSize int
+	// retired counts the decisions of the revisions replaced (those
+	// still being made as one is replaced are not counted).
+	retiredEvaluated, retiredCached atomic.Uint64
+}
+
+// decisions is how many issuance policy decisions this server evaluated
+// and answered from its cache, every revision together.
+func (ip *issuancePolicy) decisions() (evaluated, cached uint64) {
+	evaluated, cached = ip.retiredEvaluated.Load(), ip.retiredCached.Load()
+	if c := ip.cur.Load(); c != nil && c.p != nil {
+		evaluated += c.p.Evaluations()
+		cached += c.p.CachedDecisions()
+	}
+	return evaluated, cached
+}
+
+// store makes c the current policy, counting the replaced one's decisions.
+func (ip *issuancePolicy) store(c *compiledIssuance) {
+	if old := ip.cur.Swap(c); old != nil && old.p != nil {
+		ip.retiredEvaluated.Add(old.p.Evaluations())
+		ip.retiredCached.Add(old.p.CachedDecisions())
+	}
 }
 
 // load compiles the newest stored revision if it is not the one held.
@@ -53,14 +75,14 @@ func (ip *issuancePolicy) load(ctx context.Context, r *raftfsm.Reader) {
 	cur := ip.cur.Load()
 	switch {
 	case p == nil || len(p.Files) == 0:
-		ip.cur.Store(nil)
+		ip.store(nil)
 	case cur != nil && cur.rev == p.Revision:
 	default:
 		c, err := policy.CompileIssuance(ctx, p.Revision, fromRaftFiles(p.Files))
 		if c != nil {
 			c.CacheDecisions(ip.cacheSize)
 		}
-		ip.cur.Store(&compiledIssuance{rev: p.Revision, p: c, err: err})
+		ip.store(&compiledIssuance{rev: p.Revision, p: c, err: err})
 	}
 }
 

@@ -87,3 +87,39 @@ func TestPolicyAuthorizeBatchMatchesOneByOne(t *testing.T) {
 		t.Fatalf("the batch does not exercise allow and deny (%d, %d): %+v", allowed, denied, got)
 	}
 }
+
+// The server counts its policy decisions, evaluated and remembered, over
+// every revision: a new revision's empty cache does not reset the counts.
+func TestIssuancePolicyCountsDecisionsAcrossRevisions(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	caller := &Caller{AgentID: "spiffe://example.org/meshca/agent/k8s_psat/c1/node-1",
+		Node: &raftpb.Node{SpiffeId: "spiffe://example.org/meshca/agent/k8s_psat/c1/node-1", Attestor: "k8s_psat"}}
+	r := &Request{Kind: KindWorkloadSVID, Caller: caller, EntryID: "policy:x", Profile: "ecdsa",
+		WorkloadSelectors: []*raftpb.Selector{{Type: "k8s", Value: "ns:payments"}, {Type: "k8s", Value: "sa:api"}}}
+	ip := &issuancePolicy{}
+	a := &policyAuthorizer{base: entryAuthorizer{td: td}, td: td, ip: ip}
+	ctx := context.Background()
+	for rev := uint64(1); rev <= 2; rev++ {
+		p, err := policy.CompileIssuance(ctx, rev, []policy.File{{Path: "p.rego", Content: []byte(identityBenchPolicy)},
+			{Path: "meshca/data.json", Content: []byte(`{"namespaces": ["payments"]}`)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip.store(&compiledIssuance{rev: rev, p: p})
+		evaluated0, cached0 := ip.decisions()
+		for range 3 {
+			if d, err := a.Authorize(ctx, r); err != nil || !d.Allow {
+				t.Fatalf("revision %d: %+v %v", rev, d, err)
+			}
+		}
+		evaluated, cached := ip.decisions()
+		if evaluated-evaluated0 != 1 || cached-cached0 != 2 {
+			t.Errorf("revision %d: %d evaluated and %d cached of 3 equal decisions (before: %d, %d), want 1 and 2",
+				rev, evaluated-evaluated0, cached-cached0, evaluated0, cached0)
+		}
+	}
+	ip.store(nil)
+	if evaluated, cached := ip.decisions(); evaluated < 2 || cached < 4 {
+		t.Errorf("after the policy is cleared: %d evaluated, %d cached; the counts went back", evaluated, cached)
+	}
+}

@@ -203,6 +203,8 @@ func TestMetricsAndHealth(t *testing.T) {
 		{"meshca_raft_applied_index", nil, 1},
 		{"meshca_server_attested_nodes", nil, 1},
 		{"meshca_policy_issuance_revision", nil, 0},
+		{"meshca_policy_issuance_evaluations_total", nil, 0},
+		{"meshca_policy_issuance_cached_decisions_total", nil, 0},
 		{"meshca_authority_not_after_timestamp_seconds", []string{"kind", "root", "profile", "ecdsa"}, float64(time.Now().Add(9 * 365 * 24 * time.Hour).Unix())},
 		{"meshca_authority_not_after_timestamp_seconds", []string{"kind", "intermediate", "profile", "sm2"}, float64(time.Now().Unix())},
 	} {
