@@ -14,10 +14,20 @@ import (
 // decision instead of evaluating the policy again.
 const DefaultDecisionCache = 16384
 
+// Bounds of a decision cache in bytes, whatever its number of decisions:
+// an input whose key (the fields the policy reads) is longer than
+// maxCachedKey, say a workload with many long selectors, is evaluated
+// every time; the keys held take at most maxCacheBytes.
+const (
+	maxCachedKey  = 4 << 10
+	maxCacheBytes = 16 << 20
+)
+
 // decisionCache remembers decisions by the input the policy reads (its
 // fields of reads, in key), bounded: two generations of at most max/2
-// each; a full current generation becomes the old one and the old one is
-// dropped, a hit in the old one moves to the current one. A decision is a
+// decisions and maxCacheBytes/2 of keys each; a full current generation
+// becomes the old one and the old one is dropped, a hit in the old one
+// moves to the current one. A decision is a
 // function of the input, the policy and its data only when the policy
 // calls no nondeterministic builtin (time.now_ns, http.send, rand.intn...):
 // such a policy has no cache. A new revision is a new Issuance, with an
@@ -26,6 +36,7 @@ type decisionCache struct {
 	mu       sync.Mutex
 	half     int
 	cur, old map[string]Decision
+	curBytes int // the keys' bytes in cur
 	hits     atomic.Uint64
 }
 
@@ -53,14 +64,20 @@ func (c *decisionCache) get(key []byte) (Decision, bool) {
 }
 
 func (c *decisionCache) put(key []byte, d Decision) {
+	if len(key) > maxCachedKey {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.putLocked(string(key), d)
 }
 
 func (c *decisionCache) putLocked(key string, d Decision) {
-	if len(c.cur) >= c.half {
-		c.old, c.cur = c.cur, make(map[string]Decision, c.half)
+	if len(c.cur) >= c.half || c.curBytes+len(key) > maxCacheBytes/2 {
+		c.old, c.cur, c.curBytes = c.cur, make(map[string]Decision, min(c.half, 1024)), 0
+	}
+	if _, ok := c.cur[key]; !ok {
+		c.curBytes += len(key)
 	}
 	c.cur[key] = d
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -133,5 +134,38 @@ func TestIssuanceInputKeysDiffer(t *testing.T) {
 			t.Errorf("inputs %s and %s have one key", name, other)
 		}
 		keys[k] = name
+	}
+}
+
+// Long inputs are evaluated every time, and the keys held stay within
+// maxCacheBytes however many decisions there is room for.
+func TestIssuanceDecisionCacheBoundsItsBytes(t *testing.T) {
+	ctx := context.Background()
+	p := compileTB(t, "package meshca.issuance\nallow if startswith(input.request.spiffe_id, \"spiffe://example.org/\")\n")
+	in := workloadInput("payments")
+	in.Request.SPIFFEID = "spiffe://example.org/" + strings.Repeat("x", maxCachedKey)
+	for range 2 {
+		if d, err := p.Decide(ctx, in); err != nil || !d.Allow {
+			t.Fatalf("decision %+v, %v", d, err)
+		}
+	}
+	if p.CachedDecisions() != 0 || len(p.cache.cur) != 0 {
+		t.Fatalf("an input of %d bytes was remembered", len(in.Request.SPIFFEID))
+	}
+	long := "spiffe://example.org/" + strings.Repeat("y", maxCachedKey-100)
+	for i := range 3 * maxCacheBytes / maxCachedKey {
+		in.Request.SPIFFEID = fmt.Sprintf("%s%d", long, i)
+		if d, err := p.Decide(ctx, in); err != nil || !d.Allow {
+			t.Fatalf("decision %+v, %v", d, err)
+		}
+	}
+	held := 0
+	for _, m := range []map[string]Decision{p.cache.cur, p.cache.old} {
+		for k := range m {
+			held += len(k)
+		}
+	}
+	if held > maxCacheBytes || held < maxCacheBytes/4 {
+		t.Fatalf("%d bytes of keys held, want at most %d (and the cache in use)", held, maxCacheBytes)
 	}
 }
