@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzCompile feeds arbitrary Rego and data.json to the issuance compiler
-// and the bundle builder: no panic, and a refusal is an *InvalidError.
+// and the bundle builder: no panic, a refusal is an *InvalidError, and an
+// issuance policy that compiles decides a sample input as it would with
+// OPA's own cache of virtual documents.
 // Seeds are in testdata/fuzz/FuzzCompile.
 func FuzzCompile(f *testing.F) {
 	f.Add("package meshca.issuance\n\nallow if input.entries.allow\n", `{"a": 1}`)
@@ -18,10 +22,24 @@ func FuzzCompile(f *testing.F) {
 	key := testKey(f)
 	f.Fuzz(func(t *testing.T, rego, data string) {
 		files := []File{{Path: "p.rego", Content: []byte(rego)}, {Path: "data.json", Content: []byte(data)}}
-		if _, err := CompileIssuance(context.Background(), 1, files); err != nil {
+		p, err := CompileIssuance(context.Background(), 1, files)
+		if err != nil {
 			var ie *InvalidError
 			if !errors.As(err, &ie) {
 				t.Fatalf("CompileIssuance: %T %v, want an *InvalidError", err, err)
+			}
+		}
+		if p != nil && p.deterministic {
+			// A policy that compiles decides as with OPA's own cache of
+			// virtual documents (bounded: a policy may loop for long).
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			p.CacheDecisions(0)
+			in := workloadInput("payments")
+			got, gotErr := p.Decide(ctx, in)
+			want, wantErr := decideWithOPAsCache(ctx, p, in)
+			if ctx.Err() == nil && ((gotErr != nil) != (wantErr != nil) || !reflect.DeepEqual(got, want)) {
+				t.Fatalf("decided %+v (%v), with OPA's cache %+v (%v)", got, gotErr, want, wantErr)
 			}
 		}
 		if _, err := Build(files, BuildOptions{Revision: 1, Key: key, KeyID: "k"}); err != nil {
