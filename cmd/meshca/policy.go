@@ -72,6 +72,7 @@ unchanged workload is not evaluated again; never for a policy that calls
 time.now_ns, http.send, rand.intn or another nondeterministic builtin. A
 new revision starts with none. The audit trail records each issuance as
 before, whether its decision was remembered or evaluated.
+
 A policy that does not parse, refers to an input field that does not exist,
 or defines no data.meshca.issuance is refused with file:line errors, and
 the current revision stays. --clear removes the policy: registration entries
