@@ -29,8 +29,9 @@ const (
 // becomes the old one and the old one is dropped, a hit in the old one
 // moves to the current one. A decision is a
 // function of the input, the policy and its data only when the policy
-// calls no nondeterministic builtin (time.now_ns, http.send, rand.intn...):
-// such a policy has no cache. A new revision is a new Issuance, with an
+// calls no nondeterministic builtin (time.now_ns, http.send, rand.intn...)
+// and verifies no certificate against the current time: such a policy has
+// no cache. A new revision is a new Issuance, with an
 // empty cache.
 type decisionCache struct {
 	mu       sync.Mutex
@@ -82,11 +83,19 @@ func (c *decisionCache) putLocked(key string, d Decision) {
 	c.cur[key] = d
 }
 
+// timeDependent are builtins OPA does not mark nondeterministic whose
+// result depends on the time all the same: they verify certificates'
+// validity against the current time.
+var timeDependent = map[string]bool{
+	"crypto.x509.parse_and_verify_certificates":              true,
+	"crypto.x509.parse_and_verify_certificates_with_options": true,
+}
+
 // nondeterministic reports whether the compiled modules call a builtin
 // whose result is not a function of its arguments.
 func nondeterministic(c *ast.Compiler) bool {
 	for _, b := range c.Required.Builtins {
-		if b.IsNondeterministic() {
+		if b.IsNondeterministic() || timeDependent[b.Name] {
 			return true
 		}
 	}

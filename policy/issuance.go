@@ -154,9 +154,9 @@ type Issuance struct {
 // CacheDecisions makes p remember up to n decisions, by the input fields
 // the policy reads, so that an input seen again (a renewal) is not
 // evaluated again; n <= 0 remembers none. A policy that calls a
-// nondeterministic builtin (time.now_ns, http.send, rand.intn, ...) is
-// always evaluated. CompileIssuance sets DefaultDecisionCache. Call it
-// before p is used.
+// nondeterministic builtin (time.now_ns, http.send, rand.intn, ...) or
+// verifies certificates against the current time is always evaluated.
+// CompileIssuance sets DefaultDecisionCache. Call it before p is used.
 func (p *Issuance) CacheDecisions(n int) {
 	p.cache = nil
 	if n > 0 && p.deterministic {

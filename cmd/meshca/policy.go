@@ -69,7 +69,8 @@ conflict, a builtin error) denies.
 Each server remembers up to --issuance-decision-cache (default 16384)
 decisions by the input fields the policy names, so a renewal of an
 unchanged workload is not evaluated again; never for a policy that calls
-time.now_ns, http.send, rand.intn or another nondeterministic builtin. A
+time.now_ns, http.send, rand.intn or another nondeterministic builtin, or
+verifies certificates against the current time. A
 new revision starts with none. The audit trail records each issuance as
 before, whether its decision was remembered or evaluated.
 
