@@ -31,8 +31,7 @@ const (
 // function of the input, the policy and its data only when the policy
 // calls no nondeterministic builtin (time.now_ns, http.send, rand.intn...)
 // and verifies no certificate against the current time: such a policy has
-// no cache. A new revision is a new Issuance, with an
-// empty cache.
+// no cache. A new revision is a new Issuance, with an empty cache.
 type decisionCache struct {
 	mu       sync.Mutex
 	half     int
